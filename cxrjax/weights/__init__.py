@@ -1,0 +1,1 @@
+"""Importers of pretrained weights into Flax parameter trees."""
