@@ -1,0 +1,73 @@
+"""Image files to arrays: one place that decodes PNG/JPEG in any mode and normalises for the encoders."""
+
+import pathlib
+
+import numpy as np
+from PIL import Image
+
+# ImageNet statistics, which CheXNet and every torchvision/Keras backbone here were trained with.
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+class ImageError(ValueError):
+  """An image that cannot be used; the message names the file and the problem."""
+
+
+def to_rgb_uint8(image: Image.Image | np.ndarray, source: str = "<array>") -> np.ndarray:
+  """Any PIL image or array (8/16-bit grayscale, grayscale+alpha, palette, RGB, RGBA) -> uint8 [H, W, 3].
+
+  16-bit and 32-bit integer data are scaled to 8 bits by their type's range (not by the image's own
+  maximum), so the brightness of one image never depends on its content. Alpha is discarded.
+  """
+  array = np.asarray(image)
+  if isinstance(image, Image.Image) and image.mode in ("P", "PA", "LA", "RGBA", "CMYK", "YCbCr", "1"):
+    array = np.asarray(image.convert("RGB"))
+  if array.dtype == np.uint16 or (isinstance(image, Image.Image) and image.mode.startswith("I;16")):
+    array = (array.astype(np.uint32) + 128) // 257  # 0..65535 -> 0..255, rounded.
+  elif array.dtype in (np.int32, np.uint32):  # PIL mode "I": 16-bit PNGs often decode to it.
+    array = (np.clip(array, 0, 65535).astype(np.uint32) + 128) // 257
+  elif array.dtype == np.bool_:
+    array = array.astype(np.uint8) * 255
+  elif array.dtype != np.uint8:
+    raise ImageError(f"{source}: unsupported pixel type {array.dtype}")
+  array = array.astype(np.uint8)
+  if array.ndim == 3 and array.shape[-1] == 1:
+    array = array[..., 0]
+  if array.ndim == 2:
+    array = np.repeat(array[..., None], 3, axis=-1)
+  if array.ndim != 3 or array.shape[-1] not in (3, 4):
+    raise ImageError(f"{source}: expected a grayscale or colour image, got shape {array.shape}")
+  return np.ascontiguousarray(array[..., :3])
+
+
+def load_image(path: str | pathlib.Path) -> np.ndarray:
+  """Decodes an image file into uint8 [H, W, 3]; missing or corrupt files raise ImageError naming them."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise ImageError(f"{path}: image file not found")
+  try:
+    with Image.open(path) as image:
+      image.load()  # Decode now, so that a truncated file fails here and not later.
+      return to_rgb_uint8(image, str(path))
+  except ImageError:
+    raise
+  except (OSError, SyntaxError, ValueError) as error:  # PIL's errors for corrupt or unknown data.
+    raise ImageError(f"{path}: cannot decode image ({error})") from error
+
+
+def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Bilinear resize of uint8 [H, W, 3] (antialiased when shrinking); a no-op when the size matches."""
+  if image.shape[:2] == (height, width):
+    return image
+  return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+
+
+def normalize(image: np.ndarray) -> np.ndarray:
+  """uint8 [..., 3] -> float32 [..., 3]: scaled to [0, 1], then ImageNet mean/std normalised."""
+  return (image.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def load_for_model(path: str | pathlib.Path, size: int = 224) -> np.ndarray:
+  """The eval-time transform of CheXNet: decode, RGB, resize to size x size, normalise -> [size, size, 3]."""
+  return normalize(resize(load_image(path), size, size))
