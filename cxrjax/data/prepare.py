@@ -1,0 +1,181 @@
+"""`cxrjax prepare`: builds a dataset's TFDS files and its training vocabulary.
+
+  cxrjax prepare iu_xray --manual-dir DIR --data-dir DIR [--split random|r2gen]
+                         [--cleaning seed001|r2gen] [--min-count 3] [--num-threads N]
+
+writes DATA_DIR/iu_xray/<split>/1.0.0/ (array_record files, read by iu_xray.IUXraySource)
+and, beside them, vocabulary.<cleaning>.json (iu_xray.vocabulary_path): the words of the
+cleaned training reports seen at least --min-count times. Validation and test reports
+never shape the vocabulary. A dataset already built is reused (--manual-dir is then not
+needed); running again with another --cleaning adds that vocabulary.
+
+The summary gives the studies per split, what the parser skipped and why, the vocabulary
+size, and how much of the validation and test words training covers (text.vocabulary_stats).
+The phantom set needs no preparation: it is generated on the fly.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+import dataclasses
+import json
+import pathlib
+import sys
+from typing import Any
+
+from cxrjax.data import images
+from cxrjax.data import iu_xray
+from cxrjax.data import text
+
+DATASETS = ("iu_xray",)
+
+
+def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+  """Adds the `prepare` sub-command to `commands` (from ArgumentParser.add_subparsers)."""
+  parser = commands.add_parser(
+      "prepare", help="build a dataset (TFDS array_record) and its training vocabulary",
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  _add_arguments(parser)
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs `prepare` with the arguments after the sub-command name; returns the exit status."""
+  parser = argparse.ArgumentParser(prog="cxrjax prepare", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  _add_arguments(parser)
+  args = parser.parse_args(argv)
+  return args.run(args)
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("dataset", choices=DATASETS)
+  parser.add_argument("--manual-dir", type=pathlib.Path,
+                      help="the downloaded source files (see iu_xray.IuXray.MANUAL_DOWNLOAD_INSTRUCTIONS); "
+                           "not needed when the dataset is already built")
+  parser.add_argument("--data-dir", type=pathlib.Path, required=True,
+                      help="TFDS data folder to write (the data config's data_dir)")
+  parser.add_argument("--split", choices=iu_xray.TFDS_CONFIGS, default="random",
+                      help="random: seeded 70/10/20 study split; r2gen: R2Gen's split "
+                           "(the TFDS config, iu_xray/<split>)")
+  parser.add_argument("--cleaning", choices=text.CLEANING_STYLES, default="seed001",
+                      help="report cleaning the vocabulary is built with")
+  parser.add_argument("--min-count", type=_positive_int, default=3,
+                      help="keep training words seen at least this often (R2Gen: 3)")
+  parser.add_argument("--num-threads", type=int, default=None,
+                      help="threads re-encoding images (default: CPU count, at most 8)")
+  parser.set_defaults(run=_run)
+
+
+def _positive_int(value: str) -> int:
+  number = int(value)
+  if number < 1:
+    raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+  return number
+
+
+def _run(args: argparse.Namespace) -> int:
+  try:
+    summary = prepare_iu_xray(args.manual_dir, args.data_dir, config=args.split,
+                              cleaning=args.cleaning, min_count=args.min_count,
+                              num_threads=args.num_threads, progress=True)
+  except (FileNotFoundError, iu_xray.IUXrayFormatError, images.ImageError,
+          text.VocabularyFileError) as error:
+    print(f"cxrjax prepare: error: {error}", file=sys.stderr)
+    return 2
+  print(format_summary(summary))
+  return 0
+
+
+def prepare_iu_xray(manual_dir: str | pathlib.Path | None, data_dir: str | pathlib.Path, *,
+                    config: str = "random", cleaning: str = "seed001", min_count: int = 3,
+                    num_threads: int | None = None, progress: bool = False) -> dict[str, Any]:
+  """Builds iu_xray/<config> (unless built) and its vocabulary; returns the summary.
+
+  Returns:
+    a JSON-serialisable dict: "dataset_dir", "build" (the builder's record: parse report,
+    split sizes, unassigned studies, colour images), "split_sizes" (as read back),
+    "vocabulary_path" and "vocabulary" (text.VocabularyStats as a dict).
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
+
+  if cleaning not in text.CLEANING_STYLES:
+    raise ValueError(f"unknown cleaning {cleaning!r}; expected one of {text.CLEANING_STYLES}")
+  dataset_dir = iu_xray.dataset_dir(data_dir, config)
+  if not (dataset_dir / "dataset_info.json").is_file():
+    if manual_dir is None:
+      raise FileNotFoundError(f"iu_xray/{config} is not built in {data_dir}: pass --manual-dir")
+    if not pathlib.Path(manual_dir).is_dir():
+      raise FileNotFoundError(f"manual folder not found: {manual_dir}\n"
+                              f"{iu_xray.IuXray.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+  builder = iu_xray.IuXray(config=config, data_dir=data_dir, num_threads=num_threads,
+                           progress=progress)
+  if progress:
+    tfds.disable_progress_bar()  # the builder shows its own bar, with totals
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=str(manual_dir) if manual_dir is not None else None))
+
+  cleaned = {}
+  for split in iu_xray.TFDS_SPLITS:
+    source = iu_xray.IUXraySource(data_dir, config, split)
+    cleaned[split] = [text.clean_report(source[i]["report"], cleaning) for i in range(len(source))]
+  vocabulary = text.Vocabulary.build(cleaned["train"], min_count=min_count, cleaning_style=cleaning)
+  path = iu_xray.vocabulary_path(data_dir, config, cleaning)
+  vocabulary.to_json(path)
+  stats = text.vocabulary_stats(cleaned["train"],
+                                {split: cleaned[split] for split in ("validation", "test")},
+                                min_count=min_count)
+  return {
+      "dataset": f"iu_xray/{config}",
+      "dataset_dir": str(dataset_dir),
+      "build": dict(builder.info.metadata["build"]),
+      "split_sizes": {split: len(texts) for split, texts in cleaned.items()},
+      "vocabulary_path": str(path),
+      "cleaning": cleaning,
+      "min_count": min_count,
+      "vocabulary": dataclasses.asdict(stats),
+  }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+  """The summary of prepare_iu_xray as text, ending with the summary as one JSON line."""
+  build, parse, stats = summary["build"], summary["build"]["parse_report"], summary["vocabulary"]
+  sizes = summary["split_sizes"]
+  lines = [
+      f"{summary['dataset']} in {summary['dataset_dir']}",
+      f"  source: {parse['layout']} layout, {parse['source']}",
+      f"  studies: {parse['num_studies']} read, {parse['num_records']} kept, "
+      f"{parse['num_studies'] - parse['num_records']} skipped",
+  ]
+  for reason, count in sorted(parse["skipped"].items()):
+    lines.append(f"    skipped {reason}: {count} (e.g. {', '.join(parse['examples'].get(reason, []))})")
+  # A study can have several issues and is counted as skipped for the first one only.
+  lines.append("    issues found (skipped or kept): "
+               + (", ".join(f"{reason} {count}" for reason, count in sorted(parse["issues"].items()))
+                  or "none"))
+  lines.append(f"    view sources: {parse['view_sources']}")
+  if build["colour_images"]:
+    lines.append(f"    colour images converted to gray: {build['colour_images']} "
+                 f"(e.g. {', '.join(build['colour_image_examples'])})")
+  lines.append("  splits: " + ", ".join(f"{split} {count}" for split, count in sizes.items())
+               + f"; kept but in no split: {build['unassigned']}")
+  not_kept = build["split_studies_not_kept"]
+  if any(not_kept.values()):
+    lines.append("  split studies not kept (skipped or absent): "
+                 + ", ".join(f"{split} {count}" for split, count in not_kept.items()))
+  lines.append(f"  vocabulary: {stats['vocabulary_size']} tokens (cleaning {summary['cleaning']}, "
+               f"min count {summary['min_count']}, 4 special tokens included) -> "
+               f"{summary['vocabulary_path']}")
+  lines.append(f"  training words: {stats['train_tokens']} tokens, {stats['train_types']} distinct")
+  for split, coverage in stats["splits"].items():
+    lines.append(f"  {split}: {100 * coverage['token_coverage']:.1f}% of {coverage['num_tokens']} "
+                 f"word tokens and {100 * coverage['type_coverage']:.1f}% of "
+                 f"{coverage['num_types']} distinct words seen in training; <unk> rate "
+                 f"{100 * coverage['unk_rate']:.2f}%")
+  lines.append(json.dumps(summary, sort_keys=True))
+  return "\n".join(lines)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
