@@ -2,6 +2,9 @@
 
   cxrjax port-weights --format {keras-h5,torch} INPUT OUTPUT   import a CheXNet checkpoint
   cxrjax classify --weights DIR IMAGE...                        CheXNet probabilities, one JSON line per image
+  cxrjax prepare iu_xray --manual-dir DIR --data-dir DIR        build the TFDS dataset and vocabulary
+  cxrjax train --config=configs/demo.py --workdir=DIR [--config.x=y ...]
+  cxrjax evaluate --workdir DIR --split val|test                generate reports and score them
 """
 
 import argparse
@@ -28,6 +31,44 @@ def _classify(args: argparse.Namespace) -> int:
                                  image_size=args.image_size, dtype=args.dtype)
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+  from cxrjax import evaluate
+  output = evaluate.run_evaluation(args.workdir, args.split, checkpoint=args.checkpoint,
+                                   beam_size=args.beam_size, max_examples=args.max_examples,
+                                   meteor=not args.no_meteor)
+  scores, blind = output["scores"], output["blind_baseline"]["scores"]
+  names = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"]
+  print(json.dumps({"split": args.split, "step": output["step"], "num_studies": scores["num_studies"],
+                    "model": {n: scores.get(n) for n in names}, "blind_baseline": {n: blind.get(n) for n in names},
+                    "written": f"{args.workdir}/eval/{args.split}/"}))
+  return 0
+
+
+def _train(argv: Sequence[str]) -> int:
+  """`cxrjax train` parses absl flags so that ml_collections' --config.x=y overrides work."""
+  from absl import flags
+  from ml_collections import config_flags
+  from cxrjax import train
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "an ml_collections config file (configs/*.py[:arg])",
+                                  flag_values=flag_values, lock_config=True)
+  flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and the vocabulary",
+                      flag_values=flag_values)
+  try:
+    flag_values(["cxrjax train", *argv])
+    if flag_values.config is None or not flag_values.workdir:
+      raise flags.Error("--config and --workdir are required")
+  except (flags.Error, KeyError, AttributeError, ValueError) as error:
+    print(f"cxrjax train: error: {error}", file=sys.stderr)
+    return 2
+  try:
+    train.train_and_evaluate(flag_values.config, flag_values.workdir)
+  except train.ConfigError as error:
+    print(f"cxrjax train: error: {error}", file=sys.stderr)
+    return 2
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="cxrjax", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,10 +87,25 @@ def build_parser() -> argparse.ArgumentParser:
   classify.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   classify.add_argument("images", nargs="+", help="PNG or JPEG files")
   classify.set_defaults(run=_classify)
+
+  from cxrjax.data import prepare
+  prepare.add_parser(commands)
+
+  evaluate = commands.add_parser("evaluate", help="generate reports for a split and score them")
+  evaluate.add_argument("--workdir", required=True)
+  evaluate.add_argument("--split", required=True, choices=("val", "test"))
+  evaluate.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+  evaluate.add_argument("--beam-size", type=int, default=None, help="default: the config's")
+  evaluate.add_argument("--max-examples", type=int, default=None)
+  evaluate.add_argument("--no-meteor", action="store_true", help="skip METEOR (it starts Java)")
+  evaluate.set_defaults(run=_evaluate)
   return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if argv and argv[0] == "train":
+    return _train(argv[1:])
   args = build_parser().parse_args(argv)
   from cxrjax.weights.store import WeightsError
   try:

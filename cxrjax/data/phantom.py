@@ -149,6 +149,12 @@ def sample_findings(index: int, config: PhantomConfig) -> Findings:
 # Study records and the grain source.
 
 
+def generate_report(index: int, config: PhantomConfig = PhantomConfig()) -> str:
+  """The report of study `index` alone (no drawing): equal to generate_study(index, config)["report"]."""
+  return write_report(sample_findings(int(index), config), _rng(config, int(index), _STREAM_TEXT),
+                      config.paraphrase)
+
+
 def generate_study(index: int, config: PhantomConfig = PhantomConfig(),
                    findings: Findings | None = None) -> dict[str, Any]:
   """Study record (CONVENTIONS.md schema) of study `index`; images are uint8 [size, size].
@@ -206,6 +212,10 @@ class PhantomSource:
     if not 0 <= index < self.num_studies:
       raise IndexError(f"PhantomSource({self.split!r}) index {index} out of range [0, {self.num_studies})")
     return generate_study(self.offset + index, self.config)
+
+  def reports(self) -> list[str]:
+    """Every study's report, in order, without drawing the images (vocabularies, baselines)."""
+    return [generate_report(self.offset + index, self.config) for index in range(self.num_studies)]
 
   def __repr__(self) -> str:
     return f"PhantomSource(split={self.split!r}, num_studies={self.num_studies}, config={self.config})"

@@ -30,6 +30,8 @@ Batch: the one place its schema is written down. A dict of numpy arrays:
             out of losses and metrics; every study of a split is in exactly one eval batch
             with mask True.
   "id":     numpy str array [batch] (dtype <U..)  study ids.
+  "report": numpy str array [batch]  the cleaned report, untruncated: the reference that
+            evaluation scores generated text against ("" for padding).
   "labels": float32 [batch, len(label_names)]  only when `label_names` is given: 1 where a
             "mesh" tag of the study names the finding (the part before the first "/"; the
             phantom's tags are "Effusion/left"), for classifiers.
@@ -82,7 +84,6 @@ _PHANTOM_SPLITS = {"train": "train", "validation": "val", "test": "test"}
 _PHANTOM_SIZES = {"train": "num_train", "validation": "num_val", "test": "num_test"}
 # Phantom reports do not depend on the image size (phantom.py): the vocabulary is built from
 # studies drawn at the smallest size, several times faster.
-_PHANTOM_TEXT_IMAGE_SIZE = 16
 DEFAULT_MIN_COUNT = 3  # R2Gen's threshold
 
 
@@ -132,8 +133,10 @@ def make_source(data_config: Any, split: str) -> tuple[Any, SourceInfo]:
   if name == "phantom":
     num_studies = int(_get(data_config, _PHANTOM_SIZES[split]))
     image_size = _get(data_config, "phantom_image_size", None) or _get(data_config, "image_size")
+    prevalences = {f"p_{name}": float(value)
+                   for name, value in dict(_get(data_config, "phantom_prevalences", None) or {}).items()}
     config = phantom.PhantomConfig(image_size=int(image_size),
-                                   seed=int(_get(data_config, "phantom_seed", 0)))
+                                   seed=int(_get(data_config, "phantom_seed", 0)), **prevalences)
     source = phantom.PhantomSource(_PHANTOM_SPLITS[split], num_studies, config)
     return source, SourceInfo(name=name, split=split, num_examples=len(source),
                               label_names=tuple(phantom.FINDING_NAMES), vocabulary_path=None)
@@ -165,10 +168,7 @@ def load_or_build_vocabulary(data_config: Any, train_source: Any) -> text.Vocabu
     if not isinstance(train_source, phantom.PhantomSource) or train_source.split != "train":
       raise DataConfigError(f"the phantom vocabulary is built from the phantom training source, "
                             f"got {train_source!r}")
-    text_source = phantom.PhantomSource(
-        "train", len(train_source),
-        dataclasses.replace(train_source.config, image_size=_PHANTOM_TEXT_IMAGE_SIZE))
-    reports = (text.clean_report(text_source[i]["report"], cleaning) for i in range(len(text_source)))
+    reports = (text.clean_report(report, cleaning) for report in train_source.reports())
     return text.Vocabulary.build(reports, min_count=min_count, cleaning_style=cleaning)
   if name == "iu_xray":
     tfds_config = _get(data_config, "tfds_config", "random")
@@ -276,6 +276,30 @@ def make_dataset(
   return iter_dataset
 
 
+def report_texts(source: Any, cleaning: str) -> list[str]:
+  """The cleaned reports of every study of `source`, without decoding images where it can."""
+  reports = source.reports() if hasattr(source, "reports") else [record["report"] for record in source]
+  return [text.clean_report(report, cleaning) for report in reports]
+
+
+class Subset:
+  """The first `num_examples` studies of a source (a quick validation subset)."""
+
+  def __init__(self, source: Any, num_examples: int):
+    self.source, self.num_examples = source, min(int(num_examples), len(source))
+
+  def __len__(self) -> int:
+    return self.num_examples
+
+  def __getitem__(self, index: int) -> Any:
+    if not 0 <= index < self.num_examples:
+      raise IndexError(f"index {index} out of range [0, {self.num_examples})")
+    return self.source[index]
+
+  def __repr__(self) -> str:
+    return f"Subset({self.source!r}, {self.num_examples})"
+
+
 def eval_num_batches(num_examples: int, batch_size: int, shard_count: int = 1) -> int:
   """Batches per process of an eval dataset (make_dataset with train=False)."""
   return math.ceil(math.ceil(num_examples / shard_count) / batch_size)
@@ -319,6 +343,7 @@ class PrepareStudy:
         "tokens": np.asarray(self.vocabulary.encode(cleaned, self.max_length, pad=True), np.int32),
         "mask": np.True_,
         "id": study_id,
+        "report": cleaned,
     }
     if self.label_names is not None:
       example["labels"] = finding_labels(record.get("mesh", []), self.label_names)
@@ -331,6 +356,7 @@ class PrepareStudy:
         "tokens": np.zeros((self.max_length,), np.int32),
         "mask": np.False_,
         "id": "",
+        "report": "",
     }
     if self.label_names is not None:
       example["labels"] = np.zeros((len(self.label_names),), np.float32)

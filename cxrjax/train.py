@@ -1,0 +1,295 @@
+"""Generic trainer: state, jitted step over a device mesh, orbax checkpoints, resume, logging.
+
+  cxrjax train --config=configs/demo.py --workdir=workdirs/demo [--config.train.num_steps=100]
+
+The batch is sharded over a one-axis ('data',) mesh of every device of every process and the parameters
+are replicated, so one code path runs on a laptop CPU, 8 simulated devices and a multi-host TPU slice.
+Each process feeds its own shard of the global batch (`make_array_from_process_local_data`).
+
+Workdir layout:
+  config.json            the full config of the run (checked on resume: another model's workdir is refused)
+  vocabulary.json        the word vocabulary the model was trained with
+  metrics.jsonl          one JSON object per logged step and per evaluation
+  checkpoints/latest/    the newest state, with the data iterator's position (resume point)
+  checkpoints/best/      the state with the best validation metric (model selection: validation only)
+"""
+
+import functools
+import json
+import pathlib
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from cxrjax import models
+from cxrjax.data import pipeline, text
+from cxrjax.weights import chexnet
+
+LATEST, BEST = "latest", "best"
+
+
+class ConfigError(ValueError):
+  """A run that cannot start as configured; raised before any compute."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: optimizer steps taken
+  params: Any
+  batch_stats: Any  # DenseNet batch-norm running statistics ({} when the model has none)
+  opt_state: Any
+
+
+def create_mesh() -> jax.sharding.Mesh:
+  """A ('data',) mesh over every device (all hosts), with Auto axes as linen models need."""
+  return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def frozen_labels(params: Any, freeze_encoder: bool) -> Any:
+  """'frozen' for the image encoder's parameters when it is frozen, else 'trained', per leaf."""
+  def label(path, _):
+    top = path[0].key if hasattr(path[0], "key") else str(path[0])
+    return "frozen" if freeze_encoder and top == "image_encoder" else "trained"
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def make_optimizer(config: ml_collections.ConfigDict, params: Any) -> optax.GradientTransformation:
+  """AdamW with linear warm-up and cosine decay, global-norm clipping; frozen parameters never move
+  (weight decay included), and decay skips biases and norm scales (rank-1 leaves)."""
+  train = config.train
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=train.learning_rate, warmup_steps=train.warmup_steps,
+      decay_steps=max(train.num_steps, train.warmup_steps + 1), end_value=train.learning_rate * train.final_lr_fraction)
+  decay_mask = jax.tree.map(lambda leaf: leaf.ndim > 1, params)
+  adamw = optax.chain(
+      optax.clip_by_global_norm(train.grad_clip_norm),
+      optax.adamw(schedule, b1=train.b1, b2=train.b2, weight_decay=train.weight_decay, mask=decay_mask))
+  return optax.multi_transform({"trained": adamw, "frozen": optax.set_to_zero()},
+                               frozen_labels(params, config.model.get("freeze_encoder", False)))
+
+
+def caption_loss(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Cross-entropy over real tokens only: logits [batch, length, vocab], targets [batch, length]
+  (pad = 0 is masked, as both seeds do). Returns (mean loss per real token, number of real tokens)."""
+  mask = (targets != text.PAD_ID).astype(jnp.float32)
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+  num_tokens = mask.sum()
+  return (losses * mask).sum() / jnp.maximum(num_tokens, 1.0), num_tokens
+
+
+def _sample_batch(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+  size, length = config.data.image_size, config.data.max_length
+  return {"images": np.zeros((1, 2, size, size, 3), np.float32), "tokens": np.zeros((1, length), np.int32)}
+
+
+def init_state(model, tx_fn, config: ml_collections.ConfigDict, rng: jax.Array) -> TrainState:
+  """Fresh parameters (with the encoder's imported weights when configured) and optimizer state."""
+  sample = _sample_batch(config)
+  variables = model.init({"params": rng, "dropout": rng}, sample["images"], sample["tokens"][:, :-1])
+  params, batch_stats = variables["params"], variables.get("batch_stats", {})
+  tx = tx_fn(params)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                    opt_state=tx.init(params))
+
+
+def load_encoder_weights(state_params: Any, state_stats: Any, directory: str,
+                         expected: Any) -> tuple[Any, Any]:
+  """Replaces the image encoder's DenseNet variables with ported CheXNet weights (head dropped)."""
+  config, variables, _ = chexnet.load_chexnet(directory)
+  if tuple(config.block_sizes) != tuple(expected.block_sizes) or config.growth_rate != expected.growth_rate:
+    raise ConfigError(f"{directory}: DenseNet{config.block_sizes} does not match the configured encoder "
+                      f"DenseNet{tuple(expected.block_sizes)}")
+  densenet_params = {k: v for k, v in variables["params"].items() if k != "classifier"}
+  params = flax.core.unfreeze(state_params)
+  stats = flax.core.unfreeze(state_stats)
+  jax.tree.map(lambda a, b: None, params["image_encoder"]["densenet"], densenet_params)  # Same tree.
+  params["image_encoder"]["densenet"] = jax.tree.map(jnp.asarray, densenet_params)
+  stats["image_encoder"]["densenet"] = jax.tree.map(jnp.asarray, variables["batch_stats"])
+  return params, stats
+
+
+def make_train_step(model, tx: optax.GradientTransformation, dropout_seed: int):
+  """(state, batch) -> (state, metrics); dropout keys derive from (seed, step), so resuming is exact."""
+
+  def train_step(state: TrainState, batch: dict[str, jax.Array]):
+    rng = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
+    inputs, targets = batch["tokens"][:, :-1], batch["tokens"][:, 1:]  # [batch, length - 1] each
+
+    def loss_fn(params):
+      variables = {"params": params, "batch_stats": state.batch_stats}
+      outputs, updates = model.apply(variables, batch["images"], inputs, train=True,
+                                     rngs={"dropout": rng}, mutable=["batch_stats"])
+      loss, num_tokens = caption_loss(outputs["logits"], targets)
+      return loss, (updates.get("batch_stats", state.batch_stats), num_tokens)
+
+    (loss, (batch_stats, num_tokens)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "tokens": num_tokens}
+    return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                         opt_state=opt_state), metrics
+
+  return train_step
+
+
+def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+  """This process's shard of the batch -> global arrays sharded over 'data' (strings stay on host)."""
+  return {key: jax.make_array_from_process_local_data(sharding, value)
+          for key, value in batch.items() if value.dtype.kind in "biuf"}
+
+
+def _checkpoint_managers(workdir: pathlib.Path) -> dict[str, ocp.CheckpointManager]:
+  options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+  return {name: ocp.CheckpointManager((workdir / "checkpoints" / name).absolute(), options=options)
+          for name in (LATEST, BEST)}
+
+
+def _check_workdir(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+  """Refuses a workdir whose checkpoints belong to another model or data configuration."""
+  saved_path = workdir / "config.json"
+  if not saved_path.exists():
+    return
+  saved = json.loads(saved_path.read_text())
+  for section in ("model", "data"):
+    if saved.get(section) != json.loads(config.to_json())[section]:
+      raise ConfigError(
+          f"{workdir} holds a checkpoint of another {section} configuration ({saved_path}: "
+          f"{section}.name={saved.get(section, {}).get('name')!r}); use a new --workdir")
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state: TrainState, step: int | None = None):
+  """(state, data iterator state, metadata) of `step` (the newest by default), onto `abstract_state`'s
+  shardings: restoring to another device count works."""
+  step = manager.latest_step() if step is None else step
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
+      meta=ocp.args.JsonRestore()))
+  return restored.state, restored.data, restored.meta
+
+
+def save(manager: ocp.CheckpointManager, state: TrainState, data_state: Any, meta: dict) -> None:
+  manager.save(int(state.step), args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+      meta=ocp.args.JsonSave(meta)), force=True)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+                       stop_after_steps: int | None = None) -> dict[str, Any]:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
+
+  `stop_after_steps` ends the run early (after that many steps in this call) as an interruption would;
+  the tests use it to check that resuming reproduces an uninterrupted run exactly.
+  Returns the last validation metrics.
+  """
+  from cxrjax import evaluate  # evaluate imports train's helpers; import here to keep one direction.
+
+  workdir = pathlib.Path(workdir)
+  train_cfg = config.train
+  if train_cfg.batch_size % jax.device_count():
+    raise ConfigError(f"train.batch_size={train_cfg.batch_size} is not divisible by the "
+                      f"{jax.device_count()} devices")
+  _check_workdir(workdir, config)
+  if config.model.name not in models.MODELS:
+    raise ConfigError(f"unknown model.name {config.model.name!r}; known: {sorted(models.MODELS)}")
+  train_source, _ = pipeline.make_source(config.data, "train")
+  val_source, _ = pipeline.make_source(config.data, "val")
+  vocabulary = pipeline.load_or_build_vocabulary(config.data, train_source)
+
+  workdir.mkdir(parents=True, exist_ok=True)
+  if jax.process_index() == 0:
+    (workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
+    vocabulary.to_json(workdir / "vocabulary.json")
+
+  model = models.build_model(config.model, len(vocabulary))
+  mesh = create_mesh()
+  replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  tx_fn = functools.partial(make_optimizer, config)
+
+  init = jax.jit(lambda rng: init_state(model, tx_fn, config, rng), out_shardings=replicated)
+  abstract_state = jax.eval_shape(init, jax.random.key(train_cfg.seed))
+  state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
+  abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                abstract_state, state_sharding)
+  tx = tx_fn(abstract_state.params)
+
+  dataset = pipeline.make_dataset(
+      train_source, vocabulary, batch_size=train_cfg.batch_size // jax.process_count(),
+      image_size=config.data.image_size, max_length=config.data.max_length, train=True,
+      seed=train_cfg.seed, cleaning=config.data.cleaning, random_flip=config.data.random_flip)
+  iterator = iter(dataset)
+
+  managers = _checkpoint_managers(workdir)
+  best_value = -np.inf
+  if managers[LATEST].latest_step() is not None:
+    state, data_state, meta = restore(managers[LATEST], abstract_state)
+    iterator.set_state(data_state)
+    best_value = meta.get("best_value", -np.inf)
+    print(f"resumed from {workdir}/checkpoints/latest at step {int(state.step)}")
+  else:
+    state = init(jax.random.key(train_cfg.seed))
+    if config.model.get("encoder_weights"):
+      params, stats = load_encoder_weights(state.params, state.batch_stats, config.model.encoder_weights,
+                                           models.encoder_config(config.model.encoder))
+      state = jax.device_put(state.replace(params=params, batch_stats=stats), state_sharding)
+
+  train_step = jax.jit(make_train_step(model, tx, train_cfg.seed),
+                       in_shardings=(state_sharding, data_sharding),
+                       out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+  generator = evaluate.ReportGenerator(model, vocabulary, config.decode, greedy=True)
+
+  metrics_file = (workdir / "metrics.jsonl").open("a") if jax.process_index() == 0 else None
+  first_step = int(state.step)
+  last_step = train_cfg.num_steps if stop_after_steps is None else min(
+      train_cfg.num_steps, first_step + stop_after_steps)
+  progress = _progress(first_step, train_cfg.num_steps)
+  val_metrics: dict[str, Any] = {}
+  pending, timer = [], time.perf_counter()
+  for step in range(first_step + 1, last_step + 1):
+    batch = next(iterator)
+    state, step_metrics = train_step(state, to_global(batch, data_sharding))
+    pending.append(step_metrics)
+    progress.update(1)
+    if step % train_cfg.log_every == 0 or step == last_step:
+      summary = {key: float(np.mean([jax.device_get(m[key]) for m in pending])) for key in pending[0]}
+      summary.update(step=step, steps_per_s=len(pending) / (time.perf_counter() - timer))
+      _log(metrics_file, {"split": "train", **summary})
+      progress.set_postfix(loss=f"{summary['loss']:.3f}")
+      pending, timer = [], time.perf_counter()
+    is_eval = step % train_cfg.eval_every == 0 or step == train_cfg.num_steps
+    if is_eval:
+      val_metrics = evaluate.evaluate_source(generator, state, val_source, config,
+                                             max_examples=config.eval.get("max_val_examples"))
+      _log(metrics_file, {"split": "val", "step": step, **val_metrics["scores"]})
+      value = val_metrics["scores"][config.eval.best_metric]
+      if value > best_value:
+        best_value = value
+        save(managers[BEST], state, iterator.get_state(), {"step": step, config.eval.best_metric: value})
+    if is_eval or step % train_cfg.checkpoint_every == 0 or step == last_step:
+      save(managers[LATEST], state, iterator.get_state(), {"step": step, "best_value": float(best_value)})
+  progress.close()
+  for manager in managers.values():
+    manager.wait_until_finished()
+    manager.close()
+  if metrics_file:
+    metrics_file.close()
+  return val_metrics
+
+
+def _progress(first_step: int, num_steps: int):
+  from tqdm import tqdm
+  return tqdm(total=num_steps, initial=first_step, desc="train", unit="step",
+              disable=jax.process_index() != 0, dynamic_ncols=True)
+
+
+def _log(handle, record: dict[str, Any]) -> None:
+  if handle is not None:
+    handle.write(json.dumps(record) + "\n")
+    handle.flush()
