@@ -1,0 +1,193 @@
+"""Scoring ChestX-ray14 predictions: per-class AUROC and the mean over the 14 findings.
+
+Predictions are a CSV in the layout most ChestX-ray14 code writes:
+
+  Image Index,prob_Atelectasis,prob_Cardiomegaly,...,prob_Hernia[,prob_No Finding]
+  00000003_000.png,0.0123,0.2201,...
+
+one row per image, a `prob_<Finding>` column for each of the 14 findings (any order; other
+columns, e.g. prob_No Finding, are ignored). Labels come from Data_Entry_2017(_v2020).csv(.gz)
+(parsed by data.chestxray14). `--images LIST` (e.g. test_list.txt) restricts scoring to the
+listed images, each of which must have a prediction.
+
+  cxrjax auroc --predictions preds.csv --labels Data_Entry_2017_v2020.csv.gz [--images test_list.txt]
+
+Bad input raises `PredictionsError` naming the file: a missing column, a repeated image, a
+probability that is not a number in [0, 1] (NaN included), an image absent from the label file,
+a listed image without a prediction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import json
+import math
+import os
+import pathlib
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from cxrjax import metrics
+from cxrjax.data import chestxray14
+
+IMAGE_COLUMN = "Image Index"
+PROB_PREFIX = "prob_"
+_MAX_EXAMPLES = 5
+
+
+class PredictionsError(ValueError):
+  """A predictions, labels or list file that cannot be scored; the message names the file."""
+
+
+def read_predictions_csv(path: str | os.PathLike, class_names: Sequence[str] = chestxray14.FINDINGS
+                         ) -> tuple[list[str], np.ndarray]:
+  """Reads `Image Index,prob_<name>,...` -> (image ids, float64 [num_images, len(class_names)])."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"{path}: predictions file not found")
+  opener = gzip.open if path.suffix == ".gz" else open
+  ids, rows, seen = [], [], {}
+  with opener(path, "rt", newline="", encoding="utf-8") as handle:
+    reader = csv.reader(handle)
+    header = [name.strip() for name in next(reader, [])]
+    wanted = [IMAGE_COLUMN] + [PROB_PREFIX + name for name in class_names]
+    missing = [name for name in wanted if name not in header]
+    if missing:
+      raise PredictionsError(f"{path}: missing columns {missing}; the header is {header}")
+    repeated = sorted({name for name in wanted if header.count(name) > 1})
+    if repeated:
+      raise PredictionsError(f"{path}: repeated columns {repeated}")
+    columns = [header.index(name) for name in wanted]
+    for row in reader:
+      line = reader.line_num
+      if not row or (len(row) == 1 and not row[0].strip()):
+        continue
+      if len(row) != len(header):
+        raise PredictionsError(f"{path}: line {line}: expected {len(header)} fields, got {len(row)}")
+      image_id = row[columns[0]].strip()
+      if not image_id:
+        raise PredictionsError(f"{path}: line {line}: empty {IMAGE_COLUMN}")
+      if image_id in seen:
+        raise PredictionsError(f"{path}: line {line}: image {image_id} repeats line {seen[image_id]}")
+      seen[image_id] = line
+      values = []
+      for name, column in zip(wanted[1:], columns[1:]):
+        text = row[column].strip()
+        try:
+          value = float(text)
+        except ValueError:
+          raise PredictionsError(f"{path}: line {line}: {name} = {text!r} is not a number") from None
+        if not (0.0 <= value <= 1.0):  # also false for NaN
+          raise PredictionsError(f"{path}: line {line}: {name} = {text!r} is not a probability in [0, 1]")
+        values.append(value)
+      ids.append(image_id)
+      rows.append(values)
+  if not ids:
+    raise PredictionsError(f"{path}: no prediction rows")
+  return ids, np.asarray(rows, np.float64)
+
+
+def write_predictions_csv(path: str | os.PathLike, image_ids: Sequence[str], probabilities: Any,
+                          class_names: Sequence[str]) -> pathlib.Path:
+  """Writes probabilities [num_images, num_classes] as `Image Index,prob_<name>,...`."""
+  probabilities = np.asarray(probabilities, np.float64)
+  image_ids = [str(i) for i in image_ids]
+  if probabilities.shape != (len(image_ids), len(class_names)):
+    raise ValueError(f"probabilities {probabilities.shape} must be [{len(image_ids)} images, "
+                     f"{len(class_names)} classes]")
+  if len(set(image_ids)) != len(image_ids):
+    raise ValueError("image ids repeat")
+  bad = ~((probabilities >= 0) & (probabilities <= 1))
+  if bad.any():
+    row, column = np.argwhere(bad)[0]
+    raise ValueError(f"{int(bad.sum())} values are not probabilities in [0, 1] (NaN included), e.g. "
+                     f"{image_ids[row]} {class_names[column]} = {probabilities[row, column]}")
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with open(path, "w", newline="", encoding="utf-8") as handle:
+    writer = csv.writer(handle)
+    writer.writerow([IMAGE_COLUMN] + [PROB_PREFIX + name for name in class_names])
+    for image_id, row in zip(image_ids, probabilities):
+      writer.writerow([image_id] + [format(float(value), ".8g") for value in row])
+  return path
+
+
+def score_predictions(predictions_csv: str | os.PathLike, labels_csv: str | os.PathLike,
+                      images_list: str | os.PathLike | None = None) -> dict[str, Any]:
+  """Per-class AUROC and their mean over the 14 findings (metrics.multilabel_auroc).
+
+  Args:
+    predictions_csv: `Image Index,prob_<Finding>,...` (module docstring).
+    labels_csv: Data_Entry_2017(_v2020).csv(.gz).
+    images_list: optional file of image names (one a line) to score; default: every predicted image.
+
+  Returns:
+    {"per_class": {finding: AUROC}, "mean": float, "num_images": int, "positives": {finding: int},
+    "excluded", "note", "implementation" (from multilabel_auroc), "predictions", "labels", "images"}.
+  """
+  predictions_csv, labels_csv = pathlib.Path(predictions_csv), pathlib.Path(labels_csv)
+  ids, probabilities = read_predictions_csv(predictions_csv)
+  try:
+    entries = chestxray14.read_label_file(labels_csv)
+  except chestxray14.ChestXray14FormatError as error:
+    raise PredictionsError(str(error)) from error
+  findings = {entry.image_index: entry.findings for entry in entries}
+  row_of = {image_id: index for index, image_id in enumerate(ids)}
+  if images_list is not None:
+    images_list = pathlib.Path(images_list)
+    try:
+      scored = chestxray14.read_image_list(images_list)
+    except chestxray14.ChestXray14FormatError as error:
+      raise PredictionsError(str(error)) from error
+    if not scored:
+      raise PredictionsError(f"{images_list}: lists no image")
+    without = [name for name in scored if name not in row_of]
+    if without:
+      raise PredictionsError(f"{predictions_csv}: no prediction for {len(without)} of the {len(scored)} "
+                             f"images in {images_list}, e.g. {without[:_MAX_EXAMPLES]}")
+  else:
+    scored = ids
+  unlabelled = [name for name in scored if name not in findings]
+  if unlabelled:
+    raise PredictionsError(f"{labels_csv}: has no row for {len(unlabelled)} of the {len(scored)} scored "
+                           f"images (from {predictions_csv}), e.g. {unlabelled[:_MAX_EXAMPLES]}")
+  labels = np.stack([chestxray14.labels_vector(findings[name]) for name in scored])
+  scores = probabilities[[row_of[name] for name in scored]]
+  result = metrics.multilabel_auroc(labels, scores, class_names=chestxray14.FINDINGS)
+  result.update({
+      "num_images": len(scored),
+      "positives": {name: int(count) for name, count in zip(chestxray14.FINDINGS, labels.sum(0))},
+      "predictions": str(predictions_csv),
+      "labels": str(labels_csv),
+      "images": None if images_list is None else str(images_list),
+  })
+  return result
+
+
+def _run(args: argparse.Namespace) -> int:
+  try:
+    result = score_predictions(args.predictions, args.labels, args.images)
+  except (FileNotFoundError, PredictionsError) as error:
+    print(f"cxrjax auroc: error: {error}", file=sys.stderr)
+    return 2
+  # JSON has no NaN: a class without both label values is null (and named in "excluded").
+  clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.items()}
+  clean["per_class"] = {k: (None if math.isnan(v) else v) for k, v in result["per_class"].items()}
+  print(json.dumps(clean))
+  return 0
+
+
+def add_parser(commands: Any) -> argparse.ArgumentParser:
+  """Adds `cxrjax auroc` to an argparse sub-parsers object (`parser.add_subparsers()`)."""
+  parser = commands.add_parser(
+      "auroc", help="per-class AUROC of ChestX-ray14 predictions (a CSV of prob_<Finding> columns)")
+  parser.add_argument("--predictions", required=True, help="CSV: Image Index,prob_<Finding>,...")
+  parser.add_argument("--labels", required=True, help="Data_Entry_2017(_v2020).csv(.gz)")
+  parser.add_argument("--images", default=None, help="optional list of images to score (test_list.txt)")
+  parser.set_defaults(run=_run)
+  return parser

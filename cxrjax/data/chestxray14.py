@@ -1,0 +1,703 @@
+"""ChestX-ray14 (NIH Clinical Center): image records, patient-level splits, a TFDS builder.
+
+The public layout, in one folder (`manual_dir`):
+  Data_Entry_2017_v2020.csv or Data_Entry_2017.csv (either may be gzipped; v2020 is preferred
+      when both exist): `Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,
+      Patient Gender,View Position,...`; labels are `|`-separated, "No Finding" or findings.
+  images*/: the PNGs, directly (images/00000001_000.png, the NIH box after extracting the
+      tarballs) or one level down (images_001/images/..., the Kaggle copy).
+  train_val_list.txt, test_list.txt: the official patient-wise split (86,524 / 25,596 names),
+      in `manual_dir` or `manual_dir/official_split/`.
+
+Records (one per image):
+  "id": str                 the image index ("00000001_000.png")
+  "images": [str]           one path (the study schema's list, with one frontal view)
+  "image_ids": [str]        [id]
+  "labels": float32 [C]     1.0 per finding, in `class_names(include_no_finding)` order: the 14
+                            findings in CheXNet's order (densenet.CHEXNET_CLASSES), plus
+                            "No Finding" as a 15th class when asked (AG-CNN, seed 004)
+  "finding_labels": [str]   the file's labels as listed (["No Finding"] for none)
+  "patient_id": str, "follow_up": int, "age": int, "gender": str, "view_position": str
+
+Splits (image ids per "train" / "val" / "test"; no patient is in two splits):
+  "official": test = test_list.txt; train_val_list.txt's patients are split 90/10 into
+      train / val (`splits.random_split` over patient ids, seed 0): a seeded patient-level
+      carve-out, as the official split has no validation part.
+  "random":   a seeded patient-level 70/10/20 split over all patients (as CheXNet and AG-CNN
+      split; they split at random, here by patient to avoid identity confounding).
+`splits.random_split` orders ids by sha256(seed:id): assignment does not depend on file order.
+
+Bad input:
+  - a malformed label file (missing column, wrong field count, unknown or repeated label name,
+    "No Finding" mixed with findings, bad patient id or age, repeated image index) raises
+    `ChestXray14FormatError` naming the file and line;
+  - an image in both official lists, or a patient in both, raises it too;
+  - a label row whose image file is not under `images*/`: an error by default
+    (`missing_images="error"`, message naming the label file, the count and examples); with
+    `missing_images="skip"` (a partial download) the row is skipped and counted in
+    `ParseReport.skipped["missing_image"]`, never silently.
+
+TFDS. `Chestxray14` is the builder "chestxray14" (array_record, built and read without
+TensorFlow), configs "official" and "random" (the split schemes above). The labels are stored
+with all 15 classes; `ChestXray14Source` serves 14 or 15. 8-bit grayscale PNGs are given to the
+Image feature by path (stored as is); others (two of the fixture images are RGBA) are decoded
+with images.py, converted to 8-bit grayscale and counted in `info.metadata["build"]`.
+Build with `prepare_chestxray14(manual_dir, data_dir, split=...)`, or from the command line once
+the lead wires `add_prepare_arguments` / `run_prepare` into `cxrjax prepare chestxray14`:
+either a parser of its own,
+
+  chestxray14_parser = prepare_commands.add_parser("chestxray14", help=...)
+  chestxray14.add_prepare_arguments(chestxray14_parser)
+  chestxray14_parser.set_defaults(run=chestxray14.run_prepare)
+
+or prepare.py's shared arguments (`dataset`, --manual-dir, --data-dir, --split), dispatching
+`if args.dataset == "chestxray14": return chestxray14.run_prepare(args)` (--split must then also
+accept "official"; `missing_images` defaults to "error" when the namespace lacks it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import gzip
+import io
+import json
+import os
+import pathlib
+import re
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+import tensorflow_datasets as tfds
+
+from cxrjax.data import images as image_lib
+from cxrjax.data import splits as split_lib
+from cxrjax.models import densenet
+
+FINDINGS = densenet.CHEXNET_CLASSES
+NO_FINDING = "No Finding"
+# Searched in this order: the v2020 relabelled file first.
+LABEL_FILE_NAMES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017_v2020.csv.gz",
+                    "Data_Entry_2017.csv", "Data_Entry_2017.csv.gz")
+TRAIN_VAL_LIST, TEST_LIST = "train_val_list.txt", "test_list.txt"
+SPLIT_SCHEMES = ("official", "random")
+SPLIT_NAMES = ("train", "val", "test")
+SPLIT_SEED = 0
+OFFICIAL_VAL_FRACTION = 0.1
+RANDOM_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
+MISSING_IMAGE_POLICIES = ("error", "skip")
+
+TFDS_NAME = "chestxray14"
+TFDS_CONFIGS = SPLIT_SCHEMES
+TFDS_SPLITS = ("train", "validation", "test")
+_TO_TFDS_SPLIT = {"train": "train", "val": "validation", "test": "test"}
+
+_REQUIRED_COLUMNS = ("Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age",
+                     "Patient Gender", "View Position")
+_AGE = re.compile(r"(\d+)Y?")  # v2020 and Kaggle: "58"; an early release wrote "058Y".
+_MAX_EXAMPLES = 5
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class ChestXray14FormatError(ValueError):
+  """A ChestX-ray14 source file that cannot be used; the message names the file (and line)."""
+
+
+def class_names(include_no_finding: bool = False) -> tuple[str, ...]:
+  """The label order: CheXNet's 14 findings, then "No Finding" when asked (15 classes)."""
+  return FINDINGS + ((NO_FINDING,) if include_no_finding else ())
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelEntry:
+  """One row of Data_Entry_2017*.csv."""
+
+  image_index: str
+  findings: tuple[str, ...]  # () for "No Finding"
+  patient_id: str
+  follow_up: int
+  age: int
+  gender: str
+  view_position: str
+  line: int  # line in the label file (header = 1), for messages
+
+
+def labels_vector(findings: Iterable[str], include_no_finding: bool = False) -> np.ndarray:
+  """Findings -> float32 [14] or [15] multi-hot in `class_names` order ("No Finding" = none)."""
+  names = class_names(include_no_finding)
+  vector = np.zeros(len(names), np.float32)
+  findings = tuple(findings)
+  for finding in findings:
+    vector[FINDINGS.index(finding)] = 1.0
+  if include_no_finding and not findings:
+    vector[-1] = 1.0
+  return vector
+
+
+def _open_text(path: pathlib.Path):
+  if path.suffix == ".gz":
+    return gzip.open(path, "rt", newline="", encoding="utf-8")
+  return open(path, newline="", encoding="utf-8")
+
+
+def read_label_file(path: str | os.PathLike) -> list[LabelEntry]:
+  """Parses Data_Entry_2017(_v2020).csv(.gz) into one LabelEntry per row, in file order.
+
+  Raises:
+    FileNotFoundError: no such file.
+    ChestXray14FormatError: a malformed header or row (names the file and the line).
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"{path}: label file not found")
+  entries, seen = [], {}
+  try:
+    with _open_text(path) as handle:
+      reader = csv.reader(handle)
+      header = next(reader, None)
+      if header is None:
+        raise ChestXray14FormatError(f"{path}: empty file, expected a header with {_REQUIRED_COLUMNS}")
+      # The 2017 file's header ends with a comma (an unnamed empty column).
+      while header and not header[-1].strip():
+        header.pop()
+      missing = [c for c in _REQUIRED_COLUMNS if c not in header]
+      if missing:
+        raise ChestXray14FormatError(f"{path}: line 1: missing columns {missing}; found {header}")
+      column = {name: header.index(name) for name in _REQUIRED_COLUMNS}
+      for row in reader:
+        line = reader.line_num
+        if not row or (len(row) == 1 and not row[0].strip()):
+          continue  # a blank line (e.g. at the end)
+        while len(row) > len(header) and not row[-1].strip():
+          row.pop()
+        if len(row) != len(header):
+          raise ChestXray14FormatError(
+              f"{path}: line {line}: expected {len(header)} fields, got {len(row)}: {row[:3]}...")
+        entry = _parse_row(row, column, path, line)
+        if entry.image_index in seen:
+          raise ChestXray14FormatError(f"{path}: line {line}: image {entry.image_index} repeats "
+                                       f"line {seen[entry.image_index]}")
+        seen[entry.image_index] = line
+        entries.append(entry)
+  except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, csv.Error) as error:
+    raise ChestXray14FormatError(f"{path}: cannot be read as a CSV file ({error})") from error
+  if not entries:
+    raise ChestXray14FormatError(f"{path}: no rows after the header")
+  return entries
+
+
+def _parse_row(row: list[str], column: Mapping[str, int], path: pathlib.Path, line: int) -> LabelEntry:
+  where = f"{path}: line {line}"
+  image_index = row[column["Image Index"]].strip()
+  if not image_index or "/" in image_index or "\\" in image_index:
+    raise ChestXray14FormatError(f"{where}: bad Image Index {image_index!r}")
+  names = [name.strip() for name in row[column["Finding Labels"]].split("|")]
+  if NO_FINDING in names:
+    if len(names) > 1:
+      raise ChestXray14FormatError(f"{where}: {NO_FINDING!r} listed with findings: {names}")
+    findings = ()
+  else:
+    unknown = [name for name in names if name not in FINDINGS]
+    if unknown:
+      raise ChestXray14FormatError(f"{where}: unknown label name(s) {unknown}; known: "
+                                   f"{list(FINDINGS) + [NO_FINDING]}")
+    if len(set(names)) != len(names):
+      raise ChestXray14FormatError(f"{where}: repeated label name in {names}")
+    findings = tuple(names)
+  patient_id = row[column["Patient ID"]].strip()
+  if not patient_id.isdigit():
+    raise ChestXray14FormatError(f"{where}: Patient ID {patient_id!r} is not a number")
+  follow_up = row[column["Follow-up #"]].strip()
+  if not follow_up.isdigit():
+    raise ChestXray14FormatError(f"{where}: Follow-up # {follow_up!r} is not a number")
+  age = _AGE.fullmatch(row[column["Patient Age"]].strip())
+  if age is None:
+    raise ChestXray14FormatError(f"{where}: Patient Age {row[column['Patient Age']]!r} is not a number")
+  return LabelEntry(
+      image_index=image_index, findings=findings, patient_id=str(int(patient_id)),
+      follow_up=int(follow_up), age=int(age.group(1)), gender=row[column["Patient Gender"]].strip(),
+      view_position=row[column["View Position"]].strip(), line=line)
+
+
+def read_image_list(path: str | os.PathLike) -> list[str]:
+  """Image names, one per line (train_val_list.txt, test_list.txt); blank lines ignored."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"{path}: image list not found")
+  names, seen = [], {}
+  with _open_text(path) as handle:
+    for line, text in enumerate(handle, start=1):
+      name = text.strip()
+      if not name:
+        continue
+      if "," in name or " " in name:
+        raise ChestXray14FormatError(f"{path}: line {line}: expected one image name, got {name!r}")
+      if name in seen:
+        raise ChestXray14FormatError(f"{path}: line {line}: {name} repeats line {seen[name]}")
+      seen[name] = line
+      names.append(name)
+  return names
+
+
+def find_label_file(manual_dir: str | os.PathLike) -> pathlib.Path:
+  """The label file in `manual_dir` (see LABEL_FILE_NAMES for the order of preference)."""
+  manual_dir = pathlib.Path(manual_dir)
+  for name in LABEL_FILE_NAMES:
+    if (manual_dir / name).is_file():
+      return manual_dir / name
+  raise FileNotFoundError(f"no ChestX-ray14 label file in {manual_dir}: looked for {LABEL_FILE_NAMES}")
+
+
+def find_official_lists(manual_dir: str | os.PathLike) -> tuple[pathlib.Path, pathlib.Path]:
+  """(train_val_list.txt, test_list.txt), in `manual_dir` or `manual_dir/official_split`."""
+  manual_dir = pathlib.Path(manual_dir)
+  for folder in (manual_dir, manual_dir / "official_split"):
+    if (folder / TRAIN_VAL_LIST).is_file() and (folder / TEST_LIST).is_file():
+      return folder / TRAIN_VAL_LIST, folder / TEST_LIST
+  raise FileNotFoundError(f"the official split needs {TRAIN_VAL_LIST} and {TEST_LIST} in {manual_dir} "
+                          f"or {manual_dir / 'official_split'}")
+
+
+def index_images(manual_dir: str | os.PathLike) -> dict[str, pathlib.Path]:
+  """Image name -> path for the PNGs in `manual_dir/images*/` and `manual_dir/images*/images/`."""
+  manual_dir = pathlib.Path(manual_dir)
+  folders = sorted(p for p in manual_dir.glob("images*") if p.is_dir())
+  if not folders:
+    raise FileNotFoundError(f"no images*/ folder in {manual_dir} (expected images/ or images_001/ ...)")
+  found = {}
+  for folder in folders:
+    for directory in (folder, folder / "images"):
+      if not directory.is_dir():
+        continue
+      with os.scandir(directory) as entries:
+        for entry in entries:
+          if entry.name.lower().endswith(".png") and entry.is_file():
+            if entry.name in found:
+              raise ChestXray14FormatError(f"image {entry.name} is in two folders: "
+                                           f"{found[entry.name]} and {entry.path}")
+            found[entry.name] = pathlib.Path(entry.path)
+  return found
+
+
+@dataclasses.dataclass
+class ParseReport:
+  """What `load_records` read, kept and skipped, with up to 5 example ids per reason."""
+
+  label_file: str
+  num_rows: int = 0
+  num_records: int = 0
+  skipped: dict[str, int] = dataclasses.field(default_factory=dict)
+  examples: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+
+  def skip(self, reason: str, example: str) -> None:
+    self.skipped[reason] = self.skipped.get(reason, 0) + 1
+    examples = self.examples.setdefault(reason, [])
+    if len(examples) < _MAX_EXAMPLES:
+      examples.append(example)
+
+  def summary(self) -> str:
+    lines = [f"ChestX-ray14 ({self.label_file}): {self.num_rows} rows, {self.num_records} records"]
+    for reason, count in sorted(self.skipped.items()):
+      lines.append(f"  skipped {reason}: {count}, e.g. {', '.join(self.examples[reason])}")
+    return "\n".join(lines)
+
+
+def to_record(entry: LabelEntry, image_path: str | os.PathLike,
+              include_no_finding: bool = False) -> dict[str, Any]:
+  """One LabelEntry and its image file -> a record (the schema in the module docstring)."""
+  return {
+      "id": entry.image_index,
+      "images": [str(image_path)],
+      "image_ids": [entry.image_index],
+      "labels": labels_vector(entry.findings, include_no_finding),
+      "finding_labels": list(entry.findings) or [NO_FINDING],
+      "patient_id": entry.patient_id,
+      "follow_up": entry.follow_up,
+      "age": entry.age,
+      "gender": entry.gender,
+      "view_position": entry.view_position,
+  }
+
+
+def load_records(manual_dir: str | os.PathLike, *, include_no_finding: bool = False,
+                 missing_images: str = "error", label_file: str | os.PathLike | None = None,
+                 ) -> tuple[list[dict[str, Any]], ParseReport]:
+  """Parses the ChestX-ray14 layout in `manual_dir` into records, in label-file order.
+
+  Args:
+    manual_dir: the folder with the label file and images*/ (module docstring).
+    include_no_finding: 15 classes (the 14 findings + "No Finding") instead of 14.
+    missing_images: "error" (default) or "skip" (count and skip rows without an image file).
+    label_file: the label file; found in `manual_dir` when None.
+
+  Returns:
+    (records, report).
+  """
+  if missing_images not in MISSING_IMAGE_POLICIES:
+    raise ValueError(f"missing_images must be one of {MISSING_IMAGE_POLICIES}, got {missing_images!r}")
+  label_path = pathlib.Path(label_file) if label_file is not None else find_label_file(manual_dir)
+  return records_from_entries(read_label_file(label_path), manual_dir, label_path,
+                              include_no_finding=include_no_finding, missing_images=missing_images)
+
+
+def records_from_entries(entries: Sequence[LabelEntry], manual_dir: str | os.PathLike,
+                         label_path: str | os.PathLike, *, include_no_finding: bool = False,
+                         missing_images: str = "error") -> tuple[list[dict[str, Any]], ParseReport]:
+  """`load_records` for entries already read from `label_path` (named in messages)."""
+  if missing_images not in MISSING_IMAGE_POLICIES:
+    raise ValueError(f"missing_images must be one of {MISSING_IMAGE_POLICIES}, got {missing_images!r}")
+  paths = index_images(manual_dir)
+  report = ParseReport(label_file=str(label_path), num_rows=len(entries))
+  missing = [entry for entry in entries if entry.image_index not in paths]
+  if missing and missing_images == "error":
+    examples = ", ".join(f"{e.image_index} (line {e.line})" for e in missing[:_MAX_EXAMPLES])
+    raise FileNotFoundError(
+        f"{label_path}: {len(missing)} of {len(entries)} listed images are not under "
+        f"{manual_dir}/images*/, e.g. {examples}; pass missing_images='skip' to skip them (counted)")
+  records = []
+  for entry in entries:
+    if entry.image_index not in paths:
+      report.skip("missing_image", entry.image_index)
+      continue
+    records.append(to_record(entry, paths[entry.image_index], include_no_finding))
+  report.num_records = len(records)
+  return records, report
+
+
+def _check_unique_images(entries: Sequence[LabelEntry]) -> None:
+  seen = set()
+  for entry in entries:
+    if entry.image_index in seen:
+      raise ValueError(f"image {entry.image_index} is given twice")
+    seen.add(entry.image_index)
+
+
+def patient_split(entries: Sequence[LabelEntry], fractions: Mapping[str, float] | None = None,
+                  seed: int = SPLIT_SEED) -> dict[str, list[str]]:
+  """A seeded patient-level split (default 70/10/20 train/val/test) -> image ids per split.
+
+  The patients are split by `splits.random_split` (fractions of patients, not of images);
+  every image goes where its patient goes.
+  """
+  _check_unique_images(entries)
+  by_patient: dict[str, list[str]] = {}
+  for entry in entries:
+    by_patient.setdefault(entry.patient_id, []).append(entry.image_index)
+  patient_splits = split_lib.random_split(by_patient, fractions or RANDOM_FRACTIONS, seed=seed)
+  return {name: sorted(image for patient in patients for image in by_patient[patient])
+          for name, patients in patient_splits.items()}
+
+
+def official_split(entries: Sequence[LabelEntry], train_val: Sequence[str], test: Sequence[str],
+                   val_fraction: float = OFFICIAL_VAL_FRACTION, seed: int = SPLIT_SEED,
+                   list_names: tuple[str, str] = (TRAIN_VAL_LIST, TEST_LIST)) -> dict[str, list[str]]:
+  """The official train_val / test split with a seeded patient-level validation carve-out.
+
+  Args:
+    entries: the label file's rows; images of the lists that are not among them are left out,
+      and entries in neither list are in no split (the caller counts both).
+    train_val, test: the official lists' image names.
+    val_fraction: fraction of the train_val patients that form "val".
+    seed: seed of the carve-out.
+    list_names: the lists' file names, for messages.
+
+  Returns:
+    {"train", "val", "test"} -> sorted image ids.
+
+  Raises:
+    ChestXray14FormatError: an image in both lists, or a patient with images in both.
+  """
+  _check_unique_images(entries)
+  test_set = set(test)
+  both = sorted(set(train_val) & test_set)
+  if both:
+    raise ChestXray14FormatError(f"{len(both)} images are in both {list_names[0]} and {list_names[1]}, "
+                                 f"e.g. {both[:_MAX_EXAMPLES]}")
+  train_val_set = set(train_val)
+  patients_of = {"train_val": {}, "test": {}}
+  for entry in entries:
+    part = "test" if entry.image_index in test_set else \
+        "train_val" if entry.image_index in train_val_set else None
+    if part:
+      patients_of[part].setdefault(entry.patient_id, []).append(entry.image_index)
+  shared = sorted(set(patients_of["train_val"]) & set(patients_of["test"]), key=int)
+  if shared:
+    raise ChestXray14FormatError(
+        f"{len(shared)} patients have images in both {list_names[0]} and {list_names[1]}, e.g. "
+        f"patient {shared[0]}: {patients_of['train_val'][shared[0]][:2]} and {patients_of['test'][shared[0]][:2]}")
+  carve = split_lib.random_split(patients_of["train_val"], {"train": 1.0 - val_fraction, "val": val_fraction},
+                                 seed=seed)
+  images_of = patients_of["train_val"]
+  return {
+      "train": sorted(image for patient in carve["train"] for image in images_of[patient]),
+      "val": sorted(image for patient in carve["val"] for image in images_of[patient]),
+      "test": sorted(image for images in patients_of["test"].values() for image in images),
+  }
+
+
+def split_image_ids(manual_dir: str | os.PathLike, entries: Sequence[LabelEntry], scheme: str,
+                    seed: int = SPLIT_SEED) -> dict[str, list[str]]:
+  """The split of `scheme` ("official" or "random") over `entries`: split name -> image ids."""
+  if scheme == "official":
+    train_val_path, test_path = find_official_lists(manual_dir)
+    return official_split(entries, read_image_list(train_val_path), read_image_list(test_path),
+                          seed=seed, list_names=(str(train_val_path), str(test_path)))
+  if scheme == "random":
+    return patient_split(entries, seed=seed)
+  raise ValueError(f"unknown ChestX-ray14 split {scheme!r}; expected one of {SPLIT_SCHEMES}")
+
+
+# TFDS.
+
+
+def _is_gray8_png(path: str) -> bool:
+  """Whether a file is an 8-bit grayscale PNG, from its IHDR chunk (no decoding)."""
+  with open(path, "rb") as handle:
+    head = handle.read(26)
+  # Signature (8), IHDR length (4) and type (4), width (4), height (4), bit depth, colour type.
+  return len(head) == 26 and head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR" \
+      and head[24] == 8 and head[25] == 0
+
+
+def _gray_png_bytes(path: str) -> bytes:
+  """Any image file -> 8-bit grayscale PNG bytes (equal channels kept, colour -> ITU-R 601 luma)."""
+  rgb = image_lib.load_image(path)  # uint8 [H, W, 3]; names the file when it cannot be read
+  if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+    gray = Image.fromarray(rgb[..., 0])
+  else:
+    gray = Image.fromarray(rgb).convert("L")
+  buffer = io.BytesIO()
+  gray.save(buffer, format="PNG")
+  return buffer.getvalue()
+
+
+class Chestxray14(tfds.core.GeneratorBasedBuilder):
+  """ChestX-ray14 images with their labels as a TFDS dataset (array_record; no TensorFlow needed).
+
+  Each example is one image record: "image" (8-bit grayscale PNG, [H, W, 1]), "labels" float32
+  [15] (class_names(True) order), and the label file's fields. What was skipped or converted is
+  kept in `info.metadata["build"]`.
+  """
+
+  name = TFDS_NAME
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Images and labels of Data_Entry_2017(_v2020), official or random split."}
+  BUILDER_CONFIGS = [
+      tfds.core.BuilderConfig(
+          name="official",
+          description=f"Official train_val / test lists; {OFFICIAL_VAL_FRACTION:.0%} of the train_val "
+                      f"patients form the validation split (seed {SPLIT_SEED})."),
+      tfds.core.BuilderConfig(
+          name="random",
+          description=f"Seeded patient-level 70/10/20 train / validation / test split (seed {SPLIT_SEED})."),
+  ]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+Download ChestX-ray14 from https://nihcc.app.box.com/v/ChestXray-NIHCC (or Kaggle's
+nih-chest-xrays/data) into the manual folder (--manual-dir): Data_Entry_2017_v2020.csv (or
+Data_Entry_2017.csv, .gz allowed), the extracted images_*.tar.gz (images/ or
+images_001/images/ ...), and for the "official" config train_val_list.txt and test_list.txt.
+"""
+
+  def __init__(self, *, missing_images: str = "error", **kwargs):
+    """`missing_images`: "error" or "skip" (see load_records). Other arguments go to TFDS."""
+    if missing_images not in MISSING_IMAGE_POLICIES:
+      raise ValueError(f"missing_images must be one of {MISSING_IMAGE_POLICIES}, got {missing_images!r}")
+    kwargs.setdefault("file_format", "array_record")
+    self._missing_images = missing_images
+    super().__init__(**kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    text = tfds.features.Text()
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description="NIH ChestX-ray14: 112,120 frontal chest X-rays of 30,805 patients, 14 findings.",
+        features=tfds.features.FeaturesDict({
+            "id": text,
+            "image": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
+            "labels": tfds.features.Tensor(shape=(len(FINDINGS) + 1,), dtype=np.float32),
+            "finding_labels": tfds.features.Sequence(text),
+            "patient_id": text,
+            "follow_up": tfds.features.Scalar(dtype=np.int32),
+            "age": tfds.features.Scalar(dtype=np.int32),
+            "gender": text,
+            "view_position": text,
+        }),
+        homepage="https://nihcc.app.box.com/v/ChestXray-NIHCC",
+        citation="""\
+@inproceedings{wang2017chestxray,
+  title={ChestX-ray8: Hospital-scale Chest X-ray Database and Benchmarks on Weakly-Supervised
+         Classification and Localization of Common Thorax Diseases},
+  author={Wang, Xiaosong and Peng, Yifan and Lu, Le and Lu, Zhiyong and Bagheri, Mohammadhadi
+          and Summers, Ronald M},
+  booktitle={CVPR}, pages={2097--2106}, year={2017}
+}""",
+        license="No usage restrictions; cite the NIH Clinical Center and the paper.",
+        metadata=tfds.core.MetadataDict(),
+    )
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    manual_dir = pathlib.Path(dl_manager.manual_dir)
+    label_path = find_label_file(manual_dir)
+    entries = read_label_file(label_path)
+    records, report = records_from_entries(entries, manual_dir, label_path, include_no_finding=True,
+                                           missing_images=self._missing_images)
+    kept = {record["id"] for record in records}
+    # The split is drawn over all rows of the label file, so that skipping images (a partial
+    # download) never moves a patient to another split.
+    split_ids = split_image_ids(manual_dir, entries, self.builder_config.name)
+    grouped = split_lib.apply_split(records, split_ids)
+    unassigned = grouped.pop(split_lib.UNASSIGNED, [])
+    by_split = {_TO_TFDS_SPLIT[name]: split_records for name, split_records in grouped.items()}
+    for name in TFDS_SPLITS:
+      if not by_split[name]:
+        raise ValueError(f"chestxray14/{self.builder_config.name}: split {name!r} has no image "
+                         f"({len(records)} images kept from {manual_dir}); a dataset needs images in "
+                         "every split")
+    self.info.metadata["build"] = {
+        "config": self.builder_config.name,
+        "label_file": str(label_path),
+        "class_names": list(class_names(True)),
+        "parse_report": dataclasses.asdict(report),
+        "split_sizes": {name: len(by_split[name]) for name in TFDS_SPLITS},
+        "split_patients": {name: len({r["patient_id"] for r in by_split[name]}) for name in TFDS_SPLITS},
+        "unassigned": len(unassigned),
+        "unassigned_examples": [r["id"] for r in unassigned[:_MAX_EXAMPLES]],
+        "split_images_not_kept": {_TO_TFDS_SPLIT[name]: sum(i not in kept for i in ids)
+                                  for name, ids in split_ids.items()},
+        "converted_images": 0,
+        "converted_image_examples": [],
+    }
+    return {name: self._generate_examples(by_split[name]) for name in TFDS_SPLITS}
+
+  def _generate_examples(self, records: Sequence[Mapping[str, Any]]):
+    build = self.info.metadata["build"]
+    for record in records:
+      path = record["images"][0]
+      if not os.path.isfile(path):
+        raise image_lib.ImageError(f"{path}: image file not found (image {record['id']})")
+      if _is_gray8_png(path):
+        image = path  # TFDS stores the file's bytes as they are.
+      else:
+        image = _gray_png_bytes(path)
+        build["converted_images"] += 1
+        if len(build["converted_image_examples"]) < _MAX_EXAMPLES:
+          build["converted_image_examples"].append(record["id"])
+      yield record["id"], {
+          "id": record["id"], "image": image, "labels": record["labels"],
+          "finding_labels": record["finding_labels"], "patient_id": record["patient_id"],
+          "follow_up": record["follow_up"], "age": record["age"], "gender": record["gender"],
+          "view_position": record["view_position"]}
+
+
+def dataset_dir(data_dir: str | os.PathLike, config: str = "official") -> pathlib.Path:
+  """The folder of a prepared dataset: DATA_DIR/chestxray14/<config>/<version>."""
+  if config not in TFDS_CONFIGS:
+    raise ValueError(f"unknown chestxray14 config {config!r}; expected one of {TFDS_CONFIGS}")
+  return pathlib.Path(data_dir) / TFDS_NAME / config / str(Chestxray14.VERSION)
+
+
+class ChestXray14Source:
+  """Random-access image records of one split of a prepared chestxray14 dataset.
+
+  A grain `RandomAccessDataSource` (read with `tfds.data_source`, no TensorFlow). Records follow
+  the schema of the module docstring, with "images" = [the grayscale PNG's bytes] (decoded by the
+  pipeline) and "labels" float32 [14], or [15] with `include_no_finding`.
+  """
+
+  def __init__(self, data_dir: str | os.PathLike, config: str = "official", split: str = "train",
+               include_no_finding: bool = False):
+    folder = dataset_dir(data_dir, config)
+    if not (folder / "dataset_info.json").is_file():
+      raise FileNotFoundError(
+          f"chestxray14/{config} is not prepared in {data_dir} (no {folder / 'dataset_info.json'}): run "
+          f"`cxrjax prepare chestxray14 --manual-dir DIR --data-dir {data_dir} --split {config}`")
+    split = _TO_TFDS_SPLIT.get(split, split)
+    self._source = tfds.data_source(f"{TFDS_NAME}/{config}", split=split, data_dir=data_dir,
+                                    decoders={"image": tfds.decode.SkipDecoding()})
+    self.config, self.split = config, split
+    self.include_no_finding = include_no_finding
+    self.class_names = class_names(include_no_finding)
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    example = self._source[int(index)]
+    labels = np.asarray(example["labels"], np.float32)
+    image_id = _to_str(example["id"])
+    return {
+        "id": image_id,
+        "images": [bytes(example["image"])],
+        "image_ids": [image_id],
+        "labels": labels if self.include_no_finding else labels[:len(FINDINGS)],
+        "finding_labels": [_to_str(v) for v in example["finding_labels"]],
+        "patient_id": _to_str(example["patient_id"]),
+        "follow_up": int(example["follow_up"]),
+        "age": int(example["age"]),
+        "gender": _to_str(example["gender"]),
+        "view_position": _to_str(example["view_position"]),
+    }
+
+  def __repr__(self) -> str:
+    return f"ChestXray14Source(config={self.config!r}, split={self.split!r}, num_records={len(self)})"
+
+
+def _to_str(value: bytes | str) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def prepare_chestxray14(manual_dir: str | os.PathLike | None, data_dir: str | os.PathLike,
+                        split: str = "official", missing_images: str = "error") -> dict[str, Any]:
+  """Builds the TFDS dataset chestxray14/<split> in `data_dir` from the layout in `manual_dir`.
+
+  A dataset already built is reused (`manual_dir` may then be None).
+
+  Returns a summary: {"dataset", "path", "split_sizes", "split_patients", "parse_report",
+  "unassigned", "converted_images", ...}, as saved in the dataset's metadata.
+  """
+  if split not in TFDS_CONFIGS:
+    raise ValueError(f"unknown chestxray14 split {split!r}; expected one of {TFDS_CONFIGS}")
+  if not (dataset_dir(data_dir, split) / "dataset_info.json").is_file():
+    if manual_dir is None or not pathlib.Path(manual_dir).is_dir():
+      raise FileNotFoundError(f"ChestX-ray14 manual folder not found: {manual_dir}\n"
+                              f"{Chestxray14.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+  builder = Chestxray14(config=split, data_dir=data_dir, missing_images=missing_images)
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=str(manual_dir) if manual_dir is not None else None))
+  build = dict(builder.info.metadata.get("build", {}))
+  return {"dataset": f"{TFDS_NAME}/{split}", "path": str(dataset_dir(data_dir, split)),
+          "split_sizes": {name: builder.info.splits[name].num_examples for name in TFDS_SPLITS},
+          **{k: v for k, v in build.items() if k != "split_sizes"}}
+
+
+def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
+  """The arguments of `cxrjax prepare chestxray14` (use with `set_defaults(run=run_prepare)`).
+
+  For a parser that already has --manual-dir / --data-dir / --split (prepare.py's), call
+  `run_prepare(args)` directly: it needs `args.manual_dir`, `args.data_dir` and, optionally,
+  `args.split` ("official" when absent) and `args.missing_images` ("error" when absent).
+  """
+  parser.add_argument("--manual-dir", default=None,
+                      help="folder with Data_Entry_2017*.csv(.gz), images*/ and the official lists "
+                           "(not needed when the dataset is already built)")
+  parser.add_argument("--data-dir", required=True, help="TFDS data dir to write chestxray14/ into")
+  parser.add_argument("--split", choices=TFDS_CONFIGS, default="official",
+                      help="official lists + patient-level val carve-out, or a patient-level 70/10/20")
+  parser.add_argument("--missing-images", choices=MISSING_IMAGE_POLICIES, default="error",
+                      help="rows whose image file is absent: fail (default) or skip and count them")
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+  """Runs `cxrjax prepare chestxray14`: prints the summary as one JSON line; 2 on bad input."""
+  try:
+    summary = prepare_chestxray14(args.manual_dir, args.data_dir, split=getattr(args, "split", "official"),
+                                  missing_images=getattr(args, "missing_images", "error"))
+  except (FileNotFoundError, ValueError) as error:  # ChestXray14FormatError, ImageError included
+    print(f"cxrjax prepare chestxray14: error: {error}", file=sys.stderr)
+    return 2
+  print(json.dumps(summary))
+  return 0
