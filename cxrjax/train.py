@@ -223,7 +223,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   dataset = pipeline.make_dataset(
       train_source, vocabulary, batch_size=train_cfg.batch_size // jax.process_count(),
       image_size=config.data.image_size, max_length=config.data.max_length, train=True,
-      seed=train_cfg.seed, cleaning=config.data.cleaning, random_flip=config.data.random_flip)
+      seed=train_cfg.seed, cleaning=config.data.cleaning, random_flip=config.data.random_flip,
+      read_threads=config.data.get("read_threads", 0), worker_count=config.data.get("worker_count", 0))
   iterator = iter(dataset)
 
   managers = _checkpoint_managers(workdir)
