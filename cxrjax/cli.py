@@ -5,6 +5,8 @@
   cxrjax prepare iu_xray --manual-dir DIR --data-dir DIR        build the TFDS dataset and vocabulary
   cxrjax train --config=configs/demo.py --workdir=DIR [--config.x=y ...]
   cxrjax evaluate --workdir DIR --split val|test                generate reports and score them
+  cxrjax predict --workdir DIR FRONTAL [LATERAL] [--attention-maps OUT_DIR]   one study's report
+  cxrjax auroc --predictions CSV --labels Data_Entry_2017.csv   score ChestX-ray14 predictions
 """
 
 import argparse
@@ -41,6 +43,18 @@ def _evaluate(args: argparse.Namespace) -> int:
   print(json.dumps({"split": args.split, "step": output["step"], "num_studies": scores["num_studies"],
                     "model": {n: scores.get(n) for n in names}, "blind_baseline": {n: blind.get(n) for n in names},
                     "written": f"{args.workdir}/eval/{args.split}/"}))
+  return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+  from cxrjax import predict
+  from cxrjax.data.images import ImageError
+  try:
+    result = predict.predict(args.workdir, args.images, attention_dir=args.attention_maps)
+  except (ImageError, ValueError, FileNotFoundError) as error:
+    print(f"cxrjax predict: error: {error}", file=sys.stderr)
+    return 2
+  print(json.dumps(result))
   return 0
 
 
@@ -99,6 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate.add_argument("--max-examples", type=int, default=None)
   evaluate.add_argument("--no-meteor", action="store_true", help="skip METEOR (it starts Java)")
   evaluate.set_defaults(run=_evaluate)
+
+  predict = commands.add_parser("predict", help="generate the report of one study")
+  predict.add_argument("--workdir", required=True)
+  predict.add_argument("--attention-maps", default=None, metavar="OUT_DIR",
+                       help="write one PNG per generated word and summary.png")
+  predict.add_argument("images", nargs="+", help="the frontal view, then optionally the lateral view")
+  predict.set_defaults(run=_predict)
+
+  from cxrjax import auroc
+  auroc.add_parser(commands)
   return parser
 
 

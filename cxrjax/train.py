@@ -31,7 +31,6 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cxrjax import models
 from cxrjax.data import pipeline, text
-from cxrjax.weights import chexnet
 
 LATEST, BEST = "latest", "best"
 
@@ -53,11 +52,12 @@ def create_mesh() -> jax.sharding.Mesh:
   return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def frozen_labels(params: Any, freeze_encoder: bool) -> Any:
-  """'frozen' for the image encoder's parameters when it is frozen, else 'trained', per leaf."""
+def frozen_labels(params: Any, frozen_prefixes: tuple[str, ...]) -> Any:
+  """'frozen' for parameters under any of `frozen_prefixes` ("image_encoder", "decoder/embed"), else
+  'trained', per leaf."""
   def label(path, _):
-    top = path[0].key if hasattr(path[0], "key") else str(path[0])
-    return "frozen" if freeze_encoder and top == "image_encoder" else "trained"
+    name = "/".join(str(getattr(key, "key", key)) for key in path)
+    return "frozen" if any(name == p or name.startswith(p + "/") for p in frozen_prefixes) else "trained"
   return jax.tree_util.tree_map_with_path(label, params)
 
 
@@ -73,7 +73,7 @@ def make_optimizer(config: ml_collections.ConfigDict, params: Any) -> optax.Grad
       optax.clip_by_global_norm(train.grad_clip_norm),
       optax.adamw(schedule, b1=train.b1, b2=train.b2, weight_decay=train.weight_decay, mask=decay_mask))
   return optax.multi_transform({"trained": adamw, "frozen": optax.set_to_zero()},
-                               frozen_labels(params, config.model.get("freeze_encoder", False)))
+                               frozen_labels(params, models.frozen_prefixes(config.model)))
 
 
 def caption_loss(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -98,22 +98,6 @@ def init_state(model, tx_fn, config: ml_collections.ConfigDict, rng: jax.Array) 
   tx = tx_fn(params)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                     opt_state=tx.init(params))
-
-
-def load_encoder_weights(state_params: Any, state_stats: Any, directory: str,
-                         expected: Any) -> tuple[Any, Any]:
-  """Replaces the image encoder's DenseNet variables with ported CheXNet weights (head dropped)."""
-  config, variables, _ = chexnet.load_chexnet(directory)
-  if tuple(config.block_sizes) != tuple(expected.block_sizes) or config.growth_rate != expected.growth_rate:
-    raise ConfigError(f"{directory}: DenseNet{config.block_sizes} does not match the configured encoder "
-                      f"DenseNet{tuple(expected.block_sizes)}")
-  densenet_params = {k: v for k, v in variables["params"].items() if k != "classifier"}
-  params = flax.core.unfreeze(state_params)
-  stats = flax.core.unfreeze(state_stats)
-  jax.tree.map(lambda a, b: None, params["image_encoder"]["densenet"], densenet_params)  # Same tree.
-  params["image_encoder"]["densenet"] = jax.tree.map(jnp.asarray, densenet_params)
-  stats["image_encoder"]["densenet"] = jax.tree.map(jnp.asarray, variables["batch_stats"])
-  return params, stats
 
 
 def make_train_step(model, tx: optax.GradientTransformation, dropout_seed: int):
@@ -236,9 +220,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     print(f"resumed from {workdir}/checkpoints/latest at step {int(state.step)}")
   else:
     state = init(jax.random.key(train_cfg.seed))
-    if config.model.get("encoder_weights"):
-      params, stats = load_encoder_weights(state.params, state.batch_stats, config.model.encoder_weights,
-                                           models.encoder_config(config.model.encoder))
+    params, stats = models.load_pretrained(config.model, state.params, state.batch_stats, vocabulary)
+    if params is not state.params or stats is not state.batch_stats:
+      # The optimizer state is unchanged: AdamW's moments start at zero whatever the parameters.
       state = jax.device_put(state.replace(params=params, batch_stats=stats), state_sharding)
 
   train_step = jax.jit(make_train_step(model, tx, train_cfg.seed),

@@ -87,3 +87,27 @@ def test_evaluate_writes_predictions_and_named_metrics(tmp_path, smoke_config, c
     assert name.split("-")[0] in " ".join(written["scores"]["implementations"]) or \
         name in written["scores"]["implementations"]
   assert written["blind_baseline"]["report"]
+
+
+def test_imported_frozen_encoder_is_loaded_and_never_moves(tmp_path, smoke_config):
+  from cxrjax import models
+  from cxrjax.models import densenet
+  from cxrjax.weights import chexnet
+  config = smoke_config.copy_and_resolve_references()
+  encoder = models.encoder_config(config.model.encoder)
+  head_config = densenet.DenseNetConfig(**{**encoder.to_dict(), "num_classes": 14})
+  variables = densenet.DenseNet(head_config).init(jax.random.key(7), np.zeros((1, 32, 32, 3), np.float32))
+  chexnet.save_chexnet(tmp_path / "chexnet", variables, head_config, source={"format": "test"})
+  config.model.update(freeze_encoder=True, encoder_weights=str(tmp_path / "chexnet"))
+  train.train_and_evaluate(config, tmp_path / "run")
+  state = _params(tmp_path / "run")
+  imported = {k: v for k, v in variables["params"].items() if k != "classifier"}
+  jax.tree.map(np.testing.assert_array_equal, state.params["image_encoder"]["densenet"], imported)
+  jax.tree.map(np.testing.assert_array_equal, state.batch_stats["image_encoder"]["densenet"],
+               variables["batch_stats"])
+  # The decoder did train: its output layer moved away from the initial values.
+  _, model, _, _ = evaluate.load_run(tmp_path / "run")
+  initial = train.init_state(model, lambda p: train.make_optimizer(config, p), config,
+                             jax.random.key(config.train.seed))
+  assert not np.allclose(state.params["decoder"]["output"]["kernel"],
+                         initial.params["decoder"]["output"]["kernel"])

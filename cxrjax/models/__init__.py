@@ -36,5 +36,42 @@ def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> Any:
   return model_class(vocab_size=vocab_size, **fields)
 
 
+def frozen_prefixes(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """Parameter paths the optimizer must not move (no update, no weight decay)."""
+  prefixes = []
+  if config.get("freeze_encoder", False):
+    prefixes.append("image_encoder")
+  return tuple(prefixes)
+
+
+def load_pretrained(config: ml_collections.ConfigDict, params: Any, batch_stats: Any,
+                    vocabulary: Any) -> tuple[Any, Any]:
+  """Fresh variables with the configured pretrained parts put in: the image encoder's DenseNet from
+  `config.encoder_weights` (a `cxrjax port-weights` directory; its classifier head is dropped).
+  Returns the inputs unchanged (the same objects) when nothing is configured."""
+  del vocabulary  # For pretrained word vectors.
+  if not config.get("encoder_weights"):
+    return params, batch_stats
+  import flax
+  import jax
+  import jax.numpy as jnp
+  from cxrjax.weights import chexnet
+  directory = config.encoder_weights
+  weights_config, variables, _ = chexnet.load_chexnet(directory)
+  expected = encoder_config(config.encoder)
+  if (tuple(weights_config.block_sizes), weights_config.growth_rate) != (expected.block_sizes,
+                                                                          expected.growth_rate):
+    raise ValueError(f"{directory}: DenseNet{tuple(weights_config.block_sizes)} does not match the "
+                     f"configured encoder DenseNet{expected.block_sizes}")
+  params, batch_stats = flax.core.unfreeze(params), flax.core.unfreeze(batch_stats)
+  densenet_params = {k: v for k, v in variables["params"].items() if k != "classifier"}
+  target = params["image_encoder"]["densenet"]
+  if jax.tree.structure(target) != jax.tree.structure(densenet_params):
+    raise ValueError(f"{directory}: tensor names differ from the configured encoder's")
+  params["image_encoder"]["densenet"] = jax.tree.map(jnp.asarray, densenet_params)
+  batch_stats["image_encoder"]["densenet"] = jax.tree.map(jnp.asarray, variables["batch_stats"])
+  return params, batch_stats
+
+
 def task_of(config: ml_collections.ConfigDict) -> str:
   return MODELS[config.name][1]
