@@ -81,7 +81,7 @@ def _png_bytes(array):
 def test_phantom_train_batch_schema(phantom_train):
   source, info, vocabulary = phantom_train
   batch = next(iter(_dataset(source, vocabulary, train=True, label_names=info.label_names)))
-  assert set(batch) == {"images", "tokens", "mask", "id", "labels"}
+  assert set(batch) == {"images", "tokens", "mask", "id", "report", "labels"}
   assert batch["images"].shape == (4, 2, IMAGE_SIZE, IMAGE_SIZE, 3)
   assert batch["images"].dtype == np.float32
   assert batch["tokens"].shape == (4, MAX_LENGTH) and batch["tokens"].dtype == np.int32

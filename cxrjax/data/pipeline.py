@@ -68,14 +68,15 @@ import grain
 import numpy as np
 from PIL import Image
 
+from cxrjax.data import chestxray14
 from cxrjax.data import images
 from cxrjax.data import iu_xray
 from cxrjax.data import phantom
 from cxrjax.data import text
 
-DATASETS = ("phantom", "iu_xray")
+DATASETS = ("phantom", "iu_xray", "chestxray14")
 SPLITS = ("train", "validation", "test")
-NUM_VIEWS = 2
+NUM_VIEWS = 2  # Report datasets: frontal and lateral. ChestX-ray14 has one view per image.
 # R2Gen resizes to 256 before cropping 224.
 RESIZE_RATIO = 8 / 7
 # Aliases accepted by make_source: the names splits.py, R2Gen and phantom.py use.
@@ -148,6 +149,12 @@ def make_source(data_config: Any, split: str) -> tuple[Any, SourceInfo]:
     return source, SourceInfo(
         name=name, split=split, num_examples=len(source), label_names=None,
         vocabulary_path=str(iu_xray.vocabulary_path(data_dir, tfds_config, cleaning)))
+  if name == "chestxray14":
+    source = chestxray14.ChestXray14Source(
+        _get(data_config, "data_dir"), _get(data_config, "tfds_config", "official"), split,
+        include_no_finding=bool(_get(data_config, "include_no_finding", False)))
+    return source, SourceInfo(name=name, split=split, num_examples=len(source),
+                              label_names=tuple(source.class_names), vocabulary_path=None)
   raise DataConfigError(f"unknown dataset {name!r}; expected one of {DATASETS}")
 
 
@@ -188,7 +195,7 @@ def load_or_build_vocabulary(data_config: Any, train_source: Any) -> text.Vocabu
 
 def make_dataset(
     source: Any,
-    vocabulary: text.Vocabulary,
+    vocabulary: text.Vocabulary | None,
     *,
     batch_size: int,
     image_size: int,
@@ -203,12 +210,13 @@ def make_dataset(
     resize_size: int | None = None,
     worker_count: int = 0,
     read_threads: int = 0,
+    num_views: int = NUM_VIEWS,
 ) -> grain.IterDataset:
   """The batched dataset of `source` (the schema in the module docstring).
 
   Args:
     source: random-access source of study records (len and getitem).
-    vocabulary: the training vocabulary.
+    vocabulary: the training vocabulary; None for image-only tasks (no "tokens", no "report").
     batch_size: studies per batch (per process).
     image_size: side of the square images given to the model.
     max_length: token sequence length, <start> and <end> included.
@@ -226,6 +234,7 @@ def make_dataset(
     resize_size: training resize of the shorter side (default round(image_size * 8 / 7)).
     worker_count: grain worker processes (0: in this process; tests use 0).
     read_threads: threads producing batches in each process (0: none).
+    num_views: images per record (2 for the report datasets, 1 for ChestX-ray14).
 
   Returns:
     a grain IterDataset; `iter()` gives an iterator with get_state() / set_state().
@@ -235,7 +244,7 @@ def make_dataset(
                      f"{batch_size}, {image_size}, {max_length}")
   if len(source) == 0:
     raise ValueError(f"{source!r} has no study")
-  cleaning = _check_cleaning(cleaning, vocabulary)
+  cleaning = _check_cleaning(cleaning, vocabulary) if vocabulary is not None else None
   if shard_index is None or shard_count is None:
     import jax  # pylint: disable=g-import-not-at-top  (only for the default shard)
     shard_index = jax.process_index() if shard_index is None else shard_index
@@ -249,7 +258,8 @@ def make_dataset(
   prepare = PrepareStudy(vocabulary=vocabulary, image_size=image_size, max_length=max_length,
                          cleaning=cleaning, train=train, random_flip=random_flip,
                          resize_size=resize_size,
-                         label_names=tuple(label_names) if label_names is not None else None)
+                         label_names=tuple(label_names) if label_names is not None else None,
+                         num_views=num_views)
   dataset = grain.MapDataset.source(source)[shard_index::shard_count]
   if train:
     if len(dataset) == 0:
@@ -312,23 +322,24 @@ class PrepareStudy:
   Called by grain as `prepare(record, rng)` (train, via random_map) or `prepare(record)`.
   """
 
-  vocabulary: text.Vocabulary
+  vocabulary: text.Vocabulary | None
   image_size: int
   max_length: int
-  cleaning: str
+  cleaning: str | None
   train: bool
   random_flip: bool = True
   resize_size: int | None = None
   label_names: tuple[str, ...] | None = None
+  num_views: int = NUM_VIEWS
 
   def __call__(self, record: Mapping[str, Any], rng: np.random.Generator | None = None
                ) -> dict[str, Any]:
     study_id = str(record["id"])
-    if len(record["images"]) != NUM_VIEWS:
-      raise ValueError(f"study {study_id}: expected {NUM_VIEWS} images, got {len(record['images'])}")
+    if len(record["images"]) != self.num_views:
+      raise ValueError(f"study {study_id}: expected {self.num_views} images, got {len(record['images'])}")
     if self.train and rng is None:
       raise ValueError("training augmentation needs the per-example rng (use random_map)")
-    image_ids = record.get("image_ids") or [f"view {i}" for i in range(NUM_VIEWS)]
+    image_ids = record.get("image_ids") or [f"view {i}" for i in range(self.num_views)]
     views = []
     for image, image_id in zip(record["images"], image_ids):
       view = decode_view(image, study_id, image_id)  # uint8 [H, W, 3]
@@ -337,27 +348,32 @@ class PrepareStudy:
       else:
         view = images.resize(view, self.image_size, self.image_size)
       views.append(view)
-    cleaned = text.clean_report(record["report"], self.cleaning)
-    example = {
-        "images": images.normalize(np.stack(views)),  # [2, size, size, 3]
-        "tokens": np.asarray(self.vocabulary.encode(cleaned, self.max_length, pad=True), np.int32),
-        "mask": np.True_,
-        "id": study_id,
-        "report": cleaned,
-    }
+    example = {"images": images.normalize(np.stack(views)), "mask": np.True_, "id": study_id}
+    if self.vocabulary is not None:
+      cleaned = text.clean_report(record["report"], self.cleaning)
+      example["tokens"] = np.asarray(self.vocabulary.encode(cleaned, self.max_length, pad=True), np.int32)
+      example["report"] = cleaned
     if self.label_names is not None:
-      example["labels"] = finding_labels(record.get("mesh", []), self.label_names)
+      example["labels"] = self._labels(record, study_id)
     return example
+
+  def _labels(self, record: Mapping[str, Any], study_id: str) -> np.ndarray:
+    """The record's own 0/1 "labels" vector (ChestX-ray14), else derived from its "mesh" tags."""
+    if "labels" in record:
+      labels = np.asarray(record["labels"], np.float32)
+      if labels.shape != (len(self.label_names),):
+        raise ValueError(f"study {study_id}: labels of shape {labels.shape}, expected "
+                         f"({len(self.label_names)},) for {self.label_names}")
+      return labels
+    return finding_labels(record.get("mesh", []), self.label_names)
 
   def padding(self) -> dict[str, Any]:
     """The example that fills the last eval batch (mask False)."""
-    example = {
-        "images": np.zeros((NUM_VIEWS, self.image_size, self.image_size, 3), np.float32),
-        "tokens": np.zeros((self.max_length,), np.int32),
-        "mask": np.False_,
-        "id": "",
-        "report": "",
-    }
+    example = {"images": np.zeros((self.num_views, self.image_size, self.image_size, 3), np.float32),
+               "mask": np.False_, "id": ""}
+    if self.vocabulary is not None:
+      example["tokens"] = np.zeros((self.max_length,), np.int32)
+      example["report"] = ""
     if self.label_names is not None:
       example["labels"] = np.zeros((len(self.label_names),), np.float32)
     return example

@@ -1,0 +1,163 @@
+"""Reports/s of the compiled beam search beside a host loop of jitted single steps; training steps/s.
+
+  python benchmarks/decode.py [--batch 32] [--beam 3] [--length 60] [--vocab 763]
+
+Both searches decode the same attention-GRU decoder (the IU X-ray config's sizes: 98 regions of 512,
+GRU 512, vocabulary 763 = R2Gen's IU X-ray vocabulary with our special tokens) from the same cached
+image memory, so the comparison isolates the search: one `lax.while_loop` program against a Python
+loop that calls a jitted "decode one token + pick beams" function once per token and checks on the host
+whether every beam has finished (what a host-driven decoder must do to stop early). Then training
+steps/s of the attention captioner: the demo config, and the IU X-ray config (frozen DenseNet-121 at
+224, two views). Prints one JSON line per measurement group.
+"""
+
+import argparse
+import pathlib
+import sys
+import functools
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # For configs/.
+
+from cxrjax import decoding, models, train
+from cxrjax.data import text
+
+
+def _best_time(fn, repeats: int) -> float:
+  fn()  # Compile and warm up.
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return min(times)
+
+
+def _decoder_and_memory(config, vocab_size: int, batch: int):
+  model = models.build_model(config.model, vocab_size)
+  regions = 2 * (config.data.image_size // 32) ** 2
+  rng = jax.random.key(0)
+  images = jnp.zeros((1, 2, config.data.image_size, config.data.image_size, 3))
+  variables = jax.jit(lambda: model.init({"params": rng, "dropout": rng}, images,
+                                         jnp.zeros((1, 4), jnp.int32)))()
+  # Cached image memory of a batch (what the encoder would produce), random but fixed.
+  memory_regions = jax.random.normal(jax.random.key(1), (batch, regions, config.model.region_dim))
+  memory = {"regions": memory_regions,
+            "keys": model.apply(variables, memory_regions, method=lambda m, r: m.decoder.project_keys(r))}
+  return model, variables, memory
+
+
+def compiled_beam_search(model, variables, memory, beam: int, length: int):
+  @jax.jit
+  def search(variables, memory):
+    cache = model.apply(variables, memory, method="init_cache")
+
+    def step_fn(tokens, cache, position):
+      logits, cache, _ = model.apply(variables, tokens, cache, method="decode_step")
+      return logits, cache
+
+    tokens, _ = decoding.beam_search(step_fn, cache, start_id=text.START_ID, end_id=text.END_ID,
+                                     max_length=length, beam_size=beam)
+    return tokens
+  return lambda: search(variables, memory).block_until_ready()
+
+
+def host_loop_beam_search(model, variables, memory, beam: int, length: int):
+  """Beam search driven from Python: one jitted call per token, a host check for early stopping."""
+  batch = memory["regions"].shape[0]
+
+  @jax.jit
+  def init(variables, memory):
+    cache = model.apply(variables, memory, method="init_cache")
+    cache = jax.tree.map(lambda x: jnp.repeat(x, beam, axis=0), cache)  # [batch * beam, ...]
+    log_probs = jnp.tile(jnp.array([0.0] + [-jnp.inf] * (beam - 1)), (batch, 1))  # [batch, beam]
+    tokens = jnp.full((batch * beam,), text.START_ID, jnp.int32)
+    return tokens, cache, log_probs, jnp.zeros((batch, beam), bool)
+
+  @jax.jit
+  def one_token(variables, tokens, cache, log_probs, finished):
+    logits, cache, _ = model.apply(variables, tokens, cache, method="decode_step")
+    vocab = logits.shape[-1]
+    step_log_probs = jax.nn.log_softmax(logits).reshape(batch, beam, vocab)  # [batch, beam, vocab]
+    # Finished beams only extend with <pad> at no cost.
+    frozen = jnp.full((vocab,), -jnp.inf).at[text.PAD_ID].set(0.0)
+    step_log_probs = jnp.where(finished[..., None], frozen, step_log_probs)
+    candidates = (log_probs[..., None] + step_log_probs).reshape(batch, beam * vocab)
+    log_probs, flat = jax.lax.top_k(candidates, beam)  # [batch, beam]
+    parents, new_tokens = flat // vocab, flat % vocab
+    rows = (jnp.arange(batch)[:, None] * beam + parents).reshape(-1)  # [batch * beam]
+    cache = jax.tree.map(lambda x: x[rows], cache)
+    finished = jnp.take_along_axis(finished, parents, axis=1) | (new_tokens == text.END_ID)
+    return new_tokens.reshape(-1).astype(jnp.int32), cache, log_probs, finished, parents, new_tokens
+
+  def run():
+    tokens, cache, log_probs, finished = init(variables, memory)
+    for _ in range(length):
+      tokens, cache, log_probs, finished, _, _ = one_token(variables, tokens, cache, log_probs, finished)
+      if bool(finished.all()):  # The host sync a Python-driven decoder needs to stop early.
+        break
+    jax.block_until_ready(log_probs)
+  return run
+
+
+def training_steps_per_second(config, vocab_size: int, steps: int) -> float:
+  model = models.build_model(config.model, vocab_size)
+  tx_fn = functools.partial(train.make_optimizer, config)
+  state = jax.jit(lambda r: train.init_state(model, tx_fn, config, r))(jax.random.key(0))
+  step = jax.jit(train.make_train_step(model, tx_fn(state.params), 0), donate_argnums=0)
+  size, batch = config.data.image_size, config.train.batch_size
+  data = {"images": np.random.default_rng(0).standard_normal((batch, 2, size, size, 3)).astype(np.float32),
+          "tokens": np.random.default_rng(1).integers(4, vocab_size, (batch, config.data.max_length)).astype(np.int32)}
+  state, metrics = step(state, data)  # Compile.
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = step(state, data)
+  jax.block_until_ready(metrics)
+  return steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--batch", type=int, default=32)
+  parser.add_argument("--beam", type=int, default=3)
+  parser.add_argument("--length", type=int, default=60)
+  parser.add_argument("--vocab", type=int, default=763)
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--train-steps", type=int, default=5)
+  args = parser.parse_args()
+  from configs import demo, iu_xray_attention
+  machine = {"device": jax.devices()[0].device_kind, "platform": jax.default_backend(),
+             "cpu_count": os.cpu_count(), "jax": jax.__version__}
+
+  config = iu_xray_attention.get_config()
+  model, variables, memory = _decoder_and_memory(config, args.vocab, args.batch)
+  compiled = _best_time(compiled_beam_search(model, variables, memory, args.beam, args.length), args.repeats)
+  host = _best_time(host_loop_beam_search(model, variables, memory, args.beam, args.length), args.repeats)
+  print(json.dumps({"benchmark": "beam_search", "batch": args.batch, "beam": args.beam,
+                    "max_length": args.length, "vocab": args.vocab,
+                    "compiled_reports_per_s": round(args.batch / compiled, 2),
+                    "host_loop_reports_per_s": round(args.batch / host, 2),
+                    "speedup": round(host / compiled, 2), **machine}))
+
+  results = {"benchmark": "attention_captioner_training", "unit": "steps/s"}
+  demo_config = demo.get_config()
+  results["demo_steps_per_s"] = round(training_steps_per_second(demo_config, 60, args.train_steps * 4), 3)
+  results["demo_batch"] = demo_config.train.batch_size
+  iu_config = iu_xray_attention.get_config()
+  iu_config.train.batch_size = 8
+  results["iu_xray_densenet121_frozen_steps_per_s"] = round(
+      training_steps_per_second(iu_config, args.vocab, args.train_steps), 3)
+  results["iu_xray_batch"] = iu_config.train.batch_size
+  print(json.dumps({**results, **machine}))
+
+
+if __name__ == "__main__":
+  main()
