@@ -24,12 +24,13 @@ def make_predict_fn(config: densenet.DenseNetConfig, dtype=jnp.float32):
 
 
 def classify_files(weights: str, paths: Sequence[str], batch_size: int = 16, image_size: int = 224,
-                   dtype: str = "float32", out=sys.stdout) -> int:
+                   dtype: str = "float32", out=None) -> int:
   """Prints `{"image": path, "probabilities": {class: p}}` per readable image, in input order.
 
   Unreadable images are reported on stderr by name and skipped; the others are still classified.
   Returns the exit status: 0 if every image was classified, 1 otherwise.
   """
+  out = out or sys.stdout  # Looked up per call: the caller (or pytest) may have replaced it.
   config, variables, classes = chexnet.load_chexnet(weights)
   if not config.num_classes:
     raise chexnet.WeightsError(f"{weights}: these weights have no classification head")

@@ -34,7 +34,21 @@ def _classify(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-  from cxrjax import evaluate
+  from cxrjax import evaluate, models
+  import ml_collections, pathlib
+  config_path = pathlib.Path(args.workdir) / "config.json"
+  if not config_path.is_file():
+    print(f"cxrjax evaluate: error: {config_path}: not found; is {args.workdir} a training workdir?",
+          file=sys.stderr)
+    return 2
+  model_config = ml_collections.ConfigDict(json.loads(config_path.read_text())["model"])
+  if models.task_of(model_config) == "classification":
+    output = evaluate.evaluate_classifier(args.workdir, args.split, checkpoint=args.checkpoint,
+                                          max_examples=args.max_examples)
+    print(json.dumps({"split": args.split, "step": output["step"], "stage": output["stage"],
+                      "mean_AUROC": output["scores"]["mean_AUROC"],
+                      "written": f"{args.workdir}/eval/{args.split}/"}))
+    return 0
   output = evaluate.run_evaluation(args.workdir, args.split, checkpoint=args.checkpoint,
                                    beam_size=args.beam_size, max_examples=args.max_examples,
                                    meteor=not args.no_meteor)

@@ -96,19 +96,20 @@ def blind_baseline(config: ml_collections.ConfigDict, references: list[str],
 
 
 def load_run(workdir: str | pathlib.Path, checkpoint: str = train.BEST):
-  """(config, model, vocabulary, state) of a training workdir's `best` or `latest` checkpoint."""
+  """(config, model, vocabulary or None, state) of a training workdir's `best` or `latest` checkpoint."""
   import orbax.checkpoint as ocp
+  from cxrjax import tasks
   workdir = pathlib.Path(workdir)
   config_path = workdir / "config.json"
   if not config_path.is_file():
     raise FileNotFoundError(f"{config_path}: not found; is {workdir} a `cxrjax train` workdir?")
   config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-  vocabulary = text.Vocabulary.from_json(workdir / "vocabulary.json")
-  model = models.build_model(config.model, len(vocabulary))
-  mesh = train.create_mesh()
-  replicated = NamedSharding(mesh, P())
-  tx_fn = lambda params: train.make_optimizer(config, params)
-  abstract = jax.eval_shape(lambda rng: train.init_state(model, tx_fn, config, rng), jax.random.key(0))
+  task = tasks.make_task(config)
+  vocabulary = text.Vocabulary.from_json(workdir / "vocabulary.json") if task.uses_vocabulary else None
+  model = models.build_model(config.model, len(vocabulary) if vocabulary else None)
+  replicated = NamedSharding(train.create_mesh(), P())
+  tx_fn = lambda params: train.make_optimizer(config, params, task.frozen_prefixes())
+  abstract = jax.eval_shape(lambda rng: train.init_state(model, task, tx_fn, rng), jax.random.key(0))
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract)
   directory = (workdir / "checkpoints" / checkpoint).absolute()
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
@@ -119,10 +120,31 @@ def load_run(workdir: str | pathlib.Path, checkpoint: str = train.BEST):
   return config, model, vocabulary, state
 
 
+def evaluate_classifier(workdir: str | pathlib.Path, split: str, checkpoint: str = train.BEST,
+                        max_examples: int | None = None) -> dict[str, Any]:
+  """AG-CNN: per-class AUROC and their mean (written to metrics.json) and predictions.csv in the
+  common `Image Index,prob_<Finding>,...` layout, which `cxrjax auroc` scores against the label file."""
+  from cxrjax import auroc, tasks
+  config, model, _, state = load_run(workdir, checkpoint)
+  task = tasks.make_task(config)
+  source, info = pipeline.make_source(config.data, split)
+  if max_examples:
+    source = pipeline.Subset(source, max_examples)
+  ids, probabilities, labels = task.probabilities(model, state, source, info.label_names)
+  out_dir = pathlib.Path(workdir) / "eval" / split
+  out_dir.mkdir(parents=True, exist_ok=True)
+  auroc.write_predictions_csv(out_dir / "predictions.csv", ids, probabilities, list(info.label_names))
+  output = {"split": split, "checkpoint": checkpoint, "step": int(state.step), "stage": task.stage,
+            "scores": tasks.auroc_scores(labels, probabilities, info.label_names)}
+  (out_dir / "metrics.json").write_text(json.dumps(output, indent=2) + "\n")
+  return output
+
+
 def run_evaluation(workdir: str | pathlib.Path, split: str, checkpoint: str = train.BEST,
                    beam_size: int | None = None, max_examples: int | None = None,
                    meteor: bool = True) -> dict[str, Any]:
-  """The `cxrjax evaluate` job: writes predictions.jsonl and metrics.json; returns the metrics."""
+  """The `cxrjax evaluate` job: writes predictions.jsonl and metrics.json; returns the metrics.
+  (Classifiers: `evaluate_classifier`.)"""
   config, model, vocabulary, state = load_run(workdir, checkpoint)
   if beam_size is not None:
     config.decode.beam_size = beam_size

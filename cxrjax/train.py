@@ -29,8 +29,8 @@ import optax
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cxrjax import models
-from cxrjax.data import pipeline, text
+from cxrjax import models, tasks
+from cxrjax.data import pipeline
 
 LATEST, BEST = "latest", "best"
 
@@ -61,63 +61,61 @@ def frozen_labels(params: Any, frozen_prefixes: tuple[str, ...]) -> Any:
   return jax.tree_util.tree_map_with_path(label, params)
 
 
-def make_optimizer(config: ml_collections.ConfigDict, params: Any) -> optax.GradientTransformation:
-  """AdamW with linear warm-up and cosine decay, global-norm clipping; frozen parameters never move
-  (weight decay included), and decay skips biases and norm scales (rank-1 leaves)."""
-  train = config.train
-  schedule = optax.warmup_cosine_decay_schedule(
+def make_schedule(train: ml_collections.ConfigDict) -> optax.Schedule:
+  """"cosine": linear warm-up then cosine decay to final_lr_fraction; "step": the learning rate divided
+  by 10 every decay_every_steps (AG-CNN: every 20 epochs)."""
+  if train.get("schedule", "cosine") == "step":
+    return optax.exponential_decay(train.learning_rate, transition_steps=train.decay_every_steps,
+                                   decay_rate=0.1, staircase=True)
+  return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=train.learning_rate, warmup_steps=train.warmup_steps,
-      decay_steps=max(train.num_steps, train.warmup_steps + 1), end_value=train.learning_rate * train.final_lr_fraction)
-  decay_mask = jax.tree.map(lambda leaf: leaf.ndim > 1, params)
-  adamw = optax.chain(
-      optax.clip_by_global_norm(train.grad_clip_norm),
-      optax.adamw(schedule, b1=train.b1, b2=train.b2, weight_decay=train.weight_decay, mask=decay_mask))
-  return optax.multi_transform({"trained": adamw, "frozen": optax.set_to_zero()},
-                               frozen_labels(params, models.frozen_prefixes(config.model)))
+      decay_steps=max(train.num_steps, train.warmup_steps + 1),
+      end_value=train.learning_rate * train.final_lr_fraction)
 
 
-def caption_loss(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Cross-entropy over real tokens only: logits [batch, length, vocab], targets [batch, length]
-  (pad = 0 is masked, as both seeds do). Returns (mean loss per real token, number of real tokens)."""
-  mask = (targets != text.PAD_ID).astype(jnp.float32)
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
-  num_tokens = mask.sum()
-  return (losses * mask).sum() / jnp.maximum(num_tokens, 1.0), num_tokens
+def make_optimizer(config: ml_collections.ConfigDict, params: Any,
+                   frozen_prefixes: tuple[str, ...] = ()) -> optax.GradientTransformation:
+  """Global-norm clipping, then AdamW (decoupled decay; biases and norm scales, rank-1 leaves, are not
+  decayed) or, with train.optimizer="adam_l2", Adam with an L2 penalty on convolution kernels only
+  (seed 004). Parameters under `frozen_prefixes` never move, weight decay included."""
+  train = config.train
+  schedule = make_schedule(train)
+  if train.get("optimizer", "adamw") == "adam_l2":
+    conv_kernels = jax.tree.map(lambda leaf: leaf.ndim == 4, params)
+    optimizer = optax.chain(optax.add_decayed_weights(train.weight_decay, mask=conv_kernels),
+                            optax.adam(schedule, b1=train.b1, b2=train.b2))
+  else:
+    decay_mask = jax.tree.map(lambda leaf: leaf.ndim > 1, params)
+    optimizer = optax.adamw(schedule, b1=train.b1, b2=train.b2, weight_decay=train.weight_decay,
+                            mask=decay_mask)
+  trained = optax.chain(optax.clip_by_global_norm(train.grad_clip_norm), optimizer)
+  return optax.multi_transform({"trained": trained, "frozen": optax.set_to_zero()},
+                               frozen_labels(params, frozen_prefixes))
 
 
-def _sample_batch(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-  size, length = config.data.image_size, config.data.max_length
-  return {"images": np.zeros((1, 2, size, size, 3), np.float32), "tokens": np.zeros((1, length), np.int32)}
-
-
-def init_state(model, tx_fn, config: ml_collections.ConfigDict, rng: jax.Array) -> TrainState:
-  """Fresh parameters (with the encoder's imported weights when configured) and optimizer state."""
-  sample = _sample_batch(config)
-  variables = model.init({"params": rng, "dropout": rng}, sample["images"], sample["tokens"][:, :-1])
+def init_state(model, task, tx_fn, rng: jax.Array) -> TrainState:
+  """Fresh parameters and optimizer state (pretrained parts are put in by `task.load_pretrained`)."""
+  variables = task.init(model, {"params": rng, "dropout": rng})
   params, batch_stats = variables["params"], variables.get("batch_stats", {})
-  tx = tx_fn(params)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                    opt_state=tx.init(params))
+                    opt_state=tx_fn(params).init(params))
 
 
-def make_train_step(model, tx: optax.GradientTransformation, dropout_seed: int):
+def make_train_step(model, task, tx: optax.GradientTransformation, dropout_seed: int):
   """(state, batch) -> (state, metrics); dropout keys derive from (seed, step), so resuming is exact."""
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     rng = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
-    inputs, targets = batch["tokens"][:, :-1], batch["tokens"][:, 1:]  # [batch, length - 1] each
 
     def loss_fn(params):
-      variables = {"params": params, "batch_stats": state.batch_stats}
-      outputs, updates = model.apply(variables, batch["images"], inputs, train=True,
-                                     rngs={"dropout": rng}, mutable=["batch_stats"])
-      loss, num_tokens = caption_loss(outputs["logits"], targets)
-      return loss, (updates.get("batch_stats", state.batch_stats), num_tokens)
+      return task.loss(model, {"params": params, "batch_stats": state.batch_stats}, batch, rng)
 
-    (loss, (batch_stats, num_tokens)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (batch_stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "tokens": num_tokens}
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+    # Models without batch norm in training mode return no updates: keep the statistics.
+    batch_stats = batch_stats if jax.tree.leaves(batch_stats) else state.batch_stats
     return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                          opt_state=opt_state), metrics
 
@@ -171,10 +169,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
   `stop_after_steps` ends the run early (after that many steps in this call) as an interruption would;
   the tests use it to check that resuming reproduces an uninterrupted run exactly.
-  Returns the last validation metrics.
+  Returns the last validation scores.
   """
-  from cxrjax import evaluate  # evaluate imports train's helpers; import here to keep one direction.
-
   workdir = pathlib.Path(workdir)
   train_cfg = config.train
   if train_cfg.batch_size % jax.device_count():
@@ -183,21 +179,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   _check_workdir(workdir, config)
   if config.model.name not in models.MODELS:
     raise ConfigError(f"unknown model.name {config.model.name!r}; known: {sorted(models.MODELS)}")
-  train_source, _ = pipeline.make_source(config.data, "train")
+  task = tasks.make_task(config)
+  train_source, train_info = pipeline.make_source(config.data, "train")
   val_source, _ = pipeline.make_source(config.data, "val")
-  vocabulary = pipeline.load_or_build_vocabulary(config.data, train_source)
+  vocabulary = pipeline.load_or_build_vocabulary(config.data, train_source) if task.uses_vocabulary else None
 
   workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
     (workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
-    vocabulary.to_json(workdir / "vocabulary.json")
+    if vocabulary is not None:
+      vocabulary.to_json(workdir / "vocabulary.json")
 
-  model = models.build_model(config.model, len(vocabulary))
+  model = models.build_model(config.model, len(vocabulary) if vocabulary else None)
   mesh = create_mesh()
   replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  tx_fn = functools.partial(make_optimizer, config)
+  tx_fn = functools.partial(make_optimizer, config, frozen_prefixes=task.frozen_prefixes())
 
-  init = jax.jit(lambda rng: init_state(model, tx_fn, config, rng), out_shardings=replicated)
+  init = jax.jit(lambda rng: init_state(model, task, tx_fn, rng), out_shardings=replicated)
   abstract_state = jax.eval_shape(init, jax.random.key(train_cfg.seed))
   state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
   abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -208,7 +206,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       train_source, vocabulary, batch_size=train_cfg.batch_size // jax.process_count(),
       image_size=config.data.image_size, max_length=config.data.max_length, train=True,
       seed=train_cfg.seed, cleaning=config.data.cleaning, random_flip=config.data.random_flip,
-      read_threads=config.data.get("read_threads", 0), worker_count=config.data.get("worker_count", 0))
+      read_threads=config.data.get("read_threads", 0), worker_count=config.data.get("worker_count", 0),
+      label_names=None if task.uses_vocabulary else train_info.label_names,
+      num_views=config.data.get("num_views", pipeline.NUM_VIEWS))
   iterator = iter(dataset)
 
   managers = _checkpoint_managers(workdir)
@@ -220,16 +220,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     print(f"resumed from {workdir}/checkpoints/latest at step {int(state.step)}")
   else:
     state = init(jax.random.key(train_cfg.seed))
-    params, stats = models.load_pretrained(config.model, state.params, state.batch_stats, vocabulary)
+    params, stats = task.load_pretrained(state.params, state.batch_stats, vocabulary)
     if params is not state.params or stats is not state.batch_stats:
       # The optimizer state is unchanged: AdamW's moments start at zero whatever the parameters.
       state = jax.device_put(state.replace(params=params, batch_stats=stats), state_sharding)
 
-  train_step = jax.jit(make_train_step(model, tx, train_cfg.seed),
+  train_step = jax.jit(make_train_step(model, task, tx, train_cfg.seed),
                        in_shardings=(state_sharding, data_sharding),
                        out_shardings=(state_sharding, replicated), donate_argnums=(0,))
-  generator = evaluate.ReportGenerator(model, vocabulary, config.decode, greedy=True)
-
   metrics_file = (workdir / "metrics.jsonl").open("a") if jax.process_index() == 0 else None
   first_step = int(state.step)
   last_step = train_cfg.num_steps if stop_after_steps is None else min(
@@ -250,10 +248,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       pending, timer = [], time.perf_counter()
     is_eval = step % train_cfg.eval_every == 0 or step == train_cfg.num_steps
     if is_eval:
-      val_metrics = evaluate.evaluate_source(generator, state, val_source, config,
-                                             max_examples=config.eval.get("max_val_examples"))
-      _log(metrics_file, {"split": "val", "step": step, **val_metrics["scores"]})
-      value = val_metrics["scores"][config.eval.best_metric]
+      val_metrics = task.validate(model, state, val_source, vocabulary)
+      _log(metrics_file, {"split": "val", "step": step, **val_metrics})
+      value = val_metrics[config.eval.best_metric]
       if value > best_value:
         best_value = value
         save(managers[BEST], state, iterator.get_state(), {"step": step, config.eval.best_metric: value})

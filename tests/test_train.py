@@ -24,7 +24,7 @@ def _params(workdir, checkpoint=train.LATEST):
 def test_runs_sharded_over_all_devices_and_writes_the_workdir(tmp_path, smoke_config):
   assert jax.device_count() == 8, "tests expect XLA_FLAGS=--xla_force_host_platform_device_count=8"
   val = train.train_and_evaluate(smoke_config, tmp_path)
-  assert val["scores"]["num_studies"] == smoke_config.data.num_val
+  assert val["num_studies"] == smoke_config.data.num_val
   for name in ("config.json", "vocabulary.json", "metrics.jsonl", "checkpoints/latest", "checkpoints/best"):
     assert (tmp_path / name).exists(), name
   records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -107,7 +107,8 @@ def test_imported_frozen_encoder_is_loaded_and_never_moves(tmp_path, smoke_confi
                variables["batch_stats"])
   # The decoder did train: its output layer moved away from the initial values.
   _, model, _, _ = evaluate.load_run(tmp_path / "run")
-  initial = train.init_state(model, lambda p: train.make_optimizer(config, p), config,
-                             jax.random.key(config.train.seed))
+  from cxrjax import tasks
+  task = tasks.make_task(config)
+  initial = train.init_state(model, task, lambda p: train.make_optimizer(config, p), jax.random.key(config.train.seed))
   assert not np.allclose(state.params["decoder"]["output"]["kernel"],
                          initial.params["decoder"]["output"]["kernel"])

@@ -1,0 +1,64 @@
+"""AG-CNN's three stages through the shared trainer, on the phantom set's finding labels."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from cxrjax import cli, evaluate, train
+from configs import chestxray14_agcnn
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory):
+  root = tmp_path_factory.mktemp("agcnn")
+  previous = ""
+  for stage in (1, 2, 3):
+    config = chestxray14_agcnn.get_config(f"smoke,stage={stage}")
+    config.model.init_from = previous
+    scores = train.train_and_evaluate(config, root / f"stage{stage}")
+    assert 0.0 <= scores["mean_AUROC"] <= 1.0
+    previous = str(root / f"stage{stage}")
+  return root
+
+
+def _state(workdir, checkpoint=train.LATEST):
+  return jax.device_get(evaluate.load_run(workdir, checkpoint)[3])
+
+
+def test_each_stage_trains_only_its_branch(stages):
+  one, two, three = (_state(stages / f"stage{i}") for i in (1, 2, 3))
+  start_two = jax.device_get(evaluate.load_run(stages / "stage1", train.BEST)[3])
+  start_three = jax.device_get(evaluate.load_run(stages / "stage2", train.BEST)[3])
+  # Stage 2 starts from stage 1's best state and leaves the global branch as it was.
+  jax.tree.map(np.testing.assert_array_equal, two.params["global_branch"], start_two.params["global_branch"])
+  jax.tree.map(np.testing.assert_array_equal, two.batch_stats["global_branch"],
+               start_two.batch_stats["global_branch"])
+  assert not np.array_equal(two.params["local_branch"]["classifier"]["kernel"],
+                            start_two.params["local_branch"]["classifier"]["kernel"])
+  # Stage 3 moves only the fusion classifier.
+  for branch in ("global_branch", "local_branch"):
+    jax.tree.map(np.testing.assert_array_equal, three.params[branch], start_three.params[branch])
+  assert not np.array_equal(three.params["fusion_classifier"]["kernel"],
+                            start_three.params["fusion_classifier"]["kernel"])
+  assert int(one.step) == int(two.step) == int(three.step) == 4
+
+
+def test_stage_must_start_from_an_earlier_stage(stages, tmp_path):
+  config = chestxray14_agcnn.get_config("smoke,stage=2")
+  config.model.init_from = str(stages / "stage3")
+  with pytest.raises(ValueError, match="stage 3"):
+    train.train_and_evaluate(config, tmp_path)
+
+
+def test_evaluate_writes_auroc_and_a_predictions_csv(stages, capsys):
+  assert cli.main(["evaluate", "--workdir", str(stages / "stage3"), "--split", "test"]) == 0
+  summary = json.loads(capsys.readouterr().out)
+  assert summary["stage"] == 3 and 0.0 <= summary["mean_AUROC"] <= 1.0
+  metrics = json.loads((stages / "stage3/eval/test/metrics.json").read_text())
+  assert set(metrics["scores"]) >= {"mean_AUROC", "AUROC/Cardiomegaly", "AUROC/Nodule"}
+  lines = (stages / "stage3/eval/test/predictions.csv").read_text().splitlines()
+  assert lines[0] == "Image Index," + ",".join(f"prob_{n}" for n in
+                                                ("Cardiomegaly", "Effusion", "Pneumothorax", "Opacity", "Nodule"))
+  assert len(lines) == 1 + chestxray14_agcnn.get_config("smoke").data.num_test
