@@ -250,8 +250,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     if is_eval:
       val_metrics = task.validate(model, state, val_source, vocabulary)
       _log(metrics_file, {"split": "val", "step": step, **val_metrics})
-      value = val_metrics[config.eval.best_metric]
-      if value > best_value:
+      value = float(val_metrics[config.eval.best_metric])
+      value = -np.inf if np.isnan(value) else value  # E.g. AUROC of a split with one label value.
+      if value > best_value or managers[BEST].latest_step() is None:
         best_value = value
         save(managers[BEST], state, iterator.get_state(), {"step": step, config.eval.best_metric: value})
     if is_eval or step % train_cfg.checkpoint_every == 0 or step == last_step:

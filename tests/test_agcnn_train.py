@@ -62,3 +62,28 @@ def test_evaluate_writes_auroc_and_a_predictions_csv(stages, capsys):
   assert lines[0] == "Image Index," + ",".join(f"prob_{n}" for n in
                                                 ("Cardiomegaly", "Effusion", "Pneumothorax", "Opacity", "Nodule"))
   assert len(lines) == 1 + chestxray14_agcnn.get_config("smoke").data.num_test
+
+
+from tests.test_chestxray14 import label_lines, manual_dir  # noqa: E402,F401  (fixtures)
+
+
+def test_real_chestxray14_images_prepare_train_evaluate_and_score(manual_dir, tmp_path, capsys):
+  """The whole ChestX-ray14 path on the 15 real images: prepare, stage-1 training, evaluation, and
+  `cxrjax auroc` on the written predictions against the label file."""
+  assert cli.main(["prepare", "chestxray14", "--manual-dir", str(manual_dir), "--data-dir",
+                   str(tmp_path / "data"), "--split", "random"]) == 0
+  capsys.readouterr()
+  config = chestxray14_agcnn.get_config("smoke,stage=1,split=random,classes=14")
+  config.data.update(name="chestxray14", data_dir=str(tmp_path / "data"), num_views=1)
+  config.model.num_classes = 14
+  config.train.batch_size = 8
+  train.train_and_evaluate(config, tmp_path / "run")
+  assert cli.main(["evaluate", "--workdir", str(tmp_path / "run"), "--split", "test"]) == 0
+  capsys.readouterr()
+  predictions = tmp_path / "run/eval/test/predictions.csv"
+  rows = predictions.read_text().splitlines()
+  assert rows[0].split(",")[1] == "prob_Atelectasis" and len(rows) == 1 + 4  # 4 test images (10/1/4)
+  assert cli.main(["auroc", "--predictions", str(predictions), "--labels",
+                   str(manual_dir / "Data_Entry_2017_v2020.csv")]) == 0
+  scored = json.loads(capsys.readouterr().out)
+  assert scored["num_images"] == 4

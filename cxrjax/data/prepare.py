@@ -24,11 +24,12 @@ import pathlib
 import sys
 from typing import Any
 
+from cxrjax.data import chestxray14
 from cxrjax.data import images
 from cxrjax.data import iu_xray
 from cxrjax.data import text
 
-DATASETS = ("iu_xray",)
+DATASETS = ("iu_xray", "chestxray14")
 
 
 def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -50,7 +51,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("dataset", choices=DATASETS)
+  datasets = parser.add_subparsers(dest="dataset", required=True, metavar="{" + ",".join(DATASETS) + "}")
+  _add_iu_xray_arguments(datasets.add_parser("iu_xray", help="IU X-ray (Open-i, Kaggle or R2Gen layout)"))
+  cxr14 = datasets.add_parser("chestxray14", help="NIH ChestX-ray14")
+  chestxray14.add_prepare_arguments(cxr14)
+  cxr14.set_defaults(run=chestxray14.run_prepare)
+
+
+def _add_iu_xray_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--manual-dir", type=pathlib.Path,
                       help="the downloaded source files (see iu_xray.IuXray.MANUAL_DOWNLOAD_INSTRUCTIONS); "
                            "not needed when the dataset is already built")
