@@ -6,6 +6,7 @@
   cxrjax train --config=configs/demo.py --workdir=DIR [--config.x=y ...]
   cxrjax evaluate --workdir DIR --split val|test                generate reports and score them
   cxrjax predict --workdir DIR FRONTAL [LATERAL] [--attention-maps OUT_DIR]   one study's report
+  cxrjax predict-agcnn --workdir DIR --out-dir OUT IMAGE...    AG-CNN findings + attention picture
   cxrjax auroc --predictions CSV --labels Data_Entry_2017.csv   score ChestX-ray14 predictions
 """
 
@@ -72,6 +73,19 @@ def _predict(args: argparse.Namespace) -> int:
   return 0
 
 
+def _predict_agcnn(args: argparse.Namespace) -> int:
+  from cxrjax import predict
+  from cxrjax.data.images import ImageError
+  try:
+    results = predict.predict_agcnn(args.workdir, args.images, args.out_dir)
+  except (ImageError, ValueError, FileNotFoundError) as error:
+    print(f"cxrjax predict-agcnn: error: {error}", file=sys.stderr)
+    return 2
+  for result in results:
+    print(json.dumps(result))
+  return 0
+
+
 def _train(argv: Sequence[str]) -> int:
   """`cxrjax train` parses absl flags so that ml_collections' --config.x=y overrides work."""
   from absl import flags
@@ -134,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="write one PNG per generated word and summary.png")
   predict.add_argument("images", nargs="+", help="the frontal view, then optionally the lateral view")
   predict.set_defaults(run=_predict)
+
+  predict_agcnn = commands.add_parser("predict-agcnn", help="AG-CNN findings and where it looked")
+  predict_agcnn.add_argument("--workdir", required=True, help="an AG-CNN training workdir")
+  predict_agcnn.add_argument("--out-dir", required=True, help="where to write one PNG per image")
+  predict_agcnn.add_argument("images", nargs="+")
+  predict_agcnn.set_defaults(run=_predict_agcnn)
 
   from cxrjax import auroc
   auroc.add_parser(commands)

@@ -107,3 +107,41 @@ def predict(workdir: str, paths: list[str], attention_dir: str | None = None,
     else:
       result["attention_maps"] = [str(p) for p in write_attention_maps(attention_dir, views, words, maps)]
   return result
+
+
+def predict_agcnn(workdir: str, paths: list[str], out_dir: str | pathlib.Path,
+                  checkpoint: str = train.BEST) -> list[dict[str, Any]]:
+  """AG-CNN on single images: probabilities of the run's stage branch (fusion after stage 3), and a
+  PNG per image with the global image, the heatmap, the crop box and the local image."""
+  from cxrjax.models import agcnn
+  from cxrjax import tasks
+  config, model, _, state = evaluate.load_run(workdir, checkpoint)
+  task = tasks.make_task(config)
+  if task.name != "classification":
+    raise ValueError(f"{workdir}: holds a {config.model.name} model; predict-agcnn needs an AG-CNN run")
+  label_names = _label_names(config)
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  forward = jax.jit(lambda v, x: model.apply(v, x))
+  out_dir = pathlib.Path(out_dir)
+  results = []
+  for path in paths:
+    view = image_io.resize(image_io.load_image(path), config.data.image_size, config.data.image_size)
+    outputs = jax.device_get(forward(variables, image_io.normalize(view)[None]))
+    probabilities = 1.0 / (1.0 + np.exp(-outputs[agcnn.STAGE_LOGITS[task.stage]][0]))
+    top = np.argsort(-probabilities)[:3]
+    figure = out_dir / f"{pathlib.Path(path).stem}_agcnn.png"
+    agcnn.render_attention_figure(
+        view, outputs["heatmap"][0], outputs["boxes"][0], outputs["local_images"][0], figure,
+        title=", ".join(f"{label_names[i]} {probabilities[i]:.2f}" for i in top))
+    results.append({"image": str(path), "figure": str(figure), "box": [int(b) for b in outputs["boxes"][0]],
+                    "probabilities": {n: round(float(p), 6) for n, p in zip(label_names, probabilities)}})
+  return results
+
+
+def _label_names(config) -> list[str]:
+  from cxrjax.data import pipeline
+  try:
+    return list(pipeline.make_source(config.data, "test")[1].label_names)
+  except (FileNotFoundError, ValueError):  # Data not on this machine: fall back to the class order.
+    from cxrjax.data import chestxray14
+    return list(chestxray14.class_names(config.model.num_classes == 15))

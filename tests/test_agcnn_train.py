@@ -87,3 +87,16 @@ def test_real_chestxray14_images_prepare_train_evaluate_and_score(manual_dir, tm
                    str(manual_dir / "Data_Entry_2017_v2020.csv")]) == 0
   scored = json.loads(capsys.readouterr().out)
   assert scored["num_images"] == 4
+
+
+def test_predict_agcnn_draws_where_the_model_looked(stages, shared_data, tmp_path, capsys):
+  image = shared_data / "nih_chestxray14/images/00001369_000.png"  # RGBA, 1024x1024
+  assert cli.main(["predict-agcnn", "--workdir", str(stages / "stage3"), "--out-dir", str(tmp_path),
+                   str(image)]) == 0
+  result = json.loads(capsys.readouterr().out)
+  y0, x0, y1, x1 = result["box"]
+  assert 0 <= y0 < y1 <= 32 and 0 <= x0 < x1 <= 32
+  assert set(result["probabilities"]) == {"Cardiomegaly", "Effusion", "Pneumothorax", "Opacity", "Nodule"}
+  from PIL import Image
+  figure = Image.open(result["figure"])
+  assert figure.width > 2 * figure.height  # Three panels side by side.
