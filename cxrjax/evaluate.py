@@ -9,13 +9,13 @@ implementation, plus the blind baseline: the most common training report scored 
 
 import collections
 import json
-import pathlib
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cxrjax import decoding, metrics, models, train
@@ -95,11 +95,11 @@ def blind_baseline(config: ml_collections.ConfigDict, references: list[str],
           "scores": scores}
 
 
-def load_run(workdir: str | pathlib.Path, checkpoint: str = train.BEST):
+def load_run(workdir: str | epath.Path, checkpoint: str = train.BEST):
   """(config, model, vocabulary or None, state) of a training workdir's `best` or `latest` checkpoint."""
   import orbax.checkpoint as ocp
   from cxrjax import tasks
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   config_path = workdir / "config.json"
   if not config_path.is_file():
     raise FileNotFoundError(f"{config_path}: not found; is {workdir} a `cxrjax train` workdir?")
@@ -111,7 +111,7 @@ def load_run(workdir: str | pathlib.Path, checkpoint: str = train.BEST):
   tx_fn = lambda params: train.make_optimizer(config, params, task.frozen_prefixes())
   abstract = jax.eval_shape(lambda rng: train.init_state(model, task, tx_fn, rng), jax.random.key(0))
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract)
-  directory = (workdir / "checkpoints" / checkpoint).absolute()
+  directory = train.absolute_path(workdir / "checkpoints" / checkpoint)
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
   if manager.latest_step() is None:
     raise FileNotFoundError(f"{directory}: no checkpoint")
@@ -120,7 +120,7 @@ def load_run(workdir: str | pathlib.Path, checkpoint: str = train.BEST):
   return config, model, vocabulary, state
 
 
-def evaluate_classifier(workdir: str | pathlib.Path, split: str, checkpoint: str = train.BEST,
+def evaluate_classifier(workdir: str | epath.Path, split: str, checkpoint: str = train.BEST,
                         max_examples: int | None = None) -> dict[str, Any]:
   """AG-CNN: per-class AUROC and their mean (written to metrics.json) and predictions.csv in the
   common `Image Index,prob_<Finding>,...` layout, which `cxrjax auroc` scores against the label file."""
@@ -131,7 +131,7 @@ def evaluate_classifier(workdir: str | pathlib.Path, split: str, checkpoint: str
   if max_examples:
     source = pipeline.Subset(source, max_examples)
   ids, probabilities, labels = task.probabilities(model, state, source, info.label_names)
-  out_dir = pathlib.Path(workdir) / "eval" / split
+  out_dir = epath.Path(workdir) / "eval" / split
   out_dir.mkdir(parents=True, exist_ok=True)
   auroc.write_predictions_csv(out_dir / "predictions.csv", ids, probabilities, list(info.label_names))
   output = {"split": split, "checkpoint": checkpoint, "step": int(state.step), "stage": task.stage,
@@ -140,7 +140,7 @@ def evaluate_classifier(workdir: str | pathlib.Path, split: str, checkpoint: str
   return output
 
 
-def run_evaluation(workdir: str | pathlib.Path, split: str, checkpoint: str = train.BEST,
+def run_evaluation(workdir: str | epath.Path, split: str, checkpoint: str = train.BEST,
                    beam_size: int | None = None, max_examples: int | None = None,
                    meteor: bool = True) -> dict[str, Any]:
   """The `cxrjax evaluate` job: writes predictions.jsonl and metrics.json; returns the metrics.
@@ -155,7 +155,7 @@ def run_evaluation(workdir: str | pathlib.Path, split: str, checkpoint: str = tr
   output = {"split": split, "checkpoint": checkpoint, "step": int(state.step),
             "decode": config.decode.to_dict(), "scores": result["scores"],
             "blind_baseline": blind_baseline(config, references, meteor=meteor)}
-  out_dir = pathlib.Path(workdir) / "eval" / split
+  out_dir = epath.Path(workdir) / "eval" / split
   out_dir.mkdir(parents=True, exist_ok=True)
   with (out_dir / "predictions.jsonl").open("w") as handle:
     for prediction in result["predictions"]:

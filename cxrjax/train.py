@@ -16,7 +16,7 @@ Workdir layout:
 
 import functools
 import json
-import pathlib
+import os
 import time
 from typing import Any
 
@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 import optax
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -128,13 +129,18 @@ def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str
           for key, value in batch.items() if value.dtype.kind in "biuf"}
 
 
-def _checkpoint_managers(workdir: pathlib.Path) -> dict[str, ocp.CheckpointManager]:
+def _checkpoint_managers(workdir: epath.Path) -> dict[str, ocp.CheckpointManager]:
   options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
-  return {name: ocp.CheckpointManager((workdir / "checkpoints" / name).absolute(), options=options)
+  return {name: ocp.CheckpointManager(absolute_path(workdir / "checkpoints" / name), options=options)
           for name in (LATEST, BEST)}
 
 
-def _check_workdir(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+def absolute_path(path: epath.Path) -> epath.Path:
+  """Orbax wants absolute paths; gs:// paths already are."""
+  return path if "://" in str(path) else epath.Path(os.path.abspath(path))
+
+
+def _check_workdir(workdir: epath.Path, config: ml_collections.ConfigDict) -> None:
   """Refuses a workdir whose checkpoints belong to another model or data configuration."""
   saved_path = workdir / "config.json"
   if not saved_path.exists():
@@ -163,7 +169,7 @@ def save(manager: ocp.CheckpointManager, state: TrainState, data_state: Any, met
       meta=ocp.args.JsonSave(meta)), force=True)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.Path,
                        stop_after_steps: int | None = None) -> dict[str, Any]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
 
@@ -171,7 +177,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   the tests use it to check that resuming reproduces an uninterrupted run exactly.
   Returns the last validation scores.
   """
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   train_cfg = config.train
   if train_cfg.batch_size % jax.device_count():
     raise ConfigError(f"train.batch_size={train_cfg.batch_size} is not divisible by the "
@@ -179,6 +185,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   _check_workdir(workdir, config)
   if config.model.name not in models.MODELS:
     raise ConfigError(f"unknown model.name {config.model.name!r}; known: {sorted(models.MODELS)}")
+  if config.model.get("cache_features") and not config.model.get("freeze_encoder"):
+    raise ConfigError("model.cache_features needs model.freeze_encoder: a trained encoder's features "
+                      "change every step")
   task = tasks.make_task(config)
   train_source, train_info = pipeline.make_source(config.data, "train")
   val_source, _ = pipeline.make_source(config.data, "val")
@@ -202,6 +211,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                                 abstract_state, state_sharding)
   tx = tx_fn(abstract_state.params)
 
+  managers = _checkpoint_managers(workdir)
+  resuming = managers[LATEST].latest_step() is not None
+  if resuming:
+    state, data_state, meta = restore(managers[LATEST], abstract_state)
+  else:
+    state = init(jax.random.key(train_cfg.seed))
+    params, stats = task.load_pretrained(state.params, state.batch_stats, vocabulary)
+    if params is not state.params or stats is not state.batch_stats:
+      # The optimizer state is unchanged: AdamW's moments start at zero whatever the parameters.
+      state = jax.device_put(state.replace(params=params, batch_stats=stats), state_sharding)
+
+  if config.model.get("cache_features"):
+    from cxrjax import features
+    cached = features.load_or_compute(
+        workdir / "features" / "train.npz", model, {"params": state.params, "batch_stats": state.batch_stats},
+        train_source, config, batch_size=config.eval.batch_size)
+    train_source = features.CachedFeatureSource(train_source, cached)
+
   dataset = pipeline.make_dataset(
       train_source, vocabulary, batch_size=train_cfg.batch_size // jax.process_count(),
       image_size=config.data.image_size, max_length=config.data.max_length, train=True,
@@ -211,19 +238,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       num_views=config.data.get("num_views", pipeline.NUM_VIEWS))
   iterator = iter(dataset)
 
-  managers = _checkpoint_managers(workdir)
   best_value = -np.inf
-  if managers[LATEST].latest_step() is not None:
-    state, data_state, meta = restore(managers[LATEST], abstract_state)
+  if resuming:
     iterator.set_state(data_state)
     best_value = meta.get("best_value", -np.inf)
     print(f"resumed from {workdir}/checkpoints/latest at step {int(state.step)}")
-  else:
-    state = init(jax.random.key(train_cfg.seed))
-    params, stats = task.load_pretrained(state.params, state.batch_stats, vocabulary)
-    if params is not state.params or stats is not state.batch_stats:
-      # The optimizer state is unchanged: AdamW's moments start at zero whatever the parameters.
-      state = jax.device_put(state.replace(params=params, batch_stats=stats), state_sharding)
 
   train_step = jax.jit(make_train_step(model, task, tx, train_cfg.seed),
                        in_shardings=(state_sharding, data_sharding),

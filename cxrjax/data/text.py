@@ -21,6 +21,8 @@ import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
+from etils import epath
+
 CLEANING_STYLES = ("seed001", "r2gen")
 
 PAD, UNK, START, END = "<pad>", "<unk>", "<start>", "<end>"
@@ -185,13 +187,13 @@ class Vocabulary:
   def to_json(self, path: str | os.PathLike) -> None:
     data = {"format": _JSON_FORMAT, "version": _JSON_VERSION, "min_count": self.min_count,
             "cleaning_style": self.cleaning_style, "tokens": list(self.tokens)}
-    with open(path, "w", encoding="utf-8") as f:
+    with epath.Path(path).open("w") as f:  # epath: local paths and gs:// alike.
       json.dump(data, f, indent=1, ensure_ascii=False)
 
   @classmethod
   def from_json(cls, path: str | os.PathLike) -> Vocabulary:
     try:
-      with open(path, encoding="utf-8") as f:
+      with epath.Path(path).open("r") as f:
         data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
       raise VocabularyFileError(f"{path}: not a valid JSON file ({e})") from e
