@@ -7,12 +7,20 @@ from typing import Any
 
 import ml_collections
 
-from cxrjax.models import captioner, densenet
+from cxrjax.models import captioner, context, densenet, lstm
 
 # model.name -> (class, task). Captioners share the interface documented in captioner.py.
 MODELS = {
     "attention_captioner": (captioner.AttentionCaptioner, "captioning"),
+    "lstm_captioner": (lstm.LSTMCaptioner, "captioning"),
+    "cam_captioner": (context.CAMCaptioner, "captioning"),
 }
+
+# Where a captioner keeps its word embedding [vocab, embed_dim] (every captioner here names it so).
+EMBEDDING_PATH = ("decoder", "embed", "embedding")
+
+# Model config fields that are training options, not model attributes.
+_TRAINING_FIELDS = ("name", "encoder_weights", "word_vectors", "freeze_embedding")
 
 
 def encoder_config(config: ml_collections.ConfigDict) -> densenet.DenseNetConfig:
@@ -28,9 +36,7 @@ def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> Any:
   if config.name not in MODELS:
     raise ValueError(f"unknown model.name {config.name!r}; known: {sorted(MODELS)}")
   model_class, _ = MODELS[config.name]
-  fields = config.to_dict()
-  fields.pop("name")
-  fields.pop("encoder_weights", None)
+  fields = {k: v for k, v in config.to_dict().items() if k not in _TRAINING_FIELDS}
   fields["encoder"] = encoder_config(config.encoder)
   fields["dtype"] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[fields.get("dtype", "float32")]
   return model_class(vocab_size=vocab_size, **fields)
@@ -41,15 +47,20 @@ def frozen_prefixes(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   prefixes = []
   if config.get("freeze_encoder", False):
     prefixes.append("image_encoder")
+  if config.get("freeze_embedding", False):
+    prefixes.append("/".join(EMBEDDING_PATH[:-1]))
   return tuple(prefixes)
 
 
 def load_pretrained(config: ml_collections.ConfigDict, params: Any, batch_stats: Any,
                     vocabulary: Any) -> tuple[Any, Any]:
   """Fresh variables with the configured pretrained parts put in: the image encoder's DenseNet from
-  `config.encoder_weights` (a `cxrjax port-weights` directory; its classifier head is dropped).
-  Returns the inputs unchanged (the same objects) when nothing is configured."""
-  del vocabulary  # For pretrained word vectors.
+  `config.encoder_weights` (a `cxrjax port-weights` directory; its classifier head is dropped) and the
+  word embedding from `config.word_vectors` (a GloVe `.txt` or fastText `.vec` file; see
+  cxrjax/data/word_vectors.py). Returns the inputs unchanged (the same objects) when nothing is
+  configured."""
+  if config.get("word_vectors"):
+    params = _load_word_vectors(config.word_vectors, params, vocabulary)
   if not config.get("encoder_weights"):
     return params, batch_stats
   import flax
@@ -71,6 +82,25 @@ def load_pretrained(config: ml_collections.ConfigDict, params: Any, batch_stats:
   params["image_encoder"]["densenet"] = jax.tree.map(jnp.asarray, densenet_params)
   batch_stats["image_encoder"]["densenet"] = jax.tree.map(jnp.asarray, variables["batch_stats"])
   return params, batch_stats
+
+
+def _load_word_vectors(path: str, params: Any, vocabulary: Any) -> Any:
+  """params with the embedding replaced by `path`'s vectors (missing words random; reported)."""
+  import flax
+  import jax.numpy as jnp
+  from cxrjax.data import word_vectors
+  params = flax.core.unfreeze(params)
+  parent = params
+  for key in EMBEDDING_PATH[:-1]:
+    parent = parent.get(key, {}) if isinstance(parent, dict) else {}
+  embedding = parent.get(EMBEDDING_PATH[-1]) if isinstance(parent, dict) else None
+  if embedding is None:
+    raise ValueError(f"model.word_vectors={path!r} is set but the model has no word embedding at "
+                     f"{'/'.join(EMBEDDING_PATH)}")
+  matrix, stats = word_vectors.load_word_vectors(path, vocabulary, dim=embedding.shape[1])
+  print(f"word vectors: {stats.summary()}")
+  parent[EMBEDDING_PATH[-1]] = jnp.asarray(matrix, embedding.dtype)
+  return params
 
 
 def task_of(config: ml_collections.ConfigDict) -> str:

@@ -28,7 +28,8 @@ class ImageEncoder(nn.Module):
   """DenseNet-121 (CheXNet) over each view; returns every view's feature-map cells as regions.
 
   images [batch, views, H, W, 3] -> {"regions": [batch, views * h * w, channels] (2 x 7 x 7 = 98
-  regions of 1024 at 224x224), "pooled": [batch, views * channels]} (views concatenated, as the seeds).
+  regions of 1024 at 224x224), "pooled": [batch, views * channels] (views concatenated, as the seeds),
+  "feature_map": [batch, views, h, w, channels] (the same cells as maps, for spatial encoders)}.
   A frozen encoder (the seeds' default) runs its batch norm in inference mode and passes no gradient.
   """
   config: densenet.DenseNetConfig
@@ -45,7 +46,8 @@ class ImageEncoder(nn.Module):
     _, height, width, channels = feature_map.shape
     regions = feature_map.reshape(batch, views * height * width, channels)  # [batch, regions, channels]
     pooled = outputs["pooled"].reshape(batch, views * channels)  # [batch, views * channels]
-    result = {"regions": regions.astype(jnp.float32), "pooled": pooled}
+    result = {"regions": regions.astype(jnp.float32), "pooled": pooled,
+              "feature_map": feature_map.reshape((batch, views) + feature_map.shape[1:])}
     if self.frozen:
       result = jax.tree.map(jax.lax.stop_gradient, result)
     return result

@@ -1,0 +1,124 @@
+"""Seed 000's custom model: chained context aggregation (CAM) over CheXNet maps, then the attention GRU.
+
+Per view, on CheXNet's third-last-layer output (DenseNet "feature_map", [h, w, channels], 7x7x1024 at
+224x224), after the Chained Context Aggregation Module of CaC-Net (Tang et al. 2020), one context flow:
+
+  global flow:  global average pool -> batch norm -> ReLU -> 1x1 conv (channels) -> upsample to h x w
+  context flow: concat(feature map, global flow) -> average pool by `pool_factor`
+                -> 3x3 conv -> 3x3 conv                      (context fusion; no channel shuffle)
+                -> fused * sigmoid(1x1 conv(ReLU(1x1 conv(fused)))) + fused   (context refinement)
+                -> transposed conv back to h x w and `channels` filters
+  output:       global flow + context flow                                        [h, w, channels]
+
+then both views' cells (views * h * w regions) -> Dense(region_dim, 512 in the seed) -> batch norm
+-> dropout -> the attention decoder of captioner.py (the same GRU, attention and entry points).
+
+Choices the seed leaves open, made here:
+  * A 7x7 map does not divide by 2, so the pooling pads the end to N * ceil(h / N) and averages only
+    the real cells of the last, partial windows (count_include_pad=False); the transposed conv (kernel N,
+    stride N: each pooled cell spread back over the cells it averaged) gives N * ceil(h / N) rows,
+    cropped to h. With N=2: 7x7 -> 4x4 -> 8x8 -> 7x7.
+  * Upsampling the global flow's 1x1 map is a broadcast: every interpolation of one cell is that cell.
+  * ReLU follows each 3x3 conv, so that the two do not collapse into one linear map.
+  * The flows' weights are shared by the two views (as the image encoder's are), and their batch
+    norms train: in train mode `batch_stats` is mutable, which the trainer provides.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cxrjax.models.captioner import AttentionCaptioner
+
+# The DenseNet's convention (flax: new = momentum * old + (1 - momentum) * batch).
+BN_MOMENTUM = 0.9
+
+
+class GlobalFlow(nn.Module):
+  """feature_map [n, h, w, channels] -> global context [n, h, w, channels]."""
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, feature_map: jax.Array, train: bool) -> jax.Array:
+    channels = feature_map.shape[-1]
+    pooled = jnp.mean(feature_map.astype(jnp.float32), axis=(1, 2), keepdims=True)  # [n, 1, 1, channels]
+    pooled = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, dtype=self.dtype,
+                          name="norm")(pooled)
+    pooled = nn.Conv(channels, (1, 1), dtype=self.dtype, name="conv")(nn.relu(pooled))
+    return jnp.broadcast_to(pooled, feature_map.shape[:3] + (channels,))
+
+
+class ContextFlow(nn.Module):
+  """(feature_map, global context) [n, h, w, channels] each -> local context [n, h, w, channels].
+
+  Attributes:
+    features: width of the convolutions inside the flow (the fused features).
+    pool_factor: N, the average pooling's window and stride.
+  """
+  features: int
+  pool_factor: int = 2
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, feature_map: jax.Array, global_context: jax.Array) -> jax.Array:
+    _, height, width, channels = feature_map.shape
+    factor = (self.pool_factor, self.pool_factor)
+    inputs = jnp.concatenate([feature_map, global_context.astype(feature_map.dtype)], axis=-1)
+    # [n, ceil(h / N), ceil(w / N), 2 * channels]: padded at the end only (not "SAME", which centres
+    # the windows for N >= 3), so that window i covers cells N*i.. as the upsampling assumes; partial
+    # windows average their real cells only.
+    padding = ((0, -height % self.pool_factor), (0, -width % self.pool_factor))
+    pooled = nn.avg_pool(inputs, factor, strides=factor, padding=padding, count_include_pad=False)
+    fused = nn.relu(nn.Conv(self.features, (3, 3), dtype=self.dtype, name="fuse1")(pooled))
+    fused = nn.relu(nn.Conv(self.features, (3, 3), dtype=self.dtype, name="fuse2")(fused))
+    gate = nn.relu(nn.Conv(self.features, (1, 1), dtype=self.dtype, name="refine1")(fused))
+    gate = nn.sigmoid(nn.Conv(self.features, (1, 1), dtype=self.dtype, name="refine2")(gate))
+    refined = fused * gate + fused
+    # [n, N * ceil(h / N), N * ceil(w / N), channels] -> crop to [n, h, w, channels].
+    upsampled = nn.ConvTranspose(channels, factor, strides=factor, padding="VALID", dtype=self.dtype,
+                                 name="upsample")(refined)
+    return upsampled[:, :height, :width]
+
+
+class ContextAggregation(nn.Module):
+  """CAM with one context flow: feature_map [n, h, w, channels] -> global + local context, same shape."""
+  features: int
+  pool_factor: int = 2
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, feature_map: jax.Array, train: bool = False) -> jax.Array:
+    if self.pool_factor < 1:
+      raise ValueError(f"pool_factor must be >= 1, got {self.pool_factor}")
+    global_context = GlobalFlow(dtype=self.dtype, name="global_flow")(feature_map, train)
+    local_context = ContextFlow(self.features, self.pool_factor, dtype=self.dtype,
+                                name="context_flow")(feature_map, global_context)
+    return global_context + local_context
+
+
+class CAMCaptioner(AttentionCaptioner):
+  """Seed 000's final model: the attention captioner with the context-aggregation encoder.
+
+  Attributes (beyond AttentionCaptioner's; region_dim is the seed's Dense 512):
+    context_dim: width of the context flow's convolutions.
+    pool_factor: the context flow's average pooling factor N (see the module doc for odd maps).
+  """
+  context_dim: int = 512
+  pool_factor: int = 2
+
+  def setup(self):
+    super().setup()
+    self.context = ContextAggregation(self.context_dim, self.pool_factor, dtype=self.dtype)
+    self.region_norm = nn.BatchNorm(momentum=BN_MOMENTUM, dtype=self.dtype)
+
+  def encode(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+    """images [batch, views, H, W, 3] -> {"regions": [batch, views * h * w, region_dim], "keys"}."""
+    feature_map = self.image_encoder(images, train=train)["feature_map"]  # [batch, views, h, w, channels]
+    batch, views, height, width, channels = feature_map.shape
+    context = self.context(feature_map.reshape((batch * views, height, width, channels)), train=train)
+    regions = context.reshape((batch, views * height * width, channels))  # both views' cells
+    regions = self.region_norm(self.region_projection(regions), use_running_average=not train)
+    regions = self.region_dropout(regions, deterministic=not train).astype(jnp.float32)
+    return {"regions": regions, "keys": self.decoder.project_keys(regions)}
