@@ -33,6 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       cleaning="r2gen", vocabulary_min_count=3, random_flip=True)
   config.model = dict(
       name="cam_captioner", encoder=config_lib.densenet121_encoder(), freeze_encoder=True,
+      cache_features=False,  # True: frozen CheXNet features computed once (cxrjax/features.py)
       encoder_weights="", context_dim=512, pool_factor=arg.pool, region_dim=512, embed_dim=300,
       hidden_dim=512, attention=arg.attention, attention_dim=512, dropout_rate=0.2,
       initial_state="zeros", dtype="float32")

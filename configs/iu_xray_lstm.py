@@ -34,6 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       cleaning="r2gen", vocabulary_min_count=3, random_flip=True)
   config.model = dict(
       name="lstm_captioner", encoder=config_lib.densenet121_encoder(), freeze_encoder=True,
+      cache_features=False,  # True: frozen CheXNet features computed once (cxrjax/features.py)
       encoder_weights="", embed_dim=300, hidden_dim=512, dropout_rate=0.2,
       word_vectors="",  # A GloVe .txt (e.g. glove.6B.300d.txt) or fastText .vec of embed_dim vectors.
       freeze_embedding=arg.freeze, dtype="float32")

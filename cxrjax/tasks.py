@@ -21,6 +21,15 @@ from cxrjax import metrics
 from cxrjax.data import pipeline, text
 
 
+def model_images(batch: dict[str, Any]) -> Any:
+  """The batch's images [batch, views, H, W, 3], or its cached encoder features as the dict that
+  captioner.ImageEncoder takes in their place."""
+  from cxrjax import features
+  if "images" in batch:
+    return batch["images"]
+  return {key: batch[features.BATCH_PREFIX + key] for key in features.FEATURE_KEYS}
+
+
 class CaptioningTask:
   """Teacher-forced report generation: inputs tokens[:, :-1], targets tokens[:, 1:]."""
   name = "captioning"
@@ -41,7 +50,7 @@ class CaptioningTask:
   def loss(self, model, variables: dict[str, Any], batch: dict[str, jax.Array], rng: jax.Array):
     """Cross-entropy over real tokens only (pad = 0 masked, as both seeds do)."""
     inputs, targets = batch["tokens"][:, :-1], batch["tokens"][:, 1:]  # [batch, length - 1] each
-    outputs, updates = model.apply(variables, batch["images"], inputs, train=True,
+    outputs, updates = model.apply(variables, model_images(batch), inputs, train=True,
                                    rngs={"dropout": rng}, mutable=["batch_stats"])
     mask = (targets != text.PAD_ID).astype(jnp.float32)
     losses = optax.softmax_cross_entropy_with_integer_labels(outputs["logits"].astype(jnp.float32), targets)

@@ -112,3 +112,37 @@ def test_imported_frozen_encoder_is_loaded_and_never_moves(tmp_path, smoke_confi
   initial = train.init_state(model, task, lambda p: train.make_optimizer(config, p), jax.random.key(config.train.seed))
   assert not np.allclose(state.params["decoder"]["output"]["kernel"],
                          initial.params["decoder"]["output"]["kernel"])
+
+
+def test_cached_encoder_features_match_the_encoder_and_train(tmp_path, smoke_config):
+  from cxrjax import features
+  from cxrjax.data import pipeline
+  config = smoke_config.copy_and_resolve_references()
+  config.model.update(freeze_encoder=True, cache_features=True)
+  train.train_and_evaluate(config, tmp_path, stop_after_steps=2)
+  cache = tmp_path / "features" / "train.npz"
+  with np.load(cache) as cached:
+    ids, feature_map = cached["ids"], cached["feature_map"]
+  assert len(ids) == config.data.num_train and feature_map.dtype == np.float16
+  # The cache holds what the frozen encoder computes for the un-augmented images.
+  _, model, vocabulary, state = evaluate.load_run(tmp_path, train.LATEST)
+  source, _ = pipeline.make_source(config.data, "train")
+  batch = next(iter(pipeline.make_dataset(source, vocabulary, batch_size=4, image_size=config.data.image_size,
+                                          max_length=config.data.max_length, train=False,
+                                          shard_index=0, shard_count=1)))
+  direct = model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch["images"],
+                       method=lambda m, x: m.image_encoder(x))
+  assert list(batch["id"]) == list(ids[:4])
+  np.testing.assert_allclose(feature_map[:4], direct["feature_map"], rtol=1e-2, atol=1e-3)
+  # Resuming reuses the cache (same file, not rewritten) and finishes the run.
+  written = cache.stat().st_mtime_ns
+  train.train_and_evaluate(config, tmp_path)
+  assert cache.stat().st_mtime_ns == written
+  assert int(_params(tmp_path).step) == config.train.num_steps
+
+
+def test_cached_features_need_a_frozen_encoder(tmp_path, smoke_config):
+  config = smoke_config.copy_and_resolve_references()
+  config.model.update(freeze_encoder=False, cache_features=True)
+  with pytest.raises(train.ConfigError, match="freeze_encoder"):
+    train.train_and_evaluate(config, tmp_path)

@@ -213,6 +213,16 @@ class PhantomSource:
       raise IndexError(f"PhantomSource({self.split!r}) index {index} out of range [0, {self.num_studies})")
     return generate_study(self.offset + index, self.config)
 
+  def text_record(self, index: int) -> dict[str, Any]:
+    """Study `index`'s record without drawing its images ("images" is absent): for cached features."""
+    index = int(index)
+    if not 0 <= index < self.num_studies:
+      raise IndexError(f"PhantomSource({self.split!r}) index {index} out of range [0, {self.num_studies})")
+    global_index = self.offset + index
+    findings = sample_findings(global_index, self.config)
+    return {"id": f"phantom-{global_index:06d}", "report": generate_report(global_index, self.config),
+            "mesh": findings.mesh()}
+
   def reports(self) -> list[str]:
     """Every study's report, in order, without drawing the images (vocabularies, baselines)."""
     return [generate_report(self.offset + index, self.config) for index in range(self.num_studies)]

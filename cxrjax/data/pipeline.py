@@ -20,6 +20,9 @@
 Batch: the one place its schema is written down. A dict of numpy arrays:
   "images": float32 [batch, 2, image_size, image_size, 3]  the two views of each study (in
             the record's order: frontal, lateral), ImageNet-normalised.
+            With cached encoder features (cxrjax/features.py; records without "images") the
+            batch holds "encoder_feature_map" float16 [batch, 2, h, w, channels] and
+            "encoder_pooled" float16 [batch, 2 * channels] in its place.
   "tokens": int32 [batch, max_length]  <start> w1 .. wn <end> <pad> .. (ids of text.py:
             <pad> 0, <unk> 1, <start> 2, <end> 3). A report longer than max_length - 2
             words keeps its first max_length - 2 words and still ends with <end>
@@ -335,6 +338,11 @@ class PrepareStudy:
   def __call__(self, record: Mapping[str, Any], rng: np.random.Generator | None = None
                ) -> dict[str, Any]:
     study_id = str(record["id"])
+    if "images" not in record:  # Cached encoder features (cxrjax/features.py) stand for the images.
+      example = {key: np.asarray(value) for key, value in record.items() if key.startswith("encoder_")}
+      if not example:
+        raise ValueError(f"study {study_id}: the record has neither images nor cached encoder features")
+      return self._add_text_and_labels(dict(example, mask=np.True_, id=study_id), record, study_id)
     if len(record["images"]) != self.num_views:
       raise ValueError(f"study {study_id}: expected {self.num_views} images, got {len(record['images'])}")
     if self.train and rng is None:
@@ -349,6 +357,10 @@ class PrepareStudy:
         view = images.resize(view, self.image_size, self.image_size)
       views.append(view)
     example = {"images": images.normalize(np.stack(views)), "mask": np.True_, "id": study_id}
+    return self._add_text_and_labels(example, record, study_id)
+
+  def _add_text_and_labels(self, example: dict[str, Any], record: Mapping[str, Any], study_id: str
+                           ) -> dict[str, Any]:
     if self.vocabulary is not None:
       cleaned = text.clean_report(record["report"], self.cleaning)
       example["tokens"] = np.asarray(self.vocabulary.encode(cleaned, self.max_length, pad=True), np.int32)

@@ -7,20 +7,22 @@ from typing import Any
 
 import ml_collections
 
-from cxrjax.models import captioner, context, densenet, lstm
+from cxrjax.models import agcnn, captioner, context, densenet, lstm
 
 # model.name -> (class, task). Captioners share the interface documented in captioner.py.
 MODELS = {
     "attention_captioner": (captioner.AttentionCaptioner, "captioning"),
     "lstm_captioner": (lstm.LSTMCaptioner, "captioning"),
     "cam_captioner": (context.CAMCaptioner, "captioning"),
+    "agcnn": (agcnn.AGCNN, "classification"),
 }
 
 # Where a captioner keeps its word embedding [vocab, embed_dim] (every captioner here names it so).
 EMBEDDING_PATH = ("decoder", "embed", "embedding")
 
 # Model config fields that are training options, not model attributes.
-_TRAINING_FIELDS = ("name", "encoder_weights", "word_vectors", "freeze_embedding")
+_TRAINING_FIELDS = ("name", "encoder_weights", "word_vectors", "freeze_embedding", "stage", "init_from",
+                    "cache_features")
 
 
 def encoder_config(config: ml_collections.ConfigDict) -> densenet.DenseNetConfig:
@@ -30,15 +32,19 @@ def encoder_config(config: ml_collections.ConfigDict) -> densenet.DenseNetConfig
       stem_features=config.stem_features, num_classes=0, bn_epsilon=config.bn_epsilon)
 
 
-def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> Any:
-  """Instantiates `config.name` with the remaining fields as attributes."""
+def build_model(config: ml_collections.ConfigDict, vocab_size: int | None) -> Any:
+  """Instantiates `config.name` with the remaining fields as attributes (captioners also get the
+  vocabulary size; AG-CNN's DenseNet `encoder` section becomes its `backbone`)."""
   import jax.numpy as jnp
   if config.name not in MODELS:
     raise ValueError(f"unknown model.name {config.name!r}; known: {sorted(MODELS)}")
   model_class, _ = MODELS[config.name]
   fields = {k: v for k, v in config.to_dict().items() if k not in _TRAINING_FIELDS}
-  fields["encoder"] = encoder_config(config.encoder)
   fields["dtype"] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[fields.get("dtype", "float32")]
+  if task_of(config) == "classification":
+    fields.pop("encoder")
+    return model_class(backbone=encoder_config(config.encoder), **fields)
+  fields["encoder"] = encoder_config(config.encoder)
   return model_class(vocab_size=vocab_size, **fields)
 
 

@@ -31,13 +31,18 @@ class ImageEncoder(nn.Module):
   regions of 1024 at 224x224), "pooled": [batch, views * channels] (views concatenated, as the seeds),
   "feature_map": [batch, views, h, w, channels] (the same cells as maps, for spatial encoders)}.
   A frozen encoder (the seeds' default) runs its batch norm in inference mode and passes no gradient.
+  `images` may also be the cached outputs of a frozen encoder, {"feature_map", "pooled"} as
+  cxrjax/features.py stores them; then no DenseNet runs (the parameters still exist, as `init` with
+  images created them).
   """
   config: densenet.DenseNetConfig
   frozen: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+  def __call__(self, images: jax.Array | dict[str, jax.Array], train: bool = False) -> dict[str, jax.Array]:
+    if isinstance(images, dict):
+      return self._from_cached(images)
     batch, views = images.shape[:2]
     flat_images = images.reshape((batch * views,) + images.shape[2:])  # [batch * views, H, W, 3]
     outputs = densenet.DenseNet(self.config, dtype=self.dtype, name="densenet")(
@@ -51,6 +56,15 @@ class ImageEncoder(nn.Module):
     if self.frozen:
       result = jax.tree.map(jax.lax.stop_gradient, result)
     return result
+
+  def _from_cached(self, cached: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """{"feature_map": [batch, views, h, w, channels], "pooled": [batch, views * channels]} -> outputs."""
+    if not self.frozen:
+      raise ValueError("cached encoder features need a frozen encoder")
+    feature_map = cached["feature_map"].astype(jnp.float32)
+    batch, views, height, width, channels = feature_map.shape
+    regions = feature_map.reshape(batch, views * height * width, channels)  # [batch, regions, channels]
+    return {"regions": regions, "pooled": cached["pooled"].astype(jnp.float32), "feature_map": feature_map}
 
 
 class Attention(nn.Module):
