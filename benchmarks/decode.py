@@ -21,12 +21,12 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # For configs/.
 
 from cxrjax import decoding, models, train
+from cxrjax.models import captioner
 from cxrjax.data import text
 
 
@@ -59,11 +59,7 @@ def compiled_beam_search(model, variables, memory, beam: int, length: int):
   def search(variables, memory):
     cache = model.apply(variables, memory, method="init_cache")
 
-    def step_fn(tokens, cache, position):
-      logits, cache, _ = model.apply(variables, tokens, cache, method="decode_step")
-      return logits, cache
-
-    tokens, _ = decoding.beam_search(step_fn, cache, start_id=text.START_ID, end_id=text.END_ID,
+    tokens, _ = decoding.beam_search(captioner.decoder_step_fn(model, variables), cache, start_id=text.START_ID, end_id=text.END_ID,
                                      max_length=length, beam_size=beam)
     return tokens
   return lambda: search(variables, memory).block_until_ready()

@@ -23,30 +23,9 @@ from cxrjax import config as config_lib
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = config_lib.parse_arg(arg, smoke=False, tpu=False, split="random", attention="bahdanau")
-  config = ml_collections.ConfigDict()
-  config.data = dict(
-      name="iu_xray", data_dir="", tfds_config=arg.split, image_size=224, max_length=60,
-      cleaning="r2gen", vocabulary_min_count=3, random_flip=True)
-  config.model = dict(
+  model = dict(
       name="attention_captioner", encoder=config_lib.densenet121_encoder(), freeze_encoder=True,
       cache_features=False,  # True: frozen CheXNet features computed once (cxrjax/features.py)
       encoder_weights="", region_dim=512, embed_dim=300, hidden_dim=512, attention=arg.attention,
       attention_dim=512, dropout_rate=0.2, initial_state="zeros", dtype="float32")
-  config.train = dict(
-      batch_size=32, num_steps=20_000, learning_rate=1e-3, warmup_steps=500, final_lr_fraction=0.01,
-      weight_decay=1e-4, grad_clip_norm=1.0, b1=0.9, b2=0.999, seed=0,
-      log_every=100, eval_every=1000, checkpoint_every=1000)
-  config.decode = dict(beam_size=3, max_length=59, length_penalty=0.0, block_ngram_repeat=0)
-  config.eval = dict(batch_size=32, best_metric="BLEU-4", max_val_examples=0)
-  if arg.tpu:
-    config.model.dtype = "bfloat16"
-    config.train.update(batch_size=256, num_steps=3_000, learning_rate=3e-3, eval_every=500)
-    config.eval.batch_size = 256
-  if arg.smoke:
-    config.model.update(encoder=config_lib.tiny_encoder(), region_dim=32, embed_dim=16, hidden_dim=32,
-                        attention_dim=32)
-    config.data.image_size = 64
-    config.train.update(batch_size=8, num_steps=4, warmup_steps=1, log_every=2, eval_every=4,
-                        checkpoint_every=2)
-    config.eval.update(batch_size=8, max_val_examples=8)
-  return config
+  return config_lib.iu_xray_experiment(arg, model, smoke_model=dict(region_dim=32, embed_dim=16, hidden_dim=32, attention_dim=32))

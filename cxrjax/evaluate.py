@@ -12,13 +12,13 @@ import json
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cxrjax import decoding, metrics, models, train
+from cxrjax.models import captioner
 from cxrjax.data import pipeline, text
 
 
@@ -41,11 +41,7 @@ class ReportGenerator:
     memory = model.apply(variables, images, method="encode")
     cache = model.apply(variables, memory, method="init_cache")
 
-    def step_fn(tokens, cache, position):
-      del position  # Recurrent decoders carry their position in the state.
-      logits, cache, _ = model.apply(variables, tokens, cache, method="decode_step")
-      return logits, cache
-
+    step_fn = captioner.decoder_step_fn(model, variables)
     options = dict(start_id=text.START_ID, end_id=text.END_ID, max_length=cfg.max_length,
                    pad_id=text.PAD_ID, block_ngram_repeat=cfg.block_ngram_repeat)
     if self.greedy or cfg.beam_size == 1:

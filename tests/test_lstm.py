@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from configs import demo
-from cxrjax import decoding, evaluate, models, train
+from tests import captioner_checks
+from cxrjax import evaluate, models, train
 from cxrjax.data import text, word_vectors
 from cxrjax.models import densenet, lstm
 
@@ -69,26 +70,7 @@ def test_dropout_acts_in_training_only(model_and_variables):
 
 
 def test_greedy_equals_beam_of_one(model_and_variables):
-  model, variables, images = model_and_variables
-
-  def step_fn(tokens, cache, position):
-    del position
-    logits, cache, _ = model.apply(variables, tokens, cache, method="decode_step")
-    return logits, cache
-
-  @jax.jit
-  def search(images):
-    cache = model.apply(variables, model.apply(variables, images, method="encode"), method="init_cache")
-    options = dict(start_id=text.START_ID, end_id=text.END_ID, max_length=10, pad_id=text.PAD_ID)
-    greedy, greedy_log_probs = decoding.greedy_search(step_fn, cache, **options)
-    beams, beam_scores = decoding.beam_search(step_fn, cache, beam_size=1, length_penalty=0.0, **options)
-    return greedy, greedy_log_probs, beams[:, 0], beam_scores[:, 0]
-
-  greedy, greedy_log_probs, beam, beam_scores = search(images)
-  assert len(set(np.asarray(greedy).ravel().tolist())) > 2  # Varied words, not one token.
-  np.testing.assert_array_equal(greedy, beam)
-  np.testing.assert_allclose(greedy_log_probs, beam_scores, rtol=1e-5)
-
+  captioner_checks.assert_greedy_equals_beam_of_one(*model_and_variables)
 
 def test_config_sections_build_and_freeze_the_embedding():
   config = demo.get_config("smoke,model=lstm")

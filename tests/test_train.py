@@ -115,7 +115,6 @@ def test_imported_frozen_encoder_is_loaded_and_never_moves(tmp_path, smoke_confi
 
 
 def test_cached_encoder_features_match_the_encoder_and_train(tmp_path, smoke_config):
-  from cxrjax import features
   from cxrjax.data import pipeline
   config = smoke_config.copy_and_resolve_references()
   config.model.update(freeze_encoder=True, cache_features=True)

@@ -24,6 +24,16 @@ from cxrjax.models import densenet
 ATTENTION_KINDS = ("bahdanau", "concat")
 
 
+def decoder_step_fn(model, variables):
+  """`decode_step` of a captioner as decoding.py's step function `(tokens, cache, position) ->
+  (logits, cache)` (recurrent decoders carry their position in their state)."""
+  def step_fn(tokens, cache, position):
+    del position
+    logits, cache, _ = model.apply(variables, tokens, cache, method="decode_step")
+    return logits, cache
+  return step_fn
+
+
 class ImageEncoder(nn.Module):
   """DenseNet-121 (CheXNet) over each view; returns every view's feature-map cells as regions.
 

@@ -13,7 +13,6 @@ Outputs, by name (a dict), for an input of `[batch, height, width, 3]` (224x224 
   "block1".."block4": each dense block's output (before its transition), strides 4, 8, 16, 32
 """
 
-from collections.abc import Sequence
 import dataclasses
 from typing import Any
 

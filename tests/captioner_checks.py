@@ -1,0 +1,26 @@
+"""Checks every captioner must pass, shared by their test files."""
+
+import jax
+import numpy as np
+
+from cxrjax import decoding
+from cxrjax.data import text
+from cxrjax.models import captioner
+
+
+def assert_greedy_equals_beam_of_one(model, variables, images) -> None:
+  """Greedy search and a beam of one give the same tokens and scores, through decoding.py."""
+  step_fn = captioner.decoder_step_fn(model, variables)
+
+  @jax.jit
+  def search(images):
+    cache = model.apply(variables, model.apply(variables, images, method="encode"), method="init_cache")
+    options = dict(start_id=text.START_ID, end_id=text.END_ID, max_length=10, pad_id=text.PAD_ID)
+    greedy, greedy_log_probs = decoding.greedy_search(step_fn, cache, **options)
+    beams, beam_scores = decoding.beam_search(step_fn, cache, beam_size=1, length_penalty=0.0, **options)
+    return greedy, greedy_log_probs, beams[:, 0], beam_scores[:, 0]
+
+  greedy, greedy_log_probs, beam, beam_scores = search(images)
+  assert len(set(np.asarray(greedy).ravel().tolist())) > 2  # Varied words, not one token.
+  np.testing.assert_array_equal(greedy, beam)
+  np.testing.assert_allclose(greedy_log_probs, beam_scores, rtol=1e-5)
