@@ -1,10 +1,13 @@
 """Checks every captioner must pass, shared by their test files."""
 
+import pathlib
+
 import jax
 import numpy as np
+from PIL import Image
 
 from cxrjax import decoding
-from cxrjax.data import text
+from cxrjax.data import phantom, text
 from cxrjax.models import captioner
 
 
@@ -24,3 +27,14 @@ def assert_greedy_equals_beam_of_one(model, variables, images) -> None:
   assert len(set(np.asarray(greedy).ravel().tolist())) > 2  # Varied words, not one token.
   np.testing.assert_array_equal(greedy, beam)
   np.testing.assert_allclose(greedy_log_probs, beam_scores, rtol=1e-5)
+
+
+def write_phantom_study(folder: pathlib.Path, index: int = 3, size: int = 48) -> list[str]:
+  """A phantom study's frontal and lateral views as PNG files; returns their paths."""
+  folder.mkdir(parents=True, exist_ok=True)
+  record = phantom.generate_study(index, phantom.PhantomConfig(image_size=size))
+  paths = []
+  for view, image in zip(record["views"], record["images"]):
+    Image.fromarray(image).save(folder / f"{view}.png")
+    paths.append(str(folder / f"{view}.png"))
+  return paths

@@ -149,3 +149,12 @@ def test_smoke_training_and_evaluation(tmp_path):
   assert int(state.step) == config.train.num_steps
   # The context flow's batch norm kept its updates: its running mean left the initial zeros.
   assert np.abs(state.batch_stats["context"]["global_flow"]["norm"]["mean"]).max() > 0
+  # predict draws the CAM model's attention over both views' regions.
+  from cxrjax import predict
+  config_run, model, vocabulary, state = evaluate.load_run(tmp_path)
+  paths = captioner_checks.write_phantom_study(tmp_path / "study")
+  images, _ = predict.load_study(paths, config_run.data.image_size)
+  words, maps = predict.attention_maps(model, state, images, "the heart is normal", vocabulary)
+  assert words == ["the", "heart", "is", "normal"] and maps.shape[:2] == (4, 2)
+  np.testing.assert_allclose(maps.sum(axis=(1, 2, 3)), 1.0, rtol=1e-5)
+

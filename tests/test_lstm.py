@@ -127,6 +127,14 @@ def test_trains_and_evaluates_with_pretrained_trainable_vectors(tmp_path):
   embedding = np.asarray(state.params["decoder"]["embed"]["embedding"])
   assert not np.array_equal(embedding, loaded)
   np.testing.assert_allclose(embedding, loaded, atol=0.05)
+  # predict works with the simple model and says that it has no attention maps.
+  from cxrjax import predict
+  paths = captioner_checks.write_phantom_study(tmp_path / "study")
+  result = predict.predict(str(tmp_path / "run"), paths, attention_dir=str(tmp_path / "maps"))
+  assert isinstance(result["report"], str)
+  assert result["attention_maps"] == "none: the lstm_captioner model has no attention"
+  assert not (tmp_path / "maps").exists()
+
 
 
 def test_frozen_pretrained_vectors_never_move(tmp_path):
