@@ -1,5 +1,6 @@
 """Image files to arrays: one place that decodes PNG/JPEG in any mode and normalises for the encoders."""
 
+import io
 import pathlib
 
 import numpy as np
@@ -41,19 +42,24 @@ def to_rgb_uint8(image: Image.Image | np.ndarray, source: str = "<array>") -> np
   return np.ascontiguousarray(array[..., :3])
 
 
+def decode_image(data: bytes, source: str) -> np.ndarray:
+  """Encoded PNG/JPEG bytes -> uint8 [H, W, 3]; corrupt data raises ImageError naming `source`."""
+  try:
+    with Image.open(io.BytesIO(data)) as image:
+      image.load()  # Decode now, so that truncated data fails here and not later.
+      return to_rgb_uint8(image, source)
+  except ImageError:
+    raise
+  except (OSError, SyntaxError, ValueError) as error:  # PIL's errors for corrupt or unknown data.
+    raise ImageError(f"{source}: cannot decode image ({error})") from error
+
+
 def load_image(path: str | pathlib.Path) -> np.ndarray:
   """Decodes an image file into uint8 [H, W, 3]; missing or corrupt files raise ImageError naming them."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise ImageError(f"{path}: image file not found")
-  try:
-    with Image.open(path) as image:
-      image.load()  # Decode now, so that a truncated file fails here and not later.
-      return to_rgb_uint8(image, str(path))
-  except ImageError:
-    raise
-  except (OSError, SyntaxError, ValueError) as error:  # PIL's errors for corrupt or unknown data.
-    raise ImageError(f"{path}: cannot decode image ({error})") from error
+  return decode_image(path.read_bytes(), str(path))
 
 
 def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -62,14 +62,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 import dataclasses
-import io
 import math
 import os
 from typing import Any
 
 import grain
 import numpy as np
-from PIL import Image
 
 from cxrjax.data import chestxray14
 from cxrjax.data import images
@@ -411,7 +409,7 @@ def decode_view(image: Any, study_id: str, image_id: str) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
       return images.load_image(image)
     if isinstance(image, (bytes, bytearray, memoryview)):
-      return _decode_bytes(bytes(image), f"{image_id} (encoded image)")
+      return images.decode_image(bytes(image), f"{image_id} (encoded image)")
     if isinstance(image, np.ndarray):
       return images.to_rgb_uint8(image, f"{image_id} (array)")
   except images.ImageError as error:
@@ -424,19 +422,6 @@ def finding_labels(mesh: Sequence[str], label_names: Sequence[str]) -> np.ndarra
   """Multi-hot float32 [len(label_names)]: 1 where a tag's finding (before "/") is the name."""
   findings = {tag.split("/")[0] for tag in mesh}
   return np.array([name in findings for name in label_names], np.float32)
-
-
-def _decode_bytes(data: bytes, source: str) -> np.ndarray:
-  """Encoded image bytes -> uint8 [H, W, 3], with the conversions of images.to_rgb_uint8."""
-  # images.py decodes files only; this is its load_image for bytes (TFDS stores PNG bytes).
-  try:
-    with Image.open(io.BytesIO(data)) as image:
-      image.load()  # decode now, so that truncated data fails here
-      return images.to_rgb_uint8(image, source)
-  except images.ImageError:
-    raise
-  except (OSError, SyntaxError, ValueError) as error:  # PIL's errors for corrupt data
-    raise images.ImageError(f"{source}: cannot decode image ({error})") from error
 
 
 def _random_crop_and_flip(image: np.ndarray, image_size: int, resize_size: int, random_flip: bool,
