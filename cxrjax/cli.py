@@ -96,6 +96,10 @@ def _train(argv: Sequence[str]) -> int:
                                   flag_values=flag_values, lock_config=True)
   flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and the vocabulary",
                       flag_values=flag_values)
+  if "--help" in argv or "-h" in argv:
+    print("usage: cxrjax train --config=configs/X.py[:arg] --workdir=DIR [--config.field=value ...]\n")
+    print(flag_values.get_help())
+    return 0
   try:
     flag_values(["cxrjax train", *argv])
     if flag_values.config is None or not flag_values.workdir:
@@ -132,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
 
   from cxrjax.data import prepare
   prepare.add_parser(commands)
+
+  # Listed for --help; `main` hands `train` to absl before argparse sees it (ml_collections flags).
+  train = commands.add_parser("train", help="train a model: --config=configs/X.py[:arg] --workdir=DIR "
+                              "[--config.field=value ...]", add_help=False)
+  train.set_defaults(run=lambda args: _train([]))
 
   evaluate = commands.add_parser("evaluate", help="generate reports for a split and score them")
   evaluate.add_argument("--workdir", required=True)
