@@ -35,7 +35,8 @@ from PIL import Image
 from skimage.measure import label, regionprops
 
 from cxrjax.data import images as image_lib
-from cxrjax.models import agcnn, densenet
+from cxrjax.models import agcnn
+from cxrjax.models.encoders import densenet
 
 FIXTURE_IMAGES = pathlib.Path(__file__).resolve().parents[2] / "shared/data/nih_chestxray14/images"
 

@@ -26,8 +26,8 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # For configs/.
 
 from cxrjax import decoding, models, tasks, train
-from cxrjax.models import captioner
-from cxrjax.data import text
+from cxrjax.models import attention_captioner as captioner
+from cxrjax.text import tokenizers as text
 
 
 def _best_time(fn, repeats: int) -> float:

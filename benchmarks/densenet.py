@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cxrjax.models import densenet
+from cxrjax.models.encoders import densenet
 
 
 def _images_per_second(run, batch_size: int, repeats: int) -> float:

@@ -28,7 +28,7 @@ from cxrjax.data import images
 from cxrjax.data import iu_xray
 from cxrjax.data import phantom
 from cxrjax.data import pipeline
-from cxrjax.data import text
+from cxrjax.text import tokenizers as text
 
 IU_DIR = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "iu_xray"
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from cxrjax import metrics
+from cxrjax.metrics import captioning as metrics
 from cxrjax.data import chestxray14
 
 IMAGE_COLUMN = "Image Index"

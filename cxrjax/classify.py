@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cxrjax.data import images as image_io
-from cxrjax.models import densenet
+from cxrjax.models.encoders import densenet
 from cxrjax.weights import chexnet
 
 

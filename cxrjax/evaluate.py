@@ -17,9 +17,11 @@ import numpy as np
 from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cxrjax import decoding, metrics, models, train
-from cxrjax.models import captioner
-from cxrjax.data import pipeline, text
+from cxrjax import decoding, models, train
+from cxrjax.metrics import captioning as metrics
+from cxrjax.models import attention_captioner as captioner
+from cxrjax.data import pipeline
+from cxrjax.text import tokenizers as text
 
 
 class ReportGenerator:

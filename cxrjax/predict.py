@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 
 from cxrjax import evaluate, train
 from cxrjax.data import images as image_io
-from cxrjax.data import text
+from cxrjax.text import tokenizers as text
 
 
 def load_study(paths: list[str], image_size: int) -> tuple[np.ndarray, list[np.ndarray]]:

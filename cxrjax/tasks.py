@@ -17,8 +17,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from cxrjax import metrics
-from cxrjax.data import pipeline, text
+from cxrjax.metrics import captioning as metrics
+from cxrjax.data import pipeline
+from cxrjax.text import tokenizers as text
 
 
 def model_images(batch: dict[str, Any]) -> Any:

@@ -7,8 +7,9 @@ import numpy as np
 from PIL import Image
 
 from cxrjax import decoding
-from cxrjax.data import phantom, text
-from cxrjax.models import captioner
+from cxrjax.data import phantom
+from cxrjax.text import tokenizers as text
+from cxrjax.models import attention_captioner as captioner
 
 
 def assert_greedy_equals_beam_of_one(model, variables, images) -> None:

@@ -11,7 +11,8 @@ from PIL import Image
 from skimage.measure import label as skimage_label
 
 from cxrjax.data import images as image_lib
-from cxrjax.models import agcnn, densenet
+from cxrjax.models import agcnn
+from cxrjax.models.encoders import densenet
 from cxrjax.weights import chexnet
 
 label_jit = jax.jit(lambda mask: agcnn.label_components(mask, return_iterations=True))

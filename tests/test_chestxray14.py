@@ -14,7 +14,7 @@ from PIL import Image
 from cxrjax import auroc
 from cxrjax.data import chestxray14
 from cxrjax.data import images as image_lib
-from cxrjax.models import densenet
+from cxrjax.models.encoders import densenet
 
 FULL_LABELS = "nih_chestxray14/Data_Entry_2017_v2020.csv.gz"
 HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from cxrjax import cli
-from cxrjax.models import densenet
+from cxrjax.models.encoders import densenet
 from cxrjax.weights import chexnet
 
 TINY = densenet.DenseNetConfig(block_sizes=(1, 1), growth_rate=4, stem_features=8, num_classes=14)

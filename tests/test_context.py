@@ -9,7 +9,8 @@ import pytest
 from configs import demo, iu_xray_cam
 from tests import captioner_checks
 from cxrjax import evaluate, models, train
-from cxrjax.models import context, densenet
+from cxrjax.models import cam_captioner as context
+from cxrjax.models.encoders import densenet
 
 TINY = densenet.DenseNetConfig(block_sizes=(1, 1), growth_rate=4, stem_features=8, num_classes=0)
 VOCAB = 11

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cxrjax.models import densenet
+from cxrjax.models.encoders import densenet
 
 TINY = densenet.DenseNetConfig(block_sizes=(2, 3), growth_rate=8, stem_features=16, num_classes=5)
 

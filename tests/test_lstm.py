@@ -10,8 +10,9 @@ import pytest
 from configs import demo
 from tests import captioner_checks
 from cxrjax import evaluate, models, train
-from cxrjax.data import text, word_vectors
-from cxrjax.models import densenet, lstm
+from cxrjax.text import tokenizers as text, word_vectors
+from cxrjax.models import lstm_captioner as lstm
+from cxrjax.models.encoders import densenet
 
 TINY = densenet.DenseNetConfig(block_sizes=(1, 1), growth_rate=4, stem_features=8, num_classes=0)
 VOCAB = 13

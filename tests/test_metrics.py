@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from cxrjax import metrics
+from cxrjax.metrics import captioning as metrics
 
 # The pycocoevalcap-compatible metrics must agree with pycocoevalcap 1.2 to this absolute tolerance
 # (the contract is 1e-6; they agree to rounding, and BLEU's 1e-9 / 1e-15 constants show at ~1e-4).

@@ -13,7 +13,7 @@ from cxrjax.data import iu_xray
 from cxrjax.data import phantom
 from cxrjax.data import pipeline
 from cxrjax.data import prepare
-from cxrjax.data import text
+from cxrjax.text import tokenizers as text
 from tests.test_prepare import make_openi_layout
 
 IMAGE_SIZE, MAX_LENGTH = 28, 40

@@ -19,7 +19,7 @@ from cxrjax.data import images
 from cxrjax.data import iu_xray
 from cxrjax.data import prepare
 from cxrjax.data import splits
-from cxrjax.data import text
+from cxrjax.text import tokenizers as text
 
 # CXR3 has no findings; R2Gen puts 4 in val, 2, 12 and 13 in test, the others in train,
 # and leaves 44 out.

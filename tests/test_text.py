@@ -6,7 +6,7 @@ import pytest
 
 from cxrjax.data import iu_xray
 from cxrjax.data import splits
-from cxrjax.data import text
+from cxrjax.text import tokenizers as text
 
 
 # Expected outputs written by hand from seed 001's rules.

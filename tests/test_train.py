@@ -91,7 +91,7 @@ def test_evaluate_writes_predictions_and_named_metrics(tmp_path, smoke_config, c
 
 def test_imported_frozen_encoder_is_loaded_and_never_moves(tmp_path, smoke_config):
   from cxrjax import models
-  from cxrjax.models import densenet
+  from cxrjax.models.encoders import densenet
   from cxrjax.weights import chexnet
   config = smoke_config.copy_and_resolve_references()
   encoder = models.encoder_config(config.model.encoder)

@@ -19,7 +19,7 @@ import torch
 
 from cxrjax import cli
 from cxrjax.data import images as image_io
-from cxrjax.models import densenet
+from cxrjax.models.encoders import densenet
 from cxrjax.weights import chexnet, store
 from tests import torch_densenet
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cxrjax.data import text, word_vectors
+from cxrjax.text import tokenizers as text, word_vectors
 
 GLOVE_FIXTURE = "text/glove.6B.50d.first76.txt"
 

@@ -76,7 +76,7 @@ import tensorflow_datasets as tfds
 
 from cxrjax.data import images as image_lib
 from cxrjax.data import splits as split_lib
-from cxrjax.models import densenet
+from cxrjax.models.encoders import densenet
 
 FINDINGS = densenet.CHEXNET_CLASSES
 NO_FINDING = "No Finding"

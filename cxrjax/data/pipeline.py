@@ -73,7 +73,7 @@ from cxrjax.data import chestxray14
 from cxrjax.data import images
 from cxrjax.data import iu_xray
 from cxrjax.data import phantom
-from cxrjax.data import text
+from cxrjax.text import tokenizers as text
 
 DATASETS = ("phantom", "iu_xray", "chestxray14")
 SPLITS = ("train", "validation", "test")

@@ -27,7 +27,7 @@ from typing import Any
 from cxrjax.data import chestxray14
 from cxrjax.data import images
 from cxrjax.data import iu_xray
-from cxrjax.data import text
+from cxrjax.text import tokenizers as text
 
 DATASETS = ("iu_xray", "chestxray14")
 

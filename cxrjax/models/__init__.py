@@ -7,13 +7,14 @@ from typing import Any
 
 import ml_collections
 
-from cxrjax.models import agcnn, captioner, context, densenet, lstm
+from cxrjax.models import agcnn, attention_captioner, cam_captioner, lstm_captioner
+from cxrjax.models.encoders import densenet
 
 # model.name -> (class, task). Captioners share the interface documented in captioner.py.
 MODELS = {
-    "attention_captioner": (captioner.AttentionCaptioner, "captioning"),
-    "lstm_captioner": (lstm.LSTMCaptioner, "captioning"),
-    "cam_captioner": (context.CAMCaptioner, "captioning"),
+    "attention_captioner": (attention_captioner.AttentionCaptioner, "captioning"),
+    "lstm_captioner": (lstm_captioner.LSTMCaptioner, "captioning"),
+    "cam_captioner": (cam_captioner.CAMCaptioner, "captioning"),
     "agcnn": (agcnn.AGCNN, "classification"),
 }
 
@@ -94,7 +95,7 @@ def _load_word_vectors(path: str, params: Any, vocabulary: Any) -> Any:
   """params with the embedding replaced by `path`'s vectors (missing words random; reported)."""
   import flax
   import jax.numpy as jnp
-  from cxrjax.data import word_vectors
+  from cxrjax.text import word_vectors
   params = flax.core.unfreeze(params)
   parent = params
   for key in EMBEDDING_PATH[:-1]:

@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cxrjax.models import densenet
+from cxrjax.models.encoders import densenet
 
 BRANCHES = ("global_branch", "local_branch")
 STAGE_LOGITS = {1: "global_logits", 2: "local_logits", 3: "fusion_logits"}

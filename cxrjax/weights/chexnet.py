@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cxrjax.models import densenet
+from cxrjax.models.encoders import densenet
 from cxrjax.weights.store import WeightsError
 
 FORMATS = ("keras-h5", "torch")

@@ -26,8 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cxrjax.models import densenet
-from cxrjax.models.captioner import ImageEncoder
+from cxrjax.models.encoders import densenet
+from cxrjax.models.attention_captioner import ImageEncoder
 
 
 class LSTMStep(nn.Module):

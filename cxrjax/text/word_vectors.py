@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from cxrjax.data import text
+from cxrjax.text import tokenizers as text
 
 
 class WordVectorFileError(ValueError):

@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cxrjax.models.captioner import AttentionCaptioner
+from cxrjax.models.attention_captioner import AttentionCaptioner
 
 # The DenseNet's convention (flax: new = momentum * old + (1 - momentum) * batch).
 BN_MOMENTUM = 0.9

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cxrjax.models import densenet
+from cxrjax.models.encoders import densenet
 
 ATTENTION_KINDS = ("bahdanau", "concat")
 
