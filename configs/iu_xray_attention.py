@@ -3,7 +3,7 @@ r"""Seeds 000/001 attention model on IU X-ray: frozen CheXNet over two views, Ba
   cxrjax prepare iu_xray --manual-dir=$IU_XRAY --data-dir=$DATA
   cxrjax port-weights --format=keras-h5 brucechou1983_CheXNet_Keras_0.3.0_weights.h5 weights/chexnet
   cxrjax train --config=configs/iu_xray_attention.py --workdir=workdirs/iu_attention \
-      --config.data.data_dir=$DATA --config.model.encoder_weights=weights/chexnet
+      --config.data.data_dir=$DATA --config.init.encoder=weights/chexnet
   cxrjax evaluate --workdir=workdirs/iu_attention --split=test
 
 Seed setup: two views at 224x224, CheXNet frozen (its 7x7x1024 maps of both views = 98 regions),
@@ -24,8 +24,8 @@ from cxrjax import config as config_lib
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = config_lib.parse_arg(arg, smoke=False, tpu=False, split="random", attention="bahdanau")
   model = dict(
-      name="attention_captioner", encoder=config_lib.densenet121_encoder(), freeze_encoder=True,
-      cache_features=False,  # True: frozen CheXNet features computed once (cxrjax/features.py)
-      encoder_weights="", region_dim=512, embed_dim=300, hidden_dim=512, attention=arg.attention,
-      attention_dim=512, dropout_rate=0.2, initial_state="zeros", dtype="float32")
-  return config_lib.iu_xray_experiment(arg, model, smoke_model=dict(region_dim=32, embed_dim=16, hidden_dim=32, attention_dim=32))
+      name="attention_captioner", encoder=config_lib.densenet121_encoder(), region_dim=512, embed_dim=300,
+      hidden_dim=512, attention=arg.attention, attention_dim=512, dropout_rate=0.2, initial_state="zeros",
+      dtype="float32")
+  smoke_model = dict(region_dim=32, embed_dim=16, hidden_dim=32, attention_dim=32)
+  return config_lib.iu_xray_experiment(arg, model, smoke_model)

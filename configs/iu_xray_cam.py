@@ -4,12 +4,12 @@ views, then the attention GRU decoder.
   cxrjax prepare iu_xray --manual-dir=$IU_XRAY --data-dir=$DATA
   cxrjax port-weights --format=keras-h5 brucechou1983_CheXNet_Keras_0.3.0_weights.h5 weights/chexnet
   cxrjax train --config=configs/iu_xray_cam.py --workdir=workdirs/iu_cam \
-      --config.data.data_dir=$DATA --config.model.encoder_weights=weights/chexnet
+      --config.data.data_dir=$DATA --config.init.encoder=weights/chexnet
   cxrjax evaluate --workdir=workdirs/iu_cam --split=test
 
 Seed setup: two views at 224x224, CheXNet frozen; its third-last-layer 7x7x1024 map per view through
 the global flow and one context flow (average pooling by N=2: 7x7 -> 4x4, ceil, real cells only; see
-cxrjax/models/context.py), summed; both views' 98 cells -> Dense 512 -> batch norm -> dropout -> the
+cxrjax/models/encoders/context_aggregation.py), summed; both views' 98 cells -> Dense 512 -> batch norm -> dropout -> the
 attention decoder of configs/iu_xray_attention.py (zero initial state, beam 3). Arguments:
   split=r2gen     R2Gen's 2,069/296/590 split (default: the seeded 70/10/20 study split)
   attention=concat  Luong's global "concat" score instead of Bahdanau's
@@ -28,10 +28,8 @@ from cxrjax import config as config_lib
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = config_lib.parse_arg(arg, smoke=False, tpu=False, split="random", attention="bahdanau", pool=2)
   model = dict(
-      name="cam_captioner", encoder=config_lib.densenet121_encoder(), freeze_encoder=True,
-      cache_features=False,  # True: frozen CheXNet features computed once (cxrjax/features.py)
-      encoder_weights="", context_dim=512, pool_factor=arg.pool, region_dim=512, embed_dim=300,
-      hidden_dim=512, attention=arg.attention, attention_dim=512, dropout_rate=0.2,
-      initial_state="zeros", dtype="float32")
+      name="cam_captioner", encoder=config_lib.densenet121_encoder(), context_dim=512, pool_factor=arg.pool,
+      region_dim=512, embed_dim=300, hidden_dim=512, attention=arg.attention, attention_dim=512,
+      dropout_rate=0.2, initial_state="zeros", dtype="float32")
   smoke_model = dict(context_dim=16, region_dim=32, embed_dim=16, hidden_dim=32, attention_dim=32)
   return config_lib.iu_xray_experiment(arg, model, smoke_model)

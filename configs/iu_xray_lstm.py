@@ -3,8 +3,8 @@ r"""Seeds 000/001 simple encoder-decoder on IU X-ray: frozen CheXNet pooled feat
   cxrjax prepare iu_xray --manual-dir=$IU_XRAY --data-dir=$DATA
   cxrjax port-weights --format=keras-h5 brucechou1983_CheXNet_Keras_0.3.0_weights.h5 weights/chexnet
   cxrjax train --config=configs/iu_xray_lstm.py --workdir=workdirs/iu_lstm \
-      --config.data.data_dir=$DATA --config.model.encoder_weights=weights/chexnet \
-      --config.model.word_vectors=glove.6B.300d.txt
+      --config.data.data_dir=$DATA --config.init.encoder=weights/chexnet \
+      --config.init.word_vectors=glove.6B.300d.txt
   cxrjax evaluate --workdir=workdirs/iu_lstm --split=test
 
 Seed setup: two views at 224x224, CheXNet frozen, its pooled 1024-d features of both views
@@ -28,10 +28,9 @@ from cxrjax import config as config_lib
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = config_lib.parse_arg(arg, smoke=False, tpu=False, split="random", freeze=False)
-  model = dict(
-      name="lstm_captioner", encoder=config_lib.densenet121_encoder(), freeze_encoder=True,
-      cache_features=False,  # True: frozen CheXNet features computed once (cxrjax/features.py)
-      encoder_weights="", embed_dim=300, hidden_dim=512, dropout_rate=0.2,
-      word_vectors="",  # A GloVe .txt (e.g. glove.6B.300d.txt) or fastText .vec of embed_dim vectors.
-      freeze_embedding=arg.freeze, dtype="float32")
-  return config_lib.iu_xray_experiment(arg, model, smoke_model=dict(embed_dim=16, hidden_dim=32))
+  model = dict(name="lstm_captioner", encoder=config_lib.densenet121_encoder(), embed_dim=300, hidden_dim=512,
+               dropout_rate=0.2, dtype="float32")
+  param_groups = config_lib.FROZEN_ENCODER
+  if arg.freeze:  # Seed 001: the fastText embedding stays as loaded.
+    param_groups = (("decoder/embed/.*", None),) + param_groups
+  return config_lib.iu_xray_experiment(arg, model, dict(embed_dim=16, hidden_dim=32), param_groups)

@@ -1,4 +1,4 @@
-"""The `cxrjax` command: one entry point, one sub-command per job.
+"""The `cxrjax` command: one entry point, one thin sub-command per job.
 
   cxrjax port-weights --format {keras-h5,torch} INPUT OUTPUT   import a CheXNet checkpoint
   cxrjax classify --weights DIR IMAGE...                        CheXNet probabilities, one JSON line per image
@@ -8,19 +8,33 @@
   cxrjax predict --workdir DIR FRONTAL [LATERAL] [--attention-maps OUT_DIR]   one study's report
   cxrjax predict-agcnn --workdir DIR --out-dir OUT IMAGE...    AG-CNN findings + attention picture
   cxrjax auroc --predictions CSV --labels Data_Entry_2017.csv   score ChestX-ray14 predictions
+
+A mistake in the input (config, files, arguments) ends with one line, `cxrjax <command>: error: ...`, and
+exit status 2; programming errors keep their traceback.
 """
 
 import argparse
+import hashlib
 import json
 import sys
 from collections.abc import Sequence
 
+from absl import flags
+from ml_collections import config_flags
+
+from cxrjax import evaluate, inference, train
+from cxrjax.data import prepare
+from cxrjax.errors import UserError
+from cxrjax.metrics import classification as classification_metrics
+from cxrjax.weights import chexnet
+
+CAPTION_SCORES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
+
 
 def _port_weights(args: argparse.Namespace) -> int:
-  import hashlib
-  from cxrjax.weights import chexnet
   variables, config = chexnet.import_chexnet(args.format, args.input)
-  digest = hashlib.sha256(open(args.input, "rb").read()).hexdigest()
+  with open(args.input, "rb") as handle:
+    digest = hashlib.sha256(handle.read()).hexdigest()
   chexnet.save_chexnet(args.output, variables, config,
                        source={"format": args.format, "file": str(args.input), "sha256": digest})
   print(json.dumps({"output": str(args.output), "format": args.format, "block_sizes": config.block_sizes,
@@ -29,72 +43,57 @@ def _port_weights(args: argparse.Namespace) -> int:
 
 
 def _classify(args: argparse.Namespace) -> int:
-  from cxrjax import classify
-  return classify.classify_files(args.weights, args.images, batch_size=args.batch_size,
-                                 image_size=args.image_size, dtype=args.dtype)
+  predictor = inference.Predictor.from_chexnet_weights(args.weights, image_size=args.image_size,
+                                                       dtype=args.dtype)
+  failures = []
+  def on_error(error):
+    failures.append(error)
+    print(f"cxrjax classify: error: {error}", file=sys.stderr)
+  for result in predictor.classify_files(args.images, batch_size=args.batch_size, on_error=on_error):
+    print(json.dumps(result), flush=True)
+  if failures:
+    print(f"cxrjax classify: {len(failures)} of {len(args.images)} images could not be read", file=sys.stderr)
+  return 1 if failures else 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-  from cxrjax import evaluate, models
-  import ml_collections, pathlib
-  config_path = pathlib.Path(args.workdir) / "config.json"
-  if not config_path.is_file():
-    print(f"cxrjax evaluate: error: {config_path}: not found; is {args.workdir} a training workdir?",
-          file=sys.stderr)
-    return 2
-  model_config = ml_collections.ConfigDict(json.loads(config_path.read_text())["model"])
-  if models.task_of(model_config) == "classification":
-    output = evaluate.evaluate_classifier(args.workdir, args.split, checkpoint=args.checkpoint,
-                                          max_examples=args.max_examples)
-    print(json.dumps({"split": args.split, "step": output["step"], "stage": output["stage"],
-                      "mean_AUROC": output["scores"]["mean_AUROC"],
-                      "written": f"{args.workdir}/eval/{args.split}/"}))
-    return 0
-  output = evaluate.run_evaluation(args.workdir, args.split, checkpoint=args.checkpoint,
-                                   beam_size=args.beam_size, max_examples=args.max_examples,
-                                   meteor=not args.no_meteor)
-  scores, blind = output["scores"], output["blind_baseline"]["scores"]
-  names = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"]
-  print(json.dumps({"split": args.split, "step": output["step"], "num_studies": scores["num_studies"],
-                    "model": {n: scores.get(n) for n in names}, "blind_baseline": {n: blind.get(n) for n in names},
-                    "written": f"{args.workdir}/eval/{args.split}/"}))
+  output = evaluate.evaluate(args.workdir, args.split, checkpoint=args.checkpoint, beam_size=args.beam_size,
+                             max_examples=args.max_examples, meteor=not args.no_meteor)
+  summary = {"split": args.split, "step": output["step"], "written": f"{args.workdir}/eval/{args.split}/"}
+  scores = output["scores"]
+  if "baselines" in output:
+    summary["num_studies"] = scores["num_studies"]
+    summary["model"] = {n: scores.get(n) for n in CAPTION_SCORES}
+    for name, baseline in output["baselines"].items():
+      summary[name] = {n: baseline["scores"].get(n) for n in CAPTION_SCORES}
+  else:
+    summary.update(stage=output.get("stage"), mean_AUROC=scores["mean_AUROC"])
+  print(json.dumps(summary))
   return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
-  from cxrjax import predict
-  from cxrjax.data.images import ImageError
-  try:
-    result = predict.predict(args.workdir, args.images, attention_dir=args.attention_maps)
-  except (ImageError, ValueError, FileNotFoundError) as error:
-    print(f"cxrjax predict: error: {error}", file=sys.stderr)
-    return 2
-  print(json.dumps(result))
+  predictor = inference.Predictor.from_workdir(args.workdir)
+  print(json.dumps(predictor.predict_report(args.images, attention_dir=args.attention_maps)))
   return 0
 
 
 def _predict_agcnn(args: argparse.Namespace) -> int:
-  from cxrjax import predict
-  from cxrjax.data.images import ImageError
-  try:
-    results = predict.predict_agcnn(args.workdir, args.images, args.out_dir)
-  except (ImageError, ValueError, FileNotFoundError) as error:
-    print(f"cxrjax predict-agcnn: error: {error}", file=sys.stderr)
-    return 2
-  for result in results:
+  predictor = inference.Predictor.from_workdir(args.workdir)
+  if predictor.name != "agcnn":
+    raise inference.PredictionError(f"{args.workdir}: holds a {predictor.name} model; predict-agcnn needs "
+                                    "an AG-CNN run")
+  for result in predictor.classify_files(args.images, figures_dir=args.out_dir):
     print(json.dumps(result))
   return 0
 
 
 def _train(argv: Sequence[str]) -> int:
   """`cxrjax train` parses absl flags so that ml_collections' --config.x=y overrides work."""
-  from absl import flags
-  from ml_collections import config_flags
-  from cxrjax import train
   flag_values = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, "an ml_collections config file (configs/*.py[:arg])",
                                   flag_values=flag_values, lock_config=True)
-  flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and the vocabulary",
+  flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and the tokenizer",
                       flag_values=flag_values)
   if "--help" in argv or "-h" in argv:
     print("usage: cxrjax train --config=configs/X.py[:arg] --workdir=DIR [--config.field=value ...]\n")
@@ -104,15 +103,10 @@ def _train(argv: Sequence[str]) -> int:
     flag_values(["cxrjax train", *argv])
     if flag_values.config is None or not flag_values.workdir:
       raise flags.Error("--config and --workdir are required")
-  except (flags.Error, KeyError, AttributeError, ValueError) as error:
+  except (flags.Error, KeyError, AttributeError, ValueError, FileNotFoundError) as error:
     print(f"cxrjax train: error: {error}", file=sys.stderr)
     return 2
-  try:
-    train.train_and_evaluate(flag_values.config, flag_values.workdir)
-  except train.ConfigError as error:
-    print(f"cxrjax train: error: {error}", file=sys.stderr)
-    return 2
-  return 0
+  return _guarded("train", lambda: train.train_and_evaluate(flag_values.config, flag_values.workdir) and None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
   commands = parser.add_subparsers(dest="command", required=True)
 
   port = commands.add_parser("port-weights", help="convert a CheXNet checkpoint to cxrjax weights")
-  port.add_argument("--format", required=True, choices=("keras-h5", "torch"))
+  port.add_argument("--format", required=True, choices=chexnet.FORMATS)
   port.add_argument("input", help="the checkpoint file (.h5, or .pth/.pth.tar)")
   port.add_argument("output", help="directory to write (variables.safetensors + model.json)")
   port.set_defaults(run=_port_weights)
@@ -134,22 +128,21 @@ def build_parser() -> argparse.ArgumentParser:
   classify.add_argument("images", nargs="+", help="PNG or JPEG files")
   classify.set_defaults(run=_classify)
 
-  from cxrjax.data import prepare
   prepare.add_parser(commands)
 
   # Listed for --help; `main` hands `train` to absl before argparse sees it (ml_collections flags).
-  train = commands.add_parser("train", help="train a model: --config=configs/X.py[:arg] --workdir=DIR "
-                              "[--config.field=value ...]", add_help=False)
-  train.set_defaults(run=lambda args: _train([]))
+  train_parser = commands.add_parser("train", help="train a model: --config=configs/X.py[:arg] --workdir=DIR "
+                                     "[--config.field=value ...]", add_help=False)
+  train_parser.set_defaults(run=lambda args: _train([]))
 
-  evaluate = commands.add_parser("evaluate", help="generate reports for a split and score them")
-  evaluate.add_argument("--workdir", required=True)
-  evaluate.add_argument("--split", required=True, choices=("val", "test"))
-  evaluate.add_argument("--checkpoint", choices=("best", "latest"), default="best")
-  evaluate.add_argument("--beam-size", type=int, default=None, help="default: the config's")
-  evaluate.add_argument("--max-examples", type=int, default=None)
-  evaluate.add_argument("--no-meteor", action="store_true", help="skip METEOR (it starts Java)")
-  evaluate.set_defaults(run=_evaluate)
+  evaluate_parser = commands.add_parser("evaluate", help="predict a split and score it")
+  evaluate_parser.add_argument("--workdir", required=True)
+  evaluate_parser.add_argument("--split", required=True, choices=("val", "test"))
+  evaluate_parser.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+  evaluate_parser.add_argument("--beam-size", type=int, default=None, help="default: the config's")
+  evaluate_parser.add_argument("--max-examples", type=int, default=None)
+  evaluate_parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (it starts Java)")
+  evaluate_parser.set_defaults(run=_evaluate)
 
   predict = commands.add_parser("predict", help="generate the report of one study")
   predict.add_argument("--workdir", required=True)
@@ -164,9 +157,18 @@ def build_parser() -> argparse.ArgumentParser:
   predict_agcnn.add_argument("images", nargs="+")
   predict_agcnn.set_defaults(run=_predict_agcnn)
 
-  from cxrjax import auroc
-  auroc.add_parser(commands)
+  classification_metrics.add_parser(commands)
   return parser
+
+
+def _guarded(command: str, job) -> int:
+  """Runs `job()`; a user's mistake becomes one line on stderr and exit status 2."""
+  try:
+    status = job()
+  except UserError as error:
+    print(f"cxrjax {command}: error: {error}", file=sys.stderr)
+    return 2
+  return 0 if status is None else status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -174,12 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   if argv and argv[0] == "train":
     return _train(argv[1:])
   args = build_parser().parse_args(argv)
-  from cxrjax.weights.store import WeightsError
-  try:
-    return args.run(args)
-  except WeightsError as error:
-    print(f"cxrjax {args.command}: error: {error}", file=sys.stderr)
-    return 2
+  return _guarded(args.command, lambda: args.run(args))
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ def test_evaluate_writes_auroc_and_a_predictions_csv(stages, capsys):
   assert len(lines) == 1 + chestxray14_agcnn.get_config("smoke").data.num_test
 
 
-from tests.test_chestxray14 import label_lines, manual_dir  # noqa: E402,F401  (fixtures)
+from tests.data.test_chestxray14 import label_lines, manual_dir  # noqa: E402,F401  (fixtures)
 
 
 def test_real_chestxray14_images_prepare_train_evaluate_and_score(manual_dir, tmp_path, capsys):

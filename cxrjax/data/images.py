@@ -1,14 +1,13 @@
-"""Image files to arrays: one place that decodes PNG/JPEG in any mode and normalises for the encoders."""
+"""Image files to arrays: one place that decodes PNG/JPEG in any mode into uint8 RGB.
+
+Resizing and normalising for a model is transforms.py's (from the encoder's config).
+"""
 
 import io
 import pathlib
 
 import numpy as np
 from PIL import Image
-
-# ImageNet statistics, which CheXNet and every torchvision/Keras backbone here were trained with.
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 class ImageError(ValueError):
@@ -60,20 +59,3 @@ def load_image(path: str | pathlib.Path) -> np.ndarray:
   if not path.is_file():
     raise ImageError(f"{path}: image file not found")
   return decode_image(path.read_bytes(), str(path))
-
-
-def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-  """Bilinear resize of uint8 [H, W, 3] (antialiased when shrinking); a no-op when the size matches."""
-  if image.shape[:2] == (height, width):
-    return image
-  return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
-
-
-def normalize(image: np.ndarray) -> np.ndarray:
-  """uint8 [..., 3] -> float32 [..., 3]: scaled to [0, 1], then ImageNet mean/std normalised."""
-  return (image.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-
-
-def load_for_model(path: str | pathlib.Path, size: int = 224) -> np.ndarray:
-  """The eval-time transform of CheXNet: decode, RGB, resize to size x size, normalise -> [size, size, 3]."""
-  return normalize(resize(load_image(path), size, size))

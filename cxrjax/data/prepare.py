@@ -1,16 +1,21 @@
 """`cxrjax prepare`: builds a dataset's TFDS files and its training vocabulary.
 
   cxrjax prepare iu_xray --manual-dir DIR --data-dir DIR [--split random|r2gen]
-                         [--cleaning seed001|r2gen] [--min-count 3] [--num-threads N]
+                         [--cleaning r2gen|drop_short_words|none] [--min-count 3] [--num-threads N]
+  cxrjax prepare chestxray14 --manual-dir DIR --data-dir DIR [--split official|random]
+                             [--missing-images error|skip]
 
 writes DATA_DIR/iu_xray/<split>/1.0.0/ (array_record files, read by iu_xray.IUXraySource)
 and, beside them, vocabulary.<cleaning>.json (iu_xray.vocabulary_path): the words of the
 cleaned training reports seen at least --min-count times. Validation and test reports
 never shape the vocabulary. A dataset already built is reused (--manual-dir is then not
-needed); running again with another --cleaning adds that vocabulary.
+needed); running again with another --cleaning adds that vocabulary. The defaults (cleaning r2gen,
+min count 3) build the vocabulary the IU X-ray configs read.
 
 The summary gives the studies per split, what the parser skipped and why, the vocabulary
 size, and how much of the validation and test words training covers (text.vocabulary_stats).
+A download too partial to fill the three splits (e.g. the reports with only some of the images)
+prints what was read, kept and skipped, then one line saying what is missing, and exits with 2.
 The phantom set needs no preparation: it is generated on the fly.
 """
 
@@ -27,7 +32,10 @@ from typing import Any
 from cxrjax.data import chestxray14
 from cxrjax.data import images
 from cxrjax.data import iu_xray
-from cxrjax.text import tokenizers as text
+from cxrjax.data import registry
+from cxrjax.data import tfds_common
+from cxrjax.text import cleaning as cleaning_lib
+from cxrjax.text import tokenizers
 
 DATASETS = ("iu_xray", "chestxray14")
 
@@ -53,9 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
   datasets = parser.add_subparsers(dest="dataset", required=True, metavar="{" + ",".join(DATASETS) + "}")
   _add_iu_xray_arguments(datasets.add_parser("iu_xray", help="IU X-ray (Open-i, Kaggle or R2Gen layout)"))
-  cxr14 = datasets.add_parser("chestxray14", help="NIH ChestX-ray14")
-  chestxray14.add_prepare_arguments(cxr14)
-  cxr14.set_defaults(run=chestxray14.run_prepare)
+  add_chestxray14_arguments(datasets.add_parser("chestxray14", help="NIH ChestX-ray14"))
 
 
 def _add_iu_xray_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,9 +73,10 @@ def _add_iu_xray_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--split", choices=iu_xray.TFDS_CONFIGS, default="random",
                       help="random: seeded 70/10/20 study split; r2gen: R2Gen's split "
                            "(the TFDS config, iu_xray/<split>)")
-  parser.add_argument("--cleaning", choices=text.CLEANING_STYLES, default="seed001",
-                      help="report cleaning the vocabulary is built with")
-  parser.add_argument("--min-count", type=_positive_int, default=3,
+  parser.add_argument("--cleaning", choices=cleaning_lib.CLEANING_STYLES, default=registry.DEFAULT_CLEANING,
+                      help="report cleaning the vocabulary is built with (default: %(default)s, as the "
+                           "IU X-ray configs)")
+  parser.add_argument("--min-count", type=_positive_int, default=registry.DEFAULT_MIN_COUNT,
                       help="keep training words seen at least this often (R2Gen: 3)")
   parser.add_argument("--num-threads", type=int, default=None,
                       help="threads re-encoding images (default: CPU count, at most 8)")
@@ -88,8 +95,12 @@ def _run(args: argparse.Namespace) -> int:
     summary = prepare_iu_xray(args.manual_dir, args.data_dir, config=args.split,
                               cleaning=args.cleaning, min_count=args.min_count,
                               num_threads=args.num_threads, progress=True)
+  except tfds_common.EmptySplitError as error:
+    print(error.counts)
+    print(f"cxrjax prepare: error: {error}", file=sys.stderr)
+    return 2
   except (FileNotFoundError, iu_xray.IUXrayFormatError, images.ImageError,
-          text.VocabularyFileError) as error:
+          tokenizers.VocabularyFileError) as error:
     print(f"cxrjax prepare: error: {error}", file=sys.stderr)
     return 2
   print(format_summary(summary))
@@ -97,41 +108,34 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def prepare_iu_xray(manual_dir: str | pathlib.Path | None, data_dir: str | pathlib.Path, *,
-                    config: str = "random", cleaning: str = "seed001", min_count: int = 3,
+                    config: str = "random", cleaning: str = registry.DEFAULT_CLEANING,
+                    min_count: int = registry.DEFAULT_MIN_COUNT,
                     num_threads: int | None = None, progress: bool = False) -> dict[str, Any]:
   """Builds iu_xray/<config> (unless built) and its vocabulary; returns the summary.
 
   Returns:
     a JSON-serialisable dict: "dataset_dir", "build" (the builder's record: parse report,
     split sizes, unassigned studies, colour images), "split_sizes" (as read back),
-    "vocabulary_path" and "vocabulary" (text.VocabularyStats as a dict).
-  """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
+    "vocabulary_path" and "vocabulary" (text.tokenizers.VocabularyStats as a dict).
 
-  if cleaning not in text.CLEANING_STYLES:
-    raise ValueError(f"unknown cleaning {cleaning!r}; expected one of {text.CLEANING_STYLES}")
+  Raises:
+    tfds_common.EmptySplitError: too few studies kept for a split (its `counts` say what was read).
+  """
+  if cleaning not in cleaning_lib.CLEANING_STYLES:
+    raise ValueError(f"unknown cleaning {cleaning!r}; expected one of {cleaning_lib.CLEANING_STYLES}")
   dataset_dir = iu_xray.dataset_dir(data_dir, config)
-  if not (dataset_dir / "dataset_info.json").is_file():
-    if manual_dir is None:
-      raise FileNotFoundError(f"iu_xray/{config} is not built in {data_dir}: pass --manual-dir")
-    if not pathlib.Path(manual_dir).is_dir():
-      raise FileNotFoundError(f"manual folder not found: {manual_dir}\n"
-                              f"{iu_xray.IuXray.MANUAL_DOWNLOAD_INSTRUCTIONS}")
   builder = iu_xray.IuXray(config=config, data_dir=data_dir, num_threads=num_threads,
                            progress=progress)
-  if progress:
-    tfds.disable_progress_bar()  # the builder shows its own bar, with totals
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=str(manual_dir) if manual_dir is not None else None))
+  tfds_common.build(builder, manual_dir, progress=progress)
 
   cleaned = {}
   for split in iu_xray.TFDS_SPLITS:
     source = iu_xray.IUXraySource(data_dir, config, split)
-    cleaned[split] = [text.clean_report(source[i]["report"], cleaning) for i in range(len(source))]
-  vocabulary = text.Vocabulary.build(cleaned["train"], min_count=min_count, cleaning_style=cleaning)
+    cleaned[split] = [cleaning_lib.clean_report(source[i]["report"], cleaning) for i in range(len(source))]
+  vocabulary = tokenizers.WordVocabulary.build(cleaned["train"], min_count=min_count, cleaning_style=cleaning)
   path = iu_xray.vocabulary_path(data_dir, config, cleaning)
   vocabulary.to_json(path)
-  stats = text.vocabulary_stats(cleaned["train"],
+  stats = tokenizers.vocabulary_stats(cleaned["train"],
                                 {split: cleaned[split] for split in ("validation", "test")},
                                 min_count=min_count)
   return {
@@ -183,6 +187,35 @@ def format_summary(summary: dict[str, Any]) -> str:
                  f"{100 * coverage['unk_rate']:.2f}%")
   lines.append(json.dumps(summary, sort_keys=True))
   return "\n".join(lines)
+
+
+def add_chestxray14_arguments(parser: argparse.ArgumentParser) -> None:
+  """The arguments of `cxrjax prepare chestxray14` (runs run_chestxray14)."""
+  parser.add_argument("--manual-dir", default=None,
+                      help="folder with Data_Entry_2017*.csv(.gz), images*/ and the official lists "
+                           "(not needed when the dataset is already built)")
+  parser.add_argument("--data-dir", required=True, help="TFDS data dir to write chestxray14/ into")
+  parser.add_argument("--split", choices=chestxray14.TFDS_CONFIGS, default="official",
+                      help="official lists + patient-level val carve-out, or a patient-level 70/10/20")
+  parser.add_argument("--missing-images", choices=chestxray14.MISSING_IMAGE_POLICIES, default="error",
+                      help="rows whose image file is absent: fail (default) or skip and count them")
+  parser.set_defaults(run=run_chestxray14)
+
+
+def run_chestxray14(args: argparse.Namespace) -> int:
+  """Runs `cxrjax prepare chestxray14`: prints the summary as one JSON line; 2 on bad input."""
+  try:
+    summary = chestxray14.prepare_chestxray14(args.manual_dir, args.data_dir, split=args.split,
+                                              missing_images=args.missing_images)
+  except tfds_common.EmptySplitError as error:
+    print(error.counts)
+    print(f"cxrjax prepare chestxray14: error: {error}", file=sys.stderr)
+    return 2
+  except (FileNotFoundError, ValueError) as error:  # ChestXray14FormatError, ImageError included
+    print(f"cxrjax prepare chestxray14: error: {error}", file=sys.stderr)
+    return 2
+  print(json.dumps(summary))
+  return 0
 
 
 if __name__ == "__main__":

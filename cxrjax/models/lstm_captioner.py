@@ -15,9 +15,9 @@ with one difference: there is no attention, so the attention outputs are None (`
 "attention" entry and `decode_step`'s third output). None, not an empty array, is what
 `cxrjax predict` reads as "this model has no attention maps"; decoding and evaluation never use it.
 
-Pretrained word vectors and freezing are training options, not attributes: `models.load_pretrained`
-writes `config.word_vectors` into `decoder/embed/embedding` and `models.frozen_prefixes` freezes that
-path when `config.freeze_embedding` is set.
+Pretrained word vectors and freezing are training options, not attributes: `config.init.word_vectors`
+is written into `decoder/embed/embedding` (cxrjax/weights/pretrained.py) and a param group
+`("decoder/embed/.*", None)` in `config.optimizer.param_groups` freezes it (seed 001).
 """
 
 from typing import Any
@@ -26,42 +26,21 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+import ml_collections
+
+from cxrjax.models import base
+from cxrjax.models.decoders.lstm import LSTMStep
 from cxrjax.models.encoders import densenet
-from cxrjax.models.attention_captioner import ImageEncoder
+from cxrjax.models.encoders.image_encoder import ImageEncoder
 
 
-class LSTMStep(nn.Module):
-  """One decoder step: embed the previous word, advance the LSTM, add the image vector, predict."""
-  vocab_size: int
-  embed_dim: int
-  hidden_dim: int
-  dropout_rate: float
-  dtype: Any = jnp.float32
-
-  def setup(self):
-    self.embed = nn.Embed(self.vocab_size, self.embed_dim)
-    self.lstm = nn.OptimizedLSTMCell(self.hidden_dim, dtype=self.dtype)
-    self.dropout = nn.Dropout(self.dropout_rate)
-    self.output = nn.Dense(self.vocab_size, dtype=jnp.float32)
-
-  def __call__(self, carry: tuple[jax.Array, jax.Array], tokens: jax.Array, image: jax.Array,
-               train: bool) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
-    """carry (c, h) [batch, hidden] each, tokens [batch], image [batch, hidden]
-    -> (carry, logits [batch, vocab])."""
-    embedded = self.embed(tokens).astype(self.dtype)  # [batch, embed]
-    (cell, hidden), outputs = self.lstm(carry, embedded)
-    features = self.dropout(outputs.astype(jnp.float32) + image, deterministic=not train)
-    carry = (cell.astype(jnp.float32), hidden.astype(jnp.float32))
-    return carry, self.output(features)
-
-
-class LSTMCaptioner(nn.Module):
+class LSTMCaptioner(base.Captioner):
   """Seeds 000/001 baseline: pooled CheXNet features of both views -> Dense -> LSTM initial state.
 
   Attributes:
     vocab_size: output vocabulary, special tokens included.
     encoder: DenseNet architecture (DenseNet-121 for CheXNet weights; tiny ones in tests).
-    freeze_encoder: the seeds freeze CheXNet; False fine-tunes it.
+    freeze_encoder: run the encoder in inference mode without gradients (from the param groups).
     embed_dim: word embedding size (300 for GloVe 300d / fastText).
     hidden_dim: LSTM size, also the size of the image vector (its initial state).
     dropout_rate: on the pooled image features and before the output layer.
@@ -73,6 +52,20 @@ class LSTMCaptioner(nn.Module):
   hidden_dim: int = 512
   dropout_rate: float = 0.2
   dtype: Any = jnp.float32
+
+  pretrained_parts = {"encoder": base.PretrainedPart("densenet", ("image_encoder/densenet",)),
+                      "word_vectors": base.PretrainedPart("word_vectors", ("decoder/embed/embedding",))}
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, vocab_size: int, is_frozen: base.IsFrozen):
+    return cls(vocab_size=vocab_size, encoder=densenet.config_from_section(config.encoder),
+               freeze_encoder=is_frozen("image_encoder"), **base.module_fields(config, exclude=("encoder",)))
+
+  @staticmethod
+  def smoke_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        name="lstm_captioner", encoder=densenet.tiny_config(), embed_dim=8, hidden_dim=16,
+        dropout_rate=0.1, dtype="float32"))
 
   def setup(self):
     self.image_encoder = ImageEncoder(self.encoder, frozen=self.freeze_encoder, dtype=self.dtype)
@@ -92,8 +85,10 @@ class LSTMCaptioner(nn.Module):
     image = memory["image"]
     return {"image": image, "cell": image, "hidden": image}
 
-  def decode_step(self, tokens: jax.Array, cache: dict[str, jax.Array], train: bool = False):
+  def decode_step(self, tokens: jax.Array, cache: dict[str, jax.Array], position: jax.Array | None = None,
+                  train: bool = False):
     """tokens [batch] -> (logits [batch, vocab], cache, None: no attention)."""
+    del position  # The LSTM state carries it.
     (cell, hidden), logits = self.decoder((cache["cell"], cache["hidden"]), tokens, cache["image"], train)
     return logits, dict(cache, cell=cell, hidden=hidden), None
 

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from cxrjax.text import tokenizers as text
+from cxrjax.text import tokenizers
 
 
 class WordVectorFileError(ValueError):
@@ -77,18 +77,19 @@ def _is_float(field: str) -> bool:
   return True
 
 
-def load_word_vectors(path: str | os.PathLike, vocabulary: text.Vocabulary | Sequence[str],
+def load_word_vectors(path: str | os.PathLike, vocabulary: tokenizers.WordVocabulary | Sequence[str],
                       dim: int | None = None, seed: int = 0) -> tuple[np.ndarray, WordVectorStats]:
   """Reads a GloVe or fastText text file into an embedding matrix for `vocabulary`.
 
   Args:
     path: a GloVe `.txt` or fastText `.vec` file (format recognised from the first line).
-    vocabulary: a `text.Vocabulary`, or its tokens in id order.
+    vocabulary: a `tokenizers.WordVocabulary`, or word-vocabulary tokens in id order (its special
+      tokens named as tokenizers.SPECIAL_TOKENS).
     dim: the expected vector size (the model's embed_dim); None accepts the file's.
     seed: seeds the random rows of words the file lacks, so a run is reproducible.
 
   Returns:
-    (matrix float32 [len(vocabulary), dim], stats). Row `text.PAD_ID` is zero (padding carries no
+    (matrix float32 [len(vocabulary), dim], stats). The pad row is zero (padding carries no
     meaning); the other special tokens (<unk>, <start>, <end>) and words missing from the file get
     normal random rows with the standard deviation of the found vectors, so they sit at the same
     scale as the pretrained ones. Special tokens are not counted as missing.
@@ -102,8 +103,15 @@ def load_word_vectors(path: str | os.PathLike, vocabulary: text.Vocabulary | Seq
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"{path}: word-vector file not found")
-  tokens = tuple(vocabulary.tokens if isinstance(vocabulary, text.Vocabulary) else vocabulary)
-  wanted = {word: index for index, word in enumerate(tokens) if word not in text.SPECIAL_TOKENS}
+  if isinstance(vocabulary, tokenizers.WordVocabulary):
+    tokens = vocabulary.tokens
+    special_ids = {vocabulary.pad_id, vocabulary.unk_id, vocabulary.start_id, vocabulary.end_id}
+    pad_id = vocabulary.pad_id
+  else:
+    tokens = tuple(vocabulary)
+    special_ids = {i for i, token in enumerate(tokens) if token in tokenizers.SPECIAL_TOKENS}
+    pad_id = tokens.index(tokenizers.PAD) if tokenizers.PAD in tokens else None
+  wanted = {word: index for index, word in enumerate(tokens) if index not in special_ids}
   vectors: dict[str, np.ndarray] = {}
   first_line_of: dict[str, int] = {}
   header_count, lines, file_dim = None, 0, dim
@@ -176,8 +184,8 @@ def load_word_vectors(path: str | os.PathLike, vocabulary: text.Vocabulary | Seq
   matrix = np.random.default_rng(seed).normal(0.0, scale, (len(tokens), file_dim)).astype(np.float32)
   for word, vector in vectors.items():
     matrix[wanted[word]] = vector
-  if text.PAD in tokens:
-    matrix[tokens.index(text.PAD)] = 0.0
+  if pad_id is not None:
+    matrix[pad_id] = 0.0
   missing = tuple(word for word in wanted if word not in vectors)
   stats = WordVectorStats(path=str(path), dim=file_dim, lines=lines, found=len(vectors),
                           missing_words=missing, init_scale=scale)

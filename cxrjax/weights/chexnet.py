@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cxrjax.models.encoders import densenet
+from cxrjax.weights import store
 from cxrjax.weights.store import WeightsError
 
 FORMATS = ("keras-h5", "torch")
@@ -220,7 +221,6 @@ def import_chexnet(fmt: str, path: str | pathlib.Path) -> tuple[dict[str, Any], 
 def save_chexnet(directory: str | pathlib.Path, variables: dict[str, Any], config: densenet.DenseNetConfig,
                  source: dict[str, Any]) -> None:
   """Writes ported DenseNet weights where `--weights DIRECTORY` finds them."""
-  from cxrjax.weights import store
   classes = list(densenet.CHEXNET_CLASSES) if config.num_classes == len(densenet.CHEXNET_CLASSES) else \
       [f"class_{index}" for index in range(config.num_classes)]
   store.save_weights(directory, variables, {"model": "densenet", "config": config.to_dict(),
@@ -229,7 +229,6 @@ def save_chexnet(directory: str | pathlib.Path, variables: dict[str, Any], confi
 
 def load_chexnet(directory: str | pathlib.Path) -> tuple[densenet.DenseNetConfig, dict[str, Any], list[str]]:
   """Reads weights written by `save_chexnet`: `(config, variables, class_names)`."""
-  from cxrjax.weights import store
   variables, model = store.load_weights(directory)
   if model.get("model") != "densenet":
     raise WeightsError(f"{directory}: holds a {model.get('model')!r} model, not a DenseNet/CheXNet")

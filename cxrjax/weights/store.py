@@ -13,11 +13,13 @@ import flax
 import numpy as np
 import safetensors.numpy
 
+from cxrjax.errors import UserError
+
 VARIABLES_FILE = "variables.safetensors"
 MODEL_FILE = "model.json"
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError):
   """A weights file or directory that cannot be used; the message names the file and the problem."""
 
 

@@ -71,6 +71,18 @@ class DenseNetConfig:
 DENSENET121 = DenseNetConfig()
 
 
+def config_from_section(section: Any, num_classes: int = 0) -> DenseNetConfig:
+  """A model config's DenseNet `encoder` section -> DenseNetConfig (no classification head by default);
+  its image `preprocessing` sub-section is the data pipeline's (cxrjax/data/transforms.py), not ours."""
+  values = {k: v for k, v in dict(section).items() if k != "preprocessing"}
+  return DenseNetConfig.from_dict(dict(values, num_classes=num_classes))
+
+
+def tiny_config() -> dict[str, Any]:
+  """The DenseNet section of smoke configs and tests: two blocks of one layer (same code path)."""
+  return dict(block_sizes=(1, 1), growth_rate=4, stem_features=8, bn_epsilon=1e-5)
+
+
 def _batch_norm(config: DenseNetConfig, train: bool, dtype: Any, param_dtype: Any, name: str):
   return nn.BatchNorm(
       use_running_average=not train, momentum=config.bn_momentum, epsilon=config.bn_epsilon,

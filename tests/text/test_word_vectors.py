@@ -3,13 +3,14 @@
 import numpy as np
 import pytest
 
-from cxrjax.text import tokenizers as text, word_vectors
+from cxrjax import text
+from cxrjax.text import word_vectors
 
 GLOVE_FIXTURE = "text/glove.6B.50d.first76.txt"
 
 
 def _vocabulary(*words):
-  return text.Vocabulary(tokens=text.SPECIAL_TOKENS + tuple(words))
+  return text.WordVocabulary(tokens=text.SPECIAL_TOKENS + tuple(words))
 
 
 def _fixture_rows(path):
@@ -34,7 +35,7 @@ def test_glove_fixture_rows_land_on_their_words_including_non_ascii_tokens(share
   assert matrix.shape == (len(vocabulary), 50) and matrix.dtype == np.float32
   for word in ("the", "ö", "हु", "and"):
     np.testing.assert_array_equal(matrix[vocabulary.token_id(word)], rows[word])
-  np.testing.assert_array_equal(matrix[text.PAD_ID], np.zeros(50))
+  np.testing.assert_array_equal(matrix[vocabulary.pad_id], np.zeros(50))
   assert (stats.dim, stats.lines, stats.found) == (50, 76, 4)
   assert stats.missing_words == (".", "cardiomegaly", "effusion")  # The fixture has no ".".
   assert stats.coverage == pytest.approx(4 / 7)
@@ -45,6 +46,9 @@ def test_glove_fixture_rows_land_on_their_words_including_non_ascii_tokens(share
   # The size is read from the file when not given.
   same, _ = word_vectors.load_word_vectors(path, vocabulary)
   np.testing.assert_array_equal(same, matrix)
+  # The tokens alone (special tokens recognised by name) give the same matrix.
+  from_tokens, _ = word_vectors.load_word_vectors(path, list(vocabulary.tokens), dim=50)
+  np.testing.assert_array_equal(from_tokens, matrix)
 
 
 def test_missing_words_are_seeded_and_scaled_like_the_found_vectors(shared_data):

@@ -1,4 +1,4 @@
-"""IU X-ray (Indiana University chest X-rays, Open-i): study records from its public layouts.
+"""IU X-ray's public layouts (Open-i, Kaggle, R2Gen) parsed into study records.
 
 `load_studies(manual_dir)` detects the layout in `manual_dir` (or takes `layout=`):
   "openi":  NLMCXR_reports.tgz (or its extracted ecgen-radiology/*.xml) with the Open-i
@@ -42,20 +42,12 @@ Issues are counted in a `ParseReport`, never dropped silently:
   "spreadsheet_error" (Kaggle only): a section holding an Excel error such as
       "#NAME?" (3 indications in the public CSV) is emptied; the study is kept.
 A malformed file (XML, CSV, JSON) raises `IUXrayFormatError` naming the file.
-
-TFDS. `IuXray` is the TFDS builder "iu_xray" (array_record, built and read without
-TensorFlow), with two configs that differ only in the split:
-  "iu_xray/random": the seeded 70/10/20 study split (`splits.random_split`, seed 0);
-  "iu_xray/r2gen":  R2Gen's split from annotation.json (2,069/296/590 studies).
-Build with `cxrjax prepare iu_xray` (cxrjax/data/prepare.py); read with `IUXraySource`.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import csv
 import dataclasses
-import io
 import json
 import os
 import pathlib
@@ -65,14 +57,6 @@ import tarfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
-
-import numpy as np
-from PIL import Image
-import tensorflow_datasets as tfds
-import tqdm
-
-from cxrjax.data import images as image_lib
-from cxrjax.data import splits as split_lib
 
 LAYOUTS = ("openi", "kaggle", "r2gen")
 SECTIONS = ("findings", "impression", "indication", "comparison")
@@ -101,6 +85,7 @@ class ParseReport:
 
   layout: str
   source: str
+  image_dir: str = ""  # where the images were looked for
   num_studies: int = 0
   num_records: int = 0
   issues: dict[str, int] = dataclasses.field(default_factory=dict)  # kept or skipped
@@ -116,7 +101,7 @@ class ParseReport:
 
   def summary(self) -> str:
     lines = [f"IU X-ray ({self.layout}, {self.source}): {self.num_studies} studies, "
-             f"{self.num_records} records"]
+             f"{self.num_records} records; images in {self.image_dir}"]
     for reason, count in sorted(self.issues.items()):
       lines.append(f"  {reason}: {count} (skipped {self.skipped.get(reason, 0)}), "
                    f"e.g. {', '.join(self.examples.get(reason, []))}")
@@ -201,7 +186,7 @@ def load_studies(
   elif layout == "kaggle":
     studies = _read_kaggle(manual_dir, image_dir, check_images, report)
   elif layout == "r2gen":
-    studies = _read_r2gen_layout(manual_dir, image_dir, check_images)
+    studies = _read_r2gen_layout(manual_dir, image_dir, check_images, report)
   else:
     raise ValueError(f"unknown IU X-ray layout {layout!r}; expected one of {LAYOUTS}")
 
@@ -305,6 +290,7 @@ def _read_openi(manual_dir: pathlib.Path, image_dir: _PathLike | None,
       raise FileNotFoundError(f"{manual_dir}: neither NLMCXR_reports.tgz nor ecgen-radiology/ found")
   report.source = str(reports_source)
   image_folder = _openi_image_folder(manual_dir, image_dir, extract_dir, check_images)
+  report.image_dir = str(image_folder)
   views = {}
   if projections_csv == AUTO:
     projections_csv = next((p for p in (manual_dir / "indiana_projections.csv",
@@ -450,6 +436,7 @@ def _read_kaggle(manual_dir: pathlib.Path, image_dir: _PathLike | None, check_im
   image_dir = pathlib.Path(image_dir)
   if check_images and not image_dir.is_dir():
     raise FileNotFoundError(f"IU X-ray image folder not found: {image_dir}")
+  report.image_dir = str(image_dir)
 
   studies = {}
   for line, row in _read_csv(reports_csv, _KAGGLE_REPORT_COLUMNS):
@@ -507,9 +494,10 @@ def _read_csv(path: pathlib.Path, columns: Sequence[str]) -> Iterator[tuple[int,
 
 
 def _read_r2gen_layout(manual_dir: pathlib.Path, image_dir: _PathLike | None,
-                       check_images: bool) -> list[_Study]:
+                       check_images: bool, report: ParseReport) -> list[_Study]:
   annotation = manual_dir / "annotation.json"
   image_dir = pathlib.Path(image_dir) if image_dir is not None else manual_dir / "images"
+  report.image_dir = str(image_dir)
   if check_images and not image_dir.is_dir():
     raise FileNotFoundError(f"R2Gen image folder not found: {image_dir} (or pass image_dir=, "
                             "or check_images=False)")
@@ -568,238 +556,3 @@ def _r2gen_study_uid(entry_id: str, path: _PathLike) -> str:
 def _study_number(uid: str) -> tuple[int, str]:
   digits = re.search(r"\d+", uid)
   return (int(digits[0]) if digits else -1, uid)
-
-
-# TFDS builder.
-
-TFDS_NAME = "iu_xray"
-TFDS_CONFIGS = ("random", "r2gen")
-TFDS_SPLITS = ("train", "validation", "test")
-RANDOM_SPLIT_SEED = 0
-# splits.random_split and R2Gen name the validation split "val"; TFDS "validation".
-_TO_TFDS_SPLIT = {"train": "train", "val": "validation", "test": "test"}
-_TEXT_FEATURES = ("id", "findings", "impression", "indication", "comparison", "report")
-_TEXT_LIST_FEATURES = ("image_ids", "views", "mesh", "mesh_automatic")
-
-
-class IuXray(tfds.core.GeneratorBasedBuilder):
-  """IU X-ray study records as a TFDS dataset (array_record; no TensorFlow needed).
-
-  Each example is one study record (the schema of CONVENTIONS.md, plus "mesh_automatic"),
-  its two view images stored as 8-bit grayscale PNGs ([H, W, 1]). The source images
-  (Open-i PNGs are RGB with three equal channels) are decoded with images.load_image and
-  re-encoded as grayscale; an image whose channels differ is converted to luma (ITU-R
-  601) and counted ("colour_images"). The report is the findings section; studies are
-  skipped as `load_studies` documents (no image on disk, empty findings), and what was
-  skipped, and why, is kept in `info.metadata["build"]`.
-  """
-
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Study records from the Open-i, Kaggle or R2Gen layouts."}
-  BUILDER_CONFIGS = [
-      tfds.core.BuilderConfig(
-          name="random",
-          description=f"Seeded random study split: 70% train, 10% validation, 20% test "
-                      f"(splits.random_split, seed {RANDOM_SPLIT_SEED})."),
-      tfds.core.BuilderConfig(
-          name="r2gen",
-          description="R2Gen's study split (Chen et al., EMNLP 2020) from its annotation.json; "
-                      "kept studies outside it are counted as unassigned."),
-  ]
-  MANUAL_DOWNLOAD_INSTRUCTIONS = """\
-Put one of the IU X-ray layouts in the manual folder (--manual-dir):
-  Open-i: NLMCXR_reports.tgz (or its extracted ecgen-radiology/) and the PNGs, as
-    NLMCXR_png.tgz or extracted into NLMCXR_png/ or images/
-    (https://openi.nlm.nih.gov/faq#collection); indiana_projections.csv from the
-    Kaggle layout beside them (or in kaggle_csv/) labels the views.
-  Kaggle: indiana_reports.csv, indiana_projections.csv and images_normalized/
-    (https://www.kaggle.com/datasets/raddar/chest-xrays-indiana-university).
-  R2Gen: annotation.json and images/ (https://github.com/zhjohnchan/R2Gen).
-The "r2gen" config also needs R2Gen's annotation.json, in the manual folder or in its
-r2gen/ subfolder.
-"""
-
-  def __init__(self, *, num_threads: int | None = None, progress: bool = False, **kwargs):
-    """`num_threads` encode images in parallel (default: CPU count, at most 8);
-    `progress` shows a tqdm bar per split. Other arguments go to TFDS's builder."""
-    kwargs.setdefault("file_format", "array_record")
-    self._num_threads = num_threads or min(8, os.cpu_count() or 1)
-    self._progress = progress
-    super().__init__(**kwargs)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    text = tfds.features.Text()
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description="Indiana University chest X-ray studies (Open-i): two views and the report.",
-        features=tfds.features.FeaturesDict({
-            "id": text,
-            "images": tfds.features.Sequence(
-                tfds.features.Image(shape=(None, None, 1), encoding_format="png"), length=2),
-            "image_ids": tfds.features.Sequence(text, length=2),
-            "views": tfds.features.Sequence(text, length=2),
-            "findings": text,
-            "impression": text,
-            "indication": text,
-            "comparison": text,
-            "mesh": tfds.features.Sequence(text),
-            "mesh_automatic": tfds.features.Sequence(text),
-            "report": text,
-        }),
-        homepage="https://openi.nlm.nih.gov/faq#collection",
-        citation="""\
-@article{demner2016preparing,
-  title={Preparing a collection of radiology examinations for distribution and retrieval},
-  author={Demner-Fushman, Dina and Kohli, Marc D and Rosenman, Marc B and Shooshan, Sonya E
-          and Rodriguez, Laritza and Antani, Sameer and Thoma, George R and McDonald, Clement J},
-  journal={Journal of the American Medical Informatics Association},
-  volume={23}, number={2}, pages={304--310}, year={2016}
-}""",
-        license="CC BY-NC-ND 4.0",
-        metadata=tfds.core.MetadataDict(),
-    )
-
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    manual_dir = pathlib.Path(dl_manager.manual_dir)
-    records, parse_report = load_studies(manual_dir)
-    if self.builder_config.name == "r2gen":
-      split_ids = r2gen_split(_find_r2gen_annotation(manual_dir))
-    else:
-      split_ids = split_lib.random_split([r["id"] for r in records], seed=RANDOM_SPLIT_SEED)
-    grouped = split_lib.apply_split(records, split_ids)
-    unassigned = grouped.pop(split_lib.UNASSIGNED, [])
-    kept = {r["id"] for r in records}
-    not_kept = {_TO_TFDS_SPLIT[name]: sum(i not in kept for i in ids) for name, ids in split_ids.items()}
-    by_split = {_TO_TFDS_SPLIT[name]: split_records for name, split_records in grouped.items()}
-    for name in TFDS_SPLITS:
-      if not by_split[name]:
-        raise ValueError(f"iu_xray/{self.builder_config.name}: split {name!r} has no study "
-                         f"({len(records)} studies kept from {manual_dir}); a dataset needs "
-                         "studies in every split")
-    # Saved with the dataset (metadata.json), so `cxrjax prepare` can report it later.
-    self.info.metadata["build"] = {
-        "config": self.builder_config.name,
-        "parse_report": dataclasses.asdict(parse_report),
-        "split_sizes": {name: len(by_split[name]) for name in TFDS_SPLITS},
-        "unassigned": len(unassigned),
-        "unassigned_examples": [r["id"] for r in unassigned[:_MAX_EXAMPLES]],
-        "split_studies_not_kept": not_kept,
-        "colour_images": 0,
-        "colour_image_examples": [],
-    }
-    return {name: self._generate_examples(by_split[name], name) for name in TFDS_SPLITS}
-
-  def _generate_examples(self, records: Sequence[Mapping[str, Any]], split: str):
-    build = self.info.metadata["build"]
-    pool = concurrent.futures.ThreadPoolExecutor(self._num_threads)
-    try:
-      encoded = pool.map(_encode_study_images, records)
-      for record, (pngs, colour_ids) in tqdm.tqdm(
-          zip(records, encoded), total=len(records), desc=f"iu_xray/{self.builder_config.name} "
-          f"{split}", unit=" studies", disable=not self._progress):
-        for image_id in colour_ids:
-          build["colour_images"] += 1
-          if len(build["colour_image_examples"]) < _MAX_EXAMPLES:
-            build["colour_image_examples"].append(image_id)
-        example = {key: record[key] for key in _TEXT_FEATURES + _TEXT_LIST_FEATURES}
-        example["images"] = pngs
-        yield record["id"], example
-    finally:
-      # After an error, the queued studies are dropped instead of encoded.
-      pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _find_r2gen_annotation(manual_dir: pathlib.Path) -> pathlib.Path:
-  for path in (manual_dir / "annotation.json", manual_dir / "r2gen" / "annotation.json"):
-    if path.is_file():
-      return path
-  raise FileNotFoundError(f"the iu_xray/r2gen config needs R2Gen's annotation.json in {manual_dir} "
-                          f"or {manual_dir / 'r2gen'}")
-
-
-def _encode_study_images(record: Mapping[str, Any]) -> tuple[list[bytes], list[str]]:
-  """The study's two images as grayscale PNG bytes, and the ids of those that had colour."""
-  cache, colour_ids = {}, []
-  for path, image_id in zip(record["images"], record["image_ids"]):
-    if path not in cache:  # a single image repeated is encoded once
-      try:
-        cache[path], is_colour = _grayscale_png(path)
-      except image_lib.ImageError as error:
-        raise image_lib.ImageError(f"study {record['id']}: {error}") from error
-      if is_colour:
-        colour_ids.append(image_id)
-  return [cache[path] for path in record["images"]], colour_ids
-
-
-def _grayscale_png(path: str) -> tuple[bytes, bool]:
-  """An image file as 8-bit grayscale PNG bytes, and whether its channels differed."""
-  rgb = image_lib.load_image(path)  # uint8 [H, W, 3]; names the file when it cannot be read
-  is_colour = not (np.array_equal(rgb[..., 0], rgb[..., 1])
-                   and np.array_equal(rgb[..., 0], rgb[..., 2]))
-  gray = Image.fromarray(rgb).convert("L") if is_colour else Image.fromarray(rgb[..., 0])
-  buffer = io.BytesIO()
-  gray.save(buffer, format="PNG")
-  return buffer.getvalue(), is_colour
-
-
-class _KeepEncoded(tfds.decode.SkipDecoding):
-  """Leaves images as PNG bytes (cxrjax decodes them in images.py, in the pipeline).
-
-  tfds 4.9.10's SkipDecoding has no NumPy path for a feature inside a Sequence
-  (`decode_batch_example_np`), which the two-image Sequence needs.
-  """
-
-  def decode_batch_example_np(self, batch: np.ndarray) -> list[bytes]:
-    return list(batch)
-
-
-def dataset_dir(data_dir: str | os.PathLike, config: str = "random") -> pathlib.Path:
-  """The folder of a prepared dataset: DATA_DIR/iu_xray/<config>/<version>."""
-  if config not in TFDS_CONFIGS:
-    raise ValueError(f"unknown iu_xray config {config!r}; expected one of {TFDS_CONFIGS}")
-  return pathlib.Path(data_dir) / TFDS_NAME / config / str(IuXray.VERSION)
-
-
-def vocabulary_path(data_dir: str | os.PathLike, config: str = "random",
-                    cleaning: str = "seed001") -> pathlib.Path:
-  """Where `cxrjax prepare` saves the training vocabulary: <dataset_dir>/vocabulary.<cleaning>.json."""
-  return dataset_dir(data_dir, config) / f"vocabulary.{cleaning}.json"
-
-
-class IUXraySource:
-  """Random-access study records of one split of a prepared iu_xray dataset.
-
-  A grain `RandomAccessDataSource`: records follow the study schema (str fields, lists
-  of str) with "images" as two grayscale PNGs (bytes), decoded by the pipeline.
-  """
-
-  def __init__(self, data_dir: str | os.PathLike, config: str = "random", split: str = "train"):
-    folder = dataset_dir(data_dir, config)
-    if not (folder / "dataset_info.json").is_file():
-      raise FileNotFoundError(
-          f"iu_xray/{config} is not prepared in {data_dir} (no {folder / 'dataset_info.json'}): run "
-          f"`cxrjax prepare iu_xray --manual-dir DIR --data-dir {data_dir} --split {config}`")
-    builder = IuXray(config=config, data_dir=data_dir)
-    if split not in builder.info.splits:
-      raise ValueError(f"iu_xray/{config} has no split {split!r}; it has {sorted(builder.info.splits)}")
-    self.config = config
-    self.split = split
-    self.metadata = dict(builder.info.metadata)
-    self._source = builder.as_data_source(split=split, decoders={"images": _KeepEncoded()})
-
-  def __len__(self) -> int:
-    return len(self._source)
-
-  def __getitem__(self, index: int) -> dict[str, Any]:
-    example = self._source[int(index)]
-    record = {key: _to_str(example[key]) for key in _TEXT_FEATURES}
-    record.update({key: [_to_str(v) for v in example[key]] for key in _TEXT_LIST_FEATURES})
-    record["images"] = [bytes(png) for png in example["images"]]
-    return record
-
-  def __repr__(self) -> str:
-    return f"IUXraySource(config={self.config!r}, split={self.split!r}, num_records={len(self)})"
-
-
-def _to_str(value: bytes | str) -> str:
-  return value.decode("utf-8") if isinstance(value, bytes) else str(value)

@@ -336,3 +336,61 @@ def _findings_of(record):
     elif name != "normal":
       values[name.lower()] = qualifier
   return phantom.Findings(**values)
+
+
+# The findings oracle.
+
+# What each finding's most common sentence says, and what the report says when it is absent.
+_ORACLE_PHRASES = {
+    "cardiomegaly": ("The heart is enlarged.", "The heart is normal in size."),
+    "effusion": ("There is a {} pleural effusion.", None),
+    "pneumothorax": ("There is a {} pneumothorax.", None),
+    "opacity": ("There is focal airspace opacity in the {} lobe.", None),
+    "nodule": ("There is a nodule in the {} lung.", None),
+}
+
+
+def test_oracle_reports_mention_exactly_the_findings():
+  config = phantom.PhantomConfig(image_size=16, p_cardiomegaly=0.5, p_effusion=0.5, p_pneumothorax=0.5,
+                                 p_opacity=0.5, p_nodule=0.5)
+  source = phantom.PhantomSource("val", 300, config)
+  oracles, reports = source.oracle_reports(), source.reports()
+  assert len(oracles) == len(reports) == 300
+  differs = 0
+  for index, (oracle, report) in enumerate(zip(oracles, reports)):
+    findings = phantom.sample_findings(source.offset + index, config)
+    assert phantom.oracle_report(findings) == oracle
+    # The same findings, written without paraphrase, are the oracle; a paraphrased report differs.
+    assert phantom.write_report(findings, np.random.default_rng(index), paraphrase=False) == oracle
+    differs += oracle != report
+    for name, (present, absent) in _ORACLE_PHRASES.items():
+      value = getattr(findings, name)
+      if name == "effusion" and value == "bilateral":
+        assert "There are bilateral pleural effusions." in oracle
+        assert "There is a right pleural effusion." not in oracle and "There is a left" not in oracle
+        continue
+      for option in (phantom.LOBES if name == "opacity" else phantom.SIDES) if name != "cardiomegaly" else ():
+        assert (present.format(option) in oracle) == (value == option), (oracle, name, option)
+      if name == "cardiomegaly":
+        assert (present in oracle) == value and (absent in oracle) == (not value)
+    assert ("No pneumothorax or pleural effusion." in oracle) == (not findings.effusion and not findings.pneumothorax)
+    assert oracle.startswith(("The heart is normal in size.", "The heart is enlarged."))
+  # Paraphrase changes most reports at these prevalences (several sentences, 30% odds each).
+  assert differs > 150
+  # The oracle of a study does not depend on its images or the wording stream.
+  study = phantom.generate_study(source.offset + 7, config)
+  assert phantom.generate_oracle_report(source.offset + 7, config) == oracles[7]
+  assert phantom.Findings(**{k: v for k, v in _findings_of_mesh(study["mesh"]).items()}) == \
+      phantom.sample_findings(source.offset + 7, config)
+
+
+def _findings_of_mesh(mesh):
+  """Findings fields from the record's "mesh" tags ("Effusion/left", "Opacity/right upper lobe")."""
+  fields = {}
+  for tag in mesh:
+    name, _, qualifier = tag.partition("/")
+    if name == "Cardiomegaly":
+      fields["cardiomegaly"] = True
+    elif name != "normal":
+      fields[name.lower()] = qualifier.removesuffix(" lobe")
+  return fields

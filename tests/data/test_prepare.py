@@ -19,7 +19,9 @@ from cxrjax.data import images
 from cxrjax.data import iu_xray
 from cxrjax.data import prepare
 from cxrjax.data import splits
-from cxrjax.text import tokenizers as text
+from cxrjax.data import tfds_common
+from cxrjax.text import cleaning
+from cxrjax.text import tokenizers
 
 # CXR3 has no findings; R2Gen puts 4 in val, 2, 12 and 13 in test, the others in train,
 # and leaves 44 out.
@@ -122,15 +124,16 @@ def test_records_round_trip(random_summary, manual_dir, data_dir):
 
 def test_vocabulary_from_training_split_only(random_summary, data_dir):
   path = pathlib.Path(random_summary["vocabulary_path"])
-  assert path == iu_xray.vocabulary_path(data_dir, "random", "seed001")
+  # The default cleaning and min count are those of the IU X-ray configs (r2gen, 3).
+  assert path == iu_xray.vocabulary_path(data_dir, "random", "r2gen")
   assert path.parent == iu_xray.dataset_dir(data_dir, "random")
-  vocabulary = text.Vocabulary.from_json(path)
-  train = [text.clean_report(r["report"]) for r in _reports(data_dir, "random", "train")]
-  assert vocabulary == text.Vocabulary.build(train, min_count=3, cleaning_style="seed001")
-  held_out = [text.clean_report(r["report"]) for split in ("validation", "test")
+  vocabulary = tokenizers.WordVocabulary.from_json(path)
+  train = [cleaning.clean_report(r["report"], "r2gen") for r in _reports(data_dir, "random", "train")]
+  assert vocabulary == tokenizers.WordVocabulary.build(train, min_count=3, cleaning_style="r2gen")
+  held_out = [cleaning.clean_report(r["report"], "r2gen") for split in ("validation", "test")
               for r in _reports(data_dir, "random", split)]
   # Some words frequent in the held-out reports are not in the vocabulary.
-  everything = text.Vocabulary.build(train + held_out, min_count=3)
+  everything = tokenizers.WordVocabulary.build(train + held_out, min_count=3)
   assert set(everything.tokens) - set(vocabulary.tokens)
   stats = random_summary["vocabulary"]
   assert stats["vocabulary_size"] == len(vocabulary)
@@ -141,7 +144,7 @@ def test_vocabulary_from_training_split_only(random_summary, data_dir):
 
 def test_main_reuses_dataset_and_prints_summary(random_summary, data_dir, capsys):
   # No --manual-dir: the built dataset is reused; a second cleaning adds its vocabulary.
-  assert prepare.main(["iu_xray", "--data-dir", str(data_dir), "--cleaning", "r2gen"]) == 0
+  assert prepare.main(["iu_xray", "--data-dir", str(data_dir), "--cleaning", "drop_short_words"]) == 0
   out = capsys.readouterr().out
   sizes = random_summary["split_sizes"]
   assert (f"splits: train {sizes['train']}, validation {sizes['validation']}, "
@@ -150,13 +153,13 @@ def test_main_reuses_dataset_and_prints_summary(random_summary, data_dir, capsys
   assert "skipped empty_report: 1 (e.g. CXR3)" in out
   assert "issues found (skipped or kept): empty_report 1" in out
   assert f"colour images converted to gray: 1 (e.g. {COLOUR_IMAGE})" in out
-  assert re.search(r"vocabulary: \d+ tokens \(cleaning r2gen, min count 3", out)
+  assert re.search(r"vocabulary: \d+ tokens \(cleaning drop_short_words, min count 3", out)
   assert re.search(r"test: [\d.]+% of \d+ word tokens and [\d.]+% of \d+ distinct words seen in "
                    r"training; <unk> rate [\d.]+%", out)
   summary = json.loads(out.strip().splitlines()[-1])
-  assert summary["split_sizes"] == sizes and summary["cleaning"] == "r2gen"
-  vocabulary = text.Vocabulary.from_json(iu_xray.vocabulary_path(data_dir, "random", "r2gen"))
-  assert vocabulary.cleaning_style == "r2gen" and len(vocabulary) == summary["vocabulary"]["vocabulary_size"]
+  assert summary["split_sizes"] == sizes and summary["cleaning"] == "drop_short_words"
+  vocabulary = tokenizers.WordVocabulary.from_json(iu_xray.vocabulary_path(data_dir, "random", "drop_short_words"))
+  assert vocabulary.cleaning_style == "drop_short_words" and len(vocabulary) == summary["vocabulary"]["vocabulary_size"]
 
 
 def test_r2gen_config(manual_dir, tmp_path, iu_dir):
@@ -177,6 +180,8 @@ def test_add_parser_wires_into_a_cli():
   args = parser.parse_args(["prepare", "iu_xray", "--manual-dir", "m", "--data-dir", "d",
                             "--split", "r2gen", "--cleaning", "r2gen"])
   assert (args.dataset, args.split, args.cleaning, args.min_count) == ("iu_xray", "r2gen", "r2gen", 3)
+  defaults = parser.parse_args(["prepare", "iu_xray", "--data-dir", "d"])
+  assert (defaults.split, defaults.cleaning, defaults.min_count) == ("random", "r2gen", 3)
   assert args.manual_dir == pathlib.Path("m") and args.run is prepare._run
   with pytest.raises(SystemExit):
     parser.parse_args(["prepare", "iu_xray", "--data-dir", "d", "--min-count", "0"])
@@ -193,7 +198,7 @@ def test_errors(iu_dir, tmp_path, capsys):
   assert "not built" in err and "pass --manual-dir" in err
   # Two kept studies cannot fill three splits.
   small = make_openi_layout(iu_dir, tmp_path / "small", numbers=(1, 2))
-  with pytest.raises(ValueError, match="split 'validation' has no study"):
+  with pytest.raises(tfds_common.EmptySplitError, match="split 'validation' has no study"):
     prepare.prepare_iu_xray(small, tmp_path / "data", config="random")
   with pytest.raises(FileNotFoundError, match="not prepared.*cxrjax prepare iu_xray"):
     iu_xray.IUXraySource(tmp_path / "data", "random", "train")
@@ -208,3 +213,35 @@ def test_corrupt_image_names_file_and_study(iu_dir, tmp_path, capsys):
                        str(tmp_path / "data"), "--num-threads", "1"]) == 2
   err = capsys.readouterr().err
   assert "study CXR5" in err and str(corrupt) in err and "cannot decode" in err
+
+
+def test_partial_image_download_prints_counts_and_one_line_error(iu_dir, tmp_path, capsys):
+  # The real 3,955 report XMLs with only the four real PNGs: CXR54 and CXR303 complete, CXR25 lacks
+  # its lateral, every other study has no image on disk.
+  manual = tmp_path / "manual"
+  (manual / "images").mkdir(parents=True)
+  (manual / "NLMCXR_reports.tgz").symlink_to(iu_dir / "NLMCXR_reports.tgz")
+  for png in (iu_dir / "images").glob("*.png"):
+    (manual / "images" / png.name).symlink_to(png)
+  records, report = iu_xray.load_studies(manual)
+  assert report.num_studies == 3955 and sorted(r["id"] for r in records) == ["CXR303", "CXR54"]
+  assert report.skipped["missing_image"] == 1
+  not_found = report.skipped["images_not_found"]
+  assert sum(report.skipped.values()) == 3955 - 2
+
+  with pytest.raises(tfds_common.EmptySplitError) as error:
+    prepare.prepare_iu_xray(manual, tmp_path / "data", num_threads=1)
+  assert isinstance(error.value, ValueError)
+  assert prepare.main(["iu_xray", "--manual-dir", str(manual), "--data-dir", str(tmp_path / "data")]) == 2
+  captured = capsys.readouterr()
+  err = captured.err.strip()
+  assert len(err.splitlines()) == 1 and "Traceback" not in captured.err
+  assert err.startswith("cxrjax prepare: error: iu_xray/random: split 'validation' has no study: "
+                        "2 of 3,955 studies kept")
+  assert f"{not_found:,} of 3,955 studies have none of their image files in {manual / 'images'}" in err
+  assert f"1 of 3,955 studies lack some of their image files in {manual / 'images'}" in err
+  assert err.endswith("download NLMCXR_png.tgz (the Open-i PNGs) into the manual folder")
+  # The counts read come first, on stdout.
+  assert "IU X-ray (openi, " in captured.out and "3955 studies, 2 records" in captured.out
+  assert f"images_not_found: {not_found} (skipped {not_found})" in captured.out
+  assert "splits: train 1, validation 0, test 1" in captured.out

@@ -1,4 +1,7 @@
-"""Scoring ChestX-ray14 predictions: per-class AUROC and the mean over the 14 findings.
+"""Classification metrics: multi-label AUROC, and scoring ChestX-ray14 prediction CSVs.
+
+`multilabel_auroc`: per-class AUROC (rank-based, ties averaged, as scikit-learn's roc_auc_score)
+and the mean over the classes that have both label values.
 
 Predictions are a CSV in the layout most ChestX-ray14 code writes:
 
@@ -32,12 +35,93 @@ from typing import Any
 
 import numpy as np
 
-from cxrjax.metrics import captioning as metrics
 from cxrjax.data import chestxray14
 
 IMAGE_COLUMN = "Image Index"
 PROB_PREFIX = "prob_"
 _MAX_EXAMPLES = 5
+
+AUROC_IMPLEMENTATION = (
+    "numpy rank-based AUROC (cxrjax): Mann-Whitney U with average ranks for tied scores")
+
+
+# ----------------------------------------------------------------------------------------------
+# AUROC.
+
+
+def _binary_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+  """AUROC of one class from average ranks.
+
+  Args:
+    labels: bool [num_examples], holding both values.
+    scores: float [num_examples].
+  """
+  _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+  # Tied scores share the mean of the 1-based ranks they span, which counts each positive-negative
+  # tie as half a correct ordering, as the trapezoidal ROC area does.
+  last_rank = np.cumsum(counts).astype(np.float64)
+  mean_rank = last_rank - (counts - 1) / 2.0
+  ranks = mean_rank[inverse]
+  num_positive = int(labels.sum())
+  num_negative = labels.size - num_positive
+  positive_rank_sum = ranks[labels].sum()
+  return float((positive_rank_sum - num_positive * (num_positive + 1) / 2.0)
+               / (num_positive * num_negative))
+
+
+def multilabel_auroc(labels: np.ndarray, scores: np.ndarray,
+                     class_names: Sequence[str] | None = None) -> dict[str, Any]:
+  """Per-class and mean AUROC for multi-label classification.
+
+  Args:
+    labels: 0/1 (or bool) ground truth, [num_examples, num_classes] (or [num_examples] for one
+      class).
+    scores: finite scores or probabilities, same shape.
+    class_names: names of the classes (default "0", "1", ...).
+
+  Returns:
+    {"per_class": {name: AUROC or nan}, "mean": mean over the classes with both label values (nan if
+    none), "excluded": {name: why it has no AUROC}, "note": text on what the mean covers,
+    "implementation": str}.
+  """
+  labels = np.asarray(labels)
+  scores = np.asarray(scores, dtype=np.float64)
+  if labels.ndim == 1 and scores.ndim == 1:
+    labels, scores = labels[:, None], scores[:, None]
+  if labels.ndim != 2 or labels.shape != scores.shape:
+    raise ValueError(f"labels {labels.shape} and scores {scores.shape} must share one shape"
+                     " [num_examples, num_classes]")
+  if labels.shape[0] == 0:
+    raise ValueError("no examples to score")
+  if not np.isin(labels, (0, 1)).all():
+    raise ValueError(f"labels must be 0/1, found values {np.unique(labels)[:10].tolist()}")
+  if not np.isfinite(scores).all():
+    raise ValueError(f"scores hold {int((~np.isfinite(scores)).sum())} non-finite values")
+  num_classes = labels.shape[1]
+  names = [str(index) for index in range(num_classes)] if class_names is None else list(class_names)
+  if len(names) != num_classes:
+    raise ValueError(f"{len(names)} class names for {num_classes} classes")
+  labels = labels.astype(bool)
+  per_class, excluded = {}, {}
+  for index, name in enumerate(names):
+    num_positive = int(labels[:, index].sum())
+    if num_positive in (0, labels.shape[0]):
+      per_class[name] = float("nan")
+      only = "positive" if num_positive else "negative"
+      excluded[name] = f"only {only} labels ({labels.shape[0]} examples): AUROC undefined"
+    else:
+      per_class[name] = _binary_auroc(labels[:, index], scores[:, index])
+  defined = [value for name, value in per_class.items() if name not in excluded]
+  mean = float(np.mean(defined)) if defined else float("nan")
+  note = f"mean over {len(defined)} of {num_classes} classes"
+  if excluded:
+    note += f"; excluded (one label value only): {', '.join(excluded)}"
+  return {"per_class": per_class, "mean": mean, "excluded": excluded, "note": note,
+          "implementation": AUROC_IMPLEMENTATION}
+
+
+# ----------------------------------------------------------------------------------------------
+# ChestX-ray14 prediction CSVs and the `cxrjax auroc` command.
 
 
 class PredictionsError(ValueError):
@@ -119,7 +203,7 @@ def write_predictions_csv(path: str | os.PathLike, image_ids: Sequence[str], pro
 
 def score_predictions(predictions_csv: str | os.PathLike, labels_csv: str | os.PathLike,
                       images_list: str | os.PathLike | None = None) -> dict[str, Any]:
-  """Per-class AUROC and their mean over the 14 findings (metrics.multilabel_auroc).
+  """Per-class AUROC and their mean over the 14 findings (multilabel_auroc).
 
   Args:
     predictions_csv: `Image Index,prob_<Finding>,...` (module docstring).
@@ -158,7 +242,7 @@ def score_predictions(predictions_csv: str | os.PathLike, labels_csv: str | os.P
                            f"images (from {predictions_csv}), e.g. {unlabelled[:_MAX_EXAMPLES]}")
   labels = np.stack([chestxray14.labels_vector(findings[name]) for name in scored])
   scores = probabilities[[row_of[name] for name in scored]]
-  result = metrics.multilabel_auroc(labels, scores, class_names=chestxray14.FINDINGS)
+  result = multilabel_auroc(labels, scores, class_names=chestxray14.FINDINGS)
   result.update({
       "num_images": len(scored),
       "positives": {name: int(count) for name, count in zip(chestxray14.FINDINGS, labels.sum(0))},

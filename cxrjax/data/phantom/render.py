@@ -1,344 +1,19 @@
-"""Embedded synthetic chest X-ray studies ("phantoms") with findings-driven reports.
+"""Phantom images: the frontal and lateral radiograph-like views of a study, drawn with numpy.
 
-Each study is a frontal (PA) and a lateral radiograph-like grayscale image drawn procedurally with
-numpy (lung fields, mediastinum, heart, diaphragm domes, spine, ribs, clavicles, soft tissue), plus a
-report in IU X-ray phrasing written from the findings drawn in the images:
-
-  Cardiomegaly          a wider heart (cardiothoracic ratio 0.56-0.66 instead of 0.38-0.47), also
-                        reaching back towards the spine on the lateral view.
-  Effusion/<side>       right, left or bilateral: fluid at the base with a meniscus that blunts the
-                        costophrenic angle (posterior sulcus on the lateral view).
-  Pneumothorax/<side>   a dark band without lung markings between the chest wall and the visceral
-                        pleural line (apical lucency on the lateral view).
-  Opacity/<lobe> lobe   focal airspace opacity in the right/left upper/lower lobe.
-  Nodule/<side>         a small round density in the right or left lung.
-
-Studies are generated on the fly and deterministically from (seed, index), independent of the order in
-which they are asked for and of the image size (only the pixel noise depends on the size). Paraphrase
-variation (several templates per sentence, a dominant one) means the text is only predictable through
-the findings, which are only visible in the images.
-
-Usage:
-  config = PhantomConfig(image_size=96, seed=0)
-  record = generate_study(17, config)           # study-record dict (see CONVENTIONS.md)
-  train = PhantomSource("train", 5000, config)  # grain random-access source of records
-  baseline = most_common_report(train[i] for i in range(1000))
+Images. Coordinates are normalised to [-1, 1]: x to the image right (the patient's left on the
+frontal view, posterior on the lateral view), y downwards. Intensities are attenuations in [0, 1]
+(air 0, soft tissue ~0.4, bone ~0.8) before the per-view display mapping and noise.
 """
 
 from __future__ import annotations
 
-import collections
-from collections.abc import Iterable, Mapping, Sequence
 import dataclasses
 import math
 from typing import Any
 
 import numpy as np
 
-VIEWS = ("frontal", "lateral")
-SIDES = ("right", "left")
-EFFUSION_SIDES = ("right", "left", "bilateral")
-LOBES = ("right upper", "right lower", "left upper", "left lower")
-FINDING_NAMES = ("Cardiomegaly", "Effusion", "Pneumothorax", "Opacity", "Nodule")
-SPLITS = ("train", "val", "test")
-# Split s uses the global study indices [s * SPLIT_STRIDE, s * SPLIT_STRIDE + num_studies).
-SPLIT_STRIDE = 1_000_000_000
-
-# Independent RNG streams per study, so that overriding the findings leaves anatomy, lesion geometry,
-# pixel noise and wording untouched (the tests compare a study with and without each finding).
-(_STREAM_FINDINGS, _STREAM_PATIENT, _STREAM_POSE, _STREAM_LESIONS, _STREAM_NOISE, _STREAM_TEXT,
- _STREAM_INDICATION) = range(7)
-
-
-@dataclasses.dataclass(frozen=True)
-class PhantomConfig:
-  """Synthetic dataset settings.
-
-  Attributes:
-    image_size: side of the square images in pixels (>= 16).
-    seed: dataset seed; studies depend only on (seed, index).
-    p_cardiomegaly, p_effusion, p_pneumothorax, p_opacity, p_nodule: independent prevalences of the
-      findings; with the defaults about 41% of the studies are normal (IU X-ray: about 40%).
-    nuisance: scale of the position, size, exposure and noise variation (0: identical poses).
-    paraphrase: draw each sentence from several templates (False: always the first template).
-  """
-  image_size: int = 224
-  seed: int = 0
-  p_cardiomegaly: float = 0.22
-  p_effusion: float = 0.18
-  p_pneumothorax: float = 0.1
-  p_opacity: float = 0.18
-  p_nodule: float = 0.12
-  nuisance: float = 1.0
-  paraphrase: bool = True
-
-  def __post_init__(self):
-    if not isinstance(self.image_size, (int, np.integer)) or self.image_size < 16:
-      raise ValueError(f"PhantomConfig.image_size must be an int >= 16, got {self.image_size!r}")
-    if not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-      raise ValueError(f"PhantomConfig.seed must be a non-negative int, got {self.seed!r}")
-    for name in ("p_cardiomegaly", "p_effusion", "p_pneumothorax", "p_opacity", "p_nodule"):
-      value = getattr(self, name)
-      if not 0.0 <= value <= 1.0:
-        raise ValueError(f"PhantomConfig.{name} must be in [0, 1], got {value!r}")
-    if not 0.0 <= self.nuisance <= 2.0:
-      raise ValueError(f"PhantomConfig.nuisance must be in [0, 2], got {self.nuisance!r}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Findings:
-  """The findings of one study (None: absent)."""
-  cardiomegaly: bool = False
-  effusion: str | None = None      # one of EFFUSION_SIDES
-  pneumothorax: str | None = None  # one of SIDES
-  opacity: str | None = None       # one of LOBES
-  nodule: str | None = None        # one of SIDES
-
-  def __post_init__(self):
-    for name, allowed in (("effusion", EFFUSION_SIDES), ("pneumothorax", SIDES), ("opacity", LOBES),
-                          ("nodule", SIDES)):
-      value = getattr(self, name)
-      if value is not None and value not in allowed:
-        raise ValueError(f"Findings.{name} must be None or one of {allowed}, got {value!r}")
-
-  @property
-  def normal(self) -> bool:
-    return self.mesh() == ["normal"]
-
-  def mesh(self) -> list[str]:
-    """Finding tags, "<Finding>[/<qualifier>]", or ["normal"] (as IU X-ray's MeSH column)."""
-    tags = []
-    if self.cardiomegaly:
-      tags.append("Cardiomegaly")
-    if self.effusion:
-      tags.append(f"Effusion/{self.effusion}")
-    if self.pneumothorax:
-      tags.append(f"Pneumothorax/{self.pneumothorax}")
-    if self.opacity:
-      tags.append(f"Opacity/{self.opacity} lobe")
-    if self.nodule:
-      tags.append(f"Nodule/{self.nodule}")
-    return tags or ["normal"]
-
-
-def finding_labels(mesh: Sequence[str]) -> np.ndarray:
-  """Multi-hot float32 [len(FINDING_NAMES)] of a record's "mesh" tags (for classifiers)."""
-  names = {tag.split("/")[0] for tag in mesh}
-  return np.array([name in names for name in FINDING_NAMES], dtype=np.float32)
-
-
-def sample_findings(index: int, config: PhantomConfig) -> Findings:
-  """The findings of study `index`: independent Bernoulli draws, uniform sides and lobes.
-
-  Effusions are right 40%, left 40%, bilateral 20%.
-  """
-  rng = _rng(config, index, _STREAM_FINDINGS)
-  draws = rng.random(5)
-  choices = rng.random(4)
-  pick = lambda options, u: options[min(int(u * len(options)), len(options) - 1)]
-  effusion_side = "bilateral" if choices[0] < 0.2 else ("right" if choices[0] < 0.6 else "left")
-  return Findings(
-      cardiomegaly=bool(draws[0] < config.p_cardiomegaly),
-      effusion=effusion_side if draws[1] < config.p_effusion else None,
-      pneumothorax=pick(SIDES, choices[1]) if draws[2] < config.p_pneumothorax else None,
-      opacity=pick(LOBES, choices[2]) if draws[3] < config.p_opacity else None,
-      nodule=pick(SIDES, choices[3]) if draws[4] < config.p_nodule else None)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Study records and the grain source.
-
-
-def generate_report(index: int, config: PhantomConfig = PhantomConfig()) -> str:
-  """The report of study `index` alone (no drawing): equal to generate_study(index, config)["report"]."""
-  return write_report(sample_findings(int(index), config), _rng(config, int(index), _STREAM_TEXT),
-                      config.paraphrase)
-
-
-def generate_study(index: int, config: PhantomConfig = PhantomConfig(),
-                   findings: Findings | None = None) -> dict[str, Any]:
-  """Study record (CONVENTIONS.md schema) of study `index`; images are uint8 [size, size].
-
-  Args:
-    index: global study index (>= 0); see PhantomSource for the split ranges.
-    config: dataset settings.
-    findings: override the sampled findings (same patient, pose, noise and wording otherwise).
-  """
-  if not isinstance(index, (int, np.integer)) or index < 0:
-    raise ValueError(f"phantom study index must be a non-negative int, got {index!r}")
-  index = int(index)
-  if findings is None:
-    findings = sample_findings(index, config)
-  frontal, lateral = render_views(index, config, findings)
-  report = write_report(findings, _rng(config, index, _STREAM_TEXT), config.paraphrase)
-  study_id = f"phantom-{index:06d}"
-  return {
-      "id": study_id,
-      "images": [frontal, lateral],
-      "image_ids": [f"{study_id}-frontal", f"{study_id}-lateral"],
-      "views": list(VIEWS),
-      "findings": report,
-      "impression": write_impression(findings),
-      "indication": _INDICATIONS[int(_rng(config, index, _STREAM_INDICATION).integers(len(_INDICATIONS)))],
-      "comparison": "None.",
-      "mesh": findings.mesh(),
-      "report": report,
-  }
-
-
-class PhantomSource:
-  """Random-access source of phantom study records (grain `RandomAccessDataSource` protocol).
-
-  Splits are disjoint ranges of global study indices: split s holds indices
-  [s * SPLIT_STRIDE, s * SPLIT_STRIDE + num_studies) for s in (train, val, test).
-  """
-
-  def __init__(self, split: str = "train", num_studies: int = 1000,
-               config: PhantomConfig = PhantomConfig()):
-    if split not in SPLITS:
-      raise ValueError(f"PhantomSource split must be one of {SPLITS}, got {split!r}")
-    if not 0 < num_studies <= SPLIT_STRIDE:
-      raise ValueError(f"PhantomSource num_studies must be in [1, {SPLIT_STRIDE}], got {num_studies}")
-    self.split = split
-    self.num_studies = int(num_studies)
-    self.config = config
-    self.offset = SPLITS.index(split) * SPLIT_STRIDE
-
-  def __len__(self) -> int:
-    return self.num_studies
-
-  def __getitem__(self, index: int) -> dict[str, Any]:
-    index = int(index)
-    if not 0 <= index < self.num_studies:
-      raise IndexError(f"PhantomSource({self.split!r}) index {index} out of range [0, {self.num_studies})")
-    return generate_study(self.offset + index, self.config)
-
-  def text_record(self, index: int) -> dict[str, Any]:
-    """Study `index`'s record without drawing its images ("images" is absent): for cached features."""
-    index = int(index)
-    if not 0 <= index < self.num_studies:
-      raise IndexError(f"PhantomSource({self.split!r}) index {index} out of range [0, {self.num_studies})")
-    global_index = self.offset + index
-    findings = sample_findings(global_index, self.config)
-    return {"id": f"phantom-{global_index:06d}", "report": generate_report(global_index, self.config),
-            "mesh": findings.mesh()}
-
-  def reports(self) -> list[str]:
-    """Every study's report, in order, without drawing the images (vocabularies, baselines)."""
-    return [generate_report(self.offset + index, self.config) for index in range(self.num_studies)]
-
-  def __repr__(self) -> str:
-    return f"PhantomSource(split={self.split!r}, num_studies={self.num_studies}, config={self.config})"
-
-
-def most_common_report(records: Iterable[Mapping[str, Any]]) -> str:
-  """The blind baseline: the most frequent "report" of `records` (ties: the alphabetically first)."""
-  counts = collections.Counter(record["report"] for record in records)
-  if not counts:
-    raise ValueError("most_common_report needs at least one record")
-  return min(counts, key=lambda report: (-counts[report], report))
-
-
-# ----------------------------------------------------------------------------------------------------
-# Reports.
-
-# Each slot lists its templates, first the most common one: _TEMPLATE_WEIGHTS gives the odds.
-_TEMPLATE_WEIGHTS = (0.7, 0.2, 0.1)
-_HEART_NORMAL = (
-    ("The heart is normal in size.", "The mediastinum is unremarkable."),
-    ("The cardiomediastinal silhouette is within normal limits.",),
-    ("Heart size is normal.", "Mediastinal contours are within normal limits."),
-)
-_HEART_ENLARGED = (
-    ("The heart is enlarged.", "The mediastinum is unremarkable."),
-    ("Cardiomegaly is present.", "The mediastinal contours are normal."),
-    ("The cardiac silhouette is enlarged.", "Mediastinal contours are within normal limits."),
-)
-_LUNGS_CLEAR = ("The lungs are clear.", "The lungs are clear bilaterally.", "Both lungs are clear.")
-_OPACITY = ("There is focal airspace opacity in the {lobe} lobe.",
-            "Focal consolidation is present in the {lobe} lobe.",
-            "There is {lobe} lobe airspace disease.")
-_NODULE = ("There is a nodule in the {side} lung.", "A {side} lung nodule is noted.",
-           "A small nodule projects over the {side} lung.")
-_LUNGS_OTHERWISE = ("The lungs are otherwise clear.", "Otherwise the lungs are clear.",
-                    "The remainder of the lungs is clear.")
-_EFFUSION = ("There is a {side} pleural effusion.", "A {side} pleural effusion is present.",
-             "Blunting of the {side} costophrenic angle consistent with pleural effusion.")
-_EFFUSION_BILATERAL = ("There are bilateral pleural effusions.", "Bilateral pleural effusions are present.",
-                       "Blunting of both costophrenic angles consistent with bilateral pleural effusions.")
-_PNEUMOTHORAX = ("There is a {side} pneumothorax.", "A {side} pneumothorax is present.",
-                 "There is a {side}-sided pneumothorax.")
-_NO_PLEURAL = ("No pneumothorax or pleural effusion.", "There is no pneumothorax or pleural effusion.",
-               "No pleural effusion or pneumothorax is seen.")
-_NO_PNEUMOTHORAX = ("No pneumothorax.", "There is no pneumothorax.", "No pneumothorax is seen.")
-_NO_EFFUSION = ("No pleural effusion.", "There is no pleural effusion.", "No pleural effusion is seen.")
-_INDICATIONS = ("Chest pain.", "Shortness of breath.", "Cough.", "Preoperative evaluation.", "Fever.",
-                "Follow-up.", "Dyspnea.", "Routine screening.")
-
-
-def write_report(findings: Findings, rng: np.random.Generator, paraphrase: bool = True) -> str:
-  """Findings text in IU X-ray phrasing: heart and mediastinum, lungs, pleura (sometimes lungs first).
-
-  A fixed number of draws is taken from `rng` whatever the findings, so the wording of the unaffected
-  sentences does not change when one finding is added or removed.
-  """
-  draws = rng.random(8)
-  choose = lambda templates, u: templates[_template_index(u, paraphrase)]
-
-  heart = list(choose(_HEART_ENLARGED if findings.cardiomegaly else _HEART_NORMAL, draws[0]))
-  lungs = []
-  if findings.opacity:
-    lungs.append(choose(_OPACITY, draws[1]).format(lobe=findings.opacity))
-  if findings.nodule:
-    lungs.append(choose(_NODULE, draws[2]).format(side=findings.nodule))
-  lungs.append(choose(_LUNGS_OTHERWISE if lungs else _LUNGS_CLEAR, draws[3]))
-  pleura = []
-  if findings.effusion == "bilateral":
-    pleura.append(choose(_EFFUSION_BILATERAL, draws[4]))
-  elif findings.effusion:
-    pleura.append(choose(_EFFUSION, draws[4]).format(side=findings.effusion))
-  if findings.pneumothorax:
-    pleura.append(choose(_PNEUMOTHORAX, draws[5]).format(side=findings.pneumothorax))
-  if not findings.effusion and not findings.pneumothorax:
-    pleura.append(choose(_NO_PLEURAL, draws[6]))
-  elif not findings.pneumothorax:
-    pleura.append(choose(_NO_PNEUMOTHORAX, draws[6]))
-  elif not findings.effusion:
-    pleura.append(choose(_NO_EFFUSION, draws[6]))
-  # Some readers describe the lungs first.
-  lungs_first = paraphrase and draws[7] < 0.25
-  sentences = lungs + pleura + heart if lungs_first else heart + lungs + pleura
-  return " ".join(sentences)
-
-
-def write_impression(findings: Findings) -> str:
-  """Deterministic impression: the findings in a fixed order, or no acute abnormality."""
-  parts = []
-  if findings.cardiomegaly:
-    parts.append("Cardiomegaly.")
-  if findings.effusion == "bilateral":
-    parts.append("Bilateral pleural effusions.")
-  elif findings.effusion:
-    parts.append(f"{findings.effusion.capitalize()} pleural effusion.")
-  if findings.pneumothorax:
-    parts.append(f"{findings.pneumothorax.capitalize()} pneumothorax.")
-  if findings.opacity:
-    parts.append(f"{findings.opacity.capitalize()} lobe opacity.")
-  if findings.nodule:
-    parts.append(f"{findings.nodule.capitalize()} lung nodule.")
-  return " ".join(parts) or "No acute cardiopulmonary abnormality."
-
-
-def _template_index(u: float, paraphrase: bool) -> int:
-  if not paraphrase:
-    return 0
-  return int(np.searchsorted(np.cumsum(_TEMPLATE_WEIGHTS), u * sum(_TEMPLATE_WEIGHTS), side="right"))
-
-
-# ----------------------------------------------------------------------------------------------------
-# Images. Coordinates are normalised to [-1, 1]: x to the image right (the patient's left on the
-# frontal view, posterior on the lateral view), y downwards. Intensities are attenuations in [0, 1]
-# (air 0, soft tissue ~0.4, bone ~0.8) before the per-view display mapping and noise.
+from cxrjax.data.phantom import findings as findings_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -391,13 +66,14 @@ class _Pose:
   noise: float
 
 
-def render_views(index: int, config: PhantomConfig, findings: Findings) -> tuple[np.ndarray, np.ndarray]:
+def render_views(index: int, config: findings_lib.PhantomConfig,
+                 findings: findings_lib.Findings) -> tuple[np.ndarray, np.ndarray]:
   """The frontal and lateral images of study `index` drawn with `findings`: uint8 [size, size] each."""
-  patient = _sample_patient(_rng(config, index, _STREAM_PATIENT))
-  lesions = _sample_lesions(_rng(config, index, _STREAM_LESIONS))
-  pose_rng = _rng(config, index, _STREAM_POSE)
-  frontal_pose, lateral_pose = (_sample_pose(pose_rng, config.nuisance) for _ in VIEWS)
-  noise_rng = _rng(config, index, _STREAM_NOISE)
+  patient = _sample_patient(findings_lib.study_rng(config, index, findings_lib.STREAM_PATIENT))
+  lesions = _sample_lesions(findings_lib.study_rng(config, index, findings_lib.STREAM_LESIONS))
+  pose_rng = findings_lib.study_rng(config, index, findings_lib.STREAM_POSE)
+  frontal_pose, lateral_pose = (_sample_pose(pose_rng, config.nuisance) for _ in findings_lib.VIEWS)
+  noise_rng = findings_lib.study_rng(config, index, findings_lib.STREAM_NOISE)
   # Large images are drawn at _MAX_DRAW_SIZE and upsampled (the anatomy is smooth at that scale);
   # the pixel noise is added at full size.
   size = config.image_size
@@ -425,9 +101,6 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
   rows = image[low] * (1 - weight[:, None]) + image[low + 1] * weight[:, None]
   return rows[:, low] * (1 - weight) + rows[:, low + 1] * weight
 
-
-def _rng(config: PhantomConfig, index: int, stream: int) -> np.random.Generator:
-  return np.random.default_rng([config.seed, index, stream])
 
 
 def _sample_patient(rng: np.random.Generator) -> _Patient:
@@ -552,7 +225,8 @@ def _edge(size: int) -> float:
 _HEART_TILT = 0.45
 
 
-def _heart_axes(patient: _Patient, lesions: _Lesions, findings: Findings) -> tuple[float, float, float]:
+def _heart_axes(patient: _Patient, lesions: _Lesions,
+                findings: findings_lib.Findings) -> tuple[float, float, float]:
   """Frontal heart (long semi-axis, short semi-axis, horizontal half extent = ctr * thorax)."""
   ctr = lesions.ctr if findings.cardiomegaly else patient.ctr
   half_width = ctr * patient.thorax
@@ -564,7 +238,7 @@ def _lung_height(patient: _Patient) -> float:
   return patient.dome - patient.apex
 
 
-def _draw_frontal(patient: _Patient, lesions: _Lesions, findings: Findings, size: int,
+def _draw_frontal(patient: _Patient, lesions: _Lesions, findings: findings_lib.Findings, size: int,
                   pose: _Pose) -> np.ndarray:
   """Frontal (PA) attenuation image, float32 [size, size]; the patient's right is on the image left."""
   x, y = _grid(size, pose)
@@ -624,7 +298,7 @@ def _draw_frontal(patient: _Patient, lesions: _Lesions, findings: Findings, size
   if findings.effusion:
     # Fluid at the base with a meniscus climbing the lateral chest wall (blunted costophrenic angle).
     reach = np.clip((dist - 0.3) / (patient.thorax - 0.3), 0.0, 1.0) ** 2
-    for index, side in enumerate(SIDES):
+    for index, side in enumerate(findings_lib.SIDES):
       if findings.effusion in (side, "bilateral"):
         level = (patient.dome + patient.dome_offset * index - lesions.effusion_level[index]
                  - lesions.effusion_meniscus[index] * reach)
@@ -651,7 +325,7 @@ def _draw_frontal(patient: _Patient, lesions: _Lesions, findings: Findings, size
 
 
 def _draw_lung_lesions(lung_value: np.ndarray, x: np.ndarray, y: np.ndarray, patient: _Patient,
-                       lesions: _Lesions, findings: Findings, edge: float,
+                       lesions: _Lesions, findings: findings_lib.Findings, edge: float,
                        frontal: bool) -> tuple[np.ndarray, np.ndarray | float]:
   """Adds the focal opacity and the nodule to the lung attenuation, at the same height in both views.
 
@@ -710,7 +384,7 @@ def _lung_point(fraction: float, y: float, patient: _Patient, side: str, frontal
   return dist if side == "left" else -dist
 
 
-def _draw_lateral(patient: _Patient, lesions: _Lesions, findings: Findings, size: int,
+def _draw_lateral(patient: _Patient, lesions: _Lesions, findings: findings_lib.Findings, size: int,
                   pose: _Pose) -> np.ndarray:
   """Lateral attenuation image, float32 [size, size]; anterior on the image left."""
   x, y = _grid(size, pose)
@@ -756,7 +430,7 @@ def _draw_lateral(patient: _Patient, lesions: _Lesions, findings: Findings, size
   lung_value, focal = _draw_lung_lesions(lung_value, x, y, patient, lesions, findings, edge, frontal=False)
   if findings.effusion:
     # Fluid fills the posterior costophrenic sulcus first, climbing posteriorly.
-    sides = (0, 1) if findings.effusion == "bilateral" else (SIDES.index(findings.effusion),)
+    sides = (0, 1) if findings.effusion == "bilateral" else (findings_lib.SIDES.index(findings.effusion),)
     level = max(lesions.effusion_level[s] for s in sides) + (0.05 if len(sides) == 2 else 0.0)
     meniscus = max(lesions.effusion_meniscus[s] for s in sides)
     surface = dome + 0.1 - level - meniscus * np.clip((x + 0.1) / 0.6, 0.0, 1.0) ** 2

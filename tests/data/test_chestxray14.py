@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrjax import auroc
+from cxrjax.metrics import classification as auroc
 from cxrjax.data import chestxray14
 from cxrjax.data import images as image_lib
+from cxrjax.data import prepare
 from cxrjax.models.encoders import densenet
 
 FULL_LABELS = "nih_chestxray14/Data_Entry_2017_v2020.csv.gz"
@@ -246,8 +247,7 @@ def test_tfds_builder_on_real_images(manual_dir, tmp_path, label_lines):
 
 def test_prepare_hook_random_split(manual_dir, tmp_path, capsys):
   parser = argparse.ArgumentParser()
-  chestxray14.add_prepare_arguments(parser)
-  parser.set_defaults(run=chestxray14.run_prepare)
+  prepare.add_chestxray14_arguments(parser)
   args = parser.parse_args(["--manual-dir", str(manual_dir), "--data-dir", str(tmp_path / "tfds"),
                             "--split", "random"])
   assert args.run(args) == 0
@@ -255,9 +255,9 @@ def test_prepare_hook_random_split(manual_dir, tmp_path, capsys):
   assert summary["dataset"] == "chestxray14/random"
   # 15 patients: floor(0.7 * 15) = 10 train, floor(0.1 * 15) = 1 validation, 4 test.
   assert summary["split_sizes"] == {"train": 10, "validation": 1, "test": 4}
-  # As prepare.py would call it (no --missing-images); a built dataset needs no manual folder.
-  reuse = argparse.Namespace(dataset="chestxray14", manual_dir=None, data_dir=tmp_path / "tfds", split="random")
-  assert chestxray14.run_prepare(reuse) == 0
+  # A built dataset needs no manual folder.
+  reuse = parser.parse_args(["--data-dir", str(tmp_path / "tfds"), "--split", "random"])
+  assert prepare.run_chestxray14(reuse) == 0
   assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["split_sizes"] == summary["split_sizes"]
   with pytest.raises(FileNotFoundError, match="not prepared"):
     chestxray14.ChestXray14Source(tmp_path / "tfds", "official", "train")

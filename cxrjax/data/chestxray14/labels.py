@@ -1,4 +1,4 @@
-"""ChestX-ray14 (NIH Clinical Center): image records, patient-level splits, a TFDS builder.
+"""ChestX-ray14's label file, image folders and official lists: image records and patient-level splits.
 
 The public layout, in one folder (`manual_dir`):
   Data_Entry_2017_v2020.csv or Data_Entry_2017.csv (either may be gzipped; v2020 is preferred
@@ -14,7 +14,7 @@ Records (one per image):
   "images": [str]           one path (the study schema's list, with one frontal view)
   "image_ids": [str]        [id]
   "labels": float32 [C]     1.0 per finding, in `class_names(include_no_finding)` order: the 14
-                            findings in CheXNet's order (densenet.CHEXNET_CLASSES), plus
+                            findings in CheXNet's order (FINDINGS), plus
                             "No Finding" as a 15th class when asked (AG-CNN, seed 004)
   "finding_labels": [str]   the file's labels as listed (["No Finding"] for none)
   "patient_id": str, "follow_up": int, "age": int, "gender": str, "view_position": str
@@ -36,49 +36,28 @@ Bad input:
     (`missing_images="error"`, message naming the label file, the count and examples); with
     `missing_images="skip"` (a partial download) the row is skipped and counted in
     `ParseReport.skipped["missing_image"]`, never silently.
-
-TFDS. `Chestxray14` is the builder "chestxray14" (array_record, built and read without
-TensorFlow), configs "official" and "random" (the split schemes above). The labels are stored
-with all 15 classes; `ChestXray14Source` serves 14 or 15. 8-bit grayscale PNGs are given to the
-Image feature by path (stored as is); others (two of the fixture images are RGBA) are decoded
-with images.py, converted to 8-bit grayscale and counted in `info.metadata["build"]`.
-Build with `prepare_chestxray14(manual_dir, data_dir, split=...)`, or from the command line once
-the lead wires `add_prepare_arguments` / `run_prepare` into `cxrjax prepare chestxray14`:
-either a parser of its own,
-
-  chestxray14_parser = prepare_commands.add_parser("chestxray14", help=...)
-  chestxray14.add_prepare_arguments(chestxray14_parser)
-  chestxray14_parser.set_defaults(run=chestxray14.run_prepare)
-
-or prepare.py's shared arguments (`dataset`, --manual-dir, --data-dir, --split), dispatching
-`if args.dataset == "chestxray14": return chestxray14.run_prepare(args)` (--split must then also
-accept "official"; `missing_images` defaults to "error" when the namespace lacks it).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import gzip
-import io
-import json
 import os
 import pathlib
 import re
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image
-import tensorflow_datasets as tfds
 
-from cxrjax.data import images as image_lib
 from cxrjax.data import splits as split_lib
-from cxrjax.models.encoders import densenet
 
-FINDINGS = densenet.CHEXNET_CLASSES
+# CheXNet's class order (Rajpurkar et al. 2017): the 14 findings of ChestX-ray14.
+FINDINGS = (
+    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
+    "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
+)
 NO_FINDING = "No Finding"
 # Searched in this order: the v2020 relabelled file first.
 LABEL_FILE_NAMES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017_v2020.csv.gz",
@@ -91,16 +70,10 @@ OFFICIAL_VAL_FRACTION = 0.1
 RANDOM_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
 MISSING_IMAGE_POLICIES = ("error", "skip")
 
-TFDS_NAME = "chestxray14"
-TFDS_CONFIGS = SPLIT_SCHEMES
-TFDS_SPLITS = ("train", "validation", "test")
-_TO_TFDS_SPLIT = {"train": "train", "val": "validation", "test": "test"}
-
 _REQUIRED_COLUMNS = ("Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age",
                      "Patient Gender", "View Position")
 _AGE = re.compile(r"(\d+)Y?")  # v2020 and Kaggle: "58"; an early release wrote "058Y".
 _MAX_EXAMPLES = 5
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class ChestXray14FormatError(ValueError):
@@ -449,255 +422,3 @@ def split_image_ids(manual_dir: str | os.PathLike, entries: Sequence[LabelEntry]
   if scheme == "random":
     return patient_split(entries, seed=seed)
   raise ValueError(f"unknown ChestX-ray14 split {scheme!r}; expected one of {SPLIT_SCHEMES}")
-
-
-# TFDS.
-
-
-def _is_gray8_png(path: str) -> bool:
-  """Whether a file is an 8-bit grayscale PNG, from its IHDR chunk (no decoding)."""
-  with open(path, "rb") as handle:
-    head = handle.read(26)
-  # Signature (8), IHDR length (4) and type (4), width (4), height (4), bit depth, colour type.
-  return len(head) == 26 and head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR" \
-      and head[24] == 8 and head[25] == 0
-
-
-def _gray_png_bytes(path: str) -> bytes:
-  """Any image file -> 8-bit grayscale PNG bytes (equal channels kept, colour -> ITU-R 601 luma)."""
-  rgb = image_lib.load_image(path)  # uint8 [H, W, 3]; names the file when it cannot be read
-  if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
-    gray = Image.fromarray(rgb[..., 0])
-  else:
-    gray = Image.fromarray(rgb).convert("L")
-  buffer = io.BytesIO()
-  gray.save(buffer, format="PNG")
-  return buffer.getvalue()
-
-
-class Chestxray14(tfds.core.GeneratorBasedBuilder):
-  """ChestX-ray14 images with their labels as a TFDS dataset (array_record; no TensorFlow needed).
-
-  Each example is one image record: "image" (8-bit grayscale PNG, [H, W, 1]), "labels" float32
-  [15] (class_names(True) order), and the label file's fields. What was skipped or converted is
-  kept in `info.metadata["build"]`.
-  """
-
-  name = TFDS_NAME
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Images and labels of Data_Entry_2017(_v2020), official or random split."}
-  BUILDER_CONFIGS = [
-      tfds.core.BuilderConfig(
-          name="official",
-          description=f"Official train_val / test lists; {OFFICIAL_VAL_FRACTION:.0%} of the train_val "
-                      f"patients form the validation split (seed {SPLIT_SEED})."),
-      tfds.core.BuilderConfig(
-          name="random",
-          description=f"Seeded patient-level 70/10/20 train / validation / test split (seed {SPLIT_SEED})."),
-  ]
-  MANUAL_DOWNLOAD_INSTRUCTIONS = """\
-Download ChestX-ray14 from https://nihcc.app.box.com/v/ChestXray-NIHCC (or Kaggle's
-nih-chest-xrays/data) into the manual folder (--manual-dir): Data_Entry_2017_v2020.csv (or
-Data_Entry_2017.csv, .gz allowed), the extracted images_*.tar.gz (images/ or
-images_001/images/ ...), and for the "official" config train_val_list.txt and test_list.txt.
-"""
-
-  def __init__(self, *, missing_images: str = "error", **kwargs):
-    """`missing_images`: "error" or "skip" (see load_records). Other arguments go to TFDS."""
-    if missing_images not in MISSING_IMAGE_POLICIES:
-      raise ValueError(f"missing_images must be one of {MISSING_IMAGE_POLICIES}, got {missing_images!r}")
-    kwargs.setdefault("file_format", "array_record")
-    self._missing_images = missing_images
-    super().__init__(**kwargs)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    text = tfds.features.Text()
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description="NIH ChestX-ray14: 112,120 frontal chest X-rays of 30,805 patients, 14 findings.",
-        features=tfds.features.FeaturesDict({
-            "id": text,
-            "image": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
-            "labels": tfds.features.Tensor(shape=(len(FINDINGS) + 1,), dtype=np.float32),
-            "finding_labels": tfds.features.Sequence(text),
-            "patient_id": text,
-            "follow_up": tfds.features.Scalar(dtype=np.int32),
-            "age": tfds.features.Scalar(dtype=np.int32),
-            "gender": text,
-            "view_position": text,
-        }),
-        homepage="https://nihcc.app.box.com/v/ChestXray-NIHCC",
-        citation="""\
-@inproceedings{wang2017chestxray,
-  title={ChestX-ray8: Hospital-scale Chest X-ray Database and Benchmarks on Weakly-Supervised
-         Classification and Localization of Common Thorax Diseases},
-  author={Wang, Xiaosong and Peng, Yifan and Lu, Le and Lu, Zhiyong and Bagheri, Mohammadhadi
-          and Summers, Ronald M},
-  booktitle={CVPR}, pages={2097--2106}, year={2017}
-}""",
-        license="No usage restrictions; cite the NIH Clinical Center and the paper.",
-        metadata=tfds.core.MetadataDict(),
-    )
-
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    manual_dir = pathlib.Path(dl_manager.manual_dir)
-    label_path = find_label_file(manual_dir)
-    entries = read_label_file(label_path)
-    records, report = records_from_entries(entries, manual_dir, label_path, include_no_finding=True,
-                                           missing_images=self._missing_images)
-    kept = {record["id"] for record in records}
-    # The split is drawn over all rows of the label file, so that skipping images (a partial
-    # download) never moves a patient to another split.
-    split_ids = split_image_ids(manual_dir, entries, self.builder_config.name)
-    grouped = split_lib.apply_split(records, split_ids)
-    unassigned = grouped.pop(split_lib.UNASSIGNED, [])
-    by_split = {_TO_TFDS_SPLIT[name]: split_records for name, split_records in grouped.items()}
-    for name in TFDS_SPLITS:
-      if not by_split[name]:
-        raise ValueError(f"chestxray14/{self.builder_config.name}: split {name!r} has no image "
-                         f"({len(records)} images kept from {manual_dir}); a dataset needs images in "
-                         "every split")
-    self.info.metadata["build"] = {
-        "config": self.builder_config.name,
-        "label_file": str(label_path),
-        "class_names": list(class_names(True)),
-        "parse_report": dataclasses.asdict(report),
-        "split_sizes": {name: len(by_split[name]) for name in TFDS_SPLITS},
-        "split_patients": {name: len({r["patient_id"] for r in by_split[name]}) for name in TFDS_SPLITS},
-        "unassigned": len(unassigned),
-        "unassigned_examples": [r["id"] for r in unassigned[:_MAX_EXAMPLES]],
-        "split_images_not_kept": {_TO_TFDS_SPLIT[name]: sum(i not in kept for i in ids)
-                                  for name, ids in split_ids.items()},
-        "converted_images": 0,
-        "converted_image_examples": [],
-    }
-    return {name: self._generate_examples(by_split[name]) for name in TFDS_SPLITS}
-
-  def _generate_examples(self, records: Sequence[Mapping[str, Any]]):
-    build = self.info.metadata["build"]
-    for record in records:
-      path = record["images"][0]
-      if not os.path.isfile(path):
-        raise image_lib.ImageError(f"{path}: image file not found (image {record['id']})")
-      if _is_gray8_png(path):
-        image = path  # TFDS stores the file's bytes as they are.
-      else:
-        image = _gray_png_bytes(path)
-        build["converted_images"] += 1
-        if len(build["converted_image_examples"]) < _MAX_EXAMPLES:
-          build["converted_image_examples"].append(record["id"])
-      yield record["id"], {
-          "id": record["id"], "image": image, "labels": record["labels"],
-          "finding_labels": record["finding_labels"], "patient_id": record["patient_id"],
-          "follow_up": record["follow_up"], "age": record["age"], "gender": record["gender"],
-          "view_position": record["view_position"]}
-
-
-def dataset_dir(data_dir: str | os.PathLike, config: str = "official") -> pathlib.Path:
-  """The folder of a prepared dataset: DATA_DIR/chestxray14/<config>/<version>."""
-  if config not in TFDS_CONFIGS:
-    raise ValueError(f"unknown chestxray14 config {config!r}; expected one of {TFDS_CONFIGS}")
-  return pathlib.Path(data_dir) / TFDS_NAME / config / str(Chestxray14.VERSION)
-
-
-class ChestXray14Source:
-  """Random-access image records of one split of a prepared chestxray14 dataset.
-
-  A grain `RandomAccessDataSource` (read with `tfds.data_source`, no TensorFlow). Records follow
-  the schema of the module docstring, with "images" = [the grayscale PNG's bytes] (decoded by the
-  pipeline) and "labels" float32 [14], or [15] with `include_no_finding`.
-  """
-
-  def __init__(self, data_dir: str | os.PathLike, config: str = "official", split: str = "train",
-               include_no_finding: bool = False):
-    folder = dataset_dir(data_dir, config)
-    if not (folder / "dataset_info.json").is_file():
-      raise FileNotFoundError(
-          f"chestxray14/{config} is not prepared in {data_dir} (no {folder / 'dataset_info.json'}): run "
-          f"`cxrjax prepare chestxray14 --manual-dir DIR --data-dir {data_dir} --split {config}`")
-    split = _TO_TFDS_SPLIT.get(split, split)
-    self._source = tfds.data_source(f"{TFDS_NAME}/{config}", split=split, data_dir=data_dir,
-                                    decoders={"image": tfds.decode.SkipDecoding()})
-    self.config, self.split = config, split
-    self.include_no_finding = include_no_finding
-    self.class_names = class_names(include_no_finding)
-
-  def __len__(self) -> int:
-    return len(self._source)
-
-  def __getitem__(self, index: int) -> dict[str, Any]:
-    example = self._source[int(index)]
-    labels = np.asarray(example["labels"], np.float32)
-    image_id = _to_str(example["id"])
-    return {
-        "id": image_id,
-        "images": [bytes(example["image"])],
-        "image_ids": [image_id],
-        "labels": labels if self.include_no_finding else labels[:len(FINDINGS)],
-        "finding_labels": [_to_str(v) for v in example["finding_labels"]],
-        "patient_id": _to_str(example["patient_id"]),
-        "follow_up": int(example["follow_up"]),
-        "age": int(example["age"]),
-        "gender": _to_str(example["gender"]),
-        "view_position": _to_str(example["view_position"]),
-    }
-
-  def __repr__(self) -> str:
-    return f"ChestXray14Source(config={self.config!r}, split={self.split!r}, num_records={len(self)})"
-
-
-def _to_str(value: bytes | str) -> str:
-  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def prepare_chestxray14(manual_dir: str | os.PathLike | None, data_dir: str | os.PathLike,
-                        split: str = "official", missing_images: str = "error") -> dict[str, Any]:
-  """Builds the TFDS dataset chestxray14/<split> in `data_dir` from the layout in `manual_dir`.
-
-  A dataset already built is reused (`manual_dir` may then be None).
-
-  Returns a summary: {"dataset", "path", "split_sizes", "split_patients", "parse_report",
-  "unassigned", "converted_images", ...}, as saved in the dataset's metadata.
-  """
-  if split not in TFDS_CONFIGS:
-    raise ValueError(f"unknown chestxray14 split {split!r}; expected one of {TFDS_CONFIGS}")
-  if not (dataset_dir(data_dir, split) / "dataset_info.json").is_file():
-    if manual_dir is None or not pathlib.Path(manual_dir).is_dir():
-      raise FileNotFoundError(f"ChestX-ray14 manual folder not found: {manual_dir}\n"
-                              f"{Chestxray14.MANUAL_DOWNLOAD_INSTRUCTIONS}")
-  builder = Chestxray14(config=split, data_dir=data_dir, missing_images=missing_images)
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=str(manual_dir) if manual_dir is not None else None))
-  build = dict(builder.info.metadata.get("build", {}))
-  return {"dataset": f"{TFDS_NAME}/{split}", "path": str(dataset_dir(data_dir, split)),
-          "split_sizes": {name: builder.info.splits[name].num_examples for name in TFDS_SPLITS},
-          **{k: v for k, v in build.items() if k != "split_sizes"}}
-
-
-def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
-  """The arguments of `cxrjax prepare chestxray14` (use with `set_defaults(run=run_prepare)`).
-
-  For a parser that already has --manual-dir / --data-dir / --split (prepare.py's), call
-  `run_prepare(args)` directly: it needs `args.manual_dir`, `args.data_dir` and, optionally,
-  `args.split` ("official" when absent) and `args.missing_images` ("error" when absent).
-  """
-  parser.add_argument("--manual-dir", default=None,
-                      help="folder with Data_Entry_2017*.csv(.gz), images*/ and the official lists "
-                           "(not needed when the dataset is already built)")
-  parser.add_argument("--data-dir", required=True, help="TFDS data dir to write chestxray14/ into")
-  parser.add_argument("--split", choices=TFDS_CONFIGS, default="official",
-                      help="official lists + patient-level val carve-out, or a patient-level 70/10/20")
-  parser.add_argument("--missing-images", choices=MISSING_IMAGE_POLICIES, default="error",
-                      help="rows whose image file is absent: fail (default) or skip and count them")
-
-
-def run_prepare(args: argparse.Namespace) -> int:
-  """Runs `cxrjax prepare chestxray14`: prints the summary as one JSON line; 2 on bad input."""
-  try:
-    summary = prepare_chestxray14(args.manual_dir, args.data_dir, split=getattr(args, "split", "official"),
-                                  missing_images=getattr(args, "missing_images", "error"))
-  except (FileNotFoundError, ValueError) as error:  # ChestXray14FormatError, ImageError included
-    print(f"cxrjax prepare chestxray14: error: {error}", file=sys.stderr)
-    return 2
-  print(json.dumps(summary))
-  return 0

@@ -8,20 +8,23 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from cxrjax.data import datasets
 from cxrjax.data import images
 from cxrjax.data import iu_xray
 from cxrjax.data import phantom
 from cxrjax.data import pipeline
 from cxrjax.data import prepare
-from cxrjax.text import tokenizers as text
-from tests.test_prepare import make_openi_layout
+from cxrjax.data import transforms
+from cxrjax.text import cleaning
+from cxrjax.text import tokenizers
+from tests.data.test_prepare import make_openi_layout
 
 IMAGE_SIZE, MAX_LENGTH = 28, 40
 
 
 def phantom_config(**overrides):
   fields = dict(name="phantom", num_train=6, num_val=7, num_test=3, image_size=32,
-                max_length=MAX_LENGTH, cleaning="seed001")
+                max_length=MAX_LENGTH, cleaning="drop_short_words")
   fields.update(overrides)
   return ml_collections.ConfigDict(fields)
 
@@ -29,14 +32,17 @@ def phantom_config(**overrides):
 @pytest.fixture(scope="module")
 def phantom_train():
   config = phantom_config()
-  source, info = pipeline.make_source(config, "train")
-  return source, info, pipeline.load_or_build_vocabulary(config, source)
+  source, info = datasets.make_source(config, "train")
+  return source, info, datasets.load_or_build_tokenizer(config, source)
 
 
-def _dataset(source, vocabulary, train, **kwargs):
-  kwargs = dict(dict(batch_size=4, image_size=IMAGE_SIZE, max_length=MAX_LENGTH, seed=0,
-                     shard_index=0, shard_count=1), **kwargs)
-  return pipeline.make_dataset(source, vocabulary, train=train, **kwargs)
+def _preprocessing(image_size=IMAGE_SIZE, **kwargs):
+  return transforms.Preprocessing(image_size=image_size, num_views=2, random_flip=True, **kwargs)
+
+
+def _dataset(source, vocabulary, train, image_size=IMAGE_SIZE, **kwargs):
+  kwargs = dict(dict(batch_size=4, max_length=MAX_LENGTH, seed=0, shard_index=0, shard_count=1), **kwargs)
+  return pipeline.make_dataset(source, vocabulary, _preprocessing(image_size), train=train, **kwargs)
 
 
 def _take(iterator, count):
@@ -91,13 +97,14 @@ def test_phantom_train_batch_schema(phantom_train):
   records = {source[i]["id"]: source[i] for i in range(len(source))}
   for study_id, tokens, labels in zip(batch["id"], batch["tokens"], batch["labels"]):
     record = records[str(study_id)]
-    expected = vocabulary.encode(text.clean_report(record["report"]), MAX_LENGTH, pad=True)
+    expected = vocabulary.encode(cleaning.clean_report(record["report"]), MAX_LENGTH, pad=True)
     np.testing.assert_array_equal(tokens, expected)
-    assert tokens[0] == text.START_ID and text.END_ID in tokens
+    assert tokens[0] == vocabulary.start_id and vocabulary.end_id in tokens
     np.testing.assert_array_equal(labels, phantom.finding_labels(record["mesh"]))
   # ImageNet-normalised pixels: 0 maps to -mean/std, 255 to (1 - mean)/std.
-  low = -images.IMAGENET_MEAN / images.IMAGENET_STD
-  high = (1 - images.IMAGENET_MEAN) / images.IMAGENET_STD
+  mean, std = transforms.NORMALIZATIONS["imagenet"]
+  low = -np.array(mean) / np.array(std)
+  high = (1 - np.array(mean)) / np.array(std)
   assert (batch["images"] >= low - 1e-5).all() and (batch["images"] <= high + 1e-5).all()
 
 
@@ -107,16 +114,16 @@ def test_eval_matches_direct_transform(phantom_train):
   for row, index in enumerate(range(4)):
     record = source[index]
     assert batch["id"][row] == record["id"]
-    expected = np.stack([images.normalize(images.resize(images.to_rgb_uint8(view), IMAGE_SIZE, IMAGE_SIZE))
-                         for view in record["images"]])
+    expected = np.stack([_preprocessing()(images.to_rgb_uint8(view)) for view in record["images"]])
     np.testing.assert_array_equal(batch["images"][row], expected)
 
 
 def test_eval_pads_last_batch_and_covers_every_study():
   config = phantom_config()
-  source, info = pipeline.make_source(config, "val")
+  source, info = datasets.make_source(config, "val")
   assert info.split == "validation" and info.num_examples == 7
-  vocabulary = text.Vocabulary.build(["the heart is normal ."], min_count=1, cleaning_style="seed001")
+  vocabulary = tokenizers.WordVocabulary.build(["the heart is normal ."], min_count=1,
+                                               cleaning_style="drop_short_words")
   batches = list(_dataset(source, vocabulary, train=False))
   assert len(batches) == pipeline.eval_num_batches(7, 4) == 2
   assert batches[0]["mask"].tolist() == [True] * 4
@@ -195,19 +202,6 @@ def test_decode_view_accepts_paths_bytes_and_arrays(shared_data, tmp_path):
     np.testing.assert_array_equal(pipeline.decode_view(value, "CXR54", "CXR54_IM-2145-1001"), rgb)
 
 
-def test_train_crop_is_a_window_of_the_resized_image():
-  image = np.random.default_rng(0).integers(0, 256, (90, 150, 3), dtype=np.uint8)
-  for seed in range(5):
-    crop = pipeline._random_crop_and_flip(image, 56, 64, False, np.random.default_rng(seed))
-    resized = images.resize(image, 64, 106)  # shorter side 64, aspect kept: int(64 * 150 / 90)
-    windows = [(top, left) for top in range(64 - 56 + 1) for left in range(106 - 56 + 1)
-               if np.array_equal(resized[top:top + 56, left:left + 56], crop)]
-    assert len(windows) == 1
-  flips = {pipeline._random_crop_and_flip(image[:, :90], 56, 56, True, np.random.default_rng(seed))
-           [:, 0, 0].tobytes() for seed in range(8)}
-  assert len(flips) == 2  # resize_size == image_size: only the flip varies
-
-
 def test_bad_images_name_the_file_and_study(tmp_path, phantom_train):
   _, _, vocabulary = phantom_train
   good = np.zeros((40, 40), np.uint8)
@@ -233,10 +227,11 @@ def test_empty_and_long_reports(phantom_train):
   source = ListSource([_record("empty", [image, image], report=""),
                        _record("long", [image, image], report=long_report)])
   batch = next(iter(_dataset(source, vocabulary, train=False, batch_size=2, max_length=12)))
-  np.testing.assert_array_equal(batch["tokens"][0], [text.START_ID, text.END_ID] + [text.PAD_ID] * 10)
-  words = text.clean_report(long_report).split()[:10]
-  np.testing.assert_array_equal(batch["tokens"][1],
-                                [text.START_ID] + [vocabulary.token_id(w) for w in words] + [text.END_ID])
+  np.testing.assert_array_equal(batch["tokens"][0],
+                                [vocabulary.start_id, vocabulary.end_id] + [vocabulary.pad_id] * 10)
+  words = cleaning.clean_report(long_report).split()[:10]
+  np.testing.assert_array_equal(
+      batch["tokens"][1], [vocabulary.start_id] + [vocabulary.token_id(w) for w in words] + [vocabulary.end_id])
 
 
 def test_finding_labels_match_phantom():
@@ -250,36 +245,36 @@ def test_finding_labels_match_phantom():
 
 def test_phantom_vocabulary_is_built_from_training_reports(phantom_train):
   source, _, vocabulary = phantom_train
-  reports = [text.clean_report(source[i]["report"]) for i in range(len(source))]
-  assert vocabulary == text.Vocabulary.build(reports, min_count=3, cleaning_style="seed001")
+  reports = [cleaning.clean_report(source[i]["report"]) for i in range(len(source))]
+  assert vocabulary == tokenizers.WordVocabulary.build(reports, min_count=3, cleaning_style="drop_short_words")
   config = phantom_config(cleaning="r2gen", vocabulary_min_count=1)
-  r2gen = pipeline.load_or_build_vocabulary(config, source)
+  r2gen = datasets.load_or_build_tokenizer(config, source)
   assert r2gen.cleaning_style == "r2gen" and r2gen.min_count == 1 and len(r2gen) > len(vocabulary)
-  with pytest.raises(ValueError, match="differs from the vocabulary"):
+  with pytest.raises(ValueError, match="differs from the tokenizer"):
     _dataset(source, vocabulary, train=True, cleaning="r2gen")
-  test_source, _ = pipeline.make_source(phantom_config(), "test")
-  with pytest.raises(pipeline.DataConfigError, match="phantom training source"):
-    pipeline.load_or_build_vocabulary(phantom_config(), test_source)
+  test_source, _ = datasets.make_source(phantom_config(), "test")
+  with pytest.raises(datasets.DataConfigError, match="built from the training split"):
+    datasets.load_or_build_tokenizer(phantom_config(), test_source)
 
 
 def test_config_errors(tmp_path):
-  with pytest.raises(pipeline.DataConfigError, match="unknown dataset 'mimic'"):
-    pipeline.make_source(phantom_config(name="mimic"), "train")
-  with pytest.raises(pipeline.DataConfigError, match="unknown split 'dev'"):
-    pipeline.make_source(phantom_config(), "dev")
+  with pytest.raises(datasets.DataConfigError, match="unknown dataset 'mimic'"):
+    datasets.make_source(phantom_config(name="mimic"), "train")
+  with pytest.raises(datasets.DataConfigError, match="unknown split 'dev'"):
+    datasets.make_source(phantom_config(), "dev")
   config = phantom_config()
   del config["num_test"]
-  with pytest.raises(pipeline.DataConfigError, match="no 'num_test'"):
-    pipeline.make_source(config, "test")
+  with pytest.raises(datasets.DataConfigError, match="no 'num_test'"):
+    datasets.make_source(config, "test")
   iu_config = ml_collections.ConfigDict(dict(name="iu_xray", data_dir=str(tmp_path),
-                                             tfds_config="random", cleaning="seed001"))
+                                             tfds_config="random", cleaning="r2gen"))
   with pytest.raises(FileNotFoundError, match="not prepared.*cxrjax prepare iu_xray"):
-    pipeline.make_source(iu_config, "train")
-  with pytest.raises(FileNotFoundError, match="no IU X-ray vocabulary.*cxrjax prepare"):
-    pipeline.load_or_build_vocabulary(iu_config, None)
+    datasets.make_source(iu_config, "train")
+  with pytest.raises(FileNotFoundError, match="no iu_xray vocabulary.*cxrjax prepare iu_xray"):
+    datasets.load_or_build_tokenizer(iu_config, None)
   iu_config.tfds_config = "mimic"
   with pytest.raises(ValueError, match="unknown iu_xray config"):
-    pipeline.make_source(iu_config, "train")
+    datasets.make_source(iu_config, "train")
 
 
 @pytest.fixture(scope="module")
@@ -293,13 +288,14 @@ def iu_prepared(shared_data, tmp_path_factory):
 def test_iu_xray_through_the_pipeline(iu_prepared):
   manual, data_dir = iu_prepared
   config = ml_collections.ConfigDict(dict(name="iu_xray", data_dir=str(data_dir), tfds_config="random",
-                                          cleaning="seed001", vocabulary_min_count=3))
-  source, info = pipeline.make_source(config, "validation")
+                                          cleaning="r2gen", vocabulary_min_count=3))
+  source, info = datasets.make_source(config, "validation")
   assert isinstance(source, iu_xray.IUXraySource) and info.label_names is None
-  assert info.vocabulary_path == str(iu_xray.vocabulary_path(data_dir, "random", "seed001"))
-  train_source, _ = pipeline.make_source(config, "train")
-  vocabulary = pipeline.load_or_build_vocabulary(config, train_source)
-  assert vocabulary == text.Vocabulary.from_json(info.vocabulary_path)
+  assert info.vocabulary_path == str(iu_xray.vocabulary_path(data_dir, "random", "r2gen"))
+  assert info.num_views == 2
+  train_source, _ = datasets.make_source(config, "train")
+  vocabulary = datasets.load_or_build_tokenizer(config, train_source)
+  assert vocabulary == tokenizers.WordVocabulary.from_json(info.vocabulary_path)
   originals = {r["id"]: r for r in iu_xray.load_studies(manual)[0]}
   batches = list(_dataset(source, vocabulary, train=False, batch_size=2, image_size=64))
   rows = [(b, i) for b in batches for i in range(2) if b["mask"][i]]
@@ -307,12 +303,56 @@ def test_iu_xray_through_the_pipeline(iu_prepared):
   for batch, row in rows:
     original = originals[str(batch["id"][row])]
     # The stored grayscale PNG gives the pixels of the original RGB file.
-    expected = np.stack([images.normalize(images.resize(images.load_image(p), 64, 64))
-                         for p in original["images"]])
+    expected = np.stack([transforms.load_for_model(p, _preprocessing(64)) for p in original["images"]])
     np.testing.assert_array_equal(batch["images"][row], expected)
     np.testing.assert_array_equal(
-        batch["tokens"][row], vocabulary.encode(text.clean_report(original["report"]), MAX_LENGTH, pad=True))
+        batch["tokens"][row],
+        vocabulary.encode(cleaning.clean_report(original["report"], "r2gen"), MAX_LENGTH, pad=True))
   train = next(iter(_dataset(train_source, vocabulary, train=True, batch_size=2, image_size=64)))
   assert train["images"].shape == (2, 2, 64, 64, 3) and train["mask"].all()
-  with pytest.raises(text.VocabularyFileError, match="min count 3.*asks for 'seed001' and 5"):
-    pipeline.load_or_build_vocabulary(dict(config, vocabulary_min_count=5), train_source)
+  with pytest.raises(tokenizers.VocabularyFileError, match="min count 3.*asks for 'r2gen' and 5"):
+    datasets.load_or_build_tokenizer(dict(config, vocabulary_min_count=5), train_source)
+
+
+def test_report_texts_reads_a_prepared_split_by_index(iu_prepared):
+  # array_record raises ValueError (not IndexError) past its end: report_texts must stop at len().
+  _, data_dir = iu_prepared
+  source = iu_xray.IUXraySource(data_dir, "random", "test")
+  with pytest.raises(ValueError):
+    source[len(source)]
+  expected = [cleaning.clean_report(source[i]["report"], "r2gen") for i in range(len(source))]
+  assert datasets.report_texts(source, "r2gen") == expected and len(expected) == len(source) > 0
+
+
+def _run_config(**data):
+  return ml_collections.ConfigDict(dict(
+      data=dict(phantom_config(), random_flip=True, **data),
+      model=dict(encoder=dict(preprocessing=dict(normalization="clip", resize_filter="bicubic"))),
+      train=dict(batch_size=3, seed=5), eval=dict(batch_size=4)))
+
+
+def test_make_batches_reads_everything_from_the_config(phantom_train):
+  source, info, vocabulary = phantom_train
+  config = _run_config(image_size=IMAGE_SIZE, phantom_image_size=32, read_threads=2)
+  preprocessing = transforms.Preprocessing(image_size=IMAGE_SIZE, normalization="clip", resize_filter="bicubic",
+                                           num_views=2, random_flip=True)
+  for train, seed, batch_size in ((True, 5, 3), (False, 0, 4)):
+    got = _take(iter(pipeline.make_batches(config, "train", train=train, tokenizer=vocabulary, shard_index=0,
+                                           shard_count=1, label_names=info.label_names)), 2)
+    expected = _take(iter(pipeline.make_dataset(
+        source, vocabulary, preprocessing, batch_size=batch_size, max_length=MAX_LENGTH, train=train, seed=seed,
+        shard_index=0, shard_count=1, label_names=info.label_names, cleaning="drop_short_words")), 2)
+    _assert_same_batches(got, expected)
+  # A list of records (prediction on a user's files) instead of the split; no tokenizer: images only.
+  records = [source[0], source[1]]
+  batch = next(iter(pipeline.make_batches(config, train=False, source=records, shard_index=0, shard_count=1)))
+  assert set(batch) == {"images", "mask", "id"} and batch["mask"].tolist() == [True, True, False, False]
+  np.testing.assert_array_equal(batch["images"][0], np.stack([preprocessing(images.to_rgb_uint8(v))
+                                                              for v in records[0]["images"]]))
+  # The padding's tokens are the tokenizer's pad id, whatever it is.
+  class ShiftedPad(tokenizers.WordVocabulary):
+    pad_id = 3
+    end_id = 0
+  shifted = ShiftedPad(vocabulary.tokens, vocabulary.min_count, vocabulary.cleaning_style)
+  val = list(pipeline.make_batches(config, "val", train=False, tokenizer=shifted, shard_index=0, shard_count=1))
+  assert (val[-1]["tokens"][~val[-1]["mask"]] == 3).all()

@@ -1,0 +1,183 @@
+"""One predictor built from a training workdir (or ported CheXNet weights): `cxrjax predict`,
+`predict-agcnn`, `classify`, and the web demo call it.
+
+  cxrjax predict --workdir DIR FRONTAL.png [LATERAL.png] [--attention-maps OUT_DIR]   a report
+  cxrjax predict-agcnn --workdir DIR --out-dir OUT IMAGE...                           AG-CNN findings
+  cxrjax classify --weights DIR IMAGE...                                              CheXNet findings
+
+Images get the evaluation transform of the run's config (data/transforms.py: the encoder's normalisation,
+resize filter and rule); a study with fewer views than the model reads repeats its last view, as the
+datasets do for single-image studies. Reports are decoded with the config's search. Attention maps come
+from re-reading the generated tokens with teacher forcing: for each generated token, the decoder's
+attention over the regions of every view.
+"""
+
+import dataclasses
+import pathlib
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from cxrjax import figures, workdir as workdir_lib
+from cxrjax.data import images as image_io
+from cxrjax.data import transforms
+from cxrjax.errors import UserError
+from cxrjax.models.encoders import densenet
+from cxrjax.weights import chexnet
+
+
+class PredictionError(UserError):
+  """A prediction request that the model cannot serve (wrong number of images, wrong kind of model)."""
+
+
+@dataclasses.dataclass
+class Predictor:
+  """A loaded model and its preprocessing; the jitted functions compile on first use and are kept."""
+  name: str  # the model family (config model.name), or "chexnet" for ported weights
+  task: str  # "captioning" or "classification"
+  config: ml_collections.ConfigDict
+  model: Any
+  variables: Any
+  tokenizer: Any
+  preprocessing: transforms.Preprocessing
+  label_names: tuple[str, ...] | None
+  step: int | None
+  _jitted: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  @classmethod
+  def from_workdir(cls, workdir: str, checkpoint: str = workdir_lib.BEST) -> "Predictor":
+    run = workdir_lib.load_run(workdir, checkpoint)
+    label_names = None
+    if not run.task.uses_tokenizer:
+      label_names = workdir_lib.load_label_names(workdir)
+      run.task.label_names = label_names
+    return cls(name=run.config.model.name, task=run.task.name, config=run.config, model=run.model,
+               variables=run.state.variables(), tokenizer=run.tokenizer,
+               preprocessing=transforms.from_config(run.config), label_names=label_names,
+               step=int(run.state.step), _jitted={"task": run.task})
+
+  @classmethod
+  def from_chexnet_weights(cls, directory: str, image_size: int = 224, dtype: str = "float32") -> "Predictor":
+    """A `cxrjax port-weights` directory: DenseNet-121 probabilities over its classes."""
+    config, variables, classes = chexnet.load_chexnet(directory)
+    if not config.num_classes:
+      raise chexnet.WeightsError(f"{directory}: these weights have no classification head")
+    model = densenet.DenseNet(config, dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32)
+    preprocessing = transforms.Preprocessing(image_size=image_size, normalization="imagenet",
+                                             resize_filter="bilinear", resize_rule="square", num_views=1)
+    return cls(name="chexnet", task="classification", config=ml_collections.ConfigDict(), model=model,
+               variables=jax.device_put(variables), tokenizer=None, preprocessing=preprocessing,
+               label_names=tuple(classes), step=None)
+
+  def load_views(self, paths: Sequence[str]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """1..num_views files -> (images float32 [1, views, S, S, 3], the resized uint8 views for display)."""
+    views_needed = self.preprocessing.num_views
+    if not 1 <= len(paths) <= views_needed:
+      raise PredictionError(f"the {self.name} model reads {views_needed} view(s) per study; got "
+                            f"{len(paths)} image files")
+    views = [self.preprocessing.eval_view(image_io.load_image(path)) for path in paths]
+    views += [views[-1]] * (views_needed - len(views))
+    return self.preprocessing.normalize(np.stack(views))[None], views
+
+  # Report generators.
+
+  def generate(self, images: np.ndarray) -> np.ndarray:
+    """images [batch, views, S, S, 3] -> generated token ids [batch, max_length]."""
+    if "generate" not in self._jitted:
+      self._jitted["generate"] = jax.jit(self._jitted["task"].predict_fn(self.model, self.tokenizer))
+    return np.asarray(self._jitted["generate"](self.variables, {"images": images})["tokens"])
+
+  def attention(self, images: np.ndarray, tokens: np.ndarray) -> np.ndarray | None:
+    """Teacher-forced attention [len(tokens), views, h, w] of generated `tokens` (None: no attention)."""
+    inputs = np.array([[self.tokenizer.start_id, *tokens]], np.int32)
+    outputs = jax.jit(lambda v, i, t: self.model.apply(v, i, t))(self.variables, images, inputs)
+    if outputs.get("attention") is None:
+      return None
+    weights = np.asarray(outputs["attention"])[0, :len(tokens)]  # [tokens, regions]
+    views = images.shape[1]
+    side = int(round((weights.shape[-1] / views) ** 0.5))
+    return weights.reshape(len(tokens), views, side, side)
+
+  def predict_report(self, paths: Sequence[str], attention_dir: str | None = None) -> dict[str, Any]:
+    """One study's report: {"images", "report", "tokens"[, "attention_maps": [paths] or a reason]}."""
+    if self.task != "captioning":
+      raise PredictionError(f"the {self.name} model is a classifier; use `cxrjax predict-agcnn` or `classify`")
+    images, views = self.load_views(paths)
+    row = self.generate(images)[0]
+    end = np.flatnonzero(row == self.tokenizer.end_id)
+    tokens = [int(t) for t in row[:end[0] if len(end) else len(row)]]
+    result: dict[str, Any] = {"images": list(paths), "report": self.tokenizer.decode(row), "tokens": tokens}
+    if attention_dir is not None:
+      maps = self.attention(images, np.array(tokens, np.int32)) if tokens else None
+      if not tokens:
+        result["attention_maps"] = "none: the generated report is empty"
+      elif maps is None:
+        result["attention_maps"] = f"none: the {self.name} model has no attention"
+      else:
+        words = [self.tokenizer.decode([t]) or "?" for t in tokens]
+        result["attention_maps"] = [str(p) for p in figures.write_attention_maps(attention_dir, views, words, maps)]
+    return result
+
+  # Classifiers.
+
+  def classify(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    """images [batch, S, S, 3] -> {"probabilities": [batch, classes], and AG-CNN's "heatmap", "boxes",
+    "local_images"}."""
+    if "classify" not in self._jitted:
+      if self.name == "chexnet":
+        fn = lambda v, x: {"probabilities": jax.nn.sigmoid(self.model.apply(v, x, train=False)["logits"])}
+      else:
+        key = self.model.stage_logits()
+        def fn(v, x):
+          outputs = self.model.apply(v, x)
+          return {"probabilities": jax.nn.sigmoid(outputs[key]), "heatmap": outputs["heatmap"],
+                  "boxes": outputs["boxes"], "local_images": outputs["local_images"]}
+      self._jitted["classify"] = jax.jit(fn)
+    return jax.device_get(self._jitted["classify"](self.variables, images))
+
+  def classify_files(self, paths: Sequence[str], batch_size: int = 16, figures_dir: str | None = None,
+                     on_error=None) -> list[dict[str, Any]]:
+    """Per readable image, in order: {"image", "probabilities": {class: p}[, "figure", "box"]}. An unreadable
+    image is passed to `on_error(error)` (default: raised) and skipped; the others are still classified."""
+    if self.task != "classification":
+      raise PredictionError(f"the {self.name} model generates reports; use `cxrjax predict`")
+    size = self.preprocessing.image_size
+    results = []
+    for start in range(0, len(paths), batch_size):
+      batch_paths, views = [], []
+      for path in paths[start:start + batch_size]:
+        try:
+          views.append(self.preprocessing.eval_view(image_io.load_image(path)))
+          batch_paths.append(path)
+        except image_io.ImageError as error:
+          if on_error is None:
+            raise
+          on_error(error)
+      if not batch_paths:
+        continue
+      # A fixed batch shape, so that every batch reuses one compiled program.
+      padded = np.zeros((batch_size, size, size, 3), np.float32)
+      padded[:len(views)] = self.preprocessing.normalize(np.stack(views))
+      outputs = self.classify(padded)
+      for index, path in enumerate(batch_paths):
+        probabilities = outputs["probabilities"][index]
+        result = {"image": str(path),
+                  "probabilities": {n: round(float(p), 6) for n, p in zip(self.label_names, probabilities)}}
+        if figures_dir is not None and "heatmap" in outputs:
+          figure = pathlib.Path(figures_dir) / f"{pathlib.Path(path).stem}_agcnn.png"
+          top = np.argsort(-probabilities)[:3]
+          figures.render_attention_figure(
+              views[index], outputs["heatmap"][index], outputs["boxes"][index], outputs["local_images"][index],
+              figure, title=", ".join(f"{self.label_names[i]} {probabilities[i]:.2f}" for i in top))
+          result.update(figure=str(figure), box=[int(b) for b in outputs["boxes"][index]])
+        results.append(result)
+    return results
+
+
+def print_error(command: str, error: Exception) -> None:
+  print(f"cxrjax {command}: error: {error}", file=sys.stderr)

@@ -1,0 +1,80 @@
+"""What every model family provides, so that the trainer, evaluation, decoding and prediction stay generic.
+
+A family is a flax module class registered in `models/__init__.py` under its config `model.name`. It
+  - builds itself from its config section: `from_config(model_config, vocab_size, is_frozen)`, where
+    `is_frozen(module_path)` tells which of its parts the optimizer's `param_groups` freeze (a frozen
+    encoder runs in inference mode and passes no gradient);
+  - names its `task` ("captioning" or "classification", cxrjax/tasks/);
+  - says which of its parameters can load pretrained weights (`pretrained_parts`: the `config.init` key
+    -> the kind of file and the parameter paths it fills; cxrjax/weights/pretrained.py loads them);
+  - gives a tiny `smoke_config()`, which the contract test (tests/models/test_contract.py) runs through
+    init, the loss, a jitted train step, decoding and a checkpoint round trip.
+
+Captioners also have the four entry points of `Captioner` below; `decoder_step_fn` adapts them to
+cxrjax/decoding.py's step function.
+"""
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+IsFrozen = Callable[[str], bool]
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainedPart:
+  """Parameters a `config.init.<key>` file fills.
+
+  Attributes:
+    kind: the file's kind: "densenet" (a `cxrjax port-weights` directory, CheXNet) or "word_vectors"
+      (a GloVe .txt or fastText .vec file).
+    paths: parameter paths ("image_encoder/densenet") the file is written into (several: one copy each).
+  """
+  kind: str
+  paths: tuple[str, ...]
+
+
+def module_fields(config: Mapping[str, Any], exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+  """A model config section -> module attributes: minus "name" and `exclude`, dtype names resolved."""
+  fields = {k: v for k, v in dict(config).items() if k != "name" and k not in exclude}
+  if "dtype" in fields:
+    if fields["dtype"] not in DTYPES:
+      raise ValueError(f"model.dtype={fields['dtype']!r}; expected one of {sorted(DTYPES)}")
+    fields["dtype"] = DTYPES[fields["dtype"]]
+  return fields
+
+
+class Captioner(nn.Module):
+  """The interface of a report generator (images -> text), used by training, decoding and prediction.
+
+    __call__(images, tokens, train)   teacher forcing: images [batch, views, H, W, 3], tokens [batch,
+                                      length] (input tokens, from the start token) -> {"logits": [batch,
+                                      length, vocab], "attention": [batch, length, regions] or None}
+    encode(images, train)             -> memory: a dict of [batch, ...] arrays (image features)
+    init_cache(memory)                -> cache: the decoder state (or KV cache) plus what it reads of the
+                                      memory, [batch, ...] leaves
+    decode_step(tokens, cache, position)
+                                      tokens [batch] at `position` (0: the start token) -> (logits
+                                      [batch, vocab], cache, attention [batch, regions] or None)
+  """
+  task: ClassVar[str] = "captioning"
+  pretrained_parts: ClassVar[dict[str, PretrainedPart]] = {}
+
+  def decoder_step_fn(self, variables: Any):
+    """decoding.py's step function `(tokens, cache, position) -> (logits, cache)` over `variables`."""
+    def step_fn(tokens: jax.Array, cache: Any, position: jax.Array):
+      logits, cache, _ = self.apply(variables, tokens, cache, position, method="decode_step")
+      return logits, cache
+    return step_fn
+
+
+class Classifier(nn.Module):
+  """The interface of a multi-label image classifier: `__call__(images [batch, H, W, 3], train)` -> a dict
+  with the logits the task reads (see the family)."""
+  task: ClassVar[str] = "classification"
+  pretrained_parts: ClassVar[dict[str, PretrainedPart]] = {}

@@ -1,0 +1,128 @@
+"""The optimizer of a run, from `config.optimizer`.
+
+  config.optimizer = dict(
+      name="adamw",                 # or "adam_l2": Adam with an L2 penalty on convolution kernels (seed 004)
+      learning_rate=1e-3, schedule="cosine", warmup_steps=500, final_lr_fraction=0.01,   # or schedule="step",
+      decay_every_steps=...,        # the learning rate divided by 10 every decay_every_steps
+      weight_decay=1e-4, grad_clip_norm=1.0, b1=0.9, b2=0.999,
+      param_groups=(("image_encoder/.*", None), (".*", 1.0)))
+
+`param_groups` says what is trained at which rate, as big_vision's `config.schedule`: a sequence of
+(regex, multiplier) pairs matched in order against each parameter's path ("image_encoder/densenet/
+conv0/kernel"); the first full match decides. A multiplier scales the learning rate of its parameters;
+None freezes them: no update and no weight decay (their gradient is also left out of the global norm that
+is clipped). Every parameter must match a pattern, so a typo cannot silently train or freeze the wrong
+tensors.
+"""
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import optax
+
+from cxrjax.errors import ConfigError
+
+DEFAULT_PARAM_GROUPS = ((".*", 1.0),)
+FROZEN = "frozen"
+
+
+def parameter_path(path: tuple[Any, ...]) -> str:
+  """A pytree key path -> "module/submodule/leaf"."""
+  return "/".join(str(getattr(key, "key", getattr(key, "name", key))) for key in path)
+
+
+def _groups(optimizer_config) -> list[tuple[re.Pattern, float | None]]:
+  groups = optimizer_config.get("param_groups", None) or DEFAULT_PARAM_GROUPS
+  parsed = []
+  for group in groups:
+    if len(group) != 2:
+      raise ConfigError(f"optimizer.param_groups: each group is (regex, multiplier or None), got {group!r}")
+    pattern, multiplier = group
+    try:
+      parsed.append((re.compile(pattern), None if multiplier is None else float(multiplier)))
+    except re.error as error:
+      raise ConfigError(f"optimizer.param_groups: bad regex {pattern!r} ({error})") from None
+  return parsed
+
+
+def group_of(optimizer_config, path: str) -> tuple[str, float | None]:
+  """(the matching pattern, its multiplier) of a parameter path; ConfigError when none matches."""
+  for pattern, multiplier in _groups(optimizer_config):
+    if pattern.fullmatch(path):
+      return pattern.pattern, multiplier
+  raise ConfigError(f"parameter {path!r} matches no pattern of optimizer.param_groups "
+                    f"{[p.pattern for p, _ in _groups(optimizer_config)]}")
+
+
+def frozen_predicate(optimizer_config) -> Callable[[str], bool]:
+  """`is_frozen(module_path)`: whether parameters under a module ("image_encoder") are frozen, decided by
+  the group that a parameter directly under it would match. Models use it to run a frozen part in
+  inference mode (batch norm statistics fixed, no backward pass through it)."""
+  def is_frozen(module_path: str) -> bool:
+    return group_of(optimizer_config, module_path + "/kernel")[1] is None
+  return is_frozen
+
+
+def parameter_labels(optimizer_config, params: Any) -> Any:
+  """Per leaf: "frozen" or "rate=<multiplier>" (the labels of optax.multi_transform)."""
+  def label(path, _):
+    multiplier = group_of(optimizer_config, parameter_path(path))[1]
+    return FROZEN if multiplier is None else f"rate={multiplier!r}"
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def make_schedule(optimizer_config, num_steps: int) -> optax.Schedule:
+  """"cosine": linear warm-up then cosine decay to final_lr_fraction of the peak at num_steps;
+  "step": the learning rate divided by 10 every decay_every_steps (AG-CNN: every 20 epochs)."""
+  config = optimizer_config
+  kind = config.get("schedule", "cosine")
+  if kind == "step":
+    return optax.exponential_decay(config.learning_rate, transition_steps=config.decay_every_steps,
+                                   decay_rate=0.1, staircase=True)
+  if kind != "cosine":
+    raise ConfigError(f"optimizer.schedule={kind!r}; expected 'cosine' or 'step'")
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=config.learning_rate, warmup_steps=config.warmup_steps,
+      decay_steps=max(num_steps, config.warmup_steps + 1),
+      end_value=config.learning_rate * config.final_lr_fraction)
+
+
+def make_optimizer(optimizer_config, params: Any, num_steps: int) -> optax.GradientTransformation:
+  """Frozen gradients zeroed, global-norm clipping, then AdamW (decoupled decay; rank-1 leaves such as
+  biases and norm scales are not decayed) or Adam + L2 on convolution kernels ("adam_l2"), then each
+  group's learning-rate multiplier (frozen groups: no update at all, weight decay included)."""
+  config = optimizer_config
+  labels = parameter_labels(config, params)
+  schedule = make_schedule(config, num_steps)
+  name = config.get("name", "adamw")
+  if name == "adam_l2":
+    conv_kernels = jax.tree.map(lambda leaf: leaf.ndim == 4, params)
+    base = optax.chain(optax.add_decayed_weights(config.weight_decay, mask=conv_kernels),
+                       optax.adam(schedule, b1=config.b1, b2=config.b2))
+  elif name == "adamw":
+    decay_mask = jax.tree.map(lambda leaf: leaf.ndim > 1, params)
+    base = optax.adamw(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay,
+                       mask=decay_mask)
+  else:
+    raise ConfigError(f"optimizer.name={name!r}; expected 'adamw' or 'adam_l2'")
+  names = sorted(set(jax.tree.leaves(labels)))
+  zero_frozen = optax.multi_transform(
+      {label: optax.set_to_zero() if label == FROZEN else optax.identity() for label in names}, labels)
+  rates = optax.multi_transform(
+      {label: optax.set_to_zero() if label == FROZEN else optax.scale(float(label.split("=")[1]))
+       for label in names}, labels)
+  return optax.chain(zero_frozen, optax.clip_by_global_norm(config.grad_clip_norm), base, rates)
+
+
+def trained_fraction(optimizer_config, params: Any) -> float:
+  """The share of parameter values that the optimizer moves (for the start-of-run summary)."""
+  labels, leaves = jax.tree.leaves(parameter_labels(optimizer_config, params)), jax.tree.leaves(params)
+  total = sum(leaf.size for leaf in leaves)
+  trained = sum(leaf.size for label, leaf in zip(labels, leaves) if label != FROZEN)
+  return trained / max(total, 1)
+
+
+def describe_groups(optimizer_config) -> Sequence[str]:
+  return [f"{p.pattern} -> {'frozen' if m is None else m}" for p, m in _groups(optimizer_config)]

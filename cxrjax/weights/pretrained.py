@@ -1,0 +1,95 @@
+"""`config.init`: the pretrained files a run starts from, written into the parts its family names.
+
+  config.init = dict(encoder="weights/chexnet",        # a `cxrjax port-weights` directory (CheXNet)
+                     word_vectors="glove.6B.300d.txt",  # GloVe .txt / fastText .vec, one row per word
+                     from_workdir="")                   # another run's best checkpoint (cxrjax/train.py)
+
+A family says which config.init keys it accepts and where each goes (`pretrained_parts`, models/base.py);
+a key the family does not have is an error, an empty value is skipped. Loading checks names and shapes
+against the model before anything is copied.
+"""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cxrjax.errors import ConfigError
+from cxrjax.models import base
+from cxrjax.text import word_vectors
+from cxrjax.weights import chexnet
+
+INIT_KEYS = ("encoder", "word_vectors", "from_workdir")
+
+
+def _subtree(tree: dict[str, Any], path: str) -> tuple[dict[str, Any], str]:
+  """(the dict that holds the last key of `path`, that key); KeyError names the missing part."""
+  keys = path.split("/")
+  node = tree
+  for key in keys[:-1]:
+    node = node[key]
+  if keys[-1] not in node:
+    raise KeyError(path)
+  return node, keys[-1]
+
+
+def _load_densenet(directory: str, part: base.PretrainedPart, params: dict, batch_stats: dict) -> None:
+  config, variables, _ = chexnet.load_chexnet(directory)
+  source = {"params": {k: v for k, v in variables["params"].items() if k != "classifier"},
+            "batch_stats": variables.get("batch_stats", {})}
+  for path in part.paths:
+    for collection, target_tree in (("params", params), ("batch_stats", batch_stats)):
+      parent, key = _subtree(target_tree, path)
+      target = parent[key]
+      if jax.tree.structure(target) != jax.tree.structure(source[collection]):
+        raise chexnet.WeightsError(
+            f"{directory}: DenseNet{tuple(config.block_sizes)} (growth {config.growth_rate}) does not fit "
+            f"the configured encoder at {path} (its {collection} names differ)")
+      shapes = [(a.shape, b.shape) for a, b in zip(jax.tree.leaves(target), jax.tree.leaves(source[collection]))
+                if a.shape != b.shape]
+      if shapes:
+        raise chexnet.WeightsError(f"{directory}: tensor shapes differ from the encoder at {path}: {shapes[:3]}")
+      parent[key] = jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), source[collection], target)
+
+
+def _load_word_vectors(path: str, part: base.PretrainedPart, params: dict, tokenizer: Any) -> None:
+  for param_path in part.paths:
+    parent, key = _subtree(params, param_path)
+    embedding = parent[key]
+    matrix, stats = word_vectors.load_word_vectors(path, tokenizer, dim=embedding.shape[1])
+    print(f"word vectors: {stats.summary()}")
+    parent[key] = jnp.asarray(matrix, embedding.dtype)
+
+
+def initialize(init_config: Any, family: type, variables: dict[str, Any], tokenizer: Any = None
+               ) -> dict[str, Any]:
+  """`variables` ({"params", "batch_stats"}) with the files of `init_config` written in (new dicts; the
+  inputs are not changed). Returns `variables` itself when nothing is configured."""
+  init_config = dict(init_config or {})
+  unknown = set(init_config) - set(INIT_KEYS)
+  if unknown:
+    raise ConfigError(f"unknown config.init fields {sorted(unknown)}; known: {list(INIT_KEYS)}")
+  requested = {key: value for key, value in init_config.items() if value and key != "from_workdir"}
+  if not requested:
+    return variables
+  parts = family.pretrained_parts
+  for key in requested:
+    if key not in parts:
+      raise ConfigError(f"config.init.{key} is set, but the {family.__name__} model has no such pretrained "
+                        f"part (it has: {sorted(parts) or 'none'})")
+  params = flax.core.unfreeze(jax.tree.map(np.asarray, variables["params"]))
+  batch_stats = flax.core.unfreeze(jax.tree.map(np.asarray, variables.get("batch_stats", {})))
+  for key, path in requested.items():
+    part = parts[key]
+    try:
+      if part.kind == "densenet":
+        _load_densenet(path, part, params, batch_stats)
+      elif part.kind == "word_vectors":
+        _load_word_vectors(path, part, params, tokenizer)
+      else:
+        raise ValueError(f"unknown pretrained kind {part.kind!r}")
+    except KeyError as missing:
+      raise ConfigError(f"config.init.{key}: the model has no parameters at {missing}") from None
+  return {"params": params, "batch_stats": batch_stats}

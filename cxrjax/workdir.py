@@ -1,0 +1,201 @@
+"""A training workdir: the one module that knows its layout, its train state and its checkpoints.
+
+  config.json            the full config of the run (checked on resume: another model's workdir is refused)
+  tokenizer.json         the tokenizer the model was trained with (captioners)
+  label_names.json       the class names of the outputs (classifiers)
+  metrics.jsonl          one JSON object per logged step and per validation
+  checkpoints/latest/    the newest state, with the data iterator's position (resume point)
+  checkpoints/best/      the state with the best validation metric (model selection: validation only)
+  eval/<split>/          what `cxrjax evaluate` writes (metrics.json, predictions)
+  features/train.npz     cached frozen-encoder features (captioners with model.cache_features)
+
+Workdirs may be local or gs:// (etils.epath). Process 0 writes the files; orbax coordinates checkpoints.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import orbax.checkpoint as ocp
+from etils import epath
+
+from cxrjax import models, optim, sharding, tasks
+from cxrjax.errors import ConfigError, UserError
+from cxrjax.text import tokenizers
+
+LATEST, BEST = "latest", "best"
+CONFIG_FILE, TOKENIZER_FILE, METRICS_FILE = "config.json", "tokenizer.json", "metrics.jsonl"
+LABELS_FILE = "label_names.json"
+
+
+class WorkdirError(UserError):
+  """A workdir that is not a training workdir, or lacks the checkpoint asked for."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: optimizer steps taken
+  params: Any
+  batch_stats: Any  # batch-norm running statistics ({} when the model has none)
+  opt_state: Any
+
+  def variables(self) -> dict[str, Any]:
+    return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+def absolute_path(path: str | os.PathLike) -> epath.Path:
+  """Orbax wants absolute paths; gs:// paths already are."""
+  path = epath.Path(path)
+  return path if "://" in str(path) else epath.Path(os.path.abspath(path))
+
+
+def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+  path = epath.Path(workdir) / CONFIG_FILE
+  if not path.is_file():
+    raise WorkdirError(f"{path}: not found; is {workdir} a `cxrjax train` workdir?")
+  try:
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+  except json.JSONDecodeError as error:
+    raise WorkdirError(f"{path}: not valid JSON ({error})") from None
+
+
+def check_compatible(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> None:
+  """Refuses a workdir whose checkpoints belong to another model or data configuration."""
+  if not (epath.Path(workdir) / CONFIG_FILE).exists():
+    return
+  saved = read_config(workdir).to_dict()
+  current = json.loads(config.to_json())
+  for section in ("model", "data"):
+    if saved.get(section) != current.get(section):
+      raise ConfigError(
+          f"{workdir} holds a checkpoint of another {section} configuration ({CONFIG_FILE}: "
+          f"{section}.name={saved.get(section, {}).get('name')!r}); use a new --workdir")
+
+
+def write_run_files(workdir: str | os.PathLike, config: ml_collections.ConfigDict, tokenizer: Any,
+                    label_names: Any = None) -> None:
+  """config.json, tokenizer.json and label_names.json (process 0 only)."""
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  if sharding.is_lead_process():
+    (workdir / CONFIG_FILE).write_text(config.to_json(indent=2) + "\n")
+    if tokenizer is not None:
+      tokenizer.save(workdir / TOKENIZER_FILE)
+    if label_names is not None:
+      (workdir / LABELS_FILE).write_text(json.dumps(list(label_names)) + "\n")
+
+
+def load_label_names(workdir: str | os.PathLike) -> tuple[str, ...]:
+  path = epath.Path(workdir) / LABELS_FILE
+  if not path.is_file():
+    raise WorkdirError(f"{path}: not found; the workdir lacks its classifier's class names")
+  return tuple(json.loads(path.read_text()))
+
+
+def eval_dir(workdir: str | os.PathLike, split: str) -> epath.Path:
+  return epath.Path(workdir) / "eval" / split
+
+
+def features_path(workdir: str | os.PathLike, split: str = "train") -> epath.Path:
+  return epath.Path(workdir) / "features" / f"{split}.npz"
+
+
+def metrics_path(workdir: str | os.PathLike) -> epath.Path:
+  return epath.Path(workdir) / METRICS_FILE
+
+
+@dataclasses.dataclass
+class Components:
+  """What a config makes before any state exists: the task, the model and the optimizer."""
+  task: Any
+  model: Any
+  make_optimizer: Any  # params -> optax.GradientTransformation
+
+
+def build(config: ml_collections.ConfigDict, tokenizer: Any) -> Components:
+  task = tasks.make(config)
+  model = models.build(config.model, len(tokenizer) if tokenizer is not None else None,
+                       is_frozen=optim.frozen_predicate(config.optimizer))
+  def make_optimizer(params):
+    return optim.make_optimizer(config.optimizer, params, config.train.num_steps)
+  return Components(task=task, model=model, make_optimizer=make_optimizer)
+
+
+def init_state(components: Components, rng: jax.Array) -> TrainState:
+  """Fresh parameters and optimizer state (pretrained parts are put in by weights.pretrained)."""
+  variables = components.task.init_variables(components.model, {"params": rng, "dropout": rng})
+  params, batch_stats = variables["params"], variables.get("batch_stats", {})
+  tx = components.make_optimizer(params)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                    opt_state=tx.init(params))
+
+
+def abstract_state(components: Components, mesh: jax.sharding.Mesh) -> TrainState:
+  """Shapes, dtypes and (replicated) shardings of the state: the restore target on any device count."""
+  shapes = jax.eval_shape(lambda rng: init_state(components, rng), jax.random.key(0))
+  replicated = sharding.replicated(mesh)
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), shapes)
+
+
+def checkpoint_manager(workdir: str | os.PathLike, name: str, create: bool = True) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=1, create=create)
+  return ocp.CheckpointManager(absolute_path(epath.Path(workdir) / "checkpoints" / name), options=options)
+
+
+def save(manager: ocp.CheckpointManager, state: TrainState, data_state: Any, meta: dict) -> None:
+  manager.save(int(state.step), args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+      meta=ocp.args.JsonSave(meta)), force=True)
+
+
+def restore(manager: ocp.CheckpointManager, target: TrainState, step: int | None = None):
+  """(state, data iterator state, metadata) of `step` (the newest by default), onto `target`'s
+  shardings: restoring to another device count works."""
+  step = manager.latest_step() if step is None else step
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(),
+      meta=ocp.args.JsonRestore()))
+  return restored.state, restored.data, restored.meta
+
+
+@dataclasses.dataclass
+class Run:
+  """A trained run loaded from its workdir."""
+  workdir: epath.Path
+  config: ml_collections.ConfigDict
+  task: Any
+  model: Any
+  tokenizer: Any  # None for classifiers
+  state: TrainState
+  mesh: jax.sharding.Mesh
+  checkpoint: str
+
+
+def load_tokenizer(workdir: str | os.PathLike) -> Any:
+  path = epath.Path(workdir) / TOKENIZER_FILE
+  if not path.is_file():
+    raise WorkdirError(f"{path}: not found; the workdir lacks the tokenizer its model was trained with")
+  return tokenizers.load(path)
+
+
+def load_run(workdir: str | os.PathLike, checkpoint: str = BEST) -> Run:
+  """The config, task, model, tokenizer and `best` (or `latest`) state of a training workdir."""
+  workdir = epath.Path(workdir)
+  config = read_config(workdir)
+  uses_tokenizer = tasks.TASKS[models.get(config.model.name).task].uses_tokenizer
+  tokenizer = load_tokenizer(workdir) if uses_tokenizer else None
+  components = build(config, tokenizer)
+  mesh = sharding.create_mesh()
+  manager = checkpoint_manager(workdir, checkpoint, create=False)
+  if manager.latest_step() is None:
+    raise WorkdirError(f"{workdir / 'checkpoints' / checkpoint}: no checkpoint; has training run?")
+  state, _, _ = restore(manager, abstract_state(components, mesh))
+  manager.close()
+  return Run(workdir=workdir, config=config, task=components.task, model=components.model,
+             tokenizer=tokenizer, state=state, mesh=mesh, checkpoint=checkpoint)
+
