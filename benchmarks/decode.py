@@ -27,7 +27,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # For conf
 
 from cxrjax import decoding, models, tasks, train
 from cxrjax.models import attention_captioner as captioner
-from cxrjax.text import tokenizers as text
+from cxrjax.text import tokenizers
+
+# The benchmark decodes with an IU X-ray word vocabulary (--vocab words); these are its ids.
+words = tokenizers.WordVocabulary
 
 
 def _best_time(fn, repeats: int) -> float:
@@ -59,7 +62,7 @@ def compiled_beam_search(model, variables, memory, beam: int, length: int):
   def search(variables, memory):
     cache = model.apply(variables, memory, method="init_cache")
 
-    tokens, _ = decoding.beam_search(captioner.decoder_step_fn(model, variables), cache, start_id=text.START_ID, end_id=text.END_ID,
+    tokens, _ = decoding.beam_search(captioner.decoder_step_fn(model, variables), cache, start_id=words.start_id, end_id=words.end_id,
                                      max_length=length, beam_size=beam)
     return tokens
   return lambda: search(variables, memory).block_until_ready()
@@ -74,7 +77,7 @@ def host_loop_beam_search(model, variables, memory, beam: int, length: int):
     cache = model.apply(variables, memory, method="init_cache")
     cache = jax.tree.map(lambda x: jnp.repeat(x, beam, axis=0), cache)  # [batch * beam, ...]
     log_probs = jnp.tile(jnp.array([0.0] + [-jnp.inf] * (beam - 1)), (batch, 1))  # [batch, beam]
-    tokens = jnp.full((batch * beam,), text.START_ID, jnp.int32)
+    tokens = jnp.full((batch * beam,), words.start_id, jnp.int32)
     return tokens, cache, log_probs, jnp.zeros((batch, beam), bool)
 
   @jax.jit
@@ -83,14 +86,14 @@ def host_loop_beam_search(model, variables, memory, beam: int, length: int):
     vocab = logits.shape[-1]
     step_log_probs = jax.nn.log_softmax(logits).reshape(batch, beam, vocab)  # [batch, beam, vocab]
     # Finished beams only extend with <pad> at no cost.
-    frozen = jnp.full((vocab,), -jnp.inf).at[text.PAD_ID].set(0.0)
+    frozen = jnp.full((vocab,), -jnp.inf).at[words.pad_id].set(0.0)
     step_log_probs = jnp.where(finished[..., None], frozen, step_log_probs)
     candidates = (log_probs[..., None] + step_log_probs).reshape(batch, beam * vocab)
     log_probs, flat = jax.lax.top_k(candidates, beam)  # [batch, beam]
     parents, new_tokens = flat // vocab, flat % vocab
     rows = (jnp.arange(batch)[:, None] * beam + parents).reshape(-1)  # [batch * beam]
     cache = jax.tree.map(lambda x: x[rows], cache)
-    finished = jnp.take_along_axis(finished, parents, axis=1) | (new_tokens == text.END_ID)
+    finished = jnp.take_along_axis(finished, parents, axis=1) | (new_tokens == words.end_id)
     return new_tokens.reshape(-1).astype(jnp.int32), cache, log_probs, finished, parents, new_tokens
 
   def run():

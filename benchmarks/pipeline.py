@@ -28,7 +28,9 @@ from cxrjax.data import images
 from cxrjax.data import iu_xray
 from cxrjax.data import phantom
 from cxrjax.data import pipeline
-from cxrjax.text import tokenizers as text
+from cxrjax.data import transforms
+from cxrjax.text import cleaning
+from cxrjax.text import tokenizers
 
 IU_DIR = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "iu_xray"
 
@@ -92,8 +94,9 @@ def main() -> None:
     sources["tfds"] = iu_xray.IUXraySource(args.data_dir, args.tfds_config, "train")
   sources["phantom"] = phantom.PhantomSource("train", num_records,
                                              phantom.PhantomConfig(image_size=args.image_size))
-  reports = [text.clean_report(r["report"]) for r in sources["png_files"].records]
-  vocabulary = text.Vocabulary.build(reports, min_count=1, cleaning_style="seed001")
+  reports = [cleaning.clean_report(r["report"], "r2gen") for r in sources["png_files"].records]
+  vocabulary = tokenizers.WordVocabulary.build(reports, min_count=1, cleaning_style="r2gen")
+  preprocessing = transforms.Preprocessing(image_size=args.image_size, num_views=2, random_flip=True)
 
   results = {"benchmark": "grain_pipeline", "unit": "examples/s on one core (one study = 2 views)",
              "batch_size": args.batch_size, "timed_batches": args.batches,
@@ -101,9 +104,9 @@ def main() -> None:
              "machine": platform.machine(), "processor": platform.processor() or None}
   for name, source in sources.items():
     for train in (True, False):
-      dataset = pipeline.make_dataset(source, vocabulary, batch_size=args.batch_size,
-                                      image_size=args.image_size, max_length=args.max_length,
-                                      train=train, seed=0, shard_index=0, shard_count=1)
+      dataset = pipeline.make_dataset(source, vocabulary, preprocessing, batch_size=args.batch_size,
+                                      max_length=args.max_length, train=train, seed=0, shard_index=0,
+                                      shard_count=1)
       mode = "train" if train else "eval"
       for key, value in _rates(dataset, args.batch_size, args.batches).items():
         results[f"{name}_{mode}_{key}"] = value

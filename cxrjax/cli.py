@@ -91,8 +91,10 @@ def _predict_agcnn(args: argparse.Namespace) -> int:
 def _train(argv: Sequence[str]) -> int:
   """`cxrjax train` parses absl flags so that ml_collections' --config.x=y overrides work."""
   flag_values = flags.FlagValues()
+  # sys_argv: the overrides (--config.x=y) are found in these arguments, not in the process's own.
   config_flags.DEFINE_config_file("config", None, "an ml_collections config file (configs/*.py[:arg])",
-                                  flag_values=flag_values, lock_config=True)
+                                  flag_values=flag_values, lock_config=True,
+                                  sys_argv=["cxrjax train", *argv])
   flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and the tokenizer",
                       flag_values=flag_values)
   if "--help" in argv or "-h" in argv:
@@ -165,7 +167,7 @@ def _guarded(command: str, job) -> int:
   """Runs `job()`; a user's mistake becomes one line on stderr and exit status 2."""
   try:
     status = job()
-  except UserError as error:
+  except (UserError, FileNotFoundError) as error:  # FileNotFoundError: a path given that is not there.
     print(f"cxrjax {command}: error: {error}", file=sys.stderr)
     return 2
   return 0 if status is None else status

@@ -95,7 +95,6 @@ def render_attention_figure(image: np.ndarray, heatmap: np.ndarray, box: Any, lo
   Returns:
     The path written.
   """
-  from PIL import Image, ImageDraw
   rgb = _to_display(image)
   height, width = rgb.shape[:2]
   heatmap = np.asarray(heatmap, np.float64)

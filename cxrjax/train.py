@@ -97,8 +97,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     components = workdir_lib.build(config, tokenizer)
   task, model = components.task, components.model
   task.label_names = train_info.label_names
-  if config.model.get("cache_features") and not optim.frozen_predicate(config.optimizer)("image_encoder"):
-    raise ConfigError("model.cache_features needs a frozen image encoder (optimizer.param_groups "
+  if config.train.get("cache_features") and not optim.frozen_predicate(config.optimizer)("image_encoder"):
+    raise ConfigError("train.cache_features needs a frozen image encoder (optimizer.param_groups "
                       "('image_encoder/.*', None)): a trained encoder's features change every step")
   workdir_lib.write_run_files(workdir, config, tokenizer,
                               None if task.uses_tokenizer else train_info.label_names)
@@ -123,7 +123,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
       state = jax.device_put(state.replace(params=variables["params"], batch_stats=variables["batch_stats"]),
                              state_sharding)
 
-  if config.model.get("cache_features"):
+  if config.train.get("cache_features"):
     cached = feature_cache.load_or_compute(
         workdir_lib.features_path(workdir), model, state.variables(), train_source, config,
         batch_size=config.eval.batch_size)

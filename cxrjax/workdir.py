@@ -7,7 +7,7 @@
   checkpoints/latest/    the newest state, with the data iterator's position (resume point)
   checkpoints/best/      the state with the best validation metric (model selection: validation only)
   eval/<split>/          what `cxrjax evaluate` writes (metrics.json, predictions)
-  features/train.npz     cached frozen-encoder features (captioners with model.cache_features)
+  features/train.npz     cached frozen-encoder features (captioners with train.cache_features)
 
 Workdirs may be local or gs:// (etils.epath). Process 0 writes the files; orbax coordinates checkpoints.
 """

@@ -8,9 +8,10 @@ import pathlib
 
 import numpy as np
 from PIL import Image
+from cxrjax.errors import UserError
 
 
-class ImageError(ValueError):
+class ImageError(UserError):
   """An image that cannot be used; the message names the file and the problem."""
 
 

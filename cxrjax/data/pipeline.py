@@ -62,7 +62,9 @@ import math
 import os
 from typing import Any
 
+from absl import flags
 import grain
+import jax
 import numpy as np
 
 from cxrjax.data import datasets
@@ -163,7 +165,6 @@ def make_dataset(
     raise ValueError(f"{source!r} has no record")
   cleaning = _check_cleaning(cleaning, tokenizer) if tokenizer is not None else None
   if shard_index is None or shard_count is None:
-    import jax  # pylint: disable=g-import-not-at-top  (heavy; only for the default shard)
     shard_index = jax.process_index() if shard_index is None else shard_index
     shard_count = jax.process_count() if shard_count is None else shard_count
   if not 0 <= shard_index < shard_count:
@@ -361,6 +362,5 @@ def _check_cleaning(cleaning: str | None, tokenizer: tokenizers.Tokenizer) -> st
 
 def _mark_absl_flags_parsed() -> None:
   """grain worker processes read absl flags: mark them parsed where no absl app did."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()

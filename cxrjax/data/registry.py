@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 import dataclasses
 from typing import Any
+from cxrjax.errors import UserError
 
 SPLITS = ("train", "validation", "test")
 # Accepted for "validation": the name splits.py, R2Gen and the phantom set use.
@@ -20,7 +21,7 @@ DEFAULT_CLEANING = "r2gen"
 DEFAULT_MIN_COUNT = 3
 
 
-class DataConfigError(ValueError):
+class DataConfigError(UserError):
   """A data config that names an unknown dataset or split, or lacks a field."""
 
 

@@ -22,6 +22,7 @@ import tensorflow_datasets as tfds
 
 from cxrjax.data import images as image_lib
 from cxrjax.data import splits as split_lib
+from cxrjax.errors import UserError
 
 TFDS_SPLITS = ("train", "validation", "test")
 # splits.random_split and R2Gen name the validation split "val"; TFDS "validation".
@@ -31,7 +32,7 @@ MAX_EXAMPLES = 5
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-class EmptySplitError(ValueError):
+class EmptySplitError(UserError):
   """A build whose split would hold no record (too few records read, e.g. a partial image download).
 
   The message is one line naming the split and what is missing; `counts` is the text of what the

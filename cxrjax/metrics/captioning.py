@@ -2,7 +2,7 @@
 sacreBLEU, rouge-score-compatible ROUGE, and `caption_metrics`, which runs them all.
 
 They take already tokenised text (tokens separated by whitespace, e.g. the cleaned, lower-cased
-reports of `cxrjax.text.clean_report`) and score each hypothesis against its reference(s):
+reports of `cxrjax.text.cleaning.clean_report`) and score each hypothesis against its reference(s):
 
   BLEU-1..4   `bleu_pycocoevalcap`: corpus BLEU exactly as pycocoevalcap's `Bleu(4)` (the numbers of
               the published IU X-ray tables, R2Gen and its successors).

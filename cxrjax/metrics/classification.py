@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from cxrjax.data import chestxray14
+from cxrjax.errors import UserError
 
 IMAGE_COLUMN = "Image Index"
 PROB_PREFIX = "prob_"
@@ -124,7 +125,7 @@ def multilabel_auroc(labels: np.ndarray, scores: np.ndarray,
 # ChestX-ray14 prediction CSVs and the `cxrjax auroc` command.
 
 
-class PredictionsError(ValueError):
+class PredictionsError(UserError):
   """A predictions, labels or list file that cannot be scored; the message names the file."""
 
 

@@ -1,7 +1,7 @@
 """Encoder features computed once and cached, for frozen-encoder training (seed 001 does this).
 
-With `model.cache_features=True` (which needs `model.freeze_encoder=True`), the trainer runs the frozen
-CheXNet encoder once over every training study, with the evaluation transform (resize, no random crop or
+With `train.cache_features=True` (which needs a frozen `image_encoder` in optimizer.param_groups), the
+trainer runs the frozen CheXNet encoder once over every training study, with the evaluation transform (resize, no random crop or
 flip: the cached features are those of the un-augmented images), stores the result in
 `WORKDIR/features/train.npz`, and then trains the decoder on batches of cached features. A DenseNet-121
 forward pass per study per epoch becomes one per study per run.
@@ -26,9 +26,9 @@ BATCH_PREFIX = "encoder_"  # Batch keys: "encoder_feature_map", "encoder_pooled"
 def compute(model, variables: dict[str, Any], source, config, batch_size: int) -> dict[str, np.ndarray]:
   """ImageEncoder outputs of every study of `source`, in order: {"ids", "feature_map", "pooled"}."""
   encode = jax.jit(lambda v, images: model.apply(v, images, method=lambda m, x: m.image_encoder(x)))
-  dataset = pipeline.make_dataset(
-      source, None, batch_size=batch_size, image_size=config.data.image_size, max_length=2, train=False,
-      shard_index=0, shard_count=1, num_views=config.data.get("num_views", pipeline.NUM_VIEWS))
+  # Every process computes every study (the cache is one shared file): no sharding.
+  dataset = pipeline.make_batches(config, source=source, train=False, batch_size=batch_size,
+                                  shard_index=0, shard_count=1)
   ids, outputs = [], {key: [] for key in FEATURE_KEYS}
   for batch in dataset:
     keep = batch["mask"]

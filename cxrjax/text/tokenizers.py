@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,6 +35,7 @@ from etils import epath
 import tokenizers as hf_tokenizers
 
 from cxrjax.text import cleaning
+from cxrjax.errors import UserError
 
 # The word vocabulary's special tokens, in id order.
 PAD, UNK, START, END = "<pad>", "<unk>", "<start>", "<end>"
@@ -47,7 +49,7 @@ _WORDPIECE_FORMAT = "cxrjax.wordpiece"
 _JSON_VERSION = 1
 
 
-class VocabularyFileError(ValueError):
+class VocabularyFileError(UserError):
   """A tokenizer file (vocabulary JSON, vocab.txt, tokenizer.json) that cannot be read."""
 
 
@@ -309,7 +311,7 @@ class WordPieceTokenizer:
   def __len__(self) -> int:
     return self._size
 
-  @property
+  @functools.cached_property
   def tokens(self) -> tuple[str, ...]:
     return tuple(self._tokenizer.id_to_token(i) for i in range(self._size))
 

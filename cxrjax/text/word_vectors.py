@@ -26,9 +26,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from cxrjax.text import tokenizers
+from cxrjax.errors import UserError
 
 
-class WordVectorFileError(ValueError):
+class WordVectorFileError(UserError):
   """A word-vector file that cannot be read: the message names the file and the line."""
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from cxrjax import text
+from cxrjax.text import cleaning
 
 
 # Expected outputs written by hand from the style's rules.
@@ -24,8 +24,8 @@ from cxrjax import text
     ("", ""),
 ])
 def test_clean_drop_short_words(report, expected):
-  assert text.clean_report(report, "drop_short_words") == expected
-  assert text.clean_report(report) == expected  # The default style.
+  assert cleaning.clean_report(report, "drop_short_words") == expected
+  assert cleaning.clean_report(report) == expected  # The default style.
 
 
 # Expected outputs written by hand from R2Gen's clean_report_iu_xray.
@@ -42,7 +42,7 @@ def test_clean_drop_short_words(report, expected):
     ("A. . B.", "a .  . b ."),
 ])
 def test_clean_r2gen(report, expected):
-  assert text.clean_report(report, "r2gen") == expected
+  assert cleaning.clean_report(report, "r2gen") == expected
 
 
 @pytest.mark.parametrize("caption, expected", [
@@ -52,10 +52,10 @@ def test_clean_r2gen(report, expected):
     ("   ", ""),
 ])
 def test_clean_none_only_collapses_whitespace(caption, expected):
-  assert text.clean_report(caption, "none") == expected
+  assert cleaning.clean_report(caption, "none") == expected
 
 
 def test_clean_unknown_style():
   with pytest.raises(ValueError, match="unknown cleaning style 'seed001'"):
-    text.clean_report("a", "seed001")
-  assert text.CLEANING_STYLES == ("drop_short_words", "r2gen", "none")
+    cleaning.clean_report("a", "seed001")
+  assert cleaning.CLEANING_STYLES == ("drop_short_words", "r2gen", "none")

@@ -7,21 +7,27 @@ import os
 import pytest
 import tokenizers as hf_tokenizers
 
-from cxrjax import text
+from cxrjax.text import cleaning
+from cxrjax.text import tokenizers
+
+BERT_VOCAB = "text/bert-base-uncased-vocab.txt"
+ROCO_CAPTIONS = "roco/test/radiology/captions.txt"
+# huggingface_hub reads this when imported: transformers (imported by the fixtures) stays offline.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def test_vocabulary_build_order_and_threshold():
-  vocab = text.WordVocabulary.build(["b a . c", "a b .", "a . d", "b a"], min_count=2)
+  vocab = tokenizers.WordVocabulary.build(["b a . c", "a b .", "a . d", "b a"], min_count=2)
   # Specials first; then by count (a: 4, b: 3, ".": 3), ties alphabetically; c, d once.
   assert vocab.tokens == ("<pad>", "<unk>", "<start>", "<end>", "a", ".", "b")
   assert (vocab.pad_id, vocab.unk_id, vocab.start_id, vocab.end_id) == (0, 1, 2, 3)
   assert vocab.encode("a c b .") == [2, 4, 1, 6, 5, 3]
   with pytest.raises(ValueError, match="min_count"):
-    text.WordVocabulary.build(["a"], min_count=0)
+    tokenizers.WordVocabulary.build(["a"], min_count=0)
 
 
 def test_encode_decode_round_trip():
-  vocab = text.WordVocabulary.build(["no effusion .", "heart normal ."], min_count=1)
+  vocab = tokenizers.WordVocabulary.build(["no effusion .", "heart normal ."], min_count=1)
   ids = vocab.encode("heart normal . no effusion .")
   assert ids[0] == vocab.start_id and ids[-1] == vocab.end_id
   assert vocab.decode(ids) == "heart normal . no effusion ."
@@ -34,7 +40,7 @@ def test_encode_decode_round_trip():
 
 
 def test_encode_truncates_long_report_keeping_end():
-  vocab = text.WordVocabulary.build(["w"], min_count=1)
+  vocab = tokenizers.WordVocabulary.build(["w"], min_count=1)
   ids = vocab.encode(" ".join(["w"] * 100), max_length=60)
   assert len(ids) == 60
   assert ids[0] == vocab.start_id and ids[-1] == vocab.end_id
@@ -47,11 +53,11 @@ def test_encode_truncates_long_report_keeping_end():
 
 
 def test_vocabulary_json_round_trip(tmp_path):
-  vocab = text.WordVocabulary.build(["no effusion .", "heart normal ."], min_count=1,
+  vocab = tokenizers.WordVocabulary.build(["no effusion .", "heart normal ."], min_count=1,
                                     cleaning_style="r2gen")
   path = tmp_path / "vocab.json"
   vocab.to_json(path)
-  loaded = text.WordVocabulary.from_json(path)
+  loaded = tokenizers.WordVocabulary.from_json(path)
   assert loaded == vocab
   assert loaded.cleaning_style == "r2gen"
   assert loaded.encode("heart normal .") == vocab.encode("heart normal .")
@@ -69,13 +75,13 @@ def test_vocabulary_json_round_trip(tmp_path):
 def test_vocabulary_bad_json(tmp_path, content, message):
   path = tmp_path / "broken_vocab.json"
   path.write_text(content)
-  with pytest.raises(text.VocabularyFileError, match=message) as error:
-    text.WordVocabulary.from_json(path)
+  with pytest.raises(tokenizers.VocabularyFileError, match=message) as error:
+    tokenizers.WordVocabulary.from_json(path)
   assert "broken_vocab.json" in str(error.value)
 
 
 def test_vocabulary_stats_by_hand():
-  stats = text.vocabulary_stats(
+  stats = tokenizers.vocabulary_stats(
       ["heart normal .", "heart large ."],
       {"val": ["heart small small ."], "test": ["lungs ."]}, min_count=2)
   assert stats.train_tokens == 4 and stats.train_types == 3
@@ -97,8 +103,8 @@ def r2gen_by_split(shared_data):
 
 
 def test_r2gen_vocabulary_size_on_real_annotation(r2gen_by_split, tmp_path):
-  train = [text.clean_report(r["report"], "r2gen") for r in r2gen_by_split["train"]]
-  vocab = text.WordVocabulary.build(train, min_count=3, cleaning_style="r2gen")
+  train = [cleaning.clean_report(r["report"], "r2gen") for r in r2gen_by_split["train"]]
+  vocab = tokenizers.WordVocabulary.build(train, min_count=3, cleaning_style="r2gen")
   # R2Gen's IU X-ray vocabulary has 760 entries (759 words and <unk>); ours adds
   # <pad>, <start>, <end>.
   assert len(vocab) == 763
@@ -108,13 +114,13 @@ def test_r2gen_vocabulary_size_on_real_annotation(r2gen_by_split, tmp_path):
   assert len(ids) == 60 and ids[-1] == vocab.end_id
   assert vocab.decode(ids).split() == [w if w in vocab else "<unk>" for w in longest.split()[:58]]
   vocab.to_json(tmp_path / "v.json")
-  assert text.WordVocabulary.from_json(tmp_path / "v.json").tokens == vocab.tokens
+  assert tokenizers.WordVocabulary.from_json(tmp_path / "v.json").tokens == vocab.tokens
 
 
 def test_vocabulary_stats_on_real_r2gen_split(r2gen_by_split):
-  cleaned = {name: [text.clean_report(r["report"], "drop_short_words") for r in records]
+  cleaned = {name: [cleaning.clean_report(r["report"], "drop_short_words") for r in records]
              for name, records in r2gen_by_split.items()}
-  stats = text.vocabulary_stats(cleaned["train"], {"val": cleaned["val"], "test": cleaned["test"]})
+  stats = tokenizers.vocabulary_stats(cleaned["train"], {"val": cleaned["val"], "test": cleaned["test"]})
   # Close to the "about 1424 unique words in the train data" reported for this cleaning.
   assert 1300 < stats.train_types < 1500
   for coverage in stats.splits.values():
@@ -126,15 +132,9 @@ def test_vocabulary_stats_on_real_r2gen_split(r2gen_by_split):
 # ----------------------------------------------------------------------------------------------
 # WordPiece.
 
-BERT_VOCAB = "text/bert-base-uncased-vocab.txt"
-ROCO_CAPTIONS = "roco/test/radiology/captions.txt"
-# huggingface_hub reads this when imported: transformers must not reach for the network.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
 @pytest.fixture(scope="module")
 def wordpiece(shared_data):
-  return text.WordPieceTokenizer.from_vocab(shared_data / BERT_VOCAB)
+  return tokenizers.WordPieceTokenizer.from_vocab(shared_data / BERT_VOCAB)
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +182,7 @@ def test_wordpiece_ids_equal_bert_tokenizer_on_roco_captions(wordpiece, bert_tok
   got = [wordpiece.encode(caption) for caption in roco_captions]
   assert got == expected, _first_difference(got, expected, roco_captions)
   # Whitespace-only cleaning changes no id.
-  assert [wordpiece.encode(text.clean_report(c, "none")) for c in roco_captions[:500]] == got[:500]
+  assert [wordpiece.encode(cleaning.clean_report(c, "none")) for c in roco_captions[:500]] == got[:500]
 
   expected = bert_tokenizer(roco_captions, truncation=True, max_length=80)["input_ids"]
   got = [wordpiece.encode(caption, max_length=80) for caption in roco_captions]
@@ -239,15 +239,15 @@ def test_wordpiece_blip_start_token_matches_transformers(shared_data):
   reference = transformers.BertTokenizer(vocab=str(shared_data / BERT_VOCAB))
   reference.add_special_tokens({"bos_token": "[DEC]"})
   reference.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
-  blip = text.WordPieceTokenizer.from_vocab(
-      shared_data / BERT_VOCAB, special_tokens=text.BERT_SPECIAL_TOKENS + ("[DEC]", "[ENC]"),
+  blip = tokenizers.WordPieceTokenizer.from_vocab(
+      shared_data / BERT_VOCAB, special_tokens=tokenizers.BERT_SPECIAL_TOKENS + ("[DEC]", "[ENC]"),
       start_token="[DEC]")
   assert len(blip) == len(reference) == 30524
   assert blip.start_id == reference.convert_tokens_to_ids("[DEC]") == 30522
   caption = "[ENC] Chest x-ray [DEC] shows cardiomegaly."
   assert blip.encode(caption) == [30522] + reference(caption, add_special_tokens=False)["input_ids"] + [102]
-  with pytest.raises(text.VocabularyFileError, match=r"vocab.txt: the start token '\[DEC\]' is not in"):
-    text.WordPieceTokenizer.from_vocab(shared_data / BERT_VOCAB, start_token="[DEC]")
+  with pytest.raises(tokenizers.VocabularyFileError, match=r"vocab.txt: the start token '\[DEC\]' is not in"):
+    tokenizers.WordPieceTokenizer.from_vocab(shared_data / BERT_VOCAB, start_token="[DEC]")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,19 +255,19 @@ def test_wordpiece_blip_start_token_matches_transformers(shared_data):
 
 
 def test_load_reads_back_both_kinds(tmp_path, wordpiece, roco_captions, shared_data):
-  vocab = text.WordVocabulary.build(["no effusion .", "heart normal ."], min_count=1,
+  vocab = tokenizers.WordVocabulary.build(["no effusion .", "heart normal ."], min_count=1,
                                     cleaning_style="drop_short_words")
   vocab.save(tmp_path / "words.json")
-  loaded = text.load(tmp_path / "words.json")
-  assert isinstance(loaded, text.WordVocabulary) and loaded == vocab
+  loaded = tokenizers.load(tmp_path / "words.json")
+  assert isinstance(loaded, tokenizers.WordVocabulary) and loaded == vocab
 
-  blip = text.WordPieceTokenizer.from_vocab(
-      shared_data / BERT_VOCAB, special_tokens=text.BERT_SPECIAL_TOKENS + ("[DEC]", "[ENC]"),
+  blip = tokenizers.WordPieceTokenizer.from_vocab(
+      shared_data / BERT_VOCAB, special_tokens=tokenizers.BERT_SPECIAL_TOKENS + ("[DEC]", "[ENC]"),
       start_token="[DEC]", cleaning_style="none")
   for original in (wordpiece, blip):
     original.save(tmp_path / "wordpiece.json")
-    loaded = text.load(tmp_path / "wordpiece.json")
-    assert isinstance(loaded, text.WordPieceTokenizer)
+    loaded = tokenizers.load(tmp_path / "wordpiece.json")
+    assert isinstance(loaded, tokenizers.WordPieceTokenizer)
     assert (loaded.pad_id, loaded.unk_id, loaded.start_id, loaded.end_id, len(loaded)) == (
         original.pad_id, original.unk_id, original.start_id, original.end_id, len(original))
     assert loaded.cleaning_style == original.cleaning_style and loaded.tokens == original.tokens
@@ -275,7 +275,7 @@ def test_load_reads_back_both_kinds(tmp_path, wordpiece, roco_captions, shared_d
       ids = original.encode(caption, max_length=40)
       assert loaded.encode(caption, max_length=40) == ids
       assert loaded.decode(ids) == original.decode(ids)
-  assert text.load(tmp_path / "wordpiece.json").start_token == "[DEC]"
+  assert tokenizers.load(tmp_path / "wordpiece.json").start_token == "[DEC]"
 
 
 def test_load_reads_transformers_tokenizer_json(tmp_path, bert_tokenizer, roco_captions):
@@ -283,7 +283,7 @@ def test_load_reads_transformers_tokenizer_json(tmp_path, bert_tokenizer, roco_c
   # and a decoder that cleans up spaces, neither of which is used).
   path = tmp_path / "tokenizer.json"
   bert_tokenizer.backend_tokenizer.save(str(path))
-  for loaded in (text.load(path), text.WordPieceTokenizer.from_tokenizer_json(path)):
+  for loaded in (tokenizers.load(path), tokenizers.WordPieceTokenizer.from_tokenizer_json(path)):
     assert (loaded.pad_id, loaded.unk_id, loaded.start_id, loaded.end_id) == (0, 100, 101, 102)
     expected = bert_tokenizer(roco_captions[:1000], truncation=True, max_length=60)["input_ids"]
     assert [loaded.encode(c, max_length=60) for c in roco_captions[:1000]] == expected
@@ -302,36 +302,36 @@ def test_load_reads_transformers_tokenizer_json(tmp_path, bert_tokenizer, roco_c
 def test_load_bad_files_name_the_file(tmp_path, content, message):
   path = tmp_path / "broken_tokenizer.json"
   path.write_text(content)
-  with pytest.raises(text.VocabularyFileError, match=message) as error:
-    text.load(path)
+  with pytest.raises(tokenizers.VocabularyFileError, match=message) as error:
+    tokenizers.load(path)
   assert str(error.value).startswith(f"{path}: ")
 
 
 def test_wordpiece_bad_files(tmp_path):
   vocab = tmp_path / "vocab.txt"
   vocab.write_text("[PAD]\n[UNK]\nheart\n\nlungs\n")
-  with pytest.raises(text.VocabularyFileError, match="vocab.txt: line 4 is empty"):
-    text.WordPieceTokenizer.from_vocab(vocab)
+  with pytest.raises(tokenizers.VocabularyFileError, match="vocab.txt: line 4 is empty"):
+    tokenizers.WordPieceTokenizer.from_vocab(vocab)
   vocab.write_text("[PAD]\nheart\n[UNK]\nheart\n")
-  with pytest.raises(text.VocabularyFileError, match=r"vocab.txt: line 4 repeats 'heart' \(line 2\)"):
-    text.WordPieceTokenizer.from_vocab(vocab)
+  with pytest.raises(tokenizers.VocabularyFileError, match=r"vocab.txt: line 4 repeats 'heart' \(line 2\)"):
+    tokenizers.WordPieceTokenizer.from_vocab(vocab)
   vocab.write_text("[PAD]\nheart\n")
-  with pytest.raises(text.VocabularyFileError, match=r"vocab.txt: the unknown token '\[UNK\]'"):
-    text.WordPieceTokenizer.from_vocab(vocab)
+  with pytest.raises(tokenizers.VocabularyFileError, match=r"vocab.txt: the unknown token '\[UNK\]'"):
+    tokenizers.WordPieceTokenizer.from_vocab(vocab)
   # A tiny vocabulary: [CLS] / [SEP] / [MASK] missing from the file are appended, in order.
   vocab.write_text("[PAD]\n[UNK]\nheart\n##s\n")
-  tiny = text.WordPieceTokenizer.from_vocab(vocab)
+  tiny = tokenizers.WordPieceTokenizer.from_vocab(vocab)
   assert (len(tiny), tiny.start_id, tiny.end_id) == (7, 4, 5)
   assert tiny.encode("Hearts lungs") == [4, 2, 3, 1, 5] and tiny.decode([4, 2, 3, 1, 5]) == "hearts [UNK]"
   bpe = tmp_path / "bpe.json"
   bpe.write_text(hf_tokenizers.Tokenizer(hf_tokenizers.models.BPE()).to_str())
-  with pytest.raises(text.VocabularyFileError, match="bpe.json: a BPE model, expected WordPiece"):
-    text.load(bpe)
+  with pytest.raises(tokenizers.VocabularyFileError, match="bpe.json: a BPE model, expected WordPiece"):
+    tokenizers.load(bpe)
 
 
 @pytest.mark.parametrize("kind", ["words", "wordpiece"])
 def test_every_tokenizer_keeps_the_interface(kind, wordpiece):
-  tokenizer = (text.WordVocabulary.build(["heart normal .", "lungs clear ."], min_count=1)
+  tokenizer = (tokenizers.WordVocabulary.build(["heart normal .", "lungs clear ."], min_count=1)
                if kind == "words" else wordpiece)
   report = "heart normal . lungs clear ."
   ids = tokenizer.encode(report)

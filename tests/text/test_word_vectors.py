@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 
-from cxrjax import text
+from cxrjax.text import tokenizers
 from cxrjax.text import word_vectors
 
 GLOVE_FIXTURE = "text/glove.6B.50d.first76.txt"
 
 
 def _vocabulary(*words):
-  return text.WordVocabulary(tokens=text.SPECIAL_TOKENS + tuple(words))
+  return tokenizers.WordVocabulary(tokens=tokenizers.SPECIAL_TOKENS + tuple(words))
 
 
 def _fixture_rows(path):
@@ -41,7 +41,7 @@ def test_glove_fixture_rows_land_on_their_words_including_non_ascii_tokens(share
   assert stats.coverage == pytest.approx(4 / 7)
   assert "4 of 7" in stats.summary() and "cardiomegaly" in stats.summary()
   # Special tokens other than <pad> are random rows, not zeros, and not counted as missing.
-  for token in (text.UNK, text.START, text.END):
+  for token in (tokenizers.UNK, tokenizers.START, tokenizers.END):
     assert np.abs(matrix[vocabulary.token_id(token)]).sum() > 0
   # The size is read from the file when not given.
   same, _ = word_vectors.load_word_vectors(path, vocabulary)

@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from cxrjax.data import splits as split_lib
+from cxrjax.errors import UserError
 
 # CheXNet's class order (Rajpurkar et al. 2017): the 14 findings of ChestX-ray14.
 FINDINGS = (
@@ -76,7 +77,7 @@ _AGE = re.compile(r"(\d+)Y?")  # v2020 and Kaggle: "58"; an early release wrote 
 _MAX_EXAMPLES = 5
 
 
-class ChestXray14FormatError(ValueError):
+class ChestXray14FormatError(UserError):
   """A ChestX-ray14 source file that cannot be used; the message names the file (and line)."""
 
 

@@ -57,6 +57,7 @@ import tarfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
+from cxrjax.errors import UserError
 
 LAYOUTS = ("openi", "kaggle", "r2gen")
 SECTIONS = ("findings", "impression", "indication", "comparison")
@@ -75,7 +76,7 @@ _SPREADSHEET_ERRORS = ("#NAME?", "#VALUE!", "#REF!")
 _OPENI_IMAGE_ID = re.compile(r"CXR(\d+)(?:_\d+)?_(IM-.+)")
 
 
-class IUXrayFormatError(ValueError):
+class IUXrayFormatError(UserError):
   """A source file of IU X-ray that cannot be parsed; the message names the file."""
 
 
