@@ -1,4 +1,5 @@
-"""AG-CNN's three stages through the shared trainer, on the phantom set's finding labels."""
+"""The classification task: AG-CNN's three stages through the shared trainer (phantom finding labels),
+evaluation with AUROC and predictions.csv, and the real ChestX-ray14 images end to end."""
 
 import json
 
@@ -6,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from cxrjax import cli, evaluate, train
+from cxrjax import cli, train, workdir as workdir_lib
+from cxrjax.errors import ConfigError
 from configs import chestxray14_agcnn
 
 
@@ -15,22 +17,22 @@ def stages(tmp_path_factory):
   root = tmp_path_factory.mktemp("agcnn")
   previous = ""
   for stage in (1, 2, 3):
-    config = chestxray14_agcnn.get_config(f"smoke,stage={stage}")
-    config.model.init_from = previous
+    config = chestxray14_agcnn.get_config(f"smoke,phantom,stage={stage}")
+    config.init.from_workdir = previous
     scores = train.train_and_evaluate(config, root / f"stage{stage}")
     assert 0.0 <= scores["mean_AUROC"] <= 1.0
     previous = str(root / f"stage{stage}")
   return root
 
 
-def _state(workdir, checkpoint=train.LATEST):
-  return jax.device_get(evaluate.load_run(workdir, checkpoint)[3])
+def _state(workdir, checkpoint=workdir_lib.LATEST):
+  return jax.device_get(workdir_lib.load_run(workdir, checkpoint).state)
 
 
 def test_each_stage_trains_only_its_branch(stages):
   one, two, three = (_state(stages / f"stage{i}") for i in (1, 2, 3))
-  start_two = jax.device_get(evaluate.load_run(stages / "stage1", train.BEST)[3])
-  start_three = jax.device_get(evaluate.load_run(stages / "stage2", train.BEST)[3])
+  start_two = _state(stages / "stage1", workdir_lib.BEST)
+  start_three = _state(stages / "stage2", workdir_lib.BEST)
   # Stage 2 starts from stage 1's best state and leaves the global branch as it was.
   jax.tree.map(np.testing.assert_array_equal, two.params["global_branch"], start_two.params["global_branch"])
   jax.tree.map(np.testing.assert_array_equal, two.batch_stats["global_branch"],
@@ -46,9 +48,9 @@ def test_each_stage_trains_only_its_branch(stages):
 
 
 def test_stage_must_start_from_an_earlier_stage(stages, tmp_path):
-  config = chestxray14_agcnn.get_config("smoke,stage=2")
-  config.model.init_from = str(stages / "stage3")
-  with pytest.raises(ValueError, match="stage 3"):
+  config = chestxray14_agcnn.get_config("smoke,phantom,stage=2")
+  config.init.from_workdir = str(stages / "stage3")
+  with pytest.raises(ConfigError, match="stage 3"):
     train.train_and_evaluate(config, tmp_path)
 
 
@@ -61,23 +63,21 @@ def test_evaluate_writes_auroc_and_a_predictions_csv(stages, capsys):
   lines = (stages / "stage3/eval/test/predictions.csv").read_text().splitlines()
   assert lines[0] == "Image Index," + ",".join(f"prob_{n}" for n in
                                                 ("Cardiomegaly", "Effusion", "Pneumothorax", "Opacity", "Nodule"))
-  assert len(lines) == 1 + chestxray14_agcnn.get_config("smoke").data.num_test
+  assert len(lines) == 1 + chestxray14_agcnn.get_config("smoke,phantom").data.num_test
 
 
 from tests.data.test_chestxray14 import label_lines, manual_dir  # noqa: E402,F401  (fixtures)
 
 
 def test_real_chestxray14_images_prepare_train_evaluate_and_score(manual_dir, tmp_path, capsys):
-  """The whole ChestX-ray14 path on the 15 real images: prepare, stage-1 training, evaluation, and
-  `cxrjax auroc` on the written predictions against the label file."""
+  """The whole ChestX-ray14 path on the 15 real images, through the command line as a user types it:
+  prepare, stage-1 training (smoke), evaluation, and `cxrjax auroc` on the written predictions against
+  the real label file."""
   assert cli.main(["prepare", "chestxray14", "--manual-dir", str(manual_dir), "--data-dir",
                    str(tmp_path / "data"), "--split", "random"]) == 0
   capsys.readouterr()
-  config = chestxray14_agcnn.get_config("smoke,stage=1,split=random,classes=14")
-  config.data.update(name="chestxray14", data_dir=str(tmp_path / "data"), num_views=1)
-  config.model.num_classes = 14
-  config.train.batch_size = 8
-  train.train_and_evaluate(config, tmp_path / "run")
+  assert cli.main(["train", "--config=configs/chestxray14_agcnn.py:stage=1,smoke,split=random,classes=14",
+                   f"--workdir={tmp_path / 'run'}", f"--config.data.data_dir={tmp_path / 'data'}"]) == 0
   assert cli.main(["evaluate", "--workdir", str(tmp_path / "run"), "--split", "test"]) == 0
   capsys.readouterr()
   predictions = tmp_path / "run/eval/test/predictions.csv"

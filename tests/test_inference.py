@@ -1,0 +1,113 @@
+"""The predictor of cxrjax/inference.py through its commands: `predict` (a study's report and attention
+maps), `classify` (ported CheXNet weights) and `predict-agcnn` (tests/tasks/test_classification.py)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrjax import cli, inference, train
+from cxrjax.data import phantom
+from cxrjax.models.encoders import densenet
+from cxrjax.weights import chexnet
+from configs import demo
+
+TINY = densenet.DenseNetConfig(block_sizes=(1, 1), growth_rate=4, stem_features=8, num_classes=14)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("run")
+  train.train_and_evaluate(demo.get_config("smoke"), workdir)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def study_files(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("study")
+  record = phantom.generate_study(3, phantom.PhantomConfig(image_size=48))
+  paths = []
+  for view, image in zip(record["views"], record["images"]):
+    Image.fromarray(image).save(folder / f"{view}.png")
+    paths.append(str(folder / f"{view}.png"))
+  return paths
+
+
+def test_predict_writes_one_map_per_generated_token_and_a_summary(smoke_run, study_files, tmp_path, capsys):
+  status = cli.main(["predict", "--workdir", str(smoke_run), "--attention-maps", str(tmp_path / "maps"),
+                     *study_files])
+  assert status == 0
+  result = json.loads(capsys.readouterr().out)
+  assert result["report"], "the smoke model writes some words (deterministic: same seed, same data)"
+  assert result["report"] == inference.Predictor.from_workdir(smoke_run).tokenizer.decode(result["tokens"])
+  maps = result["attention_maps"]
+  assert len(maps) == len(result["tokens"]) + 1 and maps[-1].endswith("summary.png")
+  first = np.asarray(Image.open(maps[0]))
+  assert first.ndim == 3 and first.shape[1] == 2 * first.shape[0] - 32  # Two views side by side.
+
+
+def test_attention_maps_are_distributions_over_both_views(smoke_run, study_files):
+  predictor = inference.Predictor.from_workdir(smoke_run)
+  images, _ = predictor.load_views(study_files)
+  tokens = np.array([predictor.tokenizer.token_id(w) for w in "the heart is normal".split()], np.int32)
+  maps = predictor.attention(images, tokens)
+  assert maps.shape[:2] == (4, 2)
+  np.testing.assert_allclose(maps.sum(axis=(1, 2, 3)), 1.0, rtol=1e-5)
+
+
+def test_empty_report_has_no_maps_and_says_why(smoke_run, study_files, tmp_path, monkeypatch):
+  predictor = inference.Predictor.from_workdir(smoke_run)
+  end = predictor.tokenizer.end_id
+  monkeypatch.setattr(predictor, "generate", lambda images: np.full((1, 5), end, np.int32))
+  result = predictor.predict_report(study_files, attention_dir=str(tmp_path / "maps"))
+  assert result["report"] == "" and result["tokens"] == []
+  assert result["attention_maps"] == "none: the generated report is empty"
+  assert not (tmp_path / "maps").exists()
+
+
+def test_single_view_is_repeated_and_bad_files_are_named(smoke_run, study_files, tmp_path, capsys):
+  predictor = inference.Predictor.from_workdir(smoke_run)
+  images, _ = predictor.load_views(study_files[:1])
+  assert images.shape == (1, 2, 32, 32, 3)
+  np.testing.assert_array_equal(images[0, 0], images[0, 1])
+  assert cli.main(["predict", "--workdir", str(smoke_run), str(tmp_path / "absent.png")]) == 2
+  assert "absent.png: image file not found" in capsys.readouterr().err
+  assert cli.main(["predict", "--workdir", str(smoke_run), *study_files, study_files[0]]) == 2
+  assert "got 3 image files" in capsys.readouterr().err
+  assert cli.main(["predict", "--workdir", str(tmp_path / "not_a_run"), *study_files]) == 2
+  error = capsys.readouterr().err
+  assert "not_a_run" in error and "Traceback" not in error
+
+
+def test_classify_reports_bad_images_and_classifies_the_rest(tmp_path, shared_data, capsys):
+  variables = densenet.DenseNet(TINY).init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+  chexnet.save_chexnet(tmp_path / "weights", variables, TINY, source={"format": "test"})
+  real = sorted((shared_data / "nih_chestxray14" / "images").glob("*.png"))[:3]
+  corrupt = tmp_path / "corrupt.png"
+  corrupt.write_bytes(b"garbage")
+  missing = tmp_path / "missing.png"
+  sixteen = tmp_path / "sixteen.png"
+  Image.fromarray(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 8).save(sixteen)
+  paths = [str(real[0]), str(corrupt), str(real[1]), str(missing), str(real[2]), str(sixteen)]
+
+  status = cli.main(["classify", "--weights", str(tmp_path / "weights"), "--batch-size", "2",
+                     "--image-size", "64", *paths])
+  captured = capsys.readouterr()
+  assert status == 1
+  lines = [json.loads(line) for line in captured.out.splitlines()]
+  assert [line["image"] for line in lines] == [paths[0], paths[2], paths[4], paths[5]]
+  for line in lines:
+    assert list(line["probabilities"]) == list(densenet.CHEXNET_CLASSES)
+    assert all(0.0 < p < 1.0 for p in line["probabilities"].values())
+  assert "corrupt.png: cannot decode" in captured.err
+  assert "missing.png: image file not found" in captured.err
+  assert "2 of 6 images could not be read" in captured.err
+
+  # The same image gives the same probabilities whichever batch it lands in.
+  status = cli.main(["classify", "--weights", str(tmp_path / "weights"), "--image-size", "64", paths[4]])
+  alone = json.loads(capsys.readouterr().out)
+  assert status == 0
+  assert alone["probabilities"] == lines[2]["probabilities"]
