@@ -1,6 +1,6 @@
 r"""AG-CNN (seed 004, "Diagnose like a Radiologist") on ChestX-ray14, one stage per run.
 
-  cxrjax prepare chestxray14 --manual-dir=$NIH --data-dir=$DATA
+  cxrjax prepare chestxray14 --manual-dir=$NIH --data-dir=$DATA --split=random
   cxrjax port-weights --format=torch model.pth.tar weights/chexnet            # optional start point
   cxrjax train --config=configs/chestxray14_agcnn.py:stage=1 --workdir=workdirs/agcnn1 \
       --config.data.data_dir=$DATA --config.init.encoder=weights/chexnet
@@ -60,8 +60,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                                               pneumothorax=0.5, opacity=0.5, nodule=0.5))
     config.model.num_classes = 5
   if arg.smoke:
-    config.model.update(encoder=config_lib.smoke_encoder(), crop_size=32)
-    config.data.update(image_size=32, read_threads=0)
+    config.model.update(encoder=config_lib.smoke_chexnet_encoder(), crop_size=64)
+    config.data.update(image_size=64, read_threads=0)
     config.train.update(batch_size=8, num_steps=4, log_every=2, eval_every=4, checkpoint_every=2)
     config.optimizer.update(decay_every_steps=2, learning_rate=1e-3)
     config.eval.update(batch_size=8)

@@ -56,6 +56,14 @@ def smoke_encoder() -> dict:
   return dict(densenet.tiny_config(), preprocessing=dict(IMAGENET_PREPROCESSING))
 
 
+def smoke_chexnet_encoder() -> dict:
+  """The DenseNet of the CheXNet configs' smoke variants: DenseNet-121's layout (four blocks, growth 32,
+  stem 64, Keras batch-norm epsilon) with one layer per block, so that `cxrjax port-weights` files of the
+  same layout load into it, at a fraction of the compute."""
+  return dict(block_sizes=(1, 1, 1, 1), growth_rate=32, stem_features=64, bn_epsilon=1.001e-5,
+              preprocessing=dict(IMAGENET_PREPROCESSING))
+
+
 def adamw(learning_rate: float, warmup_steps: int, param_groups=TRAINED_EVERYWHERE, **overrides) -> dict:
   """The report generators' optimizer: AdamW, warm-up then cosine decay, global-norm clipping 1."""
   return dict(dict(name="adamw", learning_rate=learning_rate, schedule="cosine", warmup_steps=warmup_steps,
@@ -75,7 +83,7 @@ def iu_xray_experiment(arg: ml_collections.ConfigDict, model: dict, smoke_model:
   Args:
     arg: parsed arguments with `split` ("random" or "r2gen"), `tpu` and `smoke`.
     model: the model section (its DenseNet-121 encoder included).
-    smoke_model: model fields replaced in the smoke variant (the encoder becomes `smoke_encoder()`).
+    smoke_model: model fields replaced in the smoke variant (the encoder becomes `smoke_chexnet_encoder()`).
     param_groups: the optimizer's (default: CheXNet frozen, the rest trained).
   """
   config = ml_collections.ConfigDict()
@@ -98,8 +106,8 @@ def iu_xray_experiment(arg: ml_collections.ConfigDict, model: dict, smoke_model:
     config.optimizer.learning_rate = 3e-3
     config.eval.batch_size = 256
   if arg.smoke:
-    config.model.update(encoder=smoke_encoder(), **smoke_model)
-    config.data.image_size = 32
+    config.model.update(encoder=smoke_chexnet_encoder(), **smoke_model)
+    config.data.image_size = 64
     config.train.update(batch_size=8, num_steps=4, log_every=2, eval_every=4, checkpoint_every=2)
     config.optimizer.warmup_steps = 1
     config.decode.max_length = 16

@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 
 from configs import demo, iu_xray_cam
-from tests import captioner_checks
-from cxrjax import evaluate, models, train
-from cxrjax.models import cam_captioner as context
+from cxrjax import evaluate, inference, models, optim, train, workdir
+from cxrjax.models import cam_captioner
 from cxrjax.models.encoders import densenet
+from cxrjax.models.encoders.context_aggregation import ContextAggregation
+from tests.models import captioner_checks
 
-TINY = densenet.DenseNetConfig(block_sizes=(1, 1), growth_rate=4, stem_features=8, num_classes=0)
-VOCAB = 11
+TINY = densenet.config_from_section(densenet.tiny_config())
+VOCABULARY = captioner_checks.word_vocabulary(tuple(f"word{i}" for i in range(7)))
 
 
 def _conv(x, kernel, bias):
@@ -61,7 +62,7 @@ def _oracle(feature_map, params, stats, factor, eps=1e-5):
 
 @pytest.mark.parametrize("size, factor", [(7, 2), (4, 2), (7, 3)])
 def test_context_aggregation_matches_a_loop_by_loop_oracle(size, factor):
-  module = context.ContextAggregation(features=5, pool_factor=factor)
+  module = ContextAggregation(features=5, pool_factor=factor)
   feature_map = jax.random.uniform(jax.random.key(0), (2, size, size, 3))
   variables = module.init(jax.random.key(1), feature_map)
   # Non-trivial batch-norm parameters and running statistics, so that every term is exercised.
@@ -77,10 +78,10 @@ def test_context_aggregation_matches_a_loop_by_loop_oracle(size, factor):
 
 
 def test_batch_norms_train_in_train_mode_and_eval_is_per_study():
-  model = context.CAMCaptioner(vocab_size=VOCAB, encoder=TINY, freeze_encoder=True, region_dim=16,
-                               embed_dim=8, hidden_dim=16, attention_dim=16, context_dim=8)
+  model = cam_captioner.CAMCaptioner(vocab_size=len(VOCABULARY), encoder=TINY, freeze_encoder=True,
+                                     region_dim=16, embed_dim=8, hidden_dim=16, attention_dim=16, context_dim=8)
   images = jax.random.normal(jax.random.key(0), (4, 2, 32, 32, 3))
-  tokens = jnp.array([[2, 5, 6, 3]] * 4, jnp.int32)
+  tokens = jnp.asarray(captioner_checks.framed(VOCABULARY, [[5, 6]] * 4, 4))
   variables = model.init(jax.random.key(1), images, tokens)
   _, updates = model.apply(variables, images, tokens, train=True, rngs={"dropout": jax.random.key(2)},
                            mutable=["batch_stats"])
@@ -95,9 +96,9 @@ def test_batch_norms_train_in_train_mode_and_eval_is_per_study():
 
 @pytest.fixture(scope="module")
 def model_and_variables():
-  model = context.CAMCaptioner(vocab_size=VOCAB, encoder=TINY, freeze_encoder=False, region_dim=16,
-                               embed_dim=8, hidden_dim=16, attention_dim=16, context_dim=8,
-                               initial_state="pooled")
+  model = cam_captioner.CAMCaptioner(vocab_size=len(VOCABULARY), encoder=TINY, freeze_encoder=False,
+                                     region_dim=16, embed_dim=8, hidden_dim=16, attention_dim=16, context_dim=8,
+                                     initial_state="pooled")
   images = jax.random.normal(jax.random.key(0), (3, 2, 32, 32, 3))
   variables = model.init(jax.random.key(1), images, jnp.zeros((3, 5), jnp.int32))
   params = jax.tree.map(lambda x: x, variables["params"])
@@ -107,7 +108,7 @@ def model_and_variables():
 
 def test_teacher_forcing_equals_stepping_decode_step(model_and_variables):
   model, variables, images = model_and_variables
-  tokens = jnp.array([[2, 5, 6, 7, 3, 0], [2, 8, 3, 0, 0, 0], [2, 4, 4, 4, 4, 4]], jnp.int32)
+  tokens = jnp.asarray(captioner_checks.framed(VOCABULARY, [[5, 6, 7], [8], [4] * 5], 6))
   outputs = model.apply(variables, images, tokens)
   memory = model.apply(variables, images, method="encode")
   # 32 px through the two-block encoder (stride 8): 4x4 maps per view, so 32 regions of region_dim.
@@ -116,7 +117,8 @@ def test_teacher_forcing_equals_stepping_decode_step(model_and_variables):
   cache = model.apply(variables, memory, method="init_cache")
   stepped, weights = [], []
   for position in range(tokens.shape[1]):
-    logits, cache, attention = model.apply(variables, tokens[:, position], cache, method="decode_step")
+    logits, cache, attention = model.apply(variables, tokens[:, position], cache, jnp.int32(position),
+                                           method="decode_step")
     stepped.append(logits)
     weights.append(attention)
   np.testing.assert_allclose(np.stack(stepped, axis=1), outputs["logits"], atol=1e-5)
@@ -124,12 +126,14 @@ def test_teacher_forcing_equals_stepping_decode_step(model_and_variables):
 
 
 def test_greedy_equals_beam_of_one(model_and_variables):
-  captioner_checks.assert_greedy_equals_beam_of_one(*model_and_variables)
+  captioner_checks.assert_greedy_equals_beam_of_one(*model_and_variables, VOCABULARY)
+
 
 def test_iu_xray_config_gives_98_regions_of_512_at_224():
   config = iu_xray_cam.get_config()
-  model = models.build_model(config.model, 100)
-  assert isinstance(model, context.CAMCaptioner) and model.pool_factor == 2
+  model = models.build(config.model, 100, optim.frozen_predicate(config.optimizer))
+  assert isinstance(model, cam_captioner.CAMCaptioner) and model.pool_factor == 2
+  assert model.freeze_encoder and model.initial_state == "zeros"  # Frozen CheXNet, as the seed.
   images = jax.ShapeDtypeStruct((1, 2, 224, 224, 3), jnp.float32)
   tokens = jax.ShapeDtypeStruct((1, 5), jnp.int32)
   variables = jax.eval_shape(model.init, jax.random.key(0), images, tokens)  # Traced, not compiled.
@@ -143,19 +147,20 @@ def test_smoke_training_and_evaluation(tmp_path):
   config = demo.get_config("smoke,model=cam")
   assert config.model.name == "cam_captioner"
   train.train_and_evaluate(config, tmp_path)
-  output = evaluate.run_evaluation(tmp_path, "test", meteor=False)
+  output = evaluate.evaluate(str(tmp_path), "test", meteor=False)
   assert output["scores"]["num_studies"] == config.data.num_test
-  assert 0.0 <= output["scores"]["BLEU-4"] <= 1.0 and output["blind_baseline"]["report"]
-  _, _, _, state = evaluate.load_run(tmp_path, train.LATEST)
+  assert 0.0 <= output["scores"]["BLEU-4"] <= 1.0 and output["baselines"]["most_common_report"]["report"]
+  state = workdir.load_run(tmp_path, workdir.LATEST).state
   assert int(state.step) == config.train.num_steps
   # The context flow's batch norm kept its updates: its running mean left the initial zeros.
   assert np.abs(state.batch_stats["context"]["global_flow"]["norm"]["mean"]).max() > 0
   # predict draws the CAM model's attention over both views' regions.
-  from cxrjax import predict
-  config_run, model, vocabulary, state = evaluate.load_run(tmp_path)
+  predictor = inference.Predictor.from_workdir(str(tmp_path))
   paths = captioner_checks.write_phantom_study(tmp_path / "study")
-  images, _ = predict.load_study(paths, config_run.data.image_size)
-  words, maps = predict.attention_maps(model, state, images, "the heart is normal", vocabulary)
-  assert words == ["the", "heart", "is", "normal"] and maps.shape[:2] == (4, 2)
+  images, _ = predictor.load_views(paths)
+  words = "the heart is normal"
+  tokens = np.array(predictor.tokenizer.encode(words)[1:-1], np.int32)
+  assert predictor.tokenizer.decode(tokens) == words
+  maps = predictor.attention(images, tokens)
+  assert maps.shape[:2] == (4, 2)
   np.testing.assert_allclose(maps.sum(axis=(1, 2, 3)), 1.0, rtol=1e-5)
-

@@ -95,7 +95,7 @@ def test_predict_agcnn_draws_where_the_model_looked(stages, shared_data, tmp_pat
                    str(image)]) == 0
   result = json.loads(capsys.readouterr().out)
   y0, x0, y1, x1 = result["box"]
-  assert 0 <= y0 < y1 <= 32 and 0 <= x0 < x1 <= 32
+  assert 0 <= y0 < y1 <= 64 and 0 <= x0 < x1 <= 64
   assert set(result["probabilities"]) == {"Cardiomegaly", "Effusion", "Pneumothorax", "Opacity", "Nodule"}
   from PIL import Image
   figure = Image.open(result["figure"])

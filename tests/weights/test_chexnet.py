@@ -21,7 +21,7 @@ from cxrjax import cli
 from cxrjax.data import images as image_io
 from cxrjax.models.encoders import densenet
 from cxrjax.weights import chexnet, store
-from tests import torch_densenet
+from tests.weights import torch_densenet
 
 TINY_TORCH = dict(block_sizes=(1, 2), growth_rate=4, stem_features=8, num_classes=14)
 
