@@ -1,6 +1,6 @@
 """Crops/s of AG-CNN's attention-guided crop: the batched jitted JAX crop beside the seed's loop.
 
-  jax_jit:        agcnn.attention_crop over the whole batch in one jitted call (heatmap, resize,
+  jax_jit:        ops.attention_crop.attention_crop over the whole batch in one jitted call (heatmap, resize,
                   threshold, connected components, largest region, box, bilinear crop resize)
   seed_loop:      seed 004's get_local_images, per image in Python: numpy L1 heatmap, min-max,
                   bilinear up-sampling, threshold, skimage.measure.label, one `sum(labels == k)`
@@ -34,9 +34,9 @@ import numpy as np
 from PIL import Image
 from skimage.measure import label, regionprops
 
-from cxrjax.data import images as image_lib
-from cxrjax.models import agcnn
+from cxrjax.data import transforms
 from cxrjax.models.encoders import densenet
+from cxrjax.ops import attention_crop, connected_components
 
 FIXTURE_IMAGES = pathlib.Path(__file__).resolve().parents[2] / "shared/data/nih_chestxray14/images"
 
@@ -104,7 +104,7 @@ def main() -> None:
   parser.add_argument("--batch-size", type=int, default=32)
   parser.add_argument("--image-size", type=int, default=224)
   parser.add_argument("--channels", type=int, default=1024)
-  parser.add_argument("--threshold", type=float, default=agcnn.DEFAULT_THRESHOLD)
+  parser.add_argument("--threshold", type=float, default=attention_crop.DEFAULT_THRESHOLD)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--feature-maps", choices=("random", "densenet"), default="random")
   args = parser.parse_args()
@@ -113,7 +113,8 @@ def main() -> None:
   paths = sorted(FIXTURE_IMAGES.glob("*.png"))
   if not paths:
     raise SystemExit(f"no fixture images in {FIXTURE_IMAGES}")
-  real = np.stack([image_lib.load_for_model(path, size) for path in paths])
+  preprocessing = transforms.Preprocessing(image_size=size)
+  real = np.stack([transforms.load_for_model(path, preprocessing) for path in paths])
   images = real[np.arange(batch) % len(real)]
   if args.feature_maps == "random":
     rng = np.random.default_rng(0)
@@ -125,7 +126,7 @@ def main() -> None:
     variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, size, size, 3)))
     feature_maps = np.asarray(jax.jit(model.apply)(variables, jnp.asarray(images))["feature_map"])
 
-  crop = jax.jit(lambda x, f: agcnn.attention_crop(x, f, args.threshold, size))
+  crop = jax.jit(lambda x, f: attention_crop.attention_crop(x, f, args.threshold, size))
   device_images, device_maps = jax.device_put(images), jax.device_put(feature_maps)
   start = time.perf_counter()
   jax.block_until_ready(crop(device_images, device_maps))
@@ -137,7 +138,7 @@ def main() -> None:
   # Same answers: the loops' crops beside ours (the seed's argwhere of mask * image can only
   # shrink a box where a normalised pixel is exactly 0).
   ours = crop(device_images, device_maps)
-  _, rounds = jax.jit(lambda m: agcnn.label_components(m, return_iterations=True))(ours.heatmaps > args.threshold)
+  _, rounds = jax.jit(lambda m: connected_components.label_components(m, return_iterations=True))(ours.heatmaps > args.threshold)
   heatmaps = np.asarray(ours.heatmaps)
   regions = [label(h > args.threshold, connectivity=2).max() for h in heatmaps]
   difference = float(np.abs(np.asarray(ours.crops) - numpy_loop(feature_maps, images, args.threshold, size)).max())

@@ -14,7 +14,6 @@ steps/s of the attention captioner: the demo config, and the IU X-ray config (fr
 import argparse
 import pathlib
 import sys
-import functools
 import json
 import os
 import time
@@ -25,12 +24,17 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # For configs/.
 
-from cxrjax import decoding, models, tasks, train
-from cxrjax.models import attention_captioner as captioner
+from cxrjax import decoding, models, train, workdir
+from cxrjax.data import datasets
 from cxrjax.text import tokenizers
 
-# The benchmark decodes with an IU X-ray word vocabulary (--vocab words); these are its ids.
-words = tokenizers.WordVocabulary
+
+def word_vocabulary(size: int) -> tokenizers.WordVocabulary:
+  """A word vocabulary of `size` tokens (special tokens included): only its size and ids matter here."""
+  if size <= len(tokenizers.SPECIAL_TOKENS):
+    raise SystemExit(f"--vocab must exceed the {len(tokenizers.SPECIAL_TOKENS)} special tokens, got {size}")
+  words = tuple(f"word{i}" for i in range(size - len(tokenizers.SPECIAL_TOKENS)))
+  return tokenizers.WordVocabulary(tokens=tokenizers.SPECIAL_TOKENS + words)
 
 
 def _best_time(fn, repeats: int) -> float:
@@ -44,7 +48,7 @@ def _best_time(fn, repeats: int) -> float:
 
 
 def _decoder_and_memory(config, vocab_size: int, batch: int):
-  model = models.build_model(config.model, vocab_size)
+  model = models.build(config.model, vocab_size)
   regions = 2 * (config.data.image_size // 32) ** 2
   rng = jax.random.key(0)
   images = jnp.zeros((1, 2, config.data.image_size, config.data.image_size, 3))
@@ -57,18 +61,18 @@ def _decoder_and_memory(config, vocab_size: int, batch: int):
   return model, variables, memory
 
 
-def compiled_beam_search(model, variables, memory, beam: int, length: int):
+def compiled_beam_search(model, variables, memory, tokenizer, beam: int, length: int):
   @jax.jit
   def search(variables, memory):
     cache = model.apply(variables, memory, method="init_cache")
-
-    tokens, _ = decoding.beam_search(captioner.decoder_step_fn(model, variables), cache, start_id=words.start_id, end_id=words.end_id,
-                                     max_length=length, beam_size=beam)
+    tokens, _ = decoding.beam_search(model.decoder_step_fn(variables), cache, start_id=tokenizer.start_id,
+                                     end_id=tokenizer.end_id, pad_id=tokenizer.pad_id, max_length=length,
+                                     beam_size=beam)
     return tokens
   return lambda: search(variables, memory).block_until_ready()
 
 
-def host_loop_beam_search(model, variables, memory, beam: int, length: int):
+def host_loop_beam_search(model, variables, memory, tokenizer, beam: int, length: int):
   """Beam search driven from Python: one jitted call per token, a host check for early stopping."""
   batch = memory["regions"].shape[0]
 
@@ -77,44 +81,46 @@ def host_loop_beam_search(model, variables, memory, beam: int, length: int):
     cache = model.apply(variables, memory, method="init_cache")
     cache = jax.tree.map(lambda x: jnp.repeat(x, beam, axis=0), cache)  # [batch * beam, ...]
     log_probs = jnp.tile(jnp.array([0.0] + [-jnp.inf] * (beam - 1)), (batch, 1))  # [batch, beam]
-    tokens = jnp.full((batch * beam,), words.start_id, jnp.int32)
+    tokens = jnp.full((batch * beam,), tokenizer.start_id, jnp.int32)
     return tokens, cache, log_probs, jnp.zeros((batch, beam), bool)
 
   @jax.jit
-  def one_token(variables, tokens, cache, log_probs, finished):
-    logits, cache, _ = model.apply(variables, tokens, cache, method="decode_step")
+  def one_token(variables, tokens, cache, position, log_probs, finished):
+    logits, cache = model.decoder_step_fn(variables)(tokens, cache, position)
     vocab = logits.shape[-1]
     step_log_probs = jax.nn.log_softmax(logits).reshape(batch, beam, vocab)  # [batch, beam, vocab]
     # Finished beams only extend with <pad> at no cost.
-    frozen = jnp.full((vocab,), -jnp.inf).at[words.pad_id].set(0.0)
+    frozen = jnp.full((vocab,), -jnp.inf).at[tokenizer.pad_id].set(0.0)
     step_log_probs = jnp.where(finished[..., None], frozen, step_log_probs)
     candidates = (log_probs[..., None] + step_log_probs).reshape(batch, beam * vocab)
     log_probs, flat = jax.lax.top_k(candidates, beam)  # [batch, beam]
     parents, new_tokens = flat // vocab, flat % vocab
     rows = (jnp.arange(batch)[:, None] * beam + parents).reshape(-1)  # [batch * beam]
     cache = jax.tree.map(lambda x: x[rows], cache)
-    finished = jnp.take_along_axis(finished, parents, axis=1) | (new_tokens == words.end_id)
+    finished = jnp.take_along_axis(finished, parents, axis=1) | (new_tokens == tokenizer.end_id)
     return new_tokens.reshape(-1).astype(jnp.int32), cache, log_probs, finished, parents, new_tokens
 
   def run():
     tokens, cache, log_probs, finished = init(variables, memory)
-    for _ in range(length):
-      tokens, cache, log_probs, finished, _, _ = one_token(variables, tokens, cache, log_probs, finished)
+    for position in range(length):
+      tokens, cache, log_probs, finished, _, _ = one_token(variables, tokens, cache, np.int32(position),
+                                                           log_probs, finished)
       if bool(finished.all()):  # The host sync a Python-driven decoder needs to stop early.
         break
     jax.block_until_ready(log_probs)
   return run
 
 
-def training_steps_per_second(config, vocab_size: int, steps: int) -> float:
-  model = models.build_model(config.model, vocab_size)
-  task = tasks.make_task(config)
-  tx_fn = functools.partial(train.make_optimizer, config, frozen_prefixes=task.frozen_prefixes())
-  state = jax.jit(lambda r: train.init_state(model, task, tx_fn, r))(jax.random.key(0))
-  step = jax.jit(train.make_train_step(model, task, tx_fn(state.params), 0), donate_argnums=0)
-  size, batch = config.data.image_size, config.train.batch_size
-  data = {"images": np.random.default_rng(0).standard_normal((batch, 2, size, size, 3)).astype(np.float32),
-          "tokens": np.random.default_rng(1).integers(4, vocab_size, (batch, config.data.max_length)).astype(np.int32)}
+def training_steps_per_second(config, tokenizer, steps: int) -> float:
+  """Steps/s of the trainer's jitted step (train.make_train_step) on one fixed random batch."""
+  components = workdir.build(config, tokenizer)
+  state = jax.jit(lambda rng: workdir.init_state(components, rng))(jax.random.key(0))
+  tx = components.make_optimizer(state.params)
+  step = jax.jit(train.make_train_step(components, tx, config.train.seed, tokenizer), donate_argnums=0)
+  size, batch, views = config.data.image_size, config.train.batch_size, config.data.num_views
+  data = {"images": np.random.default_rng(0).standard_normal((batch, views, size, size, 3)).astype(np.float32),
+          "tokens": np.random.default_rng(1).integers(len(tokenizers.SPECIAL_TOKENS), len(tokenizer),
+                                                      (batch, config.data.max_length)).astype(np.int32)}
   state, metrics = step(state, data)  # Compile.
   jax.block_until_ready(metrics)
   start = time.perf_counter()
@@ -136,14 +142,17 @@ def main() -> None:
   from configs import demo, iu_xray_attention
   machine = {"device": jax.devices()[0].device_kind, "platform": jax.default_backend(),
              "cpu_count": os.cpu_count(), "jax": jax.__version__}
+  iu_tokenizer = word_vocabulary(args.vocab)
 
   config = iu_xray_attention.get_config()
   results = {"benchmark": "beam_search", "beam": args.beam, "max_length": args.length, "vocab": args.vocab}
   # The requested batch, and one study at a time (interactive use, where per-token overheads show).
   for batch in sorted({args.batch, 1}, reverse=True):
-    model, variables, memory = _decoder_and_memory(config, args.vocab, batch)
-    compiled = _best_time(compiled_beam_search(model, variables, memory, args.beam, args.length), args.repeats)
-    host = _best_time(host_loop_beam_search(model, variables, memory, args.beam, args.length), args.repeats)
+    model, variables, memory = _decoder_and_memory(config, len(iu_tokenizer), batch)
+    compiled = _best_time(compiled_beam_search(model, variables, memory, iu_tokenizer, args.beam, args.length),
+                          args.repeats)
+    host = _best_time(host_loop_beam_search(model, variables, memory, iu_tokenizer, args.beam, args.length),
+                      args.repeats)
     results.update({f"batch{batch}_compiled_reports_per_s": round(batch / compiled, 2),
                     f"batch{batch}_host_loop_reports_per_s": round(batch / host, 2),
                     f"batch{batch}_speedup": round(host / compiled, 2)})
@@ -151,12 +160,17 @@ def main() -> None:
 
   results = {"benchmark": "attention_captioner_training", "unit": "steps/s"}
   demo_config = demo.get_config()
-  results["demo_steps_per_s"] = round(training_steps_per_second(demo_config, 60, args.train_steps * 4), 3)
+  # The demo's own vocabulary: built from its phantom training reports, as `cxrjax train` does.
+  demo_tokenizer = datasets.load_or_build_tokenizer(demo_config.data,
+                                                    datasets.make_source(demo_config.data, "train")[0])
+  results["demo_steps_per_s"] = round(
+      training_steps_per_second(demo_config, demo_tokenizer, args.train_steps * 4), 3)
   results["demo_batch"] = demo_config.train.batch_size
+  results["demo_vocab"] = len(demo_tokenizer)
   iu_config = iu_xray_attention.get_config()
   iu_config.train.batch_size = 8
   results["iu_xray_densenet121_frozen_steps_per_s"] = round(
-      training_steps_per_second(iu_config, args.vocab, args.train_steps), 3)
+      training_steps_per_second(iu_config, iu_tokenizer, args.train_steps), 3)
   results["iu_xray_batch"] = iu_config.train.batch_size
   print(json.dumps({**results, **machine}))
 

@@ -20,6 +20,7 @@ import ml_collections
 from cxrjax.models import base
 from cxrjax.models.decoders.attention_gru import AttentionGRUStep
 from cxrjax.models.encoders import densenet
+from cxrjax.models.encoders import image_encoder
 from cxrjax.models.encoders.image_encoder import ImageEncoder
 
 
@@ -51,8 +52,7 @@ class AttentionCaptioner(base.Captioner):
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, vocab_size: int, is_frozen: base.IsFrozen):
-    return cls(vocab_size=vocab_size, encoder=densenet.config_from_section(config.encoder),
-               freeze_encoder=is_frozen("image_encoder"), **base.module_fields(config, exclude=("encoder",)))
+    return cls(**image_encoder.captioner_fields(config, vocab_size, is_frozen))
 
   @staticmethod
   def smoke_config() -> ml_collections.ConfigDict:

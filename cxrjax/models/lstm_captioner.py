@@ -31,6 +31,7 @@ import ml_collections
 from cxrjax.models import base
 from cxrjax.models.decoders.lstm import LSTMStep
 from cxrjax.models.encoders import densenet
+from cxrjax.models.encoders import image_encoder
 from cxrjax.models.encoders.image_encoder import ImageEncoder
 
 
@@ -58,8 +59,7 @@ class LSTMCaptioner(base.Captioner):
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, vocab_size: int, is_frozen: base.IsFrozen):
-    return cls(vocab_size=vocab_size, encoder=densenet.config_from_section(config.encoder),
-               freeze_encoder=is_frozen("image_encoder"), **base.module_fields(config, exclude=("encoder",)))
+    return cls(**image_encoder.captioner_fields(config, vocab_size, is_frozen))
 
   @staticmethod
   def smoke_config() -> ml_collections.ConfigDict:

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from cxrjax import cli
-from cxrjax.data import images as image_io
+from cxrjax.data import transforms
 from cxrjax.models.encoders import densenet
 from cxrjax.weights import chexnet, store
 from tests.weights import torch_densenet
@@ -30,7 +30,8 @@ TINY_TORCH = dict(block_sizes=(1, 2), growth_rate=4, stem_features=8, num_classe
 def chest_xrays(shared_data):
   paths = sorted((shared_data / "nih_chestxray14" / "images").glob("*.png"))
   assert len(paths) == 15
-  return paths, np.stack([image_io.load_for_model(path) for path in paths])
+  preprocessing = transforms.Preprocessing(image_size=224)  # CheXNet's: ImageNet statistics, bilinear
+  return paths, np.stack([transforms.load_for_model(path, preprocessing) for path in paths])
 
 
 def _write_keras2_h5(model, path):

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cxrjax.models import base
 from cxrjax.models.encoders import densenet
 
 
@@ -50,3 +51,10 @@ class ImageEncoder(nn.Module):
     batch, views, height, width, channels = feature_map.shape
     regions = feature_map.reshape(batch, views * height * width, channels)  # [batch, regions, channels]
     return {"regions": regions, "pooled": cached["pooled"].astype(jnp.float32), "feature_map": feature_map}
+
+
+def captioner_fields(config, vocab_size: int, is_frozen: base.IsFrozen) -> dict[str, Any]:
+  """The attributes of a captioner over this encoder from its config section: the DenseNet of
+  `config.encoder`, frozen when the optimizer's param_groups freeze "image_encoder", and the rest."""
+  return dict(vocab_size=vocab_size, encoder=densenet.config_from_section(config.encoder),
+              freeze_encoder=is_frozen("image_encoder"), **base.module_fields(config, exclude=("encoder",)))
