@@ -24,7 +24,7 @@ Differences from the seed's `get_local_images`, all deliberate:
     `scale_and_translate` of the whole image would blend the pixels just outside the box into
     the crop's border.
 
-Training (three stages, run by the shared trainer): `AGCNN.__call__(images, train, stage)` always
+Training (three stages, run by the shared trainer): `AGCNN(stage=...).__call__(images, train)` always
 computes every output, so one jitted step serves every stage. With `train=True`, `stage` puts
 only its branch's batch norm in training mode and stops gradients into the branches before it:
   stage 1: global branch (loss on "global_logits")
@@ -33,8 +33,8 @@ only its branch's batch norm in training mode and stops gradients into the branc
 `stage_loss` gives the stage's loss; the config's `optimizer.param_groups` freeze the other branches
 (no update, no weight decay).
 
-Branch weights from CheXNet (`weights.chexnet.load_chexnet`): `init_branch_from_chexnet` copies
-the DenseNet backbone into one branch (the heads stay: CheXNet's head reads average-pooled
+Branch weights from CheXNet: `config.init.encoder` (weights/pretrained.py) copies the DenseNet
+backbone into both branches (`pretrained_parts`; the heads stay: CheXNet's head reads average-pooled
 features, AG-CNN's max-pooled ones, and AG-CNN has 15 classes).
 """
 
@@ -192,46 +192,3 @@ def stage_loss(outputs: dict[str, jax.Array], labels: jax.Array, stage: int,
     return jnp.mean(per_example)
   weights = mask.astype(jnp.float32)
   return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.0)
-
-
-def init_branch_from_chexnet(variables: dict[str, Any], chexnet_variables: dict[str, Any],
-                             branches: str | tuple[str, ...] = BRANCHES) -> dict[str, Any]:
-  """Copies a CheXNet / DenseNet backbone (`load_chexnet(...)[1]`) into AG-CNN branch(es).
-
-  Args:
-    variables: AG-CNN variables ({"params", "batch_stats"}), e.g. from `AGCNN(...).init`.
-    chexnet_variables: DenseNet variables; the "classifier" head, if any, is not used.
-    branches: "global_branch", "local_branch" or both.
-
-  Returns:
-    New variables (the inputs are not modified).
-
-  Raises:
-    ValueError: the backbones differ (names or shapes listed): build AGCNN with
-      `backbone=config` from `load_chexnet` (its bn_epsilon included).
-  """
-  branches = (branches,) if isinstance(branches, str) else tuple(branches)
-  unknown = set(branches) - set(BRANCHES)
-  if unknown:
-    raise ValueError(f"unknown branches {sorted(unknown)}; expected some of {BRANCHES}")
-  source = {}
-  for collection in ("params", "batch_stats"):
-    flat = flax.traverse_util.flatten_dict(chexnet_variables.get(collection, {}))
-    source.update({(collection, *path): value for path, value in flat.items()
-                   if path[0] != "classifier"})
-  flat_variables = flax.traverse_util.flatten_dict(flax.core.unfreeze(variables))
-  updated = dict(flat_variables)
-  for branch in branches:
-    target = {(path[0], *path[3:]): path for path in flat_variables
-              if path[1:3] == (branch, "backbone")}
-    missing, unexpected = sorted(set(target) - set(source)), sorted(set(source) - set(target))
-    shapes = [f"{'/'.join(k)}: {np.shape(source[k])} vs {np.shape(flat_variables[target[k]])}"
-              for k in set(target) & set(source)
-              if np.shape(source[k]) != np.shape(flat_variables[target[k]])]
-    if missing or unexpected or shapes:
-      raise ValueError(
-          f"the CheXNet variables do not fit the {branch} backbone: missing {missing[:5]} "
-          f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)}), shapes {shapes[:5]}")
-    for key, path in target.items():
-      updated[path] = jnp.asarray(source[key], flat_variables[path].dtype)
-  return flax.traverse_util.unflatten_dict(updated)

@@ -11,7 +11,7 @@ Per view, on CheXNet's third-last-layer output (DenseNet "feature_map", [h, w, c
   output:       global flow + context flow                                        [h, w, channels]
 
 then both views' cells (views * h * w regions) -> Dense(region_dim, 512 in the seed) -> batch norm
--> dropout -> the attention decoder of captioner.py (the same GRU, attention and entry points).
+-> dropout -> the attention decoder of attention_captioner.py (the same GRU, attention and entry points).
 
 Choices the seed leaves open, made here:
   * A 7x7 map does not divide by 2, so the pooling pads the end to N * ceil(h / N) and averages only

@@ -10,7 +10,7 @@ The image vector is both the initial state and a term of every output, as seed 0
 passes `initial_state=[image_dense, image_dense]` and adds the Dense output to the LSTM's. The ReLU on
 the image Dense is this implementation's choice (the seeds do not name one).
 
-The captioner interface of captioner.py (`__call__`, `encode`, `init_cache`, `decode_step`) is kept
+The captioner interface of models/base.py (`__call__`, `encode`, `init_cache`, `decode_step`) is kept
 with one difference: there is no attention, so the attention outputs are None (`__call__`'s
 "attention" entry and `decode_step`'s third output). None, not an empty array, is what
 `cxrjax predict` reads as "this model has no attention maps"; decoding and evaluation never use it.

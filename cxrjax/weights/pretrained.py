@@ -29,6 +29,8 @@ def _subtree(tree: dict[str, Any], path: str) -> tuple[dict[str, Any], str]:
   keys = path.split("/")
   node = tree
   for key in keys[:-1]:
+    if key not in node:
+      raise KeyError(path)
     node = node[key]
   if keys[-1] not in node:
     raise KeyError(path)

@@ -18,7 +18,7 @@ class ImageEncoder(nn.Module):
   "feature_map": [batch, views, h, w, channels] (the same cells as maps, for spatial encoders)}.
   A frozen encoder (the seeds' default) runs its batch norm in inference mode and passes no gradient.
   `images` may also be the cached outputs of a frozen encoder, {"feature_map", "pooled"} as
-  cxrjax/features.py stores them; then no DenseNet runs (the parameters still exist, as `init` with
+  cxrjax/tasks/feature_cache.py stores them; then no DenseNet runs (the parameters still exist, as `init` with
   images created them).
   """
   config: densenet.DenseNetConfig
