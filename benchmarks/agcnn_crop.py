@@ -138,7 +138,8 @@ def main() -> None:
   # Same answers: the loops' crops beside ours (the seed's argwhere of mask * image can only
   # shrink a box where a normalised pixel is exactly 0).
   ours = crop(device_images, device_maps)
-  _, rounds = jax.jit(lambda m: connected_components.label_components(m, return_iterations=True))(ours.heatmaps > args.threshold)
+  count_rounds = jax.jit(lambda m: connected_components.label_components(m, return_iterations=True)[1])
+  rounds = count_rounds(ours.heatmaps > args.threshold)
   heatmaps = np.asarray(ours.heatmaps)
   regions = [label(h > args.threshold, connectivity=2).max() for h in heatmaps]
   difference = float(np.abs(np.asarray(ours.crops) - numpy_loop(feature_maps, images, args.threshold, size)).max())

@@ -3,7 +3,7 @@
 #
 #   launch/tpu_vm.sh TPU_NAME ZONE CONFIG WORKDIR [--config.x=y ...]
 #   launch/tpu_vm.sh my-v4-32 us-central2-b configs/iu_xray_attention.py:split=r2gen,tpu gs://bucket/iu \
-#       --config.data.data_dir=gs://bucket/data --config.model.encoder_weights=/home/$USER/weights/chexnet
+#       --config.data.data_dir=gs://bucket/data --config.init.encoder=/home/$USER/weights/chexnet
 #
 # Each worker clones this repository at the commit checked out here (REPO defaults to its origin), installs
 # JAX for TPU and cxrjax into a venv, and runs the same command; JAX forms one mesh over all hosts.

@@ -43,12 +43,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from cxrjax.errors import ConfigError
 from cxrjax.models import base
