@@ -10,6 +10,7 @@ import numpy as np
 import optax
 
 from cxrjax import decoding
+from cxrjax.data import transforms
 from cxrjax.metrics import captioning as caption_metrics
 from cxrjax.tasks import feature_cache
 
@@ -54,9 +55,11 @@ class CaptioningTask:
     self.config = config
 
   def sample_inputs(self) -> tuple[np.ndarray, np.ndarray]:
-    data = self.config.data
-    images = np.zeros((1, data.get("num_views", 2), data.image_size, data.image_size, 3), np.float32)
-    return images, np.zeros((1, data.max_length - 1), np.int32)
+    """Zero images [1, views, S, S, 3] (views and S from the preprocessing of the config) and tokens."""
+    preprocessing = transforms.from_config(self.config)
+    size = preprocessing.image_size
+    images = np.zeros((1, preprocessing.num_views, size, size, 3), np.float32)
+    return images, np.zeros((1, self.config.data.max_length - 1), np.int32)
 
   def init_variables(self, model, rngs: dict[str, jax.Array]) -> dict[str, Any]:
     return model.init(rngs, *self.sample_inputs())

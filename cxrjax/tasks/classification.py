@@ -7,6 +7,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from cxrjax.data import transforms
 from cxrjax.metrics import classification as classification_metrics
 from cxrjax.models import agcnn
 
@@ -23,7 +24,8 @@ class ClassificationTask:
     self.label_names: tuple[str, ...] | None = None  # Set by whoever makes the batches (SourceInfo).
 
   def sample_inputs(self) -> tuple[np.ndarray]:
-    size = self.config.data.image_size
+    """Zero images [1, S, S, 3]: the classifier reads one view."""
+    size = transforms.from_config(self.config).image_size
     return (np.zeros((1, size, size, 3), np.float32),)
 
   def init_variables(self, model, rngs: dict[str, jax.Array]) -> dict[str, Any]:
