@@ -51,7 +51,8 @@ def evaluate(workdir: str, split: str, checkpoint: str = workdir_lib.BEST, beam_
   if beam_size is not None:
     config.decode.beam_size = beam_size
   source, info = datasets.make_source(config.data, split)
-  run.task.label_names = info.label_names
+  if not run.task.uses_tokenizer:  # Classifiers: the batches carry the split's finding labels.
+    run.task.label_names = info.label_names
   if max_examples:
     source = pipeline.Subset(source, max_examples)
   predict = jax.jit(run.task.predict_fn(run.model, run.tokenizer))

@@ -47,6 +47,7 @@ class Predictor:
   preprocessing: transforms.Preprocessing
   label_names: tuple[str, ...] | None
   step: int | None
+  task_object: Any = None  # the run's task (tasks/); None for ported CheXNet weights
   _jitted: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   @classmethod
@@ -59,7 +60,7 @@ class Predictor:
     return cls(name=run.config.model.name, task=run.task.name, config=run.config, model=run.model,
                variables=run.state.variables(), tokenizer=run.tokenizer,
                preprocessing=transforms.from_config(run.config), label_names=label_names,
-               step=int(run.state.step), _jitted={"task": run.task})
+               step=int(run.state.step), task_object=run.task)
 
   @classmethod
   def from_chexnet_weights(cls, directory: str, image_size: int = 224, dtype: str = "float32") -> "Predictor":
@@ -89,7 +90,7 @@ class Predictor:
   def generate(self, images: np.ndarray) -> np.ndarray:
     """images [batch, views, S, S, 3] -> generated token ids [batch, max_length]."""
     if "generate" not in self._jitted:
-      self._jitted["generate"] = jax.jit(self._jitted["task"].predict_fn(self.model, self.tokenizer))
+      self._jitted["generate"] = jax.jit(self.task_object.predict_fn(self.model, self.tokenizer))
     return np.asarray(self._jitted["generate"](self.variables, {"images": images})["tokens"])
 
   def attention(self, images: np.ndarray, tokens: np.ndarray) -> np.ndarray | None:

@@ -20,7 +20,7 @@ import optax
 from etils import epath
 from tqdm import tqdm
 
-from cxrjax import models, optim, sharding, workdir as workdir_lib
+from cxrjax import models, optim, sharding, tasks, workdir as workdir_lib
 from cxrjax.data import datasets, pipeline
 from cxrjax.errors import ConfigError
 from cxrjax.tasks import evaluation, feature_cache
@@ -91,12 +91,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
   train_source, train_info = datasets.make_source(config.data, "train")
   val_source, _ = datasets.make_source(config.data, "val")
   tokenizer = None
-  components = workdir_lib.build(config, None)
-  if components.task.uses_tokenizer:
+  if tasks.task_class(config).uses_tokenizer:
     tokenizer = datasets.load_or_build_tokenizer(config.data, train_source)
-    components = workdir_lib.build(config, tokenizer)
+  components = workdir_lib.build(config, tokenizer)
   task, model = components.task, components.model
-  task.label_names = train_info.label_names
+  if not task.uses_tokenizer:  # Classifiers: the batches carry the split's finding labels.
+    task.label_names = train_info.label_names
   if config.train.get("cache_features") and not optim.frozen_predicate(config.optimizer)("image_encoder"):
     raise ConfigError("train.cache_features needs a frozen image encoder (optimizer.param_groups "
                       "('image_encoder/.*', None)): a trained encoder's features change every step")

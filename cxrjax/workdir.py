@@ -187,8 +187,7 @@ def load_run(workdir: str | os.PathLike, checkpoint: str = BEST) -> Run:
   """The config, task, model, tokenizer and `best` (or `latest`) state of a training workdir."""
   workdir = epath.Path(workdir)
   config = read_config(workdir)
-  uses_tokenizer = tasks.TASKS[models.get(config.model.name).task].uses_tokenizer
-  tokenizer = load_tokenizer(workdir) if uses_tokenizer else None
+  tokenizer = load_tokenizer(workdir) if tasks.task_class(config).uses_tokenizer else None
   components = build(config, tokenizer)
   mesh = sharding.create_mesh()
   manager = checkpoint_manager(workdir, checkpoint, create=False)

@@ -19,6 +19,11 @@ from cxrjax.tasks.classification import ClassificationTask
 TASKS = {"captioning": CaptioningTask, "classification": ClassificationTask}
 
 
+def task_class(config: Any) -> type:
+  """The task class of `config.model.name`'s family."""
+  return TASKS[models.get(config.model.name).task]
+
+
 def make(config: Any):
   """The task of `config.model.name`'s family."""
-  return TASKS[models.get(config.model.name).task](config)
+  return task_class(config)(config)

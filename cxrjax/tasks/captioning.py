@@ -50,6 +50,7 @@ class CaptioningTask:
   uses_tokenizer = True
   best_metric_default = "BLEU-4"
   host_fields = ("id", "report")  # Strings of the batch kept beside the predictions.
+  label_names = None  # Report generators read no finding labels.
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config

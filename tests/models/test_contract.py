@@ -17,6 +17,7 @@ from cxrjax import decoding, models, sharding, train, workdir
 from cxrjax.text import tokenizers
 
 FAMILIES = sorted(models.MODELS)
+CAPTIONERS = [name for name in FAMILIES if models.get(name).task == "captioning"]
 IMAGE_SIZE, VIEWS, LENGTH, BATCH = 32, 2, 9, 2
 
 
@@ -48,12 +49,22 @@ def random_batch(tokenizer, num_classes: int = 5) -> dict[str, np.ndarray]:
           "mask": np.ones((BATCH,), bool)}
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
-def family(request, tokenizer):
-  config = family_config(request.param)
+def _built(name, tokenizer):
+  config = family_config(name)
   components = workdir.build(config, tokenizer)
   state = jax.jit(lambda rng: workdir.init_state(components, rng))(jax.random.key(0))
-  return request.param, config, components, state
+  return name, config, components, state
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request, tokenizer):
+  return _built(request.param, tokenizer)
+
+
+@pytest.fixture(scope="module", params=CAPTIONERS)
+def captioner(request, tokenizer):
+  """The captioner families (classifiers have no decoder: the tests above cover them)."""
+  return _built(request.param, tokenizer)
 
 
 def test_every_family_describes_itself(family):
@@ -92,14 +103,8 @@ def test_checkpoint_round_trip_restores_the_state_exactly(family, tokenizer, tmp
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def captioner(family):
-  if models.get(family[0]).task != "captioning":
-    pytest.skip(f"{family[0]} is a classifier: no decoder (its loss, step and checkpoint are checked above)")
-  return family
-
-
-def test_teacher_forcing_equals_step_by_step_decoding(family, tokenizer):
-  _, _, components, state = captioner(family)
+def test_teacher_forcing_equals_step_by_step_decoding(captioner, tokenizer):
+  _, _, components, state = captioner
   model, variables = components.model, state.variables()
   batch = random_batch(tokenizer)
   inputs = batch["tokens"][:, :-1]
@@ -113,8 +118,8 @@ def test_teacher_forcing_equals_step_by_step_decoding(family, tokenizer):
   np.testing.assert_allclose(np.stack(stepped, axis=1), forced, rtol=1e-5, atol=1e-5)
 
 
-def test_greedy_search_equals_a_beam_of_one(family, tokenizer):
-  _, _, components, state = captioner(family)
+def test_greedy_search_equals_a_beam_of_one(captioner, tokenizer):
+  _, _, components, state = captioner
   model, variables = components.model, state.variables()
   images = random_batch(tokenizer)["images"]
   options = dict(start_id=tokenizer.start_id, end_id=tokenizer.end_id, pad_id=tokenizer.pad_id, max_length=8)
