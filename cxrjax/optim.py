@@ -65,6 +65,19 @@ def frozen_predicate(optimizer_config) -> Callable[[str], bool]:
   return is_frozen
 
 
+def check_whole_modules(optimizer_config, params: Any, frozen_modules: dict[str, bool]) -> None:
+  """Every module a model runs frozen (inference-mode batch norm, no gradient) must be frozen entirely by
+  the param groups, and one it trains must not be: else its batch statistics would move under frozen
+  weights, or its weights be frozen while its gradients are computed for nothing."""
+  labels = parameter_labels(optimizer_config, params)
+  for module, frozen in frozen_modules.items():
+    under = [label for path, label in jax.tree_util.tree_leaves_with_path(labels)
+             if (parameter_path(path) + "/").startswith(module + "/")]
+    if under and any((label == FROZEN) != frozen for label in under):
+      raise ConfigError(f"optimizer.param_groups freeze part of {module!r} ({sum(l == FROZEN for l in under)} "
+                        f"of {len(under)} tensors): freeze all of it (('{module}/.*', None)) or none of it")
+
+
 def parameter_labels(optimizer_config, params: Any) -> Any:
   """Per leaf: "frozen" or "rate=<multiplier>" (the labels of optax.multi_transform)."""
   def label(path, _):

@@ -107,6 +107,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
   replicated, data_sharding = sharding.replicated(mesh), sharding.data_sharded(mesh)
   target = workdir_lib.abstract_state(components, mesh)
   state_sharding = jax.tree.map(lambda a: a.sharding, target)
+  optim.check_whole_modules(config.optimizer, target.params, components.frozen_modules)
   tx = components.make_optimizer(target.params)
 
   latest = workdir_lib.checkpoint_manager(workdir, workdir_lib.LATEST)

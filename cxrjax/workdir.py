@@ -115,15 +115,21 @@ class Components:
   task: Any
   model: Any
   make_optimizer: Any  # params -> optax.GradientTransformation
+  frozen_modules: dict[str, bool]  # What the family asked of the param groups: module path -> frozen
 
 
 def build(config: ml_collections.ConfigDict, tokenizer: Any) -> Components:
   task = tasks.make(config)
-  model = models.build(config.model, len(tokenizer) if tokenizer is not None else None,
-                       is_frozen=optim.frozen_predicate(config.optimizer))
+  predicate, asked = optim.frozen_predicate(config.optimizer), {}
+
+  def is_frozen(module_path: str) -> bool:
+    asked[module_path] = predicate(module_path)
+    return asked[module_path]
+
+  model = models.build(config.model, len(tokenizer) if tokenizer is not None else None, is_frozen=is_frozen)
   def make_optimizer(params):
     return optim.make_optimizer(config.optimizer, params, config.train.num_steps)
-  return Components(task=task, model=model, make_optimizer=make_optimizer)
+  return Components(task=task, model=model, make_optimizer=make_optimizer, frozen_modules=asked)
 
 
 def init_state(components: Components, rng: jax.Array) -> TrainState:

@@ -191,3 +191,13 @@ def test_cached_features_need_a_frozen_encoder(tmp_path, smoke_config):
   config.train.cache_features = True
   with pytest.raises(ConfigError, match="frozen image encoder"):
     train.train_and_evaluate(config, tmp_path)
+
+
+def test_a_partly_frozen_encoder_is_refused_before_compute(tmp_path, smoke_config):
+  """The encoder runs frozen (inference-mode batch norm) only when all of it is frozen: freezing some of
+  its tensors would let its batch statistics move under frozen weights."""
+  config = smoke_config.copy_and_resolve_references()
+  config.optimizer.param_groups = (("image_encoder/densenet/conv0/.*", None), (".*", 1.0))
+  with pytest.raises(ConfigError, match="freeze part of 'image_encoder'"):
+    train.train_and_evaluate(config, tmp_path)
+  assert not (tmp_path / "checkpoints").exists()
