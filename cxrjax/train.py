@@ -69,7 +69,7 @@ def initial_variables(config: ml_collections.ConfigDict, state: workdir_lib.Trai
       raise ConfigError(f"config.init.from_workdir={init.from_workdir}: its {config.model.name} differs "
                         "from this config's (parameter names differ)")
     return previous.state.variables()
-  return pretrained.initialize(init, family, variables, tokenizer)
+  return pretrained.initialize(init, family, variables, tokenizer, model_config=config.model)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.Path,

@@ -9,6 +9,7 @@ a key the family does not have is an error, an empty value is skipped. Loading c
 against the model before anything is copied.
 """
 
+import sys
 from typing import Any
 
 import flax
@@ -37,8 +38,14 @@ def _subtree(tree: dict[str, Any], path: str) -> tuple[dict[str, Any], str]:
   return node, keys[-1]
 
 
-def _load_densenet(directory: str, part: base.PretrainedPart, params: dict, batch_stats: dict) -> None:
+def _load_densenet(directory: str, part: base.PretrainedPart, params: dict, batch_stats: dict,
+                   encoder_epsilon: float | None) -> None:
   config, variables, _ = chexnet.load_chexnet(directory)
+  if encoder_epsilon is not None and abs(config.bn_epsilon - encoder_epsilon) > 1e-12:
+    # Names and shapes fit, so the weights load; the normalisation differs slightly: say so.
+    print(f"warning: {directory}: its batch norm was trained with epsilon {config.bn_epsilon:g}, the configured "
+          f"encoder uses {encoder_epsilon:g}; set --config.model.encoder.bn_epsilon={config.bn_epsilon:g} to match",
+          file=sys.stderr)
   source = {"params": {k: v for k, v in variables["params"].items() if k != "classifier"},
             "batch_stats": variables.get("batch_stats", {})}
   for path in part.paths:
@@ -65,8 +72,8 @@ def _load_word_vectors(path: str, part: base.PretrainedPart, params: dict, token
     parent[key] = jnp.asarray(matrix, embedding.dtype)
 
 
-def initialize(init_config: Any, family: type, variables: dict[str, Any], tokenizer: Any = None
-               ) -> dict[str, Any]:
+def initialize(init_config: Any, family: type, variables: dict[str, Any], tokenizer: Any = None,
+               model_config: Any = None) -> dict[str, Any]:
   """`variables` ({"params", "batch_stats"}) with the files of `init_config` written in (new dicts; the
   inputs are not changed). Returns `variables` itself when nothing is configured."""
   init_config = dict(init_config or {})
@@ -87,7 +94,8 @@ def initialize(init_config: Any, family: type, variables: dict[str, Any], tokeni
     part = parts[key]
     try:
       if part.kind == "densenet":
-        _load_densenet(path, part, params, batch_stats)
+        encoder = (model_config or {}).get("encoder") or {}
+        _load_densenet(path, part, params, batch_stats, encoder.get("bn_epsilon"))
       elif part.kind == "word_vectors":
         _load_word_vectors(path, part, params, tokenizer)
       else:
