@@ -73,8 +73,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+  """A study of 1..views images -> one JSON line; a model that reads one view -> one line per image."""
   predictor = inference.Predictor.from_workdir(args.workdir)
-  print(json.dumps(predictor.predict_report(args.images, attention_dir=args.attention_maps)))
+  studies = [[path] for path in args.images] if predictor.preprocessing.num_views == 1 else [args.images]
+  for study in studies:
+    result = predictor.predict_report(study, attention_dir=args.attention_maps, greedy=args.greedy)
+    print(json.dumps(result), flush=True)
   return 0
 
 
@@ -150,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
   predict.add_argument("--workdir", required=True)
   predict.add_argument("--attention-maps", default=None, metavar="OUT_DIR",
                        help="write one PNG per generated word and summary.png")
-  predict.add_argument("images", nargs="+", help="the frontal view, then optionally the lateral view")
+  predict.add_argument("--greedy", action="store_true", help="greedy search instead of the config's beam search")
+  predict.add_argument("images", nargs="+", help="the views of one study (frontal, then lateral); for a model "
+                       "that reads one view, each image is its own study and gets its own line")
   predict.set_defaults(run=_predict)
 
   predict_agcnn = commands.add_parser("predict-agcnn", help="AG-CNN findings and where it looked")

@@ -87,34 +87,51 @@ class Predictor:
 
   # Report generators.
 
-  def generate(self, images: np.ndarray) -> np.ndarray:
-    """images [batch, views, S, S, 3] -> generated token ids [batch, max_length]."""
-    if "generate" not in self._jitted:
-      self._jitted["generate"] = jax.jit(self.task_object.predict_fn(self.model, self.tokenizer))
-    return np.asarray(self._jitted["generate"](self.variables, {"images": images})["tokens"])
+  def generate(self, images: np.ndarray, greedy: bool = False) -> np.ndarray:
+    """images [batch, views, S, S, 3] -> generated token ids [batch, max_length] (the config's search, or
+    greedy search)."""
+    key = "greedy" if greedy else "generate"
+    if key not in self._jitted:
+      self._jitted[key] = jax.jit(self.task_object.predict_fn(self.model, self.tokenizer, greedy=greedy))
+    return np.asarray(self._jitted[key](self.variables, {"images": images})["tokens"])
 
-  def attention(self, images: np.ndarray, tokens: np.ndarray) -> np.ndarray | None:
-    """Teacher-forced attention [len(tokens), views, h, w] of generated `tokens` (None: no attention)."""
+  def reread(self, images: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Teacher forcing over generated `tokens` [n] (start token prepended) -> (each token's log-probability
+    under the model [n], attention [n, views, h, w] or None where the model has none)."""
     inputs = np.array([[self.tokenizer.start_id, *tokens]], np.int32)
-    outputs = jax.jit(lambda v, i, t: self.model.apply(v, i, t))(self.variables, images, inputs)
+    if "reread" not in self._jitted:
+      self._jitted["reread"] = jax.jit(lambda v, i, t: self.model.apply(v, i, t))
+    outputs = self._jitted["reread"](self.variables, images, inputs)
+    log_probs = np.asarray(jax.nn.log_softmax(outputs["logits"][0, :len(tokens)].astype(jnp.float32)))
+    token_log_probs = log_probs[np.arange(len(tokens)), np.asarray(tokens, np.int64)]
     if outputs.get("attention") is None:
-      return None
+      return token_log_probs, None
     weights = np.asarray(outputs["attention"])[0, :len(tokens)]  # [tokens, regions]
     views = images.shape[1]
     side = int(round((weights.shape[-1] / views) ** 0.5))
-    return weights.reshape(len(tokens), views, side, side)
+    return token_log_probs, weights.reshape(len(tokens), views, side, side)
 
-  def predict_report(self, paths: Sequence[str], attention_dir: str | None = None) -> dict[str, Any]:
-    """One study's report: {"images", "report", "tokens"[, "attention_maps": [paths] or a reason]}."""
+  def attention(self, images: np.ndarray, tokens: np.ndarray) -> np.ndarray | None:
+    """Teacher-forced attention [len(tokens), views, h, w] of generated `tokens` (None: no attention)."""
+    return self.reread(images, tokens)[1]
+
+  def predict_report(self, paths: Sequence[str], attention_dir: str | None = None, greedy: bool = False
+                     ) -> dict[str, Any]:
+    """One study's report: {"images", "report", "tokens" (generated ids, without start and end),
+    "token_logprobs"[, "attention_maps": [paths] or a reason]}."""
     if self.task != "captioning":
       raise PredictionError(f"the {self.name} model is a classifier; use `cxrjax predict-agcnn` or `classify`")
     images, views = self.load_views(paths)
-    row = self.generate(images)[0]
+    row = self.generate(images, greedy=greedy)[0]
     end = np.flatnonzero(row == self.tokenizer.end_id)
     tokens = [int(t) for t in row[:end[0] if len(end) else len(row)]]
-    result: dict[str, Any] = {"images": list(paths), "report": self.tokenizer.decode(row), "tokens": tokens}
+    result: dict[str, Any] = {"images": list(paths), "report": self.tokenizer.decode(row), "tokens": tokens,
+                              "token_logprobs": []}
+    maps = None
+    if tokens:
+      log_probs, maps = self.reread(images, np.array(tokens, np.int32))
+      result["token_logprobs"] = [round(float(p), 6) for p in log_probs]
     if attention_dir is not None:
-      maps = self.attention(images, np.array(tokens, np.int32)) if tokens else None
       if not tokens:
         result["attention_maps"] = "none: the generated report is empty"
       elif maps is None:

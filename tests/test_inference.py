@@ -61,7 +61,7 @@ def test_attention_maps_are_distributions_over_both_views(smoke_run, study_files
 def test_empty_report_has_no_maps_and_says_why(smoke_run, study_files, tmp_path, monkeypatch):
   predictor = inference.Predictor.from_workdir(smoke_run)
   end = predictor.tokenizer.end_id
-  monkeypatch.setattr(predictor, "generate", lambda images: np.full((1, 5), end, np.int32))
+  monkeypatch.setattr(predictor, "generate", lambda images, greedy=False: np.full((1, 5), end, np.int32))
   result = predictor.predict_report(study_files, attention_dir=str(tmp_path / "maps"))
   assert result["report"] == "" and result["tokens"] == []
   assert result["attention_maps"] == "none: the generated report is empty"
@@ -111,3 +111,18 @@ def test_classify_reports_bad_images_and_classifies_the_rest(tmp_path, shared_da
   alone = json.loads(capsys.readouterr().out)
   assert status == 0
   assert alone["probabilities"] == lines[2]["probabilities"]
+
+
+def test_greedy_predict_gives_each_tokens_log_probability_the_maximum_of_its_step(smoke_run, study_files, capsys):
+  """--greedy picks the most likely token at every step: re-read with teacher forcing, each generated
+  token's log-probability is the largest of its step's distribution (and all are <= 0)."""
+  assert cli.main(["predict", "--workdir", str(smoke_run), "--greedy", *study_files]) == 0
+  result = json.loads(capsys.readouterr().out)
+  tokens, log_probs = result["tokens"], result["token_logprobs"]
+  assert tokens and len(log_probs) == len(tokens) and all(p <= 0 for p in log_probs)
+  predictor = inference.Predictor.from_workdir(smoke_run)
+  images, _ = predictor.load_views(study_files)
+  inputs = np.array([[predictor.tokenizer.start_id, *tokens]], np.int32)
+  logits = predictor.model.apply(predictor.variables, images, inputs)["logits"][0, :len(tokens)]
+  best = np.asarray(jax.nn.log_softmax(logits)).max(axis=-1)
+  np.testing.assert_allclose(log_probs, best, atol=1e-5)
