@@ -16,9 +16,11 @@ import tarfile
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import pytest
+from PIL import Image
 
 from cxrjax import cli
 from cxrjax.data import chestxray14
+from cxrjax.data import images as image_lib
 from tests.data.test_prepare import make_openi_layout
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -83,7 +85,25 @@ def sandbox(tmp_path_factory, shared_data):
   _write_keras_chexnet(folder / "brucechou1983_CheXNet_Keras_0.3.0_weights.h5")
   _write_torch_chexnet(folder / "model.pth.tar")
   _write_word_vectors(shared_data / "text/glove.6B.50d.first76.txt", folder / "glove.6B.300d.txt", dim=16)
+  _write_rocov2_release(shared_data, folder / "rocov2_download")
   return folder
+
+
+def _write_rocov2_release(shared_data, folder):
+  """ROCOv2's official layout from the 30 real caption rows (train 1-14, valid 15-22, test 23-30), each
+  with a real chest X-ray shrunk to a small JPEG."""
+  pngs = sorted((shared_data / "iu_xray/images").glob("*.png")) + sorted(
+      (shared_data / "nih_chestxray14/images").glob("*.png"))
+  lines = (shared_data / "rocov2/test_captions.head30.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+  parts = {"train": lines[1:15], "valid": lines[15:23], "test": lines[23:]}
+  count = 0
+  for name, rows in parts.items():
+    (folder / name).mkdir(parents=True)
+    (folder / f"{name}_captions.csv").write_text(lines[0] + "".join(rows), encoding="utf-8")
+    for row in rows:
+      image = Image.fromarray(image_lib.load_image(pngs[count % len(pngs)])).resize((48, 48))
+      image.save(folder / name / f"{row.split(',', 1)[0]}.jpg", quality=90)
+      count += 1
 
 
 def _write_keras_chexnet(path):
@@ -120,6 +140,8 @@ def test_docstring_commands_run_as_written(name, sandbox, monkeypatch, capsys):
   monkeypatch.setenv("IU_XRAY", str(sandbox / "iu_xray_download"))
   monkeypatch.setenv("NIH", str(sandbox / "nih_download"))
   monkeypatch.setenv("DATA", str(sandbox / "data"))
+  monkeypatch.setenv("ROCOV2", str(sandbox / "rocov2_download"))
+  monkeypatch.setenv("VOCAB", str(ROOT.parent / "shared/data/text/bert-base-uncased-vocab.txt"))
   for argv in docstring_commands(name):
     argv = smoke([os.path.expandvars(arg) for arg in argv[1:]])
     status = cli.main(argv)

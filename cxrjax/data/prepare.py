@@ -4,6 +4,9 @@
                          [--cleaning r2gen|drop_short_words|none] [--min-count 3] [--num-threads N]
   cxrjax prepare chestxray14 --manual-dir DIR --data-dir DIR [--split official|random]
                              [--missing-images error|skip]
+  cxrjax prepare rocov2 --manual-dir DIR --data-dir DIR [--subset all|chest_xray]
+                        [--layout rocov2_csv|rocov2_parquet] [--num-threads N]
+  cxrjax prepare roco --manual-dir DIR --data-dir DIR [--subset all|chest_xray] [--num-threads N]
 
 writes DATA_DIR/iu_xray/<split>/1.0.0/ (array_record files, read by iu_xray.IUXraySource)
 and, beside them, vocabulary.<cleaning>.json (iu_xray.vocabulary_path): the words of the
@@ -16,7 +19,9 @@ The summary gives the studies per split, what the parser skipped and why, the vo
 size, and how much of the validation and test words training covers (text.vocabulary_stats).
 A download too partial to fill the three splits (e.g. the reports with only some of the images)
 prints what was read, kept and skipped, then one line saying what is missing, and exits with 2.
-The phantom set needs no preparation: it is generated on the fly.
+ROCOv2 and ROCO (roco.prepare) print, per split, the captions read, kept, left out by the
+subset, and skipped with their reasons (missing or unreadable image, empty caption, duplicate id).
+The phantom sets need no preparation: they are generated on the fly.
 """
 
 from __future__ import annotations
@@ -33,11 +38,12 @@ from cxrjax.data import chestxray14
 from cxrjax.data import images
 from cxrjax.data import iu_xray
 from cxrjax.data import registry
+from cxrjax.data import roco
 from cxrjax.data import tfds_common
 from cxrjax.text import cleaning as cleaning_lib
 from cxrjax.text import tokenizers
 
-DATASETS = ("iu_xray", "chestxray14")
+DATASETS = ("iu_xray", "chestxray14", "rocov2", "roco")
 
 
 def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -62,6 +68,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
   datasets = parser.add_subparsers(dest="dataset", required=True, metavar="{" + ",".join(DATASETS) + "}")
   _add_iu_xray_arguments(datasets.add_parser("iu_xray", help="IU X-ray (Open-i, Kaggle or R2Gen layout)"))
   add_chestxray14_arguments(datasets.add_parser("chestxray14", help="NIH ChestX-ray14"))
+  add_roco_arguments(datasets.add_parser("rocov2", help="ROCOv2 (official CSVs or Hugging Face parquet)"), "rocov2")
+  add_roco_arguments(datasets.add_parser("roco", help="ROCO v1 (radiology)"), "roco")
 
 
 def _add_iu_xray_arguments(parser: argparse.ArgumentParser) -> None:
@@ -215,6 +223,40 @@ def run_chestxray14(args: argparse.Namespace) -> int:
     print(f"cxrjax prepare chestxray14: error: {error}", file=sys.stderr)
     return 2
   print(json.dumps(summary))
+  return 0
+
+
+def add_roco_arguments(parser: argparse.ArgumentParser, dataset: str) -> None:
+  """The arguments of `cxrjax prepare rocov2` and `cxrjax prepare roco` (runs run_roco)."""
+  parser.add_argument("--manual-dir", type=pathlib.Path, default=None,
+                      help=f"the downloaded files (see roco.{roco.BUILDERS[dataset].__name__}.MANUAL_DOWNLOAD_INSTRUCTIONS); "
+                           "not needed when the dataset is already built")
+  parser.add_argument("--data-dir", type=pathlib.Path, required=True,
+                      help="TFDS data folder to write (the data config's data_dir)")
+  parser.add_argument("--subset", choices=roco.SUBSETS, default="all",
+                      help="all images, or chest radiographs only (the rule of roco/chest.py; the "
+                           "data config's subset)")
+  if len(roco.DATASET_LAYOUTS[dataset]) > 1:
+    parser.add_argument("--layout", choices=roco.DATASET_LAYOUTS[dataset], default=None,
+                        help="the manual folder's layout (default: detected)")
+  parser.add_argument("--num-threads", type=int, default=None,
+                      help="threads checking images (default: CPU count, at most 8)")
+  parser.set_defaults(run=run_roco, roco_dataset=dataset)
+
+
+def run_roco(args: argparse.Namespace) -> int:
+  """Runs `cxrjax prepare rocov2|roco`: prints the summary; 2 with a one-line error on bad input."""
+  try:
+    summary = roco.prepare(args.roco_dataset, args.manual_dir, args.data_dir, subset=args.subset,
+                           layout=getattr(args, "layout", None), num_threads=args.num_threads, progress=True)
+  except tfds_common.EmptySplitError as error:
+    print(error.counts)
+    print(f"cxrjax prepare {args.roco_dataset}: error: {error}", file=sys.stderr)
+    return 2
+  except (FileNotFoundError, roco.RocoFormatError) as error:
+    print(f"cxrjax prepare {args.roco_dataset}: error: {error}", file=sys.stderr)
+    return 2
+  print(roco.format_summary(summary))
   return 0
 
 

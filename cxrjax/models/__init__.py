@@ -6,7 +6,7 @@ evaluation and command line do not change. tests/models/test_contract.py runs ev
 
 from typing import Any
 
-from cxrjax.models import agcnn, attention_captioner, base, cam_captioner, lstm_captioner
+from cxrjax.models import agcnn, attention_captioner, base, cam_captioner, graph_captioner, lstm_captioner
 
 
 MODELS: dict[str, type] = {
@@ -14,6 +14,7 @@ MODELS: dict[str, type] = {
     "lstm_captioner": lstm_captioner.LSTMCaptioner,
     "cam_captioner": cam_captioner.CAMCaptioner,
     "agcnn": agcnn.AGCNN,
+    "graph_captioner": graph_captioner.GraphCaptioner,
 }
 
 

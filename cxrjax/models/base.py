@@ -31,8 +31,9 @@ class PretrainedPart:
   """Parameters a `config.init.<key>` file fills.
 
   Attributes:
-    kind: the file's kind: "densenet" (a `cxrjax port-weights` directory, CheXNet) or "word_vectors"
-      (a GloVe .txt or fastText .vec file).
+    kind: the file's kind: "densenet" (a `cxrjax port-weights` directory, CheXNet), "hf_resnet" (a Hugging
+      Face ResNetModel directory: config.json + model.safetensors) or "word_vectors" (a GloVe .txt or
+      fastText .vec file).
     paths: parameter paths ("image_encoder/densenet") the file is written into (several: one copy each).
   """
   kind: str

@@ -77,7 +77,8 @@ class CaptioningTask:
     losses = optax.softmax_cross_entropy_with_integer_labels(outputs["logits"].astype(jnp.float32), targets)
     num_tokens = mask.sum()
     loss = (losses * mask).sum() / jnp.maximum(num_tokens, 1.0)
-    return loss, (updates.get("batch_stats", {}), {"tokens": num_tokens})
+    # Perplexity of the step's tokens (metrics.jsonl averages it over the logged steps).
+    return loss, (updates.get("batch_stats", {}), {"tokens": num_tokens, "perplexity": jnp.exp(loss)})
 
   def predict_fn(self, model, tokenizer, greedy: bool = False, decode: Any = None):
     """(variables, batch) -> {"tokens": int32 [batch, max_length]}: the jitted prediction of a batch."""

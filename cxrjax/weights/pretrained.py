@@ -1,6 +1,7 @@
 """`config.init`: the pretrained files a run starts from, written into the parts its family names.
 
-  config.init = dict(encoder="weights/chexnet",        # a `cxrjax port-weights` directory (CheXNet)
+  config.init = dict(encoder="weights/chexnet",        # a `cxrjax port-weights` directory (CheXNet), or a
+                                                      # Hugging Face ResNetModel directory (graph captioner)
                      word_vectors="glove.6B.300d.txt",  # GloVe .txt / fastText .vec, one row per word
                      from_workdir="")                   # another run's best checkpoint (cxrjax/train.py)
 
@@ -20,7 +21,7 @@ import numpy as np
 from cxrjax.errors import ConfigError
 from cxrjax.models import base
 from cxrjax.text import word_vectors
-from cxrjax.weights import chexnet
+from cxrjax.weights import chexnet, seed003
 
 INIT_KEYS = ("encoder", "word_vectors", "from_workdir")
 
@@ -63,6 +64,23 @@ def _load_densenet(directory: str, part: base.PretrainedPart, params: dict, batc
       parent[key] = jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), source[collection], target)
 
 
+def _load_hf_resnet(directory: str, part: base.PretrainedPart, params: dict, batch_stats: dict) -> None:
+  variables, config = seed003.import_hf_resnet(directory)
+  for path in part.paths:
+    for collection, target_tree in (("params", params), ("batch_stats", batch_stats)):
+      parent, key = _subtree(target_tree, path)
+      target, source = parent[key], variables[collection]
+      if jax.tree.structure(target) != jax.tree.structure(source):
+        raise seed003.WeightsError(
+            f"{directory}: ResNet{tuple(config.depths)} of widths {tuple(config.hidden_sizes)} does not fit the "
+            f"configured encoder at {path} (its {collection} names differ)")
+      shapes = [(a.shape, b.shape) for a, b in zip(jax.tree.leaves(target), jax.tree.leaves(source))
+                if a.shape != b.shape]
+      if shapes:
+        raise seed003.WeightsError(f"{directory}: tensor shapes differ from the encoder at {path}: {shapes[:3]}")
+      parent[key] = jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), source, target)
+
+
 def _load_word_vectors(path: str, part: base.PretrainedPart, params: dict, tokenizer: Any) -> None:
   for param_path in part.paths:
     parent, key = _subtree(params, param_path)
@@ -96,6 +114,8 @@ def initialize(init_config: Any, family: type, variables: dict[str, Any], tokeni
       if part.kind == "densenet":
         encoder = (model_config or {}).get("encoder") or {}
         _load_densenet(path, part, params, batch_stats, encoder.get("bn_epsilon"))
+      elif part.kind == "hf_resnet":
+        _load_hf_resnet(path, part, params, batch_stats)
       elif part.kind == "word_vectors":
         _load_word_vectors(path, part, params, tokenizer)
       else:

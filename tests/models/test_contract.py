@@ -73,7 +73,7 @@ def test_every_family_describes_itself(family):
   assert family_class.task in ("captioning", "classification")
   assert isinstance(components.model, family_class)
   for part in family_class.pretrained_parts.values():
-    assert part.kind in ("densenet", "word_vectors") and part.paths
+    assert part.kind in ("densenet", "hf_resnet", "word_vectors") and part.paths
 
 
 def test_loss_is_finite_and_a_jitted_train_step_moves_the_parameters(family, tokenizer):

@@ -1,0 +1,84 @@
+r"""Seed 003: ResNet-50 + graph propagation + transformer decoder captioner on ROCOv2.
+
+  cxrjax prepare rocov2 --manual-dir=$ROCOV2 --data-dir=$DATA
+  cxrjax train --config=configs/rocov2_graph.py --workdir=workdirs/rocov2_graph \
+      --config.data.data_dir=$DATA --config.data.tokenizer=$VOCAB
+  cxrjax evaluate --workdir=workdirs/rocov2_graph --split=test
+
+The demo, on the embedded phantom caption set (no download; single frontal images with one-line captions
+written from the findings drawn into them):
+  cxrjax train --config=configs/rocov2_graph.py:demo --workdir=workdirs/graph_demo
+  cxrjax evaluate --workdir=workdirs/graph_demo --split=test
+
+$ROCOV2 holds the official release (train/valid/test_captions.csv and the image folders) or the Hugging
+Face `eltorio/ROCOv2-radiology` parquet files; $VOCAB is bert-base-uncased's `vocab.txt` (captions are
+WordPiece tokens, [CLS] ... [SEP], at most 80). Seed setup: 224x224 with ImageNet statistics, random
+horizontal flip, AdamW 1e-4, batch 200, 15 epochs of the 56,963 training images, cross-entropy with [PAD]
+masked; the seed reports a training loss of 2.49 (perplexity 12.1) after 15 epochs. Not reproduced here:
+no ROCOv2 images can be used in this environment, and the seed's random rotation of up to 10 degrees is
+not implemented yet (only the flip). Arguments:
+  demo     the embedded phantom caption set (no download): a small model, a short CPU run
+  chest    only the chest X-ray subset of the captions (data.subset="chest_xray")
+  tpu      bfloat16 compute, batch 256
+  smoke    tiny sizes for a quick end-to-end check
+"""
+
+import ml_collections
+
+from cxrjax import config as config_lib
+from cxrjax.models.encoders import resnet
+
+TRAIN_IMAGES = 56_963  # ROCOv2's training split.
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = config_lib.parse_arg(arg, smoke=False, tpu=False, demo=False, chest=False)
+  config = ml_collections.ConfigDict()
+  config.data = dict(
+      name="rocov2", data_dir="", subset="chest_xray" if arg.chest else "all", image_size=224, num_views=1,
+      max_length=80, cleaning="none",
+      tokenizer="",  # bert-base-uncased's vocab.txt (WordPiece); "" builds a word vocabulary instead
+      vocabulary_min_count=3, random_flip=True,  # The seed flips: captions seldom name sides.
+      read_threads=2)
+  config.model = dict(
+      name="graph_captioner",
+      encoder=dict(resnet.RESNET50.to_dict(), preprocessing=dict(config_lib.IMAGENET_PREPROCESSING)),
+      d_model=512, num_heads=8, num_layers=4, ff_dim=1024, dropout_rate=0.1, graph_window=3, graph_steps=3,
+      max_positions=2000, cache_length=80, dtype="float32")
+  config.init = config_lib.no_init()  # init.encoder: a Hugging Face ResNetModel folder (microsoft/resnet-50)
+  steps_per_epoch = TRAIN_IMAGES // 200
+  config.optimizer = config_lib.adamw(1e-4, 0, config_lib.TRAINED_EVERYWHERE, schedule="cosine",
+                                      final_lr_fraction=1.0, weight_decay=1e-2, grad_clip_norm=1e3)
+  config.train = dict(batch_size=200, num_steps=15 * steps_per_epoch, seed=0, log_every=50,
+                      eval_every=steps_per_epoch, checkpoint_every=steps_per_epoch, cache_features=False)
+  config.decode = dict(beam_size=3, max_length=79, length_penalty=0.0, block_ngram_repeat=3)
+  config.eval = dict(batch_size=64, best_metric="BLEU-4", max_val_examples=1000)
+  if arg.tpu:
+    config.model.dtype = "bfloat16"
+    config.train.batch_size = 256
+    config.eval.batch_size = 256
+  if arg.demo:
+    config.data = dict(
+        name="phantom_captions", image_size=64, num_views=1, max_length=24, cleaning="r2gen", tokenizer="",
+        vocabulary_min_count=1, random_flip=False,  # Phantom captions name sides.
+        read_threads=1, num_train=3000, num_val=100, num_test=300, phantom_seed=0,
+        phantom_prevalences=dict(cardiomegaly=0.4, effusion=0.4, pneumothorax=0.3, opacity=0.3, nodule=0.3))
+    config.model.update(encoder=dict(embedding_size=16, hidden_sizes=(32, 64, 96, 128), depths=(1, 1, 1, 1),
+                                     preprocessing=dict(config_lib.IMAGENET_PREPROCESSING)),
+                        d_model=128, num_heads=4, num_layers=2, ff_dim=256, max_positions=64, cache_length=24)
+    config.optimizer.update(learning_rate=1e-3, warmup_steps=50, final_lr_fraction=0.05)
+    config.train.update(batch_size=32, num_steps=600, log_every=50, eval_every=300, checkpoint_every=300)
+    config.decode.update(max_length=23, block_ngram_repeat=0)
+    config.eval.update(batch_size=50, max_val_examples=100)
+  if arg.smoke:
+    config.model.update(encoder=dict(resnet.tiny_config(), preprocessing=dict(config_lib.IMAGENET_PREPROCESSING)),
+                        d_model=16, num_heads=2, num_layers=2, ff_dim=32, max_positions=96, cache_length=80)
+    config.data.update(image_size=32, read_threads=0)
+    config.train.update(batch_size=8, num_steps=4, log_every=2, eval_every=4, checkpoint_every=2)
+    config.optimizer.warmup_steps = 1
+    config.decode.update(max_length=min(config.decode.max_length, 16))
+    config.eval.update(batch_size=8, max_val_examples=8)
+    if arg.demo:
+      config.data.update(num_train=64, num_val=8, num_test=8)
+      config.model.update(max_positions=32, cache_length=24)
+  return config
