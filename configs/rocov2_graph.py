@@ -28,31 +28,15 @@ import ml_collections
 from cxrjax import config as config_lib
 from cxrjax.models.encoders import resnet
 
-TRAIN_IMAGES = 56_963  # ROCOv2's training split.
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = config_lib.parse_arg(arg, smoke=False, tpu=False, demo=False, chest=False)
-  config = ml_collections.ConfigDict()
-  config.data = dict(
-      name="rocov2", data_dir="", subset="chest_xray" if arg.chest else "all", image_size=224, num_views=1,
-      max_length=80, cleaning="none",
-      tokenizer="",  # bert-base-uncased's vocab.txt (WordPiece); "" builds a word vocabulary instead
-      vocabulary_min_count=3, random_flip=True,  # The seed flips: captions seldom name sides.
-      read_threads=2)
-  config.model = dict(
+  model = dict(
       name="graph_captioner",
       encoder=dict(resnet.RESNET50.to_dict(), preprocessing=dict(config_lib.IMAGENET_PREPROCESSING)),
       d_model=512, num_heads=8, num_layers=4, ff_dim=1024, dropout_rate=0.1, graph_window=3, graph_steps=3,
       max_positions=2000, cache_length=80, dtype="float32")
-  config.init = config_lib.no_init()  # init.encoder: a Hugging Face ResNetModel folder (microsoft/resnet-50)
-  steps_per_epoch = TRAIN_IMAGES // 200
-  config.optimizer = config_lib.adamw(1e-4, 0, config_lib.TRAINED_EVERYWHERE, schedule="cosine",
-                                      final_lr_fraction=1.0, weight_decay=1e-2, grad_clip_norm=1e3)
-  config.train = dict(batch_size=200, num_steps=15 * steps_per_epoch, seed=0, log_every=50,
-                      eval_every=steps_per_epoch, checkpoint_every=steps_per_epoch, cache_features=False)
-  config.decode = dict(beam_size=3, max_length=79, length_penalty=0.0, block_ngram_repeat=3)
-  config.eval = dict(batch_size=64, best_metric="BLEU-4", max_val_examples=1000)
+  config = config_lib.rocov2_experiment(model)
+  config.data.subset = "chest_xray" if arg.chest else "all"
   if arg.tpu:
     config.model.dtype = "bfloat16"
     config.train.batch_size = 256

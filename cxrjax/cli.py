@@ -16,29 +16,59 @@ exit status 2; programming errors keep their traceback.
 import argparse
 import hashlib
 import json
+import pathlib
 import sys
 from collections.abc import Sequence
 
 from absl import flags
+import ml_collections
 from ml_collections import config_flags
 
-from cxrjax import evaluate, inference, train
-from cxrjax.data import prepare
-from cxrjax.errors import UserError
+from cxrjax import config as config_lib
+from cxrjax import evaluate, inference, train, workdir
+from cxrjax.data import datasets, prepare
+from cxrjax.errors import ConfigError, UserError
 from cxrjax.metrics import classification as classification_metrics
-from cxrjax.weights import chexnet
+from cxrjax.weights import chexnet, seed003
+
+SEED003_FORMAT = "seed003-torch"  # The ResNet-50 + graph + transformer captioner's PyTorch state dict.
 
 CAPTION_SCORES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 
 
 def _port_weights(args: argparse.Namespace) -> int:
-  variables, config = chexnet.import_chexnet(args.format, args.input)
+  if not pathlib.Path(args.input).is_file():
+    raise chexnet.WeightsError(f"{args.input}: not found")
   with open(args.input, "rb") as handle:
     digest = hashlib.sha256(handle.read()).hexdigest()
+  if args.format == SEED003_FORMAT:
+    return _port_seed003(args, digest)
+  variables, config = chexnet.import_chexnet(args.format, args.input)
   chexnet.save_chexnet(args.output, variables, config,
                        source={"format": args.format, "file": str(args.input), "sha256": digest})
   print(json.dumps({"output": str(args.output), "format": args.format, "block_sizes": config.block_sizes,
                     "num_classes": config.num_classes, "bn_epsilon": config.bn_epsilon}))
+  return 0
+
+
+def _port_seed003(args: argparse.Namespace, digest: str) -> int:
+  """The seed-003 captioner's state dict -> a workdir (config.json, tokenizer.json, checkpoints/best) that
+  `evaluate`, `predict` and `config.init.from_workdir` read."""
+  if not args.tokenizer:
+    raise ConfigError(f"--format {SEED003_FORMAT} needs --tokenizer: bert-base-uncased's vocab.txt (or a "
+                      "tokenizer.json); the checkpoint does not contain the vocabulary")
+  tokenizer = datasets.load_or_build_tokenizer(ml_collections.ConfigDict(dict(
+      name="rocov2", tokenizer=str(args.tokenizer), cleaning="none")), None)
+  variables, model_config, vocab_size = seed003.import_seed003(args.input, num_heads=args.num_heads)
+  if vocab_size != len(tokenizer):
+    raise chexnet.WeightsError(f"{args.input}: its vocabulary has {vocab_size} rows, the tokenizer "
+                               f"{args.tokenizer} {len(tokenizer)} tokens")
+  model_config.encoder.preprocessing = dict(config_lib.IMAGENET_PREPROCESSING)
+  config = config_lib.rocov2_experiment(model_config.to_dict(), tokenizer=str(args.tokenizer))
+  workdir.create_from_variables(args.output, config, tokenizer, variables,
+                                {"imported_from": str(args.input), "sha256": digest})
+  print(json.dumps({"output": str(args.output), "format": args.format, "vocab_size": vocab_size,
+                    "d_model": model_config.d_model, "num_layers": model_config.num_layers}))
   return 0
 
 
@@ -58,7 +88,7 @@ def _classify(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
   output = evaluate.evaluate(args.workdir, args.split, checkpoint=args.checkpoint, beam_size=args.beam_size,
-                             max_examples=args.max_examples, meteor=not args.no_meteor)
+                             max_examples=args.max_examples, meteor=not args.no_meteor, data_dir=args.data_dir)
   summary = {"split": args.split, "step": output["step"], "written": f"{args.workdir}/eval/{args.split}/"}
   scores = output["scores"]
   if "baselines" in output:
@@ -121,9 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
   commands = parser.add_subparsers(dest="command", required=True)
 
   port = commands.add_parser("port-weights", help="convert a CheXNet checkpoint to cxrjax weights")
-  port.add_argument("--format", required=True, choices=chexnet.FORMATS)
-  port.add_argument("input", help="the checkpoint file (.h5, or .pth/.pth.tar)")
-  port.add_argument("output", help="directory to write (variables.safetensors + model.json)")
+  port.add_argument("--format", required=True, choices=chexnet.FORMATS + (SEED003_FORMAT,))
+  port.add_argument("--tokenizer", default=None,
+                    help=f"{SEED003_FORMAT}: the vocabulary the checkpoint was trained with (bert-base-uncased's "
+                         "vocab.txt, or a tokenizer.json)")
+  port.add_argument("--num-heads", type=int, default=8, help=f"{SEED003_FORMAT}: attention heads (not in the "
+                    "tensors' shapes; the seed uses 8)")
+  port.add_argument("input", help="the checkpoint file (.h5, .pth/.pth.tar, or the seed's roco_best_model.bin)")
+  port.add_argument("output", help="directory to write: variables.safetensors + model.json (CheXNet), or a "
+                    f"workdir that evaluate / predict / config.init.from_workdir read ({SEED003_FORMAT})")
   port.set_defaults(run=_port_weights)
 
   classify = commands.add_parser("classify", help="CheXNet probabilities for chest X-ray images")
@@ -148,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate_parser.add_argument("--beam-size", type=int, default=None, help="default: the config's")
   evaluate_parser.add_argument("--max-examples", type=int, default=None)
   evaluate_parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (it starts Java)")
+  evaluate_parser.add_argument("--data-dir", default=None, help="the prepared dataset, if not the run's "
+                               "config.data.data_dir (e.g. for a workdir made by port-weights)")
   evaluate_parser.set_defaults(run=_evaluate)
 
   predict = commands.add_parser("predict", help="generate the report of one study")

@@ -75,6 +75,28 @@ def no_init() -> dict:
   return dict(encoder="", word_vectors="", from_workdir="")
 
 
+def rocov2_experiment(model: dict, tokenizer: str = "") -> ml_collections.ConfigDict:
+  """Seed 003's ROCOv2 setup (configs/rocov2_graph.py; also the run config of an imported seed checkpoint):
+  one view at 224 with ImageNet statistics, captions of at most 80 WordPiece tokens ([CLS] ... [SEP]),
+  AdamW 1e-4, batch 200, 15 epochs of the 56,963 training images, beam 3."""
+  steps_per_epoch = 56_963 // 200
+  config = ml_collections.ConfigDict()
+  config.data = dict(
+      name="rocov2", data_dir="", subset="all", image_size=224, num_views=1, max_length=80, cleaning="none",
+      tokenizer=tokenizer,  # bert-base-uncased's vocab.txt (WordPiece); "" builds a word vocabulary instead
+      vocabulary_min_count=3, random_flip=True,  # The seed flips: captions seldom name sides.
+      read_threads=2)
+  config.model = model
+  config.init = no_init()  # init.encoder: a Hugging Face ResNetModel folder (microsoft/resnet-50)
+  config.optimizer = adamw(1e-4, 0, TRAINED_EVERYWHERE, final_lr_fraction=1.0, weight_decay=1e-2,
+                           grad_clip_norm=1e3)
+  config.train = dict(batch_size=200, num_steps=15 * steps_per_epoch, seed=0, log_every=50,
+                      eval_every=steps_per_epoch, checkpoint_every=steps_per_epoch, cache_features=False)
+  config.decode = dict(beam_size=3, max_length=79, length_penalty=0.0, block_ngram_repeat=3)
+  config.eval = dict(batch_size=64, best_metric="BLEU-4", max_val_examples=1000)
+  return config
+
+
 def iu_xray_experiment(arg: ml_collections.ConfigDict, model: dict, smoke_model: dict,
                        param_groups=FROZEN_ENCODER) -> ml_collections.ConfigDict:
   """The seed-000/001 IU X-ray setup shared by the three report generators: two views at 224, reports of

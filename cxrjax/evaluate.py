@@ -44,10 +44,14 @@ def text_baselines(config, references: list[str], reference_source: Any, meteor:
 
 
 def evaluate(workdir: str, split: str, checkpoint: str = workdir_lib.BEST, beam_size: int | None = None,
-             max_examples: int | None = None, meteor: bool = True, baselines_too: bool = True) -> dict[str, Any]:
-  """Scores `split` with the run's task, writes DIR/eval/<split>/ (process 0), returns metrics.json's dict."""
+             max_examples: int | None = None, meteor: bool = True, baselines_too: bool = True,
+             data_dir: str | None = None) -> dict[str, Any]:
+  """Scores `split` with the run's task, writes DIR/eval/<split>/ (process 0), returns metrics.json's dict.
+  `data_dir` replaces the config's prepared-dataset folder."""
   run = workdir_lib.load_run(workdir, checkpoint)
   config = run.config
+  if data_dir is not None:
+    config.data.data_dir = str(data_dir)
   if beam_size is not None:
     config.decode.beam_size = beam_size
   source, info = datasets.make_source(config.data, split)

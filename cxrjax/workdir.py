@@ -169,6 +169,32 @@ def restore(manager: ocp.CheckpointManager, target: TrainState, step: int | None
   return restored.state, restored.data, restored.meta
 
 
+def create_from_variables(workdir: str | os.PathLike, config: ml_collections.ConfigDict, tokenizer: Any,
+                          variables: dict[str, Any], meta: dict[str, Any]) -> None:
+  """A workdir whose `best` checkpoint (step 0) holds imported `variables`: what `evaluate`, `predict` and
+  `config.init.from_workdir` read. Refuses variables whose names or shapes differ from the config's model."""
+  workdir = epath.Path(workdir)
+  if (workdir / CONFIG_FILE).exists():
+    raise WorkdirError(f"{workdir}: already holds a run; choose a new directory")
+  components = build(config, tokenizer)
+  mesh = sharding.create_mesh()
+  target = abstract_state(components, mesh)
+  variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+  expected = {"params": target.params, "batch_stats": target.batch_stats}
+  shapes = lambda tree: jax.tree_util.tree_map_with_path(lambda p, a: (jax.tree_util.keystr(p), a.shape), tree)
+  if jax.tree.leaves(shapes(expected)) != jax.tree.leaves(shapes(variables)):
+    raise WorkdirError(f"{workdir}: the imported tensors do not fit the {config.model.name} of the config")
+  params = jax.tree.map(lambda a, t: jnp.asarray(a, t.dtype), variables["params"], target.params)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables["batch_stats"],
+                     opt_state=components.make_optimizer(params).init(params))
+  state = jax.device_put(state, jax.tree.map(lambda a: a.sharding, target))
+  write_run_files(workdir, config, tokenizer)
+  manager = checkpoint_manager(workdir, BEST)
+  save(manager, state, {}, dict(meta, step=0))
+  manager.wait_until_finished()
+  manager.close()
+
+
 @dataclasses.dataclass
 class Run:
   """A trained run loaded from its workdir."""

@@ -9,6 +9,7 @@ layer shows. Nothing is committed: every checkpoint is written here.
 """
 
 import copy
+import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -230,3 +231,32 @@ def test_a_directory_that_is_not_a_resnet_is_refused(tmp_path, chest_xrays):
   (tmp_path / "config.json").write_text('{"model_type": "vit"}')
   with pytest.raises(store.WeightsError, match="model_type='vit'"):
     seed003.import_hf_resnet(tmp_path)
+
+
+def test_port_weights_makes_a_workdir_whose_greedy_predict_equals_the_seeds_generate_caption(
+    tmp_path, shared_data, chest_xrays, tiny_checkpoint, capsys):
+  """`cxrjax port-weights --format seed003-torch` on the seed's state dict (bert-base-uncased's vocabulary
+  size, so the real vocab.txt fits), then `cxrjax predict --greedy` on the real images: per image, the
+  seed's generate_caption token ids exactly and their log-probabilities within 1e-3."""
+  from cxrjax import cli  # pylint: disable=g-import-not-at-top
+  paths, images = sorted((shared_data / "iu_xray" / "images").glob("*.png")), chest_xrays
+  vocab = shared_data / "text/bert-base-uncased-vocab.txt"
+  reference = reference_model(images, TINY_RESNET, vocab_size=30522, embed_dim=32, num_layers=2, num_heads=4,
+                              head_scale=8.0)
+  checkpoint = tmp_path / "roco_best_model.bin"
+  torch.save(reference.state_dict(), checkpoint)
+  assert cli.main(["port-weights", "--format", "seed003-torch", "--tokenizer", str(vocab), "--num-heads", "4",
+                   str(checkpoint), str(tmp_path / "out")]) == 0
+  capsys.readouterr()
+  assert cli.main(["predict", "--workdir", str(tmp_path / "out"), "--greedy", *map(str, paths)]) == 0
+  lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert [line["images"] for line in lines] == [[str(p)] for p in paths]
+  for line, image in zip(lines, images):
+    ids, log_probs = generate_caption(torch.from_numpy(image.transpose(2, 0, 1)[None]), reference, max_len=79)
+    assert line["tokens"] == ids
+    np.testing.assert_allclose(line["token_logprobs"], log_probs[:len(ids)], atol=1e-3)
+  # A checkpoint whose vocabulary is not the tokenizer's (120 rows, not 30522) is refused, naming both.
+  assert cli.main(["port-weights", "--format", "seed003-torch", "--tokenizer", str(vocab), str(tiny_checkpoint[1]),
+                   str(tmp_path / "x")]) == 2
+  error = capsys.readouterr().err
+  assert "120 rows" in error and "30522 tokens" in error and not (tmp_path / "x").exists()

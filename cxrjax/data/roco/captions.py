@@ -44,6 +44,9 @@ import os
 import pathlib
 from typing import Any
 
+import pyarrow as pa  # The Hugging Face parquet layout (pyarrow comes with tensorflow-datasets).
+import pyarrow.parquet as pq
+
 from cxrjax.errors import UserError
 
 LAYOUTS = ("rocov2_csv", "rocov2_parquet", "roco_v1")
@@ -236,7 +239,6 @@ def parquet_files(folder: str | os.PathLike, split: str) -> list[pathlib.Path]:
 
 
 def _parquet_rows(folder: pathlib.Path, split: str) -> tuple[Iterator[dict[str, Any]], SplitReport]:
-  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top  (only the parquet layout needs it)
   files = parquet_files(folder, split)
 
   def rows():
@@ -260,7 +262,6 @@ def _parquet_rows(folder: pathlib.Path, split: str) -> tuple[Iterator[dict[str, 
 
 def _parquet_has_image(table: Any) -> list[bool]:
   """Per row: whether the image column holds bytes (reads the column, one row group at a time)."""
-  import pyarrow as pa  # pylint: disable=g-import-not-at-top  (only the parquet layout needs it)
   has_image = []
   for group in range(table.num_row_groups):
     column = table.read_row_group(group, columns=["image"]).column("image")
@@ -272,8 +273,6 @@ def _parquet_has_image(table: Any) -> list[bool]:
 
 def read_parquet_images(path: str | os.PathLike) -> Iterator[bytes | None]:
   """The image bytes of every row of a parquet file, in order, one row group at a time."""
-  import pyarrow as pa  # pylint: disable=g-import-not-at-top  (only the parquet layout needs it)
-  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
   table = pq.ParquetFile(path)
   for group in range(table.num_row_groups):
     column = table.read_row_group(group, columns=["image"]).column("image").combine_chunks()
