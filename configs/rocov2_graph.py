@@ -9,14 +9,17 @@ The demo, on the embedded phantom caption set (no download; single frontal image
 written from the findings drawn into them):
   cxrjax train --config=configs/rocov2_graph.py:demo --workdir=workdirs/graph_demo
   cxrjax evaluate --workdir=workdirs/graph_demo --split=test
+Measured once on 2 CPU cores (training 2 min 0 s, 1,500 steps; `--no-meteor`), test split, 300 images:
+BLEU-4 0.602, ROUGE-L 0.783, CIDEr 5.00; the best constant caption chosen on training data ("chest x-ray
+showing cardiomegaly and a nodule in the right lung .") 0.256 / 0.543 / 1.07; the findings oracle 0.725.
 
 $ROCOV2 holds the official release (train/valid/test_captions.csv and the image folders) or the Hugging
 Face `eltorio/ROCOv2-radiology` parquet files; $VOCAB is bert-base-uncased's `vocab.txt` (captions are
 WordPiece tokens, [CLS] ... [SEP], at most 80). Seed setup: 224x224 with ImageNet statistics, random
-horizontal flip, AdamW 1e-4, batch 200, 15 epochs of the 56,963 training images, cross-entropy with [PAD]
-masked; the seed reports a training loss of 2.49 (perplexity 12.1) after 15 epochs. Not reproduced here:
-no ROCOv2 images can be used in this environment, and the seed's random rotation of up to 10 degrees is
-not implemented yet (only the flip). Arguments:
+horizontal flip and rotation of up to 10 degrees, AdamW 1e-4, batch 200, 15 epochs of the 56,963 training
+images, cross-entropy with [PAD] masked; the seed reports a training loss of 2.49
+(perplexity 12.1, both logged in metrics.jsonl) after 15 epochs. Not reproduced here: no ROCOv2 images can
+be used in this environment. Arguments:
   demo     the embedded phantom caption set (no download): a small model, a short CPU run
   chest    only the chest X-ray subset of the captions (data.subset="chest_xray")
   tpu      bfloat16 compute, batch 256
@@ -51,7 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                      preprocessing=dict(config_lib.IMAGENET_PREPROCESSING)),
                         d_model=128, num_heads=4, num_layers=2, ff_dim=256, max_positions=64, cache_length=24)
     config.optimizer.update(learning_rate=1e-3, warmup_steps=50, final_lr_fraction=0.05)
-    config.train.update(batch_size=32, num_steps=600, log_every=50, eval_every=300, checkpoint_every=300)
+    config.train.update(batch_size=32, num_steps=1500, log_every=50, eval_every=500, checkpoint_every=500)
     config.decode.update(max_length=23, block_ngram_repeat=0)
     config.eval.update(batch_size=50, max_val_examples=100)
   if arg.smoke:

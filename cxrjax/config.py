@@ -85,6 +85,7 @@ def rocov2_experiment(model: dict, tokenizer: str = "") -> ml_collections.Config
       name="rocov2", data_dir="", subset="all", image_size=224, num_views=1, max_length=80, cleaning="none",
       tokenizer=tokenizer,  # bert-base-uncased's vocab.txt (WordPiece); "" builds a word vocabulary instead
       vocabulary_min_count=3, random_flip=True,  # The seed flips: captions seldom name sides.
+      random_rotation=10.0,  # degrees, as the seed's RandomRotation(10)
       read_threads=2)
   config.model = model
   config.init = no_init()  # init.encoder: a Hugging Face ResNetModel folder (microsoft/resnet-50)

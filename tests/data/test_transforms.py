@@ -86,3 +86,22 @@ def test_bad_preprocessing_is_named():
     transforms.from_config(_config(mean=0.5))
   with pytest.raises(ValueError, match="unknown normalization 'imagenet21k'"):
     transforms.Preprocessing(normalization="imagenet21k")
+
+
+def test_random_rotation_rotates_before_the_crop_and_draws_only_when_asked(shared_data):
+  """With rotation 0 the training view is the unrotated one, drawn from the same random numbers; with
+  rotation it is PIL's rotation of the resized image by the drawn angle, then the same crop."""
+  image = images.load_image(sorted((shared_data / "iu_xray" / "images").glob("*.png"))[0])
+  plain = transforms.Preprocessing(image_size=64, random_flip=False)
+  rotating = transforms.Preprocessing(image_size=64, random_flip=False, random_rotation=10.0)
+  unrotated = plain.train_view(image, np.random.default_rng(3))
+  np.testing.assert_array_equal(transforms.Preprocessing(image_size=64).train_view(image, np.random.default_rng(3)),
+                                unrotated)
+  rotated = rotating.train_view(image, np.random.default_rng(3))
+  rng = np.random.default_rng(3)
+  angle = rng.uniform(-10.0, 10.0)
+  resized = np.asarray(Image.fromarray(plain.resize_shortest_side(image, plain.train_resize_size)).rotate(
+      angle, resample=Image.Resampling.BILINEAR))
+  top, left = int(rng.integers(0, resized.shape[0] - 63)), int(rng.integers(0, resized.shape[1] - 63))
+  np.testing.assert_array_equal(rotated, resized[top:top + 64, left:left + 64])
+  assert rotated.shape == (64, 64, 3) and not np.array_equal(rotated, unrotated)
