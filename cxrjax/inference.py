@@ -117,15 +117,17 @@ class Predictor:
 
   def predict_report(self, paths: Sequence[str], attention_dir: str | None = None, greedy: bool = False
                      ) -> dict[str, Any]:
-    """One study's report: {"images", "report", "tokens" (generated ids, without start and end),
-    "token_logprobs"[, "attention_maps": [paths] or a reason]}."""
+    """One study's text: {"images", "report" (a study of several views) or "caption" (a model that reads one
+    image), "token_ids" (generated, without start and end), "token_logprobs" (each one's log-probability
+    under the model)[, "attention_maps": [paths] or a reason]}."""
     if self.task != "captioning":
       raise PredictionError(f"the {self.name} model is a classifier; use `cxrjax predict-agcnn` or `classify`")
     images, views = self.load_views(paths)
     row = self.generate(images, greedy=greedy)[0]
     end = np.flatnonzero(row == self.tokenizer.end_id)
     tokens = [int(t) for t in row[:end[0] if len(end) else len(row)]]
-    result: dict[str, Any] = {"images": list(paths), "report": self.tokenizer.decode(row), "tokens": tokens,
+    text_key = "caption" if self.preprocessing.num_views == 1 else "report"
+    result: dict[str, Any] = {"images": list(paths), text_key: self.tokenizer.decode(row), "token_ids": tokens,
                               "token_logprobs": []}
     maps = None
     if tokens:

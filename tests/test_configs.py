@@ -172,8 +172,8 @@ def test_iu_xray_real_reports_end_to_end_to_predict(sandbox, monkeypatch, capsys
   assert cli.main(["predict", "--workdir", str(workdir), "--attention-maps", "maps", *images]) == 0
   result = json.loads(capsys.readouterr().out)
   assert result["images"] == images and isinstance(result["report"], str)
-  if result["tokens"]:
-    assert len(result["attention_maps"]) == len(result["tokens"]) + 1
+  if result["token_ids"]:
+    assert len(result["attention_maps"]) == len(result["token_ids"]) + 1
 
 
 def test_agcnn_images_per_epoch_is_the_real_patient_split_train_set(shared_data):

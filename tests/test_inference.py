@@ -42,9 +42,9 @@ def test_predict_writes_one_map_per_generated_token_and_a_summary(smoke_run, stu
   assert status == 0
   result = json.loads(capsys.readouterr().out)
   assert result["report"], "the smoke model writes some words (deterministic: same seed, same data)"
-  assert result["report"] == inference.Predictor.from_workdir(smoke_run).tokenizer.decode(result["tokens"])
+  assert result["report"] == inference.Predictor.from_workdir(smoke_run).tokenizer.decode(result["token_ids"])
   maps = result["attention_maps"]
-  assert len(maps) == len(result["tokens"]) + 1 and maps[-1].endswith("summary.png")
+  assert len(maps) == len(result["token_ids"]) + 1 and maps[-1].endswith("summary.png")
   first = np.asarray(Image.open(maps[0]))
   assert first.ndim == 3 and first.shape[1] == 2 * first.shape[0] - 32  # Two views side by side.
 
@@ -63,7 +63,7 @@ def test_empty_report_has_no_maps_and_says_why(smoke_run, study_files, tmp_path,
   end = predictor.tokenizer.end_id
   monkeypatch.setattr(predictor, "generate", lambda images, greedy=False: np.full((1, 5), end, np.int32))
   result = predictor.predict_report(study_files, attention_dir=str(tmp_path / "maps"))
-  assert result["report"] == "" and result["tokens"] == []
+  assert result["report"] == "" and result["token_ids"] == []
   assert result["attention_maps"] == "none: the generated report is empty"
   assert not (tmp_path / "maps").exists()
 
@@ -118,7 +118,7 @@ def test_greedy_predict_gives_each_tokens_log_probability_the_maximum_of_its_ste
   token's log-probability is the largest of its step's distribution (and all are <= 0)."""
   assert cli.main(["predict", "--workdir", str(smoke_run), "--greedy", *study_files]) == 0
   result = json.loads(capsys.readouterr().out)
-  tokens, log_probs = result["tokens"], result["token_logprobs"]
+  tokens, log_probs = result["token_ids"], result["token_logprobs"]
   assert tokens and len(log_probs) == len(tokens) and all(p <= 0 for p in log_probs)
   predictor = inference.Predictor.from_workdir(smoke_run)
   images, _ = predictor.load_views(study_files)

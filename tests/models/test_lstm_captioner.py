@@ -150,7 +150,7 @@ def test_trains_and_evaluates_with_pretrained_trainable_vectors(tmp_path):
   result = predictor.predict_report(paths, attention_dir=str(tmp_path / "maps"))
   assert isinstance(result["report"], str)
   assert predictor.attention(predictor.load_views(paths)[0], np.array([4, 5], np.int32)) is None
-  if result["tokens"]:
+  if result["token_ids"]:
     assert result["attention_maps"] == "none: the lstm_captioner model has no attention"
   else:
     assert result["attention_maps"] == "none: the generated report is empty"

@@ -251,9 +251,13 @@ def test_port_weights_makes_a_workdir_whose_greedy_predict_equals_the_seeds_gene
   assert cli.main(["predict", "--workdir", str(tmp_path / "out"), "--greedy", *map(str, paths)]) == 0
   lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
   assert [line["images"] for line in lines] == [[str(p)] for p in paths]
+  bert = transformers.BertTokenizer(vocab=str(vocab))
   for line, image in zip(lines, images):
     ids, log_probs = generate_caption(torch.from_numpy(image.transpose(2, 0, 1)[None]), reference, max_len=79)
-    assert line["tokens"] == ids
+    assert line["token_ids"] == ids
+    # The text is transformers' BERT decoding of the same ids, but for spacing: cxrjax keeps punctuation a
+    # separate word ("lung ."), as the cleaned references are tokenised; BERT glues it on ("lung.").
+    assert line["caption"].replace(" ", "") == bert.decode(ids, skip_special_tokens=True).replace(" ", "")
     np.testing.assert_allclose(line["token_logprobs"], log_probs[:len(ids)], atol=1e-3)
   # A checkpoint whose vocabulary is not the tokenizer's (120 rows, not 30522) is refused, naming both.
   assert cli.main(["port-weights", "--format", "seed003-torch", "--tokenizer", str(vocab), str(tiny_checkpoint[1]),
