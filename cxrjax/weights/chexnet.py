@@ -118,14 +118,8 @@ def read_torch(path: str | pathlib.Path) -> dict[str, np.ndarray]:
   `norm.1` / `conv.1` names are renamed, and CheXNet's `classifier.0` (Linear before Sigmoid) becomes
   `classifier`. Batch-norm `num_batches_tracked` counters are dropped (inference does not use them).
   """
-  import torch  # Imported here: only the PyTorch importer needs it.
   path = pathlib.Path(path)
-  if not path.is_file():
-    raise WeightsError(f"{path}: not found")
-  try:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as error:  # Unpickling errors, zip errors and refused globals all end here.
-    raise WeightsError(f"{path}: cannot be read by torch.load(weights_only=True) ({error})") from error
+  checkpoint = store.read_torch_checkpoint(path)
   state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
   if not isinstance(state_dict, dict) or not all(hasattr(v, "numpy") for v in state_dict.values()):
     raise WeightsError(f"{path}: expected a state dict of tensors (or a dict with 'state_dict')")

@@ -83,15 +83,9 @@ def _seed_source(collection: str, module_path: str, leaf: str) -> tuple[str, Cal
 def read_torch(path: str | pathlib.Path) -> dict[str, np.ndarray]:
   """The seed's `roco_best_model.bin` (a state dict; weights only, no pickled code) -> {name: float32 array}.
   A DataParallel `module.` prefix is removed; `num_batches_tracked` counters are dropped."""
-  import torch  # Imported here: only this importer needs it.
   path = pathlib.Path(path)
-  if not path.is_file():
-    raise WeightsError(f"{path}: not found")
-  try:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as error:  # Unpickling errors, zip errors and refused globals all end here.
-    raise WeightsError(f"{path}: cannot be read by torch.load(weights_only=True) ({error})") from error
-  if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+  checkpoint = store.read_torch_checkpoint(path)
+  if not isinstance(checkpoint, dict) or not all(hasattr(v, "numpy") for v in checkpoint.values()):
     raise WeightsError(f"{path}: expected a state dict of tensors (the seed's model.state_dict())")
   return {re.sub(r"^module\.", "", name): tensor.detach().cpu().float().numpy()
           for name, tensor in checkpoint.items() if not name.endswith("num_batches_tracked")}

@@ -23,6 +23,19 @@ class WeightsError(UserError):
   """A weights file or directory that cannot be used; the message names the file and the problem."""
 
 
+def read_torch_checkpoint(path: str | pathlib.Path) -> Any:
+  """`torch.load(path, map_location="cpu", weights_only=True)`: tensors and plain containers only, never
+  pickled code. A missing or unreadable file is a WeightsError naming it."""
+  import torch  # Imported here: only the PyTorch importers need it (a test-only dependency).
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise WeightsError(f"{path}: not found")
+  try:
+    return torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as error:  # Unpickling errors, zip errors and refused globals all end here.
+    raise WeightsError(f"{path}: cannot be read by torch.load(weights_only=True) ({error})") from error
+
+
 def save_weights(directory: str | pathlib.Path, variables: dict[str, Any], model: dict[str, Any]) -> None:
   """Writes `variables` (nested dicts of arrays) and the `model` description to `directory`."""
   directory = pathlib.Path(directory)
