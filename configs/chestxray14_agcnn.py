@@ -24,17 +24,17 @@ No ChestX-ray14 image set can be used in this environment, so no published AUROC
 import ml_collections
 
 from cxrjax import config as config_lib
+from cxrjax.models import agcnn
 
 # The patient-level 70% training split of the 112,120 images (data/chestxray14, split=random, seed 0;
 # tests/data/test_chestxray14.py checks it against the real label file).
 IMAGES_PER_EPOCH = 78_329
-STAGE_BRANCH = {1: "global_branch", 2: "local_branch", 3: "fusion_classifier"}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = config_lib.parse_arg(arg, stage=1, split="random", classes=15, batch=32, smoke=False, phantom=False,
                              demo=False)
-  if arg.stage not in STAGE_BRANCH:
+  if arg.stage not in agcnn.STAGE_MODULES:
     raise config_lib.ConfigError(f"stage={arg.stage}; expected 1, 2 or 3")
   config = ml_collections.ConfigDict()
   config.data = dict(name="chestxray14", data_dir="", tfds_config=arg.split,
@@ -49,7 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       name="adam_l2", schedule="step", learning_rate=1e-4, decay_every_steps=20 * steps_per_epoch,
       weight_decay=1e-4, grad_clip_norm=1e3, b1=0.9, b2=0.999, warmup_steps=0, final_lr_fraction=1.0,
       # Each stage trains its branch; the others stay as the previous stage left them.
-      param_groups=((STAGE_BRANCH[arg.stage] + "/.*", 1.0), (".*", None)))
+      param_groups=((agcnn.STAGE_MODULES[arg.stage] + "/.*", 1.0), (".*", None)))
   config.train = dict(batch_size=arg.batch, num_steps=50 * steps_per_epoch, seed=0, log_every=100,
                       eval_every=steps_per_epoch, checkpoint_every=1000, cache_features=False)
   config.eval = dict(batch_size=64, best_metric="mean_AUROC", max_val_examples=0)

@@ -14,7 +14,6 @@ attention over the regions of every view.
 
 import dataclasses
 import pathlib
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -98,7 +97,11 @@ class Predictor:
   def reread(self, images: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """Teacher forcing over generated `tokens` [n] (start token prepended) -> (each token's log-probability
     under the model [n], attention [n, views, h, w] or None where the model has none)."""
-    inputs = np.array([[self.tokenizer.start_id, *tokens]], np.int32)
+    # Padded to one length (the decoders are causal: padding after the tokens changes none of their
+    # outputs), so that one compiled program serves every caption length.
+    length = max(len(tokens) + 1, int(self.config.decode.max_length) + 1)
+    inputs = np.full((1, length), self.tokenizer.pad_id, np.int32)
+    inputs[0, :len(tokens) + 1] = [self.tokenizer.start_id, *tokens]
     if "reread" not in self._jitted:
       self._jitted["reread"] = jax.jit(lambda v, i, t: self.model.apply(v, i, t))
     outputs = self._jitted["reread"](self.variables, images, inputs)
@@ -197,7 +200,3 @@ class Predictor:
           result.update(figure=str(figure), box=[int(b) for b in outputs["boxes"][index]])
         results.append(result)
     return results
-
-
-def print_error(command: str, error: Exception) -> None:
-  print(f"cxrjax {command}: error: {error}", file=sys.stderr)

@@ -16,7 +16,7 @@ tensors.
 """
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -127,15 +127,3 @@ def make_optimizer(optimizer_config, params: Any, num_steps: int) -> optax.Gradi
       {label: optax.set_to_zero() if label == FROZEN else optax.scale(float(label.split("=")[1]))
        for label in names}, labels)
   return optax.chain(zero_frozen, optax.clip_by_global_norm(config.grad_clip_norm), base, rates)
-
-
-def trained_fraction(optimizer_config, params: Any) -> float:
-  """The share of parameter values that the optimizer moves (for the start-of-run summary)."""
-  labels, leaves = jax.tree.leaves(parameter_labels(optimizer_config, params)), jax.tree.leaves(params)
-  total = sum(leaf.size for leaf in leaves)
-  trained = sum(leaf.size for label, leaf in zip(labels, leaves) if label != FROZEN)
-  return trained / max(total, 1)
-
-
-def describe_groups(optimizer_config) -> Sequence[str]:
-  return [f"{p.pattern} -> {'frozen' if m is None else m}" for p, m in _groups(optimizer_config)]

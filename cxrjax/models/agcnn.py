@@ -55,7 +55,7 @@ from cxrjax.ops.attention_crop import DEFAULT_THRESHOLD, attention_crop
 
 BRANCHES = ("global_branch", "local_branch")
 STAGE_LOGITS = {1: "global_logits", 2: "local_logits", 3: "fusion_logits"}
-STAGE_MODULES = {1: ("global_branch",), 2: ("local_branch",), 3: ("fusion_classifier",)}
+STAGE_MODULES = {1: "global_branch", 2: "local_branch", 3: "fusion_classifier"}  # The module a stage trains.
 
 
 # Model.
