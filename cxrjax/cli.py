@@ -1,13 +1,18 @@
 """The `cxrjax` command: one entry point, one thin sub-command per job.
 
   cxrjax port-weights --format {keras-h5,torch} INPUT OUTPUT   import a CheXNet checkpoint
+  cxrjax port-weights --format seed003-torch --tokenizer VOCAB roco_best_model.bin OUT   seed 003's captioner
+  cxrjax port-weights --format hf HF_DIR OUT [--tokenizer VOCAB] [--prompt TEXT]        GIT / BLIP from the hub
   cxrjax classify --weights DIR IMAGE...                        CheXNet probabilities, one JSON line per image
   cxrjax prepare iu_xray --manual-dir DIR --data-dir DIR        build the TFDS dataset and vocabulary
   cxrjax train --config=configs/demo.py --workdir=DIR [--config.x=y ...]
+  cxrjax sweep --config=configs/demo.py --workdir=DIR --seeds=5 [--set=FIELD=V1,V2 ...]   runs x seeds, a table
   cxrjax evaluate --workdir DIR --split val|test                generate reports and score them
   cxrjax predict --workdir DIR FRONTAL [LATERAL] [--attention-maps OUT_DIR]   one study's report
+  cxrjax predict --workdir DIR [--greedy | --beam-size K] [--max-new-tokens N] IMAGE...   one caption per image
   cxrjax predict-agcnn --workdir DIR --out-dir OUT IMAGE...    AG-CNN findings + attention picture
   cxrjax auroc --predictions CSV --labels Data_Entry_2017.csv   score ChestX-ray14 predictions
+  cxrjax serve --workdir DIR [--workdir DIR2 ...] [--host 127.0.0.1] [--port 8000]   web demo and JSON API
 
 A mistake in the input (config, files, arguments) ends with one line, `cxrjax <command>: error: ...`, and
 exit status 2; programming errors keep their traceback.
@@ -22,23 +27,31 @@ from collections.abc import Sequence
 
 from absl import flags
 import ml_collections
-from ml_collections import config_flags
 
 from cxrjax import config as config_lib
-from cxrjax import evaluate, inference, train, workdir
+from cxrjax import errors, evaluate, inference, sharding, sweep, train, workdir
 from cxrjax.data import datasets, prepare
-from cxrjax.errors import ConfigError, UserError
+from cxrjax.errors import ConfigError
 from cxrjax.metrics import classification as classification_metrics
-from cxrjax.weights import chexnet, seed003
+from cxrjax.serve import server as serve
+from cxrjax.weights import chexnet, hf, seed003, store
 
 SEED003_FORMAT = "seed003-torch"  # The ResNet-50 + graph + transformer captioner's PyTorch state dict.
+HF_FORMAT = "hf"  # A Hugging Face model directory (GIT, BLIP): config.json + model.safetensors.
 
-CAPTION_SCORES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
+# The summary line of `evaluate` (metrics.json has every score): the IU X-ray tables' metrics, then seed 002's.
+CAPTION_SCORES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr",
+                  "ROUGE-1", "ROUGE-2", "ROUGE-Lsum", "sacreBLEU")
 
 
 def _port_weights(args: argparse.Namespace) -> int:
+  if args.format == HF_FORMAT:
+    return _port_hf(args)
   if not pathlib.Path(args.input).is_file():
-    raise chexnet.WeightsError(f"{args.input}: not found")
+    raise chexnet.WeightsError(f"{args.input}: " + ("is a directory; expected a checkpoint file"
+                                                    if pathlib.Path(args.input).is_dir() else "not found"))
+  if pathlib.Path(args.output).exists() and not pathlib.Path(args.output).is_dir():
+    raise chexnet.WeightsError(f"{args.output}: exists and is not a directory; the output is a folder")
   with open(args.input, "rb") as handle:
     digest = hashlib.sha256(handle.read()).hexdigest()
   if args.format == SEED003_FORMAT:
@@ -60,6 +73,7 @@ def _port_seed003(args: argparse.Namespace, digest: str) -> int:
   tokenizer = datasets.load_or_build_tokenizer(ml_collections.ConfigDict(dict(
       name="rocov2", tokenizer=str(args.tokenizer), cleaning="none")), None)
   variables, model_config, vocab_size = seed003.import_seed003(args.input, num_heads=args.num_heads)
+  store.check_finite_variables(variables, str(args.input))  # NaN weights would caption with exit status 0.
   if vocab_size != len(tokenizer):
     raise chexnet.WeightsError(f"{args.input}: its vocabulary has {vocab_size} rows, the tokenizer "
                                f"{args.tokenizer} {len(tokenizer)} tokens")
@@ -69,6 +83,20 @@ def _port_seed003(args: argparse.Namespace, digest: str) -> int:
                                 {"imported_from": str(args.input), "sha256": digest})
   print(json.dumps({"output": str(args.output), "format": args.format, "vocab_size": vocab_size,
                     "d_model": model_config.d_model, "num_layers": model_config.num_layers}))
+  return 0
+
+
+def _port_hf(args: argparse.Namespace) -> int:
+  """A Hugging Face model directory (its model_type picks the family, cxrjax/weights/hf.py) -> a workdir
+  that `evaluate`, `predict` and `config.init.from_workdir` read; its config.data.tokenizer is the
+  workdir's tokenizer.json, so that fine-tuning uses the checkpoint's vocabulary."""
+  config, tokenizer, variables = hf.import_hf(args.input, tokenizer=args.tokenizer, prompt=args.prompt)
+  config.data.tokenizer = str(pathlib.Path(args.output).absolute() / workdir.TOKENIZER_FILE)
+  workdir.create_from_variables(args.output, config, tokenizer, variables,
+                                {"imported_from": str(args.input), "sha256": hf.checksums(args.input)})
+  print(json.dumps({"output": str(args.output), "format": args.format, "model": config.model.name,
+                    "vocab_size": len(tokenizer), "hidden_size": config.model.get("hidden_size"),
+                    "num_layers": config.model.get("num_layers")}))
   return 0
 
 
@@ -87,6 +115,7 @@ def _classify(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+  sharding.initialize_distributed(args.distributed)
   output = evaluate.evaluate(args.workdir, args.split, checkpoint=args.checkpoint, beam_size=args.beam_size,
                              max_examples=args.max_examples, meteor=not args.no_meteor, data_dir=args.data_dir)
   summary = {"split": args.split, "step": output["step"], "written": f"{args.workdir}/eval/{args.split}/"}
@@ -107,7 +136,8 @@ def _predict(args: argparse.Namespace) -> int:
   predictor = inference.Predictor.from_workdir(args.workdir)
   studies = [[path] for path in args.images] if predictor.preprocessing.num_views == 1 else [args.images]
   for study in studies:
-    result = predictor.predict_report(study, attention_dir=args.attention_maps, greedy=args.greedy)
+    result = predictor.predict_report(study, attention_dir=args.attention_maps, greedy=args.greedy,
+                                      beam_size=args.beam_size, max_new_tokens=args.max_new_tokens)
     print(json.dumps(result), flush=True)
   return 0
 
@@ -122,27 +152,34 @@ def _predict_agcnn(args: argparse.Namespace) -> int:
   return 0
 
 
+TRAIN_USAGE = "usage: cxrjax train --config=configs/X.py[:arg] --workdir=DIR [--config.field=value ...]"
+
+
 def _train(argv: Sequence[str]) -> int:
-  """`cxrjax train` parses absl flags so that ml_collections' --config.x=y overrides work."""
-  flag_values = flags.FlagValues()
-  # sys_argv: the overrides (--config.x=y) are found in these arguments, not in the process's own.
-  config_flags.DEFINE_config_file("config", None, "an ml_collections config file (configs/*.py[:arg])",
-                                  flag_values=flag_values, lock_config=True,
-                                  sys_argv=["cxrjax train", *argv])
-  flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and the tokenizer",
-                      flag_values=flag_values)
+  """`cxrjax train`: absl flags, so that ml_collections' --config.x=y overrides work."""
   if "--help" in argv or "-h" in argv:
-    print("usage: cxrjax train --config=configs/X.py[:arg] --workdir=DIR [--config.field=value ...]\n")
-    print(flag_values.get_help())
+    print(TRAIN_USAGE + "\n\n  --config: an ml_collections config file (configs/*.py[:arg])\n"
+          "  --workdir: directory for checkpoints, metrics and the tokenizer\n"
+          "  --config.<field>=<value>: overrides a field of the config")
     return 0
-  try:
-    flag_values(["cxrjax train", *argv])
-    if flag_values.config is None or not flag_values.workdir:
-      raise flags.Error("--config and --workdir are required")
-  except (flags.Error, KeyError, AttributeError, ValueError, FileNotFoundError) as error:
-    print(f"cxrjax train: error: {error}", file=sys.stderr)
-    return 2
-  return _guarded("train", lambda: train.train_and_evaluate(flag_values.config, flag_values.workdir) and None)
+  return _guarded("train", lambda: _run_train(list(argv)))
+
+
+def define_distributed_flag(flag_values: flags.FlagValues) -> None:
+  flags.DEFINE_string("distributed", "", "join JAX's distributed runtime first: auto (TPU VMs) or "
+                      "HOST:PORT,NUM_PROCESSES,PROCESS_ID; every process runs the same command",
+                      flag_values=flag_values)
+
+
+def _run_train(argv: list[str]) -> None:
+  def define_flags(values):
+    flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and the tokenizer", flag_values=values)
+    define_distributed_flag(values)
+  flag_values = config_lib.parse_run_flags(argv, "cxrjax train", TRAIN_USAGE, define_flags)
+  if not flag_values.workdir:
+    raise ConfigError(f"--workdir is required ({TRAIN_USAGE})")
+  sharding.initialize_distributed(flag_values.distributed)
+  train.train_and_evaluate(flag_values.config, flag_values.workdir)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,13 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
   commands = parser.add_subparsers(dest="command", required=True)
 
   port = commands.add_parser("port-weights", help="convert a CheXNet checkpoint to cxrjax weights")
-  port.add_argument("--format", required=True, choices=chexnet.FORMATS + (SEED003_FORMAT,))
+  port.add_argument("--format", required=True, choices=chexnet.FORMATS + (SEED003_FORMAT, HF_FORMAT))
   port.add_argument("--tokenizer", default=None,
                     help=f"{SEED003_FORMAT}: the vocabulary the checkpoint was trained with (bert-base-uncased's "
-                         "vocab.txt, or a tokenizer.json)")
+                         f"vocab.txt, or a tokenizer.json); {HF_FORMAT}: used instead of the directory's files")
+  port.add_argument("--prompt", default="", help=f"{HF_FORMAT}, BLIP: text every caption starts with (BLIP's "
+                    "captioning recipe: \"a picture of\"); default none")
   port.add_argument("--num-heads", type=int, default=8, help=f"{SEED003_FORMAT}: attention heads (not in the "
                     "tensors' shapes; the seed uses 8)")
-  port.add_argument("input", help="the checkpoint file (.h5, .pth/.pth.tar, or the seed's roco_best_model.bin)")
+  port.add_argument("input", help="the checkpoint file (.h5, .pth/.pth.tar, or the seed's roco_best_model.bin), "
+                    f"or a Hugging Face model directory ({HF_FORMAT}: config.json + model.safetensors; GIT, BLIP)")
   port.add_argument("output", help="directory to write: variables.safetensors + model.json (CheXNet), or a "
                     f"workdir that evaluate / predict / config.init.from_workdir read ({SEED003_FORMAT})")
   port.set_defaults(run=_port_weights)
@@ -176,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
   train_parser = commands.add_parser("train", help="train a model: --config=configs/X.py[:arg] --workdir=DIR "
                                      "[--config.field=value ...]", add_help=False)
   train_parser.set_defaults(run=lambda args: _train([]))
+  sweep_parser = commands.add_parser("sweep", help="a grid of settings x seeds, each trained and evaluated: "
+                                     "--config=... --workdir=DIR --seeds=N [--set=FIELD=V1,V2 ...]", add_help=False)
+  sweep_parser.set_defaults(run=lambda args: sweep.main([]))
 
   evaluate_parser = commands.add_parser("evaluate", help="predict a split and score it")
   evaluate_parser.add_argument("--workdir", required=True)
@@ -186,13 +229,20 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate_parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (it starts Java)")
   evaluate_parser.add_argument("--data-dir", default=None, help="the prepared dataset, if not the run's "
                                "config.data.data_dir (e.g. for a workdir made by port-weights)")
+  evaluate_parser.add_argument("--distributed", default="", help="join JAX's distributed runtime first: auto "
+                               "(TPU VMs) or HOST:PORT,NUM_PROCESSES,PROCESS_ID")
   evaluate_parser.set_defaults(run=_evaluate)
 
   predict = commands.add_parser("predict", help="generate the report of one study")
   predict.add_argument("--workdir", required=True)
   predict.add_argument("--attention-maps", default=None, metavar="OUT_DIR",
                        help="write one PNG per generated word and summary.png")
-  predict.add_argument("--greedy", action="store_true", help="greedy search instead of the config's beam search")
+  search = predict.add_mutually_exclusive_group()
+  search.add_argument("--greedy", action="store_true", help="greedy search instead of the config's beam search")
+  search.add_argument("--beam-size", type=int, default=None, metavar="K",
+                      help="beam search with K beams (the config's length penalty and normalization)")
+  predict.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                       help="most tokens generated, the end token included (default: config decode.max_length)")
   predict.add_argument("images", nargs="+", help="the views of one study (frontal, then lateral); for a model "
                        "that reads one view, each image is its own study and gets its own line")
   predict.set_defaults(run=_predict)
@@ -204,23 +254,22 @@ def build_parser() -> argparse.ArgumentParser:
   predict_agcnn.set_defaults(run=_predict_agcnn)
 
   classification_metrics.add_parser(commands)
+  serve.add_parser(commands)
   return parser
 
 
 def _guarded(command: str, job) -> int:
-  """Runs `job()`; a user's mistake becomes one line on stderr and exit status 2."""
-  try:
-    status = job()
-  except (UserError, FileNotFoundError) as error:  # FileNotFoundError: a path given that is not there.
-    print(f"cxrjax {command}: error: {error}", file=sys.stderr)
-    return 2
-  return 0 if status is None else status
+  """Runs `job()`; a user's mistake becomes one line on stderr and exit status 2 (errors.guarded: the one
+  place that does so, for every sub-command)."""
+  return errors.guarded(command, job)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   if argv and argv[0] == "train":
     return _train(argv[1:])
+  if argv and argv[0] == "sweep":  # absl flags too (--config.x=y), like train.
+    return _guarded("sweep", lambda: sweep.main(argv[1:]))
   args = build_parser().parse_args(argv)
   return _guarded(args.command, lambda: args.run(args))
 

@@ -12,7 +12,13 @@ A run config has these sections (every config in configs/ fills all of them):
   eval       evaluation batch size, the validation metric that picks the best checkpoint, validation size
 """
 
+from collections.abc import Callable, Sequence
+import importlib.util
+import pathlib
+
+from absl import flags
 import ml_collections
+from ml_collections import config_flags
 
 from cxrjax.errors import ConfigError
 from cxrjax.models.encoders import densenet
@@ -36,6 +42,85 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     except ValueError:
       raise ConfigError(f"config argument {name}={value!r}: expected a {type(default).__name__}") from None
   return result
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """"configs/demo.py:smoke,res=128" -> the ConfigDict of that file's `get_config(arg)` (ml_collections'
+  convention: `get_config()` without an argument). A missing file, or a ConfigError of the file, is a
+  ConfigError naming the file; an error in the file's own code keeps its traceback."""
+  path, _, arg = spec.partition(":")
+  file = pathlib.Path(path)
+  if not path:
+    raise ConfigError("--config: empty; expected configs/X.py[:arg]")
+  if not file.is_file():
+    raise ConfigError(f"{path}: config file not found" if not file.exists() else
+                      f"{path}: not a file; --config expects a configs/X.py file")
+  module_spec = importlib.util.spec_from_file_location(f"cxrjax_config_{file.stem}", file)
+  if module_spec is None or module_spec.loader is None:
+    raise ConfigError(f"{path}: not a Python config file (configs/X.py)")
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not callable(getattr(module, "get_config", None)):
+    raise ConfigError(f"{path}: has no get_config() function")
+  try:
+    config = module.get_config(arg) if arg else module.get_config()
+  except ConfigError as error:
+    raise ConfigError(f"{spec}: {error}") from None
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"{path}: get_config() returned a {type(config).__name__}, not a ConfigDict")
+  return config
+
+
+def check_overrides(config: ml_collections.ConfigDict, argv: list[str], prefix: str = "--config.") -> None:
+  """Raises a ConfigError naming the first `--config.a.b=value` of `argv` whose field the config lacks,
+  with the fields it has there (absl's own message is only the missing key)."""
+  for item in argv:
+    if not item.startswith(prefix):
+      continue
+    dotted = item[len(prefix):].split("=", 1)[0]
+    node, walked = config, []
+    for key in dotted.split("."):
+      if not isinstance(node, ml_collections.ConfigDict):
+        break  # Inside a plain value (a tuple, a dict): absl checks the rest.
+      if key not in node:
+        where = "config." + ".".join(walked) if walked else "the config"
+        raise ConfigError(f"{item}: unknown config field {key!r} in {where}; its fields are "
+                          f"{sorted(node.keys())}")
+      node, walked = node[key], walked + [key]
+
+
+def split_config_argument(argv: Sequence[str]) -> tuple[str | None, list[str]]:
+  """(the value of --config, the other arguments)."""
+  argv = list(argv)
+  for index, item in enumerate(argv):
+    if item.startswith("--config="):
+      return item.split("=", 1)[1], argv[:index] + argv[index + 1:]
+    if item == "--config" and index + 1 < len(argv):
+      return argv[index + 1], argv[:index] + argv[index + 2:]
+  return None, argv
+
+
+def parse_run_flags(argv: Sequence[str], program: str, usage: str,
+                    define_flags: Callable[[flags.FlagValues], None]) -> flags.FlagValues:
+  """`--config=configs/X.py[:arg] [--config.field=value ...]` plus the flags `define_flags` adds -> the parsed
+  absl flags (`.config` is the ConfigDict with the overrides applied). Every mistake is a ConfigError: the
+  file is loaded by `load_config_file` (config_flags' own errors carry a traceback in their text), unknown
+  fields are named by `check_overrides`."""
+  spec, rest = split_config_argument(argv)
+  if spec is None:
+    raise ConfigError(f"--config is required ({usage})")
+  config = load_config_file(spec)
+  check_overrides(config, rest)
+  flag_values = flags.FlagValues()
+  # sys_argv: the overrides (--config.x=y) are found in these arguments, not in the process's own.
+  config_flags.DEFINE_config_dict("config", config, "the run config", flag_values=flag_values,
+                                  lock_config=True, sys_argv=[program, *rest])
+  define_flags(flag_values)
+  try:
+    flag_values([program, *rest])
+  except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as error:  # Bad override values.
+    raise ConfigError(" ".join(str(error).split())) from None
+  return flag_values
 
 
 def densenet121_encoder() -> dict:
@@ -95,6 +180,38 @@ def rocov2_experiment(model: dict, tokenizer: str = "") -> ml_collections.Config
                       eval_every=steps_per_epoch, checkpoint_every=steps_per_epoch, cache_features=False)
   config.decode = dict(beam_size=3, max_length=79, length_penalty=0.0, block_ngram_repeat=3)
   config.eval = dict(batch_size=64, best_metric="BLEU-4", max_val_examples=1000)
+  return config
+
+
+ROCO_CHEST_TRAIN_IMAGES = 3_200  # About: cxrjax/data/roco/chest.py's rule on ROCO v1's training split.
+
+
+def roco_chest_experiment(model: dict, tokenizer: str = "") -> ml_collections.ConfigDict:
+  """Seed 002's fine-tuning recipe on ROCO's chest X-ray subset (configs/roco_git.py, roco_blip.py; also
+  the run config of an imported Hugging Face checkpoint): one view at the encoder's image_size with its
+  preprocessing, captions as written of at most 64 WordPiece tokens, AdamW 5e-5 with weight decay 1e-8,
+  batch 8 with gradients accumulated over 2 batches, 10 epochs; decoding as transformers' `generate`
+  (greedy by default; with decode.beam_size > 1, its beam search: "hf" length normalization, length
+  penalty 1.0), up to 50 new tokens."""
+  batches_per_epoch = ROCO_CHEST_TRAIN_IMAGES // 8
+  config = ml_collections.ConfigDict()
+  config.data = dict(
+      name="roco", data_dir="", subset="chest_xray", image_size=int(model["encoder"]["image_size"]),
+      num_views=1, max_length=64, cleaning="none",
+      tokenizer=tokenizer,  # the imported workdir's tokenizer.json (the checkpoint's WordPiece vocabulary)
+      vocabulary_min_count=1, random_flip=False,  # Captions name sides.
+      train_resize_size=int(model["encoder"]["image_size"]),  # The processors' resize, no random crop.
+      read_threads=2)
+  config.model = model
+  config.init = no_init()  # init.from_workdir: a `cxrjax port-weights --format hf` workdir
+  # transformers' Trainer defaults beside the seed's settings: no warm-up, decay to 0, clipping at 1.
+  config.optimizer = adamw(5e-5, 0, TRAINED_EVERYWHERE, final_lr_fraction=0.0, weight_decay=1e-8,
+                           grad_clip_norm=1.0, accumulate_steps=2)
+  config.train = dict(batch_size=8, num_steps=10 * batches_per_epoch, seed=0, log_every=50,
+                      eval_every=batches_per_epoch, checkpoint_every=batches_per_epoch, cache_features=False)
+  config.decode = dict(beam_size=1, max_length=50, length_penalty=1.0, length_normalization="hf",
+                       block_ngram_repeat=0)
+  config.eval = dict(batch_size=8, best_metric="ROUGE-L", max_val_examples=0)
   return config
 
 

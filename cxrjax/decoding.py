@@ -11,7 +11,9 @@ the KV cache) alike, through one step function:
     cache:     any pytree; every non-scalar leaf has leading dimension `rows`.
                Scalar leaves (e.g. a flax attention `cache_index`) are shared
                by all rows and never expanded or gathered, which is right
-               because every row advances in lockstep.
+               because every row advances in lockstep. Entries wrapped in
+               `Shared` (read-only, alike in every beam of an example) are
+               expanded over the beams once and never gathered.
     position:  int32 scalar, the index of `tokens` in the full sequence
                (0 = start token), so also the number of tokens generated so far.
     logits:    float [rows, vocab], the distribution of the next token.
@@ -37,6 +39,34 @@ worst finished one. It differs in four ways:
   * beams are kept best first;
   * beams still alive at `max_length` compete with finished ones as truncated
     hypotheses, instead of being returned only when nothing finished.
+
+`length_normalization` chooses between two rule sets (the default "gnmt"
+above, and "hf", which reproduces transformers 5.x `generate(num_beams=k,
+do_sample=False, early_stopping=False)` token for token and score for score):
+
+  rule                  "gnmt" (default)                  "hf" (transformers)
+  score of a finished   log_prob / ((5 + n) / 6) ** alpha log_prob / n ** alpha
+    hypothesis of n
+    tokens (end incl.)
+  length_penalty        alpha >= 0, default 0 (none)      any float; HF's default is 1.0
+  pool entry            ended among the k best of the 2k  the same, and at max_length every one of
+                                                          the k best (ended or not, n = max_length);
+                                                          never once the row has stopped
+  stopping (per row)    the pool is full and no alive     the pool is full and the best alive
+                        beam can beat its worst even at   log_prob / n ** alpha at the current n
+                        max_length (a proven bound)       does not beat its worst (a heuristic: a
+                                                          longer beam might still have won; kept,
+                                                          since it decides transformers' results)
+  after the loop        alive beams compete as truncated  the pool as it is (already full)
+
+In "hf" mode a row that stopped takes no more hypotheses while the others run
+on, as in transformers; beam_size=1 equals greedy search only when alpha is 0
+(transformers runs greedy search for num_beams=1 whatever the penalty: call
+greedy_search then). The scores returned are transformers' `sequences_scores`.
+
+With `return_token_log_probs=True` the searches also return each generated
+token's log-probability (after any n-gram penalty; 0 after the end token), so
+that `sum(token_log_probs)` is the hypothesis' log-probability.
 """
 
 import functools
@@ -49,6 +79,20 @@ import jax.numpy as jnp
 
 Cache = Any  # a pytree of arrays
 StepFn = Callable[[jax.Array, Cache, jax.Array], tuple[jax.Array, Cache]]
+
+
+@flax.struct.dataclass
+class Shared:
+  """A cache entry that every beam of an example holds alike and that steps only read (the image's
+  cross-attention keys and values, a prefilled prefix's): beam search repeats it over the beams once and
+  never re-gathers it by parent beam, which for a large encoder is most of a step's memory traffic.
+  step_fn must return it unchanged; `shared_value` reads it (and passes plain arrays through)."""
+  value: jax.Array
+
+
+def shared_value(x: Any) -> Any:
+  """The array of a `Shared` entry, or `x` itself."""
+  return x.value if isinstance(x, Shared) else x
 
 _NEG_INF = float("-inf")
 
@@ -193,6 +237,7 @@ class GreedyState:
   last_tokens: jax.Array  # int32 [batch]: token fed next
   tokens: jax.Array  # int32 [batch, max_length]: generated tokens, pad_id after end
   log_probs: jax.Array  # float32 [batch]: sum of the generated tokens' log-probabilities
+  token_log_probs: jax.Array  # float32 [batch, max_length]: each one's, 0 after the end token
   finished: jax.Array  # bool [batch]: end_id generated
   cache: Cache  # leaves [batch, ...]
 
@@ -206,7 +251,8 @@ def greedy_search(step_fn: StepFn,
                   batch_size: int | None = None,
                   pad_id: int = 0,
                   block_ngram_repeat: int = 0,
-                  ngram_penalty: float | None = None) -> tuple[jax.Array, jax.Array]:
+                  ngram_penalty: float | None = None,
+                  return_token_log_probs: bool = False) -> tuple[jax.Array, ...]:
   """Greedy decoding of a batch in one `lax.while_loop`.
 
   Args:
@@ -223,11 +269,14 @@ def greedy_search(step_fn: StepFn,
     ngram_penalty: None blocks such tokens (-inf); a float <= 0 is instead
       added to their log-probability once per earlier occurrence (the captioning
       codebase R2GenCMN builds on uses 2 * ln(1/2)).
+    return_token_log_probs: also return each token's log-probability.
 
   Returns:
     tokens: int32 [batch, max_length], start token excluded, pad_id after end.
     log_probs: float32 [batch], sum of the log-probabilities (after any n-gram
       penalty) of the generated tokens, end token included.
+    token_log_probs (with return_token_log_probs): float32 [batch, max_length],
+      each generated token's log-probability, 0 after the end token.
   """
   _check_options(max_length, block_ngram_repeat, ngram_penalty)
   batch_size = _batch_size_of(init_cache, batch_size)
@@ -236,6 +285,7 @@ def greedy_search(step_fn: StepFn,
       last_tokens=jnp.full((batch_size,), start_id, jnp.int32),
       tokens=jnp.full((batch_size, max_length), pad_id, jnp.int32),
       log_probs=jnp.zeros((batch_size,), jnp.float32),
+      token_log_probs=jnp.zeros((batch_size, max_length), jnp.float32),
       finished=jnp.zeros((batch_size,), jnp.bool_),
       cache=_as_arrays(init_cache))
 
@@ -250,17 +300,23 @@ def greedy_search(step_fn: StepFn,
     # [batch, 1] --> [batch]
     next_log_probs = jnp.take_along_axis(log_probs, next_tokens[:, None], axis=-1)[:, 0]
     next_tokens = jnp.where(state.finished, pad_id, next_tokens)
+    next_log_probs = jnp.where(state.finished, 0.0, next_log_probs)
     # [batch] --> [batch, 1] written at column `position`.
     tokens = lax.dynamic_update_slice_in_dim(state.tokens, next_tokens[:, None], state.position, axis=1)
+    token_log_probs = lax.dynamic_update_slice_in_dim(state.token_log_probs, next_log_probs[:, None],
+                                                      state.position, axis=1)
     return GreedyState(
         position=state.position + 1,
         last_tokens=next_tokens,
         tokens=tokens,
-        log_probs=state.log_probs + jnp.where(state.finished, 0.0, next_log_probs),
+        log_probs=state.log_probs + next_log_probs,
+        token_log_probs=token_log_probs,
         finished=state.finished | (next_tokens == end_id),
         cache=cache)
 
   final_state = lax.while_loop(cond_fn, body_fn, init_state)
+  if return_token_log_probs:
+    return final_state.tokens, final_state.log_probs, final_state.token_log_probs
   return final_state.tokens, final_state.log_probs
 
 
@@ -288,20 +344,31 @@ def _gather_flat_beams(cache: Cache, beam_indices: jax.Array) -> Cache:
   """Selects beams of a flat cache: [batch * beams, ...] -> [batch * beams, ...]."""
   batch_size, beam_size = beam_indices.shape
 
-  def gather_fn(x: jax.Array) -> jax.Array:
-    if x.ndim == 0:
+  def gather_fn(x: jax.Array | Shared) -> jax.Array | Shared:
+    if isinstance(x, Shared) or x.ndim == 0:  # Alike in every beam: nothing to select.
       return x
     beams = x.reshape((batch_size, beam_size) + x.shape[1:])  # [batch * beams, ...] --> [batch, beams, ...]
     beams = gather_beams(beams, beam_indices)  # --> [batch, beams, ...]
     return beams.reshape(x.shape)  # --> [batch * beams, ...]
 
-  return jax.tree.map(gather_fn, cache)
+  return jax.tree.map(gather_fn, cache, is_leaf=lambda x: isinstance(x, Shared))
 
 
-def _top_beams(scores: jax.Array, tokens: jax.Array, beam_size: int) -> tuple[jax.Array, jax.Array]:
-  """Keeps the best beam_size of [batch, n] scores and [batch, n, length] tokens, best first."""
+def _top_beams(scores: jax.Array, hypotheses: Any, beam_size: int) -> tuple[jax.Array, Any]:
+  """Keeps the best beam_size of [batch, n] scores and of every [batch, n, length] leaf of
+  `hypotheses`, best first."""
   top_scores, top_indices = lax.top_k(scores, k=beam_size)  # --> [batch, beams]
-  return top_scores, gather_beams(tokens, top_indices)  # --> [batch, beams, length]
+  return top_scores, gather_beams(hypotheses, top_indices)  # --> [batch, beams, length]
+
+
+LENGTH_NORMALIZATIONS = ("gnmt", "hf")
+
+
+def _normalized(log_probs: jax.Array, length: jax.Array | int, alpha: float, rule: str) -> jax.Array:
+  """The score of hypotheses of `length` generated tokens (end token included) under `rule`."""
+  if rule == "hf":
+    return log_probs / jnp.power(jnp.asarray(length, jnp.float32), alpha)
+  return log_probs / _length_penalty(length, alpha)
 
 
 @flax.struct.dataclass
@@ -311,10 +378,13 @@ class BeamState:
   # Alive (unfinished) hypotheses, best first, with their log-probabilities.
   live_log_probs: jax.Array  # float32 [batch, beams]
   live_tokens: jax.Array  # int32 [batch, beams, max_length]
-  # Finished hypotheses (end token generated), best first, with their
-  # length-penalized scores.
+  live_token_log_probs: jax.Array  # float32 [batch, beams, max_length]
+  # Finished hypotheses (the pool), best first, with their length-normalized scores.
   finished_scores: jax.Array  # float32 [batch, beams]
   finished_tokens: jax.Array  # int32 [batch, beams, max_length]
+  finished_token_log_probs: jax.Array  # float32 [batch, beams, max_length]
+  # Whether the row's pool still takes hypotheses ("hf": False once the row stopped; "gnmt": always True).
+  open: jax.Array  # bool [batch]
   # Decoder cache of the alive beams, flat as step_fn sees it.
   cache: Cache  # leaves [batch * beams, ...]
 
@@ -327,10 +397,12 @@ def beam_search(step_fn: StepFn,
                 max_length: int,
                 beam_size: int,
                 length_penalty: float = 0.0,
+                length_normalization: str = "gnmt",
                 batch_size: int | None = None,
                 pad_id: int = 0,
                 block_ngram_repeat: int = 0,
-                ngram_penalty: float | None = None) -> tuple[jax.Array, jax.Array]:
+                ngram_penalty: float | None = None,
+                return_token_log_probs: bool = False) -> tuple[jax.Array, ...]:
   """Beam search over a batch in one `lax.while_loop`.
 
   The cache is expanded to [batch * beams, ...] once and re-gathered by the
@@ -342,36 +414,49 @@ def beam_search(step_fn: StepFn,
     init_cache: pytree whose non-scalar leaves are [batch, ...].
     start_id: token fed at position 0 (not part of the output).
     end_id: end-of-sequence token; generated, kept, and followed by pad_id.
-    max_length: most tokens generated, end token included.
+    max_length: most tokens generated, end token included (transformers'
+      max_new_tokens).
     beam_size: hypotheses kept per example.
-    length_penalty: alpha of the GNMT penalty: a hypothesis of `length` tokens
-      (end token included) scores log_prob / ((5 + length) / 6) ** alpha. 0
-      ranks by plain log-probability; must be >= 0 for the early exit to hold.
+    length_penalty: "gnmt": alpha of the GNMT penalty, a hypothesis of `length`
+      tokens (end token included) scores log_prob / ((5 + length) / 6) ** alpha;
+      0 ranks by plain log-probability; must be >= 0 for the early exit to
+      hold. "hf": the exponent of transformers' log_prob / length ** alpha
+      (its default is 1.0); any float.
+    length_normalization: "gnmt" or "hf": the rule set (module docstring).
     batch_size: inferred from init_cache when None.
     pad_id: fills positions after the end token, and empty slots.
     block_ngram_repeat: n > 0 forbids a token that would repeat an n-gram
       already in that beam's sequence (3 = trigram blocking); 0 disables.
     ngram_penalty: None blocks such tokens (-inf); a float <= 0 is instead
       added to their log-probability once per earlier occurrence.
+    return_token_log_probs: also return each token's log-probability.
 
   Returns:
     tokens: int32 [batch, beams, max_length], best first, start token
       excluded, pad_id after the end token. Hypotheses still alive at
       max_length compete as truncated sequences (no end token).
-    scores: float32 [batch, beams], length-penalized log-probabilities;
-      -inf (with all-pad tokens) for slots left empty because fewer than
-      beam_size sequences exist.
+    scores: float32 [batch, beams], length-normalized log-probabilities
+      ("hf": transformers' `sequences_scores`); -inf (with all-pad tokens) for
+      slots left empty because fewer than beam_size sequences exist.
+    token_log_probs (with return_token_log_probs): float32 [batch, beams,
+      max_length], each token's log-probability, 0 after the end token.
   """
   _check_options(max_length, block_ngram_repeat, ngram_penalty)
   if beam_size < 1:
     raise ValueError(f"beam_size must be >= 1, got {beam_size}")
-  if not length_penalty >= 0:
-    raise ValueError(f"length_penalty must be >= 0, got {length_penalty}")
+  if length_normalization not in LENGTH_NORMALIZATIONS:
+    raise ValueError(f"length_normalization must be one of {LENGTH_NORMALIZATIONS}, got {length_normalization!r}")
+  hf = length_normalization == "hf"
+  if not hf and not length_penalty >= 0:
+    raise ValueError(f"length_penalty must be >= 0 with GNMT normalization, got {length_penalty}")
   batch_size = _batch_size_of(init_cache, batch_size)
   rows = batch_size * beam_size
-  # Alive log-probabilities only fall and the penalty only grows with length,
-  # so an alive beam can at best score this much divided into its log-prob.
+  # GNMT: alive log-probabilities only fall and the penalty only grows with
+  # length, so an alive beam can at best score this much divided into its log-prob.
   max_penalty = _length_penalty(max_length, length_penalty)
+
+  def normalized(log_probs: jax.Array, length: jax.Array | int) -> jax.Array:
+    return _normalized(log_probs, length, length_penalty, length_normalization)
 
   init_state = BeamState(
       position=jnp.array(0, jnp.int32),
@@ -379,11 +464,16 @@ def beam_search(step_fn: StepFn,
       # continuation beam_size times.
       live_log_probs=jnp.tile(jnp.array([0.0] + [_NEG_INF] * (beam_size - 1), jnp.float32), (batch_size, 1)),
       live_tokens=jnp.full((batch_size, beam_size, max_length), pad_id, jnp.int32),
+      live_token_log_probs=jnp.zeros((batch_size, beam_size, max_length), jnp.float32),
       finished_scores=jnp.full((batch_size, beam_size), _NEG_INF, jnp.float32),
       finished_tokens=jnp.full((batch_size, beam_size, max_length), pad_id, jnp.int32),
+      finished_token_log_probs=jnp.zeros((batch_size, beam_size, max_length), jnp.float32),
+      open=jnp.ones((batch_size,), jnp.bool_),
       cache=_expand_beams(_as_arrays(init_cache), beam_size))
 
   def cond_fn(state: BeamState) -> jax.Array:
+    if hf:
+      return (state.position < max_length) & jnp.any(state.open)
     best_possible = state.live_log_probs[:, 0] / max_penalty  # [batch]
     worst_finished = state.finished_scores[:, -1]  # [batch], -inf until all slots are filled
     done = (worst_finished > best_possible) | (state.live_log_probs[:, 0] == _NEG_INF)
@@ -402,57 +492,88 @@ def beam_search(step_fn: StepFn,
         flat_log_probs,
         state.live_tokens.reshape(rows, max_length),  # [batch, beams, max_length] --> [batch * beams, max_length]
         position, block_ngram_repeat, ngram_penalty)
-    # [batch * beams, vocab] --> [batch, beams, vocab]
-    log_probs = flat_log_probs.reshape(batch_size, beam_size, vocab_size) + state.live_log_probs[:, :, None]
+    # [batch * beams, vocab] --> [batch, beams * vocab]
+    step_log_probs = flat_log_probs.reshape(batch_size, beam_size * vocab_size)
+    # [batch, beams, vocab] + [batch, beams, 1] --> [batch, beams * vocab]
+    log_probs = (flat_log_probs.reshape(batch_size, beam_size, vocab_size) +
+                 state.live_log_probs[:, :, None]).reshape(batch_size, beam_size * vocab_size)
 
     # Top 2k of all beam x token candidates, so that k alive ones remain even
     # when k of them end here.
-    # [batch, beams, vocab] --> [batch, beams * vocab] --> [batch, 2 * beams]
-    top_log_probs, top_indices = lax.top_k(log_probs.reshape(batch_size, beam_size * vocab_size), k=2 * beam_size)
+    top_log_probs, top_indices = lax.top_k(log_probs, k=2 * beam_size)  # --> [batch, 2 * beams]
     top_parents = top_indices // vocab_size  # [batch, 2 * beams]
     top_new_tokens = (top_indices % vocab_size).astype(jnp.int32)  # [batch, 2 * beams]
-    top_tokens = gather_beams(state.live_tokens, top_parents)  # --> [batch, 2 * beams, max_length]
+    top_new_log_probs = jnp.take_along_axis(step_log_probs, top_indices, axis=1)  # [batch, 2 * beams]
+    # --> [batch, 2 * beams, max_length] each
+    top_tokens, top_token_log_probs = gather_beams((state.live_tokens, state.live_token_log_probs), top_parents)
     # [batch, 2 * beams] --> [batch, 2 * beams, 1] written at column `position`.
     top_tokens = lax.dynamic_update_slice_in_dim(top_tokens, top_new_tokens[:, :, None], position, axis=2)
-    ended = top_new_tokens == end_id  # [batch, 2 * beams]
+    top_token_log_probs = lax.dynamic_update_slice_in_dim(
+        top_token_log_probs, top_new_log_probs[:, :, None], position, axis=2)
+    # Candidates that stop: the end token; in "hf" mode also every candidate at
+    # max_length (transformers' max-length stopping criterion).
+    stops = top_new_tokens == end_id  # [batch, 2 * beams]
+    if hf:
+      stops = stops | (position + 1 == max_length)
 
-    # Alive: the best k candidates that did not end.
+    # Alive: the best k candidates that did not stop.
     # --> [batch, beams]
-    live_log_probs, live_indices = lax.top_k(jnp.where(ended, _NEG_INF, top_log_probs), k=beam_size)
-    live_tokens = gather_beams(top_tokens, live_indices)  # --> [batch, beams, max_length]
-    live_parents = gather_beams(top_parents, live_indices)  # --> [batch, beams]
+    live_log_probs, live_indices = lax.top_k(jnp.where(stops, _NEG_INF, top_log_probs), k=beam_size)
+    # --> [batch, beams, max_length], [batch, beams, max_length], [batch, beams]
+    live_tokens, live_token_log_probs, live_parents = gather_beams(
+        (top_tokens, top_token_log_probs, top_parents), live_indices)
     cache = _gather_flat_beams(flat_cache, live_parents)  # --> {[batch * beams, ...]}
 
-    # Finished: the best k of the old finished and the candidates that ended
+    # Finished: the best k of the old finished and the candidates that stopped
     # among the k best of this step (the other k only keep k beams alive), so
     # that beam_size=1 is greedy search. -inf candidates (from empty slots or
     # blocked tokens) stay -inf.
     in_top_k = jnp.arange(2 * beam_size) < beam_size  # [2 * beams], top_k sorts best first
-    new_scores = jnp.where(ended & in_top_k[None, :],
-                           top_log_probs / _length_penalty(position + 1, length_penalty), _NEG_INF)
-    finished_scores, finished_tokens = _top_beams(
+    pooled = stops & in_top_k[None, :] & state.open[:, None]  # [batch, 2 * beams]
+    new_scores = jnp.where(pooled, normalized(top_log_probs, position + 1), _NEG_INF)
+    finished_scores, (finished_tokens, finished_token_log_probs) = _top_beams(
         jnp.concatenate([state.finished_scores, new_scores], axis=1),  # --> [batch, 3 * beams]
-        jnp.concatenate([state.finished_tokens, top_tokens], axis=1),  # --> [batch, 3 * beams, max_length]
-        beam_size)  # --> [batch, beams], [batch, beams, max_length]
+        (jnp.concatenate([state.finished_tokens, top_tokens], axis=1),  # --> [batch, 3 * beams, max_length]
+         jnp.concatenate([state.finished_token_log_probs, top_token_log_probs], axis=1)),
+        beam_size)  # --> [batch, beams], ([batch, beams, max_length], [batch, beams, max_length])
+    open_rows = state.open
+    if hf:
+      # transformers' early_stopping=False heuristic: stop the row once its pool
+      # is full and the best alive beam, normalized at its current length, does
+      # not beat the worst pooled hypothesis.
+      worst_finished = finished_scores[:, -1]  # [batch]
+      best_alive = normalized(live_log_probs[:, 0], position + 1)  # [batch]
+      open_rows = open_rows & ~((worst_finished > _NEG_INF) & (best_alive <= worst_finished))
     return BeamState(
         position=position + 1,
         live_log_probs=live_log_probs,
         live_tokens=live_tokens,
+        live_token_log_probs=live_token_log_probs,
         finished_scores=finished_scores,
         finished_tokens=finished_tokens,
+        finished_token_log_probs=finished_token_log_probs,
+        open=open_rows,
         cache=cache)
 
   final_state = lax.while_loop(cond_fn, body_fn, init_state)
 
-  # Beams alive at max_length are truncated hypotheses of max_length tokens.
-  # After an early exit they are shorter and cannot beat a finished one: drop them.
-  truncated_scores = jnp.where(final_state.position == max_length, final_state.live_log_probs / max_penalty, _NEG_INF)
-  scores, tokens = _top_beams(
-      jnp.concatenate([final_state.finished_scores, truncated_scores], axis=1),  # --> [batch, 2 * beams]
-      jnp.concatenate([final_state.finished_tokens, final_state.live_tokens], axis=1),  # [batch, 2 * beams, max_length]
-      beam_size)  # --> [batch, beams], [batch, beams, max_length]
+  hypotheses = (final_state.finished_tokens, final_state.finished_token_log_probs)
+  scores = final_state.finished_scores
+  if not hf:
+    # Beams alive at max_length are truncated hypotheses of max_length tokens.
+    # After an early exit they are shorter and cannot beat a finished one: drop them.
+    truncated_scores = jnp.where(final_state.position == max_length, final_state.live_log_probs / max_penalty,
+                                 _NEG_INF)
+    scores, hypotheses = _top_beams(
+        jnp.concatenate([scores, truncated_scores], axis=1),  # --> [batch, 2 * beams]
+        (jnp.concatenate([hypotheses[0], final_state.live_tokens], axis=1),  # [batch, 2 * beams, max_length]
+         jnp.concatenate([hypotheses[1], final_state.live_token_log_probs], axis=1)),
+        beam_size)  # --> [batch, beams], ([batch, beams, max_length], [batch, beams, max_length])
   # [batch, beams] --> [batch, beams, 1]: empty slots hold only padding.
-  tokens = jnp.where((scores == _NEG_INF)[:, :, None], pad_id, tokens)
+  empty = (scores == _NEG_INF)[:, :, None]
+  tokens = jnp.where(empty, pad_id, hypotheses[0])
+  if return_token_log_probs:
+    return tokens, scores, jnp.where(empty, 0.0, hypotheses[1])
   return tokens, scores
 
 

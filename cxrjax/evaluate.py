@@ -10,12 +10,11 @@ on phantoms also the findings oracle, the report written from each study's true 
 classifiers predictions.csv (`cxrjax auroc` scores it against the label file) and per-class AUROC.
 """
 
-import json
 from typing import Any
 
 import jax
 
-from cxrjax import sharding, workdir as workdir_lib
+from cxrjax import files, sharding, workdir as workdir_lib
 from cxrjax.data import datasets, pipeline
 from cxrjax.metrics import baselines
 from cxrjax.metrics import captioning as caption_metrics
@@ -74,5 +73,5 @@ def evaluate(workdir: str, split: str, checkpoint: str = workdir_lib.BEST, beam_
     out_dir = workdir_lib.eval_dir(workdir, split)
     out_dir.mkdir(parents=True, exist_ok=True)
     run.task.write(out_dir, records)
-    (out_dir / "metrics.json").write_text(json.dumps(output, indent=2) + "\n")
+    files.write_json(out_dir / "metrics.json", output, indent=2)  # Whole or not at all.
   return output

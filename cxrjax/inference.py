@@ -2,14 +2,17 @@
 `predict-agcnn`, `classify`, and the web demo call it.
 
   cxrjax predict --workdir DIR FRONTAL.png [LATERAL.png] [--attention-maps OUT_DIR]   a report
+  cxrjax predict --workdir DIR [--greedy | --beam-size K] [--max-new-tokens N] IMAGE...  one caption each
   cxrjax predict-agcnn --workdir DIR --out-dir OUT IMAGE...                           AG-CNN findings
   cxrjax classify --weights DIR IMAGE...                                              CheXNet findings
 
 Images get the evaluation transform of the run's config (data/transforms.py: the encoder's normalisation,
 resize filter and rule); a study with fewer views than the model reads repeats its last view, as the
-datasets do for single-image studies. Reports are decoded with the config's search. Attention maps come
-from re-reading the generated tokens with teacher forcing: for each generated token, the decoder's
-attention over the regions of every view.
+datasets do for single-image studies. Reports are decoded with the config's search (`config.decode`;
+greedy search, another beam size or another length on request); each token's log-probability and the
+beam hypothesis' score come from the search itself. Attention maps come from re-reading the generated
+tokens with teacher forcing: for each generated token, the decoder's attention over the regions of
+every view.
 """
 
 import dataclasses
@@ -27,6 +30,7 @@ from cxrjax.data import images as image_io
 from cxrjax.data import transforms
 from cxrjax.errors import UserError
 from cxrjax.models.encoders import densenet
+from cxrjax.tasks import captioning
 from cxrjax.weights import chexnet
 
 
@@ -86,13 +90,35 @@ class Predictor:
 
   # Report generators.
 
-  def generate(self, images: np.ndarray, greedy: bool = False) -> np.ndarray:
-    """images [batch, views, S, S, 3] -> generated token ids [batch, max_length] (the config's search, or
-    greedy search)."""
-    key = "greedy" if greedy else "generate"
+  def decode_config(self, beam_size: int | None = None, max_new_tokens: int | None = None
+                    ) -> ml_collections.ConfigDict:
+    """The run's `config.decode` with another beam size and/or most generated tokens (end included)."""
+    decode = ml_collections.ConfigDict(self.config.decode.to_dict())
+    for name, value, key in (("--beam-size", beam_size, "beam_size"),
+                             ("--max-new-tokens", max_new_tokens, "max_length")):
+      if value is not None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+          raise PredictionError(f"{name} must be a positive integer, got {value!r}")
+        decode[key] = value
+    return decode
+
+  def search(self, images: np.ndarray, greedy: bool = False, beam_size: int | None = None,
+             max_new_tokens: int | None = None) -> dict[str, np.ndarray]:
+    """images [batch, views, S, S, 3] -> tasks/captioning.py `search`'s {"tokens" [batch, max_length],
+    "token_log_probs" [batch, max_length], "scores" [batch]} (the config's search, greedy search, or the
+    config's with another beam size / length); each variant compiles once."""
+    decode = self.decode_config(beam_size, max_new_tokens)
+    key = ("search", greedy, decode.beam_size, decode.max_length)
     if key not in self._jitted:
-      self._jitted[key] = jax.jit(self.task_object.predict_fn(self.model, self.tokenizer, greedy=greedy))
-    return np.asarray(self._jitted[key](self.variables, {"images": images})["tokens"])
+      self._jitted[key] = jax.jit(self.task_object.predict_fn(self.model, self.tokenizer, greedy=greedy,
+                                                              decode=decode, with_scores=True))
+    return jax.device_get(self._jitted[key](self.variables, {"images": images}))
+
+  def generate(self, images: np.ndarray, greedy: bool = False, beam_size: int | None = None,
+               max_new_tokens: int | None = None) -> np.ndarray:
+    """images [batch, views, S, S, 3] -> generated token ids [batch, max_length] (the config's search, or
+    greedy search; `search`'s options)."""
+    return np.asarray(self.search(images, greedy, beam_size, max_new_tokens)["tokens"])
 
   def reread(self, images: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """Teacher forcing over generated `tokens` [n] (start token prepended) -> (each token's log-probability
@@ -118,24 +144,29 @@ class Predictor:
     """Teacher-forced attention [len(tokens), views, h, w] of generated `tokens` (None: no attention)."""
     return self.reread(images, tokens)[1]
 
-  def predict_report(self, paths: Sequence[str], attention_dir: str | None = None, greedy: bool = False
-                     ) -> dict[str, Any]:
+  def predict_report(self, paths: Sequence[str], attention_dir: str | None = None, greedy: bool = False,
+                     beam_size: int | None = None, max_new_tokens: int | None = None) -> dict[str, Any]:
     """One study's text: {"images", "report" (a study of several views) or "caption" (a model that reads one
     image), "token_ids" (generated, without start and end), "token_logprobs" (each one's log-probability
-    under the model)[, "attention_maps": [paths] or a reason]}."""
+    under the model, from the search), "score" (beam search only: the hypothesis score, e.g. transformers'
+    sequences_scores)[, "attention_maps": [paths] or a reason]}. `greedy`, `beam_size`, `max_new_tokens`:
+    `search`'s options."""
     if self.task != "captioning":
       raise PredictionError(f"the {self.name} model is a classifier; use `cxrjax predict-agcnn` or `classify`")
     images, views = self.load_views(paths)
-    row = self.generate(images, greedy=greedy)[0]
+    outputs = self.search(images, greedy=greedy, beam_size=beam_size, max_new_tokens=max_new_tokens)
+    row = np.asarray(outputs["tokens"][0])
     end = np.flatnonzero(row == self.tokenizer.end_id)
     tokens = [int(t) for t in row[:end[0] if len(end) else len(row)]]
     text_key = "caption" if self.preprocessing.num_views == 1 else "report"
+    log_probs = outputs["token_log_probs"][0, :len(tokens)]
     result: dict[str, Any] = {"images": list(paths), text_key: self.tokenizer.decode(row), "token_ids": tokens,
-                              "token_logprobs": []}
+                              "token_logprobs": [round(float(p), 6) for p in log_probs]}
+    if not captioning.runs_greedy_search(self.decode_config(beam_size, max_new_tokens), greedy):
+      result["score"] = round(float(outputs["scores"][0]), 6)
     maps = None
-    if tokens:
-      log_probs, maps = self.reread(images, np.array(tokens, np.int32))
-      result["token_logprobs"] = [round(float(p), 6) for p in log_probs]
+    if tokens and attention_dir is not None:
+      maps = self.reread(images, np.array(tokens, np.int32))[1]
     if attention_dir is not None:
       if not tokens:
         result["attention_maps"] = "none: the generated report is empty"

@@ -5,7 +5,8 @@
       learning_rate=1e-3, schedule="cosine", warmup_steps=500, final_lr_fraction=0.01,   # or schedule="step",
       decay_every_steps=...,        # the learning rate divided by 10 every decay_every_steps
       weight_decay=1e-4, grad_clip_norm=1.0, b1=0.9, b2=0.999,
-      param_groups=(("image_encoder/.*", None), (".*", 1.0)))
+      param_groups=(("image_encoder/.*", None), (".*", 1.0)),
+      accumulate_steps=1)           # gradients of that many batches averaged into one update
 
 `param_groups` says what is trained at which rate, as big_vision's `config.schedule`: a sequence of
 (regex, multiplier) pairs matched in order against each parameter's path ("image_encoder/densenet/
@@ -13,6 +14,13 @@ conv0/kernel"); the first full match decides. A multiplier scales the learning r
 None freezes them: no update and no weight decay (their gradient is also left out of the global norm that
 is clipped). Every parameter must match a pattern, so a typo cannot silently train or freeze the wrong
 tensors.
+
+`accumulate_steps=k` (seed 002: 2) wraps the optimizer in `optax.MultiSteps`: each train step still
+reads one batch (`train.batch_size` examples) and counts as one step of `train.num_steps`, but only
+every k-th applies an update, with the mean gradient of the k batches: the update of one step on a k
+times larger batch (tests/test_optim.py). The schedule counts updates, not batches: `warmup_steps`
+and `decay_every_steps` are in updates, and the cosine decays over `train.num_steps // k` of them.
+Clipping and weight decay apply once per update, to the mean gradient.
 """
 
 import re
@@ -105,10 +113,14 @@ def make_schedule(optimizer_config, num_steps: int) -> optax.Schedule:
 def make_optimizer(optimizer_config, params: Any, num_steps: int) -> optax.GradientTransformation:
   """Frozen gradients zeroed, global-norm clipping, then AdamW (decoupled decay; rank-1 leaves such as
   biases and norm scales are not decayed) or Adam + L2 on convolution kernels ("adam_l2"), then each
-  group's learning-rate multiplier (frozen groups: no update at all, weight decay included)."""
+  group's learning-rate multiplier (frozen groups: no update at all, weight decay included); all of it
+behind optax.MultiSteps when `accumulate_steps` > 1. `num_steps`: train steps (batches) of the run."""
   config = optimizer_config
+  accumulate_steps = config.get("accumulate_steps", 1)
+  if not isinstance(accumulate_steps, int) or accumulate_steps < 1:
+    raise ConfigError(f"optimizer.accumulate_steps={accumulate_steps!r}; expected an integer >= 1")
   labels = parameter_labels(config, params)
-  schedule = make_schedule(config, num_steps)
+  schedule = make_schedule(config, max(1, num_steps // accumulate_steps))  # in updates
   name = config.get("name", "adamw")
   if name == "adam_l2":
     conv_kernels = jax.tree.map(lambda leaf: leaf.ndim == 4, params)
@@ -126,4 +138,7 @@ def make_optimizer(optimizer_config, params: Any, num_steps: int) -> optax.Gradi
   rates = optax.multi_transform(
       {label: optax.set_to_zero() if label == FROZEN else optax.scale(float(label.split("=")[1]))
        for label in names}, labels)
-  return optax.chain(zero_frozen, optax.clip_by_global_norm(config.grad_clip_norm), base, rates)
+  tx = optax.chain(zero_frozen, optax.clip_by_global_norm(config.grad_clip_norm), base, rates)
+  if accumulate_steps > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=accumulate_steps).gradient_transformation()
+  return tx

@@ -14,7 +14,38 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from cxrjax.errors import ConfigError
+
 DATA_AXIS = "data"
+
+
+def parse_distributed(spec: str) -> dict[str, Any] | None:
+  """`--distributed` -> jax.distributed.initialize's arguments: "" -> None (one process); "auto" -> {} (JAX
+  finds the coordinator itself: TPU VMs, SLURM, or its JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+  JAX_PROCESS_ID environment); "HOST:PORT,NUM_PROCESSES,PROCESS_ID" -> those three."""
+  if not spec:
+    return None
+  if spec == "auto":
+    return {}
+  parts = spec.split(",")
+  if len(parts) != 3 or ":" not in parts[0] or not parts[1].isdigit() or not parts[2].isdigit():
+    raise ConfigError(f"--distributed={spec!r}: expected auto or HOST:PORT,NUM_PROCESSES,PROCESS_ID")
+  num_processes, process_id = int(parts[1]), int(parts[2])
+  if not 0 <= process_id < num_processes:
+    raise ConfigError(f"--distributed={spec!r}: process id {process_id} is not in 0..{num_processes - 1}")
+  return dict(coordinator_address=parts[0], num_processes=num_processes, process_id=process_id)
+
+
+def initialize_distributed(spec: str) -> None:
+  """Joins this process to JAX's distributed runtime (`parse_distributed`); every process runs the same
+  command. On CPU the collectives go through gloo, as multi-process CPU runs need. Must run before any
+  other JAX call touches the devices."""
+  arguments = parse_distributed(spec)
+  if arguments is None:
+    return
+  if arguments:  # Explicit addresses: also CPU processes (tests, clusters); it changes nothing on TPUs.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(**arguments)
 
 
 def create_mesh() -> jax.sharding.Mesh:

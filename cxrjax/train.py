@@ -112,10 +112,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
 
   latest = workdir_lib.checkpoint_manager(workdir, workdir_lib.LATEST)
   best = workdir_lib.checkpoint_manager(workdir, workdir_lib.BEST)
-  resuming = latest.latest_step() is not None
+  # A run killed at any moment resumes from its newest complete checkpoint (a damaged one is skipped).
+  restored = workdir_lib.restore_newest(latest, target)
+  resuming = restored is not None
   if resuming:
-    state, data_state, meta = workdir_lib.restore(latest, target)
-  else:
+    state, data_state, meta = restored
+    # What the killed run did after this point is replayed exactly: its newer checkpoints and logs go.
+    for manager in (latest, best):
+      workdir_lib.forget_steps_after(manager, int(state.step))
+  workdir_lib.trim_metrics(workdir, int(state.step) if resuming else 0)
+  if not resuming:
     init = jax.jit(lambda rng: workdir_lib.init_state(components, rng), out_shardings=state_sharding)
     state = init(jax.random.key(train_cfg.seed))
     variables = initial_variables(config, state, tokenizer)

@@ -4,17 +4,20 @@
   tokenizer.json         the tokenizer the model was trained with (captioners)
   label_names.json       the class names of the outputs (classifiers)
   metrics.jsonl          one JSON object per logged step and per validation
-  checkpoints/latest/    the newest state, with the data iterator's position (resume point)
+  checkpoints/latest/    the two newest states, with the data iterator's position (resume point; a damaged
+                         newest one is skipped with a warning and the one before it used)
   checkpoints/best/      the state with the best validation metric (model selection: validation only)
   eval/<split>/          what `cxrjax evaluate` writes (metrics.json, predictions)
   features/train.npz     cached frozen-encoder features (captioners with train.cache_features)
 
-Workdirs may be local or gs:// (etils.epath). Process 0 writes the files; orbax coordinates checkpoints.
+Workdirs may be local or gs:// (etils.epath). Process 0 writes the files, each whole or not at all
+(files.py); orbax coordinates checkpoints and writes each into a temporary folder renamed when complete.
 """
 
 import dataclasses
 import json
 import os
+import sys
 from typing import Any
 
 import flax
@@ -24,13 +27,17 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
-from cxrjax import models, optim, sharding, tasks
+from cxrjax import files, models, optim, sharding, tasks
 from cxrjax.errors import ConfigError, UserError
 from cxrjax.text import tokenizers
 
 LATEST, BEST = "latest", "best"
 CONFIG_FILE, TOKENIZER_FILE, METRICS_FILE = "config.json", "tokenizer.json", "metrics.jsonl"
 LABELS_FILE = "label_names.json"
+# Config sections a workdir's config.json must have to be recognised (every config of configs/ fills more).
+REQUIRED_SECTIONS = ("data", "model")
+# How many states checkpoints/<name>/ keeps: two for `latest`, so that a damaged newest one has a fallback.
+KEEP = {"latest": 2, "best": 1}
 
 
 class WorkdirError(UserError):
@@ -54,18 +61,33 @@ def absolute_path(path: str | os.PathLike) -> epath.Path:
   return path if "://" in str(path) else epath.Path(os.path.abspath(path))
 
 
+def _read_json(path: epath.Path) -> Any:
+  try:
+    return json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    raise WorkdirError(f"{path}: not valid JSON ({error})") from None
+
+
 def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
   path = epath.Path(workdir) / CONFIG_FILE
   if not path.is_file():
     raise WorkdirError(f"{path}: not found; is {workdir} a `cxrjax train` workdir?")
-  try:
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
-  except json.JSONDecodeError as error:
-    raise WorkdirError(f"{path}: not valid JSON ({error})") from None
+  data = _read_json(path)
+  if not isinstance(data, dict):
+    raise WorkdirError(f"{path}: not a run config (expected a JSON object, got {type(data).__name__})")
+  missing = [name for name in REQUIRED_SECTIONS if not isinstance(data.get(name), dict)]
+  if not missing and "name" not in data["model"]:
+    missing = ["model.name"]
+  if missing:
+    raise WorkdirError(f"{path}: not a run config (missing {', '.join(missing)})")
+  return ml_collections.ConfigDict(data)
 
 
 def check_compatible(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> None:
-  """Refuses a workdir whose checkpoints belong to another model or data configuration."""
+  """Refuses a workdir whose checkpoints belong to another model or data configuration, and a --workdir
+  that is a file."""
+  if epath.Path(workdir).exists() and not epath.Path(workdir).is_dir():
+    raise WorkdirError(f"{workdir}: exists and is not a directory; --workdir needs a folder")
   if not (epath.Path(workdir) / CONFIG_FILE).exists():
     return
   saved = read_config(workdir).to_dict()
@@ -79,22 +101,28 @@ def check_compatible(workdir: str | os.PathLike, config: ml_collections.ConfigDi
 
 def write_run_files(workdir: str | os.PathLike, config: ml_collections.ConfigDict, tokenizer: Any,
                     label_names: Any = None) -> None:
-  """config.json, tokenizer.json and label_names.json (process 0 only)."""
+  """config.json, tokenizer.json and label_names.json (process 0 only), each written atomically."""
   workdir = epath.Path(workdir)
+  if workdir.exists() and not workdir.is_dir():
+    raise WorkdirError(f"{workdir}: exists and is not a directory; a workdir is a folder")
   workdir.mkdir(parents=True, exist_ok=True)
   if sharding.is_lead_process():
-    (workdir / CONFIG_FILE).write_text(config.to_json(indent=2) + "\n")
+    files.write_text(workdir / CONFIG_FILE, config.to_json(indent=2) + "\n")
     if tokenizer is not None:
-      tokenizer.save(workdir / TOKENIZER_FILE)
+      with files.replaced_on_success(workdir / TOKENIZER_FILE) as temporary:
+        tokenizer.save(temporary)
     if label_names is not None:
-      (workdir / LABELS_FILE).write_text(json.dumps(list(label_names)) + "\n")
+      files.write_json(workdir / LABELS_FILE, list(label_names))
 
 
 def load_label_names(workdir: str | os.PathLike) -> tuple[str, ...]:
   path = epath.Path(workdir) / LABELS_FILE
   if not path.is_file():
     raise WorkdirError(f"{path}: not found; the workdir lacks its classifier's class names")
-  return tuple(json.loads(path.read_text()))
+  names = _read_json(path)
+  if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+    raise WorkdirError(f"{path}: expected a JSON list of class names")
+  return tuple(names)
 
 
 def eval_dir(workdir: str | os.PathLike, split: str) -> epath.Path:
@@ -149,8 +177,16 @@ def abstract_state(components: Components, mesh: jax.sharding.Mesh) -> TrainStat
 
 
 def checkpoint_manager(workdir: str | os.PathLike, name: str, create: bool = True) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=1, create=create)
-  return ocp.CheckpointManager(absolute_path(epath.Path(workdir) / "checkpoints" / name), options=options)
+  """checkpoints/<name>/; `create` (a run that writes): removes, with a warning, the temporary folders of a
+  save that was interrupted (orbax renames a checkpoint's folder only once it is complete)."""
+  directory = absolute_path(epath.Path(workdir) / "checkpoints" / name)
+  if create and directory.is_dir():
+    for incomplete in sorted(p for p in directory.iterdir() if ocp.path.atomicity.TMP_DIR_SUFFIX in p.name):
+      print(f"warning: {incomplete}: an incomplete checkpoint (its save was interrupted); removed",
+            file=sys.stderr)
+  options = ocp.CheckpointManagerOptions(max_to_keep=KEEP.get(name, 1), create=create,
+                                         cleanup_tmp_directories=create)
+  return ocp.CheckpointManager(directory, options=options)
 
 
 def save(manager: ocp.CheckpointManager, state: TrainState, data_state: Any, meta: dict) -> None:
@@ -167,6 +203,54 @@ def restore(manager: ocp.CheckpointManager, target: TrainState, step: int | None
       state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(),
       meta=ocp.args.JsonRestore()))
   return restored.state, restored.data, restored.meta
+
+
+def restore_newest(manager: ocp.CheckpointManager, target: TrainState):
+  """`restore` of the newest checkpoint that can be read, or None when there is none. A damaged one (a
+  file cut short, a folder half deleted) is skipped with a warning naming it; if none can be read, a
+  WorkdirError names the newest and why."""
+  steps = sorted(manager.all_steps(), reverse=True)
+  first_error = None
+  for step in steps:
+    try:
+      return restore(manager, target, step)
+    except Exception as error:  # Orbax, tensorstore and JSON errors alike: a damaged checkpoint.
+      first_error = first_error or error
+      print(f"warning: {manager.directory / str(step)}: cannot be restored ({type(error).__name__}: "
+            f"{_first_line(error)}); " + ("using the one before" if step != steps[-1] else "no other left"),
+            file=sys.stderr)
+  if first_error is not None:
+    raise WorkdirError(f"{manager.directory}: none of its checkpoints (steps {sorted(steps)}) can be "
+                       f"restored; the newest: {_first_line(first_error)}")
+  return None
+
+
+def forget_steps_after(manager: ocp.CheckpointManager, step: int) -> None:
+  """Deletes the checkpoints newer than `step`: damaged ones skipped by `restore_newest`, or a `best` saved
+  after the resume point (the resumed run saves it again at the same step)."""
+  for newer in sorted(s for s in manager.all_steps() if s > step):
+    manager.delete(newer)
+
+
+def trim_metrics(workdir: str | os.PathLike, step: int) -> None:
+  """Keeps the records of metrics.jsonl up to `step` (the resume point): what a killed run logged after
+  its last checkpoint, and a line cut short by the kill, would otherwise appear twice or break readers."""
+  path = metrics_path(workdir)
+  if not sharding.is_lead_process() or not path.exists():
+    return
+  kept = []
+  for line in path.read_text().splitlines():
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      continue  # A line cut short by the kill.
+    if isinstance(record, dict) and record.get("step", 0) <= step:
+      kept.append(line)
+  files.write_lines(path, kept)
+
+
+def _first_line(error: BaseException) -> str:
+  return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
 
 
 def create_from_variables(workdir: str | os.PathLike, config: ml_collections.ConfigDict, tokenizer: Any,
@@ -223,10 +307,11 @@ def load_run(workdir: str | os.PathLike, checkpoint: str = BEST) -> Run:
   components = build(config, tokenizer)
   mesh = sharding.create_mesh()
   manager = checkpoint_manager(workdir, checkpoint, create=False)
-  if manager.latest_step() is None:
-    raise WorkdirError(f"{workdir / 'checkpoints' / checkpoint}: no checkpoint; has training run?")
-  state, _, _ = restore(manager, abstract_state(components, mesh))
+  restored = restore_newest(manager, abstract_state(components, mesh))
   manager.close()
+  if restored is None:
+    raise WorkdirError(f"{workdir / 'checkpoints' / checkpoint}: no checkpoint; has training run?")
+  state = restored[0]
   return Run(workdir=workdir, config=config, task=components.task, model=components.model,
              tokenizer=tokenizer, state=state, mesh=mesh, checkpoint=checkpoint)
 

@@ -15,10 +15,9 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 
 import jax  # noqa: E402  (after XLA_FLAGS)
 
-jax.config.update("jax_cpu_collectives_implementation", "gloo")
-jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2, process_id=process_id)
+from cxrjax import evaluate, sharding  # noqa: E402
 
-from cxrjax import evaluate  # noqa: E402
+sharding.initialize_distributed(f"localhost:{port},2,{process_id}")  # What `--distributed=...` does.
 
 output = evaluate.evaluate(workdir, "test", meteor=False, baselines_too=False)
 print(json.dumps({"process": jax.process_index(), "devices": jax.device_count(),

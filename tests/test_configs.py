@@ -1,11 +1,13 @@
 """Every command written in a config's docstring, run as written (the config in its smoke variant) on the
 real data fixtures: the real report XMLs of 300 IU X-ray studies with their image ids linked to the real
-Open-i PNGs, the 15 real ChestX-ray14 images with the real label file, and weight files of the public
-formats written here from random reference models (Keras, PyTorch) in the DenseNet-121 layout that the
-smoke encoder has. Also checks what the configs claim about the data."""
+Open-i PNGs, the 15 real ChestX-ray14 images with the real label file, real ROCOv2 and ROCO captions with
+real chest X-rays as their JPEGs, and weight files of the public formats written here from random
+reference models (Keras, PyTorch, transformers) in the layouts that the smoke models have. Also checks
+what the configs claim about the data."""
 
 import gzip
 import importlib
+import io
 import json
 import os
 import pathlib
@@ -14,6 +16,7 @@ import shlex
 import tarfile
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 from PIL import Image
@@ -22,6 +25,7 @@ from cxrjax import cli
 from cxrjax.data import chestxray14
 from cxrjax.data import images as image_lib
 from tests.data.test_prepare import make_openi_layout
+from tests.data.test_roco import _roco_v1_layout
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if not p.stem.startswith("_"))
@@ -86,7 +90,34 @@ def sandbox(tmp_path_factory, shared_data):
   _write_torch_chexnet(folder / "model.pth.tar")
   _write_word_vectors(shared_data / "text/glove.6B.50d.first76.txt", folder / "glove.6B.300d.txt", dim=16)
   _write_rocov2_release(shared_data, folder / "rocov2_download")
+  _roco_v1_layout(shared_data, folder / "roco_download", _small_jpegs(shared_data))
+  _write_hf_smoke_models(folder, shared_data / "text/bert-base-uncased-vocab.txt")
   return folder
+
+
+def _small_jpegs(shared_data) -> list[bytes]:
+  """The fixture's real chest X-ray PNGs as small JPEGs (ROCO ships JPEGs)."""
+  out = []
+  for path in sorted((shared_data / "iu_xray/images").glob("*.png")):
+    buffer = io.BytesIO()
+    Image.fromarray(image_lib.load_image(path)).resize((40, 40)).save(buffer, format="JPEG", quality=90)
+    out.append(buffer.getvalue())
+  return out
+
+
+def _write_hf_smoke_models(folder, vocab):
+  """$GIT_DIR and $BLIP_DIR as a hub download has them (config.json, model.safetensors, vocab.txt), from
+  random transformers models of the configs' smoke sizes (configs/roco_{git,blip}.py SMOKE_HF_CONFIG)."""
+  import torch  # pylint: disable=g-import-not-at-top  (test-only reference)
+  import transformers  # pylint: disable=g-import-not-at-top
+  from configs import roco_blip, roco_git  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  for name, model in (
+      ("git_download", transformers.GitForCausalLM(transformers.GitConfig(**roco_git.SMOKE_HF_CONFIG))),
+      ("blip_download", transformers.BlipForConditionalGeneration(
+          transformers.BlipConfig(**roco_blip.SMOKE_HF_CONFIG)))):
+    model.save_pretrained(folder / name)
+    (folder / name / "vocab.txt").write_bytes(vocab.read_bytes())
 
 
 def _write_rocov2_release(shared_data, folder):
@@ -141,6 +172,9 @@ def test_docstring_commands_run_as_written(name, sandbox, monkeypatch, capsys):
   monkeypatch.setenv("NIH", str(sandbox / "nih_download"))
   monkeypatch.setenv("DATA", str(sandbox / "data"))
   monkeypatch.setenv("ROCOV2", str(sandbox / "rocov2_download"))
+  monkeypatch.setenv("ROCO", str(sandbox / "roco_download"))
+  monkeypatch.setenv("GIT_DIR", str(sandbox / "git_download"))
+  monkeypatch.setenv("BLIP_DIR", str(sandbox / "blip_download"))
   monkeypatch.setenv("VOCAB", str(ROOT.parent / "shared/data/text/bert-base-uncased-vocab.txt"))
   for argv in docstring_commands(name):
     argv = smoke([os.path.expandvars(arg) for arg in argv[1:]])

@@ -2,6 +2,7 @@
 
 import functools
 import itertools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -539,3 +540,210 @@ def test_bad_arguments_raise_clear_errors():
     decoding.greedy_search(lambda t, c, p: (step_fn(t, c, p)[0], {**c, "h": c["h"][:, :2]}), cache, **options)
   with pytest.raises(ValueError, match="no array with a batch dimension"):
     decoding.greedy_search(lambda t, c, p: (jnp.zeros((1, 4)), c), {}, **options)
+
+
+# transformers' beam search (length_normalization="hf") and greedy search, against `generate` itself.
+# A tiny random GPT-2 is the model of both: the JAX step function keeps the token prefix in its cache
+# and asks the torch model (through jax.pure_callback) for the next-token logits, so the two sides see
+# the same distributions and only the search logic is compared.
+
+HF_VOCAB, HF_START, HF_END, HF_PAD, HF_PROMPT = 20, 1, 2, 0, 4
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2():
+  os.environ.setdefault("HF_HUB_OFFLINE", "1")
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  torch.manual_seed(0)
+  config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=HF_VOCAB, n_positions=32,
+                                   initializer_range=0.3, bos_token_id=HF_START, eos_token_id=HF_END,
+                                   pad_token_id=HF_PAD)
+  model = transformers.GPT2LMHeadModel(config).eval()
+  with torch.no_grad():
+    # Point the end token's (tied) embedding along the mean final hidden state, so that ending is
+    # likely but context-dependent: pooled hypotheses end at different steps, some run to the limit.
+    tokens = torch.randint(3, HF_VOCAB, (64, 10), generator=torch.Generator().manual_seed(1))
+    direction = model.transformer(tokens).last_hidden_state.reshape(-1, 16).mean(0)
+    model.transformer.wte.weight[HF_END] = 0.7 * direction / direction.norm()
+  return torch, model
+
+
+def _torch_step_fn(torch, model):
+  """A step function whose cache is the token prefix [rows, prompt + max_length]."""
+
+  def next_logits(prefix, position):
+    with torch.no_grad():
+      inputs = torch.tensor(np.asarray(prefix)[:, :HF_PROMPT + int(position)], dtype=torch.long)
+      return model(inputs).logits[:, -1].float().numpy()
+
+  def step_fn(params, tokens, cache, position):
+    del params
+    prefix = cache["prefix"].at[:, HF_PROMPT - 1 + position].set(tokens)
+    logits = jax.pure_callback(next_logits, jax.ShapeDtypeStruct((prefix.shape[0], HF_VOCAB), jnp.float32),
+                               prefix, position, vmap_method="sequential")
+    return logits, {"prefix": prefix}
+
+  return step_fn
+
+
+def _prompts(seed: int, batch: int) -> np.ndarray:
+  """Random prompts [batch, HF_PROMPT] ending with the start token (the token our searches feed first)."""
+  prompts = np.random.default_rng(seed).integers(3, HF_VOCAB, size=(batch, HF_PROMPT))
+  prompts[:, -1] = HF_START
+  return prompts
+
+
+def _hf_generate(torch, model, prompts, max_new_tokens, **options):
+  with torch.no_grad():
+    out = model.generate(torch.tensor(prompts), attention_mask=torch.ones(prompts.shape, dtype=torch.long),
+                         max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=HF_END,
+                         pad_token_id=HF_PAD, output_scores=True, return_dict_in_generate=True,
+                         use_cache=False, **options)
+  return out, out.sequences[:, HF_PROMPT:].numpy()
+
+
+def _trim(row, max_length: int) -> list[int]:
+  """Generated ids up to and including the first end token."""
+  row = [int(t) for t in row[:max_length]]
+  return row[:row.index(HF_END) + 1] if HF_END in row else row
+
+
+@pytest.mark.parametrize("beam_size,length_penalty,max_length,seed",
+                         [(3, 1.0, 8, 0), (2, 1.0, 10, 1), (3, 2.0, 7, 2), (4, 0.5, 8, 3), (3, 0.0, 6, 4),
+                          (2, -0.5, 8, 5)])
+def test_hf_beam_search_matches_transformers_generate(tiny_gpt2, beam_size, length_penalty, max_length, seed):
+  """The whole pool (num_return_sequences=beams): ids, sequences_scores and each token's log-probability."""
+  torch, model = tiny_gpt2
+  batch = 16
+  prompts = _prompts(seed, batch)
+  out, expected = _hf_generate(torch, model, prompts, max_length, num_beams=beam_size,
+                               num_return_sequences=beam_size, length_penalty=length_penalty)
+  expected = expected.reshape(batch, beam_size, -1)
+  expected_scores = out.sequences_scores.numpy().reshape(batch, beam_size)
+  # Each token's log-probability as transformers reports it (compute_transition_scores along its beams).
+  transition = model.compute_transition_scores(out.sequences, out.scores, out.beam_indices,
+                                               normalize_logits=False).numpy().reshape(batch, beam_size, -1)
+  calls = []
+  torch_step = _torch_step_fn(torch, model)
+
+  def counted_step(params, tokens, cache, position):
+    jax.debug.callback(lambda: calls.append(1))
+    return torch_step(params, tokens, cache, position)
+
+  search = decoding.jit_search(decoding.beam_search, counted_step, start_id=HF_START, end_id=HF_END,
+                               pad_id=HF_PAD, max_length=max_length, beam_size=beam_size,
+                               length_penalty=length_penalty, length_normalization="hf",
+                               return_token_log_probs=True)
+  cache = {"prefix": np.concatenate([prompts, np.full((batch, max_length), HF_PAD)], axis=1).astype(np.int32)}
+  tokens, scores, token_log_probs = map(np.asarray, search(None, cache))
+  jax.effects_barrier()
+  lengths = np.zeros((batch, beam_size), np.int64)
+  for b, k in itertools.product(range(batch), range(beam_size)):
+    ours, theirs = _trim(tokens[b, k], max_length), _trim(expected[b, k], max_length)
+    assert ours == theirs, f"example {b} beam {k}: {ours} != transformers' {theirs}"
+    lengths[b, k] = len(ours)
+    np.testing.assert_allclose(token_log_probs[b, k, :len(ours)], transition[b, k, :len(ours)], atol=2e-5)
+    assert np.all(token_log_probs[b, k, len(ours):] == 0)
+  np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(scores, token_log_probs.sum(-1) / np.power(lengths, length_penalty),
+                             rtol=1e-5, atol=1e-5)
+  _HF_COVERAGE.append((lengths, max_length, len(calls)))
+
+
+_HF_COVERAGE = []
+
+
+def test_hf_beam_search_comparisons_cover_every_case():
+  """The comparisons above meant something: pooled hypotheses that ended at the first step, later, and
+  that max_length cut."""
+  if len(_HF_COVERAGE) < 6:
+    pytest.skip("runs after the transformers comparisons")
+  lengths = np.concatenate([l.reshape(-1) for l, _, _ in _HF_COVERAGE])
+  cut = np.concatenate([(l == n).reshape(-1) for l, n, _ in _HF_COVERAGE])
+  assert np.any(lengths == 1) and np.any((lengths > 1) & ~cut) and np.any(cut)
+
+
+def test_hf_beam_search_stops_rows_as_transformers_does(tiny_gpt2):
+  """A row whose pool closed takes no more hypotheses while the others run on (rows close at different
+  steps here), and the loop ends once every row's pool has closed."""
+  torch, model = tiny_gpt2
+  max_length, beam_size, batch = 12, 2, 8
+  step = _torch_step_fn(torch, model)
+  calls = []
+
+  def counted_step(params, tokens, cache, position):
+    jax.debug.callback(lambda: calls.append(1))
+    return step(params, tokens, cache, position)
+
+  for length_penalty, seed in ((1.0, 6), (0.0, 7)):
+    search = decoding.jit_search(decoding.beam_search, counted_step, start_id=HF_START, end_id=HF_END,
+                                 pad_id=HF_PAD, max_length=max_length, beam_size=beam_size,
+                                 length_penalty=length_penalty, length_normalization="hf")
+    prompts = _prompts(seed, batch)
+    out, expected = _hf_generate(torch, model, prompts, max_length, num_beams=beam_size,
+                                 length_penalty=length_penalty, num_return_sequences=beam_size)
+    expected = expected.reshape(batch, beam_size, -1)
+    expected_scores = out.sequences_scores.numpy().reshape(batch, beam_size)
+    pool_lengths = np.array([[len(_trim(row, max_length)) for row in rows] for rows in expected])
+    # Then only the rows whose pools closed early: transformers' results do not depend on the other
+    # rows, and the search must now stop early.
+    short = np.flatnonzero(pool_lengths.max(axis=1) < max_length)
+    assert 0 < len(short) < batch
+    for rows in (np.arange(batch), short):
+      cache = {"prefix": np.concatenate([prompts[rows], np.full((len(rows), max_length), HF_PAD)],
+                                        axis=1).astype(np.int32)}
+      calls.clear()
+      tokens, scores = map(np.asarray, search(None, cache))
+      jax.effects_barrier()
+      for index, b in enumerate(rows):
+        for k in range(beam_size):
+          assert _trim(tokens[index, k], max_length) == _trim(expected[b, k], max_length), (seed, b, k)
+      np.testing.assert_allclose(scores, expected_scores[rows], rtol=1e-5, atol=1e-5)
+    assert len(calls) <= pool_lengths[short].max() + 1 < max_length
+
+
+def test_greedy_search_matches_transformers_generate(tiny_gpt2):
+  torch, model = tiny_gpt2
+  batch, max_length = 16, 8
+  prompts = _prompts(11, batch)
+  out, expected = _hf_generate(torch, model, prompts, max_length, num_beams=1)
+  cache = {"prefix": np.concatenate([prompts, np.full((batch, max_length), HF_PAD)], axis=1).astype(np.int32)}
+  tokens, log_probs, token_log_probs = map(np.asarray, decoding.greedy_search(
+      functools.partial(_torch_step_fn(torch, model), None), cache, start_id=HF_START, end_id=HF_END,
+      pad_id=HF_PAD, max_length=max_length, return_token_log_probs=True))
+  transition = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True).numpy()
+  lengths = []
+  for b in range(batch):
+    ours, theirs = _trim(tokens[b], max_length), _trim(expected[b], max_length)
+    assert ours == theirs, f"example {b}"
+    lengths.append(len(ours))
+    np.testing.assert_allclose(token_log_probs[b, :len(ours)], transition[b, :len(ours)], atol=2e-5)
+  np.testing.assert_allclose(log_probs, token_log_probs.sum(-1), rtol=1e-5, atol=1e-5)
+  assert min(lengths) < max_length and max(lengths) == max_length, lengths
+
+
+def test_shared_cache_entries_are_expanded_once_and_never_gathered():
+  """A `Shared` entry (read-only, alike in every beam) gives the same search as a plain one, reaches
+  step_fn expanded over the beams, and comes out of every step as it went in."""
+  rng = np.random.default_rng(0)
+  batch, vocab, beams = 3, 7, 3
+  table = jnp.asarray(rng.normal(size=(batch, vocab, vocab)).astype(np.float32) * 3)
+  seen_shapes = []
+
+  def step_fn(tokens, cache, position):
+    memory = decoding.shared_value(cache["memory"])  # [rows, vocab, vocab], each row its example's table
+    seen_shapes.append(memory.shape)
+    logits = jnp.take_along_axis(memory, tokens[:, None, None], axis=1)[:, 0] + cache["bias"]
+    return logits, dict(cache, bias=cache["bias"] * 0.5)
+
+  options = dict(start_id=0, end_id=1, max_length=6, beam_size=beams)
+  plain = {"memory": table, "bias": jnp.zeros((batch, vocab))}
+  shared = {"memory": decoding.Shared(table), "bias": jnp.zeros((batch, vocab))}
+  tokens, scores = decoding.beam_search(step_fn, plain, **options)
+  shared_tokens, shared_scores = decoding.beam_search(step_fn, shared, **options)
+  np.testing.assert_array_equal(shared_tokens, tokens)
+  np.testing.assert_allclose(shared_scores, scores, rtol=1e-6)
+  assert seen_shapes[-1] == (batch * beams, vocab, vocab)
+  greedy, _ = decoding.greedy_search(step_fn, shared, start_id=0, end_id=1, max_length=6)
+  np.testing.assert_array_equal(greedy, decoding.greedy_search(step_fn, plain, start_id=0, end_id=1, max_length=6)[0])

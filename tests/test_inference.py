@@ -61,7 +61,8 @@ def test_attention_maps_are_distributions_over_both_views(smoke_run, study_files
 def test_empty_report_has_no_maps_and_says_why(smoke_run, study_files, tmp_path, monkeypatch):
   predictor = inference.Predictor.from_workdir(smoke_run)
   end = predictor.tokenizer.end_id
-  monkeypatch.setattr(predictor, "generate", lambda images, greedy=False: np.full((1, 5), end, np.int32))
+  monkeypatch.setattr(predictor, "search", lambda images, **options: {
+      "tokens": np.full((1, 5), end, np.int32), "token_log_probs": np.zeros((1, 5)), "scores": np.zeros(1)})
   result = predictor.predict_report(study_files, attention_dir=str(tmp_path / "maps"))
   assert result["report"] == "" and result["token_ids"] == []
   assert result["attention_maps"] == "none: the generated report is empty"
@@ -126,3 +127,19 @@ def test_greedy_predict_gives_each_tokens_log_probability_the_maximum_of_its_ste
   logits = predictor.model.apply(predictor.variables, images, inputs)["logits"][0, :len(tokens)]
   best = np.asarray(jax.nn.log_softmax(logits)).max(axis=-1)
   np.testing.assert_allclose(log_probs, best, atol=1e-5)
+
+
+def test_predict_beam_size_and_max_new_tokens(smoke_run, study_files, capsys):
+  """--beam-size / --max-new-tokens: the beam's tokens, each one's log-probability (equal to re-reading them
+  with teacher forcing) and the hypothesis score; a bad beam size is one line."""
+  assert cli.main(["predict", "--workdir", str(smoke_run), "--beam-size", "3", "--max-new-tokens", "5",
+                   *study_files]) == 0
+  result = json.loads(capsys.readouterr().out)
+  assert 1 <= len(result["token_ids"]) <= 5 and len(result["token_logprobs"]) == len(result["token_ids"])
+  assert "score" in result
+  predictor = inference.Predictor.from_workdir(smoke_run)
+  images, _ = predictor.load_views(study_files)
+  reread = predictor.reread(images, np.array(result["token_ids"], np.int32))[0]
+  np.testing.assert_allclose(result["token_logprobs"], reread, atol=1e-5)
+  assert cli.main(["predict", "--workdir", str(smoke_run), "--beam-size", "0", *study_files]) == 2
+  assert "beam" in capsys.readouterr().err

@@ -10,7 +10,7 @@ PACKAGE = pathlib.Path(cxrjax.__file__).parent
 
 # The layer of each top-level part; a module may import its own layer or lower ones only.
 LAYERS = {
-    "errors": 0,
+    "errors": 0, "files": 0,
     "text": 1, "ops": 1, "figures": 1,
     "data": 2, "metrics": 2,
     "models": 3, "decoding": 3, "optim": 3, "sharding": 3, "config": 3,
@@ -18,6 +18,7 @@ LAYERS = {
     "tasks": 5,
     "workdir": 6,
     "train": 7, "evaluate": 7, "inference": 7,
+    "serve": 7, "sweep": 7,
     "cli": 8,
 }
 # Optional heavy dependencies that may be imported inside a function (each with its reason in the code).

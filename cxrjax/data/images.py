@@ -1,14 +1,24 @@
 """Image files to arrays: one place that decodes PNG/JPEG in any mode into uint8 RGB.
 
+An image's size is checked from its header before any pixel is decoded: a few kilobytes of PNG can
+declare billions of pixels (a decompression bomb). The limit is `max_pixels`, by default
+$CXRJAX_MAX_IMAGE_PIXELS or DEFAULT_MAX_PIXELS (8192 x 8192, four times a large radiograph).
 Resizing and normalising for a model is transforms.py's (from the encoder's config).
 """
 
+import errno
 import io
+import os
 import pathlib
+import re
+import stat
 
 import numpy as np
 from PIL import Image
 from cxrjax.errors import UserError
+
+DEFAULT_MAX_PIXELS = 8192 * 8192
+MAX_PIXELS_VARIABLE = "CXRJAX_MAX_IMAGE_PIXELS"
 
 
 class ImageError(UserError):
@@ -42,21 +52,62 @@ def to_rgb_uint8(image: Image.Image | np.ndarray, source: str = "<array>") -> np
   return np.ascontiguousarray(array[..., :3])
 
 
-def decode_image(data: bytes, source: str) -> np.ndarray:
-  """Encoded PNG/JPEG bytes -> uint8 [H, W, 3]; corrupt data raises ImageError naming `source`."""
+def max_pixels_allowed() -> int:
+  """The pixel limit: $CXRJAX_MAX_IMAGE_PIXELS if set, else DEFAULT_MAX_PIXELS."""
+  value = os.environ.get(MAX_PIXELS_VARIABLE, "")
+  if not value:
+    return DEFAULT_MAX_PIXELS
+  if not value.isdigit() or int(value) < 1:
+    raise ImageError(f"${MAX_PIXELS_VARIABLE}={value!r}: expected a positive number of pixels")
+  return int(value)
+
+
+def decode_image(data: bytes, source: str, max_pixels: int | None = None) -> np.ndarray:
+  """Encoded PNG/JPEG bytes -> uint8 [H, W, 3]; corrupt data, or more than `max_pixels` pixels (default
+  `max_pixels_allowed()`), raises ImageError naming `source`."""
+  if not data:
+    raise ImageError(f"{source}: an empty file (0 bytes), not an image")
+  limit = max_pixels_allowed() if max_pixels is None else max_pixels
   try:
-    with Image.open(io.BytesIO(data)) as image:
+    with Image.open(io.BytesIO(data)) as image:  # Reads the header only.
+      width, height = image.size
+      if width * height > limit:
+        raise ImageError(f"{source}: {width}x{height} pixels exceed the limit of {limit:,} pixels (a "
+                         f"decompression bomb?); set ${MAX_PIXELS_VARIABLE} to allow larger images")
       image.load()  # Decode now, so that truncated data fails here and not later.
       return to_rgb_uint8(image, source)
   except ImageError:
     raise
+  except Image.DecompressionBombError as error:  # PIL's own limit (Image.MAX_IMAGE_PIXELS), checked first.
+    raise ImageError(f"{source}: refused by PIL as a possible decompression bomb ({error})") from None
   except (OSError, SyntaxError, ValueError) as error:  # PIL's errors for corrupt or unknown data.
-    raise ImageError(f"{source}: cannot decode image ({error})") from error
+    if isinstance(error, Image.UnidentifiedImageError):
+      problem = f"not an image of a known format (it starts with {data[:8]!r})"
+    else:  # PIL names the buffer by its repr ("<_io.BytesIO object at 0x...>"): the file's name says more.
+      problem = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the data", str(error))
+    raise ImageError(f"{source}: cannot decode image ({problem})") from error
 
 
-def load_image(path: str | pathlib.Path) -> np.ndarray:
-  """Decodes an image file into uint8 [H, W, 3]; missing or corrupt files raise ImageError naming them."""
+def load_image(path: str | pathlib.Path, max_pixels: int | None = None) -> np.ndarray:
+  """Decodes an image file into uint8 [H, W, 3]; a path that is not a readable image file (missing, a
+  folder, a broken link or a link loop, empty, too large, corrupt) raises ImageError naming it."""
   path = pathlib.Path(path)
-  if not path.is_file():
-    raise ImageError(f"{path}: image file not found")
-  return decode_image(path.read_bytes(), str(path))
+  try:
+    info = os.stat(path)
+  except FileNotFoundError:
+    if os.path.islink(path):
+      raise ImageError(f"{path}: a broken symbolic link (to {os.readlink(path)}, which does not exist)") from None
+    raise ImageError(f"{path}: image file not found") from None
+  except OSError as error:
+    if error.errno == errno.ELOOP:
+      raise ImageError(f"{path}: a symbolic link loop ({error.strerror}), not an image file") from None
+    raise ImageError(f"{path}: cannot be read ({error.strerror})") from None
+  if stat.S_ISDIR(info.st_mode):
+    raise ImageError(f"{path}: is a directory, not an image file")
+  if not stat.S_ISREG(info.st_mode):
+    raise ImageError(f"{path}: not a regular file (a device, socket or pipe), not an image file")
+  try:
+    data = path.read_bytes()
+  except OSError as error:
+    raise ImageError(f"{path}: cannot be read ({error.strerror})") from None
+  return decode_image(data, str(path), max_pixels)

@@ -34,8 +34,8 @@ import pathlib
 import sys
 from typing import Any
 
+from cxrjax import errors, files
 from cxrjax.data import chestxray14
-from cxrjax.data import images
 from cxrjax.data import iu_xray
 from cxrjax.data import registry
 from cxrjax.data import roco
@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   _add_arguments(parser)
   args = parser.parse_args(argv)
-  return args.run(args)
+  return errors.guarded("prepare", lambda: args.run(args))
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,18 +99,10 @@ def _positive_int(value: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-  try:
-    summary = prepare_iu_xray(args.manual_dir, args.data_dir, config=args.split,
-                              cleaning=args.cleaning, min_count=args.min_count,
-                              num_threads=args.num_threads, progress=True)
-  except tfds_common.EmptySplitError as error:
-    print(error.counts)
-    print(f"cxrjax prepare: error: {error}", file=sys.stderr)
-    return 2
-  except (FileNotFoundError, iu_xray.IUXrayFormatError, images.ImageError,
-          tokenizers.VocabularyFileError) as error:
-    print(f"cxrjax prepare: error: {error}", file=sys.stderr)
-    return 2
+  """Runs `cxrjax prepare iu_xray`; bad input raises a UserError (errors.guarded prints it)."""
+  summary = prepare_iu_xray(args.manual_dir, args.data_dir, config=args.split,
+                            cleaning=args.cleaning, min_count=args.min_count,
+                            num_threads=args.num_threads, progress=True)
   print(format_summary(summary))
   return 0
 
@@ -142,7 +134,8 @@ def prepare_iu_xray(manual_dir: str | pathlib.Path | None, data_dir: str | pathl
     cleaned[split] = [cleaning_lib.clean_report(source[i]["report"], cleaning) for i in range(len(source))]
   vocabulary = tokenizers.WordVocabulary.build(cleaned["train"], min_count=min_count, cleaning_style=cleaning)
   path = iu_xray.vocabulary_path(data_dir, config, cleaning)
-  vocabulary.to_json(path)
+  with files.replaced_on_success(path) as temporary:  # A killed run leaves no half-written vocabulary.
+    vocabulary.to_json(temporary)
   stats = tokenizers.vocabulary_stats(cleaned["train"],
                                 {split: cleaned[split] for split in ("validation", "test")},
                                 min_count=min_count)
@@ -211,17 +204,9 @@ def add_chestxray14_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_chestxray14(args: argparse.Namespace) -> int:
-  """Runs `cxrjax prepare chestxray14`: prints the summary as one JSON line; 2 on bad input."""
-  try:
-    summary = chestxray14.prepare_chestxray14(args.manual_dir, args.data_dir, split=args.split,
-                                              missing_images=args.missing_images)
-  except tfds_common.EmptySplitError as error:
-    print(error.counts)
-    print(f"cxrjax prepare chestxray14: error: {error}", file=sys.stderr)
-    return 2
-  except (FileNotFoundError, ValueError) as error:  # ChestXray14FormatError, ImageError included
-    print(f"cxrjax prepare chestxray14: error: {error}", file=sys.stderr)
-    return 2
+  """Runs `cxrjax prepare chestxray14`: prints the summary as one JSON line; bad input raises a UserError."""
+  summary = chestxray14.prepare_chestxray14(args.manual_dir, args.data_dir, split=args.split,
+                                            missing_images=args.missing_images)
   print(json.dumps(summary))
   return 0
 
@@ -245,17 +230,9 @@ def add_roco_arguments(parser: argparse.ArgumentParser, dataset: str) -> None:
 
 
 def run_roco(args: argparse.Namespace) -> int:
-  """Runs `cxrjax prepare rocov2|roco`: prints the summary; 2 with a one-line error on bad input."""
-  try:
-    summary = roco.prepare(args.roco_dataset, args.manual_dir, args.data_dir, subset=args.subset,
-                           layout=getattr(args, "layout", None), num_threads=args.num_threads, progress=True)
-  except tfds_common.EmptySplitError as error:
-    print(error.counts)
-    print(f"cxrjax prepare {args.roco_dataset}: error: {error}", file=sys.stderr)
-    return 2
-  except (FileNotFoundError, roco.RocoFormatError) as error:
-    print(f"cxrjax prepare {args.roco_dataset}: error: {error}", file=sys.stderr)
-    return 2
+  """Runs `cxrjax prepare rocov2|roco`: prints the summary; bad input raises a UserError."""
+  summary = roco.prepare(args.roco_dataset, args.manual_dir, args.data_dir, subset=args.subset,
+                         layout=getattr(args, "layout", None), num_threads=args.num_threads, progress=True)
   print(roco.format_summary(summary))
   return 0
 

@@ -42,6 +42,7 @@ class EmptySplitError(UserError):
   def __init__(self, message: str, counts: str = ""):
     super().__init__(message)
     self.counts = counts
+    self.details = counts  # errors.guarded prints it before the message.
 
 
 def group_by_split(records: Sequence[Mapping[str, Any]], split_ids: Mapping[str, Sequence[str]]

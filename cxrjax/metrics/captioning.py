@@ -1,34 +1,40 @@
-"""Captioning metrics in pure Python: pycocoevalcap-compatible BLEU / ROUGE-L / CIDEr-D,
-sacreBLEU, rouge-score-compatible ROUGE, and `caption_metrics`, which runs them all.
+"""Captioning metrics: pycocoevalcap-compatible BLEU / ROUGE-L / CIDEr-D in pure Python, sacreBLEU and
+ROUGE-1/2/L/Lsum through their packages (sacrebleu, rouge-score), and `caption_metrics`, which runs them
+all.
 
 They take already tokenised text (tokens separated by whitespace, e.g. the cleaned, lower-cased
 reports of `cxrjax.text.cleaning.clean_report`) and score each hypothesis against its reference(s):
 
   BLEU-1..4   `bleu_pycocoevalcap`: corpus BLEU exactly as pycocoevalcap's `Bleu(4)` (the numbers of
               the published IU X-ray tables, R2Gen and its successors).
-  sacreBLEU   `sacrebleu_corpus`: sacrebleu's corpus BLEU (13a tokeniser), on the 0-1 scale.
+  sacreBLEU   `sacrebleu_corpus`: sacrebleu's corpus BLEU (13a tokeniser), on the 0-1 scale (the
+              "BLEU" of seed 002's table).
   ROUGE-L     `rouge_l_pycocoevalcap`: pycocoevalcap's `Rouge` (LCS F-measure, beta=1.2, mean over
               pairs).
   CIDEr       `cider_d_pycocoevalcap`: pycocoevalcap's `Cider` (CIDEr-D; document frequencies from
               the references of the evaluated corpus, sigma=6, x10).
   ROUGE-1/2/L/Lsum  `rouge_score_f1`: the `rouge-score` package's F1 (its own tokeniser, no
-              stemming), averaged over pairs.
+              stemming: the settings of Hugging Face `evaluate`'s "rouge", seed 002's ROUGE), averaged
+              over pairs; its ROUGE-L is "ROUGE-L (rouge-score)" here, beside pycocoevalcap's "ROUGE-L".
+              ROUGE-Lsum splits sentences on newlines only (as rouge-score and `evaluate` do), so on
+              one-line captions it is ROUGE-L up to its hit counting.
   METEOR      meteor.py: the METEOR 1.5 jar when `java` is on PATH, else NLTK's.
 
-`caption_metrics` names the implementation behind every number. The pycocoevalcap- and
-rouge-score-compatible metrics are reimplementations checked against the real packages in
-tests/metrics/test_captioning.py; neither package is needed to compute them.
+`caption_metrics` names the implementation behind every number ("implementations": metric -> what
+computed it). The pycocoevalcap-compatible metrics are reimplementations checked against pycocoevalcap
+in tests/metrics/test_captioning.py.
 """
 
 from __future__ import annotations
 
 import collections
+import importlib.metadata
 import math
-import re
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from rouge_score import rouge_scorer
 import sacrebleu
 from sacrebleu.metrics import BLEU
 
@@ -47,8 +53,10 @@ CIDER_IMPLEMENTATION = (
     "pycocoevalcap-compatible CIDEr-D (cxrjax): Cider(n=4, sigma=6), document frequency from this"
     " corpus' references, x10, mean over pairs")
 ROUGE_SCORE_IMPLEMENTATION = (
-    "rouge-score-compatible F1 (cxrjax): rouge_score tokeniser without stemming, ROUGE-Lsum splits"
-    " sentences on newlines, mean over pairs (not the bootstrap 'mid')")
+    f"rouge-score {importlib.metadata.version('rouge-score')} RougeScorer(use_stemmer=False) {{}} F1,"
+    " mean over pairs (not the bootstrap 'mid')")
+_ROUGE_TYPES = {"ROUGE-1": "rouge1", "ROUGE-2": "rouge2", "ROUGE-L (rouge-score)": "rougeL",
+                "ROUGE-Lsum": "rougeLsum"}
 # pycocoevalcap's bleu_scorer.py keeps these two constants in every ratio: `_TINY` in numerators so
 # that zero matches give (almost exactly) zero, `_SMALL` in denominators against division by zero.
 _BLEU_SMALL = 1e-9
@@ -250,80 +258,12 @@ def sacrebleu_corpus(references: Sequence[str], hypotheses: Sequence[str]) -> tu
   return result.score / 100.0, str(bleu.get_signature())
 
 
-def _rouge_score_tokens(text: str) -> list[str]:
-  """rouge-score's default tokeniser without stemming: lower-case runs of [a-z0-9]."""
-  return re.findall(r"[a-z0-9]+", text.lower())
-
-
-def _f1(precision: float, recall: float) -> float:
-  return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-
-
-def _rouge_n_f1(reference_tokens: list[str], hypothesis_tokens: list[str], n: int) -> float:
-  reference_ngrams = collections.Counter(
-      tuple(reference_tokens[i:i + n]) for i in range(len(reference_tokens) - n + 1))
-  hypothesis_ngrams = collections.Counter(
-      tuple(hypothesis_tokens[i:i + n]) for i in range(len(hypothesis_tokens) - n + 1))
-  overlap = sum((reference_ngrams & hypothesis_ngrams).values())
-  precision = overlap / max(sum(hypothesis_ngrams.values()), 1)
-  recall = overlap / max(sum(reference_ngrams.values()), 1)
-  return _f1(precision, recall)
-
-
-def _rouge_l_f1(reference_tokens: list[str], hypothesis_tokens: list[str]) -> float:
-  if not reference_tokens or not hypothesis_tokens:
-    return 0.0
-  lcs = _lcs_length(reference_tokens, hypothesis_tokens)
-  return _f1(lcs / len(hypothesis_tokens), lcs / len(reference_tokens))
-
-
-def _lcs_reference_indices(reference: list[str], candidate: list[str]) -> list[int]:
-  """Indices into `reference` of one LCS, chosen by rouge-score's backtracking rule."""
-  table = _lcs_table(reference, candidate)
-  i, j = len(reference), len(candidate)
-  indices = []
-  while i > 0 and j > 0:
-    if reference[i - 1] == candidate[j - 1]:
-      indices.append(i - 1)
-      i -= 1
-      j -= 1
-    elif table[i][j - 1] > table[i - 1][j]:
-      j -= 1
-    else:
-      i -= 1
-  return indices[::-1]
-
-
-def _rouge_lsum_f1(reference: str, hypothesis: str) -> float:
-  """Summary-level union-LCS F1 over newline-separated sentences (ROUGE 1.5.5 hit counting)."""
-  reference_sentences = [_rouge_score_tokens(s) for s in reference.split("\n") if s]
-  hypothesis_sentences = [_rouge_score_tokens(s) for s in hypothesis.split("\n") if s]
-  num_reference_tokens = sum(map(len, reference_sentences))
-  num_hypothesis_tokens = sum(map(len, hypothesis_sentences))
-  if not num_reference_tokens or not num_hypothesis_tokens:
-    return 0.0
-  reference_budget = collections.Counter(t for s in reference_sentences for t in s)
-  hypothesis_budget = collections.Counter(t for s in hypothesis_sentences for t in s)
-  hits = 0
-  for sentence in reference_sentences:
-    union = set()
-    for candidate in hypothesis_sentences:
-      union.update(_lcs_reference_indices(sentence, candidate))
-    for token in (sentence[i] for i in sorted(union)):
-      # Each token is counted at most as often as it occurs on both sides.
-      if reference_budget[token] > 0 and hypothesis_budget[token] > 0:
-        hits += 1
-        reference_budget[token] -= 1
-        hypothesis_budget[token] -= 1
-  return _f1(hits / num_hypothesis_tokens, hits / num_reference_tokens)
-
-
 def rouge_score_f1(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float]:
-  """ROUGE-1, ROUGE-2, ROUGE-L and ROUGE-Lsum F1 as the `rouge-score` package, mean over pairs.
+  """ROUGE-1, ROUGE-2, ROUGE-L and ROUGE-Lsum F1 of the `rouge-score` package, mean over pairs.
 
-  Matches `rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"],
-  use_stemmer=False)` per pair (the setting of Hugging Face `evaluate`'s "rouge"); the mean over
-  pairs is what its bootstrap aggregator's "mid" estimates.
+  Each pair is scored by `rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"],
+  use_stemmer=False)` (the setting of Hugging Face `evaluate`'s "rouge"); the mean over pairs is what
+  its bootstrap aggregator's "mid" estimates.
 
   Returns:
     {"ROUGE-1": f, "ROUGE-2": f, "ROUGE-L (rouge-score)": f, "ROUGE-Lsum": f}.
@@ -331,15 +271,13 @@ def rouge_score_f1(references: Sequence[str], hypotheses: Sequence[str]) -> dict
   reference_lists = corpus.reference_lists(references, hypotheses)
   if any(len(refs) != 1 for refs in reference_lists):
     raise MetricInputError("rouge_score_f1 takes exactly one reference string per hypothesis")
+  scorer = rouge_scorer.RougeScorer(list(_ROUGE_TYPES.values()), use_stemmer=False)
   totals = collections.defaultdict(float)
   for refs, hypothesis in zip(reference_lists, hypotheses):
-    reference_tokens = _rouge_score_tokens(refs[0])
-    hypothesis_tokens = _rouge_score_tokens(hypothesis)
-    totals["ROUGE-1"] += _rouge_n_f1(reference_tokens, hypothesis_tokens, 1)
-    totals["ROUGE-2"] += _rouge_n_f1(reference_tokens, hypothesis_tokens, 2)
-    totals["ROUGE-L (rouge-score)"] += _rouge_l_f1(reference_tokens, hypothesis_tokens)
-    totals["ROUGE-Lsum"] += _rouge_lsum_f1(refs[0], hypothesis)
-  return {name: total / len(hypotheses) for name, total in totals.items()}
+    scores = scorer.score(refs[0], hypothesis)  # (target, prediction)
+    for name, rouge_type in _ROUGE_TYPES.items():
+      totals[name] += scores[rouge_type].fmeasure
+  return {name: totals[name] / len(hypotheses) for name in _ROUGE_TYPES}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -358,7 +296,7 @@ def caption_metrics(references: list[str], hypotheses: list[str],
   Returns:
     {"BLEU-1".."BLEU-4", "sacreBLEU", "ROUGE-L", "CIDEr", "ROUGE-1", "ROUGE-2",
     "ROUGE-L (rouge-score)", "ROUGE-Lsum": float, "METEOR": float or None (absent when
-    meteor=False), "implementations": {metric family: what computed it}}.
+    meteor=False), "implementations": {each metric above: what computed it}}.
   """
   reference_lists = corpus.reference_lists(references, hypotheses)
   if any(len(refs) != 1 for refs in reference_lists):
@@ -371,13 +309,14 @@ def caption_metrics(references: list[str], hypotheses: list[str],
   results["ROUGE-L"] = rouge_l_pycocoevalcap(references, hypotheses)
   results["CIDEr"] = cider_d_pycocoevalcap(references, hypotheses)
   results.update(rouge_score_f1(references, hypotheses))
-  implementations = {
-      "BLEU": BLEU_IMPLEMENTATION,
+  implementations = {f"BLEU-{n}": BLEU_IMPLEMENTATION for n in range(1, 5)}
+  implementations.update({
       "sacreBLEU": f"{SACREBLEU_IMPLEMENTATION}, signature {signature}",
       "ROUGE-L": ROUGE_L_IMPLEMENTATION,
       "CIDEr": CIDER_IMPLEMENTATION,
-      "ROUGE-1/2/L (rouge-score)/Lsum": ROUGE_SCORE_IMPLEMENTATION,
-  }
+  })
+  implementations.update({name: ROUGE_SCORE_IMPLEMENTATION.format(rouge_type)
+                          for name, rouge_type in _ROUGE_TYPES.items()})
   if meteor:
     meteor_result = meteor_lib.meteor_best_available(references, hypotheses)
     results["METEOR"] = meteor_result.score

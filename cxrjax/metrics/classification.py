@@ -29,12 +29,13 @@ import json
 import math
 import os
 import pathlib
-import sys
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from cxrjax import files
 from cxrjax.data import chestxray14
 from cxrjax.errors import UserError
 
@@ -136,45 +137,55 @@ def read_predictions_csv(path: str | os.PathLike, class_names: Sequence[str] = c
   if not path.is_file():
     raise FileNotFoundError(f"{path}: predictions file not found")
   opener = gzip.open if path.suffix == ".gz" else open
-  ids, rows, seen = [], [], {}
-  with opener(path, "rt", newline="", encoding="utf-8") as handle:
-    reader = csv.reader(handle)
-    header = [name.strip() for name in next(reader, [])]
-    wanted = [IMAGE_COLUMN] + [PROB_PREFIX + name for name in class_names]
-    missing = [name for name in wanted if name not in header]
-    if missing:
-      raise PredictionsError(f"{path}: missing columns {missing}; the header is {header}")
-    repeated = sorted({name for name in wanted if header.count(name) > 1})
-    if repeated:
-      raise PredictionsError(f"{path}: repeated columns {repeated}")
-    columns = [header.index(name) for name in wanted]
-    for row in reader:
-      line = reader.line_num
-      if not row or (len(row) == 1 and not row[0].strip()):
-        continue
-      if len(row) != len(header):
-        raise PredictionsError(f"{path}: line {line}: expected {len(header)} fields, got {len(row)}")
-      image_id = row[columns[0]].strip()
-      if not image_id:
-        raise PredictionsError(f"{path}: line {line}: empty {IMAGE_COLUMN}")
-      if image_id in seen:
-        raise PredictionsError(f"{path}: line {line}: image {image_id} repeats line {seen[image_id]}")
-      seen[image_id] = line
-      values = []
-      for name, column in zip(wanted[1:], columns[1:]):
-        text = row[column].strip()
-        try:
-          value = float(text)
-        except ValueError:
-          raise PredictionsError(f"{path}: line {line}: {name} = {text!r} is not a number") from None
-        if not (0.0 <= value <= 1.0):  # also false for NaN
-          raise PredictionsError(f"{path}: line {line}: {name} = {text!r} is not a probability in [0, 1]")
-        values.append(value)
-      ids.append(image_id)
-      rows.append(values)
+  try:
+    with opener(path, "rt", newline="", encoding="utf-8") as handle:
+      ids, rows = _read_prediction_rows(csv.reader(handle), path, class_names)
+  except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, zlib.error, csv.Error) as error:
+    kind = "gzip-compressed CSV" if path.suffix == ".gz" else "UTF-8 CSV"
+    raise PredictionsError(f"{path}: cannot be read as a {kind} file ({error})") from None
   if not ids:
     raise PredictionsError(f"{path}: no prediction rows")
   return ids, np.asarray(rows, np.float64)
+
+
+def _read_prediction_rows(reader, path: pathlib.Path, class_names: Sequence[str]
+                          ) -> tuple[list[str], list[list[float]]]:
+  """(ids, rows) of a predictions CSV's reader, read to its end (a gzip file's checksum is then checked)."""
+  ids, rows, seen = [], [], {}
+  header = [name.strip() for name in next(reader, [])]
+  wanted = [IMAGE_COLUMN] + [PROB_PREFIX + name for name in class_names]
+  missing = [name for name in wanted if name not in header]
+  if missing:
+    raise PredictionsError(f"{path}: missing columns {missing}; the header is {header}")
+  repeated = sorted({name for name in wanted if header.count(name) > 1})
+  if repeated:
+    raise PredictionsError(f"{path}: repeated columns {repeated}")
+  columns = [header.index(name) for name in wanted]
+  for row in reader:
+    line = reader.line_num
+    if not row or (len(row) == 1 and not row[0].strip()):
+      continue
+    if len(row) != len(header):
+      raise PredictionsError(f"{path}: line {line}: expected {len(header)} fields, got {len(row)}")
+    image_id = row[columns[0]].strip()
+    if not image_id:
+      raise PredictionsError(f"{path}: line {line}: empty {IMAGE_COLUMN}")
+    if image_id in seen:
+      raise PredictionsError(f"{path}: line {line}: image {image_id} repeats line {seen[image_id]}")
+    seen[image_id] = line
+    values = []
+    for name, column in zip(wanted[1:], columns[1:]):
+      text = row[column].strip()
+      try:
+        value = float(text)
+      except ValueError:
+        raise PredictionsError(f"{path}: line {line}: {name} = {text!r} is not a number") from None
+      if not (0.0 <= value <= 1.0):  # also false for NaN
+        raise PredictionsError(f"{path}: line {line}: {name} = {text!r} is not a probability in [0, 1]")
+      values.append(value)
+    ids.append(image_id)
+    rows.append(values)
+  return ids, rows
 
 
 def write_predictions_csv(path: str | os.PathLike, image_ids: Sequence[str], probabilities: Any,
@@ -194,7 +205,7 @@ def write_predictions_csv(path: str | os.PathLike, image_ids: Sequence[str], pro
                      f"{image_ids[row]} {class_names[column]} = {probabilities[row, column]}")
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  with open(path, "w", newline="", encoding="utf-8") as handle:
+  with files.open_atomic(path, "w", newline="", encoding="utf-8") as handle:  # Whole or not at all.
     writer = csv.writer(handle)
     writer.writerow([IMAGE_COLUMN] + [PROB_PREFIX + name for name in class_names])
     for image_id, row in zip(image_ids, probabilities):
@@ -255,11 +266,7 @@ def score_predictions(predictions_csv: str | os.PathLike, labels_csv: str | os.P
 
 
 def _run(args: argparse.Namespace) -> int:
-  try:
-    result = score_predictions(args.predictions, args.labels, args.images)
-  except (FileNotFoundError, PredictionsError) as error:
-    print(f"cxrjax auroc: error: {error}", file=sys.stderr)
-    return 2
+  result = score_predictions(args.predictions, args.labels, args.images)  # Errors: cxrjax.errors.guarded.
   # JSON has no NaN: a class without both label values is null (and named in "excluded").
   clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.items()}
   clean["per_class"] = {k: (None if math.isnan(v) else v) for k, v in result["per_class"].items()}

@@ -6,7 +6,8 @@ evaluation and command line do not change. tests/models/test_contract.py runs ev
 
 from typing import Any
 
-from cxrjax.models import agcnn, attention_captioner, base, cam_captioner, graph_captioner, lstm_captioner
+from cxrjax.models import (agcnn, attention_captioner, base, blip, cam_captioner, git, graph_captioner,
+                           lstm_captioner)
 
 
 MODELS: dict[str, type] = {
@@ -15,6 +16,8 @@ MODELS: dict[str, type] = {
     "cam_captioner": cam_captioner.CAMCaptioner,
     "agcnn": agcnn.AGCNN,
     "graph_captioner": graph_captioner.GraphCaptioner,
+    "blip": blip.BlipCaptioner,
+    "git": git.GitCaptioner,
 }
 
 

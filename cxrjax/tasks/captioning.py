@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from cxrjax import decoding
+from cxrjax import decoding, files
 from cxrjax.data import transforms
 from cxrjax.metrics import captioning as caption_metrics
 from cxrjax.tasks import feature_cache
@@ -23,25 +23,48 @@ def model_images(batch: dict[str, Any]) -> Any:
   return {key: batch[feature_cache.BATCH_PREFIX + key] for key in feature_cache.FEATURE_KEYS}
 
 
-def generate(model, variables: Any, images: Any, tokenizer, decode: ml_collections.ConfigDict,
-             greedy: bool = False) -> jax.Array:
-  """images [batch, views, H, W, 3] -> generated token ids int32 [batch, decode.max_length] (no start
-  token; pad after the end token). Traceable: call it inside jit.
+def runs_greedy_search(decode: ml_collections.ConfigDict, greedy: bool = False) -> bool:
+  """Whether `search` runs greedy search for this decode config (see `search`)."""
+  normalization = decode.get("length_normalization", "gnmt")
+  return greedy or (decode.beam_size == 1 and (decode.get("length_penalty", 0.0) == 0.0 or normalization == "hf"))
 
-  Greedy search serves validation (`greedy=True`) and beam size 1 without a length penalty, where beam
-  search provably returns the same tokens (tests/models/test_contract.py); otherwise beam search.
+
+def search(model, variables: Any, images: Any, tokenizer, decode: ml_collections.ConfigDict,
+           greedy: bool = False) -> dict[str, jax.Array]:
+  """images [batch, views, H, W, 3] -> the decode config's search of each caption: {"tokens": int32
+  [batch, decode.max_length] (no start token; pad after the end token), "token_log_probs": float32
+  [batch, decode.max_length] (each token's; 0 after the end token), "scores": float32 [batch] (beam
+  search: the hypothesis score, e.g. transformers' sequences_scores; greedy: the summed log-probability)}.
+  Traceable: call it inside jit.
+
+  decode: beam_size, max_length (most tokens generated, end included: transformers' max_new_tokens),
+  length_penalty (default 0), length_normalization ("gnmt" default, or "hf": transformers' beam search,
+  see cxrjax/decoding.py), block_ngram_repeat (default 0).
+  Greedy search serves validation (`greedy=True`) and beam size 1 where beam search provably returns the
+  same tokens: without a length penalty (tests/models/test_contract.py), or with "hf" normalization,
+  as transformers runs greedy search for num_beams=1 whatever its length penalty; otherwise beam search.
   """
   memory = model.apply(variables, images, method="encode")
   cache = model.apply(variables, memory, method="init_cache")
   step_fn = model.decoder_step_fn(variables)
   options = dict(start_id=tokenizer.start_id, end_id=tokenizer.end_id, pad_id=tokenizer.pad_id,
-                 max_length=decode.max_length, block_ngram_repeat=decode.get("block_ngram_repeat", 0))
-  if greedy or (decode.beam_size == 1 and decode.get("length_penalty", 0.0) == 0.0):
-    tokens, _ = decoding.greedy_search(step_fn, cache, **options)
-    return tokens
-  tokens, _ = decoding.beam_search(step_fn, cache, beam_size=decode.beam_size,
-                                   length_penalty=decode.get("length_penalty", 0.0), **options)
-  return tokens[:, 0]  # [batch, max_length]: the best beam
+                 max_length=decode.max_length, block_ngram_repeat=decode.get("block_ngram_repeat", 0),
+                 return_token_log_probs=True)
+  if runs_greedy_search(decode, greedy):
+    tokens, log_probs, token_log_probs = decoding.greedy_search(step_fn, cache, **options)
+    return {"tokens": tokens, "token_log_probs": token_log_probs, "scores": log_probs}
+  tokens, scores, token_log_probs = decoding.beam_search(
+      step_fn, cache, beam_size=decode.beam_size, length_penalty=decode.get("length_penalty", 0.0),
+      length_normalization=decode.get("length_normalization", "gnmt"), **options)
+  # The best beam: [batch, beams, ...] --> [batch, ...]
+  return {"tokens": tokens[:, 0], "token_log_probs": token_log_probs[:, 0], "scores": scores[:, 0]}
+
+
+def generate(model, variables: Any, images: Any, tokenizer, decode: ml_collections.ConfigDict,
+             greedy: bool = False) -> jax.Array:
+  """images [batch, views, H, W, 3] -> generated token ids int32 [batch, decode.max_length]: `search`'s
+  tokens. Traceable: call it inside jit."""
+  return search(model, variables, images, tokenizer, decode, greedy)["tokens"]
 
 
 class CaptioningTask:
@@ -67,25 +90,39 @@ class CaptioningTask:
 
   def loss(self, model, variables: dict[str, Any], batch: dict[str, jax.Array], rng: jax.Array,
            tokenizer) -> tuple[jax.Array, tuple[Any, dict[str, jax.Array]]]:
-    """Mean cross-entropy over real target tokens (pad masked, as both seeds do)."""
+    """Mean cross-entropy over real target tokens (pad masked, as both seeds do), in float32 whatever
+    the model's compute dtype. `config.train.label_smoothing` (default 0) mixes that much of the uniform
+    distribution over the vocabulary into each real target (optax.smooth_labels); padding stays masked."""
     inputs, targets = batch["tokens"][:, :-1], batch["tokens"][:, 1:]  # [batch, length - 1] each
     outputs, updates = model.apply(variables, model_images(batch), inputs, train=True,
                                    rngs={"dropout": rng}, mutable=["batch_stats"])
     mask = (targets != tokenizer.pad_id).astype(jnp.float32)
     if "mask" in batch:  # Padding studies (eval batches) count for nothing.
       mask = mask * batch["mask"][:, None].astype(jnp.float32)
-    losses = optax.softmax_cross_entropy_with_integer_labels(outputs["logits"].astype(jnp.float32), targets)
+    logits = outputs["logits"].astype(jnp.float32)  # [batch, length - 1, vocab]
     num_tokens = mask.sum()
-    loss = (losses * mask).sum() / jnp.maximum(num_tokens, 1.0)
-    # Perplexity of the step's tokens (metrics.jsonl averages it over the logged steps).
-    return loss, (updates.get("batch_stats", {}), {"tokens": num_tokens, "perplexity": jnp.exp(loss)})
 
-  def predict_fn(self, model, tokenizer, greedy: bool = False, decode: Any = None):
-    """(variables, batch) -> {"tokens": int32 [batch, max_length]}: the jitted prediction of a batch."""
+    def mean_over_tokens(losses):
+      return (losses * mask).sum() / jnp.maximum(num_tokens, 1.0)
+
+    nll = mean_over_tokens(optax.softmax_cross_entropy_with_integer_labels(logits, targets))
+    loss = nll
+    smoothing = self.config.get("train", ml_collections.ConfigDict()).get("label_smoothing", 0.0)
+    if smoothing:
+      labels = optax.smooth_labels(jax.nn.one_hot(targets, logits.shape[-1]), smoothing)
+      loss = mean_over_tokens(optax.softmax_cross_entropy(logits, labels))
+    # Perplexity of the step's tokens, from the unsmoothed cross-entropy (metrics.jsonl averages it over
+    # the logged steps).
+    return loss, (updates.get("batch_stats", {}), {"tokens": num_tokens, "perplexity": jnp.exp(nll)})
+
+  def predict_fn(self, model, tokenizer, greedy: bool = False, decode: Any = None, with_scores: bool = False):
+    """(variables, batch) -> {"tokens": int32 [batch, max_length]} (with_scores: also `search`'s
+    "token_log_probs" and "scores"): the prediction of a batch, to jit."""
     decode = decode or self.config.decode
 
     def predict(variables, batch):
-      return {"tokens": generate(model, variables, model_images(batch), tokenizer, decode, greedy)}
+      outputs = search(model, variables, model_images(batch), tokenizer, decode, greedy)
+      return outputs if with_scores else {"tokens": outputs["tokens"]}
     return predict
 
   def records(self, outputs: dict[str, np.ndarray], host: dict[str, list[str]], tokenizer) -> list[dict]:
@@ -100,6 +137,4 @@ class CaptioningTask:
     return scores
 
   def write(self, out_dir, records: list[dict]) -> None:
-    with (out_dir / "predictions.jsonl").open("w") as handle:
-      for record in records:
-        handle.write(json.dumps(record) + "\n")
+    files.write_lines(out_dir / "predictions.jsonl", (json.dumps(record) for record in records))

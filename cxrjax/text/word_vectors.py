@@ -170,8 +170,8 @@ def load_word_vectors(path: str | os.PathLike, vocabulary: tokenizers.WordVocabu
       if not np.all(np.isfinite(vectors[word])):
         raise error(line_number, f"the vector of {word!r} has a non-finite value")
 
-  if file_dim is None:
-    raise WordVectorFileError(f"{path}: empty file")
+  if file_dim is None or (lines == 0 and header_count is None):
+    raise WordVectorFileError(f"{path}: empty file (no vector lines)")
   if header_count is not None and header_count != lines:
     raise WordVectorFileError(f"{path}: the header declares {header_count} words but the file has "
                               f"{lines} vector lines (truncated?)")

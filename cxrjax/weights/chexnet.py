@@ -150,6 +150,9 @@ def infer_config(fmt: str, tensors: dict[str, np.ndarray]) -> densenet.DenseNetC
     if match:
       layers_per_block[int(match.group(1)) - block_offset] += 1
   missing = [name for name in (conv2, stem) if name not in tensors]
+  head_weight = head.rsplit("/" if fmt == "keras-h5" else ".", 1)[0] + ("/kernel" if fmt == "keras-h5" else ".weight")
+  if head_weight in tensors and head not in tensors:
+    missing.append(head)  # A head without its bias is a damaged file, not a model without a head.
   if not layers_per_block or missing:
     raise WeightsError(f"not a DenseNet checkpoint: no dense layers found or missing {missing}; "
                        f"first names: {sorted(tensors)[:5]}")
@@ -205,6 +208,7 @@ def import_chexnet(fmt: str, path: str | pathlib.Path) -> tuple[dict[str, Any], 
   if not path.is_file():
     raise WeightsError(f"{path}: not found")
   tensors = read_keras_h5(path) if fmt == "keras-h5" else read_torch(path)
+  store.check_finite(tensors, str(path))
   try:
     config = infer_config(fmt, tensors)
   except WeightsError as error:
@@ -224,9 +228,17 @@ def save_chexnet(directory: str | pathlib.Path, variables: dict[str, Any], confi
 def load_chexnet(directory: str | pathlib.Path) -> tuple[densenet.DenseNetConfig, dict[str, Any], list[str]]:
   """Reads weights written by `save_chexnet`: `(config, variables, class_names)`."""
   variables, model = store.load_weights(directory)
+  model_path = pathlib.Path(directory) / store.MODEL_FILE
   if model.get("model") != "densenet":
-    raise WeightsError(f"{directory}: holds a {model.get('model')!r} model, not a DenseNet/CheXNet")
-  config = densenet.DenseNetConfig.from_dict(model["config"])
+    raise WeightsError(f"{model_path}: holds a {model.get('model')!r} model, not a DenseNet/CheXNet")
+  for key, kind in (("config", dict), ("classes", list)):
+    if not isinstance(model.get(key), kind):
+      raise WeightsError(f"{model_path}: no {key!r} {'object' if kind is dict else 'list'}; was the "
+                         "directory written by `cxrjax port-weights`?")
+  try:
+    config = densenet.DenseNetConfig.from_dict(model["config"])
+  except (TypeError, ValueError) as error:
+    raise WeightsError(f"{model_path}: its 'config' is not a DenseNet architecture ({error})") from None
   # Validate names and shapes against the architecture before any compute.
   abstract = jax.eval_shape(lambda: densenet.DenseNet(config).init(
       jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))

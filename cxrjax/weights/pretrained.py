@@ -21,7 +21,7 @@ import numpy as np
 from cxrjax.errors import ConfigError
 from cxrjax.models import base
 from cxrjax.text import word_vectors
-from cxrjax.weights import chexnet, seed003
+from cxrjax.weights import chexnet, seed003, store
 
 INIT_KEYS = ("encoder", "word_vectors", "from_workdir")
 
@@ -66,6 +66,7 @@ def _load_densenet(directory: str, part: base.PretrainedPart, params: dict, batc
 
 def _load_hf_resnet(directory: str, part: base.PretrainedPart, params: dict, batch_stats: dict) -> None:
   variables, config = seed003.import_hf_resnet(directory)
+  store.check_finite_variables(variables, directory)
   for path in part.paths:
     for collection, target_tree in (("params", params), ("batch_stats", batch_stats)):
       parent, key = _subtree(target_tree, path)

@@ -7,12 +7,14 @@ tensors belong to, the class names, and where they came from.
 
 import json
 import pathlib
+import re
 from typing import Any
 
 import flax
 import numpy as np
 import safetensors.numpy
 
+from cxrjax import files
 from cxrjax.errors import UserError
 
 VARIABLES_FILE = "variables.safetensors"
@@ -33,17 +35,51 @@ def read_torch_checkpoint(path: str | pathlib.Path) -> Any:
   try:
     return torch.load(path, map_location="cpu", weights_only=True)
   except Exception as error:  # Unpickling errors, zip errors and refused globals all end here.
-    raise WeightsError(f"{path}: cannot be read by torch.load(weights_only=True) ({error})") from error
+    raise WeightsError(f"{path}: {_torch_load_problem(error)}") from None
+
+
+def _torch_load_problem(error: Exception) -> str:
+  """torch.load's error in one line, without its advice to retry with weights_only=False: for a file
+  that holds pickled code, that would mean running it."""
+  text = str(error)
+  if "weights_only" in text or "WeightsUnpickler" in text:
+    # Only what was refused: torch's advice (allow the global, or weights_only=False) would run the file.
+    detail = re.split(r"\.? Please use|Check the documentation", text.split("WeightsUnpickler error:", 1)[-1])[0]
+    detail = " ".join(detail.split())
+    return ("holds pickled objects other than tensors and plain containers, which are never loaded "
+            f"(torch.load(weights_only=True) refused: {detail[:200] or type(error).__name__}); export a "
+            "state dict of tensors (or safetensors) from a trusted copy")
+  return f"cannot be read by torch.load as a checkpoint ({text.split('. ')[0][:300]})"
+
+
+def check_finite(tensors: dict[str, Any], source: str) -> None:
+  """Raises WeightsError naming the first (in name order) tensor with a NaN or infinite value: such
+  weights would classify with finite-looking but meaningless outputs."""
+  for name in sorted(tensors):
+    value = np.asarray(tensors[name])
+    if np.issubdtype(value.dtype, np.inexact) and not np.all(np.isfinite(value)):
+      count = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+      raise WeightsError(f"{source}: tensor {name} has {count} non-finite value(s) (NaN or infinity) "
+                         f"of {value.size}; the checkpoint is damaged or its training diverged")
+
+
+def check_finite_variables(variables: dict[str, Any], source: str) -> None:
+  """`check_finite` over nested variable collections, naming a tensor by its "/"-joined path."""
+  check_finite(flax.traverse_util.flatten_dict(flax.core.unfreeze(variables), sep="/"), source)
 
 
 def save_weights(directory: str | pathlib.Path, variables: dict[str, Any], model: dict[str, Any]) -> None:
-  """Writes `variables` (nested dicts of arrays) and the `model` description to `directory`."""
+  """Writes `variables` (nested dicts of arrays) and the `model` description to `directory`, each file
+  whole or not at all; model.json last, so that a directory with it is complete."""
   directory = pathlib.Path(directory)
+  if directory.exists() and not directory.is_dir():
+    raise WeightsError(f"{directory}: exists and is not a directory; the output is a folder")
   directory.mkdir(parents=True, exist_ok=True)
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(variables), sep="/")
   tensors = {key: np.ascontiguousarray(np.asarray(value)) for key, value in flat.items()}
-  safetensors.numpy.save_file(tensors, directory / VARIABLES_FILE)
-  (directory / MODEL_FILE).write_text(json.dumps(model, indent=2, sort_keys=True) + "\n")
+  with files.replaced_on_success(directory / VARIABLES_FILE) as temporary:
+    safetensors.numpy.save_file(tensors, temporary)
+  files.write_json(directory / MODEL_FILE, model, indent=2, sort_keys=True)
 
 
 def load_weights(directory: str | pathlib.Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -55,11 +91,14 @@ def load_weights(directory: str | pathlib.Path) -> tuple[dict[str, Any], dict[st
       raise WeightsError(f"{path}: not found; --weights expects a directory written by `cxrjax port-weights`")
   try:
     model = json.loads(model_path.read_text())
-  except json.JSONDecodeError as error:
-    raise WeightsError(f"{model_path}: not valid JSON ({error})") from error
+  except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    raise WeightsError(f"{model_path}: not valid JSON ({error})") from None
   try:
     flat = safetensors.numpy.load_file(tensors_path)
   except Exception as error:  # safetensors raises its own SafetensorError and OSError kinds.
     raise WeightsError(f"{tensors_path}: cannot be read as safetensors ({error})") from error
+  if not isinstance(model, dict):
+    raise WeightsError(f"{model_path}: expected a JSON object, got {type(model).__name__}")
+  check_finite(flat, str(tensors_path))
   variables = flax.traverse_util.unflatten_dict(flat, sep="/")
   return variables, model

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cxrjax import errors
 from cxrjax.data import chestxray14
 from cxrjax.data import images as image_lib
 from cxrjax.data import prepare
@@ -261,5 +262,5 @@ def test_prepare_hook_random_split(manual_dir, tmp_path, capsys):
   with pytest.raises(FileNotFoundError, match="not prepared"):
     chestxray14.ChestXray14Source(tmp_path / "tfds", "official", "train")
   bad = parser.parse_args(["--manual-dir", str(tmp_path / "nowhere"), "--data-dir", str(tmp_path / "x")])
-  assert bad.run(bad) == 2
-  assert "manual folder not found" in capsys.readouterr().err
+  assert errors.guarded("prepare", lambda: bad.run(bad)) == 2  # As `cxrjax prepare chestxray14` runs it.
+  assert "cxrjax prepare: error: manual folder not found" in capsys.readouterr().err

@@ -56,3 +56,37 @@ def corpus(report_sentences) -> tuple[list[str], list[str]]:
       # A doubled space: pycocoevalcap's ROUGE-L splits on " " and so sees an empty token.
       hypotheses.append("  ".join(words[:3]))
   return references, hypotheses
+
+
+def _roco_captions(path) -> list[str]:
+  """`ROCO_xxxxx<TAB> caption` lines -> the captions (the leading space dropped)."""
+  with open(path, encoding="utf-8") as file:
+    return [line.split("\t", 1)[1].strip() for line in file if "\t" in line]
+
+
+@pytest.fixture(scope="module")
+def roco_chest_pairs(shared_data) -> tuple[list[str], list[str]]:
+  """60 real ROCO chest X-ray captions (test split) as references, and as hypotheses real chest X-ray
+  captions of the validation split, some of them perturbed; raw text: case, punctuation, numbers."""
+  def chest(captions):
+    return [c for c in captions if "chest x" in c.lower() or "chest radiograph" in c.lower()]
+  references = chest(_roco_captions(shared_data / "roco" / "test" / "radiology" / "captions.txt"))
+  others = chest(_roco_captions(shared_data / "roco" / "validation" / "radiology" / "captions.txt"))
+  assert len(references) > 100 and len(others) > 100
+  rng = random.Random(11)
+  references = rng.sample(references, 60)
+  hypotheses = []
+  for index, reference in enumerate(references):
+    words = reference.split()
+    kind = index % 5
+    if kind == 0:
+      hypotheses.append(reference)
+    elif kind == 1:
+      hypotheses.append(" ".join(words[:max(1, len(words) // 2)]))
+    elif kind == 2:
+      hypotheses.append(" ".join(word for word in words if rng.random() > 0.3) + " " + rng.choice(others))
+    elif kind == 3:
+      hypotheses.append("")
+    else:
+      hypotheses.append(rng.choice(others))
+  return references, hypotheses

@@ -1,5 +1,5 @@
 """Tests for cxrjax.metrics.captioning against the reference packages (pycocoevalcap, sacrebleu,
-rouge-score) on real IU X-ray report sentences (fixtures in conftest.py)."""
+rouge-score) on real IU X-ray report sentences and ROCO chest X-ray captions (fixtures in conftest.py)."""
 
 import random
 
@@ -8,7 +8,7 @@ from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 import pytest
-from rouge_score import rouge_scorer
+from rouge_score import rouge_scorer, scoring
 import sacrebleu
 
 from cxrjax.metrics import captioning
@@ -146,3 +146,30 @@ def test_rouge_scores_match_rouge_score_package(corpus, report_sentences):
   assert ours["ROUGE-L (rouge-score)"] == pytest.approx(np.mean(expected["rougeL"]), abs=TOLERANCE)
   assert ours["ROUGE-Lsum"] == pytest.approx(np.mean(expected["rougeLsum"]), abs=TOLERANCE)
   assert ours["ROUGE-Lsum"] != pytest.approx(ours["ROUGE-L (rouge-score)"], abs=1e-3)
+
+
+def test_seed002_metrics_on_roco_captions_match_the_packages(roco_chest_pairs):
+  """ROUGE-1/2/L/Lsum as the rouge-score package (per pair, and its bootstrap 'mid' as Hugging Face
+  `evaluate` reports it) and BLEU as sacrebleu, on raw ROCO chest X-ray captions."""
+  references, hypotheses = roco_chest_pairs
+  results = captioning.caption_metrics(references, hypotheses, meteor=False)
+  scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=False)
+  aggregator = scoring.BootstrapAggregator()
+  per_pair = {"rouge1": [], "rouge2": [], "rougeL": [], "rougeLsum": []}
+  for reference, hypothesis in zip(references, hypotheses):
+    scores = scorer.score(reference, hypothesis)
+    aggregator.add_scores(scores)
+    for name, score in scores.items():
+      per_pair[name].append(score.fmeasure)
+  mid = {name: value.mid.fmeasure for name, value in aggregator.aggregate().items()}
+  for ours, theirs in (("ROUGE-1", "rouge1"), ("ROUGE-2", "rouge2"), ("ROUGE-L (rouge-score)", "rougeL"),
+                       ("ROUGE-Lsum", "rougeLsum")):
+    assert results[ours] == pytest.approx(np.mean(per_pair[theirs]), abs=1e-12), ours
+    assert results[ours] == pytest.approx(mid[theirs], abs=0.02), ours  # the bootstrap's noise
+    assert "rouge-score" in results["implementations"][ours] and theirs in results["implementations"][ours]
+  assert 0.2 < results["ROUGE-1"] < 0.8 and 0.1 < results["ROUGE-2"] < results["ROUGE-1"]
+  expected_bleu = sacrebleu.corpus_bleu(hypotheses, [references]).score / 100
+  assert results["sacreBLEU"] == pytest.approx(expected_bleu, abs=1e-12)
+  assert 0.05 < expected_bleu < 0.9
+  # Every number names what computed it.
+  assert set(results["implementations"]) == set(results) - {"implementations"}

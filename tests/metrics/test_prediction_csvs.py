@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from cxrjax import cli
 from cxrjax.data import chestxray14
 from cxrjax.metrics import classification as auroc
 from tests.data.test_chestxray14 import FULL_LABELS, _write, full_entries  # noqa: F401  (fixture)
@@ -93,6 +94,6 @@ def test_auroc_command(tmp_path, capsys):
   output = json.loads(capsys.readouterr().out)
   assert output["per_class"]["Mass"] == pytest.approx(8 / 9) and output["mean"] == pytest.approx(8 / 9)
   assert output["per_class"]["Edema"] is None
-  args = parser.parse_args(["auroc", "--predictions", str(tmp_path / "none.csv"), "--labels", str(labels)])
-  assert args.run(args) == 2
-  assert "predictions file not found" in capsys.readouterr().err
+  # A bad input is a UserError, printed as one line by the CLI's single handler (errors.guarded).
+  assert cli.main(["auroc", "--predictions", str(tmp_path / "none.csv"), "--labels", str(labels)]) == 2
+  assert "cxrjax auroc: error:" in capsys.readouterr().err.splitlines()[-1]

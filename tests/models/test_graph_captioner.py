@@ -14,6 +14,7 @@ import pytest
 import torch
 import transformers
 
+from cxrjax import decoding
 from cxrjax.models import graph_captioner
 from cxrjax.models.decoders import transformer
 from cxrjax.models.encoders import resnet
@@ -85,7 +86,7 @@ def test_the_decoder_equals_torch_transformer_decoder_forced_and_step_by_step():
 
   cache = decoder.apply(params, memory.numpy(), 10, method="init_cache")
   assert cache["layers_1"]["self_keys"].shape == (3, 10, 4, 4)
-  assert cache["layers_1"]["cross_keys"].shape == (3, 5, 4, 4)
+  assert decoding.shared_value(cache["layers_1"]["cross_keys"]).shape == (3, 5, 4, 4)
   step = jax.jit(lambda x, cache, position: decoder.apply(params, x, cache, position, method="step"))
   for position in range(7):
     y, cache = step(x.numpy()[:, position], cache, jnp.int32(position))

@@ -46,6 +46,7 @@ import gzip
 import os
 import pathlib
 import re
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -157,7 +158,7 @@ def read_label_file(path: str | os.PathLike) -> list[LabelEntry]:
                                        f"line {seen[entry.image_index]}")
         seen[entry.image_index] = line
         entries.append(entry)
-  except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, csv.Error) as error:
+  except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, zlib.error, csv.Error) as error:
     raise ChestXray14FormatError(f"{path}: cannot be read as a CSV file ({error})") from error
   if not entries:
     raise ChestXray14FormatError(f"{path}: no rows after the header")

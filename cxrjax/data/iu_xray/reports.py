@@ -55,6 +55,7 @@ import re
 import shutil
 import tarfile
 import xml.etree.ElementTree as ET
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from cxrjax.errors import UserError
@@ -347,8 +348,9 @@ def _extract_pngs(tgz: pathlib.Path, dest: pathlib.Path) -> pathlib.Path:
           # Written by base name only, so no member can escape `dest`.
           with tar.extractfile(member) as src, open(partial / os.path.basename(member.name), "wb") as dst:
             shutil.copyfileobj(src, dst)
-  except (tarfile.TarError, EOFError, OSError) as e:
-    raise IUXrayFormatError(f"{tgz}: cannot extract the images ({e})") from e
+      _read_to_end(tar)
+  except (tarfile.TarError, EOFError, OSError, zlib.error) as e:  # gzip.BadGzipFile is an OSError.
+    raise IUXrayFormatError(f"{tgz}: cannot extract the images, a corrupt or truncated archive ({e})") from e
   partial.rename(dest)
   return dest
 
@@ -364,8 +366,16 @@ def _iter_openi_xml(source: pathlib.Path) -> Iterator[tuple[str, bytes]]:
       for member in tar:
         if member.isfile() and member.name.endswith(".xml"):
           yield f"{source}:{member.name}", tar.extractfile(member).read()
-  except (tarfile.TarError, EOFError) as e:
-    raise IUXrayFormatError(f"{source}: not a readable tar archive ({e})") from e
+      _read_to_end(tar)
+  except (tarfile.TarError, EOFError, OSError, zlib.error) as e:  # gzip.BadGzipFile is an OSError.
+    raise IUXrayFormatError(f"{source}: not a readable tar archive, or a corrupt or truncated one ({e})") from e
+
+
+def _read_to_end(tar: tarfile.TarFile) -> None:
+  """Reads the compressed stream past the archive's end marker: tarfile stops there, before gzip's CRC
+  (or bzip2's, xz's check) at the end of the file, so a corrupted byte would otherwise pass unnoticed."""
+  while tar.fileobj.read(1 << 20):
+    pass
 
 
 def _parse_openi_xml(data: bytes, source: str, image_folder: pathlib.Path) -> _Study:

@@ -38,6 +38,7 @@ header, a row with the wrong number of fields) raises `RocoFormatError` naming t
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+import contextlib
 import csv
 import dataclasses
 import os
@@ -185,6 +186,8 @@ def _read_csv(path: str | os.PathLike, header: Sequence[str]) -> list[list[str]]
       rows = list(reader)
     except csv.Error as error:
       raise RocoFormatError(f"{path}: line {reader.line_num}: malformed CSV ({error})") from None
+    except UnicodeDecodeError as error:
+      raise RocoFormatError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason})") from None
   if not rows or [name.strip().lower() for name in rows[0]] != [name.lower() for name in header]:
     raise RocoFormatError(f"{path}: expected the header {','.join(header)}, got "
                           f"{','.join(rows[0]) if rows else 'an empty file'}")
@@ -243,7 +246,7 @@ def _parquet_rows(folder: pathlib.Path, split: str) -> tuple[Iterator[dict[str, 
 
   def rows():
     for path in files:
-      table = pq.ParquetFile(path)
+      table = _open_parquet(path)
       names = set(table.schema_arrow.names)
       missing = {"image", "image_id", "caption"} - names
       if missing:
@@ -260,6 +263,13 @@ def _parquet_rows(folder: pathlib.Path, split: str) -> tuple[Iterator[dict[str, 
   return rows(), SplitReport(split=split, source=str(files[0].parent / f"{PARQUET_SPLITS[split]}-*.parquet"))
 
 
+def _open_parquet(path: str | os.PathLike) -> pq.ParquetFile:
+  try:
+    return pq.ParquetFile(path)
+  except (pa.ArrowInvalid, OSError) as error:
+    raise RocoFormatError(f"{path}: not a readable parquet file ({error})") from None
+
+
 def _parquet_has_image(table: Any) -> list[bool]:
   """Per row: whether the image column holds bytes (reads the column, one row group at a time)."""
   has_image = []
@@ -273,7 +283,7 @@ def _parquet_has_image(table: Any) -> list[bool]:
 
 def read_parquet_images(path: str | os.PathLike) -> Iterator[bytes | None]:
   """The image bytes of every row of a parquet file, in order, one row group at a time."""
-  table = pq.ParquetFile(path)
+  table = _open_parquet(path)
   for group in range(table.num_row_groups):
     column = table.read_row_group(group, columns=["image"]).column("image").combine_chunks()
     if pa.types.is_struct(column.type):
@@ -290,11 +300,21 @@ def _roco_v1_dir(folder: pathlib.Path) -> pathlib.Path | None:
   return None
 
 
+@contextlib.contextmanager
+def _open_text(path: pathlib.Path) -> Iterator[Any]:
+  """A UTF-8 text file's lines; a decoding error anywhere in it is a RocoFormatError naming the file."""
+  with open(path, encoding="utf-8", newline="\n") as handle:
+    try:
+      yield handle
+    except UnicodeDecodeError as error:
+      raise RocoFormatError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason})") from None
+
+
 def read_roco_v1_captions(path: str | os.PathLike) -> list[tuple[str, str]]:
   """(ROCO id, caption) rows of a ROCO v1 captions.txt (`ROCO_xxxxx<TAB> caption`), caption as written."""
   path = pathlib.Path(path)
   rows = []
-  with open(path, encoding="utf-8", newline="\n") as handle:
+  with _open_text(path) as handle:
     for number, line in enumerate(handle, start=1):
       line = line.rstrip("\r\n")
       if not line:
@@ -311,7 +331,7 @@ def read_roco_v1_lists(path: str | os.PathLike) -> dict[str, list[str]]:
   fields dropped; semtypes alternate code and name)."""
   path = pathlib.Path(path)
   values = {}
-  with open(path, encoding="utf-8", newline="\n") as handle:
+  with _open_text(path) as handle:
     for line in handle:
       fields = line.rstrip("\r\n").split("\t")
       if fields[0]:

@@ -25,6 +25,8 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
+from cxrjax import decoding
+
 
 class MultiHeadAttention(nn.Module):
   """`torch.nn.MultiheadAttention` (batch_first): fused input projection, scaled dot products, dropout on
@@ -119,8 +121,8 @@ class DecoderLayer(nn.Module):
       mask = (jnp.arange(keys.shape[1]) <= position)[None, None, None, :]  # [1, 1, 1, cache_length]
     x = self.norm1(x + self.dropout(self.self_attn.attend(queries, keys, values, mask, train),
                                     deterministic=deterministic))
-    cross = self.multihead_attn.attend(self.multihead_attn.query(x), cache["cross_keys"],
-                                       cache["cross_values"], None, train)
+    cross = self.multihead_attn.attend(self.multihead_attn.query(x), decoding.shared_value(cache["cross_keys"]),
+                                       decoding.shared_value(cache["cross_values"]), None, train)
     x = self.norm2(x + self.dropout(cross, deterministic=deterministic))
     hidden = self.dropout(nn.relu(self.linear1(x)), deterministic=deterministic)
     x = self.norm3(x + self.dropout(self.linear2(hidden), deterministic=deterministic))
@@ -156,7 +158,8 @@ class TransformerDecoder(nn.Module):
     """memory [batch, regions, d_model] -> the cache of every layer, self entries zero."""
     head_dim = self.d_model // self.num_heads
     empty = jnp.zeros((memory.shape[0], cache_length, self.num_heads, head_dim), jnp.float32)
-    return {name: dict(cross, self_keys=empty, self_values=empty)
+    # The memory's keys and values are only read by the steps, alike in every beam (decoding.Shared).
+    return {name: dict(jax.tree.map(decoding.Shared, cross), self_keys=empty, self_values=empty)
             for name, cross in self.cross_cache(memory).items()}
 
   def __call__(self, x: jax.Array, cache: dict[str, dict[str, jax.Array]], train: bool = False) -> jax.Array:

@@ -1,0 +1,242 @@
+"""Hugging Face model directories (`save_pretrained` output or a hub download) -> cxrjax runs.
+
+    cxrjax port-weights --format hf HF_DIR OUT [--tokenizer VOCAB]
+
+HF_DIR holds `config.json` and `model.safetensors` (or a sharded `model.safetensors.index.json`), read
+with `safetensors` (no torch), plus the tokenizer files when present (`tokenizer.json` or `vocab.txt`).
+config.json's `model_type` picks the family module (`FAMILIES`), which says how the checkpoint becomes a
+cxrjax model; this module reads the directory, checks it, and applies the family's strict name map.
+
+A family module (hf_git.py, hf_blip.py) defines:
+    MODEL_NAME                          the cxrjax `model.name`
+    model_section(hf_config, source)    config.json -> the cxrjax `model` section (the encoder's
+                                        image_size and preprocessing included)
+    vocab_size(hf_config)               rows of the vocabulary (checked against the tokenizer)
+    special_tokens(hf_config)           {"start_token", "end_token", "pad_token", "extra": tokens a
+                                        vocab.txt lacks, given the next ids in order}
+    source_of(path)                     a "/"-joined Flax variable path ("params/output/kernel") -> (the
+                                        checkpoint's tensor name, its layout change to Flax)
+    ignored(name)                       checkpoint tensors the model does not use
+    run_config(model_section)           the run config written into OUT
+  and optionally:
+    with_prompt(model_section, ids)     the section with a caption prompt (ids from the start token on)
+    check_tensors(tensors, source)      checks beyond names and shapes (raises WeightsError)
+Family modules do not import this one (it imports them): the reading and checking stay here.
+
+Every problem is a WeightsError naming the file and, where one is at fault, the tensor: no config.json,
+config.json that is not JSON, an unknown model_type, missing or unreadable (truncated) safetensors,
+missing / unexpected / mis-shaped tensors, tensors with NaN or infinite values.
+"""
+
+import hashlib
+import json
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import safetensors.numpy
+
+from cxrjax import models
+from cxrjax.data import datasets
+from cxrjax.text import tokenizers
+from cxrjax.weights import hf_blip, hf_git
+from cxrjax.weights.store import WeightsError
+
+FAMILIES = {"blip": hf_blip, "git": hf_git}
+CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE = "config.json", "model.safetensors", "model.safetensors.index.json"
+TOKENIZER_JSON, VOCAB_TXT, TOKENIZER_CONFIG = "tokenizer.json", "vocab.txt", "tokenizer_config.json"
+
+SourceOf = Callable[[str], tuple[str, Callable[[np.ndarray], np.ndarray]]]
+
+
+def _read_json(path: pathlib.Path) -> Any:
+  try:
+    return json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    raise WeightsError(f"{path}: not valid JSON ({error})") from None
+
+
+def read_config(directory: str | pathlib.Path) -> dict[str, Any]:
+  """DIR/config.json, checked to be an object whose model_type is one of FAMILIES."""
+  directory = pathlib.Path(directory)
+  if not directory.is_dir():
+    raise WeightsError(f"{directory}: not a directory; expected a Hugging Face model directory "
+                       f"({CONFIG_FILE} + {WEIGHTS_FILE}, as save_pretrained writes)")
+  path = directory / CONFIG_FILE
+  if not path.is_file():
+    raise WeightsError(f"{path}: not found; expected a Hugging Face model directory ({CONFIG_FILE} + "
+                       f"{WEIGHTS_FILE}, as save_pretrained writes)")
+  hf_config = _read_json(path)
+  if not isinstance(hf_config, dict):
+    raise WeightsError(f"{path}: expected a JSON object, got {type(hf_config).__name__}")
+  model_type = hf_config.get("model_type")
+  if model_type not in FAMILIES:
+    raise WeightsError(f"{path}: model_type {model_type!r} is not supported; known: {sorted(FAMILIES)}")
+  return hf_config
+
+
+def _weights_files(directory: pathlib.Path) -> list[pathlib.Path]:
+  single, index = directory / WEIGHTS_FILE, directory / INDEX_FILE
+  if single.is_file():
+    return [single]
+  if index.is_file():
+    listing = _read_json(index)
+    weight_map = listing.get("weight_map") if isinstance(listing, dict) else None
+    if not isinstance(weight_map, dict):
+      raise WeightsError(f"{index}: no \"weight_map\" object")
+    files = [directory / name for name in sorted(set(weight_map.values()))]
+    for path in files:
+      if not path.is_file():
+        raise WeightsError(f"{path}: not found (listed in {index})")
+    return files
+  others = sorted(p.name for p in directory.glob("*.bin")) + sorted(p.name for p in directory.glob("*.pth"))
+  hint = f"; it has {others}: save the model with safe_serialization (the default) instead" if others else ""
+  raise WeightsError(f"{single}: not found{hint}")
+
+
+def read_tensors(directory: str | pathlib.Path) -> dict[str, np.ndarray]:
+  """The directory's safetensors -> {name: float32 array}; unreadable files and non-finite values are
+  errors naming the file (and the tensor)."""
+  tensors = {}
+  for path in _weights_files(pathlib.Path(directory)):
+    try:
+      loaded = safetensors.numpy.load_file(path)
+    except Exception as error:  # safetensors raises its own SafetensorError and OSError kinds.
+      raise WeightsError(f"{path}: cannot be read as safetensors, truncated or corrupt? ({error})") from None
+    for name, value in loaded.items():
+      value = np.asarray(value, np.float32) if np.issubdtype(value.dtype, np.floating) else value
+      if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+        bad = int(np.size(value) - np.isfinite(value).sum())
+        raise WeightsError(f"{path}: tensor {name!r} has {bad} NaN or infinite values of {np.size(value)}")
+      tensors[name] = value
+  return tensors
+
+
+def read_directory(directory: str | pathlib.Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+  """(config.json as a dict, {tensor name: array}) of a Hugging Face model directory (module doc)."""
+  hf_config = read_config(directory)
+  return hf_config, read_tensors(directory)
+
+
+def checksums(directory: str | pathlib.Path) -> dict[str, str]:
+  """{weights file name: sha256} of the directory (recorded in the imported run's metadata)."""
+  digests = {}
+  for path in _weights_files(pathlib.Path(directory)):
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+      for block in iter(lambda: handle.read(1 << 24), b""):
+        digest.update(block)
+    digests[path.name] = digest.hexdigest()
+  return digests
+
+
+def _listed(names: list[str], limit: int = 10) -> str:
+  return f"{names[:limit]}{' ...' if len(names) > limit else ''}"
+
+
+def strict_map(tensors: dict[str, np.ndarray], abstract: Any, source_of: SourceOf, source: str,
+               ignored: Callable[[str], bool] = lambda name: False) -> dict[str, Any]:
+  """Checkpoint tensors -> Flax variables shaped as `abstract` (nested dicts of shapes), each variable
+  from the tensor `source_of` names. A tensor the model needs but `tensors` lacks, a tensor no variable
+  uses (unless `ignored`) and a tensor of another shape are a WeightsError listing them, with `source`."""
+  flat, missing, wrong_shape, used = {}, [], [], set()
+  for path, target in flax.traverse_util.flatten_dict(abstract).items():
+    variable = "/".join(path)
+    try:
+      name, to_flax = source_of(variable)
+    except KeyError:
+      raise WeightsError(f"{source}: the model's variable {variable} has no source tensor in the name "
+                         f"map (a cxrjax bug)") from None
+    if name not in tensors:
+      missing.append(name)
+      continue
+    used.add(name)
+    value = np.asarray(to_flax(tensors[name]), np.float32)
+    if value.shape != tuple(target.shape):
+      wrong_shape.append(f"{name} {tuple(tensors[name].shape)} (model {variable} needs {tuple(target.shape)})")
+      continue
+    flat[path] = value
+  unexpected = sorted(name for name in set(tensors) - used if not ignored(name))
+  problems = []
+  if missing:
+    problems.append(f"{len(missing)} missing tensors {_listed(missing)}")
+  if unexpected:
+    problems.append(f"{len(unexpected)} unexpected tensors {_listed(unexpected)}")
+  if wrong_shape:
+    problems.append(f"{len(wrong_shape)} tensors of the wrong shape {_listed(wrong_shape, 5)}")
+  if problems:
+    raise WeightsError(f"{source}: does not fit the model of its config.json: {'; '.join(problems)}")
+  return flax.traverse_util.unflatten_dict(flat)
+
+
+def _lowercase(directory: pathlib.Path) -> bool:
+  path = directory / TOKENIZER_CONFIG
+  settings = _read_json(path) if path.is_file() else {}
+  return bool(settings.get("do_lower_case", True)) if isinstance(settings, dict) else True
+
+
+def load_tokenizer(directory: str | pathlib.Path, tokenizer: str | pathlib.Path | None, special: dict[str, Any],
+                   cleaning_style: str) -> tokenizers.WordPieceTokenizer:
+  """`tokenizer` (a vocab.txt or tokenizer.json) when given, else the directory's tokenizer.json or
+  vocab.txt, with the family's special tokens (`special_tokens`)."""
+  directory = pathlib.Path(directory)
+  roles = dict(start_token=special["start_token"], end_token=special["end_token"], pad_token=special["pad_token"],
+               cleaning_style=cleaning_style)
+  if tokenizer:
+    path = pathlib.Path(tokenizer)
+    if not path.is_file():
+      raise WeightsError(f"--tokenizer {path}: not found")
+  elif (directory / TOKENIZER_JSON).is_file():
+    path = directory / TOKENIZER_JSON
+  elif (directory / VOCAB_TXT).is_file():
+    path = directory / VOCAB_TXT
+  else:
+    raise WeightsError(f"{directory}: has no {TOKENIZER_JSON} or {VOCAB_TXT}; pass --tokenizer VOCAB (the "
+                       "checkpoint's vocab.txt or tokenizer.json)")
+  if path.suffix == ".txt":
+    return tokenizers.WordPieceTokenizer.from_vocab(
+        path, lowercase=_lowercase(path.parent),
+        special_tokens=tuple(tokenizers.BERT_SPECIAL_TOKENS) + tuple(special["extra"]), **roles)
+  return tokenizers.WordPieceTokenizer.from_tokenizer_json(path, **roles)
+
+
+def abstract_variables(model_section: dict, vocab_size: int) -> Any:
+  """Shapes of the variables of the model `model_section` describes (no compute)."""
+  model = models.build(ml_collections.ConfigDict(model_section), vocab_size)
+  size = int(model_section["encoder"]["image_size"])
+  images, tokens = jnp.zeros((1, 1, size, size, 3)), jnp.zeros((1, 2), jnp.int32)
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), images, tokens))
+
+
+def import_hf(directory: str | pathlib.Path, tokenizer: str | pathlib.Path | None = None, prompt: str = ""
+              ) -> tuple[ml_collections.ConfigDict, tokenizers.WordPieceTokenizer, dict[str, Any]]:
+  """A Hugging Face model directory -> (the run config, its tokenizer, the model's variables).
+
+  `prompt`: text every caption starts with (BLIP's "a picture of"), for families that take one
+  (`with_prompt(model_section, prompt_ids)`, the ids from the start token on)."""
+  directory = pathlib.Path(directory)
+  hf_config = read_config(directory)
+  family = FAMILIES[hf_config["model_type"]]
+  section = family.model_section(hf_config, str(directory / CONFIG_FILE))
+  cleaning = datasets.cleaning_style(family.run_config(section).data)
+  loaded = load_tokenizer(directory, tokenizer, family.special_tokens(hf_config), cleaning)
+  vocab_size = family.vocab_size(hf_config)
+  if len(loaded) != vocab_size:
+    raise WeightsError(f"{directory / CONFIG_FILE}: vocab_size is {vocab_size}, but the tokenizer has "
+                       f"{len(loaded)} tokens ({loaded!r})")
+  if prompt:
+    if not hasattr(family, "with_prompt"):
+      raise WeightsError(f"--prompt: the {family.MODEL_NAME} family takes no prompt")
+    section = family.with_prompt(section, [loaded.start_id] + loaded.encode(prompt)[1:-1])
+  run_config = family.run_config(section)
+  tensors = read_tensors(directory)
+  if hasattr(family, "check_tensors"):  # Checks beyond names and shapes (BLIP: tied copies are equal).
+    family.check_tensors(tensors, str(directory))
+  variables = strict_map(tensors, abstract_variables(section, vocab_size), family.source_of, str(directory),
+                         family.ignored)
+  return run_config, loaded, variables

@@ -1,0 +1,127 @@
+"""BLIP's captioner against transformers' BlipForConditionalGeneration on a small random config (every
+weight drawn at random; vision and text widths differ; text head count not BlipTextConfig's default) and
+real chest X-rays: teacher-forced logits, and greedy / beam search against `generate`, with and without
+a prompt. The weights go through cxrjax/weights/hf_blip.py's name map (tests/weights/test_hf_blip.py
+runs the same through `cxrjax port-weights` and `cxrjax predict`)."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from cxrjax import decoding
+from cxrjax.data import transforms
+from cxrjax.models import blip
+from cxrjax.weights import hf_blip
+
+DEC, SEP, PAD = 30522, 102, 0
+PROMPT_IDS = (DEC, 1037, 3861, 1997)  # [DEC] a picture of (bert-base-uncased ids, checked in test_hf_blip.py)
+IMAGE_SIZE = 32
+VISION = dict(hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
+              image_size=IMAGE_SIZE, patch_size=8, layer_norm_eps=1e-6)
+TEXT = dict(vocab_size=30524, hidden_size=24, intermediate_size=40, num_hidden_layers=2, num_attention_heads=3,
+            max_position_embeddings=64, layer_norm_eps=1e-7)
+
+
+def tiny_hf_blip(seed: int = 0) -> transformers.BlipForConditionalGeneration:
+  """A random BlipForConditionalGeneration: every parameter redrawn (LayerNorm gains around 1), so that a
+  dropped or mis-mapped tensor changes the outputs."""
+  config = transformers.BlipConfig(vision_config=VISION, text_config=TEXT)
+  torch.manual_seed(seed)
+  model = transformers.BlipForConditionalGeneration(config).eval()
+  with torch.no_grad():
+    for name, tensor in model.named_parameters():
+      is_gain = name.endswith(("LayerNorm.weight", "layer_norm1.weight", "layer_norm2.weight", "post_layernorm.weight"))
+      scale = 1.0 if "embedding" in name else 0.3  # Word embeddings are the tied head: logits far from ties.
+      tensor.copy_(torch.randn_like(tensor) * scale + (1.0 if is_gain else 0.0))
+  model.tie_weights()
+  return model
+
+
+def chest_xrays(shared_data, size: int = IMAGE_SIZE) -> np.ndarray:
+  """The real PNGs, as BLIP's processor prepares them (bicubic square resize, CLIP statistics)."""
+  preprocessing = transforms.Preprocessing(image_size=size, **hf_blip.PREPROCESSING)
+  paths = sorted((shared_data / "iu_xray" / "images").glob("*.png"))
+  return np.stack([transforms.load_for_model(path, preprocessing) for path in paths])  # [4, S, S, 3]
+
+
+def flax_blip(hf_model, prompt_ids=()):
+  """The cxrjax model of `hf_model` and its variables through hf_blip's map (every tensor used once)."""
+  section = hf_blip.model_section(hf_model.config.to_dict(), "config.json")
+  section = hf_blip.with_prompt(section, prompt_ids) if prompt_ids else section
+  model = blip.BlipCaptioner.from_config(ml_collections.ConfigDict(section), hf_blip.vocab_size(
+      hf_model.config.to_dict()), lambda path: False)
+  tensors = {name: tensor.detach().numpy() for name, tensor in hf_model.state_dict().items()}
+  abstract = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 1, IMAGE_SIZE, IMAGE_SIZE, 3), np.float32),
+                            np.zeros((1, 3), np.int32))
+  used, flat = set(), {}
+  for path, leaf in flax.traverse_util.flatten_dict(abstract, sep="/").items():
+    name, convert = hf_blip.source_of(path)
+    flat[path] = jnp.asarray(convert(tensors[name]))
+    assert flat[path].shape == leaf.shape, path
+    used.add(name)
+  assert set(tensors) - used == {n for n in tensors if hf_blip.ignored(n)}  # Nothing left out but the tied.
+  return model, flax.traverse_util.unflatten_dict(flat, sep="/")
+
+
+@pytest.fixture(scope="module")
+def hf_model():
+  return tiny_hf_blip()
+
+
+@pytest.fixture(scope="module")
+def images(shared_data):
+  return chest_xrays(shared_data)
+
+
+def _generated(rows, skip: int) -> list[list[int]]:
+  """Token rows -> the generated ids after `skip` inputs, up to and without the first [SEP]."""
+  out = []
+  for row in np.asarray(rows).tolist():
+    row = row[skip:]
+    out.append(row[:row.index(SEP)] if SEP in row else row)
+  return out
+
+
+@pytest.mark.parametrize("prompt_ids", [(), PROMPT_IDS], ids=["no_prompt", "prompt"])
+def test_teacher_forced_logits_and_searches_match_transformers(hf_model, images, prompt_ids):
+  model, variables = flax_blip(hf_model, prompt_ids)
+  captions = np.random.default_rng(0).integers(1000, 30000, size=(images.shape[0], 6)).astype(np.int32)
+  tokens = np.concatenate([np.full((images.shape[0], 1), DEC, np.int32), captions], axis=1)  # [4, 7]
+  pixels = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+  hf_inputs = np.concatenate([np.tile(prompt_ids, (images.shape[0], 1)).astype(np.int32), captions], axis=1) \
+      if prompt_ids else tokens
+  with torch.no_grad():
+    expected = hf_model(pixel_values=pixels, input_ids=torch.from_numpy(hf_inputs).long()).logits.numpy()
+  expected = expected[:, max(len(prompt_ids) - 1, 0):]  # The positions that predict caption tokens.
+  logits = jax.jit(lambda v, x, t: model.apply(v, x, t)["logits"])(variables, images[:, None], tokens)
+  assert logits.shape == expected.shape and np.abs(expected).max() > 5.0
+  np.testing.assert_allclose(np.asarray(logits), expected, rtol=0, atol=1e-4)
+
+  max_new = 8
+  @jax.jit
+  def search(variables, images):
+    cache = model.apply(variables, model.apply(variables, images, method="encode"), method="init_cache")
+    step_fn = model.decoder_step_fn(variables)
+    options = dict(start_id=DEC, end_id=SEP, pad_id=PAD, max_length=max_new)
+    greedy, _ = decoding.greedy_search(step_fn, cache, **options)
+    beams, _ = decoding.beam_search(step_fn, cache, beam_size=3, length_penalty=1.0, length_normalization="hf",
+                                    **options)
+    return greedy, beams[:, 0]
+  greedy, beam = search(variables, images[:, None])
+  hf_prompt = dict(input_ids=torch.tensor([list(prompt_ids) + [SEP]] * images.shape[0])) if prompt_ids else {}
+  # BlipForConditionalGeneration.generate drops the prompt's last token ([SEP] after the processor's text).
+  skip = len(prompt_ids) if prompt_ids else 1
+  with torch.no_grad():
+    hf_greedy = hf_model.generate(pixel_values=pixels, num_beams=1, max_new_tokens=max_new, **hf_prompt)
+    hf_beam = hf_model.generate(pixel_values=pixels, num_beams=3, max_new_tokens=max_new, **hf_prompt)
+  assert _generated(greedy, 0) == _generated(hf_greedy, skip)
+  assert _generated(beam, 0) == _generated(hf_beam, skip)
