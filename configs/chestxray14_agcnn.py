@@ -50,7 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       weight_decay=1e-4, grad_clip_norm=1e3, b1=0.9, b2=0.999, warmup_steps=0, final_lr_fraction=1.0,
       # Each stage trains its branch; the others stay as the previous stage left them.
       param_groups=((agcnn.STAGE_MODULES[arg.stage] + "/.*", 1.0), (".*", None)))
-  config.train = dict(batch_size=arg.batch, num_steps=50 * steps_per_epoch, seed=0, log_every=100,
+  config.train = dict(batch_size=arg.batch, num_steps=50 * steps_per_epoch, seed=0, profile_steps=(), log_every=100,
                       eval_every=steps_per_epoch, checkpoint_every=1000, cache_features=False)
   config.eval = dict(batch_size=64, best_metric="mean_AUROC", max_val_examples=0)
   if arg.phantom or arg.demo:

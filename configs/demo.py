@@ -67,7 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = MODEL_SECTIONS[arg.model]()
   config.init = config_lib.no_init()  # No pretrained weights exist for the phantoms.
   config.optimizer = config_lib.adamw(2e-3, 100, config_lib.TRAINED_EVERYWHERE, final_lr_fraction=0.05)
-  config.train = dict(batch_size=32, num_steps=arg.steps, seed=0, log_every=50, eval_every=300,
+  config.train = dict(batch_size=32, num_steps=arg.steps, seed=0, profile_steps=(), log_every=50, eval_every=300,
                       checkpoint_every=300, cache_features=False)
   config.decode = dict(beam_size=3, max_length=39, length_penalty=0.0, block_ngram_repeat=0)
   config.eval = dict(batch_size=50, best_metric="BLEU-4", max_val_examples=200)

@@ -176,7 +176,7 @@ def rocov2_experiment(model: dict, tokenizer: str = "") -> ml_collections.Config
   config.init = no_init()  # init.encoder: a Hugging Face ResNetModel folder (microsoft/resnet-50)
   config.optimizer = adamw(1e-4, 0, TRAINED_EVERYWHERE, final_lr_fraction=1.0, weight_decay=1e-2,
                            grad_clip_norm=1e3)
-  config.train = dict(batch_size=200, num_steps=15 * steps_per_epoch, seed=0, log_every=50,
+  config.train = dict(batch_size=200, num_steps=15 * steps_per_epoch, seed=0, profile_steps=(), log_every=50,
                       eval_every=steps_per_epoch, checkpoint_every=steps_per_epoch, cache_features=False)
   config.decode = dict(beam_size=3, max_length=79, length_penalty=0.0, block_ngram_repeat=3)
   config.eval = dict(batch_size=64, best_metric="BLEU-4", max_val_examples=1000)
@@ -207,7 +207,7 @@ def roco_chest_experiment(model: dict, tokenizer: str = "") -> ml_collections.Co
   # transformers' Trainer defaults beside the seed's settings: no warm-up, decay to 0, clipping at 1.
   config.optimizer = adamw(5e-5, 0, TRAINED_EVERYWHERE, final_lr_fraction=0.0, weight_decay=1e-8,
                            grad_clip_norm=1.0, accumulate_steps=2)
-  config.train = dict(batch_size=8, num_steps=10 * batches_per_epoch, seed=0, log_every=50,
+  config.train = dict(batch_size=8, num_steps=10 * batches_per_epoch, seed=0, profile_steps=(), log_every=50,
                       eval_every=batches_per_epoch, checkpoint_every=batches_per_epoch, cache_features=False)
   config.decode = dict(beam_size=1, max_length=50, length_penalty=1.0, length_normalization="hf",
                        block_ngram_repeat=0)
@@ -235,7 +235,7 @@ def iu_xray_experiment(arg: ml_collections.ConfigDict, model: dict, smoke_model:
   config.model = model
   config.init = no_init()
   config.optimizer = adamw(1e-3, 500, param_groups)
-  config.train = dict(batch_size=32, num_steps=20_000, seed=0, log_every=100, eval_every=1000,
+  config.train = dict(batch_size=32, num_steps=20_000, seed=0, profile_steps=(), log_every=100, eval_every=1000,
                       checkpoint_every=1000,
                       cache_features=False)  # True: the frozen CheXNet's features computed once
   config.decode = dict(beam_size=3, max_length=59, length_penalty=0.0, block_ngram_repeat=0)

@@ -12,8 +12,8 @@ the KV cache) alike, through one step function:
                Scalar leaves (e.g. a flax attention `cache_index`) are shared
                by all rows and never expanded or gathered, which is right
                because every row advances in lockstep. Entries wrapped in
-               `Shared` (read-only, alike in every beam of an example) are
-               expanded over the beams once and never gathered.
+               `Shared` (read-only, alike in every beam of an example) keep
+               their [batch, ...] rows and are never gathered (see Shared).
     position:  int32 scalar, the index of `tokens` in the full sequence
                (0 = start token), so also the number of tokens generated so far.
     logits:    float [rows, vocab], the distribution of the next token.
@@ -84,8 +84,10 @@ StepFn = Callable[[jax.Array, Cache, jax.Array], tuple[jax.Array, Cache]]
 @flax.struct.dataclass
 class Shared:
   """A cache entry that every beam of an example holds alike and that steps only read (the image's
-  cross-attention keys and values, a prefilled prefix's): beam search repeats it over the beams once and
-  never re-gathers it by parent beam, which for a large encoder is most of a step's memory traffic.
+  cross-attention keys and values, a prefilled prefix's). Beam search neither repeats it over the beams
+  nor gathers it by parent beam: it keeps its [batch, ...] rows while the other entries have [batch *
+  beams, ...], and step code reads it with `attention_scores` / `attention_context`, which let row
+  b * beams + k use row b. For a large encoder that is most of a step's memory traffic saved.
   step_fn must return it unchanged; `shared_value` reads it (and passes plain arrays through)."""
   value: jax.Array
 
@@ -93,6 +95,29 @@ class Shared:
 def shared_value(x: Any) -> Any:
   """The array of a `Shared` entry, or `x` itself."""
   return x.value if isinstance(x, Shared) else x
+
+
+def attention_scores(queries: jax.Array, keys: jax.Array) -> jax.Array:
+  """Dot products of queries [rows, q, heads, d] with keys [key_rows, k, heads, d] -> [rows, heads, q, k],
+  where rows = key_rows * groups and query row r reads key row r // groups (1 group: the usual product;
+  `groups` beams reading a Shared entry): the groups fold into the query axis, so no key is copied."""
+  rows, length, heads, _ = queries.shape
+  key_rows, groups = keys.shape[0], rows // keys.shape[0]
+  folded = queries.reshape((key_rows, groups * length) + queries.shape[2:])  # [key_rows, groups * q, heads, d]
+  scores = jnp.einsum("bqhd,bkhd->bhqk", folded, keys)  # [key_rows, heads, groups * q, k]
+  scores = scores.reshape(key_rows, heads, groups, length, keys.shape[1]).transpose(0, 2, 1, 3, 4)
+  return scores.reshape(rows, heads, length, keys.shape[1])  # [rows, heads, q, k]
+
+
+def attention_context(weights: jax.Array, values: jax.Array) -> jax.Array:
+  """Attention weights [rows, heads, q, k] over values [key_rows, k, heads, d] -> [rows, q, heads, d], rows
+  grouped as in `attention_scores`."""
+  rows, heads, length, num_keys = weights.shape
+  key_rows, groups = values.shape[0], rows // values.shape[0]
+  folded = weights.reshape(key_rows, groups, heads, length, num_keys).transpose(0, 2, 1, 3, 4)
+  folded = folded.reshape(key_rows, heads, groups * length, num_keys)  # [key_rows, heads, groups * q, k]
+  context = jnp.einsum("bhqk,bkhd->bqhd", folded, values)  # [key_rows, groups * q, heads, d]
+  return context.reshape((rows, length) + values.shape[2:])
 
 _NEG_INF = float("-inf")
 
@@ -336,8 +361,10 @@ def gather_beams(tree: Any, beam_indices: jax.Array) -> Any:
 
 
 def _expand_beams(cache: Cache, beam_size: int) -> Cache:
-  """[batch, ...] -> [batch * beams, ...], each example repeated beam_size times."""
-  return jax.tree.map(lambda x: x if x.ndim == 0 else jnp.repeat(x, beam_size, axis=0), cache)
+  """[batch, ...] -> [batch * beams, ...], each example repeated beam_size times (Shared entries and
+  scalars stay as they are)."""
+  return jax.tree.map(lambda x: x if isinstance(x, Shared) or x.ndim == 0 else jnp.repeat(x, beam_size, axis=0),
+                      cache, is_leaf=lambda x: isinstance(x, Shared))
 
 
 def _gather_flat_beams(cache: Cache, beam_indices: jax.Array) -> Cache:

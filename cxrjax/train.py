@@ -7,10 +7,18 @@ Nothing here knows a model family or a task: the config names the family (models
 of every device of every process and the parameters are replicated; each process feeds its own shard of
 the global batch. Dropout keys derive from (seed, step) and the data iterator's position is checkpointed,
 so an interrupted run resumes with exactly the batches and updates of an uninterrupted one.
+
+A SIGTERM (what a preempted TPU VM receives) stops the run at the next step boundary with a checkpoint;
+the same command run again resumes it. A non-finite loss or gradient norm stops it before that state is
+saved. Training also writes a TensorBoard log (WORKDIR/tensorboard) and, for `train.profile_steps`, a
+profiler trace (WORKDIR/profile).
 """
 
-import json
+import signal
+import sys
+import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -18,13 +26,90 @@ import ml_collections
 import numpy as np
 import optax
 from etils import epath
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from cxrjax import models, optim, sharding, tasks, workdir as workdir_lib
+from cxrjax import models, optim, sharding, summaries, tasks, workdir as workdir_lib
 from cxrjax.data import datasets, pipeline
-from cxrjax.errors import ConfigError
+from cxrjax.errors import ConfigError, UserError
 from cxrjax.tasks import evaluation, feature_cache
 from cxrjax.weights import pretrained
+
+TENSORBOARD_DIR, PROFILE_DIR = "tensorboard", "profile"  # In the workdir.
+# The exit status of a preempted run: the shell's for a process ended by SIGTERM (128 + 15), so that a
+# scheduler or `cxrjax train ... && cxrjax evaluate ...` sees an interrupted run, not a finished one.
+PREEMPTED_STATUS = 128 + signal.SIGTERM
+# Dense bf16 peak FLOP/s of one chip, by jax's device_kind (the vendors' figures): the denominator of
+# flops_utilisation. CPUs have none.
+PEAK_FLOPS_PER_S = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5": 459e12, "TPU v5p": 459e12,
+                    "TPU v6 lite": 918e12}
+
+
+class TrainingDiverged(UserError):
+  """A step's loss or gradient norm is not finite; the workdir keeps its last finite checkpoint."""
+
+
+class Preempted(SystemExit):
+  """Ends the process (a sweep too) with PREEMPTED_STATUS once a SIGTERM's checkpoint is written."""
+
+
+class PreemptionNotice:
+  """Whether a SIGTERM asks the run to stop: `requested(step)`, asked at every step boundary.
+
+  One process: a handler that only sets a flag, installed for the `with` block and the previous one put
+  back after. Several: JAX's distributed runtime already listens for SIGTERM and the processes agree on one
+  step to stop at (multihost_utils.reached_preemption_sync_point, which wants every step), so no handler.
+  """
+
+  def __init__(self):
+    self.received, self._installed, self._previous = False, False, None
+
+  def __enter__(self):
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._receive)
+      self._installed = True
+    return self
+
+  def __exit__(self, *exc_info):
+    if self._installed:
+      # None: the previous handler was not set from Python (nothing to put back but the default).
+      signal.signal(signal.SIGTERM, signal.SIG_DFL if self._previous is None else self._previous)
+      self._installed = False
+
+  def _receive(self, signum, frame):
+    del signum, frame
+    self.received = True
+
+  def requested(self, step: int) -> bool:
+    return multihost_utils.reached_preemption_sync_point(step) or self.received
+
+
+class StepProfiler:
+  """A JAX profiler trace of steps first..last (`train.profile_steps` = (first, last); () for none) in
+  `directory`, for TensorBoard's profile tab (tensorboard --logdir WORKDIR/profile); process 0 only."""
+
+  def __init__(self, steps: Sequence[int], directory: epath.Path):
+    steps = tuple(steps)
+    if steps and not (len(steps) == 2 and all(isinstance(s, int) for s in steps) and 1 <= steps[0] <= steps[1]):
+      raise ConfigError(f"train.profile_steps={steps}: want (first, last) with 1 <= first <= last, or () "
+                        "for no trace")
+    self.steps = steps if sharding.is_lead_process() else ()
+    self.directory, self.tracing = directory, False
+
+  def before(self, step: int) -> None:
+    if self.steps and not self.tracing and self.steps[0] <= step <= self.steps[1]:
+      jax.profiler.start_trace(str(self.directory))
+      self.tracing = True
+
+  def after(self, step: int, state: Any) -> None:
+    if self.tracing and step == self.steps[1]:
+      self.stop(state)
+
+  def stop(self, state: Any = None) -> None:
+    if self.tracing:
+      jax.block_until_ready(state)  # The trace then holds the steps' execution, not only their dispatch.
+      jax.profiler.stop_trace()
+      self.tracing = False
 
 
 def make_train_step(components: workdir_lib.Components, tx: optax.GradientTransformation, dropout_seed: int,
@@ -48,6 +133,42 @@ def make_train_step(components: workdir_lib.Components, tx: optax.GradientTransf
                          opt_state=opt_state), metrics
 
   return train_step
+
+
+def step_flops(train_step, state: workdir_lib.TrainState, batch: dict[str, jax.Array]) -> float | None:
+  """The FLOPs of one step on all devices, from XLA's cost analysis of the compiled step (one device's
+  program, times the devices); None where the backend counts none. The jitted step reuses this compile."""
+  flops = (train_step.lower(state, batch).compile().cost_analysis() or {}).get("flops", 0.0)
+  return flops * jax.device_count() if flops > 0 else None
+
+
+def throughput(steps: int, seconds: float, batch_size: int, flops_per_step: float | None) -> dict[str, float]:
+  """steps_per_s and examples_per_s (of the global batch); where XLA counts the step's FLOPs, the achieved
+  flops_per_s of all devices, and where the chip's peak is known (PEAK_FLOPS_PER_S: TPUs, not CPUs) the
+  flops_utilisation, achieved / peak of all devices."""
+  rates = {"steps_per_s": steps / seconds, "examples_per_s": steps * batch_size / seconds}
+  if flops_per_step:
+    rates["flops_per_s"] = flops_per_step * rates["steps_per_s"]
+    peak = PEAK_FLOPS_PER_S.get(jax.devices()[0].device_kind)
+    if peak:
+      rates["flops_utilisation"] = rates["flops_per_s"] / (peak * jax.device_count())
+  return rates
+
+
+def check_finite(metrics: list[dict[str, Any]], last_step: int, workdir: epath.Path,
+                 latest: Any) -> None:
+  """Raises TrainingDiverged naming the first of the steps ending at `last_step` (their fetched
+  `metrics`) whose loss or gradient norm is not finite, and the checkpoint the workdir keeps."""
+  for index, values in enumerate(metrics):
+    bad = [key for key in ("loss", "grad_norm") if not np.isfinite(values[key])]
+    if bad:
+      latest.wait_until_finished()
+      kept = latest.latest_step()
+      kept = ("no checkpoint was written" if kept is None else
+              f"checkpoints/latest keeps step {kept}, the last finite state")
+      raise TrainingDiverged(f"{workdir}: training stopped: the {bad[0]} of step "
+                             f"{last_step - len(metrics) + 1 + index} is {values[bad[0]]}; {kept} (a lower "
+                             "optimizer.learning_rate or grad_clip_norm may help)")
 
 
 def initial_variables(config: ml_collections.ConfigDict, state: workdir_lib.TrainState, tokenizer: Any
@@ -77,7 +198,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
   """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
 
   `stop_after_steps` ends the run early (after that many steps in this call) as an interruption would;
-  the tests use it to check that resuming reproduces an uninterrupted run exactly.
+  the tests use it to check that resuming reproduces an uninterrupted run exactly. A SIGTERM ends it the
+  same way at the next step boundary, then raises `Preempted`. The loss and gradient norm are checked
+  where the host fetches them anyway, at log steps and before each checkpoint (not every step: that would
+  wait for the device); a non-finite one raises TrainingDiverged with the last finite checkpoint kept.
   Returns the last validation scores.
   """
   workdir = epath.Path(workdir)
@@ -87,6 +211,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
                       f"{jax.device_count()} devices")
   models.get(config.model.name)  # A clear error for an unknown family, before any data is read.
   workdir_lib.check_compatible(workdir, config)
+  profiler = StepProfiler(train_cfg.get("profile_steps", ()), workdir / PROFILE_DIR)
 
   train_source, train_info = datasets.make_source(config.data, "train")
   val_source, _ = datasets.make_source(config.data, "val")
@@ -149,51 +274,80 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
                        in_shardings=(state_sharding, data_sharding),
                        out_shardings=(state_sharding, replicated), donate_argnums=(0,))
   validate = jax.jit(task.predict_fn(model, tokenizer, greedy=True))
-  metrics_file = workdir_lib.metrics_path(workdir).open("a") if sharding.is_lead_process() else None
   first_step = int(state.step)
+  log = summaries.MetricsLog(workdir_lib.metrics_path(workdir), workdir / TENSORBOARD_DIR, first_step) \
+      if sharding.is_lead_process() else None
   last_step = train_cfg.num_steps if stop_after_steps is None else min(
       train_cfg.num_steps, first_step + stop_after_steps)
   progress = tqdm(total=train_cfg.num_steps, initial=first_step, desc="train", unit="step",
                   disable=not sharding.is_lead_process(), dynamic_ncols=True)
   val_scores: dict[str, Any] = {}
-  pending, timer = [], time.perf_counter()
-  for step in range(first_step + 1, last_step + 1):
-    batch = next(iterator)
-    state, step_metrics = train_step(state, sharding.to_global(batch, data_sharding))
-    pending.append(step_metrics)
-    progress.update(1)
-    if step % train_cfg.log_every == 0 or step == last_step:
-      summary = {key: float(np.mean([jax.device_get(m[key]) for m in pending])) for key in pending[0]}
-      summary.update(step=step, steps_per_s=len(pending) / (time.perf_counter() - timer))
-      _log(metrics_file, {"split": "train", **summary})
-      progress.set_postfix(loss=f"{summary['loss']:.3f}")
-      pending, timer = [], time.perf_counter()
-    is_eval = step % train_cfg.eval_every == 0 or step == train_cfg.num_steps
-    if is_eval:
-      source = val_source
-      if config.eval.get("max_val_examples"):
-        source = pipeline.Subset(val_source, config.eval.max_val_examples)
-      records = evaluation.predict_split(task, state.variables(), source, tokenizer, config, mesh=mesh,
-                                         predict=validate, batch_size=config.eval.batch_size)
-      val_scores = task.score(records)
-      _log(metrics_file, {"split": "val", "step": step, **val_scores})
-      value = float(val_scores[best_metric])
-      value = -np.inf if np.isnan(value) else value  # E.g. AUROC of a split with one label value.
-      if value > best_value or best.latest_step() is None:
-        best_value = value
-        workdir_lib.save(best, state, iterator.get_state(), {"step": step, best_metric: value})
-    if is_eval or step % train_cfg.checkpoint_every == 0 or step == last_step:
-      workdir_lib.save(latest, state, iterator.get_state(), {"step": step, "best_value": float(best_value)})
-  progress.close()
-  for manager in (latest, best):
-    manager.wait_until_finished()
-    manager.close()
-  if metrics_file:
-    metrics_file.close()
+  pending, timer, dispatched, flops_per_step, preempted = [], time.perf_counter(), None, None, False
+  try:
+    with PreemptionNotice() as preemption:
+      for step in range(first_step + 1, last_step + 1):
+        batch = sharding.to_global(next(iterator), data_sharding)
+        if step == first_step + 1:
+          flops_per_step = step_flops(train_step, state, batch)
+        profiler.before(step)
+        state, step_metrics = train_step(state, batch)
+        # The bar counts completed steps: the previous step is waited for only now, with this one already
+        # dispatched, so that the device always has the next step queued.
+        if dispatched is not None:
+          jax.block_until_ready(dispatched)
+          progress.update(1)
+        dispatched = step_metrics
+        profiler.after(step, state)
+        pending.append(step_metrics)
+        preempted = preemption.requested(step) and step < train_cfg.num_steps
+        stopping = preempted or step == last_step
+        is_log = step % train_cfg.log_every == 0 or stopping
+        is_eval = step % train_cfg.eval_every == 0 or step == train_cfg.num_steps
+        is_save = is_eval or step % train_cfg.checkpoint_every == 0 or stopping
+        if is_log or is_save:
+          # Where the host waits for this step anyway (the log, or the checkpoint's copy of the state).
+          fetched = jax.device_get(pending)
+          check_finite(fetched, step, workdir, latest)
+        if is_log:
+          summary = {key: float(np.mean([m[key] for m in fetched])) for key in fetched[0]}
+          summary.update(step=step, **throughput(len(pending), time.perf_counter() - timer,
+                                                 train_cfg.batch_size, flops_per_step))
+          _log(log, {"split": "train", **summary})
+          progress.set_postfix(loss=f"{summary['loss']:.3f}")
+          pending, timer = [], time.perf_counter()
+        if is_eval:
+          source = val_source
+          if config.eval.get("max_val_examples"):
+            source = pipeline.Subset(val_source, config.eval.max_val_examples)
+          records = evaluation.predict_split(task, state.variables(), source, tokenizer, config, mesh=mesh,
+                                             predict=validate, batch_size=config.eval.batch_size)
+          val_scores = task.score(records)
+          _log(log, {"split": "val", "step": step, **val_scores})
+          value = float(val_scores[best_metric])
+          value = -np.inf if np.isnan(value) else value  # E.g. AUROC of a split with one label value.
+          if value > best_value or best.latest_step() is None:
+            best_value = value
+            workdir_lib.save(best, state, iterator.get_state(), {"step": step, best_metric: value})
+        if is_save:
+          workdir_lib.save(latest, state, iterator.get_state(), {"step": step, "best_value": float(best_value)})
+        if stopping:
+          progress.update(1)  # Its metrics were fetched above.
+          break
+  finally:
+    profiler.stop()
+    progress.close()
+    for manager in (latest, best):
+      manager.wait_until_finished()
+      manager.close()
+    if log:
+      log.close()
+  if preempted:
+    print(f"preempted (SIGTERM): stopped after step {step} with {workdir}/checkpoints/latest/{step} written; "
+          "run the same command again to resume", file=sys.stderr, flush=True)
+    raise Preempted(PREEMPTED_STATUS)
   return val_scores
 
 
-def _log(handle, record: dict[str, Any]) -> None:
-  if handle is not None:
-    handle.write(json.dumps(record) + "\n")
-    handle.flush()
+def _log(log: summaries.MetricsLog | None, record: dict[str, Any]) -> None:
+  if log is not None:
+    log.write(record)

@@ -723,17 +723,18 @@ def test_greedy_search_matches_transformers_generate(tiny_gpt2):
   assert min(lengths) < max_length and max(lengths) == max_length, lengths
 
 
-def test_shared_cache_entries_are_expanded_once_and_never_gathered():
-  """A `Shared` entry (read-only, alike in every beam) gives the same search as a plain one, reaches
-  step_fn expanded over the beams, and comes out of every step as it went in."""
+def test_shared_cache_entries_are_never_expanded_or_gathered():
+  """A `Shared` entry (read-only, alike in every beam) gives the same search as a plain one, and reaches
+  step_fn with its [batch, ...] rows, row b serving beams b * beams + k."""
   rng = np.random.default_rng(0)
   batch, vocab, beams = 3, 7, 3
   table = jnp.asarray(rng.normal(size=(batch, vocab, vocab)).astype(np.float32) * 3)
   seen_shapes = []
 
   def step_fn(tokens, cache, position):
-    memory = decoding.shared_value(cache["memory"])  # [rows, vocab, vocab], each row its example's table
+    memory = decoding.shared_value(cache["memory"])  # [rows or batch, vocab, vocab]: each example's table
     seen_shapes.append(memory.shape)
+    memory = jnp.repeat(memory, tokens.shape[0] // memory.shape[0], axis=0)  # [rows, vocab, vocab]
     logits = jnp.take_along_axis(memory, tokens[:, None, None], axis=1)[:, 0] + cache["bias"]
     return logits, dict(cache, bias=cache["bias"] * 0.5)
 
@@ -744,6 +745,22 @@ def test_shared_cache_entries_are_expanded_once_and_never_gathered():
   shared_tokens, shared_scores = decoding.beam_search(step_fn, shared, **options)
   np.testing.assert_array_equal(shared_tokens, tokens)
   np.testing.assert_allclose(shared_scores, scores, rtol=1e-6)
-  assert seen_shapes[-1] == (batch * beams, vocab, vocab)
+  assert seen_shapes[-1] == (batch, vocab, vocab)
   greedy, _ = decoding.greedy_search(step_fn, shared, start_id=0, end_id=1, max_length=6)
   np.testing.assert_array_equal(greedy, decoding.greedy_search(step_fn, plain, start_id=0, end_id=1, max_length=6)[0])
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+def test_grouped_attention_equals_attention_over_repeated_keys(groups):
+  """attention_scores / attention_context with key rows shared by `groups` query rows equal the plain
+  products over keys repeated to every query row (what beam search did before Shared entries)."""
+  rng = np.random.default_rng(1)
+  queries = jnp.asarray(rng.normal(size=(2 * groups, 3, 4, 5)), jnp.float32)  # [rows, q, heads, d]
+  keys = jnp.asarray(rng.normal(size=(2, 7, 4, 5)), jnp.float32)  # [key_rows, k, heads, d]
+  values = jnp.asarray(rng.normal(size=(2, 7, 4, 5)), jnp.float32)
+  repeated_keys, repeated_values = jnp.repeat(keys, groups, axis=0), jnp.repeat(values, groups, axis=0)
+  scores = decoding.attention_scores(queries, keys)
+  np.testing.assert_allclose(scores, jnp.einsum("bqhd,bkhd->bhqk", queries, repeated_keys), rtol=1e-5, atol=1e-5)
+  weights = jax.nn.softmax(scores, axis=-1)
+  np.testing.assert_allclose(decoding.attention_context(weights, values),
+                             jnp.einsum("bhqk,bkhd->bqhd", weights, repeated_values), rtol=1e-5, atol=1e-5)

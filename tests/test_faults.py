@@ -1,5 +1,6 @@
 """Runs killed with SIGKILL resume with nothing lost: training (while a checkpoint is being written, and
-at a random moment), a damaged checkpoint, and `prepare` killed halfway.
+at a random moment), a damaged checkpoint, and `prepare` killed halfway; training stopped by SIGTERM (a
+preempted TPU VM) checkpoints, exits, and resumes exactly.
 
 The kills are real: a child process is ended by SIGKILL, either from inside at an exact moment (a
 patched function of the child sends it to itself: mid-write of a checkpoint, mid-build of a dataset) or
@@ -73,17 +74,37 @@ def _steps(workdir, name="latest") -> list[int]:
 
 
 def _metrics(workdir):
+  """metrics.jsonl without its wall-clock fields (throughput)."""
   records = [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
-  return [{k: v for k, v in r.items() if k != "steps_per_s"} for r in records]
+  return [{k: v for k, v in r.items() if not k.endswith("_per_s") and k != "flops_utilisation"}
+          for r in records]
 
 
 def _state(workdir, checkpoint):
   return jax.device_get(workdir_lib.load_run(workdir, checkpoint).state)
 
 
-def test_training_killed_at_several_moments_ends_exactly_as_an_uninterrupted_run(tmp_path, capfd):
-  straight, killed = tmp_path / "straight", tmp_path / "killed"
-  train.train_and_evaluate(_config(), straight)
+def _assert_same_run(straight, other):
+  """Both checkpoints and every logged number equal those of the uninterrupted run."""
+  for checkpoint in (workdir_lib.LATEST, workdir_lib.BEST):
+    a, b = _state(straight, checkpoint), _state(other, checkpoint)
+    assert int(a.step) == int(b.step)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+      np.testing.assert_array_equal(x, y)
+  assert _metrics(straight) == _metrics(other)  # The stopped runs' extra lines are gone, none doubled.
+  assert not [p for p in other.rglob("*") if ".tmp" in p.name], "temporary files left behind"
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+  """The uninterrupted run that every interrupted one must end as."""
+  workdir = tmp_path_factory.mktemp("straight")
+  train.train_and_evaluate(_config(), workdir)
+  return workdir
+
+
+def test_training_killed_at_several_moments_ends_exactly_as_an_uninterrupted_run(straight, tmp_path, capfd):
+  killed = tmp_path / "killed"
 
   # 1. Killed while checkpoint 4 is being written: its temporary folder is left, complete but unnamed.
   child = _child(KILL_WHILE_WRITING.format(step=4), _train_argv(killed))
@@ -115,14 +136,35 @@ def test_training_killed_at_several_moments_ends_exactly_as_an_uninterrupted_run
   assert cli.main(_train_argv(killed)) == 0
   err = capfd.readouterr().err
   assert f"{newest}: cannot be restored" in err and "using the one before" in err, err
+  _assert_same_run(straight, killed)
 
-  for checkpoint in (workdir_lib.LATEST, workdir_lib.BEST):
-    a, b = _state(straight, checkpoint), _state(killed, checkpoint)
-    assert int(a.step) == int(b.step)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-      np.testing.assert_array_equal(x, y)
-  assert _metrics(straight) == _metrics(killed)  # The killed runs' extra lines are gone, none doubled.
-  assert not [p for p in killed.rglob("*") if ".tmp" in p.name], "temporary files left behind"
+
+def test_training_stopped_by_sigterm_at_a_random_step_resumes_exactly(straight, tmp_path):
+  """SIGTERM from this process at a random step: the child checkpoints at the next step boundary and
+  exits with PREEMPTED_STATUS and a one-line message; the same command run again ends exactly as the
+  uninterrupted run, and the SIGTERM handler it installs is put back afterwards."""
+  preempted = tmp_path / "preempted"
+  child = _child("", _train_argv(preempted))
+  # After checkpoint `after` (the handler is installed), within the time of the rest of the run (the
+  # validations at steps 3 and 6 take longer than the randomised wait).
+  after = random.Random().randint(1, NUM_STEPS - 3)
+  deadline = time.time() + 300
+  while after not in _steps(preempted) and child.poll() is None and time.time() < deadline:
+    time.sleep(0.002)
+  time.sleep(random.Random().uniform(0.0, 0.05))
+  child.send_signal(signal.SIGTERM)
+  status, stderr = child.wait(timeout=120), child.stderr.read()
+  assert status == train.PREEMPTED_STATUS, stderr
+  message = stderr.strip().splitlines()[-1]
+  assert message.startswith("preempted (SIGTERM): stopped after step ") and "Traceback" not in stderr
+  stopped = int(message.split("after step ")[1].split()[0])
+  assert after <= stopped < NUM_STEPS and max(_steps(preempted)) == stopped
+  assert f"{preempted}/checkpoints/latest/{stopped} written; run the same command again to resume" in message
+
+  handler = signal.getsignal(signal.SIGTERM)
+  assert cli.main(_train_argv(preempted)) == 0
+  assert signal.getsignal(signal.SIGTERM) is handler
+  _assert_same_run(straight, preempted)
 
 
 # The child kills itself while the TFDS builder encodes the 6th image: the dataset is half written.

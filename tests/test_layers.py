@@ -11,7 +11,7 @@ PACKAGE = pathlib.Path(cxrjax.__file__).parent
 # The layer of each top-level part; a module may import its own layer or lower ones only.
 LAYERS = {
     "errors": 0, "files": 0,
-    "text": 1, "ops": 1, "figures": 1,
+    "text": 1, "ops": 1, "figures": 1, "summaries": 1,
     "data": 2, "metrics": 2,
     "models": 3, "decoding": 3, "optim": 3, "sharding": 3, "config": 3,
     "weights": 4,
@@ -128,3 +128,17 @@ def test_the_checker_sees_a_planted_cycle(tmp_path):
 
   visit("cxrjax.a", ["cxrjax.a"], {})
   assert seen == [["cxrjax.a", "cxrjax.b", "cxrjax.a"]]
+
+
+def test_the_runtime_imports_no_test_only_reference():
+  """torch and transformers are the tests' references: importing every module of the package (torch is
+  installed here) loads neither, nor TensorFlow."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  names = sorted(n for n in modules() if n != "cxrjax.__main__")
+  code = ("import importlib, sys\n"
+          f"for name in {names!r}: importlib.import_module(name)\n"
+          "print(sorted(m for m in ('torch', 'transformers', 'tensorflow', 'keras') if m in sys.modules))")
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=PACKAGE.parent)
+  assert result.stdout.strip() == "[]"

@@ -1,17 +1,22 @@
 """The trainer on the smoke config: sharded steps on 8 simulated devices, exact resume, clear errors,
-pretrained parts, cached features and evaluation output."""
+pretrained parts, cached features, evaluation output, throughput, TensorBoard and profiler files, and a
+diverging run stopped before its bad state is saved."""
 
+import gzip
 import json
+import struct
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from tensorboard.compat.proto import event_pb2
 
-from cxrjax import cli, evaluate, train, workdir as workdir_lib
+from cxrjax import cli, evaluate, summaries, train, workdir as workdir_lib
 from cxrjax.data import datasets, pipeline
 from cxrjax.errors import ConfigError
 from cxrjax.models.encoders import densenet
+from cxrjax.tasks import evaluation
 from cxrjax.weights import chexnet
 from configs import demo
 
@@ -25,16 +30,53 @@ def _state(workdir, checkpoint=workdir_lib.LATEST):
   return jax.device_get(workdir_lib.load_run(workdir, checkpoint).state)
 
 
+def _records(workdir):
+  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
 def _metrics(workdir):
-  """metrics.jsonl without its wall-clock field."""
-  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  return [{k: v for k, v in r.items() if k != "steps_per_s"} for r in records]
+  """metrics.jsonl without its wall-clock fields (throughput)."""
+  return [{k: v for k, v in r.items() if not k.endswith("_per_s") and k != "flops_utilisation"}
+          for r in _records(workdir)]
+
+
+def _event_scalars(directory):
+  """{(tag, step): value} of every scalar in the event files under `directory`, read from their TFRecord
+  framing: each record is its length (uint64), the length's CRC (4 bytes), an Event, the Event's CRC."""
+  scalars = {}
+  for path in sorted(directory.glob("events.out.tfevents.*")):
+    data, offset = path.read_bytes(), 0
+    while offset < len(data):
+      (length,) = struct.unpack("<Q", data[offset:offset + 8])
+      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      offset += 16 + length
+      for value in event.summary.value:
+        scalars[value.tag, event.step] = value.simple_value
+  return scalars
+
+
+def _one_device_step_flops(config, workdir):
+  """XLA's FLOP count of the train step compiled for one device with the whole global batch."""
+  run = workdir_lib.load_run(workdir, workdir_lib.LATEST)
+  components = workdir_lib.build(config, run.tokenizer)
+  source, _ = datasets.make_source(config.data, "train")
+  batch = next(iter(evaluation.split_batches(config, source, run.tokenizer, components.task, train=True,
+                                             batch_size=config.train.batch_size)))
+  step = jax.jit(train.make_train_step(components, components.make_optimizer(run.state.params),
+                                       config.train.seed, run.tokenizer))
+  state = jax.device_put(jax.device_get(run.state), jax.devices()[0])
+  numeric = {k: v for k, v in batch.items() if v.dtype.kind in "biuf"}
+  return step.lower(state, numeric).compile().cost_analysis()["flops"]
 
 
 def test_runs_sharded_over_all_devices_and_writes_the_workdir(tmp_path, smoke_config):
+  """... and its logs: throughput in metrics.jsonl, every logged number as a TensorBoard scalar, and the
+  profiler trace of train.profile_steps."""
   assert jax.device_count() == 8, "tests expect XLA_FLAGS=--xla_force_host_platform_device_count=8"
-  val = train.train_and_evaluate(smoke_config, tmp_path)
-  assert val["num_studies"] == smoke_config.data.num_val
+  config = smoke_config.copy_and_resolve_references()
+  config.train.profile_steps = (2, 3)
+  val = train.train_and_evaluate(config, tmp_path)
+  assert val["num_studies"] == config.data.num_val
   for name in ("config.json", "tokenizer.json", "metrics.jsonl", "checkpoints/latest", "checkpoints/best"):
     assert (tmp_path / name).exists(), name
   records = _metrics(tmp_path)
@@ -42,7 +84,55 @@ def test_runs_sharded_over_all_devices_and_writes_the_workdir(tmp_path, smoke_co
   assert [r["step"] for r in train_records] == [2, 4]
   assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in train_records)
   assert [r["step"] for r in records if r["split"] == "val"] == [4]
-  assert int(_state(tmp_path).step) == smoke_config.train.num_steps
+  assert int(_state(tmp_path).step) == config.train.num_steps
+
+  # Throughput: examples of the global batch per second; the achieved FLOP/s are the compiled step's
+  # FLOPs (all 8 devices' programs) per second: about what one device running the whole batch counts.
+  # No peak is known for CPUs: no utilisation.
+  train_records = [r for r in _records(tmp_path) if r["split"] == "train"]
+  flops_per_step = [r["flops_per_s"] / r["steps_per_s"] for r in train_records]
+  np.testing.assert_allclose(flops_per_step, flops_per_step[0], rtol=1e-9)
+  np.testing.assert_allclose(flops_per_step, _one_device_step_flops(config, tmp_path), rtol=0.25)
+  for record in train_records:
+    np.testing.assert_allclose(record["examples_per_s"], record["steps_per_s"] * config.train.batch_size)
+    assert "flops_utilisation" not in record
+
+  # TensorBoard: exactly the numbers of metrics.jsonl, at their steps.
+  expected = {(summaries.tag(r["split"], name), r["step"]): float(np.float32(value))
+              for r in _records(tmp_path) for name, value in r.items()
+              if name not in ("split", "step") and isinstance(value, (int, float))}
+  assert ("val/ROUGE-L__rouge-score_", 4) in expected and ("train/examples_per_s", 2) in expected
+  assert _event_scalars(tmp_path / "tensorboard") == expected
+
+  # The profiler trace of steps 2-3 holds executions of the train step.
+  traces = list((tmp_path / "profile").glob("plugins/profile/*/*.trace.json.gz"))
+  assert len(traces) == 1 and list(traces[0].parent.glob("*.xplane.pb"))
+  events = json.loads(gzip.decompress(traces[0].read_bytes()))["traceEvents"]
+  assert any("Execute (jit_train_step)" in event.get("name", "") for event in events)
+
+
+def test_a_diverging_run_stops_at_a_check_with_its_last_finite_checkpoint(tmp_path, smoke_config, capsys):
+  """A huge learning rate: the loss goes non-finite within a few steps. The check runs at log steps and
+  before each checkpoint, so no non-finite state is ever saved; the error names the step and the workdir."""
+  config = smoke_config.copy_and_resolve_references()
+  config.optimizer.learning_rate = 1e30
+  config.train.update(log_every=4, checkpoint_every=1)  # Checked before each checkpoint, not only at logs.
+  with pytest.raises(train.TrainingDiverged) as raised:
+    train.train_and_evaluate(config, tmp_path)
+  bad_step = int(raised.value.args[0].split("of step ")[1].split()[0])
+  assert str(tmp_path) in str(raised.value) and " is nan" in str(raised.value)
+  assert f"checkpoints/latest keeps step {bad_step - 1}" in str(raised.value)
+  saved = sorted(int(p.name) for p in (tmp_path / "checkpoints" / "latest").iterdir() if p.name.isdigit())
+  assert saved and saved[-1] == bad_step - 1 < config.train.num_steps
+  kept = _state(tmp_path)
+  assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(kept))
+  assert not (tmp_path / "metrics.jsonl").read_text()  # Its one log step (4) was never reached.
+  # The CLI prints it as one line.
+  status = cli.main(["train", "--config=configs/demo.py:smoke", f"--workdir={tmp_path}",
+                     "--config.optimizer.learning_rate=1e30", "--config.train.log_every=4",
+                     "--config.train.checkpoint_every=1"])
+  error = capsys.readouterr().err.strip().splitlines()
+  assert status == 2 and error[-1].startswith("cxrjax train: error: ") and "Traceback" not in "\n".join(error)
 
 
 def test_resumed_run_ends_exactly_as_an_uninterrupted_run(tmp_path, smoke_config):

@@ -84,7 +84,8 @@ class BertAttention(nn.Module):
     scale = 1.0 / jnp.sqrt(jnp.float32(head_dim))
     scores = []
     for keys, _, mask in blocks:
-      block = jnp.einsum("bqhd,bkhd->bhqk", queries.astype(jnp.float32), keys.astype(jnp.float32)) * scale
+      # Keys may have fewer rows than the queries: beam search's Shared entries (decoding.py).
+      block = decoding.attention_scores(queries.astype(jnp.float32), keys.astype(jnp.float32)) * scale
       if mask is not None:
         block = jnp.where(mask, block, -jnp.inf)  # Every query sees at least one key: no NaN rows.
       scores.append(block)
@@ -93,7 +94,7 @@ class BertAttention(nn.Module):
     context, start = 0.0, 0
     for keys, values, _ in blocks:
       part = weights[..., start:start + keys.shape[1]]
-      context = context + jnp.einsum("bhqk,bkhd->bqhd", part.astype(self.dtype), values.astype(self.dtype))
+      context = context + decoding.attention_context(part.astype(self.dtype), values.astype(self.dtype))
       start += keys.shape[1]
     context = context.reshape(context.shape[:2] + (self.hidden_size,))
     return self.norm(x + self.dropout(self.output(context), deterministic=not train))

@@ -66,12 +66,13 @@ class MultiHeadAttention(nn.Module):
     """queries [batch, q, heads, head_dim], keys / values [batch, k, heads, head_dim], mask broadcasting to
     [batch, heads, q, k] (True: may attend) -> [batch, q, d_model]."""
     head_dim = queries.shape[-1]
-    scores = jnp.einsum("bqhd,bkhd->bhqk", queries.astype(jnp.float32), keys.astype(jnp.float32))
+    # Keys may have fewer rows than the queries: beam search's Shared entries (decoding.py).
+    scores = decoding.attention_scores(queries.astype(jnp.float32), keys.astype(jnp.float32))
     scores = scores / jnp.sqrt(jnp.float32(head_dim))
     if mask is not None:
       scores = jnp.where(mask, scores, -jnp.inf)  # Every query sees at least one key: no NaN rows.
     weights = self.attention_dropout(jax.nn.softmax(scores, axis=-1), deterministic=not train)
-    context = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), values.astype(self.dtype))
+    context = decoding.attention_context(weights.astype(self.dtype), values.astype(self.dtype))
     return self.out_proj(context.reshape(context.shape[:2] + (self.d_model,)))
 
 

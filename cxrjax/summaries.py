@@ -1,0 +1,52 @@
+"""The training log: metrics.jsonl (one JSON object per record) and the same numbers as TensorBoard
+scalars, written by the `tensorboard` package's own event-file writer (no TensorFlow, no torch: the
+tensorboardX writer imports torch wherever it is installed).
+
+  tensorboard --logdir WORKDIR/tensorboard
+"""
+
+import json
+import numbers
+import os
+import re
+from typing import Any
+
+from etils import epath
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+
+def tag(split: str, name: str) -> str:
+  """The TensorBoard tag of a record's field: `<split>/<name>`, characters other than letters, digits,
+  `_ - . /` as `_` (TensorBoard's tag alphabet: 'ROUGE-L (rouge-score)' -> 'ROUGE-L__rouge-score_')."""
+  return re.sub(r"[^\w./-]", "_", f"{split}/{name}")
+
+
+class MetricsLog:
+  """Appends each record ({"split": ..., "step": ..., name: value, ...}) to `jsonl_path` and writes its
+  numbers as scalars `tag(split, name)` at `step` in an event file under `tensorboard_dir`.
+
+  `first_step` is the step the run starts after (its resume point): TensorBoard then hides what older
+  event files hold from the next step on (what a killed run logged after its last checkpoint), as
+  workdir.trim_metrics drops those lines of metrics.jsonl.
+  """
+
+  def __init__(self, jsonl_path: str | os.PathLike, tensorboard_dir: str | os.PathLike, first_step: int = 0):
+    self._jsonl = epath.Path(jsonl_path).open("a")
+    self._events = EventFileWriter(str(tensorboard_dir))
+    # A SessionLog START at step s tells TensorBoard to drop the events of older files from step s on.
+    self._events.add_event(event_pb2.Event(step=first_step + 1, session_log=event_pb2.SessionLog(
+        status=event_pb2.SessionLog.START)))
+
+  def write(self, record: dict[str, Any]) -> None:
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+    values = [summary_pb2.Summary.Value(tag=tag(record["split"], name), simple_value=float(value))
+              for name, value in record.items()
+              if name != "step" and isinstance(value, numbers.Real) and not isinstance(value, bool)]
+    self._events.add_event(event_pb2.Event(step=record["step"], summary=summary_pb2.Summary(value=values)))
+    self._events.flush()
+
+  def close(self) -> None:
+    self._jsonl.close()
+    self._events.close()
