@@ -4,6 +4,8 @@
   tokenizer.json         the tokenizer the model was trained with (captioners)
   label_names.json       the class names of the outputs (classifiers)
   metrics.jsonl          one JSON object per logged step and per validation
+  tensorboard/           the same numbers as TensorBoard scalars (summaries.py)
+  profile/               a JAX profiler trace of train.profile_steps, when set
   checkpoints/latest/    the two newest states, with the data iterator's position (resume point; a damaged
                          newest one is skipped with a warning and the one before it used)
   checkpoints/best/      the state with the best validation metric (model selection: validation only)
