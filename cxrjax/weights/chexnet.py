@@ -172,32 +172,9 @@ def convert(fmt: str, tensors: dict[str, np.ndarray], config: densenet.DenseNetC
   """Maps source tensors onto the Flax variables of `DenseNet(config)`; strict about names and shapes."""
   model = densenet.DenseNet(config)
   abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
-  flat_abstract = flax.traverse_util.flatten_dict(abstract)
-  flat, missing, wrong_shape, used = {}, [], [], set()
-  for path, target in flat_abstract.items():
-    collection, *modules, leaf = path
-    name, to_flax = _source_name(fmt, collection, "/".join(modules), leaf)
-    if name not in tensors:
-      missing.append(name)
-      continue
-    value = to_flax(tensors[name]).astype(np.float32)
-    used.add(name)
-    if value.shape != target.shape:
-      wrong_shape.append(f"{name}: file {value.shape}, model {target.shape}")
-      continue
-    flat[path] = value
-  unexpected = sorted(set(tensors) - used)
-  problems = []
-  if missing:
-    problems.append(f"{len(missing)} missing keys: {missing[:10]}{' ...' if len(missing) > 10 else ''}")
-  if unexpected:
-    problems.append(f"{len(unexpected)} unexpected keys: {unexpected[:10]}"
-                    f"{' ...' if len(unexpected) > 10 else ''}")
-  if wrong_shape:
-    problems.append(f"{len(wrong_shape)} shape mismatches: {wrong_shape[:5]}")
-  if problems:
-    raise WeightsError(f"{source}: does not match DenseNet{config.block_sizes} ({'; '.join(problems)})")
-  return flax.traverse_util.unflatten_dict(flat)
+  return store.strict_map(tensors, abstract,
+                          lambda path: _source_name(fmt, path[0], "/".join(path[1:-1]), path[-1]),
+                          source, f"DenseNet{config.block_sizes}")
 
 
 def import_chexnet(fmt: str, path: str | pathlib.Path) -> tuple[dict[str, Any], densenet.DenseNetConfig]:

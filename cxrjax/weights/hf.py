@@ -34,7 +34,6 @@ import pathlib
 from collections.abc import Callable
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -44,7 +43,7 @@ import safetensors.numpy
 from cxrjax import models
 from cxrjax.data import datasets
 from cxrjax.text import tokenizers
-from cxrjax.weights import hf_blip, hf_git
+from cxrjax.weights import hf_blip, hf_git, store
 from cxrjax.weights.store import WeightsError
 
 FAMILIES = {"blip": hf_blip, "git": hf_git}
@@ -135,43 +134,12 @@ def checksums(directory: str | pathlib.Path) -> dict[str, str]:
   return digests
 
 
-def _listed(names: list[str], limit: int = 10) -> str:
-  return f"{names[:limit]}{' ...' if len(names) > limit else ''}"
-
-
 def strict_map(tensors: dict[str, np.ndarray], abstract: Any, source_of: SourceOf, source: str,
                ignored: Callable[[str], bool] = lambda name: False) -> dict[str, Any]:
-  """Checkpoint tensors -> Flax variables shaped as `abstract` (nested dicts of shapes), each variable
-  from the tensor `source_of` names. A tensor the model needs but `tensors` lacks, a tensor no variable
-  uses (unless `ignored`) and a tensor of another shape are a WeightsError listing them, with `source`."""
-  flat, missing, wrong_shape, used = {}, [], [], set()
-  for path, target in flax.traverse_util.flatten_dict(abstract).items():
-    variable = "/".join(path)
-    try:
-      name, to_flax = source_of(variable)
-    except KeyError:
-      raise WeightsError(f"{source}: the model's variable {variable} has no source tensor in the name "
-                         f"map (a cxrjax bug)") from None
-    if name not in tensors:
-      missing.append(name)
-      continue
-    used.add(name)
-    value = np.asarray(to_flax(tensors[name]), np.float32)
-    if value.shape != tuple(target.shape):
-      wrong_shape.append(f"{name} {tuple(tensors[name].shape)} (model {variable} needs {tuple(target.shape)})")
-      continue
-    flat[path] = value
-  unexpected = sorted(name for name in set(tensors) - used if not ignored(name))
-  problems = []
-  if missing:
-    problems.append(f"{len(missing)} missing tensors {_listed(missing)}")
-  if unexpected:
-    problems.append(f"{len(unexpected)} unexpected tensors {_listed(unexpected)}")
-  if wrong_shape:
-    problems.append(f"{len(wrong_shape)} tensors of the wrong shape {_listed(wrong_shape, 5)}")
-  if problems:
-    raise WeightsError(f"{source}: does not fit the model of its config.json: {'; '.join(problems)}")
-  return flax.traverse_util.unflatten_dict(flat)
+  """Checkpoint tensors -> Flax variables shaped as `abstract` (store.strict_map), each variable from the
+  tensor `source_of("/"-joined variable path)` names."""
+  return store.strict_map(tensors, abstract, lambda path: source_of("/".join(path)), source,
+                          "the model of its config.json", ignored)
 
 
 def _lowercase(directory: pathlib.Path) -> bool:

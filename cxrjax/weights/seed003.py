@@ -154,31 +154,10 @@ def _build(model_config: ml_collections.ConfigDict, vocab_size: int) -> graph_ca
 def _convert(tensors: dict[str, np.ndarray], abstract: dict[str, Any],
              source_of: Callable[[str, str, str], tuple[str, Callable]], source: str, what: str,
              ignored: Callable[[str], bool] = lambda name: False) -> dict[str, Any]:
-  """Source tensors -> Flax variables shaped as `abstract`; strict about names and shapes."""
-  flat, missing, wrong_shape, used = {}, [], [], set()
-  for path, target in flax.traverse_util.flatten_dict(abstract).items():
-    collection, *modules, leaf = path
-    name, to_flax = source_of(collection, "/".join(modules), leaf)
-    if name not in tensors:
-      missing.append(name)
-      continue
-    used.add(name)
-    value = np.asarray(to_flax(tensors[name]), np.float32)
-    if value.shape != target.shape:
-      wrong_shape.append(f"{name}: file {tensors[name].shape}, model expects {target.shape} after its layout change")
-      continue
-    flat[path] = value
-  unexpected = sorted(name for name in set(tensors) - used if not ignored(name))
-  problems = []
-  if missing:
-    problems.append(f"{len(missing)} missing keys: {missing[:10]}{' ...' if len(missing) > 10 else ''}")
-  if unexpected:
-    problems.append(f"{len(unexpected)} unexpected keys: {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}")
-  if wrong_shape:
-    problems.append(f"{len(wrong_shape)} shape mismatches: {wrong_shape[:5]}")
-  if problems:
-    raise WeightsError(f"{source}: does not match {what} ({'; '.join(problems)})")
-  return flax.traverse_util.unflatten_dict(flat)
+  """Source tensors -> Flax variables shaped as `abstract` (store.strict_map); `source_of(collection,
+  module path, leaf)` names each one's tensor."""
+  return store.strict_map(tensors, abstract, lambda path: source_of(path[0], "/".join(path[1:-1]), path[-1]),
+                          source, what, ignored)
 
 
 def convert(tensors: dict[str, np.ndarray], model_config: ml_collections.ConfigDict, vocab_size: int,

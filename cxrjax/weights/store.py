@@ -8,6 +8,7 @@ tensors belong to, the class names, and where they came from.
 import json
 import pathlib
 import re
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -50,6 +51,51 @@ def _torch_load_problem(error: Exception) -> str:
             f"(torch.load(weights_only=True) refused: {detail[:200] or type(error).__name__}); export a "
             "state dict of tensors (or safetensors) from a trusted copy")
   return f"cannot be read by torch.load as a checkpoint ({text.split('. ')[0][:300]})"
+
+
+# A model variable's path (collection, modules..., leaf) -> (the checkpoint tensor's name, its layout change).
+SourceOf = Callable[[tuple[str, ...]], tuple[str, Callable[[np.ndarray], np.ndarray]]]
+
+
+def _listed(names: list[str], limit: int = 10) -> str:
+  return f"{names[:limit]}{' ...' if len(names) > limit else ''}"
+
+
+def strict_map(tensors: dict[str, np.ndarray], abstract: Any, source_of: SourceOf, source: str, what: str,
+               ignored: Callable[[str], bool] = lambda name: False) -> dict[str, Any]:
+  """Checkpoint tensors -> Flax variables shaped as `abstract` (nested dicts of shapes), each variable from
+  the tensor `source_of` names, in its layout. The one name map check of every importer: tensors the
+  model needs but the file lacks, tensors no variable uses (unless `ignored`) and tensors of another
+  shape are one WeightsError naming them, `source` (the file) and `what` (the model it should fit)."""
+  flat, missing, wrong_shape, used = {}, [], [], set()
+  for path, target in flax.traverse_util.flatten_dict(abstract).items():
+    try:
+      name, to_flax = source_of(path)
+    except KeyError:
+      raise WeightsError(f"{source}: the model's variable {'/'.join(path)} has no source tensor in the name "
+                         "map (a cxrjax bug)") from None
+    if name not in tensors:
+      missing.append(name)
+      continue
+    used.add(name)
+    value = np.asarray(to_flax(tensors[name]), np.float32)
+    if value.shape != tuple(target.shape):
+      wrong_shape.append(f"{name} {tuple(tensors[name].shape)} (model {'/'.join(path)} needs "
+                         f"{tuple(target.shape)})")
+      continue
+    flat[path] = value
+  missing = sorted(set(missing))  # A fused tensor (BLIP's qkv) feeds several variables: named once.
+  unexpected = sorted(name for name in set(tensors) - used if not ignored(name))
+  problems = []
+  if missing:
+    problems.append(f"{len(missing)} missing tensors {_listed(missing)}")
+  if unexpected:
+    problems.append(f"{len(unexpected)} unexpected tensors {_listed(unexpected)}")
+  if wrong_shape:
+    problems.append(f"{len(wrong_shape)} tensors of the wrong shape {_listed(wrong_shape, 5)}")
+  if problems:
+    raise WeightsError(f"{source}: does not fit {what}: {'; '.join(problems)}")
+  return flax.traverse_util.unflatten_dict(flat)
 
 
 def check_finite(tensors: dict[str, Any], source: str) -> None:

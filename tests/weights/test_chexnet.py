@@ -132,12 +132,12 @@ def test_partial_or_unknown_torch_checkpoint_names_the_keys(tmp_path):
   missing = dict(state)
   del missing["features.denseblock2.denselayer1.conv2.weight"]
   torch.save(missing, tmp_path / "partial.pth")
-  with pytest.raises(store.WeightsError, match=r"missing keys.*denseblock2\.denselayer1\.conv2\.weight"):
+  with pytest.raises(store.WeightsError, match=r"missing tensors.*denseblock2\.denselayer1\.conv2\.weight"):
     chexnet.import_chexnet("torch", tmp_path / "partial.pth")
 
   extra = dict(state, **{"features.extra_head.weight": torch.zeros(3)})
   torch.save(extra, tmp_path / "extra.pth")
-  with pytest.raises(store.WeightsError, match=r"unexpected keys.*features\.extra_head\.weight"):
+  with pytest.raises(store.WeightsError, match=r"unexpected tensors.*features\.extra_head\.weight"):
     chexnet.import_chexnet("torch", tmp_path / "extra.pth")
 
   torch.save({"encoder.weight": torch.zeros(2)}, tmp_path / "other.pth")
