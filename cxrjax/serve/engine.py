@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from PIL import Image
@@ -164,43 +163,38 @@ class Engine:
     decode.beam_size, decode.max_length = variant.beam_size, variant.max_length
     predictor = self.predictor
     program = jax.jit(predictor.task_object.predict_fn(predictor.model, predictor.tokenizer,
-                                                       greedy=variant.greedy, decode=decode))
+                                                       greedy=variant.greedy, decode=decode, with_scores=True))
     self._programs[variant] = program
     evictable = [v for v in self._programs if v not in self._warm]
     while len(self._programs) - len(self._warm) > self.max_variants and evictable:
       del self._programs[evictable.pop(0)]
     return program
 
-  def _reread_fn(self, variables, images, inputs, targets):
-    """Teacher forcing: (token log-probabilities [batch, length], attention [batch, length, regions] or
-    None)."""
-    outputs = self.predictor.model.apply(variables, images, inputs)
-    log_probs = jax.nn.log_softmax(outputs["logits"].astype(jnp.float32))
-    token_log_probs = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
-    return token_log_probs, outputs.get("attention")
+  def _reread_fn(self, variables, images, inputs):
+    """Teacher forcing over generated tokens: attention [batch, length, regions] (or None)."""
+    return self.predictor.model.apply(variables, images, inputs).get("attention")
 
-  def _reread_inputs(self, rows: Sequence[Sequence[int]], size: int) -> tuple[np.ndarray, np.ndarray]:
+  def _reread_inputs(self, rows: Sequence[Sequence[int]], size: int) -> np.ndarray:
     """Start token + tokens, padded to one length for every request (the decoders are causal: padding after
     the tokens changes none of their outputs), so one compiled program serves every caption length."""
     tokenizer = self.predictor.tokenizer
-    length = self.default_variant.max_length + 1
-    inputs = np.full((size, length), tokenizer.pad_id, np.int32)
-    targets = np.full((size, length), tokenizer.pad_id, np.int32)
+    inputs = np.full((size, self.default_variant.max_length + 1), tokenizer.pad_id, np.int32)
     for index, tokens in enumerate(rows):
       inputs[index, :len(tokens) + 1] = [tokenizer.start_id, *tokens]
-      targets[index, :len(tokens)] = tokens
-    return inputs, targets
+    return inputs
 
   def _run_captioning(self, items: Sequence[Item], padded: np.ndarray) -> list[dict[str, Any]]:
     variant = items[0].variant
     predictor, tokenizer = self.predictor, self.predictor.tokenizer
-    generated = np.asarray(self._program(variant)(predictor.variables, {"images": padded})["tokens"])
+    outputs = jax.device_get(self._program(variant)(predictor.variables, {"images": padded}))
+    generated, log_probs = outputs["tokens"], outputs["token_log_probs"]  # The search's own, as `predict`'s.
     rows = []
     for row in generated[:len(items)]:
       end = np.flatnonzero(row == tokenizer.end_id)
       rows.append([int(t) for t in row[:end[0] if len(end) else len(row)]])
-    inputs, targets = self._reread_inputs(rows, len(padded))
-    log_probs, attention = jax.device_get(self._reread(predictor.variables, padded, inputs, targets))
+    attention = None
+    if any(item.options.attention for item in items):  # Only attention needs the teacher-forced re-read.
+      attention = jax.device_get(self._reread(predictor.variables, padded, self._reread_inputs(rows, len(padded))))
     results = []
     for index, (item, tokens) in enumerate(zip(items, rows)):
       result = {self.output: tokenizer.decode(generated[index]), "token_ids": tokens,
