@@ -192,19 +192,40 @@ def checkpoint_manager(workdir: str | os.PathLike, name: str, create: bool = Tru
 
 
 def save(manager: ocp.CheckpointManager, state: TrainState, data_state: Any, meta: dict) -> None:
+  """Saves `state` at its step with this process's data iterator state; every process calls it (orbax
+  writes the arrays' shards from every process). The data item holds every process's iterator state,
+  gathered here: {"process_count": P, "processes": [state of process 0, ..., state of process P - 1]}."""
+  states = [json.loads(text) for text in sharding.gather_strings([json.dumps(data_state)])]
   manager.save(int(state.step), args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+      state=ocp.args.StandardSave(state),
+      data=ocp.args.JsonSave({"process_count": len(states), "processes": states}),
       meta=ocp.args.JsonSave(meta)), force=True)
 
 
 def restore(manager: ocp.CheckpointManager, target: TrainState, step: int | None = None):
-  """(state, data iterator state, metadata) of `step` (the newest by default), onto `target`'s
-  shardings: restoring to another device count works."""
+  """(state, this process's data iterator state, metadata) of `step` (the newest by default), onto
+  `target`'s shardings: restoring to another device count or mesh shape works. A run resumed on another
+  number of processes continues the data where all processes had equal states (the trainer's: positions
+  in the global batches, data/pipeline.py); otherwise it is refused."""
   step = manager.latest_step() if step is None else step
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(),
       meta=ocp.args.JsonRestore()))
-  return restored.state, restored.data, restored.meta
+  return restored.state, _this_process_data_state(restored.data, manager.directory / str(step)), restored.meta
+
+
+def _this_process_data_state(saved: Any, directory: epath.Path) -> Any:
+  if not (isinstance(saved, dict) and "processes" in saved):
+    saved = {"process_count": 1, "processes": [saved]}  # Written before the states were gathered.
+  states = saved["processes"]
+  if not isinstance(states, list) or len(states) != saved.get("process_count"):
+    raise WorkdirError(f"{directory}: its data state is not one state per process")
+  if len(states) == jax.process_count():
+    return states[jax.process_index()]
+  if all(s == states[0] for s in states):
+    return states[0]
+  raise WorkdirError(f"{directory}: written by {len(states)} processes whose data positions differ; resume "
+                     f"it with {len(states)} processes, not {jax.process_count()}")
 
 
 def restore_newest(manager: ocp.CheckpointManager, target: TrainState):

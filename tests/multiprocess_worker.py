@@ -1,24 +1,33 @@
-"""One process of a multi-process CPU run (tests/test_multiprocess.py starts two).
+"""One process of a multi-process CPU run (tests/test_multiprocess.py starts two at a time).
 
-  python tests/multiprocess_worker.py PROCESS_ID PORT WORKDIR
+  python tests/multiprocess_worker.py PROCESS_ID PORT WORKDIR train STEPS   # train that many steps, then stop
+  python tests/multiprocess_worker.py PROCESS_ID PORT WORKDIR evaluate      # `cxrjax evaluate`'s job, test split
 
-Joins JAX's distributed runtime on localhost with 2 simulated CPU devices of its own (collectives over
-gloo), then runs `cxrjax evaluate`'s job on WORKDIR's test split and prints one JSON line.
+Joins JAX's distributed runtime on localhost as one of 2 processes (what `--distributed=localhost:PORT,2,ID`
+does) with the simulated CPU devices XLA_FLAGS gives it (collectives over gloo), then prints one JSON line.
+`train` runs the demo smoke config with data.num_test=7, as tests/test_multiprocess.py's one-process run.
 """
 
 import json
-import os
+import pathlib
 import sys
 
-process_id, port, workdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/ beside cxrjax/.
+process_id, port, workdir, job = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 
-import jax  # noqa: E402  (after XLA_FLAGS)
+import jax  # noqa: E402
 
-from cxrjax import evaluate, sharding  # noqa: E402
+from cxrjax import evaluate, sharding, train  # noqa: E402
+from configs import demo  # noqa: E402
 
-sharding.initialize_distributed(f"localhost:{port},2,{process_id}")  # What `--distributed=...` does.
-
-output = evaluate.evaluate(workdir, "test", meteor=False, baselines_too=False)
-print(json.dumps({"process": jax.process_index(), "devices": jax.device_count(),
-                  "num_studies": output["scores"]["num_studies"], "BLEU-4": output["scores"]["BLEU-4"]}))
+sharding.initialize_distributed(f"localhost:{port},2,{process_id}")
+summary = {"process": jax.process_index(), "devices": jax.device_count(),
+           "local_devices": jax.local_device_count()}
+if job == "train":
+  config = demo.get_config("smoke")
+  config.data.num_test = 7
+  train.train_and_evaluate(config, workdir, stop_after_steps=int(sys.argv[5]))
+else:
+  output = evaluate.evaluate(workdir, "test", meteor=False, baselines_too=False)
+  summary.update(num_studies=output["scores"]["num_studies"], bleu4=output["scores"]["BLEU-4"])
+print(json.dumps(summary))

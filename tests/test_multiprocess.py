@@ -1,18 +1,26 @@
-"""Evaluation over two processes (each with 2 simulated CPU devices, collectives over gloo) scores every
-study of the split exactly once, in order, and writes the same predictions as one process."""
+"""Training and evaluation over two processes on one machine (4 simulated CPU devices each, collectives
+over gloo), compared with one process on 8 devices: the same global batches give the same parameters, a
+run stopped after a checkpoint resumes with every process's own data position, the `cxrjax train
+--distributed` command finishes it, and evaluation scores every study once, written by process 0."""
 
 import json
+import os
 import pathlib
 import socket
 import subprocess
 import sys
 
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
-from cxrjax import evaluate, train
+from cxrjax import evaluate, train, workdir as workdir_lib
 from configs import demo
 
 WORKER = pathlib.Path(__file__).with_name("multiprocess_worker.py")
+CXRJAX = pathlib.Path(sys.executable).with_name("cxrjax")  # The console script of this environment.
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _free_port() -> int:
@@ -21,32 +29,94 @@ def _free_port() -> int:
     return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  config = demo.get_config("smoke")
-  config.data.num_test = 7  # Not a multiple of the processes, the devices or the eval batch (8).
-  workdir = tmp_path_factory.mktemp("run")
-  train.train_and_evaluate(config, workdir)
-  evaluate.evaluate(str(workdir), "test", meteor=False, baselines_too=False)
-  single = (workdir / "eval/test/predictions.jsonl").read_text()
-  (workdir / "eval/test/predictions.jsonl").unlink()
-  (workdir / "eval/test/metrics.json").unlink()
-  return workdir, single
-
-
-def test_two_processes_score_every_study_once_and_write_what_one_process_writes(run):
-  workdir, single = run
+def _two_processes(command) -> list[str]:
+  """Runs command(process_id, port) as processes 0 and 1, each with 4 CPU devices; their last stdout lines."""
   port = str(_free_port())
-  workers = [subprocess.Popen([sys.executable, str(WORKER), str(index), port, str(workdir)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for index in (0, 1)]
-  outputs = []
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  workers = [subprocess.Popen(command(index, port), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for index in (0, 1)]
+  lines = []
   for worker in workers:
     stdout, stderr = worker.communicate(timeout=600)
     assert worker.returncode == 0, stderr[-3000:]
-    outputs.append(json.loads(stdout.strip().splitlines()[-1]))
-  assert [o["process"] for o in outputs] == [0, 1] and all(o["devices"] == 4 for o in outputs)
-  assert all(o["num_studies"] == 7 for o in outputs)  # Every process scores the gathered split.
-  assert outputs[0]["BLEU-4"] == outputs[1]["BLEU-4"]
+    lines.append(stdout.strip().splitlines()[-1] if stdout.strip() else "")
+  return lines
+
+
+def _config():
+  config = demo.get_config("smoke")  # 4 steps of global batch 8, checkpoints at 2 and 4.
+  config.data.num_test = 7  # Not a multiple of the processes, the devices or the eval batch (8).
+  return config
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+  assert jax.device_count() == 8 and jax.process_count() == 1
+  workdir = tmp_path_factory.mktemp("one")
+  train.train_and_evaluate(_config(), workdir)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+  """2 steps, stopped with a checkpoint; then `cxrjax train --distributed=...` resumes it to the end."""
+  workdir = tmp_path_factory.mktemp("two")
+  summaries = _two_processes(lambda index, port: [sys.executable, str(WORKER), str(index), port, str(workdir),
+                                                  "train", "2"])
+  assert [json.loads(s) for s in summaries] == [
+      {"process": i, "devices": 8, "local_devices": 4} for i in (0, 1)]
+  manager = workdir_lib.checkpoint_manager(workdir, workdir_lib.LATEST, create=False)
+  assert manager.latest_step() == 2
+  data = manager.restore(2, args=ocp.args.Composite(data=ocp.args.JsonRestore())).data
+  manager.close()
+  _two_processes(lambda index, port: [
+      str(CXRJAX), "train", "--config=configs/demo.py:smoke", f"--workdir={workdir}",
+      f"--distributed=localhost:{port},2,{index}", "--config.data.num_test=7"])
+  return workdir, data
+
+
+def _losses(workdir):
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return [(r["split"], r["step"], r.get("loss", r.get("BLEU-4"))) for r in records]
+
+
+def test_two_processes_train_resume_and_end_as_one_process_on_eight_devices(one_process, two_processes):
+  workdir, data_at_step_2 = two_processes
+  # Each process saved its own iterator position; both are at batch 2 of the run's global stream.
+  assert data_at_step_2["process_count"] == 2 and len(data_at_step_2["processes"]) == 2
+  assert all(state["next_index"] == 2 for state in data_at_step_2["processes"])
+  one = workdir_lib.load_run(one_process, workdir_lib.LATEST).state
+  two = workdir_lib.load_run(workdir, workdir_lib.LATEST).state
+  assert int(one.step) == int(two.step) == 4
+  # The gradients' sums run in another order (gloo's all-reduce between the processes), so values agree to
+  # float rounding, except that AdamW divides by sqrt(nu): a parameter whose gradient is near zero (here one
+  # batch-norm scale) can move by a fraction of the learning rate, and the batch statistics after it by
+  # that fraction. The moments and the rest agree closely.
+  learning_rate = _config().optimizer.learning_rate
+  one, two = jax.device_get(one), jax.device_get(two)
+  for name, tolerance in (("params", dict(rtol=0, atol=0.1 * learning_rate)),
+                          ("batch_stats", dict(rtol=2e-4, atol=1e-6)), ("opt_state", dict(rtol=2e-4, atol=1e-7))):
+    for (path, first), second in zip(jax.tree_util.tree_leaves_with_path(getattr(one, name)),
+                                     jax.tree.leaves(getattr(two, name)), strict=True):
+      np.testing.assert_allclose(second, first, **tolerance, err_msg=name + jax.tree_util.keystr(path))
+  differing = [float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params))]
+  assert sum(d > 1e-6 for d in differing) <= 2, differing  # The others agree to float rounding.
+  for (split, step, value), expected in zip(_losses(workdir), _losses(one_process), strict=True):
+    assert (split, step) == expected[:2]
+    np.testing.assert_allclose(value, expected[2], rtol=1e-5)
+
+
+def test_two_processes_score_every_study_once_and_write_what_one_process_writes(two_processes):
+  workdir, _ = two_processes
+  evaluate.evaluate(str(workdir), "test", meteor=False, baselines_too=False)
+  single = (workdir / "eval/test/predictions.jsonl").read_text()
+  for name in ("predictions.jsonl", "metrics.json"):
+    (workdir / "eval/test" / name).unlink()
+  summaries = [json.loads(s) for s in _two_processes(
+      lambda index, port: [sys.executable, str(WORKER), str(index), port, str(workdir), "evaluate"])]
+  assert [s["process"] for s in summaries] == [0, 1] and all(s["devices"] == 8 for s in summaries)
+  assert all(s["num_studies"] == 7 for s in summaries)  # Every process scores the gathered split.
+  assert summaries[0]["bleu4"] == summaries[1]["bleu4"]
   assert (workdir / "eval/test/predictions.jsonl").read_text() == single
   assert len(single.splitlines()) == 7
+  assert sorted(p.name for p in (workdir / "eval/test").iterdir()) == ["metrics.json", "predictions.jsonl"]

@@ -4,8 +4,10 @@
     source: datasets.make_source(config.data, split), or the `source` given (a list of records
             built from a user's image files, for prediction)
     -> grain.MapDataset.source(source)
-    -> [shard_index::shard_count]              each process reads its own records
-    -> train: shuffle(seed), repeat()          a new order in every epoch
+    -> train: shuffle(seed), repeat()          a new order in every epoch, the same in every process
+              this process's rows of each       each process reads only its rows: batch_size rows
+              global batch                      of every global batch of batch_size * shard_count
+    -> eval: [shard_index::shard_count]        each process reads its own records
     -> decode the views (images.py)            a path, PNG/JPEG bytes, or a uint8 array
                                                [H, W], [H, W, 1] or [H, W, 3]
     -> transforms.Preprocessing                train: shorter side, random crop, optional flip;
@@ -37,9 +39,9 @@ Batch: the one place its schema is written down. A dict of numpy arrays:
 "tokens" and "report" are there only with a tokenizer (captioning).
 
 Determinism. The order comes from grain's index shuffle (seed, epoch) and each record's
-random crop and flip from a generator grain derives from the seed and the element's index,
-never from global state: the batches depend only on the seed, the source and the shard,
-whatever the number of worker processes or read threads. `iter(dataset)` returns a grain
+random crop and flip from a generator grain derives from the seed and the element's index in
+the run's global stream, never from global state: the global batches depend only on the seed
+and the source, whatever the number of processes, worker processes or read threads. `iter(dataset)` returns a grain
 DatasetIterator whose `get_state()` is a JSON-serialisable dict; `set_state(state)` on a
 fresh iterator of the same dataset resumes with exactly the batches an uninterrupted run
 would have seen.
@@ -143,14 +145,16 @@ def make_dataset(
     source: random-access source of records (len and getitem).
     tokenizer: the training tokenizer; None for image-only tasks (no "tokens", no "report").
     preprocessing: how views become model input (views per record included).
-    batch_size: records per batch (per process).
+    batch_size: records per batch of this process (train: the global batch / shard_count).
     max_length: token sequence length, start and end included.
     train: shuffle, repeat forever, augment, drop the last partial batch; otherwise one
       pass in source order with the last batch padded.
     seed: seed of the shuffle and of the augmentation.
     shard_index, shard_count: this process's shard (default jax.process_index() and
-      jax.process_count()); shard i reads records i, i + shard_count, ... Eval shards are
-      padded to the same number of batches, so every process runs the same number of steps.
+      jax.process_count()). Train: shard i yields rows i * batch_size .. (i + 1) * batch_size - 1
+      of each global batch of batch_size * shard_count. Eval: shard i reads records i,
+      i + shard_count, ..., padded to the same number of batches in every shard, so every
+      process runs the same number of steps.
     cleaning: report cleaning style; default the tokenizer's (they must agree).
     label_names: finding names for "labels"; None: no "labels".
     worker_count: grain worker processes (0: in this process; tests use 0).
@@ -173,17 +177,18 @@ def make_dataset(
   prepare = PrepareStudy(tokenizer=tokenizer, preprocessing=preprocessing, max_length=max_length,
                          cleaning=cleaning, train=train,
                          label_names=tuple(label_names) if label_names is not None else None)
-  dataset = grain.MapDataset.source(source)[shard_index::shard_count]
+  dataset = grain.MapDataset.source(source)
   if train:
-    if len(dataset) == 0:
-      raise ValueError(f"shard {shard_index} of {shard_count} of {source!r} has no record")
-    # Per-shard seeds, so that shards do not draw the same crops for their i-th records.
-    shard_seed = int(np.random.SeedSequence([seed, shard_index]).generate_state(1)[0])
-    dataset = dataset.shuffle(seed=shard_seed).repeat()
-    dataset = dataset.random_map(prepare, seed=shard_seed)
+    # One order and one set of augmentations for the whole run, whatever the number of processes: every
+    # process shuffles the same indices (cheap) and reads, decodes and augments only its rows of each global
+    # batch, so the global batches (and the trained model) do not depend on how many hosts feed them.
+    order_seed = int(np.random.SeedSequence([seed, 0]).generate_state(1)[0])
+    dataset = dataset.shuffle(seed=order_seed).repeat()
+    dataset = dataset.random_map(prepare, seed=order_seed)
+    dataset = _RowsOfGlobalBatches(dataset, batch_size, shard_index, shard_count)
     dataset = dataset.batch(batch_size, drop_remainder=True, batch_fn=collate)
   else:
-    dataset = dataset.map(prepare)
+    dataset = dataset[shard_index::shard_count].map(prepare)
     per_shard = math.ceil(len(source) / shard_count)
     padded_length = math.ceil(per_shard / batch_size) * batch_size
     dataset = _PadToLength(dataset, padded_length, prepare.padding())
@@ -321,6 +326,29 @@ def finding_labels(mesh: Sequence[str], label_names: Sequence[str]) -> np.ndarra
   """Multi-hot float32 [len(label_names)]: 1 where a tag's finding (before "/") is the name."""
   findings = {tag.split("/")[0] for tag in mesh}
   return np.array([name in findings for name in label_names], np.float32)
+
+
+class _RowsOfGlobalBatches(grain.MapDataset):
+  """This process's rows of the parent's global batches: element i is the parent's element
+  (i // rows) * rows * shard_count + shard_index * rows + i % rows, i.e. rows shard_index * rows ..
+  (shard_index + 1) * rows - 1 of every global batch of rows * shard_count elements, the rows that
+  jax.make_array_from_process_local_data puts on this process's devices."""
+
+  def __init__(self, parent: grain.MapDataset, rows: int, shard_index: int, shard_count: int):
+    super().__init__(parent)
+    self._rows, self._shard_index, self._shard_count = rows, shard_index, shard_count
+
+  def __len__(self) -> int:
+    return len(self._parent) // self._shard_count
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    step, row = divmod(index, self._rows)
+    return self._parent[(step * self._shard_count + self._shard_index) * self._rows + row]
+
+  def __str__(self) -> str:
+    return f"_RowsOfGlobalBatches(rows={self._rows}, shard={self._shard_index}/{self._shard_count})"
 
 
 class _PadToLength(grain.MapDataset):

@@ -181,14 +181,20 @@ def test_worker_processes_give_the_same_batches(phantom_train):
   assert json.loads(json.dumps(iterator.get_state()))
 
 
-def test_shards_are_disjoint(phantom_train):
+def test_process_shards_are_the_rows_of_the_one_process_batches(phantom_train):
+  """Two processes' training batches, side by side, are the one-process batches (order, crops, flips),
+  through an epoch boundary (6 records, global batches of 4), and each process reads only its rows."""
   source, _, vocabulary = phantom_train
-  seen = []
-  for shard in range(2):
-    batches = _take(iter(_dataset(source, vocabulary, train=True, batch_size=3, shard_index=shard,
-                                  shard_count=2)), 1)
-    seen.append(set(batches[0]["id"]))
-  assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 6
+  whole = _take(iter(_dataset(source, vocabulary, train=True, batch_size=4)), 4)
+  shards = [_take(iter(_dataset(source, vocabulary, train=True, batch_size=2, shard_index=shard,
+                                shard_count=2)), 4) for shard in range(2)]
+  joined = [{key: np.concatenate([first[key], second[key]]) for key in first}
+            for first, second in zip(*shards)]
+  _assert_same_batches(joined, whole)
+  for step in range(4):
+    assert not set(shards[0][step]["id"]) & set(shards[1][step]["id"])
+  assert {i for batch in whole[:3] for i in batch["id"]} == {source[i]["id"] for i in range(len(source))}
+  assert len({batch["images"].tobytes() for batch in whole}) == 4  # The crops differ between epochs.
 
 
 # Images.
