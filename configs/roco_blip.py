@@ -39,8 +39,10 @@ oracle 0.725 / 0.857 / 6.40.
 
 Arguments:
   demo     the embedded phantom caption set: a tiny BLIP, a short CPU run
-  tpu      bfloat16 compute
+  tpu      bfloat16 compute, parameters and optimizer state split over the devices (fsdp;
+           --config.sharding.fsdp=False replicates them)
   smoke    tiny sizes for a quick end-to-end check
+  model_parallel=N, fsdp  the parameter layout over the devices (config.sharding; as in roco_git.py)
 """
 
 import ml_collections
@@ -67,13 +69,14 @@ SMOKE_HF_CONFIG = dict(
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = config_lib.parse_arg(arg, smoke=False, tpu=False, demo=False)
+  arg = config_lib.parse_arg(arg, smoke=False, tpu=False, demo=False, model_parallel=1, fsdp=False)
   hf_config = SMOKE_HF_CONFIG if arg.smoke and not arg.demo else BLIP_BASE_HF_CONFIG
   section = hf_blip.with_prompt(hf_blip.model_section(hf_config, "configs/roco_blip.py"), PROMPT_IDS)
   config = hf_blip.run_config(section)  # Seed 002's recipe; beam 3 with transformers' rules.
   config.train.label_smoothing = 0.0
   if arg.tpu:
     config.model.dtype = "bfloat16"
+    arg.fsdp = True
   if arg.demo:
     config.data = dict(
         name="phantom_captions", image_size=64, num_views=1, max_length=24, cleaning="r2gen", tokenizer="",
@@ -101,4 +104,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                        preprocessing=dict(hf_blip.PREPROCESSING)),
                           hidden_size=16, num_heads=2, num_layers=2, intermediate_size=32)
       config.data.update(image_size=32, num_train=64, num_val=8, num_test=8)
+  if arg.fsdp or arg.model_parallel > 1:
+    config.sharding = config_lib.sharding_section(arg.model_parallel, arg.fsdp)
   return config

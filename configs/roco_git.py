@@ -38,8 +38,12 @@ oracle BLEU-4 0.725, ROUGE-L 0.857.
 
 Arguments:
   demo     the embedded phantom caption set: a tiny GIT, a short CPU run
-  tpu      bfloat16 compute, 8 devices of batch 8
+  tpu      bfloat16 compute, 8 devices of batch 8, parameters and optimizer state split over the devices
+           (fsdp; --config.sharding.fsdp=False replicates them)
   smoke    tiny sizes for a quick end-to-end check
+  model_parallel=N  the heads, MLP units and vocabulary split over N devices (tensor parallelism; the
+           batch over the rest); fsdp  every parameter split over the data devices too (config.sharding,
+           cxrjax/sharding.py; neither: replicated parameters)
 """
 
 import ml_collections
@@ -61,11 +65,12 @@ SMOKE_HF_CONFIG = dict(
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = config_lib.parse_arg(arg, smoke=False, tpu=False, demo=False)
+  arg = config_lib.parse_arg(arg, smoke=False, tpu=False, demo=False, model_parallel=1, fsdp=False)
   hf_config = SMOKE_HF_CONFIG if arg.smoke and not arg.demo else GIT_BASE_HF_CONFIG
   config = hf_git.run_config(hf_git.model_section(hf_config, "configs/roco_git.py"))
   if arg.tpu:
     config.model.dtype = "bfloat16"
+    arg.fsdp = True
     batches_per_epoch = config_lib.ROCO_CHEST_TRAIN_IMAGES // 64
     config.train.update(batch_size=64, num_steps=10 * batches_per_epoch, eval_every=batches_per_epoch,
                         checkpoint_every=batches_per_epoch)
@@ -95,4 +100,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       config.model.update(encoder=dict(vit.tiny_config(), preprocessing=dict(hf_git.PREPROCESSING)),
                           hidden_size=16, num_heads=2, num_layers=2, intermediate_size=32)
       config.data.update(image_size=32, num_train=64, num_val=8, num_test=8)
+  if arg.fsdp or arg.model_parallel > 1:
+    config.sharding = config_lib.sharding_section(arg.model_parallel, arg.fsdp)
   return config

@@ -24,6 +24,7 @@ be used in this environment. Arguments:
   chest    only the chest X-ray subset of the captions (data.subset="chest_xray")
   tpu      bfloat16 compute, batch 256
   smoke    tiny sizes for a quick end-to-end check
+  model_parallel=N, fsdp  the parameter layout over the devices (config.sharding; as in roco_git.py)
 """
 
 import ml_collections
@@ -32,7 +33,7 @@ from cxrjax import config as config_lib
 from cxrjax.models.encoders import resnet
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = config_lib.parse_arg(arg, smoke=False, tpu=False, demo=False, chest=False)
+  arg = config_lib.parse_arg(arg, smoke=False, tpu=False, demo=False, chest=False, model_parallel=1, fsdp=False)
   model = dict(
       name="graph_captioner",
       encoder=dict(resnet.RESNET50.to_dict(), preprocessing=dict(config_lib.IMAGENET_PREPROCESSING)),
@@ -68,4 +69,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg.demo:
       config.data.update(num_train=64, num_val=8, num_test=8)
       config.model.update(max_positions=32, cache_length=24)
+  if arg.fsdp or arg.model_parallel > 1:
+    config.sharding = config_lib.sharding_section(arg.model_parallel, arg.fsdp)
   return config

@@ -10,6 +10,8 @@ A run config has these sections (every config in configs/ fills all of them):
   train      batch size, steps, seed, logging / validation / checkpoint intervals, cache_features
   decode     generation (captioners): beam size, max length, length penalty, n-gram blocking
   eval       evaluation batch size, the validation metric that picks the best checkpoint, validation size
+and, optionally (the transformer configs' `model_parallel=N` / `fsdp` arguments; absent: replicated):
+  sharding   the device mesh and the parameters' layout on it (cxrjax/sharding.py; `sharding_section`)
 """
 
 from collections.abc import Callable, Sequence
@@ -20,6 +22,7 @@ from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
+from cxrjax import sharding
 from cxrjax.errors import ConfigError
 from cxrjax.models.encoders import densenet
 
@@ -158,6 +161,14 @@ def adamw(learning_rate: float, warmup_steps: int, param_groups=TRAINED_EVERYWHE
 
 def no_init() -> dict:
   return dict(encoder="", word_vectors="", from_workdir="")
+
+
+def sharding_section(model_parallel: int = 1, fsdp: bool = False) -> dict:
+  """config.sharding (cxrjax/sharding.py): the batch over 'data' (the devices left), the transformer
+  families' heads, MLP units and vocabulary split over `model_parallel` devices ('model'), and with
+  `fsdp` every parameter of at least sharding.FSDP_MIN_SIZE elements split over 'data' as well."""
+  return dict(mesh=((sharding.DATA_AXIS, -1), (sharding.MODEL_AXIS, model_parallel)),
+              rules=sharding.DEFAULT_RULES, fsdp=fsdp, fsdp_min_size=sharding.FSDP_MIN_SIZE)
 
 
 def rocov2_experiment(model: dict, tokenizer: str = "") -> ml_collections.ConfigDict:

@@ -1,22 +1,48 @@
-"""The device mesh and the moves between host data and global arrays, for one or many processes.
+"""The device mesh, the parameters' layout on it, and the moves between host data and global arrays,
+for one or many processes.
 
-The batch is sharded over a one-axis ('data',) mesh of every device of every process; the parameters are
-replicated. Each process holds its own shard of every global batch (`to_global`) and gets every
-process's outputs back (`gather`), so one code path serves a laptop CPU, 8 simulated devices and a
-multi-host TPU slice.
+The mesh has two axes, ('data', 'model'), over every device of every process. The batch is sharded over
+'data' (replicated over 'model'). Each process holds its own shard of every global batch (`to_global`)
+and gets every process's outputs back (`gather`), so one code path serves a laptop CPU, 8 simulated
+devices and a multi-host TPU slice.
+
+Parameters are replicated unless the config has a `sharding` section:
+
+  config.sharding = dict(mesh=(("data", -1), ("model", 2)), rules=sharding.DEFAULT_RULES, fsdp=True,
+                         fsdp_min_size=2 ** 14)
+
+`mesh` gives the axis sizes (-1: the devices left; 'model' defaults to 1). `rules` map the logical axis
+names of the transformer families' kernels (models/partitioning.py: embed, heads, mlp, vocab) to a mesh
+axis or None: the default is tensor parallelism over 'model' (heads, MLP units and vocabulary split,
+the model width not). `fsdp` also splits every parameter of any model (DenseNet convolutions too) over
+'data' along its largest dimension that 'data' divides and no rule shards (ZeRO-3 / FSDP: XLA gathers
+each where it is used); parameters of fewer than `fsdp_min_size` elements (biases, norms) stay
+replicated. A dimension a mesh axis does not divide stays whole. The optimizer state follows the
+parameters' layout (workdir.abstract_state); checkpoints restore onto any other layout or device count.
+Training prints the bytes of parameters each device holds (`parameter_bytes_per_device`).
 """
 
+import collections
+import math
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
+import optax
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cxrjax.errors import ConfigError
 
-DATA_AXIS = "data"
+DATA_AXIS, MODEL_AXIS = "data", "model"
+MESH_AXES = (DATA_AXIS, MODEL_AXIS)
+# Megatron-style tensor parallelism of the logical names of models/partitioning.py: attention heads, MLP
+# units and the vocabulary split over 'model', the model width (the residual stream) whole.
+DEFAULT_RULES = (("heads", MODEL_AXIS), ("mlp", MODEL_AXIS), ("vocab", MODEL_AXIS), ("embed", None))
+FSDP_MIN_SIZE = 2 ** 14  # Elements: smaller parameters (biases, norms) are not worth a gather.
+SECTION_FIELDS = ("mesh", "rules", "fsdp", "fsdp_min_size")
 
 
 def parse_distributed(spec: str) -> dict[str, Any] | None:
@@ -48,9 +74,160 @@ def initialize_distributed(spec: str) -> None:
   jax.distributed.initialize(**arguments)
 
 
-def create_mesh() -> jax.sharding.Mesh:
-  """A ('data',) mesh over every device (all hosts), with Auto axes as linen models need."""
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+def check_section(section: Any = None, device_count: int | None = None) -> dict[str, Any]:
+  """The `sharding` config section (module doc; None: replicated parameters), checked, with the mesh
+  sizes resolved for `device_count` (default: every device): {"mesh": {"data": n, "model": m}, "rules":
+  ((logical, mesh axis or None), ...), "fsdp": bool, "fsdp_min_size": int}. Mistakes are one-line
+  ConfigErrors."""
+  device_count = jax.device_count() if device_count is None else device_count
+  section = dict(section or {})
+  unknown = sorted(set(section) - set(SECTION_FIELDS))
+  if unknown:
+    raise ConfigError(f"sharding.{unknown[0]}: unknown field; the section has {list(SECTION_FIELDS)}")
+  sizes = _mesh_sizes(section.get("mesh", ((DATA_AXIS, -1),)), device_count)
+  rules = section.get("rules", DEFAULT_RULES)
+  if not isinstance(rules, (tuple, list)) or not all(isinstance(r, (tuple, list)) and len(r) == 2 for r in rules):
+    raise ConfigError(f"sharding.rules={rules!r}: expected ((logical axis, mesh axis or None), ...) pairs")
+  logical = [name for name, _ in rules]
+  for name, axis in rules:
+    if not isinstance(name, str):
+      raise ConfigError(f"sharding.rules: logical axis {name!r} is not a string")
+    if logical.count(name) > 1:
+      raise ConfigError(f"sharding.rules: logical axis {name!r} appears {logical.count(name)} times")
+    if axis is not None and axis not in MESH_AXES:
+      raise ConfigError(f"sharding.rules: {name!r} -> unknown mesh axis {axis!r}; expected one of "
+                        f"{list(MESH_AXES)} or None")
+  fsdp = section.get("fsdp", False)
+  if not isinstance(fsdp, bool):
+    raise ConfigError(f"sharding.fsdp={fsdp!r}: expected True or False")
+  min_size = section.get("fsdp_min_size", FSDP_MIN_SIZE)
+  if not isinstance(min_size, int) or isinstance(min_size, bool) or min_size < 0:
+    raise ConfigError(f"sharding.fsdp_min_size={min_size!r}: expected an integer >= 0 (elements)")
+  return dict(mesh=sizes, rules=tuple((name, axis) for name, axis in rules), fsdp=fsdp, fsdp_min_size=min_size)
+
+
+def _mesh_sizes(mesh: Any, device_count: int) -> dict[str, int]:
+  if not isinstance(mesh, (tuple, list)) or not all(isinstance(a, (tuple, list)) and len(a) == 2 for a in mesh):
+    raise ConfigError(f"sharding.mesh={mesh!r}: expected ((axis, size), ...) pairs, e.g. "
+                      f"(('data', -1), ('model', 2))")
+  sizes = {}
+  for axis, size in mesh:
+    if axis not in MESH_AXES:
+      raise ConfigError(f"sharding.mesh: unknown axis {axis!r}; the axes are {list(MESH_AXES)}")
+    if axis in sizes:
+      raise ConfigError(f"sharding.mesh: axis {axis!r} appears twice")
+    if not isinstance(size, int) or isinstance(size, bool) or not (size >= 1 or size == -1):
+      raise ConfigError(f"sharding.mesh: {axis} size {size!r}; expected an integer >= 1, or -1 for the "
+                        "devices left")
+    sizes[axis] = size
+  if list(sizes.values()).count(-1) > 1:
+    raise ConfigError(f"sharding.mesh={mesh!r}: only one axis may have size -1")
+  sizes = {axis: sizes.get(axis, 1) for axis in MESH_AXES}
+  fixed = math.prod(size for size in sizes.values() if size != -1)
+  if -1 in sizes.values():
+    if device_count % fixed:
+      raise ConfigError(f"sharding.mesh={mesh!r}: the other axes' {fixed} devices do not divide the "
+                        f"{device_count} devices")
+    sizes = {axis: device_count // fixed if size == -1 else size for axis, size in sizes.items()}
+  elif fixed != device_count:
+    raise ConfigError(f"sharding.mesh={mesh!r}: the sizes multiply to {fixed}, but there are {device_count} "
+                      "devices")
+  return sizes
+
+
+def create_mesh(section: Any = None) -> jax.sharding.Mesh:
+  """A ('data', 'model') mesh over every device (all hosts), with Auto axes as linen models need; the
+  sizes of the `sharding` config section (check_section), else ('data' all devices, 'model' 1)."""
+  sizes = check_section(section)["mesh"]
+  return jax.make_mesh(tuple(sizes[axis] for axis in MESH_AXES), MESH_AXES,
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def mesh_for_loading(section: Any, source: str) -> tuple[jax.sharding.Mesh, Any]:
+  """(mesh, section) to load a saved run with: its `sharding` section's, or, where that mesh does not
+  fit the devices here (a TPU run evaluated on a laptop), replicated parameters over every device, with
+  a warning naming `source`."""
+  try:
+    return create_mesh(section), section
+  except ConfigError as error:
+    if section is None:
+      raise
+    print(f"warning: {source}: {error}; loading with replicated parameters instead", file=sys.stderr)
+    return create_mesh(), None
+
+
+def parameter_spec(logical: P, shape: Sequence[int], mesh: jax.sharding.Mesh, section: Any = None) -> P:
+  """The mesh PartitionSpec of one parameter of `shape` whose dimensions have the `logical` names: each
+  name through the section's rules (a mesh axis used once per parameter, a dimension it does not divide
+  left whole), then with `fsdp` its largest dimension still whole that 'data' divides split over 'data'
+  (parameters of at least fsdp_min_size elements). No section: P() (replicated)."""
+  return P() if section is None else _spec(logical, tuple(shape), mesh, check_section(section, mesh.size))
+
+
+def _spec(logical: P, shape: tuple[int, ...], mesh: jax.sharding.Mesh, checked: dict[str, Any]) -> P:
+  rules = dict(checked["rules"])
+  names = tuple(logical) + (None,) * (len(shape) - len(logical))
+  axes: list[str | None] = []
+  for name, size in zip(names, shape):
+    axis = rules.get(name) if isinstance(name, str) else None
+    if axis is None or axis in axes or mesh.shape[axis] == 1 or size % mesh.shape[axis]:
+      axis = None
+    axes.append(axis)
+  data = mesh.shape[DATA_AXIS]
+  if (checked["fsdp"] and data > 1 and DATA_AXIS not in axes and shape
+      and int(np.prod(shape)) >= checked["fsdp_min_size"]):
+    free = [d for d in range(len(shape)) if axes[d] is None and shape[d] % data == 0]
+    if free:
+      axes[max(free, key=lambda d: (shape[d], -d))] = DATA_AXIS  # The largest; the first of equals.
+  while axes and axes[-1] is None:
+    axes.pop()
+  return P(*axes)
+
+
+def parameter_shardings(logical_specs: Any, abstract_params: Any, mesh: jax.sharding.Mesh,
+                        section: Any = None) -> Any:
+  """NamedShardings of a parameter tree (arrays or ShapeDtypeStructs) from its tree of logical
+  PartitionSpecs (models/partitioning.logical_axes; the same structure), by `parameter_spec`."""
+  if section is None:
+    return jax.tree.map(lambda _: replicated(mesh), abstract_params)
+  checked = check_section(section, mesh.size)
+  return jax.tree.map(lambda logical, a: NamedSharding(mesh, _spec(logical, tuple(a.shape), mesh, checked)),
+                      logical_specs, abstract_params, is_leaf=lambda x: isinstance(x, P))
+
+
+def optimizer_shardings(tx: optax.GradientTransformation, abstract_opt_state: Any, param_shardings: Any,
+                        mesh: jax.sharding.Mesh) -> Any:
+  """Shardings of an optimizer state: each per-parameter leaf (Adam's moments, optax.MultiSteps' gradient
+  sums) as its parameter's, every other leaf (counts) replicated."""
+  return optax.tree_map_params(tx, lambda _, param_sharding: param_sharding, abstract_opt_state, param_shardings,
+                               transform_non_params=lambda _: replicated(mesh))
+
+
+def parameter_bytes_per_device(tree: Any) -> dict[str, int]:
+  """The bytes of a tree of sharded arrays (or ShapeDtypeStructs with shardings) held by each device:
+  {"total": of the global arrays, "per_device_max", "per_device_min": over the devices, "replicated": of
+  the leaves every device holds whole, "devices": how many}."""
+  held: collections.Counter = collections.Counter()
+  total = replicated_bytes = 0
+  for leaf in jax.tree.leaves(tree):
+    shape, itemsize = tuple(leaf.shape), np.dtype(leaf.dtype).itemsize
+    size = math.prod(shape) * itemsize
+    total += size
+    replicated_bytes += size if leaf.sharding.is_fully_replicated else 0
+    for device, index in leaf.sharding.devices_indices_map(shape).items():
+      held[device] += math.prod(len(range(*part.indices(n))) for part, n in zip(index, shape)) * itemsize
+  per_device = list(held.values()) or [0]
+  return dict(total=total, per_device_max=max(per_device), per_device_min=min(per_device),
+              replicated=replicated_bytes, devices=len(held))
+
+
+def describe_layout(mesh: jax.sharding.Mesh, params: Any) -> str:
+  """One line for the training log: the mesh and the parameter bytes per device."""
+  report = parameter_bytes_per_device(params)
+  mib = lambda n: f"{n / 2 ** 20:.2f} MiB"
+  shape = " x ".join(f"{axis} {size}" for axis, size in mesh.shape.items())
+  return (f"parameters: {mib(report['total'])} in all, at most {mib(report['per_device_max'])} per device "
+          f"(mesh {shape}; {mib(report['replicated'])} replicated)")
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:

@@ -3,9 +3,10 @@
   cxrjax train --config=configs/demo.py --workdir=workdirs/demo [--config.train.num_steps=100]
 
 Nothing here knows a model family or a task: the config names the family (models/), the family its task
-(tasks/), and the workdir module owns the state and its files. The batch is sharded over the ('data',) mesh
-of every device of every process and the parameters are replicated; each process feeds its own shard of
-the global batch. Dropout keys derive from (seed, step) and the data iterator's position is checkpointed,
+(tasks/), and the workdir module owns the state and its files. The batch is sharded over 'data' of the
+('data', 'model') mesh of every device of every process; the parameters are replicated unless
+`config.sharding` lays them out (cxrjax/sharding.py). Each process reads and feeds only its rows of every
+global batch, so the run does not depend on the number of processes. Dropout keys derive from (seed, step) and the data iterator's position is checkpointed,
 so an interrupted run resumes with exactly the batches and updates of an uninterrupted one.
 
 A SIGTERM (what a preempted TPU VM receives) stops the run at the next step boundary with a checkpoint;
@@ -206,9 +207,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
   """
   workdir = epath.Path(workdir)
   train_cfg = config.train
-  if train_cfg.batch_size % jax.device_count():
-    raise ConfigError(f"train.batch_size={train_cfg.batch_size} is not divisible by the "
-                      f"{jax.device_count()} devices")
+  data_devices = sharding.check_section(config.get("sharding"))["mesh"][sharding.DATA_AXIS]
+  if train_cfg.batch_size % data_devices or train_cfg.batch_size % jax.process_count():
+    raise ConfigError(f"train.batch_size={train_cfg.batch_size} is not divisible by the {data_devices} devices "
+                      f"of the mesh's 'data' axis and the {jax.process_count()} processes")
   models.get(config.model.name)  # A clear error for an unknown family, before any data is read.
   workdir_lib.check_compatible(workdir, config)
   profiler = StepProfiler(train_cfg.get("profile_steps", ()), workdir / PROFILE_DIR)
@@ -228,10 +230,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
   workdir_lib.write_run_files(workdir, config, tokenizer,
                               None if task.uses_tokenizer else train_info.label_names)
 
-  mesh = sharding.create_mesh()
+  mesh = sharding.create_mesh(config.get("sharding"))
   replicated, data_sharding = sharding.replicated(mesh), sharding.data_sharded(mesh)
-  target = workdir_lib.abstract_state(components, mesh)
+  target = workdir_lib.abstract_state(components, mesh, config.get("sharding"))
   state_sharding = jax.tree.map(lambda a: a.sharding, target)
+  if sharding.is_lead_process():
+    print(sharding.describe_layout(mesh, target.params), flush=True)
   optim.check_whole_modules(config.optimizer, target.params, components.frozen_modules)
   tx = components.make_optimizer(target.params)
 

@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from cxrjax import files, models, optim, sharding, tasks
+from cxrjax.models import partitioning
 from cxrjax.errors import ConfigError, UserError
 from cxrjax.text import tokenizers
 
@@ -171,11 +172,21 @@ def init_state(components: Components, rng: jax.Array) -> TrainState:
                     opt_state=tx.init(params))
 
 
-def abstract_state(components: Components, mesh: jax.sharding.Mesh) -> TrainState:
-  """Shapes, dtypes and (replicated) shardings of the state: the restore target on any device count."""
+def abstract_state(components: Components, mesh: jax.sharding.Mesh, layout: Any = None) -> TrainState:
+  """Shapes, dtypes and shardings of the state: the restore target on any device count. `layout`: the
+  config's `sharding` section (sharding.py; None: replicated parameters); the optimizer state follows
+  the parameters, the step and batch statistics are replicated."""
   shapes = jax.eval_shape(lambda rng: init_state(components, rng), jax.random.key(0))
   replicated = sharding.replicated(mesh)
-  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), shapes)
+  logical = partitioning.logical_axes(
+      lambda rng: components.task.init_variables(components.model, {"params": rng, "dropout": rng}),
+      jax.random.key(0))["params"]
+  params = sharding.parameter_shardings(logical, shapes.params, mesh, layout)
+  opt_state = sharding.optimizer_shardings(components.make_optimizer(shapes.params), shapes.opt_state, params,
+                                           mesh)
+  batch_stats = jax.tree.map(lambda _: replicated, shapes.batch_stats)
+  shardings = TrainState(step=replicated, params=params, batch_stats=batch_stats, opt_state=opt_state)
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shardings)
 
 
 def checkpoint_manager(workdir: str | os.PathLike, name: str, create: bool = True) -> ocp.CheckpointManager:
@@ -284,8 +295,8 @@ def create_from_variables(workdir: str | os.PathLike, config: ml_collections.Con
   if (workdir / CONFIG_FILE).exists():
     raise WorkdirError(f"{workdir}: already holds a run; choose a new directory")
   components = build(config, tokenizer)
-  mesh = sharding.create_mesh()
-  target = abstract_state(components, mesh)
+  mesh, layout = sharding.mesh_for_loading(config.get("sharding"), str(workdir))
+  target = abstract_state(components, mesh, layout)
   variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
   expected = {"params": target.params, "batch_stats": target.batch_stats}
   shapes = lambda tree: jax.tree_util.tree_map_with_path(lambda p, a: (jax.tree_util.keystr(p), a.shape), tree)
@@ -328,9 +339,11 @@ def load_run(workdir: str | os.PathLike, checkpoint: str = BEST) -> Run:
   config = read_config(workdir)
   tokenizer = load_tokenizer(workdir) if tasks.task_class(config).uses_tokenizer else None
   components = build(config, tokenizer)
-  mesh = sharding.create_mesh()
+  # The run's parameter layout where its mesh fits these devices (else replicated): checkpoints restore
+  # onto any layout.
+  mesh, layout = sharding.mesh_for_loading(config.get("sharding"), str(workdir / CONFIG_FILE))
   manager = checkpoint_manager(workdir, checkpoint, create=False)
-  restored = restore_newest(manager, abstract_state(components, mesh))
+  restored = restore_newest(manager, abstract_state(components, mesh, layout))
   manager.close()
   if restored is None:
     raise WorkdirError(f"{workdir / 'checkpoints' / checkpoint}: no checkpoint; has training run?")

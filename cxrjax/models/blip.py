@@ -31,9 +31,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from cxrjax.models import base
+from cxrjax.models import base, partitioning
 from cxrjax.models.decoders import bert
 from cxrjax.models.encoders import vit
+from cxrjax.models.partitioning import VOCAB
 
 
 class BlipCaptioner(base.Captioner):
@@ -97,7 +98,8 @@ class BlipCaptioner(base.Captioner):
                                   dtype=self.dtype)
     self.head_dense = nn.Dense(self.hidden_size, dtype=self.dtype)
     self.head_norm = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype)
-    self.output_bias = self.param("output_bias", nn.initializers.zeros, (self.vocab_size,), jnp.float32)
+    self.output_bias = self.param("output_bias", partitioning.logical(nn.initializers.zeros, (VOCAB,)),
+                                  (self.vocab_size,), jnp.float32)
 
   def encode(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
     """images [batch, views, H, W, 3] (view 0 is used) -> {"memory": [batch, image tokens, vision width]}."""

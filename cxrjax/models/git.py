@@ -28,9 +28,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from cxrjax.models import base
+from cxrjax.models import base, partitioning
 from cxrjax.models.decoders import bert
 from cxrjax.models.encoders import vit
+from cxrjax.models.partitioning import EMBED, VOCAB
 
 
 class GitCaptioner(base.Captioner):
@@ -87,7 +88,7 @@ class GitCaptioner(base.Captioner):
                                          self.intermediate_size, cross_attention=False,
                                          epsilon=self.layer_norm_eps, dropout_rate=self.dropout_rate,
                                          attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype)
-    self.output = nn.Dense(self.vocab_size, dtype=self.dtype)
+    self.output = partitioning.dense(self.vocab_size, (EMBED, VOCAB), self.dtype)
 
   def encode(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
     """images [batch, views, S, S, 3] (view 0 is used) -> {"image_tokens": [batch, I, hidden]}."""

@@ -25,9 +25,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from cxrjax.models import base
+from cxrjax.models import base, partitioning
 from cxrjax.models.decoders import transformer
 from cxrjax.models.encoders import resnet
+from cxrjax.models.partitioning import EMBED, VOCAB
 
 
 class GraphPropagation(nn.Module):
@@ -94,12 +95,13 @@ class GraphCaptioner(base.Captioner):
     self.vis_proj = nn.Dense(self.d_model, dtype=self.dtype)
     self.graph_layer = GraphPropagation(self.graph_window, self.graph_steps, dtype=self.dtype)
     # N(0, 1) as torch.nn.Embedding and the seed's torch.randn position table.
-    self.embedding = nn.Embed(self.vocab_size, self.d_model, embedding_init=nn.initializers.normal(1.0))
-    self.pos_encoder = self.param("pos_encoder", nn.initializers.normal(1.0), (self.max_positions, self.d_model),
-                                  jnp.float32)
+    self.embedding = nn.Embed(self.vocab_size, self.d_model,
+                              embedding_init=partitioning.logical(nn.initializers.normal(1.0), (VOCAB, EMBED)))
+    self.pos_encoder = self.param("pos_encoder", partitioning.logical(nn.initializers.normal(1.0), (None, EMBED)),
+                                  (self.max_positions, self.d_model), jnp.float32)
     self.decoder = transformer.TransformerDecoder(self.num_layers, self.d_model, self.num_heads, self.ff_dim,
                                                   self.dropout_rate, dtype=self.dtype)
-    self.fc_out = nn.Dense(self.vocab_size, dtype=self.dtype)
+    self.fc_out = partitioning.dense(self.vocab_size, (EMBED, VOCAB), self.dtype)
 
   def encode(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
     """images [batch, views, H, W, 3] (view 0 is used) -> {"memory": [batch, h * w, d_model]}."""

@@ -12,6 +12,7 @@ Parameter names follow transformers' modules one to one (cxrjax/weights/hf_*.py 
     attention/norm                         attention.output.LayerNorm
     crossattention/...                     crossattention.* (the same shape; key / value read the memory)
     intermediate, output, output_norm      intermediate.dense, output.dense, output.LayerNorm
+Kernels and embeddings carry logical axis names for sharding (models/partitioning.py).
 
 The cache of a layer, all leaves [batch, ...] as cxrjax/decoding.py needs:
     self_keys, self_values      [batch, cache_length, heads, head_dim]  the decoded tokens' keys and values,
@@ -32,6 +33,8 @@ from jax import lax
 import jax.numpy as jnp
 
 from cxrjax import decoding
+from cxrjax.models import partitioning
+from cxrjax.models.partitioning import EMBED, HEADS, MLP, VOCAB
 
 Cache = dict[str, jax.Array]
 
@@ -54,10 +57,10 @@ class BertAttention(nn.Module):
   def setup(self):
     if self.hidden_size % self.num_heads:
       raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
-    self.query = nn.Dense(self.hidden_size, dtype=self.dtype)
-    self.key = nn.Dense(self.hidden_size, dtype=self.dtype)
-    self.value = nn.Dense(self.hidden_size, dtype=self.dtype)
-    self.output = nn.Dense(self.hidden_size, dtype=self.dtype)
+    self.query = partitioning.dense(self.hidden_size, (EMBED, HEADS), self.dtype)
+    self.key = partitioning.dense(self.hidden_size, (EMBED, HEADS), self.dtype)
+    self.value = partitioning.dense(self.hidden_size, (EMBED, HEADS), self.dtype)
+    self.output = partitioning.dense(self.hidden_size, (HEADS, EMBED), self.dtype)
     self.norm = nn.LayerNorm(epsilon=self.epsilon, dtype=self.dtype)
     self.attention_dropout = nn.Dropout(self.attention_dropout_rate)
     self.dropout = nn.Dropout(self.dropout_rate)
@@ -118,8 +121,8 @@ class BertLayer(nn.Module):
     self.attention = BertAttention(**attention)
     if self.cross_attention:
       self.crossattention = BertAttention(**attention)
-    self.intermediate = nn.Dense(self.intermediate_size, dtype=self.dtype)
-    self.output = nn.Dense(self.hidden_size, dtype=self.dtype)
+    self.intermediate = partitioning.dense(self.intermediate_size, (EMBED, MLP), self.dtype)
+    self.output = partitioning.dense(self.hidden_size, (MLP, EMBED), self.dtype)
     self.output_norm = nn.LayerNorm(epsilon=self.epsilon, dtype=self.dtype)
     self.dropout = nn.Dropout(self.dropout_rate)
 
@@ -247,8 +250,10 @@ class BertEmbeddings(nn.Module):
   def setup(self):
     # N(0, 0.02) as transformers' BERT initialisation (initializer_range).
     init = nn.initializers.normal(0.02)
-    self.word_embeddings = nn.Embed(self.vocab_size, self.hidden_size, embedding_init=init)
-    self.position_embeddings = nn.Embed(self.max_positions, self.hidden_size, embedding_init=init)
+    self.word_embeddings = nn.Embed(self.vocab_size, self.hidden_size,
+                                    embedding_init=partitioning.logical(init, (VOCAB, EMBED)))
+    self.position_embeddings = nn.Embed(self.max_positions, self.hidden_size,
+                                        embedding_init=partitioning.logical(init, (None, EMBED)))
     self.norm = nn.LayerNorm(epsilon=self.epsilon, dtype=self.dtype)
     self.dropout = nn.Dropout(self.dropout_rate)
 

@@ -10,7 +10,8 @@ no final norm:
 
 Attention keeps PyTorch's fused input projection: one `in_proj_kernel` [d_model, 3 * d_model] whose
 column blocks project queries, keys and values (the transpose of `in_proj_weight`), so checkpoints map
-one to one (cxrjax/weights/seed003.py).
+one to one (cxrjax/weights/seed003.py). Kernels carry logical axis names for sharding
+(models/partitioning.py).
 
 The cache of a layer, all leaves [batch, ...] as cxrjax/decoding.py needs:
     self_keys, self_values    [batch, cache_length, heads, head_dim]  the past tokens' keys and values,
@@ -26,6 +27,8 @@ from jax import lax
 import jax.numpy as jnp
 
 from cxrjax import decoding
+from cxrjax.models import partitioning
+from cxrjax.models.partitioning import EMBED, HEADS, MLP
 
 
 class MultiHeadAttention(nn.Module):
@@ -40,10 +43,12 @@ class MultiHeadAttention(nn.Module):
     if self.d_model % self.num_heads:
       raise ValueError(f"d_model {self.d_model} is not divisible by num_heads {self.num_heads}")
     # Xavier-uniform over [d_model, 3 * d_model] and zero bias, as PyTorch initialises in_proj_weight.
-    self.in_proj_kernel = self.param("in_proj_kernel", nn.initializers.xavier_uniform(),
+    self.in_proj_kernel = self.param("in_proj_kernel", partitioning.logical(nn.initializers.xavier_uniform(),
+                                                                            (EMBED, HEADS)),
                                      (self.d_model, 3 * self.d_model), jnp.float32)
-    self.in_proj_bias = self.param("in_proj_bias", nn.initializers.zeros, (3 * self.d_model,), jnp.float32)
-    self.out_proj = nn.Dense(self.d_model, dtype=self.dtype)
+    self.in_proj_bias = self.param("in_proj_bias", partitioning.logical(nn.initializers.zeros, (HEADS,)),
+                                   (3 * self.d_model,), jnp.float32)
+    self.out_proj = partitioning.dense(self.d_model, (HEADS, EMBED), self.dtype)
     self.attention_dropout = nn.Dropout(self.dropout_rate)
 
   def _project(self, x: jax.Array, block: int) -> jax.Array:
@@ -90,8 +95,8 @@ class DecoderLayer(nn.Module):
                      dtype=self.dtype)
     self.self_attn = MultiHeadAttention(**attention)
     self.multihead_attn = MultiHeadAttention(**attention)
-    self.linear1 = nn.Dense(self.ff_dim, dtype=self.dtype)
-    self.linear2 = nn.Dense(self.d_model, dtype=self.dtype)
+    self.linear1 = partitioning.dense(self.ff_dim, (EMBED, MLP), self.dtype)
+    self.linear2 = partitioning.dense(self.d_model, (MLP, EMBED), self.dtype)
     self.norm1 = nn.LayerNorm(epsilon=self.epsilon, dtype=self.dtype)
     self.norm2 = nn.LayerNorm(epsilon=self.epsilon, dtype=self.dtype)
     self.norm3 = nn.LayerNorm(epsilon=self.epsilon, dtype=self.dtype)

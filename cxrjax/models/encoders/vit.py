@@ -13,7 +13,8 @@
 Activation: CLIP's quick GELU x * sigmoid(1.702 x), or BLIP's exact (erf) GELU. Queries, keys and values
 are separate Dense layers (the BLIP importer splits BLIP's fused `qkv`). Neither tower uses dropout
 (both Hugging Face configs set attention_dropout 0 and have no hidden dropout), so there is none here.
-Module names follow transformers' CLIP layout so that importers map them one to one.
+Module names follow transformers' CLIP layout so that importers map them one to one. Kernels and
+embeddings carry logical axis names for sharding (models/partitioning.py).
 """
 
 import dataclasses
@@ -22,6 +23,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from cxrjax.models import partitioning
+# MLP_UNITS: `MLP` names this module's feed-forward block.
+from cxrjax.models.partitioning import EMBED, HEADS, MLP as MLP_UNITS
 
 ACTIVATIONS = ("quick_gelu", "gelu")
 
@@ -108,13 +113,14 @@ class SelfAttention(nn.Module):
     """x [batch, tokens, hidden] -> same shape."""
     head_dim = self.hidden_size // self.num_heads
     split = lambda y: y.reshape(y.shape[:-1] + (self.num_heads, head_dim))  # [batch, tokens, heads, head_dim]
-    queries = split(nn.Dense(self.hidden_size, dtype=self.dtype, name="q_proj")(x))
-    keys = split(nn.Dense(self.hidden_size, dtype=self.dtype, name="k_proj")(x))
-    values = split(nn.Dense(self.hidden_size, dtype=self.dtype, name="v_proj")(x))
+    queries = split(partitioning.dense(self.hidden_size, (EMBED, HEADS), self.dtype, name="q_proj")(x))
+    keys = split(partitioning.dense(self.hidden_size, (EMBED, HEADS), self.dtype, name="k_proj")(x))
+    values = split(partitioning.dense(self.hidden_size, (EMBED, HEADS), self.dtype, name="v_proj")(x))
     scores = jnp.einsum("bqhd,bkhd->bhqk", queries.astype(jnp.float32), keys.astype(jnp.float32))
     weights = jax.nn.softmax(scores * head_dim ** -0.5, axis=-1)  # Softmax in float32, as transformers'.
     context = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), values.astype(self.dtype))
-    return nn.Dense(self.hidden_size, dtype=self.dtype, name="out_proj")(context.reshape(x.shape[:-1] + (-1,)))
+    output = partitioning.dense(self.hidden_size, (HEADS, EMBED), self.dtype, name="out_proj")
+    return output(context.reshape(x.shape[:-1] + (-1,)))
 
 
 class EncoderLayer(nn.Module):
@@ -139,10 +145,10 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     config = self.config
-    hidden = nn.Dense(config.mlp_dim, dtype=self.dtype, name="fc1")(x)
+    hidden = partitioning.dense(config.mlp_dim, (EMBED, MLP_UNITS), self.dtype, name="fc1")(x)
     # Flax's nn.gelu defaults to the tanh approximation; transformers' "gelu" is the exact one.
     hidden = quick_gelu(hidden) if config.activation == "quick_gelu" else nn.gelu(hidden, approximate=False)
-    return nn.Dense(config.hidden_size, dtype=self.dtype, name="fc2")(hidden)
+    return partitioning.dense(config.hidden_size, (MLP_UNITS, EMBED), self.dtype, name="fc2")(hidden)
 
 
 class Embeddings(nn.Module):
@@ -159,13 +165,14 @@ class Embeddings(nn.Module):
                        f"{config.image_size}x{config.image_size} (set data.image_size to the encoder's image_size)")
     init = nn.initializers.normal(0.02)  # transformers' initializer_range.
     patches = nn.Conv(config.hidden_size, (config.patch_size, config.patch_size), strides=config.patch_size,
-                      padding="VALID", use_bias=config.patch_bias, kernel_init=init, dtype=self.dtype,
-                      name="patch_embedding")(images)
+                      padding="VALID", use_bias=config.patch_bias, dtype=self.dtype, name="patch_embedding",
+                      kernel_init=partitioning.logical(init, (None, None, None, EMBED)))(images)
     batch = patches.shape[0]
     patches = patches.reshape(batch, -1, config.hidden_size)  # Row-major, as torch's flatten(2).
-    class_embedding = self.param("class_embedding", init, (config.hidden_size,), jnp.float32)
-    position_embedding = self.param("position_embedding", init, (config.num_tokens, config.hidden_size),
-                                    jnp.float32)
+    class_embedding = self.param("class_embedding", partitioning.logical(init, (EMBED,)), (config.hidden_size,),
+                                 jnp.float32)
+    position_embedding = self.param("position_embedding", partitioning.logical(init, (None, EMBED)),
+                                    (config.num_tokens, config.hidden_size), jnp.float32)
     class_tokens = jnp.broadcast_to(class_embedding.astype(patches.dtype), (batch, 1, config.hidden_size))
     tokens = jnp.concatenate([class_tokens, patches], axis=1)
     return tokens + position_embedding.astype(tokens.dtype)[None]
