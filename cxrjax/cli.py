@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 from absl import flags
 import ml_collections
+from etils import epath
 
 from cxrjax import config as config_lib
 from cxrjax import errors, evaluate, inference, sharding, sweep, train, workdir
@@ -50,7 +51,7 @@ def _port_weights(args: argparse.Namespace) -> int:
   if not pathlib.Path(args.input).is_file():
     raise chexnet.WeightsError(f"{args.input}: " + ("is a directory; expected a checkpoint file"
                                                     if pathlib.Path(args.input).is_dir() else "not found"))
-  if pathlib.Path(args.output).exists() and not pathlib.Path(args.output).is_dir():
+  if epath.Path(args.output).exists() and not epath.Path(args.output).is_dir():
     raise chexnet.WeightsError(f"{args.output}: exists and is not a directory; the output is a folder")
   with open(args.input, "rb") as handle:
     digest = hashlib.sha256(handle.read()).hexdigest()
@@ -91,7 +92,7 @@ def _port_hf(args: argparse.Namespace) -> int:
   that `evaluate`, `predict` and `config.init.from_workdir` read; its config.data.tokenizer is the
   workdir's tokenizer.json, so that fine-tuning uses the checkpoint's vocabulary."""
   config, tokenizer, variables = hf.import_hf(args.input, tokenizer=args.tokenizer, prompt=args.prompt)
-  config.data.tokenizer = str(pathlib.Path(args.output).absolute() / workdir.TOKENIZER_FILE)
+  config.data.tokenizer = str(workdir.absolute_path(args.output) / workdir.TOKENIZER_FILE)
   workdir.create_from_variables(args.output, config, tokenizer, variables,
                                 {"imported_from": str(args.input), "sha256": hf.checksums(args.input)})
   print(json.dumps({"output": str(args.output), "format": args.format, "model": config.model.name,

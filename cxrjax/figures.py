@@ -1,10 +1,13 @@
 """Pictures of what a model looked at: attention maps over the views, AG-CNN's heatmap, box and crop."""
 
-import pathlib
+import os
 from typing import Any
 
 import numpy as np
+from etils import epath
 from PIL import Image, ImageDraw
+
+from cxrjax import files
 
 
 DISPLAY_SIZE = 256  # Small training resolutions are enlarged so that the maps stay readable.
@@ -24,10 +27,15 @@ def _overlay(view: np.ndarray, weights: np.ndarray) -> Image.Image:
   return Image.fromarray((view * (1 - alpha) + red * alpha).astype(np.uint8))
 
 
-def write_attention_maps(out_dir: str | pathlib.Path, views: list[np.ndarray], words: list[str],
-                         maps: np.ndarray) -> list[pathlib.Path]:
+def _save_png(image: Image.Image, path: epath.Path) -> None:
+  with files.open_atomic(path, "wb") as handle:  # Local or gs://.
+    image.save(handle, format="PNG")
+
+
+def write_attention_maps(out_dir: str | os.PathLike, views: list[np.ndarray], words: list[str],
+                         maps: np.ndarray) -> list[epath.Path]:
   """One PNG per word (both views side by side, the word written above) and `summary.png`, a grid."""
-  out_dir = pathlib.Path(out_dir)
+  out_dir = epath.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   tiles, written = [], []
   for index, (word, word_maps) in enumerate(zip(words, maps)):
@@ -38,7 +46,7 @@ def write_attention_maps(out_dir: str | pathlib.Path, views: list[np.ndarray], w
       tile.paste(panel, (int(offset), 16))
     ImageDraw.Draw(tile).text((2, 2), f"{index + 1}: {word}", fill="black")
     path = out_dir / f"{index + 1:03d}_{''.join(c for c in word if c.isalnum()) or 'punct'}.png"
-    tile.save(path)
+    _save_png(tile, path)
     written.append(path)
     tiles.append(tile)
   columns = min(4, len(tiles))
@@ -46,7 +54,7 @@ def write_attention_maps(out_dir: str | pathlib.Path, views: list[np.ndarray], w
   summary = Image.new("RGB", (columns * tiles[0].width, rows * tiles[0].height), "white")
   for index, tile in enumerate(tiles):
     summary.paste(tile, ((index % columns) * tile.width, (index // columns) * tile.height))
-  summary.save(out_dir / "summary.png")
+  _save_png(summary, out_dir / "summary.png")
   written.append(out_dir / "summary.png")
   return written
 
@@ -80,7 +88,7 @@ def _jet(values: np.ndarray) -> np.ndarray:
 
 
 def render_attention_figure(image: np.ndarray, heatmap: np.ndarray, box: Any, local_image: np.ndarray,
-                            path: str | pathlib.Path, title: str | None = None) -> pathlib.Path:
+                            path: str | os.PathLike, title: str | None = None) -> epath.Path:
   """Writes a PNG for `predict-agcnn`: the global image with the crop box, the heatmap overlay
   (with the box), and the local image, side by side (PIL only).
 
@@ -125,7 +133,7 @@ def render_attention_figure(image: np.ndarray, heatmap: np.ndarray, box: Any, lo
     x += panel.width + gap
   if title:
     ImageDraw.Draw(figure).text((4, 1), title, fill=(0, 0, 0))
-  path = pathlib.Path(path)
+  path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  figure.save(path, format="PNG")
+  _save_png(figure, path)
   return path

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 
 from cxrjax import figures, workdir as workdir_lib
 from cxrjax.data import images as image_io
@@ -223,7 +224,7 @@ class Predictor:
         result = {"image": str(path),
                   "probabilities": {n: round(float(p), 6) for n, p in zip(self.label_names, probabilities)}}
         if figures_dir is not None and "heatmap" in outputs:
-          figure = pathlib.Path(figures_dir) / f"{pathlib.Path(path).stem}_agcnn.png"
+          figure = epath.Path(figures_dir) / f"{pathlib.Path(path).stem}_agcnn.png"  # Local or gs://.
           top = np.argsort(-probabilities)[:3]
           figures.render_attention_figure(
               views[index], outputs["heatmap"][index], outputs["boxes"][index], outputs["local_images"][index],

@@ -9,8 +9,9 @@ package and one import line below.
 
 from __future__ import annotations
 
-import pathlib
 from typing import Any
+
+from etils import epath
 
 from cxrjax.data import chestxray14  # pylint: disable=unused-import  (registers "chestxray14")
 from cxrjax.data import iu_xray  # pylint: disable=unused-import  (registers "iu_xray")
@@ -101,7 +102,7 @@ def load_or_build_tokenizer(data_config: Any, train_source: Any) -> tokenizers.T
   style = cleaning_style(data_config)
   path = registry.field(data_config, "tokenizer", "")
   if path:
-    path = pathlib.Path(path)
+    path = epath.Path(path)  # Local or gs://.
     if not path.is_file():
       raise FileNotFoundError(f"config.data.tokenizer: no tokenizer file at {path}")
     if path.suffix == ".txt":
@@ -119,7 +120,7 @@ def load_or_build_tokenizer(data_config: Any, train_source: Any) -> tokenizers.T
              f"{registry.field(data_config, 'data_dir', 'DIR')} --split "
              f"{registry.field(data_config, 'tfds_config', 'random')} --cleaning {style} "
              f"--min-count {min_count}`")
-    if not pathlib.Path(prepared).is_file():
+    if not epath.Path(prepared).is_file():
       raise FileNotFoundError(f"no {entry.name} vocabulary at {prepared}: {rerun}")
     vocabulary = tokenizers.WordVocabulary.from_json(prepared)
     if vocabulary.cleaning_style != style or vocabulary.min_count != min_count:
@@ -135,7 +136,7 @@ def load_or_build_tokenizer(data_config: Any, train_source: Any) -> tokenizers.T
                                          cleaning_style=style)
 
 
-def _check_cleaning(path: pathlib.Path, tokenizer: tokenizers.Tokenizer, style: str) -> None:
+def _check_cleaning(path: epath.Path, tokenizer: tokenizers.Tokenizer, style: str) -> None:
   if tokenizer.cleaning_style != style:
     raise tokenizers.VocabularyFileError(
         f"{path}: saved for cleaning {tokenizer.cleaning_style!r}, but the config asks for {style!r}")

@@ -17,6 +17,7 @@ import pathlib
 from typing import Any
 
 import numpy as np
+from etils import epath
 from PIL import Image
 import tensorflow_datasets as tfds
 
@@ -100,6 +101,10 @@ def gray_png(path: str | os.PathLike) -> tuple[bytes, bool]:
   return buffer.getvalue(), is_colour
 
 
+class RemoteDataDirError(UserError):
+  """`cxrjax prepare --data-dir gs://...`: the dataset files can only be written to a local folder."""
+
+
 class KeepEncoded(tfds.decode.SkipDecoding):
   """Leaves images as PNG bytes (cxrjax decodes them with images.py, in the pipeline).
 
@@ -112,12 +117,13 @@ class KeepEncoded(tfds.decode.SkipDecoding):
 
 
 def dataset_dir(data_dir: str | os.PathLike, builder_class: type[tfds.core.GeneratorBasedBuilder],
-                config: str) -> pathlib.Path:
-  """The folder of a prepared dataset: DATA_DIR/<name>/<config>/<version>."""
+                config: str) -> epath.Path:
+  """The folder of a prepared dataset: DATA_DIR/<name>/<config>/<version> (local or gs://: TFDS and
+  array_record read gs:// themselves)."""
   configs = tuple(c.name for c in builder_class.BUILDER_CONFIGS)
   if config not in configs:
     raise ValueError(f"unknown {builder_class.name} config {config!r}; expected one of {configs}")
-  return pathlib.Path(data_dir) / builder_class.name / config / str(builder_class.VERSION)
+  return epath.Path(data_dir) / builder_class.name / config / str(builder_class.VERSION)
 
 
 def build(builder: tfds.core.GeneratorBasedBuilder, manual_dir: str | os.PathLike | None,
@@ -128,7 +134,13 @@ def build(builder: tfds.core.GeneratorBasedBuilder, manual_dir: str | os.PathLik
     FileNotFoundError: not built and no manual folder (the message gives the download instructions).
   """
   name = f"{builder.name}/{builder.builder_config.name}"
-  if not (pathlib.Path(builder.data_dir) / "dataset_info.json").is_file():
+  if "://" in str(builder.data_dir) and not (epath.Path(builder.data_dir) / "dataset_info.json").is_file():
+    # array_record 0.8's writer opens local files only (its reader reads gs:// itself).
+    raise RemoteDataDirError(
+        f"--data-dir {builder.data_dir}: {name} is written as array_record files, which need a local folder; "
+        f"prepare it into a local --data-dir, then copy that folder's {builder.name}/ to the bucket "
+        f"(gcloud storage cp -r): training and evaluation read prepared datasets from gs:// directly")
+  if not (epath.Path(builder.data_dir) / "dataset_info.json").is_file():
     if manual_dir is None:
       raise FileNotFoundError(f"{name} is not built in {builder.data_dir}: pass --manual-dir")
     if not pathlib.Path(manual_dir).is_dir():

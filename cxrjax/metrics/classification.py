@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 from cxrjax import files
 from cxrjax.data import chestxray14
@@ -189,7 +190,7 @@ def _read_prediction_rows(reader, path: pathlib.Path, class_names: Sequence[str]
 
 
 def write_predictions_csv(path: str | os.PathLike, image_ids: Sequence[str], probabilities: Any,
-                          class_names: Sequence[str]) -> pathlib.Path:
+                          class_names: Sequence[str]) -> epath.Path:
   """Writes probabilities [num_images, num_classes] as `Image Index,prob_<name>,...`."""
   probabilities = np.asarray(probabilities, np.float64)
   image_ids = [str(i) for i in image_ids]
@@ -203,7 +204,7 @@ def write_predictions_csv(path: str | os.PathLike, image_ids: Sequence[str], pro
     row, column = np.argwhere(bad)[0]
     raise ValueError(f"{int(bad.sum())} values are not probabilities in [0, 1] (NaN included), e.g. "
                      f"{image_ids[row]} {class_names[column]} = {probabilities[row, column]}")
-  path = pathlib.Path(path)
+  path = epath.Path(path)  # Local or gs:// (an evaluation workdir's eval/<split>/).
   path.parent.mkdir(parents=True, exist_ok=True)
   with files.open_atomic(path, "w", newline="", encoding="utf-8") as handle:  # Whole or not at all.
     writer = csv.writer(handle)

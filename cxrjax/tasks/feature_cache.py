@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from etils import epath
 
+from cxrjax import files
 from cxrjax.data import pipeline
 
 FEATURE_KEYS = ("feature_map", "pooled")
@@ -54,10 +55,8 @@ def load_or_compute(path: str | epath.Path, model, variables: dict[str, Any], so
   if jax.process_index() != 0:  # Every host computes the same; one writes the shared file.
     return features
   path.parent.mkdir(parents=True, exist_ok=True)
-  temporary = path.parent / (path.name + ".tmp")
-  with temporary.open("wb") as handle:
+  with files.open_atomic(path, "wb") as handle:  # An interrupted run never leaves a half-written cache.
     np.savez(handle, **features)
-  temporary.rename(path)  # Atomic: an interrupted run never leaves a half-written cache.
   return features
 
 

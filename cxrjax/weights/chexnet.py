@@ -15,6 +15,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from cxrjax.models.encoders import densenet
 from cxrjax.weights import store
@@ -205,7 +206,7 @@ def save_chexnet(directory: str | pathlib.Path, variables: dict[str, Any], confi
 def load_chexnet(directory: str | pathlib.Path) -> tuple[densenet.DenseNetConfig, dict[str, Any], list[str]]:
   """Reads weights written by `save_chexnet`: `(config, variables, class_names)`."""
   variables, model = store.load_weights(directory)
-  model_path = pathlib.Path(directory) / store.MODEL_FILE
+  model_path = epath.Path(directory) / store.MODEL_FILE  # Local or gs://.
   if model.get("model") != "densenet":
     raise WeightsError(f"{model_path}: holds a {model.get('model')!r} model, not a DenseNet/CheXNet")
   for key, kind in (("config", dict), ("classes", list)):

@@ -6,6 +6,7 @@ tensors belong to, the class names, and where they came from.
 """
 
 import json
+import os
 import pathlib
 import re
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from typing import Any
 import flax
 import numpy as np
 import safetensors.numpy
+from etils import epath
 
 from cxrjax import files
 from cxrjax.errors import UserError
@@ -114,10 +116,10 @@ def check_finite_variables(variables: dict[str, Any], source: str) -> None:
   check_finite(flax.traverse_util.flatten_dict(flax.core.unfreeze(variables), sep="/"), source)
 
 
-def save_weights(directory: str | pathlib.Path, variables: dict[str, Any], model: dict[str, Any]) -> None:
+def save_weights(directory: str | os.PathLike, variables: dict[str, Any], model: dict[str, Any]) -> None:
   """Writes `variables` (nested dicts of arrays) and the `model` description to `directory`, each file
-  whole or not at all; model.json last, so that a directory with it is complete."""
-  directory = pathlib.Path(directory)
+  whole or not at all; model.json last, so that a directory with it is complete. Local or gs://."""
+  directory = epath.Path(directory)
   if directory.exists() and not directory.is_dir():
     raise WeightsError(f"{directory}: exists and is not a directory; the output is a folder")
   directory.mkdir(parents=True, exist_ok=True)
@@ -128,9 +130,9 @@ def save_weights(directory: str | pathlib.Path, variables: dict[str, Any], model
   files.write_json(directory / MODEL_FILE, model, indent=2, sort_keys=True)
 
 
-def load_weights(directory: str | pathlib.Path) -> tuple[dict[str, Any], dict[str, Any]]:
-  """Returns `(variables, model)` as written by `save_weights`."""
-  directory = pathlib.Path(directory)
+def load_weights(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Returns `(variables, model)` as written by `save_weights` (local or gs://)."""
+  directory = epath.Path(directory)
   model_path, tensors_path = directory / MODEL_FILE, directory / VARIABLES_FILE
   for path in (model_path, tensors_path):
     if not path.is_file():
@@ -140,7 +142,9 @@ def load_weights(directory: str | pathlib.Path) -> tuple[dict[str, Any], dict[st
   except (json.JSONDecodeError, UnicodeDecodeError) as error:
     raise WeightsError(f"{model_path}: not valid JSON ({error})") from None
   try:
-    flat = safetensors.numpy.load_file(tensors_path)
+    # safetensors reads local files only (memory-mapped); a URL's bytes are read through epath.
+    flat = safetensors.numpy.load(tensors_path.read_bytes()) if files.is_url(tensors_path) \
+        else safetensors.numpy.load_file(tensors_path)
   except Exception as error:  # safetensors raises its own SafetensorError and OSError kinds.
     raise WeightsError(f"{tensors_path}: cannot be read as safetensors ({error})") from error
   if not isinstance(model, dict):

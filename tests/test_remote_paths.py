@@ -1,0 +1,175 @@
+"""A gs:// workdir, through the code a TPU VM runs: training, resuming, evaluation and prediction with
+every file (checkpoints included) in the bucket, equal to a local run; and files.py / summaries.py on
+gs:// URLs.
+
+A local GCS emulator (gcp-storage-emulator, in memory) stands in for the bucket, and every client talks
+to it over HTTP as it would to Google: etils.epath through fsspec's gcsfs (config.json, tokenizer.json,
+metrics.jsonl, eval/, attention maps), orbax through TensorStore's gcs driver and google-cloud-storage
+(checkpoints). gs://bucket/x is no local path: a stray `open` or `os.makedirs` on it would make the local
+folder ./gs:/bucket/x, which each test checks does not exist (the tests run in an empty folder).
+"""
+
+import json
+import logging
+import os
+import socket
+
+import fsspec
+import jax
+import numpy as np
+import pytest
+from etils import epath
+from etils.epath import backend as epath_backend
+
+from cxrjax import cli, files, summaries, train, workdir as workdir_lib
+from configs import demo
+
+# gcsfs's experimental zonal-bucket support asks GCS's gRPC storage-control API for the bucket type
+# (the emulator has none: a 60 s timeout); plain buckets need none of it. Read when gcsfs is imported.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+gcsfs = pytest.importorskip("gcsfs")
+emulator_server = pytest.importorskip("gcp_storage_emulator.server")
+emulator_objects = pytest.importorskip("gcp_storage_emulator.handlers.objects")
+
+BUCKET = "cxrjax-test"
+
+
+@pytest.fixture(scope="module")
+def bucket():
+  """gs://BUCKET served by an in-memory emulator; every client pointed at it."""
+  original_download = emulator_objects.download
+
+  def download(request, response, storage, *args, **kwargs):
+    # GCS sends an object's generation with every download; the emulator does not. TensorStore reads it
+    # when OCDBT updates an existing manifest (a checkpoint written in more than one commit), and without
+    # it fails with "Malformed StorageGeneration".
+    original_download(request, response, storage, *args, **kwargs)
+    if response.status.value in (200, 206):
+      record = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+      response["x-goog-generation"] = record["generation"]
+      response["x-goog-metageneration"] = record["metageneration"]
+
+  with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+  server = emulator_server.create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
+  server.start()
+  # Quiet: the emulator logs every expected miss (orbax probes absent files) and clients' early hang-ups.
+  server._api._httpd.handle_error = lambda request, address: None  # pylint: disable=protected-access
+  logging.getLogger("gcp_storage_emulator").setLevel(logging.CRITICAL)
+  url = f"http://127.0.0.1:{port}"
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(emulator_objects, "download", download)
+    for _, methods in emulator_server.HANDLERS:
+      for method, handler in list(methods.items()):
+        if handler is original_download:
+          patch.setitem(methods, method, download)
+    for name in ("STORAGE_EMULATOR_HOST",  # gcsfs, google-cloud-storage (orbax's bucket lookup)
+                 "TENSORSTORE_GCS_HTTP_URL",  # orbax's arrays
+                 "CLOUD_STORAGE_EMULATOR_ENDPOINT"):  # array_record's reader
+      patch.setenv(name, url)
+    patch.setenv("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")  # TensorStore's credentials
+    patch.setitem(fsspec.config.conf, "gcs", {"token": "anon"})
+    fsspec.register_implementation("gs", gcsfs.core.GCSFileSystem, clobber=True)
+    fsspec.register_implementation("gcs", gcsfs.core.GCSFileSystem, clobber=True)
+    epath_backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
+    gcsfs.core.GCSFileSystem.clear_instance_cache()
+    yield f"gs://{BUCKET}"
+    epath_backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
+    gcsfs.core.GCSFileSystem.clear_instance_cache()
+  server.stop()
+
+
+@pytest.fixture
+def in_empty_folder(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  yield
+  assert not (tmp_path / "gs:").exists(), "a gs:// path was written as a local path"
+
+
+def _records(path):
+  return [json.loads(line) for line in epath.Path(path).read_text().splitlines()]
+
+
+def test_files_write_whole_objects_on_a_url(bucket, in_empty_folder):
+  folder = epath.Path(bucket) / "files"
+  files.write_json(folder / "a.json", {"x": 1})
+  assert json.loads((folder / "a.json").read_text()) == {"x": 1}
+  with files.open_atomic(folder / "t.csv", "w", newline="") as handle:
+    handle.write("é,1\r\n")
+  assert (folder / "t.csv").read_bytes() == "é,1\r\n".encode()
+  files.write_text(folder / "a.json", "kept\n")
+  with pytest.raises(RuntimeError, match="interrupted"):
+    with files.open_atomic(folder / "a.json") as handle:
+      handle.write("half")
+      raise RuntimeError("interrupted")
+  assert (folder / "a.json").read_text() == "kept\n"  # The failed write left the previous object.
+  with files.replaced_on_success(folder / "w.bin") as temporary:
+    assert not files.is_url(temporary)  # For writers that take a local path (safetensors, tokenizers).
+    with open(temporary, "wb") as handle:
+      handle.write(b"\x00weights")
+  assert (folder / "w.bin").read_bytes() == b"\x00weights"
+  with pytest.raises(ValueError):
+    with files.replaced_on_success(folder / "never.bin") as temporary:
+      raise ValueError
+  assert not (folder / "never.bin").exists()
+  assert sorted(p.name for p in folder.iterdir()) == ["a.json", "t.csv", "w.bin"]  # No temporary objects.
+
+
+def test_append_log_keeps_earlier_lines_on_a_url(bucket, in_empty_folder):
+  """An object store cannot append (gcsfs's "a" mode overwrites): the log rewrites the whole object."""
+  path = epath.Path(bucket) / "log" / "metrics.jsonl"
+  files.write_lines(path, ["1"])
+  log = files.AppendLog(path, upload_every_s=3600)
+  log.write("2")
+  assert path.read_text() == "1\n"  # Uploads are spaced (GCS: about one write a second per object).
+  log.write("3")
+  log.close()
+  assert path.read_text() == "1\n2\n3\n"
+  metrics = summaries.MetricsLog(epath.Path(bucket) / "log" / "m.jsonl", epath.Path(bucket) / "log" / "tb",
+                                 upload_every_s=0)
+  for step in (1, 2):
+    metrics.write({"split": "train", "step": step, "loss": float(step)})
+  metrics.close()
+  assert _records(epath.Path(bucket) / "log" / "m.jsonl") == [
+      {"split": "train", "step": 1, "loss": 1.0}, {"split": "train", "step": 2, "loss": 2.0}]
+  events = list((epath.Path(bucket) / "log" / "tb").iterdir())
+  assert len(events) == 1 and events[0].name.startswith("events.out.tfevents.")
+  assert b"train/loss" in events[0].read_bytes()
+
+
+def _train_records(path):
+  """metrics.jsonl without the timings (steps/s, examples/s, FLOP/s differ between runs)."""
+  return [{k: v for k, v in r.items() if not k.endswith("_per_s") and k != "flops_utilisation"}
+          for r in _records(path)]
+
+
+def test_a_gs_workdir_trains_resumes_evaluates_and_predicts_as_a_local_one(bucket, in_empty_folder, tmp_path,
+                                                                           shared_data, capsys):
+  config = demo.get_config("smoke")
+  remote, local = f"{bucket}/run", tmp_path / "local"
+  train.train_and_evaluate(config, remote, stop_after_steps=2)  # An interrupted run: checkpoint at step 2.
+  train.train_and_evaluate(config, remote)
+  assert "resumed from gs://" in capsys.readouterr().out
+  train.train_and_evaluate(config, local)
+  assert _train_records(f"{remote}/metrics.jsonl") == _train_records(local / "metrics.jsonl")
+  one, other = (jax.device_get(workdir_lib.load_run(w, workdir_lib.LATEST).state) for w in (remote, local))
+  for first, second in zip(jax.tree.leaves(one), jax.tree.leaves(other), strict=True):
+    np.testing.assert_array_equal(first, second)
+  names = {p.name for p in epath.Path(remote).iterdir()}
+  assert {"config.json", "tokenizer.json", "metrics.jsonl", "checkpoints", "tensorboard"} <= names
+
+  for workdir in (remote, str(local)):
+    assert cli.main(["evaluate", f"--workdir={workdir}", "--split=test", "--no-meteor"]) == 0
+  capsys.readouterr()
+  assert (epath.Path(remote) / "eval/test/predictions.jsonl").read_text() == (
+      local / "eval/test/predictions.jsonl").read_text()
+  images = sorted(str(p) for p in (shared_data / "iu_xray/images").glob("CXR54_*.png"))
+  assert cli.main(["predict", "--workdir", remote, "--attention-maps", f"{bucket}/maps", *images]) == 0
+  result = json.loads(capsys.readouterr().out)
+  assert isinstance(result["report"], str)
+  if result["token_ids"]:  # One map per word and the end (an empty report has none to draw).
+    assert len(result["attention_maps"]) == len(result["token_ids"]) + 1
+    assert all(path.startswith("gs://") and epath.Path(path).exists() for path in result["attention_maps"])
+
+
