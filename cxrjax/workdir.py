@@ -197,8 +197,12 @@ def checkpoint_manager(workdir: str | os.PathLike, name: str, create: bool = Tru
     for incomplete in sorted(p for p in directory.iterdir() if ocp.path.atomicity.TMP_DIR_SUFFIX in p.name):
       print(f"warning: {incomplete}: an incomplete checkpoint (its save was interrupted); removed",
             file=sys.stderr)
-  options = ocp.CheckpointManagerOptions(max_to_keep=KEEP.get(name, 1), create=create,
-                                         cleanup_tmp_directories=create)
+  # Each manager's own barrier names: several processes saving `latest` and `best` of one step at once would
+  # otherwise meet at the same barriers (orbax names them by the step's folder), and process 0 could
+  # finalize one checkpoint before the other processes had written their part of it.
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=KEEP.get(name, 1), create=create, cleanup_tmp_directories=create,
+      multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=f"cxrjax_{name}"))
   return ocp.CheckpointManager(directory, options=options)
 
 
