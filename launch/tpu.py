@@ -14,10 +14,10 @@ prints it without running anything.
 
 `install` clones the repository (REPO: --repo, default this checkout's origin) at this checkout's commit
 on every worker, makes a venv and installs `jax[tpu]` at the version pinned in pyproject.toml, then cxrjax
-and gcsfs (for gs:// workdirs). `train` runs the same `cxrjax train --distributed=auto` on every worker in
-the background (nohup, log in ~/cxrjax_train.log): JAX's distributed runtime joins the hosts into one
-program over all chips (on TPU VMs it finds the coordinator itself). Needs the gcloud CLI, authenticated,
-with a default project.
+(its pins include gcsfs and google-cloud-storage, for gs:// workdirs). `train` runs the same
+`cxrjax train --distributed=auto` on every worker in the background (nohup, log in ~/cxrjax_train.log):
+JAX's distributed runtime joins the hosts into one program over all chips (on TPU VMs it finds the
+coordinator itself). Needs the gcloud CLI, authenticated, with a default project.
 """
 
 import argparse
@@ -63,7 +63,7 @@ def install_command(args: argparse.Namespace) -> list[str]:
       f"(test -d cxrjax || git clone -q {shlex.quote(repo)} cxrjax)",
       "cd cxrjax", "git fetch -q origin", f"git checkout -q {shlex.quote(commit)}",
       "(test -d .venv || python3 -m venv .venv)", ". .venv/bin/activate",
-      f"pip install -q 'jax[tpu]=={pinned_jax_version()}'", "pip install -q -e . gcsfs"])
+      f"pip install -q 'jax[tpu]=={pinned_jax_version()}'", "pip install -q -e ."])
   return _ssh(args, script)
 
 
