@@ -76,11 +76,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                         checkpoint_every=batches_per_epoch)
     config.eval.batch_size = 64
   if arg.demo:
-    config.data = dict(
-        name="phantom_captions", image_size=64, num_views=1, max_length=24, cleaning="r2gen", tokenizer="",
-        vocabulary_min_count=1, random_flip=False,  # Phantom captions name sides.
-        read_threads=1, num_train=3000, num_val=100, num_test=300, phantom_seed=0,
-        phantom_prevalences=dict(cardiomegaly=0.4, effusion=0.4, pneumothorax=0.3, opacity=0.3, nodule=0.3))
+    config.data = config_lib.phantom_captions_demo_data()
     encoder = dict(vit.ViTConfig(image_size=64, patch_size=8, hidden_size=64, num_layers=2, num_heads=4,
                                  mlp_dim=128).to_dict(), preprocessing=dict(hf_git.PREPROCESSING))
     config.model.update(encoder=encoder, hidden_size=64, num_heads=4, num_layers=2, intermediate_size=128,

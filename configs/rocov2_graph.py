@@ -46,11 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.batch_size = 256
     config.eval.batch_size = 256
   if arg.demo:
-    config.data = dict(
-        name="phantom_captions", image_size=64, num_views=1, max_length=24, cleaning="r2gen", tokenizer="",
-        vocabulary_min_count=1, random_flip=False,  # Phantom captions name sides.
-        read_threads=1, num_train=3000, num_val=100, num_test=300, phantom_seed=0,
-        phantom_prevalences=dict(cardiomegaly=0.4, effusion=0.4, pneumothorax=0.3, opacity=0.3, nodule=0.3))
+    config.data = config_lib.phantom_captions_demo_data()
     config.model.update(encoder=dict(embedding_size=16, hidden_sizes=(32, 64, 96, 128), depths=(1, 1, 1, 1),
                                      preprocessing=dict(config_lib.IMAGENET_PREPROCESSING)),
                         d_model=128, num_heads=4, num_layers=2, ff_dim=256, max_positions=64, cache_length=24)

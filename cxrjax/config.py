@@ -163,6 +163,16 @@ def no_init() -> dict:
   return dict(encoder="", word_vectors="", from_workdir="")
 
 
+def phantom_captions_demo_data() -> dict:
+  """config.data of the captioners' `demo` variants: the embedded phantom caption set (single frontal images
+  with one-line captions written from the findings drawn into them; no download), 3,000 training images."""
+  return dict(
+      name="phantom_captions", image_size=64, num_views=1, max_length=24, cleaning="r2gen", tokenizer="",
+      vocabulary_min_count=1, random_flip=False,  # Phantom captions name sides.
+      read_threads=1, num_train=3000, num_val=100, num_test=300, phantom_seed=0,
+      phantom_prevalences=dict(cardiomegaly=0.4, effusion=0.4, pneumothorax=0.3, opacity=0.3, nodule=0.3))
+
+
 def sharding_section(model_parallel: int = 1, fsdp: bool = False) -> dict:
   """config.sharding (cxrjax/sharding.py): the batch over 'data' (the devices left), the transformer
   families' heads, MLP units and vocabulary split over `model_parallel` devices ('model'), and with

@@ -178,9 +178,11 @@ def abstract_state(components: Components, mesh: jax.sharding.Mesh, layout: Any 
   the parameters, the step and batch statistics are replicated."""
   shapes = jax.eval_shape(lambda rng: init_state(components, rng), jax.random.key(0))
   replicated = sharding.replicated(mesh)
-  logical = partitioning.logical_axes(
-      lambda rng: components.task.init_variables(components.model, {"params": rng, "dropout": rng}),
-      jax.random.key(0))["params"]
+  logical = None  # Replicated parameters need no names: no second trace of the model's init.
+  if layout is not None:
+    logical = partitioning.logical_axes(
+        lambda rng: components.task.init_variables(components.model, {"params": rng, "dropout": rng}),
+        jax.random.key(0))["params"]
   params = sharding.parameter_shardings(logical, shapes.params, mesh, layout)
   opt_state = sharding.optimizer_shardings(components.make_optimizer(shapes.params), shapes.opt_state, params,
                                            mesh)
