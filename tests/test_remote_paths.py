@@ -173,3 +173,14 @@ def test_a_gs_workdir_trains_resumes_evaluates_and_predicts_as_a_local_one(bucke
     assert all(path.startswith("gs://") and epath.Path(path).exists() for path in result["attention_maps"])
 
 
+
+
+@pytest.mark.parametrize("dataset", ["iu_xray", "chestxray14", "rocov2", "roco"])
+def test_prepare_refuses_a_gs_data_dir_in_one_line_before_touching_it(dataset, in_empty_folder, shared_data,
+                                                                      capsys):
+  """array_record's writer needs a local folder; no bucket is asked anything (none is served here)."""
+  status = cli.main(["prepare", dataset, "--manual-dir", str(shared_data), "--data-dir", "gs://cxrjax-test/data"])
+  error = capsys.readouterr().err.strip()
+  assert status == 2 and len(error.splitlines()) == 1
+  assert error.startswith(f"cxrjax prepare: error: --data-dir gs://cxrjax-test/data: {dataset} is written as "
+                          "array_record files")

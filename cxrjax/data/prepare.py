@@ -76,7 +76,7 @@ def _add_iu_xray_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--manual-dir", type=pathlib.Path,
                       help="the downloaded source files (see iu_xray.IuXray.MANUAL_DOWNLOAD_INSTRUCTIONS); "
                            "not needed when the dataset is already built")
-  parser.add_argument("--data-dir", type=pathlib.Path, required=True,
+  parser.add_argument("--data-dir", required=True,  # A string: pathlib would turn gs://b into gs:/b.
                       help="TFDS data folder to write (the data config's data_dir)")
   parser.add_argument("--split", choices=iu_xray.TFDS_CONFIGS, default="random",
                       help="random: seeded 70/10/20 study split; r2gen: R2Gen's split "
@@ -100,6 +100,7 @@ def _positive_int(value: str) -> int:
 
 def _run(args: argparse.Namespace) -> int:
   """Runs `cxrjax prepare iu_xray`; bad input raises a UserError (errors.guarded prints it)."""
+  tfds_common.check_local_data_dir(args.data_dir, "iu_xray")  # Before any builder touches it.
   summary = prepare_iu_xray(args.manual_dir, args.data_dir, config=args.split,
                             cleaning=args.cleaning, min_count=args.min_count,
                             num_threads=args.num_threads, progress=True)
@@ -205,6 +206,7 @@ def add_chestxray14_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_chestxray14(args: argparse.Namespace) -> int:
   """Runs `cxrjax prepare chestxray14`: prints the summary as one JSON line; bad input raises a UserError."""
+  tfds_common.check_local_data_dir(args.data_dir, "chestxray14")  # Before any builder touches it.
   summary = chestxray14.prepare_chestxray14(args.manual_dir, args.data_dir, split=args.split,
                                             missing_images=args.missing_images)
   print(json.dumps(summary))
@@ -216,7 +218,7 @@ def add_roco_arguments(parser: argparse.ArgumentParser, dataset: str) -> None:
   parser.add_argument("--manual-dir", type=pathlib.Path, default=None,
                       help=f"the downloaded files (see roco.{roco.BUILDERS[dataset].__name__}.MANUAL_DOWNLOAD_INSTRUCTIONS); "
                            "not needed when the dataset is already built")
-  parser.add_argument("--data-dir", type=pathlib.Path, required=True,
+  parser.add_argument("--data-dir", required=True,  # A string: pathlib would turn gs://b into gs:/b.
                       help="TFDS data folder to write (the data config's data_dir)")
   parser.add_argument("--subset", choices=roco.SUBSETS, default="all",
                       help="all images, or chest radiographs only (the rule of roco/chest.py; the "
@@ -231,6 +233,7 @@ def add_roco_arguments(parser: argparse.ArgumentParser, dataset: str) -> None:
 
 def run_roco(args: argparse.Namespace) -> int:
   """Runs `cxrjax prepare rocov2|roco`: prints the summary; bad input raises a UserError."""
+  tfds_common.check_local_data_dir(args.data_dir, args.roco_dataset)  # Before any builder touches it.
   summary = roco.prepare(args.roco_dataset, args.manual_dir, args.data_dir, subset=args.subset,
                          layout=getattr(args, "layout", None), num_threads=args.num_threads, progress=True)
   print(roco.format_summary(summary))

@@ -105,6 +105,16 @@ class RemoteDataDirError(UserError):
   """`cxrjax prepare --data-dir gs://...`: the dataset files can only be written to a local folder."""
 
 
+def check_local_data_dir(data_dir: str | os.PathLike, name: str) -> None:
+  """Raises RemoteDataDirError for a URL: `name`'s array_record files can only be written to a local folder
+  (array_record 0.8's writer opens local files only; its reader reads gs:// itself)."""
+  if "://" in str(data_dir):
+    raise RemoteDataDirError(
+        f"--data-dir {data_dir}: {name} is written as array_record files, which need a local folder; "
+        f"prepare it into a local --data-dir, then copy that folder's {name.split('/')[0]}/ to the bucket "
+        f"(gcloud storage cp -r): training and evaluation read prepared datasets from gs:// directly")
+
+
 class KeepEncoded(tfds.decode.SkipDecoding):
   """Leaves images as PNG bytes (cxrjax decodes them with images.py, in the pipeline).
 
@@ -134,12 +144,8 @@ def build(builder: tfds.core.GeneratorBasedBuilder, manual_dir: str | os.PathLik
     FileNotFoundError: not built and no manual folder (the message gives the download instructions).
   """
   name = f"{builder.name}/{builder.builder_config.name}"
-  if "://" in str(builder.data_dir) and not (epath.Path(builder.data_dir) / "dataset_info.json").is_file():
-    # array_record 0.8's writer opens local files only (its reader reads gs:// itself).
-    raise RemoteDataDirError(
-        f"--data-dir {builder.data_dir}: {name} is written as array_record files, which need a local folder; "
-        f"prepare it into a local --data-dir, then copy that folder's {builder.name}/ to the bucket "
-        f"(gcloud storage cp -r): training and evaluation read prepared datasets from gs:// directly")
+  if not (epath.Path(builder.data_dir) / "dataset_info.json").is_file():
+    check_local_data_dir(builder.data_dir, name)
   if not (epath.Path(builder.data_dir) / "dataset_info.json").is_file():
     if manual_dir is None:
       raise FileNotFoundError(f"{name} is not built in {builder.data_dir}: pass --manual-dir")
