@@ -96,7 +96,8 @@ def main() -> None:
                                              phantom.PhantomConfig(image_size=args.image_size))
   reports = [cleaning.clean_report(r["report"], "r2gen") for r in sources["png_files"].records]
   vocabulary = tokenizers.WordVocabulary.build(reports, min_count=1, cleaning_style="r2gen")
-  preprocessing = transforms.Preprocessing(image_size=args.image_size, num_views=2, random_flip=True)
+  preprocessing = transforms.Preprocessing(image_size=args.image_size, num_views=2,
+                                           augment=transforms.Augmentation(random_crop=True, flip=True))
 
   results = {"benchmark": "grain_pipeline", "unit": "examples/s on one core (one study = 2 views)",
              "batch_size": args.batch_size, "timed_batches": args.batches,

@@ -13,7 +13,8 @@ r"""AG-CNN (seed 004, "Diagnose like a Radiologist") on ChestX-ray14, one stage 
 Stages as seed 004: (1) the global branch; (2) the local branch on attention-guided crops, global
 frozen; (3) the fusion branch, both frozen. Binary cross-entropy, Adam with an L2 penalty of 1e-4 on
 convolution kernels, the learning rate divided by 10 every 20 epochs, 15 classes (14 findings +
-No Finding), 224x224, patient-level 70/10/20 split available as split=random.
+No Finding), 224x224 (training: AG-CNN's random 224 crops of a 256 resize, flipped at random; evaluation:
+the whole image resized to 224x224; `data.augment`), patient-level 70/10/20 split available as split=random.
 Arguments: stage=1|2|3, split=official|random, classes=14|15, smoke (tiny sizes on the same data, a few
 steps), phantom (the embedded phantom set's five findings instead of ChestX-ray14: no download needed),
 demo (a small CPU run on the phantom set). The frozen branches of a stage are `optimizer.param_groups`.
@@ -39,7 +40,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.data = dict(name="chestxray14", data_dir="", tfds_config=arg.split,
                      include_no_finding=arg.classes == 15, image_size=224, num_views=1,
-                     random_flip=True,  # No text: a flipped image keeps its labels.
+                     # AG-CNN's 256 resize + random 224 crop (crop_resize 0: image_size * 8 / 7) and flip (no
+                     # text: a flipped image keeps its labels); evaluation squashes to 224 x 224.
+                     augment=dict(random_crop=True, crop_resize=0, flip=True, rotation=0.0),
                      max_length=2, cleaning="r2gen", read_threads=2)
   config.model = dict(name="agcnn", stage=arg.stage, encoder=config_lib.densenet121_encoder(),
                       num_classes=arg.classes, threshold=0.7, crop_size=224, dtype="float32")
@@ -55,9 +58,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval = dict(batch_size=64, best_metric="mean_AUROC", max_val_examples=0)
   if arg.phantom or arg.demo:
     # The phantom set carries five finding labels; the classifier reads its frontal view.
-    config.data.update(name="phantom", num_views=2, random_flip=False, num_train=64, num_val=16,
+    config.data.update(name="phantom", num_views=2, num_train=64, num_val=16,
                        num_test=16, phantom_prevalences=dict(cardiomegaly=0.5, effusion=0.5,
                                                               pneumothorax=0.5, opacity=0.5, nodule=0.5))
+    config.data.augment.flip = False  # Its findings have sides (Effusion/left).
     config.model.num_classes = 5
   if arg.smoke:
     config.model.update(encoder=config_lib.smoke_chexnet_encoder(), crop_size=64)

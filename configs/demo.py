@@ -3,7 +3,7 @@ r"""The main job: the attention captioner trained from scratch on the embedded s
   cxrjax train --config=configs/demo.py --workdir=workdirs/demo
   cxrjax evaluate --workdir=workdirs/demo --split=test
 
-Two-view phantom studies (cxrjax/data/phantom.py) at 64x64, a small DenseNet encoder trained end to end
+Two-view phantom studies (cxrjax/data/phantom/) at 64x64, a small DenseNet encoder trained end to end
 (no pretrained weights exist for the phantoms), Bahdanau attention + GRU, greedy validation, beam-3
 test decoding. Runs on 2 CPU cores in under 10 minutes; results are in README.md.
 Smoke variant (seconds, used by the tests): --config=configs/demo.py:smoke
@@ -14,13 +14,8 @@ The other seed-000/001 models on the same data and training schedule (`model=`, 
       exist for the phantom vocabulary, so the embedding starts random)
   cxrjax train --config=configs/demo.py:model=cam --workdir=workdirs/demo_cam
       the chained-context-aggregation encoder before the attention GRU (4x4 maps at 64 px, pooled to 2x2)
-Measured once each on 2 shared CPU cores (`cxrjax evaluate --split=test --no-meteor`: 500 studies,
-beam 3; blind baseline BLEU-4 0.387, the attention model 0.730 as in README.md):
-  model=lstm  BLEU-4 0.724, ROUGE-L 0.780, CIDEr 4.88; training 6 min 15 s (600 steps, wall), evaluation 19 s
-  model=cam   BLEU-4 0.716, ROUGE-L 0.768, CIDEr 4.72; training 6 min 55 s, evaluation 21 s
-The tiny DenseNet dominates every variant's step (compiled train step, batch 32: attention 525 ms,
-lstm 453 ms, cam 537 ms), so the decoders keep the attention demo's sizes; the longer wall times
-are the shared machine's load (the cam run's second half ran at 1.3-1.6 steps/s instead of 1.9).
+Their measured scores and training times: README.md, "What the main job gives".
+The tiny DenseNet dominates every variant's step, so the decoders keep the attention demo's sizes.
 """
 
 import ml_collections
@@ -56,7 +51,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data = dict(
       name="phantom", image_size=arg.res, num_views=2, max_length=40, cleaning="r2gen", tokenizer="",
       vocabulary_min_count=1,
-      random_flip=False,  # The reports name sides: a flipped image would contradict its report.
+      # R2Gen's random crop of an 8/7 resize (73 -> 64), unflipped: the reports name sides, and a flipped
+      # image would contradict its report.
+      augment=dict(random_crop=True, crop_resize=0, flip=False, rotation=0.0),
       read_threads=1,  # Draws the next batch's phantoms while the step computes.
       num_train=4000, num_val=200, num_test=500, phantom_seed=0,
       # Higher prevalences than the phantom defaults (cardiomegaly 0.22, effusion 0.18, pneumothorax 0.1,

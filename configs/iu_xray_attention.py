@@ -6,8 +6,9 @@ r"""Seeds 000/001 attention model on IU X-ray: frozen CheXNet over two views, Ba
       --config.data.data_dir=$DATA --config.init.encoder=weights/chexnet
   cxrjax evaluate --workdir=workdirs/iu_attention --split=test
 
-Seed setup: two views at 224x224, CheXNet frozen (its 7x7x1024 maps of both views = 98 regions),
-words kept at min count 3, reports up to 60 tokens, beam size 3. Arguments:
+Seed setup: two views at 224x224 (training: R2Gen's random crops of a 256 resize, `data.augment`), CheXNet
+frozen (its 7x7x1024 maps of both views = 98 regions), words kept at min count 3, reports up to 60 tokens,
+beam size 3. Arguments:
   split=r2gen     R2Gen's 2,069/296/590 split (default: the seeded 70/10/20 study split)
   attention=concat  Luong's global "concat" score instead of Bahdanau's
   tpu             the TPU VM variant: bfloat16 compute, batch 256, no host-side limits

@@ -7,10 +7,11 @@ views, then the attention GRU decoder.
       --config.data.data_dir=$DATA --config.init.encoder=weights/chexnet
   cxrjax evaluate --workdir=workdirs/iu_cam --split=test
 
-Seed setup: two views at 224x224, CheXNet frozen; its third-last-layer 7x7x1024 map per view through
-the global flow and one context flow (average pooling by N=2: 7x7 -> 4x4, ceil, real cells only; see
-cxrjax/models/encoders/context_aggregation.py), summed; both views' 98 cells -> Dense 512 -> batch norm -> dropout -> the
-attention decoder of configs/iu_xray_attention.py (zero initial state, beam 3). Arguments:
+Seed setup: two views at 224x224 (training: R2Gen's random crops of a 256 resize, `data.augment`), CheXNet
+frozen; its third-last-layer 7x7x1024 map per view through the global flow and one context flow (average
+pooling by N=2: 7x7 -> 4x4, ceil, real cells only; see cxrjax/models/encoders/context_aggregation.py),
+summed; both views' 98 cells -> Dense 512 -> batch norm -> dropout -> the attention decoder of
+configs/iu_xray_attention.py (zero initial state, beam 3). Arguments:
   split=r2gen     R2Gen's 2,069/296/590 split (default: the seeded 70/10/20 study split)
   attention=concat  Luong's global "concat" score instead of Bahdanau's
   pool=N          the context flow's pooling factor (default 2)

@@ -7,11 +7,11 @@ r"""Seeds 000/001 simple encoder-decoder on IU X-ray: frozen CheXNet pooled feat
       --config.init.word_vectors=glove.6B.300d.txt
   cxrjax evaluate --workdir=workdirs/iu_lstm --split=test
 
-Seed setup: two views at 224x224, CheXNet frozen, its pooled 1024-d features of both views
-concatenated (2048) -> Dense -> the LSTM's initial state (h and c) and a term added to every LSTM
-output; 300-d word embedding initialised from GloVe (seed 000, trainable) or fastText `.vec`
-(seed 001, frozen: `freeze`). Words missing from the vector file start random and are reported at the
-start of training. Arguments:
+Seed setup: two views at 224x224 (training: R2Gen's random crops of a 256 resize, `data.augment`), CheXNet
+frozen, its pooled 1024-d features of both views concatenated (2048) -> Dense -> the LSTM's initial state (h
+and c) and a term added to every LSTM output; 300-d word embedding initialised from GloVe (seed 000,
+trainable) or fastText `.vec` (seed 001, frozen: `freeze`). Words missing from the vector file start random
+and are reported at the start of training. Arguments:
   split=r2gen     R2Gen's 2,069/296/590 split (default: the seeded 70/10/20 study split)
   freeze          freeze the pretrained embedding (seed 001); default trainable (seed 000)
   tpu             the TPU VM variant: bfloat16 compute, batch 256, no host-side limits

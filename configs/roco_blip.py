@@ -20,8 +20,11 @@ config default; the seed does not state one) and the prompt masked (the model re
 cxrjax/models/blip.py). `tpu` adds bfloat16 compute over float32 master weights (the seed used fp16 on GPUs).
 Decoding: BLIP's captioning setup, the prompt "[DEC] a picture of" (`model.prompt_ids`, bert-base-uncased
 ids), beam search of 3 with transformers' rules (`decode.length_normalization="hf"`: its finished-hypothesis
-pool, score = log-probability / length ** length_penalty, length_penalty 1.0), so that a ported
-checkpoint's captions equal `model.generate(pixel_values, input_ids, num_beams=3)`.
+pool, score = log-probability / length ** length_penalty, length_penalty 1.0), so that the captions equal
+`model.generate(pixel_values, input_ids, num_beams=3, max_new_tokens=50)`. The `port-weights` workdir
+itself decodes as `model.generate(pixel_values, input_ids)` does: greedy, 20 new tokens (transformers'
+defaults; BLIP's `generate` reads no generation setting of the directory).
+Training sees the BlipImageProcessor's view too, as the seed did: no crop, flip or rotation (`data.augment`).
 
 The model section is blip-base's config.json (Salesforce/blip-image-captioning-base): ViT-B/16 at 384 with
 layer_norm_eps 1e-5; a 12-layer BERT decoder of width 768 with 12 heads (not BlipTextConfig's default 8),
@@ -32,10 +35,7 @@ The demo trains a tiny BLIP from scratch on the embedded phantom caption set (no
 no prompt):
   cxrjax train --config=configs/roco_blip.py:demo --workdir=workdirs/blip_demo
   cxrjax evaluate --workdir=workdirs/blip_demo --split=test --no-meteor
-Measured once on 2 shared CPU cores (training 6 min 0 s wall, 1,500 steps; beam 3), test split, 300
-images: BLEU-4 0.362, ROUGE-L 0.621, CIDEr 2.48; the best constant caption chosen on training data
-("chest x-ray showing cardiomegaly and a nodule in the right lung .") 0.256 / 0.543 / 1.06; the findings
-oracle 0.725 / 0.857 / 6.40.
+Its measured scores and those of the image-free baselines: README.md, "The other captioners' demos".
 
 Arguments:
   demo     the embedded phantom caption set: a tiny BLIP, a short CPU run
@@ -72,7 +72,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = config_lib.parse_arg(arg, smoke=False, tpu=False, demo=False, model_parallel=1, fsdp=False)
   hf_config = SMOKE_HF_CONFIG if arg.smoke and not arg.demo else BLIP_BASE_HF_CONFIG
   section = hf_blip.with_prompt(hf_blip.model_section(hf_config, "configs/roco_blip.py"), PROMPT_IDS)
-  config = hf_blip.run_config(section)  # Seed 002's recipe; beam 3 with transformers' rules.
+  config = hf_blip.run_config(section)  # Seed 002's recipe.
+  # BLIP's captioning search: beam 3 with transformers' rules (a ported checkpoint's own is `generate`'s greedy).
+  config.decode.update(beam_size=3, length_penalty=1.0, length_normalization="hf")
   config.train.label_smoothing = 0.0
   if arg.tpu:
     config.model.dtype = "bfloat16"

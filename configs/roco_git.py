@@ -17,10 +17,13 @@ Recipe (cxrjax/config.py `roco_chest_experiment`): 224 x 224 as GIT's CLIPImageP
 the shortest side, centre crop, CLIP statistics), AdamW 5e-5, weight decay 1e-8, 10 epochs, batch 8 per
 device, gradients accumulated over 2 batches (`optimizer.accumulate_steps`), cross-entropy over the caption
 tokens (GIT's loss: the text positions after [CLS], padding masked). `tpu` adds bfloat16 compute over
-float32 master weights (the seed used fp16 on GPUs). Decoding as git-base's `generate`: greedy from [CLS]
-(101) to [SEP] (102), at most 50 new tokens; `--beam-size 3` (predict, evaluate) runs transformers' beam
-search (`decode.length_normalization="hf"`, length_penalty 1.0), so that a ported checkpoint's captions
-equal `model.generate(pixel_values, num_beams=3)`.
+float32 master weights (the seed used fp16 on GPUs). Decoding, this recipe's: greedy from [CLS] (101) to
+[SEP] (102), at most 50 new tokens; `--beam-size 3` (predict, evaluate) runs transformers' beam search
+(`decode.length_normalization="hf"`, length_penalty 1.0), so that the captions equal
+`model.generate(pixel_values, num_beams=3, max_new_tokens=50)`. The `port-weights` workdir itself decodes as
+`model.generate(pixel_values)` on its directory: its generation settings, else transformers' defaults
+(greedy, 20 new tokens).
+Training sees the CLIPImageProcessor's view too, as the seed did: no crop, flip or rotation (`data.augment`).
 
 The model section is git-base's config.json (transformers' GitConfig defaults are microsoft/git-base):
 CLIP ViT-B/16 at 224 (197 image tokens, quick GELU, eps 1e-5), a 6-layer BERT of width 768 with 12 heads
@@ -30,11 +33,7 @@ init.from_workdir needs the same architecture (a `port-weights` workdir of that 
 The demo trains a tiny GIT from scratch on the embedded phantom caption set (no download, word vocabulary):
   cxrjax train --config=configs/roco_git.py:demo --workdir=workdirs/git_demo
   cxrjax evaluate --workdir=workdirs/git_demo --split=test --no-meteor
-Measured once on 2 shared CPU cores (training 6 min 57 s wall, 3 min 12 s of CPU, 1,500 steps; the best
-checkpoint by validation BLEU-4 is step 1,000), test split, 300 images: BLEU-4 0.435, ROUGE-1 0.672,
-ROUGE-2 0.537, ROUGE-L 0.672, CIDEr 3.10; the best constant caption chosen on training data ("chest x-ray
-showing cardiomegaly and a nodule in the right lung .") 0.256 / 0.542 / 0.373 / 0.543 / 1.06; the findings
-oracle BLEU-4 0.725, ROUGE-L 0.857.
+Its measured scores and those of the image-free baselines: README.md, "The other captioners' demos".
 
 Arguments:
   demo     the embedded phantom caption set: a tiny GIT, a short CPU run

@@ -9,17 +9,17 @@ The demo, on the embedded phantom caption set (no download; single frontal image
 written from the findings drawn into them):
   cxrjax train --config=configs/rocov2_graph.py:demo --workdir=workdirs/graph_demo
   cxrjax evaluate --workdir=workdirs/graph_demo --split=test
-Measured once on 2 CPU cores (training 2 min 0 s, 1,500 steps; `--no-meteor`), test split, 300 images:
-BLEU-4 0.602, ROUGE-L 0.783, CIDEr 5.00; the best constant caption chosen on training data ("chest x-ray
-showing cardiomegaly and a nodule in the right lung .") 0.256 / 0.543 / 1.07; the findings oracle 0.725.
+Its measured scores and those of the image-free baselines: README.md, "The other captioners' demos".
 
 $ROCOV2 holds the official release (train/valid/test_captions.csv and the image folders) or the Hugging
 Face `eltorio/ROCOv2-radiology` parquet files; $VOCAB is bert-base-uncased's `vocab.txt` (captions are
-WordPiece tokens, [CLS] ... [SEP], at most 80). Seed setup: 224x224 with ImageNet statistics, random
-horizontal flip and rotation of up to 10 degrees, AdamW 1e-4, batch 200, 15 epochs of the 56,963 training
-images, cross-entropy with [PAD] masked; the seed reports a training loss of 2.49
-(perplexity 12.1, both logged in metrics.jsonl) after 15 epochs. Not reproduced here: no ROCOv2 images can
-be used in this environment. Arguments:
+WordPiece tokens, [CLS] ... [SEP], at most 80). Seed setup: resized to 224x224 (no crop, whatever the aspect
+ratio) with ImageNet statistics, trained with random horizontal flips and rotations of up to 10 degrees
+(`data.augment`), AdamW 1e-4, batch 200, 15 epochs of the 56,963 training images, cross-entropy with [PAD]
+masked; the seed reports a training loss of 2.49 (perplexity 12.1, both logged in metrics.jsonl) after 15
+epochs. Decoding, this recipe's choice: beam 3 with no trigram repeated (`config.decode`), at most 80 tokens; the
+seed's generate_caption, which a `cxrjax port-weights --format seed003-torch` workdir reproduces, is greedy
+without blocking. Not reproduced here: no ROCOv2 images can be used in this environment. Arguments:
   demo     the embedded phantom caption set (no download): a small model, a short CPU run
   chest    only the chest X-ray subset of the captions (data.subset="chest_xray")
   tpu      bfloat16 compute, batch 256
@@ -40,6 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       d_model=512, num_heads=8, num_layers=4, ff_dim=1024, dropout_rate=0.1, graph_window=3, graph_steps=3,
       max_positions=2000, cache_length=80, dtype="float32")
   config = config_lib.rocov2_experiment(model)
+  config.decode.update(beam_size=3, block_ngram_repeat=3)  # This recipe's search (the seed's is greedy, unblocked).
   config.data.subset = "chest_xray" if arg.chest else "all"
   if arg.tpu:
     config.model.dtype = "bfloat16"

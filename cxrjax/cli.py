@@ -7,6 +7,7 @@
   cxrjax prepare iu_xray --manual-dir DIR --data-dir DIR        build the TFDS dataset and vocabulary
   cxrjax train --config=configs/demo.py --workdir=DIR [--config.x=y ...]
   cxrjax sweep --config=configs/demo.py --workdir=DIR --seeds=5 [--set=FIELD=V1,V2 ...]   runs x seeds, a table
+  cxrjax compile --config=configs/roco_git.py:tpu --topology=v5e:2x4   HBM, FLOPs, step time on a TPU slice (libtpu)
   cxrjax evaluate --workdir DIR --split val|test                generate reports and score them
   cxrjax predict --workdir DIR FRONTAL [LATERAL] [--attention-maps OUT_DIR]   one study's report
   cxrjax predict --workdir DIR [--greedy | --beam-size K] [--max-new-tokens N] IMAGE...   one caption per image
@@ -30,11 +31,12 @@ import ml_collections
 from etils import epath
 
 from cxrjax import config as config_lib
-from cxrjax import errors, evaluate, inference, sharding, sweep, train, workdir
+from cxrjax import aot, errors, evaluate, inference, sharding, sweep, train, workdir
 from cxrjax.data import datasets, prepare
 from cxrjax.errors import ConfigError
 from cxrjax.metrics import classification as classification_metrics
 from cxrjax.serve import server as serve
+from cxrjax.tasks import classification as classification_task
 from cxrjax.weights import chexnet, hf, seed003, store
 
 SEED003_FORMAT = "seed003-torch"  # The ResNet-50 + graph + transformer captioner's PyTorch state dict.
@@ -79,7 +81,7 @@ def _port_seed003(args: argparse.Namespace, digest: str) -> int:
     raise chexnet.WeightsError(f"{args.input}: its vocabulary has {vocab_size} rows, the tokenizer "
                                f"{args.tokenizer} {len(tokenizer)} tokens")
   model_config.encoder.preprocessing = dict(config_lib.IMAGENET_PREPROCESSING)
-  config = config_lib.rocov2_experiment(model_config.to_dict(), tokenizer=str(args.tokenizer))
+  config = seed003.run_config(model_config, tokenizer=str(args.tokenizer))  # Decodes as the seed.
   workdir.create_from_variables(args.output, config, tokenizer, variables,
                                 {"imported_from": str(args.input), "sha256": digest})
   print(json.dumps({"output": str(args.output), "format": args.format, "vocab_size": vocab_size,
@@ -128,6 +130,9 @@ def _evaluate(args: argparse.Namespace) -> int:
       summary[name] = {n: baseline["scores"].get(n) for n in CAPTION_SCORES}
   else:
     summary.update(stage=output.get("stage"), mean_AUROC=scores["mean_AUROC"])
+    # The classes outside the mean (AG-CNN's "No Finding"), beside it.
+    summary.update({key: scores[key] for key in (f"AUROC/{name}" for name in classification_task.OUTSIDE_MEAN)
+                    if key in scores})
   print(json.dumps(summary))
   return 0
 
@@ -220,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
   sweep_parser = commands.add_parser("sweep", help="a grid of settings x seeds, each trained and evaluated: "
                                      "--config=... --workdir=DIR --seeds=N [--set=FIELD=V1,V2 ...]", add_help=False)
   sweep_parser.set_defaults(run=lambda args: sweep.main([]))
+  compile_parser = commands.add_parser("compile", help="compile a config's train / evaluate / serve programs for a "
+                                       "TPU slice, here (libtpu): HBM per chip, FLOPs, a step-time estimate: "
+                                       "--config=... --topology=v5e:2x4", add_help=False)
+  compile_parser.set_defaults(run=lambda args: aot.main(["--help"]))
 
   evaluate_parser = commands.add_parser("evaluate", help="predict a split and score it")
   evaluate_parser.add_argument("--workdir", required=True)
@@ -271,6 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _train(argv[1:])
   if argv and argv[0] == "sweep":  # absl flags too (--config.x=y), like train.
     return _guarded("sweep", lambda: sweep.main(argv[1:]))
+  if argv and argv[0] == "compile":  # Likewise.
+    return _guarded("compile", lambda: aot.main(argv[1:]))
   args = build_parser().parse_args(argv)
   return _guarded(args.command, lambda: args.run(args))
 

@@ -1,7 +1,10 @@
 """Helpers shared by configs/: big_vision-style `get_config(arg)` argument parsing and common sections.
 
 A run config has these sections (every config in configs/ fills all of them):
-  data       the dataset, its split, image size, views per example, report length, cleaning, tokenizer
+  data       the dataset, its split, image size, views per example, report length, cleaning, tokenizer, and
+             `augment`: what training adds to the evaluation view (random_crop, crop_resize, flip, rotation;
+             cxrjax/data/transforms.py); `caption_protocol`: the rule that normalises references and generated
+             texts alike before the text metrics (cxrjax/metrics/protocols.py; absent: the dataset's default)
   model      the family (`name`, models/__init__.py) and its architecture; `model.encoder` holds the encoder
              architecture and its image `preprocessing` (normalization, resize_filter, resize_rule)
   init       pretrained files the run starts from (weights/pretrained.py): encoder, word_vectors, from_workdir
@@ -165,10 +168,13 @@ def no_init() -> dict:
 
 def phantom_captions_demo_data() -> dict:
   """config.data of the captioners' `demo` variants: the embedded phantom caption set (single frontal images
-  with one-line captions written from the findings drawn into them; no download), 3,000 training images."""
+  with one-line captions written from the findings drawn into them; no download), 3,000 training images,
+  trained unflipped on random crops of an 8/7 shortest-side resize (R2Gen's 256 -> 224), as the demos'
+  numbers were measured."""
   return dict(
       name="phantom_captions", image_size=64, num_views=1, max_length=24, cleaning="r2gen", tokenizer="",
-      vocabulary_min_count=1, random_flip=False,  # Phantom captions name sides.
+      vocabulary_min_count=1, caption_protocol="r2gen",  # Cleaned captions, scored as cleaned.
+      augment=dict(random_crop=True, crop_resize=0, flip=False, rotation=0.0),  # Phantom captions name sides.
       read_threads=1, num_train=3000, num_val=100, num_test=300, phantom_seed=0,
       phantom_prevalences=dict(cardiomegaly=0.4, effusion=0.4, pneumothorax=0.3, opacity=0.3, nodule=0.3))
 
@@ -183,15 +189,20 @@ def sharding_section(model_parallel: int = 1, fsdp: bool = False) -> dict:
 
 def rocov2_experiment(model: dict, tokenizer: str = "") -> ml_collections.ConfigDict:
   """Seed 003's ROCOv2 setup (configs/rocov2_graph.py; also the run config of an imported seed checkpoint):
-  one view at 224 with ImageNet statistics, captions of at most 80 WordPiece tokens ([CLS] ... [SEP]),
-  AdamW 1e-4, batch 200, 15 epochs of the 56,963 training images, beam 3."""
+  one view squashed to 224 x 224 with ImageNet statistics (the seed's Resize((224, 224))), trained with random
+  horizontal flips and rotations of up to 10 degrees and no crop, captions of at most 80 WordPiece tokens
+  ([CLS] ... [SEP]), AdamW 1e-4, batch 200, 15 epochs of the 56,963 training images; decoding as the seed's
+  `generate_caption`: greedy, no n-gram blocking, at most 80 generated tokens (configs/rocov2_graph.py's recipe
+  adds beam 3 and trigram blocking)."""
   steps_per_epoch = 56_963 // 200
   config = ml_collections.ConfigDict()
   config.data = dict(
       name="rocov2", data_dir="", subset="all", image_size=224, num_views=1, max_length=80, cleaning="none",
       tokenizer=tokenizer,  # bert-base-uncased's vocab.txt (WordPiece); "" builds a word vocabulary instead
-      vocabulary_min_count=3, random_flip=True,  # The seed flips: captions seldom name sides.
-      random_rotation=10.0,  # degrees, as the seed's RandomRotation(10)
+      vocabulary_min_count=3,
+      caption_protocol="imageclef",  # ImageCLEFmedical Caption's scoring ("coco": the COCO caption evaluation's)
+      # The seed's: flips (its captions seldom name sides) and RandomRotation(10) on the 224 x 224 squash.
+      augment=dict(random_crop=False, crop_resize=0, flip=True, rotation=10.0),
       read_threads=2)
   config.model = model
   config.init = no_init()  # init.encoder: a Hugging Face ResNetModel folder (microsoft/resnet-50)
@@ -199,7 +210,9 @@ def rocov2_experiment(model: dict, tokenizer: str = "") -> ml_collections.Config
                            grad_clip_norm=1e3)
   config.train = dict(batch_size=200, num_steps=15 * steps_per_epoch, seed=0, profile_steps=(), log_every=50,
                       eval_every=steps_per_epoch, checkpoint_every=steps_per_epoch, cache_features=False)
-  config.decode = dict(beam_size=3, max_length=79, length_penalty=0.0, block_ngram_repeat=3)
+  # generate_caption(max_len=80): 80 argmax steps from [CLS], the one that picks [SEP] included ([CLS] is not
+  # counted), so 80 in decoding.py's count; nothing blocked.
+  config.decode = dict(beam_size=1, max_length=80, length_penalty=0.0, block_ngram_repeat=0)
   config.eval = dict(batch_size=64, best_metric="BLEU-4", max_val_examples=1000)
   return config
 
@@ -209,24 +222,29 @@ ROCO_CHEST_TRAIN_IMAGES = 3_200  # About: cxrjax/data/roco/chest.py's rule on RO
 
 def roco_chest_experiment(model: dict, tokenizer: str = "") -> ml_collections.ConfigDict:
   """Seed 002's fine-tuning recipe on ROCO's chest X-ray subset (configs/roco_git.py, roco_blip.py; also
-  the run config of an imported Hugging Face checkpoint): one view at the encoder's image_size with its
-  preprocessing, captions as written of at most 64 WordPiece tokens, AdamW 5e-5 with weight decay 1e-8,
-  batch 8 with gradients accumulated over 2 batches, 10 epochs; decoding as transformers' `generate`
-  (greedy by default; with decode.beam_size > 1, its beam search: "hf" length normalization, length
-  penalty 1.0), up to 50 new tokens."""
+  the run config of an imported Hugging Face checkpoint, with the checkpoint's own decode section,
+  weights/hf.py `generation_decode`): one view at the encoder's image_size with its
+  preprocessing (the model's image processor), in training too (the seed augments nothing), captions as
+  written of at most 64 WordPiece tokens, AdamW 5e-5 with weight decay 1e-8, batch 8 with gradients
+  accumulated over 2 batches, 10 epochs; decoding as transformers' `generate` (greedy by default; with
+  decode.beam_size > 1, its beam search: "hf" length normalization, length penalty 1.0), up to 50 new
+  tokens."""
   batches_per_epoch = ROCO_CHEST_TRAIN_IMAGES // 8
   config = ml_collections.ConfigDict()
   config.data = dict(
       name="roco", data_dir="", subset="chest_xray", image_size=int(model["encoder"]["image_size"]),
       num_views=1, max_length=64, cleaning="none",
       tokenizer=tokenizer,  # the imported workdir's tokenizer.json (the checkpoint's WordPiece vocabulary)
-      vocabulary_min_count=1, random_flip=False,  # Captions name sides.
-      train_resize_size=int(model["encoder"]["image_size"]),  # The processors' resize, no random crop.
+      vocabulary_min_count=1,
+      caption_protocol="coco",  # The COCO caption evaluation's scoring ("imageclef": ImageCLEFmedical Caption's)
+      # Training sees the processor's view, as in the seed: no crop it does not take, no flip (captions name
+      # sides).
+      augment=dict(random_crop=False, crop_resize=0, flip=False, rotation=0.0),
       read_threads=2)
   config.model = model
   config.init = no_init()  # init.from_workdir: a `cxrjax port-weights --format hf` workdir
-  # transformers' Trainer defaults beside the seed's settings: no warm-up, decay to 0, clipping at 1.
-  config.optimizer = adamw(5e-5, 0, TRAINED_EVERYWHERE, final_lr_fraction=0.0, weight_decay=1e-8,
+  # transformers' Trainer defaults beside the seed's settings: no warm-up, linear decay to 0, clipping at 1.
+  config.optimizer = adamw(5e-5, 0, TRAINED_EVERYWHERE, schedule="linear", final_lr_fraction=0.0, weight_decay=1e-8,
                            grad_clip_norm=1.0, accumulate_steps=2)
   config.train = dict(batch_size=8, num_steps=10 * batches_per_epoch, seed=0, profile_steps=(), log_every=50,
                       eval_every=batches_per_epoch, checkpoint_every=batches_per_epoch, cache_features=False)
@@ -238,8 +256,10 @@ def roco_chest_experiment(model: dict, tokenizer: str = "") -> ml_collections.Co
 
 def iu_xray_experiment(arg: ml_collections.ConfigDict, model: dict, smoke_model: dict,
                        param_groups=FROZEN_ENCODER) -> ml_collections.ConfigDict:
-  """The seed-000/001 IU X-ray setup shared by the three report generators: two views at 224, reports of
-  up to 60 tokens (R2Gen), words seen 3 times, CheXNet frozen, AdamW, beam 3; `arg.tpu` and `arg.smoke`.
+  """The seed-000/001 IU X-ray setup shared by the three report generators: two views at 224 (evaluation:
+  squashed, as the seeds' (224, 224) resize; training: R2Gen's random 224 crop of a 256 shortest-side resize,
+  unflipped), reports of up to 60 tokens (R2Gen), words seen 3 times, CheXNet frozen, AdamW, beam 3;
+  `arg.tpu` and `arg.smoke`.
 
   Args:
     arg: parsed arguments with `split` ("random" or "r2gen"), `tpu` and `smoke`.
@@ -252,7 +272,10 @@ def iu_xray_experiment(arg: ml_collections.ConfigDict, model: dict, smoke_model:
       name="iu_xray", data_dir="", tfds_config=arg.split, image_size=224, num_views=2, max_length=60,
       cleaning="r2gen", vocabulary_min_count=3,
       tokenizer="",  # "": a word vocabulary (prepared by `cxrjax prepare`); or a WordPiece vocab.txt / tokenizer.json
-      random_flip=False)  # The reports name sides: a flipped image would contradict its report.
+      caption_protocol="r2gen",  # R2Gen's cleaned reports, as the published IU X-ray tables score them
+      # R2Gen's Resize(256) + RandomCrop(224) (crop_resize 0: image_size * 8 / 7), without its flip: the
+      # reports name sides, and a flipped image would contradict its report.
+      augment=dict(random_crop=True, crop_resize=0, flip=False, rotation=0.0))
   config.model = model
   config.init = no_init()
   config.optimizer = adamw(1e-3, 500, param_groups)

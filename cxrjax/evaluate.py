@@ -4,10 +4,11 @@
 
 writes DIR/eval/<split>/metrics.json and the task's predictions: report generators predictions.jsonl
 (id, reference, generated) and metrics.json with BLEU-1..4 (as pycocoevalcap), sacreBLEU, METEOR, ROUGE-L,
-CIDEr (each naming its implementation) and the image-free baselines of metrics/baselines.py scored the same
-way (the most common training report, and the best constant report chosen on training data alone;
-on phantoms also the findings oracle, the report written from each study's true findings);
-classifiers predictions.csv (`cxrjax auroc` scores it against the label file) and per-class AUROC.
+CIDEr (each naming its implementation, and the scoring protocol that normalised the references and the texts
+alike: metrics/protocols.py) and the image-free baselines of metrics/baselines.py scored the same way (the
+most common training report, and the best constant report chosen on training data alone; on phantoms also
+the findings oracle, the report written from each study's true findings); classifiers predictions.csv
+(`cxrjax auroc` scores it against the label file) and per-class AUROC.
 """
 
 from typing import Any
@@ -16,29 +17,38 @@ import jax
 
 from cxrjax import files, sharding, workdir as workdir_lib
 from cxrjax.data import datasets, pipeline
+from cxrjax.errors import UserError
 from cxrjax.metrics import baselines
 from cxrjax.metrics import captioning as caption_metrics
-from cxrjax.tasks import evaluation
+from cxrjax.metrics import protocols as caption_protocols
+from cxrjax.tasks import captioning, evaluation
 from cxrjax.text import cleaning as text_cleaning
+
+
+class EvaluationError(UserError):
+  """Evaluation options that do not fit the arguments' limits or the workdir's model."""
 
 
 def text_baselines(config, references: list[str], reference_source: Any, meteor: bool) -> dict[str, Any]:
   """What an answer that ignores the images scores on `references`, and (phantoms) what reading the
-  images perfectly would score: {"most_common_report", "best_constant_report"[, "findings_oracle"]}."""
+  images perfectly would score: {"most_common_report", "best_constant_report"[, "findings_oracle"]}, chosen
+  and scored under the dataset's scoring protocol, as the model is (metrics/protocols.py)."""
   train_source, _ = datasets.make_source(config.data, "train")
   cleaning = config.data.cleaning
+  protocol = caption_protocols.protocol_for(config.data)
   train_reports = datasets.report_texts(train_source, cleaning)
   result = {}
-  most_common, share = baselines.most_common_report(train_reports)
-  best_constant, train_bleu4 = baselines.best_constant_report(train_reports)
+  most_common, share = baselines.most_common_report(train_reports, protocol=protocol)
+  best_constant, train_bleu4 = baselines.best_constant_report(train_reports, protocol=protocol)
   for name, report, extra in (("most_common_report", most_common, {"share_of_training_reports": share}),
                               ("best_constant_report", best_constant, {"training_BLEU-4": train_bleu4})):
     result[name] = {"report": report, **extra,
                     "scores": caption_metrics.caption_metrics(references, [report] * len(references),
-                                                              meteor=meteor)}
+                                                              protocol=protocol, meteor=meteor)}
   if hasattr(reference_source, "oracle_reports"):
     oracle = [text_cleaning.clean_report(r, cleaning) for r in reference_source.oracle_reports()]
-    result["findings_oracle"] = {"scores": caption_metrics.caption_metrics(references, oracle, meteor=meteor)}
+    result["findings_oracle"] = {"scores": caption_metrics.caption_metrics(references, oracle, protocol=protocol,
+                                                                           meteor=meteor)}
   return result
 
 
@@ -47,18 +57,27 @@ def evaluate(workdir: str, split: str, checkpoint: str = workdir_lib.BEST, beam_
              data_dir: str | None = None) -> dict[str, Any]:
   """Scores `split` with the run's task, writes DIR/eval/<split>/ (process 0), returns metrics.json's dict.
   `data_dir` replaces the config's prepared-dataset folder."""
+  for flag, value in (("--beam-size", beam_size), ("--max-examples", max_examples)):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+      raise EvaluationError(f"{flag} {value!r}: must be an integer of at least 1")
   run = workdir_lib.load_run(workdir, checkpoint)
   config = run.config
+  if beam_size is not None and config.get("decode") is None:
+    raise EvaluationError(f"--beam-size {beam_size}: {workdir} holds a classifier ({config.model.name}), which "
+                          "writes no text; --beam-size is for report generators")
   if data_dir is not None:
     config.data.data_dir = str(data_dir)
   if beam_size is not None:
     config.decode.beam_size = beam_size
+  if config.get("decode") is not None:  # Before any data is read: a decode past the model's KV cache.
+    captioning.check_decode_length(config.model, config.decode.max_length, "config.decode.max_length")
   source, info = datasets.make_source(config.data, split)
   if not run.task.uses_tokenizer:  # Classifiers: the batches carry the split's finding labels.
     run.task.label_names = info.label_names
   if max_examples:
     source = pipeline.Subset(source, max_examples)
-  predict = jax.jit(run.task.predict_fn(run.model, run.tokenizer))
+  predict = evaluation.jit_predict(run.task, run.model, run.tokenizer, run.mesh,
+                                  jax.tree.map(lambda a: a.sharding, run.state.variables()))
   records = evaluation.predict_split(run.task, run.state.variables(), source, run.tokenizer, config,
                                      mesh=run.mesh, predict=predict, batch_size=config.eval.batch_size)
   output = {"split": split, "checkpoint": checkpoint, "step": int(run.state.step),

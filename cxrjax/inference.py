@@ -93,7 +93,8 @@ class Predictor:
 
   def decode_config(self, beam_size: int | None = None, max_new_tokens: int | None = None
                     ) -> ml_collections.ConfigDict:
-    """The run's `config.decode` with another beam size and/or most generated tokens (end included)."""
+    """The run's `config.decode` with another beam size and/or most generated tokens (end included); a
+    length past the model's KV cache is refused, naming --max-new-tokens or the run's config field."""
     decode = ml_collections.ConfigDict(self.config.decode.to_dict())
     for name, value, key in (("--beam-size", beam_size, "beam_size"),
                              ("--max-new-tokens", max_new_tokens, "max_length")):
@@ -101,6 +102,8 @@ class Predictor:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
           raise PredictionError(f"{name} must be a positive integer, got {value!r}")
         decode[key] = value
+    captioning.check_decode_length(self.config.model, decode.max_length,
+                                   "--max-new-tokens" if max_new_tokens is not None else "config.decode.max_length")
     return decode
 
   def search(self, images: np.ndarray, greedy: bool = False, beam_size: int | None = None,
@@ -124,11 +127,13 @@ class Predictor:
   def reread(self, images: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """Teacher forcing over generated `tokens` [n] (start token prepended) -> (each token's log-probability
     under the model [n], attention [n, views, h, w] or None where the model has none)."""
-    # Padded to one length (the decoders are causal: padding after the tokens changes none of their
-    # outputs), so that one compiled program serves every caption length.
-    length = max(len(tokens) + 1, int(self.config.decode.max_length) + 1)
+    # The last token is predicted, never read: the inputs are [start, tokens[:-1]], as many positions as
+    # tokens, so a caption of the model's longest decode fits its position table. Padded to one length
+    # (the decoders are causal: padding after the tokens changes none of their outputs), so that one
+    # compiled program serves every caption length.
+    length = max(len(tokens), int(self.config.decode.max_length))
     inputs = np.full((1, length), self.tokenizer.pad_id, np.int32)
-    inputs[0, :len(tokens) + 1] = [self.tokenizer.start_id, *tokens]
+    inputs[0, :len(tokens)] = [self.tokenizer.start_id, *tokens][:len(tokens)]
     if "reread" not in self._jitted:
       self._jitted["reread"] = jax.jit(lambda v, i, t: self.model.apply(v, i, t))
     outputs = self._jitted["reread"](self.variables, images, inputs)

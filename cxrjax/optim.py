@@ -2,7 +2,7 @@
 
   config.optimizer = dict(
       name="adamw",                 # or "adam_l2": Adam with an L2 penalty on convolution kernels (seed 004)
-      learning_rate=1e-3, schedule="cosine", warmup_steps=500, final_lr_fraction=0.01,   # or schedule="step",
+      learning_rate=1e-3, schedule="cosine", warmup_steps=500, final_lr_fraction=0.01,   # or "linear", "step",
       decay_every_steps=...,        # the learning rate divided by 10 every decay_every_steps
       weight_decay=1e-4, grad_clip_norm=1.0, b1=0.9, b2=0.999,
       param_groups=(("image_encoder/.*", None), (".*", 1.0)),
@@ -96,14 +96,23 @@ def parameter_labels(optimizer_config, params: Any) -> Any:
 
 def make_schedule(optimizer_config, num_steps: int) -> optax.Schedule:
   """"cosine": linear warm-up then cosine decay to final_lr_fraction of the peak at num_steps;
+  "linear": linear warm-up then linear decay to final_lr_fraction of the peak at num_steps (with
+  final_lr_fraction 0, transformers' Trainer default, get_linear_schedule_with_warmup: seed 002);
   "step": the learning rate divided by 10 every decay_every_steps (AG-CNN: every 20 epochs)."""
   config = optimizer_config
   kind = config.get("schedule", "cosine")
   if kind == "step":
     return optax.exponential_decay(config.learning_rate, transition_steps=config.decay_every_steps,
                                    decay_rate=0.1, staircase=True)
+  if kind == "linear":
+    warmup = config.warmup_steps
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, config.learning_rate, max(warmup, 1)),
+         optax.linear_schedule(config.learning_rate, config.learning_rate * config.final_lr_fraction,
+                               max(num_steps - warmup, 1))],
+        boundaries=[warmup])
   if kind != "cosine":
-    raise ConfigError(f"optimizer.schedule={kind!r}; expected 'cosine' or 'step'")
+    raise ConfigError(f"optimizer.schedule={kind!r}; expected 'cosine', 'linear' or 'step'")
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=config.learning_rate, warmup_steps=config.warmup_steps,
       decay_steps=max(num_steps, config.warmup_steps + 1),

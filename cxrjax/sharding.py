@@ -23,6 +23,7 @@ Training prints the bytes of parameters each device holds (`parameter_bytes_per_
 """
 
 import collections
+import contextlib
 import math
 import sys
 from collections.abc import Sequence
@@ -135,25 +136,58 @@ def _mesh_sizes(mesh: Any, device_count: int) -> dict[str, int]:
   return sizes
 
 
-def create_mesh(section: Any = None) -> jax.sharding.Mesh:
+# Tests only (mesh_process_order): the process of each device along the flattened mesh, or None for
+# jax.make_mesh's order. A multi-host TPU slice interleaves its processes along 'data' (v5e:4x4:
+# [0,0,1,1,1,1,0,2,3,3,3,3,2,2,2,0], DESIGN.md) where CPU processes come in blocks; the multi-process tests
+# lay their CPU devices out as a slice does, so that code assuming blocks fails on CPU too.
+_process_order: tuple[int, ...] | None = None
+
+
+@contextlib.contextmanager
+def mesh_process_order(order: Sequence[int] | None):
+  """Within: create_mesh places the devices so that the flattened mesh's i-th device belongs to process
+  order[i] (each process's devices in jax.make_mesh's order among themselves). For tests."""
+  global _process_order
+  previous, _process_order = _process_order, None if order is None else tuple(int(p) for p in order)
+  try:
+    yield
+  finally:
+    _process_order = previous
+
+
+def create_mesh(section: Any = None, devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
   """A ('data', 'model') mesh over every device (all hosts), with Auto axes as linen models need; the
-  sizes of the `sharding` config section (check_section), else ('data' all devices, 'model' 1)."""
-  sizes = check_section(section)["mesh"]
-  return jax.make_mesh(tuple(sizes[axis] for axis in MESH_AXES), MESH_AXES,
-                       axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+  sizes of the `sharding` config section (check_section), else ('data' all devices, 'model' 1).
+  `devices`: others than jax.devices(), e.g. a described TPU slice's (aot.py compiles for it)."""
+  sizes = check_section(section, None if devices is None else len(devices))["mesh"]
+  mesh = jax.make_mesh(tuple(sizes[axis] for axis in MESH_AXES), MESH_AXES,
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES), devices=devices)
+  if _process_order is None:
+    return mesh
+  by_process = collections.defaultdict(list)
+  for device in mesh.devices.flat:
+    by_process[device.process_index].append(device)
+  wanted = collections.Counter(_process_order)
+  if wanted != collections.Counter({p: len(d) for p, d in by_process.items()}):
+    raise ValueError(f"mesh process order {list(_process_order)} does not match the processes' device "
+                     f"counts {dict(sorted((p, len(d)) for p, d in by_process.items()))}")
+  ordered = [by_process[process].pop(0) for process in _process_order]
+  return jax.sharding.Mesh(np.array(ordered).reshape(mesh.devices.shape), mesh.axis_names,
+                           axis_types=mesh.axis_types)
 
 
-def mesh_for_loading(section: Any, source: str) -> tuple[jax.sharding.Mesh, Any]:
+def mesh_for_loading(section: Any, source: str, devices: Sequence[jax.Device] | None = None
+                     ) -> tuple[jax.sharding.Mesh, Any]:
   """(mesh, section) to load a saved run with: its `sharding` section's, or, where that mesh does not
   fit the devices here (a TPU run evaluated on a laptop), replicated parameters over every device, with
-  a warning naming `source`."""
+  a warning naming `source`. `devices`: as create_mesh's."""
   try:
-    return create_mesh(section), section
+    return create_mesh(section, devices), section
   except ConfigError as error:
     if section is None:
       raise
     print(f"warning: {source}: {error}; loading with replicated parameters instead", file=sys.stderr)
-    return create_mesh(), None
+    return create_mesh(None, devices), None
 
 
 def parameter_spec(logical: P, shape: Sequence[int], mesh: jax.sharding.Mesh, section: Any = None) -> P:
@@ -258,14 +292,29 @@ def pad_batch(batch: dict[str, np.ndarray], multiple: int) -> dict[str, np.ndarr
 
 
 def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-  """This process's shard of the batch -> global arrays sharded over 'data' (strings stay on the host)."""
+  """This process's rows of a global batch -> global arrays sharded over 'data' (strings stay on the host).
+  The rows must be those `process_rows` names, in its order: on a TPU slice not one block of the batch."""
   return {key: jax.make_array_from_process_local_data(sharding, value)
           for key, value in batch.items() if value.dtype.kind in "biuf"}
 
 
+def process_rows(sharding: NamedSharding, global_rows: int, process_index: int | None = None) -> np.ndarray:
+  """The rows of a global batch of `global_rows` sharded by `sharding` that a process's devices hold
+  (default this process's): int64 [global_rows / processes], increasing, which is the order in which
+  jax.make_array_from_process_local_data (to_global) takes that process's rows. One block per process
+  on CPU processes; scattered on a multi-host TPU slice, whose mesh interleaves the processes."""
+  process = jax.process_index() if process_index is None else process_index
+  rows: set[int] = set()
+  for device, index in sharding.devices_indices_map((global_rows,)).items():
+    if device.process_index == process:
+      rows.update(range(*index[0].indices(global_rows)))
+  return np.array(sorted(rows), np.int64)
+
+
 def gather(tree: Any) -> Any:
-  """Global arrays sharded over 'data' (or per-process numpy arrays of equal shapes) -> numpy arrays of
-  every process's rows on every process, process 0's rows first."""
+  """Global arrays -> numpy arrays of their whole value on every process, rows in the global arrays'
+  order, whichever process's devices hold them (on a TPU slice not process order: `process_rows`).
+  Per-process numpy arrays of equal shapes -> every process's rows, process 0's first."""
   if jax.process_count() == 1:
     return jax.tree.map(np.asarray, tree)
   return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))

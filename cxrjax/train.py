@@ -33,7 +33,7 @@ from tqdm import tqdm
 from cxrjax import models, optim, sharding, summaries, tasks, workdir as workdir_lib
 from cxrjax.data import datasets, pipeline
 from cxrjax.errors import ConfigError, UserError
-from cxrjax.tasks import evaluation, feature_cache
+from cxrjax.tasks import captioning, evaluation, feature_cache
 from cxrjax.weights import pretrained
 
 TENSORBOARD_DIR, PROFILE_DIR = "tensorboard", "profile"  # In the workdir.
@@ -136,6 +136,39 @@ def make_train_step(components: workdir_lib.Components, tx: optax.GradientTransf
   return train_step
 
 
+def jit_train_step(components: workdir_lib.Components, tx: optax.GradientTransformation, dropout_seed: int,
+                   tokenizer: Any, state_sharding: workdir_lib.TrainState, mesh: jax.sharding.Mesh):
+  """make_train_step jitted as training runs it: the state in its layout `state_sharding` (donated: updated
+  in place), the batch over 'data' of `mesh`, the metrics replicated. aot.py compiles this for a TPU slice."""
+  return jax.jit(make_train_step(components, tx, dropout_seed, tokenizer),
+                 in_shardings=(state_sharding, sharding.data_sharded(mesh)),
+                 out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=(0,))
+
+
+def check_batch_size(batch_size: int, section: Any, device_count: int | None = None,
+                     process_count: int | None = None) -> None:
+  """Refuses a global train.batch_size that the 'data' axis of the `sharding` section's mesh (over
+  `device_count` devices, default all) or the processes (default jax.process_count()) do not divide."""
+  process_count = jax.process_count() if process_count is None else process_count
+  data_devices = sharding.check_section(section, device_count)["mesh"][sharding.DATA_AXIS]
+  if batch_size % data_devices or batch_size % process_count:
+    raise ConfigError(f"train.batch_size={batch_size} is not divisible by the {data_devices} devices of the "
+                      f"mesh's 'data' axis and the {process_count} processes")
+
+
+def summarize_steps(step_metrics: list[dict[str, Any]]) -> dict[str, float]:
+  """The logged steps' metrics -> their means; a task's "token_nll" (with "tokens", its count) becomes
+  the mean over every token of the steps, and "perplexity" its exp: the seed's exp(mean loss), not a
+  mean of per-step perplexities (which Jensen's inequality puts above it)."""
+  summary = {key: float(np.mean([m[key] for m in step_metrics])) for key in step_metrics[0]}
+  if "token_nll" in summary:
+    tokens = np.array([m["tokens"] for m in step_metrics], np.float64)
+    nll = np.array([m["token_nll"] for m in step_metrics], np.float64)
+    summary["token_nll"] = float((nll * tokens).sum() / max(tokens.sum(), 1.0))
+    summary["perplexity"] = float(np.exp(summary["token_nll"]))
+  return summary
+
+
 def step_flops(train_step, state: workdir_lib.TrainState, batch: dict[str, jax.Array]) -> float | None:
   """The FLOPs of one step on all devices, from XLA's cost analysis of the compiled step (one device's
   program, times the devices); None where the backend counts none. The jitted step reuses this compile."""
@@ -207,11 +240,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
   """
   workdir = epath.Path(workdir)
   train_cfg = config.train
-  data_devices = sharding.check_section(config.get("sharding"))["mesh"][sharding.DATA_AXIS]
-  if train_cfg.batch_size % data_devices or train_cfg.batch_size % jax.process_count():
-    raise ConfigError(f"train.batch_size={train_cfg.batch_size} is not divisible by the {data_devices} devices "
-                      f"of the mesh's 'data' axis and the {jax.process_count()} processes")
+  check_batch_size(train_cfg.batch_size, config.get("sharding"))
   models.get(config.model.name)  # A clear error for an unknown family, before any data is read.
+  if config.get("decode") is not None:  # Report generators: a decode past the model's KV cache, likewise.
+    captioning.check_decode_length(config.model, config.decode.max_length, "config.decode.max_length")
   workdir_lib.check_compatible(workdir, config)
   profiler = StepProfiler(train_cfg.get("profile_steps", ()), workdir / PROFILE_DIR)
 
@@ -231,7 +263,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
                               None if task.uses_tokenizer else train_info.label_names)
 
   mesh = sharding.create_mesh(config.get("sharding"))
-  replicated, data_sharding = sharding.replicated(mesh), sharding.data_sharded(mesh)
+  data_sharding = sharding.data_sharded(mesh)
   target = workdir_lib.abstract_state(components, mesh, config.get("sharding"))
   state_sharding = jax.tree.map(lambda a: a.sharding, target)
   if sharding.is_lead_process():
@@ -265,7 +297,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
         batch_size=config.eval.batch_size)
     train_source = feature_cache.CachedFeatureSource(train_source, cached)
 
-  iterator = iter(evaluation.split_batches(config, train_source, tokenizer, task, train=True,
+  # Each process reads the rows of every global batch that the mesh puts on its devices (not one block of
+  # them on a TPU slice), so the global batches are one process's.
+  iterator = iter(evaluation.split_batches(config, train_source, tokenizer, task, train=True, mesh=mesh,
                                            batch_size=train_cfg.batch_size // jax.process_count()))
   best_metric = config.eval.get("best_metric", task.best_metric_default)
   best_value = -np.inf
@@ -274,10 +308,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     best_value = meta.get("best_value", -np.inf)
     print(f"resumed from {workdir}/checkpoints/latest at step {int(state.step)}")
 
-  train_step = jax.jit(make_train_step(components, tx, train_cfg.seed, tokenizer),
-                       in_shardings=(state_sharding, data_sharding),
-                       out_shardings=(state_sharding, replicated), donate_argnums=(0,))
-  validate = jax.jit(task.predict_fn(model, tokenizer, greedy=True))
+  train_step = jit_train_step(components, tx, train_cfg.seed, tokenizer, state_sharding, mesh)
+  validate = evaluation.jit_predict(task, model, tokenizer, mesh, state_sharding.variables(), greedy=True)
   first_step = int(state.step)
   log = summaries.MetricsLog(workdir_lib.metrics_path(workdir), workdir / TENSORBOARD_DIR, first_step) \
       if sharding.is_lead_process() else None
@@ -313,7 +345,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
           fetched = jax.device_get(pending)
           check_finite(fetched, step, workdir, latest)
         if is_log:
-          summary = {key: float(np.mean([m[key] for m in fetched])) for key in fetched[0]}
+          summary = summarize_steps(fetched)
           summary.update(step=step, **throughput(len(pending), time.perf_counter() - timer,
                                                  train_cfg.batch_size, flops_per_step))
           _log(log, {"split": "train", **summary})
@@ -331,8 +363,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
           value = -np.inf if np.isnan(value) else value  # E.g. AUROC of a split with one label value.
           if value > best_value or best.latest_step() is None:
             best_value = value
+            _flush(log)
             workdir_lib.save(best, state, iterator.get_state(), {"step": step, best_metric: value})
         if is_save:
+          _flush(log)
           workdir_lib.save(latest, state, iterator.get_state(), {"step": step, "best_value": float(best_value)})
         if stopping:
           progress.update(1)  # Its metrics were fetched above.
@@ -355,3 +389,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
 def _log(log: summaries.MetricsLog | None, record: dict[str, Any]) -> None:
   if log is not None:
     log.write(record)
+
+
+def _flush(log: summaries.MetricsLog | None) -> None:
+  """Before a checkpoint: on an object store the log is uploaded only every few seconds, and a run killed
+  after the checkpoint resumes from it with the log of that moment (trimmed to its step), so lines not
+  uploaded by then would be a gap for good."""
+  if log is not None:
+    log.flush()

@@ -86,20 +86,49 @@ def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(data)
 
 
+# Fields of config.data that say where and how the examples are read, not which examples or how they are
+# made: a resumed run may change them (the dataset copied to a new path on a re-created VM, more read
+# threads). grain's iterator state, the resume point, is the same whatever the number of read threads;
+# worker_count is not here: with worker processes grain keeps another kind of state.
+READER_ONLY_DATA_FIELDS = ("data_dir", "read_threads")
+
+
+def _flat(tree: Any, prefix: str) -> dict[str, Any]:
+  """{"data.image_size": 64, "data.phantom_prevalences.nodule": 0.3, ...} of a nested dict."""
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  flat = {}
+  for key, value in tree.items():
+    flat.update(_flat(value, f"{prefix}.{key}"))
+  return flat
+
+
 def check_compatible(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> None:
-  """Refuses a workdir whose checkpoints belong to another model or data configuration, and a --workdir
-  that is a file."""
+  """Refuses a workdir whose checkpoints belong to another model or data configuration (naming the first
+  field that differs; READER_ONLY_DATA_FIELDS may differ), and a --workdir that is a file."""
   if epath.Path(workdir).exists() and not epath.Path(workdir).is_dir():
     raise WorkdirError(f"{workdir}: exists and is not a directory; --workdir needs a folder")
   if not (epath.Path(workdir) / CONFIG_FILE).exists():
     return
   saved = read_config(workdir).to_dict()
   current = json.loads(config.to_json())
+  missing, reader_only = object(), {f"data.{name}" for name in READER_ONLY_DATA_FIELDS}
   for section in ("model", "data"):
-    if saved.get(section) != current.get(section):
+    before, after = _flat(saved.get(section, {}), section), _flat(current.get(section, {}), section)
+    changed = sorted((key for key in before.keys() | after.keys()
+                      if key not in reader_only and before.get(key, missing) != after.get(key, missing)),
+                     key=lambda key: (key != f"{section}.name", key))  # Another family or dataset first.
+    if changed:
+      show = lambda value: "(absent)" if value is missing else repr(value)
+      key = changed[0]
+      more = ""
+      if len(changed) > 1:
+        listed = ", ".join(f"config.{name}" for name in changed[1:4]) + (", ..." if len(changed) > 4 else "")
+        more = f" (and {len(changed) - 1} more: {listed})"
       raise ConfigError(
-          f"{workdir} holds a checkpoint of another {section} configuration ({CONFIG_FILE}: "
-          f"{section}.name={saved.get(section, {}).get('name')!r}); use a new --workdir")
+          f"config.{key}={show(after.get(key, missing))}: {workdir} holds a checkpoint of another {section} "
+          f"configuration ({CONFIG_FILE} has config.{key}={show(before.get(key, missing))}){more}; use a new "
+          "--workdir")
 
 
 def write_run_files(workdir: str | os.PathLike, config: ml_collections.ConfigDict, tokenizer: Any,
@@ -245,16 +274,71 @@ def _this_process_data_state(saved: Any, directory: epath.Path) -> Any:
                      f"it with {len(states)} processes, not {jax.process_count()}")
 
 
+# What says that a checkpoint itself is damaged (its files cut short, rewritten or half deleted), as
+# orbax 0.12 / tensorstore report it (tests/test_faults.py makes each): a file or item that is not there
+# (FileNotFoundError; KeyError 'Item "state" was not found in the checkpoint'), JSON that does not parse
+# (the data and meta items, the state's _METADATA), and tensorstore's ValueErrors whose absl status says
+# the bytes are missing or wrong: DATA_LOSS (a manifest or array file cut short or zeroed), NOT_FOUND (an
+# array's file gone), OUT_OF_RANGE (a data file shorter than its index says), FAILED_PRECONDITION (a data
+# file changed or gone under its index). Orbax wraps a failed array read in a bare Exception raised `from`
+# tensorstore's error, hence the walk down `__cause__`. Everything else is not evidence of damage and must
+# not get a healthy checkpoint skipped and then deleted (train.py forgets the steps after the one
+# restored): an OSError such as EIO or a connection reset, a timeout, MemoryError, tensorstore's
+# UNAVAILABLE / DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED / PERMISSION_DENIED (an object store or the
+# machine in trouble), or a bug.
+_DAMAGE_ERRORS = (FileNotFoundError, KeyError, json.JSONDecodeError, UnicodeDecodeError)
+_DAMAGE_STATUSES = ("DATA_LOSS", "NOT_FOUND", "OUT_OF_RANGE", "FAILED_PRECONDITION")
+# Statuses of a store or machine that did not answer: the same command may well succeed later.
+_TRANSIENT_STATUSES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "CANCELLED",
+                       "UNAUTHENTICATED", "PERMISSION_DENIED", "INTERNAL", "UNKNOWN")
+_TREE_METADATA = "_METADATA"  # orbax's PYTREE_METADATA_FILE, the state item's tree
+
+
+def _status(error: BaseException) -> str | None:
+  """The absl status code at the start of a tensorstore ValueError's message ("DATA_LOSS: ..."), if any."""
+  code = str(error).split(":", 1)[0]
+  return code if isinstance(error, ValueError) and code.isupper() and code.replace("_", "").isalpha() else None
+
+
+def _root_cause(error: BaseException) -> BaseException:
+  while error.__cause__ is not None:
+    error = error.__cause__
+  return error
+
+
+def is_damage(error: BaseException, directory: epath.Path) -> bool:
+  """Whether `error`, raised restoring the checkpoint in `directory`, shows that the checkpoint is damaged
+  (_DAMAGE_ERRORS, _DAMAGE_STATUSES), rather than that it could not be read this time."""
+  cause = _root_cause(error)
+  if isinstance(cause, _DAMAGE_ERRORS) or _status(cause) in _DAMAGE_STATUSES:
+    return True
+  # Without its tree metadata orbax reads the arrays' names as a plain dict, which jax then refuses as
+  # another tree than the TrainState ("pytree structure error"): a removed file, not a different model
+  # (check_compatible refused that before).
+  return isinstance(cause, ValueError) and _status(cause) is None and not (
+      directory / "state" / _TREE_METADATA).exists()
+
+
 def restore_newest(manager: ocp.CheckpointManager, target: TrainState):
   """`restore` of the newest checkpoint that can be read, or None when there is none. A damaged one (a
-  file cut short, a folder half deleted) is skipped with a warning naming it; if none can be read, a
-  WorkdirError names the newest and why."""
+  file cut short, a folder half deleted: is_damage) is skipped with a warning naming it; if none can be
+  read, a WorkdirError names the newest and why. Any other failure to read one (the store or the machine,
+  not the checkpoint) is raised, with nothing skipped: a WorkdirError saying so for I/O errors, timeouts,
+  lack of memory and tensorstore's transient statuses, the error itself otherwise."""
   steps = sorted(manager.all_steps(), reverse=True)
   first_error = None
   for step in steps:
     try:
       return restore(manager, target, step)
-    except Exception as error:  # Orbax, tensorstore and JSON errors alike: a damaged checkpoint.
+    except Exception as error:  # pylint: disable=broad-except  (sorted below: damage or not)
+      directory = manager.directory / str(step)
+      if not is_damage(error, directory):
+        cause = _root_cause(error)
+        if isinstance(cause, (OSError, TimeoutError, MemoryError)) or _status(cause) in _TRANSIENT_STATUSES:
+          raise WorkdirError(f"{directory}: cannot be read now ({type(cause).__name__}: {_first_line(cause)}); "
+                             "it is not damaged as far as can be told, so nothing was skipped or deleted: run "
+                             "the same command again") from error
+        raise
       first_error = first_error or error
       print(f"warning: {manager.directory / str(step)}: cannot be restored ({type(error).__name__}: "
             f"{_first_line(error)}); " + ("using the one before" if step != steps[-1] else "no other left"),

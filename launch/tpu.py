@@ -13,7 +13,8 @@ prints it without running anything.
   python launch/tpu.py delete  --name=cxr --zone=us-central2-b
 
 `install` clones the repository (REPO: --repo, default this checkout's origin) at this checkout's commit
-on every worker, makes a venv and installs `jax[tpu]` at the version pinned in pyproject.toml, then cxrjax
+on every worker, makes a venv and installs `jax[tpu]` and libtpu at the versions pinned in pyproject.toml (the
+libtpu of its `tpu-compile` extra, which `cxrjax compile` compiles with), then cxrjax
 (its pins include gcsfs and google-cloud-storage, for gs:// workdirs). `train` runs the same
 `cxrjax train --distributed=auto` on every worker in the background (nohup, log in ~/cxrjax_train.log):
 JAX's distributed runtime joins the hosts into one program over all chips (on TPU VMs it finds the
@@ -34,9 +35,19 @@ DEFAULT_VERSION = "tpu-ubuntu2204-base"
 
 def pinned_jax_version(pyproject: pathlib.Path = ROOT / "pyproject.toml") -> str:
   """The `jax==X` pin of pyproject.toml, so that the TPU workers run the JAX the project is tested with."""
-  match = re.search(r'"jax==([0-9][^"]*)"', pyproject.read_text())
+  return _pin("jax", pyproject)
+
+
+def pinned_libtpu_version(pyproject: pathlib.Path = ROOT / "pyproject.toml") -> str:
+  """The `libtpu==X` pin of pyproject.toml (its tpu-compile extra): the workers run the TPU compiler that
+  `cxrjax compile` compiled for (jax[tpu] alone accepts any libtpu of its minor series)."""
+  return _pin("libtpu", pyproject)
+
+
+def _pin(package: str, pyproject: pathlib.Path) -> str:
+  match = re.search(rf'"{package}==([0-9][^"]*)"', pyproject.read_text())
   if not match:
-    raise SystemExit(f"{pyproject}: no jax==VERSION pin found")
+    raise SystemExit(f"{pyproject}: no {package}==VERSION pin found")
   return match.group(1)
 
 
@@ -63,7 +74,8 @@ def install_command(args: argparse.Namespace) -> list[str]:
       f"(test -d cxrjax || git clone -q {shlex.quote(repo)} cxrjax)",
       "cd cxrjax", "git fetch -q origin", f"git checkout -q {shlex.quote(commit)}",
       "(test -d .venv || python3 -m venv .venv)", ". .venv/bin/activate",
-      f"pip install -q 'jax[tpu]=={pinned_jax_version()}'", "pip install -q -e ."])
+      f"pip install -q 'jax[tpu]=={pinned_jax_version()}' 'libtpu=={pinned_libtpu_version()}'",
+      "pip install -q -e ."])
   return _ssh(args, script)
 
 

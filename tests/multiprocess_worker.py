@@ -1,7 +1,8 @@
 """One process of a multi-process CPU run (tests/test_multiprocess.py starts two at a time).
 
-  python tests/multiprocess_worker.py PROCESS_ID PORT WORKDIR preempted    # train; process 1 gets a SIGTERM
-  python tests/multiprocess_worker.py PROCESS_ID PORT WORKDIR evaluate     # `cxrjax evaluate`'s job, test split
+  python tests/multiprocess_worker.py PROCESS_ID PORT WORKDIR preempted         # train; process 1 gets a SIGTERM
+  python tests/multiprocess_worker.py PROCESS_ID PORT WORKDIR evaluate [ORDER]  # `cxrjax evaluate`'s job, test split
+  python tests/multiprocess_worker.py PROCESS_ID PORT - batches ORDER           # the trainer's first global batch
 
 Joins JAX's distributed runtime on localhost as one of 2 processes (what `--distributed=localhost:PORT,2,ID`
 does) with the simulated CPU devices XLA_FLAGS gives it (collectives over gloo), then prints one JSON line.
@@ -9,6 +10,10 @@ does) with the simulated CPU devices XLA_FLAGS gives it (collectives over gloo),
 one-process run, and a preempted TPU VM's SIGTERM reaches one host (here process 1, before its
 first step); JAX's distributed runtime makes every process stop at the same step with a checkpoint, and
 both exit with the preempted status (143).
+ORDER (e.g. 0,0,1,1,1,1,0,0) lays the mesh's devices out by process as a multi-host TPU slice does
+(sharding.mesh_process_order; tests/test_sharding.py reads such orders with libtpu). `batches` builds the
+demo smoke config's first training batch as the trainer does and says whether every device holds the rows
+one process would give it, and whether the whole global batch is one process's.
 """
 
 import json
@@ -19,10 +24,14 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # configs/ beside cxrjax/.
 process_id, port, workdir, job = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+order = [int(p) for p in sys.argv[5].split(",")] if len(sys.argv) > 5 else None
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 
-from cxrjax import evaluate, sharding, train  # noqa: E402
+from cxrjax import evaluate, sharding, tasks, train  # noqa: E402
+from cxrjax.data import datasets  # noqa: E402
+from cxrjax.tasks import evaluation  # noqa: E402
 from configs import demo  # noqa: E402
 
 sharding.initialize_distributed(f"localhost:{port},2,{process_id}")
@@ -34,7 +43,31 @@ if job == "preempted":
   if process_id == 1:
     os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption notifier receives it, not the default action.
   train.train_and_evaluate(config, workdir)  # Raises train.Preempted: exit status 143.
+elif job == "batches":
+  config = demo.get_config("smoke")
+  source, _ = datasets.make_source(config.data, "train")
+  tokenizer, task = datasets.load_or_build_tokenizer(config.data, source), tasks.task_class(config)(config)
+  with sharding.mesh_process_order(order):
+    mesh = sharding.create_mesh(config.get("sharding"))
+  data_sharding, global_rows = sharding.data_sharded(mesh), config.train.batch_size
+  local = next(iter(evaluation.split_batches(config, source, tokenizer, task, train=True, mesh=mesh,
+                                             batch_size=global_rows // jax.process_count())))
+  batch = sharding.to_global(local, data_sharding)
+  # What one process with every device would train on: its whole global batch.
+  single = next(iter(evaluation.split_batches(config, source, tokenizer, task, train=True, batch_size=global_rows,
+                                              shard_index=0, shard_count=1)))
+  own = [bool(np.array_equal(np.asarray(shard.data), single[key][shard.index]))
+         for key, value in batch.items() for shard in value.addressable_shards]
+  whole = sharding.gather(batch)
+  summary.update(mesh_processes=[d.process_index for d in mesh.devices.flat],
+                 rows=sharding.process_rows(data_sharding, global_rows).tolist(),
+                 devices_hold_their_rows=all(own), global_batch_is_one_process_batch=all(
+                     np.array_equal(whole[key], single[key]) for key in whole),
+                 misplaced_rows=sum(not all(np.array_equal(whole[key][row], single[key][row]) for key in whole)
+                                    for row in range(global_rows)))
 else:
-  output = evaluate.evaluate(workdir, "test", meteor=False, baselines_too=False)
-  summary.update(num_studies=output["scores"]["num_studies"], bleu4=output["scores"]["BLEU-4"])
+  with sharding.mesh_process_order(order):
+    output = evaluate.evaluate(workdir, "test", meteor=False, baselines_too=False)
+  summary.update(num_studies=output["scores"].get("num_studies", output["scores"].get("num_examples")),
+                 bleu4=output["scores"].get("BLEU-4"))
 print(json.dumps(summary))

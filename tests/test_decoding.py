@@ -609,13 +609,15 @@ def _trim(row, max_length: int) -> list[int]:
   return row[:row.index(HF_END) + 1] if HF_END in row else row
 
 
-@pytest.mark.parametrize("beam_size,length_penalty,max_length,seed",
-                         [(3, 1.0, 8, 0), (2, 1.0, 10, 1), (3, 2.0, 7, 2), (4, 0.5, 8, 3), (3, 0.0, 6, 4),
-                          (2, -0.5, 8, 5)])
+HF_BEAM_CASES = [(3, 1.0, 8, 0), (2, 1.0, 10, 1), (3, 2.0, 7, 2), (4, 0.5, 8, 3), (3, 0.0, 6, 4), (2, -0.5, 8, 5)]
+HF_BEAM_BATCH = 16
+
+
+@pytest.mark.parametrize("beam_size,length_penalty,max_length,seed", HF_BEAM_CASES)
 def test_hf_beam_search_matches_transformers_generate(tiny_gpt2, beam_size, length_penalty, max_length, seed):
   """The whole pool (num_return_sequences=beams): ids, sequences_scores and each token's log-probability."""
   torch, model = tiny_gpt2
-  batch = 16
+  batch = HF_BEAM_BATCH
   prompts = _prompts(seed, batch)
   out, expected = _hf_generate(torch, model, prompts, max_length, num_beams=beam_size,
                                num_return_sequences=beam_size, length_penalty=length_penalty)
@@ -648,19 +650,20 @@ def test_hf_beam_search_matches_transformers_generate(tiny_gpt2, beam_size, leng
   np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(scores, token_log_probs.sum(-1) / np.power(lengths, length_penalty),
                              rtol=1e-5, atol=1e-5)
-  _HF_COVERAGE.append((lengths, max_length, len(calls)))
 
 
-_HF_COVERAGE = []
-
-
-def test_hf_beam_search_comparisons_cover_every_case():
-  """The comparisons above meant something: pooled hypotheses that ended at the first step, later, and
-  that max_length cut."""
-  if len(_HF_COVERAGE) < 6:
-    pytest.skip("runs after the transformers comparisons")
-  lengths = np.concatenate([l.reshape(-1) for l, _, _ in _HF_COVERAGE])
-  cut = np.concatenate([(l == n).reshape(-1) for l, n, _ in _HF_COVERAGE])
+def test_hf_beam_search_comparisons_cover_every_case(tiny_gpt2):
+  """The comparisons above meant something: transformers' pools for their cases (which those tests
+  require ours to equal) hold hypotheses that ended at the first step, later, and that max_length cut."""
+  torch, model = tiny_gpt2
+  lengths, cut = [], []
+  for beam_size, length_penalty, max_length, seed in HF_BEAM_CASES:
+    _, expected = _hf_generate(torch, model, _prompts(seed, HF_BEAM_BATCH), max_length, num_beams=beam_size,
+                               num_return_sequences=beam_size, length_penalty=length_penalty)
+    pool_lengths = np.array([len(_trim(row, max_length)) for row in expected])
+    lengths.append(pool_lengths)
+    cut.append(np.array([HF_END not in _trim(row, max_length) for row in expected]))
+  lengths, cut = np.concatenate(lengths), np.concatenate(cut)
   assert np.any(lengths == 1) and np.any((lengths > 1) & ~cut) and np.any(cut)
 
 

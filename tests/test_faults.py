@@ -7,10 +7,12 @@ patched function of the child sends it to itself: mid-write of a checkpoint, mid
 from this process at a random time. What the child leaves on disk is then what a crash leaves.
 """
 
+import errno
 import json
 import os
 import pathlib
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +20,9 @@ import textwrap
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from cxrjax import cli, files, train, workdir as workdir_lib
@@ -137,6 +141,139 @@ def test_training_killed_at_several_moments_ends_exactly_as_an_uninterrupted_run
   err = capfd.readouterr().err
   assert f"{newest}: cannot be restored" in err and "using the one before" in err, err
   _assert_same_run(straight, killed)
+
+
+def _fail_once(monkeypatch, step: int, error: BaseException) -> list[int]:
+  """Makes the next restore of checkpoint `step` raise `error` (a read that fails once); returns the
+  list of the steps whose restore failed."""
+  restore, failed = ocp.CheckpointManager.restore, []
+
+  def failing_restore(self, at_step, *args, **kwargs):
+    if at_step == step and not failed:
+      failed.append(at_step)
+      raise error
+    return restore(self, at_step, *args, **kwargs)
+  monkeypatch.setattr(ocp.CheckpointManager, "restore", failing_restore)
+  return failed
+
+
+def test_a_transient_read_error_on_the_newest_checkpoint_stops_training_and_deletes_nothing(
+    straight, tmp_path, capfd, monkeypatch):
+  """An object store that times out once on a healthy newest checkpoint: `train` stops with one line
+  naming it, keeps every checkpoint (before: it was skipped as damaged, then deleted, and training went
+  back a step); the same command run again resumes from it."""
+  copy = tmp_path / "copy"
+  shutil.copytree(straight, copy)
+  newest = max(_steps(copy))
+  failed = _fail_once(monkeypatch, newest, TimeoutError("read of manifest.ocdbt timed out"))
+  capfd.readouterr()
+  assert cli.main(_train_argv(copy)) == 2
+  err = capfd.readouterr().err
+  assert failed == [newest] and "Traceback" not in err
+  line = [line for line in err.splitlines() if line.startswith("cxrjax train: error: ")]
+  assert line and f"checkpoints/latest/{newest}: cannot be read now (TimeoutError: read of manifest.ocdbt " \
+      "timed out)" in line[0] and "nothing was skipped or deleted" in line[0], err
+  assert "using the one before" not in err
+  assert _steps(copy) == _steps(straight) and _steps(copy, "best") == _steps(straight, "best")
+  assert cli.main(_train_argv(copy)) == 0
+  assert f"resumed from {copy}/checkpoints/latest at step {newest}" in capfd.readouterr().out
+  _assert_same_run(straight, copy)
+
+
+def test_a_run_resumes_with_other_reader_settings(straight, tmp_path, capfd):
+  """More read threads on resume change how the examples are read, not which: accepted, and the run ends
+  as the uninterrupted one (a changed image size is refused naming it: tests/test_reliability.py)."""
+  copy = tmp_path / "copy"
+  shutil.copytree(straight, copy)
+  capfd.readouterr()
+  assert cli.main(_train_argv(copy) + ["--config.data.read_threads=3"]) == 0
+  assert f"resumed from {copy}/checkpoints/latest at step {NUM_STEPS}" in capfd.readouterr().out
+  assert json.loads((copy / "config.json").read_text())["data"]["read_threads"] == 3
+  _assert_same_run(straight, copy)
+
+
+def _tiny_state(step: int) -> workdir_lib.TrainState:
+  return workdir_lib.TrainState(step=jnp.asarray(step, jnp.int32), params={"w": jnp.arange(256.0) * step},
+                                batch_stats={}, opt_state={"m": jnp.ones(16) * step})
+
+
+@pytest.fixture
+def tiny_checkpoints(tmp_path):
+  """(manager of checkpoints/latest holding steps 1 and 2 of a tiny state, the restore target)."""
+  manager = workdir_lib.checkpoint_manager(tmp_path, workdir_lib.LATEST)
+  for step in (1, 2):
+    workdir_lib.save(manager, _tiny_state(step), {"next_index": step}, {"step": step})
+  manager.wait_until_finished()
+  manager.close()
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), _tiny_state(0))
+  manager = workdir_lib.checkpoint_manager(tmp_path, workdir_lib.LATEST)
+  yield manager, target
+  manager.close()
+
+
+def _cut_arrays(folder):
+  for path in (folder / "state").rglob("*"):
+    if path.is_file() and path.stat().st_size > 64 and "metadata" not in path.name.lower():
+      path.write_bytes(path.read_bytes()[:16])
+
+
+def _remove_array_data(folder):
+  for path in (folder / "state").rglob("*"):
+    if path.is_file() and path.parent.name == "d":
+      path.unlink()
+
+
+DAMAGE = {
+    "array files cut short": _cut_arrays,
+    "array files removed": _remove_array_data,
+    "tree metadata removed": lambda folder: (folder / "state" / "_METADATA").unlink(),
+    "metadata not JSON": lambda folder: (folder / "meta" / "metadata").write_text('{"step": 2, "be'),
+    "metadata removed": lambda folder: (folder / "meta" / "metadata").unlink(),
+    "state item removed": lambda folder: shutil.rmtree(folder / "state"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_newest_checkpoint_is_skipped(damage, tiny_checkpoints, tmp_path, capsys):
+  manager, target = tiny_checkpoints
+  DAMAGE[damage](tmp_path / "checkpoints" / "latest" / "2")
+  state, data_state, meta = workdir_lib.restore_newest(manager, target)
+  assert int(state.step) == 1 and data_state == {"next_index": 1} and meta == {"step": 1}
+  np.testing.assert_array_equal(state.params["w"], np.arange(256.0))
+  assert "latest/2: cannot be restored" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("error, says", [
+    (OSError(errno.EIO, "Input/output error"), "OSError: [Errno 5] Input/output error"),
+    (ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"), "ConnectionResetError"),
+    (MemoryError(), "MemoryError"),
+    # As orbax reports a failed array read: a bare Exception raised from tensorstore's ValueError.
+    (Exception("Encountered error while reading array index: (slice(0, 256, 1),)"),
+     "ValueError: UNAVAILABLE: HTTP response code: 503"),
+])
+def test_a_read_error_that_is_not_damage_is_raised_and_skips_nothing(error, says, tiny_checkpoints, capsys,
+                                                                     monkeypatch):
+  manager, target = tiny_checkpoints
+  if says.startswith("ValueError"):
+    error.__cause__ = ValueError("UNAVAILABLE: HTTP response code: 503 with body: backend error")
+  failed = _fail_once(monkeypatch, 2, error)
+  with pytest.raises(workdir_lib.WorkdirError, match="nothing was skipped or deleted") as raised:
+    workdir_lib.restore_newest(manager, target)
+  assert failed == [2] and f"latest/2: cannot be read now ({says}" in str(raised.value)
+  assert "cannot be restored" not in capsys.readouterr().err
+  assert sorted(manager.all_steps()) == [1, 2]
+  state, _, meta = workdir_lib.restore_newest(manager, target)  # The store answers again.
+  assert int(state.step) == 2 and meta == {"step": 2}
+
+
+def test_an_unexpected_error_while_restoring_is_raised_as_it_is(tiny_checkpoints, monkeypatch):
+  """Neither damage nor a known read failure (e.g. a bug): raised with its traceback, nothing skipped."""
+  manager, target = tiny_checkpoints
+  _fail_once(monkeypatch, 2, RuntimeError("a bug"))
+  with pytest.raises(RuntimeError, match="a bug"):
+    workdir_lib.restore_newest(manager, target)
+  assert sorted(manager.all_steps()) == [1, 2]
 
 
 def test_training_stopped_by_sigterm_at_a_random_step_resumes_exactly(straight, tmp_path):

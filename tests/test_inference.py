@@ -1,7 +1,10 @@
 """The predictor of cxrjax/inference.py through its commands: `predict` (a study's report and attention
-maps), `classify` (ported CheXNet weights) and `predict-agcnn` (tests/tasks/test_classification.py)."""
+maps), `classify` (ported CheXNet weights) and `predict-agcnn` (tests/tasks/test_classification.py); decode
+lengths past a model's KV cache, refused by every command that decodes."""
 
 import json
+import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +15,7 @@ from PIL import Image
 from cxrjax import cli, inference, train
 from cxrjax.data import phantom
 from cxrjax.models.encoders import densenet
+from cxrjax.serve import server as serve_server
 from cxrjax.weights import chexnet
 from configs import demo
 
@@ -42,7 +46,11 @@ def test_predict_writes_one_map_per_generated_token_and_a_summary(smoke_run, stu
   assert status == 0
   result = json.loads(capsys.readouterr().out)
   assert result["report"], "the smoke model writes some words (deterministic: same seed, same data)"
-  assert result["report"] == inference.Predictor.from_workdir(smoke_run).tokenizer.decode(result["token_ids"])
+  # Independently of the tokenizer class: the words of the run's tokenizer.json for the generated ids, which
+  # stop before the end token and hold no padding.
+  words = json.loads((smoke_run / "tokenizer.json").read_text())["tokens"]
+  assert result["token_ids"] and all(i not in (0, 2, 3) and i < len(words) for i in result["token_ids"])
+  assert result["report"] == " ".join(words[i] for i in result["token_ids"])
   maps = result["attention_maps"]
   assert len(maps) == len(result["token_ids"]) + 1 and maps[-1].endswith("summary.png")
   first = np.asarray(Image.open(maps[0]))
@@ -143,3 +151,53 @@ def test_predict_beam_size_and_max_new_tokens(smoke_run, study_files, capsys):
   np.testing.assert_allclose(result["token_logprobs"], reread, atol=1e-5)
   assert cli.main(["predict", "--workdir", str(smoke_run), "--beam-size", "0", *study_files]) == 2
   assert "beam" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def git_run(tmp_path_factory, shared_data):
+  """A tiny random GIT (configs/roco_git.py's smoke sizes, 24 text positions) ported from a transformers
+  directory, no training: a KV cache of 24 positions, decoding 20 tokens (transformers' default)."""
+  os.environ.setdefault("HF_HUB_OFFLINE", "1")
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  from configs import roco_git  # pylint: disable=g-import-not-at-top
+  folder = tmp_path_factory.mktemp("git")
+  settings = {key: value for key, value in roco_git.SMOKE_HF_CONFIG.items() if key != "model_type"}
+  torch.manual_seed(0)
+  model = transformers.GitForCausalLM(transformers.GitConfig(**dict(settings, max_position_embeddings=24)))
+  model.save_pretrained(folder / "hf")
+  (folder / "hf" / "vocab.txt").write_bytes((shared_data / "text" / "bert-base-uncased-vocab.txt").read_bytes())
+  assert cli.main(["port-weights", "--format", "hf", str(folder / "hf"), str(folder / "run")]) == 0
+  return folder / "run"
+
+
+def test_a_decode_past_the_kv_cache_is_refused_by_every_command(git_run, study_files, tmp_path, capsys,
+                                                                monkeypatch):
+  """A decode length above the model's KV cache is one line naming the flag or config field and the limit,
+  from `predict`, `evaluate`, `serve` and `train`, before any data is read or any search runs (past the cache
+  the writes were clamped and the tokens silently wrong); the limit itself decodes."""
+  limit = "the git model decodes at most 24 tokens (its KV cache's positions, model.cache_length=24)"
+
+  def refused(command: list[str], field: str) -> None:
+    assert cli.main(command) == 2
+    error = capsys.readouterr().err
+    assert f"cxrjax {command[0]}: error: {field}=25: {limit}" in error.splitlines() and "Traceback" not in error
+
+  refused(["predict", "--workdir", str(git_run), "--max-new-tokens", "25", study_files[0]], "--max-new-tokens")
+  assert cli.main(["predict", "--workdir", str(git_run), "--greedy", "--max-new-tokens", "24", study_files[0]]) == 0
+  assert len(json.loads(capsys.readouterr().out)["token_ids"]) <= 24
+  # A run whose own config asks for more (edited by hand, or written before lengths were checked).
+  long_run = tmp_path / "long_run"
+  shutil.copytree(git_run, long_run)
+  config = json.loads((long_run / "config.json").read_text())
+  config["decode"]["max_length"] = 25
+  (long_run / "config.json").write_text(json.dumps(config))
+  refused(["predict", "--workdir", str(long_run), study_files[0]], "config.decode.max_length")
+  refused(["evaluate", "--workdir", str(long_run), "--split", "test"], "config.decode.max_length")
+  # A server that started would serve until stopped: fail instead.
+  monkeypatch.setattr(serve_server, "build_server", lambda *args, **kwargs: pytest.fail("serve started"))
+  refused(["serve", "--workdir", str(long_run), "--port", "0"], "config.decode.max_length")
+  # train: the smoke GIT's cache holds 24 too.
+  refused(["train", "--config=configs/roco_git.py:smoke", "--config.decode.max_length=25",
+           f"--workdir={tmp_path / 'train'}"], "config.decode.max_length")
+  assert not (tmp_path / "train").exists()

@@ -18,7 +18,7 @@ LAYERS = {
     "tasks": 5,
     "workdir": 6,
     "train": 7, "evaluate": 7, "inference": 7,
-    "serve": 7, "sweep": 7,
+    "serve": 7, "sweep": 7, "aot": 7,
     "cli": 8,
 }
 # Optional heavy dependencies that may be imported inside a function (each with its reason in the code).

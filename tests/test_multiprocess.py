@@ -2,7 +2,8 @@
 over gloo), compared with one process on 8 devices: the same global batches give the same parameters; a
 SIGTERM to one process (a preempted host) stops both at one step with a checkpoint, and the `cxrjax train
 --distributed` command resumes it with every process's own data position; evaluation scores every study
-once, written by process 0."""
+once, written by process 0. The same on a mesh that interleaves the processes as a multi-host TPU slice's
+does: each prediction beside its own study, and each process reading the training rows its devices hold."""
 
 import json
 import os
@@ -17,7 +18,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from cxrjax import evaluate, train, workdir as workdir_lib
-from configs import demo
+from configs import chestxray14_agcnn, demo
+from tests.test_sharding import SLICE_PROCESS_ORDER
 
 WORKER = pathlib.Path(__file__).with_name("multiprocess_worker.py")
 CXRJAX = pathlib.Path(sys.executable).with_name("cxrjax")  # The console script of this environment.
@@ -124,3 +126,49 @@ def test_two_processes_score_every_study_once_and_write_what_one_process_writes(
   assert (workdir / "eval/test/predictions.jsonl").read_text() == single
   assert len(single.splitlines()) == 7
   assert sorted(p.name for p in (workdir / "eval/test").iterdir()) == ["metrics.json", "predictions.jsonl"]
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+  """A smoke AG-CNN with all three branches (the attention-guided crop too), trained in one process."""
+  workdir = tmp_path_factory.mktemp("agcnn")
+  config = chestxray14_agcnn.get_config("smoke,phantom,stage=3")
+  config.data.num_test = 7
+  # One row per device whether 1 process or 2 evaluate (8 devices either way): the same per-device program,
+  # so the probabilities agree to the CSV's last digit.
+  config.eval.batch_size = 4
+  train.train_and_evaluate(config, workdir)
+  return workdir
+
+
+def _worker(job: str, workdir, order=SLICE_PROCESS_ORDER) -> list[dict]:
+  layout = ",".join(str(process) for process in order)
+  return [json.loads(line) for line in _two_processes(
+      lambda index, port: [sys.executable, str(WORKER), str(index), port, str(workdir), job, layout])]
+
+
+@pytest.mark.parametrize("run, predictions", [("one_process", "predictions.jsonl"), ("classifier", "predictions.csv")])
+def test_a_mesh_that_interleaves_the_processes_writes_what_one_process_writes(run, predictions, request):
+  # The two processes' devices alternate along 'data' as on a v5p:2x2x2 slice: each process's predictions
+  # come back scattered through the gathered global arrays, not as one block after the other's.
+  workdir = request.getfixturevalue(run)
+  out = workdir / "eval/test"
+  evaluate.evaluate(str(workdir), "test", meteor=False, baselines_too=False)
+  single = (out / predictions).read_text().splitlines()
+  for name in (predictions, "metrics.json"):
+    (out / name).unlink()
+  summaries = _worker("evaluate", workdir)
+  assert all(s["devices"] == 8 and s["num_studies"] == 7 for s in summaries)
+  two = (out / predictions).read_text().splitlines()
+  mismatched = sum(a != b for a, b in zip(two, single))
+  assert two == single, f"{mismatched} of {len(single)} lines differ:\n" + "\n".join(two)
+
+
+def test_each_process_reads_the_training_rows_its_devices_hold_on_an_interleaved_mesh(tmp_path):
+  summaries = _worker("batches", tmp_path)
+  for process, summary in enumerate(summaries):
+    assert summary["mesh_processes"] == list(SLICE_PROCESS_ORDER)
+    # One row per device (the smoke config's batch of 8 over 8 devices): the rows where its devices are.
+    assert summary["rows"] == [row for row, owner in enumerate(SLICE_PROCESS_ORDER) if owner == process]
+    assert summary["devices_hold_their_rows"] and summary["global_batch_is_one_process_batch"], summary
+    assert summary["misplaced_rows"] == 0

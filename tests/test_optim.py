@@ -122,3 +122,29 @@ def test_bfloat16_model_trains_with_float32_parameters_and_loss():
   deltas32 = np.concatenate([np.ravel(a - b) for a, b in zip(jax.tree.leaves(params32), jax.tree.leaves(params))])
   deltas16 = np.concatenate([np.ravel(a - b) for a, b in zip(jax.tree.leaves(params16), jax.tree.leaves(params))])
   assert np.corrcoef(deltas32, deltas16)[0, 1] > 0.9
+
+
+@pytest.mark.parametrize("warmup_steps", [0, 3])
+def test_linear_schedule_equals_transformers_get_linear_schedule_with_warmup(warmup_steps):
+  """schedule="linear" with final_lr_fraction 0 (roco_git/roco_blip, as seed 002's Trainer) gives the
+  learning rate of transformers' scheduler at every step, warm-up included."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  num_steps, peak = 20, 5e-5
+  optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=peak)
+  scheduler = transformers.get_linear_schedule_with_warmup(optimizer, warmup_steps, num_steps)
+  expected = []
+  for _ in range(num_steps + 1):
+    expected.append(optimizer.param_groups[0]["lr"])
+    optimizer.step()
+    scheduler.step()
+  schedule = optim.make_schedule(_optimizer_config(learning_rate=peak, schedule="linear",
+                                                   warmup_steps=warmup_steps, final_lr_fraction=0.0), num_steps)
+  np.testing.assert_allclose([float(schedule(step)) for step in range(num_steps + 1)], expected,
+                             rtol=1e-6, atol=1e-12)
+
+
+def test_roco_configs_decay_linearly_as_seed_002s_trainer():
+  from configs import roco_blip, roco_git  # pylint: disable=g-import-not-at-top
+  for module in (roco_git, roco_blip):
+    assert module.get_config().optimizer.schedule == "linear"

@@ -31,7 +31,7 @@ from PIL import Image
 from cxrjax import cli, workdir as workdir_lib
 from cxrjax.data import datasets
 from cxrjax.weights import store
-from configs import demo
+from configs import chestxray14_agcnn, demo
 from tests.data.test_prepare import make_openi_layout
 from tests.weights import torch_densenet
 from tests.weights.torch_seed003 import TINY_DECODER, TINY_RESNET, ResNetGraphCaptioner
@@ -118,6 +118,16 @@ class Context:
     copy = self.root / name
     shutil.copytree(self.workdir(), copy)
     return copy
+
+  def agcnn_workdir(self) -> pathlib.Path:
+    """An untrained smoke AG-CNN (phantom findings) as a workdir: a classifier, no text."""
+    def make():
+      config = chestxray14_agcnn.get_config("smoke,phantom")
+      state = workdir_lib.init_state(workdir_lib.build(config, None), jax.random.key(0))
+      out = self.root / "agcnn_workdir"
+      workdir_lib.create_from_variables(out, config, None, state.variables(), {"made_by": "test"})
+      return out
+    return self.once("agcnn_workdir", make)
 
 
 def _classify(ctx, image) -> list[str]:
@@ -461,6 +471,18 @@ CASES = [
     Case("workdir-of-another-model", lambda c: ["train", "--config=configs/demo.py:smoke,model=lstm",
                                                 f"--workdir={c.workdir_copy('wd_other')}"], 2,
          ("another model configuration",)),
+    Case("workdir-of-another-data-configuration", lambda c: _train(
+        c, "--config.data.image_size=48", workdir=c.workdir_copy("wd_res")), 2,
+         ("config.data.image_size=48", "another data configuration", "config.json has config.data.image_size=32")),
+    Case("config-unknown-model-name", lambda c: _train(c, "--config.model.name=transformer"), 2,
+         ("config.model.name='transformer'", "unknown model family", "attention_captioner")),
+    Case("evaluate-beam-size-zero", lambda c: _evaluate(c.workdir()) + ["--beam-size", "0"], 2,
+         ("--beam-size 0", "at least 1")),
+    Case("evaluate-max-examples-negative", lambda c: _evaluate(c.workdir())[:-2] + ["--max-examples", "-1"], 2,
+         ("--max-examples -1", "at least 1")),
+    Case("evaluate-beam-size-on-a-classifier", lambda c: [
+        "evaluate", "--workdir", str(c.agcnn_workdir()), "--split", "val", "--beam-size", "2"], 2,
+         ("--beam-size 2", "holds a classifier (agcnn), which writes no text")),
     Case("workdir-not-a-workdir", lambda c: _evaluate(c.path("plain/x").parent), 2,
          ("config.json: not found", "cxrjax train")),
     Case("workdir-no-checkpoint", lambda c: _evaluate(_damaged_workdir(

@@ -12,7 +12,12 @@ folder ./gs:/bucket/x, which each test checks does not exist (the tests run in a
 import json
 import logging
 import os
+import pathlib
+import signal
 import socket
+import subprocess
+import sys
+import textwrap
 
 import fsspec
 import jax
@@ -173,6 +178,49 @@ def test_a_gs_workdir_trains_resumes_evaluates_and_predicts_as_a_local_one(bucke
     assert all(path.startswith("gs://") and epath.Path(path).exists() for path in result["attention_maps"])
 
 
+
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+KILL_OVERRIDES = {"train.num_steps": 8, "train.checkpoint_every": 1, "train.eval_every": 3, "train.log_every": 1}
+
+# The child trains on the bucket with the log's uploads spaced an hour apart (a kill always falls between
+# two of them), and kills itself once checkpoints/latest/5 is complete.
+KILL_AFTER_CHECKPOINT_5 = """
+import os, signal, sys
+import fsspec
+fsspec.config.conf["gcs"] = {"token": "anon"}
+from cxrjax import cli, summaries, workdir
+init = summaries.MetricsLog.__init__
+summaries.MetricsLog.__init__ = lambda self, *args, **kwargs: init(self, *args, **dict(kwargs, upload_every_s=3600))
+save = workdir.save
+def killing_save(manager, state, *args, **kwargs):
+  save(manager, state, *args, **kwargs)
+  if manager.directory.name == "latest" and int(state.step) == 5:
+    manager.wait_until_finished()
+    os.kill(os.getpid(), signal.SIGKILL)
+workdir.save = killing_save
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_gs_run_killed_after_a_checkpoint_resumes_with_no_gap_in_metrics(bucket, in_empty_folder, capsys):
+  """metrics.jsonl on an object store is uploaded every few seconds; it is also uploaded before each
+  checkpoint, so that a run killed after checkpoint 5 and resumed from it has every record of steps 1..8
+  once (before: the records since the last upload were lost for good, a gap before the resumed lines)."""
+  remote = f"{bucket}/killed"
+  argv = ["train", f"--config={REPO}/configs/demo.py:smoke", f"--workdir={remote}",
+          *(f"--config.{k}={v}" for k, v in KILL_OVERRIDES.items())]
+  child = subprocess.run([sys.executable, "-c", textwrap.dedent(KILL_AFTER_CHECKPOINT_5), *argv], cwd=REPO,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True, timeout=600)
+  assert child.returncode == -signal.SIGKILL, child.stderr
+  killed = [(r["split"], r["step"]) for r in _records(f"{remote}/metrics.jsonl")]
+  assert ("train", 5) in killed and ("val", 3) in killed  # Uploaded before checkpoint 5, not on exit.
+  assert cli.main(argv) == 0
+  assert f"resumed from {remote}/checkpoints/latest at step 5" in capsys.readouterr().out
+  records = [(r["split"], r["step"]) for r in _records(f"{remote}/metrics.jsonl")]
+  assert [step for split, step in records if split == "train"] == list(range(1, 9))
+  assert [step for split, step in records if split == "val"] == [3, 6, 8]
 
 
 @pytest.mark.parametrize("dataset", ["iu_xray", "chestxray14", "rocov2", "roco"])

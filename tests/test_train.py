@@ -291,3 +291,14 @@ def test_a_partly_frozen_encoder_is_refused_before_compute(tmp_path, smoke_confi
   with pytest.raises(ConfigError, match="freeze part of 'image_encoder'"):
     train.train_and_evaluate(config, tmp_path)
   assert not (tmp_path / "checkpoints").exists()
+
+
+def test_logged_perplexity_is_exp_of_the_mean_token_loss_over_the_logged_steps():
+  """Two steps of 10 and 30 tokens with mean token losses 1 and 3: the log's token loss is their
+  token-weighted mean (2.5) and its perplexity exp(2.5), not the mean of exp(1) and exp(3)."""
+  steps = [{"loss": 1.0, "tokens": 10.0, "token_nll": 1.0}, {"loss": 3.0, "tokens": 30.0, "token_nll": 3.0}]
+  summary = train.summarize_steps(steps)
+  assert summary["loss"] == 2.0  # Other metrics: the mean over steps.
+  np.testing.assert_allclose(summary["token_nll"], 2.5)
+  np.testing.assert_allclose(summary["perplexity"], np.exp(2.5))
+  assert "perplexity" not in train.summarize_steps([{"loss": 1.0}])  # Classifiers log no tokens.

@@ -10,9 +10,9 @@
     -> eval: [shard_index::shard_count]        each process reads its own records
     -> decode the views (images.py)            a path, PNG/JPEG bytes, or a uint8 array
                                                [H, W], [H, W, 1] or [H, W, 3]
-    -> transforms.Preprocessing                train: shorter side, random crop, optional flip;
-                                               eval: the encoder's resize rule; then the
-                                               encoder's normalisation (from config)
+    -> transforms.Preprocessing                eval: the encoder's resize rule; train: that view
+                                               with config.data.augment on top (random crop,
+                                               rotation, flip); then the encoder's normalisation
     -> clean (text.cleaning.clean_report), tokenise and pad the report (tokenizer.encode)
     -> batch: train drops the last partial batch (the data repeats, nothing is lost);
               eval pads the last batch and marks the real records in "mask"
@@ -39,7 +39,7 @@ Batch: the one place its schema is written down. A dict of numpy arrays:
 "tokens" and "report" are there only with a tokenizer (captioning).
 
 Determinism. The order comes from grain's index shuffle (seed, epoch) and each record's
-random crop and flip from a generator grain derives from the seed and the element's index in
+augmentation from a generator grain derives from the seed and the element's index in
 the run's global stream, never from global state: the global batches depend only on the seed
 and the source, whatever the number of processes, worker processes or read threads. `iter(dataset)` returns a grain
 DatasetIterator whose `get_state()` is a JSON-serialisable dict; `set_state(state)` on a
@@ -86,12 +86,13 @@ def make_batches(
     batch_size: int | None = None,
     shard_index: int | None = None,
     shard_count: int | None = None,
+    rows: Sequence[int] | None = None,
     label_names: Sequence[str] | None = None,
 ) -> grain.IterDataset:
   """The batches of one split (or of `source`) for training, evaluation, feature caching or prediction.
 
   Everything else comes from the run config: config.data (max_length, cleaning, read_threads,
-  worker_count, num_views, image_size, random_flip), config.model.encoder.preprocessing
+  worker_count, num_views, image_size, augment), config.model.encoder.preprocessing
   (transforms.from_config), config.train.seed, and the batch size config.train.batch_size (train)
   or config.eval.batch_size (otherwise).
 
@@ -104,6 +105,7 @@ def make_batches(
     source: records to use instead of the split's (len and getitem; a list will do).
     batch_size: overrides the config's.
     shard_index, shard_count: this process's shard (default jax.process_index() / process_count()).
+    rows: train: which rows of each global batch this process reads (make_dataset).
     label_names: finding names for "labels" (datasets.label_names(config.data)); None: no labels.
   """
   data = config["data"]
@@ -113,14 +115,31 @@ def make_batches(
     source, _ = datasets.make_source(data, split)
   if batch_size is None:
     batch_size = int(config["train" if train else "eval"]["batch_size"])
-  max_length = int(datasets.field(data, "max_length", 2)) if tokenizer is not None else 2
   return make_dataset(
-      source, tokenizer, transforms.from_config(config), batch_size=batch_size, max_length=max_length,
+      source, tokenizer, transforms.from_config(config), batch_size=batch_size,
+      max_length=_max_length(data, tokenizer),
       train=train, seed=int(config["train"].get("seed", 0)) if "train" in config else 0,
-      shard_index=shard_index, shard_count=shard_count,
+      shard_index=shard_index, shard_count=shard_count, rows=rows,
       cleaning=datasets.cleaning_style(data) if tokenizer is not None else None,
       label_names=label_names, worker_count=int(datasets.field(data, "worker_count", 0)),
       read_threads=int(datasets.field(data, "read_threads", 0)))
+
+
+def _max_length(data: Any, tokenizer: tokenizers.Tokenizer | None) -> int:
+  return int(datasets.field(data, "max_length", 2)) if tokenizer is not None else 2
+
+
+def batch_spec(config: Any, batch_size: int, tokenizer: tokenizers.Tokenizer | None = None,
+               label_names: Sequence[str] | None = None) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes and dtypes of the numeric arrays of make_batches' batches of `batch_size` rows (those that
+  sharding.to_global puts on the devices), read from the schema's padding example, so without a record:
+  what aot.py compiles the jitted steps for."""
+  prepare = PrepareStudy(tokenizer=tokenizer, preprocessing=transforms.from_config(config),
+                         max_length=_max_length(config["data"], tokenizer), cleaning=None, train=False,
+                         label_names=tuple(label_names) if label_names is not None else None)
+  example = {key: np.asarray(value) for key, value in prepare.padding().items()}
+  return {key: jax.ShapeDtypeStruct((batch_size, *value.shape), value.dtype)
+          for key, value in example.items() if value.dtype.kind in "biuf"}
 
 
 def make_dataset(
@@ -134,6 +153,7 @@ def make_dataset(
     seed: int = 0,
     shard_index: int | None = None,
     shard_count: int | None = None,
+    rows: Sequence[int] | None = None,
     cleaning: str | None = None,
     label_names: Sequence[str] | None = None,
     worker_count: int = 0,
@@ -155,6 +175,9 @@ def make_dataset(
       of each global batch of batch_size * shard_count. Eval: shard i reads records i,
       i + shard_count, ..., padded to the same number of batches in every shard, so every
       process runs the same number of steps.
+    rows: train: the batch_size rows of each global batch this process reads instead of its block,
+      increasing: those the mesh puts on its devices (sharding.process_rows), which a multi-host TPU
+      slice scatters; ignored in evaluation.
     cleaning: report cleaning style; default the tokenizer's (they must agree).
     label_names: finding names for "labels"; None: no "labels".
     worker_count: grain worker processes (0: in this process; tests use 0).
@@ -185,7 +208,7 @@ def make_dataset(
     order_seed = int(np.random.SeedSequence([seed, 0]).generate_state(1)[0])
     dataset = dataset.shuffle(seed=order_seed).repeat()
     dataset = dataset.random_map(prepare, seed=order_seed)
-    dataset = _RowsOfGlobalBatches(dataset, batch_size, shard_index, shard_count)
+    dataset = _RowsOfGlobalBatches(dataset, batch_size, shard_index, shard_count, rows)
     dataset = dataset.batch(batch_size, drop_remainder=True, batch_fn=collate)
   else:
     dataset = dataset[shard_index::shard_count].map(prepare)
@@ -329,14 +352,23 @@ def finding_labels(mesh: Sequence[str], label_names: Sequence[str]) -> np.ndarra
 
 
 class _RowsOfGlobalBatches(grain.MapDataset):
-  """This process's rows of the parent's global batches: element i is the parent's element
-  (i // rows) * rows * shard_count + shard_index * rows + i % rows, i.e. rows shard_index * rows ..
-  (shard_index + 1) * rows - 1 of every global batch of rows * shard_count elements, the rows that
-  jax.make_array_from_process_local_data puts on this process's devices."""
+  """This process's rows of the parent's global batches of rows * shard_count elements: element i is the
+  parent's element (i // rows) * rows * shard_count + positions[i % rows], where `positions` are the rows
+  that jax.make_array_from_process_local_data puts on this process's devices (sharding.process_rows); by
+  default shard_index * rows .. (shard_index + 1) * rows - 1, as on CPU processes."""
 
-  def __init__(self, parent: grain.MapDataset, rows: int, shard_index: int, shard_count: int):
+  def __init__(self, parent: grain.MapDataset, rows: int, shard_index: int, shard_count: int,
+               positions: Sequence[int] | None = None):
     super().__init__(parent)
+    if positions is None:
+      positions = range(shard_index * rows, (shard_index + 1) * rows)
+    positions = tuple(int(p) for p in positions)
+    if len(positions) != rows or list(positions) != sorted(set(positions)) or not (
+        0 <= positions[0] and positions[-1] < rows * shard_count):
+      raise ValueError(f"rows {list(positions)}: expected {rows} increasing rows of a global batch of "
+                       f"{rows * shard_count}")
     self._rows, self._shard_index, self._shard_count = rows, shard_index, shard_count
+    self._positions = positions
 
   def __len__(self) -> int:
     return len(self._parent) // self._shard_count
@@ -345,10 +377,11 @@ class _RowsOfGlobalBatches(grain.MapDataset):
     if isinstance(index, slice):
       return self.slice(index)
     step, row = divmod(index, self._rows)
-    return self._parent[(step * self._shard_count + self._shard_index) * self._rows + row]
+    return self._parent[step * self._rows * self._shard_count + self._positions[row]]
 
   def __str__(self) -> str:
-    return f"_RowsOfGlobalBatches(rows={self._rows}, shard={self._shard_index}/{self._shard_count})"
+    return (f"_RowsOfGlobalBatches(rows={self._rows}, shard={self._shard_index}/{self._shard_count}, "
+            f"positions={list(self._positions)})")
 
 
 class _PadToLength(grain.MapDataset):

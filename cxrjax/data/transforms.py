@@ -1,23 +1,39 @@
-"""Image preprocessing from config: resizing, training augmentation and normalisation, in one place.
+"""Image preprocessing from config: the evaluation view, training augmentation, normalisation, in one place.
 
 `Preprocessing` says how a decoded view (uint8 [H, W, 3], images.py) becomes model input
 (float32 [image_size, image_size, 3]); the pipeline, evaluation and prediction all use it, built by
 `from_config(config)` from:
-  config.data.image_size, config.data.num_views (default: the dataset's), config.data.random_flip,
+  config.data.image_size, config.data.num_views (default: the dataset's),
   config.model.encoder.preprocessing: {"normalization": "imagenet" | "clip",
                                        "resize_filter": "bilinear" | "bicubic",
                                        "resize_rule": "square" | "shortest_side_crop"}
-  (each defaults to imagenet / bilinear / square when absent).
+  (each defaults to imagenet / bilinear / square when absent),
+  config.data.augment: {"random_crop": bool, "crop_resize": int, "flip": bool, "rotation": float}
+  (training only; an absent field is off: random_crop False, crop_resize 0, flip False, rotation 0.0).
 
-Evaluation (and prediction) resize rules:
-  "square":             straight to image_size x image_size (CheXNet; R2Gen's Resize((224, 224)));
+The evaluation view (evaluation, prediction, serving), by the resize rule:
+  "square":             straight to image_size x image_size (CheXNet; R2Gen's Resize((224, 224)); BLIP's
+                        processor: bicubic to 384 x 384);
   "shortest_side_crop": the shortest side to image_size, the long side to int(image_size * long /
                         short), then the centre crop ((h - S) // 2, (w - S) // 2) (CLIP's and GIT's
                         image processor).
-Training: the shorter side to train_resize_size (default round(image_size * 8 / 7), R2Gen's
-Resize(256) for 224), a random image_size crop, and a random horizontal flip where `random_flip`
-(R2Gen: RandomCrop(224), RandomHorizontalFlip(), each view drawn independently).
-Then pixels / 255, minus the mean, over the standard deviation of the named statistics.
+The training view is the evaluation view with data.augment's augmentations on top, each view of a study
+drawn independently; with all of them off it is the evaluation view, pixel for pixel:
+  random_crop: the shorter side to crop_resize (0: round(image_size * 8 / 7), R2Gen's Resize(256) for
+               224), then a random image_size x image_size window, in place of the resize rule (R2Gen's
+               Resize(256) + RandomCrop(224); on ChestX-ray14's square images also AG-CNN's 256x256 resize
+               + random 224 crop);
+  rotation:    a uniform angle in [-rotation, rotation] degrees, bilinear, corners black (seed 003's
+               RandomRotation(10)): the evaluation view rotated, or with random_crop the resized image
+               before its window is taken;
+  flip:        a horizontal flip with probability 1/2, last. A flipped chest X-ray shows the heart on the
+               wrong side and a report's "left" and "right" no longer match: off where the text names sides.
+Random numbers are drawn in that order (angle, window top and left, flip), each only when its
+augmentation is on. Then pixels / 255, minus the mean, over the standard deviation of the named statistics.
+
+A data section without `augment` is read as the configs before it meant it (old workdirs' config.json):
+a random crop of the shorter side resized to data.train_resize_size (default as crop_resize 0), flipped
+where data.random_flip, rotated by data.random_rotation. Those fields beside `augment` are refused.
 """
 
 from __future__ import annotations
@@ -40,8 +56,44 @@ NORMALIZATIONS = {
 }
 RESIZE_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 RESIZE_RULES = ("square", "shortest_side_crop")
-# R2Gen resizes to 256 before cropping 224.
-TRAIN_RESIZE_RATIO = 8 / 7
+# R2Gen resizes to 256 before its random 224 crop: crop_resize 0 means round(image_size * 8 / 7).
+CROP_RESIZE_RATIO = 8 / 7
+AUGMENT_FIELDS = ("random_crop", "crop_resize", "flip", "rotation")
+# The data fields of configs written before `data.augment` (read for old workdirs, refused beside it).
+LEGACY_AUGMENT_FIELDS = {"random_flip": "flip", "train_resize_size": "crop_resize",
+                         "random_rotation": "rotation"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+  """Training augmentation, config.data.augment (the module docstring); the default is none.
+
+  Attributes:
+    random_crop: a random image_size window of the shorter side resized to crop_resize, in place of the
+      resize rule.
+    crop_resize: that resize; 0: round(image_size * 8 / 7).
+    flip: a horizontal flip with probability 1/2.
+    rotation: the largest rotation in degrees (a uniform angle in [-rotation, rotation]); 0: none.
+  """
+
+  random_crop: bool = False
+  crop_resize: int = 0
+  flip: bool = False
+  rotation: float = 0.0
+
+  def __post_init__(self):
+    for name in ("random_crop", "flip"):
+      if not isinstance(getattr(self, name), (bool, np.bool_)):
+        raise datasets.DataConfigError(f"data.augment.{name} must be true or false, "
+                                       f"got {getattr(self, name)!r}")
+    if isinstance(self.crop_resize, bool) or not isinstance(self.crop_resize, (int, np.integer)) \
+        or self.crop_resize < 0:
+      raise datasets.DataConfigError(f"data.augment.crop_resize must be an int >= 0 (0: round(image_size * 8 "
+                                     f"/ 7)), got {self.crop_resize!r}")
+    if isinstance(self.rotation, bool) or not isinstance(self.rotation, (int, float, np.number)) \
+        or not 0 <= self.rotation <= 180:
+      raise datasets.DataConfigError(f"data.augment.rotation must be degrees in [0, 180], "
+                                     f"got {self.rotation!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,13 +104,9 @@ class Preprocessing:
     image_size: side S of the square model input.
     normalization: a key of NORMALIZATIONS.
     resize_filter: "bilinear" or "bicubic" (PIL's, antialiased when shrinking).
-    resize_rule: "square" or "shortest_side_crop" (evaluation and prediction).
+    resize_rule: "square" or "shortest_side_crop" (the evaluation view).
     num_views: images per example (2: frontal and lateral studies; 1: single images).
-    random_flip: training flips views horizontally at random. A flipped chest X-ray shows the heart
-      on the wrong side and the report's "left" and "right" no longer match: off where text names sides.
-    train_resize_size: training resize of the shorter side (default round(S * 8 / 7)).
-    random_rotation: training rotates each view by a uniform angle in [-random_rotation, random_rotation]
-      degrees (bilinear, corners filled black) before the crop; 0: never (seed 003 uses 10).
+    augment: what training adds to the evaluation view (default: nothing).
   """
 
   image_size: int = 224
@@ -66,9 +114,7 @@ class Preprocessing:
   resize_filter: str = "bilinear"
   resize_rule: str = "square"
   num_views: int = 1
-  random_flip: bool = False
-  train_resize_size: int | None = None
-  random_rotation: float = 0.0
+  augment: Augmentation = Augmentation()
 
   def __post_init__(self):
     if not isinstance(self.image_size, (int, np.integer)) or self.image_size < 1:
@@ -80,11 +126,11 @@ class Preprocessing:
         raise ValueError(f"unknown {name} {value!r}; expected one of {allowed}")
     if self.num_views < 1:
       raise ValueError(f"num_views must be >= 1, got {self.num_views}")
-    if self.train_resize_size is None:
-      object.__setattr__(self, "train_resize_size", round(self.image_size * TRAIN_RESIZE_RATIO))
-    if self.train_resize_size < self.image_size:
-      raise ValueError(f"train_resize_size ({self.train_resize_size}) must be >= image_size "
-                       f"({self.image_size})")
+    if not isinstance(self.augment, Augmentation):
+      raise TypeError(f"augment must be an Augmentation, got {type(self.augment).__name__}")
+    if self.augment.random_crop and self.crop_resize < self.image_size:
+      raise datasets.DataConfigError(f"data.augment.crop_resize ({self.crop_resize}) must be >= "
+                                     f"data.image_size ({self.image_size}): the crop is a window of it")
 
   @property
   def mean(self) -> np.ndarray:
@@ -93,6 +139,11 @@ class Preprocessing:
   @property
   def std(self) -> np.ndarray:
     return np.array(NORMALIZATIONS[self.normalization][1], np.float32)
+
+  @property
+  def crop_resize(self) -> int:
+    """The shorter side's size before the random crop (augment.crop_resize, 0: round(S * 8 / 7))."""
+    return int(self.augment.crop_resize) or round(self.image_size * CROP_RESIZE_RATIO)
 
   def resize(self, image: np.ndarray, height: int, width: int) -> np.ndarray:
     """uint8 [H, W, 3] -> [height, width, 3] with the resize filter; a no-op when the size matches."""
@@ -117,17 +168,21 @@ class Preprocessing:
     return image[top:top + size, left:left + size]
 
   def train_view(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """uint8 [H, W, 3] -> uint8 [S, S, 3]: shorter side to train_resize_size, random rotation, random crop,
-    random flip."""
-    size = self.image_size
-    image = self.resize_shortest_side(image, self.train_resize_size)
-    if self.random_rotation:  # Drawn only when asked, so that runs without rotation draw as before.
-      angle = float(rng.uniform(-self.random_rotation, self.random_rotation))
+    """uint8 [H, W, 3] -> uint8 [S, S, 3]: the evaluation view (or, with random_crop, the resize before the
+    crop), then rotation, the random window and the flip, each where `augment` asks for it."""
+    size, augment = self.image_size, self.augment
+    if augment.random_crop:  # The crop brings its own resize.
+      image = self.resize_shortest_side(image, self.crop_resize)
+    else:  # Training starts from exactly what evaluation sees.
+      image = self.eval_view(image)
+    if augment.rotation:  # Drawn only when asked, so that runs without rotation draw as they always did.
+      angle = float(rng.uniform(-augment.rotation, augment.rotation))
       image = np.asarray(Image.fromarray(image).rotate(angle, resample=Image.Resampling.BILINEAR))
-    top = int(rng.integers(0, image.shape[0] - size + 1))
-    left = int(rng.integers(0, image.shape[1] - size + 1))
-    image = image[top:top + size, left:left + size]
-    if self.random_flip and rng.random() < 0.5:
+    if augment.random_crop:
+      top = int(rng.integers(0, image.shape[0] - size + 1))
+      left = int(rng.integers(0, image.shape[1] - size + 1))
+      image = image[top:top + size, left:left + size]
+    if augment.flip and rng.random() < 0.5:
       image = image[:, ::-1]
     return image
 
@@ -136,7 +191,7 @@ class Preprocessing:
     return (image.astype(np.float32) / 255.0 - self.mean) / self.std
 
   def __call__(self, image: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
-    """One decoded view uint8 [H, W, 3] -> float32 [S, S, 3]; with `rng`, the training augmentation."""
+    """One decoded view uint8 [H, W, 3] -> float32 [S, S, 3]; with `rng`, the training view."""
     view = self.eval_view(image) if rng is None else self.train_view(image, rng)
     return self.normalize(view)
 
@@ -159,9 +214,28 @@ def from_config(config: Any) -> Preprocessing:
       resize_filter=preprocessing.get("resize_filter", "bilinear"),
       resize_rule=preprocessing.get("resize_rule", "square"),
       num_views=int(num_views),
-      random_flip=bool(datasets.field(data, "random_flip", False)),
-      train_resize_size=datasets.field(data, "train_resize_size", None),
-      random_rotation=float(datasets.field(data, "random_rotation", 0.0)))
+      augment=augmentation_from_config(data))
+
+
+def augmentation_from_config(data: Any) -> Augmentation:
+  """config.data.augment as an Augmentation; a data section without it, as its legacy fields meant it."""
+  legacy = [name for name in LEGACY_AUGMENT_FIELDS if datasets.field(data, name, None) is not None]
+  augment = datasets.field(data, "augment", None)
+  if augment is None:  # Configs before `augment` always took the random crop.
+    return Augmentation(random_crop=True, crop_resize=datasets.field(data, "train_resize_size", None) or 0,
+                        flip=datasets.field(data, "random_flip", False),
+                        rotation=datasets.field(data, "random_rotation", 0.0))
+  if legacy:
+    raise datasets.DataConfigError(f"data.{legacy[0]} is replaced by "
+                                   f"data.augment.{LEGACY_AUGMENT_FIELDS[legacy[0]]}; remove it")
+  if not hasattr(augment, "keys"):
+    raise datasets.DataConfigError(f"data.augment must be a section with fields {', '.join(AUGMENT_FIELDS)}; "
+                                   f"got {augment!r}")
+  unknown = sorted(set(augment.keys()) - set(AUGMENT_FIELDS))
+  if unknown:
+    raise datasets.DataConfigError(f"data.augment has unknown fields {unknown}; "
+                                   f"known: {', '.join(AUGMENT_FIELDS)}")
+  return Augmentation(**{name: augment[name] for name in augment.keys()})
 
 
 def load_for_model(path: str | os.PathLike, preprocessing: Preprocessing) -> np.ndarray:

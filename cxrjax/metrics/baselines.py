@@ -8,7 +8,10 @@
 BLEU's brevity penalty punishes a short most-common report ("no acute disease ."), so the best
 constant is often a longer, typical one: a model has to beat that to show it reads the images.
 Both choose on training reports only; score the chosen report on a held-out split with
-captioning.caption_metrics. Texts are cleaned reports (whitespace tokens).
+captioning.caption_metrics. With `protocol` (protocols.py), reports are counted and scored as that
+scoring protocol normalises them (two captions that differ only in case or punctuation are one report),
+and the report returned is the group's most common spelling; without it, texts are taken as whitespace
+tokens as they are.
 """
 
 from __future__ import annotations
@@ -18,14 +21,16 @@ from collections.abc import Sequence
 
 from cxrjax.metrics import captioning
 from cxrjax.metrics import corpus
+from cxrjax.metrics import protocols
 
 # BLEU-4, as the published report-generation tables.
 _MAX_N = 4
 DEFAULT_NUM_CANDIDATES = 50
 
 
-def _ranked(train_reports: Sequence[str]) -> list[tuple[str, int]]:
-  """Distinct reports with their counts, most common first, ties alphabetically."""
+def _ranked(train_reports: Sequence[str], protocol: str | None) -> list[tuple[str, int, str]]:
+  """Distinct reports as `protocol` normalises them, with their counts and their most common spelling
+  (ties alphabetically), most common first, ties alphabetically."""
   if isinstance(train_reports, str):
     raise ValueError("train_reports must be a list of report strings, not a single string")
   if not train_reports:
@@ -33,18 +38,23 @@ def _ranked(train_reports: Sequence[str]) -> list[tuple[str, int]]:
   for index, report in enumerate(train_reports):
     if not isinstance(report, str):
       raise ValueError(f"training report {index} is a {type(report).__name__}, expected str")
-  counts = collections.Counter(train_reports)
-  return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+  spellings: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+  normalized = train_reports if protocol is None else protocols.normalize(train_reports, protocol)
+  for text, report in zip(normalized, train_reports):
+    spellings[text][report] += 1
+  ranked = [(text, sum(counts.values()), min(counts, key=lambda report: (-counts[report], report)))
+            for text, counts in spellings.items()]
+  return sorted(ranked, key=lambda item: (-item[1], item[0]))
 
 
-def most_common_report(train_reports: Sequence[str]) -> tuple[str, float]:
+def most_common_report(train_reports: Sequence[str], protocol: str | None = None) -> tuple[str, float]:
   """The most common training report (ties alphabetically) and its share of the training reports."""
-  report, count = _ranked(train_reports)[0]
+  _, count, report = _ranked(train_reports, protocol)[0]
   return report, count / len(train_reports)
 
 
-def best_constant_report(train_reports: Sequence[str],
-                         num_candidates: int = DEFAULT_NUM_CANDIDATES) -> tuple[str, float]:
+def best_constant_report(train_reports: Sequence[str], num_candidates: int = DEFAULT_NUM_CANDIDATES,
+                         protocol: str | None = None) -> tuple[str, float]:
   """The constant report with the best BLEU-4 on the training reports, and that BLEU-4.
 
   Candidates are the `num_candidates` most common distinct training reports (ties alphabetically):
@@ -59,13 +69,14 @@ def best_constant_report(train_reports: Sequence[str],
   so each candidate costs only its own n-grams: about a second for 4,000 reports.
 
   Args:
-    train_reports: cleaned training reports, at least two.
+    train_reports: training reports (as the data pipeline gives them), at least two.
     num_candidates: how many of the most common distinct reports to try (>= 1).
+    protocol: the scoring protocol the reports are counted and scored under (None: as they are).
 
   Returns:
     (report, its training BLEU-4).
   """
-  ranked = _ranked(train_reports)
+  ranked = _ranked(train_reports, protocol)
   if num_candidates < 1:
     raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
   if len(train_reports) < 2:
@@ -75,7 +86,7 @@ def best_constant_report(train_reports: Sequence[str],
   holders: dict[tuple[str, ...], collections.Counter[int]] = collections.defaultdict(
       collections.Counter)
   total_reference_length = 0
-  for report, copies in ranked:
+  for report, copies, _ in ranked:
     tokens = report.split()
     total_reference_length += len(tokens) * copies
     for ngram, count in corpus.ngram_counts(tokens, _MAX_N).items():
@@ -83,7 +94,7 @@ def best_constant_report(train_reports: Sequence[str],
 
   num_pairs = len(train_reports) - 1
   best_report, best_score = None, -1.0
-  for candidate, _ in ranked[:num_candidates]:
+  for candidate, _, spelling in ranked[:num_candidates]:
     tokens = candidate.split()
     length = len(tokens)
     matched = [0] * _MAX_N
@@ -95,5 +106,5 @@ def best_constant_report(train_reports: Sequence[str],
     score = captioning.bleu_from_counts(matched, guessed, length * num_pairs,
                                         total_reference_length - length)[_MAX_N - 1]
     if score > best_score:  # Strictly: a tie keeps the earlier, more common candidate.
-      best_report, best_score = candidate, score
+      best_report, best_score = spelling, score
   return best_report, best_score

@@ -2,8 +2,10 @@
 ROUGE-1/2/L/Lsum through their packages (sacrebleu, rouge-score), and `caption_metrics`, which runs them
 all.
 
-They take already tokenised text (tokens separated by whitespace, e.g. the cleaned, lower-cased
-reports of `cxrjax.text.cleaning.clean_report`) and score each hypothesis against its reference(s):
+The metric functions take already tokenised text (tokens separated by whitespace) and score each
+hypothesis against its reference(s); `caption_metrics` first normalises the references and the
+hypotheses alike by the dataset's scoring protocol (protocols.py: "r2gen", "coco", "imageclef"), so that a
+raw reference and a model's decoded text are compared by one rule:
 
   BLEU-1..4   `bleu_pycocoevalcap`: corpus BLEU exactly as pycocoevalcap's `Bleu(4)` (the numbers of
               the published IU X-ray tables, R2Gen and its successors).
@@ -21,8 +23,8 @@ reports of `cxrjax.text.cleaning.clean_report`) and score each hypothesis agains
   METEOR      meteor.py: the METEOR 1.5 jar when `java` is on PATH, else NLTK's.
 
 `caption_metrics` names the implementation behind every number ("implementations": metric -> what
-computed it). The pycocoevalcap-compatible metrics are reimplementations checked against pycocoevalcap
-in tests/metrics/test_captioning.py.
+computed it) and the scoring protocol ("protocol": its name and rule). The pycocoevalcap-compatible
+metrics are reimplementations checked against pycocoevalcap in tests/metrics/test_captioning.py.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from sacrebleu.metrics import BLEU
 
 from cxrjax.metrics import meteor as meteor_lib
 from cxrjax.metrics import corpus
+from cxrjax.metrics import protocols
 from cxrjax.metrics.corpus import MetricInputError
 
 BLEU_IMPLEMENTATION = (
@@ -284,23 +287,30 @@ def rouge_score_f1(references: Sequence[str], hypotheses: Sequence[str]) -> dict
 # All captioning metrics.
 
 
-def caption_metrics(references: list[str], hypotheses: list[str],
+def caption_metrics(references: list[str], hypotheses: list[str], *, protocol: str,
                     meteor: bool = True) -> dict[str, Any]:
-  """Every captioning metric of this module for one reference per hypothesis.
+  """Every captioning metric of this module for one reference per hypothesis, both sides normalised by
+  one scoring protocol first.
 
   Args:
-    references: reference texts, already tokenised (tokens separated by spaces).
-    hypotheses: generated texts, same length and tokenisation; empty strings are scored.
+    references: reference texts (as the data pipeline gives them: cleaned reports, raw captions).
+    hypotheses: generated texts, same length; empty strings are scored.
+    protocol: the scoring protocol (protocols.PROTOCOLS: "r2gen", "coco", "imageclef"), applied to the
+      references and the hypotheses alike before every metric.
     meteor: also compute METEOR (starts a JVM, seconds; see `meteor.meteor_best_available`).
 
   Returns:
     {"BLEU-1".."BLEU-4", "sacreBLEU", "ROUGE-L", "CIDEr", "ROUGE-1", "ROUGE-2",
     "ROUGE-L (rouge-score)", "ROUGE-Lsum": float, "METEOR": float or None (absent when
-    meteor=False), "implementations": {each metric above: what computed it}}.
+    meteor=False), "protocol": {"name", "rule"}, "implementations": {each metric above: what computed
+    it}}.
   """
   reference_lists = corpus.reference_lists(references, hypotheses)
   if any(len(refs) != 1 for refs in reference_lists):
     raise MetricInputError("caption_metrics takes exactly one reference string per hypothesis")
+  rule = protocols.get(protocol)
+  references = [rule.normalize(refs[0]) for refs in reference_lists]
+  hypotheses = [rule.normalize(hypothesis) for hypothesis in hypotheses]
   results: dict[str, Any] = {}
   for n, score in enumerate(bleu_pycocoevalcap(references, hypotheses), start=1):
     results[f"BLEU-{n}"] = score
@@ -321,5 +331,6 @@ def caption_metrics(references: list[str], hypotheses: list[str],
     meteor_result = meteor_lib.meteor_best_available(references, hypotheses)
     results["METEOR"] = meteor_result.score
     implementations["METEOR"] = meteor_result.implementation
+  results["protocol"] = {"name": rule.name, "rule": rule.rule}
   results["implementations"] = implementations
   return results

@@ -1,7 +1,8 @@
 """Classification metrics: multi-label AUROC, and scoring ChestX-ray14 prediction CSVs.
 
 `multilabel_auroc`: per-class AUROC (rank-based, ties averaged, as scikit-learn's roc_auc_score)
-and the mean over the classes that have both label values.
+and the mean over the classes that have both label values, less those reported beside the mean
+(`outside_mean`: AG-CNN's "No Finding", so that its mean is the 14 findings' as `cxrjax auroc` gives).
 
 Predictions are a CSV in the layout most ChestX-ray14 code writes:
 
@@ -73,7 +74,8 @@ def _binary_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def multilabel_auroc(labels: np.ndarray, scores: np.ndarray,
-                     class_names: Sequence[str] | None = None) -> dict[str, Any]:
+                     class_names: Sequence[str] | None = None,
+                     outside_mean: Sequence[str] = ()) -> dict[str, Any]:
   """Per-class and mean AUROC for multi-label classification.
 
   Args:
@@ -81,11 +83,13 @@ def multilabel_auroc(labels: np.ndarray, scores: np.ndarray,
       class).
     scores: finite scores or probabilities, same shape.
     class_names: names of the classes (default "0", "1", ...).
+    outside_mean: names of classes whose AUROC is reported in "per_class" but left out of "mean"
+      (names not among the classes are ignored).
 
   Returns:
-    {"per_class": {name: AUROC or nan}, "mean": mean over the classes with both label values (nan if
-    none), "excluded": {name: why it has no AUROC}, "note": text on what the mean covers,
-    "implementation": str}.
+    {"per_class": {name: AUROC or nan}, "mean": mean over the classes with both label values, less
+    `outside_mean` (nan if none), "excluded": {name: why it has no AUROC}, "note": text on what the
+    mean covers, "implementation": str}.
   """
   labels = np.asarray(labels)
   scores = np.asarray(scores, dtype=np.float64)
@@ -114,11 +118,15 @@ def multilabel_auroc(labels: np.ndarray, scores: np.ndarray,
       excluded[name] = f"only {only} labels ({labels.shape[0]} examples): AUROC undefined"
     else:
       per_class[name] = _binary_auroc(labels[:, index], scores[:, index])
-  defined = [value for name, value in per_class.items() if name not in excluded]
+  beside = [name for name in names if name in set(outside_mean)]
+  defined = [value for name, value in per_class.items() if name not in excluded and name not in beside]
   mean = float(np.mean(defined)) if defined else float("nan")
   note = f"mean over {len(defined)} of {num_classes} classes"
-  if excluded:
-    note += f"; excluded (one label value only): {', '.join(excluded)}"
+  if beside:
+    note += f"; reported beside the mean, not in it: {', '.join(beside)}"
+  undefined = [name for name in excluded if name not in beside]
+  if undefined:
+    note += f"; excluded (one label value only): {', '.join(undefined)}"
   return {"per_class": per_class, "mean": mean, "excluded": excluded, "note": note,
           "implementation": AUROC_IMPLEMENTATION}
 

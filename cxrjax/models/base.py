@@ -65,6 +65,11 @@ class Captioner(nn.Module):
   """
   task: ClassVar[str] = "captioning"
   pretrained_parts: ClassVar[dict[str, PretrainedPart]] = {}
+  # The model config field that bounds a decode's length (models.max_decode_length), or None: transformer
+  # families name "cache_length", their KV cache's positions (a decode of max_length tokens feeds positions
+  # 0 .. max_length - 1, one cache slot each; a write past the cache would be clamped, not refused); a
+  # recurrent decoder's state has no length.
+  decode_limit_field: ClassVar[str | None] = None
 
   def decoder_step_fn(self, variables: Any):
     """decoding.py's step function `(tokens, cache, position) -> (logits, cache)` over `variables`."""

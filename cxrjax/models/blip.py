@@ -67,6 +67,8 @@ class BlipCaptioner(base.Captioner):
   cache_length: int = 64
   dtype: Any = jnp.float32
 
+  decode_limit_field = "cache_length"  # Decoding feeds positions 0 .. max_length - 1 into the KV cache.
+
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, vocab_size: int, is_frozen: base.IsFrozen):
     fields = base.module_fields(config, exclude=("encoder", "prompt_ids"))

@@ -63,6 +63,8 @@ class GitCaptioner(base.Captioner):
   cache_length: int = 64
   dtype: Any = jnp.float32
 
+  decode_limit_field = "cache_length"  # Decoding feeds positions 0 .. max_length - 1 into the KV cache.
+
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, vocab_size: int, is_frozen: base.IsFrozen):
     return cls(vocab_size=vocab_size, encoder=vit.config_from_section(config.encoder),

@@ -74,6 +74,7 @@ class GraphCaptioner(base.Captioner):
   cache_length: int = 80
   dtype: Any = jnp.float32
 
+  decode_limit_field = "cache_length"  # Decoding feeds positions 0 .. max_length - 1 into the KV cache.
   pretrained_parts = {"encoder": base.PretrainedPart("hf_resnet", ("image_encoder",))}
 
   @classmethod

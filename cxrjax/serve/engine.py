@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from cxrjax import inference
+from cxrjax import inference, sharding
 from cxrjax.serve import uploads
 from cxrjax.serve.uploads import RequestError
 
@@ -57,6 +57,16 @@ class Item:
   queued_at: float = 0.0
 
 
+def jit_search(task: Any, model: Any, tokenizer: Any, decode: ml_collections.ConfigDict, greedy: bool,
+               variables_sharding: Any, mesh: jax.sharding.Mesh) -> Any:
+  """One served decoding program, (variables, {"images": [batch, views, S, S, 3]}) -> the search's tokens,
+  log-probabilities and scores: the variables in the run's layout as loaded, the padded batch and the
+  outputs replicated over `mesh` (a batch of 1 splits over no devices). Engine and aot.py build it here."""
+  replicated = sharding.replicated(mesh)
+  return jax.jit(task.predict_fn(model, tokenizer, greedy=greedy, decode=decode, with_scores=True),
+                 in_shardings=(variables_sharding, replicated), out_shardings=replicated)
+
+
 class Engine:
   """A model of a workdir, served in padded batches of fixed sizes."""
 
@@ -74,7 +84,7 @@ class Engine:
     self._warm: set[Variant] = set()
     self._reread = None
     if self.captioning:
-      decode = predictor.config.decode
+      decode = predictor.decode_config()  # The run's, refused where it runs past the model's KV cache.
       self.default_variant = Variant(greedy=False, beam_size=int(decode.beam_size),
                                      max_length=int(decode.max_length))
       self._reread = jax.jit(self._reread_fn)
@@ -162,8 +172,9 @@ class Engine:
     decode = ml_collections.ConfigDict(self.predictor.config.decode.to_dict())
     decode.beam_size, decode.max_length = variant.beam_size, variant.max_length
     predictor = self.predictor
-    program = jax.jit(predictor.task_object.predict_fn(predictor.model, predictor.tokenizer,
-                                                       greedy=variant.greedy, decode=decode, with_scores=True))
+    variables_sharding = jax.tree.map(lambda a: a.sharding, predictor.variables)
+    program = jit_search(predictor.task_object, predictor.model, predictor.tokenizer, decode, variant.greedy,
+                         variables_sharding, jax.tree.leaves(variables_sharding)[0].mesh)
     self._programs[variant] = program
     evictable = [v for v in self._programs if v not in self._warm]
     while len(self._programs) - len(self._warm) > self.max_variants and evictable:
@@ -175,12 +186,13 @@ class Engine:
     return self.predictor.model.apply(variables, images, inputs).get("attention")
 
   def _reread_inputs(self, rows: Sequence[Sequence[int]], size: int) -> np.ndarray:
-    """Start token + tokens, padded to one length for every request (the decoders are causal: padding after
-    the tokens changes none of their outputs), so one compiled program serves every caption length."""
+    """Start token + tokens but the last (predicted, never read: a caption of the longest decode fits the
+    position table), padded to one length for every request (the decoders are causal: padding after the
+    tokens changes none of their outputs), so one compiled program serves every caption length."""
     tokenizer = self.predictor.tokenizer
-    inputs = np.full((size, self.default_variant.max_length + 1), tokenizer.pad_id, np.int32)
+    inputs = np.full((size, self.default_variant.max_length), tokenizer.pad_id, np.int32)
     for index, tokens in enumerate(rows):
-      inputs[index, :len(tokens) + 1] = [tokenizer.start_id, *tokens]
+      inputs[index, :len(tokens)] = [tokenizer.start_id, *tokens][:len(tokens)]
     return inputs
 
   def _run_captioning(self, items: Sequence[Item], padded: np.ndarray) -> list[dict[str, Any]]:

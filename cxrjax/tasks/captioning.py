@@ -9,9 +9,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from cxrjax import decoding, files
+from cxrjax import decoding, files, models
 from cxrjax.data import transforms
+from cxrjax.errors import ConfigError
 from cxrjax.metrics import captioning as caption_metrics
+from cxrjax.metrics import protocols as caption_protocols
 from cxrjax.tasks import feature_cache
 
 
@@ -21,6 +23,18 @@ def model_images(batch: dict[str, Any]) -> Any:
   if "images" in batch:
     return batch["images"]
   return {key: batch[feature_cache.BATCH_PREFIX + key] for key in feature_cache.FEATURE_KEYS}
+
+
+def check_decode_length(model_config: Any, max_length: int, field: str) -> None:
+  """Refuses a decode of `max_length` tokens that `model_config`'s model cannot hold (models.max_decode_length:
+  a transformer's KV cache; past it the cache writes are clamped and the tokens silently wrong): a ConfigError
+  naming `field` (the flag or config field that chose the length) and the limit. Called where a command
+  settles its decode length: `train`, `evaluate`, `predict` and `serve`."""
+  limit = models.max_decode_length(model_config)
+  if limit is not None and max_length > limit:
+    field_name = models.get(model_config.name).decode_limit_field
+    raise ConfigError(f"{field}={max_length}: the {model_config.name} model decodes at most {limit} tokens (its "
+                      f"KV cache's positions, model.{field_name}={limit})")
 
 
 def runs_greedy_search(decode: ml_collections.ConfigDict, greedy: bool = False) -> bool:
@@ -77,6 +91,8 @@ class CaptioningTask:
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
+    if config.get("data") is not None:  # A bad scoring protocol fails now, not at the first validation.
+      caption_protocols.protocol_for(config.data)
 
   def sample_inputs(self) -> tuple[np.ndarray, np.ndarray]:
     """Zero images [1, views, S, S, 3] (views and S from the preprocessing of the config) and tokens."""
@@ -111,9 +127,9 @@ class CaptioningTask:
     if smoothing:
       labels = optax.smooth_labels(jax.nn.one_hot(targets, logits.shape[-1]), smoothing)
       loss = mean_over_tokens(optax.softmax_cross_entropy(logits, labels))
-    # Perplexity of the step's tokens, from the unsmoothed cross-entropy (metrics.jsonl averages it over
-    # the logged steps).
-    return loss, (updates.get("batch_stats", {}), {"tokens": num_tokens, "perplexity": jnp.exp(nll)})
+    # The unsmoothed mean token NLL and the token count: the trainer's log turns them into the perplexity
+    # of the logged steps, exp of their mean token loss (train.summarize_steps).
+    return loss, (updates.get("batch_stats", {}), {"tokens": num_tokens, "token_nll": nll})
 
   def predict_fn(self, model, tokenizer, greedy: bool = False, decode: Any = None, with_scores: bool = False):
     """(variables, batch) -> {"tokens": int32 [batch, max_length]} (with_scores: also `search`'s
@@ -131,8 +147,13 @@ class CaptioningTask:
             for study_id, reference, tokens in zip(host["id"], host["report"], outputs["tokens"])]
 
   def score(self, records: list[dict], meteor: bool = False) -> dict[str, Any]:
+    """The text metrics of the records, references and generated texts normalised alike by the dataset's
+    scoring protocol (metrics/protocols.py; config.data.caption_protocol): validation (the best checkpoint's
+    metric) and `cxrjax evaluate` alike."""
     scores = caption_metrics.caption_metrics([r["reference"] for r in records],
-                                             [r["generated"] for r in records], meteor=meteor)
+                                             [r["generated"] for r in records],
+                                             protocol=caption_protocols.protocol_for(self.config.data),
+                                             meteor=meteor)
     scores["num_studies"] = len(records)
     return scores
 

@@ -7,7 +7,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from cxrjax.data import transforms
+from cxrjax.data import chestxray14, transforms
 from cxrjax.metrics import classification as classification_metrics
 from cxrjax.models import agcnn
 
@@ -64,9 +64,17 @@ class ClassificationTask:
         np.stack([r["probabilities"] for r in records]), list(self.label_names))
 
 
+# Classes whose AUROC is reported beside mean_AUROC, not in it: AG-CNN's 15th class "No Finding" is the
+# absence of the findings, and the published AG-CNN / CheXNet means (and `cxrjax auroc`) are over the 14
+# findings; a mean over 15 would neither compare with them nor select the same checkpoint.
+OUTSIDE_MEAN = (chestxray14.NO_FINDING,)
+
+
 def auroc_scores(labels: np.ndarray, probabilities: np.ndarray, label_names) -> dict[str, Any]:
-  """{"mean_AUROC", "AUROC/<class>"...} over the classes (those with one label value are excluded)."""
-  result = classification_metrics.multilabel_auroc(labels, probabilities, class_names=list(label_names))
+  """{"mean_AUROC", "AUROC/<class>"...}: the mean over the findings with both label values, the AUROC of
+  every class (OUTSIDE_MEAN's too, beside the mean)."""
+  result = classification_metrics.multilabel_auroc(labels, probabilities, class_names=list(label_names),
+                                                   outside_mean=OUTSIDE_MEAN)
   scores = {"mean_AUROC": float(result["mean"]), "num_examples": int(labels.shape[0])}
   scores.update({f"AUROC/{name}": float(value) for name, value in result["per_class"].items()})
   if result.get("note"):

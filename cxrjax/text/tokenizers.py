@@ -223,9 +223,12 @@ class WordPieceTokenizer:
   (this class adds start and end), so ids equal `transformers.BertTokenizer`'s. Special tokens in a
   text ("[SEP]") stay whole, as in BertTokenizer.
   decode: word pieces joined into words ("pneumo ##thorax" -> "pneumothorax"), words and
-  punctuation separated by single spaces, as BERT pre-tokenised them: the text of
-  `decode(encode(reference))` is tokenised the same way, so whitespace-token metrics compare like
-  with like. An id of a special token other than pad / start / end decodes to its text ("[UNK]").
+  punctuation separated by single spaces, as BERT pre-tokenised them: BERT's basic text form
+  ("chest x - ray , there ' s"), not the reference's spelling ("Chest X-ray, there's"). The text
+  metrics do not compare the two as they are: a scoring protocol (cxrjax/metrics/protocols.py)
+  normalises references and generated texts alike, and the raw-caption ones (ROCO, ROCOv2) start
+  from this text form. An id of a special token other than pad / start / end decodes to its text
+  ("[UNK]").
   """
 
   def __init__(self, tokenizer: hf_tokenizers.Tokenizer, *, start_token: str = "[CLS]",

@@ -17,15 +17,24 @@ A family module (hf_git.py, hf_blip.py) defines:
     source_of(path)                     a "/"-joined Flax variable path ("params/output/kernel") -> (the
                                         checkpoint's tensor name, its layout change to Flax)
     ignored(name)                       checkpoint tensors the model does not use
-    run_config(model_section)           the run config written into OUT
+    run_config(model_section)           the run config written into OUT (its decode section is then
+                                        replaced by the checkpoint's own, `generation_decode`)
+    generation_settings(hf_config, generation_config)
+                                        the generation settings transformers' `generate` runs this family
+                                        with, from config.json and generation_config.json ({} if absent)
   and optionally:
     with_prompt(model_section, ids)     the section with a caption prompt (ids from the start token on)
     check_tensors(tensors, source)      checks beyond names and shapes (raises WeightsError)
 Family modules do not import this one (it imports them): the reading and checking stay here.
 
+The imported run decodes as transformers' `generate` on the directory does (`generation_decode`): its
+beam count, length penalty and length, with transformers' defaults (greedy, 20 new tokens) where the
+directory sets none; the KV cache grows to hold that length.
+
 Every problem is a WeightsError naming the file and, where one is at fault, the tensor: no config.json,
 config.json that is not JSON, an unknown model_type, missing or unreadable (truncated) safetensors,
-missing / unexpected / mis-shaped tensors, tensors with NaN or infinite values.
+missing / unexpected / mis-shaped tensors, tensors with NaN or infinite values, generation settings that
+no cxrjax search reproduces (sampling, penalties, ...) or a length past the text position table.
 """
 
 import hashlib
@@ -49,6 +58,22 @@ from cxrjax.weights.store import WeightsError
 FAMILIES = {"blip": hf_blip, "git": hf_git}
 CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE = "config.json", "model.safetensors", "model.safetensors.index.json"
 TOKENIZER_JSON, VOCAB_TXT, TOKENIZER_CONFIG = "tokenizer.json", "vocab.txt", "tokenizer_config.json"
+GENERATION_CONFIG = "generation_config.json"
+
+# transformers 5.x `generate` defaults (GenerationConfig._get_default_generation_params; tests/weights/
+# test_hf.py checks them) of the settings a ported decode follows: without max_length or max_new_tokens,
+# 20 new tokens (capped by the position table).
+GENERATE_DEFAULTS = dict(max_length=20, num_beams=1, length_penalty=1.0)
+# Settings whose transformers default is the only value cxrjax's searches reproduce: a checkpoint asking for
+# another (sampling, penalties, n-gram blocking over the prompt too, minimum lengths, early stopping, forced
+# or suppressed tokens) is refused rather than decoded otherwise.
+REPRODUCED_ONLY_AS = dict(
+    do_sample=False, early_stopping=False, num_beam_groups=1, diversity_penalty=0.0, repetition_penalty=1.0,
+    encoder_repetition_penalty=1.0, no_repeat_ngram_size=0, encoder_no_repeat_ngram_size=0, min_length=0,
+    min_new_tokens=None, bad_words_ids=None, force_words_ids=None, sequence_bias=None, forced_bos_token_id=None,
+    forced_eos_token_id=None, suppress_tokens=None, begin_suppress_tokens=None,
+    exponential_decay_length_penalty=None, num_return_sequences=1, penalty_alpha=None, guidance_scale=None,
+    stop_strings=None, max_time=None)
 
 SourceOf = Callable[[str], tuple[str, Callable[[np.ndarray], np.ndarray]]]
 
@@ -120,6 +145,70 @@ def read_directory(directory: str | pathlib.Path) -> tuple[dict[str, Any], dict[
   """(config.json as a dict, {tensor name: array}) of a Hugging Face model directory (module doc)."""
   hf_config = read_config(directory)
   return hf_config, read_tensors(directory)
+
+
+def read_generation_config(directory: str | pathlib.Path) -> dict[str, Any]:
+  """DIR/generation_config.json as a dict ({} when the directory has none)."""
+  path = pathlib.Path(directory) / GENERATION_CONFIG
+  if not path.is_file():
+    return {}
+  settings = _read_json(path)
+  if not isinstance(settings, dict):
+    raise WeightsError(f"{path}: expected a JSON object, got {type(settings).__name__}")
+  return settings
+
+
+def _token_count(settings: dict[str, Any], name: str, source: str) -> int:
+  value = settings[name]
+  if isinstance(value, bool) or not isinstance(value, int):
+    raise WeightsError(f"{source}: {name} is {value!r}; expected an integer")
+  return value
+
+
+def _token_ids(value: Any) -> set[int]:
+  return set(value) if isinstance(value, list) else {value}
+
+
+def generation_decode(settings: dict[str, Any], source: str, input_length: int, max_positions: int,
+                      start_id: int, end_id: int) -> dict[str, Any]:
+  """transformers' `generate` settings (the family's `generation_settings`) -> the `decode` config section
+  that reproduces them token for token: num_beams, length_penalty and transformers' beam rules ("hf"), no
+  blocking, and the most new tokens: max_new_tokens; else max_length less the `input_length` tokens fed
+  before the first generated one ([CLS]; BLIP's prompt from [DEC]); else transformers' default of 20 new
+  tokens, capped as it caps them by the `max_positions` text positions. Settings no cxrjax search
+  reproduces, another start or end token, and a length past the position table are WeightsErrors naming
+  `source` and the setting."""
+  given = {name: value for name, value in settings.items() if value is not None}
+  for name, default in REPRODUCED_ONLY_AS.items():
+    if name in given and given[name] != default:
+      raise WeightsError(f"{source}: {name}={given[name]!r} is not supported: cxrjax decodes greedily or by beam "
+                         f"search with {name}={default!r} only")
+  for name, expected in (("bos_token_id", start_id), ("eos_token_id", end_id)):
+    if name in given and _token_ids(given[name]) != {expected}:
+      raise WeightsError(f"{source}: {name}={given[name]!r}; the tokenizer's {name[:3]} token is {expected}")
+  if "max_new_tokens" in given:
+    field, new_tokens = "max_new_tokens", _token_count(given, "max_new_tokens", source)
+  elif "max_length" in given:
+    field, new_tokens = "max_length", _token_count(given, "max_length", source) - input_length
+  else:  # transformers' default: 20 new tokens, within the position table.
+    field, new_tokens = None, min(GENERATE_DEFAULTS["max_length"] + input_length, max_positions) - input_length
+  if new_tokens < 1:
+    raise WeightsError(f"{source}: {field}={given.get(field)} leaves no token to generate after the "
+                       f"{input_length} input token(s)")
+  # Positions fed: the inputs, then every generated token but the last.
+  room = max_positions - input_length + 1
+  if new_tokens > room:
+    raise WeightsError(f"{source}: {field}={given[field]} asks for {new_tokens} new tokens; the text position "
+                       f"table (max_position_embeddings {max_positions}) holds {room} after the {input_length} "
+                       "input token(s)")
+  beams = _token_count(given, "num_beams", source) if "num_beams" in given else GENERATE_DEFAULTS["num_beams"]
+  if beams < 1:
+    raise WeightsError(f"{source}: num_beams={beams}; expected at least 1")
+  length_penalty = given.get("length_penalty", GENERATE_DEFAULTS["length_penalty"])
+  if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)):
+    raise WeightsError(f"{source}: length_penalty is {length_penalty!r}; expected a number")
+  return dict(beam_size=beams, max_length=new_tokens, length_penalty=float(length_penalty),
+              length_normalization="hf", block_ngram_repeat=0)
 
 
 def checksums(directory: str | pathlib.Path) -> dict[str, str]:
@@ -201,7 +290,15 @@ def import_hf(directory: str | pathlib.Path, tokenizer: str | pathlib.Path | Non
     if not hasattr(family, "with_prompt"):
       raise WeightsError(f"--prompt: the {family.MODEL_NAME} family takes no prompt")
     section = family.with_prompt(section, [loaded.start_id] + loaded.encode(prompt)[1:-1])
+  # Decoding as `generate` on this directory; the KV cache holds that many tokens.
+  source = str(directory / (GENERATION_CONFIG if (directory / GENERATION_CONFIG).is_file() else CONFIG_FILE))
+  decode = generation_decode(family.generation_settings(hf_config, read_generation_config(directory)), source,
+                             input_length=max(len(section.get("prompt_ids", ())), 1),
+                             max_positions=section["max_positions"], start_id=loaded.start_id,
+                             end_id=loaded.end_id)
+  section = dict(section, cache_length=max(section["cache_length"], decode["max_length"]))
   run_config = family.run_config(section)
+  run_config.decode = decode
   tensors = read_tensors(directory)
   if hasattr(family, "check_tensors"):  # Checks beyond names and shapes (BLIP: tied copies are equal).
     family.check_tensors(tensors, str(directory))

@@ -229,11 +229,19 @@ def check_tensors(tensors: Mapping[str, np.ndarray], source: str) -> None:
         raise WeightsError(f"{source}: {name} differs from {tied_to}, which it is tied to in BLIP")
 
 
+def generation_settings(hf_config: Mapping[str, Any], generation_config: Mapping[str, Any]) -> dict:
+  """What `BlipForConditionalGeneration.generate` runs with: nothing of the directory. It calls its text
+  decoder's `generate`, whose generation config transformers (5.x) builds from text_config, which keeps no
+  generation field, and not from generation_config.json or config.json's fields (tests/weights/
+  test_hf_blip.py checks it): transformers' defaults, greedy and 20 new tokens (hf.generation_decode)."""
+  del hf_config, generation_config
+  return {}
+
+
 def run_config(section: Mapping[str, Any], tokenizer: str = "") -> ml_collections.ConfigDict:
-  """The run config of an imported checkpoint: seed 002's ROCO chest X-ray recipe (configs/roco_blip.py),
-  decoding as BLIP captions (beam 3, transformers' beam rules, length penalty 1)."""
+  """The run config of a BLIP: seed 002's ROCO chest X-ray recipe (cxrjax/config.py; configs/roco_blip.py
+  adds BLIP's beam 3), with data and decode lengths that fit the model's positions and cache."""
   config = config_lib.roco_chest_experiment(dict(section), tokenizer=tokenizer)
-  config.decode.update(beam_size=3, length_penalty=1.0, length_normalization="hf")
   # Teacher forcing reads [prompt, caption after its start token]: prompt + max_length - 2 positions (a
   # small model's position table can be shorter than the recipe's captions); decoding, cache_length.
   prompt = max(len(section.get("prompt_ids", ())), 1)

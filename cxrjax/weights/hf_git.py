@@ -115,6 +115,13 @@ def run_config(section: dict) -> ml_collections.ConfigDict:
   return config_lib.roco_chest_experiment(section)
 
 
+def generation_settings(hf_config: dict, generation_config: dict) -> dict:
+  """What `GitForCausalLM.generate` runs with: the directory's generation_config.json, else the generation
+  fields of config.json itself (transformers' `GenerationConfig.from_model_config`); unset ones take
+  transformers' defaults (hf.generation_decode)."""
+  return generation_config or hf_config
+
+
 def _leaf(leaf: str, name: str) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
   """A Flax leaf of module `name` -> the tensor and its layout change."""
   if leaf == "kernel":

@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 import safetensors.numpy
 
+from cxrjax import config as config_lib
 from cxrjax.models import graph_captioner
 from cxrjax.models.encoders import resnet
 from cxrjax.weights import store
@@ -32,6 +33,9 @@ from cxrjax.weights.store import WeightsError
 
 MODEL_NAME = "graph_captioner"
 SEED_NUM_HEADS = 8
+# generate_caption(max_len=80): at most 80 generated tokens, the [SEP] that stops it included (decoding.py's
+# max_length); its last step feeds position 79, so 80 cache positions hold them.
+SEED_MAX_TOKENS = 80
 
 _BN_LEAVES = {("params", "scale"): "weight", ("params", "bias"): "bias",
               ("batch_stats", "mean"): "running_mean", ("batch_stats", "var"): "running_var"}
@@ -137,8 +141,17 @@ def infer_config(tensors: dict[str, np.ndarray], num_heads: int = SEED_NUM_HEADS
       name=MODEL_NAME, encoder=encoder.to_dict(), d_model=int(d_model), num_heads=num_heads,
       num_layers=num_layers, ff_dim=int(tensors["decoder.layers.0.linear1.weight"].shape[0]), dropout_rate=0.1,
       graph_window=3, graph_steps=3, max_positions=int(position_rows),
-      cache_length=min(80, int(position_rows)), dtype="float32"))
+      cache_length=min(SEED_MAX_TOKENS, int(position_rows)), dtype="float32"))
   return config, int(vocab_size)
+
+
+def run_config(model_config: ml_collections.ConfigDict, tokenizer: str = "") -> ml_collections.ConfigDict:
+  """The run config of an imported checkpoint: seed 003's ROCOv2 setup (config.rocov2_experiment), which
+  decodes as the seed's generate_caption (greedy, nothing blocked, at most 80 tokens); at most the position
+  table's rows where the checkpoint's is shorter, as far as the seed's loop can run."""
+  config = config_lib.rocov2_experiment(model_config.to_dict(), tokenizer=tokenizer)
+  config.decode.max_length = min(config.decode.max_length, int(model_config.cache_length))
+  return config
 
 
 def _abstract_variables(model: Any) -> dict[str, Any]:

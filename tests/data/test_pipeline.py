@@ -37,7 +37,8 @@ def phantom_train():
 
 
 def _preprocessing(image_size=IMAGE_SIZE, **kwargs):
-  return transforms.Preprocessing(image_size=image_size, num_views=2, random_flip=True, **kwargs)
+  return transforms.Preprocessing(image_size=image_size, num_views=2,
+                                  augment=transforms.Augmentation(random_crop=True, flip=True), **kwargs)
 
 
 def _dataset(source, vocabulary, train, image_size=IMAGE_SIZE, **kwargs):
@@ -197,6 +198,22 @@ def test_process_shards_are_the_rows_of_the_one_process_batches(phantom_train):
   assert len({batch["images"].tobytes() for batch in whole}) == 4  # The crops differ between epochs.
 
 
+def test_processes_read_the_rows_a_slice_mesh_gives_them(phantom_train):
+  """Where the mesh interleaves the processes (a TPU slice: sharding.process_rows), each reads those rows
+  of every global batch, and putting them back in place gives the one-process batches."""
+  source, _, vocabulary = phantom_train
+  whole = _take(iter(_dataset(source, vocabulary, train=True, batch_size=4)), 3)
+  positions = ([0, 2], [1, 3])  # v5p:2x2x2's layout of 2 processes, one row per device.
+  shards = [_take(iter(_dataset(source, vocabulary, train=True, batch_size=2, shard_index=shard, shard_count=2,
+                                rows=positions[shard])), 3) for shard in range(2)]
+  for step, batch in enumerate(whole):
+    for shard, rows in enumerate(positions):
+      for key in batch:
+        np.testing.assert_array_equal(shards[shard][step][key], batch[key][rows], err_msg=key)
+  with pytest.raises(ValueError, match="increasing rows"):
+    _dataset(source, vocabulary, train=True, batch_size=2, shard_index=0, shard_count=2, rows=[2, 0])
+
+
 # Images.
 
 
@@ -332,7 +349,7 @@ def test_report_texts_reads_a_prepared_split_by_index(iu_prepared):
 
 def _run_config(**data):
   return ml_collections.ConfigDict(dict(
-      data=dict(phantom_config(), random_flip=True, **data),
+      data=dict(phantom_config(), augment=dict(random_crop=True, flip=True), **data),
       model=dict(encoder=dict(preprocessing=dict(normalization="clip", resize_filter="bicubic"))),
       train=dict(batch_size=3, seed=5), eval=dict(batch_size=4)))
 
@@ -341,7 +358,8 @@ def test_make_batches_reads_everything_from_the_config(phantom_train):
   source, info, vocabulary = phantom_train
   config = _run_config(image_size=IMAGE_SIZE, phantom_image_size=32, read_threads=2)
   preprocessing = transforms.Preprocessing(image_size=IMAGE_SIZE, normalization="clip", resize_filter="bicubic",
-                                           num_views=2, random_flip=True)
+                                           num_views=2,
+                                           augment=transforms.Augmentation(random_crop=True, flip=True))
   for train, seed, batch_size in ((True, 5, 3), (False, 0, 4)):
     got = _take(iter(pipeline.make_batches(config, "train", train=train, tokenizer=vocabulary, shard_index=0,
                                            shard_count=1, label_names=info.label_names)), 2)

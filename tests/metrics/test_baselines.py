@@ -1,5 +1,6 @@
 """Tests for cxrjax.metrics.baselines: constant-report baselines on a corpus built so that the answer
-is known, checked against pycocoevalcap's Bleu, and on R2Gen's real IU X-ray training reports."""
+is known, checked against pycocoevalcap's Bleu, on R2Gen's real IU X-ray training reports, and on raw ROCO
+captions counted and scored under a scoring protocol."""
 
 import json
 import time
@@ -8,7 +9,7 @@ from pycocoevalcap.bleu.bleu import Bleu
 import pytest
 
 from cxrjax.text import cleaning
-from cxrjax.metrics import baselines
+from cxrjax.metrics import baselines, protocols
 
 TYPICAL = "the heart is normal . the lungs are clear . no effusion ."
 # "normal ." is the most common report, but BLEU's brevity penalty crushes a two-word constant
@@ -83,3 +84,22 @@ def test_best_constant_report_on_real_iu_xray_training_reports(shared_data):
   most_common, share = baselines.most_common_report(train)
   assert 0 < share < 0.1 and report != most_common
   assert score > 1.5 * _pycocoevalcap_bleu_4(most_common, train)
+
+
+def test_baselines_count_and_score_reports_under_a_protocol(shared_data):
+  # Spellings of one caption under the "coco" protocol are one report; the one returned is its most
+  # common spelling (ties alphabetically), so that scoring it normalises to the report that was counted.
+  train = ["Chest X-ray.", "chest x-ray", "Chest X-Ray.", "Chest X-ray.", "Normal chest radiograph."]
+  assert baselines.most_common_report(train) == ("Chest X-ray.", 0.4)
+  assert baselines.most_common_report(train, protocol="coco") == ("Chest X-ray.", 0.8)
+  assert baselines.most_common_report(["B x", "b x", "a"], protocol="coco") == ("B x", 2 / 3)
+  # On real raw captions: the choice and its BLEU-4 are those of the normalised training reports, as
+  # pycocoevalcap's Bleu scores them.
+  path = shared_data / "roco" / "validation" / "radiology" / "captions.txt"
+  with open(path, encoding="utf-8") as f:
+    train = [line.split("\t", 1)[1].strip() for line in f if "chest x" in line.lower()][:300]
+  normalized = protocols.normalize(train, "coco")
+  report, score = baselines.best_constant_report(train, protocol="coco")
+  normalized_report, normalized_score = baselines.best_constant_report(normalized)
+  assert report in train and protocols.normalize([report], "coco") == [normalized_report]
+  assert score == normalized_score == pytest.approx(_pycocoevalcap_bleu_4(normalized_report, normalized), abs=1e-12)

@@ -80,7 +80,7 @@ def test_multiple_references_match_pycocoevalcap(report_sentences):
 
 def test_perfect_hypotheses_score_one(report_sentences):
   references = report_sentences[:40]
-  results = captioning.caption_metrics(references, list(references), meteor=False)
+  results = captioning.caption_metrics(references, list(references), protocol="r2gen", meteor=False)
   for name in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "sacreBLEU", "ROUGE-L", "ROUGE-1",
                "ROUGE-2", "ROUGE-L (rouge-score)", "ROUGE-Lsum"):
     assert results[name] == pytest.approx(1.0, abs=1e-8), name
@@ -90,7 +90,7 @@ def test_perfect_hypotheses_score_one(report_sentences):
 
 def test_empty_hypotheses_are_scored(report_sentences):
   references = report_sentences[:10]
-  results = captioning.caption_metrics(references, [""] * 10, meteor=False)
+  results = captioning.caption_metrics(references, [""] * 10, protocol="r2gen", meteor=False)
   for name in ("BLEU-1", "BLEU-4", "sacreBLEU", "ROUGE-L", "CIDEr", "ROUGE-1", "ROUGE-Lsum"):
     assert results[name] == pytest.approx(0.0, abs=1e-12), name
   # Empty references too (pycocoevalcap's Cider fails on a corpus without any n-gram).
@@ -100,7 +100,7 @@ def test_empty_hypotheses_are_scored(report_sentences):
 
 def test_bad_inputs_raise_clear_errors():
   with pytest.raises(ValueError, match="2 references, 3 hypotheses"):
-    captioning.caption_metrics(["a b", "c d"], ["a", "b", "c"], meteor=False)
+    captioning.caption_metrics(["a b", "c d"], ["a", "b", "c"], protocol="r2gen", meteor=False)
   with pytest.raises(ValueError, match="empty corpus"):
     captioning.bleu_pycocoevalcap([], [])
   with pytest.raises(ValueError, match="hypothesis 1 is a NoneType"):
@@ -108,7 +108,7 @@ def test_bad_inputs_raise_clear_errors():
   with pytest.raises(ValueError, match="not a single string"):
     captioning.cider_d_pycocoevalcap("the heart", "the heart")
   with pytest.raises(ValueError, match="exactly one reference"):
-    captioning.caption_metrics([["a", "b"]], ["a"], meteor=False)
+    captioning.caption_metrics([["a", "b"]], ["a"], protocol="r2gen", meteor=False)
 
 
 def test_sacrebleu_matches_package_and_reports_signature(corpus):
@@ -118,7 +118,7 @@ def test_sacrebleu_matches_package_and_reports_signature(corpus):
   assert score == pytest.approx(expected, abs=1e-12)
   assert signature == ("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|"
                        f"version:{sacrebleu.__version__}")
-  results = captioning.caption_metrics(references, hypotheses, meteor=False)
+  results = captioning.caption_metrics(references, hypotheses, protocol="r2gen", meteor=False)
   assert signature in results["implementations"]["sacreBLEU"]
 
 
@@ -150,9 +150,10 @@ def test_rouge_scores_match_rouge_score_package(corpus, report_sentences):
 
 def test_seed002_metrics_on_roco_captions_match_the_packages(roco_chest_pairs):
   """ROUGE-1/2/L/Lsum as the rouge-score package (per pair, and its bootstrap 'mid' as Hugging Face
-  `evaluate` reports it) and BLEU as sacrebleu, on raw ROCO chest X-ray captions."""
+  `evaluate` reports it) and BLEU as sacrebleu, on raw ROCO chest X-ray captions (the "r2gen" protocol
+  leaves them as written, so that the packages' own tokenisers see the texts they were given)."""
   references, hypotheses = roco_chest_pairs
-  results = captioning.caption_metrics(references, hypotheses, meteor=False)
+  results = captioning.caption_metrics(references, hypotheses, protocol="r2gen", meteor=False)
   scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=False)
   aggregator = scoring.BootstrapAggregator()
   per_pair = {"rouge1": [], "rouge2": [], "rougeL": [], "rougeLsum": []}
@@ -171,5 +172,6 @@ def test_seed002_metrics_on_roco_captions_match_the_packages(roco_chest_pairs):
   expected_bleu = sacrebleu.corpus_bleu(hypotheses, [references]).score / 100
   assert results["sacreBLEU"] == pytest.approx(expected_bleu, abs=1e-12)
   assert 0.05 < expected_bleu < 0.9
-  # Every number names what computed it.
-  assert set(results["implementations"]) == set(results) - {"implementations"}
+  # Every number names what computed it, and the protocol is recorded beside them.
+  assert set(results["implementations"]) == set(results) - {"implementations", "protocol"}
+  assert results["protocol"]["name"] == "r2gen"

@@ -111,7 +111,7 @@ def test_meteor_unavailable_is_reported_not_faked(monkeypatch):
     raise LookupError("WordNet not found (simulated)")
 
   monkeypatch.setattr(meteor, "_nltk_wordnet", no_wordnet)
-  results = captioning.caption_metrics(METEOR_REFERENCES, METEOR_HYPOTHESES, meteor=True)
+  results = captioning.caption_metrics(METEOR_REFERENCES, METEOR_HYPOTHESES, protocol="r2gen", meteor=True)
   assert results["METEOR"] is None
   implementation = results["implementations"]["METEOR"]
   assert implementation.startswith("unavailable: ")

@@ -1,9 +1,11 @@
 """BLIP's captioner against transformers' BlipForConditionalGeneration on a small random config (every
 weight drawn at random; vision and text widths differ; text head count not BlipTextConfig's default) and
 real chest X-rays: teacher-forced logits, and greedy / beam search against `generate`, with and without
-a prompt. The weights go through cxrjax/weights/hf_blip.py's name map (tests/weights/test_hf_blip.py
-runs the same through `cxrjax port-weights` and `cxrjax predict`)."""
+a prompt, [SEP] raised so that some captions end and others run to the limit. The weights go through
+cxrjax/weights/hf_blip.py's name map (tests/weights/test_hf_blip.py runs the same through `cxrjax
+port-weights` and `cxrjax predict`)."""
 
+import copy
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -21,6 +23,7 @@ from cxrjax import decoding
 from cxrjax.data import transforms
 from cxrjax.models import blip
 from cxrjax.weights import hf_blip
+from tests.weights import generation_checks
 
 DEC, SEP, PAD = 30522, 102, 0
 PROMPT_IDS = (DEC, 1037, 3861, 1997)  # [DEC] a picture of (bert-base-uncased ids, checked in test_hf_blip.py)
@@ -43,6 +46,20 @@ def tiny_hf_blip(seed: int = 0) -> transformers.BlipForConditionalGeneration:
       scale = 1.0 if "embedding" in name else 0.3  # Word embeddings are the tied head: logits far from ties.
       tensor.copy_(torch.randn_like(tensor) * scale + (1.0 if is_gain else 0.0))
   model.tie_weights()
+  return model
+
+
+def ending_some_captions(hf_model, pixels, max_new: int, **prompt) -> transformers.BlipForConditionalGeneration:
+  """A copy of `hf_model` whose [SEP] is raised (tests/weights/generation_checks.py) so that some of its greedy
+  captions of `max_new` tokens from pixels [images, 3, S, S] (and `prompt`: generate's input_ids) end early
+  and the others run to the limit: the end-of-caption, pool and early-stop paths of the searches."""
+  model = copy.deepcopy(hf_model)
+  with torch.no_grad():
+    scores = model.generate(pixel_values=pixels, max_new_tokens=max_new, output_scores=True,
+                            return_dict_in_generate=True, **prompt).scores
+    # The output layer's bias, which its tied decoder Linear shares.
+    model.text_decoder.cls.predictions.bias[SEP] += generation_checks.end_bias(
+        generation_checks.margins_to_end(scores, SEP))
   return model
 
 
@@ -74,7 +91,7 @@ def flax_blip(hf_model, prompt_ids=()):
 
 @pytest.fixture(scope="module")
 def hf_model():
-  return tiny_hf_blip()
+  return tiny_hf_blip(seed=6)  # A seed whose captions, greedy and beam, end at mixed steps once [SEP] is raised.
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +110,13 @@ def _generated(rows, skip: int) -> list[list[int]]:
 
 @pytest.mark.parametrize("prompt_ids", [(), PROMPT_IDS], ids=["no_prompt", "prompt"])
 def test_teacher_forced_logits_and_searches_match_transformers(hf_model, images, prompt_ids):
+  max_new = 8
+  pixels = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+  hf_prompt = dict(input_ids=torch.tensor([list(prompt_ids) + [SEP]] * images.shape[0])) if prompt_ids else {}
+  hf_model = ending_some_captions(hf_model, pixels, max_new, **hf_prompt)
   model, variables = flax_blip(hf_model, prompt_ids)
   captions = np.random.default_rng(0).integers(1000, 30000, size=(images.shape[0], 6)).astype(np.int32)
   tokens = np.concatenate([np.full((images.shape[0], 1), DEC, np.int32), captions], axis=1)  # [4, 7]
-  pixels = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
   hf_inputs = np.concatenate([np.tile(prompt_ids, (images.shape[0], 1)).astype(np.int32), captions], axis=1) \
       if prompt_ids else tokens
   with torch.no_grad():
@@ -106,7 +126,6 @@ def test_teacher_forced_logits_and_searches_match_transformers(hf_model, images,
   assert logits.shape == expected.shape and np.abs(expected).max() > 5.0
   np.testing.assert_allclose(np.asarray(logits), expected, rtol=0, atol=1e-4)
 
-  max_new = 8
   @jax.jit
   def search(variables, images):
     cache = model.apply(variables, model.apply(variables, images, method="encode"), method="init_cache")
@@ -117,11 +136,13 @@ def test_teacher_forced_logits_and_searches_match_transformers(hf_model, images,
                                     **options)
     return greedy, beams[:, 0]
   greedy, beam = search(variables, images[:, None])
-  hf_prompt = dict(input_ids=torch.tensor([list(prompt_ids) + [SEP]] * images.shape[0])) if prompt_ids else {}
   # BlipForConditionalGeneration.generate drops the prompt's last token ([SEP] after the processor's text).
   skip = len(prompt_ids) if prompt_ids else 1
   with torch.no_grad():
     hf_greedy = hf_model.generate(pixel_values=pixels, num_beams=1, max_new_tokens=max_new, **hf_prompt)
     hf_beam = hf_model.generate(pixel_values=pixels, num_beams=3, max_new_tokens=max_new, **hf_prompt)
-  assert _generated(greedy, 0) == _generated(hf_greedy, skip)
-  assert _generated(beam, 0) == _generated(hf_beam, skip)
+  for ours, reference in ((greedy, hf_greedy), (beam, hf_beam)):
+    expected = _generated(reference, skip)
+    lengths = [len(ids) for ids in expected]
+    assert min(lengths) < max_new and max(lengths) == max_new, lengths  # Some end, some run to the limit.
+    assert _generated(ours, 0) == expected

@@ -135,3 +135,31 @@ def test_greedy_search_equals_a_beam_of_one(captioner, tokenizer):
   greedy, greedy_scores, beam, beam_scores = search(images)
   np.testing.assert_array_equal(greedy, beam)
   np.testing.assert_allclose(greedy_scores, beam_scores, rtol=1e-5)
+
+
+def test_a_decode_of_the_longest_length_a_family_allows_equals_teacher_forcing(captioner, tokenizer):
+  """models.max_decode_length is exact: a decode of that many tokens feeds positions 0 .. limit - 1, each step
+  equal to teacher forcing, and one step more no longer is (its KV cache write is clamped: what the commands
+  refuse). A recurrent decoder has no limit (checked over 3 * LENGTH steps)."""
+  name, config, components, state = captioner
+  model, variables = components.model, state.variables()
+  limit = models.max_decode_length(config.model)
+  field = models.get(name).decode_limit_field
+  assert (limit is None) == (field is None) and (limit is None or limit == config.model[field])
+  steps = 3 * LENGTH if limit is None else limit + 1
+  rng = np.random.default_rng(1)
+  words = rng.integers(4, len(tokenizer), (BATCH, steps - 1))
+  inputs = np.concatenate([np.full((BATCH, 1), tokenizer.start_id), words], axis=1).astype(np.int32)  # [batch, steps]
+  images = random_batch(tokenizer)["images"]
+  forced = model.apply(variables, images, inputs)["logits"]  # [batch, steps, vocab]
+  cache = model.apply(variables, model.apply(variables, images, method="encode"), method="init_cache")
+  step_fn = jax.jit(model.decoder_step_fn(variables))
+  stepped = []
+  for position in range(steps):
+    logits, cache = step_fn(jnp.asarray(inputs[:, position]), cache, jnp.int32(position))
+    stepped.append(logits)
+  stepped = np.stack(stepped, axis=1)
+  allowed = steps if limit is None else limit
+  np.testing.assert_allclose(stepped[:, :allowed], forced[:, :allowed], rtol=1e-5, atol=1e-5)
+  if limit is not None:
+    assert not np.allclose(stepped[:, limit], forced[:, limit], rtol=1e-3, atol=1e-3)

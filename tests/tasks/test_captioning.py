@@ -78,7 +78,8 @@ def test_label_smoothing_smooths_real_targets_only(model_and_variables):
     expected = -(labels * log_probs).sum(-1)[real].mean()
     np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
     nll = -np.take_along_axis(log_probs, targets[..., None], -1)[..., 0][real].mean()
-    np.testing.assert_allclose(float(aux["perplexity"]), np.exp(nll), rtol=1e-5)  # Unsmoothed.
+    np.testing.assert_allclose(float(aux["token_nll"]), nll, rtol=1e-5)  # Unsmoothed.
+    assert float(aux["tokens"]) == real.sum()
     plain = float(loss) if smoothing == 0 else plain
     assert smoothing == 0 or abs(float(loss) - plain) > 1e-3
   default_loss, _ = captioning.CaptioningTask(ml_collections.ConfigDict()).loss(model, variables, batch, rng, VOCAB)

@@ -2,13 +2,18 @@
 evaluation with AUROC and predictions.csv, and the real ChestX-ray14 images end to end."""
 
 import json
+import shutil
 
 import jax
 import numpy as np
 import pytest
+from etils import epath
+from sklearn import metrics as sklearn_metrics
 
 from cxrjax import cli, train, workdir as workdir_lib
+from cxrjax.data import chestxray14
 from cxrjax.errors import ConfigError
+from cxrjax.tasks import classification
 from configs import chestxray14_agcnn
 
 
@@ -71,22 +76,63 @@ from tests.data.test_chestxray14 import label_lines, manual_dir  # noqa: E402,F4
 
 def test_real_chestxray14_images_prepare_train_evaluate_and_score(manual_dir, tmp_path, capsys):
   """The whole ChestX-ray14 path on the 15 real images, through the command line as a user types it:
-  prepare, stage-1 training (smoke), evaluation, and `cxrjax auroc` on the written predictions against
-  the real label file."""
+  prepare, stage-1 training (smoke, the default 15 classes), evaluation, and `cxrjax auroc` on the
+  written predictions against the real label file: the same mean AUROC, over the 14 findings."""
   assert cli.main(["prepare", "chestxray14", "--manual-dir", str(manual_dir), "--data-dir",
                    str(tmp_path / "data"), "--split", "random"]) == 0
   capsys.readouterr()
-  assert cli.main(["train", "--config=configs/chestxray14_agcnn.py:stage=1,smoke,split=random,classes=14",
+  assert cli.main(["train", "--config=configs/chestxray14_agcnn.py:stage=1,smoke,split=random",
                    f"--workdir={tmp_path / 'run'}", f"--config.data.data_dir={tmp_path / 'data'}"]) == 0
-  assert cli.main(["evaluate", "--workdir", str(tmp_path / "run"), "--split", "test"]) == 0
   capsys.readouterr()
+  assert cli.main(["evaluate", "--workdir", str(tmp_path / "run"), "--split", "test"]) == 0
+  summary = json.loads(capsys.readouterr().out)
   predictions = tmp_path / "run/eval/test/predictions.csv"
   rows = predictions.read_text().splitlines()
   assert rows[0].split(",")[1] == "prob_Atelectasis" and len(rows) == 1 + 4  # 4 test images (10/1/4)
+  assert rows[0].split(",")[-1] == "prob_No Finding"
   assert cli.main(["auroc", "--predictions", str(predictions), "--labels",
                    str(manual_dir / "Data_Entry_2017_v2020.csv")]) == 0
   scored = json.loads(capsys.readouterr().out)
   assert scored["num_images"] == 4
+  assert summary["mean_AUROC"] == pytest.approx(scored["mean"], abs=1e-6)
+  assert "AUROC/No Finding" in summary  # Beside the mean, not in it.
+
+  # The dataset copied to another path (a re-created VM), read with more threads: the run resumes.
+  shutil.move(tmp_path / "data", tmp_path / "copied_data")
+  assert cli.main(["train", "--config=configs/chestxray14_agcnn.py:stage=1,smoke,split=random",
+                   f"--workdir={tmp_path / 'run'}", f"--config.data.data_dir={tmp_path / 'copied_data'}",
+                   "--config.data.read_threads=2"]) == 0
+  assert f"resumed from {tmp_path / 'run'}/checkpoints/latest at step 4" in capsys.readouterr().out
+  assert cli.main(["evaluate", "--workdir", str(tmp_path / "run"), "--split", "test"]) == 0  # The new path.
+  assert json.loads(capsys.readouterr().out)["mean_AUROC"] == pytest.approx(summary["mean_AUROC"], abs=1e-6)
+
+
+def test_mean_auroc_is_over_the_14_findings_as_cxrjax_auroc_scores_its_predictions(shared_data, tmp_path, capsys):
+  """AG-CNN's 15 classes on 3,000 rows of the real label file: mean_AUROC (metrics.json, the summary line,
+  checkpoint selection) is `cxrjax auroc`'s mean over the 14 findings of the predictions.csv the task
+  writes; "No Finding" gets its AUROC beside it, not in it."""
+  labels_file = shared_data / "nih_chestxray14/Data_Entry_2017_v2020.csv.gz"
+  entries = chestxray14.read_label_file(labels_file)[:3000]
+  names = chestxray14.class_names(include_no_finding=True)
+  labels = np.stack([chestxray14.labels_vector(e.findings, include_no_finding=True) for e in entries])
+  rng = np.random.default_rng(0)
+  # Three decimals: tied scores, and values the CSV holds exactly.
+  probabilities = np.round(0.3 * labels + 0.7 * rng.random(labels.shape), 3)
+  task = classification.ClassificationTask(chestxray14_agcnn.get_config("smoke"))
+  task.label_names = names
+  records = [{"id": e.image_index, "probabilities": p, "labels": l}
+             for e, p, l in zip(entries, probabilities, labels)]
+  scores = task.score(records)
+  task.write(epath.Path(tmp_path), records)
+  assert cli.main(["auroc", "--predictions", str(tmp_path / "predictions.csv"), "--labels", str(labels_file)]) == 0
+  scored = json.loads(capsys.readouterr().out)
+  assert scores["mean_AUROC"] == pytest.approx(scored["mean"], abs=1e-12)
+  findings = [scores[f"AUROC/{name}"] for name in chestxray14.FINDINGS if not np.isnan(scores[f"AUROC/{name}"])]
+  assert scores["mean_AUROC"] == pytest.approx(np.mean(findings), abs=1e-12)
+  no_finding = sklearn_metrics.roc_auc_score(labels[:, -1], probabilities[:, -1])
+  assert scores["AUROC/No Finding"] == pytest.approx(no_finding, abs=1e-12)
+  assert scores["mean_AUROC"] != pytest.approx(np.mean(findings + [no_finding]), abs=1e-6)  # Not in the mean.
+  assert "not in it: No Finding" in scores["note"]
 
 
 def test_predict_agcnn_draws_where_the_model_looked(stages, shared_data, tmp_path, capsys):

@@ -153,3 +153,22 @@ def test_strict_map_names_a_variable_without_source():
   abstract = {"params": {"head": {"kernel": np.zeros((2, 2))}}}
   with pytest.raises(WeightsError, match="params/head/kernel has no source tensor"):
     hf.strict_map({}, abstract, source_of, "DIR")
+
+
+def test_generation_defaults_are_transformers():
+  """The defaults a ported decode follows, and the settings it refuses unless at their default, are
+  transformers' own (a misspelt setting would never be checked)."""
+  defaults = transformers.GenerationConfig._get_default_generation_params()  # pylint: disable=protected-access
+  fields = transformers.GenerationConfig().to_dict()
+  assert {name: defaults[name] for name in hf.GENERATE_DEFAULTS} == hf.GENERATE_DEFAULTS
+  for name, value in hf.REPRODUCED_ONLY_AS.items():
+    assert name in fields and defaults.get(name, fields[name]) == value, name
+
+
+def test_a_generation_config_that_is_not_an_object(copy, tmp_path, capsys):
+  (copy / hf.GENERATION_CONFIG).write_text("[1, 2]")
+  error = _port_error(copy, tmp_path / "out", capsys)
+  assert error.endswith(f"{copy / hf.GENERATION_CONFIG}: expected a JSON object, got list")
+  (copy / hf.GENERATION_CONFIG).write_text('{"num_beams": "three"}')
+  error = _port_error(copy, tmp_path / "out", capsys)
+  assert error.endswith(f"{copy / hf.GENERATION_CONFIG}: num_beams is 'three'; expected an integer")

@@ -1,7 +1,8 @@
 """BLIP through the command line: a random transformers BlipForConditionalGeneration written by
 `save_pretrained` -> `cxrjax port-weights --format hf` -> teacher-forced logits and `cxrjax predict` (greedy
-and beam 3, with and without the prompt) against transformers on real chest X-rays; BLIP's image
-processor; the tied output layer; config.json defaults."""
+and beam 3, with and without the prompt, [SEP] raised so that some captions end early) against
+transformers on real chest X-rays; the ported run's own decoding, as `generate`; BLIP's image processor;
+the tied output layer; config.json defaults."""
 
 import json
 import os
@@ -21,14 +22,16 @@ from cxrjax.data import transforms
 from cxrjax.weights import hf, hf_blip
 from cxrjax.weights.store import WeightsError
 
-from tests.models.test_blip import DEC, PROMPT_IDS, SEP, chest_xrays, tiny_hf_blip
+from tests.models.test_blip import DEC, PROMPT_IDS, SEP, chest_xrays, ending_some_captions, tiny_hf_blip
+from tests.weights import generation_checks
 
 MAX_NEW = 8
+DEFAULT_NEW_TOKENS = 20  # transformers' `generate` where nothing sets a length.
 
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
-  model = tiny_hf_blip(seed=1)
+  model = tiny_hf_blip(seed=6)  # Its captions, greedy and beam, end at mixed steps once [SEP] is raised.
   directory = tmp_path_factory.mktemp("blip_hf")
   model.save_pretrained(directory)
   return model, directory
@@ -63,7 +66,13 @@ def _hf_ids(rows, skip: int) -> list[list[int]]:
 @pytest.mark.parametrize("prompt", ["", "a picture of"], ids=["no_prompt", "prompt"])
 def test_port_weights_then_logits_and_predict_match_transformers(hf_dir, vocab, shared_data, tmp_path, capsys,
                                                                  prompt):
-  model, directory = hf_dir
+  model, _ = hf_dir
+  images = chest_xrays(shared_data)
+  pixels = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+  hf_prompt = dict(input_ids=torch.tensor([list(PROMPT_IDS) + [SEP]] * 4)) if prompt else {}
+  model = ending_some_captions(model, pixels, MAX_NEW, **hf_prompt)
+  directory = tmp_path / "hf"
+  model.save_pretrained(directory)
   stored = safetensors.numpy.load_file(directory / "model.safetensors")
   assert not set(hf_blip.TIED) & set(stored)  # transformers 5 leaves the tied output layer out.
   predictor = _port(directory, tmp_path / "out", vocab, *(["--prompt", prompt] if prompt else []))
@@ -71,8 +80,6 @@ def test_port_weights_then_logits_and_predict_match_transformers(hf_dir, vocab, 
   assert roco_blip.PROMPT_IDS == PROMPT_IDS  # The fine-tuning config's prompt is this tokenizer's.
   assert predictor.tokenizer.start_id == DEC and predictor.tokenizer.end_id == SEP
 
-  images = chest_xrays(shared_data)
-  pixels = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
   captions = np.random.default_rng(1).integers(1000, 30000, size=(4, 5)).astype(np.int32)
   tokens = np.concatenate([np.full((4, 1), DEC, np.int32), captions], axis=1)
   hf_inputs = np.concatenate([np.tile(PROMPT_IDS, (4, 1)), captions], axis=1) if prompt else tokens
@@ -83,22 +90,55 @@ def test_port_weights_then_logits_and_predict_match_transformers(hf_dir, vocab, 
   np.testing.assert_allclose(np.asarray(logits), expected, rtol=0, atol=1e-4)
 
   paths = sorted((shared_data / "iu_xray" / "images").glob("*.png"))
-  hf_prompt = dict(input_ids=torch.tensor([list(PROMPT_IDS) + [SEP]] * 4)) if prompt else {}
   skip = len(PROMPT_IDS) if prompt else 1
   for options, beams in ((["--greedy"], 1), (["--beam-size", "3"], 3)):
     lines = _predict(capsys, tmp_path / "out", paths, *options)
     with torch.no_grad():
       reference = model.generate(pixel_values=pixels, num_beams=beams, max_new_tokens=MAX_NEW, **hf_prompt)
-    assert [line["token_ids"] for line in lines] == _hf_ids(reference.numpy(), skip), options
+    expected = _hf_ids(reference.numpy(), skip)
+    lengths = [len(ids) for ids in expected]
+    assert min(lengths) < MAX_NEW and max(lengths) == MAX_NEW, (options, lengths)  # Some end, some run on.
+    assert [line["token_ids"] for line in lines] == expected, options
     assert all(len(line["token_logprobs"]) == len(line["token_ids"]) for line in lines)
+
+
+def test_a_ported_blip_decodes_as_generate_on_its_directory(vocab, shared_data, tmp_path, capsys):
+  """`port-weights --prompt`, then `predict` with no decoding option: the captions of `generate` on the directory
+  as `from_pretrained` reads it, which for BLIP is transformers' defaults (greedy, 20 new tokens) whatever its
+  generation_config.json says; `--beam-size 3` as `generate(num_beams=3)`. The model favours two words and
+  ends some captions early (tests/weights/generation_checks.py): trigrams repeat, nothing blocked."""
+  images = chest_xrays(shared_data)
+  pixels = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+  hf_prompt = dict(input_ids=torch.tensor([list(PROMPT_IDS) + [SEP]] * 4))
+  model = tiny_hf_blip(seed=1)
+  with torch.no_grad():
+    model.text_decoder.cls.predictions.bias[list(generation_checks.FAVOURED)] += generation_checks.FAVOUR
+  model = ending_some_captions(model, pixels, DEFAULT_NEW_TOKENS, **hf_prompt)
+  directory = tmp_path / "hf"
+  model.save_pretrained(directory)
+  settings = json.loads((directory / hf.GENERATION_CONFIG).read_text())
+  (directory / hf.GENERATION_CONFIG).write_text(json.dumps(dict(settings, num_beams=3, max_new_tokens=5)))
+  predictor = _port(directory, tmp_path / "out", vocab, "--prompt", "a picture of")
+  decode = predictor.config.decode
+  assert (decode.beam_size, decode.max_length, decode.block_ngram_repeat) == (1, DEFAULT_NEW_TOKENS, 0)
+  paths = sorted((shared_data / "iu_xray" / "images").glob("*.png"))
+  reloaded = transformers.BlipForConditionalGeneration.from_pretrained(directory).eval()
+  for options, beams in (([], None), (["--beam-size", "3"], 3)):
+    with torch.no_grad():
+      reference = reloaded.generate(pixel_values=pixels, **hf_prompt, **({"num_beams": beams} if beams else {}))
+    expected = _hf_ids(reference.numpy(), len(PROMPT_IDS))
+    generation_checks.assert_shaped(expected, DEFAULT_NEW_TOKENS)
+    capsys.readouterr()
+    assert cli.main(["predict", "--workdir", str(tmp_path / "out"), *options, *map(str, paths)]) == 0
+    assert [json.loads(line)["token_ids"] for line in capsys.readouterr().out.splitlines()] == expected, options
 
 
 def test_blip_processing_equals_blip_image_processor(shared_data):
   hf_config = transformers.BlipConfig().to_dict()  # blip-base's sizes: 384 x 384.
   config = hf_blip.run_config(hf_blip.model_section(hf_config, "config.json"))
   ours = chest_xrays(shared_data, size=config.data.image_size)
-  assert transforms.from_config(config) == transforms.Preprocessing(image_size=384, **hf_blip.PREPROCESSING,
-                                                                    train_resize_size=384)
+  # Training sees the processor's view too: no augmentation.
+  assert transforms.from_config(config) == transforms.Preprocessing(image_size=384, **hf_blip.PREPROCESSING)
   from PIL import Image
   paths = sorted((shared_data / "iu_xray" / "images").glob("*.png"))
   processor = transformers.BlipImageProcessor()

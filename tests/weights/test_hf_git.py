@@ -9,6 +9,7 @@ moves the logits, saved with `save_pretrained` beside bert-base-uncased's vocab.
 
 import json
 import os
+import shutil
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -24,9 +25,11 @@ from PIL import Image
 from cxrjax import cli, workdir
 from cxrjax.data import transforms
 from cxrjax.weights import hf, hf_git
+from tests.weights import generation_checks
 
 CLS, SEP = 101, 102
 IMAGE_SIZE, MAX_NEW_TOKENS = 32, 8
+DEFAULT_NEW_TOKENS = 20  # transformers' `generate` where nothing sets a length.
 CONFIG = dict(
     vision_config=dict(hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=2,
                        image_size=IMAGE_SIZE, patch_size=8, layer_norm_eps=1e-5),
@@ -89,6 +92,20 @@ def ported(tmp_path_factory, reference, shared_data):
   out = directory.parent / "git_workdir"
   assert cli.main(["port-weights", "--format", "hf", str(directory), str(out)]) == 0
   return directory, out
+
+
+@pytest.fixture(scope="module")
+def favouring_git(image_paths):
+  """A random GIT shaped as tests/weights/generation_checks.py says: two favoured words, and [SEP] raised so
+  that some of the default length's greedy captions end early."""
+  model = randomized_git(seed=1)
+  pixels = torch.from_numpy(pixel_values(image_paths, IMAGE_SIZE))
+  with torch.no_grad():
+    model.output.bias[list(generation_checks.FAVOURED)] += generation_checks.FAVOUR
+    scores = model.generate(pixel_values=pixels, max_new_tokens=DEFAULT_NEW_TOKENS, output_scores=True,
+                            return_dict_in_generate=True).scores
+    model.output.bias[SEP] += generation_checks.end_bias(generation_checks.margins_to_end(scores, SEP))
+  return model, pixels
 
 
 def _strip(row) -> list[int]:
@@ -183,3 +200,58 @@ def test_every_tensor_is_mapped_once(ported):
   abstract = hf.abstract_variables(hf_git.model_section(hf_config, "config.json"), hf_git.vocab_size(hf_config))
   names = [hf_git.source_of("/".join(path))[0] for path in flax.traverse_util.flatten_dict(abstract)]
   assert sorted(names) == sorted(tensors)  # One to one: no tensor used twice, none left over.
+
+
+@pytest.mark.parametrize("generation, beams, new_tokens", [
+    ({}, 1, DEFAULT_NEW_TOKENS),  # Nothing set: transformers' defaults, greedy and 20 new tokens.
+    ({"num_beams": 3, "max_length": 16}, 3, 15),  # max_length counts the [CLS] fed first.
+], ids=["defaults", "beam3_max_length"])
+def test_a_ported_git_decodes_as_generate_on_its_directory(favouring_git, image_paths, shared_data, tmp_path, capsys,
+                                                           generation, beams, new_tokens):
+  """`port-weights`, then `predict` with no decoding option: the captions of transformers' `generate` on the
+  directory as `from_pretrained` reads it (generation_config.json), some ending early, some at the limit,
+  trigrams repeated (nothing blocked)."""
+  model, pixels = favouring_git
+  directory = tmp_path / "git_hf"
+  model.save_pretrained(directory)
+  settings = json.loads((directory / hf.GENERATION_CONFIG).read_text())
+  (directory / hf.GENERATION_CONFIG).write_text(json.dumps(dict(settings, **generation)))
+  (directory / "vocab.txt").write_bytes((shared_data / "text" / "bert-base-uncased-vocab.txt").read_bytes())
+  assert cli.main(["port-weights", "--format", "hf", str(directory), str(tmp_path / "out")]) == 0
+  config = workdir.read_config(tmp_path / "out")
+  assert (config.decode.beam_size, config.decode.max_length, config.decode.block_ngram_repeat) == (beams, new_tokens, 0)
+  assert config.model.cache_length >= new_tokens
+  with torch.no_grad():
+    reloaded = transformers.GitForCausalLM.from_pretrained(directory).eval()
+    expected = [_strip(row) for row in reloaded.generate(pixel_values=pixels).tolist()]
+  generation_checks.assert_shaped(expected, new_tokens)
+  capsys.readouterr()
+  assert cli.main(["predict", "--workdir", str(tmp_path / "out"), *map(str, image_paths)]) == 0
+  assert [json.loads(line)["token_ids"] for line in capsys.readouterr().out.splitlines()] == expected
+
+
+def test_generation_settings_from_config_json_and_those_no_search_reproduces(ported, tmp_path, capsys):
+  """Without generation_config.json, config.json's generation fields count (as transformers reads them);
+  a setting that cxrjax's searches do not reproduce, or a length past the position table, is refused in one
+  line naming the file and the setting."""
+  directory = tmp_path / "git_hf"
+  shutil.copytree(ported[0], directory)
+  (directory / hf.GENERATION_CONFIG).unlink()
+  config_json = json.loads((directory / hf.CONFIG_FILE).read_text())
+  (directory / hf.CONFIG_FILE).write_text(json.dumps(dict(config_json, num_beams=2, max_new_tokens=30)))
+  config, _, _ = hf.import_hf(directory)
+  assert (config.decode.beam_size, config.decode.max_length, config.model.cache_length) == (2, 30, 40)
+  (directory / hf.CONFIG_FILE).write_text(json.dumps(config_json))
+  for setting, message in (({"do_sample": True}, "do_sample=True is not supported"),
+                           ({"no_repeat_ngram_size": 3}, "no_repeat_ngram_size=3 is not supported"),
+                           ({"max_new_tokens": 41}, "max_new_tokens=41 asks for 41 new tokens; the text position "
+                                                    "table (max_position_embeddings 40) holds 40"),
+                           ({"max_length": 1}, "max_length=1 leaves no token to generate"),
+                           ({"eos_token_id": 1012}, "eos_token_id=1012; the tokenizer's eos token is 102")):
+    (directory / hf.GENERATION_CONFIG).write_text(json.dumps(setting))
+    out = tmp_path / f"out_{next(iter(setting))}"
+    assert cli.main(["port-weights", "--format", "hf", str(directory), str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"cxrjax port-weights: error: {directory / hf.GENERATION_CONFIG}: {message}"), error
+    assert len(error.splitlines()) == 1, error
+    assert not out.exists()

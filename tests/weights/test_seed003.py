@@ -28,8 +28,10 @@ from cxrjax.models import graph_captioner
 from cxrjax.models.encoders import resnet
 from cxrjax.weights import pretrained, seed003, store
 
+from tests.weights import generation_checks
 from tests.weights.torch_seed003 import (  # noqa: F401  (the seed's reference code)
-    TINY_RESNET, TINY_DECODER, CLS, SEP, GraphPropagationLayer, ResNetGraphCaptioner, generate_caption, seed_transform, calibrate_batch_norm, reference_model, flax_model, token_rows)
+    TINY_RESNET, TINY_DECODER, CLS, SEP, GraphPropagationLayer, ResNetGraphCaptioner, encoder_runs_once,
+    generate_caption, seed_transform, calibrate_batch_norm, reference_model, flax_model, token_rows)
 
 
 @pytest.fixture(scope="module")
@@ -235,32 +237,84 @@ def test_a_directory_that_is_not_a_resnet_is_refused(tmp_path, chest_xrays):
     seed003.import_hf_resnet(tmp_path)
 
 
-def test_port_weights_makes_a_workdir_whose_greedy_predict_equals_the_seeds_generate_caption(
-    tmp_path, shared_data, chest_xrays, tiny_checkpoint, capsys):
-  """`cxrjax port-weights --format seed003-torch` on the seed's state dict (bert-base-uncased's vocabulary
-  size, so the real vocab.txt fits), then `cxrjax predict --greedy` on the real images: per image, the
-  seed's generate_caption token ids exactly and their log-probabilities within 1e-3."""
+def test_an_imported_run_decodes_as_the_seed_and_the_recipe_as_configured():
+  """The seed's generate_caption: greedy, nothing blocked, 80 tokens ([SEP] included), or as many as a shorter
+  position table lets its loop run; configs/rocov2_graph.py names its own search (beam 3, trigram blocking)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from configs import rocov2_graph  # pylint: disable=g-import-not-at-top
+  for cache_length, max_length in ((80, 80), (40, 40)):
+    decode = seed003.run_config(ml_collections.ConfigDict(dict(name="graph_captioner", cache_length=cache_length))).decode
+    assert (decode.beam_size, decode.max_length, decode.block_ngram_repeat) == (1, max_length, 0)
+  recipe = rocov2_graph.get_config()
+  assert (recipe.decode.beam_size, recipe.decode.max_length, recipe.decode.block_ngram_repeat) == (3, 80, 3)
+  assert recipe.model.cache_length == 80
+
+
+@pytest.fixture(scope="module")
+def repeating_port(tmp_path_factory, shared_data, chest_xrays):
+  """The seed's captioner at bert-base-uncased's vocabulary size (so the real vocab.txt fits), shaped as
+  tests/weights/generation_checks.py says: two favoured words, so that trigrams repeat and blocking would
+  show, and [SEP] raised so that two images end early and two run to the seed's 80 tokens; ported by
+  `cxrjax port-weights --format seed003-torch`. -> (the torch model, the workdir)."""
   from cxrjax import cli  # pylint: disable=g-import-not-at-top
-  paths, images = sorted((shared_data / "iu_xray" / "images").glob("*.png")), chest_xrays
-  vocab = shared_data / "text/bert-base-uncased-vocab.txt"
-  reference = reference_model(images, TINY_RESNET, vocab_size=30522, embed_dim=32, num_layers=2, num_heads=4,
+  folder = tmp_path_factory.mktemp("seed003_port")
+  reference = reference_model(chest_xrays, TINY_RESNET, vocab_size=30522, embed_dim=32, num_layers=2, num_heads=4,
                               head_scale=8.0)
-  checkpoint = tmp_path / "roco_best_model.bin"
+  images = torch.from_numpy(chest_xrays.transpose(0, 3, 1, 2))
+  with torch.no_grad(), encoder_runs_once(reference):
+    reference.fc_out.bias[list(generation_checks.FAVOURED)] += generation_checks.FAVOUR
+    # The greedy captions of all four images at once (generate_caption's argmax steps, [SEP] not yet chosen),
+    # and along them the chosen token's logit less [SEP]'s: margins [images, 80].
+    tokens, margins = torch.full((len(images), 1), CLS), []
+    for _ in range(80):
+      logits = reference(images, tokens)[:, -1]  # [images, vocab]
+      margins.append((logits.max(-1).values - logits[:, SEP]).numpy())
+      tokens = torch.cat([tokens, logits.argmax(-1, keepdim=True)], dim=1)
+    reference.fc_out.bias[SEP] += generation_checks.end_bias(np.stack(margins, axis=1))
+  checkpoint = folder / "roco_best_model.bin"
   torch.save(reference.state_dict(), checkpoint)
-  assert cli.main(["port-weights", "--format", "seed003-torch", "--tokenizer", str(vocab), "--num-heads", "4",
-                   str(checkpoint), str(tmp_path / "out")]) == 0
+  assert cli.main(["port-weights", "--format", "seed003-torch", "--tokenizer",
+                   str(shared_data / "text/bert-base-uncased-vocab.txt"), "--num-heads", "4", str(checkpoint),
+                   str(folder / "out")]) == 0
+  return reference, folder / "out"
+
+
+def test_a_ported_workdirs_predict_equals_the_seeds_generate_caption(shared_data, chest_xrays, tiny_checkpoint,
+                                                                     repeating_port, tmp_path, capsys):
+  """`cxrjax predict` on the ported workdir, with no decoding option, on the real images: per image, the seed's
+  generate_caption (max_len=80, nothing blocked) token ids exactly and their log-probabilities within 1e-3,
+  captions that end early and captions of all 80 tokens, trigrams repeated."""
+  from cxrjax import cli, inference  # pylint: disable=g-import-not-at-top
+  reference, out = repeating_port
+  paths = sorted((shared_data / "iu_xray" / "images").glob("*.png"))
+  vocab = shared_data / "text/bert-base-uncased-vocab.txt"
+  decode = inference.Predictor.from_workdir(str(out)).config.decode
+  assert (decode.beam_size, decode.max_length, decode.block_ngram_repeat) == (1, 80, 0)
   capsys.readouterr()
-  assert cli.main(["predict", "--workdir", str(tmp_path / "out"), "--greedy", *map(str, paths)]) == 0
+  assert cli.main(["predict", "--workdir", str(out), *map(str, paths)]) == 0
   lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
   assert [line["images"] for line in lines] == [[str(p)] for p in paths]
   bert = transformers.BertTokenizer(vocab=str(vocab))
-  for line, image in zip(lines, images):
-    ids, log_probs = generate_caption(torch.from_numpy(image.transpose(2, 0, 1)[None]), reference, max_len=79)
-    assert line["token_ids"] == ids
-    # The text is transformers' BERT decoding of the same ids, but for spacing: cxrjax keeps punctuation a
-    # separate word ("lung ."), as the cleaned references are tokenised; BERT glues it on ("lung.").
-    assert line["caption"].replace(" ", "") == bert.decode(ids, skip_special_tokens=True).replace(" ", "")
-    np.testing.assert_allclose(line["token_logprobs"], log_probs[:len(ids)], atol=1e-3)
+  expected = []
+  with encoder_runs_once(reference):
+    for line, image in zip(lines, chest_xrays):
+      image = torch.from_numpy(image.transpose(2, 0, 1)[None])
+      ids, log_probs = generate_caption(image, reference)  # The seed's default max_len, 80.
+      expected.append(ids)
+      assert line["token_ids"] == ids
+      # The text is transformers' BERT decoding of the same ids, but for spacing: cxrjax keeps punctuation a
+      # separate word ("lung ."), BERT's basic text form, which the scoring protocols put the raw references in
+      # too (cxrjax/metrics/protocols.py); BERT glues it on ("lung.").
+      assert line["caption"].replace(" ", "") == bert.decode(ids, skip_special_tokens=True).replace(" ", "")
+      np.testing.assert_allclose(line["token_logprobs"], log_probs[:len(ids)], atol=1e-3)
+      with torch.no_grad():  # Every choice clear of a tie (the logits agree to 1e-4).
+        top_two = reference(image, torch.tensor([[CLS] + ids]))[0].topk(2, dim=-1).values
+      assert (top_two[:, 0] - top_two[:, 1]).min().item() > 1e-3
+  generation_checks.assert_shaped(expected, 80)
+  # The same workdir with the recipe's trigram blocking decodes otherwise: the comparison above would see it.
+  predictor = inference.Predictor.from_workdir(str(out))
+  predictor.config.decode.block_ngram_repeat = 3
+  assert [predictor.predict_report([str(p)])["token_ids"] for p in paths] != expected
   # A checkpoint whose vocabulary is not the tokenizer's (120 rows, not 30522) is refused, naming both.
   assert cli.main(["port-weights", "--format", "seed003-torch", "--tokenizer", str(vocab), str(tiny_checkpoint[1]),
                    str(tmp_path / "x")]) == 2

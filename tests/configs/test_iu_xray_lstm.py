@@ -1,0 +1,7 @@
+"""configs/iu_xray_lstm.py's docstring commands, run as written (smoke variant) on the real fixtures (conftest.py)."""
+
+from tests.configs.conftest import check_commands_ran
+
+
+def test_docstring_commands_run_as_written(sandbox, docstring_runs):
+  check_commands_ran("iu_xray_lstm", sandbox, docstring_runs)
