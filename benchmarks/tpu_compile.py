@@ -44,6 +44,7 @@ def main() -> None:
   parser.add_argument("--topologies", default="v5e:2x4,v5e:4x4", help="TPU slices, comma-separated")
   parser.add_argument("--program", default="train", choices=("train", "evaluate", "serve"))
   parser.add_argument("--no-find-batch-size", action="store_true", help="skip the search for the largest batch")
+  parser.add_argument("--hlo-dir", default=None, help="also write each compiled program's text there")
   args = parser.parse_args()
   import importlib  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
@@ -57,8 +58,16 @@ def main() -> None:
       vocab_size = VOCAB_SIZES.get(name)
       spec = f"configs/{name}.py" + (f":{CONFIGS[name]}" if CONFIGS[name] else "")
       started = time.perf_counter()
-      (report,) = aot.compile_config(config, tpu_slice, (args.program,), vocab_size=vocab_size)
+      try:
+        (report,) = aot.compile_config(config, tpu_slice, (args.program,), vocab_size=vocab_size)
+      except aot.UserError as error:  # E.g. a global batch that the slice's chips do not divide.
+        print(json.dumps(dict(benchmark="tpu_compile", config=spec, program=args.program, topology=topology,
+                              error=str(error))), flush=True)
+        continue
       print(f"{spec} {topology}: compiled in {report.compile_seconds:.0f} s", file=sys.stderr, flush=True)
+      if args.hlo_dir:
+        pathlib.Path(args.hlo_dir).mkdir(parents=True, exist_ok=True)
+        (pathlib.Path(args.hlo_dir) / f"{name}_{args.program}_{topology.replace(':', '_')}.hlo").write_text(report.hlo)
       line = dict(benchmark="tpu_compile", config=spec, program=args.program, topology=topology,
                   chip=report.chip, chips=report.chips, hosts=report.hosts, mesh=report.mesh,
                   vocab_size=vocab_size, batch=report.batch, batch_per_chip=report.batch_per_chip,

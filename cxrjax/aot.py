@@ -188,6 +188,7 @@ class Built:
   state: Any  # the abstract TrainState (its shardings) the program's process holds
   parts: dict[str, Any]  # name -> abstract tree, held per chip: parameters, optimizer state, batch, ...
   resident: tuple[str, ...] = ()  # parts held beside the program's arguments (load_run restores them)
+  replicated_batch: bool = False  # every chip computes the whole batch (serve), not its share
   note: str = ""
 
 
@@ -264,7 +265,7 @@ def build(config: ml_collections.ConfigDict, tpu_slice: Slice, program: str, tok
                chips=len(devices), hosts=1, state=state,
                parts=dict(parameters=state.params, optimizer_state=state.opt_state,
                           other_state=(state.step, state.batch_stats), batch=images),
-               resident=("optimizer_state",),
+               resident=("optimizer_state",), replicated_batch=True,
                note="the config's search, the batch replicated on one host's chips")
 
 
@@ -346,7 +347,16 @@ def products_by_dtype(hlo_text: str) -> dict[str, float]:
       labels = re.search(r"dim_labels=\w+_(\w+)->", line)
       if not labels or len(labels.group(1)) != len(rhs):
         continue
-      size = math.prod(n for label, n in zip(labels.group(1), rhs) if label == "i" or label.isdigit())
+      # Of a window dimension, only the taps on real inputs: XLA writes batched products as convolutions
+      # whose batch dimensions are windows over an input dilated by their size (one real tap each).
+      dilation = re.search(r"lhs_dilate=([0-9x]+)", line)
+      dilation = [int(d) for d in dilation.group(1).split("x")] if dilation else []
+      size = 1
+      for label, n in zip(labels.group(1), rhs):
+        if label == "i":
+          size *= n
+        elif label.isdigit():
+          size *= -(-n // (dilation[int(label)] if int(label) < len(dilation) else 1))
     key = f"{lhs_dtype} x {rhs_dtype}"
     flops[key] = flops.get(key, 0.0) + 2.0 * out * size
   return flops
@@ -434,9 +444,11 @@ class Report:
   products: dict[str, float]  # per chip: the FLOPs of the compiled matrix products by operand dtypes
   compile_seconds: float
   note: str = ""
+  hlo: str = dataclasses.field(default="", repr=False)  # the compiled program's text (explained compiles)
 
   def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+    """The report as JSON values, without the program's text."""
+    return {key: value for key, value in dataclasses.asdict(self).items() if key != "hlo"}
 
 
 def _mib(size: float) -> str:
@@ -513,7 +525,7 @@ def compile_program(built: Built, tpu_slice: Slice, explain: bool = True) -> Rep
   largest = [] if fits else largest_arrays(built.state, 3) + largest_values(hlo_text, 3)
   return _report(built, tpu_slice, fits=fits, hbm_used=used, memory=memory, largest=largest,
                  cost=_cost(compiled.cost_analysis()), model_flops=model_flops, hlo_text=hlo_text,
-                 compile_seconds=compile_seconds)
+                 compile_seconds=compile_seconds, keep_hlo=explain)
 
 
 @contextlib.contextmanager
@@ -531,12 +543,13 @@ def _uncached():
 
 def _report(built: Built, tpu_slice: Slice, *, fits: bool, hbm_used: int, memory: dict[str, int],
             largest: list[str], cost: dict[str, float], model_flops: float | None, hlo_text: str,
-            compile_seconds: float) -> Report:
+            compile_seconds: float, keep_hlo: bool = False) -> Report:
   flops = cost.get("flops") or None
   bytes_accessed = cost.get("bytes accessed") or None
   xla_seconds = cost.get("optimal_seconds")
   times = estimate(flops, bytes_accessed, xla_seconds, tpu_slice)
-  per_chip_model_flops = model_flops / built.chips if model_flops else None
+  # Per chip: the traced program is the global one, which chips share, or each runs whole (a replicated batch).
+  per_chip_model_flops = model_flops / (1 if built.replicated_batch else built.chips) if model_flops else None
   seconds = times["estimated_seconds"]
   rate = built.batch / built.chips / seconds if seconds else None
   utilisation = per_chip_model_flops / (seconds * tpu_slice.peak_flops) if seconds and per_chip_model_flops else None
@@ -549,7 +562,7 @@ def _report(built: Built, tpu_slice: Slice, *, fits: bool, hbm_used: int, memory
                 examples_per_s_per_chip=rate, model_flops_utilisation=utilisation,
                 collectives=collectives(hlo_text) if hlo_text else {},
                 products=products_by_dtype(hlo_text) if hlo_text else {}, compile_seconds=compile_seconds,
-                note=built.note, **times)
+                note=built.note, hlo=hlo_text if keep_hlo else "", **times)
 
 
 def compile_config(config: ml_collections.ConfigDict, topology: str | Slice, programs: Sequence[str] = ("train",),

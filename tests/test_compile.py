@@ -229,6 +229,26 @@ def test_matmul_flops_counts_products_convolutions_and_loop_bodies():
   assert aot.matmul_flops(jaxpr) == 2 * 8 * 16 * 32 + 2 * 8 * 16 * 9 * 4 + 2 * 8 * 32 * 32 * (1 + 3)
 
 
+def test_the_compiled_products_are_counted_by_operand_dtype():
+  """XLA's TPU programs write batched products (attention) as convolutions over dilated batch windows: their
+  FLOPs read from the compiled text are the traced einsum's. A float32 convolution runs as bfloat16 x
+  float32 at the default precision, on a kernel XLA may pad (its FLOPs at least the traced ones)."""
+  mesh = jax.sharding.Mesh(np.array(tpu_slice(SINGLE_HOST).devices[:1]), ("chip",))
+
+  def f(queries, keys, images, kernel):
+    scores = jnp.einsum("bqhd,bkhd->bhqk", queries, keys)
+    features = jax.lax.conv_general_dilated(images, kernel, (1, 1), "SAME",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return scores.sum() + features.sum()
+  arguments = (jax.ShapeDtypeStruct((4, 40, 12, 64), jnp.bfloat16), jax.ShapeDtypeStruct((4, 56, 12, 64), jnp.bfloat16),
+               jax.ShapeDtypeStruct((2, 32, 32, 8), jnp.float32), jax.ShapeDtypeStruct((3, 3, 8, 16), jnp.float32))
+  products = aot.products_by_dtype(jax.jit(f, in_shardings=sharding.replicated(mesh)).lower(*arguments)
+                                   .compile().as_text())
+  assert set(products) == {"bf16 x bf16", "bf16 x f32"}
+  assert products["bf16 x bf16"] == 2 * 4 * 12 * 40 * 56 * 64
+  assert products["bf16 x f32"] >= 2 * 2 * 32 * 32 * 16 * 9 * 8
+
+
 def run_cli(argv, capsys):
   status = cli.main(["compile", *argv])
   captured = capsys.readouterr()
