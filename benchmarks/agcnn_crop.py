@@ -14,11 +14,9 @@ DenseNet's maps with --feature-maps densenet, 7x7 but fewer channels). Prints on
 
   python benchmarks/agcnn_crop.py [--batch-size 32] [--repeats 5] [--feature-maps random]
 
-On 2 shared CPU cores (x86_64, load ~3.5) the jitted crop ran at ~120-130 crops/s against
-~270-285 for the seed's loop and ~365-385 for the tuned loop (skimage's sequential union-find
-is hard to beat on a CPU). What the jitted crop buys is a training step that stays on the
-accelerator: no device-to-host copy of [32, 7, 7, 1024] maps and [32, 224, 224, 3] images, no
-Python loop, and a batch that stays sharded; run this on an accelerator to measure it.
+BUILD.md holds the figures. Beyond its speed, the jitted crop keeps a training step on the accelerator:
+no device-to-host copy of [32, 7, 7, 1024] maps and [32, 224, 224, 3] images, no Python loop, and a
+batch that stays sharded.
 """
 
 import argparse

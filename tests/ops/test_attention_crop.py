@@ -78,6 +78,21 @@ def test_crop_equals_slice_then_resize_at_the_border():
   np.testing.assert_array_equal(crop, np.ones((1, 40, 40, 1), np.float32))
 
 
+@pytest.mark.parametrize("out_size", [13, 24, 80])
+@pytest.mark.parametrize("antialias", [True, False])
+def test_gathered_taps_equal_dense_interpolation(out_size, antialias):
+  # CPUs gather each output pixel's taps; other platforms multiply by dense interpolation matrices.
+  rng = np.random.default_rng(out_size)
+  images = jnp.asarray(rng.normal(size=(6, 56, 48, 3)).astype(np.float32))
+  y0, x0 = rng.integers(0, 40, 6), rng.integers(0, 30, 6)
+  boxes = np.stack([y0, x0, y0 + rng.integers(1, 17, 6), x0 + rng.integers(1, 19, 6)], axis=1)
+  boxes[0], boxes[1], boxes[2] = [0, 0, 56, 48], [55, 0, 56, 48], [0, 47, 56, 48]  # whole image, one row, one column
+  boxes = jnp.asarray(boxes, jnp.int32)
+  taps, dense = (jax.jit(method, static_argnums=(2, 3, 4))(images, boxes, out_size, out_size + 3, antialias)
+                 for method in (attention_crop._crop_and_resize_taps, attention_crop._crop_and_resize_dense))
+  np.testing.assert_allclose(np.asarray(taps), np.asarray(dense), rtol=1e-5, atol=1e-6)
+
+
 def test_attention_crop_keeps_the_batch_sharded():
   if jax.device_count() < 2:
     pytest.skip("needs several devices (conftest simulates 8 CPU devices)")

@@ -118,3 +118,27 @@ def test_largest_component_and_box():
   np.testing.assert_array_equal(np.asarray(region[0]), np.pad(np.ones((3, 6), bool), ((5, 4), (9, 1))))
   np.testing.assert_array_equal(boxes, [[5, 9, 8, 15], [0, 10, 2, 12], [0, 0, 12, 16]])
   assert not np.asarray(region[2]).any()
+
+
+def test_largest_component_ties_follow_pixel_order_not_block_order():
+  # Equal sizes: the region at (0, 6) comes first in raster order, though the other one's 2x2
+  # block (0, 0) comes before block (0, 3).
+  mask = np.zeros((1, 6, 10), bool)
+  mask[0, 1, 0:2] = True
+  mask[0, 0, 6:8] = True
+  region, found = jax.jit(connected_components.largest_component)(jnp.asarray(mask))
+  expected = np.zeros_like(mask)
+  expected[0, 0, 6:8] = True
+  np.testing.assert_array_equal(np.asarray(region), expected)
+  assert bool(found[0])
+
+
+def test_labels_across_block_borders():
+  """Every way two pixels of neighbouring 2x2 blocks can touch, with odd sizes (padded blocks)."""
+  masks = []
+  for y, x in np.ndindex(4, 4):  # a pixel at each position of a 2x2 block pair's neighbourhood
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1), (0, 2), (2, 0), (2, 2)):
+      mask = np.zeros((7, 9), bool)
+      mask[1 + y, 2 + x] = mask[1 + y + dy, 2 + x + dx] = True
+      masks.append(mask)
+  check_labels(np.stack(masks))
