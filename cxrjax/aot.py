@@ -187,7 +187,6 @@ class Built:
   hosts: int
   state: Any  # the abstract TrainState (its shardings) the program's process holds
   parts: dict[str, Any]  # name -> abstract tree, held per chip: parameters, optimizer state, batch, ...
-  resident: tuple[str, ...] = ()  # parts held beside the program's arguments (load_run restores them)
   replicated_batch: bool = False  # every chip computes the whole batch (serve), not its share
   note: str = ""
 
@@ -248,9 +247,9 @@ def build(config: ml_collections.ConfigDict, tpu_slice: Slice, program: str, tok
     batch_spec = evaluation.predict_batch_spec(config, task, tokenizer, rows, mesh)
     return Built(name=program, function=predict, arguments=(state.variables(), batch_spec), mesh=mesh,
                  batch=batch_spec["mask"].shape[0], chips=len(devices), hosts=tpu_slice.hosts, state=state,
-                 parts=dict(parameters=state.params, optimizer_state=state.opt_state,
-                            other_state=(state.step, state.batch_stats), batch=batch_spec),
-                 resident=("optimizer_state",), note="the config's search" if task.uses_tokenizer else "")
+                 parts=dict(parameters=state.params, other_state=(state.step, state.batch_stats),
+                            batch=batch_spec),
+                 note="the config's search" if task.uses_tokenizer else "")
   if not task.uses_tokenizer:
     raise ConfigError(f"--program=serve: the {config.model.name} classifier is served by Predictor.classify, "
                       "which this command does not compile; --program=train or evaluate")
@@ -263,9 +262,8 @@ def build(config: ml_collections.ConfigDict, tpu_slice: Slice, program: str, tok
   images = _with_sharding(images, sharding.replicated(mesh))
   return Built(name=program, function=search, arguments=(state.variables(), images), mesh=mesh, batch=rows,
                chips=len(devices), hosts=1, state=state,
-               parts=dict(parameters=state.params, optimizer_state=state.opt_state,
-                          other_state=(state.step, state.batch_stats), batch=images),
-               resident=("optimizer_state",), replicated_batch=True,
+               parts=dict(parameters=state.params, other_state=(state.step, state.batch_stats), batch=images),
+               replicated_batch=True,
                note="the config's search, the batch replicated on one host's chips")
 
 
@@ -426,7 +424,7 @@ class Report:
   peak_flops: float  # per chip, bf16
   hbm_bandwidth: float  # bytes/s per chip
   hbm_capacity: int  # bytes per chip a program may use (the compiler's)
-  hbm_used: int | None  # bytes per chip: the program's (XLA) plus what is resident beside it
+  hbm_used: int | None  # bytes per chip: the program's (XLA's count: arguments, outputs, temporaries, code)
   memory: dict[str, int]  # per chip: parameters, optimizer_state, other_state, batch, temporaries, ...
   largest_buffers: list[str]
   flops: float | None  # per chip per call, XLA's count of the compiled program
@@ -494,7 +492,6 @@ def compile_program(built: Built, tpu_slice: Slice, explain: bool = True) -> Rep
   model_flops = matmul_flops(traced.jaxpr)
   lowered = traced.lower()
   memory = {name: bytes_per_chip(tree) for name, tree in built.parts.items()}
-  resident = sum(memory[name] for name in built.resident)
   refused = False
   try:
     with _uncached():
@@ -506,7 +503,7 @@ def compile_program(built: Built, tpu_slice: Slice, explain: bool = True) -> Rep
     needed, refused = refusal[0], True
     if not explain:
       memory["program"] = needed
-      return _report(built, tpu_slice, fits=False, hbm_used=needed + resident, memory=memory,
+      return _report(built, tpu_slice, fits=False, hbm_used=needed, memory=memory,
                      largest=largest_arrays(built.state), cost={}, model_flops=model_flops, hlo_text="",
                      compile_seconds=time.perf_counter() - started)
     with _uncached():
@@ -519,7 +516,7 @@ def compile_program(built: Built, tpu_slice: Slice, explain: bool = True) -> Rep
                 outputs=analysis.output_size_in_bytes - analysis.alias_size_in_bytes,
                 temporaries=analysis.temp_size_in_bytes, code=analysis.generated_code_size_in_bytes,
                 program=program)
-  used = program + resident
+  used = program
   fits = not refused and used <= tpu_slice.hbm_bytes
   hlo_text = compiled.as_text()
   largest = [] if fits else largest_arrays(built.state, 3) + largest_values(hlo_text, 3)
@@ -646,9 +643,11 @@ def format_report(report: Report, tokenizer_line: str = "") -> str:
     lines.append(f"  vocabulary: {tokenizer_line}")
   lines.append(f"  HBM per chip: {_mib(report.hbm_used)} of {_mib(report.hbm_capacity)} usable "
                f"({report.hbm_used / report.hbm_capacity:.0%}): " + ("fits" if report.fits else "DOES NOT FIT"))
-  held = [f"parameters {_mib(memory['parameters'])}", f"optimizer state {_mib(memory['optimizer_state'])}"
-          + (" (held beside the program: load_run restores it)" if report.program != "train" else ""),
-          f"batch {_mib(memory['batch'])}"]
+  # Inference programs hold no optimizer state: load_run restores the parameters and batch statistics only.
+  held = [f"parameters {_mib(memory['parameters'])}"]
+  if "optimizer_state" in memory:
+    held.append(f"optimizer state {_mib(memory['optimizer_state'])}")
+  held.append(f"batch {_mib(memory['batch'])}")
   if "temporaries" in memory:
     held += [f"activations and temporaries {_mib(memory['temporaries'])}", f"code {_mib(memory['code'])}"]
   else:

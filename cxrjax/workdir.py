@@ -234,7 +234,11 @@ def checkpoint_manager(workdir: str | os.PathLike, name: str, create: bool = Tru
   options = ocp.CheckpointManagerOptions(
       max_to_keep=KEEP.get(name, 1), create=create, cleanup_tmp_directories=create,
       multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=f"cxrjax_{name}"))
-  return ocp.CheckpointManager(directory, options=options)
+  # The state through orbax's PyTree handler, which can restore part of a tree (inference reads no optimizer
+  # state); it reads the checkpoints of its StandardSave wrapper, which earlier versions wrote, as they are.
+  handlers = {"state": ocp.PyTreeCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
+              "meta": ocp.JsonCheckpointHandler()}
+  return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
 def save(manager: ocp.CheckpointManager, state: TrainState, data_state: Any, meta: dict) -> None:
@@ -243,20 +247,30 @@ def save(manager: ocp.CheckpointManager, state: TrainState, data_state: Any, met
   gathered here: {"process_count": P, "processes": [state of process 0, ..., state of process P - 1]}."""
   states = [json.loads(text) for text in sharding.gather_strings([json.dumps(data_state)])]
   manager.save(int(state.step), args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
+      state=ocp.args.PyTreeSave(state),
       data=ocp.args.JsonSave({"process_count": len(states), "processes": states}),
       meta=ocp.args.JsonSave(meta)), force=True)
 
 
 def restore(manager: ocp.CheckpointManager, target: TrainState, step: int | None = None):
   """(state, this process's data iterator state, metadata) of `step` (the newest by default), onto
-  `target`'s shardings: restoring to another device count or mesh shape works. A run resumed on another
+  `target`'s shardings: restoring to another device count or mesh shape works. A target whose opt_state is
+  None restores the variables and step only (opt_state None, no data state). A run resumed on another
   number of processes continues the data where all processes had equal states (the trainer's: positions
   in the global batches, data/pipeline.py); otherwise it is refused."""
   step = manager.latest_step() if step is None else step
+  if target.opt_state is None:
+    # Inference (load_run): the step, parameters and batch statistics alone; the optimizer state (AdamW's
+    # two moments, twice the parameters' bytes) is not read.
+    part = {"step": target.step, "params": target.params, "batch_stats": target.batch_stats}
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(item=part, restore_args=ocp.checkpoint_utils.construct_restore_args(part),
+                                     partial_restore=True),
+        meta=ocp.args.JsonRestore()))
+    return TrainState(opt_state=None, **restored.state), None, restored.meta
   restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(),
-      meta=ocp.args.JsonRestore()))
+      state=ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target)),
+      data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
   return restored.state, _this_process_data_state(restored.data, manager.directory / str(step)), restored.meta
 
 
@@ -423,8 +437,10 @@ def load_tokenizer(workdir: str | os.PathLike) -> Any:
   return tokenizers.load(path)
 
 
-def load_run(workdir: str | os.PathLike, checkpoint: str = BEST) -> Run:
-  """The config, task, model, tokenizer and `best` (or `latest`) state of a training workdir."""
+def load_run(workdir: str | os.PathLike, checkpoint: str = BEST, optimizer_state: bool = False) -> Run:
+  """The config, task, model, tokenizer and `best` (or `latest`) state of a training workdir: its step,
+  parameters and batch statistics; the optimizer state too where `optimizer_state` (else state.opt_state is
+  None: inference never reads AdamW's moments, twice the parameters' bytes)."""
   workdir = epath.Path(workdir)
   config = read_config(workdir)
   tokenizer = load_tokenizer(workdir) if tasks.task_class(config).uses_tokenizer else None
@@ -433,7 +449,8 @@ def load_run(workdir: str | os.PathLike, checkpoint: str = BEST) -> Run:
   # onto any layout.
   mesh, layout = sharding.mesh_for_loading(config.get("sharding"), str(workdir / CONFIG_FILE))
   manager = checkpoint_manager(workdir, checkpoint, create=False)
-  restored = restore_newest(manager, abstract_state(components, mesh, layout))
+  target = abstract_state(components, mesh, layout)
+  restored = restore_newest(manager, target if optimizer_state else target.replace(opt_state=None))
   manager.close()
   if restored is None:
     raise WorkdirError(f"{workdir / 'checkpoints' / checkpoint}: no checkpoint; has training run?")

@@ -85,7 +85,7 @@ def _metrics(workdir):
 
 
 def _state(workdir, checkpoint):
-  return jax.device_get(workdir_lib.load_run(workdir, checkpoint).state)
+  return jax.device_get(workdir_lib.load_run(workdir, checkpoint, optimizer_state=True).state)
 
 
 def _assert_same_run(straight, other):

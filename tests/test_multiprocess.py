@@ -88,8 +88,8 @@ def test_two_processes_train_resume_and_end_as_one_process_on_eight_devices(one_
   # Each process saved its own iterator position; both are at the stopping step's batch of the run's stream.
   assert data["process_count"] == 2 and len(data["processes"]) == 2
   assert all(state["next_index"] == stopped for state in data["processes"])
-  one = workdir_lib.load_run(one_process, workdir_lib.LATEST).state
-  two = workdir_lib.load_run(workdir, workdir_lib.LATEST).state
+  one = workdir_lib.load_run(one_process, workdir_lib.LATEST, optimizer_state=True).state
+  two = workdir_lib.load_run(workdir, workdir_lib.LATEST, optimizer_state=True).state
   assert int(one.step) == int(two.step) == 4
   # The gradients' sums run in another order (gloo's all-reduce between the processes), so values agree to
   # float rounding, except that AdamW divides by sqrt(nu): a parameter whose gradient is near zero (here one

@@ -86,7 +86,7 @@ def test_git_tensor_parallel_and_fsdp_train_as_replicated(git_runs):
   saved = json.loads((workdir / "config.json").read_text())["sharding"]
   assert saved["mesh"] == [["data", -1], ["model", 2]] and saved["fsdp"] and saved["fsdp_min_size"] == 0
 
-  run = workdir_lib.load_run(workdir, workdir_lib.LATEST)  # Onto the run's own layout.
+  run = workdir_lib.load_run(workdir, workdir_lib.LATEST, optimizer_state=True)  # Onto the run's own layout.
   assert run.mesh.shape == {"data": 4, "model": 2}
   params, specs = run.state.params, _specs(run.state.params)
   layer = specs["text_decoder"]["layers_0"]
@@ -118,7 +118,7 @@ def test_checkpoints_restore_onto_another_mesh_shape(git_runs, tmp_path):
   workdir, (status, _), _, replicated_state = git_runs
   assert status == 0
   config = workdir_lib.read_config(workdir)
-  run = workdir_lib.load_run(workdir, workdir_lib.LATEST)
+  run = workdir_lib.load_run(workdir, workdir_lib.LATEST, optimizer_state=True)
   components = workdir_lib.build(config, run.tokenizer)
   # Saved with (data 4, model 2) + FSDP -> restored replicated on (data 8, model 1).
   replicated_mesh = sharding.create_mesh()

@@ -158,7 +158,7 @@ def test_a_gs_workdir_trains_resumes_evaluates_and_predicts_as_a_local_one(bucke
   assert "resumed from gs://" in capsys.readouterr().out
   train.train_and_evaluate(config, local)
   assert _train_records(f"{remote}/metrics.jsonl") == _train_records(local / "metrics.jsonl")
-  one, other = (jax.device_get(workdir_lib.load_run(w, workdir_lib.LATEST).state) for w in (remote, local))
+  one, other = (jax.device_get(workdir_lib.load_run(w, workdir_lib.LATEST, optimizer_state=True).state) for w in (remote, local))
   for first, second in zip(jax.tree.leaves(one), jax.tree.leaves(other), strict=True):
     np.testing.assert_array_equal(first, second)
   names = {p.name for p in epath.Path(remote).iterdir()}

@@ -27,7 +27,7 @@ def smoke_config():
 
 
 def _state(workdir, checkpoint=workdir_lib.LATEST):
-  return jax.device_get(workdir_lib.load_run(workdir, checkpoint).state)
+  return jax.device_get(workdir_lib.load_run(workdir, checkpoint, optimizer_state=True).state)
 
 
 def _records(workdir):
@@ -57,7 +57,7 @@ def _event_scalars(directory):
 
 def _one_device_step_flops(config, workdir):
   """XLA's FLOP count of the train step compiled for one device with the whole global batch."""
-  run = workdir_lib.load_run(workdir, workdir_lib.LATEST)
+  run = workdir_lib.load_run(workdir, workdir_lib.LATEST, optimizer_state=True)
   components = workdir_lib.build(config, run.tokenizer)
   source, _ = datasets.make_source(config.data, "train")
   batch = next(iter(evaluation.split_batches(config, source, run.tokenizer, components.task, train=True,
@@ -85,6 +85,13 @@ def test_runs_sharded_over_all_devices_and_writes_the_workdir(tmp_path, smoke_co
   assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in train_records)
   assert [r["step"] for r in records if r["split"] == "val"] == [4]
   assert int(_state(tmp_path).step) == config.train.num_steps
+
+  # Inference loads what it uses: the step, parameters and batch statistics of the full state, no optimizer
+  # state (orbax's partial restore).
+  full, inference = _state(tmp_path), jax.device_get(workdir_lib.load_run(tmp_path, workdir_lib.LATEST).state)
+  assert inference.opt_state is None and jax.tree.leaves(full.opt_state)
+  for x, y in zip(jax.tree.leaves(full.replace(opt_state=None)), jax.tree.leaves(inference), strict=True):
+    np.testing.assert_array_equal(x, y)
 
   # Throughput: examples of the global batch per second; the achieved FLOP/s are the compiled step's
   # FLOPs (all 8 devices' programs) per second: about what one device running the whole batch counts.

@@ -31,7 +31,7 @@ def stages(tmp_path_factory):
 
 
 def _state(workdir, checkpoint=workdir_lib.LATEST):
-  return jax.device_get(workdir_lib.load_run(workdir, checkpoint).state)
+  return jax.device_get(workdir_lib.load_run(workdir, checkpoint, optimizer_state=True).state)
 
 
 def test_each_stage_trains_only_its_branch(stages):
