@@ -55,6 +55,14 @@ def test_every_registered_family_has_a_smoke_config():
   assert set(FAMILIES) == set(models.MODELS)
 
 
+def tiny_config(family: str, arg: str = "smoke"):
+  """The family's smoke config (`arg`), BLIP's prompt ([DEC] a picture of) moved inside VOCAB_SIZE."""
+  config = importlib.import_module(f"configs.{FAMILIES[family]}").get_config(arg)
+  if config.model.get("prompt_ids"):
+    config.model.prompt_ids = tuple(range(VOCAB_SIZE - len(config.model.prompt_ids), VOCAB_SIZE))
+  return config
+
+
 @functools.cache
 def tpu_slice(topology: str) -> aot.Slice:
   return aot.describe_slice(topology)
@@ -64,7 +72,7 @@ def tpu_slice(topology: str) -> aot.Slice:
 def compiled(family: str, program: str, topology: str, layout: str = "") -> aot.Report:
   """One compile, shared by the tests that read it. `layout`: config arguments (model_parallel=2, fsdp); FSDP
   splits every parameter here (fsdp_min_size 0: the smoke models' are all small)."""
-  config = importlib.import_module(f"configs.{FAMILIES[family]}").get_config(",".join(["smoke", layout]).strip(","))
+  config = tiny_config(family, ",".join(["smoke", layout]).strip(","))
   if "fsdp" in layout:
     config.sharding.fsdp_min_size = 0
   # One example per chip: the smoke batches (8) do not split over the 16 chips of v5e:4x4.
@@ -83,7 +91,7 @@ def check_compiled(report: aot.Report, topology: str, chips: int | None = None) 
 
 def parameter_bytes(family: str) -> int:
   """The bytes of all of a family's smoke parameters (what a replicated layout puts on every chip)."""
-  config = importlib.import_module(f"configs.{FAMILIES[family]}").get_config("smoke")
+  config = tiny_config(family)
   tokenizer, _ = aot.load_tokenizer(config, VOCAB_SIZE)
   components = workdir_lib.build(config, tokenizer)
   params = jax.eval_shape(lambda rng: workdir_lib.init_state(components, rng), jax.random.key(0)).params

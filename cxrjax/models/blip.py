@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from cxrjax.errors import ConfigError
 from cxrjax.models import base, partitioning
 from cxrjax.models.decoders import bert
 from cxrjax.models.encoders import vit
@@ -72,9 +73,14 @@ class BlipCaptioner(base.Captioner):
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, vocab_size: int, is_frozen: base.IsFrozen):
     fields = base.module_fields(config, exclude=("encoder", "prompt_ids"))
+    prompt_ids = tuple(int(i) for i in config.prompt_ids)
+    if any(not 0 <= i < vocab_size for i in prompt_ids):
+      # An id past the embedding table reads NaN (JAX's out-of-bounds gather fill): a run would train on
+      # NaN losses. BLIP's prompt needs its vocabulary (bert-base-uncased with [DEC] and [ENC]: 30524).
+      raise ConfigError(f"config.model.prompt_ids={list(prompt_ids)}: ids outside the vocabulary of {vocab_size} "
+                        "tokens; give the tokenizer the prompt was written for (config.data.tokenizer)")
     return cls(vocab_size=vocab_size, encoder=vit.config_from_section(config.encoder),
-               freeze_encoder=is_frozen("image_encoder"), prompt_ids=tuple(int(i) for i in config.prompt_ids),
-               **fields)
+               freeze_encoder=is_frozen("image_encoder"), prompt_ids=prompt_ids, **fields)
 
   @staticmethod
   def smoke_config() -> ml_collections.ConfigDict:

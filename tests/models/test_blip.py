@@ -146,3 +146,14 @@ def test_teacher_forced_logits_and_searches_match_transformers(hf_model, images,
     lengths = [len(ids) for ids in expected]
     assert min(lengths) < max_new and max(lengths) == max_new, lengths  # Some end, some run to the limit.
     assert _generated(ours, 0) == expected
+
+
+def test_prompt_ids_outside_the_vocabulary_are_refused_in_one_line():
+  # Else the embedding lookup reads NaN (JAX's out-of-bounds fill) and the run trains on NaN losses.
+  from cxrjax import models  # pylint: disable=g-import-not-at-top
+  from configs import roco_blip  # pylint: disable=g-import-not-at-top
+  section = roco_blip.get_config("smoke").model
+  with pytest.raises(models.ConfigError, match=r"config.model.prompt_ids=\[30522, 1037, 3861, 1997\]: ids outside "
+                     r"the vocabulary of 1000 tokens"):
+    models.build(section, 1000)
+  assert models.build(section, 30524).prompt_ids == roco_blip.PROMPT_IDS
