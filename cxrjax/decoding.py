@@ -98,26 +98,50 @@ def shared_value(x: Any) -> Any:
 
 
 def attention_scores(queries: jax.Array, keys: jax.Array) -> jax.Array:
-  """Dot products of queries [rows, q, heads, d] with keys [key_rows, k, heads, d] -> [rows, heads, q, k],
+  """Dot products of queries [rows, heads, q, d] with keys [key_rows, heads, k, d] -> [rows, heads, q, k],
   where rows = key_rows * groups and query row r reads key row r // groups (1 group: the usual product;
-  `groups` beams reading a Shared entry): the groups fold into the query axis, so no key is copied."""
-  rows, length, heads, _ = queries.shape
+  `groups` beams reading a Shared entry): the groups fold into the query axis, so no key is copied.
+
+  Heads come before positions (transformers' cache layout): the products batch over the two leading axes
+  and read the keys as they are stored. With positions first, XLA:CPU copied every cached key into that
+  order at every decoding step (a 577-token BLIP memory: 14x the time of the products themselves)."""
+  rows, heads, length, depth = queries.shape
   key_rows, groups = keys.shape[0], rows // keys.shape[0]
-  folded = queries.reshape((key_rows, groups * length) + queries.shape[2:])  # [key_rows, groups * q, heads, d]
-  scores = jnp.einsum("bqhd,bkhd->bhqk", folded, keys)  # [key_rows, heads, groups * q, k]
-  scores = scores.reshape(key_rows, heads, groups, length, keys.shape[1]).transpose(0, 2, 1, 3, 4)
-  return scores.reshape(rows, heads, length, keys.shape[1])  # [rows, heads, q, k]
+  if groups > 1:
+    queries = queries.reshape(key_rows, groups, heads, length, depth).transpose(0, 2, 1, 3, 4)
+  folded = queries.reshape(key_rows, heads, groups * length, depth)
+  scores = jnp.einsum("bhqd,bhkd->bhqk", folded, keys)  # [key_rows, heads, groups * q, k]
+  if groups > 1:
+    scores = scores.reshape(key_rows, heads, groups, length, keys.shape[2]).transpose(0, 2, 1, 3, 4)
+  return scores.reshape(rows, heads, length, keys.shape[2])
 
 
 def attention_context(weights: jax.Array, values: jax.Array) -> jax.Array:
-  """Attention weights [rows, heads, q, k] over values [key_rows, k, heads, d] -> [rows, q, heads, d], rows
+  """Attention weights [rows, heads, q, k] over values [key_rows, heads, k, d] -> [rows, heads, q, d], rows
   grouped as in `attention_scores`."""
   rows, heads, length, num_keys = weights.shape
   key_rows, groups = values.shape[0], rows // values.shape[0]
-  folded = weights.reshape(key_rows, groups, heads, length, num_keys).transpose(0, 2, 1, 3, 4)
-  folded = folded.reshape(key_rows, heads, groups * length, num_keys)  # [key_rows, heads, groups * q, k]
-  context = jnp.einsum("bhqk,bkhd->bqhd", folded, values)  # [key_rows, groups * q, heads, d]
-  return context.reshape((rows, length) + values.shape[2:])
+  depth = values.shape[-1]
+  if groups > 1:
+    weights = weights.reshape(key_rows, groups, heads, length, num_keys).transpose(0, 2, 1, 3, 4)
+  folded = weights.reshape(key_rows, heads, groups * length, num_keys)
+  context = jnp.einsum("bhqk,bhkd->bhqd", folded, values)  # [key_rows, heads, groups * q, d]
+  if groups > 1:
+    context = context.reshape(key_rows, heads, groups, length, depth).transpose(0, 2, 1, 3, 4)
+  return context.reshape(rows, heads, length, depth)
+
+
+def merge_heads(context: jax.Array) -> jax.Array:
+  """[batch, heads, q, head_dim] -> [batch, q, heads * head_dim]: attention's output, for its projection."""
+  batch, heads, length, depth = context.shape
+  return context.transpose(0, 2, 1, 3).reshape(batch, length, heads * depth)
+
+
+def split_heads(x: jax.Array, num_heads: int) -> jax.Array:
+  """[batch, length, heads * head_dim] -> [batch, heads, length, head_dim]: the layout of
+  `attention_scores`' queries and keys (and of the KV caches)."""
+  batch, length, width = x.shape
+  return x.reshape(batch, length, num_heads, width // num_heads).transpose(0, 2, 1, 3)
 
 _NEG_INF = float("-inf")
 

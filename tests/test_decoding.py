@@ -758,12 +758,12 @@ def test_grouped_attention_equals_attention_over_repeated_keys(groups):
   """attention_scores / attention_context with key rows shared by `groups` query rows equal the plain
   products over keys repeated to every query row (what beam search did before Shared entries)."""
   rng = np.random.default_rng(1)
-  queries = jnp.asarray(rng.normal(size=(2 * groups, 3, 4, 5)), jnp.float32)  # [rows, q, heads, d]
-  keys = jnp.asarray(rng.normal(size=(2, 7, 4, 5)), jnp.float32)  # [key_rows, k, heads, d]
-  values = jnp.asarray(rng.normal(size=(2, 7, 4, 5)), jnp.float32)
+  queries = jnp.asarray(rng.normal(size=(2 * groups, 4, 3, 5)), jnp.float32)  # [rows, heads, q, d]
+  keys = jnp.asarray(rng.normal(size=(2, 4, 7, 5)), jnp.float32)  # [key_rows, heads, k, d]
+  values = jnp.asarray(rng.normal(size=(2, 4, 7, 5)), jnp.float32)
   repeated_keys, repeated_values = jnp.repeat(keys, groups, axis=0), jnp.repeat(values, groups, axis=0)
   scores = decoding.attention_scores(queries, keys)
-  np.testing.assert_allclose(scores, jnp.einsum("bqhd,bkhd->bhqk", queries, repeated_keys), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(scores, jnp.einsum("bhqd,bhkd->bhqk", queries, repeated_keys), rtol=1e-5, atol=1e-5)
   weights = jax.nn.softmax(scores, axis=-1)
   np.testing.assert_allclose(decoding.attention_context(weights, values),
-                             jnp.einsum("bhqk,bkhd->bqhd", weights, repeated_values), rtol=1e-5, atol=1e-5)
+                             jnp.einsum("bhqk,bhkd->bhqd", weights, repeated_values), rtol=1e-5, atol=1e-5)

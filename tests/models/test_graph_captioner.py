@@ -85,8 +85,8 @@ def test_the_decoder_equals_torch_transformer_decoder_forced_and_step_by_step():
   np.testing.assert_allclose(forced, expected, rtol=0, atol=1e-5)
 
   cache = decoder.apply(params, memory.numpy(), 10, method="init_cache")
-  assert cache["layers_1"]["self_keys"].shape == (3, 10, 4, 4)
-  assert decoding.shared_value(cache["layers_1"]["cross_keys"]).shape == (3, 5, 4, 4)
+  assert cache["layers_1"]["self_keys"].shape == (3, 4, 10, 4)  # [batch, heads, cache_length, head_dim]
+  assert decoding.shared_value(cache["layers_1"]["cross_keys"]).shape == (3, 4, 5, 4)
   step = jax.jit(lambda x, cache, position: decoder.apply(params, x, cache, position, method="step"))
   for position in range(7):
     y, cache = step(x.numpy()[:, position], cache, jnp.int32(position))

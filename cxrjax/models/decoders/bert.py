@@ -66,21 +66,21 @@ class BertAttention(nn.Module):
     self.dropout = nn.Dropout(self.dropout_rate)
 
   def _heads(self, y: jax.Array) -> jax.Array:
-    """[batch, length, hidden] -> [batch, length, heads, head_dim]."""
-    return y.reshape(y.shape[:-1] + (self.num_heads, self.hidden_size // self.num_heads))
+    """[batch, length, hidden] -> [batch, heads, length, head_dim]."""
+    return decoding.split_heads(y, self.num_heads)
 
   def queries(self, x: jax.Array) -> jax.Array:
     return self._heads(self.query(x))
 
   def keys_values(self, source: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """source [batch, length, source_dim] -> keys, values [batch, length, heads, head_dim] (float32)."""
+    """source [batch, length, source_dim] -> keys, values [batch, heads, length, head_dim] (float32)."""
     return (self._heads(self.key(source)).astype(jnp.float32),
             self._heads(self.value(source)).astype(jnp.float32))
 
   def __call__(self, x: jax.Array, blocks: list[tuple[jax.Array, jax.Array, Any]],
                train: bool = False) -> jax.Array:
-    """x [batch, q, hidden] attends over key/value blocks [(keys, values, mask)] (keys / values [batch, k_i,
-    heads, head_dim], mask broadcasting to [batch, heads, q, k_i], True: may attend, or None), joined by
+    """x [batch, q, hidden] attends over key/value blocks [(keys, values, mask)] (keys / values [batch, heads,
+    k_i, head_dim], mask broadcasting to [batch, heads, q, k_i], True: may attend, or None), joined by
     one softmax; then the output projection and LayerNorm of the residual sum -> [batch, q, hidden]."""
     queries = self.queries(x)
     head_dim = self.hidden_size // self.num_heads
@@ -96,11 +96,10 @@ class BertAttention(nn.Module):
     weights = self.attention_dropout(weights, deterministic=not train)
     context, start = 0.0, 0
     for keys, values, _ in blocks:
-      part = weights[..., start:start + keys.shape[1]]
+      part = weights[..., start:start + keys.shape[2]]
       context = context + decoding.attention_context(part.astype(self.dtype), values.astype(self.dtype))
-      start += keys.shape[1]
-    context = context.reshape(context.shape[:2] + (self.hidden_size,))
-    return self.norm(x + self.dropout(self.output(context), deterministic=not train))
+      start += keys.shape[2]
+    return self.norm(x + self.dropout(self.output(decoding.merge_heads(context)), deterministic=not train))
 
 
 class BertLayer(nn.Module):
@@ -127,7 +126,7 @@ class BertLayer(nn.Module):
     self.dropout = nn.Dropout(self.dropout_rate)
 
   def cross_keys_values(self, memory: jax.Array) -> Cache:
-    """memory [batch, regions, memory_dim] -> {"cross_keys", "cross_values"} [batch, regions, heads, head_dim]."""
+    """memory [batch, regions, memory_dim] -> {"cross_keys", "cross_values"} [batch, heads, regions, head_dim]."""
     keys, values = self.crossattention.keys_values(memory)
     return {"cross_keys": keys, "cross_values": values}
 
@@ -203,7 +202,7 @@ class BertStack(nn.Module):
                  prefix: jax.Array | None = None, prefix_mask: Any = None,
                  train: bool = False) -> tuple[dict[str, Cache], jax.Array | None]:
     head_dim = self.hidden_size // self.num_heads
-    empty = jnp.zeros((batch_size, cache_length, self.num_heads, head_dim), jnp.float32)
+    empty = jnp.zeros((batch_size, self.num_heads, cache_length, head_dim), jnp.float32)
     cache = {name: dict(cross, self_keys=empty, self_values=empty)
              for name, cross in self.cross_cache(memory).items()}
     outputs = None
@@ -224,11 +223,11 @@ class BertStack(nn.Module):
     for index, layer in enumerate(self.layers):
       layer_cache = cache[f"layers_{index}"]
       keys, values = layer.self_keys_values(x)
-      start = (0, position, 0, 0)
+      start = (0, 0, position, 0)
       keys = lax.dynamic_update_slice(layer_cache["self_keys"], keys.astype(jnp.float32), start)
       values = lax.dynamic_update_slice(layer_cache["self_values"], values.astype(jnp.float32), start)
       layer_cache = dict(layer_cache, self_keys=keys, self_values=values)
-      blocks = [(keys, values, (jnp.arange(keys.shape[1]) <= position)[None, None, None, :])]
+      blocks = [(keys, values, (jnp.arange(keys.shape[2]) <= position)[None, None, None, :])]
       if "prefix_keys" in layer_cache:
         blocks.insert(0, (decoding.shared_value(layer_cache["prefix_keys"]),
                           decoding.shared_value(layer_cache["prefix_values"]), None))

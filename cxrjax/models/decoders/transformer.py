@@ -14,9 +14,9 @@ one to one (cxrjax/weights/seed003.py). Kernels carry logical axis names for sha
 (models/partitioning.py).
 
 The cache of a layer, all leaves [batch, ...] as cxrjax/decoding.py needs:
-    self_keys, self_values    [batch, cache_length, heads, head_dim]  the past tokens' keys and values,
+    self_keys, self_values    [batch, heads, cache_length, head_dim]  the past tokens' keys and values,
                               written at `position` (slots after it are masked out)
-    cross_keys, cross_values  [batch, regions, heads, head_dim]       the memory's, computed once
+    cross_keys, cross_values  [batch, heads, regions, head_dim]       the memory's, computed once
 """
 
 from typing import Any
@@ -52,23 +52,23 @@ class MultiHeadAttention(nn.Module):
     self.attention_dropout = nn.Dropout(self.dropout_rate)
 
   def _project(self, x: jax.Array, block: int) -> jax.Array:
-    """x [batch, length, d_model] -> [batch, length, heads, head_dim] with column block 0, 1 or 2
+    """x [batch, length, d_model] -> [batch, heads, length, head_dim] with column block 0, 1 or 2
     (query, key, value) of the fused projection."""
     columns = slice(block * self.d_model, (block + 1) * self.d_model)
     kernel = self.in_proj_kernel[:, columns].astype(self.dtype)
     y = jnp.dot(x.astype(self.dtype), kernel) + self.in_proj_bias[columns].astype(self.dtype)
-    return y.reshape(y.shape[:-1] + (self.num_heads, self.d_model // self.num_heads))
+    return decoding.split_heads(y, self.num_heads)
 
   def query(self, x: jax.Array) -> jax.Array:
     return self._project(x, 0)
 
   def keys_values(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """x [batch, length, d_model] -> keys, values [batch, length, heads, head_dim]."""
+    """x [batch, length, d_model] -> keys, values [batch, heads, length, head_dim]."""
     return self._project(x, 1), self._project(x, 2)
 
   def attend(self, queries: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Array | None,
              train: bool) -> jax.Array:
-    """queries [batch, q, heads, head_dim], keys / values [batch, k, heads, head_dim], mask broadcasting to
+    """queries [batch, heads, q, head_dim], keys / values [batch, heads, k, head_dim], mask broadcasting to
     [batch, heads, q, k] (True: may attend) -> [batch, q, d_model]."""
     head_dim = queries.shape[-1]
     # Keys may have fewer rows than the queries: beam search's Shared entries (decoding.py).
@@ -78,7 +78,7 @@ class MultiHeadAttention(nn.Module):
       scores = jnp.where(mask, scores, -jnp.inf)  # Every query sees at least one key: no NaN rows.
     weights = self.attention_dropout(jax.nn.softmax(scores, axis=-1), deterministic=not train)
     context = decoding.attention_context(weights.astype(self.dtype), values.astype(self.dtype))
-    return self.out_proj(context.reshape(context.shape[:2] + (self.d_model,)))
+    return self.out_proj(decoding.merge_heads(context))
 
 
 class DecoderLayer(nn.Module):
@@ -103,7 +103,7 @@ class DecoderLayer(nn.Module):
     self.dropout = nn.Dropout(self.dropout_rate)
 
   def cross_keys_values(self, memory: jax.Array) -> dict[str, jax.Array]:
-    """memory [batch, regions, d_model] -> {"cross_keys", "cross_values"} [batch, regions, heads, head_dim]."""
+    """memory [batch, regions, d_model] -> {"cross_keys", "cross_values"} [batch, heads, regions, head_dim]."""
     keys, values = self.multihead_attn.keys_values(memory)
     return {"cross_keys": keys, "cross_values": values}
 
@@ -120,11 +120,11 @@ class DecoderLayer(nn.Module):
       length = x.shape[1]
       mask = jnp.tril(jnp.ones((length, length), jnp.bool_))[None, None]  # [1, 1, q, k]
     else:
-      start = (0, position, 0, 0)
+      start = (0, 0, position, 0)
       keys = lax.dynamic_update_slice(cache["self_keys"], keys.astype(cache["self_keys"].dtype), start)
       values = lax.dynamic_update_slice(cache["self_values"], values.astype(cache["self_values"].dtype), start)
       cache = dict(cache, self_keys=keys, self_values=values)
-      mask = (jnp.arange(keys.shape[1]) <= position)[None, None, None, :]  # [1, 1, 1, cache_length]
+      mask = (jnp.arange(keys.shape[2]) <= position)[None, None, None, :]  # [1, 1, 1, cache_length]
     x = self.norm1(x + self.dropout(self.self_attn.attend(queries, keys, values, mask, train),
                                     deterministic=deterministic))
     cross = self.multihead_attn.attend(self.multihead_attn.query(x), decoding.shared_value(cache["cross_keys"]),
@@ -163,7 +163,7 @@ class TransformerDecoder(nn.Module):
   def init_cache(self, memory: jax.Array, cache_length: int) -> dict[str, dict[str, jax.Array]]:
     """memory [batch, regions, d_model] -> the cache of every layer, self entries zero."""
     head_dim = self.d_model // self.num_heads
-    empty = jnp.zeros((memory.shape[0], cache_length, self.num_heads, head_dim), jnp.float32)
+    empty = jnp.zeros((memory.shape[0], self.num_heads, cache_length, head_dim), jnp.float32)
     # The memory's keys and values are only read by the steps, alike in every beam (decoding.Shared).
     return {name: dict(jax.tree.map(decoding.Shared, cross), self_keys=empty, self_values=empty)
             for name, cross in self.cross_cache(memory).items()}

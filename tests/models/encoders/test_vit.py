@@ -130,3 +130,17 @@ def test_other_image_sizes_are_refused_and_bfloat16_keeps_float32_parameters():
   np.testing.assert_allclose(np.asarray(out16, np.float32), out32, atol=0.1)
   with pytest.raises(ValueError, match="reads 32x32"):
     model.apply(variables, jnp.zeros((1, 48, 48, 3)))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_attention_per_example_equals_the_batched_products(dtype):
+  # CPUs run large attentions one example at a time (vit.CPU_PER_EXAMPLE_SCORES_BYTES); the numbers are the
+  # batched products', and the choice is made for the scores' size.
+  rng = np.random.default_rng(0)
+  queries, keys, values = (jnp.asarray(rng.normal(size=(3, 2, 40, 8)), dtype) for _ in range(3))
+  batched = vit._attend(queries, keys, values, dtype)
+  np.testing.assert_allclose(np.asarray(vit._attend_per_example(queries, keys, values, dtype), np.float32),
+                             np.asarray(batched, np.float32), rtol=1e-6, atol=1e-6)
+  large = jax.make_jaxpr(lambda *x: vit.attention(*x, dtype))(*(jnp.zeros((1, 12, 577, 64), dtype),) * 3)
+  small = jax.make_jaxpr(lambda *x: vit.attention(*x, dtype))(*(jnp.zeros((1, 12, 197, 64), dtype),) * 3)
+  assert "platform_index" in str(large) and "platform_index" not in str(small)
