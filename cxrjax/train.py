@@ -40,10 +40,11 @@ TENSORBOARD_DIR, PROFILE_DIR = "tensorboard", "profile"  # In the workdir.
 # The exit status of a preempted run: the shell's for a process ended by SIGTERM (128 + 15), so that a
 # scheduler or `cxrjax train ... && cxrjax evaluate ...` sees an interrupted run, not a finished one.
 PREEMPTED_STATUS = 128 + signal.SIGTERM
-# Dense bf16 peak FLOP/s of one chip, by jax's device_kind (the vendors' figures): the denominator of
-# flops_utilisation. CPUs have none.
+# Dense bf16 peak FLOP/s of one chip, by jax's device_kind (the vendors' figures; NVIDIA's are the SXM
+# parts' dense tensor-core rates, without sparsity): the denominator of flops_utilisation. CPUs have none.
 PEAK_FLOPS_PER_S = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5": 459e12, "TPU v5p": 459e12,
-                    "TPU v6 lite": 918e12}
+                    "TPU v6 lite": 918e12, "NVIDIA H100 80GB HBM3": 989.4e12, "NVIDIA H200": 989.4e12,
+                    "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100-SXM4-40GB": 312e12}
 
 
 class TrainingDiverged(UserError):
@@ -178,7 +179,7 @@ def step_flops(train_step, state: workdir_lib.TrainState, batch: dict[str, jax.A
 
 def throughput(steps: int, seconds: float, batch_size: int, flops_per_step: float | None) -> dict[str, float]:
   """steps_per_s and examples_per_s (of the global batch); where XLA counts the step's FLOPs, the achieved
-  flops_per_s of all devices, and where the chip's peak is known (PEAK_FLOPS_PER_S: TPUs, not CPUs) the
+  flops_per_s of all devices, and where the chip's peak is known (PEAK_FLOPS_PER_S: TPUs and data-centre GPUs, not CPUs) the
   flops_utilisation, achieved / peak of all devices."""
   rates = {"steps_per_s": steps / seconds, "examples_per_s": steps * batch_size / seconds}
   if flops_per_step:
