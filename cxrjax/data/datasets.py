@@ -13,12 +13,12 @@ from typing import Any
 
 from etils import epath
 
-from cxrjax.data import chestxray14  # pylint: disable=unused-import  (registers "chestxray14")
-from cxrjax.data import iu_xray  # pylint: disable=unused-import  (registers "iu_xray")
-from cxrjax.data import phantom  # pylint: disable=unused-import  (registers "phantom")
-from cxrjax.data import phantom_captions  # pylint: disable=unused-import  (registers "phantom_captions")
+from cxrjax.data import chestxray14  # noqa: F401  (registers "chestxray14")
+from cxrjax.data import iu_xray  # noqa: F401  (registers "iu_xray")
+from cxrjax.data import phantom  # noqa: F401  (registers "phantom")
+from cxrjax.data import phantom_captions  # noqa: F401  (registers "phantom_captions")
 from cxrjax.data import registry
-from cxrjax.data import roco  # pylint: disable=unused-import  (registers "rocov2" and "roco")
+from cxrjax.data import roco  # noqa: F401  (registers "rocov2" and "roco")
 from cxrjax.text import cleaning as cleaning_lib
 from cxrjax.text import tokenizers
 

@@ -10,7 +10,6 @@ import json
 import pathlib
 import re
 
-import numpy as np
 from PIL import Image
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -25,7 +24,6 @@ from cxrjax.data import roco
 from cxrjax.data import tfds_common
 from cxrjax.data import transforms
 from cxrjax.errors import UserError
-from cxrjax.text import tokenizers
 
 HEAD30 = "rocov2/test_captions.head30.csv"
 

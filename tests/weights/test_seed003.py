@@ -20,8 +20,6 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from PIL import Image
-from torch import nn
 
 from cxrjax import decoding
 from cxrjax.models import graph_captioner

@@ -37,7 +37,7 @@ header, a row with the wrong number of fields) raises `RocoFormatError` naming t
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 import contextlib
 import csv
 import dataclasses
