@@ -24,6 +24,7 @@ from concurrent import futures
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -36,6 +37,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from cxrjax import cli
 from cxrjax.models.encoders import densenet
 from cxrjax.serve import client, engine as engine_lib, server as serve, uploads
+from cxrjax.tasks import captioning
 from cxrjax.weights import chexnet
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -158,6 +160,14 @@ def test_report_is_the_predictors_with_per_word_attention(served, iu_images):
   expected = served.engines["demo"].predictor.predict_report([str(paths[0])], greedy=True)
   assert status == 200 and greedy["decoding"] == {"search": "greedy", "beam_size": 1, "max_length": 10}
   assert greedy["token_ids"] == expected["token_ids"][:10]  # greedy stops at max_length: a prefix
+
+  # Beam size 1 is reported as the search that runs it: greedy where length normalisation cannot change
+  # the choice (no length penalty, or transformers' "hf" rule, as a ported GIT's default), else beam.
+  status, one_beam = client.predict(served.url, [paths[0].read_bytes()], search="beam", beam_size=1)
+  ran_greedy = captioning.runs_greedy_search(ml_collections.ConfigDict(dict(decode.to_dict(), beam_size=1)))
+  assert status == 200 and one_beam["decoding"]["search"] == ("greedy" if ran_greedy else "beam")
+  if ran_greedy:
+    assert one_beam["token_ids"] == expected["token_ids"]
 
 
 def test_image_modes_are_converted_as_predict_converts_them(served, iu_images, tmp_path):

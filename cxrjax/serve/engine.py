@@ -34,6 +34,7 @@ from PIL import Image
 from cxrjax import inference, sharding
 from cxrjax.serve import uploads
 from cxrjax.serve.uploads import RequestError
+from cxrjax.tasks import captioning
 
 DEFAULT_BATCH_SIZES = (1, 4, 8)
 
@@ -164,13 +165,23 @@ class Engine:
 
   # Report generators.
 
+  def _decode(self, variant: Variant) -> ml_collections.ConfigDict:
+    """The run's decode section with `variant`'s beam size and length."""
+    decode = ml_collections.ConfigDict(self.predictor.config.decode.to_dict())
+    decode.beam_size, decode.max_length = variant.beam_size, variant.max_length
+    return decode
+
+  def _search_name(self, variant: Variant) -> str:
+    """"greedy" or "beam": what tasks/captioning.search runs for `variant` (beam size 1 with "hf" length
+    normalisation is greedy search, as transformers' num_beams=1)."""
+    return "greedy" if captioning.runs_greedy_search(self._decode(variant), variant.greedy) else "beam"
+
   def _program(self, variant: Variant):
     """The jitted generation of `variant` (compiled per batch size on first use), most recent last."""
     if variant in self._programs:
       self._programs.move_to_end(variant)
       return self._programs[variant]
-    decode = ml_collections.ConfigDict(self.predictor.config.decode.to_dict())
-    decode.beam_size, decode.max_length = variant.beam_size, variant.max_length
+    decode = self._decode(variant)
     predictor = self.predictor
     variables_sharding = jax.tree.map(lambda a: a.sharding, predictor.variables)
     program = jit_search(predictor.task_object, predictor.model, predictor.tokenizer, decode, variant.greedy,
@@ -212,7 +223,7 @@ class Engine:
       result = {self.output: tokenizer.decode(generated[index]), "token_ids": tokens,
                 "token_logprobs": [round(float(p), 6) for p in log_probs[index, :len(tokens)]],
                 "words": [tokenizer.decode([t]) or "?" for t in tokens],
-                "decoding": {"search": "greedy" if variant.greedy else "beam", "beam_size": variant.beam_size,
+                "decoding": {"search": self._search_name(variant), "beam_size": variant.beam_size,
                              "max_length": variant.max_length}}
       if item.options.attention:
         result["attention"] = self._attention(attention, index, len(tokens), padded.shape[1])
@@ -279,7 +290,7 @@ class Engine:
     if self.captioning:
       default = self.default_variant
       summary.update(vocab_size=len(predictor.tokenizer), decoding={
-          "search": "beam", "beam_size": default.beam_size, "max_length": default.max_length,
+          "search": self._search_name(default), "beam_size": default.beam_size, "max_length": default.max_length,
           "length_penalty": float(config.decode.get("length_penalty", 0.0))})
     else:
       summary["labels"] = list(predictor.label_names)
