@@ -624,7 +624,13 @@ def largest_fitting(probe, start: int, limit: int, capacity: int) -> int:
     if not (interpolated and width is not None and high - low > width / 2) and len(used) >= 2:
       (b0, u0), (b1, u1) = sorted(used.items(), key=lambda point: abs(point[1] - capacity))[:2]
       if (u1 - u0) * (b1 - b0) > 0:
-        guess, interpolated = b0 + int((capacity - u0) * (b1 - b0) / (u1 - u0)), True
+        slope = (u1 - u0) / (b1 - b0)
+        line = b0 + int((capacity - u0) / slope)
+        # A line that puts the capacity at or below the largest fitting batch, though that batch's own use
+        # is more than an example's bytes off it, has stopped describing the use (near the limit XLA
+        # rematerialises, and a larger batch can need less): double or bisect rather than step by one.
+        stale = line <= low and abs(u0 + slope * (low - b0) - used[low]) > slope
+        guess, interpolated = (guess, False) if stale else (line, True)
       else:
         interpolated = False
     else:

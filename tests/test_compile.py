@@ -196,6 +196,29 @@ def test_the_batch_search_brackets_then_bisects(start):
   assert largest in probes and largest + 1 in probes and len(probes) <= 8, probes
 
 
+def test_the_batch_search_does_not_step_by_one_where_the_use_stops_growing():
+  """Near the capacity XLA rematerialises and a larger batch can need less HBM (roco_git.py:tpu on v5e:2x4:
+  15.20 GiB per chip at 77 per chip, 14.32 at 82): the line through the probes nearest the capacity then
+  lands at the largest fitting batch, and the search stepped up one full compile (10 minutes) at a time.
+  It must bisect instead."""
+  gib, capacity, largest = 2 ** 30, int(15.75 * 2 ** 30), 140
+
+  def use(batch):
+    if batch <= 77:
+      return int((15.2 - 0.1 * (77 - batch)) * gib)
+    if batch <= largest:
+      return int((14.5 + 0.01 * (batch - 109)) * gib)  # rematerialised: below the line through 77 and 154
+    return int((15.9 + 0.046 * (batch - 141)) * gib)
+  probes = []
+
+  def probe(batch):
+    probes.append(batch)
+    return use(batch) <= capacity, use(batch)
+
+  assert aot.largest_fitting(probe, 77, limit=4096, capacity=capacity) == largest
+  assert largest in probes and largest + 1 in probes and len(probes) <= 10, probes
+
+
 def test_the_batch_search_stops_at_its_limit_and_at_nothing_fitting():
   assert aot.largest_fitting(lambda b: (True, b), 3, limit=100, capacity=2 ** 30) == 100
   probes = []
