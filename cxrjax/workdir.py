@@ -261,7 +261,8 @@ def restore(manager: ocp.CheckpointManager, target: TrainState, step: int | None
   step = manager.latest_step() if step is None else step
   if target.opt_state is None:
     # Inference (load_run): the step, parameters and batch statistics alone; the optimizer state (AdamW's
-    # two moments, twice the parameters' bytes) is not read.
+    # two moments, and optax.MultiSteps' accumulated gradients: two or three times the parameters' bytes) is
+    # not read.
     part = {"step": target.step, "params": target.params, "batch_stats": target.batch_stats}
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeRestore(item=part, restore_args=ocp.checkpoint_utils.construct_restore_args(part),
@@ -440,7 +441,7 @@ def load_tokenizer(workdir: str | os.PathLike) -> Any:
 def load_run(workdir: str | os.PathLike, checkpoint: str = BEST, optimizer_state: bool = False) -> Run:
   """The config, task, model, tokenizer and `best` (or `latest`) state of a training workdir: its step,
   parameters and batch statistics; the optimizer state too where `optimizer_state` (else state.opt_state is
-  None: inference never reads AdamW's moments, twice the parameters' bytes)."""
+  None: inference never reads AdamW's moments or accumulated gradients)."""
   workdir = epath.Path(workdir)
   config = read_config(workdir)
   tokenizer = load_tokenizer(workdir) if tasks.task_class(config).uses_tokenizer else None

@@ -218,12 +218,12 @@ class Engine:
     attention = None
     if any(item.options.attention for item in items):  # Only attention needs the teacher-forced re-read.
       attention = jax.device_get(self._reread(predictor.variables, padded, self._reread_inputs(rows, len(padded))))
-    results = []
+    results, search = [], self._search_name(variant)
     for index, (item, tokens) in enumerate(zip(items, rows)):
       result = {self.output: tokenizer.decode(generated[index]), "token_ids": tokens,
                 "token_logprobs": [round(float(p), 6) for p in log_probs[index, :len(tokens)]],
                 "words": [tokenizer.decode([t]) or "?" for t in tokens],
-                "decoding": {"search": self._search_name(variant), "beam_size": variant.beam_size,
+                "decoding": {"search": search, "beam_size": variant.beam_size,
                              "max_length": variant.max_length}}
       if item.options.attention:
         result["attention"] = self._attention(attention, index, len(tokens), padded.shape[1])
