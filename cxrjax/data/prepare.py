@@ -2,7 +2,7 @@
 
   cxrjax prepare iu_xray --manual-dir DIR --data-dir DIR [--split random|r2gen]
                          [--cleaning r2gen|drop_short_words|none] [--min-count 3] [--num-threads N]
-  cxrjax prepare chestxray14 --manual-dir DIR --data-dir DIR [--split official|random]
+  cxrjax prepare chestxray14 --manual-dir DIR --data-dir DIR [--split official|random|chexnet]
                              [--missing-images error|skip]
   cxrjax prepare rocov2 --manual-dir DIR --data-dir DIR [--subset all|chest_xray]
                         [--layout rocov2_csv|rocov2_parquet] [--num-threads N]
@@ -194,23 +194,41 @@ def format_summary(summary: dict[str, Any]) -> str:
 def add_chestxray14_arguments(parser: argparse.ArgumentParser) -> None:
   """The arguments of `cxrjax prepare chestxray14` (runs run_chestxray14)."""
   parser.add_argument("--manual-dir", default=None,
-                      help="folder with Data_Entry_2017*.csv(.gz), images*/ and the official lists "
-                           "(not needed when the dataset is already built)")
+                      help="folder with Data_Entry_2017*.csv(.gz), images*/ and the official lists, or the "
+                           "CheXNet lists in chexnet_split/ (not needed when the dataset is already built)")
   parser.add_argument("--data-dir", required=True, help="TFDS data dir to write chestxray14/ into")
   parser.add_argument("--split", choices=chestxray14.TFDS_CONFIGS, default="official",
-                      help="official lists + patient-level val carve-out, or a patient-level 70/10/20")
+                      help="official lists + patient-level val carve-out, a patient-level 70/10/20, or the "
+                           "CheXNet reproduction lists (train_list.txt, val_list.txt, test_list.txt)")
   parser.add_argument("--missing-images", choices=chestxray14.MISSING_IMAGE_POLICIES, default="error",
                       help="rows whose image file is absent: fail (default) or skip and count them")
   parser.set_defaults(run=run_chestxray14)
 
 
 def run_chestxray14(args: argparse.Namespace) -> int:
-  """Runs `cxrjax prepare chestxray14`: prints the summary as one JSON line; bad input raises a UserError."""
+  """Runs `cxrjax prepare chestxray14`: prints the summary as one JSON line, then on stderr one warning line per
+  problem the split lists had (labels that disagree with the label file, label-file images in no list); bad
+  input raises a UserError."""
   tfds_common.check_local_data_dir(args.data_dir, "chestxray14")  # Before any builder touches it.
   summary = chestxray14.prepare_chestxray14(args.manual_dir, args.data_dir, split=args.split,
                                             missing_images=args.missing_images)
   print(json.dumps(summary))
+  for line in chestxray14_warnings(summary):
+    print(f"cxrjax prepare chestxray14: warning: {line}", file=sys.stderr)
   return 0
+
+
+def chestxray14_warnings(summary: dict[str, Any]) -> list[str]:
+  """One line per split-list problem in a prepare_chestxray14 summary (none for a clean build)."""
+  lists, warnings = summary.get("split_lists", {}), []
+  if lists.get("label_disagreements"):
+    warnings.append(f"{lists['label_disagreements']} images of the {summary['dataset']} lists have labels that "
+                    f"differ from {summary['label_file']}; the label file's are stored (split_lists in the "
+                    f"summary), e.g. {lists['label_disagreement_examples'][0]}")
+  if lists.get("unlisted"):
+    warnings.append(f"{lists['unlisted']} images of {summary['label_file']} are in no list of "
+                    f"{summary['dataset']} and in no split, e.g. {', '.join(lists['unlisted_examples'])}")
+  return warnings
 
 
 def add_roco_arguments(parser: argparse.ArgumentParser, dataset: str) -> None:

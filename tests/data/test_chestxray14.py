@@ -215,6 +215,10 @@ def test_tfds_builder_on_real_images(manual_dir, tmp_path, label_lines):
   assert summary["converted_images"] == 2  # the two RGBA files
   assert sorted(summary["converted_image_examples"]) == ["00001369_000.png", "00002578_000.png"]
   assert summary["unassigned"] == 0 and summary["parse_report"]["skipped"] == {}
+  # Every label-file row is in an official list; the lists' other names are not in this label file (counted).
+  lists = summary["split_lists"]
+  assert (lists["unlisted"], lists["list_images"]) == (0, {"train_val": 86_524, "test": 25_596})
+  assert lists["listed_not_in_label_file"] == 86_524 + 25_596 - 15
 
   seen = {}
   for split in ("train", "validation", "test"):

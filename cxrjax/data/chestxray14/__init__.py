@@ -8,11 +8,13 @@ The public layout, in one folder (`manual_dir`):
       tarballs) or one level down (images_001/images/..., the Kaggle copy).
   train_val_list.txt, test_list.txt: the official patient-wise split (86,524 / 25,596 names),
       in `manual_dir` or `manual_dir/official_split/`.
+  chexnet_split/ (or labels/): train_list.txt, val_list.txt, test_list.txt, the CheXNet reproduction
+      lists (image name + 14 labels a line; config "chexnet").
 
 Records, splits and bad input: see labels.py.
 
 TFDS. `Chestxray14` is the builder "chestxray14" (array_record, built and read without
-TensorFlow), configs "official" and "random" (the split schemes). The labels are stored
+TensorFlow), configs "official", "random" and "chexnet" (the split schemes). The labels are stored
 with all 15 classes; `ChestXray14Source` serves 14 or 15. Build with
 `prepare_chestxray14(manual_dir, data_dir, split=...)` or `cxrjax prepare chestxray14`.
 
@@ -23,10 +25,12 @@ below are the package's public API.
 
 from cxrjax.data.chestxray14.builder import TFDS_CONFIGS, TFDS_NAME, TFDS_SPLITS, Chestxray14, dataset_dir, \
     prepare_chestxray14
-from cxrjax.data.chestxray14.labels import (FINDINGS, LABEL_FILE_NAMES, MISSING_IMAGE_POLICIES, NO_FINDING,
-                                            SPLIT_SCHEMES, SPLIT_SEED, ChestXray14FormatError, LabelEntry,
-                                            ParseReport, class_names, find_label_file, find_official_lists,
+from cxrjax.data.chestxray14.labels import (CHEXNET_LISTS, FINDINGS, LABEL_FILE_NAMES, MISSING_IMAGE_POLICIES,
+                                            NO_FINDING, SPLIT_SCHEMES, SPLIT_SEED, ChestXray14FormatError,
+                                            LabelEntry, ListedImage, ParseReport, chexnet_split, class_names,
+                                            find_chexnet_lists, find_label_file, find_official_lists,
                                             index_images, labels_vector, load_records, official_split,
-                                            patient_split, read_image_list, read_label_file,
-                                            records_from_entries, split_image_ids, to_record)
+                                            patient_split, read_image_list, read_label_file, read_labelled_list,
+                                            records_from_entries, split_image_ids, split_with_summary,
+                                            to_record)
 from cxrjax.data.chestxray14.source import NUM_VIEWS, ChestXray14Source

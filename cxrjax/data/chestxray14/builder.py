@@ -1,6 +1,8 @@
 """The TFDS builder "chestxray14": image records with their 15 labels, built and read without TensorFlow.
 
-Configs "official" and "random" (the split schemes of labels.py). The labels are stored with all 15
+Configs "official", "random" and "chexnet" (the split schemes of labels.py; "chexnet" = the CheXNet
+reproduction lists, whose labels are checked against the label file and whose disagreements are counted in
+`info.metadata["build"]["split_lists"]`; the label file's labels are stored). The labels are stored with all 15
 classes; source.ChestXray14Source serves 14 or 15. 8-bit grayscale PNGs are given to the Image
 feature by path (stored as is); others (two of the fixture images are RGBA) are decoded with
 images.py, converted to 8-bit grayscale and counted in `info.metadata["build"]`.
@@ -46,12 +48,18 @@ class Chestxray14(tfds.core.GeneratorBasedBuilder):
       tfds.core.BuilderConfig(
           name="random",
           description=f"Seeded patient-level 70/10/20 train / validation / test split (seed {labels_lib.SPLIT_SEED})."),
+      tfds.core.BuilderConfig(
+          name="chexnet",
+          description="The CheXNet reproduction lists (arnoweng/CheXNet: train_list.txt, val_list.txt, "
+                      "test_list.txt); labels from the label file, list disagreements counted."),
   ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Download ChestX-ray14 from https://nihcc.app.box.com/v/ChestXray-NIHCC (or Kaggle's
 nih-chest-xrays/data) into the manual folder (--manual-dir): Data_Entry_2017_v2020.csv (or
 Data_Entry_2017.csv, .gz allowed), the extracted images_*.tar.gz (images/ or
-images_001/images/ ...), and for the "official" config train_val_list.txt and test_list.txt.
+images_001/images/ ...), and for the "official" config train_val_list.txt and test_list.txt; for the
+"chexnet" config arnoweng/CheXNet's ChestX-ray14/labels/{train,val,test}_list.txt in a chexnet_split/ (or
+labels/) folder of the manual folder.
 """
 
   def __init__(self, *, missing_images: str = "error", **kwargs):
@@ -99,7 +107,8 @@ images_001/images/ ...), and for the "official" config train_val_list.txt and te
         entries, manual_dir, label_path, include_no_finding=True, missing_images=self._missing_images)
     # The split is drawn over all rows of the label file, so that skipping images (a partial
     # download) never moves a patient to another split.
-    split_ids = labels_lib.split_image_ids(manual_dir, entries, self.builder_config.name)
+    split_ids, split_lists = labels_lib.split_with_summary(manual_dir, entries, self.builder_config.name,
+                                                          label_path=label_path)
     by_split, unassigned, not_kept = tfds_common.group_by_split(records, split_ids)
     split_sizes = {name: len(by_split[name]) for name in TFDS_SPLITS}
     empty = tfds_common.empty_split(by_split)
@@ -121,6 +130,7 @@ images_001/images/ ...), and for the "official" config train_val_list.txt and te
         "unassigned": len(unassigned),
         "unassigned_examples": [r["id"] for r in unassigned[:tfds_common.MAX_EXAMPLES]],
         "split_images_not_kept": not_kept,
+        "split_lists": split_lists,
         "converted_images": 0,
         "converted_image_examples": [],
     }
@@ -156,7 +166,8 @@ def prepare_chestxray14(manual_dir: str | os.PathLike | None, data_dir: str | os
   A dataset already built is reused (`manual_dir` may then be None).
 
   Returns a summary: {"dataset", "path", "split_sizes", "split_patients", "parse_report",
-  "unassigned", "converted_images", ...}, as saved in the dataset's metadata.
+  "unassigned", "split_lists" (labels.split_with_summary: label-file rows in no list, the chexnet lists'
+  label disagreements), "converted_images", ...}, as saved in the dataset's metadata.
   """
   if split not in TFDS_CONFIGS:
     raise ValueError(f"unknown chestxray14 split {split!r}; expected one of {TFDS_CONFIGS}")

@@ -8,6 +8,11 @@ The public layout, in one folder (`manual_dir`):
       tarballs) or one level down (images_001/images/..., the Kaggle copy).
   train_val_list.txt, test_list.txt: the official patient-wise split (86,524 / 25,596 names),
       in `manual_dir` or `manual_dir/official_split/`.
+  chexnet_split/ (or labels/, arnoweng/CheXNet's ChestX-ray14/labels/): train_list.txt, val_list.txt,
+      test_list.txt, the CheXNet reproduction lists (78,468 / 11,219 / 22,433 images): one image a line,
+      `00000001_000.png 0 1 0 0 0 0 0 0 0 0 1 0 0 0`, the name then 14 labels 0/1, whitespace-separated, in
+      FINDINGS order (CheXNet's; arnoweng/CheXNet's model.py CLASS_NAMES and read_data.py). A folder of their
+      own: NIH's test_list.txt has the same name.
 
 Records (one per image):
   "id": str                 the image index ("00000001_000.png")
@@ -25,6 +30,17 @@ Splits (image ids per "train" / "val" / "test"; no patient is in two splits):
       carve-out, as the official split has no validation part.
   "random":   a seeded patient-level 70/10/20 split over all patients (as CheXNet and AG-CNN
       split; they split at random, here by patient to avoid identity confounding).
+  "chexnet":  train / val / test = the CheXNet reproduction lists. Checked against the 112,120-row
+      Data_Entry_2017_v2020.csv: they cover every row, no image or patient is in two lists.
+Every split scheme's summary (`split_lists`) counts the label file's rows in no list, with examples.
+
+Labels of the chexnet lists. The stored labels are the label file's, for every config: the label file is
+NIH's current labelling (v2020), the lists carry a copy made earlier, and one source of labels keeps the
+configs differing in their split only. Where a list's 14 labels differ from the label file's, the image is
+counted and listed (`split_lists["label_disagreements"]`, with up to 5 examples: image, list file and line,
+the list's and the file's findings), and `cxrjax prepare` prints one warning line: never silently resolved.
+Against Data_Entry_2017_v2020.csv, arnoweng/CheXNet's lists differ on 181 images (127 / 18 / 36 in train /
+val / test), each a finding the v2020 file has and the list lacks (Pneumonia 78, Mass 36, ...).
 `splits.random_split` orders ids by sha256(seed:id): assignment does not depend on file order.
 
 Bad input:
@@ -32,6 +48,9 @@ Bad input:
     "No Finding" mixed with findings, bad patient id or age, repeated image index) raises
     `ChestXray14FormatError` naming the file and line;
   - an image in both official lists, or a patient in both, raises it too;
+  - a chexnet list line without 15 fields, a label other than 0 or 1, an image not in the label file, an
+    image repeated in a list or in two lists, a patient in two lists: `ChestXray14FormatError` naming the
+    list file and the line;
   - a label row whose image file is not under `images*/`: an error by default
     (`missing_images="error"`, message naming the label file, the count and examples); with
     `missing_images="skip"` (a partial download) the row is skipped and counted in
@@ -65,7 +84,10 @@ NO_FINDING = "No Finding"
 LABEL_FILE_NAMES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017_v2020.csv.gz",
                     "Data_Entry_2017.csv", "Data_Entry_2017.csv.gz")
 TRAIN_VAL_LIST, TEST_LIST = "train_val_list.txt", "test_list.txt"
-SPLIT_SCHEMES = ("official", "random")
+# The CheXNet reproduction lists (arnoweng/CheXNet ChestX-ray14/labels/), per split, and where they are looked for.
+CHEXNET_LISTS = {"train": "train_list.txt", "val": "val_list.txt", "test": "test_list.txt"}
+CHEXNET_LIST_FOLDERS = ("chexnet_split", "labels")
+SPLIT_SCHEMES = ("official", "random", "chexnet")
 SPLIT_NAMES = ("train", "val", "test")
 SPLIT_SEED = 0
 OFFICIAL_VAL_FRACTION = 0.1
@@ -414,13 +436,161 @@ def official_split(entries: Sequence[LabelEntry], train_val: Sequence[str], test
   }
 
 
-def split_image_ids(manual_dir: str | os.PathLike, entries: Sequence[LabelEntry], scheme: str,
-                    seed: int = SPLIT_SEED) -> dict[str, list[str]]:
-  """The split of `scheme` ("official" or "random") over `entries`: split name -> image ids."""
+def find_chexnet_lists(manual_dir: str | os.PathLike) -> dict[str, pathlib.Path]:
+  """Split name -> the CheXNet list (train_list.txt ...), in `manual_dir/chexnet_split/` or `manual_dir/labels/`."""
+  manual_dir = pathlib.Path(manual_dir)
+  for folder in (manual_dir / name for name in CHEXNET_LIST_FOLDERS):
+    if all((folder / name).is_file() for name in CHEXNET_LISTS.values()):
+      return {split: folder / name for split, name in CHEXNET_LISTS.items()}
+  raise FileNotFoundError(f"the chexnet split needs {', '.join(CHEXNET_LISTS.values())} in one of "
+                          f"{', '.join(str(manual_dir / name) for name in CHEXNET_LIST_FOLDERS)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ListedImage:
+  """One line of a labelled list (CheXNet's format): the image, its 14 labels in FINDINGS order, the line."""
+
+  image_index: str
+  labels: tuple[int, ...]
+  line: int
+
+
+def read_labelled_list(path: str | os.PathLike) -> list[ListedImage]:
+  """Parses a CheXNet list: `name l1 ... l14` per line (whitespace-separated, labels 0/1); blank lines ignored.
+
+  Raises:
+    FileNotFoundError: no such file.
+    ChestXray14FormatError: a line without 15 fields, a label other than 0 / 1, a repeated image (file, line).
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"{path}: image list not found")
+  listed, seen = [], {}
+  try:
+    with _open_text(path) as handle:
+      for line, text in enumerate(handle, start=1):
+        fields = text.split()
+        if not fields:
+          continue
+        if len(fields) != 1 + len(FINDINGS):
+          raise ChestXray14FormatError(f"{path}: line {line}: expected an image name and {len(FINDINGS)} labels "
+                                       f"({1 + len(FINDINGS)} fields), got {len(fields)}: {text.strip()[:80]!r}")
+        name, values = fields[0], fields[1:]
+        for finding, value in zip(FINDINGS, values):
+          if value not in ("0", "1"):
+            raise ChestXray14FormatError(f"{path}: line {line}: label {value!r} for {finding} of {name}, "
+                                         f"expected 0 or 1")
+        if name in seen:
+          raise ChestXray14FormatError(f"{path}: line {line}: {name} repeats line {seen[name]}")
+        seen[name] = line
+        listed.append(ListedImage(name, tuple(int(v) for v in values), line))
+  except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, zlib.error) as error:
+    raise ChestXray14FormatError(f"{path}: cannot be read as a text file ({error})") from error
+  return listed
+
+
+def _findings_text(labels: Sequence[int]) -> str:
+  return "|".join(f for f, v in zip(FINDINGS, labels) if v) or NO_FINDING
+
+
+def _unlisted(entries: Sequence[LabelEntry], listed: set[str]) -> dict[str, Any]:
+  """The label file's rows in no list: a count and examples (for the summary)."""
+  unlisted = [e.image_index for e in entries if e.image_index not in listed]
+  return {"unlisted": len(unlisted), "unlisted_examples": unlisted[:_MAX_EXAMPLES]}
+
+
+def chexnet_split(entries: Sequence[LabelEntry], lists: Mapping[str, Sequence[ListedImage]],
+                  list_paths: Mapping[str, str | os.PathLike], label_path: str | os.PathLike = "the label file",
+                  ) -> tuple[dict[str, list[str]], dict[str, Any]]:
+  """The CheXNet lists as a split, checked against the label file.
+
+  Args:
+    entries: the label file's rows.
+    lists: "train" / "val" / "test" -> the parsed list (read_labelled_list).
+    list_paths: the same keys -> the list files, for messages.
+    label_path: the label file, for messages.
+
+  Returns:
+    (split, summary): split name -> sorted image ids; summary {"lists", "list_images", "unlisted",
+    "unlisted_examples", "label_disagreements", "label_disagreement_examples", "disagreements_by_finding"}.
+
+  Raises:
+    ChestXray14FormatError: an image not in the label file, in two lists, or a patient in two lists (names the
+      list file and line).
+  """
+  _check_unique_images(entries)
+  by_image = {entry.image_index: entry for entry in entries}
+  where: dict[str, tuple[str, int]] = {}  # image -> (split, line)
+  patient_split_of: dict[str, tuple[str, str, int]] = {}  # patient -> (split, image, line)
+  disagreements, examples, by_finding = 0, [], {}
+  for split, listed in lists.items():
+    path = list_paths[split]
+    for item in listed:
+      entry = by_image.get(item.image_index)
+      if entry is None:
+        raise ChestXray14FormatError(f"{path}: line {item.line}: image {item.image_index} is not in {label_path}")
+      if item.image_index in where:
+        other, other_line = where[item.image_index]
+        raise ChestXray14FormatError(f"{path}: line {item.line}: image {item.image_index} is also in "
+                                     f"{list_paths[other]} (line {other_line})")
+      where[item.image_index] = (split, item.line)
+      previous = patient_split_of.setdefault(entry.patient_id, (split, item.image_index, item.line))
+      if previous[0] != split:
+        raise ChestXray14FormatError(
+            f"{path}: line {item.line}: patient {entry.patient_id} ({item.image_index}) is also in "
+            f"{list_paths[previous[0]]} ({previous[1]}, line {previous[2]}): the lists must be patient-disjoint")
+      expected = labels_vector(entry.findings).astype(int)
+      if tuple(expected) != item.labels:
+        disagreements += 1
+        for finding, listed_value, file_value in zip(FINDINGS, item.labels, expected):
+          if listed_value != file_value:
+            key = f"{finding}: list {listed_value}, label file {file_value}"
+            by_finding[key] = by_finding.get(key, 0) + 1
+        if len(examples) < _MAX_EXAMPLES:
+          examples.append(f"{item.image_index} ({pathlib.Path(path).name} line {item.line}: list "
+                          f"{_findings_text(item.labels)}, label file {_findings_text(expected)})")
+  split_ids = {split: sorted(item.image_index for item in lists.get(split, ())) for split in SPLIT_NAMES}
+  summary = {
+      "lists": {split: str(list_paths[split]) for split in lists},
+      "list_images": {split: len(listed) for split, listed in lists.items()},
+      **_unlisted(entries, set(where)),
+      "label_disagreements": disagreements,
+      "label_disagreement_examples": examples,
+      "disagreements_by_finding": dict(sorted(by_finding.items(), key=lambda kv: (-kv[1], kv[0]))),
+  }
+  return split_ids, summary
+
+
+def split_with_summary(manual_dir: str | os.PathLike, entries: Sequence[LabelEntry], scheme: str,
+                       seed: int = SPLIT_SEED, label_path: str | os.PathLike = "the label file",
+                       ) -> tuple[dict[str, list[str]], dict[str, Any]]:
+  """The split of `scheme` over `entries` and what its lists held: (split name -> image ids, summary).
+
+  The summary always has "unlisted" (label-file rows in no split) and "unlisted_examples"; the list schemes
+  add "lists" and "list_images"; "chexnet" adds the label disagreements (chexnet_split).
+  """
   if scheme == "official":
     train_val_path, test_path = find_official_lists(manual_dir)
-    return official_split(entries, read_image_list(train_val_path), read_image_list(test_path),
-                          seed=seed, list_names=(str(train_val_path), str(test_path)))
-  if scheme == "random":
-    return patient_split(entries, seed=seed)
-  raise ValueError(f"unknown ChestX-ray14 split {scheme!r}; expected one of {SPLIT_SCHEMES}")
+    train_val, test = read_image_list(train_val_path), read_image_list(test_path)
+    split = official_split(entries, train_val, test, seed=seed, list_names=(str(train_val_path), str(test_path)))
+    known = {entry.image_index for entry in entries}
+    summary = {"lists": {"train_val": str(train_val_path), "test": str(test_path)},
+               "list_images": {"train_val": len(train_val), "test": len(test)},
+               # Official names absent from the label file are left out (official_split); counted here.
+               "listed_not_in_label_file": sum(name not in known for name in (*train_val, *test))}
+  elif scheme == "random":
+    split, summary = patient_split(entries, seed=seed), {}
+  elif scheme == "chexnet":
+    paths = find_chexnet_lists(manual_dir)
+    return chexnet_split(entries, {name: read_labelled_list(path) for name, path in paths.items()}, paths,
+                         label_path)
+  else:
+    raise ValueError(f"unknown ChestX-ray14 split {scheme!r}; expected one of {SPLIT_SCHEMES}")
+  summary.update(_unlisted(entries, {image for ids in split.values() for image in ids}))
+  return split, summary
+
+
+def split_image_ids(manual_dir: str | os.PathLike, entries: Sequence[LabelEntry], scheme: str,
+                    seed: int = SPLIT_SEED) -> dict[str, list[str]]:
+  """The split of `scheme` ("official", "random" or "chexnet") over `entries`: split name -> image ids."""
+  return split_with_summary(manual_dir, entries, scheme, seed)[0]
