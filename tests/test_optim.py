@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from cxrjax import models, optim, train, workdir as workdir_lib
@@ -80,6 +81,29 @@ def test_accumulated_gradients_equal_one_step_on_the_doubled_batch():
   plain = _train(1, halves[:2], num_steps=2 * updates)
   assert not all(np.allclose(a, b, atol=1e-5) for a, b in zip(jax.tree.leaves(plain[1]),
                                                                jax.tree.leaves(big_steps[0])))
+
+
+@pytest.mark.parametrize("every_k", [2, 3])
+def test_accumulate_gradients_equals_optax_multisteps(every_k):
+  """optim.accumulate_gradients (the optimizer under lax.cond on the k-th batch only) gives optax.MultiSteps'
+  updates and states at every call, through clipping, AdamW on a cosine schedule and a frozen group."""
+  params = {"conv": {"kernel": jnp.ones((3, 3, 2, 4))}, "dense": {"kernel": jnp.ones((4, 5)), "bias": jnp.zeros(5)},
+            "frozen": {"kernel": jnp.ones((2, 2))}}
+  config = _optimizer_config(warmup_steps=0, param_groups=(("frozen/.*", None), ("dense/.*", 0.5), (".*", 1.0)))
+  config.accumulate_steps = 1
+  inner = optim.make_optimizer(config, params, 40)
+  ours, reference = optim.accumulate_gradients(inner, every_k), optax.MultiSteps(inner, every_k)
+  ours_state, reference_state = ours.init(params), reference.init(params)
+  update, reference_update = jax.jit(ours.update), jax.jit(reference.update)
+  rng = np.random.default_rng(0)
+  for call in range(3 * every_k + 1):
+    grads = jax.tree.map(lambda leaf: jnp.asarray(rng.normal(size=leaf.shape) * 3, jnp.float32), params)
+    updates, ours_state = update(grads, ours_state, params)
+    expected, reference_state = reference_update(grads, reference_state, params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), (updates, ours_state),
+                 (expected, reference_state))
+    assert any(np.any(leaf != 0) for leaf in jax.tree.leaves(updates)) == (call % every_k == every_k - 1)
+    params = optax.apply_updates(params, updates)
 
 
 def test_bad_accumulate_steps_is_a_config_error():
