@@ -10,6 +10,8 @@ Seed setup: two views at 224x224 (training: R2Gen's random crops of a 256 resize
 frozen (its 7x7x1024 maps of both views = 98 regions), words kept at min count 3, reports up to 60 tokens,
 beam size 3. Arguments:
   split=r2gen     R2Gen's 2,069/296/590 split (default: the seeded 70/10/20 study split)
+  sections=findings_impression  train on and score against findings + impression (ReXrank's IU X-ray
+                  protocol; prepare with --sections findings_impression); default findings (R2Gen's)
   attention=concat  Luong's global "concat" score instead of Bahdanau's
   tpu             the TPU VM variant: bfloat16 compute, batch 256, no host-side limits
   smoke           tiny sizes for a quick end-to-end check
@@ -23,7 +25,7 @@ from cxrjax import config as config_lib
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = config_lib.parse_arg(arg, smoke=False, tpu=False, split="random", attention="bahdanau")
+  arg = config_lib.parse_arg(arg, smoke=False, tpu=False, split="random", sections="findings", attention="bahdanau")
   model = dict(
       name="attention_captioner", encoder=config_lib.densenet121_encoder(), region_dim=512, embed_dim=300,
       hidden_dim=512, attention=arg.attention, attention_dim=512, dropout_rate=0.2, initial_state="zeros",

@@ -13,6 +13,8 @@ pooling by N=2: 7x7 -> 4x4, ceil, real cells only; see cxrjax/models/encoders/co
 summed; both views' 98 cells -> Dense 512 -> batch norm -> dropout -> the attention decoder of
 configs/iu_xray_attention.py (zero initial state, beam 3). Arguments:
   split=r2gen     R2Gen's 2,069/296/590 split (default: the seeded 70/10/20 study split)
+  sections=findings_impression  train on and score against findings + impression (ReXrank's IU X-ray
+                  protocol; prepare with --sections findings_impression); default findings (R2Gen's)
   attention=concat  Luong's global "concat" score instead of Bahdanau's
   pool=N          the context flow's pooling factor (default 2)
   tpu             the TPU VM variant: bfloat16 compute, batch 256, no host-side limits
@@ -27,7 +29,8 @@ from cxrjax import config as config_lib
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = config_lib.parse_arg(arg, smoke=False, tpu=False, split="random", attention="bahdanau", pool=2)
+  arg = config_lib.parse_arg(arg, smoke=False, tpu=False, split="random", sections="findings",
+                             attention="bahdanau", pool=2)
   model = dict(
       name="cam_captioner", encoder=config_lib.densenet121_encoder(), context_dim=512, pool_factor=arg.pool,
       region_dim=512, embed_dim=300, hidden_dim=512, attention=arg.attention, attention_dim=512,

@@ -13,6 +13,8 @@ and c) and a term added to every LSTM output; 300-d word embedding initialised f
 trainable) or fastText `.vec` (seed 001, frozen: `freeze`). Words missing from the vector file start random
 and are reported at the start of training. Arguments:
   split=r2gen     R2Gen's 2,069/296/590 split (default: the seeded 70/10/20 study split)
+  sections=findings_impression  train on and score against findings + impression (ReXrank's IU X-ray
+                  protocol; prepare with --sections findings_impression); default findings (R2Gen's)
   freeze          freeze the pretrained embedding (seed 001); default trainable (seed 000)
   tpu             the TPU VM variant: bfloat16 compute, batch 256, no host-side limits
   smoke           tiny sizes for a quick end-to-end check (no word vectors)
@@ -27,7 +29,7 @@ from cxrjax import config as config_lib
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = config_lib.parse_arg(arg, smoke=False, tpu=False, split="random", freeze=False)
+  arg = config_lib.parse_arg(arg, smoke=False, tpu=False, split="random", sections="findings", freeze=False)
   model = dict(name="lstm_captioner", encoder=config_lib.densenet121_encoder(), embed_dim=300, hidden_dim=512,
                dropout_rate=0.2, dtype="float32")
   param_groups = config_lib.FROZEN_ENCODER

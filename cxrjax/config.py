@@ -262,7 +262,8 @@ def iu_xray_experiment(arg: ml_collections.ConfigDict, model: dict, smoke_model:
   `arg.tpu` and `arg.smoke`.
 
   Args:
-    arg: parsed arguments with `split` ("random" or "r2gen"), `tpu` and `smoke`.
+    arg: parsed arguments with `split` ("random" or "r2gen"), `sections` ("findings" or
+      "findings_impression": config.data.report_sections), `tpu` and `smoke`.
     model: the model section (its DenseNet-121 encoder included).
     smoke_model: model fields replaced in the smoke variant (the encoder becomes `smoke_chexnet_encoder()`).
     param_groups: the optimizer's (default: CheXNet frozen, the rest trained).
@@ -271,6 +272,9 @@ def iu_xray_experiment(arg: ml_collections.ConfigDict, model: dict, smoke_model:
   config.data = dict(
       name="iu_xray", data_dir="", tfds_config=arg.split, image_size=224, num_views=2, max_length=60,
       cleaning="r2gen", vocabulary_min_count=3,
+      # The report sections trained on and scored against: "findings" (R2Gen's protocol, its published tables)
+      # or "findings_impression" (ReXrank's IU X-ray leaderboard); `cxrjax prepare --sections` builds its vocabulary.
+      report_sections=arg.sections,
       tokenizer="",  # "": a word vocabulary (prepared by `cxrjax prepare`); or a WordPiece vocab.txt / tokenizer.json
       caption_protocol="r2gen",  # R2Gen's cleaned reports, as the published IU X-ray tables score them
       # R2Gen's Resize(256) + RandomCrop(224) (crop_resize 0: image_size * 8 / 7), without its flip: the

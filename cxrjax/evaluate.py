@@ -1,6 +1,7 @@
 """`cxrjax evaluate`: a workdir's checkpoint over a split, scored by its task; files written by process 0.
 
   cxrjax evaluate --workdir DIR --split val|test [--checkpoint best|latest] [--beam-size 3]
+                  [--leaderboard-json PATH]
 
 writes DIR/eval/<split>/metrics.json and the task's predictions: report generators predictions.jsonl
 (id, reference, generated) and metrics.json with BLEU-1..4 (as pycocoevalcap), sacreBLEU, METEOR, ROUGE-L,
@@ -8,7 +9,16 @@ CIDEr (each naming its implementation, and the scoring protocol that normalised 
 alike: metrics/protocols.py) and the image-free baselines of metrics/baselines.py scored the same way (the
 most common training report, and the best constant report chosen on training data alone; on phantoms also
 the findings oracle, the report written from each study's true findings); classifiers predictions.csv
-(`cxrjax auroc` scores it against the label file) and per-class AUROC.
+(`cxrjax auroc` scores it against the label file) and per-class AUROC. metrics.json's "references" says
+where the references came from, where the source says (IU X-ray: the dataset, split family "r2gen" or
+"random", split, report sections, layout).
+
+IU X-ray's published protocols: R2Gen's tables score findings only on R2Gen's split; the ReXrank leaderboard
+scores findings + impression on R2Gen's 590 test studies. The report sections are the run's
+config.data.report_sections (configs/iu_xray_*.py: `sections=findings_impression`). `leaderboard_json` (the
+CLI's --leaderboard-json PATH) also writes the predictions as ReXrank's prediction file
+(data/iu_xray/rexrank.py: its form and where it was read), whole or not at all; a run that is not R2Gen's test
+split with findings + impression is refused before any prediction, one line naming the field.
 """
 
 from typing import Any
@@ -17,6 +27,7 @@ import jax
 
 from cxrjax import files, sharding, workdir as workdir_lib
 from cxrjax.data import datasets, pipeline
+from cxrjax.data.iu_xray import rexrank
 from cxrjax.errors import UserError
 from cxrjax.metrics import baselines
 from cxrjax.metrics import captioning as caption_metrics
@@ -54,9 +65,10 @@ def text_baselines(config, references: list[str], reference_source: Any, meteor:
 
 def evaluate(workdir: str, split: str, checkpoint: str = workdir_lib.BEST, beam_size: int | None = None,
              max_examples: int | None = None, meteor: bool = True, baselines_too: bool = True,
-             data_dir: str | None = None) -> dict[str, Any]:
+             data_dir: str | None = None, leaderboard_json: str | None = None) -> dict[str, Any]:
   """Scores `split` with the run's task, writes DIR/eval/<split>/ (process 0), returns metrics.json's dict.
-  `data_dir` replaces the config's prepared-dataset folder."""
+  `data_dir` replaces the config's prepared-dataset folder; `leaderboard_json` is where to write ReXrank's IU
+  X-ray prediction file too (rexrank.check_run lists what it refuses)."""
   for flag, value in (("--beam-size", beam_size), ("--max-examples", max_examples)):
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
       raise EvaluationError(f"{flag} {value!r}: must be an integer of at least 1")
@@ -71,7 +83,15 @@ def evaluate(workdir: str, split: str, checkpoint: str = workdir_lib.BEST, beam_
     config.decode.beam_size = beam_size
   if config.get("decode") is not None:  # Before any data is read: a decode past the model's KV cache.
     captioning.check_decode_length(config.model, config.decode.max_length, "config.decode.max_length")
+  if leaderboard_json is not None:  # Before any prediction.
+    if config.get("decode") is None:
+      raise EvaluationError(f"--leaderboard-json: {workdir} holds a classifier ({config.model.name}); the "
+                            f"{rexrank.LEADERBOARD} file holds generated reports")
+    rexrank.check_run(config.data, split, max_examples)
   source, info = datasets.make_source(config.data, split)
+  full_source = source
+  if leaderboard_json is not None:
+    rexrank.check_source(source)
   if not run.task.uses_tokenizer:  # Classifiers: the batches carry the split's finding labels.
     run.task.label_names = info.label_names
   if max_examples:
@@ -82,15 +102,24 @@ def evaluate(workdir: str, split: str, checkpoint: str = workdir_lib.BEST, beam_
                                      mesh=run.mesh, predict=predict, batch_size=config.eval.batch_size)
   output = {"split": split, "checkpoint": checkpoint, "step": int(run.state.step),
             "scores": run.task.score(records, meteor=meteor)}
+  if getattr(full_source, "references", None) is not None:
+    output["references"] = full_source.references
   if run.task.uses_tokenizer:
     output["decode"] = config.decode.to_dict()
     if baselines_too:
       output["baselines"] = text_baselines(config, [r["reference"] for r in records], source, meteor)
   if config.model.get("stage"):
     output["stage"] = config.model.stage
+  leaderboard = None
+  if leaderboard_json is not None:  # Built on every process, so that a bad pairing fails everywhere alike.
+    leaderboard = rexrank.leaderboard_predictions(full_source, records)
+    output["leaderboard_json"] = {"leaderboard": rexrank.LEADERBOARD, "path": str(leaderboard_json),
+                                  "num_studies": len(leaderboard)}
   if sharding.is_lead_process():
     out_dir = workdir_lib.eval_dir(workdir, split)
     out_dir.mkdir(parents=True, exist_ok=True)
     run.task.write(out_dir, records)
+    if leaderboard is not None:
+      files.write_json(leaderboard_json, leaderboard, indent=2)  # Whole or not at all.
     files.write_json(out_dir / "metrics.json", output, indent=2)  # Whole or not at all.
   return output

@@ -120,6 +120,10 @@ def load_or_build_tokenizer(data_config: Any, train_source: Any) -> tokenizers.T
              f"{registry.field(data_config, 'data_dir', 'DIR')} --split "
              f"{registry.field(data_config, 'tfds_config', 'random')} --cleaning {style} "
              f"--min-count {min_count}`")
+    # IU X-ray prepares one vocabulary per choice of report sections.
+    sections = registry.field(data_config, "report_sections", "")
+    if sections:
+      rerun = rerun[:-1] + f" --sections {sections}`"
     if not epath.Path(prepared).is_file():
       raise FileNotFoundError(f"no {entry.name} vocabulary at {prepared}: {rerun}")
     vocabulary = tokenizers.WordVocabulary.from_json(prepared)

@@ -1,7 +1,8 @@
 """`cxrjax prepare`: builds a dataset's TFDS files and its training vocabulary.
 
   cxrjax prepare iu_xray --manual-dir DIR --data-dir DIR [--split random|r2gen]
-                         [--cleaning r2gen|drop_short_words|none] [--min-count 3] [--num-threads N]
+                         [--cleaning r2gen|drop_short_words|none] [--min-count 3]
+                         [--sections findings|findings_impression] [--num-threads N]
   cxrjax prepare chestxray14 --manual-dir DIR --data-dir DIR [--split official|random|chexnet]
                              [--missing-images error|skip]
   cxrjax prepare rocov2 --manual-dir DIR --data-dir DIR [--subset all|chest_xray]
@@ -9,7 +10,8 @@
   cxrjax prepare roco --manual-dir DIR --data-dir DIR [--subset all|chest_xray] [--num-threads N]
 
 writes DATA_DIR/iu_xray/<split>/1.0.0/ (array_record files, read by iu_xray.IUXraySource)
-and, beside them, vocabulary.<cleaning>.json (iu_xray.vocabulary_path): the words of the
+and, beside them, vocabulary.<cleaning>.json (iu_xray.vocabulary_path; with --sections
+findings_impression, vocabulary.<cleaning>.findings_impression.json): the words of the
 cleaned training reports seen at least --min-count times. Validation and test reports
 never shape the vocabulary. A dataset already built is reused (--manual-dir is then not
 needed); running again with another --cleaning adds that vocabulary. The defaults (cleaning r2gen,
@@ -86,6 +88,9 @@ def _add_iu_xray_arguments(parser: argparse.ArgumentParser) -> None:
                            "IU X-ray configs)")
   parser.add_argument("--min-count", type=_positive_int, default=registry.DEFAULT_MIN_COUNT,
                       help="keep training words seen at least this often (R2Gen: 3)")
+  parser.add_argument("--sections", choices=sorted(iu_xray.REPORT_SECTIONS), default="findings",
+                      help="the report sections the vocabulary is built from (config.data.report_sections): "
+                           "findings (default, R2Gen's protocol) or findings_impression (ReXrank's)")
   parser.add_argument("--num-threads", type=int, default=None,
                       help="threads re-encoding images (default: CPU count, at most 8)")
   parser.set_defaults(run=_run)
@@ -102,7 +107,7 @@ def _run(args: argparse.Namespace) -> int:
   """Runs `cxrjax prepare iu_xray`; bad input raises a UserError (errors.guarded prints it)."""
   tfds_common.check_local_data_dir(args.data_dir, "iu_xray")  # Before any builder touches it.
   summary = prepare_iu_xray(args.manual_dir, args.data_dir, config=args.split,
-                            cleaning=args.cleaning, min_count=args.min_count,
+                            cleaning=args.cleaning, min_count=args.min_count, report_sections=args.sections,
                             num_threads=args.num_threads, progress=True)
   print(format_summary(summary))
   return 0
@@ -110,9 +115,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def prepare_iu_xray(manual_dir: str | pathlib.Path | None, data_dir: str | pathlib.Path, *,
                     config: str = "random", cleaning: str = registry.DEFAULT_CLEANING,
-                    min_count: int = registry.DEFAULT_MIN_COUNT,
+                    min_count: int = registry.DEFAULT_MIN_COUNT, report_sections: str = "findings",
                     num_threads: int | None = None, progress: bool = False) -> dict[str, Any]:
-  """Builds iu_xray/<config> (unless built) and its vocabulary; returns the summary.
+  """Builds iu_xray/<config> (unless built) and its vocabulary of the `report_sections` reports
+  (iu_xray.REPORT_SECTIONS, config.data.report_sections); returns the summary.
 
   Returns:
     a JSON-serialisable dict: "dataset_dir", "build" (the builder's record: parse report,
@@ -131,10 +137,10 @@ def prepare_iu_xray(manual_dir: str | pathlib.Path | None, data_dir: str | pathl
 
   cleaned = {}
   for split in iu_xray.TFDS_SPLITS:
-    source = iu_xray.IUXraySource(data_dir, config, split)
+    source = iu_xray.IUXraySource(data_dir, config, split, report_sections)
     cleaned[split] = [cleaning_lib.clean_report(source[i]["report"], cleaning) for i in range(len(source))]
   vocabulary = tokenizers.WordVocabulary.build(cleaned["train"], min_count=min_count, cleaning_style=cleaning)
-  path = iu_xray.vocabulary_path(data_dir, config, cleaning)
+  path = iu_xray.vocabulary_path(data_dir, config, cleaning, report_sections)
   with files.replaced_on_success(path) as temporary:  # A killed run leaves no half-written vocabulary.
     vocabulary.to_json(temporary)
   stats = tokenizers.vocabulary_stats(cleaned["train"],
@@ -147,6 +153,7 @@ def prepare_iu_xray(manual_dir: str | pathlib.Path | None, data_dir: str | pathl
       "split_sizes": {split: len(texts) for split, texts in cleaned.items()},
       "vocabulary_path": str(path),
       "cleaning": cleaning,
+      "report_sections": report_sections,
       "min_count": min_count,
       "vocabulary": dataclasses.asdict(stats),
   }
@@ -179,7 +186,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines.append("  split studies not kept (skipped or absent): "
                  + ", ".join(f"{split} {count}" for split, count in not_kept.items()))
   lines.append(f"  vocabulary: {stats['vocabulary_size']} tokens (cleaning {summary['cleaning']}, "
-               f"min count {summary['min_count']}, 4 special tokens included) -> "
+               f"sections {summary['report_sections']}, min count {summary['min_count']}, 4 special tokens included) -> "
                f"{summary['vocabulary_path']}")
   lines.append(f"  training words: {stats['train_tokens']} tokens, {stats['train_types']} distinct")
   for split, coverage in stats["splits"].items():

@@ -153,7 +153,7 @@ def test_main_reuses_dataset_and_prints_summary(random_summary, data_dir, capsys
   assert "skipped empty_report: 1 (e.g. CXR3)" in out
   assert "issues found (skipped or kept): empty_report 1" in out
   assert f"colour images converted to gray: 1 (e.g. {COLOUR_IMAGE})" in out
-  assert re.search(r"vocabulary: \d+ tokens \(cleaning drop_short_words, min count 3", out)
+  assert re.search(r"vocabulary: \d+ tokens \(cleaning drop_short_words, sections findings, min count 3", out)
   assert re.search(r"test: [\d.]+% of \d+ word tokens and [\d.]+% of \d+ distinct words seen in "
                    r"training; <unk> rate [\d.]+%", out)
   summary = json.loads(out.strip().splitlines()[-1])
@@ -178,10 +178,12 @@ def test_add_parser_wires_into_a_cli():
   parser = argparse.ArgumentParser(prog="cxrjax")
   prepare.add_parser(parser.add_subparsers(dest="command", required=True))
   args = parser.parse_args(["prepare", "iu_xray", "--manual-dir", "m", "--data-dir", "d",
-                            "--split", "r2gen", "--cleaning", "r2gen"])
-  assert (args.dataset, args.split, args.cleaning, args.min_count) == ("iu_xray", "r2gen", "r2gen", 3)
+                            "--split", "r2gen", "--cleaning", "r2gen", "--sections", "findings_impression"])
+  assert (args.dataset, args.split, args.cleaning, args.min_count, args.sections) == (
+      "iu_xray", "r2gen", "r2gen", 3, "findings_impression")
   defaults = parser.parse_args(["prepare", "iu_xray", "--data-dir", "d"])
-  assert (defaults.split, defaults.cleaning, defaults.min_count) == ("random", "r2gen", 3)
+  assert (defaults.split, defaults.cleaning, defaults.min_count, defaults.sections) == (
+      "random", "r2gen", 3, "findings")
   assert args.manual_dir == pathlib.Path("m") and args.run is prepare._run
   with pytest.raises(SystemExit):
     parser.parse_args(["prepare", "iu_xray", "--data-dir", "d", "--min-count", "0"])

@@ -126,8 +126,11 @@ r2gen/ subfolder.
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     manual_dir = pathlib.Path(dl_manager.manual_dir)
     records, parse_report = reports.load_studies(manual_dir)
+    r2gen_ids = {}
     if self.builder_config.name == "r2gen":
-      split_ids = reports.r2gen_split(_find_r2gen_annotation(manual_dir))
+      annotation = _find_r2gen_annotation(manual_dir)
+      split_ids = reports.r2gen_split(annotation)
+      r2gen_ids = reports.r2gen_study_ids(annotation)
     else:
       split_ids = split_lib.random_split([r["id"] for r in records], seed=RANDOM_SPLIT_SEED)
     by_split, unassigned, not_kept = tfds_common.group_by_split(records, split_ids)
@@ -148,6 +151,10 @@ r2gen/ subfolder.
         "split_studies_not_kept": not_kept,
         "colour_images": 0,
         "colour_image_examples": [],
+        # The kept studies' R2Gen ids ("CXR2384" -> "CXR2384_IM-0942"), which the leaderboard files use
+        # (data/iu_xray/rexrank.py); empty for the random split.
+        "r2gen_ids": {r["id"]: r2gen_ids[r["id"]] for name in TFDS_SPLITS for r in by_split[name]
+                      if r["id"] in r2gen_ids},
     }
     return {name: self._generate_examples(by_split[name], name) for name in TFDS_SPLITS}
 
@@ -209,7 +216,10 @@ def dataset_dir(data_dir: str | os.PathLike, config: str = "random") -> pathlib.
   return tfds_common.dataset_dir(data_dir, IuXray, config)
 
 
-def vocabulary_path(data_dir: str | os.PathLike, config: str = "random", cleaning: str = "r2gen"
-                    ) -> pathlib.Path:
-  """Where `cxrjax prepare` saves the training vocabulary: <dataset_dir>/vocabulary.<cleaning>.json."""
-  return dataset_dir(data_dir, config) / f"vocabulary.{cleaning}.json"
+def vocabulary_path(data_dir: str | os.PathLike, config: str = "random", cleaning: str = "r2gen",
+                    report_sections: str = "findings") -> pathlib.Path:
+  """Where `cxrjax prepare` saves the training vocabulary: <dataset_dir>/vocabulary.<cleaning>.json for the
+  findings, vocabulary.<cleaning>.<report_sections>.json for other report sections (reports.REPORT_SECTIONS):
+  a findings-only vocabulary would turn the impressions' own words into unknowns."""
+  suffix = "" if report_sections == "findings" else f".{report_sections}"
+  return dataset_dir(data_dir, config) / f"vocabulary.{cleaning}{suffix}.json"

@@ -65,6 +65,10 @@ SECTIONS = ("findings", "impression", "indication", "comparison")
 AUTO = "auto"
 FRONTAL, LATERAL = "frontal", "lateral"
 R2GEN_SPLITS = ("train", "val", "test")
+# config.data.report_sections: the sections of a study's reference report, joined by a space. "findings" is
+# R2Gen's protocol (its annotation.json reports are the findings alone); "findings_impression" is ReXrank's
+# (its IU X-ray ground truth is "Findings: <findings> Impression: <impression>").
+REPORT_SECTIONS = {"findings": ("findings",), "findings_impression": ("findings", "impression")}
 
 _PathLike = str | os.PathLike
 _MAX_EXAMPLES = 5
@@ -238,13 +242,26 @@ def r2gen_split(annotation_json: str | os.PathLike) -> dict[str, list[str]]:
   return split
 
 
+def r2gen_study_ids(annotation_json: str | os.PathLike) -> dict[str, str]:
+  """R2Gen's id of every study in its annotation.json: {"CXR2384": "CXR2384_IM-0942", ...}. Taken from the
+  file, not derived from image ids: R2Gen names 9 studies after one of two image series ("CXR212_IM-0746-1001")
+  and study 1 "CXR1_1_IM-0001", which no rule over the Open-i or Kaggle image ids reproduces."""
+  return {_r2gen_study_uid(entry["id"], annotation_json): entry["id"]
+          for _, entry in _read_annotation(pathlib.Path(annotation_json))}
+
+
+def join_sections(record: Mapping[str, Any], report_sections: Sequence[str]) -> str:
+  """The report of `record` made of `report_sections` (non-empty ones, joined by a space)."""
+  return " ".join(record[s] for s in report_sections if record[s])
+
+
 def _to_record(study: _Study, report_sections: Sequence[str], keep_empty_reports: bool,
                keep_partial_images: bool, check_images: bool,
                report: ParseReport) -> dict[str, Any] | None:
   """Applies the image checks and view selection; None when the study is skipped."""
   listed = list(study.image_paths)
   present = [i for i in listed if study.image_paths[i].is_file()] if check_images else listed
-  text = " ".join(study.sections[s] for s in report_sections if study.sections[s])
+  text = join_sections(study.sections, report_sections)
   skip_reasons = []
   if not listed:
     report.add_issue("no_images", study.uid)
