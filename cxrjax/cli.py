@@ -3,12 +3,16 @@
   cxrjax port-weights --format {keras-h5,torch} INPUT OUTPUT   import a CheXNet checkpoint
   cxrjax port-weights --format seed003-torch --tokenizer VOCAB roco_best_model.bin OUT   seed 003's captioner
   cxrjax port-weights --format hf HF_DIR OUT [--tokenizer VOCAB] [--prompt TEXT]        GIT / BLIP from the hub
+  cxrjax port-weights --format chexbert chexbert.pth OUT [--tokenizer vocab.txt]   the CheXbert report labeler
+  cxrjax label --workdir OUT REPORTS.txt [--batch-size N]      CheXbert labels, one JSON line per report line
   cxrjax classify --weights DIR IMAGE...                        CheXNet probabilities, one JSON line per image
   cxrjax prepare iu_xray --manual-dir DIR --data-dir DIR        build the TFDS dataset and vocabulary
   cxrjax train --config=configs/demo.py --workdir=DIR [--config.x=y ...]
   cxrjax sweep --config=configs/demo.py --workdir=DIR --seeds=5 [--set=FIELD=V1,V2 ...]   runs x seeds, a table
   cxrjax compile --config=configs/roco_git.py:tpu --topology=v5e:2x4   HBM, FLOPs, step time on a TPU slice (libtpu)
-  cxrjax evaluate --workdir DIR --split val|test                generate reports and score them
+  cxrjax evaluate --workdir DIR --split val|test [--leaderboard-json PATH]   generate reports and score them
+  cxrjax score PREDICTIONS [--format auto|jsonl|csv|rexrank] --evaluators text,chexbert,bertscore [--labeler DIR]
+      [--bertscore-model DIR] [--protocol r2gen|coco|imageclef] [--out metrics.json]   score any predictions file
   cxrjax predict --workdir DIR FRONTAL [LATERAL] [--attention-maps OUT_DIR]   one study's report
   cxrjax predict --workdir DIR [--greedy | --beam-size K] [--max-new-tokens N] IMAGE...   one caption per image
   cxrjax predict-agcnn --workdir DIR --out-dir OUT IMAGE...    AG-CNN findings + attention picture
@@ -31,16 +35,17 @@ import ml_collections
 from etils import epath
 
 from cxrjax import config as config_lib
-from cxrjax import aot, errors, evaluate, inference, sharding, sweep, train, workdir
+from cxrjax import aot, errors, evaluate, evaluators, inference, score, sharding, sweep, train, workdir
 from cxrjax.data import datasets, prepare
 from cxrjax.errors import ConfigError
 from cxrjax.metrics import classification as classification_metrics
 from cxrjax.serve import server as serve
 from cxrjax.tasks import classification as classification_task
-from cxrjax.weights import chexnet, hf, seed003, store
+from cxrjax.weights import chexbert_labeler, chexnet, hf, seed003, store
 
 SEED003_FORMAT = "seed003-torch"  # The ResNet-50 + graph + transformer captioner's PyTorch state dict.
 HF_FORMAT = "hf"  # A Hugging Face model directory (GIT, BLIP): config.json + model.safetensors.
+CHEXBERT_FORMAT = chexbert_labeler.FORMAT  # CheXbert's chexbert.pth -> a labeler directory.
 
 # The summary line of `evaluate` (metrics.json has every score): the IU X-ray tables' metrics, then seed 002's.
 CAPTION_SCORES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr",
@@ -50,6 +55,8 @@ CAPTION_SCORES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "
 def _port_weights(args: argparse.Namespace) -> int:
   if args.format == HF_FORMAT:
     return _port_hf(args)
+  if args.format == CHEXBERT_FORMAT:
+    return _port_chexbert(args)
   if not pathlib.Path(args.input).is_file():
     raise chexnet.WeightsError(f"{args.input}: " + ("is a directory; expected a checkpoint file"
                                                     if pathlib.Path(args.input).is_dir() else "not found"))
@@ -75,7 +82,8 @@ def _port_seed003(args: argparse.Namespace, digest: str) -> int:
                       "tokenizer.json); the checkpoint does not contain the vocabulary")
   tokenizer = datasets.load_or_build_tokenizer(ml_collections.ConfigDict(dict(
       name="rocov2", tokenizer=str(args.tokenizer), cleaning="none")), None)
-  variables, model_config, vocab_size = seed003.import_seed003(args.input, num_heads=args.num_heads)
+  num_heads = seed003.SEED_NUM_HEADS if args.num_heads is None else args.num_heads
+  variables, model_config, vocab_size = seed003.import_seed003(args.input, num_heads=num_heads)
   store.check_finite_variables(variables, str(args.input))  # NaN weights would caption with exit status 0.
   if vocab_size != len(tokenizer):
     raise chexnet.WeightsError(f"{args.input}: its vocabulary has {vocab_size} rows, the tokenizer "
@@ -103,6 +111,29 @@ def _port_hf(args: argparse.Namespace) -> int:
   return 0
 
 
+def _port_chexbert(args: argparse.Namespace) -> int:
+  """CheXbert's chexbert.pth + bert-base-uncased's vocab.txt -> a labeler directory that `label` reads."""
+  num_heads = chexbert_labeler.DEFAULT_NUM_HEADS if args.num_heads is None else args.num_heads
+  model = chexbert_labeler.port(args.input, args.output, tokenizer=args.tokenizer, num_heads=num_heads)
+  print(json.dumps({"output": str(args.output), "format": args.format, "sha256": model["source"]["sha256"],
+                    **model["fields"]}))
+  return 0
+
+
+def _label(args: argparse.Namespace) -> int:
+  """One report per line of REPORTS.txt -> one JSON line each: both label conventions by observation."""
+  if args.batch_size < 1:
+    raise ConfigError(f"--batch-size {args.batch_size}: must be at least 1")
+  try:
+    reports = pathlib.Path(args.reports).read_text(encoding="utf-8").splitlines()
+  except UnicodeDecodeError as error:
+    raise ConfigError(f"{args.reports}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+  labeler = chexbert_labeler.Labeler.load(args.workdir)
+  for line, labels in enumerate(labeler.label(reports, batch_size=args.batch_size), start=1):
+    print(json.dumps({"line": line, **labels}))
+  return 0
+
+
 def _classify(args: argparse.Namespace) -> int:
   predictor = inference.Predictor.from_chexnet_weights(args.weights, image_size=args.image_size,
                                                        dtype=args.dtype)
@@ -120,8 +151,11 @@ def _classify(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
   sharding.initialize_distributed(args.distributed)
   output = evaluate.evaluate(args.workdir, args.split, checkpoint=args.checkpoint, beam_size=args.beam_size,
-                             max_examples=args.max_examples, meteor=not args.no_meteor, data_dir=args.data_dir)
+                             max_examples=args.max_examples, meteor=not args.no_meteor, data_dir=args.data_dir,
+                             leaderboard_json=args.leaderboard_json)
   summary = {"split": args.split, "step": output["step"], "written": f"{args.workdir}/eval/{args.split}/"}
+  if "leaderboard_json" in output:
+    summary["leaderboard_json"] = output["leaderboard_json"]["path"]
   scores = output["scores"]
   if "baselines" in output:
     summary["num_studies"] = scores["num_studies"]
@@ -134,6 +168,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     summary.update({key: scores[key] for key in (f"AUROC/{name}" for name in classification_task.OUTSIDE_MEAN)
                     if key in scores})
   print(json.dumps(summary))
+  return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+  """A predictions file (cxrjax's predictions.jsonl, a CSV / JSONL of reference and generated text, ReXrank's
+  JSON) scored by the evaluators the flags configure -> one JSON summary line (score.py)."""
+  names = [name.strip() for name in args.evaluators.split(",") if name.strip()]
+  config = score.evaluator_config(names, protocol=args.protocol, meteor=not args.no_meteor, labeler=args.labeler,
+                                  batch_size=args.batch_size, bertscore_model=args.bertscore_model,
+                                  bertscore_layer=args.bertscore_layer, bertscore_idf=args.bertscore_idf,
+                                  bertscore_baseline=args.bertscore_baseline)
+  print(json.dumps(score.score_file(args.predictions, config, file_format=args.format, out=args.out)))
   return 0
 
 
@@ -194,18 +240,21 @@ def build_parser() -> argparse.ArgumentParser:
   commands = parser.add_subparsers(dest="command", required=True)
 
   port = commands.add_parser("port-weights", help="convert a CheXNet checkpoint to cxrjax weights")
-  port.add_argument("--format", required=True, choices=chexnet.FORMATS + (SEED003_FORMAT, HF_FORMAT))
+  port.add_argument("--format", required=True,
+                    choices=chexnet.FORMATS + (SEED003_FORMAT, HF_FORMAT, CHEXBERT_FORMAT))
   port.add_argument("--tokenizer", default=None,
                     help=f"{SEED003_FORMAT}: the vocabulary the checkpoint was trained with (bert-base-uncased's "
-                         f"vocab.txt, or a tokenizer.json); {HF_FORMAT}: used instead of the directory's files")
+                         f"vocab.txt, or a tokenizer.json); {HF_FORMAT}: used instead of the directory's files; "
+                         f"{CHEXBERT_FORMAT}: bert-base-uncased's vocab.txt (default: vocab.txt beside the checkpoint)")
   port.add_argument("--prompt", default="", help=f"{HF_FORMAT}, BLIP: text every caption starts with (BLIP's "
                     "captioning recipe: \"a picture of\"); default none")
-  port.add_argument("--num-heads", type=int, default=8, help=f"{SEED003_FORMAT}: attention heads (not in the "
-                    "tensors' shapes; the seed uses 8)")
-  port.add_argument("input", help="the checkpoint file (.h5, .pth/.pth.tar, or the seed's roco_best_model.bin), "
-                    f"or a Hugging Face model directory ({HF_FORMAT}: config.json + model.safetensors; GIT, BLIP)")
+  port.add_argument("--num-heads", type=int, default=None, help=f"{SEED003_FORMAT}, {CHEXBERT_FORMAT}: attention "
+                    "heads (not in the tensors' shapes; default: the seed's 8, CheXbert's 12)")
+  port.add_argument("input", help="the checkpoint file (.h5, .pth/.pth.tar, the seed's roco_best_model.bin, "
+                    f"CheXbert's chexbert.pth), or a Hugging Face model directory ({HF_FORMAT}: config.json + model.safetensors; GIT, BLIP)")
   port.add_argument("output", help="directory to write: variables.safetensors + model.json (CheXNet), or a "
-                    f"workdir that evaluate / predict / config.init.from_workdir read ({SEED003_FORMAT})")
+                    f"workdir that evaluate / predict / config.init.from_workdir read ({SEED003_FORMAT}), or a "
+                    f"labeler directory that `label` reads ({CHEXBERT_FORMAT})")
   port.set_defaults(run=_port_weights)
 
   classify = commands.add_parser("classify", help="CheXNet probabilities for chest X-ray images")
@@ -215,6 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
   classify.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   classify.add_argument("images", nargs="+", help="PNG or JPEG files")
   classify.set_defaults(run=_classify)
+
+  label = commands.add_parser("label", help="CheXbert labels of reports, one JSON line per line of REPORTS.txt")
+  label.add_argument("--workdir", required=True, help=f"a labeler directory (port-weights --format {CHEXBERT_FORMAT})")
+  label.add_argument("--batch-size", type=int, default=16, help="reports per jitted batch (the last is padded)")
+  label.add_argument("reports", help="a UTF-8 text file, one report per line (an empty line is an empty report)")
+  label.set_defaults(run=_label)
 
   prepare.add_parser(commands)
 
@@ -236,12 +291,41 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate_parser.add_argument("--checkpoint", choices=("best", "latest"), default="best")
   evaluate_parser.add_argument("--beam-size", type=int, default=None, help="default: the config's")
   evaluate_parser.add_argument("--max-examples", type=int, default=None)
+  evaluate_parser.add_argument("--leaderboard-json", default=None, metavar="PATH",
+                               help="also write the predictions as ReXrank's IU X-ray prediction file (R2Gen's "
+                                    "test split with config.data.report_sections=findings_impression only)")
   evaluate_parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (it starts Java)")
   evaluate_parser.add_argument("--data-dir", default=None, help="the prepared dataset, if not the run's "
                                "config.data.data_dir (e.g. for a workdir made by port-weights)")
   evaluate_parser.add_argument("--distributed", default="", help="join JAX's distributed runtime first: auto "
                                "(TPU VMs) or HOST:PORT,NUM_PROCESSES,PROCESS_ID")
   evaluate_parser.set_defaults(run=_evaluate)
+
+  score_parser = commands.add_parser("score", help="score a predictions file with evaluators (text, CheXbert CE, "
+                                      "BERTScore)")
+  score_parser.add_argument("predictions", help="cxrjax's predictions.jsonl, a CSV or JSONL with reference and "
+                            "generated (optional id), or ReXrank's IU X-ray prediction JSON")
+  score_parser.add_argument("--format", default="auto", choices=("auto",) + score.FORMATS,
+                            help="default: by the suffix (.jsonl, .csv, .json = rexrank)")
+  score_parser.add_argument("--evaluators", default="text", help="comma-separated, of: "
+                            + ", ".join(sorted(evaluators.REGISTRY)))
+  score_parser.add_argument("--protocol", default="r2gen", help="text: the scoring protocol that normalises both "
+                            "sides (r2gen, coco, imageclef; metrics/protocols.py)")
+  score_parser.add_argument("--no-meteor", action="store_true", help="text: skip METEOR (it starts Java)")
+  score_parser.add_argument("--labeler", default=None, metavar="DIR", help="chexbert: a labeler directory "
+                            f"(port-weights --format {CHEXBERT_FORMAT})")
+  score_parser.add_argument("--bertscore-model", default=None, metavar="DIR", help="bertscore: a Hugging Face "
+                            "BERT / RoBERTa / DistilBERT directory (config.json, model.safetensors, tokenizer files)")
+  score_parser.add_argument("--bertscore-layer", type=int, default=None, metavar="N", help="bertscore: the hidden "
+                            "state after N layers (default: bert-score's for the model type)")
+  score_parser.add_argument("--bertscore-idf", action="store_true", help="bertscore: idf weights from the references")
+  score_parser.add_argument("--bertscore-baseline", default=None, metavar="FILE", help="bertscore: rescale with "
+                            "this baseline file (bert-score's rescale_baseline/<lang>/<model>.tsv)")
+  score_parser.add_argument("--batch-size", type=int, default=64, help="chexbert, bertscore: reports per jitted "
+                            "batch, rounded up to a multiple of the device count")
+  score_parser.add_argument("--out", default=None, metavar="metrics.json", help="write every score and the "
+                            "evaluators' provenance (the labeler checkpoint's SHA-256) there")
+  score_parser.set_defaults(run=_score)
 
   predict = commands.add_parser("predict", help="generate the report of one study")
   predict.add_argument("--workdir", required=True)

@@ -15,10 +15,10 @@ LAYERS = {
     "data": 2, "metrics": 2,
     "models": 3, "decoding": 3, "optim": 3, "sharding": 3, "config": 3,
     "weights": 4,
-    "tasks": 5,
+    "tasks": 5, "evaluators": 5,
     "workdir": 6,
     "train": 7, "evaluate": 7, "inference": 7,
-    "serve": 7, "sweep": 7, "aot": 7,
+    "serve": 7, "sweep": 7, "aot": 7, "score": 7,
     "cli": 8,
 }
 # Optional heavy dependencies that may be imported inside a function (each with its reason in the code).

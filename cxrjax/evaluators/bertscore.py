@@ -1,0 +1,308 @@
+"""BERTScore (Zhang et al., ICLR 2020) with the definitions of the `bert-score` package (0.3.13), on cxrjax's
+BERT-family encoder (models/encoders/text.py: BERT, RoBERTa, DistilBERT, as CheXbert) imported from a Hugging
+Face directory (weights/hf_text.py). The runtime imports neither bert_score, transformers nor torch.
+
+    scorer = BertScorer.from_directory("roberta-large/", idf=False, baseline_file="en/roberta-large.tsv")
+    scores = scorer.score(candidates, references, batch_size=64)
+    scores["F1"]          # [pairs] float32, one per candidate; also "P", "R" and their corpus means "F1_mean" ...
+
+The definitions (bert_score/utils.py and score.py):
+  layer      the hidden state after `num_layers` layers (0: the embeddings); the default per model from the
+             package's model2layers (MODEL_LAYERS: roberta-large 17, distilroberta-base 5,
+             distilbert-base-uncased 5, ...), looked up by `model_type` (the directory's name, or a hub
+             cache's "models--org--name/snapshots/..." name; "FacebookAI/", "google-bert/", "distilbert/"
+             dropped, the hub's new names of the package's models)
+  encoding   sent_encode: the text stripped, then [CLS] pieces [SEP] (<s> ... </s>, RoBERTa's BPE with a
+             space before the text), the pieces cut to the model's max length - 2; an empty text is
+             [CLS] [SEP]. Max length: tokenizer_config.json's model_max_length, else (as on the hub's
+             roberta-large) what the position table holds (RoBERTa: max_position_embeddings - pad_id - 1)
+  weights    idf: log((M + 1) / (df + 1)) over the M references (flattened, one document each, df the number
+             holding the piece), log(M + 1) for a piece no reference holds; [CLS] / [SEP] get 0 because
+             every reference holds them. Without idf: 1, and 0 for the [CLS] and [SEP] ids
+  matching   cosine similarity of every candidate piece with every reference piece, [CLS] / [SEP]
+             included; P = sum_i w_i max_j sim_ij / sum_i w_i over the candidate's pieces, R the same over
+             the reference's, F1 = 2PR / (P + R), computed before the next step and NaN -> 0
+  empty      a candidate or reference of [CLS] [SEP] only: P = R = 0 (so F1 = 0); a candidate (reference)
+             whose weights are all 0 (with idf: each piece in every reference) has P (R) NaN and F1 0, as there
+  multiple   several references for a candidate: P, R and F1 each the maximum over them (separately)
+  rescaling  (x - b) / (1 - b) per P, R, F1 with b the baseline file's row `num_layers` (read_baseline), after
+             the maximum over references
+
+One divergence, by design: the package multiplies the similarity matrix by the padding mask, so in a batch
+whose other rows are longer a padded zero joins each greedy maximum; when every true maximum is negative
+(not seen with trained encoders, nor on the parity tests' random ones, which give the same package scores at
+batch_size 1 and 64) the package gives 0 where this module gives that maximum, and only in padded batches.
+
+Sharding: `pair_scores` is a pure function of arrays with the batch first; `score(..., mesh=mesh)` puts
+the batch on the mesh's 'data' axis and the variables on every device (one process).
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import functools
+import math
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from cxrjax.errors import UserError
+from cxrjax.models.encoders import text
+from cxrjax.text import hf_tokenizers
+from cxrjax.weights import hf_text
+
+# bert_score 0.3.13's model2layers for the models this encoder runs (BERT, RoBERTa, DistilBERT architectures).
+MODEL_LAYERS = {
+    "bert-base-uncased": 9, "bert-large-uncased": 18, "bert-base-cased-finetuned-mrpc": 9,
+    "bert-base-multilingual-cased": 9, "bert-base-chinese": 8,
+    "roberta-base": 10, "roberta-large": 17, "roberta-large-mnli": 19, "roberta-base-openai-detector": 7,
+    "roberta-large-openai-detector": 15,
+    "allenai/scibert_scivocab_uncased": 8, "allenai/scibert_scivocab_cased": 9, "nfliu/scibert_basevocab_uncased": 9,
+    "distilroberta-base": 5, "distilbert-base-uncased": 5, "distilbert-base-uncased-distilled-squad": 4,
+    "distilbert-base-multilingual-cased": 5,
+    "princeton-nlp/unsup-simcse-bert-base-uncased": 10, "princeton-nlp/unsup-simcse-bert-large-uncased": 18,
+    "princeton-nlp/unsup-simcse-roberta-base": 8, "princeton-nlp/unsup-simcse-roberta-large": 13,
+    "princeton-nlp/sup-simcse-bert-base-uncased": 10, "princeton-nlp/sup-simcse-bert-large-uncased": 18,
+    "princeton-nlp/sup-simcse-roberta-base": 10, "princeton-nlp/sup-simcse-roberta-large": 16,
+    "dbmdz/bert-base-turkish-cased": 10, "dbmdz/distilbert-base-turkish-cased": 4, "ProsusAI/finbert": 10,
+}
+# Organisations the hub moved the package's models under ("FacebookAI/roberta-large" is "roberta-large").
+RENAMED_ORGS = ("FacebookAI/", "google-bert/", "distilbert/")
+BASELINE_COLUMNS = ("P", "R", "F")
+MIN_BUCKET = 8
+
+
+class BertScoreError(UserError):
+  """A BERTScore input that cannot be used (baseline file, layer, texts); one line naming it."""
+
+
+def model_type_of(directory: str | pathlib.Path) -> str:
+  """The package's model name of a Hugging Face directory: its folder name, or "org/name" of a hub cache's
+  ".../models--org--name/snapshots/<revision>", without the hub's RENAMED_ORGS."""
+  parts = pathlib.Path(directory).absolute().parts
+  name = parts[-1]
+  for index, part in enumerate(parts[:-2]):
+    if part.startswith("models--") and parts[index + 1] == "snapshots":
+      name = part[len("models--"):].replace("--", "/")
+  for org in RENAMED_ORGS:
+    name = name.removeprefix(org)
+  return name
+
+
+def baseline_name(model_type: str, lang: str = "en") -> str:
+  """The package's baseline file of a model, relative to its rescale_baseline folder: "en/roberta-large.tsv"."""
+  return f"{lang}/{model_type}.tsv"
+
+
+def read_baseline(path: str | pathlib.Path, num_layers: int) -> np.ndarray:
+  """A baseline file (CSV text "LAYER,P,R,F", one row per layer from 0, as bert-score ships) -> the P, R, F
+  baselines float32 [3] of row `num_layers` (counted as the package does: the data rows' position)."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise BertScoreError(f"{path}: baseline file not found")
+  try:
+    with path.open(newline="") as file:
+      rows = [row for row in csv.reader(file) if row]  # pandas skips blank lines too.
+  except (UnicodeDecodeError, csv.Error) as error:
+    raise BertScoreError(f"{path}: not a CSV baseline file ({error})") from None
+  if not rows or tuple(cell.strip() for cell in rows[0][1:]) != BASELINE_COLUMNS:
+    raise BertScoreError(f"{path}: the header is {rows[0] if rows else []}; expected LAYER,P,R,F")
+  body = rows[1:]
+  if not 0 <= num_layers < len(body):
+    raise BertScoreError(f"{path}: no row for layer {num_layers} (rows for layers 0 to {len(body) - 1})")
+  try:
+    values = [float(cell) for cell in body[num_layers][1:]]
+  except ValueError:
+    values = []
+  if len(values) != len(BASELINE_COLUMNS):
+    raise BertScoreError(f"{path}: the row of layer {num_layers} {body[num_layers]} is not 3 numbers")
+  return np.asarray(values, np.float64).astype(np.float32)
+
+
+def rescale(scores: np.ndarray, baseline: np.ndarray) -> np.ndarray:
+  """(x - b) / (1 - b): scores float32 [..., 3] (P, R, F1), baseline [3]."""
+  return (scores - baseline) / (1 - baseline)
+
+
+def idf_table(reference_ids: Sequence[Sequence[int]]) -> tuple[dict[int, float], float]:
+  """Token ids of M references -> ({id: log((M + 1) / (df + 1))}, log(M + 1) for ids no reference holds)."""
+  counts = collections.Counter(token for ids in reference_ids for token in set(ids))
+  documents = len(reference_ids)
+  return {token: math.log((documents + 1) / (count + 1)) for token, count in counts.items()}, \
+      math.log((documents + 1) / 1)
+
+
+def greedy_match(cand_states: jax.Array, cand_mask: jax.Array, cand_weights: jax.Array, ref_states: jax.Array,
+                 ref_mask: jax.Array, ref_weights: jax.Array) -> jax.Array:
+  """Greedy cosine matching (module doc): states [batch, length, hidden], masks bool [batch, length] (True:
+  a real piece), weights float32 [batch, length] of candidates (cand_) and references (ref_) -> P, R, F1
+  float32 [batch, 3]."""
+  cand = cand_states / jnp.linalg.norm(cand_states, axis=-1, keepdims=True)
+  ref = ref_states / jnp.linalg.norm(ref_states, axis=-1, keepdims=True)
+  # Full float32 products: TPUs default to bfloat16 passes, which move cosines by ~1e-3.
+  similarity = jnp.einsum("bid,bjd->bij", cand, ref, precision=jax.lax.Precision.HIGHEST)
+  similarity = jnp.where(cand_mask[:, :, None] & ref_mask[:, None, :], similarity, -jnp.inf)
+  word_precision = jnp.where(cand_mask, similarity.max(axis=2), 0.0)  # [batch, cand_length]
+  word_recall = jnp.where(ref_mask, similarity.max(axis=1), 0.0)  # [batch, ref_length]
+  cand_weights, ref_weights = jnp.where(cand_mask, cand_weights, 0.0), jnp.where(ref_mask, ref_weights, 0.0)
+  # Weights normalised first, as the package: all-zero weights give NaN, as there.
+  precision = (word_precision * (cand_weights / cand_weights.sum(-1, keepdims=True))).sum(-1)
+  recall = (word_recall * (ref_weights / ref_weights.sum(-1, keepdims=True))).sum(-1)
+  f1 = 2 * precision * recall / (precision + recall)
+  empty = (cand_mask.sum(-1) == 2) | (ref_mask.sum(-1) == 2)  # [CLS] [SEP] only.
+  precision, recall = jnp.where(empty, 0.0, precision), jnp.where(empty, 0.0, recall)
+  return jnp.stack([precision, recall, jnp.where(jnp.isnan(f1), 0.0, f1)], axis=-1)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def pair_scores(encoder: text.TextEncoder, variables: Any, cand_tokens: jax.Array, cand_mask: jax.Array,
+                cand_weights: jax.Array, ref_tokens: jax.Array, ref_mask: jax.Array,
+                ref_weights: jax.Array) -> jax.Array:
+  """Encodes candidates and references with `encoder` (cut to the scoring layer) and matches them: tokens
+  int32 [batch, length], masks bool, weights float32 [batch, length] -> P, R, F1 float32 [batch, 3]."""
+  cand_states = encoder.apply(variables, cand_tokens, cand_mask)
+  ref_states = encoder.apply(variables, ref_tokens, ref_mask)
+  return greedy_match(cand_states, cand_mask, cand_weights, ref_states, ref_mask, ref_weights)
+
+
+def bucket_length(length: int, max_length: int) -> int:
+  """The padded length of a batch whose longest row has `length` tokens: the next power of two (at least
+  MIN_BUCKET), at most `max_length`, so a corpus compiles a few shapes."""
+  return min(max(MIN_BUCKET, 1 << (length - 1).bit_length()), max_length)
+
+
+def _layer_variables(variables: Any, num_layers: int) -> Any:
+  """The encoder variables of embeddings and layers 0 .. num_layers - 1."""
+  params = variables["params"]
+  kept = {name: value for name, value in params.items()
+          if not (name.startswith("layers_") and int(name.removeprefix("layers_")) >= num_layers)}
+  return {**variables, "params": kept}
+
+
+@dataclasses.dataclass(frozen=True)
+class BertScorer:
+  """BERTScore of one encoder at one layer (module doc). Build with `from_directory`."""
+  encoder: text.TextEncoder  # Cut to `num_layers` layers: its output is the scoring layer.
+  variables: Any
+  tokenizer: hf_tokenizers.HFTokenizer
+  family: str
+  model_type: str
+  num_layers: int
+  max_length: int
+  idf: bool = False
+  baseline: np.ndarray | None = None  # float32 [3]: P, R, F baselines; None: no rescaling.
+
+  @classmethod
+  def from_directory(cls, directory: str | pathlib.Path, num_layers: int | None = None, idf: bool = False,
+                     baseline_file: str | pathlib.Path | None = None, model_type: str | None = None) -> BertScorer:
+    """A Hugging Face bert / roberta / distilbert directory (config.json, model.safetensors and the
+    tokenizer's files) -> a scorer. `num_layers` None: MODEL_LAYERS[model_type] (model_type None: the
+    directory's, model_type_of); `baseline_file`: rescale with its row `num_layers`."""
+    directory = pathlib.Path(directory)
+    model_type = model_type or model_type_of(directory)
+    encoder, variables, family = hf_text.import_directory(directory)
+    if num_layers is None:
+      if model_type not in MODEL_LAYERS:
+        raise BertScoreError(f"{directory}: model type {model_type!r} has no default layer in bert-score's "
+                             "model2layers; give num_layers")
+      num_layers = MODEL_LAYERS[model_type]
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or not 0 <= num_layers <= encoder.num_layers:
+      raise BertScoreError(f"num_layers {num_layers!r}: {directory} has layers 0 to {encoder.num_layers} "
+                           "(0: the embeddings)")
+    tokenizer, model_max_length = hf_tokenizers.from_directory(directory, family)
+    if len(tokenizer) > encoder.vocab_size:
+      raise BertScoreError(f"{directory}: the tokenizer has {len(tokenizer)} tokens, the encoder's embedding "
+                           f"{encoder.vocab_size} rows")
+    offset = 0
+    if family == "roberta":
+      if tokenizer.pad_id != encoder.pad_id:
+        raise BertScoreError(f"{directory}: the tokenizer's pad id {tokenizer.pad_id} is not config.json's "
+                             f"pad_token_id {encoder.pad_id} (RoBERTa's positions count from it)")
+      offset = encoder.pad_id + 1  # RoBERTa's positions start after the pad id.
+    capacity = encoder.max_positions - offset
+    max_length = capacity if model_max_length is None else min(model_max_length, capacity)
+    baseline = None if baseline_file is None else read_baseline(baseline_file, num_layers)
+    return cls(encoder.clone(num_layers=num_layers), _layer_variables(variables, num_layers), tokenizer, family,
+               model_type, num_layers, max_length, idf, baseline)
+
+  def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+    """The package's sent_encode: each text stripped -> [CLS] pieces [SEP], at most max_length ids."""
+    return [self.tokenizer.encode(sentence.strip(), max_length=self.max_length) for sentence in texts]
+
+  def _weights(self, ids: list[int], table: dict[int, float] | None, unseen: float) -> np.ndarray:
+    if table is None:
+      specials = (self.tokenizer.start_id, self.tokenizer.end_id)
+      return np.asarray([0.0 if token in specials else 1.0 for token in ids], np.float32)
+    return np.asarray([table.get(token, unseen) for token in ids], np.float32)
+
+  def _batch(self, rows: list[list[int]], weights: list[np.ndarray], batch_size: int
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of ids and weights -> tokens int32, mask bool, weights float32 [batch_size, bucket]; rows past
+    len(rows) are [CLS] [SEP] fillers whose scores are dropped."""
+    length = bucket_length(max(len(row) for row in rows), self.max_length)
+    tokens = np.full((batch_size, length), self.tokenizer.pad_id, np.int32)
+    tokens[len(rows):, :2] = self.tokenizer.start_id, self.tokenizer.end_id
+    mask = np.zeros((batch_size, length), bool)
+    mask[len(rows):, :2] = True
+    padded_weights = np.zeros((batch_size, length), np.float32)
+    for index, (row, row_weights) in enumerate(zip(rows, weights)):
+      tokens[index, :len(row)], mask[index, :len(row)], padded_weights[index, :len(row)] = row, True, row_weights
+    return tokens, mask, padded_weights
+
+  def score(self, candidates: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]],
+            batch_size: int = 64, mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
+    """P, R, F1 of each candidate against its reference (a string) or references (a list of strings: the
+    maximum over them), idf weights from these references when `idf`, rescaled when a baseline is set.
+
+    Returns {"P", "R", "F1": float32 [candidates], "P_mean", "R_mean", "F1_mean": their means (floats)}.
+    `mesh`: batches sharded over its 'data' axis (batch_size a multiple of its size).
+    """
+    if isinstance(candidates, str) or isinstance(references, str) or len(candidates) != len(references):
+      raise BertScoreError("candidates and references must be lists of the same length "
+                           f"(got {type(candidates).__name__} / {type(references).__name__})")
+    groups = [[group] if isinstance(group, str) else list(group) for group in references]
+    if any(not group or not all(isinstance(ref, str) for ref in group) for group in groups):
+      raise BertScoreError("references: each candidate needs one reference string or a non-empty list of them")
+    if not all(isinstance(cand, str) for cand in candidates):
+      raise BertScoreError("candidates: every candidate must be a string")
+    if batch_size < 1 or (mesh is not None and batch_size % mesh.shape["data"]):
+      raise BertScoreError(f"batch_size {batch_size}: must be positive"
+                           + ("" if mesh is None else f" and a multiple of the mesh's data axis {mesh.shape['data']}"))
+    flat_refs = [ref for group in groups for ref in group]
+    flat_cands = [cand for cand, group in zip(candidates, groups) for _ in group]
+    if not flat_refs:
+      return dict(P=np.zeros(0, np.float32), R=np.zeros(0, np.float32), F1=np.zeros(0, np.float32),
+                  P_mean=math.nan, R_mean=math.nan, F1_mean=math.nan)
+    ref_ids, cand_ids = self.token_ids(flat_refs), self.token_ids(flat_cands)
+    table, unseen = idf_table(ref_ids) if self.idf else (None, 0.0)
+    ref_weights = [self._weights(ids, table, unseen) for ids in ref_ids]
+    cand_weights = [self._weights(ids, table, unseen) for ids in cand_ids]
+
+    variables, put = self.variables, jnp.asarray
+    if mesh is not None:
+      variables = jax.device_put(variables, NamedSharding(mesh, PartitionSpec()))
+      put = functools.partial(jax.device_put, device=NamedSharding(mesh, PartitionSpec("data")))
+    # Pairs of similar length batched together: fewer padded positions and few bucket shapes.
+    order = np.argsort([-max(len(c), len(r)) for c, r in zip(cand_ids, ref_ids)], kind="stable")
+    pair_results = np.zeros((len(flat_refs), 3), np.float32)
+    for start in range(0, len(order), batch_size):
+      chosen = order[start:start + batch_size]
+      cand_batch = self._batch([cand_ids[i] for i in chosen], [cand_weights[i] for i in chosen], batch_size)
+      ref_batch = self._batch([ref_ids[i] for i in chosen], [ref_weights[i] for i in chosen], batch_size)
+      arrays = [put(array) for array in (*cand_batch, *ref_batch)]
+      pair_results[chosen] = np.asarray(pair_scores(self.encoder, variables, *arrays))[:len(chosen)]
+
+    bounds = np.cumsum([0] + [len(group) for group in groups])
+    results = np.stack([pair_results[begin:end].max(axis=0) for begin, end in zip(bounds[:-1], bounds[1:])])
+    if self.baseline is not None:
+      results = rescale(results, self.baseline)
+    precision, recall, f1 = results[:, 0], results[:, 1], results[:, 2]
+    return dict(P=precision, R=recall, F1=f1, P_mean=float(precision.mean()), R_mean=float(recall.mean()),
+                F1_mean=float(f1.mean()))
