@@ -10,7 +10,8 @@
   cxrjax train --config=configs/demo.py --workdir=DIR [--config.x=y ...]
   cxrjax sweep --config=configs/demo.py --workdir=DIR --seeds=5 [--set=FIELD=V1,V2 ...]   runs x seeds, a table
   cxrjax compile --config=configs/roco_git.py:tpu --topology=v5e:2x4   HBM, FLOPs, step time on a TPU slice (libtpu)
-  cxrjax evaluate --workdir DIR --split val|test [--leaderboard-json PATH]   generate reports and score them
+  cxrjax evaluate --workdir DIR --split val|test [--leaderboard-json PATH] [--labeler DIR] [--bertscore-model DIR]
+      generate reports and score them (with the run's config.evaluators and those the flags add)
   cxrjax score PREDICTIONS [--format auto|jsonl|csv|rexrank] --evaluators text,chexbert,bertscore [--labeler DIR]
       [--bertscore-model DIR] [--protocol r2gen|coco|imageclef] [--out metrics.json]   score any predictions file
   cxrjax predict --workdir DIR FRONTAL [LATERAL] [--attention-maps OUT_DIR]   one study's report
@@ -148,11 +149,27 @@ def _classify(args: argparse.Namespace) -> int:
   return 1 if failures else 0
 
 
+def _evaluate_evaluators(args: argparse.Namespace) -> dict[str, dict]:
+  """The evaluator sections `evaluate`'s flags add to the run's config.evaluators (as `score`'s flags name them)."""
+  sections = {}
+  if args.labeler:
+    sections["chexbert"] = dict(labeler=args.labeler)
+  if args.bertscore_model:
+    sections["bertscore"] = dict(model=args.bertscore_model, layer=args.bertscore_layer, idf=args.bertscore_idf,
+                                 baseline=args.bertscore_baseline)
+  else:
+    given = [flag for flag, value in (("--bertscore-layer", args.bertscore_layer), ("--bertscore-idf",
+             args.bertscore_idf), ("--bertscore-baseline", args.bertscore_baseline)) if value]
+    if given:
+      raise ConfigError(f"{given[0]}: needs --bertscore-model DIR")
+  return sections
+
+
 def _evaluate(args: argparse.Namespace) -> int:
   sharding.initialize_distributed(args.distributed)
   output = evaluate.evaluate(args.workdir, args.split, checkpoint=args.checkpoint, beam_size=args.beam_size,
                              max_examples=args.max_examples, meteor=not args.no_meteor, data_dir=args.data_dir,
-                             leaderboard_json=args.leaderboard_json)
+                             leaderboard_json=args.leaderboard_json, evaluators=_evaluate_evaluators(args))
   summary = {"split": args.split, "step": output["step"], "written": f"{args.workdir}/eval/{args.split}/"}
   if "leaderboard_json" in output:
     summary["leaderboard_json"] = output["leaderboard_json"]["path"]
@@ -160,6 +177,9 @@ def _evaluate(args: argparse.Namespace) -> int:
   if "baselines" in output:
     summary["num_studies"] = scores["num_studies"]
     summary["model"] = {n: scores.get(n) for n in CAPTION_SCORES}
+    # The evaluators' headline scores beside the text metrics (their classes know them: evaluators.headline).
+    summary["model"].update(evaluators.headline(
+        {name: evaluators.REGISTRY[entry["type"]] for name, entry in output.get("evaluators", {}).items()}, scores))
     for name, baseline in output["baselines"].items():
       summary[name] = {n: baseline["scores"].get(n) for n in CAPTION_SCORES}
   else:
@@ -299,6 +319,18 @@ def build_parser() -> argparse.ArgumentParser:
                                "config.data.data_dir (e.g. for a workdir made by port-weights)")
   evaluate_parser.add_argument("--distributed", default="", help="join JAX's distributed runtime first: auto "
                                "(TPU VMs) or HOST:PORT,NUM_PROCESSES,PROCESS_ID")
+  evaluate_parser.add_argument("--labeler", default=None, metavar="DIR", help="also score clinical efficacy with "
+                               f"this CheXbert labeler directory (port-weights --format {CHEXBERT_FORMAT}); "
+                               "replaces the run's config.evaluators.chexbert")
+  evaluate_parser.add_argument("--bertscore-model", default=None, metavar="DIR", help="also score BERTScore with "
+                               "this Hugging Face BERT / RoBERTa / DistilBERT directory; replaces the run's "
+                               "config.evaluators.bertscore")
+  evaluate_parser.add_argument("--bertscore-layer", type=int, default=None, metavar="N", help="bertscore: the "
+                               "hidden state after N layers (default: bert-score's for the model type)")
+  evaluate_parser.add_argument("--bertscore-idf", action="store_true", help="bertscore: idf weights from the "
+                               "references")
+  evaluate_parser.add_argument("--bertscore-baseline", default=None, metavar="FILE", help="bertscore: rescale "
+                               "with this baseline file (bert-score's rescale_baseline/<lang>/<model>.tsv)")
   evaluate_parser.set_defaults(run=_evaluate)
 
   score_parser = commands.add_parser("score", help="score a predictions file with evaluators (text, CheXbert CE, "

@@ -1,4 +1,4 @@
-"""Helpers shared by configs/: big_vision-style `get_config(arg)` argument parsing and common sections.
+r"""Helpers shared by configs/: big_vision-style `get_config(arg)` argument parsing and common sections.
 
 A run config has these sections (every config in configs/ fills all of them):
   data       the dataset, its split, image size, views per example, report length, cleaning, tokenizer, and
@@ -15,8 +15,20 @@ A run config has these sections (every config in configs/ fills all of them):
   eval       evaluation batch size, the validation metric that picks the best checkpoint, validation size
 and, optionally (the transformer configs' `model_parallel=N` / `fsdp` arguments; absent: replicated):
   sharding   the device mesh and the parameters' layout on it (cxrjax/sharding.py; `sharding_section`)
+  evaluators report generators: scores beyond the task's text metrics, {name: section} as
+             cxrjax/evaluators/__init__.py builds them (e.g. dict(chexbert=dict(labeler=DIR),
+             bertscore=dict(model=DIR, layer=17))); built once per run, run at every validation (one of their
+             headline scores, e.g. "CE/uncertain_positive/all14/micro/F1" or "BERTScore/F1", can be
+             eval.best_metric) and by `cxrjax evaluate`, whose metrics.json gets their scores and provenance
+             (the labeler checkpoint's SHA-256). Absent or empty: none. The configs in configs/ set none; a
+             command adds them, creating the section's entries (`--config.evaluators.NAME.FIELD=VALUE`, which
+             other --config overrides cannot do):
+               cxrjax train --config=configs/demo.py --workdir=workdirs/demo_ce \
+                   --config.evaluators.chexbert.labeler=labeler/ \
+                   --config.eval.best_metric=CE/uncertain_positive/all14/micro/F1
 """
 
+import ast
 from collections.abc import Callable, Sequence
 import importlib.util
 import pathlib
@@ -95,6 +107,51 @@ def check_overrides(config: ml_collections.ConfigDict, argv: list[str], prefix: 
       node, walked = node[key], walked + [key]
 
 
+EVALUATORS_OVERRIDE = "--config.evaluators."
+
+
+def _override_value(text: str, current: object) -> object:
+  """An override's text as a value: a string where the field holds one, else a Python literal (an integer, a
+  float, None, True / true) where it reads as one, else the text itself (a path)."""
+  if isinstance(current, str):
+    return text
+  if text.lower() in ("true", "false"):
+    return text.lower() == "true"
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+  return value if value is None or isinstance(value, (bool, int, float)) else text
+
+
+def add_evaluator_overrides(config: ml_collections.ConfigDict, argv: Sequence[str]) -> list[str]:
+  """Applies every `--config.evaluators.NAME.FIELD=VALUE` of `argv` to `config`, creating config.evaluators and
+  its NAME section where absent (the section's names are the user's, so absl's overrides, which only change
+  existing fields, cannot add them); returns the other arguments. The evaluators check the fields when built."""
+  rest = []
+  for item in argv:
+    if not item.startswith(EVALUATORS_OVERRIDE):
+      rest.append(item)
+      continue
+    dotted, sep, text = item[len(EVALUATORS_OVERRIDE):].partition("=")
+    name, _, field = dotted.partition(".")
+    if not sep or not name or not field or "." in field:
+      raise ConfigError(f"{item}: expected --config.evaluators.NAME.FIELD=VALUE (e.g. "
+                        "--config.evaluators.chexbert.labeler=DIR)")
+    if config.get("evaluators") is None:
+      config.evaluators = ml_collections.ConfigDict()
+    if name not in config.evaluators:
+      config.evaluators[name] = ml_collections.ConfigDict()
+    section = config.evaluators[name]
+    if not isinstance(section, ml_collections.ConfigDict):
+      raise ConfigError(f"{item}: config.evaluators.{name} is {section!r}, not a section")
+    try:
+      section[field] = _override_value(text, section.get(field))
+    except TypeError as error:  # ConfigDict keeps a field's type.
+      raise ConfigError(f"{item}: {' '.join(str(error).split())}") from None
+  return rest
+
+
 def split_config_argument(argv: Sequence[str]) -> tuple[str | None, list[str]]:
   """(the value of --config, the other arguments)."""
   argv = list(argv)
@@ -109,13 +166,14 @@ def split_config_argument(argv: Sequence[str]) -> tuple[str | None, list[str]]:
 def parse_run_flags(argv: Sequence[str], program: str, usage: str,
                     define_flags: Callable[[flags.FlagValues], None]) -> flags.FlagValues:
   """`--config=configs/X.py[:arg] [--config.field=value ...]` plus the flags `define_flags` adds -> the parsed
-  absl flags (`.config` is the ConfigDict with the overrides applied). Every mistake is a ConfigError: the
-  file is loaded by `load_config_file` (config_flags' own errors carry a traceback in their text), unknown
-  fields are named by `check_overrides`."""
+  absl flags (`.config` is the ConfigDict with the overrides applied; `--config.evaluators.NAME.FIELD=VALUE`
+  by `add_evaluator_overrides`). Every mistake is a ConfigError: the file is loaded by `load_config_file`
+  (config_flags' own errors carry a traceback in their text), unknown fields are named by `check_overrides`."""
   spec, rest = split_config_argument(argv)
   if spec is None:
     raise ConfigError(f"--config is required ({usage})")
   config = load_config_file(spec)
+  rest = add_evaluator_overrides(config, rest)
   check_overrides(config, rest)
   flag_values = flags.FlagValues()
   # sys_argv: the overrides (--config.x=y) are found in these arguments, not in the process's own.

@@ -1,7 +1,7 @@
 """`cxrjax evaluate`: a workdir's checkpoint over a split, scored by its task; files written by process 0.
 
   cxrjax evaluate --workdir DIR --split val|test [--checkpoint best|latest] [--beam-size 3]
-                  [--leaderboard-json PATH]
+                  [--leaderboard-json PATH] [--labeler DIR] [--bertscore-model DIR [--bertscore-layer N ...]]
 
 writes DIR/eval/<split>/metrics.json and the task's predictions: report generators predictions.jsonl
 (id, reference, generated) and metrics.json with BLEU-1..4 (as pycocoevalcap), sacreBLEU, METEOR, ROUGE-L,
@@ -19,16 +19,26 @@ config.data.report_sections (configs/iu_xray_*.py: `sections=findings_impression
 CLI's --leaderboard-json PATH) also writes the predictions as ReXrank's prediction file
 (data/iu_xray/rexrank.py: its form and where it was read), whole or not at all; a run that is not R2Gen's test
 split with findings + impression is refused before any prediction, one line naming the field.
+
+Evaluators (cxrjax/evaluators/: CheXbert clinical efficacy, BERTScore): the run's config.evaluators section
+(cxrjax/config.py), with the sections `evaluators` adds (the CLI's --labeler DIR and --bertscore-model DIR),
+built once over the run's mesh and run on the predictions after the task's own scores; their scores join
+metrics.json's "scores" and their provenance (the labeler checkpoint's SHA-256) is its "evaluators". The text
+metrics stay the task's: a "text" evaluator under the name "text" would score them twice and is refused (one
+named otherwise, e.g. coco=dict(type="text", protocol="coco"), adds its scores prefixed "coco/").
 """
 
+from collections.abc import Mapping
 from typing import Any
 
 import jax
+import ml_collections
 
-from cxrjax import files, sharding, workdir as workdir_lib
+from cxrjax import evaluators as evaluators_lib
+from cxrjax import files, sharding, tasks, workdir as workdir_lib
 from cxrjax.data import datasets, pipeline
 from cxrjax.data.iu_xray import rexrank
-from cxrjax.errors import UserError
+from cxrjax.errors import ConfigError, UserError
 from cxrjax.metrics import baselines
 from cxrjax.metrics import captioning as caption_metrics
 from cxrjax.metrics import protocols as caption_protocols
@@ -63,12 +73,47 @@ def text_baselines(config, references: list[str], reference_source: Any, meteor:
   return result
 
 
+def build_evaluators(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                     extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """The evaluators of config.evaluators plus `extra`'s sections (same name: `extra`'s replaces the config's),
+  built over `mesh`; {} when there are none. A ConfigError (before any prediction) for a classifier, a text
+  evaluator that would score the task's text metrics twice, or whatever evaluators.from_config refuses."""
+  section = config.get("evaluators") or {}
+  section = {**(section.to_dict() if hasattr(section, "to_dict") else dict(section)), **dict(extra or {})}
+  if not section:
+    return {}
+  if not tasks.task_class(config).uses_tokenizer:
+    raise ConfigError(f"config.evaluators.{next(iter(section))}: {config.model.name} is a classifier; evaluators "
+                      "score generated reports")
+  text = section.get("text")
+  if isinstance(text, Mapping) and text.get("type", "text") == "text":
+    raise ConfigError("config.evaluators.text: the task already scores the text metrics under "
+                      "config.data.caption_protocol; to score them under another protocol too, name the evaluator "
+                      "otherwise (e.g. coco=dict(type='text', protocol='coco'): scores prefixed 'coco/')")
+  return evaluators_lib.from_config(section, mesh=mesh)
+
+
+def run_evaluators(built: Mapping[str, Any], records: list[dict], scores: dict[str, Any]
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+  """The evaluators over a report generator's records -> (`scores` with theirs added, their provenance).
+  A score the task already gave is an error, not overwritten."""
+  result = evaluators_lib.run(built, [str(r["id"]) for r in records], [r["reference"] for r in records],
+                              [r["generated"] for r in records])
+  both = sorted(set(scores) & set(result["scores"]))
+  if both:
+    raise ConfigError(f"config.evaluators: the score {both[0]!r} is the task's too; name the evaluator otherwise "
+                      "than its type (its scores are then prefixed with its name)")
+  return {**scores, **result["scores"]}, result["provenance"]
+
+
 def evaluate(workdir: str, split: str, checkpoint: str = workdir_lib.BEST, beam_size: int | None = None,
              max_examples: int | None = None, meteor: bool = True, baselines_too: bool = True,
-             data_dir: str | None = None, leaderboard_json: str | None = None) -> dict[str, Any]:
+             data_dir: str | None = None, leaderboard_json: str | None = None,
+             evaluators: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """Scores `split` with the run's task, writes DIR/eval/<split>/ (process 0), returns metrics.json's dict.
   `data_dir` replaces the config's prepared-dataset folder; `leaderboard_json` is where to write ReXrank's IU
-  X-ray prediction file too (rexrank.check_run lists what it refuses)."""
+  X-ray prediction file too (rexrank.check_run lists what it refuses); `evaluators`: {name: section} added to
+  the run's config.evaluators (module doc)."""
   for flag, value in (("--beam-size", beam_size), ("--max-examples", max_examples)):
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
       raise EvaluationError(f"{flag} {value!r}: must be an integer of at least 1")
@@ -88,6 +133,8 @@ def evaluate(workdir: str, split: str, checkpoint: str = workdir_lib.BEST, beam_
       raise EvaluationError(f"--leaderboard-json: {workdir} holds a classifier ({config.model.name}); the "
                             f"{rexrank.LEADERBOARD} file holds generated reports")
     rexrank.check_run(config.data, split, max_examples)
+  # Built once, before any prediction: a missing labeler directory fails before the split is decoded.
+  built = build_evaluators(config, run.mesh, evaluators)
   source, info = datasets.make_source(config.data, split)
   full_source = source
   if leaderboard_json is not None:
@@ -102,6 +149,8 @@ def evaluate(workdir: str, split: str, checkpoint: str = workdir_lib.BEST, beam_
                                      mesh=run.mesh, predict=predict, batch_size=config.eval.batch_size)
   output = {"split": split, "checkpoint": checkpoint, "step": int(run.state.step),
             "scores": run.task.score(records, meteor=meteor)}
+  if built:
+    output["scores"], output["evaluators"] = run_evaluators(built, records, output["scores"])
   if getattr(full_source, "references", None) is not None:
     output["references"] = full_source.references
   if run.task.uses_tokenizer:

@@ -8,10 +8,11 @@ Runs go one after another in DIR/<setting>/seed_<k> (train.seed = k; <setting> n
 "base"). The sweep is resumable: a run whose evaluation is written is skipped, and an interrupted run
 resumes from its latest checkpoint (cxrjax/train.py). On a TPU VM slice every worker runs the same sweep
 command, so each run uses the whole slice. At the end DIR holds:
-  results.csv   one row per setting: runs, then mean and std (over seeds, ddof=1) of every score
+  results.csv   one row per setting: runs, then mean and std (over seeds, ddof=1) of every score (with
+                config.evaluators, theirs too: evaluate writes them into metrics.json's "scores")
   results.md    the same table, "mean ± std"
-  curves.png    the validation curve of the best-checkpoint metric (config.eval.best_metric) of every run,
-                one colour per setting
+  curves.png    the validation curve of the best-checkpoint metric (config.eval.best_metric, an evaluator's
+                headline score too: validation logs them) of every run, one colour per setting
 """
 
 import ast

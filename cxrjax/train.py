@@ -13,13 +13,18 @@ A SIGTERM (what a preempted TPU VM receives) stops the run at the next step boun
 the same command run again resumes it. A non-finite loss or gradient norm stops it before that state is
 saved. Training also writes a TensorBoard log (WORKDIR/tensorboard) and, for `train.profile_steps`, a
 profiler trace (WORKDIR/profile).
+
+`config.evaluators` (cxrjax/config.py; CheXbert clinical efficacy, BERTScore) are built once per run, before
+any data is read, and every validation runs them after the task's scores (evaluate.run_evaluators): their
+scores join the validation record of metrics.jsonl, and one of their HEADLINE scores (e.g.
+"CE/uncertain_positive/all14/micro/F1", "BERTScore/F1") can be config.eval.best_metric (check_best_metric).
 """
 
 import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -30,7 +35,8 @@ from etils import epath
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from cxrjax import models, optim, sharding, summaries, tasks, workdir as workdir_lib
+from cxrjax import evaluate, models, optim, sharding, summaries, tasks, workdir as workdir_lib
+from cxrjax import evaluators as evaluators_lib
 from cxrjax.data import datasets, pipeline
 from cxrjax.errors import ConfigError, UserError
 from cxrjax.tasks import captioning, evaluation, feature_cache
@@ -206,6 +212,24 @@ def check_finite(metrics: list[dict[str, Any]], last_step: int, workdir: epath.P
                              "optimizer.learning_rate or grad_clip_norm may help)")
 
 
+def check_best_metric(metric: str, built: Mapping[str, Any]) -> None:
+  """Refuses, before training, a config.eval.best_metric that looks like an evaluator's score (it starts as a
+  registered evaluator's headline keys do, "CE/" or "BERTScore/", or with a configured evaluator's "<name>/")
+  and is not one of the configured evaluators' HEADLINE scores, which validation gives. Other names are the
+  task's scores, as before evaluators existed."""
+  selectable = [("" if name == evaluator.name else f"{name}/") + key
+                for name, evaluator in built.items() for key in evaluator.HEADLINE]
+  families = {key.split("/")[0] + "/" for cls in evaluators_lib.REGISTRY.values() for key in cls.HEADLINE
+              if "/" in key} | {f"{name}/" for name, evaluator in built.items() if name != evaluator.name}
+  if metric in selectable or not metric.startswith(tuple(families)):
+    return
+  if not built:
+    raise ConfigError(f"config.eval.best_metric={metric!r}: an evaluator's score, but config.evaluators is empty "
+                      "(e.g. --config.evaluators.chexbert.labeler=DIR)")
+  raise ConfigError(f"config.eval.best_metric={metric!r}: not a headline score of config.evaluators; these can "
+                    f"pick the best checkpoint: {', '.join(selectable)}")
+
+
 def initial_variables(config: ml_collections.ConfigDict, state: workdir_lib.TrainState, tokenizer: Any
                       ) -> dict[str, Any]:
   """The variables a new run starts from: `config.init.from_workdir`'s best checkpoint (same
@@ -246,6 +270,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
   if config.get("decode") is not None:  # Report generators: a decode past the model's KV cache, likewise.
     captioning.check_decode_length(config.model, config.decode.max_length, "config.decode.max_length")
   workdir_lib.check_compatible(workdir, config)
+  mesh = sharding.create_mesh(config.get("sharding"))
+  # Once per run, before any data is read or file written: a missing labeler directory or an unknown
+  # evaluator is one line now, not at the first validation.
+  built_evaluators = evaluate.build_evaluators(config, mesh)
+  best_metric = config.eval.get("best_metric", tasks.task_class(config).best_metric_default)
+  check_best_metric(best_metric, built_evaluators)
   profiler = StepProfiler(train_cfg.get("profile_steps", ()), workdir / PROFILE_DIR)
 
   train_source, train_info = datasets.make_source(config.data, "train")
@@ -263,7 +293,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
   workdir_lib.write_run_files(workdir, config, tokenizer,
                               None if task.uses_tokenizer else train_info.label_names)
 
-  mesh = sharding.create_mesh(config.get("sharding"))
   data_sharding = sharding.data_sharded(mesh)
   target = workdir_lib.abstract_state(components, mesh, config.get("sharding"))
   state_sharding = jax.tree.map(lambda a: a.sharding, target)
@@ -302,7 +331,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
   # them on a TPU slice), so the global batches are one process's.
   iterator = iter(evaluation.split_batches(config, train_source, tokenizer, task, train=True, mesh=mesh,
                                            batch_size=train_cfg.batch_size // jax.process_count()))
-  best_metric = config.eval.get("best_metric", task.best_metric_default)
   best_value = -np.inf
   if resuming:
     iterator.set_state(data_state)
@@ -359,6 +387,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
           records = evaluation.predict_split(task, state.variables(), source, tokenizer, config, mesh=mesh,
                                              predict=validate, batch_size=config.eval.batch_size)
           val_scores = task.score(records)
+          if built_evaluators:
+            val_scores, _ = evaluate.run_evaluators(built_evaluators, records, val_scores)
           _log(log, {"split": "val", "step": step, **val_scores})
           value = float(val_scores[best_metric])
           value = -np.inf if np.isnan(value) else value  # E.g. AUROC of a split with one label value.
