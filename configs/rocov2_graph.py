@@ -11,6 +11,14 @@ written from the findings drawn into them):
   cxrjax evaluate --workdir=workdirs/graph_demo --split=test
 Its measured scores and those of the image-free baselines: README.md, "The other captioners' demos".
 
+Scoring as ImageCLEFmedical Caption ranks ROCOv2 submissions: its evaluator lower-cases both captions,
+replaces digit runs with "number" and deletes punctuation (config.data.caption_protocol "imageclef", ROCOv2's
+default), then ranks by BERTScore first and ROUGE-1 second, each computed caption by caption and averaged. Its
+2025 evaluator's BERTScore is the recall of microsoft/deberta-xlarge-mnli with idf weights; cxrjax's
+BERTScore (cxrjax/evaluators/bertscore.py) encodes BERT, RoBERTa and DistilBERT, not DeBERTa, so its scores
+(`evaluate --bertscore-model` with a roberta-large download, README.md "Clinical efficacy and BERTScore")
+rank systems by the same definition with another encoder and are not the challenge's numbers.
+
 $ROCOV2 holds the official release (train/valid/test_captions.csv and the image folders) or the Hugging
 Face `eltorio/ROCOv2-radiology` parquet files; $VOCAB is bert-base-uncased's `vocab.txt` (captions are
 WordPiece tokens, [CLS] ... [SEP], at most 80). Seed setup: resized to 224x224 (no crop, whatever the aspect
