@@ -33,8 +33,14 @@ whose other rows are longer a padded zero joins each greedy maximum; when every 
 (not seen with trained encoders, nor on the parity tests' random ones, which give the same package scores at
 batch_size 1 and 64) the package gives 0 where this module gives that maximum, and only in padded batches.
 
-Sharding: `pair_scores` is a pure function of arrays with the batch first; `score(..., mesh=mesh)` puts
-the batch on the mesh's 'data' axis and the variables on every device (one process).
+Work: as the package, each distinct text (candidates and references together) is encoded once, in batches
+of similar length, and its pieces' unit vectors are kept on the host; the pairs are then matched in batches
+of similar length. Batches are padded to `batch_size` rows and to their longest text rounded up to a
+multiple of BUCKET (16, 32, ..., max_length), so that a corpus compiles few shapes (at most 32 lengths per
+program at a 512 max length) and pads little (the package pads to the longest exactly).
+
+Sharding: `embed` and `greedy_match` are pure functions of arrays with the batch first; `score(...,
+mesh=mesh)` puts the batches on the mesh's 'data' axis and the variables on every device (one process).
 """
 
 from __future__ import annotations
@@ -76,7 +82,7 @@ MODEL_LAYERS = {
 # Organisations the hub moved the package's models under ("FacebookAI/roberta-large" is "roberta-large").
 RENAMED_ORGS = ("FacebookAI/", "google-bert/", "distilbert/")
 BASELINE_COLUMNS = ("P", "R", "F")
-MIN_BUCKET = 8
+BUCKET = 16  # Padded lengths are multiples of it (module doc).
 
 
 class BertScoreError(UserError):
@@ -139,15 +145,14 @@ def idf_table(reference_ids: Sequence[Sequence[int]]) -> tuple[dict[int, float],
       math.log((documents + 1) / 1)
 
 
-def greedy_match(cand_states: jax.Array, cand_mask: jax.Array, cand_weights: jax.Array, ref_states: jax.Array,
+@jax.jit
+def greedy_match(cand_units: jax.Array, cand_mask: jax.Array, cand_weights: jax.Array, ref_units: jax.Array,
                  ref_mask: jax.Array, ref_weights: jax.Array) -> jax.Array:
-  """Greedy cosine matching (module doc): states [batch, length, hidden], masks bool [batch, length] (True:
-  a real piece), weights float32 [batch, length] of candidates (cand_) and references (ref_) -> P, R, F1
-  float32 [batch, 3]."""
-  cand = cand_states / jnp.linalg.norm(cand_states, axis=-1, keepdims=True)
-  ref = ref_states / jnp.linalg.norm(ref_states, axis=-1, keepdims=True)
+  """Greedy cosine matching (module doc): the unit vectors of the pieces (`embed`'s) [batch, length, hidden],
+  masks bool [batch, length] (True: a real piece; padded pieces are ignored whatever their vectors), weights
+  float32 [batch, length] of candidates (cand_) and references (ref_) -> P, R, F1 float32 [batch, 3]."""
   # Full float32 products: TPUs default to bfloat16 passes, which move cosines by ~1e-3.
-  similarity = jnp.einsum("bid,bjd->bij", cand, ref, precision=jax.lax.Precision.HIGHEST)
+  similarity = jnp.einsum("bid,bjd->bij", cand_units, ref_units, precision=jax.lax.Precision.HIGHEST)
   similarity = jnp.where(cand_mask[:, :, None] & ref_mask[:, None, :], similarity, -jnp.inf)
   word_precision = jnp.where(cand_mask, similarity.max(axis=2), 0.0)  # [batch, cand_length]
   word_recall = jnp.where(ref_mask, similarity.max(axis=1), 0.0)  # [batch, ref_length]
@@ -162,20 +167,18 @@ def greedy_match(cand_states: jax.Array, cand_mask: jax.Array, cand_weights: jax
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def pair_scores(encoder: text.TextEncoder, variables: Any, cand_tokens: jax.Array, cand_mask: jax.Array,
-                cand_weights: jax.Array, ref_tokens: jax.Array, ref_mask: jax.Array,
-                ref_weights: jax.Array) -> jax.Array:
-  """Encodes candidates and references with `encoder` (cut to the scoring layer) and matches them: tokens
-  int32 [batch, length], masks bool, weights float32 [batch, length] -> P, R, F1 float32 [batch, 3]."""
-  cand_states = encoder.apply(variables, cand_tokens, cand_mask)
-  ref_states = encoder.apply(variables, ref_tokens, ref_mask)
-  return greedy_match(cand_states, cand_mask, cand_weights, ref_states, ref_mask, ref_weights)
+def embed(encoder: text.TextEncoder, variables: Any, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+  """Encodes texts with `encoder` (cut to the scoring layer): tokens int32 [batch, length], mask bool ->
+  each piece's hidden state divided by its norm [batch, length, hidden] (per piece: done once per text, not
+  once per pair it is in)."""
+  states = encoder.apply(variables, tokens, mask)
+  return states / jnp.linalg.norm(states, axis=-1, keepdims=True)
 
 
 def bucket_length(length: int, max_length: int) -> int:
-  """The padded length of a batch whose longest row has `length` tokens: the next power of two (at least
-  MIN_BUCKET), at most `max_length`, so a corpus compiles a few shapes."""
-  return min(max(MIN_BUCKET, 1 << (length - 1).bit_length()), max_length)
+  """The padded length of a batch whose longest row has `length` tokens: rounded up to a multiple of BUCKET,
+  at most `max_length`, so a corpus compiles few shapes and pads little."""
+  return min(-(-max(length, 1) // BUCKET) * BUCKET, max_length)
 
 
 def _layer_variables(variables: Any, num_layers: int) -> Any:
@@ -242,19 +245,30 @@ class BertScorer:
       return np.asarray([0.0 if token in specials else 1.0 for token in ids], np.float32)
     return np.asarray([table.get(token, unseen) for token in ids], np.float32)
 
-  def _batch(self, rows: list[list[int]], weights: list[np.ndarray], batch_size: int
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rows of ids and weights -> tokens int32, mask bool, weights float32 [batch_size, bucket]; rows past
-    len(rows) are [CLS] [SEP] fillers whose scores are dropped."""
+  def _token_batch(self, rows: list[list[int]], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ids -> tokens int32, mask bool [batch_size, bucket]; rows past len(rows) are [CLS] [SEP]
+    fillers (every row needs a real piece) whose states are dropped."""
     length = bucket_length(max(len(row) for row in rows), self.max_length)
     tokens = np.full((batch_size, length), self.tokenizer.pad_id, np.int32)
     tokens[len(rows):, :2] = self.tokenizer.start_id, self.tokenizer.end_id
     mask = np.zeros((batch_size, length), bool)
     mask[len(rows):, :2] = True
+    for index, row in enumerate(rows):
+      tokens[index, :len(row)], mask[index, :len(row)] = row, True
+    return tokens, mask
+
+  def _unit_batch(self, units: list[np.ndarray], weights: list[np.ndarray], batch_size: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Texts' unit vectors [pieces, hidden] and weights [pieces] -> units float32 [batch_size, bucket,
+    hidden], mask bool, weights float32 [batch_size, bucket]; rows past len(units) are empty fillers whose
+    scores are dropped."""
+    length = bucket_length(max(len(row) for row in units), self.max_length)
+    padded = np.zeros((batch_size, length, units[0].shape[-1]), np.float32)
+    mask = np.zeros((batch_size, length), bool)
     padded_weights = np.zeros((batch_size, length), np.float32)
-    for index, (row, row_weights) in enumerate(zip(rows, weights)):
-      tokens[index, :len(row)], mask[index, :len(row)], padded_weights[index, :len(row)] = row, True, row_weights
-    return tokens, mask, padded_weights
+    for index, (row, row_weights) in enumerate(zip(units, weights)):
+      padded[index, :len(row)], mask[index, :len(row)], padded_weights[index, :len(row)] = row, True, row_weights
+    return padded, mask, padded_weights
 
   def score(self, candidates: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]],
             batch_size: int = 64, mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
@@ -280,24 +294,39 @@ class BertScorer:
     if not flat_refs:
       return dict(P=np.zeros(0, np.float32), R=np.zeros(0, np.float32), F1=np.zeros(0, np.float32),
                   P_mean=math.nan, R_mean=math.nan, F1_mean=math.nan)
-    ref_ids, cand_ids = self.token_ids(flat_refs), self.token_ids(flat_cands)
-    table, unseen = idf_table(ref_ids) if self.idf else (None, 0.0)
-    ref_weights = [self._weights(ids, table, unseen) for ids in ref_ids]
-    cand_weights = [self._weights(ids, table, unseen) for ids in cand_ids]
+    # Each distinct text is tokenised and encoded once, however many pairs hold it (as the package does).
+    texts = list(dict.fromkeys([*flat_cands, *flat_refs]))
+    text_ids = self.token_ids(texts)
+    row_of = {text_: row for row, text_ in enumerate(texts)}
+    cand_rows, ref_rows = [row_of[cand] for cand in flat_cands], [row_of[ref] for ref in flat_refs]
+    # idf over the references as given (a reference repeated counts as often as it appears), as the package.
+    table, unseen = idf_table([text_ids[row] for row in ref_rows]) if self.idf else (None, 0.0)
+    weights = [self._weights(ids, table, unseen) for ids in text_ids]
 
     variables, put = self.variables, jnp.asarray
     if mesh is not None:
       variables = jax.device_put(variables, NamedSharding(mesh, PartitionSpec()))
       put = functools.partial(jax.device_put, device=NamedSharding(mesh, PartitionSpec("data")))
-    # Pairs of similar length batched together: fewer padded positions and few bucket shapes.
-    order = np.argsort([-max(len(c), len(r)) for c, r in zip(cand_ids, ref_ids)], kind="stable")
+    # Texts, then pairs, of similar length batched together: fewer padded positions.
+    units: list[np.ndarray] = [np.zeros(0)] * len(texts)  # Each text's unit vectors [pieces, hidden].
+    order = np.argsort([-len(ids) for ids in text_ids], kind="stable")
+    for start in range(0, len(order), batch_size):
+      chosen = order[start:start + batch_size]
+      tokens, mask = self._token_batch([text_ids[row] for row in chosen], batch_size)
+      states = np.asarray(embed(self.encoder, variables, put(tokens), put(mask)))
+      for index, row in enumerate(chosen):
+        units[row] = states[index, :len(text_ids[row])]
+    order = np.argsort([-max(len(text_ids[c]), len(text_ids[r])) for c, r in zip(cand_rows, ref_rows)],
+                       kind="stable")
     pair_results = np.zeros((len(flat_refs), 3), np.float32)
     for start in range(0, len(order), batch_size):
       chosen = order[start:start + batch_size]
-      cand_batch = self._batch([cand_ids[i] for i in chosen], [cand_weights[i] for i in chosen], batch_size)
-      ref_batch = self._batch([ref_ids[i] for i in chosen], [ref_weights[i] for i in chosen], batch_size)
+      cand_batch = self._unit_batch([units[cand_rows[i]] for i in chosen], [weights[cand_rows[i]] for i in chosen],
+                                    batch_size)
+      ref_batch = self._unit_batch([units[ref_rows[i]] for i in chosen], [weights[ref_rows[i]] for i in chosen],
+                                   batch_size)
       arrays = [put(array) for array in (*cand_batch, *ref_batch)]
-      pair_results[chosen] = np.asarray(pair_scores(self.encoder, variables, *arrays))[:len(chosen)]
+      pair_results[chosen] = np.asarray(greedy_match(*arrays))[:len(chosen)]
 
     bounds = np.cumsum([0] + [len(group) for group in groups])
     results = np.stack([pair_results[begin:end].max(axis=0) for begin, end in zip(bounds[:-1], bounds[1:])])

@@ -19,10 +19,13 @@ vocabulary: bert-base-uncased's vocab.txt, given or found beside the checkpoint)
 
 `Labeler.load(directory).label(reports)` labels reports as the reference's label.py does (cleaning,
 tokenisation and classes: cxrjax/models/chexbert.py), jitted over fixed-size batches: reports sorted by
-length, each batch padded to `batch_size` rows and to a power-of-two length (16 ... 512), so that few
-shapes are compiled. `Labeler.load(directory, mesh=sharding.create_mesh())` shards every batch over the mesh's
-'data' axis (`batch_size` rounded up to a multiple of its size; the variables replicated), so that every
-device labels its share of the rows; the labels equal one device's.
+length, each batch padded to `batch_size` rows and to its longest report rounded up to a multiple of
+BUCKET (16, 32, ..., 512: at most 32 compiled shapes per batch size). Finer lengths than powers of two: a
+batch whose longest report has 170 ids runs at 176 rather than 256, a third less work (PyTorch's label.py
+pads to the longest exactly, compiling nothing). `Labeler.load(directory, mesh=sharding.create_mesh())`
+shards every batch over the mesh's 'data' axis (`batch_size` rounded up to a multiple of its size; the
+variables replicated), so that every device labels its share of the rows; the labels equal one device's.
+`jit_logits` is the compiled step (benchmarks/labelers.py compiles it for a described TPU slice).
 """
 
 import hashlib
@@ -48,7 +51,7 @@ STATE_DICT_KEY = "model_state_dict"
 DATA_PARALLEL_PREFIX = "module."
 TOKENIZER_FILE = "tokenizer.json"
 VOCAB_TXT = "vocab.txt"
-MIN_BUCKET = 16
+BUCKET = 16  # Padded lengths are multiples of it (module doc).
 DEFAULT_NUM_HEADS = chexbert.BERT_BASE["num_heads"]  # The release is bert-base-uncased.
 
 
@@ -160,12 +163,20 @@ def port(checkpoint: str | pathlib.Path, output: str | pathlib.Path, tokenizer: 
 
 
 def _bucket(length: int, limit: int) -> int:
-  """The padded length of a batch whose longest report has `length` ids: a power of two, at least
-  MIN_BUCKET, at most `limit`."""
-  size = MIN_BUCKET
-  while size < length:
-    size *= 2
-  return min(size, limit)
+  """The padded length of a batch whose longest report has `length` ids: `length` rounded up to a multiple
+  of BUCKET, at most `limit`."""
+  return min(-(-max(length, 1) // BUCKET) * BUCKET, limit)
+
+
+def jit_logits(model: chexbert.CheXbert, mesh: jax.sharding.Mesh | None = None) -> Callable[..., jax.Array]:
+  """The labelling step, jitted: (variables, tokens int32 [batch, length], mask int32 [batch, length]) ->
+  logits float32 [batch, 14, 4]. With `mesh`: the rows sharded over its 'data' axis, the variables and
+  the logits replicated (every process reads all rows back without a gather)."""
+  apply = lambda variables, tokens, mask: model.apply(variables, tokens, mask)  # noqa: E731
+  if mesh is None:
+    return jax.jit(apply)
+  replicated, rows = sharding.replicated(mesh), sharding.data_sharded(mesh)
+  return jax.jit(apply, in_shardings=(replicated, rows, rows), out_shardings=replicated)
 
 
 def _on_mesh(array: np.ndarray, target: jax.sharding.NamedSharding) -> jax.Array:
@@ -184,17 +195,14 @@ class Labeler:
     self.model, self.tokenizer, self.mesh = model, tokenizer, mesh
     self.source = dict(source or {})
     self.max_tokens = min(chexbert.MAX_TOKENS, model.max_positions)
-    apply = lambda variables, tokens, mask: model.apply(variables, tokens, mask)
+    self._logits = jit_logits(model, mesh)
     if mesh is None:
       self.variables, self.rows_multiple = variables, 1
-      self._logits = jax.jit(apply)
     else:
-      replicated, rows = sharding.replicated(mesh), sharding.data_sharded(mesh)
       # From the host copy on every process: works where the mesh spans processes (device_put does not).
+      replicated = sharding.replicated(mesh)
       self.variables = jax.tree.map(lambda value: _on_mesh(np.asarray(value), replicated), variables)
       self.rows_multiple = mesh.shape[sharding.DATA_AXIS]
-      # Replicated logits: every process reads all rows back without a gather.
-      self._logits = jax.jit(apply, in_shardings=(replicated, rows, rows), out_shardings=replicated)
 
   @classmethod
   def load(cls, directory: str | pathlib.Path, mesh: jax.sharding.Mesh | None = None) -> "Labeler":

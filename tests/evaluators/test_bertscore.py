@@ -224,6 +224,26 @@ def test_a_mesh_over_the_data_axis_gives_the_same_scores(models, pairs):
     scorer.score(candidates, references, batch_size=6, mesh=mesh)
 
 
+def test_each_distinct_text_is_encoded_once(models, texts, monkeypatch):
+  findings = texts["findings"][:9]
+  candidates, references = findings[1:] + findings[:1], findings  # Every text a candidate and a reference.
+  scorer = BertScorer.from_directory(models["bert"], num_layers=2)
+  lengths, embed = [], bertscore.embed
+
+  def recording(encoder, variables, tokens, mask):
+    lengths.append(tokens.shape[1])
+    return embed(encoder, variables, tokens, mask)
+
+  monkeypatch.setattr(bertscore, "embed", recording)
+  scores = scorer.score(candidates, references, batch_size=4)
+  assert len(lengths) == -(-len(set(findings)) // 4)  # Not one encoding per pair and side.
+  assert all(length % bertscore.BUCKET == 0 or length == MAX_LENGTH for length in lengths)
+  for index in (0, 4, 8):  # A pair scored alone: its two texts encoded in batches of their own.
+    alone = scorer.score([candidates[index]], [references[index]], batch_size=1)
+    for name in ("P", "R", "F1"):
+      np.testing.assert_allclose(scores[name][index], alone[name][0], rtol=0, atol=1e-6)
+
+
 def test_the_shipped_baseline_files_are_read_as_the_package_reads_them():
   import pandas  # bert-score's own dependency: the reader it uses.
   for model_type in ("roberta-large", "distilroberta-base", "distilbert-base-uncased"):

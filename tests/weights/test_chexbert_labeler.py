@@ -183,6 +183,18 @@ def test_batch_size_does_not_change_the_logits(ported, iu_reports_text):
   np.testing.assert_allclose(labeler.logits(some, batch_size=3), labeler.logits(some, batch_size=16), atol=1e-4)
 
 
+def test_batches_are_padded_to_their_longest_report_rounded_up_to_16(ported, iu_reports_text):
+  labeler = chexbert_labeler.Labeler.load(ported[2])
+  shapes, jitted = [], labeler._logits
+  labeler._logits = lambda variables, tokens, mask: shapes.append(tokens.shape) or jitted(variables, tokens, mask)
+  some = iu_reports_text[:37] + iu_reports_text[-3:]  # The long report (512 ids) and the empty one included.
+  labeler.logits(some, batch_size=8)
+  lengths = sorted(len(labeler.encode(report)) for report in some)
+  expected = [min(-(-max(lengths[start:start + 8]) // 16) * 16, 512) for start in range(0, len(some), 8)]
+  assert shapes == [(8, length) for length in expected] and expected[-1] == 512
+  assert [chexbert_labeler._bucket(length, 512) for length in (2, 16, 17, 170, 497, 512)] == [16, 16, 32, 176, 512, 512]
+
+
 def test_port_writes_the_architecture_and_the_checkpoints_sha256(ported):
   _, checkpoint, directory, description = ported
   assert description["fields"] == dict(vocab_size=30522, hidden_size=32, num_layers=2, num_heads=2,
