@@ -19,6 +19,7 @@ from cxrjax.data import datasets
 from cxrjax.errors import ConfigError
 from cxrjax.weights import chexbert_labeler
 from configs import demo
+from tests.test_score import bert_dir  # noqa: F401  (the fixture: a tiny random BERT directory)
 from tests.weights.test_chexbert_labeler import TINY, reference_ids, reference_model, save_release
 
 CE_MICRO_F1 = "CE/uncertain_positive/all14/micro/F1"
@@ -65,19 +66,6 @@ def trained(tmp_path_factory, smoke_config, labelers):
   workdir = tmp_path_factory.mktemp("run")
   last = train.train_and_evaluate(config, workdir)
   return workdir, config, last
-
-
-@pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory, shared_data):
-  """A tiny random BERT with bert-base-uncased's vocabulary, as save_pretrained writes it (tests/test_score.py)."""
-  directory = tmp_path_factory.mktemp("bert")
-  shutil.copy(shared_data / "text" / "bert-base-uncased-vocab.txt", directory / "vocab.txt")
-  transformers.set_seed(3)
-  transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                                                 intermediate_size=48), add_pooling_layer=False
-                         ).save_pretrained(directory)
-  (directory / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "model_max_length": 512}))
-  return directory
 
 
 def _validations(workdir):

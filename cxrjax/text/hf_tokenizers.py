@@ -18,7 +18,6 @@ tokenizers, so the first word is encoded as every later one ("ĠChest", not "Che
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import pathlib
@@ -41,10 +40,10 @@ ROBERTA_SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
 _NO_LIMIT = 10 ** 18
 
 
-class ByteLevelBPETokenizer:
-  """RoBERTa's byte-level BPE (Hugging Face `tokenizers`), with the interface of tokenizers.WordPieceTokenizer:
-  encode(text, max_length) -> [start] pieces [end] ids (a long text keeps its first max_length - 2 pieces),
-  decode, len, tokens, token_id, and the start / end / pad / unk ids."""
+class ByteLevelBPETokenizer(tokenizers.LibraryTokenizer):
+  """RoBERTa's byte-level BPE (Hugging Face `tokenizers`), with the interface of tokenizers.WordPieceTokenizer
+  (tokenizers.LibraryTokenizer's encode, decode, len, tokens, token_id): encode(text, max_length) -> [start]
+  pieces [end] ids (a long text keeps its first max_length - 2 pieces)."""
 
   def __init__(self, tokenizer: hf_tokenizers.Tokenizer, *, start_token: str = "<s>", end_token: str = "</s>",
                pad_token: str = "<pad>", unk_token: str = "<unk>", source: str = "tokenizer"):
@@ -77,26 +76,6 @@ class ByteLevelBPETokenizer:
         vocab, merges, dropout=None, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False))
     tokenizer.add_special_tokens([token for token in special_tokens if token in vocab])
     return cls(tokenizer, source=str(vocab_json), **roles)
-
-  def __len__(self) -> int:
-    return self._size
-
-  @functools.cached_property
-  def tokens(self) -> tuple[str, ...]:
-    return tuple(self._tokenizer.id_to_token(i) for i in range(self._size))
-
-  def token_id(self, token: str) -> int:
-    token_id = self._tokenizer.token_to_id(token)
-    return self.unk_id if token_id is None else token_id
-
-  def encode(self, text: str, max_length: int | None = None, pad: bool = False) -> list[int]:
-    """Text -> [start, pieces..., end] ids, at most `max_length` long."""
-    pieces = self._tokenizer.encode(text, add_special_tokens=False).ids
-    return tokenizers._frame(self.start_id, pieces, self.end_id, self.pad_id, max_length, pad)
-
-  def decode(self, ids: Iterable[int]) -> str:
-    """Ids -> text, stopping at the first end id; pad and start skipped."""
-    return self._tokenizer.decode(tokenizers._content_ids(self, ids), skip_special_tokens=False)
 
 
 HFTokenizer = tokenizers.WordPieceTokenizer | ByteLevelBPETokenizer

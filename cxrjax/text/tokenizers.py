@@ -216,7 +216,39 @@ class WordVocabulary:
 # WordPiece.
 
 
-class WordPieceTokenizer:
+class LibraryTokenizer:
+  """What a tokenizer wrapping a Hugging Face `tokenizers.Tokenizer` (`self._tokenizer`, its `self._size`
+  ids, and start / end / pad / unk ids) shares: the library encodes the pieces without its post-processor,
+  `_frame` adds start and end; decoding stops at the first end id and skips pad and start."""
+  _tokenizer: hf_tokenizers.Tokenizer
+  _size: int
+  start_id: int
+  end_id: int
+  pad_id: int
+  unk_id: int
+
+  def __len__(self) -> int:
+    return self._size
+
+  @functools.cached_property
+  def tokens(self) -> tuple[str, ...]:
+    return tuple(self._tokenizer.id_to_token(i) for i in range(self._size))
+
+  def token_id(self, token: str) -> int:
+    token_id = self._tokenizer.token_to_id(token)
+    return self.unk_id if token_id is None else token_id
+
+  def encode(self, text: str, max_length: int | None = None, pad: bool = False) -> list[int]:
+    """Text -> [start, pieces..., end] ids, at most `max_length` long (see WordVocabulary.encode)."""
+    pieces = self._tokenizer.encode(text, add_special_tokens=False).ids
+    return _frame(self.start_id, pieces, self.end_id, self.pad_id, max_length, pad)
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """Ids -> text, stopping at the first end id; pad and start are skipped (class docstring)."""
+    return self._tokenizer.decode(_content_ids(self, ids), skip_special_tokens=False)
+
+
+class WordPieceTokenizer(LibraryTokenizer):
   """BERT WordPiece (Hugging Face `tokenizers`), with the interface of this module.
 
   encode: the library's normalisation, pre-tokenisation and WordPiece, without its post-processor
@@ -311,25 +343,6 @@ class WordPieceTokenizer:
     return cls(_hf_tokenizer_from_data(path, data), start_token=start_token, end_token=end_token,
                pad_token=pad_token, cleaning_style=cleaning_style, source=str(path))
 
-  def __len__(self) -> int:
-    return self._size
-
-  @functools.cached_property
-  def tokens(self) -> tuple[str, ...]:
-    return tuple(self._tokenizer.id_to_token(i) for i in range(self._size))
-
-  def token_id(self, token: str) -> int:
-    token_id = self._tokenizer.token_to_id(token)
-    return self.unk_id if token_id is None else token_id
-
-  def encode(self, text: str, max_length: int | None = None, pad: bool = False) -> list[int]:
-    """Text -> [start, pieces..., end] ids, at most `max_length` long (see WordVocabulary.encode)."""
-    pieces = self._tokenizer.encode(text, add_special_tokens=False).ids
-    return _frame(self.start_id, pieces, self.end_id, self.pad_id, max_length, pad)
-
-  def decode(self, ids: Iterable[int]) -> str:
-    """Ids -> text, stopping at the first end id; pad and start are skipped (class docstring)."""
-    return self._tokenizer.decode(_content_ids(self, ids), skip_special_tokens=False)
 
   def save(self, path: str | os.PathLike) -> None:
     """Writes one JSON file: the special-token roles and the Hugging Face tokenizer.json content."""
