@@ -37,8 +37,7 @@ from cxrjax import aot, sharding, train, workdir as workdir_lib  # pylint: disab
 from cxrjax.data import datasets, pipeline  # pylint: disable=g-import-not-at-top
 
 
-def random_batch(spec: dict[str, jax.ShapeDtypeStruct], vocab_size: int | None, seed: int = 0
-                 ) -> dict[str, np.ndarray]:
+def random_batch(spec: dict[str, jax.ShapeDtypeStruct], vocab_size: int | None, seed: int = 0) -> dict[str, np.ndarray]:
   """A batch of `spec`'s shapes: images ~ N(0, 1) (normalised pixels), captions of random tokens that start
   with the start id and fill every position (the longest, costliest case), labels of 0/1, every row real."""
   rng = np.random.default_rng(seed)
@@ -74,7 +73,8 @@ def train_line(name: str, arg: str, steps: int, batch_per_device: int | None) ->
   target = workdir_lib.abstract_state(components, mesh, section)
   state_sharding = jax.tree.map(lambda a: a.sharding, target)
   state = jax.jit(lambda rng: workdir_lib.init_state(components, rng), out_shardings=state_sharding)(
-      jax.random.key(config.train.seed))
+    jax.random.key(config.train.seed)
+  )
   tx = components.make_optimizer(target.params)
   step = train.jit_train_step(components, tx, config.train.seed, tokenizer, state_sharding, mesh)
   spec = pipeline.batch_spec(config, batch_size, tokenizer, label_names)
@@ -92,16 +92,23 @@ def train_line(name: str, arg: str, steps: int, batch_per_device: int | None) ->
   seconds = time.perf_counter() - started
   rates = train.throughput(steps, seconds, batch_size, flops)
   peak = train.PEAK_FLOPS_PER_S.get(jax.devices()[0].device_kind)
-  return dict(benchmark="accelerator_train", config=f"configs/{name}.py" + (f":{arg}" if arg else ""),
-              device=jax.devices()[0].device_kind, devices=jax.device_count(), batch=batch_size,
-              steps=steps, seconds=round(seconds, 3), compile_s=round(compile_s, 1),
-              examples_per_s=round(rates["examples_per_s"], 2),
-              examples_per_s_per_device=round(rates["examples_per_s"] / jax.device_count(), 2),
-              tflop_per_step=None if flops is None else round(flops / 1e12, 4),
-              achieved_tflop_per_s=None if "flops_per_s" not in rates else round(rates["flops_per_s"] / 1e12, 3),
-              peak_tflop_per_s_per_device=None if peak is None else peak / 1e12,
-              flops_utilisation=None if "flops_utilisation" not in rates else round(rates["flops_utilisation"], 4),
-              loss_finite=bool(np.isfinite(loss)))
+  return dict(
+    benchmark="accelerator_train",
+    config=f"configs/{name}.py" + (f":{arg}" if arg else ""),
+    device=jax.devices()[0].device_kind,
+    devices=jax.device_count(),
+    batch=batch_size,
+    steps=steps,
+    seconds=round(seconds, 3),
+    compile_s=round(compile_s, 1),
+    examples_per_s=round(rates["examples_per_s"], 2),
+    examples_per_s_per_device=round(rates["examples_per_s"] / jax.device_count(), 2),
+    tflop_per_step=None if flops is None else round(flops / 1e12, 4),
+    achieved_tflop_per_s=None if "flops_per_s" not in rates else round(rates["flops_per_s"] / 1e12, 3),
+    peak_tflop_per_s_per_device=None if peak is None else peak / 1e12,
+    flops_utilisation=None if "flops_utilisation" not in rates else round(rates["flops_utilisation"], 4),
+    loss_finite=bool(np.isfinite(loss)),
+  )
 
 
 def main() -> None:
@@ -115,8 +122,10 @@ def main() -> None:
   for name in args.configs.split(","):
     if name not in CONFIGS:
       raise SystemExit(f"--configs: unknown config {name!r}; known: {', '.join(CONFIGS)}")
-    print(json.dumps(train_line(name, "smoke" if args.smoke else CONFIGS[name], args.steps,
-                                args.batch_per_device)), flush=True)
+    print(
+      json.dumps(train_line(name, "smoke" if args.smoke else CONFIGS[name], args.steps, args.batch_per_device)),
+      flush=True,
+    )
   if not args.no_generation:
     # The generation comparison is hf_captioners.py's own, with torch on this machine's accelerator.
     command = [sys.executable, str(ROOT / "benchmarks" / "hf_captioners.py"), "--torch-device", "auto"]

@@ -42,8 +42,9 @@ FIXTURE_IMAGES = pathlib.Path(__file__).resolve().parents[2] / "shared/data/nih_
 def _resize_float(array: np.ndarray, height: int, width: int) -> np.ndarray:
   """Bilinear (half-pixel centres, antialiased when shrinking) resize of float [h, w, (c)] by PIL."""
   if array.ndim == 2:
-    return np.asarray(Image.fromarray(array.astype(np.float32), mode="F").resize(
-        (width, height), Image.Resampling.BILINEAR))
+    return np.asarray(
+      Image.fromarray(array.astype(np.float32), mode="F").resize((width, height), Image.Resampling.BILINEAR)
+    )
   return np.stack([_resize_float(array[..., c], height, width) for c in range(array.shape[-1])], -1)
 
 
@@ -116,8 +117,7 @@ def main() -> None:
   images = real[np.arange(batch) % len(real)]
   if args.feature_maps == "random":
     rng = np.random.default_rng(0)
-    feature_maps = np.maximum(rng.standard_normal((batch, size // 32, size // 32, args.channels)),
-                              0).astype(np.float32)
+    feature_maps = np.maximum(rng.standard_normal((batch, size // 32, size // 32, args.channels)), 0).astype(np.float32)
   else:
     config = densenet.DenseNetConfig(block_sizes=(1, 1, 1, 1), growth_rate=8, stem_features=8, num_classes=0)
     model = densenet.DenseNet(config)
@@ -141,22 +141,32 @@ def main() -> None:
   heatmaps = np.asarray(ours.heatmaps)
   regions = [label(h > args.threshold, connectivity=2).max() for h in heatmaps]
   difference = float(np.abs(np.asarray(ours.crops) - numpy_loop(feature_maps, images, args.threshold, size)).max())
-  print(json.dumps({
-      "benchmark": "agcnn_attention_crop", "unit": "crops/s (best of repeats)",
-      "batch_size": batch, "image_size": size, "feature_maps": f"{args.feature_maps} {list(feature_maps.shape[1:])}",
-      "threshold": args.threshold,
-      "jax_jit": round(batch / jax_seconds, 1),
-      "seed_loop": round(batch / seed_seconds, 1),
-      "numpy_loop": round(batch / numpy_seconds, 1),
-      "speedup_vs_seed": round(seed_seconds / jax_seconds, 2),
-      "speedup_vs_numpy_loop": round(numpy_seconds / jax_seconds, 2),
-      "jax_compile_s": round(compile_seconds, 2),
-      "label_rounds": int(rounds),
-      "regions_per_mask": {"mean": round(float(np.mean(regions)), 2), "max": int(np.max(regions))},
-      "max_abs_difference_vs_numpy_loop": difference,
-      "device": jax.devices()[0].device_kind, "platform": jax.default_backend(),
-      "cpu_count": os.cpu_count(), "machine": platform.machine(), "jax": jax.__version__,
-  }))
+  print(
+    json.dumps(
+      {
+        "benchmark": "agcnn_attention_crop",
+        "unit": "crops/s (best of repeats)",
+        "batch_size": batch,
+        "image_size": size,
+        "feature_maps": f"{args.feature_maps} {list(feature_maps.shape[1:])}",
+        "threshold": args.threshold,
+        "jax_jit": round(batch / jax_seconds, 1),
+        "seed_loop": round(batch / seed_seconds, 1),
+        "numpy_loop": round(batch / numpy_seconds, 1),
+        "speedup_vs_seed": round(seed_seconds / jax_seconds, 2),
+        "speedup_vs_numpy_loop": round(numpy_seconds / jax_seconds, 2),
+        "jax_compile_s": round(compile_seconds, 2),
+        "label_rounds": int(rounds),
+        "regions_per_mask": {"mean": round(float(np.mean(regions)), 2), "max": int(np.max(regions))},
+        "max_abs_difference_vs_numpy_loop": difference,
+        "device": jax.devices()[0].device_kind,
+        "platform": jax.default_backend(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "jax": jax.__version__,
+      }
+    )
+  )
 
 
 if __name__ == "__main__":

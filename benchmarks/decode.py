@@ -52,12 +52,13 @@ def _decoder_and_memory(config, vocab_size: int, batch: int):
   regions = 2 * (config.data.image_size // 32) ** 2
   rng = jax.random.key(0)
   images = jnp.zeros((1, 2, config.data.image_size, config.data.image_size, 3))
-  variables = jax.jit(lambda: model.init({"params": rng, "dropout": rng}, images,
-                                         jnp.zeros((1, 4), jnp.int32)))()
+  variables = jax.jit(lambda: model.init({"params": rng, "dropout": rng}, images, jnp.zeros((1, 4), jnp.int32)))()
   # Cached image memory of a batch (what the encoder would produce), random but fixed.
   memory_regions = jax.random.normal(jax.random.key(1), (batch, regions, config.model.region_dim))
-  memory = {"regions": memory_regions,
-            "keys": model.apply(variables, memory_regions, method=lambda m, r: m.decoder.project_keys(r))}
+  memory = {
+    "regions": memory_regions,
+    "keys": model.apply(variables, memory_regions, method=lambda m, r: m.decoder.project_keys(r)),
+  }
   return model, variables, memory
 
 
@@ -65,10 +66,17 @@ def compiled_beam_search(model, variables, memory, tokenizer, beam: int, length:
   @jax.jit
   def search(variables, memory):
     cache = model.apply(variables, memory, method="init_cache")
-    tokens, _ = decoding.beam_search(model.decoder_step_fn(variables), cache, start_id=tokenizer.start_id,
-                                     end_id=tokenizer.end_id, pad_id=tokenizer.pad_id, max_length=length,
-                                     beam_size=beam)
+    tokens, _ = decoding.beam_search(
+      model.decoder_step_fn(variables),
+      cache,
+      start_id=tokenizer.start_id,
+      end_id=tokenizer.end_id,
+      pad_id=tokenizer.pad_id,
+      max_length=length,
+      beam_size=beam,
+    )
     return tokens
+
   return lambda: search(variables, memory).block_until_ready()
 
 
@@ -103,11 +111,13 @@ def host_loop_beam_search(model, variables, memory, tokenizer, beam: int, length
   def run():
     tokens, cache, log_probs, finished = init(variables, memory)
     for position in range(length):
-      tokens, cache, log_probs, finished, _, _ = one_token(variables, tokens, cache, np.int32(position),
-                                                           log_probs, finished)
+      tokens, cache, log_probs, finished, _, _ = one_token(
+        variables, tokens, cache, np.int32(position), log_probs, finished
+      )
       if bool(finished.all()):  # The host sync a Python-driven decoder needs to stop early.
         break
     jax.block_until_ready(log_probs)
+
   return run
 
 
@@ -118,9 +128,12 @@ def training_steps_per_second(config, tokenizer, steps: int) -> float:
   tx = components.make_optimizer(state.params)
   step = jax.jit(train.make_train_step(components, tx, config.train.seed, tokenizer), donate_argnums=0)
   size, batch, views = config.data.image_size, config.train.batch_size, config.data.num_views
-  data = {"images": np.random.default_rng(0).standard_normal((batch, views, size, size, 3)).astype(np.float32),
-          "tokens": np.random.default_rng(1).integers(len(tokenizers.SPECIAL_TOKENS), len(tokenizer),
-                                                      (batch, config.data.max_length)).astype(np.int32)}
+  data = {
+    "images": np.random.default_rng(0).standard_normal((batch, views, size, size, 3)).astype(np.float32),
+    "tokens": np.random.default_rng(1)
+    .integers(len(tokenizers.SPECIAL_TOKENS), len(tokenizer), (batch, config.data.max_length))
+    .astype(np.int32),
+  }
   state, metrics = step(state, data)  # Compile.
   jax.block_until_ready(metrics)
   start = time.perf_counter()
@@ -140,8 +153,13 @@ def main() -> None:
   parser.add_argument("--train-steps", type=int, default=5)
   args = parser.parse_args()
   from configs import demo, iu_xray_attention
-  machine = {"device": jax.devices()[0].device_kind, "platform": jax.default_backend(),
-             "cpu_count": os.cpu_count(), "jax": jax.__version__}
+
+  machine = {
+    "device": jax.devices()[0].device_kind,
+    "platform": jax.default_backend(),
+    "cpu_count": os.cpu_count(),
+    "jax": jax.__version__,
+  }
   iu_tokenizer = word_vocabulary(args.vocab)
 
   config = iu_xray_attention.get_config()
@@ -149,28 +167,35 @@ def main() -> None:
   # The requested batch, and one study at a time (interactive use, where per-token overheads show).
   for batch in sorted({args.batch, 1}, reverse=True):
     model, variables, memory = _decoder_and_memory(config, len(iu_tokenizer), batch)
-    compiled = _best_time(compiled_beam_search(model, variables, memory, iu_tokenizer, args.beam, args.length),
-                          args.repeats)
-    host = _best_time(host_loop_beam_search(model, variables, memory, iu_tokenizer, args.beam, args.length),
-                      args.repeats)
-    results.update({f"batch{batch}_compiled_reports_per_s": round(batch / compiled, 2),
-                    f"batch{batch}_host_loop_reports_per_s": round(batch / host, 2),
-                    f"batch{batch}_speedup": round(host / compiled, 2)})
+    compiled = _best_time(
+      compiled_beam_search(model, variables, memory, iu_tokenizer, args.beam, args.length), args.repeats
+    )
+    host = _best_time(
+      host_loop_beam_search(model, variables, memory, iu_tokenizer, args.beam, args.length), args.repeats
+    )
+    results.update(
+      {
+        f"batch{batch}_compiled_reports_per_s": round(batch / compiled, 2),
+        f"batch{batch}_host_loop_reports_per_s": round(batch / host, 2),
+        f"batch{batch}_speedup": round(host / compiled, 2),
+      }
+    )
   print(json.dumps({**results, **machine}))
 
   results = {"benchmark": "attention_captioner_training", "unit": "steps/s"}
   demo_config = demo.get_config()
   # The demo's own vocabulary: built from its phantom training reports, as `cxrjax train` does.
-  demo_tokenizer = datasets.load_or_build_tokenizer(demo_config.data,
-                                                    datasets.make_source(demo_config.data, "train")[0])
-  results["demo_steps_per_s"] = round(
-      training_steps_per_second(demo_config, demo_tokenizer, args.train_steps * 4), 3)
+  demo_tokenizer = datasets.load_or_build_tokenizer(
+    demo_config.data, datasets.make_source(demo_config.data, "train")[0]
+  )
+  results["demo_steps_per_s"] = round(training_steps_per_second(demo_config, demo_tokenizer, args.train_steps * 4), 3)
   results["demo_batch"] = demo_config.train.batch_size
   results["demo_vocab"] = len(demo_tokenizer)
   iu_config = iu_xray_attention.get_config()
   iu_config.train.batch_size = 8
   results["iu_xray_densenet121_frozen_steps_per_s"] = round(
-      training_steps_per_second(iu_config, iu_tokenizer, args.train_steps), 3)
+    training_steps_per_second(iu_config, iu_tokenizer, args.train_steps), 3
+  )
   results["iu_xray_batch"] = iu_config.train.batch_size
   print(json.dumps({**results, **machine}))
 

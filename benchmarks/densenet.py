@@ -41,21 +41,31 @@ def main() -> None:
   keras_model = None
   if not args.skip_keras:
     import keras
-    keras_model = keras.applications.DenseNet121(weights=None, include_top=False, pooling="avg",
-                                                 input_shape=(224, 224, 3))
-  results = {"benchmark": "densenet121_forward", "unit": "images/s (best of repeats)",
-             "device": jax.devices()[0].device_kind, "platform": jax.default_backend(),
-             "cpu_count": os.cpu_count(), "machine": platform.machine(), "jax": jax.__version__}
+
+    keras_model = keras.applications.DenseNet121(
+      weights=None, include_top=False, pooling="avg", input_shape=(224, 224, 3)
+    )
+  results = {
+    "benchmark": "densenet121_forward",
+    "unit": "images/s (best of repeats)",
+    "device": jax.devices()[0].device_kind,
+    "platform": jax.default_backend(),
+    "cpu_count": os.cpu_count(),
+    "machine": platform.machine(),
+    "jax": jax.__version__,
+  }
   for batch_size in map(int, args.batch_sizes.split(",")):
     images = np.random.default_rng(0).standard_normal((batch_size, 224, 224, 3)).astype(np.float32)
     device_images = jax.device_put(images)
     for name, dtype in (("flax_float32", jnp.float32), ("flax_bfloat16", jnp.bfloat16)):
       forward = jax.jit(lambda v, x, m=densenet.DenseNet(densenet.DENSENET121, dtype=dtype): m.apply(v, x)["logits"])
-      results[f"{name}_batch{batch_size}"] = round(_images_per_second(
-          lambda: forward(variables, device_images).block_until_ready(), batch_size, args.repeats), 2)
+      results[f"{name}_batch{batch_size}"] = round(
+        _images_per_second(lambda: forward(variables, device_images).block_until_ready(), batch_size, args.repeats), 2
+      )
     if keras_model is not None:
-      results[f"keras_float32_batch{batch_size}"] = round(_images_per_second(
-          lambda: keras_model.predict_on_batch(images), batch_size, args.repeats), 2)
+      results[f"keras_float32_batch{batch_size}"] = round(
+        _images_per_second(lambda: keras_model.predict_on_batch(images), batch_size, args.repeats), 2
+      )
   print(json.dumps(results))
 
 

@@ -58,8 +58,7 @@ def main() -> None:
 
   paths = sorted((ROOT.parent / "shared/data/iu_xray/images").glob("*.png"))
   images = np.stack([torch_seed003.seed_transform(path) for path in paths])  # [4, 224, 224, 3]
-  reference = torch_seed003.reference_model(images, {}, vocab_size=30522, embed_dim=512, num_layers=4,
-                                            num_heads=8)
+  reference = torch_seed003.reference_model(images, {}, vocab_size=30522, embed_dim=512, num_layers=4, num_heads=8)
   with torch.no_grad():
     reference.fc_out.bias[torch_seed003.SEP] = -1e4  # Never ends early: full-length captions in both.
   checkpoint = pathlib.Path("/tmp/cxrjax_bench_seed003.bin")
@@ -71,9 +70,11 @@ def main() -> None:
 
   # The seed's loop, one image at a time.
   seed_inputs = [torch.from_numpy(images[i % len(images)].transpose(2, 0, 1)[None]) for i in range(args.seed_images)]
+
   def seed_run():
     for image in seed_inputs:
       torch_seed003.generate_caption(image, reference, max_len=args.length)
+
   with torch.no_grad():
     seed_s = _best_time(seed_run, 1)
 
@@ -81,20 +82,34 @@ def main() -> None:
   batch = np.stack([images[i % len(images)] for i in range(args.batch)])[:, None]  # [batch, 1, 224, 224, 3]
   results = {}
   for name, beam in (("cxrjax_greedy", 1), ("cxrjax_beam3", 3)):
-    decode = ml_collections.ConfigDict(dict(beam_size=beam, max_length=args.length, length_penalty=0.0,
-                                            block_ngram_repeat=0))
+    decode = ml_collections.ConfigDict(
+      dict(beam_size=beam, max_length=args.length, length_penalty=0.0, block_ngram_repeat=0)
+    )
     run = jax.jit(lambda v, x, d=decode: captioning.generate(model, v, x, ids, d))
     tokens = np.asarray(run(variables, batch))  # Compile.
     assert tokens.shape == (args.batch, args.length) and not (tokens == ids.end_id).any()
     seconds = _best_time(lambda: jax.block_until_ready(run(variables, batch)), args.repeats)
     results[f"{name}_captions_per_s"] = round(args.batch / seconds, 2)
   seed_rate = args.seed_images / seed_s
-  print(json.dumps({
-      "benchmark": "graph_captioner_decoding", "unit": "captions/s", "tokens_per_caption": args.length,
-      "batch": args.batch, "vocab": vocab_size, "seed_greedy_captions_per_s": round(seed_rate, 3), **results,
-      "greedy_speedup_vs_seed": round(results["cxrjax_greedy_captions_per_s"] / seed_rate, 1),
-      "device": jax.devices()[0].device_kind, "platform": jax.default_backend(), "cpu_count": os.cpu_count(),
-      "torch_threads": torch.get_num_threads(), "jax": jax.__version__}))
+  print(
+    json.dumps(
+      {
+        "benchmark": "graph_captioner_decoding",
+        "unit": "captions/s",
+        "tokens_per_caption": args.length,
+        "batch": args.batch,
+        "vocab": vocab_size,
+        "seed_greedy_captions_per_s": round(seed_rate, 3),
+        **results,
+        "greedy_speedup_vs_seed": round(results["cxrjax_greedy_captions_per_s"] / seed_rate, 1),
+        "device": jax.devices()[0].device_kind,
+        "platform": jax.default_backend(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "jax": jax.__version__,
+      }
+    )
+  )
 
 
 if __name__ == "__main__":

@@ -72,13 +72,17 @@ def _hf_model(name: str, smoke: bool) -> tuple[transformers.PreTrainedModel, int
   """A random model of base size (or the configs' smoke size) whose end token never wins, and its image size."""
   torch.manual_seed(0)
   if name == "git":
-    config = transformers.GitConfig(**{k: v for k, v in roco_git.SMOKE_HF_CONFIG.items() if k != "model_type"}
-                                    if smoke else {})
+    config = transformers.GitConfig(
+      **{k: v for k, v in roco_git.SMOKE_HF_CONFIG.items() if k != "model_type"} if smoke else {}
+    )
     model = transformers.GitForCausalLM(config).eval()
     bias = model.output.bias
   else:
-    config = transformers.BlipConfig(**{k: v for k, v in roco_blip.SMOKE_HF_CONFIG.items() if k != "model_type"}
-                                     if smoke else dict(text_config={"num_attention_heads": 12}))
+    config = transformers.BlipConfig(
+      **{k: v for k, v in roco_blip.SMOKE_HF_CONFIG.items() if k != "model_type"}
+      if smoke
+      else dict(text_config={"num_attention_heads": 12})
+    )
     model = transformers.BlipForConditionalGeneration(config).eval()
     bias = model.text_decoder.cls.predictions.bias
   with torch.no_grad():
@@ -98,8 +102,7 @@ def _synchronize(device: torch.device) -> None:
     torch.cuda.synchronize(device)
 
 
-def bench_generation(name: str, batch: int, new_tokens: int, repeats: int, device: torch.device,
-                     smoke: bool) -> dict:
+def bench_generation(name: str, batch: int, new_tokens: int, repeats: int, device: torch.device, smoke: bool) -> dict:
   reference, size = _hf_model(name, smoke)
   run_config, tokenizer, variables = _imported(reference)
   reference = reference.to(device)
@@ -109,13 +112,19 @@ def bench_generation(name: str, batch: int, new_tokens: int, repeats: int, devic
   variables = jax.device_put(variables)
   images = np.random.default_rng(0).normal(size=(batch, 1, size, size, 3)).astype(np.float32)
   pixels = torch.from_numpy(images[:, 0].transpose(0, 3, 1, 2).copy()).to(device)
-  result = {"benchmark": "hf_captioner_generation",
-            "model": f"{name} {'smoke' if smoke else 'base'} size, random weights",
-            "unit": "captions/s", "batch": batch, "new_tokens": new_tokens, "image_size": size,
-            "parameters": sum(p.numel() for p in reference.parameters())}
+  result = {
+    "benchmark": "hf_captioner_generation",
+    "model": f"{name} {'smoke' if smoke else 'base'} size, random weights",
+    "unit": "captions/s",
+    "batch": batch,
+    "new_tokens": new_tokens,
+    "image_size": size,
+    "parameters": sum(p.numel() for p in reference.parameters()),
+  }
   for label, beams in (("greedy", 1), ("beam3", 3)):
-    decode = ml_collections.ConfigDict(dict(beam_size=beams, max_length=new_tokens, length_penalty=1.0,
-                                            length_normalization="hf", block_ngram_repeat=0))
+    decode = ml_collections.ConfigDict(
+      dict(beam_size=beams, max_length=new_tokens, length_penalty=1.0, length_normalization="hf", block_ngram_repeat=0)
+    )
     run = jax.jit(lambda v, x, d=decode: captioning.generate(model, v, x, tokenizer, d))
     start = time.perf_counter()
     tokens = np.asarray(run(variables, images))
@@ -125,10 +134,12 @@ def bench_generation(name: str, batch: int, new_tokens: int, repeats: int, devic
 
     def hf_run(beams=beams):
       with torch.no_grad():
-        out = reference.generate(pixel_values=pixels, max_new_tokens=new_tokens, num_beams=beams,
-                                 do_sample=False, length_penalty=1.0)
+        out = reference.generate(
+          pixel_values=pixels, max_new_tokens=new_tokens, num_beams=beams, do_sample=False, length_penalty=1.0
+        )
       _synchronize(device)
       return out
+
     hf_tokens = hf_run()
     hf_tokens = hf_tokens[:, -new_tokens:].cpu().numpy()
     # The same weights and search: the same captions (ties aside, on random weights).
@@ -152,16 +163,26 @@ def bench_training(name: str, batch: int, steps: int, device: torch.device, smok
   images = rng.normal(size=(batch, 1, size, size, 3)).astype(np.float32)
   tokens = rng.integers(1000, 30000, size=(batch, 12)).astype(np.int32)
   tokens[:, 0], tokens[:, -1] = tokenizer.start_id, tokenizer.end_id
-  optimizer = ml_collections.ConfigDict(dict(name="adamw", learning_rate=5e-5, weight_decay=1e-8,
-                                             grad_clip_norm=1.0, b1=0.9, b2=0.999, schedule="cosine",
-                                             warmup_steps=0, final_lr_fraction=1.0, accumulate_steps=2))
+  optimizer = ml_collections.ConfigDict(
+    dict(
+      name="adamw",
+      learning_rate=5e-5,
+      weight_decay=1e-8,
+      grad_clip_norm=1.0,
+      b1=0.9,
+      b2=0.999,
+      schedule="cosine",
+      warmup_steps=0,
+      final_lr_fraction=1.0,
+      accumulate_steps=2,
+    )
+  )
   params = variables["params"]
   tx = optim.make_optimizer(optimizer, params, 1000)
   task = captioning.CaptioningTask(ml_collections.ConfigDict())
   components = workdir_lib.Components(task=task, model=model, make_optimizer=None, frozen_modules={})
   step = jax.jit(train.make_train_step(components, tx, dropout_seed=0, tokenizer=tokenizer), donate_argnums=(0,))
-  state = workdir_lib.TrainState(step=jnp.array(0, jnp.int32), params=params, batch_stats={},
-                                 opt_state=tx.init(params))
+  state = workdir_lib.TrainState(step=jnp.array(0, jnp.int32), params=params, batch_stats={}, opt_state=tx.init(params))
   data = jax.device_put({"images": images, "tokens": tokens})
 
   def cxrjax_steps(state, count):
@@ -202,14 +223,20 @@ def bench_training(name: str, batch: int, steps: int, device: torch.device, smok
   start = time.perf_counter()
   torch_steps(steps)
   torch_seconds = time.perf_counter() - start
-  return {"model": name, "size": "smoke" if smoke else "base", "dtype": "float32",
-          "parameters": int(sum(p.size for p in jax.tree.leaves(params))), "image_size": size,
-          "caption_tokens": tokens.shape[1], "cxrjax_compile_s": round(compile_s, 1),
-          "cxrjax_examples_per_s": round(batch * steps / cxrjax_seconds, 2),
-          "torch_examples_per_s": round(batch * steps / torch_seconds, 2),
-          "speedup_vs_torch": round(torch_seconds / cxrjax_seconds, 2),
-          # The first step's loss on each side (dropout differs; BLIP's own loss smooths labels by 0.1).
-          "first_loss": {"cxrjax": round(cxrjax_loss, 3), "torch": round(torch_loss, 3)}}
+  return {
+    "model": name,
+    "size": "smoke" if smoke else "base",
+    "dtype": "float32",
+    "parameters": int(sum(p.size for p in jax.tree.leaves(params))),
+    "image_size": size,
+    "caption_tokens": tokens.shape[1],
+    "cxrjax_compile_s": round(compile_s, 1),
+    "cxrjax_examples_per_s": round(batch * steps / cxrjax_seconds, 2),
+    "torch_examples_per_s": round(batch * steps / torch_seconds, 2),
+    "speedup_vs_torch": round(torch_seconds / cxrjax_seconds, 2),
+    # The first step's loss on each side (dropout differs; BLIP's own loss smooths labels by 0.1).
+    "first_loss": {"cxrjax": round(cxrjax_loss, 3), "torch": round(torch_loss, 3)},
+  }
 
 
 def main() -> None:
@@ -219,18 +246,27 @@ def main() -> None:
   parser.add_argument("--new-tokens", type=int, default=20)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--train-steps", type=int, default=4, help="timed fine-tuning steps (0: skip)")
-  parser.add_argument("--train-batch", type=int, default=4, help="fine-tuning batch (BLIP-base at 8 on both sides "
-                      "needed over 19 GB)")
-  parser.add_argument("--torch-device", default="auto", help="auto (CUDA where torch sees a GPU, else cpu), cpu, "
-                      "cuda or cuda:N")
+  parser.add_argument(
+    "--train-batch", type=int, default=4, help="fine-tuning batch (BLIP-base at 8 on both sides needed over 19 GB)"
+  )
+  parser.add_argument(
+    "--torch-device", default="auto", help="auto (CUDA where torch sees a GPU, else cpu), cpu, cuda or cuda:N"
+  )
   parser.add_argument("--smoke", action="store_true", help="the configs' tiny smoke models: checks the script runs")
   args = parser.parse_args()
-  device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.torch_device == "auto"
-                        else args.torch_device)
-  machine = {"device": jax.devices()[0].device_kind, "platform": jax.default_backend(), "cpu_count": os.cpu_count(),
-             "torch_device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-             "torch_threads": torch.get_num_threads(), "jax": jax.__version__, "torch": torch.__version__,
-             "transformers": transformers.__version__}
+  device = torch.device(
+    ("cuda" if torch.cuda.is_available() else "cpu") if args.torch_device == "auto" else args.torch_device
+  )
+  machine = {
+    "device": jax.devices()[0].device_kind,
+    "platform": jax.default_backend(),
+    "cpu_count": os.cpu_count(),
+    "torch_device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    "torch_threads": torch.get_num_threads(),
+    "jax": jax.__version__,
+    "torch": torch.__version__,
+    "transformers": transformers.__version__,
+  }
   names = [name for name in args.models.split(",") if name]
   for name in names:
     start = time.perf_counter()
@@ -238,9 +274,19 @@ def main() -> None:
     print(json.dumps({**result, "wall_s": round(time.perf_counter() - start, 1), **machine}), flush=True)
   if args.train_steps:
     for name in names:
-      print(json.dumps({"benchmark": "hf_captioner_training", "unit": "examples/s", "batch": args.train_batch,
-                        "accumulate_steps": 2, **bench_training(name, args.train_batch, args.train_steps, device,
-                                                                args.smoke), **machine}), flush=True)
+      print(
+        json.dumps(
+          {
+            "benchmark": "hf_captioner_training",
+            "unit": "examples/s",
+            "batch": args.train_batch,
+            "accumulate_steps": 2,
+            **bench_training(name, args.train_batch, args.train_steps, device, args.smoke),
+            **machine,
+          }
+        ),
+        flush=True,
+      )
       jax.clear_caches()  # The previous model's executables and buffers, before the next one's.
       gc.collect()
 

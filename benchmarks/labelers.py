@@ -71,9 +71,17 @@ SHARED = ROOT.parent / "shared/data"
 VOCAB = SHARED / "text/bert-base-uncased-vocab.txt"
 BERTSCORE_LAYER = {"bert-base": 9, "smoke": 1}  # bert-score's model2layers["bert-base-uncased"]; smoke: its 2nd.
 # roberta-large's config.json (the hub's), for the compile-only estimate: the sizes are all it needs.
-ROBERTA_LARGE = dict(vocab_size=50265, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                     intermediate_size=4096, max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5,
-                     pad_token_id=1)
+ROBERTA_LARGE = dict(
+  vocab_size=50265,
+  hidden_size=1024,
+  num_hidden_layers=24,
+  num_attention_heads=16,
+  intermediate_size=4096,
+  max_position_embeddings=514,
+  type_vocab_size=1,
+  layer_norm_eps=1e-5,
+  pad_token_id=1,
+)
 
 
 def _best_times(functions, repeats: int) -> list[float]:
@@ -118,8 +126,9 @@ def bench_chexbert(reports: list[str], batch: int, repeats: int, smoke: bool, fo
   mesh = sharding.create_mesh()
   labeler = chexbert_labeler.Labeler.load(folder / "labeler", mesh=mesh)
   size = "smoke" if smoke else "bert-base"
-  common = dict(benchmark="chexbert_labelling", model=f"{size} (random weights)", reports=len(reports),
-                batch_size=batch)
+  common = dict(
+    benchmark="chexbert_labelling", model=f"{size} (random weights)", reports=len(reports), batch_size=batch
+  )
 
   run_ours = lambda: labeler.logits(reports, batch_size=batch)  # noqa: E731
   start = time.perf_counter()
@@ -127,25 +136,41 @@ def bench_chexbert(reports: list[str], batch: int, repeats: int, smoke: bool, fo
   compile_and_first = time.perf_counter() - start
   tokenizer = transformers.BertTokenizer(vocab=str(VOCAB))
   # label.py tokenises every report, then batches; Labeler.logits tokenises inside, so both time texts -> logits.
-  run_reference = lambda: reference_logits(model, [reference_ids(tokenizer, report) for report in reports],  # noqa: E731
-                                           batch_size=batch)
+  run_reference = lambda: reference_logits(
+    model,
+    [reference_ids(tokenizer, report) for report in reports],  # noqa: E731
+    batch_size=batch,
+  )
   theirs = run_reference()
   seconds, seconds_torch = _best_times([run_ours, run_reference], repeats)
-  _line(**common, implementation="cxrjax", device=f"{jax.devices()[0].device_kind} x{mesh.size}",
-        seconds=round(seconds, 3), reports_per_s=round(len(reports) / seconds, 2),
-        first_pass_with_compile_s=round(compile_and_first, 2))
+  _line(
+    **common,
+    implementation="cxrjax",
+    device=f"{jax.devices()[0].device_kind} x{mesh.size}",
+    seconds=round(seconds, 3),
+    reports_per_s=round(len(reports) / seconds, 2),
+    first_pass_with_compile_s=round(compile_and_first, 2),
+  )
   start = time.perf_counter()
   for report in reports:
     reference_ids(tokenizer, report)
   tokenising = time.perf_counter() - start
-  _line(**common, implementation="pytorch", device=f"cpu ({torch.get_num_threads()} threads)",
-        seconds=round(seconds_torch, 3), reports_per_s=round(len(reports) / seconds_torch, 2),
-        note=f"tokenisation included (transformers' BertTokenizer alone: {tokenising:.3f} s)")
+  _line(
+    **common,
+    implementation="pytorch",
+    device=f"cpu ({torch.get_num_threads()} threads)",
+    seconds=round(seconds_torch, 3),
+    reports_per_s=round(len(reports) / seconds_torch, 2),
+    note=f"tokenisation included (transformers' BertTokenizer alone: {tokenising:.3f} s)",
+  )
   finite = np.isfinite(theirs)
-  _line(benchmark="chexbert_labelling", comparison="cxrjax / pytorch reports/s",
-        ratio=round(seconds_torch / seconds, 3),
-        max_abs_logit_difference=float(np.abs(ours[finite] - theirs[finite]).max()),
-        classes_agree=float((ours.argmax(-1) == theirs.argmax(-1)).mean()))
+  _line(
+    benchmark="chexbert_labelling",
+    comparison="cxrjax / pytorch reports/s",
+    ratio=round(seconds_torch / seconds, 3),
+    max_abs_logit_difference=float(np.abs(ours[finite] - theirs[finite]).max()),
+    classes_agree=float((ours.argmax(-1) == theirs.argmax(-1)).mean()),
+  )
 
 
 def _patched_bert_score():
@@ -167,8 +192,9 @@ def bench_bertscore(reports: list[str], batch: int, repeats: int, smoke: bool, f
   size = "smoke" if smoke else "bert-base"
   layer = BERTSCORE_LAYER[size]
   candidates, references = reports[1:] + reports[:1], reports
-  common = dict(benchmark="bertscore", model=f"{size} (random weights), layer {layer}", reports=len(reports),
-                batch_size=batch)
+  common = dict(
+    benchmark="bertscore", model=f"{size} (random weights), layer {layer}", reports=len(reports), batch_size=batch
+  )
 
   mesh = sharding.create_mesh()
   scorer = bertscore.BertScorer.from_directory(directory, num_layers=layer)
@@ -177,18 +203,33 @@ def bench_bertscore(reports: list[str], batch: int, repeats: int, smoke: bool, f
   start = time.perf_counter()
   ours = run_ours()
   compile_and_first = time.perf_counter() - start
-  package = _patched_bert_score()(model_type=str(directory), num_layers=layer, batch_size=batch, device="cpu",
-                                  idf=False)  # Loads the model once, as cxrjax's scorer holds it.
+  package = _patched_bert_score()(
+    model_type=str(directory), num_layers=layer, batch_size=batch, device="cpu", idf=False
+  )  # Loads the model once, as cxrjax's scorer holds it.
   run_package = lambda: package.score(candidates, references, batch_size=batch)[2].numpy()  # noqa: E731
   theirs = run_package()
   seconds, seconds_torch = _best_times([run_ours, run_package], repeats)
-  _line(**common, implementation="cxrjax", device=f"{jax.devices()[0].device_kind} x{mesh.size}",
-        seconds=round(seconds, 3), reports_per_s=round(len(reports) / seconds, 2),
-        first_pass_with_compile_s=round(compile_and_first, 2))
-  _line(**common, implementation="pytorch bert_score.BERTScorer.score", device=f"cpu ({torch.get_num_threads()} "
-        "threads)", seconds=round(seconds_torch, 3), reports_per_s=round(len(reports) / seconds_torch, 2))
-  _line(benchmark="bertscore", comparison="cxrjax / pytorch reports/s", ratio=round(seconds_torch / seconds, 3),
-        max_abs_f1_difference=float(np.abs(ours - theirs).max()))
+  _line(
+    **common,
+    implementation="cxrjax",
+    device=f"{jax.devices()[0].device_kind} x{mesh.size}",
+    seconds=round(seconds, 3),
+    reports_per_s=round(len(reports) / seconds, 2),
+    first_pass_with_compile_s=round(compile_and_first, 2),
+  )
+  _line(
+    **common,
+    implementation="pytorch bert_score.BERTScorer.score",
+    device=f"cpu ({torch.get_num_threads()} threads)",
+    seconds=round(seconds_torch, 3),
+    reports_per_s=round(len(reports) / seconds_torch, 2),
+  )
+  _line(
+    benchmark="bertscore",
+    comparison="cxrjax / pytorch reports/s",
+    ratio=round(seconds_torch / seconds, 3),
+    max_abs_f1_difference=float(np.abs(ours - theirs).max()),
+  )
 
 
 def _abstract(tree, target: jax.sharding.NamedSharding):
@@ -198,17 +239,30 @@ def _abstract(tree, target: jax.sharding.NamedSharding):
 def _compiled(aot, tpu_slice, name: str, function, arguments: tuple, variables, batch_parts, mesh):
   """aot.compile_program's Report of `function(*arguments)` (abstract arrays laid out on `mesh`)."""
   rows = jax.tree.leaves(batch_parts)[0].shape[0]
-  built = aot.Built(name=name, function=function, arguments=arguments, mesh=mesh, batch=rows,
-                    chips=tpu_slice.chips, hosts=tpu_slice.hosts, state=variables,
-                    parts=dict(parameters=variables, batch=batch_parts))
+  built = aot.Built(
+    name=name,
+    function=function,
+    arguments=arguments,
+    mesh=mesh,
+    batch=rows,
+    chips=tpu_slice.chips,
+    hosts=tpu_slice.hosts,
+    state=variables,
+    parts=dict(parameters=variables, batch=batch_parts),
+  )
   return aot.compile_program(built, tpu_slice, explain=False)
 
 
 def _estimate_fields(report) -> dict:
-  return dict(fits=report.fits, hbm_used_mib=round(report.hbm_used / 2 ** 20, 1),
-              flops=report.flops, bytes_accessed=report.bytes_accessed,
-              estimated_ms=None if report.estimated_seconds is None else round(report.estimated_seconds * 1e3, 3),
-              estimate=report.estimate, compile_s=round(report.compile_seconds, 1))
+  return dict(
+    fits=report.fits,
+    hbm_used_mib=round(report.hbm_used / 2**20, 1),
+    flops=report.flops,
+    bytes_accessed=report.bytes_accessed,
+    estimated_ms=None if report.estimated_seconds is None else round(report.estimated_seconds * 1e3, 3),
+    estimate=report.estimate,
+    compile_s=round(report.compile_seconds, 1),
+  )
 
 
 def tpu_estimates(topology: str, batch_per_chip: int, length: int) -> None:
@@ -220,34 +274,64 @@ def tpu_estimates(topology: str, batch_per_chip: int, length: int) -> None:
   replicated, rows = sharding.replicated(mesh), sharding.data_sharded(mesh)
   batch = batch_per_chip * mesh.shape[sharding.DATA_AXIS]
   ids = jax.ShapeDtypeStruct((batch, length), jnp.int32, sharding=rows)
-  common = dict(topology=topology, chip=tpu_slice.kind, chips=tpu_slice.chips, mesh=dict(mesh.shape),
-                batch=batch, batch_per_chip=batch_per_chip, length=length, dtype="float32")
+  common = dict(
+    topology=topology,
+    chip=tpu_slice.kind,
+    chips=tpu_slice.chips,
+    mesh=dict(mesh.shape),
+    batch=batch,
+    batch_per_chip=batch_per_chip,
+    length=length,
+    dtype="float32",
+  )
 
   model = chexbert.CheXbert(**chexbert.BERT_BASE)
   variables = _abstract(chexbert_labeler.abstract_variables(model), replicated)
-  report = _compiled(aot, tpu_slice, "chexbert_labelling", chexbert_labeler.jit_logits(model, mesh),
-                     (variables, ids, ids), variables, (ids, ids), mesh)
-  _line(benchmark="chexbert_labelling", estimate_for="tpu", model="bert-base", **common,
-        reports_per_s_per_chip=None if report.estimated_seconds is None else round(report.examples_per_s_per_chip, 1),
-        **_estimate_fields(report))
+  report = _compiled(
+    aot,
+    tpu_slice,
+    "chexbert_labelling",
+    chexbert_labeler.jit_logits(model, mesh),
+    (variables, ids, ids),
+    variables,
+    (ids, ids),
+    mesh,
+  )
+  _line(
+    benchmark="chexbert_labelling",
+    estimate_for="tpu",
+    model="bert-base",
+    **common,
+    reports_per_s_per_chip=None if report.estimated_seconds is None else round(report.examples_per_s_per_chip, 1),
+    **_estimate_fields(report),
+  )
 
-  for size, hf_config, layer in (("bert-base-uncased", transformers.BertConfig().to_dict(), 9),
-                                 ("roberta-large", transformers.RobertaConfig(**ROBERTA_LARGE).to_dict(), 17)):
+  for size, hf_config, layer in (
+    ("bert-base-uncased", transformers.BertConfig().to_dict(), 9),
+    ("roberta-large", transformers.RobertaConfig(**ROBERTA_LARGE).to_dict(), 17),
+  ):
     encoder = text.TextEncoder(**hf_text.encoder_fields(hf_config, size)).clone(num_layers=layer)
     tokens = jnp.zeros((1, 2), jnp.int32)
     variables = _abstract(jax.eval_shape(lambda: encoder.init(jax.random.key(0), tokens, tokens)), replicated)
     mask = jax.ShapeDtypeStruct((batch, length), jnp.bool_, sharding=rows)
-    embedded = _compiled(aot, tpu_slice, "bertscore_embed", bertscore.embed, (encoder, variables, ids, mask),
-                         variables, (ids, mask), mesh)
+    embedded = _compiled(
+      aot, tpu_slice, "bertscore_embed", bertscore.embed, (encoder, variables, ids, mask), variables, (ids, mask), mesh
+    )
     units = jax.ShapeDtypeStruct((batch, length, encoder.hidden_size), jnp.float32, sharding=rows)
     weights = jax.ShapeDtypeStruct((batch, length), jnp.float32, sharding=rows)
     pair = (units, mask, weights)
-    matched = _compiled(aot, tpu_slice, "bertscore_match", bertscore.greedy_match, pair + pair, {}, pair + pair,
-                        mesh)
+    matched = _compiled(aot, tpu_slice, "bertscore_match", bertscore.greedy_match, pair + pair, {}, pair + pair, mesh)
     seconds = (embedded.estimated_seconds or math.nan) + (matched.estimated_seconds or math.nan)
-    _line(benchmark="bertscore", estimate_for="tpu", model=f"{size}, layer {layer}", **common,
-          reports_per_s_per_chip=round(batch_per_chip / seconds, 1), estimated_ms=round(seconds * 1e3, 3),
-          embed=_estimate_fields(embedded), match=_estimate_fields(matched))
+    _line(
+      benchmark="bertscore",
+      estimate_for="tpu",
+      model=f"{size}, layer {layer}",
+      **common,
+      reports_per_s_per_chip=round(batch_per_chip / seconds, 1),
+      estimated_ms=round(seconds * 1e3, 3),
+      embed=_estimate_fields(embedded),
+      match=_estimate_fields(matched),
+    )
 
 
 def main() -> None:
@@ -257,8 +341,9 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=2)
   parser.add_argument("--skip-bertscore", action="store_true")
   parser.add_argument("--smoke", action="store_true", help="a tiny model: checks that the script runs")
-  parser.add_argument("--tpu-topology", help="compile for this TPU slice (e.g. v5e:2x2) and print estimates "
-                      "instead of measuring here")
+  parser.add_argument(
+    "--tpu-topology", help="compile for this TPU slice (e.g. v5e:2x2) and print estimates instead of measuring here"
+  )
   parser.add_argument("--tpu-batch-per-chip", type=int, default=64)
   parser.add_argument("--tpu-length", type=int, default=128, help="padded ids per report in the estimate")
   args = parser.parse_args()

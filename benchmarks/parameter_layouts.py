@@ -19,8 +19,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 VOCAB_SIZE = 30522  # bert-base-uncased's WordPiece vocabulary: GIT, BLIP and seed 003 use it.
-LAYOUTS = {"replicated": "", "fsdp": "fsdp", "model_parallel=2": "model_parallel=2",
-           "model_parallel=2,fsdp": "model_parallel=2,fsdp"}
+LAYOUTS = {
+  "replicated": "",
+  "fsdp": "fsdp",
+  "model_parallel=2": "model_parallel=2",
+  "model_parallel=2,fsdp": "model_parallel=2,fsdp",
+}
 
 
 class _VocabularySize:
@@ -39,7 +43,7 @@ def main() -> None:
   from cxrjax import sharding, workdir  # pylint: disable=g-import-not-at-top
   from configs import roco_blip, roco_git, rocov2_graph  # pylint: disable=g-import-not-at-top
 
-  mib = lambda n: round(n / 2 ** 20, 1)
+  mib = lambda n: round(n / 2**20, 1)
   results = []
   for name, module in (("roco_git", roco_git), ("roco_blip", roco_blip), ("rocov2_graph", rocov2_graph)):
     for layout, arg in LAYOUTS.items():
@@ -49,10 +53,17 @@ def main() -> None:
       state = workdir.abstract_state(components, mesh, config.get("sharding"))
       params = sharding.parameter_bytes_per_device(state.params)
       opt_state = sharding.parameter_bytes_per_device(state.opt_state)
-      results.append(dict(config=name, layout=layout, mesh=dict(mesh.shape),
-                          params_mib=mib(params["total"]), params_per_device_mib=mib(params["per_device_max"]),
-                          opt_state_mib=mib(opt_state["total"]),
-                          opt_state_per_device_mib=mib(opt_state["per_device_max"])))
+      results.append(
+        dict(
+          config=name,
+          layout=layout,
+          mesh=dict(mesh.shape),
+          params_mib=mib(params["total"]),
+          params_per_device_mib=mib(params["per_device_max"]),
+          opt_state_mib=mib(opt_state["total"]),
+          opt_state_per_device_mib=mib(opt_state["per_device_max"]),
+        )
+      )
   print(json.dumps({"benchmark": "parameter_layouts", "devices": jax.device_count(), "results": results}))
 
 

@@ -36,7 +36,6 @@ IU_DIR = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "iu_x
 
 
 class _ListSource:
-
   def __init__(self, records):
     self.records = records
 
@@ -88,26 +87,42 @@ def main() -> None:
   args = parser.parse_args()
 
   num_records = args.batch_size * (args.batches + 1)
-  sources = {"png_files": _ListSource(_real_report_records(num_records, as_bytes=False)),
-             "png_bytes": _ListSource(_real_report_records(num_records, as_bytes=True))}
+  sources = {
+    "png_files": _ListSource(_real_report_records(num_records, as_bytes=False)),
+    "png_bytes": _ListSource(_real_report_records(num_records, as_bytes=True)),
+  }
   if args.data_dir:
     sources["tfds"] = iu_xray.IUXraySource(args.data_dir, args.tfds_config, "train")
-  sources["phantom"] = phantom.PhantomSource("train", num_records,
-                                             phantom.PhantomConfig(image_size=args.image_size))
+  sources["phantom"] = phantom.PhantomSource("train", num_records, phantom.PhantomConfig(image_size=args.image_size))
   reports = [cleaning.clean_report(r["report"], "r2gen") for r in sources["png_files"].records]
   vocabulary = tokenizers.WordVocabulary.build(reports, min_count=1, cleaning_style="r2gen")
-  preprocessing = transforms.Preprocessing(image_size=args.image_size, num_views=2,
-                                           augment=transforms.Augmentation(random_crop=True, flip=True))
+  preprocessing = transforms.Preprocessing(
+    image_size=args.image_size, num_views=2, augment=transforms.Augmentation(random_crop=True, flip=True)
+  )
 
-  results = {"benchmark": "grain_pipeline", "unit": "examples/s on one core (one study = 2 views)",
-             "batch_size": args.batch_size, "timed_batches": args.batches,
-             "image_size": args.image_size, "cpu_count": os.cpu_count(),
-             "machine": platform.machine(), "processor": platform.processor() or None}
+  results = {
+    "benchmark": "grain_pipeline",
+    "unit": "examples/s on one core (one study = 2 views)",
+    "batch_size": args.batch_size,
+    "timed_batches": args.batches,
+    "image_size": args.image_size,
+    "cpu_count": os.cpu_count(),
+    "machine": platform.machine(),
+    "processor": platform.processor() or None,
+  }
   for name, source in sources.items():
     for train in (True, False):
-      dataset = pipeline.make_dataset(source, vocabulary, preprocessing, batch_size=args.batch_size,
-                                      max_length=args.max_length, train=train, seed=0, shard_index=0,
-                                      shard_count=1)
+      dataset = pipeline.make_dataset(
+        source,
+        vocabulary,
+        preprocessing,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        train=train,
+        seed=0,
+        shard_index=0,
+        shard_count=1,
+      )
       mode = "train" if train else "eval"
       for key, value in _rates(dataset, args.batch_size, args.batches).items():
         results[f"{name}_{mode}_{key}"] = value

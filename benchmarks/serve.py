@@ -48,6 +48,7 @@ def _load(url: str, study: list[bytes], requests: int, concurrency: int) -> dict
     started = time.perf_counter()
     status, _ = client.predict(url, study)
     return status, time.perf_counter() - started
+
   _, before = client.request(url + "api/v1/models")
   started = time.perf_counter()
   with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
@@ -55,8 +56,12 @@ def _load(url: str, study: list[bytes], requests: int, concurrency: int) -> dict
   seconds = time.perf_counter() - started
   _, after = client.request(url + "api/v1/models")
   calls = after["models"][0]["stats"]["calls"] - before["models"][0]["stats"]["calls"]
-  return {"studies_per_s": round(requests / seconds, 2), **_percentiles([s for _, s in answers]),
-          "errors": sum(status != 200 for status, _ in answers), "mean_batch": round(requests / max(calls, 1), 2)}
+  return {
+    "studies_per_s": round(requests / seconds, 2),
+    **_percentiles([s for _, s in answers]),
+    "errors": sum(status != 200 for status, _ in answers),
+    "mean_batch": round(requests / max(calls, 1), 2),
+  }
 
 
 def _ratio(served: dict, faster: str, slower: str) -> float | None:
@@ -85,6 +90,7 @@ def _screenshot(url: str, paths: list[str], out: str) -> None:
   from selenium.webdriver.common.by import By  # pylint: disable=g-import-not-at-top
   from selenium.webdriver.support.ui import WebDriverWait  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   options = webdriver.ChromeOptions()
   options.binary_location = shutil.which("chromium")
   for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1200,880"):
@@ -118,9 +124,23 @@ def main() -> None:
 
   paths = [str(IMAGES / name) for name in STUDY]
   study = [pathlib.Path(p).read_bytes() for p in paths]
-  server = subprocess.Popen([sys.executable, "-m", "cxrjax.cli", "serve", "--workdir", args.workdir, "--port", "0",
-                             "--batch-window-ms", str(args.batch_window_ms)], cwd=ROOT, stdout=subprocess.PIPE,
-                            text=True)
+  server = subprocess.Popen(
+    [
+      sys.executable,
+      "-m",
+      "cxrjax.cli",
+      "serve",
+      "--workdir",
+      args.workdir,
+      "--port",
+      "0",
+      "--batch-window-ms",
+      str(args.batch_window_ms),
+    ],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    text=True,
+  )
   try:
     started = json.loads(server.stdout.readline())
     url = started["url"]
@@ -136,15 +156,30 @@ def main() -> None:
   sequential = _sequential(args.workdir, paths, args.requests)
   model = listing["models"][0]
   best = max(served.values(), key=lambda r: r["studies_per_s"])
-  print(json.dumps({
-      "benchmark": "serve", "unit": "studies/s", "model": model["family"], "step": model["step"],
-      "image_size": model["image_size"], "decoding": model["decoding"], "batch_sizes": model["batch_sizes"],
-      "batch_window_ms": args.batch_window_ms, "requests": args.requests, "server_warm_up_s": started["warm_up_s"],
-      "sequential_predict": sequential, **served,
-      "best_speedup_vs_sequential": round(best["studies_per_s"] / sequential["studies_per_s"], 2),
-      "speedup_8_vs_1": _ratio(served, "concurrency_8", "concurrency_1"),
-      "device": jax.devices()[0].device_kind, "platform": jax.default_backend(), "cpu_count": os.cpu_count(),
-      "jax": jax.__version__}))
+  print(
+    json.dumps(
+      {
+        "benchmark": "serve",
+        "unit": "studies/s",
+        "model": model["family"],
+        "step": model["step"],
+        "image_size": model["image_size"],
+        "decoding": model["decoding"],
+        "batch_sizes": model["batch_sizes"],
+        "batch_window_ms": args.batch_window_ms,
+        "requests": args.requests,
+        "server_warm_up_s": started["warm_up_s"],
+        "sequential_predict": sequential,
+        **served,
+        "best_speedup_vs_sequential": round(best["studies_per_s"] / sequential["studies_per_s"], 2),
+        "speedup_8_vs_1": _ratio(served, "concurrency_8", "concurrency_1"),
+        "device": jax.devices()[0].device_kind,
+        "platform": jax.default_backend(),
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+      }
+    )
+  )
 
 
 if __name__ == "__main__":

@@ -28,24 +28,37 @@ def probe(name: str, function, shapes: list[tuple[int, ...]], intermediates: lis
   costs = compiled.cost_analysis()
   costs = costs[0] if isinstance(costs, list) else costs
   output = jax.eval_shape(function, *arguments).shape
-  once = 2 * (sum(int(np.prod(s)) for s in shapes) + 2 * sum(int(np.prod(s)) for s in intermediates)
-              + int(np.prod(output)))
-  return dict(benchmark="tpu_bytes_probe", program=name, xla_bytes_accessed=int(costs["bytes accessed"]),
-              bytes_read_or_written_once=once, ratio=round(costs["bytes accessed"] / once, 2),
-              xla_flops=int(costs["flops"]))
+  once = 2 * (
+    sum(int(np.prod(s)) for s in shapes) + 2 * sum(int(np.prod(s)) for s in intermediates) + int(np.prod(output))
+  )
+  return dict(
+    benchmark="tpu_bytes_probe",
+    program=name,
+    xla_bytes_accessed=int(costs["bytes accessed"]),
+    bytes_read_or_written_once=once,
+    ratio=round(costs["bytes accessed"] / once, 2),
+    xla_flops=int(costs["flops"]),
+  )
 
 
 def main() -> None:
   jax.config.update("jax_platforms", "cpu")  # Traced here; compiled for the described slice.
   from cxrjax import aot  # pylint: disable=g-import-not-at-top
+
   devices = aot.describe_slice("v5e:2x2").devices
   mesh = jax.sharding.Mesh(np.array(devices), ("data",))
   n = 4096
   for line in (
-      probe("a @ b, 4096^2 each", lambda a, b: a @ b, [(n, n), (n, n)], [], mesh),
-      probe("(a @ b) @ c, 4096^2 each", lambda a, b, c: (a @ b) @ c, [(n, n)] * 3, [(n, n)], mesh),
-      probe("gelu(x @ w1) @ w2, x 8192x768, w1 768x3072", lambda x, w1, w2: jax.nn.gelu(x @ w1) @ w2,
-            [(8192, 768), (768, 3072), (3072, 768)], [(8192, 3072)], mesh)):
+    probe("a @ b, 4096^2 each", lambda a, b: a @ b, [(n, n), (n, n)], [], mesh),
+    probe("(a @ b) @ c, 4096^2 each", lambda a, b, c: (a @ b) @ c, [(n, n)] * 3, [(n, n)], mesh),
+    probe(
+      "gelu(x @ w1) @ w2, x 8192x768, w1 768x3072",
+      lambda x, w1, w2: jax.nn.gelu(x @ w1) @ w2,
+      [(8192, 768), (768, 3072), (3072, 768)],
+      [(8192, 3072)],
+      mesh,
+    ),
+  ):
     print(json.dumps(line), flush=True)
 
 

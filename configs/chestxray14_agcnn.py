@@ -33,34 +33,70 @@ IMAGES_PER_EPOCH = 78_329
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = config_lib.parse_arg(arg, stage=1, split="random", classes=15, batch=32, smoke=False, phantom=False,
-                             demo=False)
+  arg = config_lib.parse_arg(arg, stage=1, split="random", classes=15, batch=32, smoke=False, phantom=False, demo=False)
   if arg.stage not in agcnn.STAGE_MODULES:
     raise config_lib.ConfigError(f"stage={arg.stage}; expected 1, 2 or 3")
   config = ml_collections.ConfigDict()
-  config.data = dict(name="chestxray14", data_dir="", tfds_config=arg.split,
-                     include_no_finding=arg.classes == 15, image_size=224, num_views=1,
-                     # AG-CNN's 256 resize + random 224 crop (crop_resize 0: image_size * 8 / 7) and flip (no
-                     # text: a flipped image keeps its labels); evaluation squashes to 224 x 224.
-                     augment=dict(random_crop=True, crop_resize=0, flip=True, rotation=0.0),
-                     max_length=2, cleaning="r2gen", read_threads=2)
-  config.model = dict(name="agcnn", stage=arg.stage, encoder=config_lib.densenet121_encoder(),
-                      num_classes=arg.classes, threshold=0.7, crop_size=224, dtype="float32")
+  config.data = dict(
+    name="chestxray14",
+    data_dir="",
+    tfds_config=arg.split,
+    include_no_finding=arg.classes == 15,
+    image_size=224,
+    num_views=1,
+    # AG-CNN's 256 resize + random 224 crop (crop_resize 0: image_size * 8 / 7) and flip (no
+    # text: a flipped image keeps its labels); evaluation squashes to 224 x 224.
+    augment=dict(random_crop=True, crop_resize=0, flip=True, rotation=0.0),
+    max_length=2,
+    cleaning="r2gen",
+    read_threads=2,
+  )
+  config.model = dict(
+    name="agcnn",
+    stage=arg.stage,
+    encoder=config_lib.densenet121_encoder(),
+    num_classes=arg.classes,
+    threshold=0.7,
+    crop_size=224,
+    dtype="float32",
+  )
   config.init = config_lib.no_init()
   steps_per_epoch = IMAGES_PER_EPOCH // arg.batch
   config.optimizer = dict(
-      name="adam_l2", schedule="step", learning_rate=1e-4, decay_every_steps=20 * steps_per_epoch,
-      weight_decay=1e-4, grad_clip_norm=1e3, b1=0.9, b2=0.999, warmup_steps=0, final_lr_fraction=1.0,
-      # Each stage trains its branch; the others stay as the previous stage left them.
-      param_groups=((agcnn.STAGE_MODULES[arg.stage] + "/.*", 1.0), (".*", None)))
-  config.train = dict(batch_size=arg.batch, num_steps=50 * steps_per_epoch, seed=0, profile_steps=(), log_every=100,
-                      eval_every=steps_per_epoch, checkpoint_every=1000, cache_features=False)
+    name="adam_l2",
+    schedule="step",
+    learning_rate=1e-4,
+    decay_every_steps=20 * steps_per_epoch,
+    weight_decay=1e-4,
+    grad_clip_norm=1e3,
+    b1=0.9,
+    b2=0.999,
+    warmup_steps=0,
+    final_lr_fraction=1.0,
+    # Each stage trains its branch; the others stay as the previous stage left them.
+    param_groups=((agcnn.STAGE_MODULES[arg.stage] + "/.*", 1.0), (".*", None)),
+  )
+  config.train = dict(
+    batch_size=arg.batch,
+    num_steps=50 * steps_per_epoch,
+    seed=0,
+    profile_steps=(),
+    log_every=100,
+    eval_every=steps_per_epoch,
+    checkpoint_every=1000,
+    cache_features=False,
+  )
   config.eval = dict(batch_size=64, best_metric="mean_AUROC", max_val_examples=0)
   if arg.phantom or arg.demo:
     # The phantom set carries five finding labels; the classifier reads its frontal view.
-    config.data.update(name="phantom", num_views=2, num_train=64, num_val=16,
-                       num_test=16, phantom_prevalences=dict(cardiomegaly=0.5, effusion=0.5,
-                                                              pneumothorax=0.5, opacity=0.5, nodule=0.5))
+    config.data.update(
+      name="phantom",
+      num_views=2,
+      num_train=64,
+      num_val=16,
+      num_test=16,
+      phantom_prevalences=dict(cardiomegaly=0.5, effusion=0.5, pneumothorax=0.5, opacity=0.5, nodule=0.5),
+    )
     config.data.augment.flip = False  # Its findings have sides (Effusion/left).
     config.model.num_classes = 5
   if arg.smoke:

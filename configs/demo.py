@@ -25,14 +25,28 @@ from cxrjax import config as config_lib
 
 def _attention_model() -> dict:
   return dict(
-      name="attention_captioner", encoder=config_lib.tiny_encoder(), region_dim=128, embed_dim=64,
-      hidden_dim=256, attention="bahdanau", attention_dim=128, dropout_rate=0.1, initial_state="pooled",
-      dtype="float32")
+    name="attention_captioner",
+    encoder=config_lib.tiny_encoder(),
+    region_dim=128,
+    embed_dim=64,
+    hidden_dim=256,
+    attention="bahdanau",
+    attention_dim=128,
+    dropout_rate=0.1,
+    initial_state="pooled",
+    dtype="float32",
+  )
 
 
 def _lstm_model() -> dict:
-  return dict(name="lstm_captioner", encoder=config_lib.tiny_encoder(), embed_dim=64, hidden_dim=256,
-              dropout_rate=0.1, dtype="float32")
+  return dict(
+    name="lstm_captioner",
+    encoder=config_lib.tiny_encoder(),
+    embed_dim=64,
+    hidden_dim=256,
+    dropout_rate=0.1,
+    dtype="float32",
+  )
 
 
 def _cam_model() -> dict:
@@ -49,31 +63,49 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
   config.data = dict(
-      name="phantom", image_size=arg.res, num_views=2, max_length=40, cleaning="r2gen", tokenizer="",
-      vocabulary_min_count=1,
-      # R2Gen's random crop of an 8/7 resize (73 -> 64), unflipped: the reports name sides, and a flipped
-      # image would contradict its report.
-      augment=dict(random_crop=True, crop_resize=0, flip=False, rotation=0.0),
-      read_threads=1,  # Draws the next batch's phantoms while the step computes.
-      num_train=4000, num_val=200, num_test=500, phantom_seed=0,
-      # Higher prevalences than the phantom defaults (cardiomegaly 0.22, effusion 0.18, pneumothorax 0.1,
-      # opacity 0.18, nodule 0.12: cxrjax/data/phantom/findings.py), so that the most common report is a
-      # weak answer and the score measures how much the model reads from the images.
-      phantom_prevalences=dict(cardiomegaly=0.4, effusion=0.4, pneumothorax=0.3, opacity=0.4, nodule=0.3))
+    name="phantom",
+    image_size=arg.res,
+    num_views=2,
+    max_length=40,
+    cleaning="r2gen",
+    tokenizer="",
+    vocabulary_min_count=1,
+    # R2Gen's random crop of an 8/7 resize (73 -> 64), unflipped: the reports name sides, and a flipped
+    # image would contradict its report.
+    augment=dict(random_crop=True, crop_resize=0, flip=False, rotation=0.0),
+    read_threads=1,  # Draws the next batch's phantoms while the step computes.
+    num_train=4000,
+    num_val=200,
+    num_test=500,
+    phantom_seed=0,
+    # Higher prevalences than the phantom defaults (cardiomegaly 0.22, effusion 0.18, pneumothorax 0.1,
+    # opacity 0.18, nodule 0.12: cxrjax/data/phantom/findings.py), so that the most common report is a
+    # weak answer and the score measures how much the model reads from the images.
+    phantom_prevalences=dict(cardiomegaly=0.4, effusion=0.4, pneumothorax=0.3, opacity=0.4, nodule=0.3),
+  )
 
   config.model = MODEL_SECTIONS[arg.model]()
   config.init = config_lib.no_init()  # No pretrained weights exist for the phantoms.
   config.optimizer = config_lib.adamw(2e-3, 100, config_lib.TRAINED_EVERYWHERE, final_lr_fraction=0.05)
-  config.train = dict(batch_size=32, num_steps=arg.steps, seed=0, profile_steps=(), log_every=50, eval_every=300,
-                      checkpoint_every=300, cache_features=False)
+  config.train = dict(
+    batch_size=32,
+    num_steps=arg.steps,
+    seed=0,
+    profile_steps=(),
+    log_every=50,
+    eval_every=300,
+    checkpoint_every=300,
+    cache_features=False,
+  )
   config.decode = dict(beam_size=3, max_length=39, length_penalty=0.0, block_ngram_repeat=0)
   config.eval = dict(batch_size=50, best_metric="BLEU-4", max_val_examples=200)
 
   if arg.smoke:
     config.data.update(image_size=32, num_train=64, num_val=8, num_test=8, max_length=24)
     config.model.update(encoder=config_lib.smoke_encoder(), embed_dim=8, hidden_dim=16)
-    config.model.update({k: v for k, v in dict(region_dim=16, attention_dim=16, context_dim=8).items()
-                         if k in config.model})
+    config.model.update(
+      {k: v for k, v in dict(region_dim=16, attention_dim=16, context_dim=8).items() if k in config.model}
+    )
     config.train.update(batch_size=8, num_steps=4, log_every=2, eval_every=4, checkpoint_every=2)
     config.optimizer.warmup_steps = 1
     config.decode.update(max_length=23)

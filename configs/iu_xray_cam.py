@@ -29,11 +29,22 @@ from cxrjax import config as config_lib
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = config_lib.parse_arg(arg, smoke=False, tpu=False, split="random", sections="findings",
-                             attention="bahdanau", pool=2)
+  arg = config_lib.parse_arg(
+    arg, smoke=False, tpu=False, split="random", sections="findings", attention="bahdanau", pool=2
+  )
   model = dict(
-      name="cam_captioner", encoder=config_lib.densenet121_encoder(), context_dim=512, pool_factor=arg.pool,
-      region_dim=512, embed_dim=300, hidden_dim=512, attention=arg.attention, attention_dim=512,
-      dropout_rate=0.2, initial_state="zeros", dtype="float32")
+    name="cam_captioner",
+    encoder=config_lib.densenet121_encoder(),
+    context_dim=512,
+    pool_factor=arg.pool,
+    region_dim=512,
+    embed_dim=300,
+    hidden_dim=512,
+    attention=arg.attention,
+    attention_dim=512,
+    dropout_rate=0.2,
+    initial_state="zeros",
+    dtype="float32",
+  )
   smoke_model = dict(context_dim=16, region_dim=32, embed_dim=16, hidden_dim=32, attention_dim=32)
   return config_lib.iu_xray_experiment(arg, model, smoke_model)

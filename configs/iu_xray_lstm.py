@@ -30,8 +30,14 @@ from cxrjax import config as config_lib
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = config_lib.parse_arg(arg, smoke=False, tpu=False, split="random", sections="findings", freeze=False)
-  model = dict(name="lstm_captioner", encoder=config_lib.densenet121_encoder(), embed_dim=300, hidden_dim=512,
-               dropout_rate=0.2, dtype="float32")
+  model = dict(
+    name="lstm_captioner",
+    encoder=config_lib.densenet121_encoder(),
+    embed_dim=300,
+    hidden_dim=512,
+    dropout_rate=0.2,
+    dtype="float32",
+  )
   param_groups = config_lib.FROZEN_ENCODER
   if arg.freeze:  # Seed 001: the fastText embedding stays as loaded.
     param_groups = (("decoder/embed/.*", None),) + param_groups

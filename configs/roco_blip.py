@@ -61,11 +61,14 @@ BLIP_BASE_HF_CONFIG = dict(model_type="blip", text_config=dict(num_attention_hea
 # BlipForConditionalGeneration(BlipConfig(**SMOKE_HF_CONFIG)).save_pretrained(...), so that the smoke
 # run fine-tunes from its `port-weights` workdir.
 SMOKE_HF_CONFIG = dict(
-    model_type="blip",
-    vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                       image_size=32, patch_size=8),
-    text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     max_position_embeddings=64))
+  model_type="blip",
+  vision_config=dict(
+    hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
+  ),
+  text_config=dict(
+    hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=64
+  ),
+)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -81,14 +84,36 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg.fsdp = True
   if arg.demo:
     config.data = config_lib.phantom_captions_demo_data()
-    encoder = dict(vit.ViTConfig(image_size=64, patch_size=8, hidden_size=64, num_layers=2, num_heads=4,
-                                 mlp_dim=128, layer_norm_eps=1e-5, activation="gelu", patch_bias=True,
-                                 pre_norm=False).to_dict(), preprocessing=dict(hf_blip.PREPROCESSING))
-    config.model.update(encoder=encoder, hidden_size=64, num_heads=4, num_layers=2, intermediate_size=128,
-                        max_positions=32, prompt_ids=(), cache_length=24, dropout_rate=0.1,
-                        attention_dropout_rate=0.1)
-    config.optimizer.update(learning_rate=1e-3, warmup_steps=50, final_lr_fraction=0.05, weight_decay=1e-4,
-                            accumulate_steps=1)
+    encoder = dict(
+      vit.ViTConfig(
+        image_size=64,
+        patch_size=8,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        mlp_dim=128,
+        layer_norm_eps=1e-5,
+        activation="gelu",
+        patch_bias=True,
+        pre_norm=False,
+      ).to_dict(),
+      preprocessing=dict(hf_blip.PREPROCESSING),
+    )
+    config.model.update(
+      encoder=encoder,
+      hidden_size=64,
+      num_heads=4,
+      num_layers=2,
+      intermediate_size=128,
+      max_positions=32,
+      prompt_ids=(),
+      cache_length=24,
+      dropout_rate=0.1,
+      attention_dropout_rate=0.1,
+    )
+    config.optimizer.update(
+      learning_rate=1e-3, warmup_steps=50, final_lr_fraction=0.05, weight_decay=1e-4, accumulate_steps=1
+    )
     config.train.update(batch_size=32, num_steps=1500, log_every=50, eval_every=500, checkpoint_every=500)
     config.decode.update(max_length=23)
     config.eval.update(batch_size=50, best_metric="BLEU-4", max_val_examples=100)
@@ -98,9 +123,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.decode.update(max_length=16)
     config.eval.update(batch_size=8, max_val_examples=8)
     if arg.demo:
-      config.model.update(encoder=dict(vit.tiny_config(), activation="gelu", patch_bias=True, pre_norm=False,
-                                       preprocessing=dict(hf_blip.PREPROCESSING)),
-                          hidden_size=16, num_heads=2, num_layers=2, intermediate_size=32)
+      config.model.update(
+        encoder=dict(
+          vit.tiny_config(),
+          activation="gelu",
+          patch_bias=True,
+          pre_norm=False,
+          preprocessing=dict(hf_blip.PREPROCESSING),
+        ),
+        hidden_size=16,
+        num_heads=2,
+        num_layers=2,
+        intermediate_size=32,
+      )
       config.data.update(image_size=32, num_train=64, num_val=8, num_test=8)
   if arg.fsdp or arg.model_parallel > 1:
     config.sharding = config_lib.sharding_section(arg.model_parallel, arg.fsdp)

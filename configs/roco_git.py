@@ -57,10 +57,16 @@ GIT_BASE_HF_CONFIG = dict(model_type="git")
 # GitForCausalLM(GitConfig(**SMOKE_HF_CONFIG)).save_pretrained(...) beside bert-base-uncased's vocab.txt,
 # so that the smoke run fine-tunes from its `port-weights` workdir.
 SMOKE_HF_CONFIG = dict(
-    model_type="git",
-    vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                       image_size=32, patch_size=8),
-    hidden_size=24, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=64)
+  model_type="git",
+  vision_config=dict(
+    hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
+  ),
+  hidden_size=24,
+  intermediate_size=48,
+  num_hidden_layers=2,
+  num_attention_heads=2,
+  max_position_embeddings=64,
+)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -71,17 +77,28 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.dtype = "bfloat16"
     arg.fsdp = True
     batches_per_epoch = config_lib.ROCO_CHEST_TRAIN_IMAGES // 64
-    config.train.update(batch_size=64, num_steps=10 * batches_per_epoch, eval_every=batches_per_epoch,
-                        checkpoint_every=batches_per_epoch)
+    config.train.update(
+      batch_size=64, num_steps=10 * batches_per_epoch, eval_every=batches_per_epoch, checkpoint_every=batches_per_epoch
+    )
     config.eval.batch_size = 64
   if arg.demo:
     config.data = config_lib.phantom_captions_demo_data()
-    encoder = dict(vit.ViTConfig(image_size=64, patch_size=8, hidden_size=64, num_layers=2, num_heads=4,
-                                 mlp_dim=128).to_dict(), preprocessing=dict(hf_git.PREPROCESSING))
-    config.model.update(encoder=encoder, hidden_size=64, num_heads=4, num_layers=2, intermediate_size=128,
-                        max_positions=32, cache_length=24)
-    config.optimizer.update(learning_rate=1e-3, warmup_steps=50, final_lr_fraction=0.05, weight_decay=1e-4,
-                            accumulate_steps=1)
+    encoder = dict(
+      vit.ViTConfig(image_size=64, patch_size=8, hidden_size=64, num_layers=2, num_heads=4, mlp_dim=128).to_dict(),
+      preprocessing=dict(hf_git.PREPROCESSING),
+    )
+    config.model.update(
+      encoder=encoder,
+      hidden_size=64,
+      num_heads=4,
+      num_layers=2,
+      intermediate_size=128,
+      max_positions=32,
+      cache_length=24,
+    )
+    config.optimizer.update(
+      learning_rate=1e-3, warmup_steps=50, final_lr_fraction=0.05, weight_decay=1e-4, accumulate_steps=1
+    )
     config.train.update(batch_size=32, num_steps=1500, log_every=50, eval_every=500, checkpoint_every=500)
     config.decode.update(max_length=23)
     config.eval.update(batch_size=50, best_metric="BLEU-4", max_val_examples=100)
@@ -92,8 +109,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.decode.update(max_length=16)
     config.eval.update(batch_size=8, max_val_examples=8)
     if arg.demo:
-      config.model.update(encoder=dict(vit.tiny_config(), preprocessing=dict(hf_git.PREPROCESSING)),
-                          hidden_size=16, num_heads=2, num_layers=2, intermediate_size=32)
+      config.model.update(
+        encoder=dict(vit.tiny_config(), preprocessing=dict(hf_git.PREPROCESSING)),
+        hidden_size=16,
+        num_heads=2,
+        num_layers=2,
+        intermediate_size=32,
+      )
       config.data.update(image_size=32, num_train=64, num_val=8, num_test=8)
   if arg.fsdp or arg.model_parallel > 1:
     config.sharding = config_lib.sharding_section(arg.model_parallel, arg.fsdp)

@@ -40,13 +40,23 @@ import ml_collections
 from cxrjax import config as config_lib
 from cxrjax.models.encoders import resnet
 
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = config_lib.parse_arg(arg, smoke=False, tpu=False, demo=False, chest=False, model_parallel=1, fsdp=False)
   model = dict(
-      name="graph_captioner",
-      encoder=dict(resnet.RESNET50.to_dict(), preprocessing=dict(config_lib.IMAGENET_PREPROCESSING)),
-      d_model=512, num_heads=8, num_layers=4, ff_dim=1024, dropout_rate=0.1, graph_window=3, graph_steps=3,
-      max_positions=2000, cache_length=80, dtype="float32")
+    name="graph_captioner",
+    encoder=dict(resnet.RESNET50.to_dict(), preprocessing=dict(config_lib.IMAGENET_PREPROCESSING)),
+    d_model=512,
+    num_heads=8,
+    num_layers=4,
+    ff_dim=1024,
+    dropout_rate=0.1,
+    graph_window=3,
+    graph_steps=3,
+    max_positions=2000,
+    cache_length=80,
+    dtype="float32",
+  )
   config = config_lib.rocov2_experiment(model)
   config.decode.update(beam_size=3, block_ngram_repeat=3)  # This recipe's search (the seed's is greedy, unblocked).
   config.data.subset = "chest_xray" if arg.chest else "all"
@@ -56,16 +66,34 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval.batch_size = 256
   if arg.demo:
     config.data = config_lib.phantom_captions_demo_data()
-    config.model.update(encoder=dict(embedding_size=16, hidden_sizes=(32, 64, 96, 128), depths=(1, 1, 1, 1),
-                                     preprocessing=dict(config_lib.IMAGENET_PREPROCESSING)),
-                        d_model=128, num_heads=4, num_layers=2, ff_dim=256, max_positions=64, cache_length=24)
+    config.model.update(
+      encoder=dict(
+        embedding_size=16,
+        hidden_sizes=(32, 64, 96, 128),
+        depths=(1, 1, 1, 1),
+        preprocessing=dict(config_lib.IMAGENET_PREPROCESSING),
+      ),
+      d_model=128,
+      num_heads=4,
+      num_layers=2,
+      ff_dim=256,
+      max_positions=64,
+      cache_length=24,
+    )
     config.optimizer.update(learning_rate=1e-3, warmup_steps=50, final_lr_fraction=0.05)
     config.train.update(batch_size=32, num_steps=1500, log_every=50, eval_every=500, checkpoint_every=500)
     config.decode.update(max_length=23, block_ngram_repeat=0)
     config.eval.update(batch_size=50, max_val_examples=100)
   if arg.smoke:
-    config.model.update(encoder=dict(resnet.tiny_config(), preprocessing=dict(config_lib.IMAGENET_PREPROCESSING)),
-                        d_model=16, num_heads=2, num_layers=2, ff_dim=32, max_positions=96, cache_length=80)
+    config.model.update(
+      encoder=dict(resnet.tiny_config(), preprocessing=dict(config_lib.IMAGENET_PREPROCESSING)),
+      d_model=16,
+      num_heads=2,
+      num_layers=2,
+      ff_dim=32,
+      max_positions=96,
+      cache_length=80,
+    )
     config.data.update(image_size=32, read_threads=0)
     config.train.update(batch_size=8, num_steps=4, log_every=2, eval_every=4, checkpoint_every=2)
     config.optimizer.warmup_steps = 1

@@ -53,18 +53,25 @@ from cxrjax.serve import engine
 from cxrjax.tasks import captioning, evaluation
 
 PROGRAMS = ("train", "evaluate", "serve")
-GIB = 2 ** 30
+GIB = 2**30
 # bert-base-uncased's WordPiece vocabulary (GIT, BLIP and seed 003 read it): the output layer's size when the
 # config names no tokenizer file (--vocab-size says otherwise; IU X-ray's word vocabularies are smaller).
 DEFAULT_VOCAB_SIZE = 30522
 # HBM bandwidth per chip (bytes/s), by jax's device_kind: the vendors' published figures (Cloud TPU's system
 # architecture pages; DESIGN.md). The bf16 peak is the trainer's (train.PEAK_FLOPS_PER_S); the HBM a program
 # may use, the compiler's own (usable_hbm).
-HBM_BANDWIDTH = {"TPU v4": 1.2e12, "TPU v5 lite": 819e9, "TPU v5": 2.765e12, "TPU v5p": 2.765e12,
-                 "TPU v6 lite": 1.64e12}
+HBM_BANDWIDTH = {
+  "TPU v4": 1.2e12,
+  "TPU v5 lite": 819e9,
+  "TPU v5": 2.765e12,
+  "TPU v5p": 2.765e12,
+  "TPU v6 lite": 1.64e12,
+}
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
-USAGE = ("usage: cxrjax compile --config=configs/X.py[:arg] --topology=v5e:2x4 [--batch-size N] "
-         "[--program train|evaluate|serve|all] [--find-batch-size] [--config.field=value ...]")
+USAGE = (
+  "usage: cxrjax compile --config=configs/X.py[:arg] --topology=v5e:2x4 [--batch-size N] "
+  "[--program train|evaluate|serve|all] [--find-batch-size] [--config.field=value ...]"
+)
 
 
 class CompileError(UserError):
@@ -74,6 +81,7 @@ class CompileError(UserError):
 @dataclasses.dataclass(frozen=True)
 class Slice:
   """A described TPU slice: its compile-only devices (one per chip) and the chip's figures."""
+
   topology: str
   devices: tuple[Any, ...]
   kind: str  # jax's device_kind, e.g. "TPU v5 lite"
@@ -97,8 +105,10 @@ def describe_slice(topology: str) -> Slice:
   """`topology` ("v5e:2x4", "v5p:2x2x2", ...) -> its Slice; a CompileError naming --topology when libtpu is
   missing, does not know the name, or lists several devices per chip (v4's megacore)."""
   if importlib.util.find_spec("libtpu") is None:
-    raise CompileError(f"--topology={topology}: describing a TPU slice needs libtpu, which is not installed here "
-                       "(pip install -e '.[tpu-compile]')")
+    raise CompileError(
+      f"--topology={topology}: describing a TPU slice needs libtpu, which is not installed here "
+      "(pip install -e '.[tpu-compile]')"
+    )
   # libtpu's start-up otherwise looks for the other hosts of a slice this machine is not part of, and logs
   # errors (harmless: compiling needs none of them); and it takes a machine-wide lock (/tmp/libtpu_lockfile)
   # that a second process using libtpu (another compile, the tests, a training run on a TPU VM) would be
@@ -109,24 +119,35 @@ def describe_slice(topology: str) -> Slice:
     devices = tuple(topologies.get_topology_desc(platform="tpu", topology_name=topology).devices)
   except Exception as error:  # pylint: disable=broad-except  (libtpu's JaxRuntimeErrors, RuntimeErrors)
     reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-    raise CompileError(f"--topology={topology}: libtpu does not describe this slice ({reason}); expected "
-                       "GENERATION:AxB[xC], e.g. v5e:2x2, v5e:4x4, v5p:2x2x2, v6e:2x2") from None
+    raise CompileError(
+      f"--topology={topology}: libtpu does not describe this slice ({reason}); expected "
+      "GENERATION:AxB[xC], e.g. v5e:2x2, v5e:4x4, v5p:2x2x2, v6e:2x2"
+    ) from None
   kind = devices[0].device_kind
   if any(getattr(device, "core_on_chip", 0) for device in devices):
-    raise CompileError(f"--topology={topology}: libtpu lists two devices per {kind} chip (megacore), which "
-                       "jax.make_mesh refuses; compile for a v5e, v5p or v6e slice")
+    raise CompileError(
+      f"--topology={topology}: libtpu lists two devices per {kind} chip (megacore), which "
+      "jax.make_mesh refuses; compile for a v5e, v5p or v6e slice"
+    )
   if kind not in HBM_BANDWIDTH or kind not in train.PEAK_FLOPS_PER_S:
-    raise CompileError(f"--topology={topology}: no published figures for {kind!r} chips here; known: "
-                       f"{', '.join(sorted(HBM_BANDWIDTH))}")
-  return Slice(topology=topology, devices=devices, kind=kind, peak_flops=train.PEAK_FLOPS_PER_S[kind],
-               hbm_bandwidth=HBM_BANDWIDTH[kind], hbm_bytes=usable_hbm(devices[0]))
+    raise CompileError(
+      f"--topology={topology}: no published figures for {kind!r} chips here; known: {', '.join(sorted(HBM_BANDWIDTH))}"
+    )
+  return Slice(
+    topology=topology,
+    devices=devices,
+    kind=kind,
+    peak_flops=train.PEAK_FLOPS_PER_S[kind],
+    hbm_bandwidth=HBM_BANDWIDTH[kind],
+    hbm_bytes=usable_hbm(devices[0]),
+  )
 
 
 def usable_hbm(device: Any) -> int:
   """The HBM per chip a program may use on `device`'s kind, as its compiler says in refusing one that
   needs 2**40 bytes (in under a second)."""
   mesh = jax.sharding.Mesh(np.array([device]), ("chip",))
-  too_big = jax.jit(lambda: jnp.zeros((2 ** 38,), jnp.float32), out_shardings=sharding.replicated(mesh))
+  too_big = jax.jit(lambda: jnp.zeros((2**38,), jnp.float32), out_shardings=sharding.replicated(mesh))
   try:
     too_big.lower().compile()
   except jax.errors.JaxRuntimeError as error:
@@ -141,6 +162,7 @@ def usable_hbm(device: Any) -> int:
 class VocabularyShape:
   """What the compiled programs read of a tokenizer, for a config that names no tokenizer file: its size
   (the output layer's) and its special ids (constants of the search)."""
+
   size: int
   pad_id: int = 0
   start_id: int = 1
@@ -170,14 +192,16 @@ def load_tokenizer(config: ml_collections.ConfigDict, vocab_size: int | None = N
     tokenizer = datasets.load_or_build_tokenizer(config.data, source)
   except (UserError, OSError):  # The dataset is not prepared here (it is on a TPU VM's data disk).
     return VocabularyShape(DEFAULT_VOCAB_SIZE), (
-        f"{DEFAULT_VOCAB_SIZE} tokens assumed (bert-base-uncased's): no config.data.tokenizer file, and no "
-        f"prepared {config.data.name} data here; --vocab-size or --config.data.tokenizer say otherwise")
+      f"{DEFAULT_VOCAB_SIZE} tokens assumed (bert-base-uncased's): no config.data.tokenizer file, and no "
+      f"prepared {config.data.name} data here; --vocab-size or --config.data.tokenizer say otherwise"
+    )
   return tokenizer, f"{len(tokenizer)} tokens (the {config.data.name} training split's word vocabulary)"
 
 
 @dataclasses.dataclass
 class Built:
   """A program as its command builds it, ready to lower: the jitted function, its abstract arguments."""
+
   name: str
   function: Any
   arguments: tuple[Any, ...]
@@ -199,8 +223,9 @@ def _shardings(tree: Any) -> Any:
   return jax.tree.map(lambda a: a.sharding, tree)
 
 
-def build(config: ml_collections.ConfigDict, tpu_slice: Slice, program: str, tokenizer: Any,
-          batch_per_chip: int | None = None) -> Built:
+def build(
+  config: ml_collections.ConfigDict, tpu_slice: Slice, program: str, tokenizer: Any, batch_per_chip: int | None = None
+) -> Built:
   """`program` of `config` for `tpu_slice`, from the functions the commands call (module docstring).
   `batch_per_chip`: the examples per chip per call (train, evaluate; serve: per chip of its host); default
   the config's train.batch_size (global), eval.batch_size (per process) or serve's largest batch size."""
@@ -216,8 +241,9 @@ def build(config: ml_collections.ConfigDict, tpu_slice: Slice, program: str, tok
   section = config.get("sharding")
   if program == "train":
     if config.train.get("cache_features"):
-      raise ConfigError("train.cache_features: the compiled step reads images; compile with "
-                        "--config.train.cache_features=False")
+      raise ConfigError(
+        "train.cache_features: the compiled step reads images; compile with --config.train.cache_features=False"
+      )
     batch = config.train.batch_size if batch_per_chip is None else batch_per_chip * tpu_slice.chips
     flag = "train.batch_size" if batch_per_chip is None else "--batch-size"
     try:
@@ -229,12 +255,23 @@ def build(config: ml_collections.ConfigDict, tpu_slice: Slice, program: str, tok
     optim.check_whole_modules(config.optimizer, state.params, components.frozen_modules)
     tx = components.make_optimizer(state.params)
     step = train.jit_train_step(components, tx, config.train.seed, tokenizer, _shardings(state), mesh)
-    batch_spec = _with_sharding(pipeline.batch_spec(config, batch, tokenizer, label_names),
-                                sharding.data_sharded(mesh))
-    return Built(name=program, function=step, arguments=(state, batch_spec), mesh=mesh, batch=batch,
-                 chips=tpu_slice.chips, hosts=tpu_slice.hosts, state=state,
-                 parts=dict(parameters=state.params, optimizer_state=state.opt_state,
-                            other_state=(state.step, state.batch_stats), batch=batch_spec))
+    batch_spec = _with_sharding(pipeline.batch_spec(config, batch, tokenizer, label_names), sharding.data_sharded(mesh))
+    return Built(
+      name=program,
+      function=step,
+      arguments=(state, batch_spec),
+      mesh=mesh,
+      batch=batch,
+      chips=tpu_slice.chips,
+      hosts=tpu_slice.hosts,
+      state=state,
+      parts=dict(
+        parameters=state.params,
+        optimizer_state=state.opt_state,
+        other_state=(state.step, state.batch_stats),
+        batch=batch_spec,
+      ),
+    )
   if config.get("decode") is not None:
     captioning.check_decode_length(config.model, config.decode.max_length, "config.decode.max_length")
   if program == "evaluate":
@@ -245,14 +282,23 @@ def build(config: ml_collections.ConfigDict, tpu_slice: Slice, program: str, tok
     state = workdir_lib.abstract_state(components, mesh, layout)
     predict = evaluation.jit_predict(task, model, tokenizer, mesh, _shardings(state).variables())
     batch_spec = evaluation.predict_batch_spec(config, task, tokenizer, rows, mesh)
-    return Built(name=program, function=predict, arguments=(state.variables(), batch_spec), mesh=mesh,
-                 batch=batch_spec["mask"].shape[0], chips=len(devices), hosts=tpu_slice.hosts, state=state,
-                 parts=dict(parameters=state.params, other_state=(state.step, state.batch_stats),
-                            batch=batch_spec),
-                 note="the config's search" if task.uses_tokenizer else "")
+    return Built(
+      name=program,
+      function=predict,
+      arguments=(state.variables(), batch_spec),
+      mesh=mesh,
+      batch=batch_spec["mask"].shape[0],
+      chips=len(devices),
+      hosts=tpu_slice.hosts,
+      state=state,
+      parts=dict(parameters=state.params, other_state=(state.step, state.batch_stats), batch=batch_spec),
+      note="the config's search" if task.uses_tokenizer else "",
+    )
   if not task.uses_tokenizer:
-    raise ConfigError(f"--program=serve: the {config.model.name} classifier is served by Predictor.classify, "
-                      "which this command does not compile; --program=train or evaluate")
+    raise ConfigError(
+      f"--program=serve: the {config.model.name} classifier is served by Predictor.classify, "
+      "which this command does not compile; --program=train or evaluate"
+    )
   devices = tpu_slice.host_devices()
   rows = max(engine.DEFAULT_BATCH_SIZES) if batch_per_chip is None else batch_per_chip * len(devices)
   mesh, layout = sharding.mesh_for_loading(section, "config.sharding", devices)
@@ -260,11 +306,19 @@ def build(config: ml_collections.ConfigDict, tpu_slice: Slice, program: str, tok
   search = engine.jit_search(task, model, tokenizer, config.decode, False, _shardings(state).variables(), mesh)
   images = {"images": pipeline.batch_spec(config, rows, tokenizer)["images"]}
   images = _with_sharding(images, sharding.replicated(mesh))
-  return Built(name=program, function=search, arguments=(state.variables(), images), mesh=mesh, batch=rows,
-               chips=len(devices), hosts=1, state=state,
-               parts=dict(parameters=state.params, other_state=(state.step, state.batch_stats), batch=images),
-               replicated_batch=True,
-               note="the config's search, the batch replicated on one host's chips")
+  return Built(
+    name=program,
+    function=search,
+    arguments=(state.variables(), images),
+    mesh=mesh,
+    batch=rows,
+    chips=len(devices),
+    hosts=1,
+    state=state,
+    parts=dict(parameters=state.params, other_state=(state.step, state.batch_stats), batch=images),
+    replicated_batch=True,
+    note="the config's search, the batch replicated on one host's chips",
+  )
 
 
 def bytes_per_chip(tree: Any) -> int:
@@ -279,8 +333,9 @@ def largest_arrays(tree: Any, count: int = 5) -> list[str]:
   for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
     shard = leaf.sharding.shard_shape(tuple(leaf.shape))
     size = math.prod(shard) * np.dtype(leaf.dtype).itemsize
-    found.append((size, f"{jax.tree_util.keystr(path)} {np.dtype(leaf.dtype).name}{list(leaf.shape)} "
-                        f"({_mib(size)} per chip)"))
+    found.append(
+      (size, f"{jax.tree_util.keystr(path)} {np.dtype(leaf.dtype).name}{list(leaf.shape)} ({_mib(size)} per chip)")
+    )
   return [text for _, text in sorted(found, key=lambda item: -item[0])[:count]]
 
 
@@ -290,8 +345,23 @@ def collectives(hlo_text: str) -> dict[str, int]:
   return {name: len(re.findall(rf"\s{name}(?:-start)?\(", hlo_text)) for name in COLLECTIVES}
 
 
-_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
-                "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
+_DTYPE_BYTES = {
+  "pred": 1,
+  "s8": 1,
+  "u8": 1,
+  "s16": 2,
+  "u16": 2,
+  "f16": 2,
+  "bf16": 2,
+  "s32": 4,
+  "u32": 4,
+  "f32": 4,
+  "s64": 8,
+  "u64": 8,
+  "f64": 8,
+  "c64": 8,
+  "c128": 16,
+}
 # One instruction of an HLO module's text: "%name = bf16[8,197,768]{2,1,0:T(8,128)(2,1)} fusion(...), ...".
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%(\S+)\s*=\s*(\w+)\[([0-9,]*)\][^ ]*\s+([\w-]+)\(")
 _OP_NAME = re.compile(r'op_name="([^"]+)"')
@@ -326,8 +396,9 @@ def products_by_dtype(hlo_text: str) -> dict[str, float]:
   """The FLOPs of the compiled program's matrix products and convolutions (XLA's TPU programs write both as
   `convolution` or `dot`), by their operands' dtypes ("bf16 x bf16", "f32 x f32", ...): where float32
   products run that bfloat16 was meant for. Loop bodies count once."""
-  shapes = {name: (dtype, [int(d) for d in dims.split(",") if d])
-            for name, dtype, dims in _DEFINITION.findall(hlo_text)}
+  shapes = {
+    name: (dtype, [int(d) for d in dims.split(",") if d]) for name, dtype, dims in _DEFINITION.findall(hlo_text)
+  }
   flops: dict[str, float] = {}
   for line in hlo_text.splitlines():
     match = re.search(r"%[\w.-]+\s*=\s*\w+\[([0-9,]*)\]\S*\s+(convolution|dot)\(([^)]*)\)", line)
@@ -382,18 +453,25 @@ def matmul_flops(jaxpr: Any) -> float:
     elif name == "while":
       total += matmul_flops(params["body_jaxpr"]) + matmul_flops(params["cond_jaxpr"])
     else:
-      total += sum(matmul_flops(value) for value in params.values()
-                   if isinstance(value, (jax_extend.core.Jaxpr, jax_extend.core.ClosedJaxpr)))
+      total += sum(
+        matmul_flops(value)
+        for value in params.values()
+        if isinstance(value, (jax_extend.core.Jaxpr, jax_extend.core.ClosedJaxpr))
+      )
   return total
 
 
 # The TPU compiler's refusal of a program that does not fit in HBM; two forms, e.g. "Ran out of memory on
 # HBM, the total memory required for HLO temporaries (17.00G) exceeds available HBM (15.75G)." and "Ran out
 # of memory in memory space hbm. Used 20.58G of 15.75G hbm. ..."
-_OUT_OF_MEMORY = (re.compile(r"required for HLO temporaries \(([0-9.]+)([KMGT]?)\) exceeds available HBM "
-                             r"\(([0-9.]+)([KMGT]?)\)"),
-                  re.compile(r"Used ([0-9.]+)([KMGT]?) of ([0-9.]+)([KMGT]?) hbm"))
-_UNITS = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+_OUT_OF_MEMORY = (
+  re.compile(
+    r"required for HLO temporaries \(([0-9.]+)([KMGT]?)\) exceeds available HBM "
+    r"\(([0-9.]+)([KMGT]?)\)"
+  ),
+  re.compile(r"Used ([0-9.]+)([KMGT]?) of ([0-9.]+)([KMGT]?) hbm"),
+)
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 # Compiles a program that does not fit anyway (the compiler's own libtpu option), so that its memory
 # analysis and HLO say what it would need.
 NO_CRASH_ON_OOM = {"xla_tpu_no_crash_on_oom": True}
@@ -404,14 +482,14 @@ def parse_out_of_memory(message: str) -> tuple[int, int] | None:
   for pattern in _OUT_OF_MEMORY:
     match = pattern.search(message)
     if match:
-      return (int(float(match.group(1)) * _UNITS[match.group(2)]),
-              int(float(match.group(3)) * _UNITS[match.group(4)]))
+      return (int(float(match.group(1)) * _UNITS[match.group(2)]), int(float(match.group(3)) * _UNITS[match.group(4)]))
   return None
 
 
 @dataclasses.dataclass
 class Report:
   """One program compiled for one slice: what `cxrjax compile` prints and the benchmark records."""
+
   program: str
   topology: str
   chip: str
@@ -450,7 +528,7 @@ class Report:
 
 
 def _mib(size: float) -> str:
-  return f"{size / 2 ** 20:.1f} MiB" if size < GIB else f"{size / GIB:.2f} GiB"
+  return f"{size / 2**20:.1f} MiB" if size < GIB else f"{size / GIB:.2f} GiB"
 
 
 def _cost(analysis: Any) -> dict[str, float]:
@@ -460,27 +538,37 @@ def _cost(analysis: Any) -> dict[str, float]:
   return dict(analysis or {})
 
 
-def estimate(flops: float | None, bytes_accessed: float | None, xla_seconds: float | None, tpu_slice: Slice
-             ) -> dict[str, Any]:
+def estimate(
+  flops: float | None, bytes_accessed: float | None, xla_seconds: float | None, tpu_slice: Slice
+) -> dict[str, Any]:
   """The roofline of a program's per-chip FLOPs and bytes, and the step-time estimate: XLA's
   optimal_seconds where it is sane (finite, positive, not faster than the roofline), else the roofline."""
   compute = flops / tpu_slice.peak_flops if flops else None
   memory = bytes_accessed / tpu_slice.hbm_bandwidth if bytes_accessed else None
   known = [t for t in (compute, memory) if t is not None]
   roofline = max(known) if known else None
-  sane = (xla_seconds is not None and math.isfinite(xla_seconds) and xla_seconds > 0
-          and (roofline is None or xla_seconds >= roofline * (1 - 1e-6)))
+  sane = (
+    xla_seconds is not None
+    and math.isfinite(xla_seconds)
+    and xla_seconds > 0
+    and (roofline is None or xla_seconds >= roofline * (1 - 1e-6))
+  )
   if sane:
     chosen, which = xla_seconds, "XLA's optimal_seconds"
   elif roofline is not None:
     bound = "FLOPs at peak" if compute is not None and compute >= (memory or 0) else "bytes at HBM bandwidth"
-    why = ("none" if xla_seconds is None else f"{xla_seconds:.3g} s" + (
-        ", faster than the roofline" if xla_seconds is not None and xla_seconds > 0 else ""))
+    why = (
+      "none"
+      if xla_seconds is None
+      else f"{xla_seconds:.3g} s"
+      + (", faster than the roofline" if xla_seconds is not None and xla_seconds > 0 else "")
+    )
     chosen, which = roofline, f"roofline ({bound}; XLA's optimal_seconds {why}: not used)"
   else:
     chosen, which = None, "none: XLA counted neither FLOPs nor bytes"
-  return dict(compute_seconds=compute, memory_seconds=memory, roofline_seconds=roofline,
-              estimated_seconds=chosen, estimate=which)
+  return dict(
+    compute_seconds=compute, memory_seconds=memory, roofline_seconds=roofline, estimated_seconds=chosen, estimate=which
+  )
 
 
 def compile_program(built: Built, tpu_slice: Slice, explain: bool = True) -> Report:
@@ -503,26 +591,53 @@ def compile_program(built: Built, tpu_slice: Slice, explain: bool = True) -> Rep
     needed, refused = refusal[0], True
     if not explain:
       memory["program"] = needed
-      return _report(built, tpu_slice, fits=False, hbm_used=needed, memory=memory,
-                     largest=largest_arrays(built.state), cost={}, model_flops=model_flops, hlo_text="",
-                     compile_seconds=time.perf_counter() - started)
+      return _report(
+        built,
+        tpu_slice,
+        fits=False,
+        hbm_used=needed,
+        memory=memory,
+        largest=largest_arrays(built.state),
+        cost={},
+        model_flops=model_flops,
+        hlo_text="",
+        compile_seconds=time.perf_counter() - started,
+      )
     with _uncached():
       compiled = lowered.compile(compiler_options=NO_CRASH_ON_OOM)
   compile_seconds = time.perf_counter() - started
   analysis = compiled.memory_analysis()
-  program = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes - analysis.alias_size_in_bytes
-             + analysis.temp_size_in_bytes + analysis.generated_code_size_in_bytes)
-  memory.update(arguments=analysis.argument_size_in_bytes,
-                outputs=analysis.output_size_in_bytes - analysis.alias_size_in_bytes,
-                temporaries=analysis.temp_size_in_bytes, code=analysis.generated_code_size_in_bytes,
-                program=program)
+  program = (
+    analysis.argument_size_in_bytes
+    + analysis.output_size_in_bytes
+    - analysis.alias_size_in_bytes
+    + analysis.temp_size_in_bytes
+    + analysis.generated_code_size_in_bytes
+  )
+  memory.update(
+    arguments=analysis.argument_size_in_bytes,
+    outputs=analysis.output_size_in_bytes - analysis.alias_size_in_bytes,
+    temporaries=analysis.temp_size_in_bytes,
+    code=analysis.generated_code_size_in_bytes,
+    program=program,
+  )
   used = program
   fits = not refused and used <= tpu_slice.hbm_bytes
   hlo_text = compiled.as_text()
   largest = [] if fits else largest_arrays(built.state, 3) + largest_values(hlo_text, 3)
-  return _report(built, tpu_slice, fits=fits, hbm_used=used, memory=memory, largest=largest,
-                 cost=_cost(compiled.cost_analysis()), model_flops=model_flops, hlo_text=hlo_text,
-                 compile_seconds=compile_seconds, keep_hlo=explain)
+  return _report(
+    built,
+    tpu_slice,
+    fits=fits,
+    hbm_used=used,
+    memory=memory,
+    largest=largest,
+    cost=_cost(compiled.cost_analysis()),
+    model_flops=model_flops,
+    hlo_text=hlo_text,
+    compile_seconds=compile_seconds,
+    keep_hlo=explain,
+  )
 
 
 @contextlib.contextmanager
@@ -538,9 +653,20 @@ def _uncached():
     jax.config.update("jax_persistent_cache_min_compile_time_secs", previous)
 
 
-def _report(built: Built, tpu_slice: Slice, *, fits: bool, hbm_used: int, memory: dict[str, int],
-            largest: list[str], cost: dict[str, float], model_flops: float | None, hlo_text: str,
-            compile_seconds: float, keep_hlo: bool = False) -> Report:
+def _report(
+  built: Built,
+  tpu_slice: Slice,
+  *,
+  fits: bool,
+  hbm_used: int,
+  memory: dict[str, int],
+  largest: list[str],
+  cost: dict[str, float],
+  model_flops: float | None,
+  hlo_text: str,
+  compile_seconds: float,
+  keep_hlo: bool = False,
+) -> Report:
   flops = cost.get("flops") or None
   bytes_accessed = cost.get("bytes accessed") or None
   xla_seconds = cost.get("optimal_seconds")
@@ -550,31 +676,63 @@ def _report(built: Built, tpu_slice: Slice, *, fits: bool, hbm_used: int, memory
   seconds = times["estimated_seconds"]
   rate = built.batch / built.chips / seconds if seconds else None
   utilisation = per_chip_model_flops / (seconds * tpu_slice.peak_flops) if seconds and per_chip_model_flops else None
-  return Report(program=built.name, topology=tpu_slice.topology, chip=tpu_slice.kind, chips=built.chips,
-                hosts=built.hosts, mesh=dict(built.mesh.shape), batch=built.batch,
-                batch_per_chip=built.batch / built.chips, fits=fits, peak_flops=tpu_slice.peak_flops,
-                hbm_bandwidth=tpu_slice.hbm_bandwidth, hbm_capacity=tpu_slice.hbm_bytes,
-                hbm_used=hbm_used, memory=memory, largest_buffers=largest, flops=flops,
-                model_flops=per_chip_model_flops, bytes_accessed=bytes_accessed, xla_optimal_seconds=xla_seconds,
-                examples_per_s_per_chip=rate, model_flops_utilisation=utilisation,
-                collectives=collectives(hlo_text) if hlo_text else {},
-                products=products_by_dtype(hlo_text) if hlo_text else {}, compile_seconds=compile_seconds,
-                note=built.note, hlo=hlo_text if keep_hlo else "", **times)
+  return Report(
+    program=built.name,
+    topology=tpu_slice.topology,
+    chip=tpu_slice.kind,
+    chips=built.chips,
+    hosts=built.hosts,
+    mesh=dict(built.mesh.shape),
+    batch=built.batch,
+    batch_per_chip=built.batch / built.chips,
+    fits=fits,
+    peak_flops=tpu_slice.peak_flops,
+    hbm_bandwidth=tpu_slice.hbm_bandwidth,
+    hbm_capacity=tpu_slice.hbm_bytes,
+    hbm_used=hbm_used,
+    memory=memory,
+    largest_buffers=largest,
+    flops=flops,
+    model_flops=per_chip_model_flops,
+    bytes_accessed=bytes_accessed,
+    xla_optimal_seconds=xla_seconds,
+    examples_per_s_per_chip=rate,
+    model_flops_utilisation=utilisation,
+    collectives=collectives(hlo_text) if hlo_text else {},
+    products=products_by_dtype(hlo_text) if hlo_text else {},
+    compile_seconds=compile_seconds,
+    note=built.note,
+    hlo=hlo_text if keep_hlo else "",
+    **times,
+  )
 
 
-def compile_config(config: ml_collections.ConfigDict, topology: str | Slice, programs: Sequence[str] = ("train",),
-                   batch_per_chip: int | None = None, vocab_size: int | None = None) -> list[Report]:
+def compile_config(
+  config: ml_collections.ConfigDict,
+  topology: str | Slice,
+  programs: Sequence[str] = ("train",),
+  batch_per_chip: int | None = None,
+  vocab_size: int | None = None,
+) -> list[Report]:
   """The Python entry point (tests, benchmarks): `programs` of `config` compiled for `topology` (a name such
   as "v5e:2x4", or describe_slice's Slice), one Report each."""
   tpu_slice = describe_slice(topology) if isinstance(topology, str) else topology
   tokenizer, _ = load_tokenizer(config, vocab_size)
-  return [compile_program(build(config, tpu_slice, program, tokenizer, batch_per_chip), tpu_slice)
-          for program in programs]
+  return [
+    compile_program(build(config, tpu_slice, program, tokenizer, batch_per_chip), tpu_slice) for program in programs
+  ]
 
 
-def find_batch_size(config: ml_collections.ConfigDict, topology: str | Slice, program: str = "train",
-                    vocab_size: int | None = None, start: int | None = None, limit: int = 4096,
-                    known: Report | None = None, log=None) -> tuple[int, list[Report]]:
+def find_batch_size(
+  config: ml_collections.ConfigDict,
+  topology: str | Slice,
+  program: str = "train",
+  vocab_size: int | None = None,
+  start: int | None = None,
+  limit: int = 4096,
+  known: Report | None = None,
+  log=None,
+) -> tuple[int, list[Report]]:
   """(the largest batch per chip whose `program` fits, the reports of every compile tried; 0 if none fits):
   `largest_fitting` over compiles of `program` at each probed batch per chip. `start`: the first probe
   (default the config's batch per chip, or `known`'s); `limit`: the largest batch per chip tried;
@@ -584,19 +742,23 @@ def find_batch_size(config: ml_collections.ConfigDict, topology: str | Slice, pr
   if known is not None and known.batch_per_chip != int(known.batch_per_chip):
     known = None
   if start is None:
-    start = int(known.batch_per_chip) if known else max(
-        1, build(config, tpu_slice, program, tokenizer).batch // tpu_slice.chips)
+    start = (
+      int(known.batch_per_chip)
+      if known
+      else max(1, build(config, tpu_slice, program, tokenizer).batch // tpu_slice.chips)
+    )
   reports = []
 
   def probe(batch_per_chip: int) -> tuple[bool, int]:
     if known is not None and batch_per_chip == known.batch_per_chip:
       return known.fits, known.hbm_used
-    report = compile_program(build(config, tpu_slice, program, tokenizer, batch_per_chip), tpu_slice,
-                             explain=False)
+    report = compile_program(build(config, tpu_slice, program, tokenizer, batch_per_chip), tpu_slice, explain=False)
     reports.append(report)
     if log:
-      log(f"  batch {batch_per_chip} per chip: {_mib(report.hbm_used)} per chip, "
-          f"{'fits' if report.fits else 'does not fit'} (compiled in {report.compile_seconds:.0f} s)")
+      log(
+        f"  batch {batch_per_chip} per chip: {_mib(report.hbm_used)} per chip, "
+        f"{'fits' if report.fits else 'does not fit'} (compiled in {report.compile_seconds:.0f} s)"
+      )
     return report.fits, report.hbm_used
 
   return largest_fitting(probe, start, limit, tpu_slice.hbm_bytes), reports
@@ -620,7 +782,7 @@ def largest_fitting(probe, start: int, limit: int, capacity: int) -> int:
     if (high is not None and high - low <= 1) or (high is None and low >= limit):
       return low
     ceiling = limit + 1 if high is None else high
-    guess = (2 * low if high is None else (low + high) // 2)
+    guess = 2 * low if high is None else (low + high) // 2
     if not (interpolated and width is not None and high - low > width / 2) and len(used) >= 2:
       (b0, u0), (b1, u1) = sorted(used.items(), key=lambda point: abs(point[1] - capacity))[:2]
       if (u1 - u0) * (b1 - b0) > 0:
@@ -643,12 +805,16 @@ def format_report(report: Report, tokenizer_line: str = "") -> str:
   mesh = " x ".join(f"{axis} {size}" for axis, size in report.mesh.items())
   memory = report.memory
   hosts = f"{report.hosts} host{'s' if report.hosts != 1 else ''}"
-  lines = [f"{report.program}: {report.chips} chips ({report.chip}) on {hosts} of {report.topology}, mesh {mesh}; "
-           f"batch {report.batch} ({report.batch_per_chip:g} per chip)" + (f"; {report.note}" if report.note else "")]
+  lines = [
+    f"{report.program}: {report.chips} chips ({report.chip}) on {hosts} of {report.topology}, mesh {mesh}; "
+    f"batch {report.batch} ({report.batch_per_chip:g} per chip)" + (f"; {report.note}" if report.note else "")
+  ]
   if tokenizer_line:
     lines.append(f"  vocabulary: {tokenizer_line}")
-  lines.append(f"  HBM per chip: {_mib(report.hbm_used)} of {_mib(report.hbm_capacity)} usable "
-               f"({report.hbm_used / report.hbm_capacity:.0%}): " + ("fits" if report.fits else "DOES NOT FIT"))
+  lines.append(
+    f"  HBM per chip: {_mib(report.hbm_used)} of {_mib(report.hbm_capacity)} usable "
+    f"({report.hbm_used / report.hbm_capacity:.0%}): " + ("fits" if report.fits else "DOES NOT FIT")
+  )
   # Inference programs hold no optimizer state: load_run restores the parameters and batch statistics only.
   held = [f"parameters {_mib(memory['parameters'])}"]
   if "optimizer_state" in memory:
@@ -662,9 +828,11 @@ def format_report(report: Report, tokenizer_line: str = "") -> str:
   if not report.fits:
     lines.append("  does not fit: the largest buffers are " + "; ".join(report.largest_buffers or ["(not listed)"]))
   if report.flops:
-    lines.append(f"  per step and chip: {report.flops / 1e12:.4g} TFLOP (XLA's count), model "
-                 f"{(report.model_flops or 0) / 1e12:.4g} TFLOP (matrix products as traced), "
-                 f"{(report.bytes_accessed or 0) / 1e9:.4g} GB accessed")
+    lines.append(
+      f"  per step and chip: {report.flops / 1e12:.4g} TFLOP (XLA's count), model "
+      f"{(report.model_flops or 0) / 1e12:.4g} TFLOP (matrix products as traced), "
+      f"{(report.bytes_accessed or 0) / 1e9:.4g} GB accessed"
+    )
   if report.estimated_seconds:
     lines.append(f"  step time: {report.estimated_seconds * 1e3:.4g} ms estimated: {report.estimate}")
     roofline = []
@@ -673,13 +841,20 @@ def format_report(report: Report, tokenizer_line: str = "") -> str:
     if report.memory_seconds:
       roofline.append(f"bytes at {report.hbm_bandwidth / 1e9:.0f} GB/s {report.memory_seconds * 1e3:.4g} ms")
     lines.append(f"    roofline: {', '.join(roofline)}")
-    utilisation = (f"; estimated model FLOPs utilisation {report.model_flops_utilisation:.1%}"
-                   if report.model_flops_utilisation else "")
+    utilisation = (
+      f"; estimated model FLOPs utilisation {report.model_flops_utilisation:.1%}"
+      if report.model_flops_utilisation
+      else ""
+    )
     lines.append(f"    => {report.examples_per_s_per_chip:.4g} examples/s per chip{utilisation}")
   if report.products:
     total = sum(report.products.values())
-    lines.append("  matrix products by operand dtypes: " + ", ".join(
-        f"{key} {flops / total:.0%}" for key, flops in sorted(report.products.items(), key=lambda item: -item[1])))
+    lines.append(
+      "  matrix products by operand dtypes: "
+      + ", ".join(
+        f"{key} {flops / total:.0%}" for key, flops in sorted(report.products.items(), key=lambda item: -item[1])
+      )
+    )
   if report.collectives:
     lines.append("  collectives: " + ", ".join(f"{name} {count}" for name, count in report.collectives.items()))
   lines.append(f"  compiled in {report.compile_seconds:.1f} s")
@@ -689,16 +864,25 @@ def format_report(report: Report, tokenizer_line: str = "") -> str:
 def main(argv: Sequence[str]) -> int:
   """`cxrjax compile` (absl flags, so that --config.x=y overrides work as in `train`): 0 when every program
   fits, 2 when one does not."""
+
   def define_flags(values):
     flags.DEFINE_string("topology", None, "the TPU slice, e.g. v5e:2x4 (libtpu's names)", flag_values=values)
     flags.DEFINE_enum("program", "all", list(PROGRAMS) + ["all"], "which program(s)", flag_values=values)
-    flags.DEFINE_integer("batch-size", None, "examples per chip (default: the config's batches)",
-                         flag_values=values)
-    flags.DEFINE_boolean("find-batch-size", False, "also find the largest batch per chip that fits "
-                         "(bisection; a compile per probe)", flag_values=values)
-    flags.DEFINE_integer("vocab-size", None, "output vocabulary when config.data.tokenizer names no file "
-                         f"(default {DEFAULT_VOCAB_SIZE})", flag_values=values)
+    flags.DEFINE_integer("batch-size", None, "examples per chip (default: the config's batches)", flag_values=values)
+    flags.DEFINE_boolean(
+      "find-batch-size",
+      False,
+      "also find the largest batch per chip that fits (bisection; a compile per probe)",
+      flag_values=values,
+    )
+    flags.DEFINE_integer(
+      "vocab-size",
+      None,
+      f"output vocabulary when config.data.tokenizer names no file (default {DEFAULT_VOCAB_SIZE})",
+      flag_values=values,
+    )
     flags.DEFINE_boolean("json", False, "print one JSON line per program instead", flag_values=values)
+
   if "--help" in argv or "-h" in argv:
     print(USAGE)
     return 0
@@ -722,8 +906,14 @@ def main(argv: Sequence[str]) -> int:
     print(json.dumps(report.to_dict()) if values.json else format_report(report, tokenizer_line), flush=True)
     status = status if report.fits else 2
     if values["find-batch-size"].value and program != "serve":
-      best, _ = find_batch_size(config, tpu_slice, program, values["vocab-size"].value, known=report,
-                                log=None if values.json else lambda line: print(line, flush=True))
+      best, _ = find_batch_size(
+        config,
+        tpu_slice,
+        program,
+        values["vocab-size"].value,
+        known=report,
+        log=None if values.json else lambda line: print(line, flush=True),
+      )
       line = {"program": program, "largest_batch_per_chip": best}
       print(json.dumps(line) if values.json else f"  largest batch that fits: {best} per chip", flush=True)
   return status

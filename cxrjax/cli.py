@@ -49,8 +49,19 @@ HF_FORMAT = "hf"  # A Hugging Face model directory (GIT, BLIP): config.json + mo
 CHEXBERT_FORMAT = chexbert_labeler.FORMAT  # CheXbert's chexbert.pth -> a labeler directory.
 
 # The summary line of `evaluate` (metrics.json has every score): the IU X-ray tables' metrics, then seed 002's.
-CAPTION_SCORES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr",
-                  "ROUGE-1", "ROUGE-2", "ROUGE-Lsum", "sacreBLEU")
+CAPTION_SCORES = (
+  "BLEU-1",
+  "BLEU-2",
+  "BLEU-3",
+  "BLEU-4",
+  "METEOR",
+  "ROUGE-L",
+  "CIDEr",
+  "ROUGE-1",
+  "ROUGE-2",
+  "ROUGE-Lsum",
+  "sacreBLEU",
+)
 
 
 def _port_weights(args: argparse.Namespace) -> int:
@@ -59,8 +70,10 @@ def _port_weights(args: argparse.Namespace) -> int:
   if args.format == CHEXBERT_FORMAT:
     return _port_chexbert(args)
   if not pathlib.Path(args.input).is_file():
-    raise chexnet.WeightsError(f"{args.input}: " + ("is a directory; expected a checkpoint file"
-                                                    if pathlib.Path(args.input).is_dir() else "not found"))
+    raise chexnet.WeightsError(
+      f"{args.input}: "
+      + ("is a directory; expected a checkpoint file" if pathlib.Path(args.input).is_dir() else "not found")
+    )
   if epath.Path(args.output).exists() and not epath.Path(args.output).is_dir():
     raise chexnet.WeightsError(f"{args.output}: exists and is not a directory; the output is a folder")
   with open(args.input, "rb") as handle:
@@ -68,10 +81,20 @@ def _port_weights(args: argparse.Namespace) -> int:
   if args.format == SEED003_FORMAT:
     return _port_seed003(args, digest)
   variables, config = chexnet.import_chexnet(args.format, args.input)
-  chexnet.save_chexnet(args.output, variables, config,
-                       source={"format": args.format, "file": str(args.input), "sha256": digest})
-  print(json.dumps({"output": str(args.output), "format": args.format, "block_sizes": config.block_sizes,
-                    "num_classes": config.num_classes, "bn_epsilon": config.bn_epsilon}))
+  chexnet.save_chexnet(
+    args.output, variables, config, source={"format": args.format, "file": str(args.input), "sha256": digest}
+  )
+  print(
+    json.dumps(
+      {
+        "output": str(args.output),
+        "format": args.format,
+        "block_sizes": config.block_sizes,
+        "num_classes": config.num_classes,
+        "bn_epsilon": config.bn_epsilon,
+      }
+    )
+  )
   return 0
 
 
@@ -79,22 +102,36 @@ def _port_seed003(args: argparse.Namespace, digest: str) -> int:
   """The seed-003 captioner's state dict -> a workdir (config.json, tokenizer.json, checkpoints/best) that
   `evaluate`, `predict` and `config.init.from_workdir` read."""
   if not args.tokenizer:
-    raise ConfigError(f"--format {SEED003_FORMAT} needs --tokenizer: bert-base-uncased's vocab.txt (or a "
-                      "tokenizer.json); the checkpoint does not contain the vocabulary")
-  tokenizer = datasets.load_or_build_tokenizer(ml_collections.ConfigDict(dict(
-      name="rocov2", tokenizer=str(args.tokenizer), cleaning="none")), None)
+    raise ConfigError(
+      f"--format {SEED003_FORMAT} needs --tokenizer: bert-base-uncased's vocab.txt (or a "
+      "tokenizer.json); the checkpoint does not contain the vocabulary"
+    )
+  tokenizer = datasets.load_or_build_tokenizer(
+    ml_collections.ConfigDict(dict(name="rocov2", tokenizer=str(args.tokenizer), cleaning="none")), None
+  )
   num_heads = seed003.SEED_NUM_HEADS if args.num_heads is None else args.num_heads
   variables, model_config, vocab_size = seed003.import_seed003(args.input, num_heads=num_heads)
   store.check_finite_variables(variables, str(args.input))  # NaN weights would caption with exit status 0.
   if vocab_size != len(tokenizer):
-    raise chexnet.WeightsError(f"{args.input}: its vocabulary has {vocab_size} rows, the tokenizer "
-                               f"{args.tokenizer} {len(tokenizer)} tokens")
+    raise chexnet.WeightsError(
+      f"{args.input}: its vocabulary has {vocab_size} rows, the tokenizer {args.tokenizer} {len(tokenizer)} tokens"
+    )
   model_config.encoder.preprocessing = dict(config_lib.IMAGENET_PREPROCESSING)
   config = seed003.run_config(model_config, tokenizer=str(args.tokenizer))  # Decodes as the seed.
-  workdir.create_from_variables(args.output, config, tokenizer, variables,
-                                {"imported_from": str(args.input), "sha256": digest})
-  print(json.dumps({"output": str(args.output), "format": args.format, "vocab_size": vocab_size,
-                    "d_model": model_config.d_model, "num_layers": model_config.num_layers}))
+  workdir.create_from_variables(
+    args.output, config, tokenizer, variables, {"imported_from": str(args.input), "sha256": digest}
+  )
+  print(
+    json.dumps(
+      {
+        "output": str(args.output),
+        "format": args.format,
+        "vocab_size": vocab_size,
+        "d_model": model_config.d_model,
+        "num_layers": model_config.num_layers,
+      }
+    )
+  )
   return 0
 
 
@@ -104,11 +141,21 @@ def _port_hf(args: argparse.Namespace) -> int:
   workdir's tokenizer.json, so that fine-tuning uses the checkpoint's vocabulary."""
   config, tokenizer, variables = hf.import_hf(args.input, tokenizer=args.tokenizer, prompt=args.prompt)
   config.data.tokenizer = str(workdir.absolute_path(args.output) / workdir.TOKENIZER_FILE)
-  workdir.create_from_variables(args.output, config, tokenizer, variables,
-                                {"imported_from": str(args.input), "sha256": hf.checksums(args.input)})
-  print(json.dumps({"output": str(args.output), "format": args.format, "model": config.model.name,
-                    "vocab_size": len(tokenizer), "hidden_size": config.model.get("hidden_size"),
-                    "num_layers": config.model.get("num_layers")}))
+  workdir.create_from_variables(
+    args.output, config, tokenizer, variables, {"imported_from": str(args.input), "sha256": hf.checksums(args.input)}
+  )
+  print(
+    json.dumps(
+      {
+        "output": str(args.output),
+        "format": args.format,
+        "model": config.model.name,
+        "vocab_size": len(tokenizer),
+        "hidden_size": config.model.get("hidden_size"),
+        "num_layers": config.model.get("num_layers"),
+      }
+    )
+  )
   return 0
 
 
@@ -116,8 +163,11 @@ def _port_chexbert(args: argparse.Namespace) -> int:
   """CheXbert's chexbert.pth + bert-base-uncased's vocab.txt -> a labeler directory that `label` reads."""
   num_heads = chexbert_labeler.DEFAULT_NUM_HEADS if args.num_heads is None else args.num_heads
   model = chexbert_labeler.port(args.input, args.output, tokenizer=args.tokenizer, num_heads=num_heads)
-  print(json.dumps({"output": str(args.output), "format": args.format, "sha256": model["source"]["sha256"],
-                    **model["fields"]}))
+  print(
+    json.dumps(
+      {"output": str(args.output), "format": args.format, "sha256": model["source"]["sha256"], **model["fields"]}
+    )
+  )
   return 0
 
 
@@ -136,12 +186,13 @@ def _label(args: argparse.Namespace) -> int:
 
 
 def _classify(args: argparse.Namespace) -> int:
-  predictor = inference.Predictor.from_chexnet_weights(args.weights, image_size=args.image_size,
-                                                       dtype=args.dtype)
+  predictor = inference.Predictor.from_chexnet_weights(args.weights, image_size=args.image_size, dtype=args.dtype)
   failures = []
+
   def on_error(error):
     failures.append(error)
     print(f"cxrjax classify: error: {error}", file=sys.stderr)
+
   for result in predictor.classify_files(args.images, batch_size=args.batch_size, on_error=on_error):
     print(json.dumps(result), flush=True)
   if failures:
@@ -155,11 +206,19 @@ def _evaluate_evaluators(args: argparse.Namespace) -> dict[str, dict]:
   if args.labeler:
     sections["chexbert"] = dict(labeler=args.labeler)
   if args.bertscore_model:
-    sections["bertscore"] = dict(model=args.bertscore_model, layer=args.bertscore_layer, idf=args.bertscore_idf,
-                                 baseline=args.bertscore_baseline)
+    sections["bertscore"] = dict(
+      model=args.bertscore_model, layer=args.bertscore_layer, idf=args.bertscore_idf, baseline=args.bertscore_baseline
+    )
   else:
-    given = [flag for flag, value in (("--bertscore-layer", args.bertscore_layer), ("--bertscore-idf",
-             args.bertscore_idf), ("--bertscore-baseline", args.bertscore_baseline)) if value]
+    given = [
+      flag
+      for flag, value in (
+        ("--bertscore-layer", args.bertscore_layer),
+        ("--bertscore-idf", args.bertscore_idf),
+        ("--bertscore-baseline", args.bertscore_baseline),
+      )
+      if value
+    ]
     if given:
       raise ConfigError(f"{given[0]}: needs --bertscore-model DIR")
   return sections
@@ -167,9 +226,17 @@ def _evaluate_evaluators(args: argparse.Namespace) -> dict[str, dict]:
 
 def _evaluate(args: argparse.Namespace) -> int:
   sharding.initialize_distributed(args.distributed)
-  output = evaluate.evaluate(args.workdir, args.split, checkpoint=args.checkpoint, beam_size=args.beam_size,
-                             max_examples=args.max_examples, meteor=not args.no_meteor, data_dir=args.data_dir,
-                             leaderboard_json=args.leaderboard_json, evaluators=_evaluate_evaluators(args))
+  output = evaluate.evaluate(
+    args.workdir,
+    args.split,
+    checkpoint=args.checkpoint,
+    beam_size=args.beam_size,
+    max_examples=args.max_examples,
+    meteor=not args.no_meteor,
+    data_dir=args.data_dir,
+    leaderboard_json=args.leaderboard_json,
+    evaluators=_evaluate_evaluators(args),
+  )
   summary = {"split": args.split, "step": output["step"], "written": f"{args.workdir}/eval/{args.split}/"}
   if "leaderboard_json" in output:
     summary["leaderboard_json"] = output["leaderboard_json"]["path"]
@@ -178,15 +245,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     summary["num_studies"] = scores["num_studies"]
     summary["model"] = {n: scores.get(n) for n in CAPTION_SCORES}
     # The evaluators' headline scores beside the text metrics (their classes know them: evaluators.headline).
-    summary["model"].update(evaluators.headline(
-        {name: evaluators.REGISTRY[entry["type"]] for name, entry in output.get("evaluators", {}).items()}, scores))
+    summary["model"].update(
+      evaluators.headline(
+        {name: evaluators.REGISTRY[entry["type"]] for name, entry in output.get("evaluators", {}).items()}, scores
+      )
+    )
     for name, baseline in output["baselines"].items():
       summary[name] = {n: baseline["scores"].get(n) for n in CAPTION_SCORES}
   else:
     summary.update(stage=output.get("stage"), mean_AUROC=scores["mean_AUROC"])
     # The classes outside the mean (AG-CNN's "No Finding"), beside it.
-    summary.update({key: scores[key] for key in (f"AUROC/{name}" for name in classification_task.OUTSIDE_MEAN)
-                    if key in scores})
+    summary.update(
+      {key: scores[key] for key in (f"AUROC/{name}" for name in classification_task.OUTSIDE_MEAN) if key in scores}
+    )
   print(json.dumps(summary))
   return 0
 
@@ -195,10 +266,17 @@ def _score(args: argparse.Namespace) -> int:
   """A predictions file (cxrjax's predictions.jsonl, a CSV / JSONL of reference and generated text, ReXrank's
   JSON) scored by the evaluators the flags configure -> one JSON summary line (score.py)."""
   names = [name.strip() for name in args.evaluators.split(",") if name.strip()]
-  config = score.evaluator_config(names, protocol=args.protocol, meteor=not args.no_meteor, labeler=args.labeler,
-                                  batch_size=args.batch_size, bertscore_model=args.bertscore_model,
-                                  bertscore_layer=args.bertscore_layer, bertscore_idf=args.bertscore_idf,
-                                  bertscore_baseline=args.bertscore_baseline)
+  config = score.evaluator_config(
+    names,
+    protocol=args.protocol,
+    meteor=not args.no_meteor,
+    labeler=args.labeler,
+    batch_size=args.batch_size,
+    bertscore_model=args.bertscore_model,
+    bertscore_layer=args.bertscore_layer,
+    bertscore_idf=args.bertscore_idf,
+    bertscore_baseline=args.bertscore_baseline,
+  )
   print(json.dumps(score.score_file(args.predictions, config, file_format=args.format, out=args.out)))
   return 0
 
@@ -208,8 +286,13 @@ def _predict(args: argparse.Namespace) -> int:
   predictor = inference.Predictor.from_workdir(args.workdir)
   studies = [[path] for path in args.images] if predictor.preprocessing.num_views == 1 else [args.images]
   for study in studies:
-    result = predictor.predict_report(study, attention_dir=args.attention_maps, greedy=args.greedy,
-                                      beam_size=args.beam_size, max_new_tokens=args.max_new_tokens)
+    result = predictor.predict_report(
+      study,
+      attention_dir=args.attention_maps,
+      greedy=args.greedy,
+      beam_size=args.beam_size,
+      max_new_tokens=args.max_new_tokens,
+    )
     print(json.dumps(result), flush=True)
   return 0
 
@@ -217,8 +300,9 @@ def _predict(args: argparse.Namespace) -> int:
 def _predict_agcnn(args: argparse.Namespace) -> int:
   predictor = inference.Predictor.from_workdir(args.workdir)
   if predictor.name != "agcnn":
-    raise inference.PredictionError(f"{args.workdir}: holds a {predictor.name} model; predict-agcnn needs "
-                                    "an AG-CNN run")
+    raise inference.PredictionError(
+      f"{args.workdir}: holds a {predictor.name} model; predict-agcnn needs an AG-CNN run"
+    )
   for result in predictor.classify_files(args.images, figures_dir=args.out_dir):
     print(json.dumps(result))
   return 0
@@ -230,23 +314,30 @@ TRAIN_USAGE = "usage: cxrjax train --config=configs/X.py[:arg] --workdir=DIR [--
 def _train(argv: Sequence[str]) -> int:
   """`cxrjax train`: absl flags, so that ml_collections' --config.x=y overrides work."""
   if "--help" in argv or "-h" in argv:
-    print(TRAIN_USAGE + "\n\n  --config: an ml_collections config file (configs/*.py[:arg])\n"
-          "  --workdir: directory for checkpoints, metrics and the tokenizer\n"
-          "  --config.<field>=<value>: overrides a field of the config")
+    print(
+      TRAIN_USAGE + "\n\n  --config: an ml_collections config file (configs/*.py[:arg])\n"
+      "  --workdir: directory for checkpoints, metrics and the tokenizer\n"
+      "  --config.<field>=<value>: overrides a field of the config"
+    )
     return 0
   return _guarded("train", lambda: _run_train(list(argv)))
 
 
 def define_distributed_flag(flag_values: flags.FlagValues) -> None:
-  flags.DEFINE_string("distributed", "", "join JAX's distributed runtime first: auto (TPU VMs) or "
-                      "HOST:PORT,NUM_PROCESSES,PROCESS_ID; every process runs the same command",
-                      flag_values=flag_values)
+  flags.DEFINE_string(
+    "distributed",
+    "",
+    "join JAX's distributed runtime first: auto (TPU VMs) or "
+    "HOST:PORT,NUM_PROCESSES,PROCESS_ID; every process runs the same command",
+    flag_values=flag_values,
+  )
 
 
 def _run_train(argv: list[str]) -> None:
   def define_flags(values):
     flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and the tokenizer", flag_values=values)
     define_distributed_flag(values)
+
   flag_values = config_lib.parse_run_flags(argv, "cxrjax train", TRAIN_USAGE, define_flags)
   if not flag_values.workdir:
     raise ConfigError(f"--workdir is required ({TRAIN_USAGE})")
@@ -255,26 +346,43 @@ def _run_train(argv: list[str]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="cxrjax", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="cxrjax", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   commands = parser.add_subparsers(dest="command", required=True)
 
   port = commands.add_parser("port-weights", help="convert a CheXNet checkpoint to cxrjax weights")
-  port.add_argument("--format", required=True,
-                    choices=chexnet.FORMATS + (SEED003_FORMAT, HF_FORMAT, CHEXBERT_FORMAT))
-  port.add_argument("--tokenizer", default=None,
-                    help=f"{SEED003_FORMAT}: the vocabulary the checkpoint was trained with (bert-base-uncased's "
-                         f"vocab.txt, or a tokenizer.json); {HF_FORMAT}: used instead of the directory's files; "
-                         f"{CHEXBERT_FORMAT}: bert-base-uncased's vocab.txt (default: vocab.txt beside the checkpoint)")
-  port.add_argument("--prompt", default="", help=f"{HF_FORMAT}, BLIP: text every caption starts with (BLIP's "
-                    "captioning recipe: \"a picture of\"); default none")
-  port.add_argument("--num-heads", type=int, default=None, help=f"{SEED003_FORMAT}, {CHEXBERT_FORMAT}: attention "
-                    "heads (not in the tensors' shapes; default: the seed's 8, CheXbert's 12)")
-  port.add_argument("input", help="the checkpoint file (.h5, .pth/.pth.tar, the seed's roco_best_model.bin, "
-                    f"CheXbert's chexbert.pth), or a Hugging Face model directory ({HF_FORMAT}: config.json + model.safetensors; GIT, BLIP)")
-  port.add_argument("output", help="directory to write: variables.safetensors + model.json (CheXNet), or a "
-                    f"workdir that evaluate / predict / config.init.from_workdir read ({SEED003_FORMAT}), or a "
-                    f"labeler directory that `label` reads ({CHEXBERT_FORMAT})")
+  port.add_argument("--format", required=True, choices=chexnet.FORMATS + (SEED003_FORMAT, HF_FORMAT, CHEXBERT_FORMAT))
+  port.add_argument(
+    "--tokenizer",
+    default=None,
+    help=f"{SEED003_FORMAT}: the vocabulary the checkpoint was trained with (bert-base-uncased's "
+    f"vocab.txt, or a tokenizer.json); {HF_FORMAT}: used instead of the directory's files; "
+    f"{CHEXBERT_FORMAT}: bert-base-uncased's vocab.txt (default: vocab.txt beside the checkpoint)",
+  )
+  port.add_argument(
+    "--prompt",
+    default="",
+    help=f'{HF_FORMAT}, BLIP: text every caption starts with (BLIP\'s captioning recipe: "a picture of"); default none',
+  )
+  port.add_argument(
+    "--num-heads",
+    type=int,
+    default=None,
+    help=f"{SEED003_FORMAT}, {CHEXBERT_FORMAT}: attention "
+    "heads (not in the tensors' shapes; default: the seed's 8, CheXbert's 12)",
+  )
+  port.add_argument(
+    "input",
+    help="the checkpoint file (.h5, .pth/.pth.tar, the seed's roco_best_model.bin, "
+    f"CheXbert's chexbert.pth), or a Hugging Face model directory ({HF_FORMAT}: config.json + model.safetensors; GIT, BLIP)",
+  )
+  port.add_argument(
+    "output",
+    help="directory to write: variables.safetensors + model.json (CheXNet), or a "
+    f"workdir that evaluate / predict / config.init.from_workdir read ({SEED003_FORMAT}), or a "
+    f"labeler directory that `label` reads ({CHEXBERT_FORMAT})",
+  )
   port.set_defaults(run=_port_weights)
 
   classify = commands.add_parser("classify", help="CheXNet probabilities for chest X-ray images")
@@ -294,15 +402,24 @@ def build_parser() -> argparse.ArgumentParser:
   prepare.add_parser(commands)
 
   # Listed for --help; `main` hands `train` to absl before argparse sees it (ml_collections flags).
-  train_parser = commands.add_parser("train", help="train a model: --config=configs/X.py[:arg] --workdir=DIR "
-                                     "[--config.field=value ...]", add_help=False)
+  train_parser = commands.add_parser(
+    "train", help="train a model: --config=configs/X.py[:arg] --workdir=DIR [--config.field=value ...]", add_help=False
+  )
   train_parser.set_defaults(run=lambda args: _train([]))
-  sweep_parser = commands.add_parser("sweep", help="a grid of settings x seeds, each trained and evaluated: "
-                                     "--config=... --workdir=DIR --seeds=N [--set=FIELD=V1,V2 ...]", add_help=False)
+  sweep_parser = commands.add_parser(
+    "sweep",
+    help="a grid of settings x seeds, each trained and evaluated: "
+    "--config=... --workdir=DIR --seeds=N [--set=FIELD=V1,V2 ...]",
+    add_help=False,
+  )
   sweep_parser.set_defaults(run=lambda args: sweep.main([]))
-  compile_parser = commands.add_parser("compile", help="compile a config's train / evaluate / serve programs for a "
-                                       "TPU slice, here (libtpu): HBM per chip, FLOPs, a step-time estimate: "
-                                       "--config=... --topology=v5e:2x4", add_help=False)
+  compile_parser = commands.add_parser(
+    "compile",
+    help="compile a config's train / evaluate / serve programs for a "
+    "TPU slice, here (libtpu): HBM per chip, FLOPs, a step-time estimate: "
+    "--config=... --topology=v5e:2x4",
+    add_help=False,
+  )
   compile_parser.set_defaults(run=lambda args: aot.main(["--help"]))
 
   evaluate_parser = commands.add_parser("evaluate", help="predict a split and score it")
@@ -311,66 +428,149 @@ def build_parser() -> argparse.ArgumentParser:
   evaluate_parser.add_argument("--checkpoint", choices=("best", "latest"), default="best")
   evaluate_parser.add_argument("--beam-size", type=int, default=None, help="default: the config's")
   evaluate_parser.add_argument("--max-examples", type=int, default=None)
-  evaluate_parser.add_argument("--leaderboard-json", default=None, metavar="PATH",
-                               help="also write the predictions as ReXrank's IU X-ray prediction file (R2Gen's "
-                                    "test split with config.data.report_sections=findings_impression only)")
+  evaluate_parser.add_argument(
+    "--leaderboard-json",
+    default=None,
+    metavar="PATH",
+    help="also write the predictions as ReXrank's IU X-ray prediction file (R2Gen's "
+    "test split with config.data.report_sections=findings_impression only)",
+  )
   evaluate_parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (it starts Java)")
-  evaluate_parser.add_argument("--data-dir", default=None, help="the prepared dataset, if not the run's "
-                               "config.data.data_dir (e.g. for a workdir made by port-weights)")
-  evaluate_parser.add_argument("--distributed", default="", help="join JAX's distributed runtime first: auto "
-                               "(TPU VMs) or HOST:PORT,NUM_PROCESSES,PROCESS_ID")
-  evaluate_parser.add_argument("--labeler", default=None, metavar="DIR", help="also score clinical efficacy with "
-                               f"this CheXbert labeler directory (port-weights --format {CHEXBERT_FORMAT}); "
-                               "replaces the run's config.evaluators.chexbert")
-  evaluate_parser.add_argument("--bertscore-model", default=None, metavar="DIR", help="also score BERTScore with "
-                               "this Hugging Face BERT / RoBERTa / DistilBERT directory; replaces the run's "
-                               "config.evaluators.bertscore")
-  evaluate_parser.add_argument("--bertscore-layer", type=int, default=None, metavar="N", help="bertscore: the "
-                               "hidden state after N layers (default: bert-score's for the model type)")
-  evaluate_parser.add_argument("--bertscore-idf", action="store_true", help="bertscore: idf weights from the "
-                               "references")
-  evaluate_parser.add_argument("--bertscore-baseline", default=None, metavar="FILE", help="bertscore: rescale "
-                               "with this baseline file (bert-score's rescale_baseline/<lang>/<model>.tsv)")
+  evaluate_parser.add_argument(
+    "--data-dir",
+    default=None,
+    help="the prepared dataset, if not the run's config.data.data_dir (e.g. for a workdir made by port-weights)",
+  )
+  evaluate_parser.add_argument(
+    "--distributed",
+    default="",
+    help="join JAX's distributed runtime first: auto (TPU VMs) or HOST:PORT,NUM_PROCESSES,PROCESS_ID",
+  )
+  evaluate_parser.add_argument(
+    "--labeler",
+    default=None,
+    metavar="DIR",
+    help="also score clinical efficacy with "
+    f"this CheXbert labeler directory (port-weights --format {CHEXBERT_FORMAT}); "
+    "replaces the run's config.evaluators.chexbert",
+  )
+  evaluate_parser.add_argument(
+    "--bertscore-model",
+    default=None,
+    metavar="DIR",
+    help="also score BERTScore with "
+    "this Hugging Face BERT / RoBERTa / DistilBERT directory; replaces the run's "
+    "config.evaluators.bertscore",
+  )
+  evaluate_parser.add_argument(
+    "--bertscore-layer",
+    type=int,
+    default=None,
+    metavar="N",
+    help="bertscore: the hidden state after N layers (default: bert-score's for the model type)",
+  )
+  evaluate_parser.add_argument(
+    "--bertscore-idf", action="store_true", help="bertscore: idf weights from the references"
+  )
+  evaluate_parser.add_argument(
+    "--bertscore-baseline",
+    default=None,
+    metavar="FILE",
+    help="bertscore: rescale with this baseline file (bert-score's rescale_baseline/<lang>/<model>.tsv)",
+  )
   evaluate_parser.set_defaults(run=_evaluate)
 
-  score_parser = commands.add_parser("score", help="score a predictions file with evaluators (text, CheXbert CE, "
-                                      "BERTScore)")
-  score_parser.add_argument("predictions", help="cxrjax's predictions.jsonl, a CSV or JSONL with reference and "
-                            "generated (optional id), or ReXrank's IU X-ray prediction JSON")
-  score_parser.add_argument("--format", default="auto", choices=("auto",) + score.FORMATS,
-                            help="default: by the suffix (.jsonl, .csv, .json = rexrank)")
-  score_parser.add_argument("--evaluators", default="text", help="comma-separated, of: "
-                            + ", ".join(sorted(evaluators.REGISTRY)))
-  score_parser.add_argument("--protocol", default="r2gen", help="text: the scoring protocol that normalises both "
-                            "sides (r2gen, coco, imageclef; metrics/protocols.py)")
+  score_parser = commands.add_parser(
+    "score", help="score a predictions file with evaluators (text, CheXbert CE, BERTScore)"
+  )
+  score_parser.add_argument(
+    "predictions",
+    help="cxrjax's predictions.jsonl, a CSV or JSONL with reference and "
+    "generated (optional id), or ReXrank's IU X-ray prediction JSON",
+  )
+  score_parser.add_argument(
+    "--format",
+    default="auto",
+    choices=("auto",) + score.FORMATS,
+    help="default: by the suffix (.jsonl, .csv, .json = rexrank)",
+  )
+  score_parser.add_argument(
+    "--evaluators", default="text", help="comma-separated, of: " + ", ".join(sorted(evaluators.REGISTRY))
+  )
+  score_parser.add_argument(
+    "--protocol",
+    default="r2gen",
+    help="text: the scoring protocol that normalises both sides (r2gen, coco, imageclef; metrics/protocols.py)",
+  )
   score_parser.add_argument("--no-meteor", action="store_true", help="text: skip METEOR (it starts Java)")
-  score_parser.add_argument("--labeler", default=None, metavar="DIR", help="chexbert: a labeler directory "
-                            f"(port-weights --format {CHEXBERT_FORMAT})")
-  score_parser.add_argument("--bertscore-model", default=None, metavar="DIR", help="bertscore: a Hugging Face "
-                            "BERT / RoBERTa / DistilBERT directory (config.json, model.safetensors, tokenizer files)")
-  score_parser.add_argument("--bertscore-layer", type=int, default=None, metavar="N", help="bertscore: the hidden "
-                            "state after N layers (default: bert-score's for the model type)")
+  score_parser.add_argument(
+    "--labeler",
+    default=None,
+    metavar="DIR",
+    help=f"chexbert: a labeler directory (port-weights --format {CHEXBERT_FORMAT})",
+  )
+  score_parser.add_argument(
+    "--bertscore-model",
+    default=None,
+    metavar="DIR",
+    help="bertscore: a Hugging Face "
+    "BERT / RoBERTa / DistilBERT directory (config.json, model.safetensors, tokenizer files)",
+  )
+  score_parser.add_argument(
+    "--bertscore-layer",
+    type=int,
+    default=None,
+    metavar="N",
+    help="bertscore: the hidden state after N layers (default: bert-score's for the model type)",
+  )
   score_parser.add_argument("--bertscore-idf", action="store_true", help="bertscore: idf weights from the references")
-  score_parser.add_argument("--bertscore-baseline", default=None, metavar="FILE", help="bertscore: rescale with "
-                            "this baseline file (bert-score's rescale_baseline/<lang>/<model>.tsv)")
-  score_parser.add_argument("--batch-size", type=int, default=64, help="chexbert, bertscore: reports per jitted "
-                            "batch, rounded up to a multiple of the device count")
-  score_parser.add_argument("--out", default=None, metavar="metrics.json", help="write every score and the "
-                            "evaluators' provenance (the labeler checkpoint's SHA-256) there")
+  score_parser.add_argument(
+    "--bertscore-baseline",
+    default=None,
+    metavar="FILE",
+    help="bertscore: rescale with this baseline file (bert-score's rescale_baseline/<lang>/<model>.tsv)",
+  )
+  score_parser.add_argument(
+    "--batch-size",
+    type=int,
+    default=64,
+    help="chexbert, bertscore: reports per jitted batch, rounded up to a multiple of the device count",
+  )
+  score_parser.add_argument(
+    "--out",
+    default=None,
+    metavar="metrics.json",
+    help="write every score and the evaluators' provenance (the labeler checkpoint's SHA-256) there",
+  )
   score_parser.set_defaults(run=_score)
 
   predict = commands.add_parser("predict", help="generate the report of one study")
   predict.add_argument("--workdir", required=True)
-  predict.add_argument("--attention-maps", default=None, metavar="OUT_DIR",
-                       help="write one PNG per generated word and summary.png")
+  predict.add_argument(
+    "--attention-maps", default=None, metavar="OUT_DIR", help="write one PNG per generated word and summary.png"
+  )
   search = predict.add_mutually_exclusive_group()
   search.add_argument("--greedy", action="store_true", help="greedy search instead of the config's beam search")
-  search.add_argument("--beam-size", type=int, default=None, metavar="K",
-                      help="beam search with K beams (the config's length penalty and normalization)")
-  predict.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
-                       help="most tokens generated, the end token included (default: config decode.max_length)")
-  predict.add_argument("images", nargs="+", help="the views of one study (frontal, then lateral); for a model "
-                       "that reads one view, each image is its own study and gets its own line")
+  search.add_argument(
+    "--beam-size",
+    type=int,
+    default=None,
+    metavar="K",
+    help="beam search with K beams (the config's length penalty and normalization)",
+  )
+  predict.add_argument(
+    "--max-new-tokens",
+    type=int,
+    default=None,
+    metavar="N",
+    help="most tokens generated, the end token included (default: config decode.max_length)",
+  )
+  predict.add_argument(
+    "images",
+    nargs="+",
+    help="the views of one study (frontal, then lateral); for a model "
+    "that reads one view, each image is its own study and gets its own line",
+  )
   predict.set_defaults(run=_predict)
 
   predict_agcnn = commands.add_parser("predict-agcnn", help="AG-CNN findings and where it looked")

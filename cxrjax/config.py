@@ -63,7 +63,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
-  """"configs/demo.py:smoke,res=128" -> the ConfigDict of that file's `get_config(arg)` (ml_collections'
+  """ "configs/demo.py:smoke,res=128" -> the ConfigDict of that file's `get_config(arg)` (ml_collections'
   convention: `get_config()` without an argument). A missing file, or a ConfigError of the file, is a
   ConfigError naming the file; an error in the file's own code keeps its traceback."""
   path, _, arg = spec.partition(":")
@@ -71,8 +71,11 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
   if not path:
     raise ConfigError("--config: empty; expected configs/X.py[:arg]")
   if not file.is_file():
-    raise ConfigError(f"{path}: config file not found" if not file.exists() else
-                      f"{path}: not a file; --config expects a configs/X.py file")
+    raise ConfigError(
+      f"{path}: config file not found"
+      if not file.exists()
+      else f"{path}: not a file; --config expects a configs/X.py file"
+    )
   module_spec = importlib.util.spec_from_file_location(f"cxrjax_config_{file.stem}", file)
   if module_spec is None or module_spec.loader is None:
     raise ConfigError(f"{path}: not a Python config file (configs/X.py)")
@@ -95,15 +98,14 @@ def check_overrides(config: ml_collections.ConfigDict, argv: list[str], prefix: 
   for item in argv:
     if not item.startswith(prefix):
       continue
-    dotted = item[len(prefix):].split("=", 1)[0]
+    dotted = item[len(prefix) :].split("=", 1)[0]
     node, walked = config, []
     for key in dotted.split("."):
       if not isinstance(node, ml_collections.ConfigDict):
         break  # Inside a plain value (a tuple, a dict): absl checks the rest.
       if key not in node:
         where = "config." + ".".join(walked) if walked else "the config"
-        raise ConfigError(f"{item}: unknown config field {key!r} in {where}; its fields are "
-                          f"{sorted(node.keys())}")
+        raise ConfigError(f"{item}: unknown config field {key!r} in {where}; its fields are {sorted(node.keys())}")
       node, walked = node[key], walked + [key]
 
 
@@ -133,11 +135,12 @@ def add_evaluator_overrides(config: ml_collections.ConfigDict, argv: Sequence[st
     if not item.startswith(EVALUATORS_OVERRIDE):
       rest.append(item)
       continue
-    dotted, sep, text = item[len(EVALUATORS_OVERRIDE):].partition("=")
+    dotted, sep, text = item[len(EVALUATORS_OVERRIDE) :].partition("=")
     name, _, field = dotted.partition(".")
     if not sep or not name or not field or "." in field:
-      raise ConfigError(f"{item}: expected --config.evaluators.NAME.FIELD=VALUE (e.g. "
-                        "--config.evaluators.chexbert.labeler=DIR)")
+      raise ConfigError(
+        f"{item}: expected --config.evaluators.NAME.FIELD=VALUE (e.g. --config.evaluators.chexbert.labeler=DIR)"
+      )
     if config.get("evaluators") is None:
       config.evaluators = ml_collections.ConfigDict()
     if name not in config.evaluators:
@@ -157,14 +160,15 @@ def split_config_argument(argv: Sequence[str]) -> tuple[str | None, list[str]]:
   argv = list(argv)
   for index, item in enumerate(argv):
     if item.startswith("--config="):
-      return item.split("=", 1)[1], argv[:index] + argv[index + 1:]
+      return item.split("=", 1)[1], argv[:index] + argv[index + 1 :]
     if item == "--config" and index + 1 < len(argv):
-      return argv[index + 1], argv[:index] + argv[index + 2:]
+      return argv[index + 1], argv[:index] + argv[index + 2 :]
   return None, argv
 
 
-def parse_run_flags(argv: Sequence[str], program: str, usage: str,
-                    define_flags: Callable[[flags.FlagValues], None]) -> flags.FlagValues:
+def parse_run_flags(
+  argv: Sequence[str], program: str, usage: str, define_flags: Callable[[flags.FlagValues], None]
+) -> flags.FlagValues:
   """`--config=configs/X.py[:arg] [--config.field=value ...]` plus the flags `define_flags` adds -> the parsed
   absl flags (`.config` is the ConfigDict with the overrides applied; `--config.evaluators.NAME.FIELD=VALUE`
   by `add_evaluator_overrides`). Every mistake is a ConfigError: the file is loaded by `load_config_file`
@@ -177,8 +181,9 @@ def parse_run_flags(argv: Sequence[str], program: str, usage: str,
   check_overrides(config, rest)
   flag_values = flags.FlagValues()
   # sys_argv: the overrides (--config.x=y) are found in these arguments, not in the process's own.
-  config_flags.DEFINE_config_dict("config", config, "the run config", flag_values=flag_values,
-                                  lock_config=True, sys_argv=[program, *rest])
+  config_flags.DEFINE_config_dict(
+    "config", config, "the run config", flag_values=flag_values, lock_config=True, sys_argv=[program, *rest]
+  )
   define_flags(flag_values)
   try:
     flag_values([program, *rest])
@@ -190,14 +195,24 @@ def parse_run_flags(argv: Sequence[str], program: str, usage: str,
 def densenet121_encoder() -> dict:
   """DenseNet-121 as CheXNet (Keras batch-norm epsilon, so CheXNet-Keras weights load exactly), with
   CheXNet's ImageNet preprocessing."""
-  return dict(block_sizes=(6, 12, 24, 16), growth_rate=32, stem_features=64, bn_epsilon=1.001e-5,
-              preprocessing=dict(IMAGENET_PREPROCESSING))
+  return dict(
+    block_sizes=(6, 12, 24, 16),
+    growth_rate=32,
+    stem_features=64,
+    bn_epsilon=1.001e-5,
+    preprocessing=dict(IMAGENET_PREPROCESSING),
+  )
 
 
 def tiny_encoder() -> dict:
   """A small DenseNet for CPU demos (same code path, a fraction of the compute)."""
-  return dict(block_sizes=(2, 2, 2), growth_rate=16, stem_features=32, bn_epsilon=1.001e-5,
-              preprocessing=dict(IMAGENET_PREPROCESSING))
+  return dict(
+    block_sizes=(2, 2, 2),
+    growth_rate=16,
+    stem_features=32,
+    bn_epsilon=1.001e-5,
+    preprocessing=dict(IMAGENET_PREPROCESSING),
+  )
 
 
 def smoke_encoder() -> dict:
@@ -209,15 +224,33 @@ def smoke_chexnet_encoder() -> dict:
   """The DenseNet of the CheXNet configs' smoke variants: DenseNet-121's layout (four blocks, growth 32,
   stem 64, Keras batch-norm epsilon) with one layer per block, so that `cxrjax port-weights` files of the
   same layout load into it, at a fraction of the compute."""
-  return dict(block_sizes=(1, 1, 1, 1), growth_rate=32, stem_features=64, bn_epsilon=1.001e-5,
-              preprocessing=dict(IMAGENET_PREPROCESSING))
+  return dict(
+    block_sizes=(1, 1, 1, 1),
+    growth_rate=32,
+    stem_features=64,
+    bn_epsilon=1.001e-5,
+    preprocessing=dict(IMAGENET_PREPROCESSING),
+  )
 
 
 def adamw(learning_rate: float, warmup_steps: int, param_groups=TRAINED_EVERYWHERE, **overrides) -> dict:
   """The report generators' optimizer: AdamW, warm-up then cosine decay, global-norm clipping 1."""
-  return dict(dict(name="adamw", learning_rate=learning_rate, schedule="cosine", warmup_steps=warmup_steps,
-                   final_lr_fraction=0.01, decay_every_steps=0, weight_decay=1e-4, grad_clip_norm=1.0,
-                   b1=0.9, b2=0.999, param_groups=param_groups), **overrides)
+  return dict(
+    dict(
+      name="adamw",
+      learning_rate=learning_rate,
+      schedule="cosine",
+      warmup_steps=warmup_steps,
+      final_lr_fraction=0.01,
+      decay_every_steps=0,
+      weight_decay=1e-4,
+      grad_clip_norm=1.0,
+      b1=0.9,
+      b2=0.999,
+      param_groups=param_groups,
+    ),
+    **overrides,
+  )
 
 
 def no_init() -> dict:
@@ -230,19 +263,34 @@ def phantom_captions_demo_data() -> dict:
   trained unflipped on random crops of an 8/7 shortest-side resize (R2Gen's 256 -> 224), as the demos'
   numbers were measured."""
   return dict(
-      name="phantom_captions", image_size=64, num_views=1, max_length=24, cleaning="r2gen", tokenizer="",
-      vocabulary_min_count=1, caption_protocol="r2gen",  # Cleaned captions, scored as cleaned.
-      augment=dict(random_crop=True, crop_resize=0, flip=False, rotation=0.0),  # Phantom captions name sides.
-      read_threads=1, num_train=3000, num_val=100, num_test=300, phantom_seed=0,
-      phantom_prevalences=dict(cardiomegaly=0.4, effusion=0.4, pneumothorax=0.3, opacity=0.3, nodule=0.3))
+    name="phantom_captions",
+    image_size=64,
+    num_views=1,
+    max_length=24,
+    cleaning="r2gen",
+    tokenizer="",
+    vocabulary_min_count=1,
+    caption_protocol="r2gen",  # Cleaned captions, scored as cleaned.
+    augment=dict(random_crop=True, crop_resize=0, flip=False, rotation=0.0),  # Phantom captions name sides.
+    read_threads=1,
+    num_train=3000,
+    num_val=100,
+    num_test=300,
+    phantom_seed=0,
+    phantom_prevalences=dict(cardiomegaly=0.4, effusion=0.4, pneumothorax=0.3, opacity=0.3, nodule=0.3),
+  )
 
 
 def sharding_section(model_parallel: int = 1, fsdp: bool = False) -> dict:
   """config.sharding (cxrjax/sharding.py): the batch over 'data' (the devices left), the transformer
   families' heads, MLP units and vocabulary split over `model_parallel` devices ('model'), and with
   `fsdp` every parameter of at least sharding.FSDP_MIN_SIZE elements split over 'data' as well."""
-  return dict(mesh=((sharding.DATA_AXIS, -1), (sharding.MODEL_AXIS, model_parallel)),
-              rules=sharding.DEFAULT_RULES, fsdp=fsdp, fsdp_min_size=sharding.FSDP_MIN_SIZE)
+  return dict(
+    mesh=((sharding.DATA_AXIS, -1), (sharding.MODEL_AXIS, model_parallel)),
+    rules=sharding.DEFAULT_RULES,
+    fsdp=fsdp,
+    fsdp_min_size=sharding.FSDP_MIN_SIZE,
+  )
 
 
 def rocov2_experiment(model: dict, tokenizer: str = "") -> ml_collections.ConfigDict:
@@ -255,19 +303,33 @@ def rocov2_experiment(model: dict, tokenizer: str = "") -> ml_collections.Config
   steps_per_epoch = 56_963 // 200
   config = ml_collections.ConfigDict()
   config.data = dict(
-      name="rocov2", data_dir="", subset="all", image_size=224, num_views=1, max_length=80, cleaning="none",
-      tokenizer=tokenizer,  # bert-base-uncased's vocab.txt (WordPiece); "" builds a word vocabulary instead
-      vocabulary_min_count=3,
-      caption_protocol="imageclef",  # ImageCLEFmedical Caption's scoring ("coco": the COCO caption evaluation's)
-      # The seed's: flips (its captions seldom name sides) and RandomRotation(10) on the 224 x 224 squash.
-      augment=dict(random_crop=False, crop_resize=0, flip=True, rotation=10.0),
-      read_threads=2)
+    name="rocov2",
+    data_dir="",
+    subset="all",
+    image_size=224,
+    num_views=1,
+    max_length=80,
+    cleaning="none",
+    tokenizer=tokenizer,  # bert-base-uncased's vocab.txt (WordPiece); "" builds a word vocabulary instead
+    vocabulary_min_count=3,
+    caption_protocol="imageclef",  # ImageCLEFmedical Caption's scoring ("coco": the COCO caption evaluation's)
+    # The seed's: flips (its captions seldom name sides) and RandomRotation(10) on the 224 x 224 squash.
+    augment=dict(random_crop=False, crop_resize=0, flip=True, rotation=10.0),
+    read_threads=2,
+  )
   config.model = model
   config.init = no_init()  # init.encoder: a Hugging Face ResNetModel folder (microsoft/resnet-50)
-  config.optimizer = adamw(1e-4, 0, TRAINED_EVERYWHERE, final_lr_fraction=1.0, weight_decay=1e-2,
-                           grad_clip_norm=1e3)
-  config.train = dict(batch_size=200, num_steps=15 * steps_per_epoch, seed=0, profile_steps=(), log_every=50,
-                      eval_every=steps_per_epoch, checkpoint_every=steps_per_epoch, cache_features=False)
+  config.optimizer = adamw(1e-4, 0, TRAINED_EVERYWHERE, final_lr_fraction=1.0, weight_decay=1e-2, grad_clip_norm=1e3)
+  config.train = dict(
+    batch_size=200,
+    num_steps=15 * steps_per_epoch,
+    seed=0,
+    profile_steps=(),
+    log_every=50,
+    eval_every=steps_per_epoch,
+    checkpoint_every=steps_per_epoch,
+    cache_features=False,
+  )
   # generate_caption(max_len=80): 80 argmax steps from [CLS], the one that picks [SEP] included ([CLS] is not
   # counted), so 80 in decoding.py's count; nothing blocked.
   config.decode = dict(beam_size=1, max_length=80, length_penalty=0.0, block_ngram_repeat=0)
@@ -290,30 +352,52 @@ def roco_chest_experiment(model: dict, tokenizer: str = "") -> ml_collections.Co
   batches_per_epoch = ROCO_CHEST_TRAIN_IMAGES // 8
   config = ml_collections.ConfigDict()
   config.data = dict(
-      name="roco", data_dir="", subset="chest_xray", image_size=int(model["encoder"]["image_size"]),
-      num_views=1, max_length=64, cleaning="none",
-      tokenizer=tokenizer,  # the imported workdir's tokenizer.json (the checkpoint's WordPiece vocabulary)
-      vocabulary_min_count=1,
-      caption_protocol="coco",  # The COCO caption evaluation's scoring ("imageclef": ImageCLEFmedical Caption's)
-      # Training sees the processor's view, as in the seed: no crop it does not take, no flip (captions name
-      # sides).
-      augment=dict(random_crop=False, crop_resize=0, flip=False, rotation=0.0),
-      read_threads=2)
+    name="roco",
+    data_dir="",
+    subset="chest_xray",
+    image_size=int(model["encoder"]["image_size"]),
+    num_views=1,
+    max_length=64,
+    cleaning="none",
+    tokenizer=tokenizer,  # the imported workdir's tokenizer.json (the checkpoint's WordPiece vocabulary)
+    vocabulary_min_count=1,
+    caption_protocol="coco",  # The COCO caption evaluation's scoring ("imageclef": ImageCLEFmedical Caption's)
+    # Training sees the processor's view, as in the seed: no crop it does not take, no flip (captions name
+    # sides).
+    augment=dict(random_crop=False, crop_resize=0, flip=False, rotation=0.0),
+    read_threads=2,
+  )
   config.model = model
   config.init = no_init()  # init.from_workdir: a `cxrjax port-weights --format hf` workdir
   # transformers' Trainer defaults beside the seed's settings: no warm-up, linear decay to 0, clipping at 1.
-  config.optimizer = adamw(5e-5, 0, TRAINED_EVERYWHERE, schedule="linear", final_lr_fraction=0.0, weight_decay=1e-8,
-                           grad_clip_norm=1.0, accumulate_steps=2)
-  config.train = dict(batch_size=8, num_steps=10 * batches_per_epoch, seed=0, profile_steps=(), log_every=50,
-                      eval_every=batches_per_epoch, checkpoint_every=batches_per_epoch, cache_features=False)
-  config.decode = dict(beam_size=1, max_length=50, length_penalty=1.0, length_normalization="hf",
-                       block_ngram_repeat=0)
+  config.optimizer = adamw(
+    5e-5,
+    0,
+    TRAINED_EVERYWHERE,
+    schedule="linear",
+    final_lr_fraction=0.0,
+    weight_decay=1e-8,
+    grad_clip_norm=1.0,
+    accumulate_steps=2,
+  )
+  config.train = dict(
+    batch_size=8,
+    num_steps=10 * batches_per_epoch,
+    seed=0,
+    profile_steps=(),
+    log_every=50,
+    eval_every=batches_per_epoch,
+    checkpoint_every=batches_per_epoch,
+    cache_features=False,
+  )
+  config.decode = dict(beam_size=1, max_length=50, length_penalty=1.0, length_normalization="hf", block_ngram_repeat=0)
   config.eval = dict(batch_size=8, best_metric="ROUGE-L", max_val_examples=0)
   return config
 
 
-def iu_xray_experiment(arg: ml_collections.ConfigDict, model: dict, smoke_model: dict,
-                       param_groups=FROZEN_ENCODER) -> ml_collections.ConfigDict:
+def iu_xray_experiment(
+  arg: ml_collections.ConfigDict, model: dict, smoke_model: dict, param_groups=FROZEN_ENCODER
+) -> ml_collections.ConfigDict:
   """The seed-000/001 IU X-ray setup shared by the three report generators: two views at 224 (evaluation:
   squashed, as the seeds' (224, 224) resize; training: R2Gen's random 224 crop of a 256 shortest-side resize,
   unflipped), reports of up to 60 tokens (R2Gen), words seen 3 times, CheXNet frozen, AdamW, beam 3;
@@ -328,22 +412,36 @@ def iu_xray_experiment(arg: ml_collections.ConfigDict, model: dict, smoke_model:
   """
   config = ml_collections.ConfigDict()
   config.data = dict(
-      name="iu_xray", data_dir="", tfds_config=arg.split, image_size=224, num_views=2, max_length=60,
-      cleaning="r2gen", vocabulary_min_count=3,
-      # The report sections trained on and scored against: "findings" (R2Gen's protocol, its published tables)
-      # or "findings_impression" (ReXrank's IU X-ray leaderboard); `cxrjax prepare --sections` builds its vocabulary.
-      report_sections=arg.sections,
-      tokenizer="",  # "": a word vocabulary (prepared by `cxrjax prepare`); or a WordPiece vocab.txt / tokenizer.json
-      caption_protocol="r2gen",  # R2Gen's cleaned reports, as the published IU X-ray tables score them
-      # R2Gen's Resize(256) + RandomCrop(224) (crop_resize 0: image_size * 8 / 7), without its flip: the
-      # reports name sides, and a flipped image would contradict its report.
-      augment=dict(random_crop=True, crop_resize=0, flip=False, rotation=0.0))
+    name="iu_xray",
+    data_dir="",
+    tfds_config=arg.split,
+    image_size=224,
+    num_views=2,
+    max_length=60,
+    cleaning="r2gen",
+    vocabulary_min_count=3,
+    # The report sections trained on and scored against: "findings" (R2Gen's protocol, its published tables)
+    # or "findings_impression" (ReXrank's IU X-ray leaderboard); `cxrjax prepare --sections` builds its vocabulary.
+    report_sections=arg.sections,
+    tokenizer="",  # "": a word vocabulary (prepared by `cxrjax prepare`); or a WordPiece vocab.txt / tokenizer.json
+    caption_protocol="r2gen",  # R2Gen's cleaned reports, as the published IU X-ray tables score them
+    # R2Gen's Resize(256) + RandomCrop(224) (crop_resize 0: image_size * 8 / 7), without its flip: the
+    # reports name sides, and a flipped image would contradict its report.
+    augment=dict(random_crop=True, crop_resize=0, flip=False, rotation=0.0),
+  )
   config.model = model
   config.init = no_init()
   config.optimizer = adamw(1e-3, 500, param_groups)
-  config.train = dict(batch_size=32, num_steps=20_000, seed=0, profile_steps=(), log_every=100, eval_every=1000,
-                      checkpoint_every=1000,
-                      cache_features=False)  # True: the frozen CheXNet's features computed once
+  config.train = dict(
+    batch_size=32,
+    num_steps=20_000,
+    seed=0,
+    profile_steps=(),
+    log_every=100,
+    eval_every=1000,
+    checkpoint_every=1000,
+    cache_features=False,
+  )  # True: the frozen CheXNet's features computed once
   config.decode = dict(beam_size=3, max_length=59, length_penalty=0.0, block_ngram_repeat=0)
   config.eval = dict(batch_size=32, best_metric="BLEU-4", max_val_examples=0)
   if arg.tpu:

@@ -89,6 +89,7 @@ class Shared:
   beams, ...], and step code reads it with `attention_scores` / `attention_context`, which let row
   b * beams + k use row b. For a large encoder that is most of a step's memory traffic saved.
   step_fn must return it unchanged; `shared_value` reads it (and passes plain arrays through)."""
+
   value: jax.Array
 
 
@@ -143,6 +144,7 @@ def split_heads(x: jax.Array, num_heads: int) -> jax.Array:
   batch, length, width = x.shape
   return x.reshape(batch, length, num_heads, width // num_heads).transpose(0, 2, 1, 3)
 
+
 _NEG_INF = float("-inf")
 
 
@@ -179,8 +181,10 @@ def _batch_size_of(init_cache: Cache, batch_size: int | None) -> int:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   for path, leaf in batched:
     if jnp.shape(leaf)[0] != batch_size:
-      raise ValueError(f"init_cache leaf {jax.tree_util.keystr(path)} has shape {jnp.shape(leaf)}; "
-                       f"its leading dimension must be the batch size {batch_size}")
+      raise ValueError(
+        f"init_cache leaf {jax.tree_util.keystr(path)} has shape {jnp.shape(leaf)}; "
+        f"its leading dimension must be the batch size {batch_size}"
+      )
   return batch_size
 
 
@@ -204,8 +208,10 @@ def _call_step(step_fn: StepFn, tokens: jax.Array, cache: Cache, position: jax.A
     raise ValueError(f"step_fn changed the cache structure: {old_tree} -> {new_tree}")
   for (path, old), new in zip(old_leaves, new_leaves):
     if old.shape != new.shape or old.dtype != new.dtype:
-      raise ValueError(f"step_fn changed cache leaf {jax.tree_util.keystr(path)} from "
-                       f"{old.dtype}{list(old.shape)} to {new.dtype}{list(new.shape)}")
+      raise ValueError(
+        f"step_fn changed cache leaf {jax.tree_util.keystr(path)} from "
+        f"{old.dtype}{list(old.shape)} to {new.dtype}{list(new.shape)}"
+      )
   new_cache = jax.tree.map(lambda old, new: new.astype(old.dtype), cache, new_cache)  # drops weak types
   return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), new_cache
 
@@ -245,8 +251,9 @@ def _ngram_repeat_counts(sequences: jax.Array, length: jax.Array, n: int, vocab_
   return counts.at[jnp.arange(rows)[:, None], followers].add(1, mode="drop")
 
 
-def _penalize_repeats(log_probs: jax.Array, sequences: jax.Array, length: jax.Array, n: int,
-                      penalty: float | None) -> jax.Array:
+def _penalize_repeats(
+  log_probs: jax.Array, sequences: jax.Array, length: jax.Array, n: int, penalty: float | None
+) -> jax.Array:
   """Blocks (penalty None) or penalizes candidates that repeat an n-gram.
 
   Args:
@@ -282,6 +289,7 @@ def _check_options(max_length: int, block_ngram_repeat: int, ngram_penalty: floa
 @flax.struct.dataclass
 class GreedyState:
   """Loop state of greedy search."""
+
   position: jax.Array  # int32 scalar: tokens generated so far
   last_tokens: jax.Array  # int32 [batch]: token fed next
   tokens: jax.Array  # int32 [batch, max_length]: generated tokens, pad_id after end
@@ -291,17 +299,19 @@ class GreedyState:
   cache: Cache  # leaves [batch, ...]
 
 
-def greedy_search(step_fn: StepFn,
-                  init_cache: Cache,
-                  *,
-                  start_id: int,
-                  end_id: int,
-                  max_length: int,
-                  batch_size: int | None = None,
-                  pad_id: int = 0,
-                  block_ngram_repeat: int = 0,
-                  ngram_penalty: float | None = None,
-                  return_token_log_probs: bool = False) -> tuple[jax.Array, ...]:
+def greedy_search(
+  step_fn: StepFn,
+  init_cache: Cache,
+  *,
+  start_id: int,
+  end_id: int,
+  max_length: int,
+  batch_size: int | None = None,
+  pad_id: int = 0,
+  block_ngram_repeat: int = 0,
+  ngram_penalty: float | None = None,
+  return_token_log_probs: bool = False,
+) -> tuple[jax.Array, ...]:
   """Greedy decoding of a batch in one `lax.while_loop`.
 
   Args:
@@ -330,13 +340,14 @@ def greedy_search(step_fn: StepFn,
   _check_options(max_length, block_ngram_repeat, ngram_penalty)
   batch_size = _batch_size_of(init_cache, batch_size)
   init_state = GreedyState(
-      position=jnp.array(0, jnp.int32),
-      last_tokens=jnp.full((batch_size,), start_id, jnp.int32),
-      tokens=jnp.full((batch_size, max_length), pad_id, jnp.int32),
-      log_probs=jnp.zeros((batch_size,), jnp.float32),
-      token_log_probs=jnp.zeros((batch_size, max_length), jnp.float32),
-      finished=jnp.zeros((batch_size,), jnp.bool_),
-      cache=_as_arrays(init_cache))
+    position=jnp.array(0, jnp.int32),
+    last_tokens=jnp.full((batch_size,), start_id, jnp.int32),
+    tokens=jnp.full((batch_size, max_length), pad_id, jnp.int32),
+    log_probs=jnp.zeros((batch_size,), jnp.float32),
+    token_log_probs=jnp.zeros((batch_size, max_length), jnp.float32),
+    finished=jnp.zeros((batch_size,), jnp.bool_),
+    cache=_as_arrays(init_cache),
+  )
 
   def cond_fn(state: GreedyState) -> jax.Array:
     return (state.position < max_length) & ~jnp.all(state.finished)
@@ -352,16 +363,18 @@ def greedy_search(step_fn: StepFn,
     next_log_probs = jnp.where(state.finished, 0.0, next_log_probs)
     # [batch] --> [batch, 1] written at column `position`.
     tokens = lax.dynamic_update_slice_in_dim(state.tokens, next_tokens[:, None], state.position, axis=1)
-    token_log_probs = lax.dynamic_update_slice_in_dim(state.token_log_probs, next_log_probs[:, None],
-                                                      state.position, axis=1)
+    token_log_probs = lax.dynamic_update_slice_in_dim(
+      state.token_log_probs, next_log_probs[:, None], state.position, axis=1
+    )
     return GreedyState(
-        position=state.position + 1,
-        last_tokens=next_tokens,
-        tokens=tokens,
-        log_probs=state.log_probs + next_log_probs,
-        token_log_probs=token_log_probs,
-        finished=state.finished | (next_tokens == end_id),
-        cache=cache)
+      position=state.position + 1,
+      last_tokens=next_tokens,
+      tokens=tokens,
+      log_probs=state.log_probs + next_log_probs,
+      token_log_probs=token_log_probs,
+      finished=state.finished | (next_tokens == end_id),
+      cache=cache,
+    )
 
   final_state = lax.while_loop(cond_fn, body_fn, init_state)
   if return_token_log_probs:
@@ -387,8 +400,11 @@ def gather_beams(tree: Any, beam_indices: jax.Array) -> Any:
 def _expand_beams(cache: Cache, beam_size: int) -> Cache:
   """[batch, ...] -> [batch * beams, ...], each example repeated beam_size times (Shared entries and
   scalars stay as they are)."""
-  return jax.tree.map(lambda x: x if isinstance(x, Shared) or x.ndim == 0 else jnp.repeat(x, beam_size, axis=0),
-                      cache, is_leaf=lambda x: isinstance(x, Shared))
+  return jax.tree.map(
+    lambda x: x if isinstance(x, Shared) or x.ndim == 0 else jnp.repeat(x, beam_size, axis=0),
+    cache,
+    is_leaf=lambda x: isinstance(x, Shared),
+  )
 
 
 def _gather_flat_beams(cache: Cache, beam_indices: jax.Array) -> Cache:
@@ -425,6 +441,7 @@ def _normalized(log_probs: jax.Array, length: jax.Array | int, alpha: float, rul
 @flax.struct.dataclass
 class BeamState:
   """Loop state of beam search. Slots holding no hypothesis score -inf."""
+
   position: jax.Array  # int32 scalar: tokens generated so far
   # Alive (unfinished) hypotheses, best first, with their log-probabilities.
   live_log_probs: jax.Array  # float32 [batch, beams]
@@ -440,20 +457,22 @@ class BeamState:
   cache: Cache  # leaves [batch * beams, ...]
 
 
-def beam_search(step_fn: StepFn,
-                init_cache: Cache,
-                *,
-                start_id: int,
-                end_id: int,
-                max_length: int,
-                beam_size: int,
-                length_penalty: float = 0.0,
-                length_normalization: str = "gnmt",
-                batch_size: int | None = None,
-                pad_id: int = 0,
-                block_ngram_repeat: int = 0,
-                ngram_penalty: float | None = None,
-                return_token_log_probs: bool = False) -> tuple[jax.Array, ...]:
+def beam_search(
+  step_fn: StepFn,
+  init_cache: Cache,
+  *,
+  start_id: int,
+  end_id: int,
+  max_length: int,
+  beam_size: int,
+  length_penalty: float = 0.0,
+  length_normalization: str = "gnmt",
+  batch_size: int | None = None,
+  pad_id: int = 0,
+  block_ngram_repeat: int = 0,
+  ngram_penalty: float | None = None,
+  return_token_log_probs: bool = False,
+) -> tuple[jax.Array, ...]:
   """Beam search over a batch in one `lax.while_loop`.
 
   The cache is expanded to [batch * beams, ...] once and re-gathered by the
@@ -510,17 +529,18 @@ def beam_search(step_fn: StepFn,
     return _normalized(log_probs, length, length_penalty, length_normalization)
 
   init_state = BeamState(
-      position=jnp.array(0, jnp.int32),
-      # Only beam 0 starts alive, so the first step does not pick one
-      # continuation beam_size times.
-      live_log_probs=jnp.tile(jnp.array([0.0] + [_NEG_INF] * (beam_size - 1), jnp.float32), (batch_size, 1)),
-      live_tokens=jnp.full((batch_size, beam_size, max_length), pad_id, jnp.int32),
-      live_token_log_probs=jnp.zeros((batch_size, beam_size, max_length), jnp.float32),
-      finished_scores=jnp.full((batch_size, beam_size), _NEG_INF, jnp.float32),
-      finished_tokens=jnp.full((batch_size, beam_size, max_length), pad_id, jnp.int32),
-      finished_token_log_probs=jnp.zeros((batch_size, beam_size, max_length), jnp.float32),
-      open=jnp.ones((batch_size,), jnp.bool_),
-      cache=_expand_beams(_as_arrays(init_cache), beam_size))
+    position=jnp.array(0, jnp.int32),
+    # Only beam 0 starts alive, so the first step does not pick one
+    # continuation beam_size times.
+    live_log_probs=jnp.tile(jnp.array([0.0] + [_NEG_INF] * (beam_size - 1), jnp.float32), (batch_size, 1)),
+    live_tokens=jnp.full((batch_size, beam_size, max_length), pad_id, jnp.int32),
+    live_token_log_probs=jnp.zeros((batch_size, beam_size, max_length), jnp.float32),
+    finished_scores=jnp.full((batch_size, beam_size), _NEG_INF, jnp.float32),
+    finished_tokens=jnp.full((batch_size, beam_size, max_length), pad_id, jnp.int32),
+    finished_token_log_probs=jnp.zeros((batch_size, beam_size, max_length), jnp.float32),
+    open=jnp.ones((batch_size,), jnp.bool_),
+    cache=_expand_beams(_as_arrays(init_cache), beam_size),
+  )
 
   def cond_fn(state: BeamState) -> jax.Array:
     if hf:
@@ -540,14 +560,18 @@ def beam_search(step_fn: StepFn,
     flat_log_probs, flat_cache = _call_step(step_fn, last_tokens.reshape(rows), state.cache, position)
     vocab_size = flat_log_probs.shape[-1]
     flat_log_probs = _penalize_repeats(
-        flat_log_probs,
-        state.live_tokens.reshape(rows, max_length),  # [batch, beams, max_length] --> [batch * beams, max_length]
-        position, block_ngram_repeat, ngram_penalty)
+      flat_log_probs,
+      state.live_tokens.reshape(rows, max_length),  # [batch, beams, max_length] --> [batch * beams, max_length]
+      position,
+      block_ngram_repeat,
+      ngram_penalty,
+    )
     # [batch * beams, vocab] --> [batch, beams * vocab]
     step_log_probs = flat_log_probs.reshape(batch_size, beam_size * vocab_size)
     # [batch, beams, vocab] + [batch, beams, 1] --> [batch, beams * vocab]
-    log_probs = (flat_log_probs.reshape(batch_size, beam_size, vocab_size) +
-                 state.live_log_probs[:, :, None]).reshape(batch_size, beam_size * vocab_size)
+    log_probs = (flat_log_probs.reshape(batch_size, beam_size, vocab_size) + state.live_log_probs[:, :, None]).reshape(
+      batch_size, beam_size * vocab_size
+    )
 
     # Top 2k of all beam x token candidates, so that k alive ones remain even
     # when k of them end here.
@@ -560,7 +584,8 @@ def beam_search(step_fn: StepFn,
     # [batch, 2 * beams] --> [batch, 2 * beams, 1] written at column `position`.
     top_tokens = lax.dynamic_update_slice_in_dim(top_tokens, top_new_tokens[:, :, None], position, axis=2)
     top_token_log_probs = lax.dynamic_update_slice_in_dim(
-        top_token_log_probs, top_new_log_probs[:, :, None], position, axis=2)
+      top_token_log_probs, top_new_log_probs[:, :, None], position, axis=2
+    )
     # Candidates that stop: the end token; in "hf" mode also every candidate at
     # max_length (transformers' max-length stopping criterion).
     stops = top_new_tokens == end_id  # [batch, 2 * beams]
@@ -572,7 +597,8 @@ def beam_search(step_fn: StepFn,
     live_log_probs, live_indices = lax.top_k(jnp.where(stops, _NEG_INF, top_log_probs), k=beam_size)
     # --> [batch, beams, max_length], [batch, beams, max_length], [batch, beams]
     live_tokens, live_token_log_probs, live_parents = gather_beams(
-        (top_tokens, top_token_log_probs, top_parents), live_indices)
+      (top_tokens, top_token_log_probs, top_parents), live_indices
+    )
     cache = _gather_flat_beams(flat_cache, live_parents)  # --> {[batch * beams, ...]}
 
     # Finished: the best k of the old finished and the candidates that stopped
@@ -583,10 +609,13 @@ def beam_search(step_fn: StepFn,
     pooled = stops & in_top_k[None, :] & state.open[:, None]  # [batch, 2 * beams]
     new_scores = jnp.where(pooled, normalized(top_log_probs, position + 1), _NEG_INF)
     finished_scores, (finished_tokens, finished_token_log_probs) = _top_beams(
-        jnp.concatenate([state.finished_scores, new_scores], axis=1),  # --> [batch, 3 * beams]
-        (jnp.concatenate([state.finished_tokens, top_tokens], axis=1),  # --> [batch, 3 * beams, max_length]
-         jnp.concatenate([state.finished_token_log_probs, top_token_log_probs], axis=1)),
-        beam_size)  # --> [batch, beams], ([batch, beams, max_length], [batch, beams, max_length])
+      jnp.concatenate([state.finished_scores, new_scores], axis=1),  # --> [batch, 3 * beams]
+      (
+        jnp.concatenate([state.finished_tokens, top_tokens], axis=1),  # --> [batch, 3 * beams, max_length]
+        jnp.concatenate([state.finished_token_log_probs, top_token_log_probs], axis=1),
+      ),
+      beam_size,
+    )  # --> [batch, beams], ([batch, beams, max_length], [batch, beams, max_length])
     open_rows = state.open
     if hf:
       # transformers' early_stopping=False heuristic: stop the row once its pool
@@ -596,15 +625,16 @@ def beam_search(step_fn: StepFn,
       best_alive = normalized(live_log_probs[:, 0], position + 1)  # [batch]
       open_rows = open_rows & ~((worst_finished > _NEG_INF) & (best_alive <= worst_finished))
     return BeamState(
-        position=position + 1,
-        live_log_probs=live_log_probs,
-        live_tokens=live_tokens,
-        live_token_log_probs=live_token_log_probs,
-        finished_scores=finished_scores,
-        finished_tokens=finished_tokens,
-        finished_token_log_probs=finished_token_log_probs,
-        open=open_rows,
-        cache=cache)
+      position=position + 1,
+      live_log_probs=live_log_probs,
+      live_tokens=live_tokens,
+      live_token_log_probs=live_token_log_probs,
+      finished_scores=finished_scores,
+      finished_tokens=finished_tokens,
+      finished_token_log_probs=finished_token_log_probs,
+      open=open_rows,
+      cache=cache,
+    )
 
   final_state = lax.while_loop(cond_fn, body_fn, init_state)
 
@@ -613,13 +643,15 @@ def beam_search(step_fn: StepFn,
   if not hf:
     # Beams alive at max_length are truncated hypotheses of max_length tokens.
     # After an early exit they are shorter and cannot beat a finished one: drop them.
-    truncated_scores = jnp.where(final_state.position == max_length, final_state.live_log_probs / max_penalty,
-                                 _NEG_INF)
+    truncated_scores = jnp.where(final_state.position == max_length, final_state.live_log_probs / max_penalty, _NEG_INF)
     scores, hypotheses = _top_beams(
-        jnp.concatenate([scores, truncated_scores], axis=1),  # --> [batch, 2 * beams]
-        (jnp.concatenate([hypotheses[0], final_state.live_tokens], axis=1),  # [batch, 2 * beams, max_length]
-         jnp.concatenate([hypotheses[1], final_state.live_token_log_probs], axis=1)),
-        beam_size)  # --> [batch, beams], ([batch, beams, max_length], [batch, beams, max_length])
+      jnp.concatenate([scores, truncated_scores], axis=1),  # --> [batch, 2 * beams]
+      (
+        jnp.concatenate([hypotheses[0], final_state.live_tokens], axis=1),  # [batch, 2 * beams, max_length]
+        jnp.concatenate([hypotheses[1], final_state.live_token_log_probs], axis=1),
+      ),
+      beam_size,
+    )  # --> [batch, beams], ([batch, beams, max_length], [batch, beams, max_length])
   # [batch, beams] --> [batch, beams, 1]: empty slots hold only padding.
   empty = (scores == _NEG_INF)[:, :, None]
   tokens = jnp.where(empty, pad_id, hypotheses[0])
@@ -631,9 +663,11 @@ def beam_search(step_fn: StepFn,
 # Jitting a whole search.
 
 
-def jit_search(search: Callable[..., tuple[jax.Array, jax.Array]],
-               step_fn: Callable[[Any, jax.Array, Cache, jax.Array], tuple[jax.Array, Cache]],
-               **options: Any) -> Callable[[Any, Cache], tuple[jax.Array, jax.Array]]:
+def jit_search(
+  search: Callable[..., tuple[jax.Array, jax.Array]],
+  step_fn: Callable[[Any, jax.Array, Cache, jax.Array], tuple[jax.Array, Cache]],
+  **options: Any,
+) -> Callable[[Any, Cache], tuple[jax.Array, jax.Array]]:
   """A jitted `(params, init_cache) -> search(...)` with every option static.
 
   Model parameters are an argument (not closed over), so they are traced,

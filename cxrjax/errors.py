@@ -19,6 +19,7 @@ class UserError(ValueError):
   """A mistake in the user's input (config, files, arguments); the message names the file and the problem.
 
   `details`, when set, is printed before the one-line message (e.g. what a partial download held)."""
+
   details: str = ""
 
 
@@ -28,11 +29,9 @@ class ConfigError(UserError):
 
 def describe(error: BaseException) -> str:
   """The one-line message of a user's mistake: the path and the problem for OS errors."""
-  if isinstance(error, OSError) and not isinstance(error, UserError) and error.filename is not None \
-      and error.strerror:
+  if isinstance(error, OSError) and not isinstance(error, UserError) and error.filename is not None and error.strerror:
     problem = error.strerror
-    if isinstance(error, FileExistsError) and os.path.lexists(error.filename) \
-        and not os.path.isdir(error.filename):
+    if isinstance(error, FileExistsError) and os.path.lexists(error.filename) and not os.path.isdir(error.filename):
       problem = "exists and is not a directory"
     return f"{error.filename}: {problem}"
   return str(error)

@@ -61,20 +61,28 @@ def text_baselines(config, references: list[str], reference_source: Any, meteor:
   result = {}
   most_common, share = baselines.most_common_report(train_reports, protocol=protocol)
   best_constant, train_bleu4 = baselines.best_constant_report(train_reports, protocol=protocol)
-  for name, report, extra in (("most_common_report", most_common, {"share_of_training_reports": share}),
-                              ("best_constant_report", best_constant, {"training_BLEU-4": train_bleu4})):
-    result[name] = {"report": report, **extra,
-                    "scores": caption_metrics.caption_metrics(references, [report] * len(references),
-                                                              protocol=protocol, meteor=meteor)}
+  for name, report, extra in (
+    ("most_common_report", most_common, {"share_of_training_reports": share}),
+    ("best_constant_report", best_constant, {"training_BLEU-4": train_bleu4}),
+  ):
+    result[name] = {
+      "report": report,
+      **extra,
+      "scores": caption_metrics.caption_metrics(
+        references, [report] * len(references), protocol=protocol, meteor=meteor
+      ),
+    }
   if hasattr(reference_source, "oracle_reports"):
     oracle = [text_cleaning.clean_report(r, cleaning) for r in reference_source.oracle_reports()]
-    result["findings_oracle"] = {"scores": caption_metrics.caption_metrics(references, oracle, protocol=protocol,
-                                                                           meteor=meteor)}
+    result["findings_oracle"] = {
+      "scores": caption_metrics.caption_metrics(references, oracle, protocol=protocol, meteor=meteor)
+    }
   return result
 
 
-def build_evaluators(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                     extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def build_evaluators(
+  config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, extra: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
   """The evaluators of config.evaluators plus `extra`'s sections (same name: `extra`'s replaces the config's),
   built over `mesh`; {} when there are none. A ConfigError (before any prediction) for a classifier, a text
   evaluator that would score the task's text metrics twice, or whatever evaluators.from_config refuses."""
@@ -83,33 +91,49 @@ def build_evaluators(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   if not section:
     return {}
   if not tasks.task_class(config).uses_tokenizer:
-    raise ConfigError(f"config.evaluators.{next(iter(section))}: {config.model.name} is a classifier; evaluators "
-                      "score generated reports")
+    raise ConfigError(
+      f"config.evaluators.{next(iter(section))}: {config.model.name} is a classifier; evaluators "
+      "score generated reports"
+    )
   text = section.get("text")
   if isinstance(text, Mapping) and text.get("type", "text") == "text":
-    raise ConfigError("config.evaluators.text: the task already scores the text metrics under "
-                      "config.data.caption_protocol; to score them under another protocol too, name the evaluator "
-                      "otherwise (e.g. coco=dict(type='text', protocol='coco'): scores prefixed 'coco/')")
+    raise ConfigError(
+      "config.evaluators.text: the task already scores the text metrics under "
+      "config.data.caption_protocol; to score them under another protocol too, name the evaluator "
+      "otherwise (e.g. coco=dict(type='text', protocol='coco'): scores prefixed 'coco/')"
+    )
   return evaluators_lib.from_config(section, mesh=mesh)
 
 
-def run_evaluators(built: Mapping[str, Any], records: list[dict], scores: dict[str, Any]
-                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+def run_evaluators(
+  built: Mapping[str, Any], records: list[dict], scores: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
   """The evaluators over a report generator's records -> (`scores` with theirs added, their provenance).
   A score the task already gave is an error, not overwritten."""
-  result = evaluators_lib.run(built, [str(r["id"]) for r in records], [r["reference"] for r in records],
-                              [r["generated"] for r in records])
+  result = evaluators_lib.run(
+    built, [str(r["id"]) for r in records], [r["reference"] for r in records], [r["generated"] for r in records]
+  )
   both = sorted(set(scores) & set(result["scores"]))
   if both:
-    raise ConfigError(f"config.evaluators: the score {both[0]!r} is the task's too; name the evaluator otherwise "
-                      "than its type (its scores are then prefixed with its name)")
+    raise ConfigError(
+      f"config.evaluators: the score {both[0]!r} is the task's too; name the evaluator otherwise "
+      "than its type (its scores are then prefixed with its name)"
+    )
   return {**scores, **result["scores"]}, result["provenance"]
 
 
-def evaluate(workdir: str, split: str, checkpoint: str = workdir_lib.BEST, beam_size: int | None = None,
-             max_examples: int | None = None, meteor: bool = True, baselines_too: bool = True,
-             data_dir: str | None = None, leaderboard_json: str | None = None,
-             evaluators: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def evaluate(
+  workdir: str,
+  split: str,
+  checkpoint: str = workdir_lib.BEST,
+  beam_size: int | None = None,
+  max_examples: int | None = None,
+  meteor: bool = True,
+  baselines_too: bool = True,
+  data_dir: str | None = None,
+  leaderboard_json: str | None = None,
+  evaluators: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
   """Scores `split` with the run's task, writes DIR/eval/<split>/ (process 0), returns metrics.json's dict.
   `data_dir` replaces the config's prepared-dataset folder; `leaderboard_json` is where to write ReXrank's IU
   X-ray prediction file too (rexrank.check_run lists what it refuses); `evaluators`: {name: section} added to
@@ -120,8 +144,10 @@ def evaluate(workdir: str, split: str, checkpoint: str = workdir_lib.BEST, beam_
   run = workdir_lib.load_run(workdir, checkpoint)
   config = run.config
   if beam_size is not None and config.get("decode") is None:
-    raise EvaluationError(f"--beam-size {beam_size}: {workdir} holds a classifier ({config.model.name}), which "
-                          "writes no text; --beam-size is for report generators")
+    raise EvaluationError(
+      f"--beam-size {beam_size}: {workdir} holds a classifier ({config.model.name}), which "
+      "writes no text; --beam-size is for report generators"
+    )
   if data_dir is not None:
     config.data.data_dir = str(data_dir)
   if beam_size is not None:
@@ -130,8 +156,10 @@ def evaluate(workdir: str, split: str, checkpoint: str = workdir_lib.BEST, beam_
     captioning.check_decode_length(config.model, config.decode.max_length, "config.decode.max_length")
   if leaderboard_json is not None:  # Before any prediction.
     if config.get("decode") is None:
-      raise EvaluationError(f"--leaderboard-json: {workdir} holds a classifier ({config.model.name}); the "
-                            f"{rexrank.LEADERBOARD} file holds generated reports")
+      raise EvaluationError(
+        f"--leaderboard-json: {workdir} holds a classifier ({config.model.name}); the "
+        f"{rexrank.LEADERBOARD} file holds generated reports"
+      )
     rexrank.check_run(config.data, split, max_examples)
   # Built once, before any prediction: a missing labeler directory fails before the split is decoded.
   built = build_evaluators(config, run.mesh, evaluators)
@@ -143,12 +171,25 @@ def evaluate(workdir: str, split: str, checkpoint: str = workdir_lib.BEST, beam_
     run.task.label_names = info.label_names
   if max_examples:
     source = pipeline.Subset(source, max_examples)
-  predict = evaluation.jit_predict(run.task, run.model, run.tokenizer, run.mesh,
-                                  jax.tree.map(lambda a: a.sharding, run.state.variables()))
-  records = evaluation.predict_split(run.task, run.state.variables(), source, run.tokenizer, config,
-                                     mesh=run.mesh, predict=predict, batch_size=config.eval.batch_size)
-  output = {"split": split, "checkpoint": checkpoint, "step": int(run.state.step),
-            "scores": run.task.score(records, meteor=meteor)}
+  predict = evaluation.jit_predict(
+    run.task, run.model, run.tokenizer, run.mesh, jax.tree.map(lambda a: a.sharding, run.state.variables())
+  )
+  records = evaluation.predict_split(
+    run.task,
+    run.state.variables(),
+    source,
+    run.tokenizer,
+    config,
+    mesh=run.mesh,
+    predict=predict,
+    batch_size=config.eval.batch_size,
+  )
+  output = {
+    "split": split,
+    "checkpoint": checkpoint,
+    "step": int(run.state.step),
+    "scores": run.task.score(records, meteor=meteor),
+  }
   if built:
     output["scores"], output["evaluators"] = run_evaluators(built, records, output["scores"])
   if getattr(full_source, "references", None) is not None:
@@ -162,8 +203,11 @@ def evaluate(workdir: str, split: str, checkpoint: str = workdir_lib.BEST, beam_
   leaderboard = None
   if leaderboard_json is not None:  # Built on every process, so that a bad pairing fails everywhere alike.
     leaderboard = rexrank.leaderboard_predictions(full_source, records)
-    output["leaderboard_json"] = {"leaderboard": rexrank.LEADERBOARD, "path": str(leaderboard_json),
-                                  "num_studies": len(leaderboard)}
+    output["leaderboard_json"] = {
+      "leaderboard": rexrank.LEADERBOARD,
+      "path": str(leaderboard_json),
+      "num_studies": len(leaderboard),
+    }
   if sharding.is_lead_process():
     out_dir = workdir_lib.eval_dir(workdir, split)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -19,8 +19,7 @@ def _overlay(view: np.ndarray, weights: np.ndarray) -> Image.Image:
     view = np.asarray(Image.fromarray(view).resize((DISPLAY_SIZE, DISPLAY_SIZE), Image.Resampling.BILINEAR))
   height, width = view.shape[:2]
   heat = weights / max(float(weights.max()), 1e-12)
-  heat = np.asarray(Image.fromarray((heat * 255).astype(np.uint8)).resize((width, height),
-                                                                           Image.Resampling.BILINEAR))
+  heat = np.asarray(Image.fromarray((heat * 255).astype(np.uint8)).resize((width, height), Image.Resampling.BILINEAR))
   alpha = (heat.astype(np.float32) / 255.0)[..., None] * 0.6
   red = np.zeros_like(view, dtype=np.float32)
   red[..., 0] = 255.0
@@ -32,8 +31,9 @@ def _save_png(image: Image.Image, path: epath.Path) -> None:
     image.save(handle, format="PNG")
 
 
-def write_attention_maps(out_dir: str | os.PathLike, views: list[np.ndarray], words: list[str],
-                         maps: np.ndarray) -> list[epath.Path]:
+def write_attention_maps(
+  out_dir: str | os.PathLike, views: list[np.ndarray], words: list[str], maps: np.ndarray
+) -> list[epath.Path]:
   """One PNG per word (both views side by side, the word written above) and `summary.png`, a grid."""
   out_dir = epath.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
@@ -87,8 +87,14 @@ def _jet(values: np.ndarray) -> np.ndarray:
   return np.round(np.concatenate([red, green, blue], axis=-1) * 255).astype(np.uint8)
 
 
-def render_attention_figure(image: np.ndarray, heatmap: np.ndarray, box: Any, local_image: np.ndarray,
-                            path: str | os.PathLike, title: str | None = None) -> epath.Path:
+def render_attention_figure(
+  image: np.ndarray,
+  heatmap: np.ndarray,
+  box: Any,
+  local_image: np.ndarray,
+  path: str | os.PathLike,
+  title: str | None = None,
+) -> epath.Path:
   """Writes a PNG for `predict-agcnn`: the global image with the crop box, the heatmap overlay
   (with the box), and the local image, side by side (PIL only).
 
@@ -113,8 +119,7 @@ def render_attention_figure(image: np.ndarray, heatmap: np.ndarray, box: Any, lo
     raise ValueError(f"box {(y0, x0, y1, x1)} is not a non-empty box inside {(height, width)}")
   overlay = np.round(0.55 * rgb + 0.45 * _jet(heatmap)).astype(np.uint8)
   local = Image.fromarray(_to_display(local_image))
-  local = local.resize((max(1, round(local.width * height / local.height)), height),
-                       Image.Resampling.BILINEAR)
+  local = local.resize((max(1, round(local.width * height / local.height)), height), Image.Resampling.BILINEAR)
   line = max(1, round(min(height, width) / 112))
   panels = []
   for array in (rgb, overlay):
@@ -125,8 +130,7 @@ def render_attention_figure(image: np.ndarray, heatmap: np.ndarray, box: Any, lo
   gap, top = max(2, width // 64), 0
   if title:
     top = max(14, height // 16)
-  figure = Image.new("RGB", (sum(p.width for p in panels) + gap * (len(panels) - 1), height + top),
-                     (255, 255, 255))
+  figure = Image.new("RGB", (sum(p.width for p in panels) + gap * (len(panels) - 1), height + top), (255, 255, 255))
   x = 0
   for panel in panels:
     figure.paste(panel, (x, top))

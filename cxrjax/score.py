@@ -60,6 +60,7 @@ class PredictionsError(UserError):
 @dataclasses.dataclass(frozen=True)
 class Predictions:
   """A predictions file read: N ids, references and generated reports, in the file's order."""
+
   path: str
   format: str
   ids: list[str]
@@ -79,8 +80,15 @@ def _text(path: str, data: bytes) -> str:
     raise PredictionsError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
 
 
-def _add(path: str, rows: list[tuple[int, str, str, str]], line: int, identifier: Any, reference: Any,
-         generated: Any, seen: dict[str, int]) -> None:
+def _add(
+  path: str,
+  rows: list[tuple[int, str, str, str]],
+  line: int,
+  identifier: Any,
+  reference: Any,
+  generated: Any,
+  seen: dict[str, int],
+) -> None:
   """Appends one prediction (line, id, reference, generated) after checking its types and id."""
   for name, value in (("reference", reference), ("generated", generated)):
     if not isinstance(value, str):
@@ -92,8 +100,9 @@ def _add(path: str, rows: list[tuple[int, str, str, str]], line: int, identifier
   else:
     raise PredictionsError(f"{path}: line {line}: 'id' is {type(identifier).__name__}, not a string or integer")
   if identifier in seen:
-    raise PredictionsError(f"{path}: line {line}: id {identifier!r} again (first on line {seen[identifier]}); "
-                           "one prediction per study")
+    raise PredictionsError(
+      f"{path}: line {line}: id {identifier!r} again (first on line {seen[identifier]}); one prediction per study"
+    )
   seen[identifier] = line
   rows.append((line, identifier, reference, generated))
 
@@ -108,8 +117,9 @@ def _read_jsonl(path: str, text: str) -> list[tuple[int, str, str, str]]:
     except json.JSONDecodeError as error:
       raise PredictionsError(f"{path}: line {line}: not valid JSON ({error.msg} at column {error.colno})") from None
     if not isinstance(record, dict):
-      raise PredictionsError(f"{path}: line {line}: a JSON {type(record).__name__}, not an object with "
-                             f"{' and '.join(map(repr, COLUMNS))}")
+      raise PredictionsError(
+        f"{path}: line {line}: a JSON {type(record).__name__}, not an object with {' and '.join(map(repr, COLUMNS))}"
+      )
     missing = [key for key in COLUMNS if key not in record]
     if missing:
       raise PredictionsError(f"{path}: line {line}: no {missing[0]!r} key (keys: {sorted(record)[:8]})")
@@ -141,8 +151,15 @@ def _read_csv(path: str, text: str) -> list[tuple[int, str, str, str]]:
         continue
       if len(fields) != len(header):
         raise PredictionsError(f"{path}: line {line}: {len(fields)} fields, the header has {len(header)}")
-      _add(path, rows, line, fields[columns["id"]] if "id" in columns else None, fields[columns["reference"]],
-           fields[columns["generated"]], seen)
+      _add(
+        path,
+        rows,
+        line,
+        fields[columns["id"]] if "id" in columns else None,
+        fields[columns["reference"]],
+        fields[columns["generated"]],
+        seen,
+      )
   except csv.Error as error:
     raise PredictionsError(f"{path}: line {reader.line_num}: not CSV ({error})") from None
 
@@ -171,16 +188,18 @@ def _read_rexrank(path: str, text: str) -> list[tuple[int, str, str, str]]:
   try:
     studies = json.loads(text, object_pairs_hook=_unique_pairs)
   except json.JSONDecodeError as error:
-    raise PredictionsError(f"{path}: line {error.lineno}: not valid JSON ({error.msg} at column {error.colno})"
-                           ) from None
+    raise PredictionsError(
+      f"{path}: line {error.lineno}: not valid JSON ({error.msg} at column {error.colno})"
+    ) from None
   except _DuplicateKey as error:
     key = error.args[0]
     first, second = _line_of_key(text, key, 0), _line_of_key(text, key, 1)
-    raise PredictionsError(f"{path}: line {second}: key {key!r} again in one object (first on line {first})"
-                           ) from None
+    raise PredictionsError(f"{path}: line {second}: key {key!r} again in one object (first on line {first})") from None
   if not isinstance(studies, dict):
-    raise PredictionsError(f"{path}: line 1: a JSON {type(studies).__name__}; {rexrank.LEADERBOARD}'s file is one "
-                           f"object {{study id: {{{', '.join(REXRANK_FIELDS)}}}}}")
+    raise PredictionsError(
+      f"{path}: line 1: a JSON {type(studies).__name__}; {rexrank.LEADERBOARD}'s file is one "
+      f"object {{study id: {{{', '.join(REXRANK_FIELDS)}}}}}"
+    )
   rows, seen = [], {}
   for study, entry in studies.items():
     line = _line_of_key(text, study, 0) or 1
@@ -191,10 +210,18 @@ def _read_rexrank(path: str, text: str) -> list[tuple[int, str, str, str]]:
       raise PredictionsError(f"{path}: line {line}: study {study!r} has no {missing[0]!r}")
     for key in REXRANK_FIELDS:
       if not isinstance(entry[key], str):
-        raise PredictionsError(f"{path}: line {line}: study {study!r}: {key!r} is {type(entry[key]).__name__}, "
-                               "not a string")
-    _add(path, rows, line, study, rexrank_reference(entry["section_findings"], entry["section_impression"]),
-         entry["model_prediction"], seen)
+        raise PredictionsError(
+          f"{path}: line {line}: study {study!r}: {key!r} is {type(entry[key]).__name__}, not a string"
+        )
+    _add(
+      path,
+      rows,
+      line,
+      study,
+      rexrank_reference(entry["section_findings"], entry["section_impression"]),
+      entry["model_prediction"],
+      seen,
+    )
   return rows
 
 
@@ -204,8 +231,9 @@ READERS = {"jsonl": _read_jsonl, "csv": _read_csv, "rexrank": _read_rexrank}
 def detect_format(path: str) -> str:
   suffix = pathlib.PurePath(path).suffix.lower()
   if suffix not in SUFFIXES:
-    raise PredictionsError(f"{path}: cannot tell the format from the suffix {suffix or '(none)'!r}; pass "
-                           f"--format {'|'.join(FORMATS)}")
+    raise PredictionsError(
+      f"{path}: cannot tell the format from the suffix {suffix or '(none)'!r}; pass --format {'|'.join(FORMATS)}"
+    )
   return SUFFIXES[suffix]
 
 
@@ -227,32 +255,51 @@ def read_predictions(path: str | pathlib.Path, file_format: str = "auto") -> Pre
   return Predictions(path, file_format, ids, references, generated)
 
 
-def evaluator_config(names: Sequence[str], protocol: str, meteor: bool, labeler: str | None, batch_size: int,
-                     bertscore_model: str | None = None, bertscore_layer: int | None = None,
-                     bertscore_idf: bool = False, bertscore_baseline: str | None = None
-                     ) -> ml_collections.ConfigDict:
+def evaluator_config(
+  names: Sequence[str],
+  protocol: str,
+  meteor: bool,
+  labeler: str | None,
+  batch_size: int,
+  bertscore_model: str | None = None,
+  bertscore_layer: int | None = None,
+  bertscore_idf: bool = False,
+  bertscore_baseline: str | None = None,
+) -> ml_collections.ConfigDict:
   """The CLI's flags -> evaluators.from_config's section; a ConfigError naming the flag."""
   if not names:
     raise ConfigError(f"--evaluators: empty; expected some of {', '.join(sorted(evaluators_lib.REGISTRY))}")
   for name in names:
     if name not in evaluators_lib.REGISTRY:
-      raise ConfigError(f"--evaluators {name}: unknown evaluator; expected some of "
-                        f"{', '.join(sorted(evaluators_lib.REGISTRY))}")
+      raise ConfigError(
+        f"--evaluators {name}: unknown evaluator; expected some of {', '.join(sorted(evaluators_lib.REGISTRY))}"
+      )
   if len(set(names)) != len(names):
     raise ConfigError(f"--evaluators {','.join(names)}: an evaluator named twice")
   if batch_size < 1:
     raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
   if protocol not in protocols.PROTOCOLS:
     raise ConfigError(f"--protocol {protocol}: expected one of {', '.join(sorted(protocols.PROTOCOLS))}")
-  sections = {"text": dict(protocol=protocol, meteor=meteor), "chexbert": dict(labeler=labeler, batch_size=batch_size),
-              "bertscore": dict(model=bertscore_model, layer=bertscore_layer, idf=bertscore_idf,
-                                baseline=bertscore_baseline, batch_size=batch_size)}
+  sections = {
+    "text": dict(protocol=protocol, meteor=meteor),
+    "chexbert": dict(labeler=labeler, batch_size=batch_size),
+    "bertscore": dict(
+      model=bertscore_model,
+      layer=bertscore_layer,
+      idf=bertscore_idf,
+      baseline=bertscore_baseline,
+      batch_size=batch_size,
+    ),
+  }
   if "chexbert" in names and not labeler:
-    raise ConfigError("--evaluators chexbert: needs --labeler DIR (a labeler directory written by "
-                      "`cxrjax port-weights --format chexbert`)")
+    raise ConfigError(
+      "--evaluators chexbert: needs --labeler DIR (a labeler directory written by "
+      "`cxrjax port-weights --format chexbert`)"
+    )
   if "bertscore" in names and not bertscore_model:
-    raise ConfigError("--evaluators bertscore: needs --bertscore-model DIR (a Hugging Face BERT, RoBERTa or "
-                      "DistilBERT directory)")
+    raise ConfigError(
+      "--evaluators bertscore: needs --bertscore-model DIR (a Hugging Face BERT, RoBERTa or DistilBERT directory)"
+    )
   return ml_collections.ConfigDict({name: sections[name] for name in names})
 
 
@@ -264,8 +311,9 @@ def sha256(path: str) -> str:
   return digest.hexdigest()
 
 
-def score_file(path: str, config: ml_collections.ConfigDict, file_format: str = "auto",
-               out: str | None = None, progress: bool = True) -> dict[str, Any]:
+def score_file(
+  path: str, config: ml_collections.ConfigDict, file_format: str = "auto", out: str | None = None, progress: bool = True
+) -> dict[str, Any]:
   """Reads the predictions file, scores it with the configured evaluators over every device, writes `out`
   (metrics.json) when given; returns the one-line summary."""
   predictions = read_predictions(path, file_format)  # Before the labeler loads: a bad file fails fast.
@@ -273,12 +321,21 @@ def score_file(path: str, config: ml_collections.ConfigDict, file_format: str = 
   built = evaluators_lib.from_config(config, mesh=mesh, where="--evaluators")
   total = 2 * len(predictions.ids) * len(built)  # Each evaluator reads the references and the generated texts.
   with tqdm.tqdm(total=total, desc="score", unit="text", file=sys.stderr, disable=not progress) as bar:
-    result = evaluators_lib.run(built, predictions.ids, predictions.references, predictions.generated,
-                                progress=bar.update)
-  metrics = {"predictions": {"path": path, "format": predictions.format, "sha256": sha256(path)},
-             "devices": mesh.size, **result}
-  summary = {"predictions": path, "format": predictions.format, "num_studies": result["num_studies"],
-             "devices": mesh.size, "scores": evaluators_lib.headline(built, result["scores"])}
+    result = evaluators_lib.run(
+      built, predictions.ids, predictions.references, predictions.generated, progress=bar.update
+    )
+  metrics = {
+    "predictions": {"path": path, "format": predictions.format, "sha256": sha256(path)},
+    "devices": mesh.size,
+    **result,
+  }
+  summary = {
+    "predictions": path,
+    "format": predictions.format,
+    "num_studies": result["num_studies"],
+    "devices": mesh.size,
+    "scores": evaluators_lib.headline(built, result["scores"]),
+  }
   if out is not None:
     files.write_json(out, metrics, indent=2)  # Whole or not at all.
     summary["written"] = str(out)

@@ -42,7 +42,7 @@ MESH_AXES = (DATA_AXIS, MODEL_AXIS)
 # Megatron-style tensor parallelism of the logical names of models/partitioning.py: attention heads, MLP
 # units and the vocabulary split over 'model', the model width (the residual stream) whole.
 DEFAULT_RULES = (("heads", MODEL_AXIS), ("mlp", MODEL_AXIS), ("vocab", MODEL_AXIS), ("embed", None))
-FSDP_MIN_SIZE = 2 ** 14  # Elements: smaller parameters (biases, norms) are not worth a gather.
+FSDP_MIN_SIZE = 2**14  # Elements: smaller parameters (biases, norms) are not worth a gather.
 SECTION_FIELDS = ("mesh", "rules", "fsdp", "fsdp_min_size")
 
 
@@ -96,8 +96,9 @@ def check_section(section: Any = None, device_count: int | None = None) -> dict[
     if logical.count(name) > 1:
       raise ConfigError(f"sharding.rules: logical axis {name!r} appears {logical.count(name)} times")
     if axis is not None and axis not in MESH_AXES:
-      raise ConfigError(f"sharding.rules: {name!r} -> unknown mesh axis {axis!r}; expected one of "
-                        f"{list(MESH_AXES)} or None")
+      raise ConfigError(
+        f"sharding.rules: {name!r} -> unknown mesh axis {axis!r}; expected one of {list(MESH_AXES)} or None"
+      )
   fsdp = section.get("fsdp", False)
   if not isinstance(fsdp, bool):
     raise ConfigError(f"sharding.fsdp={fsdp!r}: expected True or False")
@@ -109,8 +110,7 @@ def check_section(section: Any = None, device_count: int | None = None) -> dict[
 
 def _mesh_sizes(mesh: Any, device_count: int) -> dict[str, int]:
   if not isinstance(mesh, (tuple, list)) or not all(isinstance(a, (tuple, list)) and len(a) == 2 for a in mesh):
-    raise ConfigError(f"sharding.mesh={mesh!r}: expected ((axis, size), ...) pairs, e.g. "
-                      f"(('data', -1), ('model', 2))")
+    raise ConfigError(f"sharding.mesh={mesh!r}: expected ((axis, size), ...) pairs, e.g. (('data', -1), ('model', 2))")
   sizes = {}
   for axis, size in mesh:
     if axis not in MESH_AXES:
@@ -118,8 +118,7 @@ def _mesh_sizes(mesh: Any, device_count: int) -> dict[str, int]:
     if axis in sizes:
       raise ConfigError(f"sharding.mesh: axis {axis!r} appears twice")
     if not isinstance(size, int) or isinstance(size, bool) or not (size >= 1 or size == -1):
-      raise ConfigError(f"sharding.mesh: {axis} size {size!r}; expected an integer >= 1, or -1 for the "
-                        "devices left")
+      raise ConfigError(f"sharding.mesh: {axis} size {size!r}; expected an integer >= 1, or -1 for the devices left")
     sizes[axis] = size
   if list(sizes.values()).count(-1) > 1:
     raise ConfigError(f"sharding.mesh={mesh!r}: only one axis may have size -1")
@@ -127,12 +126,12 @@ def _mesh_sizes(mesh: Any, device_count: int) -> dict[str, int]:
   fixed = math.prod(size for size in sizes.values() if size != -1)
   if -1 in sizes.values():
     if device_count % fixed:
-      raise ConfigError(f"sharding.mesh={mesh!r}: the other axes' {fixed} devices do not divide the "
-                        f"{device_count} devices")
+      raise ConfigError(
+        f"sharding.mesh={mesh!r}: the other axes' {fixed} devices do not divide the {device_count} devices"
+      )
     sizes = {axis: device_count // fixed if size == -1 else size for axis, size in sizes.items()}
   elif fixed != device_count:
-    raise ConfigError(f"sharding.mesh={mesh!r}: the sizes multiply to {fixed}, but there are {device_count} "
-                      "devices")
+    raise ConfigError(f"sharding.mesh={mesh!r}: the sizes multiply to {fixed}, but there are {device_count} devices")
   return sizes
 
 
@@ -160,8 +159,12 @@ def create_mesh(section: Any = None, devices: Sequence[jax.Device] | None = None
   sizes of the `sharding` config section (check_section), else ('data' all devices, 'model' 1).
   `devices`: others than jax.devices(), e.g. a described TPU slice's (aot.py compiles for it)."""
   sizes = check_section(section, None if devices is None else len(devices))["mesh"]
-  mesh = jax.make_mesh(tuple(sizes[axis] for axis in MESH_AXES), MESH_AXES,
-                       axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES), devices=devices)
+  mesh = jax.make_mesh(
+    tuple(sizes[axis] for axis in MESH_AXES),
+    MESH_AXES,
+    axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
+    devices=devices,
+  )
   if _process_order is None:
     return mesh
   by_process = collections.defaultdict(list)
@@ -169,15 +172,17 @@ def create_mesh(section: Any = None, devices: Sequence[jax.Device] | None = None
     by_process[device.process_index].append(device)
   wanted = collections.Counter(_process_order)
   if wanted != collections.Counter({p: len(d) for p, d in by_process.items()}):
-    raise ValueError(f"mesh process order {list(_process_order)} does not match the processes' device "
-                     f"counts {dict(sorted((p, len(d)) for p, d in by_process.items()))}")
+    raise ValueError(
+      f"mesh process order {list(_process_order)} does not match the processes' device "
+      f"counts {dict(sorted((p, len(d)) for p, d in by_process.items()))}"
+    )
   ordered = [by_process[process].pop(0) for process in _process_order]
-  return jax.sharding.Mesh(np.array(ordered).reshape(mesh.devices.shape), mesh.axis_names,
-                           axis_types=mesh.axis_types)
+  return jax.sharding.Mesh(np.array(ordered).reshape(mesh.devices.shape), mesh.axis_names, axis_types=mesh.axis_types)
 
 
-def mesh_for_loading(section: Any, source: str, devices: Sequence[jax.Device] | None = None
-                     ) -> tuple[jax.sharding.Mesh, Any]:
+def mesh_for_loading(
+  section: Any, source: str, devices: Sequence[jax.Device] | None = None
+) -> tuple[jax.sharding.Mesh, Any]:
   """(mesh, section) to load a saved run with: its `sharding` section's, or, where that mesh does not
   fit the devices here (a TPU run evaluated on a laptop), replicated parameters over every device, with
   a warning naming `source`. `devices`: as create_mesh's."""
@@ -208,8 +213,9 @@ def _spec(logical: P, shape: tuple[int, ...], mesh: jax.sharding.Mesh, checked: 
       axis = None
     axes.append(axis)
   data = mesh.shape[DATA_AXIS]
-  if (checked["fsdp"] and data > 1 and DATA_AXIS not in axes and shape
-      and int(np.prod(shape)) >= checked["fsdp_min_size"]):
+  if (
+    checked["fsdp"] and data > 1 and DATA_AXIS not in axes and shape and int(np.prod(shape)) >= checked["fsdp_min_size"]
+  ):
     free = [d for d in range(len(shape)) if axes[d] is None and shape[d] % data == 0]
     if free:
       axes[max(free, key=lambda d: (shape[d], -d))] = DATA_AXIS  # The largest; the first of equals.
@@ -218,23 +224,32 @@ def _spec(logical: P, shape: tuple[int, ...], mesh: jax.sharding.Mesh, checked: 
   return P(*axes)
 
 
-def parameter_shardings(logical_specs: Any, abstract_params: Any, mesh: jax.sharding.Mesh,
-                        section: Any = None) -> Any:
+def parameter_shardings(logical_specs: Any, abstract_params: Any, mesh: jax.sharding.Mesh, section: Any = None) -> Any:
   """NamedShardings of a parameter tree (arrays or ShapeDtypeStructs) from its tree of logical
   PartitionSpecs (models/partitioning.logical_axes; the same structure), by `parameter_spec`."""
   if section is None:
     return jax.tree.map(lambda _: replicated(mesh), abstract_params)
   checked = check_section(section, mesh.size)
-  return jax.tree.map(lambda logical, a: NamedSharding(mesh, _spec(logical, tuple(a.shape), mesh, checked)),
-                      logical_specs, abstract_params, is_leaf=lambda x: isinstance(x, P))
+  return jax.tree.map(
+    lambda logical, a: NamedSharding(mesh, _spec(logical, tuple(a.shape), mesh, checked)),
+    logical_specs,
+    abstract_params,
+    is_leaf=lambda x: isinstance(x, P),
+  )
 
 
-def optimizer_shardings(tx: optax.GradientTransformation, abstract_opt_state: Any, param_shardings: Any,
-                        mesh: jax.sharding.Mesh) -> Any:
+def optimizer_shardings(
+  tx: optax.GradientTransformation, abstract_opt_state: Any, param_shardings: Any, mesh: jax.sharding.Mesh
+) -> Any:
   """Shardings of an optimizer state: each per-parameter leaf (Adam's moments, optax.MultiSteps' gradient
   sums) as its parameter's, every other leaf (counts) replicated."""
-  return optax.tree_map_params(tx, lambda _, param_sharding: param_sharding, abstract_opt_state, param_shardings,
-                               transform_non_params=lambda _: replicated(mesh))
+  return optax.tree_map_params(
+    tx,
+    lambda _, param_sharding: param_sharding,
+    abstract_opt_state,
+    param_shardings,
+    transform_non_params=lambda _: replicated(mesh),
+  )
 
 
 def parameter_bytes_per_device(tree: Any) -> dict[str, int]:
@@ -251,17 +266,24 @@ def parameter_bytes_per_device(tree: Any) -> dict[str, int]:
     for device, index in leaf.sharding.devices_indices_map(shape).items():
       held[device] += math.prod(len(range(*part.indices(n))) for part, n in zip(index, shape)) * itemsize
   per_device = list(held.values()) or [0]
-  return dict(total=total, per_device_max=max(per_device), per_device_min=min(per_device),
-              replicated=replicated_bytes, devices=len(held))
+  return dict(
+    total=total,
+    per_device_max=max(per_device),
+    per_device_min=min(per_device),
+    replicated=replicated_bytes,
+    devices=len(held),
+  )
 
 
 def describe_layout(mesh: jax.sharding.Mesh, params: Any) -> str:
   """One line for the training log: the mesh and the parameter bytes per device."""
   report = parameter_bytes_per_device(params)
-  mib = lambda n: f"{n / 2 ** 20:.2f} MiB"
+  mib = lambda n: f"{n / 2**20:.2f} MiB"
   shape = " x ".join(f"{axis} {size}" for axis, size in mesh.shape.items())
-  return (f"parameters: {mib(report['total'])} in all, at most {mib(report['per_device_max'])} per device "
-          f"(mesh {shape}; {mib(report['replicated'])} replicated)")
+  return (
+    f"parameters: {mib(report['total'])} in all, at most {mib(report['per_device_max'])} per device "
+    f"(mesh {shape}; {mib(report['replicated'])} replicated)"
+  )
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
@@ -294,8 +316,11 @@ def pad_batch(batch: dict[str, np.ndarray], multiple: int) -> dict[str, np.ndarr
 def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
   """This process's rows of a global batch -> global arrays sharded over 'data' (strings stay on the host).
   The rows must be those `process_rows` names, in its order: on a TPU slice not one block of the batch."""
-  return {key: jax.make_array_from_process_local_data(sharding, value)
-          for key, value in batch.items() if value.dtype.kind in "biuf"}
+  return {
+    key: jax.make_array_from_process_local_data(sharding, value)
+    for key, value in batch.items()
+    if value.dtype.kind in "biuf"
+  }
 
 
 def process_rows(sharding: NamedSharding, global_rows: int, process_index: int | None = None) -> np.ndarray:
@@ -329,6 +354,6 @@ def gather_strings(strings: Sequence[str]) -> list[str]:
   table = np.zeros((len(encoded), max(width, 1)), np.uint8)
   lengths = np.array([len(e) for e in encoded], np.int32)
   for row, data in enumerate(encoded):
-    table[row, :len(data)] = np.frombuffer(data, np.uint8)
+    table[row, : len(data)] = np.frombuffer(data, np.uint8)
   table, lengths = gather(table), gather(lengths)
   return [bytes(row[:length]).decode("utf-8") for row, length in zip(table, lengths)]

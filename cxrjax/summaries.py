@@ -42,22 +42,30 @@ class MetricsLog:
   workdir.trim_metrics drops those lines of metrics.jsonl.
   """
 
-  def __init__(self, jsonl_path: str | os.PathLike, tensorboard_dir: str | os.PathLike, first_step: int = 0,
-               upload_every_s: float = 10.0):
+  def __init__(
+    self,
+    jsonl_path: str | os.PathLike,
+    tensorboard_dir: str | os.PathLike,
+    first_step: int = 0,
+    upload_every_s: float = 10.0,
+  ):
     self._jsonl = files.AppendLog(jsonl_path, upload_every_s)
     self._remote_dir = epath.Path(tensorboard_dir) if files.is_url(tensorboard_dir) else None
     self._local_dir = tempfile.mkdtemp(prefix="cxrjax-events-") if self._remote_dir else str(tensorboard_dir)
     self._upload_every_s, self._uploaded_at, self._events_pending = upload_every_s, time.monotonic(), False
     self._events = EventFileWriter(self._local_dir)
     # A SessionLog START at step s tells TensorBoard to drop the events of older files from step s on.
-    self._events.add_event(event_pb2.Event(step=first_step + 1, session_log=event_pb2.SessionLog(
-        status=event_pb2.SessionLog.START)))
+    self._events.add_event(
+      event_pb2.Event(step=first_step + 1, session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START))
+    )
 
   def write(self, record: dict[str, Any]) -> None:
     self._jsonl.write(json.dumps(record))
-    values = [summary_pb2.Summary.Value(tag=tag(record["split"], name), simple_value=float(value))
-              for name, value in record.items()
-              if name != "step" and isinstance(value, numbers.Real) and not isinstance(value, bool)]
+    values = [
+      summary_pb2.Summary.Value(tag=tag(record["split"], name), simple_value=float(value))
+      for name, value in record.items()
+      if name != "step" and isinstance(value, numbers.Real) and not isinstance(value, bool)
+    ]
     self._events.add_event(event_pb2.Event(step=record["step"], summary=summary_pb2.Summary(value=values)))
     self._events.flush()
     self._events_pending = True

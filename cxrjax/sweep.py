@@ -44,6 +44,7 @@ from cxrjax.errors import ConfigError  # noqa: E402
 @dataclasses.dataclass(frozen=True)
 class Setting:
   """One point of the grid: (config field, value) pairs, in --set order."""
+
   values: tuple[tuple[str, Any], ...]
 
   @property
@@ -60,11 +61,12 @@ def _field(config: ml_collections.ConfigDict, path: str) -> tuple[ml_collections
   node = config
   for index, part in enumerate(parents):
     if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
-      raise ConfigError(f"--set {path}: the config has no section {'.'.join(parents[:index + 1])!r}")
+      raise ConfigError(f"--set {path}: the config has no section {'.'.join(parents[: index + 1])!r}")
     node = node[part]
   if key not in node:
-    raise ConfigError(f"--set {path}: unknown config field; {'.'.join(parents) or 'the config'} has "
-                      f"{sorted(node.keys())}")
+    raise ConfigError(
+      f"--set {path}: unknown config field; {'.'.join(parents) or 'the config'} has {sorted(node.keys())}"
+    )
   return node, key
 
 
@@ -117,8 +119,15 @@ def _validation_curve(run_dir: epath.Path, metric: str) -> list[tuple[int, float
 
 def summarize(rows: dict[str, list[dict[str, float]]]) -> tuple[list[str], list[dict[str, Any]]]:
   """Per setting, the scores of its runs -> (metric names, one row per setting with n, mean and std)."""
-  metrics = sorted({k for runs in rows.values() for scores in runs for k, v in scores.items()
-                    if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "num_studies"})
+  metrics = sorted(
+    {
+      k
+      for runs in rows.values()
+      for scores in runs
+      for k, v in scores.items()
+      if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "num_studies"
+    }
+  )
   table = []
   for name, runs in rows.items():
     row: dict[str, Any] = {"setting": name, "runs": len(runs)}
@@ -155,8 +164,15 @@ def plot_curves(path: epath.Path, curves: dict[str, list[list[tuple[int, float]]
     for seed, curve in enumerate(runs):
       if curve:
         steps, values = zip(*curve)
-        axes.plot(steps, values, color=colours[index % len(colours)], alpha=0.8, marker="o", markersize=3,
-                  label=name if seed == 0 else None)
+        axes.plot(
+          steps,
+          values,
+          color=colours[index % len(colours)],
+          alpha=0.8,
+          marker="o",
+          markersize=3,
+          label=name if seed == 0 else None,
+        )
   axes.set_xlabel("step")
   axes.set_ylabel(f"validation {metric}")
   axes.legend(fontsize=8)
@@ -166,8 +182,14 @@ def plot_curves(path: epath.Path, curves: dict[str, list[list[tuple[int, float]]
   pyplot.close(figure)
 
 
-def sweep(config: ml_collections.ConfigDict, workdir: str, seeds: int, assignments: Sequence[str] = (),
-          split: str = "test", meteor: bool = False) -> list[dict[str, Any]]:
+def sweep(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  seeds: int,
+  assignments: Sequence[str] = (),
+  split: str = "test",
+  meteor: bool = False,
+) -> list[dict[str, Any]]:
   """Trains and evaluates every (setting, seed) not done yet; writes the results; returns the table."""
   if seeds < 1:
     raise ConfigError(f"--seeds={seeds}: need at least one seed")
@@ -202,11 +224,16 @@ def _define_flags(flag_values: flags.FlagValues) -> None:
   flags.DEFINE_string("workdir", None, "the sweep's directory (one sub-folder per run)", flag_values=flag_values)
   flags.DEFINE_integer("seeds", 3, "runs per setting (train.seed = 0 .. seeds - 1)", flag_values=flag_values)
   flags.DEFINE_multi_string("set", [], "FIELD=V1,V2: a grid axis (repeatable)", flag_values=flag_values)
-  flags.DEFINE_enum("split", "test", ["val", "test"], "the split each best checkpoint is scored on",
-                    flag_values=flag_values)
+  flags.DEFINE_enum(
+    "split", "test", ["val", "test"], "the split each best checkpoint is scored on", flag_values=flag_values
+  )
   flags.DEFINE_bool("meteor", False, "also score METEOR (starts Java)", flag_values=flag_values)
-  flags.DEFINE_string("distributed", "", "join JAX's distributed runtime first: auto (TPU VMs) or "
-                      "HOST:PORT,NUM_PROCESSES,PROCESS_ID", flag_values=flag_values)
+  flags.DEFINE_string(
+    "distributed",
+    "",
+    "join JAX's distributed runtime first: auto (TPU VMs) or HOST:PORT,NUM_PROCESSES,PROCESS_ID",
+    flag_values=flag_values,
+  )
 
 
 def main(argv: Sequence[str]) -> int:
@@ -215,15 +242,24 @@ def main(argv: Sequence[str]) -> int:
   if "--help" in argv or "-h" in argv:
     help_flags = flags.FlagValues()
     _define_flags(help_flags)
-    print(USAGE + "\n\n  --config: an ml_collections config file\n  --config.<field>=<value>: overrides a field\n"
-          + help_flags.get_help())
+    print(
+      USAGE
+      + "\n\n  --config: an ml_collections config file\n  --config.<field>=<value>: overrides a field\n"
+      + help_flags.get_help()
+    )
     return 0
   flag_values = config_lib.parse_run_flags(argv, "cxrjax sweep", USAGE, _define_flags)
   if not flag_values.workdir:
     raise ConfigError(f"--workdir is required ({USAGE})")
   sharding.initialize_distributed(flag_values.distributed)
-  table = sweep(flag_values.config, flag_values.workdir, flag_values.seeds, flag_values.set,
-                split=flag_values.split, meteor=flag_values.meteor)
+  table = sweep(
+    flag_values.config,
+    flag_values.workdir,
+    flag_values.seeds,
+    flag_values.set,
+    split=flag_values.split,
+    meteor=flag_values.meteor,
+  )
   for row in table:
     print(json.dumps(row))
   return 0

@@ -48,9 +48,17 @@ TENSORBOARD_DIR, PROFILE_DIR = "tensorboard", "profile"  # In the workdir.
 PREEMPTED_STATUS = 128 + signal.SIGTERM
 # Dense bf16 peak FLOP/s of one chip, by jax's device_kind (the vendors' figures; NVIDIA's are the SXM
 # parts' dense tensor-core rates, without sparsity): the denominator of flops_utilisation. CPUs have none.
-PEAK_FLOPS_PER_S = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5": 459e12, "TPU v5p": 459e12,
-                    "TPU v6 lite": 918e12, "NVIDIA H100 80GB HBM3": 989.4e12, "NVIDIA H200": 989.4e12,
-                    "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100-SXM4-40GB": 312e12}
+PEAK_FLOPS_PER_S = {
+  "TPU v4": 275e12,
+  "TPU v5 lite": 197e12,
+  "TPU v5": 459e12,
+  "TPU v5p": 459e12,
+  "TPU v6 lite": 918e12,
+  "NVIDIA H100 80GB HBM3": 989.4e12,
+  "NVIDIA H200": 989.4e12,
+  "NVIDIA A100-SXM4-80GB": 312e12,
+  "NVIDIA A100-SXM4-40GB": 312e12,
+}
 
 
 class TrainingDiverged(UserError):
@@ -99,8 +107,7 @@ class StepProfiler:
   def __init__(self, steps: Sequence[int], directory: epath.Path):
     steps = tuple(steps)
     if steps and not (len(steps) == 2 and all(isinstance(s, int) for s in steps) and 1 <= steps[0] <= steps[1]):
-      raise ConfigError(f"train.profile_steps={steps}: want (first, last) with 1 <= first <= last, or () "
-                        "for no trace")
+      raise ConfigError(f"train.profile_steps={steps}: want (first, last) with 1 <= first <= last, or () for no trace")
     self.steps = steps if sharding.is_lead_process() else ()
     self.directory, self.tracing = directory, False
 
@@ -120,8 +127,9 @@ class StepProfiler:
       self.tracing = False
 
 
-def make_train_step(components: workdir_lib.Components, tx: optax.GradientTransformation, dropout_seed: int,
-                    tokenizer: Any):
+def make_train_step(
+  components: workdir_lib.Components, tx: optax.GradientTransformation, dropout_seed: int, tokenizer: Any
+):
   """(state, batch) -> (state, metrics)."""
   task, model = components.task, components.model
 
@@ -137,30 +145,41 @@ def make_train_step(components: workdir_lib.Components, tx: optax.GradientTransf
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
     # Models without batch norm in training mode return no updates: keep the statistics.
     batch_stats = batch_stats if jax.tree.leaves(batch_stats) else state.batch_stats
-    return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                         opt_state=opt_state), metrics
+    return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state), metrics
 
   return train_step
 
 
-def jit_train_step(components: workdir_lib.Components, tx: optax.GradientTransformation, dropout_seed: int,
-                   tokenizer: Any, state_sharding: workdir_lib.TrainState, mesh: jax.sharding.Mesh):
+def jit_train_step(
+  components: workdir_lib.Components,
+  tx: optax.GradientTransformation,
+  dropout_seed: int,
+  tokenizer: Any,
+  state_sharding: workdir_lib.TrainState,
+  mesh: jax.sharding.Mesh,
+):
   """make_train_step jitted as training runs it: the state in its layout `state_sharding` (donated: updated
   in place), the batch over 'data' of `mesh`, the metrics replicated. aot.py compiles this for a TPU slice."""
-  return jax.jit(make_train_step(components, tx, dropout_seed, tokenizer),
-                 in_shardings=(state_sharding, sharding.data_sharded(mesh)),
-                 out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=(0,))
+  return jax.jit(
+    make_train_step(components, tx, dropout_seed, tokenizer),
+    in_shardings=(state_sharding, sharding.data_sharded(mesh)),
+    out_shardings=(state_sharding, sharding.replicated(mesh)),
+    donate_argnums=(0,),
+  )
 
 
-def check_batch_size(batch_size: int, section: Any, device_count: int | None = None,
-                     process_count: int | None = None) -> None:
+def check_batch_size(
+  batch_size: int, section: Any, device_count: int | None = None, process_count: int | None = None
+) -> None:
   """Refuses a global train.batch_size that the 'data' axis of the `sharding` section's mesh (over
   `device_count` devices, default all) or the processes (default jax.process_count()) do not divide."""
   process_count = jax.process_count() if process_count is None else process_count
   data_devices = sharding.check_section(section, device_count)["mesh"][sharding.DATA_AXIS]
   if batch_size % data_devices or batch_size % process_count:
-    raise ConfigError(f"train.batch_size={batch_size} is not divisible by the {data_devices} devices of the "
-                      f"mesh's 'data' axis and the {process_count} processes")
+    raise ConfigError(
+      f"train.batch_size={batch_size} is not divisible by the {data_devices} devices of the "
+      f"mesh's 'data' axis and the {process_count} processes"
+    )
 
 
 def summarize_steps(step_metrics: list[dict[str, Any]]) -> dict[str, float]:
@@ -196,8 +215,7 @@ def throughput(steps: int, seconds: float, batch_size: int, flops_per_step: floa
   return rates
 
 
-def check_finite(metrics: list[dict[str, Any]], last_step: int, workdir: epath.Path,
-                 latest: Any) -> None:
+def check_finite(metrics: list[dict[str, Any]], last_step: int, workdir: epath.Path, latest: Any) -> None:
   """Raises TrainingDiverged naming the first of the steps ending at `last_step` (their fetched
   `metrics`) whose loss or gradient norm is not finite, and the checkpoint the workdir keeps."""
   for index, values in enumerate(metrics):
@@ -205,11 +223,14 @@ def check_finite(metrics: list[dict[str, Any]], last_step: int, workdir: epath.P
     if bad:
       latest.wait_until_finished()
       kept = latest.latest_step()
-      kept = ("no checkpoint was written" if kept is None else
-              f"checkpoints/latest keeps step {kept}, the last finite state")
-      raise TrainingDiverged(f"{workdir}: training stopped: the {bad[0]} of step "
-                             f"{last_step - len(metrics) + 1 + index} is {values[bad[0]]}; {kept} (a lower "
-                             "optimizer.learning_rate or grad_clip_norm may help)")
+      kept = (
+        "no checkpoint was written" if kept is None else f"checkpoints/latest keeps step {kept}, the last finite state"
+      )
+      raise TrainingDiverged(
+        f"{workdir}: training stopped: the {bad[0]} of step "
+        f"{last_step - len(metrics) + 1 + index} is {values[bad[0]]}; {kept} (a lower "
+        "optimizer.learning_rate or grad_clip_norm may help)"
+      )
 
 
 def check_best_metric(metric: str, built: Mapping[str, Any]) -> None:
@@ -217,21 +238,30 @@ def check_best_metric(metric: str, built: Mapping[str, Any]) -> None:
   registered evaluator's headline keys do, "CE/" or "BERTScore/", or with a configured evaluator's "<name>/")
   and is not one of the configured evaluators' HEADLINE scores, which validation gives. Other names are the
   task's scores, as before evaluators existed."""
-  selectable = [("" if name == evaluator.name else f"{name}/") + key
-                for name, evaluator in built.items() for key in evaluator.HEADLINE]
-  families = {key.split("/")[0] + "/" for cls in evaluators_lib.REGISTRY.values() for key in cls.HEADLINE
-              if "/" in key} | {f"{name}/" for name, evaluator in built.items() if name != evaluator.name}
+  selectable = [
+    ("" if name == evaluator.name else f"{name}/") + key
+    for name, evaluator in built.items()
+    for key in evaluator.HEADLINE
+  ]
+  families = {
+    key.split("/")[0] + "/" for cls in evaluators_lib.REGISTRY.values() for key in cls.HEADLINE if "/" in key
+  } | {f"{name}/" for name, evaluator in built.items() if name != evaluator.name}
   if metric in selectable or not metric.startswith(tuple(families)):
     return
   if not built:
-    raise ConfigError(f"config.eval.best_metric={metric!r}: an evaluator's score, but config.evaluators is empty "
-                      "(e.g. --config.evaluators.chexbert.labeler=DIR)")
-  raise ConfigError(f"config.eval.best_metric={metric!r}: not a headline score of config.evaluators; these can "
-                    f"pick the best checkpoint: {', '.join(selectable)}")
+    raise ConfigError(
+      f"config.eval.best_metric={metric!r}: an evaluator's score, but config.evaluators is empty "
+      "(e.g. --config.evaluators.chexbert.labeler=DIR)"
+    )
+  raise ConfigError(
+    f"config.eval.best_metric={metric!r}: not a headline score of config.evaluators; these can "
+    f"pick the best checkpoint: {', '.join(selectable)}"
+  )
 
 
-def initial_variables(config: ml_collections.ConfigDict, state: workdir_lib.TrainState, tokenizer: Any
-                      ) -> dict[str, Any]:
+def initial_variables(
+  config: ml_collections.ConfigDict, state: workdir_lib.TrainState, tokenizer: Any
+) -> dict[str, Any]:
   """The variables a new run starts from: `config.init.from_workdir`'s best checkpoint (same
   architecture; the family may add its own check, e.g. AG-CNN's stage order), else the fresh ones with
   the pretrained files of `config.init` written in (weights/pretrained.py)."""
@@ -241,19 +271,24 @@ def initial_variables(config: ml_collections.ConfigDict, state: workdir_lib.Trai
   if init.get("from_workdir"):
     previous = workdir_lib.load_run(init.from_workdir)
     if previous.config.model.name != config.model.name:
-      raise ConfigError(f"config.init.from_workdir={init.from_workdir}: holds a {previous.config.model.name} "
-                        f"model, this run trains {config.model.name}")
+      raise ConfigError(
+        f"config.init.from_workdir={init.from_workdir}: holds a {previous.config.model.name} "
+        f"model, this run trains {config.model.name}"
+      )
     if hasattr(family, "check_initialization"):
       family.check_initialization(previous.config.model, config.model, init.from_workdir)
     if jax.tree.structure(previous.state.params) != jax.tree.structure(variables["params"]):
-      raise ConfigError(f"config.init.from_workdir={init.from_workdir}: its {config.model.name} differs "
-                        "from this config's (parameter names differ)")
+      raise ConfigError(
+        f"config.init.from_workdir={init.from_workdir}: its {config.model.name} differs "
+        "from this config's (parameter names differ)"
+      )
     return previous.state.variables()
   return pretrained.initialize(init, family, variables, tokenizer, model_config=config.model)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.Path,
-                       stop_after_steps: int | None = None) -> dict[str, Any]:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str | epath.Path, stop_after_steps: int | None = None
+) -> dict[str, Any]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint if there is one.
 
   `stop_after_steps` ends the run early (after that many steps in this call) as an interruption would;
@@ -288,10 +323,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
   if not task.uses_tokenizer:  # Classifiers: the batches carry the split's finding labels.
     task.label_names = train_info.label_names
   if config.train.get("cache_features") and not optim.frozen_predicate(config.optimizer)("image_encoder"):
-    raise ConfigError("train.cache_features needs a frozen image encoder (optimizer.param_groups "
-                      "('image_encoder/.*', None)): a trained encoder's features change every step")
-  workdir_lib.write_run_files(workdir, config, tokenizer,
-                              None if task.uses_tokenizer else train_info.label_names)
+    raise ConfigError(
+      "train.cache_features needs a frozen image encoder (optimizer.param_groups "
+      "('image_encoder/.*', None)): a trained encoder's features change every step"
+    )
+  workdir_lib.write_run_files(workdir, config, tokenizer, None if task.uses_tokenizer else train_info.label_names)
 
   data_sharding = sharding.data_sharded(mesh)
   target = workdir_lib.abstract_state(components, mesh, config.get("sharding"))
@@ -318,19 +354,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     variables = initial_variables(config, state, tokenizer)
     if variables is not state.variables():
       # The optimizer state is unchanged: AdamW's moments start at zero whatever the parameters.
-      state = jax.device_put(state.replace(params=variables["params"], batch_stats=variables["batch_stats"]),
-                             state_sharding)
+      state = jax.device_put(
+        state.replace(params=variables["params"], batch_stats=variables["batch_stats"]), state_sharding
+      )
 
   if config.train.get("cache_features"):
     cached = feature_cache.load_or_compute(
-        workdir_lib.features_path(workdir), model, state.variables(), train_source, config,
-        batch_size=config.eval.batch_size)
+      workdir_lib.features_path(workdir),
+      model,
+      state.variables(),
+      train_source,
+      config,
+      batch_size=config.eval.batch_size,
+    )
     train_source = feature_cache.CachedFeatureSource(train_source, cached)
 
   # Each process reads the rows of every global batch that the mesh puts on its devices (not one block of
   # them on a TPU slice), so the global batches are one process's.
-  iterator = iter(evaluation.split_batches(config, train_source, tokenizer, task, train=True, mesh=mesh,
-                                           batch_size=train_cfg.batch_size // jax.process_count()))
+  iterator = iter(
+    evaluation.split_batches(
+      config,
+      train_source,
+      tokenizer,
+      task,
+      train=True,
+      mesh=mesh,
+      batch_size=train_cfg.batch_size // jax.process_count(),
+    )
+  )
   best_value = -np.inf
   if resuming:
     iterator.set_state(data_state)
@@ -340,12 +391,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
   train_step = jit_train_step(components, tx, train_cfg.seed, tokenizer, state_sharding, mesh)
   validate = evaluation.jit_predict(task, model, tokenizer, mesh, state_sharding.variables(), greedy=True)
   first_step = int(state.step)
-  log = summaries.MetricsLog(workdir_lib.metrics_path(workdir), workdir / TENSORBOARD_DIR, first_step) \
-      if sharding.is_lead_process() else None
-  last_step = train_cfg.num_steps if stop_after_steps is None else min(
-      train_cfg.num_steps, first_step + stop_after_steps)
-  progress = tqdm(total=train_cfg.num_steps, initial=first_step, desc="train", unit="step",
-                  disable=not sharding.is_lead_process(), dynamic_ncols=True)
+  log = (
+    summaries.MetricsLog(workdir_lib.metrics_path(workdir), workdir / TENSORBOARD_DIR, first_step)
+    if sharding.is_lead_process()
+    else None
+  )
+  last_step = (
+    train_cfg.num_steps if stop_after_steps is None else min(train_cfg.num_steps, first_step + stop_after_steps)
+  )
+  progress = tqdm(
+    total=train_cfg.num_steps,
+    initial=first_step,
+    desc="train",
+    unit="step",
+    disable=not sharding.is_lead_process(),
+    dynamic_ncols=True,
+  )
   val_scores: dict[str, Any] = {}
   pending, timer, dispatched, flops_per_step, preempted = [], time.perf_counter(), None, None, False
   try:
@@ -375,8 +436,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
           check_finite(fetched, step, workdir, latest)
         if is_log:
           summary = summarize_steps(fetched)
-          summary.update(step=step, **throughput(len(pending), time.perf_counter() - timer,
-                                                 train_cfg.batch_size, flops_per_step))
+          summary.update(
+            step=step, **throughput(len(pending), time.perf_counter() - timer, train_cfg.batch_size, flops_per_step)
+          )
           _log(log, {"split": "train", **summary})
           progress.set_postfix(loss=f"{summary['loss']:.3f}")
           pending, timer = [], time.perf_counter()
@@ -384,8 +446,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
           source = val_source
           if config.eval.get("max_val_examples"):
             source = pipeline.Subset(val_source, config.eval.max_val_examples)
-          records = evaluation.predict_split(task, state.variables(), source, tokenizer, config, mesh=mesh,
-                                             predict=validate, batch_size=config.eval.batch_size)
+          records = evaluation.predict_split(
+            task,
+            state.variables(),
+            source,
+            tokenizer,
+            config,
+            mesh=mesh,
+            predict=validate,
+            batch_size=config.eval.batch_size,
+          )
           val_scores = task.score(records)
           if built_evaluators:
             val_scores, _ = evaluate.run_evaluators(built_evaluators, records, val_scores)
@@ -411,8 +481,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | epath.P
     if log:
       log.close()
   if preempted:
-    print(f"preempted (SIGTERM): stopped after step {step} with {workdir}/checkpoints/latest/{step} written; "
-          "run the same command again to resume", file=sys.stderr, flush=True)
+    print(
+      f"preempted (SIGTERM): stopped after step {step} with {workdir}/checkpoints/latest/{step} written; "
+      "run the same command again to resume",
+      file=sys.stderr,
+      flush=True,
+    )
     raise Preempted(PREEMPTED_STATUS)
   return val_scores
 

@@ -115,9 +115,14 @@ def check_compatible(workdir: str | os.PathLike, config: ml_collections.ConfigDi
   missing, reader_only = object(), {f"data.{name}" for name in READER_ONLY_DATA_FIELDS}
   for section in ("model", "data"):
     before, after = _flat(saved.get(section, {}), section), _flat(current.get(section, {}), section)
-    changed = sorted((key for key in before.keys() | after.keys()
-                      if key not in reader_only and before.get(key, missing) != after.get(key, missing)),
-                     key=lambda key: (key != f"{section}.name", key))  # Another family or dataset first.
+    changed = sorted(
+      (
+        key
+        for key in before.keys() | after.keys()
+        if key not in reader_only and before.get(key, missing) != after.get(key, missing)
+      ),
+      key=lambda key: (key != f"{section}.name", key),
+    )  # Another family or dataset first.
     if changed:
       show = lambda value: "(absent)" if value is missing else repr(value)
       key = changed[0]
@@ -126,13 +131,15 @@ def check_compatible(workdir: str | os.PathLike, config: ml_collections.ConfigDi
         listed = ", ".join(f"config.{name}" for name in changed[1:4]) + (", ..." if len(changed) > 4 else "")
         more = f" (and {len(changed) - 1} more: {listed})"
       raise ConfigError(
-          f"config.{key}={show(after.get(key, missing))}: {workdir} holds a checkpoint of another {section} "
-          f"configuration ({CONFIG_FILE} has config.{key}={show(before.get(key, missing))}){more}; use a new "
-          "--workdir")
+        f"config.{key}={show(after.get(key, missing))}: {workdir} holds a checkpoint of another {section} "
+        f"configuration ({CONFIG_FILE} has config.{key}={show(before.get(key, missing))}){more}; use a new "
+        "--workdir"
+      )
 
 
-def write_run_files(workdir: str | os.PathLike, config: ml_collections.ConfigDict, tokenizer: Any,
-                    label_names: Any = None) -> None:
+def write_run_files(
+  workdir: str | os.PathLike, config: ml_collections.ConfigDict, tokenizer: Any, label_names: Any = None
+) -> None:
   """config.json, tokenizer.json and label_names.json (process 0 only), each written atomically."""
   workdir = epath.Path(workdir)
   if workdir.exists() and not workdir.is_dir():
@@ -172,6 +179,7 @@ def metrics_path(workdir: str | os.PathLike) -> epath.Path:
 @dataclasses.dataclass
 class Components:
   """What a config makes before any state exists: the task, the model and the optimizer."""
+
   task: Any
   model: Any
   make_optimizer: Any  # params -> optax.GradientTransformation
@@ -187,8 +195,10 @@ def build(config: ml_collections.ConfigDict, tokenizer: Any) -> Components:
     return asked[module_path]
 
   model = models.build(config.model, len(tokenizer) if tokenizer is not None else None, is_frozen=is_frozen)
+
   def make_optimizer(params):
     return optim.make_optimizer(config.optimizer, params, config.train.num_steps)
+
   return Components(task=task, model=model, make_optimizer=make_optimizer, frozen_modules=asked)
 
 
@@ -197,8 +207,7 @@ def init_state(components: Components, rng: jax.Array) -> TrainState:
   variables = components.task.init_variables(components.model, {"params": rng, "dropout": rng})
   params, batch_stats = variables["params"], variables.get("batch_stats", {})
   tx = components.make_optimizer(params)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                    opt_state=tx.init(params))
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, opt_state=tx.init(params))
 
 
 def abstract_state(components: Components, mesh: jax.sharding.Mesh, layout: Any = None) -> TrainState:
@@ -210,11 +219,10 @@ def abstract_state(components: Components, mesh: jax.sharding.Mesh, layout: Any 
   logical = None  # Replicated parameters need no names: no second trace of the model's init.
   if layout is not None:
     logical = partitioning.logical_axes(
-        lambda rng: components.task.init_variables(components.model, {"params": rng, "dropout": rng}),
-        jax.random.key(0))["params"]
+      lambda rng: components.task.init_variables(components.model, {"params": rng, "dropout": rng}), jax.random.key(0)
+    )["params"]
   params = sharding.parameter_shardings(logical, shapes.params, mesh, layout)
-  opt_state = sharding.optimizer_shardings(components.make_optimizer(shapes.params), shapes.opt_state, params,
-                                           mesh)
+  opt_state = sharding.optimizer_shardings(components.make_optimizer(shapes.params), shapes.opt_state, params, mesh)
   batch_stats = jax.tree.map(lambda _: replicated, shapes.batch_stats)
   shardings = TrainState(step=replicated, params=params, batch_stats=batch_stats, opt_state=opt_state)
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes, shardings)
@@ -226,18 +234,23 @@ def checkpoint_manager(workdir: str | os.PathLike, name: str, create: bool = Tru
   directory = absolute_path(epath.Path(workdir) / "checkpoints" / name)
   if create and directory.is_dir():
     for incomplete in sorted(p for p in directory.iterdir() if ocp.path.atomicity.TMP_DIR_SUFFIX in p.name):
-      print(f"warning: {incomplete}: an incomplete checkpoint (its save was interrupted); removed",
-            file=sys.stderr)
+      print(f"warning: {incomplete}: an incomplete checkpoint (its save was interrupted); removed", file=sys.stderr)
   # Each manager's own barrier names: several processes saving `latest` and `best` of one step at once would
   # otherwise meet at the same barriers (orbax names them by the step's folder), and process 0 could
   # finalize one checkpoint before the other processes had written their part of it.
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=KEEP.get(name, 1), create=create, cleanup_tmp_directories=create,
-      multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=f"cxrjax_{name}"))
+    max_to_keep=KEEP.get(name, 1),
+    create=create,
+    cleanup_tmp_directories=create,
+    multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=f"cxrjax_{name}"),
+  )
   # The state through orbax's PyTree handler, which can restore part of a tree (inference reads no optimizer
   # state); it reads the checkpoints of its StandardSave wrapper, which earlier versions wrote, as they are.
-  handlers = {"state": ocp.PyTreeCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
-              "meta": ocp.JsonCheckpointHandler()}
+  handlers = {
+    "state": ocp.PyTreeCheckpointHandler(),
+    "data": ocp.JsonCheckpointHandler(),
+    "meta": ocp.JsonCheckpointHandler(),
+  }
   return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
@@ -246,10 +259,15 @@ def save(manager: ocp.CheckpointManager, state: TrainState, data_state: Any, met
   writes the arrays' shards from every process). The data item holds every process's iterator state,
   gathered here: {"process_count": P, "processes": [state of process 0, ..., state of process P - 1]}."""
   states = [json.loads(text) for text in sharding.gather_strings([json.dumps(data_state)])]
-  manager.save(int(state.step), args=ocp.args.Composite(
+  manager.save(
+    int(state.step),
+    args=ocp.args.Composite(
       state=ocp.args.PyTreeSave(state),
       data=ocp.args.JsonSave({"process_count": len(states), "processes": states}),
-      meta=ocp.args.JsonSave(meta)), force=True)
+      meta=ocp.args.JsonSave(meta),
+    ),
+    force=True,
+  )
 
 
 def restore(manager: ocp.CheckpointManager, target: TrainState, step: int | None = None):
@@ -264,14 +282,24 @@ def restore(manager: ocp.CheckpointManager, target: TrainState, step: int | None
     # two moments, and optax.MultiSteps' accumulated gradients: two or three times the parameters' bytes) is
     # not read.
     part = {"step": target.step, "params": target.params, "batch_stats": target.batch_stats}
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(item=part, restore_args=ocp.checkpoint_utils.construct_restore_args(part),
-                                     partial_restore=True),
-        meta=ocp.args.JsonRestore()))
+    restored = manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+          item=part, restore_args=ocp.checkpoint_utils.construct_restore_args(part), partial_restore=True
+        ),
+        meta=ocp.args.JsonRestore(),
+      ),
+    )
     return TrainState(opt_state=None, **restored.state), None, restored.meta
-  restored = manager.restore(step, args=ocp.args.Composite(
+  restored = manager.restore(
+    step,
+    args=ocp.args.Composite(
       state=ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target)),
-      data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+      data=ocp.args.JsonRestore(),
+      meta=ocp.args.JsonRestore(),
+    ),
+  )
   return restored.state, _this_process_data_state(restored.data, manager.directory / str(step)), restored.meta
 
 
@@ -285,8 +313,10 @@ def _this_process_data_state(saved: Any, directory: epath.Path) -> Any:
     return states[jax.process_index()]
   if all(s == states[0] for s in states):
     return states[0]
-  raise WorkdirError(f"{directory}: written by {len(states)} processes whose data positions differ; resume "
-                     f"it with {len(states)} processes, not {jax.process_count()}")
+  raise WorkdirError(
+    f"{directory}: written by {len(states)} processes whose data positions differ; resume "
+    f"it with {len(states)} processes, not {jax.process_count()}"
+  )
 
 
 # What says that a checkpoint itself is damaged (its files cut short, rewritten or half deleted), as
@@ -304,8 +334,17 @@ def _this_process_data_state(saved: Any, directory: epath.Path) -> Any:
 _DAMAGE_ERRORS = (FileNotFoundError, KeyError, json.JSONDecodeError, UnicodeDecodeError)
 _DAMAGE_STATUSES = ("DATA_LOSS", "NOT_FOUND", "OUT_OF_RANGE", "FAILED_PRECONDITION")
 # Statuses of a store or machine that did not answer: the same command may well succeed later.
-_TRANSIENT_STATUSES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "CANCELLED",
-                       "UNAUTHENTICATED", "PERMISSION_DENIED", "INTERNAL", "UNKNOWN")
+_TRANSIENT_STATUSES = (
+  "UNAVAILABLE",
+  "DEADLINE_EXCEEDED",
+  "RESOURCE_EXHAUSTED",
+  "ABORTED",
+  "CANCELLED",
+  "UNAUTHENTICATED",
+  "PERMISSION_DENIED",
+  "INTERNAL",
+  "UNKNOWN",
+)
 _TREE_METADATA = "_METADATA"  # orbax's PYTREE_METADATA_FILE, the state item's tree
 
 
@@ -330,8 +369,9 @@ def is_damage(error: BaseException, directory: epath.Path) -> bool:
   # Without its tree metadata orbax reads the arrays' names as a plain dict, which jax then refuses as
   # another tree than the TrainState ("pytree structure error"): a removed file, not a different model
   # (check_compatible refused that before).
-  return isinstance(cause, ValueError) and _status(cause) is None and not (
-      directory / "state" / _TREE_METADATA).exists()
+  return (
+    isinstance(cause, ValueError) and _status(cause) is None and not (directory / "state" / _TREE_METADATA).exists()
+  )
 
 
 def restore_newest(manager: ocp.CheckpointManager, target: TrainState):
@@ -350,17 +390,23 @@ def restore_newest(manager: ocp.CheckpointManager, target: TrainState):
       if not is_damage(error, directory):
         cause = _root_cause(error)
         if isinstance(cause, (OSError, TimeoutError, MemoryError)) or _status(cause) in _TRANSIENT_STATUSES:
-          raise WorkdirError(f"{directory}: cannot be read now ({type(cause).__name__}: {_first_line(cause)}); "
-                             "it is not damaged as far as can be told, so nothing was skipped or deleted: run "
-                             "the same command again") from error
+          raise WorkdirError(
+            f"{directory}: cannot be read now ({type(cause).__name__}: {_first_line(cause)}); "
+            "it is not damaged as far as can be told, so nothing was skipped or deleted: run "
+            "the same command again"
+          ) from error
         raise
       first_error = first_error or error
-      print(f"warning: {manager.directory / str(step)}: cannot be restored ({type(error).__name__}: "
-            f"{_first_line(error)}); " + ("using the one before" if step != steps[-1] else "no other left"),
-            file=sys.stderr)
+      print(
+        f"warning: {manager.directory / str(step)}: cannot be restored ({type(error).__name__}: "
+        f"{_first_line(error)}); " + ("using the one before" if step != steps[-1] else "no other left"),
+        file=sys.stderr,
+      )
   if first_error is not None:
-    raise WorkdirError(f"{manager.directory}: none of its checkpoints (steps {sorted(steps)}) can be "
-                       f"restored; the newest: {_first_line(first_error)}")
+    raise WorkdirError(
+      f"{manager.directory}: none of its checkpoints (steps {sorted(steps)}) can be "
+      f"restored; the newest: {_first_line(first_error)}"
+    )
   return None
 
 
@@ -392,8 +438,13 @@ def _first_line(error: BaseException) -> str:
   return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
 
 
-def create_from_variables(workdir: str | os.PathLike, config: ml_collections.ConfigDict, tokenizer: Any,
-                          variables: dict[str, Any], meta: dict[str, Any]) -> None:
+def create_from_variables(
+  workdir: str | os.PathLike,
+  config: ml_collections.ConfigDict,
+  tokenizer: Any,
+  variables: dict[str, Any],
+  meta: dict[str, Any],
+) -> None:
   """A workdir whose `best` checkpoint (step 0) holds imported `variables`: what `evaluate`, `predict` and
   `config.init.from_workdir` read. Refuses variables whose names or shapes differ from the config's model."""
   workdir = epath.Path(workdir)
@@ -408,8 +459,12 @@ def create_from_variables(workdir: str | os.PathLike, config: ml_collections.Con
   if jax.tree.leaves(shapes(expected)) != jax.tree.leaves(shapes(variables)):
     raise WorkdirError(f"{workdir}: the imported tensors do not fit the {config.model.name} of the config")
   params = jax.tree.map(lambda a, t: jnp.asarray(a, t.dtype), variables["params"], target.params)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables["batch_stats"],
-                     opt_state=components.make_optimizer(params).init(params))
+  state = TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=variables["batch_stats"],
+    opt_state=components.make_optimizer(params).init(params),
+  )
   state = jax.device_put(state, jax.tree.map(lambda a: a.sharding, target))
   write_run_files(workdir, config, tokenizer)
   manager = checkpoint_manager(workdir, BEST)
@@ -421,6 +476,7 @@ def create_from_variables(workdir: str | os.PathLike, config: ml_collections.Con
 @dataclasses.dataclass
 class Run:
   """A trained run loaded from its workdir."""
+
   workdir: epath.Path
   config: ml_collections.ConfigDict
   task: Any
@@ -456,6 +512,13 @@ def load_run(workdir: str | os.PathLike, checkpoint: str = BEST, optimizer_state
   if restored is None:
     raise WorkdirError(f"{workdir / 'checkpoints' / checkpoint}: no checkpoint; has training run?")
   state = restored[0]
-  return Run(workdir=workdir, config=config, task=components.task, model=components.model,
-             tokenizer=tokenizer, state=state, mesh=mesh, checkpoint=checkpoint)
-
+  return Run(
+    workdir=workdir,
+    config=config,
+    task=components.task,
+    model=components.model,
+    tokenizer=tokenizer,
+    state=state,
+    mesh=mesh,
+    checkpoint=checkpoint,
+  )

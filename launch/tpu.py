@@ -46,13 +46,29 @@ UV_DIR = f"~/.local/share/cxrjax/uv-{UV_VERSION}"
 # Accelerator type prefix -> (libtpu's name of the generation, TensorCores per chip as the type counts
 # them, the TPU software version of Cloud TPU's table for JAX). v4 and v5p types count TensorCores (two per
 # chip), v5litepod and v6e types count chips.
-GENERATIONS = {"v4": ("v4", 2, "tpu-ubuntu2204-base"), "v5litepod": ("v5e", 1, "v2-alpha-tpuv5-lite"),
-               "v5p": ("v5p", 2, "v2-alpha-tpuv5"), "v6e": ("v6e", 1, "v2-alpha-tpuv6e")}
+GENERATIONS = {
+  "v4": ("v4", 2, "tpu-ubuntu2204-base"),
+  "v5litepod": ("v5e", 1, "v2-alpha-tpuv5-lite"),
+  "v5p": ("v5p", 2, "v2-alpha-tpuv5"),
+  "v6e": ("v6e", 1, "v2-alpha-tpuv6e"),
+}
 # The slice shape an accelerator type of that many chips gets (Cloud TPU's tables of each generation):
 # v5e and v6e are 2-D tori, v4 and v5p 3-D.
 SHAPES_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
-SHAPES_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
-             512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16", 6144: "16x16x24"}
+SHAPES_3D = {
+  4: "2x2x1",
+  8: "2x2x2",
+  16: "2x2x4",
+  32: "2x4x4",
+  64: "4x4x4",
+  128: "4x4x8",
+  256: "4x8x8",
+  512: "8x8x8",
+  1024: "8x8x16",
+  2048: "8x16x16",
+  4096: "16x16x16",
+  6144: "16x16x24",
+}
 # libtpu describes v5e and v6e slices as hosts of 2x2 chips; Cloud TPU builds these types as one host of
 # 8 chips, which `cxrjax compile --topology` cannot describe.
 ONE_HOST_OF_8 = {"v5litepod-8", "v6e-8"}
@@ -92,8 +108,10 @@ def _generation(accelerator_type: str) -> tuple[str, int]:
   """(the type's prefix, its number); a LaunchError naming --type for a type of no generation known here."""
   match = re.fullmatch(r"(v4|v5litepod|v5p|v6e)-([0-9]+)", accelerator_type)
   if not match:
-    raise LaunchError(f"--type={accelerator_type}: unknown accelerator type; expected v5litepod-N, v5p-N, v6e-N "
-                      "or v4-N (e.g. v5litepod-8)")
+    raise LaunchError(
+      f"--type={accelerator_type}: unknown accelerator type; expected v5litepod-N, v5p-N, v6e-N "
+      "or v4-N (e.g. v5litepod-8)"
+    )
   return match.group(1), int(match.group(2))
 
 
@@ -118,11 +136,15 @@ def plan_topology(accelerator_type: str) -> str:
   """The `cxrjax compile --topology` of the slice `create --type=accelerator_type` makes ("v5e:2x4")."""
   generation, shape = slice_shape(accelerator_type)
   if generation == "v4":
-    raise LaunchError(f"--type={accelerator_type}: v4 slices cannot be planned (libtpu lists two devices per v4 "
-                      "chip, which jax.make_mesh refuses); plan the v5litepod, v5p or v6e type you would use")
+    raise LaunchError(
+      f"--type={accelerator_type}: v4 slices cannot be planned (libtpu lists two devices per v4 "
+      "chip, which jax.make_mesh refuses); plan the v5litepod, v5p or v6e type you would use"
+    )
   if shape == "1x1":
-    raise LaunchError(f"--type={accelerator_type}: one chip cannot be planned (libtpu describes slices of 2x2 "
-                      "chips and more); plan the 4-chip type")
+    raise LaunchError(
+      f"--type={accelerator_type}: one chip cannot be planned (libtpu describes slices of 2x2 "
+      "chips and more); plan the 4-chip type"
+    )
   return f"{generation}:{shape}"
 
 
@@ -135,8 +157,17 @@ def _git(*args: str) -> str:
 
 
 def _ssh(args: argparse.Namespace, command: str, worker: str = "all") -> list[str]:
-  return ["gcloud", "compute", "tpus", "tpu-vm", "ssh", args.name, f"--zone={args.zone}", f"--worker={worker}",
-          f"--command={command}"]
+  return [
+    "gcloud",
+    "compute",
+    "tpus",
+    "tpu-vm",
+    "ssh",
+    args.name,
+    f"--zone={args.zone}",
+    f"--worker={worker}",
+    f"--command={command}",
+  ]
 
 
 def plan_command(args: argparse.Namespace) -> list[str]:
@@ -150,8 +181,17 @@ def plan_command(args: argparse.Namespace) -> list[str]:
 
 def create_command(args: argparse.Namespace) -> list[str]:
   default_version = software_version(args.type)  # Also refuses an unknown generation before gcloud runs.
-  command = ["gcloud", "compute", "tpus", "tpu-vm", "create", args.name, f"--zone={args.zone}",
-             f"--accelerator-type={args.type}", f"--version={args.version or default_version}"]
+  command = [
+    "gcloud",
+    "compute",
+    "tpus",
+    "tpu-vm",
+    "create",
+    args.name,
+    f"--zone={args.zone}",
+    f"--accelerator-type={args.type}",
+    f"--version={args.version or default_version}",
+  ]
   return command + (["--spot"] if args.spot else [])
 
 
@@ -163,15 +203,20 @@ def install_script(repo: str, commit: str) -> str:
   finds an installed Python of the project's version or downloads a managed one; the venv is made afresh
   each time (uv installs from its cache: seconds), so that a rerun also replaces an older Python's venv."""
   uv = f"{UV_DIR}/bin/uv"
-  return " && ".join([
+  return " && ".join(
+    [
       "(python3 -m pip --version >/dev/null 2>&1 || (sudo apt-get -qq update && sudo DEBIAN_FRONTEND=noninteractive "
       "apt-get -qq -o DPkg::Lock::Timeout=600 install -y python3-pip >/dev/null))",
       f"(test -x {uv} || python3 -m pip install -q --target {UV_DIR} uv=={UV_VERSION})",
       f"(test -d cxrjax || git clone -q {shlex.quote(repo)} cxrjax)",
-      "cd cxrjax", "git fetch -q origin", f"git checkout -q {shlex.quote(commit)}",
+      "cd cxrjax",
+      "git fetch -q origin",
+      f"git checkout -q {shlex.quote(commit)}",
       f"{uv} venv -q --clear --python {python_version()} .venv",
       f"{uv} pip install -q --python .venv/bin/python 'jax[tpu]=={pinned_jax_version()}' "
-      f"'libtpu=={pinned_libtpu_version()}' -e ."])
+      f"'libtpu=={pinned_libtpu_version()}' -e .",
+    ]
+  )
 
 
 def install_command(args: argparse.Namespace) -> list[str]:
@@ -188,7 +233,8 @@ def data_command(args: argparse.Namespace) -> list[str]:
 def train_command(args: argparse.Namespace) -> list[str]:
   flags = _flags_after_dashes(list(args.train_flags))
   if not any(flag.startswith("--config=") for flag in flags) or not any(
-      flag.startswith("--workdir=") for flag in flags):
+    flag.startswith("--workdir=") for flag in flags
+  ):
     raise LaunchError("train needs --config=... and --workdir=... after `--`")
   train = " ".join(["cxrjax", "train", "--distributed=auto", *map(shlex.quote, flags)])
   return _ssh(args, f"cd cxrjax && . .venv/bin/activate && nohup {train} > {LOG_FILE} 2>&1 &")
@@ -202,34 +248,54 @@ def delete_command(args: argparse.Namespace) -> list[str]:
   return ["gcloud", "compute", "tpus", "tpu-vm", "delete", args.name, f"--zone={args.zone}", "--quiet"]
 
 
-COMMANDS = {"plan": plan_command, "create": create_command, "install": install_command, "data": data_command,
-            "train": train_command, "logs": logs_command, "delete": delete_command}
+COMMANDS = {
+  "plan": plan_command,
+  "create": create_command,
+  "install": install_command,
+  "data": data_command,
+  "train": train_command,
+  "logs": logs_command,
+  "delete": delete_command,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   steps = parser.add_subparsers(dest="step", required=True)
-  for step, help_text in (("plan", "compile a config here for the slice of --type: does it fit? (flags after --)"),
-                          ("create", "create the TPU VM or pod slice"),
-                          ("install", "install cxrjax at this commit on every worker"),
-                          ("data", "copy a prepared dataset from Cloud Storage to every worker"),
-                          ("train", "run `cxrjax train FLAGS` on every worker (flags after --)"),
-                          ("logs", "stream worker 0's training log"),
-                          ("delete", "delete the TPU VM")):
+  for step, help_text in (
+    ("plan", "compile a config here for the slice of --type: does it fit? (flags after --)"),
+    ("create", "create the TPU VM or pod slice"),
+    ("install", "install cxrjax at this commit on every worker"),
+    ("data", "copy a prepared dataset from Cloud Storage to every worker"),
+    ("train", "run `cxrjax train FLAGS` on every worker (flags after --)"),
+    ("logs", "stream worker 0's training log"),
+    ("delete", "delete the TPU VM"),
+  ):
     sub = steps.add_parser(step, help=help_text, description=help_text)
     if step != "plan":  # plan creates nothing: no VM to name.
       sub.add_argument("--name", required=True, help="TPU VM name")
       sub.add_argument("--zone", required=True, help="e.g. us-west4-a")
     sub.add_argument("--dry-run", action="store_true", help="print the command, run nothing")
     if step in ("plan", "create"):
-      sub.add_argument("--type", required=True, help="accelerator type, e.g. v5litepod-8, v5p-16, v6e-8, v4-32 "
-                       "(v5litepod and v6e count chips, v5p and v4 TensorCores: two per chip)")
+      sub.add_argument(
+        "--type",
+        required=True,
+        help="accelerator type, e.g. v5litepod-8, v5p-16, v6e-8, v4-32 "
+        "(v5litepod and v6e count chips, v5p and v4 TensorCores: two per chip)",
+      )
     if step == "plan":
-      sub.add_argument("compile_flags", nargs=argparse.REMAINDER,
-                       help="-- --config=... [--batch-size N] [--program P] (cxrjax compile's flags)")
+      sub.add_argument(
+        "compile_flags",
+        nargs=argparse.REMAINDER,
+        help="-- --config=... [--batch-size N] [--program P] (cxrjax compile's flags)",
+      )
     elif step == "create":
-      sub.add_argument("--version", default="", help="TPU VM software version (default: the one Cloud TPU names "
-                       "for JAX on the type's generation, e.g. v2-alpha-tpuv5-lite for v5litepod)")
+      sub.add_argument(
+        "--version",
+        default="",
+        help="TPU VM software version (default: the one Cloud TPU names "
+        "for JAX on the type's generation, e.g. v2-alpha-tpuv5-lite for v5litepod)",
+      )
       sub.add_argument("--spot", action="store_true", help="a preemptible (spot) VM")
     elif step == "install":
       sub.add_argument("--repo", default="", help="git URL (default: this checkout's origin)")
@@ -254,8 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     command = COMMANDS[args.step](args)
     executable = _cxrjax() if args.step == "plan" and not args.dry_run else command[0]
     if executable is None:
-      raise LaunchError("plan runs `cxrjax compile` here, and no cxrjax is installed beside this Python or on "
-                        "PATH (pip install -e '.[tpu-compile]')")
+      raise LaunchError(
+        "plan runs `cxrjax compile` here, and no cxrjax is installed beside this Python or on "
+        "PATH (pip install -e '.[tpu-compile]')"
+      )
   except LaunchError as error:
     print(f"launch/tpu.py {args.step}: error: {error}", file=sys.stderr, flush=True)
     return 2
@@ -263,8 +331,11 @@ def main(argv: list[str] | None = None) -> int:
   if args.dry_run:
     return 0
   if args.step == "plan" and args.type in ONE_HOST_OF_8:
-    print(f"(a {args.type} is one host of 8 chips; libtpu describes {command[2].split('=')[1]} as 2 hosts of 4, "
-          "so `serve` is compiled for 4 chips)", flush=True)
+    print(
+      f"(a {args.type} is one host of 8 chips; libtpu describes {command[2].split('=')[1]} as 2 hosts of 4, "
+      "so `serve` is compiled for 4 chips)",
+      flush=True,
+    )
   return subprocess.run([executable, *command[1:]]).returncode
 
 

@@ -18,6 +18,7 @@ def pytest_configure(config):
   # The same settings as .ci/run, so that the README's test command behaves the same without it.
   # (Set here, before any test module imports jax.)
   import os
+
   os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
   os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.expanduser("~/.cache/cxrjax/jax"))
   os.environ.setdefault("KERAS_BACKEND", "jax")

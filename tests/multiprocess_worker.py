@@ -35,8 +35,7 @@ from cxrjax.tasks import evaluation  # noqa: E402
 from configs import demo  # noqa: E402
 
 sharding.initialize_distributed(f"localhost:{port},2,{process_id}")
-summary = {"process": jax.process_index(), "devices": jax.device_count(),
-           "local_devices": jax.local_device_count()}
+summary = {"process": jax.process_index(), "devices": jax.device_count(), "local_devices": jax.local_device_count()}
 if job == "preempted":
   config = demo.get_config("smoke")
   config.data.num_test = 7
@@ -50,24 +49,42 @@ elif job == "batches":
   with sharding.mesh_process_order(order):
     mesh = sharding.create_mesh(config.get("sharding"))
   data_sharding, global_rows = sharding.data_sharded(mesh), config.train.batch_size
-  local = next(iter(evaluation.split_batches(config, source, tokenizer, task, train=True, mesh=mesh,
-                                             batch_size=global_rows // jax.process_count())))
+  local = next(
+    iter(
+      evaluation.split_batches(
+        config, source, tokenizer, task, train=True, mesh=mesh, batch_size=global_rows // jax.process_count()
+      )
+    )
+  )
   batch = sharding.to_global(local, data_sharding)
   # What one process with every device would train on: its whole global batch.
-  single = next(iter(evaluation.split_batches(config, source, tokenizer, task, train=True, batch_size=global_rows,
-                                              shard_index=0, shard_count=1)))
-  own = [bool(np.array_equal(np.asarray(shard.data), single[key][shard.index]))
-         for key, value in batch.items() for shard in value.addressable_shards]
+  single = next(
+    iter(
+      evaluation.split_batches(
+        config, source, tokenizer, task, train=True, batch_size=global_rows, shard_index=0, shard_count=1
+      )
+    )
+  )
+  own = [
+    bool(np.array_equal(np.asarray(shard.data), single[key][shard.index]))
+    for key, value in batch.items()
+    for shard in value.addressable_shards
+  ]
   whole = sharding.gather(batch)
-  summary.update(mesh_processes=[d.process_index for d in mesh.devices.flat],
-                 rows=sharding.process_rows(data_sharding, global_rows).tolist(),
-                 devices_hold_their_rows=all(own), global_batch_is_one_process_batch=all(
-                     np.array_equal(whole[key], single[key]) for key in whole),
-                 misplaced_rows=sum(not all(np.array_equal(whole[key][row], single[key][row]) for key in whole)
-                                    for row in range(global_rows)))
+  summary.update(
+    mesh_processes=[d.process_index for d in mesh.devices.flat],
+    rows=sharding.process_rows(data_sharding, global_rows).tolist(),
+    devices_hold_their_rows=all(own),
+    global_batch_is_one_process_batch=all(np.array_equal(whole[key], single[key]) for key in whole),
+    misplaced_rows=sum(
+      not all(np.array_equal(whole[key][row], single[key][row]) for key in whole) for row in range(global_rows)
+    ),
+  )
 else:
   with sharding.mesh_process_order(order):
     output = evaluate.evaluate(workdir, "test", meteor=False, baselines_too=False)
-  summary.update(num_studies=output["scores"].get("num_studies", output["scores"].get("num_examples")),
-                 bleu4=output["scores"].get("BLEU-4"))
+  summary.update(
+    num_studies=output["scores"].get("num_studies", output["scores"].get("num_examples")),
+    bleu4=output["scores"].get("BLEU-4"),
+  )
 print(json.dumps(summary))

@@ -33,8 +33,7 @@ SINGLE_HOST, MULTI_HOST = "v5e:2x2", "v5e:4x4"
 VOCAB_SIZE = 64
 
 if importlib.util.find_spec("libtpu") is None:
-  pytest.fail("libtpu is not installed: `pip install -e '.[test]'` installs it (the tpu-compile extra)",
-              pytrace=False)
+  pytest.fail("libtpu is not installed: `pip install -e '.[test]'` installs it (the tpu-compile extra)", pytrace=False)
 
 
 def smoke_configs() -> dict[str, str]:
@@ -83,7 +82,7 @@ def compiled(family: str, program: str, topology: str, layout: str = "") -> aot.
 def check_compiled(report: aot.Report, topology: str, chips: int | None = None) -> None:
   assert report.fits and report.hbm_used <= report.hbm_capacity
   assert report.chips == (chips or tpu_slice(topology).chips)
-  assert report.hosts == len({d.process_index for d in tpu_slice(topology).devices[:report.chips]})
+  assert report.hosts == len({d.process_index for d in tpu_slice(topology).devices[: report.chips]})
   assert report.flops > 0 and report.model_flops > 0 and report.bytes_accessed > 0
   assert report.estimated_seconds >= report.roofline_seconds > 0 and report.examples_per_s_per_chip > 0
   assert report.memory["parameters"] > 0 and report.memory["batch"] > 0 and sum(report.products.values()) > 0
@@ -105,7 +104,7 @@ def parameter_bytes(family: str) -> int:
 SHARDED_TRAIN = {"git": "model_parallel=2,fsdp", "blip": "model_parallel=2", "graph_captioner": "fsdp"}
 CASES = []
 for index, family in enumerate(sorted(FAMILIES)):
-  train_slice, evaluate_slice = (SINGLE_HOST, MULTI_HOST)[::1 if index % 2 else -1]
+  train_slice, evaluate_slice = (SINGLE_HOST, MULTI_HOST)[:: 1 if index % 2 else -1]
   CASES.append((family, "train", train_slice, SHARDED_TRAIN.get(family, "")))
   CASES.append((family, "evaluate", evaluate_slice, ""))
 CASES += [("git", "evaluate", SINGLE_HOST, "model_parallel=2"), ("graph_captioner", "evaluate", MULTI_HOST, "fsdp")]
@@ -156,7 +155,8 @@ def test_train_batches_have_the_shapes_the_step_is_compiled_for():
   batch = next(iter(pipeline.make_batches(config, source=source, tokenizer=tokenizer, train=True)))
   spec = pipeline.batch_spec(config, config.train.batch_size, tokenizer)
   assert {k: (v.shape, v.dtype) for k, v in batch.items() if v.dtype.kind in "biuf"} == {
-      k: (v.shape, v.dtype) for k, v in spec.items()}
+    k: (v.shape, v.dtype) for k, v in spec.items()
+  }
 
 
 def test_evaluation_feeds_predict_the_global_batches_it_is_compiled_for():
@@ -173,8 +173,16 @@ def test_evaluation_feeds_predict_the_global_batches_it_is_compiled_for():
     fed.append({key: (value.shape, value.dtype, value.sharding) for key, value in batch.items()})
     return {"tokens": jnp.zeros((batch["mask"].shape[0], config.decode.max_length), jnp.int32)}
 
-  evaluation.predict_split(task, {}, pipeline.Subset(source, 6), tokenizer, config, mesh=mesh, predict=predict,
-                           batch_size=config.eval.batch_size)
+  evaluation.predict_split(
+    task,
+    {},
+    pipeline.Subset(source, 6),
+    tokenizer,
+    config,
+    mesh=mesh,
+    predict=predict,
+    batch_size=config.eval.batch_size,
+  )
   spec = evaluation.predict_batch_spec(config, task, tokenizer, config.eval.batch_size, mesh)
   assert fed and all(batch == {k: (v.shape, v.dtype, v.sharding) for k, v in spec.items()} for batch in fed)
 
@@ -183,8 +191,8 @@ def test_evaluation_feeds_predict_the_global_batches_it_is_compiled_for():
 def test_the_batch_search_brackets_then_bisects(start):
   """With HBM growing by 300 MiB an example (and a little unevenly, as XLA's does), the search ends at the
   largest batch that fits, in a few probes, whatever the start; the answer is bracketed by two probes."""
-  capacity, base, step = 16 * 2 ** 30, 700 * 2 ** 20, 300 * 2 ** 20
-  use = lambda batch: base + step * batch + (batch % 3) * 2 ** 20
+  capacity, base, step = 16 * 2**30, 700 * 2**20, 300 * 2**20
+  use = lambda batch: base + step * batch + (batch % 3) * 2**20
   largest = max(b for b in range(1, 2000) if use(b) <= capacity)
   probes = []
 
@@ -201,7 +209,7 @@ def test_the_batch_search_does_not_step_by_one_where_the_use_stops_growing():
   15.20 GiB per chip at 77 per chip, 14.32 at 82): the line through the probes nearest the capacity then
   lands at the largest fitting batch, and the search stepped up one full compile (10 minutes) at a time.
   It must bisect instead."""
-  gib, capacity, largest = 2 ** 30, int(15.75 * 2 ** 30), 140
+  gib, capacity, largest = 2**30, int(15.75 * 2**30), 140
 
   def use(batch):
     if batch <= 77:
@@ -209,6 +217,7 @@ def test_the_batch_search_does_not_step_by_one_where_the_use_stops_growing():
     if batch <= largest:
       return int((14.5 + 0.01 * (batch - 109)) * gib)  # rematerialised: below the line through 77 and 154
     return int((15.9 + 0.046 * (batch - 141)) * gib)
+
   probes = []
 
   def probe(batch):
@@ -220,22 +229,26 @@ def test_the_batch_search_does_not_step_by_one_where_the_use_stops_growing():
 
 
 def test_the_batch_search_stops_at_its_limit_and_at_nothing_fitting():
-  assert aot.largest_fitting(lambda b: (True, b), 3, limit=100, capacity=2 ** 30) == 100
+  assert aot.largest_fitting(lambda b: (True, b), 3, limit=100, capacity=2**30) == 100
   probes = []
-  assert aot.largest_fitting(lambda b: (probes.append(b), (False, 2 ** 40))[1], 16, 4096, 2 ** 30) == 0
+  assert aot.largest_fitting(lambda b: (probes.append(b), (False, 2**40))[1], 16, 4096, 2**30) == 0
   assert probes == [16, 8, 4, 2, 1]
 
 
 def test_the_compilers_out_of_memory_messages_are_read():
   # As XLA's TPU compiler words them (libtpu 0.0.42.1).
-  early = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
-           "(17.00G) exceeds available HBM (15.75G).")
-  late = ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space hbm. Used "
-          "20.58G of 15.75G hbm. Exceeded hbm capacity by 4.83G.")
-  assert aot.parse_out_of_memory(early) == (int(17.0 * 2 ** 30), int(15.75 * 2 ** 30))
-  assert aot.parse_out_of_memory(late) == (int(20.58 * 2 ** 30), int(15.75 * 2 ** 30))
+  early = (
+    "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
+    "(17.00G) exceeds available HBM (15.75G)."
+  )
+  late = (
+    "RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space hbm. Used "
+    "20.58G of 15.75G hbm. Exceeded hbm capacity by 4.83G."
+  )
+  assert aot.parse_out_of_memory(early) == (int(17.0 * 2**30), int(15.75 * 2**30))
+  assert aot.parse_out_of_memory(late) == (int(20.58 * 2**30), int(15.75 * 2**30))
   assert aot.parse_out_of_memory("INVALID_ARGUMENT: something else") is None
-  assert tpu_slice(SINGLE_HOST).hbm_bytes == int(15.75 * 2 ** 30)  # The compiler's own, not the brochure's.
+  assert tpu_slice(SINGLE_HOST).hbm_bytes == int(15.75 * 2**30)  # The compiler's own, not the brochure's.
 
 
 def test_estimates_use_xla_only_where_sane():
@@ -251,11 +264,13 @@ def test_estimates_use_xla_only_where_sane():
 def test_matmul_flops_counts_products_convolutions_and_loop_bodies():
   def f(x, w, kernel):
     y = x @ w  # 2 * 8 * 16 * 32
-    image = jax.lax.conv_general_dilated(x[None, :, :, None], kernel, (1, 1), "SAME",
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))  # 2 * 8*16 * 9 * 1 * 4
+    image = jax.lax.conv_general_dilated(
+      x[None, :, :, None], kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )  # 2 * 8*16 * 9 * 1 * 4
     _, y = jax.lax.while_loop(lambda c: c[0] < 5, lambda c: (c[0] + 1, c[1] @ jnp.eye(32)), (0, y))  # once
     scanned, _ = jax.lax.scan(lambda c, _: (c @ jnp.eye(32), None), y, None, length=3)  # 3 times
     return scanned.sum() + image.sum()
+
   jaxpr = jax.make_jaxpr(f)(jnp.ones((8, 16)), jnp.ones((16, 32)), jnp.ones((3, 3, 1, 4)))
   assert aot.matmul_flops(jaxpr) == 2 * 8 * 16 * 32 + 2 * 8 * 16 * 9 * 4 + 2 * 8 * 32 * 32 * (1 + 3)
 
@@ -268,13 +283,18 @@ def test_the_compiled_products_are_counted_by_operand_dtype():
 
   def f(queries, keys, images, kernel):
     scores = jnp.einsum("bqhd,bkhd->bhqk", queries, keys)
-    features = jax.lax.conv_general_dilated(images, kernel, (1, 1), "SAME",
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    features = jax.lax.conv_general_dilated(images, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return scores.sum() + features.sum()
-  arguments = (jax.ShapeDtypeStruct((4, 40, 12, 64), jnp.bfloat16), jax.ShapeDtypeStruct((4, 56, 12, 64), jnp.bfloat16),
-               jax.ShapeDtypeStruct((2, 32, 32, 8), jnp.float32), jax.ShapeDtypeStruct((3, 3, 8, 16), jnp.float32))
-  products = aot.products_by_dtype(jax.jit(f, in_shardings=sharding.replicated(mesh)).lower(*arguments)
-                                   .compile().as_text())
+
+  arguments = (
+    jax.ShapeDtypeStruct((4, 40, 12, 64), jnp.bfloat16),
+    jax.ShapeDtypeStruct((4, 56, 12, 64), jnp.bfloat16),
+    jax.ShapeDtypeStruct((2, 32, 32, 8), jnp.float32),
+    jax.ShapeDtypeStruct((3, 3, 8, 16), jnp.float32),
+  )
+  products = aot.products_by_dtype(
+    jax.jit(f, in_shardings=sharding.replicated(mesh)).lower(*arguments).compile().as_text()
+  )
   assert set(products) == {"bf16 x bf16", "bf16 x f32"}
   assert products["bf16 x bf16"] == 2 * 4 * 12 * 40 * 56 * 64
   assert products["bf16 x f32"] >= 2 * 2 * 32 * 32 * 16 * 9 * 8
@@ -288,8 +308,10 @@ def run_cli(argv, capsys):
 
 def test_a_program_that_does_not_fit_names_its_largest_buffers_and_exits_2(capsys):
   # An output vocabulary of 2**27 tokens: its embedding and output kernel alone are 24 GiB per chip.
-  status, out, err = run_cli(["--config=configs/roco_git.py:smoke", f"--topology={SINGLE_HOST}",
-                              "--program=evaluate", f"--vocab-size={2 ** 27}"], capsys)
+  status, out, err = run_cli(
+    ["--config=configs/roco_git.py:smoke", f"--topology={SINGLE_HOST}", "--program=evaluate", f"--vocab-size={2**27}"],
+    capsys,
+  )
   assert status == 2, err
   assert "DOES NOT FIT" in out and "does not fit: the largest buffers are" in out
   assert "['output']['kernel'] float32[24, 134217728]" in out
@@ -302,20 +324,33 @@ def test_unknown_topology_and_missing_libtpu_are_one_line_naming_the_flag(capsys
   status, out, err = run_cli(["--config=configs/demo.py:smoke"], capsys)
   assert status == 2 and "--topology is required" in err
   real_find_spec = importlib.util.find_spec
-  monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "libtpu" else real_find_spec(name, *a))
+  monkeypatch.setattr(
+    importlib.util, "find_spec", lambda name, *a: None if name == "libtpu" else real_find_spec(name, *a)
+  )
   status, out, err = run_cli(["--config=configs/demo.py:smoke", "--topology=v5e:2x2"], capsys)
   assert status == 2 and len(err.strip().splitlines()) == 1
-  assert err.strip() == ("cxrjax compile: error: --topology=v5e:2x2: describing a TPU slice needs libtpu, which is "
-                         "not installed here (pip install -e '.[tpu-compile]')")
+  assert err.strip() == (
+    "cxrjax compile: error: --topology=v5e:2x2: describing a TPU slice needs libtpu, which is "
+    "not installed here (pip install -e '.[tpu-compile]')"
+  )
 
 
 def test_the_command_prints_each_program(capsys):
-  status, out, err = run_cli(["--config=configs/demo.py:smoke", f"--topology={SINGLE_HOST}", "--program=evaluate"],
-                             capsys)
+  status, out, err = run_cli(
+    ["--config=configs/demo.py:smoke", f"--topology={SINGLE_HOST}", "--program=evaluate"], capsys
+  )
   assert status == 0, err
   assert out.startswith(f"evaluate: 4 chips (TPU v5 lite) on 1 host of {SINGLE_HOST}, mesh data 4 x model 1;")
-  for line in ("vocabulary: ", "HBM per chip: ", "per step and chip: ", "step time: ", "roofline: FLOPs at 197 "
-               "TFLOP/s", "examples/s per chip", "collectives: ", "compiled in "):
+  for line in (
+    "vocabulary: ",
+    "HBM per chip: ",
+    "per step and chip: ",
+    "step time: ",
+    "roofline: FLOPs at 197 TFLOP/s",
+    "examples/s per chip",
+    "collectives: ",
+    "compiled in ",
+  ):
     assert line in out
   assert re.search(r"HBM per chip: [0-9.]+ MiB of 15\.75 GiB usable \(0%\): fits", out)
 
@@ -324,6 +359,7 @@ def test_the_launcher_installs_the_libtpu_that_compile_uses():
   """launch/tpu.py's pin is the tpu-compile extra's, and jax[tpu] at the pinned jax accepts it."""
   import tomllib  # pylint: disable=g-import-not-at-top
   from packaging.requirements import Requirement  # pylint: disable=g-import-not-at-top
+
   project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
   (pin,) = [Requirement(r) for r in project["optional-dependencies"]["tpu-compile"] if r.startswith("libtpu")]
   assert "cxrjax[tpu-compile]" in project["optional-dependencies"]["test"]

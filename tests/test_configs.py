@@ -22,6 +22,7 @@ def test_every_config_has_a_test_file_that_runs_its_commands():
 
 def test_agcnn_images_per_epoch_is_the_real_patient_split_train_set(shared_data):
   from configs import chestxray14_agcnn  # pylint: disable=g-import-not-at-top
+
   entries = chestxray14.read_label_file(shared_data / "nih_chestxray14/Data_Entry_2017_v2020.csv.gz")
   split = chestxray14.patient_split(entries)  # What `prepare chestxray14 --split=random` builds.
   assert len(split["train"]) == chestxray14_agcnn.IMAGES_PER_EPOCH

@@ -24,7 +24,7 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def _penalty(length: int, alpha: float) -> float:
-  return ((5.0 + length) / 6.0)**alpha
+  return ((5.0 + length) / 6.0) ** alpha
 
 
 # A tiny GRU decoder written once for numpy (the oracles) and jax.numpy (the
@@ -79,7 +79,7 @@ def _numpy_gru(params, end_slope):
 
 
 def _example_cache(cache, index):
-  return {k: v[index:index + 1] for k, v in cache.items()}
+  return {k: v[index : index + 1] for k, v in cache.items()}
 
 
 def _all_sequences(np_step, cache, vocab, max_length):
@@ -137,15 +137,26 @@ def test_wide_beam_search_returns_exhaustive_ranking(alpha):
   # sequences. 400 beams never prune any, and leave 59 slots empty.
   beam_size, num_sequences = 400, 341
   tokens, scores = decoding.beam_search(
-      _jax_gru(params, end_slope), cache, start_id=START, end_id=END, max_length=max_length,
-      beam_size=beam_size, length_penalty=alpha, pad_id=pad_id)
+    _jax_gru(params, end_slope),
+    cache,
+    start_id=START,
+    end_id=END,
+    max_length=max_length,
+    beam_size=beam_size,
+    length_penalty=alpha,
+    pad_id=pad_id,
+  )
   tokens, scores = np.asarray(tokens), np.asarray(scores)
   assert tokens.shape == (batch, beam_size, max_length) and scores.shape == (batch, beam_size)
   np_step = _numpy_gru(params, end_slope)
   for b in range(batch):
-    ranked = sorted(((log_prob / _penalty(len(seq), alpha), seq)
-                     for seq, log_prob in _all_sequences(np_step, _example_cache(cache, b), vocab, max_length)),
-                    reverse=True)
+    ranked = sorted(
+      (
+        (log_prob / _penalty(len(seq), alpha), seq)
+        for seq, log_prob in _all_sequences(np_step, _example_cache(cache, b), vocab, max_length)
+      ),
+      reverse=True,
+    )
     assert len(ranked) == num_sequences
     expected_tokens = np.array([seq + (pad_id,) * (max_length - len(seq)) for _, seq in ranked])
     np.testing.assert_array_equal(tokens[b, :num_sequences], expected_tokens)
@@ -157,8 +168,9 @@ def test_wide_beam_search_returns_exhaustive_ranking(alpha):
 @pytest.mark.parametrize("alpha", [0.0, 0.6])
 def test_beam_scores_are_penalized_log_probs_of_returned_sequences(alpha):
   vocab, max_length, batch, beam_size, pad_id, end_slope = 7, 8, 3, 3, 10, 0.4
-  decode = _gru_search(decoding.beam_search, end_slope, max_length=max_length, beam_size=beam_size,
-                       length_penalty=alpha, pad_id=pad_id)
+  decode = _gru_search(
+    decoding.beam_search, end_slope, max_length=max_length, beam_size=beam_size, length_penalty=alpha, pad_id=pad_id
+  )
   for seed in range(4):
     params, cache, _ = _make_gru(seed=seed, vocab=vocab, batch=batch)
     tokens, scores = map(np.asarray, decode(jax.tree.map(jnp.asarray, params), cache))
@@ -188,10 +200,12 @@ def _host_beam_search(np_step, cache, vocab, max_length, beam_size, alpha):
       logits, new_cache = np_step(np.array([tokens[-1] if tokens else START]), cache, position)
       log_probs = _log_softmax(logits[0])
       candidates.extend((log_prob + log_probs[token], tokens + (token,), new_cache) for token in range(vocab))
-    candidates = sorted(candidates, key=lambda candidate: -candidate[0])[:2 * beam_size]
-    finished.extend((log_prob / _penalty(position + 1, alpha), tokens)
-                    for rank, (log_prob, tokens, _) in enumerate(candidates)
-                    if tokens[-1] == END and rank < beam_size)
+    candidates = sorted(candidates, key=lambda candidate: -candidate[0])[: 2 * beam_size]
+    finished.extend(
+      (log_prob / _penalty(position + 1, alpha), tokens)
+      for rank, (log_prob, tokens, _) in enumerate(candidates)
+      if tokens[-1] == END and rank < beam_size
+    )
     alive = [(tokens, log_prob, cache) for log_prob, tokens, cache in candidates if tokens[-1] != END][:beam_size]
   finished.extend((log_prob / _penalty(max_length, alpha), tokens) for tokens, log_prob, _ in alive)
   return sorted(finished, reverse=True)[:beam_size]
@@ -201,8 +215,9 @@ def _host_beam_search(np_step, cache, vocab, max_length, beam_size, alpha):
 def test_beam_search_matches_host_beam_search(alpha):
   # Also checks that the early exit never changes the result.
   vocab, max_length, batch, beam_size, pad_id, end_slope = 6, 8, 3, 3, 0, 0.5
-  decode = _gru_search(decoding.beam_search, end_slope, max_length=max_length, beam_size=beam_size,
-                       length_penalty=alpha, pad_id=pad_id)
+  decode = _gru_search(
+    decoding.beam_search, end_slope, max_length=max_length, beam_size=beam_size, length_penalty=alpha, pad_id=pad_id
+  )
   for seed in range(5):
     params, cache, _ = _make_gru(seed=seed, vocab=vocab, batch=batch)
     tokens, scores = map(np.asarray, decode(jax.tree.map(jnp.asarray, params), cache))
@@ -221,9 +236,9 @@ def _host_greedy(np_step, cache, max_length, pad_id, ngram=0, ngram_penalty=None
     logits, cache = np_step(np.array([last]), cache, position)
     log_probs = _log_softmax(np.asarray(logits, np.float64)[0])
     if ngram:
-      prefix = tuple(tokens[len(tokens) - ngram + 1:]) if ngram > 1 else ()
+      prefix = tuple(tokens[len(tokens) - ngram + 1 :]) if ngram > 1 else ()
       for j in range(len(tokens) - ngram + 1):
-        if tuple(tokens[j:j + ngram - 1]) == prefix:
+        if tuple(tokens[j : j + ngram - 1]) == prefix:
           follower = tokens[j + ngram - 1]
           log_probs[follower] = -np.inf if ngram_penalty is None else log_probs[follower] + ngram_penalty
     token = int(np.argmax(log_probs))
@@ -267,11 +282,11 @@ def _history_model(seed: int, vocab: int, batch: int, max_length: int):
   rng = np.random.default_rng(seed)
   hidden, table_size = 4, 31
   weights = {
-      "table": jnp.asarray(2.0 * rng.normal(size=(table_size, vocab)), jnp.float32),
-      "embed": jnp.asarray(rng.normal(size=(vocab, hidden)), jnp.float32),
-      "recur": jnp.asarray(rng.normal(size=(hidden, hidden)), jnp.float32),
-      "out": jnp.asarray(rng.normal(size=(hidden, vocab)), jnp.float32),
-      "feature_out": jnp.asarray(rng.normal(size=(6, vocab)), jnp.float32),
+    "table": jnp.asarray(2.0 * rng.normal(size=(table_size, vocab)), jnp.float32),
+    "embed": jnp.asarray(rng.normal(size=(vocab, hidden)), jnp.float32),
+    "recur": jnp.asarray(rng.normal(size=(hidden, hidden)), jnp.float32),
+    "out": jnp.asarray(rng.normal(size=(hidden, vocab)), jnp.float32),
+    "feature_out": jnp.asarray(rng.normal(size=(6, vocab)), jnp.float32),
   }
   hash_weights = jnp.asarray([pow(3, i, table_size) for i in range(max_length + 1)], jnp.int32)
 
@@ -283,26 +298,30 @@ def _history_model(seed: int, vocab: int, batch: int, max_length: int):
     # [rows, vocab] --> [rows, 1, vocab] * [1, 2, 1] --> [rows, 2, vocab]
     counts = counts + jax.nn.one_hot(tokens, vocab)[:, None, :] * jnp.array([1.0, -1.0])[None, :, None]
     features = cache["encoder"]["features"]  # [rows, 3, 2]
-    logits = (weights["table"][code] + h @ weights["out"] + 0.3 * counts[:, 0] - 0.2 * counts[:, 1] +
-              features.reshape(features.shape[0], 6) @ weights["feature_out"])  # [rows, 3, 2] --> [rows, 6]
+    logits = (
+      weights["table"][code]
+      + h @ weights["out"]
+      + 0.3 * counts[:, 0]
+      - 0.2 * counts[:, 1]
+      + features.reshape(features.shape[0], 6) @ weights["feature_out"]
+    )  # [rows, 3, 2] --> [rows, 6]
     # The shared scalar leaf must never be expanded, gathered or desynchronised.
     logits = logits + jnp.where(cache["steps"] == position, 0.0, jnp.nan)
-    new_cache = {"history": history, "rnn": (h, counts), "encoder": {"features": features},
-                 "steps": cache["steps"] + 1}
+    new_cache = {"history": history, "rnn": (h, counts), "encoder": {"features": features}, "steps": cache["steps"] + 1}
     return logits, new_cache
 
   cache = {
-      "history": np.zeros((batch, max_length + 1), np.int32),
-      "rnn": (np.zeros((batch, hidden), np.float32), np.zeros((batch, 2, vocab), np.float32)),
-      "encoder": {"features": rng.normal(size=(batch, 3, 2)).astype(np.float32)},
-      "steps": 0,  # a Python int: weakly typed, which the searches must cope with
+    "history": np.zeros((batch, max_length + 1), np.int32),
+    "rnn": (np.zeros((batch, hidden), np.float32), np.zeros((batch, 2, vocab), np.float32)),
+    "encoder": {"features": rng.normal(size=(batch, 3, 2)).astype(np.float32)},
+    "steps": 0,  # a Python int: weakly typed, which the searches must cope with
   }
   return step_fn, cache
 
 
 def _jax_row_step(step_fn, cache, index):
   """A numpy-facing step for one example of a jax step function (for replays)."""
-  example = jax.tree.map(lambda x: x if np.ndim(x) == 0 else x[index:index + 1], cache)
+  example = jax.tree.map(lambda x: x if np.ndim(x) == 0 else x[index : index + 1], cache)
   state = {"cache": jax.tree.map(jnp.asarray, example)}
   jit_step = jax.jit(step_fn)
 
@@ -316,8 +335,9 @@ def _jax_row_step(step_fn, cache, index):
 def test_beam_search_gathers_every_cache_leaf():
   vocab, max_length, batch, beam_size, pad_id = 5, 6, 2, 4, 8
   step_fn, cache = _history_model(seed=0, vocab=vocab, batch=batch, max_length=max_length)
-  tokens, scores = decoding.beam_search(step_fn, cache, start_id=START, end_id=END, max_length=max_length,
-                                        beam_size=beam_size, pad_id=pad_id)
+  tokens, scores = decoding.beam_search(
+    step_fn, cache, start_id=START, end_id=END, max_length=max_length, beam_size=beam_size, pad_id=pad_id
+  )
   tokens, scores = np.asarray(tokens), np.asarray(scores)
   assert np.all(np.isfinite(scores)), "the shared scalar leaf went out of step"
   _check_well_formed(tokens, pad_id)
@@ -350,7 +370,7 @@ def _looping_model(seed: int, vocab: int, batch: int):
 
 
 def _repeats_ngram(sequence, n: int) -> bool:
-  ngrams = [tuple(sequence[i:i + n]) for i in range(len(sequence) - n + 1)]
+  ngrams = [tuple(sequence[i : i + n]) for i in range(len(sequence) - n + 1)]
   return len(ngrams) != len(set(ngrams))
 
 
@@ -361,8 +381,9 @@ def test_trigram_blocking_stops_loops():
 
   free_tokens, _ = decoding.greedy_search(step_fn, cache, **options)
   free_beams, _ = decoding.beam_search(step_fn, cache, beam_size=beam_size, **options)
-  assert all(_repeats_ngram(row[:length], 3) for row, length in zip(np.asarray(free_tokens),
-                                                                    _lengths(free_tokens))), "the model must loop"
+  assert all(_repeats_ngram(row[:length], 3) for row, length in zip(np.asarray(free_tokens), _lengths(free_tokens))), (
+    "the model must loop"
+  )
   assert _repeats_ngram(np.asarray(free_beams)[0, 0], 3)
 
   greedy_tokens, greedy_log_probs = decoding.greedy_search(step_fn, cache, block_ngram_repeat=3, **options)
@@ -384,11 +405,13 @@ def test_soft_ngram_penalty_matches_host_loop():
   vocab, max_length, batch = 7, 12, 2
   step_fn, np_step, cache = _looping_model(seed=1, vocab=vocab, batch=batch)
   penalty = 2 * np.log(0.5)
-  tokens, log_probs = decoding.greedy_search(step_fn, cache, start_id=START, end_id=END, max_length=max_length,
-                                             block_ngram_repeat=2, ngram_penalty=penalty)
+  tokens, log_probs = decoding.greedy_search(
+    step_fn, cache, start_id=START, end_id=END, max_length=max_length, block_ngram_repeat=2, ngram_penalty=penalty
+  )
   for b in range(batch):
-    expected_tokens, expected_log_prob = _host_greedy(np_step, _example_cache(cache, b), max_length, 0, ngram=2,
-                                                      ngram_penalty=penalty)
+    expected_tokens, expected_log_prob = _host_greedy(
+      np_step, _example_cache(cache, b), max_length, 0, ngram=2, ngram_penalty=penalty
+    )
     np.testing.assert_array_equal(np.asarray(tokens)[b], expected_tokens)
     np.testing.assert_allclose(np.asarray(log_probs)[b], expected_log_prob, rtol=1e-5)
 
@@ -407,7 +430,7 @@ def test_ngram_repeat_counts_match_python(n):
       for token in range(vocab):
         candidate = list(prefix) + [token]
         last = tuple(candidate[-n:])
-        expected[token] = sum(tuple(candidate[j:j + n]) == last for j in range(len(candidate) - n))
+        expected[token] = sum(tuple(candidate[j : j + n]) == last for j in range(len(candidate) - n))
       np.testing.assert_array_equal(row_counts, expected, err_msg=f"n={n} length={length} row={row}")
 
 
@@ -472,8 +495,9 @@ def test_early_exit_waits_for_beams_the_length_penalty_can_lift():
     return logits.at[:, END].add(jnp.where(position == max_length - 1, 100.0, 0.0)), cache
 
   cache = {"bias": np.zeros((2, vocab), np.float32)}
-  tokens, scores = decoding.beam_search(step_fn, cache, start_id=START, end_id=END, max_length=max_length,
-                                        beam_size=1, length_penalty=alpha)
+  tokens, scores = decoding.beam_search(
+    step_fn, cache, start_id=START, end_id=END, max_length=max_length, beam_size=1, length_penalty=alpha
+  )
   np.testing.assert_array_equal(np.asarray(tokens)[:, 0], [[2, 3, 4, 2, 3, END]] * 2)
   np.testing.assert_allclose(np.asarray(scores)[:, 0], np.log(1 / 3) / _penalty(max_length, alpha), rtol=1e-4)
   assert np.log(1 / 3) / _penalty(max_length, alpha) > np.log(2 / 3) / _penalty(1, alpha)
@@ -490,8 +514,10 @@ def test_searches_trace_inside_jit_and_jit_search_reuses_compilation():
   @jax.jit
   def generate(params, cache):
     step_fn = functools.partial(param_step, params)  # closes over traced parameters
-    return (decoding.greedy_search(step_fn, cache, **options),
-            decoding.beam_search(step_fn, cache, beam_size=beam_size, length_penalty=0.6, **options))
+    return (
+      decoding.greedy_search(step_fn, cache, **options),
+      decoding.beam_search(step_fn, cache, beam_size=beam_size, length_penalty=0.6, **options),
+    )
 
   jax_params = jax.tree.map(jnp.asarray, params)
   (greedy_tokens, greedy_log_probs), (beam_tokens, beam_scores) = generate(jax_params, cache)
@@ -556,9 +582,17 @@ def tiny_gpt2():
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
   torch.manual_seed(0)
-  config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=HF_VOCAB, n_positions=32,
-                                   initializer_range=0.3, bos_token_id=HF_START, eos_token_id=HF_END,
-                                   pad_token_id=HF_PAD)
+  config = transformers.GPT2Config(
+    n_layer=1,
+    n_head=2,
+    n_embd=16,
+    vocab_size=HF_VOCAB,
+    n_positions=32,
+    initializer_range=0.3,
+    bos_token_id=HF_START,
+    eos_token_id=HF_END,
+    pad_token_id=HF_PAD,
+  )
   model = transformers.GPT2LMHeadModel(config).eval()
   with torch.no_grad():
     # Point the end token's (tied) embedding along the mean final hidden state, so that ending is
@@ -574,14 +608,19 @@ def _torch_step_fn(torch, model):
 
   def next_logits(prefix, position):
     with torch.no_grad():
-      inputs = torch.tensor(np.asarray(prefix)[:, :HF_PROMPT + int(position)], dtype=torch.long)
+      inputs = torch.tensor(np.asarray(prefix)[:, : HF_PROMPT + int(position)], dtype=torch.long)
       return model(inputs).logits[:, -1].float().numpy()
 
   def step_fn(params, tokens, cache, position):
     del params
     prefix = cache["prefix"].at[:, HF_PROMPT - 1 + position].set(tokens)
-    logits = jax.pure_callback(next_logits, jax.ShapeDtypeStruct((prefix.shape[0], HF_VOCAB), jnp.float32),
-                               prefix, position, vmap_method="sequential")
+    logits = jax.pure_callback(
+      next_logits,
+      jax.ShapeDtypeStruct((prefix.shape[0], HF_VOCAB), jnp.float32),
+      prefix,
+      position,
+      vmap_method="sequential",
+    )
     return logits, {"prefix": prefix}
 
   return step_fn
@@ -596,17 +635,25 @@ def _prompts(seed: int, batch: int) -> np.ndarray:
 
 def _hf_generate(torch, model, prompts, max_new_tokens, **options):
   with torch.no_grad():
-    out = model.generate(torch.tensor(prompts), attention_mask=torch.ones(prompts.shape, dtype=torch.long),
-                         max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=HF_END,
-                         pad_token_id=HF_PAD, output_scores=True, return_dict_in_generate=True,
-                         use_cache=False, **options)
+    out = model.generate(
+      torch.tensor(prompts),
+      attention_mask=torch.ones(prompts.shape, dtype=torch.long),
+      max_new_tokens=max_new_tokens,
+      do_sample=False,
+      eos_token_id=HF_END,
+      pad_token_id=HF_PAD,
+      output_scores=True,
+      return_dict_in_generate=True,
+      use_cache=False,
+      **options,
+    )
   return out, out.sequences[:, HF_PROMPT:].numpy()
 
 
 def _trim(row, max_length: int) -> list[int]:
   """Generated ids up to and including the first end token."""
   row = [int(t) for t in row[:max_length]]
-  return row[:row.index(HF_END) + 1] if HF_END in row else row
+  return row[: row.index(HF_END) + 1] if HF_END in row else row
 
 
 HF_BEAM_CASES = [(3, 1.0, 8, 0), (2, 1.0, 10, 1), (3, 2.0, 7, 2), (4, 0.5, 8, 3), (3, 0.0, 6, 4), (2, -0.5, 8, 5)]
@@ -619,13 +666,23 @@ def test_hf_beam_search_matches_transformers_generate(tiny_gpt2, beam_size, leng
   torch, model = tiny_gpt2
   batch = HF_BEAM_BATCH
   prompts = _prompts(seed, batch)
-  out, expected = _hf_generate(torch, model, prompts, max_length, num_beams=beam_size,
-                               num_return_sequences=beam_size, length_penalty=length_penalty)
+  out, expected = _hf_generate(
+    torch,
+    model,
+    prompts,
+    max_length,
+    num_beams=beam_size,
+    num_return_sequences=beam_size,
+    length_penalty=length_penalty,
+  )
   expected = expected.reshape(batch, beam_size, -1)
   expected_scores = out.sequences_scores.numpy().reshape(batch, beam_size)
   # Each token's log-probability as transformers reports it (compute_transition_scores along its beams).
-  transition = model.compute_transition_scores(out.sequences, out.scores, out.beam_indices,
-                                               normalize_logits=False).numpy().reshape(batch, beam_size, -1)
+  transition = (
+    model.compute_transition_scores(out.sequences, out.scores, out.beam_indices, normalize_logits=False)
+    .numpy()
+    .reshape(batch, beam_size, -1)
+  )
   calls = []
   torch_step = _torch_step_fn(torch, model)
 
@@ -633,10 +690,18 @@ def test_hf_beam_search_matches_transformers_generate(tiny_gpt2, beam_size, leng
     jax.debug.callback(lambda: calls.append(1))
     return torch_step(params, tokens, cache, position)
 
-  search = decoding.jit_search(decoding.beam_search, counted_step, start_id=HF_START, end_id=HF_END,
-                               pad_id=HF_PAD, max_length=max_length, beam_size=beam_size,
-                               length_penalty=length_penalty, length_normalization="hf",
-                               return_token_log_probs=True)
+  search = decoding.jit_search(
+    decoding.beam_search,
+    counted_step,
+    start_id=HF_START,
+    end_id=HF_END,
+    pad_id=HF_PAD,
+    max_length=max_length,
+    beam_size=beam_size,
+    length_penalty=length_penalty,
+    length_normalization="hf",
+    return_token_log_probs=True,
+  )
   cache = {"prefix": np.concatenate([prompts, np.full((batch, max_length), HF_PAD)], axis=1).astype(np.int32)}
   tokens, scores, token_log_probs = map(np.asarray, search(None, cache))
   jax.effects_barrier()
@@ -645,11 +710,10 @@ def test_hf_beam_search_matches_transformers_generate(tiny_gpt2, beam_size, leng
     ours, theirs = _trim(tokens[b, k], max_length), _trim(expected[b, k], max_length)
     assert ours == theirs, f"example {b} beam {k}: {ours} != transformers' {theirs}"
     lengths[b, k] = len(ours)
-    np.testing.assert_allclose(token_log_probs[b, k, :len(ours)], transition[b, k, :len(ours)], atol=2e-5)
-    assert np.all(token_log_probs[b, k, len(ours):] == 0)
+    np.testing.assert_allclose(token_log_probs[b, k, : len(ours)], transition[b, k, : len(ours)], atol=2e-5)
+    assert np.all(token_log_probs[b, k, len(ours) :] == 0)
   np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(scores, token_log_probs.sum(-1) / np.power(lengths, length_penalty),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(scores, token_log_probs.sum(-1) / np.power(lengths, length_penalty), rtol=1e-5, atol=1e-5)
 
 
 def test_hf_beam_search_comparisons_cover_every_case(tiny_gpt2):
@@ -658,8 +722,15 @@ def test_hf_beam_search_comparisons_cover_every_case(tiny_gpt2):
   torch, model = tiny_gpt2
   lengths, cut = [], []
   for beam_size, length_penalty, max_length, seed in HF_BEAM_CASES:
-    _, expected = _hf_generate(torch, model, _prompts(seed, HF_BEAM_BATCH), max_length, num_beams=beam_size,
-                               num_return_sequences=beam_size, length_penalty=length_penalty)
+    _, expected = _hf_generate(
+      torch,
+      model,
+      _prompts(seed, HF_BEAM_BATCH),
+      max_length,
+      num_beams=beam_size,
+      num_return_sequences=beam_size,
+      length_penalty=length_penalty,
+    )
     pool_lengths = np.array([len(_trim(row, max_length)) for row in expected])
     lengths.append(pool_lengths)
     cut.append(np.array([HF_END not in _trim(row, max_length) for row in expected]))
@@ -680,12 +751,27 @@ def test_hf_beam_search_stops_rows_as_transformers_does(tiny_gpt2):
     return step(params, tokens, cache, position)
 
   for length_penalty, seed in ((1.0, 6), (0.0, 7)):
-    search = decoding.jit_search(decoding.beam_search, counted_step, start_id=HF_START, end_id=HF_END,
-                                 pad_id=HF_PAD, max_length=max_length, beam_size=beam_size,
-                                 length_penalty=length_penalty, length_normalization="hf")
+    search = decoding.jit_search(
+      decoding.beam_search,
+      counted_step,
+      start_id=HF_START,
+      end_id=HF_END,
+      pad_id=HF_PAD,
+      max_length=max_length,
+      beam_size=beam_size,
+      length_penalty=length_penalty,
+      length_normalization="hf",
+    )
     prompts = _prompts(seed, batch)
-    out, expected = _hf_generate(torch, model, prompts, max_length, num_beams=beam_size,
-                                 length_penalty=length_penalty, num_return_sequences=beam_size)
+    out, expected = _hf_generate(
+      torch,
+      model,
+      prompts,
+      max_length,
+      num_beams=beam_size,
+      length_penalty=length_penalty,
+      num_return_sequences=beam_size,
+    )
     expected = expected.reshape(batch, beam_size, -1)
     expected_scores = out.sequences_scores.numpy().reshape(batch, beam_size)
     pool_lengths = np.array([[len(_trim(row, max_length)) for row in rows] for rows in expected])
@@ -694,8 +780,9 @@ def test_hf_beam_search_stops_rows_as_transformers_does(tiny_gpt2):
     short = np.flatnonzero(pool_lengths.max(axis=1) < max_length)
     assert 0 < len(short) < batch
     for rows in (np.arange(batch), short):
-      cache = {"prefix": np.concatenate([prompts[rows], np.full((len(rows), max_length), HF_PAD)],
-                                        axis=1).astype(np.int32)}
+      cache = {
+        "prefix": np.concatenate([prompts[rows], np.full((len(rows), max_length), HF_PAD)], axis=1).astype(np.int32)
+      }
       calls.clear()
       tokens, scores = map(np.asarray, search(None, cache))
       jax.effects_barrier()
@@ -712,16 +799,25 @@ def test_greedy_search_matches_transformers_generate(tiny_gpt2):
   prompts = _prompts(11, batch)
   out, expected = _hf_generate(torch, model, prompts, max_length, num_beams=1)
   cache = {"prefix": np.concatenate([prompts, np.full((batch, max_length), HF_PAD)], axis=1).astype(np.int32)}
-  tokens, log_probs, token_log_probs = map(np.asarray, decoding.greedy_search(
-      functools.partial(_torch_step_fn(torch, model), None), cache, start_id=HF_START, end_id=HF_END,
-      pad_id=HF_PAD, max_length=max_length, return_token_log_probs=True))
+  tokens, log_probs, token_log_probs = map(
+    np.asarray,
+    decoding.greedy_search(
+      functools.partial(_torch_step_fn(torch, model), None),
+      cache,
+      start_id=HF_START,
+      end_id=HF_END,
+      pad_id=HF_PAD,
+      max_length=max_length,
+      return_token_log_probs=True,
+    ),
+  )
   transition = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True).numpy()
   lengths = []
   for b in range(batch):
     ours, theirs = _trim(tokens[b], max_length), _trim(expected[b], max_length)
     assert ours == theirs, f"example {b}"
     lengths.append(len(ours))
-    np.testing.assert_allclose(token_log_probs[b, :len(ours)], transition[b, :len(ours)], atol=2e-5)
+    np.testing.assert_allclose(token_log_probs[b, : len(ours)], transition[b, : len(ours)], atol=2e-5)
   np.testing.assert_allclose(log_probs, token_log_probs.sum(-1), rtol=1e-5, atol=1e-5)
   assert min(lengths) < max_length and max(lengths) == max_length, lengths
 
@@ -765,5 +861,9 @@ def test_grouped_attention_equals_attention_over_repeated_keys(groups):
   scores = decoding.attention_scores(queries, keys)
   np.testing.assert_allclose(scores, jnp.einsum("bhqd,bhkd->bhqk", queries, repeated_keys), rtol=1e-5, atol=1e-5)
   weights = jax.nn.softmax(scores, axis=-1)
-  np.testing.assert_allclose(decoding.attention_context(weights, values),
-                             jnp.einsum("bhqk,bhkd->bhqd", weights, repeated_values), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    decoding.attention_context(weights, values),
+    jnp.einsum("bhqk,bhkd->bhqd", weights, repeated_values),
+    rtol=1e-5,
+    atol=1e-5,
+  )

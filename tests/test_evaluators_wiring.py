@@ -105,8 +105,9 @@ def test_evaluate_writes_the_scores_evaluators_run_gives_on_its_predictions(trai
   workdir, config, _ = trained
   labeler, checkpoint = labelers[0]
   # The validation split from the last checkpoint: the predictions validation scored at step 4.
-  assert cli.main(["evaluate", "--workdir", str(workdir), "--split", "val", "--checkpoint", "latest",
-                   "--no-meteor"]) == 0
+  assert (
+    cli.main(["evaluate", "--workdir", str(workdir), "--split", "val", "--checkpoint", "latest", "--no-meteor"]) == 0
+  )
   summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   written = json.loads((workdir / "eval/val/metrics.json").read_text())
   ids, references, generated = _predictions(workdir / "eval/val/predictions.jsonl")
@@ -129,13 +130,29 @@ def test_evaluate_flags_replace_and_add_evaluators(trained, labelers, bert_dir, 
   workdir, _, _ = trained
   other, other_checkpoint = labelers[1]
   assert _sha256(other_checkpoint) != _sha256(labelers[0][1])
-  assert cli.main(["evaluate", "--workdir", str(workdir), "--split", "test", "--no-meteor", "--labeler", str(other),
-                   "--bertscore-model", str(bert_dir), "--bertscore-layer", "2"]) == 0
+  assert (
+    cli.main(
+      [
+        "evaluate",
+        "--workdir",
+        str(workdir),
+        "--split",
+        "test",
+        "--no-meteor",
+        "--labeler",
+        str(other),
+        "--bertscore-model",
+        str(bert_dir),
+        "--bertscore-layer",
+        "2",
+      ]
+    )
+    == 0
+  )
   capsys.readouterr()
   written = json.loads((workdir / "eval/test/metrics.json").read_text())
   ids, references, generated = _predictions(workdir / "eval/test/predictions.jsonl")
-  built = evaluators.from_config(dict(chexbert=dict(labeler=str(other)), bertscore=dict(model=str(bert_dir),
-                                                                                        layer=2)))
+  built = evaluators.from_config(dict(chexbert=dict(labeler=str(other)), bertscore=dict(model=str(bert_dir), layer=2)))
   expected = evaluators.run(built, ids, references, generated)["scores"]
   assert {key: written["scores"][key] for key in expected} == pytest.approx(expected, abs=1e-6)
   assert written["evaluators"]["chexbert"]["sha256"] == _sha256(other_checkpoint)
@@ -155,26 +172,35 @@ def test_a_sweep_tabulates_the_evaluators_scores_and_plots_their_validation_curv
   rows = list(csv.DictReader((tmp_path / "sweep" / "results.csv").open()))
   assert float(rows[0][f"{CE_MICRO_F1}_mean"]) == pytest.approx(written["scores"][CE_MICRO_F1])
   assert sweep._validation_curve(run_dir, config.eval.best_metric) == [
-      (v["step"], v[CE_MICRO_F1]) for v in _validations(workdir)]
+    (v["step"], v[CE_MICRO_F1]) for v in _validations(workdir)
+  ]
   assert (tmp_path / "sweep" / "curves.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("overrides, message", [
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
     (["--config.evaluators.chexbert.labeler={missing}"], "missing_labeler"),
     (["--config.evaluators.rouge.labeler={labeler}"], "unknown evaluator type 'rouge'"),
-    (["--config.evaluators.chexbert.labeler={labeler}", "--config.evaluators.chexbert.batch=4"],
-     "config.evaluators.chexbert.batch: unknown field"),
+    (
+      ["--config.evaluators.chexbert.labeler={labeler}", "--config.evaluators.chexbert.batch=4"],
+      "config.evaluators.chexbert.batch: unknown field",
+    ),
     (["--config.evaluators.text.protocol=coco"], "config.evaluators.text: the task already scores"),
     (["--config.eval.best_metric=BERTScore/F1"], "config.evaluators is empty"),
-    (["--config.evaluators.chexbert.labeler={labeler}", "--config.eval.best_metric=CE/uncertain_positive/all14/F1"],
-     "not a headline score of config.evaluators"),
+    (
+      ["--config.evaluators.chexbert.labeler={labeler}", "--config.eval.best_metric=CE/uncertain_positive/all14/F1"],
+      "not a headline score of config.evaluators",
+    ),
     (["--config.evaluators.chexbert"], "expected --config.evaluators.NAME.FIELD=VALUE"),
-])
+  ],
+)
 def test_a_bad_evaluator_is_one_line_before_any_training_step(tmp_path, labelers, capsys, overrides, message):
   workdir = tmp_path / "run"
   values = dict(labeler=labelers[0][0], missing=tmp_path / "missing_labeler")
-  status = cli.main(["train", "--config=configs/demo.py:smoke", f"--workdir={workdir}",
-                     *(item.format(**values) for item in overrides)])
+  status = cli.main(
+    ["train", "--config=configs/demo.py:smoke", f"--workdir={workdir}", *(item.format(**values) for item in overrides)]
+  )
   error = capsys.readouterr().err
   assert status == 2
   assert len(error.strip().splitlines()) == 1 and "Traceback" not in error

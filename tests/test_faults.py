@@ -32,8 +32,7 @@ from tests.data.test_prepare import make_openi_layout
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NUM_STEPS = 8
-OVERRIDES = {"train.num_steps": NUM_STEPS, "train.checkpoint_every": 1, "train.eval_every": 3,
-             "train.log_every": 1}
+OVERRIDES = {"train.num_steps": NUM_STEPS, "train.checkpoint_every": 1, "train.eval_every": 3, "train.log_every": 1}
 
 
 def _config():
@@ -45,17 +44,28 @@ def _config():
 
 
 def _train_argv(workdir) -> list[str]:
-  return ["train", "--config=configs/demo.py:smoke", f"--workdir={workdir}",
-          *(f"--config.{k}={v}" for k, v in OVERRIDES.items())]
+  return [
+    "train",
+    "--config=configs/demo.py:smoke",
+    f"--workdir={workdir}",
+    *(f"--config.{k}={v}" for k, v in OVERRIDES.items()),
+  ]
 
 
 def _child(code: str, argv: list[str]) -> subprocess.Popen:
   """`cli.main(argv)` in a new Python process after `code` (which may arm a self-kill)."""
-  script = "import os, signal, sys\n" + textwrap.dedent(code) + \
-      "\nfrom cxrjax import cli\nsys.exit(cli.main(sys.argv[1:]))\n"
+  script = (
+    "import os, signal, sys\n" + textwrap.dedent(code) + "\nfrom cxrjax import cli\nsys.exit(cli.main(sys.argv[1:]))\n"
+  )
   env = dict(os.environ, PYTHONPATH=str(REPO))
-  return subprocess.Popen([sys.executable, "-c", script, *argv], cwd=REPO, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  return subprocess.Popen(
+    [sys.executable, "-c", script, *argv],
+    cwd=REPO,
+    env=env,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
 
 
 # The child kills itself when orbax is about to rename checkpoints/latest/<step>'s temporary folder to its
@@ -80,8 +90,7 @@ def _steps(workdir, name="latest") -> list[int]:
 def _metrics(workdir):
   """metrics.jsonl without its wall-clock fields (throughput)."""
   records = [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
-  return [{k: v for k, v in r.items() if not k.endswith("_per_s") and k != "flops_utilisation"}
-          for r in records]
+  return [{k: v for k, v in r.items() if not k.endswith("_per_s") and k != "flops_utilisation"} for r in records]
 
 
 def _state(workdir, checkpoint):
@@ -153,12 +162,14 @@ def _fail_once(monkeypatch, step: int, error: BaseException) -> list[int]:
       failed.append(at_step)
       raise error
     return restore(self, at_step, *args, **kwargs)
+
   monkeypatch.setattr(ocp.CheckpointManager, "restore", failing_restore)
   return failed
 
 
 def test_a_transient_read_error_on_the_newest_checkpoint_stops_training_and_deletes_nothing(
-    straight, tmp_path, capfd, monkeypatch):
+  straight, tmp_path, capfd, monkeypatch
+):
   """An object store that times out once on a healthy newest checkpoint: `train` stops with one line
   naming it, keeps every checkpoint (before: it was skipped as damaged, then deleted, and training went
   back a step); the same command run again resumes from it."""
@@ -171,8 +182,11 @@ def test_a_transient_read_error_on_the_newest_checkpoint_stops_training_and_dele
   err = capfd.readouterr().err
   assert failed == [newest] and "Traceback" not in err
   line = [line for line in err.splitlines() if line.startswith("cxrjax train: error: ")]
-  assert line and f"checkpoints/latest/{newest}: cannot be read now (TimeoutError: read of manifest.ocdbt " \
-      "timed out)" in line[0] and "nothing was skipped or deleted" in line[0], err
+  assert (
+    line
+    and f"checkpoints/latest/{newest}: cannot be read now (TimeoutError: read of manifest.ocdbt timed out)" in line[0]
+    and "nothing was skipped or deleted" in line[0]
+  ), err
   assert "using the one before" not in err
   assert _steps(copy) == _steps(straight) and _steps(copy, "best") == _steps(straight, "best")
   assert cli.main(_train_argv(copy)) == 0
@@ -193,8 +207,12 @@ def test_a_run_resumes_with_other_reader_settings(straight, tmp_path, capfd):
 
 
 def _tiny_state(step: int) -> workdir_lib.TrainState:
-  return workdir_lib.TrainState(step=jnp.asarray(step, jnp.int32), params={"w": jnp.arange(256.0) * step},
-                                batch_stats={}, opt_state={"m": jnp.ones(16) * step})
+  return workdir_lib.TrainState(
+    step=jnp.asarray(step, jnp.int32),
+    params={"w": jnp.arange(256.0) * step},
+    batch_stats={},
+    opt_state={"m": jnp.ones(16) * step},
+  )
 
 
 @pytest.fixture
@@ -225,12 +243,12 @@ def _remove_array_data(folder):
 
 
 DAMAGE = {
-    "array files cut short": _cut_arrays,
-    "array files removed": _remove_array_data,
-    "tree metadata removed": lambda folder: (folder / "state" / "_METADATA").unlink(),
-    "metadata not JSON": lambda folder: (folder / "meta" / "metadata").write_text('{"step": 2, "be'),
-    "metadata removed": lambda folder: (folder / "meta" / "metadata").unlink(),
-    "state item removed": lambda folder: shutil.rmtree(folder / "state"),
+  "array files cut short": _cut_arrays,
+  "array files removed": _remove_array_data,
+  "tree metadata removed": lambda folder: (folder / "state" / "_METADATA").unlink(),
+  "metadata not JSON": lambda folder: (folder / "meta" / "metadata").write_text('{"step": 2, "be'),
+  "metadata removed": lambda folder: (folder / "meta" / "metadata").unlink(),
+  "state item removed": lambda folder: shutil.rmtree(folder / "state"),
 }
 
 
@@ -244,16 +262,22 @@ def test_a_damaged_newest_checkpoint_is_skipped(damage, tiny_checkpoints, tmp_pa
   assert "latest/2: cannot be restored" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("error, says", [
+@pytest.mark.parametrize(
+  "error, says",
+  [
     (OSError(errno.EIO, "Input/output error"), "OSError: [Errno 5] Input/output error"),
     (ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"), "ConnectionResetError"),
     (MemoryError(), "MemoryError"),
     # As orbax reports a failed array read: a bare Exception raised from tensorstore's ValueError.
-    (Exception("Encountered error while reading array index: (slice(0, 256, 1),)"),
-     "ValueError: UNAVAILABLE: HTTP response code: 503"),
-])
-def test_a_read_error_that_is_not_damage_is_raised_and_skips_nothing(error, says, tiny_checkpoints, capsys,
-                                                                     monkeypatch):
+    (
+      Exception("Encountered error while reading array index: (slice(0, 256, 1),)"),
+      "ValueError: UNAVAILABLE: HTTP response code: 503",
+    ),
+  ],
+)
+def test_a_read_error_that_is_not_damage_is_raised_and_skips_nothing(
+  error, says, tiny_checkpoints, capsys, monkeypatch
+):
   manager, target = tiny_checkpoints
   if says.startswith("ValueError"):
     error.__cause__ = ValueError("UNAVAILABLE: HTTP response code: 503 with body: backend error")

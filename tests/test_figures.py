@@ -20,10 +20,10 @@ def real_image(shared_data):
 def test_render_attention_figure(tmp_path, real_image):
   image = real_image
   heatmap = np.tile(np.linspace(0, 1, 224, dtype=np.float32), (224, 1))
-  local = np.asarray(attention_crop.crop_and_resize(jnp.asarray(image[None]), jnp.array([[20, 100, 180, 224]]),
-                                                    224))[0]
-  path = figures.render_attention_figure(image, heatmap, (20, 100, 180, 224), local, tmp_path / "f" / "a.png",
-                                         title="Effusion 0.91")
+  local = np.asarray(attention_crop.crop_and_resize(jnp.asarray(image[None]), jnp.array([[20, 100, 180, 224]]), 224))[0]
+  path = figures.render_attention_figure(
+    image, heatmap, (20, 100, 180, 224), local, tmp_path / "f" / "a.png", title="Effusion 0.91"
+  )
   figure = np.asarray(Image.open(path).convert("RGB"))
   top = figure.shape[0] - 224
   assert figure.shape[0] > 224 and figure.shape[1] == 3 * 224 + 2 * 3

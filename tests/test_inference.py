@@ -41,8 +41,7 @@ def study_files(tmp_path_factory):
 
 
 def test_predict_writes_one_map_per_generated_token_and_a_summary(smoke_run, study_files, tmp_path, capsys):
-  status = cli.main(["predict", "--workdir", str(smoke_run), "--attention-maps", str(tmp_path / "maps"),
-                     *study_files])
+  status = cli.main(["predict", "--workdir", str(smoke_run), "--attention-maps", str(tmp_path / "maps"), *study_files])
   assert status == 0
   result = json.loads(capsys.readouterr().out)
   assert result["report"], "the smoke model writes some words (deterministic: same seed, same data)"
@@ -69,8 +68,15 @@ def test_attention_maps_are_distributions_over_both_views(smoke_run, study_files
 def test_empty_report_has_no_maps_and_says_why(smoke_run, study_files, tmp_path, monkeypatch):
   predictor = inference.Predictor.from_workdir(smoke_run)
   end = predictor.tokenizer.end_id
-  monkeypatch.setattr(predictor, "search", lambda images, **options: {
-      "tokens": np.full((1, 5), end, np.int32), "token_log_probs": np.zeros((1, 5)), "scores": np.zeros(1)})
+  monkeypatch.setattr(
+    predictor,
+    "search",
+    lambda images, **options: {
+      "tokens": np.full((1, 5), end, np.int32),
+      "token_log_probs": np.zeros((1, 5)),
+      "scores": np.zeros(1),
+    },
+  )
   result = predictor.predict_report(study_files, attention_dir=str(tmp_path / "maps"))
   assert result["report"] == "" and result["token_ids"] == []
   assert result["attention_maps"] == "none: the generated report is empty"
@@ -102,8 +108,9 @@ def test_classify_reports_bad_images_and_classifies_the_rest(tmp_path, shared_da
   Image.fromarray(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 8).save(sixteen)
   paths = [str(real[0]), str(corrupt), str(real[1]), str(missing), str(real[2]), str(sixteen)]
 
-  status = cli.main(["classify", "--weights", str(tmp_path / "weights"), "--batch-size", "2",
-                     "--image-size", "64", *paths])
+  status = cli.main(
+    ["classify", "--weights", str(tmp_path / "weights"), "--batch-size", "2", "--image-size", "64", *paths]
+  )
   captured = capsys.readouterr()
   assert status == 1
   lines = [json.loads(line) for line in captured.out.splitlines()]
@@ -132,7 +139,7 @@ def test_greedy_predict_gives_each_tokens_log_probability_the_maximum_of_its_ste
   predictor = inference.Predictor.from_workdir(smoke_run)
   images, _ = predictor.load_views(study_files)
   inputs = np.array([[predictor.tokenizer.start_id, *tokens]], np.int32)
-  logits = predictor.model.apply(predictor.variables, images, inputs)["logits"][0, :len(tokens)]
+  logits = predictor.model.apply(predictor.variables, images, inputs)["logits"][0, : len(tokens)]
   best = np.asarray(jax.nn.log_softmax(logits)).max(axis=-1)
   np.testing.assert_allclose(log_probs, best, atol=1e-5)
 
@@ -140,8 +147,9 @@ def test_greedy_predict_gives_each_tokens_log_probability_the_maximum_of_its_ste
 def test_predict_beam_size_and_max_new_tokens(smoke_run, study_files, capsys):
   """--beam-size / --max-new-tokens: the beam's tokens, each one's log-probability (equal to re-reading them
   with teacher forcing) and the hypothesis score; a bad beam size is one line."""
-  assert cli.main(["predict", "--workdir", str(smoke_run), "--beam-size", "3", "--max-new-tokens", "5",
-                   *study_files]) == 0
+  assert (
+    cli.main(["predict", "--workdir", str(smoke_run), "--beam-size", "3", "--max-new-tokens", "5", *study_files]) == 0
+  )
   result = json.loads(capsys.readouterr().out)
   assert 1 <= len(result["token_ids"]) <= 5 and len(result["token_logprobs"]) == len(result["token_ids"])
   assert "score" in result
@@ -161,6 +169,7 @@ def git_run(tmp_path_factory, shared_data):
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   from configs import roco_git  # pylint: disable=g-import-not-at-top
+
   folder = tmp_path_factory.mktemp("git")
   settings = {key: value for key, value in roco_git.SMOKE_HF_CONFIG.items() if key != "model_type"}
   torch.manual_seed(0)
@@ -171,8 +180,7 @@ def git_run(tmp_path_factory, shared_data):
   return folder / "run"
 
 
-def test_a_decode_past_the_kv_cache_is_refused_by_every_command(git_run, study_files, tmp_path, capsys,
-                                                                monkeypatch):
+def test_a_decode_past_the_kv_cache_is_refused_by_every_command(git_run, study_files, tmp_path, capsys, monkeypatch):
   """A decode length above the model's KV cache is one line naming the flag or config field and the limit,
   from `predict`, `evaluate`, `serve` and `train`, before any data is read or any search runs (past the cache
   the writes were clamped and the tokens silently wrong); the limit itself decodes."""
@@ -198,6 +206,8 @@ def test_a_decode_past_the_kv_cache_is_refused_by_every_command(git_run, study_f
   monkeypatch.setattr(serve_server, "build_server", lambda *args, **kwargs: pytest.fail("serve started"))
   refused(["serve", "--workdir", str(long_run), "--port", "0"], "config.decode.max_length")
   # train: the smoke GIT's cache holds 24 too.
-  refused(["train", "--config=configs/roco_git.py:smoke", "--config.decode.max_length=25",
-           f"--workdir={tmp_path / 'train'}"], "config.decode.max_length")
+  refused(
+    ["train", "--config=configs/roco_git.py:smoke", "--config.decode.max_length=25", f"--workdir={tmp_path / 'train'}"],
+    "config.decode.max_length",
+  )
   assert not (tmp_path / "train").exists()

@@ -68,8 +68,7 @@ def manual_dir(iu_dir, annotation, tmp_path_factory):
 @pytest.fixture(scope="module")
 def data_dir(manual_dir, tmp_path_factory):
   data_dir = tmp_path_factory.mktemp("tfds")
-  prepare.prepare_iu_xray(manual_dir, data_dir, config="r2gen", report_sections="findings_impression",
-                          num_threads=2)
+  prepare.prepare_iu_xray(manual_dir, data_dir, config="r2gen", report_sections="findings_impression", num_threads=2)
   return data_dir
 
 
@@ -84,8 +83,15 @@ def evaluated(data_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("run")
   train.train_and_evaluate(config, workdir)
   path = workdir / "rexrank_iu_xray_test.json"
-  output = evaluate.evaluate(str(workdir), "test", checkpoint=workdir_lib.LATEST, beam_size=1, meteor=False,
-                             baselines_too=False, leaderboard_json=str(path))
+  output = evaluate.evaluate(
+    str(workdir),
+    "test",
+    checkpoint=workdir_lib.LATEST,
+    beam_size=1,
+    meteor=False,
+    baselines_too=False,
+    leaderboard_json=str(path),
+  )
   return workdir, path, output
 
 
@@ -97,8 +103,9 @@ def test_every_r2gen_study_has_its_r2gen_id_whatever_the_layout(iu_dir, annotati
   assert ids["CXR1"] == "CXR1_1_IM-0001" and ids["CXR212"] == "CXR212_IM-0746-1001"
   for layout_dir in (iu_dir, iu_dir / "kaggle_csv"):
     records, _ = iu_xray.load_studies(layout_dir, check_images=False)
-    test = {r["id"] for r in records} & {uid for uid, r2gen in ids.items()
-                                         if r2gen in {e["id"] for e in annotation["test"]}}
+    test = {r["id"] for r in records} & {
+      uid for uid, r2gen in ids.items() if r2gen in {e["id"] for e in annotation["test"]}
+    }
     assert len(test) == 590
 
 
@@ -119,8 +126,13 @@ def test_sections_differ_exactly_as_named_on_real_reports(data_dir, annotation):
       assert long["report"] == expected
       with_impression += bool(short["impression"])
     assert with_impression == len(findings)  # Every R2Gen study used here has an impression.
-  assert both.references == {"dataset": "iu_xray", "split_family": "r2gen", "split": "test",
-                             "report_sections": ["findings", "impression"], "layout": "openi"}
+  assert both.references == {
+    "dataset": "iu_xray",
+    "split_family": "r2gen",
+    "split": "test",
+    "report_sections": ["findings", "impression"],
+    "layout": "openi",
+  }
   with pytest.raises(registry.DataConfigError, match="config.data.report_sections='impression'"):
     iu_xray.IUXraySource(data_dir, "r2gen", "test", "impression")
 
@@ -153,8 +165,11 @@ def test_leaderboard_file_is_the_r2gen_test_split_paired_by_id(evaluated, iu_dir
   for prediction in predictions:
     entry = leaderboard[r2gen_ids[prediction["id"]]]
     original = originals[prediction["id"]]
-    assert entry == {"model_prediction": prediction["generated"], "section_findings": original["findings"],
-                     "section_impression": original["impression"]}
+    assert entry == {
+      "model_prediction": prediction["generated"],
+      "section_findings": original["findings"],
+      "section_impression": original["impression"],
+    }
   metrics = json.loads((workdir / "eval/test/metrics.json").read_text())
   assert metrics["references"]["report_sections"] == ["findings", "impression"]
   assert metrics["references"]["split_family"] == "r2gen"
@@ -179,14 +194,16 @@ def test_predictions_are_paired_by_id_not_by_order(data_dir):
     rexrank.leaderboard_predictions(source, records + records[:1])
 
 
-@pytest.mark.parametrize("field, value, split, max_examples, message", [
+@pytest.mark.parametrize(
+  "field, value, split, max_examples, message",
+  [
     ("report_sections", "findings", "test", None, "config.data.report_sections='findings': ReXrank scores"),
     ("tfds_config", "random", "test", None, "config.data.tfds_config='random'"),
     (None, None, "val", None, "--split val"),
     (None, None, "test", 5, "--max-examples 5"),
-])
-def test_leaderboard_file_refused_off_protocol(evaluated, field, value, split, max_examples, message,
-                                               tmp_path):
+  ],
+)
+def test_leaderboard_file_refused_off_protocol(evaluated, field, value, split, max_examples, message, tmp_path):
   """Off R2Gen's test split or without impressions, `evaluate` refuses before predicting, one line naming
   the field, and writes nothing."""
   workdir, _, _ = evaluated
@@ -199,8 +216,15 @@ def test_leaderboard_file_refused_off_protocol(evaluated, field, value, split, m
       config_path.write_text(config.to_json(indent=2))
     path = tmp_path / "leaderboard.json"
     with pytest.raises(rexrank.LeaderboardError, match=re.escape(message)) as error:
-      evaluate.evaluate(str(workdir), split, checkpoint=workdir_lib.LATEST, max_examples=max_examples,
-                        meteor=False, baselines_too=False, leaderboard_json=str(path))
+      evaluate.evaluate(
+        str(workdir),
+        split,
+        checkpoint=workdir_lib.LATEST,
+        max_examples=max_examples,
+        meteor=False,
+        baselines_too=False,
+        leaderboard_json=str(path),
+      )
     assert "\n" not in str(error.value) and not path.exists()
   finally:
     config_path.write_text(original)

@@ -42,10 +42,17 @@ def test_install_script_makes_a_venv_that_runs_cxrjax(tmp_path):
   stubs.mkdir()
   (stubs / "gcloud").write_text(FAKE_GCLOUD)
   (stubs / "gcloud").chmod(0o755)
-  env = {key: value for key, value in os.environ.items()
-         if key not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "UV_CACHE_DIR")}
-  env.update(HOME=str(home), PATH=f"{stubs}:{SYSTEM_PATH}", GCLOUD_CALLS=str(tmp_path / "calls"),
-             UV_CACHE_DIR=os.environ.get("UV_CACHE_DIR") or os.path.expanduser("~/.cache/uv"))
+  env = {
+    key: value
+    for key, value in os.environ.items()
+    if key not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "UV_CACHE_DIR")
+  }
+  env.update(
+    HOME=str(home),
+    PATH=f"{stubs}:{SYSTEM_PATH}",
+    GCLOUD_CALLS=str(tmp_path / "calls"),
+    UV_CACHE_DIR=os.environ.get("UV_CACHE_DIR") or os.path.expanduser("~/.cache/uv"),
+  )
   commit = run(["git", "-C", str(ROOT), "rev-parse", "HEAD"]).stdout.strip()
   install = [sys.executable, str(SCRIPT), "install", "--name=cxr", "--zone=z", f"--repo={ROOT}"]
 
@@ -63,14 +70,35 @@ def test_install_script_makes_a_venv_that_runs_cxrjax(tmp_path):
   assert run(["git", "-C", str(clone), "rev-parse", "HEAD"]).stdout.strip() == commit
   assert run(["git", "-C", str(clone), "status", "--porcelain"]).stdout == ""  # A later checkout can proceed.
   # The project's Python (requires-python's oldest), its pins, and the clone's package.
-  versions = run([str(venv / "bin" / "python"), "-c", "import sys, cxrjax; from importlib import metadata; "
-                  "print('%d.%d' % sys.version_info[:2], metadata.version('jax'), metadata.version('libtpu'), "
-                  "cxrjax.__file__)"], env=env, cwd=tmp_path).stdout.split()
-  assert versions == [tpu.python_version(), tpu.pinned_jax_version(), tpu.pinned_libtpu_version(),
-                      str(clone / "cxrjax" / "__init__.py")]
+  versions = run(
+    [
+      str(venv / "bin" / "python"),
+      "-c",
+      "import sys, cxrjax; from importlib import metadata; "
+      "print('%d.%d' % sys.version_info[:2], metadata.version('jax'), metadata.version('libtpu'), "
+      "cxrjax.__file__)",
+    ],
+    env=env,
+    cwd=tmp_path,
+  ).stdout.split()
+  assert versions == [
+    tpu.python_version(),
+    tpu.pinned_jax_version(),
+    tpu.pinned_libtpu_version(),
+    str(clone / "cxrjax" / "__init__.py"),
+  ]
 
   assert "compile" in run([str(venv / "bin" / "cxrjax"), "--help"], env=env, cwd=clone).stdout
-  report = run([str(venv / "bin" / "cxrjax"), "compile", "--config=configs/demo.py:smoke", "--topology=v5e:2x2",
-                "--program=train"], env=env, cwd=clone).stdout
+  report = run(
+    [
+      str(venv / "bin" / "cxrjax"),
+      "compile",
+      "--config=configs/demo.py:smoke",
+      "--topology=v5e:2x2",
+      "--program=train",
+    ],
+    env=env,
+    cwd=clone,
+  ).stdout
   assert "train: 4 chips (TPU v5 lite) on 1 host of v5e:2x2" in report
   assert "): fits" in report and "compiled in" in report

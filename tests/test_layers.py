@@ -10,20 +10,40 @@ PACKAGE = pathlib.Path(cxrjax.__file__).parent
 
 # The layer of each top-level part; a module may import its own layer or lower ones only.
 LAYERS = {
-    "errors": 0, "files": 0,
-    "text": 1, "ops": 1, "figures": 1, "summaries": 1,
-    "data": 2, "metrics": 2,
-    "models": 3, "decoding": 3, "optim": 3, "sharding": 3, "config": 3,
-    "weights": 4,
-    "tasks": 5, "evaluators": 5,
-    "workdir": 6,
-    "train": 7, "evaluate": 7, "inference": 7,
-    "serve": 7, "sweep": 7, "aot": 7, "score": 7,
-    "cli": 8,
+  "errors": 0,
+  "files": 0,
+  "text": 1,
+  "ops": 1,
+  "figures": 1,
+  "summaries": 1,
+  "data": 2,
+  "metrics": 2,
+  "models": 3,
+  "decoding": 3,
+  "optim": 3,
+  "sharding": 3,
+  "config": 3,
+  "weights": 4,
+  "tasks": 5,
+  "evaluators": 5,
+  "workdir": 6,
+  "train": 7,
+  "evaluate": 7,
+  "inference": 7,
+  "serve": 7,
+  "sweep": 7,
+  "aot": 7,
+  "score": 7,
+  "cli": 8,
 }
 # Optional heavy dependencies that may be imported inside a function (each with its reason in the code).
-LAZY_IMPORTS_ALLOWED = {"torch", "keras", "h5py", "transformers",
-                        "nltk"}  # METEOR's fallback without Java: loads WordNet, used on few machines.
+LAZY_IMPORTS_ALLOWED = {
+  "torch",
+  "keras",
+  "h5py",
+  "transformers",
+  "nltk",
+}  # METEOR's fallback without Java: loads WordNet, used on few machines.
 
 
 def module_name(path: pathlib.Path) -> str:
@@ -39,15 +59,20 @@ def imported_modules(tree: ast.Module, name: str, known: set[str]) -> list[tuple
   """(cxrjax module imported, line, inside a function) for every import in `tree`."""
   package = name if name in known and any(k.startswith(name + ".") for k in known) else name.rpartition(".")[0]
   found = []
-  function_lines = {n.lineno for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
-                    for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))}
+  function_lines = {
+    n.lineno
+    for f in ast.walk(tree)
+    if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+    for n in ast.walk(f)
+    if isinstance(n, (ast.Import, ast.ImportFrom))
+  }
   for node in ast.walk(tree):
     if isinstance(node, ast.Import):
       targets = [alias.name for alias in node.names]
     elif isinstance(node, ast.ImportFrom):
       base = node.module or ""
       if node.level:
-        base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+        base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
       targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
     else:
       continue
@@ -66,8 +91,11 @@ def import_graph() -> dict[str, set[str]]:
   known = set(trees)
   graph = {}
   for name, tree in trees.items():
-    graph[name] = {target for target, _, _ in imported_modules(tree, name, known)
-                   if target.startswith("cxrjax.") and target in known and target != name}
+    graph[name] = {
+      target
+      for target, _, _ in imported_modules(tree, name, known)
+      if target.startswith("cxrjax.") and target in known and target != name
+    }
   return graph
 
 
@@ -77,9 +105,13 @@ def test_every_part_of_the_package_has_a_layer():
 
 
 def test_imports_never_go_up_a_layer():
-  upward = [f"{source} ({layer(source)}) imports {target} ({layer(target)})"
-            for source, targets in import_graph().items() if "." in source
-            for target in targets if layer(target) > layer(source)]
+  upward = [
+    f"{source} ({layer(source)}) imports {target} ({layer(target)})"
+    for source, targets in import_graph().items()
+    if "." in source
+    for target in targets
+    if layer(target) > layer(source)
+  ]
   assert not upward, "\n".join(upward)
 
 
@@ -93,7 +125,7 @@ def test_no_import_cycle_between_modules():
       if target.startswith(node + "."):
         continue  # A package's __init__ importing its own modules is not a cycle.
       if state.get(target) == "open":
-        cycles.append(" -> ".join(stack[stack.index(target):] + [target]))
+        cycles.append(" -> ".join(stack[stack.index(target) :] + [target]))
       elif target not in state:
         visit(target, stack + [target])
     state[node] = "done"
@@ -106,9 +138,12 @@ def test_no_import_cycle_between_modules():
 
 def test_imports_inside_functions_are_only_optional_heavy_dependencies():
   trees = modules()
-  hidden = [f"{name}:{line} imports {target}" for name, tree in trees.items()
-            for target, line, inside in imported_modules(tree, name, set(trees))
-            if inside and target.split(".")[0] not in LAZY_IMPORTS_ALLOWED]
+  hidden = [
+    f"{name}:{line} imports {target}"
+    for name, tree in trees.items()
+    for target, line, inside in imported_modules(tree, name, set(trees))
+    if inside and target.split(".")[0] not in LAZY_IMPORTS_ALLOWED
+  ]
   assert not hidden, "imports inside functions:\n" + "\n".join(hidden)
 
 
@@ -135,10 +170,12 @@ def test_the_runtime_imports_no_test_only_reference():
   installed here) loads neither, nor TensorFlow."""
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
+
   names = sorted(n for n in modules() if n != "cxrjax.__main__")
-  code = ("import importlib, sys\n"
-          f"for name in {names!r}: importlib.import_module(name)\n"
-          "print(sorted(m for m in ('torch', 'transformers', 'tensorflow', 'keras') if m in sys.modules))")
-  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                          cwd=PACKAGE.parent)
+  code = (
+    "import importlib, sys\n"
+    f"for name in {names!r}: importlib.import_module(name)\n"
+    "print(sorted(m for m in ('torch', 'transformers', 'tensorflow', 'keras') if m in sys.modules))"
+  )
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent)
   assert result.stdout.strip() == "[]"

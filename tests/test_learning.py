@@ -18,10 +18,20 @@ STEPS = 160
 @pytest.fixture(scope="module")
 def learned(tmp_path_factory):
   config = demo.get_config(f"res=32,steps={STEPS}")
-  config.data.update(num_train=512, num_val=64, num_test=64, read_threads=0, phantom_prevalences=dict(
-      cardiomegaly=0.5, effusion=0.0, pneumothorax=0.0, opacity=0.0, nodule=0.0))
-  config.model.update(encoder=dict(block_sizes=(2, 2), growth_rate=8, stem_features=16, bn_epsilon=1e-5),
-                      embed_dim=32, hidden_dim=64, region_dim=32, attention_dim=32)
+  config.data.update(
+    num_train=512,
+    num_val=64,
+    num_test=64,
+    read_threads=0,
+    phantom_prevalences=dict(cardiomegaly=0.5, effusion=0.0, pneumothorax=0.0, opacity=0.0, nodule=0.0),
+  )
+  config.model.update(
+    encoder=dict(block_sizes=(2, 2), growth_rate=8, stem_features=16, bn_epsilon=1e-5),
+    embed_dim=32,
+    hidden_dim=64,
+    region_dim=32,
+    attention_dim=32,
+  )
   config.train.update(log_every=STEPS // 4, eval_every=STEPS, checkpoint_every=STEPS)
   config.optimizer.warmup_steps = 20
   config.decode.beam_size = 1  # Greedy.
@@ -32,8 +42,11 @@ def learned(tmp_path_factory):
 
 
 def test_the_training_loss_falls(learned):
-  losses = [json.loads(line)["loss"] for line in (learned / "metrics.jsonl").read_text().splitlines()
-            if json.loads(line)["split"] == "train"]
+  losses = [
+    json.loads(line)["loss"]
+    for line in (learned / "metrics.jsonl").read_text().splitlines()
+    if json.loads(line)["split"] == "train"
+  ]
   assert len(losses) == 4
   assert losses[-1] < 0.3 * losses[0], losses
 
@@ -41,6 +54,7 @@ def test_the_training_loss_falls(learned):
 def test_greedy_reports_beat_the_image_free_baselines(learned):
   output = evaluate.evaluate(str(learned), "test", meteor=False)
   model = output["scores"]["BLEU-4"]
-  constants = {name: output["baselines"][name]["scores"]["BLEU-4"]
-               for name in ("most_common_report", "best_constant_report")}
+  constants = {
+    name: output["baselines"][name]["scores"]["BLEU-4"] for name in ("most_common_report", "best_constant_report")
+  }
   assert all(model > value + 0.02 for value in constants.values()), (model, constants)

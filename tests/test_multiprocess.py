@@ -37,8 +37,10 @@ def _two_processes(command, status: int = 0) -> list[str]:
   their last stdout lines."""
   port = str(_free_port())
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-  workers = [subprocess.Popen(command(index, port), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for index in (0, 1)]
+  workers = [
+    subprocess.Popen(command(index, port), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for index in (0, 1)
+  ]
   lines = []
   for worker in workers:
     stdout, stderr = worker.communicate(timeout=600)
@@ -65,16 +67,25 @@ def one_process(tmp_path_factory):
 def two_processes(tmp_path_factory):
   """Preempted (SIGTERM) after a step or two; then `cxrjax train --distributed=...` resumes it to the end."""
   workdir = tmp_path_factory.mktemp("two")
-  _two_processes(lambda index, port: [sys.executable, str(WORKER), str(index), port, str(workdir), "preempted"],
-                 status=train.PREEMPTED_STATUS)
+  _two_processes(
+    lambda index, port: [sys.executable, str(WORKER), str(index), port, str(workdir), "preempted"],
+    status=train.PREEMPTED_STATUS,
+  )
   manager = workdir_lib.checkpoint_manager(workdir, workdir_lib.LATEST, create=False)
   stopped = manager.latest_step()
   data = manager.restore(stopped, args=ocp.args.Composite(data=ocp.args.JsonRestore())).data
   manager.close()
   assert 1 <= stopped < _config().train.num_steps
-  _two_processes(lambda index, port: [
-      str(CXRJAX), "train", "--config=configs/demo.py:smoke", f"--workdir={workdir}",
-      f"--distributed=localhost:{port},2,{index}", "--config.data.num_test=7"])
+  _two_processes(
+    lambda index, port: [
+      str(CXRJAX),
+      "train",
+      "--config=configs/demo.py:smoke",
+      f"--workdir={workdir}",
+      f"--distributed=localhost:{port},2,{index}",
+      "--config.data.num_test=7",
+    ]
+  )
   return workdir, stopped, data
 
 
@@ -97,10 +108,14 @@ def test_two_processes_train_resume_and_end_as_one_process_on_eight_devices(one_
   # that fraction. The moments and the rest agree closely.
   learning_rate = _config().optimizer.learning_rate
   one, two = jax.device_get(one), jax.device_get(two)
-  for name, tolerance in (("params", dict(rtol=0, atol=0.1 * learning_rate)),
-                          ("batch_stats", dict(rtol=2e-4, atol=1e-6)), ("opt_state", dict(rtol=2e-4, atol=1e-7))):
-    for (path, first), second in zip(jax.tree_util.tree_leaves_with_path(getattr(one, name)),
-                                     jax.tree.leaves(getattr(two, name)), strict=True):
+  for name, tolerance in (
+    ("params", dict(rtol=0, atol=0.1 * learning_rate)),
+    ("batch_stats", dict(rtol=2e-4, atol=1e-6)),
+    ("opt_state", dict(rtol=2e-4, atol=1e-7)),
+  ):
+    for (path, first), second in zip(
+      jax.tree_util.tree_leaves_with_path(getattr(one, name)), jax.tree.leaves(getattr(two, name)), strict=True
+    ):
       np.testing.assert_allclose(second, first, **tolerance, err_msg=name + jax.tree_util.keystr(path))
   differing = [float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params))]
   assert sum(d > 1e-6 for d in differing) <= 2, differing  # The others agree to float rounding.
@@ -118,8 +133,12 @@ def test_two_processes_score_every_study_once_and_write_what_one_process_writes(
   single = (workdir / "eval/test/predictions.jsonl").read_text()
   for name in ("predictions.jsonl", "metrics.json"):
     (workdir / "eval/test" / name).unlink()
-  summaries = [json.loads(s) for s in _two_processes(
-      lambda index, port: [sys.executable, str(WORKER), str(index), port, str(workdir), "evaluate"])]
+  summaries = [
+    json.loads(s)
+    for s in _two_processes(
+      lambda index, port: [sys.executable, str(WORKER), str(index), port, str(workdir), "evaluate"]
+    )
+  ]
   assert [s["process"] for s in summaries] == [0, 1] and all(s["devices"] == 8 for s in summaries)
   assert all(s["num_studies"] == 7 for s in summaries)  # Every process scores the gathered split.
   assert summaries[0]["bleu4"] == summaries[1]["bleu4"]
@@ -143,8 +162,12 @@ def classifier(tmp_path_factory):
 
 def _worker(job: str, workdir, order=SLICE_PROCESS_ORDER) -> list[dict]:
   layout = ",".join(str(process) for process in order)
-  return [json.loads(line) for line in _two_processes(
-      lambda index, port: [sys.executable, str(WORKER), str(index), port, str(workdir), job, layout])]
+  return [
+    json.loads(line)
+    for line in _two_processes(
+      lambda index, port: [sys.executable, str(WORKER), str(index), port, str(workdir), job, layout]
+    )
+  ]
 
 
 @pytest.mark.parametrize("run, predictions", [("one_process", "predictions.jsonl"), ("classifier", "predictions.csv")])

@@ -21,9 +21,22 @@ from cxrjax.text import tokenizers
 def _optimizer_config(**overrides) -> ml_collections.ConfigDict:
   # Warm-up, a cosine decay, weight decay and an active clip: each would tell updates counted in
   # batches from updates counted in optimizer steps, or a clipped sum from a clipped mean.
-  return ml_collections.ConfigDict({**dict(
-      name="adamw", learning_rate=3e-2, schedule="cosine", warmup_steps=2, final_lr_fraction=0.1,
-      weight_decay=1e-2, grad_clip_norm=0.5, b1=0.9, b2=0.999), **overrides})
+  return ml_collections.ConfigDict(
+    {
+      **dict(
+        name="adamw",
+        learning_rate=3e-2,
+        schedule="cosine",
+        warmup_steps=2,
+        final_lr_fraction=0.1,
+        weight_decay=1e-2,
+        grad_clip_norm=0.5,
+        b1=0.9,
+        b2=0.999,
+      ),
+      **overrides,
+    }
+  )
 
 
 class _Regressor(nn.Module):
@@ -39,7 +52,7 @@ class _RegressionTask:
   def loss(self, model, variables, batch, rng, tokenizer):
     del rng, tokenizer
     error = model.apply({"params": variables["params"]}, batch["x"]) - batch["y"]
-    return jnp.mean(error ** 2), ({}, {})
+    return jnp.mean(error**2), ({}, {})
 
 
 def _train(accumulate_steps: int, batches: list[dict[str, np.ndarray]], num_steps: int):
@@ -49,8 +62,7 @@ def _train(accumulate_steps: int, batches: list[dict[str, np.ndarray]], num_step
   tx = optim.make_optimizer(config, params, num_steps)
   components = workdir_lib.Components(task=_RegressionTask(), model=model, make_optimizer=None, frozen_modules={})
   step = jax.jit(train.make_train_step(components, tx, dropout_seed=0, tokenizer=None))
-  state = workdir_lib.TrainState(step=jnp.array(0, jnp.int32), params=params, batch_stats={},
-                                 opt_state=tx.init(params))
+  state = workdir_lib.TrainState(step=jnp.array(0, jnp.int32), params=params, batch_stats={}, opt_state=tx.init(params))
   history = []
   for batch in batches:
     state, _ = step(state, batch)
@@ -69,8 +81,9 @@ def test_accumulated_gradients_equal_one_step_on_the_doubled_batch():
   big_steps = _train(1, doubled, num_steps=updates)
   accumulated = _train(2, halves, num_steps=2 * updates)
   for u in range(updates):
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
-                 accumulated[2 * u + 1], big_steps[u])
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), accumulated[2 * u + 1], big_steps[u]
+    )
     # The first batch of each pair only accumulates: the parameters do not move.
     before = accumulated[2 * u - 1] if u else None
     if before is not None:
@@ -79,16 +92,18 @@ def test_accumulated_gradients_equal_one_step_on_the_doubled_batch():
   assert max(moved) > 1e-3
   # Two half batches without accumulation are two updates: a different result.
   plain = _train(1, halves[:2], num_steps=2 * updates)
-  assert not all(np.allclose(a, b, atol=1e-5) for a, b in zip(jax.tree.leaves(plain[1]),
-                                                               jax.tree.leaves(big_steps[0])))
+  assert not all(np.allclose(a, b, atol=1e-5) for a, b in zip(jax.tree.leaves(plain[1]), jax.tree.leaves(big_steps[0])))
 
 
 @pytest.mark.parametrize("every_k", [2, 3])
 def test_accumulate_gradients_equals_optax_multisteps(every_k):
   """optim.accumulate_gradients (the optimizer under lax.cond on the k-th batch only) gives optax.MultiSteps'
   updates and states at every call, through clipping, AdamW on a cosine schedule and a frozen group."""
-  params = {"conv": {"kernel": jnp.ones((3, 3, 2, 4))}, "dense": {"kernel": jnp.ones((4, 5)), "bias": jnp.zeros(5)},
-            "frozen": {"kernel": jnp.ones((2, 2))}}
+  params = {
+    "conv": {"kernel": jnp.ones((3, 3, 2, 4))},
+    "dense": {"kernel": jnp.ones((4, 5)), "bias": jnp.zeros(5)},
+    "frozen": {"kernel": jnp.ones((2, 2))},
+  }
   config = _optimizer_config(warmup_steps=0, param_groups=(("frozen/.*", None), ("dense/.*", 0.5), (".*", 1.0)))
   config.accumulate_steps = 1
   inner = optim.make_optimizer(config, params, 40)
@@ -100,8 +115,11 @@ def test_accumulate_gradients_equals_optax_multisteps(every_k):
     grads = jax.tree.map(lambda leaf: jnp.asarray(rng.normal(size=leaf.shape) * 3, jnp.float32), params)
     updates, ours_state = update(grads, ours_state, params)
     expected, reference_state = reference_update(grads, reference_state, params)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), (updates, ours_state),
-                 (expected, reference_state))
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+      (updates, ours_state),
+      (expected, reference_state),
+    )
     assert any(np.any(leaf != 0) for leaf in jax.tree.leaves(updates)) == (call % every_k == every_k - 1)
     params = optax.apply_updates(params, updates)
 
@@ -116,8 +134,7 @@ def test_bad_accumulate_steps_is_a_config_error():
 def test_bfloat16_model_trains_with_float32_parameters_and_loss():
   vocab = tokenizers.WordVocabulary.build(["the heart is normal no effusion left right lung clear"], min_count=1)
   images = jax.random.normal(jax.random.key(1), (2, 1, 32, 32, 3))
-  tokens = np.array([[vocab.start_id, 5, 6, 7, vocab.end_id, 0], [vocab.start_id, 8, 9, vocab.end_id, 0, 0]],
-                    np.int32)
+  tokens = np.array([[vocab.start_id, 5, 6, 7, vocab.end_id, 0], [vocab.start_id, 8, 9, vocab.end_id, 0, 0]], np.int32)
   batch = {"images": images, "tokens": tokens}
   task = captioning.CaptioningTask(ml_collections.ConfigDict({"train": {"label_smoothing": 0.1}}))
   results = {}
@@ -133,8 +150,9 @@ def test_bfloat16_model_trains_with_float32_parameters_and_loss():
     tx = optim.make_optimizer(_optimizer_config(warmup_steps=0, learning_rate=1e-3), params, 10)
     components = workdir_lib.Components(task=task, model=model, make_optimizer=None, frozen_modules={})
     step = jax.jit(train.make_train_step(components, tx, dropout_seed=0, tokenizer=vocab))
-    state = workdir_lib.TrainState(step=jnp.array(0, jnp.int32), params=params, batch_stats={},
-                                   opt_state=tx.init(params))
+    state = workdir_lib.TrainState(
+      step=jnp.array(0, jnp.int32), params=params, batch_stats={}, opt_state=tx.init(params)
+    )
     state, metrics = step(state, batch)
     assert metrics["loss"].dtype == jnp.float32
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.params))
@@ -162,13 +180,15 @@ def test_linear_schedule_equals_transformers_get_linear_schedule_with_warmup(war
     expected.append(optimizer.param_groups[0]["lr"])
     optimizer.step()
     scheduler.step()
-  schedule = optim.make_schedule(_optimizer_config(learning_rate=peak, schedule="linear",
-                                                   warmup_steps=warmup_steps, final_lr_fraction=0.0), num_steps)
-  np.testing.assert_allclose([float(schedule(step)) for step in range(num_steps + 1)], expected,
-                             rtol=1e-6, atol=1e-12)
+  schedule = optim.make_schedule(
+    _optimizer_config(learning_rate=peak, schedule="linear", warmup_steps=warmup_steps, final_lr_fraction=0.0),
+    num_steps,
+  )
+  np.testing.assert_allclose([float(schedule(step)) for step in range(num_steps + 1)], expected, rtol=1e-6, atol=1e-12)
 
 
 def test_roco_configs_decay_linearly_as_seed_002s_trainer():
   from configs import roco_blip, roco_git  # pylint: disable=g-import-not-at-top
+
   for module in (roco_git, roco_blip):
     assert module.get_config().optimizer.schedule == "linear"

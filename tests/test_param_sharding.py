@@ -37,13 +37,19 @@ def _replicated_run(config, steps=STEPS, layout=None):
   target = workdir_lib.abstract_state(components, mesh, layout)
   state_sharding = jax.tree.map(lambda a: a.sharding, target)
   state = jax.jit(lambda rng: workdir_lib.init_state(components, rng), out_shardings=state_sharding)(
-      jax.random.key(config.train.seed))
-  step = jax.jit(train.make_train_step(components, components.make_optimizer(target.params), config.train.seed,
-                                       tokenizer),
-                 in_shardings=(state_sharding, sharding.data_sharded(mesh)),
-                 out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=(0,))
-  batches = iter(evaluation.split_batches(config, train_source, tokenizer, components.task, train=True,
-                                          batch_size=config.train.batch_size))
+    jax.random.key(config.train.seed)
+  )
+  step = jax.jit(
+    train.make_train_step(components, components.make_optimizer(target.params), config.train.seed, tokenizer),
+    in_shardings=(state_sharding, sharding.data_sharded(mesh)),
+    out_shardings=(state_sharding, sharding.replicated(mesh)),
+    donate_argnums=(0,),
+  )
+  batches = iter(
+    evaluation.split_batches(
+      config, train_source, tokenizer, components.task, train=True, batch_size=config.train.batch_size
+    )
+  )
   losses = []
   for _ in range(steps):
     state, metrics = step(state, sharding.to_global(next(batches), sharding.data_sharded(mesh)))
@@ -56,8 +62,9 @@ def _assert_trees_close(actual, expected, loose=()):
   Adam's first updates (lr * g / (|g| + eps)) magnify the last bits of a small gradient. `loose`: leaves
   (key paths) whose gradient is zero but for rounding, which Adam turns into steps of about +-lr in any
   run: only bounded by a few steps of the demo's learning rate."""
-  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(jax.device_get(actual)),
-                          jax.tree.leaves(jax.device_get(expected))):
+  for (path, a), b in zip(
+    jax.tree_util.tree_leaves_with_path(jax.device_get(actual)), jax.tree.leaves(jax.device_get(expected))
+  ):
     name = jax.tree_util.keystr(path)
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-4 if name in loose else 1e-6, err_msg=name)
 
@@ -72,9 +79,17 @@ def git_runs(tmp_path_factory):
   printed output; the replicated run's losses and final state)."""
   workdir = tmp_path_factory.mktemp("git_sharded")
   with contextlib.redirect_stdout(io.StringIO()) as out:
-    status = cli.main(["train", f"--config={GIT},{','.join(GIT_LAYOUT)}", f"--workdir={workdir}",
-                       "--config.sharding.fsdp_min_size=0", f"--config.train.num_steps={STEPS}",
-                       f"--config.train.log_every={STEPS}", f"--config.train.checkpoint_every={STEPS}"])
+    status = cli.main(
+      [
+        "train",
+        f"--config={GIT},{','.join(GIT_LAYOUT)}",
+        f"--workdir={workdir}",
+        "--config.sharding.fsdp_min_size=0",
+        f"--config.train.num_steps={STEPS}",
+        f"--config.train.log_every={STEPS}",
+        f"--config.train.checkpoint_every={STEPS}",
+      ]
+    )
   losses, state = _replicated_run(load_config_file(GIT))
   return workdir, (status, out.getvalue()), losses, state
 
@@ -97,8 +112,7 @@ def test_git_tensor_parallel_and_fsdp_train_as_replicated(git_runs):
   assert specs["image_encoder"]["layers_0"]["mlp"]["fc1"]["kernel"] == P("data", "model")
   assert jax.tree.structure(params) == jax.tree.structure(replicated_state.params)  # Plain arrays, same names.
   # The optimizer state follows the parameters (Adam's moments), its counts replicated.
-  adam = next(s for s in jax.tree.leaves(run.state.opt_state, is_leaf=lambda s: hasattr(s, "mu"))
-              if hasattr(s, "mu"))
+  adam = next(s for s in jax.tree.leaves(run.state.opt_state, is_leaf=lambda s: hasattr(s, "mu")) if hasattr(s, "mu"))
   assert _specs(adam.mu) == specs and _specs(adam.nu) == specs and adam.count.sharding.spec == P()
 
   report = sharding.parameter_bytes_per_device(params)
@@ -109,8 +123,11 @@ def test_git_tensor_parallel_and_fsdp_train_as_replicated(git_runs):
   assert sharding.parameter_bytes_per_device(replicated_state.params)["per_device_max"] == report["total"]
 
   _assert_trees_close(params, replicated_state.params)
-  record = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()
-            if json.loads(line)["split"] == "train"][-1]
+  record = [
+    json.loads(line)
+    for line in (workdir / "metrics.jsonl").read_text().splitlines()
+    if json.loads(line)["split"] == "train"
+  ][-1]
   np.testing.assert_allclose(record["loss"], np.mean(losses), rtol=1e-5)
 
 
@@ -176,7 +193,9 @@ def test_parameter_specs_by_rules_and_fsdp():
   assert spec((None,), (64,), fsdp=True) == P()  # Below FSDP_MIN_SIZE.
 
 
-@pytest.mark.parametrize("section, message", [
+@pytest.mark.parametrize(
+  "section, message",
+  [
     (dict(mesh=(("data", -1), ("tensor", 2))), "sharding.mesh: unknown axis 'tensor'"),
     (dict(mesh=(("data", 2), ("model", 2))), "the sizes multiply to 4, but there are 8 devices"),
     (dict(mesh=(("data", -1), ("model", 3))), "the other axes' 3 devices do not divide the 8 devices"),
@@ -188,7 +207,8 @@ def test_parameter_specs_by_rules_and_fsdp():
     (dict(fsdp="yes"), "sharding.fsdp='yes': expected True or False"),
     (dict(fsdp_min_size=-1), "sharding.fsdp_min_size=-1"),
     (dict(fdsp=True), "sharding.fdsp: unknown field"),
-])
+  ],
+)
 def test_bad_sections_are_one_line_errors(section, message):
   with pytest.raises(ConfigError) as error:
     sharding.create_mesh(section)

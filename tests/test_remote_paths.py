@@ -69,9 +69,11 @@ def bucket():
       for method, handler in list(methods.items()):
         if handler is original_download:
           patch.setitem(methods, method, download)
-    for name in ("STORAGE_EMULATOR_HOST",  # gcsfs, google-cloud-storage (orbax's bucket lookup)
-                 "TENSORSTORE_GCS_HTTP_URL",  # orbax's arrays
-                 "CLOUD_STORAGE_EMULATOR_ENDPOINT"):  # array_record's reader
+    for name in (
+      "STORAGE_EMULATOR_HOST",  # gcsfs, google-cloud-storage (orbax's bucket lookup)
+      "TENSORSTORE_GCS_HTTP_URL",  # orbax's arrays
+      "CLOUD_STORAGE_EMULATOR_ENDPOINT",
+    ):  # array_record's reader
       patch.setenv(name, url)
     patch.setenv("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")  # TensorStore's credentials
     patch.setitem(fsspec.config.conf, "gcs", {"token": "anon"})
@@ -131,13 +133,16 @@ def test_append_log_keeps_earlier_lines_on_a_url(bucket, in_empty_folder):
   log.write("3")
   log.close()
   assert path.read_text() == "1\n2\n3\n"
-  metrics = summaries.MetricsLog(epath.Path(bucket) / "log" / "m.jsonl", epath.Path(bucket) / "log" / "tb",
-                                 upload_every_s=0)
+  metrics = summaries.MetricsLog(
+    epath.Path(bucket) / "log" / "m.jsonl", epath.Path(bucket) / "log" / "tb", upload_every_s=0
+  )
   for step in (1, 2):
     metrics.write({"split": "train", "step": step, "loss": float(step)})
   metrics.close()
   assert _records(epath.Path(bucket) / "log" / "m.jsonl") == [
-      {"split": "train", "step": 1, "loss": 1.0}, {"split": "train", "step": 2, "loss": 2.0}]
+    {"split": "train", "step": 1, "loss": 1.0},
+    {"split": "train", "step": 2, "loss": 2.0},
+  ]
   events = list((epath.Path(bucket) / "log" / "tb").iterdir())
   assert len(events) == 1 and events[0].name.startswith("events.out.tfevents.")
   assert b"train/loss" in events[0].read_bytes()
@@ -145,12 +150,12 @@ def test_append_log_keeps_earlier_lines_on_a_url(bucket, in_empty_folder):
 
 def _train_records(path):
   """metrics.jsonl without the timings (steps/s, examples/s, FLOP/s differ between runs)."""
-  return [{k: v for k, v in r.items() if not k.endswith("_per_s") and k != "flops_utilisation"}
-          for r in _records(path)]
+  return [{k: v for k, v in r.items() if not k.endswith("_per_s") and k != "flops_utilisation"} for r in _records(path)]
 
 
-def test_a_gs_workdir_trains_resumes_evaluates_and_predicts_as_a_local_one(bucket, in_empty_folder, tmp_path,
-                                                                           shared_data, capsys):
+def test_a_gs_workdir_trains_resumes_evaluates_and_predicts_as_a_local_one(
+  bucket, in_empty_folder, tmp_path, shared_data, capsys
+):
   config = demo.get_config("smoke")
   remote, local = f"{bucket}/run", tmp_path / "local"
   train.train_and_evaluate(config, remote, stop_after_steps=2)  # An interrupted run: checkpoint at step 2.
@@ -158,7 +163,9 @@ def test_a_gs_workdir_trains_resumes_evaluates_and_predicts_as_a_local_one(bucke
   assert "resumed from gs://" in capsys.readouterr().out
   train.train_and_evaluate(config, local)
   assert _train_records(f"{remote}/metrics.jsonl") == _train_records(local / "metrics.jsonl")
-  one, other = (jax.device_get(workdir_lib.load_run(w, workdir_lib.LATEST, optimizer_state=True).state) for w in (remote, local))
+  one, other = (
+    jax.device_get(workdir_lib.load_run(w, workdir_lib.LATEST, optimizer_state=True).state) for w in (remote, local)
+  )
   for first, second in zip(jax.tree.leaves(one), jax.tree.leaves(other), strict=True):
     np.testing.assert_array_equal(first, second)
   names = {p.name for p in epath.Path(remote).iterdir()}
@@ -168,7 +175,8 @@ def test_a_gs_workdir_trains_resumes_evaluates_and_predicts_as_a_local_one(bucke
     assert cli.main(["evaluate", f"--workdir={workdir}", "--split=test", "--no-meteor"]) == 0
   capsys.readouterr()
   assert (epath.Path(remote) / "eval/test/predictions.jsonl").read_text() == (
-      local / "eval/test/predictions.jsonl").read_text()
+    local / "eval/test/predictions.jsonl"
+  ).read_text()
   images = sorted(str(p) for p in (shared_data / "iu_xray/images").glob("CXR54_*.png"))
   assert cli.main(["predict", "--workdir", remote, "--attention-maps", f"{bucket}/maps", *images]) == 0
   result = json.loads(capsys.readouterr().out)
@@ -176,8 +184,6 @@ def test_a_gs_workdir_trains_resumes_evaluates_and_predicts_as_a_local_one(bucke
   if result["token_ids"]:  # One map per word and the end (an empty report has none to draw).
     assert len(result["attention_maps"]) == len(result["token_ids"]) + 1
     assert all(path.startswith("gs://") and epath.Path(path).exists() for path in result["attention_maps"])
-
-
 
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -208,11 +214,21 @@ def test_a_gs_run_killed_after_a_checkpoint_resumes_with_no_gap_in_metrics(bucke
   checkpoint, so that a run killed after checkpoint 5 and resumed from it has every record of steps 1..8
   once (before: the records since the last upload were lost for good, a gap before the resumed lines)."""
   remote = f"{bucket}/killed"
-  argv = ["train", f"--config={REPO}/configs/demo.py:smoke", f"--workdir={remote}",
-          *(f"--config.{k}={v}" for k, v in KILL_OVERRIDES.items())]
-  child = subprocess.run([sys.executable, "-c", textwrap.dedent(KILL_AFTER_CHECKPOINT_5), *argv], cwd=REPO,
-                         env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True, timeout=600)
+  argv = [
+    "train",
+    f"--config={REPO}/configs/demo.py:smoke",
+    f"--workdir={remote}",
+    *(f"--config.{k}={v}" for k, v in KILL_OVERRIDES.items()),
+  ]
+  child = subprocess.run(
+    [sys.executable, "-c", textwrap.dedent(KILL_AFTER_CHECKPOINT_5), *argv],
+    cwd=REPO,
+    env=dict(os.environ, PYTHONPATH=str(REPO)),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+    timeout=600,
+  )
   assert child.returncode == -signal.SIGKILL, child.stderr
   killed = [(r["split"], r["step"]) for r in _records(f"{remote}/metrics.jsonl")]
   assert ("train", 5) in killed and ("val", 3) in killed  # Uploaded before checkpoint 5, not on exit.
@@ -224,11 +240,11 @@ def test_a_gs_run_killed_after_a_checkpoint_resumes_with_no_gap_in_metrics(bucke
 
 
 @pytest.mark.parametrize("dataset", ["iu_xray", "chestxray14", "rocov2", "roco"])
-def test_prepare_refuses_a_gs_data_dir_in_one_line_before_touching_it(dataset, in_empty_folder, shared_data,
-                                                                      capsys):
+def test_prepare_refuses_a_gs_data_dir_in_one_line_before_touching_it(dataset, in_empty_folder, shared_data, capsys):
   """array_record's writer needs a local folder; no bucket is asked anything (none is served here)."""
   status = cli.main(["prepare", dataset, "--manual-dir", str(shared_data), "--data-dir", "gs://cxrjax-test/data"])
   error = capsys.readouterr().err.strip()
   assert status == 2 and len(error.splitlines()) == 1
-  assert error.startswith(f"cxrjax prepare: error: --data-dir gs://cxrjax-test/data: {dataset} is written as "
-                          "array_record files")
+  assert error.startswith(
+    f"cxrjax prepare: error: --data-dir gs://cxrjax-test/data: {dataset} is written as array_record files"
+  )

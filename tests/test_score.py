@@ -90,9 +90,10 @@ def bert_dir(tmp_path_factory, shared_data):
   directory = tmp_path_factory.mktemp("bert")
   shutil.copy(shared_data / "text" / "bert-base-uncased-vocab.txt", directory / "vocab.txt")
   transformers.set_seed(3)
-  transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                                                 intermediate_size=48), add_pooling_layer=False
-                         ).save_pretrained(directory)
+  transformers.BertModel(
+    transformers.BertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48),
+    add_pooling_layer=False,
+  ).save_pretrained(directory)
   (directory / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "model_max_length": 512}))
   return directory
 
@@ -100,8 +101,12 @@ def bert_dir(tmp_path_factory, shared_data):
 def _write_jsonl(path, ids, references, generated, with_ids=True):
   with open(path, "w") as handle:
     for i, r, g in zip(ids, references, generated):
-      handle.write(json.dumps({"id": i, "reference": r, "generated": g, "beam_size": 3} if with_ids else
-                              {"reference": r, "generated": g}) + "\n")
+      handle.write(
+        json.dumps(
+          {"id": i, "reference": r, "generated": g, "beam_size": 3} if with_ids else {"reference": r, "generated": g}
+        )
+        + "\n"
+      )
   return path
 
 
@@ -115,8 +120,15 @@ def _write_csv(path, ids, references, generated):
 
 def _write_rexrank(path, studies, generated):
   ids, findings, impressions = studies
-  path.write_text(json.dumps({i: {"model_prediction": g, "section_findings": f, "section_impression": m}
-                              for i, f, m, g in zip(ids, findings, impressions, generated)}, indent=2))
+  path.write_text(
+    json.dumps(
+      {
+        i: {"model_prediction": g, "section_findings": f, "section_impression": m}
+        for i, f, m, g in zip(ids, findings, impressions, generated)
+      },
+      indent=2,
+    )
+  )
   return path
 
 
@@ -124,18 +136,26 @@ def _write_rexrank(path, studies, generated):
 def files_of_every_format(tmp_path_factory, studies, predictions):
   ids, references, generated = predictions
   folder = tmp_path_factory.mktemp("predictions")
-  return {"jsonl": _write_jsonl(folder / "predictions.jsonl", ids, references, generated),
-          "csv": _write_csv(folder / "other_system.csv", ids, references, generated),
-          "rexrank": _write_rexrank(folder / "rexrank.json", studies, generated)}
+  return {
+    "jsonl": _write_jsonl(folder / "predictions.jsonl", ids, references, generated),
+    "csv": _write_csv(folder / "other_system.csv", ids, references, generated),
+    "rexrank": _write_rexrank(folder / "rexrank.json", studies, generated),
+  }
 
 
 BERTSCORE_LAYER = 2
 
 
 def _config(labeler, bert, batch_size=8):
-  return score.evaluator_config(["text", "chexbert", "bertscore"], protocol="r2gen", meteor=False,
-                                labeler=str(labeler), batch_size=batch_size, bertscore_model=str(bert),
-                                bertscore_layer=BERTSCORE_LAYER)
+  return score.evaluator_config(
+    ["text", "chexbert", "bertscore"],
+    protocol="r2gen",
+    meteor=False,
+    labeler=str(labeler),
+    batch_size=batch_size,
+    bertscore_model=str(bert),
+    bertscore_layer=BERTSCORE_LAYER,
+  )
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +211,8 @@ def test_clinical_scores_equal_clinical_efficacy_on_the_labelers_labels(scored, 
 def test_bertscore_equals_the_scorer_called_directly(scored, predictions, bert_dir):
   _, references, generated = predictions
   expected = bertscore.BertScorer.from_directory(bert_dir, num_layers=BERTSCORE_LAYER).score(
-      generated, references, batch_size=1)  # One device, no padded rows.
+    generated, references, batch_size=1
+  )  # One device, no padded rows.
   for name in ("P", "R", "F1"):
     assert scored["jsonl"]["scores"][f"BERTScore/{name}"] == pytest.approx(expected[f"{name}_mean"], abs=1e-6)
   assert scored["jsonl"]["provenance"]["bertscore"]["layer"] == BERTSCORE_LAYER
@@ -210,8 +231,18 @@ def test_a_perfect_prediction_gets_every_maximum(tmp_path, predictions, labeler_
   path = _write_jsonl(tmp_path / "perfect.jsonl", ids, references, references, with_ids=False)
   score.score_file(str(path), _config(labeler_dir[0], bert_dir), out=str(tmp_path / "m.json"), progress=False)
   scores = json.loads((tmp_path / "m.json").read_text())["scores"]
-  for name in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "sacreBLEU", "ROUGE-L", "ROUGE-1", "ROUGE-2",
-               "ROUGE-L (rouge-score)", "ROUGE-Lsum"):
+  for name in (
+    "BLEU-1",
+    "BLEU-2",
+    "BLEU-3",
+    "BLEU-4",
+    "sacreBLEU",
+    "ROUGE-L",
+    "ROUGE-1",
+    "ROUGE-2",
+    "ROUGE-L (rouge-score)",
+    "ROUGE-Lsum",
+  ):
     assert scores[name] == pytest.approx(1.0, abs=1e-6), name
   assert scores["CIDEr"] > scored["jsonl"]["scores"]["CIDEr"]  # CIDEr has no fixed maximum.
   for name in ("P", "R", "F1"):  # Every piece matches itself: cosine 1.
@@ -254,12 +285,32 @@ def test_sharded_labelling_over_8_devices_equals_one_device(labeler_dir, predict
   np.testing.assert_array_equal(chexbert.classes_of(logits), one.classes(texts, batch_size=16))
 
 
-def test_cli_prints_one_summary_line_and_writes_metrics(tmp_path, capsys, files_of_every_format, labeler_dir, bert_dir,
-                                                        scored):
+def test_cli_prints_one_summary_line_and_writes_metrics(
+  tmp_path, capsys, files_of_every_format, labeler_dir, bert_dir, scored
+):
   out = tmp_path / "metrics.json"
-  assert cli.main(["score", str(files_of_every_format["csv"]), "--evaluators", "text,chexbert,bertscore",
-                   "--labeler", str(labeler_dir[0]), "--bertscore-model", str(bert_dir), "--bertscore-layer",
-                   str(BERTSCORE_LAYER), "--no-meteor", "--batch-size", "8", "--out", str(out)]) == 0
+  assert (
+    cli.main(
+      [
+        "score",
+        str(files_of_every_format["csv"]),
+        "--evaluators",
+        "text,chexbert,bertscore",
+        "--labeler",
+        str(labeler_dir[0]),
+        "--bertscore-model",
+        str(bert_dir),
+        "--bertscore-layer",
+        str(BERTSCORE_LAYER),
+        "--no-meteor",
+        "--batch-size",
+        "8",
+        "--out",
+        str(out),
+      ]
+    )
+    == 0
+  )
   captured = capsys.readouterr()
   lines = captured.out.strip().splitlines()
   assert len(lines) == 1
@@ -274,32 +325,50 @@ def test_cli_prints_one_summary_line_and_writes_metrics(tmp_path, capsys, files_
   assert json.loads(out.read_text())["scores"] == expected
 
 
-@pytest.mark.parametrize("name, content, message", [
+@pytest.mark.parametrize(
+  "name, content, message",
+  [
     ("empty.jsonl", "", r"empty file; no predictions"),
     ("blank.csv", "\n\n", r"empty file; no predictions"),
-    ("bad_line.jsonl", '{"reference": "a", "generated": "b"}\n\n{"reference": "a", "generated": \n',
-     r"line 3: not valid JSON \(Expecting value at column 33\)"),
+    (
+      "bad_line.jsonl",
+      '{"reference": "a", "generated": "b"}\n\n{"reference": "a", "generated": \n',
+      r"line 3: not valid JSON \(Expecting value at column 33\)",
+    ),
     ("list.jsonl", '["a", "b"]\n', r"line 1: a JSON list, not an object"),
     ("no_generated.jsonl", '{"reference": "a", "text": "b"}\n', r"line 1: no 'generated' key"),
     ("number.jsonl", '{"reference": "a", "generated": 3}\n', r"line 1: 'generated' is int 3, not a string"),
-    ("duplicate.jsonl", '{"id": "s1", "reference": "a", "generated": "b"}\n{"id": "s2", "reference": "a", '
-     '"generated": "b"}\n{"id": "s1", "reference": "c", "generated": "d"}\n',
-     r"line 3: id 's1' again \(first on line 1\)"),
+    (
+      "duplicate.jsonl",
+      '{"id": "s1", "reference": "a", "generated": "b"}\n{"id": "s2", "reference": "a", '
+      '"generated": "b"}\n{"id": "s1", "reference": "c", "generated": "d"}\n',
+      r"line 3: id 's1' again \(first on line 1\)",
+    ),
     ("missing_column.csv", "id,reference,prediction\n1,a,b\n", r"line 1: no 'generated' column"),
     ("header_only.csv", "reference,generated\n", r"no predictions \(a csv file with no records\)"),
     ("short_row.csv", 'reference,generated\n"a\nb",c\nd\n', r"line 4: 1 fields, the header has 2"),
-    ("duplicate.csv", 'id,reference,generated\nx,"a\nb",c\ny,d,e\nx,f,g\n',
-     r"line 5: id 'x' again \(first on line 2\)"),
+    (
+      "duplicate.csv",
+      'id,reference,generated\nx,"a\nb",c\ny,d,e\nx,f,g\n',
+      r"line 5: id 'x' again \(first on line 2\)",
+    ),
     ("bad.json", '{\n  "s1": {"model_prediction": "a",\n', r"line 3: not valid JSON"),
-    ("no_findings.json", '{\n  "s1": {"model_prediction": "a", "section_impression": "b"}\n}\n',
-     r"line 2: study 's1' has no 'section_findings'"),
-    ("twice.json", '{\n "s1": {"model_prediction": "a", "section_findings": "b", "section_impression": "c"},\n'
-     ' "s1": {"model_prediction": "a", "section_findings": "b", "section_impression": "c"}\n}\n',
-     r"line 3: key 's1' again in one object \(first on line 2\)"),
+    (
+      "no_findings.json",
+      '{\n  "s1": {"model_prediction": "a", "section_impression": "b"}\n}\n',
+      r"line 2: study 's1' has no 'section_findings'",
+    ),
+    (
+      "twice.json",
+      '{\n "s1": {"model_prediction": "a", "section_findings": "b", "section_impression": "c"},\n'
+      ' "s1": {"model_prediction": "a", "section_findings": "b", "section_impression": "c"}\n}\n',
+      r"line 3: key 's1' again in one object \(first on line 2\)",
+    ),
     ("array.json", '[{"model_prediction": "a"}]', r"line 1: a JSON list; ReXrank's file is one object"),
     ("predictions.txt", "reference,generated\na,b\n", r"cannot tell the format from the suffix '\.txt'; pass --format"),
     ("latin1.csv", b"reference,generated\n\xe9,b\n", r"not UTF-8 text \(invalid continuation byte at byte 20\)"),
-])
+  ],
+)
 def test_a_bad_file_is_one_line_naming_the_file_and_the_problem(tmp_path, capsys, name, content, message):
   path = tmp_path / name
   path.write_bytes(content if isinstance(content, bytes) else content.encode())
@@ -312,13 +381,16 @@ def test_a_bad_file_is_one_line_naming_the_file_and_the_problem(tmp_path, capsys
   assert re.search(message, lines[0]), lines[0]
 
 
-@pytest.mark.parametrize("arguments, message", [
+@pytest.mark.parametrize(
+  "arguments, message",
+  [
     (["--evaluators", "text,chexbert"], r"--evaluators chexbert: needs --labeler DIR"),
     (["--evaluators", "text,bleurt"], r"--evaluators bleurt: unknown evaluator; expected some of"),
     (["--protocol", "mimic"], r"--protocol mimic: expected one of coco, imageclef, r2gen"),
     (["--evaluators", "bertscore"], r"--evaluators bertscore: needs --bertscore-model DIR"),
     (["--evaluators", "chexbert", "--labeler", "/nonexistent/labeler"], r"/nonexistent/labeler/model\.json: not found"),
-])
+  ],
+)
 def test_bad_flags_are_one_line(tmp_path, capsys, arguments, message, predictions):
   ids, references, generated = predictions
   path = _write_jsonl(tmp_path / "p.jsonl", ids[:2], references[:2], generated[:2])
@@ -329,17 +401,20 @@ def test_bad_flags_are_one_line(tmp_path, capsys, arguments, message, prediction
 
 def test_the_registry_builds_evaluators_from_config_sections(predictions):
   ids, references, generated = predictions
-  built = evaluators.from_config({"text": {"protocol": "r2gen", "meteor": False},
-                                  "coco_text": {"type": "text", "protocol": "coco", "meteor": False}})
+  built = evaluators.from_config(
+    {"text": {"protocol": "r2gen", "meteor": False}, "coco_text": {"type": "text", "protocol": "coco", "meteor": False}}
+  )
   result = evaluators.run(built, ids, references, generated)
   coco = captioning.caption_metrics(references, generated, protocol="coco", meteor=False)
   assert result["scores"]["coco_text/BLEU-4"] == coco["BLEU-4"] != result["scores"]["BLEU-4"]
   assert result["provenance"]["coco_text"] == {"type": "text", "protocol": "coco", "meteor": False}
   assert evaluators.headline(built, result["scores"])["coco_text/BLEU-1"] == coco["BLEU-1"]
-  for section, message in [({"text": {"meteor": False}}, r"^config\.evaluators\.text\.protocol: required"),
-                           ({"text": {"protocol": "r2gen", "beam": 3}}, r"^config\.evaluators\.text\.beam: unknown"),
-                           ({"x": {"type": "bleurt"}}, r"^config\.evaluators\.x: unknown evaluator type 'bleurt'"),
-                           ({"chexbert": {"batch_size": 4}}, r"^config\.evaluators\.chexbert\.labeler: required"),
-                           ({}, r"^config\.evaluators: no evaluators")]:
+  for section, message in [
+    ({"text": {"meteor": False}}, r"^config\.evaluators\.text\.protocol: required"),
+    ({"text": {"protocol": "r2gen", "beam": 3}}, r"^config\.evaluators\.text\.beam: unknown"),
+    ({"x": {"type": "bleurt"}}, r"^config\.evaluators\.x: unknown evaluator type 'bleurt'"),
+    ({"chexbert": {"batch_size": 4}}, r"^config\.evaluators\.chexbert\.labeler: required"),
+    ({}, r"^config\.evaluators: no evaluators"),
+  ]:
     with pytest.raises(ConfigError, match=message):
       evaluators.from_config(section)

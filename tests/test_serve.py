@@ -57,8 +57,7 @@ class Served:
 def workdirs(tmp_path_factory):
   root = tmp_path_factory.mktemp("serve")
   assert cli.main(["train", "--config=configs/demo.py:smoke", f"--workdir={root / 'demo'}"]) == 0
-  assert cli.main(["train", "--config=configs/chestxray14_agcnn.py:smoke,phantom",
-                   f"--workdir={root / 'agcnn'}"]) == 0
+  assert cli.main(["train", "--config=configs/chestxray14_agcnn.py:smoke,phantom", f"--workdir={root / 'agcnn'}"]) == 0
   tiny = densenet.DenseNetConfig(block_sizes=(1, 1), growth_rate=4, stem_features=8, num_classes=14)
   variables = densenet.DenseNet(tiny).init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
   chexnet.save_chexnet(root / "chexnet", variables, tiny, source={"format": "test"})
@@ -67,8 +66,7 @@ def workdirs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def served(workdirs):
-  engines = serve.load_engines([workdirs / "demo", workdirs / "agcnn"], weights=[workdirs / "chexnet"],
-                               image_size=64)
+  engines = serve.load_engines([workdirs / "demo", workdirs / "agcnn"], weights=[workdirs / "chexnet"], image_size=64)
   for engine in engines:
     engine.warm_up()
   app = serve.create_app(engines, LIMITS)
@@ -111,8 +109,12 @@ def _bomb_png(width: int, height: int, with_pixels: bool = True) -> bytes:
   compressor = zlib.compressobj(9)
   row = b"\0" * (width + 1)  # filter byte + pixels
   pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush() if with_pixels else b""
-  return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + (_png_chunk(b"IDAT", pixels) if pixels else b"")
-          + _png_chunk(b"IEND", b""))
+  return (
+    b"\x89PNG\r\n\x1a\n"
+    + _png_chunk(b"IHDR", header)
+    + (_png_chunk(b"IDAT", pixels) if pixels else b"")
+    + _png_chunk(b"IEND", b"")
+  )
 
 
 def test_health_and_models_describe_what_is_loaded(served, workdirs):
@@ -124,8 +126,12 @@ def test_health_and_models_describe_what_is_loaded(served, workdirs):
   predictor = served.engines["demo"].predictor
   assert demo["family"] == "attention_captioner" and demo["output"] == "report" and demo["views"] == 2
   assert demo["step"] == predictor.step and demo["workdir"] == str(workdirs / "demo")
-  assert demo["decoding"] == {"search": "beam", "beam_size": predictor.config.decode.beam_size,
-                              "max_length": predictor.config.decode.max_length, "length_penalty": 0.0}
+  assert demo["decoding"] == {
+    "search": "beam",
+    "beam_size": predictor.config.decode.beam_size,
+    "max_length": predictor.config.decode.max_length,
+    "length_penalty": 0.0,
+  }
   assert demo["batch_sizes"] == list(engine_lib.DEFAULT_BATCH_SIZES)
   assert agcnn["task"] == "classification" and agcnn["output"] == "findings"
   assert agcnn["labels"] == ["Cardiomegaly", "Effusion", "Pneumothorax", "Opacity", "Nodule"]
@@ -175,10 +181,10 @@ def test_image_modes_are_converted_as_predict_converts_them(served, iu_images, t
   file (data/images.py's conversion on both paths)."""
   gray = np.asarray(Image.open(iu_images["CXR303_IM-1404-1001"]).convert("L"))
   variants = {
-      "sixteen.png": Image.fromarray(gray.astype(np.uint16) * 257),
-      "rgba.png": Image.fromarray(gray).convert("RGBA"),
-      "palette.png": Image.fromarray(gray).convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE),
-      "gray.jpg": Image.fromarray(gray),
+    "sixteen.png": Image.fromarray(gray.astype(np.uint16) * 257),
+    "rgba.png": Image.fromarray(gray).convert("RGBA"),
+    "palette.png": Image.fromarray(gray).convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE),
+    "gray.jpg": Image.fromarray(gray),
   }
   predictor = served.engines["demo"].predictor
   for name, image in variants.items():
@@ -196,49 +202,83 @@ def test_every_refusal_is_a_4xx_json_error_and_the_server_goes_on(served, iu_ima
   post = lambda body, content_type: client.request(served.url + "/api/v1/predict", body, content_type)
   multipart = lambda fields, files: post(*client.encode_multipart(fields, files))
   cases = {
-      "body over the limit": (client.predict(served.url, [frontal, np.random.default_rng(0).bytes(2_300_000)]),
-                              413, "the limit is 2,097,152"),
-      "decompression bomb": (client.predict(served.url, [_bomb_png(5000, 5000)]), 413,
-                             "5000 x 5000 = 25,000,000 pixels; the limit is 4,000,000 (refused before decoding)"),
-      "header of 3.6 gigapixels": (client.predict(served.url, [_bomb_png(60000, 60000, with_pixels=False)]), 413,
-                                   "refused before decoding"),
-      "GIF": (client.predict(served.url, [_encoded(Image.fromarray(small), "GIF")]), 415, "not a PNG or JPEG"),
-      "BMP named .png": (client.predict(served.url, [_encoded(Image.fromarray(small), "BMP")],
-                                        filenames=["x.png"]), 415, "x.png: not a PNG or JPEG"),
-      "truncated PNG": (client.predict(served.url, [frontal[:len(frontal) // 2]], filenames=["cut.png"]), 400,
-                        "cut.png: cannot decode the PNG image"),
-      "empty file": (client.predict(served.url, [b""], filenames=["empty.png"]), 400,
-                     "empty.png: the file is empty"),
-      "three images": (client.predict(served.url, [frontal] * 3), 400, "3 images; at most 2"),
-      "no image": (client.predict(served.url, []), 400, "no image"),
-      "unknown model": (client.predict(served.url, [frontal], model="absent"), 404,
-                        "unknown model 'absent'; loaded: demo, agcnn, chexnet"),
-      "beam size 0": (client.predict(served.url, [frontal], beam_size=0), 400, "beam_size=0; expected 1 to 8"),
-      "beam size 99": (client.predict(served.url, [frontal], beam_size=99), 400, "beam_size=99"),
-      "beam size text": (client.predict(served.url, [frontal], beam_size="three"), 400, "expected an integer"),
-      "beam size with greedy": (client.predict(served.url, [frontal], search="greedy", beam_size=2), 400,
-                                "beam_size applies to search=beam"),
-      "max length too long": (client.predict(served.url, [frontal], max_length=max_length + 1), 400,
-                              f"generates at most {max_length} tokens"),
-      "max length 0": (client.predict(served.url, [frontal], max_length=0, as_json=True), 400, "at least 1"),
-      "unknown search": (client.predict(served.url, [frontal], search="sampling"), 400, "search='sampling'"),
-      "unknown option": (client.predict(served.url, [frontal], temperature=2), 400, "unknown field(s) temperature"),
-      "attention not a boolean": (client.predict(served.url, [frontal], attention="maybe"), 400,
-                                  "attention='maybe'; expected true or false"),
-      "classifier given two images": (client.predict(served.url, [frontal, frontal], model="agcnn"), 400,
-                                      "the agcnn model reads one image; got 2"),
-      "classifier given decoding options": (client.predict(served.url, [frontal], model="agcnn", beam_size=2), 400,
-                                            "decoding options (beam_size) do not apply"),
-      "file under another name": (multipart({}, [("frontal", "f.png", frontal)]), 400, "fields named 'images'"),
-      "images as text": (multipart({"images": "abc"}, []), 400, "field 'images' holds text"),
-      "plain text body": (post(b"hello", "text/plain"), 415, "content type 'text/plain'"),
-      "invalid JSON": (post(b"{images:", "application/json"), 400, "not valid JSON"),
-      "JSON images not a list": (post(json.dumps({"images": "abc"}).encode(), "application/json"), 400,
-                                 "must be a list"),
-      "invalid base64": (post(json.dumps({"images": ["@@@"]}).encode(), "application/json"), 400,
-                         "images[0]: not valid base64"),
-      "unknown path": (client.request(served.url + "/api/v1/nothing"), 404, "GET /api/v1/nothing: Not Found"),
-      "wrong method": (client.request(served.url + "/api/v1/predict"), 405, "Method Not Allowed"),
+    "body over the limit": (
+      client.predict(served.url, [frontal, np.random.default_rng(0).bytes(2_300_000)]),
+      413,
+      "the limit is 2,097,152",
+    ),
+    "decompression bomb": (
+      client.predict(served.url, [_bomb_png(5000, 5000)]),
+      413,
+      "5000 x 5000 = 25,000,000 pixels; the limit is 4,000,000 (refused before decoding)",
+    ),
+    "header of 3.6 gigapixels": (
+      client.predict(served.url, [_bomb_png(60000, 60000, with_pixels=False)]),
+      413,
+      "refused before decoding",
+    ),
+    "GIF": (client.predict(served.url, [_encoded(Image.fromarray(small), "GIF")]), 415, "not a PNG or JPEG"),
+    "BMP named .png": (
+      client.predict(served.url, [_encoded(Image.fromarray(small), "BMP")], filenames=["x.png"]),
+      415,
+      "x.png: not a PNG or JPEG",
+    ),
+    "truncated PNG": (
+      client.predict(served.url, [frontal[: len(frontal) // 2]], filenames=["cut.png"]),
+      400,
+      "cut.png: cannot decode the PNG image",
+    ),
+    "empty file": (client.predict(served.url, [b""], filenames=["empty.png"]), 400, "empty.png: the file is empty"),
+    "three images": (client.predict(served.url, [frontal] * 3), 400, "3 images; at most 2"),
+    "no image": (client.predict(served.url, []), 400, "no image"),
+    "unknown model": (
+      client.predict(served.url, [frontal], model="absent"),
+      404,
+      "unknown model 'absent'; loaded: demo, agcnn, chexnet",
+    ),
+    "beam size 0": (client.predict(served.url, [frontal], beam_size=0), 400, "beam_size=0; expected 1 to 8"),
+    "beam size 99": (client.predict(served.url, [frontal], beam_size=99), 400, "beam_size=99"),
+    "beam size text": (client.predict(served.url, [frontal], beam_size="three"), 400, "expected an integer"),
+    "beam size with greedy": (
+      client.predict(served.url, [frontal], search="greedy", beam_size=2),
+      400,
+      "beam_size applies to search=beam",
+    ),
+    "max length too long": (
+      client.predict(served.url, [frontal], max_length=max_length + 1),
+      400,
+      f"generates at most {max_length} tokens",
+    ),
+    "max length 0": (client.predict(served.url, [frontal], max_length=0, as_json=True), 400, "at least 1"),
+    "unknown search": (client.predict(served.url, [frontal], search="sampling"), 400, "search='sampling'"),
+    "unknown option": (client.predict(served.url, [frontal], temperature=2), 400, "unknown field(s) temperature"),
+    "attention not a boolean": (
+      client.predict(served.url, [frontal], attention="maybe"),
+      400,
+      "attention='maybe'; expected true or false",
+    ),
+    "classifier given two images": (
+      client.predict(served.url, [frontal, frontal], model="agcnn"),
+      400,
+      "the agcnn model reads one image; got 2",
+    ),
+    "classifier given decoding options": (
+      client.predict(served.url, [frontal], model="agcnn", beam_size=2),
+      400,
+      "decoding options (beam_size) do not apply",
+    ),
+    "file under another name": (multipart({}, [("frontal", "f.png", frontal)]), 400, "fields named 'images'"),
+    "images as text": (multipart({"images": "abc"}, []), 400, "field 'images' holds text"),
+    "plain text body": (post(b"hello", "text/plain"), 415, "content type 'text/plain'"),
+    "invalid JSON": (post(b"{images:", "application/json"), 400, "not valid JSON"),
+    "JSON images not a list": (post(json.dumps({"images": "abc"}).encode(), "application/json"), 400, "must be a list"),
+    "invalid base64": (
+      post(json.dumps({"images": ["@@@"]}).encode(), "application/json"),
+      400,
+      "images[0]: not valid base64",
+    ),
+    "unknown path": (client.request(served.url + "/api/v1/nothing"), 404, "GET /api/v1/nothing: Not Found"),
+    "wrong method": (client.request(served.url + "/api/v1/predict"), 405, "Method Not Allowed"),
   }
   for name, ((status, body), expected_status, message) in cases.items():
     assert status == expected_status, (name, status, body)
@@ -246,8 +286,13 @@ def test_every_refusal_is_a_4xx_json_error_and_the_server_goes_on(served, iu_ima
 
   # A chunked body announces no length: it is counted as it arrives.
   connection = http.client.HTTPConnection(served.url.removeprefix("http://"), timeout=60)
-  connection.request("POST", "/api/v1/predict", body=(b"x" * 2**20 for _ in range(3)), encode_chunked=True,
-                     headers={"Content-Type": "application/json"})
+  connection.request(
+    "POST",
+    "/api/v1/predict",
+    body=(b"x" * 2**20 for _ in range(3)),
+    encode_chunked=True,
+    headers={"Content-Type": "application/json"},
+  )
   response = connection.getresponse()
   assert response.status == 413 and "the limit is 2,097,152" in json.loads(response.read())["error"]
   connection.close()
@@ -286,10 +331,11 @@ def test_agcnn_findings_heatmap_and_crop_box(served, iu_images):
   path = iu_images["CXR25_IM-1024-2001"]
   status, result = client.predict(served.url, [path.read_bytes()], model="agcnn", attention=True, views=True)
   assert status == 200, result
-  expected, = served.engines["agcnn"].predictor.classify_files([str(path)])
+  (expected,) = served.engines["agcnn"].predictor.classify_files([str(path)])
   assert list(result["probabilities"]) == list(expected["probabilities"])
-  np.testing.assert_allclose(list(result["probabilities"].values()), list(expected["probabilities"].values()),
-                             atol=2e-6)  # batch 1 here, classify_files' padded batch of 16 there
+  np.testing.assert_allclose(
+    list(result["probabilities"].values()), list(expected["probabilities"].values()), atol=2e-6
+  )  # batch 1 here, classify_files' padded batch of 16 there
   y0, x0, y1, x1 = result["box"]
   assert 0 <= y0 < y1 <= 64 and 0 <= x0 < x1 <= 64
   heatmap = np.asarray(Image.open(io.BytesIO(base64.b64decode(result["heatmap"].partition(",")[2]))))
@@ -300,10 +346,11 @@ def test_ported_chexnet_weights_are_served_as_classify_gives_them(served, iu_ima
   path = iu_images["CXR303_IM-1404-1001"]
   status, result = client.predict(served.url, [path.read_bytes()], model="chexnet", attention=True)
   assert status == 200, result
-  expected, = served.engines["chexnet"].predictor.classify_files([str(path)])
+  (expected,) = served.engines["chexnet"].predictor.classify_files([str(path)])
   assert list(result["probabilities"]) == list(expected["probabilities"]) and result["step"] is None
-  np.testing.assert_allclose(list(result["probabilities"].values()), list(expected["probabilities"].values()),
-                             atol=2e-6)
+  np.testing.assert_allclose(
+    list(result["probabilities"].values()), list(expected["probabilities"].values()), atol=2e-6
+  )
   assert "box" not in result and result["heatmap"] == {"none": "the chexnet model has no attention heatmap"}
 
 
@@ -325,8 +372,23 @@ def test_serve_command_refuses_bad_arguments_in_one_line(workdirs, tmp_path, cap
 
 def test_serve_command_listens_on_localhost_and_answers(workdirs, iu_images):
   """`cxrjax serve` as a user runs it: one JSON line with the url (127.0.0.1 by default), then requests."""
-  process = subprocess.Popen([sys.executable, "-m", "cxrjax.cli", "serve", "--workdir", str(workdirs / "demo"),
-                              "--port", "0", "--batch-sizes", "1"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+  process = subprocess.Popen(
+    [
+      sys.executable,
+      "-m",
+      "cxrjax.cli",
+      "serve",
+      "--workdir",
+      str(workdirs / "demo"),
+      "--port",
+      "0",
+      "--batch-sizes",
+      "1",
+    ],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    text=True,
+  )
   try:
     started = json.loads(process.stdout.readline())
     assert started["url"].startswith("http://127.0.0.1:") and started["models"] == ["demo"]
@@ -340,12 +402,18 @@ def test_serve_command_listens_on_localhost_and_answers(workdirs, iu_images):
 @pytest.fixture
 def browser():
   if not (CHROMIUM and CHROMEDRIVER):
-    pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; "
-                ".ci/run installs them)")
+    pytest.skip(
+      "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; .ci/run installs them)"
+    )
   options = webdriver.ChromeOptions()
   options.binary_location = CHROMIUM
-  for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                   "--window-size=1280,800"):
+  for argument in (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--window-size=1280,800",
+  ):
     options.add_argument(argument)
   driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
   driver.set_script_timeout(30)
@@ -402,8 +470,7 @@ def test_page_in_headless_chromium(served, browser, iu_images, tmp_path):
 
   Select(browser.find_element(By.ID, "model")).select_by_value("agcnn")
   assert not browser.find_element(By.ID, "lateral-drop").is_displayed()
-  browser.execute_script(DROP_FILE, "#frontal-drop", "frontal.png",
-                         base64.b64encode(frontal.read_bytes()).decode())
+  browser.execute_script(DROP_FILE, "#frontal-drop", "frontal.png", base64.b64encode(frontal.read_bytes()).decode())
   browser.find_element(By.ID, "generate").click()
   wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#findings tr")) == 5)
   wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#heatmap canvas.crop"))

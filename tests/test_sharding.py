@@ -25,7 +25,8 @@ def test_distributed_specs():
   assert sharding.parse_distributed("") is None
   assert sharding.parse_distributed("auto") == {}
   assert sharding.parse_distributed("10.0.0.2:1234,4,3") == dict(
-      coordinator_address="10.0.0.2:1234", num_processes=4, process_id=3)
+    coordinator_address="10.0.0.2:1234", num_processes=4, process_id=3
+  )
 
 
 @pytest.mark.parametrize("spec", ["localhost", "localhost:1,2", "localhost:1,2,2", "localhost:1,x,0", "host,2,0"])
@@ -35,8 +36,10 @@ def test_bad_distributed_specs(spec):
 
 
 def test_bad_distributed_spec_is_one_line_before_any_work(capsys):
-  assert cli.main(["train", "--config=configs/demo.py:smoke", "--workdir=/nonexistent/x",
-                   "--distributed=localhost:1,2,5"]) == 2
+  assert (
+    cli.main(["train", "--config=configs/demo.py:smoke", "--workdir=/nonexistent/x", "--distributed=localhost:1,2,5"])
+    == 2
+  )
   error = capsys.readouterr().err
   assert error.strip() == ("cxrjax train: error: --distributed='localhost:1,2,5': process id 5 is not in 0..1")
 
@@ -49,8 +52,9 @@ def _slice_devices(topology: str, monkeypatch) -> list:
 
 def _slice_mesh(devices: list, model: int = 1) -> jax.sharding.Mesh:
   """What sharding.create_mesh builds on the slice (jax.make_mesh over its devices)."""
-  return jax.make_mesh((len(devices) // model, model), sharding.MESH_AXES, devices=devices,
-                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  return jax.make_mesh(
+    (len(devices) // model, model), sharding.MESH_AXES, devices=devices, axis_types=(jax.sharding.AxisType.Auto,) * 2
+  )
 
 
 def test_slice_process_order_is_libtpus(monkeypatch):

@@ -13,8 +13,12 @@ from cxrjax import cli, sweep, train
 from cxrjax import config as config_lib
 from cxrjax.errors import ConfigError
 
-SMOKE = ["--config=configs/demo.py:smoke", "--config.data.num_train=16", "--config.data.num_val=8",
-         "--config.data.num_test=8"]
+SMOKE = [
+  "--config=configs/demo.py:smoke",
+  "--config.data.num_train=16",
+  "--config.data.num_val=8",
+  "--config.data.num_test=8",
+]
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +44,10 @@ def test_results_table_is_mean_and_std_of_the_runs_scores(finished_sweep):
   rows = {row["setting"]: row for row in csv.DictReader((finished_sweep / "results.csv").open())}
   assert set(rows) == {"decode.beam_size=1", "decode.beam_size=2"}
   for setting, row in rows.items():
-    scores = [json.loads((finished_sweep / setting / f"seed_{s}" / "eval/test/metrics.json").read_text())["scores"]
-              for s in (0, 1)]
+    scores = [
+      json.loads((finished_sweep / setting / f"seed_{s}" / "eval/test/metrics.json").read_text())["scores"]
+      for s in (0, 1)
+    ]
     assert row["runs"] == "2"
     for metric in ("BLEU-4", "ROUGE-L", "CIDEr"):
       values = [s[metric] for s in scores]
@@ -63,12 +69,15 @@ def test_a_rerun_trains_nothing_and_gives_the_same_table(finished_sweep, monkeyp
   assert (finished_sweep / "results.csv").read_text() == before
 
 
-@pytest.mark.parametrize("assignment, message", [
+@pytest.mark.parametrize(
+  "assignment, message",
+  [
     ("decode.no_such_field=1", "unknown config field"),
     ("nosection.x=1", "no section 'nosection'"),
     ("decode.beam_size=two", "'two' is not a int"),
     ("decode.beam_size", "expected FIELD=VALUE"),
-])
+  ],
+)
 def test_bad_set_is_one_line_naming_it(tmp_path, assignment, message, capsys):
   assert cli.main(["sweep", *SMOKE, f"--workdir={tmp_path}", "--seeds=1", f"--set={assignment}"]) == 2
   error = capsys.readouterr().err
@@ -80,5 +89,9 @@ def test_bad_grid_values_raise_config_errors():
   with pytest.raises(ConfigError, match="unknown config field"):
     sweep.grid(config, ["train.nope=1"])
   settings = sweep.grid(config, ["train.num_steps=2,3", "decode.beam_size=1,2"])
-  assert [s.name for s in settings] == ["train.num_steps=2,decode.beam_size=1", "train.num_steps=2,decode.beam_size=2",
-                                        "train.num_steps=3,decode.beam_size=1", "train.num_steps=3,decode.beam_size=2"]
+  assert [s.name for s in settings] == [
+    "train.num_steps=2,decode.beam_size=1",
+    "train.num_steps=2,decode.beam_size=2",
+    "train.num_steps=3,decode.beam_size=1",
+    "train.num_steps=3,decode.beam_size=2",
+  ]

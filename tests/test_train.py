@@ -36,8 +36,9 @@ def _records(workdir):
 
 def _metrics(workdir):
   """metrics.jsonl without its wall-clock fields (throughput)."""
-  return [{k: v for k, v in r.items() if not k.endswith("_per_s") and k != "flops_utilisation"}
-          for r in _records(workdir)]
+  return [
+    {k: v for k, v in r.items() if not k.endswith("_per_s") and k != "flops_utilisation"} for r in _records(workdir)
+  ]
 
 
 def _event_scalars(directory):
@@ -47,8 +48,8 @@ def _event_scalars(directory):
   for path in sorted(directory.glob("events.out.tfevents.*")):
     data, offset = path.read_bytes(), 0
     while offset < len(data):
-      (length,) = struct.unpack("<Q", data[offset:offset + 8])
-      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      (length,) = struct.unpack("<Q", data[offset : offset + 8])
+      event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
       offset += 16 + length
       for value in event.summary.value:
         scalars[value.tag, event.step] = value.simple_value
@@ -60,10 +61,16 @@ def _one_device_step_flops(config, workdir):
   run = workdir_lib.load_run(workdir, workdir_lib.LATEST, optimizer_state=True)
   components = workdir_lib.build(config, run.tokenizer)
   source, _ = datasets.make_source(config.data, "train")
-  batch = next(iter(evaluation.split_batches(config, source, run.tokenizer, components.task, train=True,
-                                             batch_size=config.train.batch_size)))
-  step = jax.jit(train.make_train_step(components, components.make_optimizer(run.state.params),
-                                       config.train.seed, run.tokenizer))
+  batch = next(
+    iter(
+      evaluation.split_batches(
+        config, source, run.tokenizer, components.task, train=True, batch_size=config.train.batch_size
+      )
+    )
+  )
+  step = jax.jit(
+    train.make_train_step(components, components.make_optimizer(run.state.params), config.train.seed, run.tokenizer)
+  )
   state = jax.device_put(jax.device_get(run.state), jax.devices()[0])
   numeric = {k: v for k, v in batch.items() if v.dtype.kind in "biuf"}
   return step.lower(state, numeric).compile().cost_analysis()["flops"]
@@ -105,9 +112,12 @@ def test_runs_sharded_over_all_devices_and_writes_the_workdir(tmp_path, smoke_co
     assert "flops_utilisation" not in record
 
   # TensorBoard: exactly the numbers of metrics.jsonl, at their steps.
-  expected = {(summaries.tag(r["split"], name), r["step"]): float(np.float32(value))
-              for r in _records(tmp_path) for name, value in r.items()
-              if name not in ("split", "step") and isinstance(value, (int, float))}
+  expected = {
+    (summaries.tag(r["split"], name), r["step"]): float(np.float32(value))
+    for r in _records(tmp_path)
+    for name, value in r.items()
+    if name not in ("split", "step") and isinstance(value, (int, float))
+  }
   assert ("val/ROUGE-L__rouge-score_", 4) in expected and ("train/examples_per_s", 2) in expected
   assert _event_scalars(tmp_path / "tensorboard") == expected
 
@@ -135,9 +145,16 @@ def test_a_diverging_run_stops_at_a_check_with_its_last_finite_checkpoint(tmp_pa
   assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(kept))
   assert not (tmp_path / "metrics.jsonl").read_text()  # Its one log step (4) was never reached.
   # The CLI prints it as one line.
-  status = cli.main(["train", "--config=configs/demo.py:smoke", f"--workdir={tmp_path}",
-                     "--config.optimizer.learning_rate=1e30", "--config.train.log_every=4",
-                     "--config.train.checkpoint_every=1"])
+  status = cli.main(
+    [
+      "train",
+      "--config=configs/demo.py:smoke",
+      f"--workdir={tmp_path}",
+      "--config.optimizer.learning_rate=1e30",
+      "--config.train.log_every=4",
+      "--config.train.checkpoint_every=1",
+    ]
+  )
   error = capsys.readouterr().err.strip().splitlines()
   assert status == 2 and error[-1].startswith("cxrjax train: error: ") and "Traceback" not in "\n".join(error)
 
@@ -173,8 +190,7 @@ def test_workdir_of_another_model_is_refused_before_compute(tmp_path, smoke_conf
 
 
 def test_cli_rejects_unknown_config_keys(tmp_path, capsys):
-  status = cli.main(["train", "--config=configs/demo.py:smoke", f"--workdir={tmp_path}",
-                     "--config.train.num_stepz=3"])
+  status = cli.main(["train", "--config=configs/demo.py:smoke", f"--workdir={tmp_path}", "--config.train.num_stepz=3"])
   assert status == 2
   assert "num_stepz" in capsys.readouterr().err
   assert not (tmp_path / "checkpoints").exists()
@@ -185,8 +201,14 @@ def test_unknown_dataset_or_unprepared_data_is_a_one_line_error(tmp_path, smoke_
   config.data.name = "mimic_cxr"
   with pytest.raises(datasets.DataConfigError, match="mimic_cxr"):
     train.train_and_evaluate(config, tmp_path / "a")
-  status = cli.main(["train", "--config=configs/iu_xray_attention.py:smoke", f"--workdir={tmp_path / 'b'}",
-                     f"--config.data.data_dir={tmp_path / 'nothing_prepared'}"])
+  status = cli.main(
+    [
+      "train",
+      "--config=configs/iu_xray_attention.py:smoke",
+      f"--workdir={tmp_path / 'b'}",
+      f"--config.data.data_dir={tmp_path / 'nothing_prepared'}",
+    ]
+  )
   error = capsys.readouterr().err
   assert status == 2 and "Traceback" not in error
   assert "nothing_prepared" in error and "cxrjax prepare" in error
@@ -244,13 +266,11 @@ def test_imported_frozen_encoder_is_loaded_and_never_moves(tmp_path, smoke_confi
   state = _state(tmp_path / "run")
   imported = {k: v for k, v in variables["params"].items() if k != "classifier"}
   jax.tree.map(np.testing.assert_array_equal, state.params["image_encoder"]["densenet"], imported)
-  jax.tree.map(np.testing.assert_array_equal, state.batch_stats["image_encoder"]["densenet"],
-               variables["batch_stats"])
+  jax.tree.map(np.testing.assert_array_equal, state.batch_stats["image_encoder"]["densenet"], variables["batch_stats"])
   # The decoder did train: its output layer moved away from the initial values.
   components = workdir_lib.build(config, workdir_lib.load_tokenizer(tmp_path / "run"))
   initial = workdir_lib.init_state(components, jax.random.key(config.train.seed))
-  assert not np.allclose(state.params["decoder"]["output"]["kernel"],
-                         initial.params["decoder"]["output"]["kernel"])
+  assert not np.allclose(state.params["decoder"]["output"]["kernel"], initial.params["decoder"]["output"]["kernel"])
 
 
 def test_init_keys_the_family_lacks_are_refused(tmp_path, smoke_config):
@@ -271,8 +291,13 @@ def test_cached_encoder_features_match_the_encoder_and_train(tmp_path, smoke_con
   assert len(ids) == config.data.num_train and feature_map.dtype == np.float16
   # The cache holds what the frozen encoder computes for the un-augmented images.
   run = workdir_lib.load_run(tmp_path, workdir_lib.LATEST)
-  batch = next(iter(pipeline.make_batches(config, "train", train=False, tokenizer=run.tokenizer,
-                                          batch_size=4, shard_index=0, shard_count=1)))
+  batch = next(
+    iter(
+      pipeline.make_batches(
+        config, "train", train=False, tokenizer=run.tokenizer, batch_size=4, shard_index=0, shard_count=1
+      )
+    )
+  )
   direct = run.model.apply(run.state.variables(), batch["images"], method=lambda m, x: m.image_encoder(x))
   assert list(batch["id"]) == list(ids[:4])
   np.testing.assert_allclose(feature_map[:4], direct["feature_map"], rtol=1e-2, atol=1e-3)

@@ -53,9 +53,13 @@ def make_source(data_config: Any, split: str) -> tuple[Any, registry.SourceInfo]
   split = registry.canonical_split(split)
   source = entry.make_source(data_config, split)
   return source, registry.SourceInfo(
-      name=entry.name, split=split, num_examples=len(source), label_names=entry.label_names(data_config),
-      num_views=int(registry.field(data_config, "num_views", None) or entry.num_views),
-      vocabulary_path=entry.vocabulary_path(data_config))
+    name=entry.name,
+    split=split,
+    num_examples=len(source),
+    label_names=entry.label_names(data_config),
+    num_views=int(registry.field(data_config, "num_views", None) or entry.num_views),
+    vocabulary_path=entry.vocabulary_path(data_config),
+  )
 
 
 def label_names(data_config: Any) -> tuple[str, ...] | None:
@@ -116,10 +120,12 @@ def load_or_build_tokenizer(data_config: Any, train_source: Any) -> tokenizers.T
   entry = registry.get(registry.field(data_config, "name"))
   prepared = entry.vocabulary_path(data_config)
   if prepared is not None:
-    rerun = (f"run `cxrjax prepare {entry.name} --manual-dir DIR --data-dir "
-             f"{registry.field(data_config, 'data_dir', 'DIR')} --split "
-             f"{registry.field(data_config, 'tfds_config', 'random')} --cleaning {style} "
-             f"--min-count {min_count}`")
+    rerun = (
+      f"run `cxrjax prepare {entry.name} --manual-dir DIR --data-dir "
+      f"{registry.field(data_config, 'data_dir', 'DIR')} --split "
+      f"{registry.field(data_config, 'tfds_config', 'random')} --cleaning {style} "
+      f"--min-count {min_count}`"
+    )
     # IU X-ray prepares one vocabulary per choice of report sections.
     sections = registry.field(data_config, "report_sections", "")
     if sections:
@@ -129,18 +135,20 @@ def load_or_build_tokenizer(data_config: Any, train_source: Any) -> tokenizers.T
     vocabulary = tokenizers.WordVocabulary.from_json(prepared)
     if vocabulary.cleaning_style != style or vocabulary.min_count != min_count:
       raise tokenizers.VocabularyFileError(
-          f"{prepared}: built with cleaning {vocabulary.cleaning_style!r} and min count "
-          f"{vocabulary.min_count}, but the config asks for {style!r} and {min_count}: {rerun}")
+        f"{prepared}: built with cleaning {vocabulary.cleaning_style!r} and min count "
+        f"{vocabulary.min_count}, but the config asks for {style!r} and {min_count}: {rerun}"
+      )
     return vocabulary
   split = getattr(train_source, "split", "train")
   if train_source is None or split != "train":
-    raise DataConfigError(f"the {entry.name} vocabulary is built from the training split's source, "
-                          f"got {train_source!r}")
-  return tokenizers.WordVocabulary.build(report_texts(train_source, style), min_count=min_count,
-                                         cleaning_style=style)
+    raise DataConfigError(
+      f"the {entry.name} vocabulary is built from the training split's source, got {train_source!r}"
+    )
+  return tokenizers.WordVocabulary.build(report_texts(train_source, style), min_count=min_count, cleaning_style=style)
 
 
 def _check_cleaning(path: epath.Path, tokenizer: tokenizers.Tokenizer, style: str) -> None:
   if tokenizer.cleaning_style != style:
     raise tokenizers.VocabularyFileError(
-        f"{path}: saved for cleaning {tokenizer.cleaning_style!r}, but the config asks for {style!r}")
+      f"{path}: saved for cleaning {tokenizer.cleaning_style!r}, but the config asks for {style!r}"
+    )

@@ -72,8 +72,10 @@ def decode_image(data: bytes, source: str, max_pixels: int | None = None) -> np.
     with Image.open(io.BytesIO(data)) as image:  # Reads the header only.
       width, height = image.size
       if width * height > limit:
-        raise ImageError(f"{source}: {width}x{height} pixels exceed the limit of {limit:,} pixels (a "
-                         f"decompression bomb?); set ${MAX_PIXELS_VARIABLE} to allow larger images")
+        raise ImageError(
+          f"{source}: {width}x{height} pixels exceed the limit of {limit:,} pixels (a "
+          f"decompression bomb?); set ${MAX_PIXELS_VARIABLE} to allow larger images"
+        )
       image.load()  # Decode now, so that truncated data fails here and not later.
       return to_rgb_uint8(image, source)
   except ImageError:

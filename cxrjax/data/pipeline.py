@@ -77,17 +77,17 @@ from cxrjax.text import tokenizers
 
 
 def make_batches(
-    config: Any,
-    split: str | None = None,
-    *,
-    train: bool,
-    tokenizer: tokenizers.Tokenizer | None = None,
-    source: Any = None,
-    batch_size: int | None = None,
-    shard_index: int | None = None,
-    shard_count: int | None = None,
-    rows: Sequence[int] | None = None,
-    label_names: Sequence[str] | None = None,
+  config: Any,
+  split: str | None = None,
+  *,
+  train: bool,
+  tokenizer: tokenizers.Tokenizer | None = None,
+  source: Any = None,
+  batch_size: int | None = None,
+  shard_index: int | None = None,
+  shard_count: int | None = None,
+  rows: Sequence[int] | None = None,
+  label_names: Sequence[str] | None = None,
 ) -> grain.IterDataset:
   """The batches of one split (or of `source`) for training, evaluation, feature caching or prediction.
 
@@ -116,48 +116,65 @@ def make_batches(
   if batch_size is None:
     batch_size = int(config["train" if train else "eval"]["batch_size"])
   return make_dataset(
-      source, tokenizer, transforms.from_config(config), batch_size=batch_size,
-      max_length=_max_length(data, tokenizer),
-      train=train, seed=int(config["train"].get("seed", 0)) if "train" in config else 0,
-      shard_index=shard_index, shard_count=shard_count, rows=rows,
-      cleaning=datasets.cleaning_style(data) if tokenizer is not None else None,
-      label_names=label_names, worker_count=int(datasets.field(data, "worker_count", 0)),
-      read_threads=int(datasets.field(data, "read_threads", 0)))
+    source,
+    tokenizer,
+    transforms.from_config(config),
+    batch_size=batch_size,
+    max_length=_max_length(data, tokenizer),
+    train=train,
+    seed=int(config["train"].get("seed", 0)) if "train" in config else 0,
+    shard_index=shard_index,
+    shard_count=shard_count,
+    rows=rows,
+    cleaning=datasets.cleaning_style(data) if tokenizer is not None else None,
+    label_names=label_names,
+    worker_count=int(datasets.field(data, "worker_count", 0)),
+    read_threads=int(datasets.field(data, "read_threads", 0)),
+  )
 
 
 def _max_length(data: Any, tokenizer: tokenizers.Tokenizer | None) -> int:
   return int(datasets.field(data, "max_length", 2)) if tokenizer is not None else 2
 
 
-def batch_spec(config: Any, batch_size: int, tokenizer: tokenizers.Tokenizer | None = None,
-               label_names: Sequence[str] | None = None) -> dict[str, jax.ShapeDtypeStruct]:
+def batch_spec(
+  config: Any, batch_size: int, tokenizer: tokenizers.Tokenizer | None = None, label_names: Sequence[str] | None = None
+) -> dict[str, jax.ShapeDtypeStruct]:
   """Shapes and dtypes of the numeric arrays of make_batches' batches of `batch_size` rows (those that
   sharding.to_global puts on the devices), read from the schema's padding example, so without a record:
   what aot.py compiles the jitted steps for."""
-  prepare = PrepareStudy(tokenizer=tokenizer, preprocessing=transforms.from_config(config),
-                         max_length=_max_length(config["data"], tokenizer), cleaning=None, train=False,
-                         label_names=tuple(label_names) if label_names is not None else None)
+  prepare = PrepareStudy(
+    tokenizer=tokenizer,
+    preprocessing=transforms.from_config(config),
+    max_length=_max_length(config["data"], tokenizer),
+    cleaning=None,
+    train=False,
+    label_names=tuple(label_names) if label_names is not None else None,
+  )
   example = {key: np.asarray(value) for key, value in prepare.padding().items()}
-  return {key: jax.ShapeDtypeStruct((batch_size, *value.shape), value.dtype)
-          for key, value in example.items() if value.dtype.kind in "biuf"}
+  return {
+    key: jax.ShapeDtypeStruct((batch_size, *value.shape), value.dtype)
+    for key, value in example.items()
+    if value.dtype.kind in "biuf"
+  }
 
 
 def make_dataset(
-    source: Any,
-    tokenizer: tokenizers.Tokenizer | None,
-    preprocessing: transforms.Preprocessing,
-    *,
-    batch_size: int,
-    max_length: int,
-    train: bool,
-    seed: int = 0,
-    shard_index: int | None = None,
-    shard_count: int | None = None,
-    rows: Sequence[int] | None = None,
-    cleaning: str | None = None,
-    label_names: Sequence[str] | None = None,
-    worker_count: int = 0,
-    read_threads: int = 0,
+  source: Any,
+  tokenizer: tokenizers.Tokenizer | None,
+  preprocessing: transforms.Preprocessing,
+  *,
+  batch_size: int,
+  max_length: int,
+  train: bool,
+  seed: int = 0,
+  shard_index: int | None = None,
+  shard_count: int | None = None,
+  rows: Sequence[int] | None = None,
+  cleaning: str | None = None,
+  label_names: Sequence[str] | None = None,
+  worker_count: int = 0,
+  read_threads: int = 0,
 ) -> grain.IterDataset:
   """make_batches with every argument explicit (the schema in the module docstring).
 
@@ -197,9 +214,14 @@ def make_dataset(
   if not 0 <= shard_index < shard_count:
     raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
 
-  prepare = PrepareStudy(tokenizer=tokenizer, preprocessing=preprocessing, max_length=max_length,
-                         cleaning=cleaning, train=train,
-                         label_names=tuple(label_names) if label_names is not None else None)
+  prepare = PrepareStudy(
+    tokenizer=tokenizer,
+    preprocessing=preprocessing,
+    max_length=max_length,
+    cleaning=cleaning,
+    train=train,
+    label_names=tuple(label_names) if label_names is not None else None,
+  )
   dataset = grain.MapDataset.source(source)
   if train:
     # One order and one set of augmentations for the whole run, whatever the number of processes: every
@@ -218,8 +240,7 @@ def make_dataset(
     dataset = dataset.batch(batch_size, drop_remainder=False, batch_fn=collate)
 
   # Whole batches are made by the read threads; the buffer holds a few of them.
-  read_options = grain.ReadOptions(num_threads=read_threads,
-                                   prefetch_buffer_size=max(2, 2 * read_threads))
+  read_options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(2, 2 * read_threads))
   iter_dataset = dataset.to_iter_dataset(read_options)
   if worker_count > 0:
     _mark_absl_flags_parsed()
@@ -264,8 +285,7 @@ class PrepareStudy:
   train: bool
   label_names: tuple[str, ...] | None = None
 
-  def __call__(self, record: Mapping[str, Any], rng: np.random.Generator | None = None
-               ) -> dict[str, Any]:
+  def __call__(self, record: Mapping[str, Any], rng: np.random.Generator | None = None) -> dict[str, Any]:
     study_id = str(record["id"])
     if "images" not in record:  # Cached encoder features stand for the images.
       example = {key: np.asarray(value) for key, value in record.items() if key.startswith("encoder_")}
@@ -278,13 +298,14 @@ class PrepareStudy:
     if self.train and rng is None:
       raise ValueError("training augmentation needs the per-example rng (use random_map)")
     image_ids = record.get("image_ids") or [f"view {i}" for i in range(num_views)]
-    views = [self.preprocessing(decode_view(image, study_id, image_id), rng if self.train else None)
-             for image, image_id in zip(record["images"], image_ids)]
+    views = [
+      self.preprocessing(decode_view(image, study_id, image_id), rng if self.train else None)
+      for image, image_id in zip(record["images"], image_ids)
+    ]
     example = {"images": np.stack(views), "mask": np.True_, "id": study_id}
     return self._add_text_and_labels(example, record, study_id)
 
-  def _add_text_and_labels(self, example: dict[str, Any], record: Mapping[str, Any], study_id: str
-                           ) -> dict[str, Any]:
+  def _add_text_and_labels(self, example: dict[str, Any], record: Mapping[str, Any], study_id: str) -> dict[str, Any]:
     if self.tokenizer is not None:
       cleaned = cleaning_lib.clean_report(record["report"], self.cleaning)
       example["tokens"] = np.asarray(self.tokenizer.encode(cleaned, self.max_length, pad=True), np.int32)
@@ -298,16 +319,21 @@ class PrepareStudy:
     if "labels" in record:
       labels = np.asarray(record["labels"], np.float32)
       if labels.shape != (len(self.label_names),):
-        raise ValueError(f"study {study_id}: labels of shape {labels.shape}, expected "
-                         f"({len(self.label_names)},) for {self.label_names}")
+        raise ValueError(
+          f"study {study_id}: labels of shape {labels.shape}, expected "
+          f"({len(self.label_names)},) for {self.label_names}"
+        )
       return labels
     return finding_labels(record.get("mesh", []), self.label_names)
 
   def padding(self) -> dict[str, Any]:
     """The example that fills the last eval batch (mask False)."""
     size = self.preprocessing.image_size
-    example = {"images": np.zeros((self.preprocessing.num_views, size, size, 3), np.float32),
-               "mask": np.False_, "id": ""}
+    example = {
+      "images": np.zeros((self.preprocessing.num_views, size, size, 3), np.float32),
+      "mask": np.False_,
+      "id": "",
+    }
     if self.tokenizer is not None:
       example["tokens"] = np.full((self.max_length,), self.tokenizer.pad_id, np.int32)
       example["report"] = ""
@@ -341,8 +367,9 @@ def decode_view(image: Any, study_id: str, image_id: str) -> np.ndarray:
       return images.to_rgb_uint8(image, f"{image_id} (array)")
   except images.ImageError as error:
     raise images.ImageError(f"study {study_id}: {error}") from error
-  raise images.ImageError(f"study {study_id}: image {image_id} is a {type(image).__name__}; expected "
-                          "a path, encoded bytes or a numpy array")
+  raise images.ImageError(
+    f"study {study_id}: image {image_id} is a {type(image).__name__}; expected a path, encoded bytes or a numpy array"
+  )
 
 
 def finding_labels(mesh: Sequence[str], label_names: Sequence[str]) -> np.ndarray:
@@ -357,16 +384,26 @@ class _RowsOfGlobalBatches(grain.MapDataset):
   that jax.make_array_from_process_local_data puts on this process's devices (sharding.process_rows); by
   default shard_index * rows .. (shard_index + 1) * rows - 1, as on CPU processes."""
 
-  def __init__(self, parent: grain.MapDataset, rows: int, shard_index: int, shard_count: int,
-               positions: Sequence[int] | None = None):
+  def __init__(
+    self,
+    parent: grain.MapDataset,
+    rows: int,
+    shard_index: int,
+    shard_count: int,
+    positions: Sequence[int] | None = None,
+  ):
     super().__init__(parent)
     if positions is None:
       positions = range(shard_index * rows, (shard_index + 1) * rows)
     positions = tuple(int(p) for p in positions)
-    if len(positions) != rows or list(positions) != sorted(set(positions)) or not (
-        0 <= positions[0] and positions[-1] < rows * shard_count):
-      raise ValueError(f"rows {list(positions)}: expected {rows} increasing rows of a global batch of "
-                       f"{rows * shard_count}")
+    if (
+      len(positions) != rows
+      or list(positions) != sorted(set(positions))
+      or not (0 <= positions[0] and positions[-1] < rows * shard_count)
+    ):
+      raise ValueError(
+        f"rows {list(positions)}: expected {rows} increasing rows of a global batch of {rows * shard_count}"
+      )
     self._rows, self._shard_index, self._shard_count = rows, shard_index, shard_count
     self._positions = positions
 
@@ -380,8 +417,10 @@ class _RowsOfGlobalBatches(grain.MapDataset):
     return self._parent[step * self._rows * self._shard_count + self._positions[row]]
 
   def __str__(self) -> str:
-    return (f"_RowsOfGlobalBatches(rows={self._rows}, shard={self._shard_index}/{self._shard_count}, "
-            f"positions={list(self._positions)})")
+    return (
+      f"_RowsOfGlobalBatches(rows={self._rows}, shard={self._shard_index}/{self._shard_count}, "
+      f"positions={list(self._positions)})"
+    )
 
 
 class _PadToLength(grain.MapDataset):

@@ -51,16 +51,20 @@ DATASETS = ("iu_xray", "chestxray14", "rocov2", "roco")
 def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
   """Adds the `prepare` sub-command to `commands` (from ArgumentParser.add_subparsers)."""
   parser = commands.add_parser(
-      "prepare", help="build a dataset (TFDS array_record) and its training vocabulary",
-      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    "prepare",
+    help="build a dataset (TFDS array_record) and its training vocabulary",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   _add_arguments(parser)
   return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs `prepare` with the arguments after the sub-command name; returns the exit status."""
-  parser = argparse.ArgumentParser(prog="cxrjax prepare", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="cxrjax prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   _add_arguments(parser)
   args = parser.parse_args(argv)
   return errors.guarded("prepare", lambda: args.run(args))
@@ -75,24 +79,45 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_iu_xray_arguments(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--manual-dir", type=pathlib.Path,
-                      help="the downloaded source files (see iu_xray.IuXray.MANUAL_DOWNLOAD_INSTRUCTIONS); "
-                           "not needed when the dataset is already built")
-  parser.add_argument("--data-dir", required=True,  # A string: pathlib would turn gs://b into gs:/b.
-                      help="TFDS data folder to write (the data config's data_dir)")
-  parser.add_argument("--split", choices=iu_xray.TFDS_CONFIGS, default="random",
-                      help="random: seeded 70/10/20 study split; r2gen: R2Gen's split "
-                           "(the TFDS config, iu_xray/<split>)")
-  parser.add_argument("--cleaning", choices=cleaning_lib.CLEANING_STYLES, default=registry.DEFAULT_CLEANING,
-                      help="report cleaning the vocabulary is built with (default: %(default)s, as the "
-                           "IU X-ray configs)")
-  parser.add_argument("--min-count", type=_positive_int, default=registry.DEFAULT_MIN_COUNT,
-                      help="keep training words seen at least this often (R2Gen: 3)")
-  parser.add_argument("--sections", choices=sorted(iu_xray.REPORT_SECTIONS), default="findings",
-                      help="the report sections the vocabulary is built from (config.data.report_sections): "
-                           "findings (default, R2Gen's protocol) or findings_impression (ReXrank's)")
-  parser.add_argument("--num-threads", type=int, default=None,
-                      help="threads re-encoding images (default: CPU count, at most 8)")
+  parser.add_argument(
+    "--manual-dir",
+    type=pathlib.Path,
+    help="the downloaded source files (see iu_xray.IuXray.MANUAL_DOWNLOAD_INSTRUCTIONS); "
+    "not needed when the dataset is already built",
+  )
+  parser.add_argument(
+    "--data-dir",
+    required=True,  # A string: pathlib would turn gs://b into gs:/b.
+    help="TFDS data folder to write (the data config's data_dir)",
+  )
+  parser.add_argument(
+    "--split",
+    choices=iu_xray.TFDS_CONFIGS,
+    default="random",
+    help="random: seeded 70/10/20 study split; r2gen: R2Gen's split (the TFDS config, iu_xray/<split>)",
+  )
+  parser.add_argument(
+    "--cleaning",
+    choices=cleaning_lib.CLEANING_STYLES,
+    default=registry.DEFAULT_CLEANING,
+    help="report cleaning the vocabulary is built with (default: %(default)s, as the IU X-ray configs)",
+  )
+  parser.add_argument(
+    "--min-count",
+    type=_positive_int,
+    default=registry.DEFAULT_MIN_COUNT,
+    help="keep training words seen at least this often (R2Gen: 3)",
+  )
+  parser.add_argument(
+    "--sections",
+    choices=sorted(iu_xray.REPORT_SECTIONS),
+    default="findings",
+    help="the report sections the vocabulary is built from (config.data.report_sections): "
+    "findings (default, R2Gen's protocol) or findings_impression (ReXrank's)",
+  )
+  parser.add_argument(
+    "--num-threads", type=int, default=None, help="threads re-encoding images (default: CPU count, at most 8)"
+  )
   parser.set_defaults(run=_run)
 
 
@@ -106,17 +131,31 @@ def _positive_int(value: str) -> int:
 def _run(args: argparse.Namespace) -> int:
   """Runs `cxrjax prepare iu_xray`; bad input raises a UserError (errors.guarded prints it)."""
   tfds_common.check_local_data_dir(args.data_dir, "iu_xray")  # Before any builder touches it.
-  summary = prepare_iu_xray(args.manual_dir, args.data_dir, config=args.split,
-                            cleaning=args.cleaning, min_count=args.min_count, report_sections=args.sections,
-                            num_threads=args.num_threads, progress=True)
+  summary = prepare_iu_xray(
+    args.manual_dir,
+    args.data_dir,
+    config=args.split,
+    cleaning=args.cleaning,
+    min_count=args.min_count,
+    report_sections=args.sections,
+    num_threads=args.num_threads,
+    progress=True,
+  )
   print(format_summary(summary))
   return 0
 
 
-def prepare_iu_xray(manual_dir: str | pathlib.Path | None, data_dir: str | pathlib.Path, *,
-                    config: str = "random", cleaning: str = registry.DEFAULT_CLEANING,
-                    min_count: int = registry.DEFAULT_MIN_COUNT, report_sections: str = "findings",
-                    num_threads: int | None = None, progress: bool = False) -> dict[str, Any]:
+def prepare_iu_xray(
+  manual_dir: str | pathlib.Path | None,
+  data_dir: str | pathlib.Path,
+  *,
+  config: str = "random",
+  cleaning: str = registry.DEFAULT_CLEANING,
+  min_count: int = registry.DEFAULT_MIN_COUNT,
+  report_sections: str = "findings",
+  num_threads: int | None = None,
+  progress: bool = False,
+) -> dict[str, Any]:
   """Builds iu_xray/<config> (unless built) and its vocabulary of the `report_sections` reports
   (iu_xray.REPORT_SECTIONS, config.data.report_sections); returns the summary.
 
@@ -131,8 +170,7 @@ def prepare_iu_xray(manual_dir: str | pathlib.Path | None, data_dir: str | pathl
   if cleaning not in cleaning_lib.CLEANING_STYLES:
     raise ValueError(f"unknown cleaning {cleaning!r}; expected one of {cleaning_lib.CLEANING_STYLES}")
   dataset_dir = iu_xray.dataset_dir(data_dir, config)
-  builder = iu_xray.IuXray(config=config, data_dir=data_dir, num_threads=num_threads,
-                           progress=progress)
+  builder = iu_xray.IuXray(config=config, data_dir=data_dir, num_threads=num_threads, progress=progress)
   tfds_common.build(builder, manual_dir, progress=progress)
 
   cleaned = {}
@@ -143,19 +181,19 @@ def prepare_iu_xray(manual_dir: str | pathlib.Path | None, data_dir: str | pathl
   path = iu_xray.vocabulary_path(data_dir, config, cleaning, report_sections)
   with files.replaced_on_success(path) as temporary:  # A killed run leaves no half-written vocabulary.
     vocabulary.to_json(temporary)
-  stats = tokenizers.vocabulary_stats(cleaned["train"],
-                                {split: cleaned[split] for split in ("validation", "test")},
-                                min_count=min_count)
+  stats = tokenizers.vocabulary_stats(
+    cleaned["train"], {split: cleaned[split] for split in ("validation", "test")}, min_count=min_count
+  )
   return {
-      "dataset": f"iu_xray/{config}",
-      "dataset_dir": str(dataset_dir),
-      "build": dict(builder.info.metadata["build"]),
-      "split_sizes": {split: len(texts) for split, texts in cleaned.items()},
-      "vocabulary_path": str(path),
-      "cleaning": cleaning,
-      "report_sections": report_sections,
-      "min_count": min_count,
-      "vocabulary": dataclasses.asdict(stats),
+    "dataset": f"iu_xray/{config}",
+    "dataset_dir": str(dataset_dir),
+    "build": dict(builder.info.metadata["build"]),
+    "split_sizes": {split: len(texts) for split, texts in cleaned.items()},
+    "vocabulary_path": str(path),
+    "cleaning": cleaning,
+    "report_sections": report_sections,
+    "min_count": min_count,
+    "vocabulary": dataclasses.asdict(stats),
   }
 
 
@@ -164,51 +202,74 @@ def format_summary(summary: dict[str, Any]) -> str:
   build, parse, stats = summary["build"], summary["build"]["parse_report"], summary["vocabulary"]
   sizes = summary["split_sizes"]
   lines = [
-      f"{summary['dataset']} in {summary['dataset_dir']}",
-      f"  source: {parse['layout']} layout, {parse['source']}",
-      f"  studies: {parse['num_studies']} read, {parse['num_records']} kept, "
-      f"{parse['num_studies'] - parse['num_records']} skipped",
+    f"{summary['dataset']} in {summary['dataset_dir']}",
+    f"  source: {parse['layout']} layout, {parse['source']}",
+    f"  studies: {parse['num_studies']} read, {parse['num_records']} kept, "
+    f"{parse['num_studies'] - parse['num_records']} skipped",
   ]
   for reason, count in sorted(parse["skipped"].items()):
     lines.append(f"    skipped {reason}: {count} (e.g. {', '.join(parse['examples'].get(reason, []))})")
   # A study can have several issues and is counted as skipped for the first one only.
-  lines.append("    issues found (skipped or kept): "
-               + (", ".join(f"{reason} {count}" for reason, count in sorted(parse["issues"].items()))
-                  or "none"))
+  lines.append(
+    "    issues found (skipped or kept): "
+    + (", ".join(f"{reason} {count}" for reason, count in sorted(parse["issues"].items())) or "none")
+  )
   lines.append(f"    view sources: {parse['view_sources']}")
   if build["colour_images"]:
-    lines.append(f"    colour images converted to gray: {build['colour_images']} "
-                 f"(e.g. {', '.join(build['colour_image_examples'])})")
-  lines.append("  splits: " + ", ".join(f"{split} {count}" for split, count in sizes.items())
-               + f"; kept but in no split: {build['unassigned']}")
+    lines.append(
+      f"    colour images converted to gray: {build['colour_images']} "
+      f"(e.g. {', '.join(build['colour_image_examples'])})"
+    )
+  lines.append(
+    "  splits: "
+    + ", ".join(f"{split} {count}" for split, count in sizes.items())
+    + f"; kept but in no split: {build['unassigned']}"
+  )
   not_kept = build["split_studies_not_kept"]
   if any(not_kept.values()):
-    lines.append("  split studies not kept (skipped or absent): "
-                 + ", ".join(f"{split} {count}" for split, count in not_kept.items()))
-  lines.append(f"  vocabulary: {stats['vocabulary_size']} tokens (cleaning {summary['cleaning']}, "
-               f"sections {summary['report_sections']}, min count {summary['min_count']}, 4 special tokens included) -> "
-               f"{summary['vocabulary_path']}")
+    lines.append(
+      "  split studies not kept (skipped or absent): "
+      + ", ".join(f"{split} {count}" for split, count in not_kept.items())
+    )
+  lines.append(
+    f"  vocabulary: {stats['vocabulary_size']} tokens (cleaning {summary['cleaning']}, "
+    f"sections {summary['report_sections']}, min count {summary['min_count']}, 4 special tokens included) -> "
+    f"{summary['vocabulary_path']}"
+  )
   lines.append(f"  training words: {stats['train_tokens']} tokens, {stats['train_types']} distinct")
   for split, coverage in stats["splits"].items():
-    lines.append(f"  {split}: {100 * coverage['token_coverage']:.1f}% of {coverage['num_tokens']} "
-                 f"word tokens and {100 * coverage['type_coverage']:.1f}% of "
-                 f"{coverage['num_types']} distinct words seen in training; <unk> rate "
-                 f"{100 * coverage['unk_rate']:.2f}%")
+    lines.append(
+      f"  {split}: {100 * coverage['token_coverage']:.1f}% of {coverage['num_tokens']} "
+      f"word tokens and {100 * coverage['type_coverage']:.1f}% of "
+      f"{coverage['num_types']} distinct words seen in training; <unk> rate "
+      f"{100 * coverage['unk_rate']:.2f}%"
+    )
   lines.append(json.dumps(summary, sort_keys=True))
   return "\n".join(lines)
 
 
 def add_chestxray14_arguments(parser: argparse.ArgumentParser) -> None:
   """The arguments of `cxrjax prepare chestxray14` (runs run_chestxray14)."""
-  parser.add_argument("--manual-dir", default=None,
-                      help="folder with Data_Entry_2017*.csv(.gz), images*/ and the official lists, or the "
-                           "CheXNet lists in chexnet_split/ (not needed when the dataset is already built)")
+  parser.add_argument(
+    "--manual-dir",
+    default=None,
+    help="folder with Data_Entry_2017*.csv(.gz), images*/ and the official lists, or the "
+    "CheXNet lists in chexnet_split/ (not needed when the dataset is already built)",
+  )
   parser.add_argument("--data-dir", required=True, help="TFDS data dir to write chestxray14/ into")
-  parser.add_argument("--split", choices=chestxray14.TFDS_CONFIGS, default="official",
-                      help="official lists + patient-level val carve-out, a patient-level 70/10/20, or the "
-                           "CheXNet reproduction lists (train_list.txt, val_list.txt, test_list.txt)")
-  parser.add_argument("--missing-images", choices=chestxray14.MISSING_IMAGE_POLICIES, default="error",
-                      help="rows whose image file is absent: fail (default) or skip and count them")
+  parser.add_argument(
+    "--split",
+    choices=chestxray14.TFDS_CONFIGS,
+    default="official",
+    help="official lists + patient-level val carve-out, a patient-level 70/10/20, or the "
+    "CheXNet reproduction lists (train_list.txt, val_list.txt, test_list.txt)",
+  )
+  parser.add_argument(
+    "--missing-images",
+    choices=chestxray14.MISSING_IMAGE_POLICIES,
+    default="error",
+    help="rows whose image file is absent: fail (default) or skip and count them",
+  )
   parser.set_defaults(run=run_chestxray14)
 
 
@@ -217,8 +278,9 @@ def run_chestxray14(args: argparse.Namespace) -> int:
   problem the split lists had (labels that disagree with the label file, label-file images in no list); bad
   input raises a UserError."""
   tfds_common.check_local_data_dir(args.data_dir, "chestxray14")  # Before any builder touches it.
-  summary = chestxray14.prepare_chestxray14(args.manual_dir, args.data_dir, split=args.split,
-                                            missing_images=args.missing_images)
+  summary = chestxray14.prepare_chestxray14(
+    args.manual_dir, args.data_dir, split=args.split, missing_images=args.missing_images
+  )
   print(json.dumps(summary))
   for line in chestxray14_warnings(summary):
     print(f"cxrjax prepare chestxray14: warning: {line}", file=sys.stderr)
@@ -229,38 +291,64 @@ def chestxray14_warnings(summary: dict[str, Any]) -> list[str]:
   """One line per split-list problem in a prepare_chestxray14 summary (none for a clean build)."""
   lists, warnings = summary.get("split_lists", {}), []
   if lists.get("label_disagreements"):
-    warnings.append(f"{lists['label_disagreements']} images of the {summary['dataset']} lists have labels that "
-                    f"differ from {summary['label_file']}; the label file's are stored (split_lists in the "
-                    f"summary), e.g. {lists['label_disagreement_examples'][0]}")
+    warnings.append(
+      f"{lists['label_disagreements']} images of the {summary['dataset']} lists have labels that "
+      f"differ from {summary['label_file']}; the label file's are stored (split_lists in the "
+      f"summary), e.g. {lists['label_disagreement_examples'][0]}"
+    )
   if lists.get("unlisted"):
-    warnings.append(f"{lists['unlisted']} images of {summary['label_file']} are in no list of "
-                    f"{summary['dataset']} and in no split, e.g. {', '.join(lists['unlisted_examples'])}")
+    warnings.append(
+      f"{lists['unlisted']} images of {summary['label_file']} are in no list of "
+      f"{summary['dataset']} and in no split, e.g. {', '.join(lists['unlisted_examples'])}"
+    )
   return warnings
 
 
 def add_roco_arguments(parser: argparse.ArgumentParser, dataset: str) -> None:
   """The arguments of `cxrjax prepare rocov2` and `cxrjax prepare roco` (runs run_roco)."""
-  parser.add_argument("--manual-dir", type=pathlib.Path, default=None,
-                      help=f"the downloaded files (see roco.{roco.BUILDERS[dataset].__name__}.MANUAL_DOWNLOAD_INSTRUCTIONS); "
-                           "not needed when the dataset is already built")
-  parser.add_argument("--data-dir", required=True,  # A string: pathlib would turn gs://b into gs:/b.
-                      help="TFDS data folder to write (the data config's data_dir)")
-  parser.add_argument("--subset", choices=roco.SUBSETS, default="all",
-                      help="all images, or chest radiographs only (the rule of roco/chest.py; the "
-                           "data config's subset)")
+  parser.add_argument(
+    "--manual-dir",
+    type=pathlib.Path,
+    default=None,
+    help=f"the downloaded files (see roco.{roco.BUILDERS[dataset].__name__}.MANUAL_DOWNLOAD_INSTRUCTIONS); "
+    "not needed when the dataset is already built",
+  )
+  parser.add_argument(
+    "--data-dir",
+    required=True,  # A string: pathlib would turn gs://b into gs:/b.
+    help="TFDS data folder to write (the data config's data_dir)",
+  )
+  parser.add_argument(
+    "--subset",
+    choices=roco.SUBSETS,
+    default="all",
+    help="all images, or chest radiographs only (the rule of roco/chest.py; the data config's subset)",
+  )
   if len(roco.DATASET_LAYOUTS[dataset]) > 1:
-    parser.add_argument("--layout", choices=roco.DATASET_LAYOUTS[dataset], default=None,
-                        help="the manual folder's layout (default: detected)")
-  parser.add_argument("--num-threads", type=int, default=None,
-                      help="threads checking images (default: CPU count, at most 8)")
+    parser.add_argument(
+      "--layout",
+      choices=roco.DATASET_LAYOUTS[dataset],
+      default=None,
+      help="the manual folder's layout (default: detected)",
+    )
+  parser.add_argument(
+    "--num-threads", type=int, default=None, help="threads checking images (default: CPU count, at most 8)"
+  )
   parser.set_defaults(run=run_roco, roco_dataset=dataset)
 
 
 def run_roco(args: argparse.Namespace) -> int:
   """Runs `cxrjax prepare rocov2|roco`: prints the summary; bad input raises a UserError."""
   tfds_common.check_local_data_dir(args.data_dir, args.roco_dataset)  # Before any builder touches it.
-  summary = roco.prepare(args.roco_dataset, args.manual_dir, args.data_dir, subset=args.subset,
-                         layout=getattr(args, "layout", None), num_threads=args.num_threads, progress=True)
+  summary = roco.prepare(
+    args.roco_dataset,
+    args.manual_dir,
+    args.data_dir,
+    subset=args.subset,
+    layout=getattr(args, "layout", None),
+    num_threads=args.num_threads,
+    progress=True,
+  )
   print(roco.format_summary(summary))
   return 0
 

@@ -103,7 +103,7 @@ def get(name: str) -> Dataset:
 
 
 def canonical_split(split: str) -> str:
-  """"train", "validation" (also "val") or "test"; DataConfigError for anything else."""
+  """ "train", "validation" (also "val") or "test"; DataConfigError for anything else."""
   split = SPLIT_ALIASES.get(split, split)
   if split not in SPLITS:
     raise DataConfigError(f"unknown split {split!r}; expected one of {SPLITS} (or 'val')")

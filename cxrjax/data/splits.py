@@ -10,8 +10,9 @@ DEFAULT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
 UNASSIGNED = "unassigned"
 
 
-def random_split(study_ids: Iterable[str], fractions: Mapping[str, float] | None = None,
-                 seed: int = 0) -> dict[str, list[str]]:
+def random_split(
+  study_ids: Iterable[str], fractions: Mapping[str, float] | None = None, seed: int = 0
+) -> dict[str, list[str]]:
   """Splits study ids at random, deterministically for a given seed.
 
   The order is that of sha256(f"{seed}:{id}"), so it depends neither on the input
@@ -40,13 +41,14 @@ def random_split(study_ids: Iterable[str], fractions: Mapping[str, float] | None
   names = list(fractions)
   for index, name in enumerate(names):
     size = len(ordered) - start if index == len(names) - 1 else int(fractions[name] * len(ordered))
-    split[name] = sorted(ordered[start:start + size])
+    split[name] = sorted(ordered[start : start + size])
     start += size
   return split
 
 
-def apply_split(records: Sequence[Mapping[str, Any]], split: Mapping[str, Sequence[str]]
-                ) -> dict[str, list[Mapping[str, Any]]]:
+def apply_split(
+  records: Sequence[Mapping[str, Any]], split: Mapping[str, Sequence[str]]
+) -> dict[str, list[Mapping[str, Any]]]:
   """Groups records by split name (by "id"); records in no split go under "unassigned".
 
   A study id listed in two splits is an error.

@@ -46,8 +46,9 @@ class EmptySplitError(UserError):
     self.details = counts  # errors.guarded prints it before the message.
 
 
-def group_by_split(records: Sequence[Mapping[str, Any]], split_ids: Mapping[str, Sequence[str]]
-                   ) -> tuple[dict[str, list[Mapping[str, Any]]], list[Mapping[str, Any]], dict[str, int]]:
+def group_by_split(
+  records: Sequence[Mapping[str, Any]], split_ids: Mapping[str, Sequence[str]]
+) -> tuple[dict[str, list[Mapping[str, Any]]], list[Mapping[str, Any]], dict[str, int]]:
   """Groups records into the TFDS splits by their "id".
 
   Args:
@@ -84,8 +85,7 @@ def is_gray8_png(path: str | os.PathLike) -> bool:
   with open(path, "rb") as handle:
     head = handle.read(26)
   # Signature (8), IHDR length (4) and type (4), width (4), height (4), bit depth, colour type.
-  return len(head) == 26 and head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR" \
-      and head[24] == 8 and head[25] == 0
+  return len(head) == 26 and head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR" and head[24] == 8 and head[25] == 0
 
 
 def gray_png(path: str | os.PathLike) -> tuple[bytes, bool]:
@@ -110,9 +110,10 @@ def check_local_data_dir(data_dir: str | os.PathLike, name: str) -> None:
   (array_record 0.8's writer opens local files only; its reader reads gs:// itself)."""
   if "://" in str(data_dir):
     raise RemoteDataDirError(
-        f"--data-dir {data_dir}: {name} is written as array_record files, which need a local folder; "
-        f"prepare it into a local --data-dir, then copy that folder's {name.split('/')[0]}/ to the bucket "
-        f"(gcloud storage cp -r): training and evaluation read prepared datasets from gs:// directly")
+      f"--data-dir {data_dir}: {name} is written as array_record files, which need a local folder; "
+      f"prepare it into a local --data-dir, then copy that folder's {name.split('/')[0]}/ to the bucket "
+      f"(gcloud storage cp -r): training and evaluation read prepared datasets from gs:// directly"
+    )
 
 
 class KeepEncoded(tfds.decode.SkipDecoding):
@@ -126,8 +127,9 @@ class KeepEncoded(tfds.decode.SkipDecoding):
     return list(batch)
 
 
-def dataset_dir(data_dir: str | os.PathLike, builder_class: type[tfds.core.GeneratorBasedBuilder],
-                config: str) -> epath.Path:
+def dataset_dir(
+  data_dir: str | os.PathLike, builder_class: type[tfds.core.GeneratorBasedBuilder], config: str
+) -> epath.Path:
   """The folder of a prepared dataset: DATA_DIR/<name>/<config>/<version> (local or gs://: TFDS and
   array_record read gs:// themselves)."""
   configs = tuple(c.name for c in builder_class.BUILDER_CONFIGS)
@@ -136,8 +138,9 @@ def dataset_dir(data_dir: str | os.PathLike, builder_class: type[tfds.core.Gener
   return epath.Path(data_dir) / builder_class.name / config / str(builder_class.VERSION)
 
 
-def build(builder: tfds.core.GeneratorBasedBuilder, manual_dir: str | os.PathLike | None,
-          progress: bool = False) -> None:
+def build(
+  builder: tfds.core.GeneratorBasedBuilder, manual_dir: str | os.PathLike | None, progress: bool = False
+) -> None:
   """Builds `builder`'s dataset from `manual_dir`, unless it is built (`manual_dir` may then be None).
 
   Raises:
@@ -150,17 +153,22 @@ def build(builder: tfds.core.GeneratorBasedBuilder, manual_dir: str | os.PathLik
     if manual_dir is None:
       raise FileNotFoundError(f"{name} is not built in {builder.data_dir}: pass --manual-dir")
     if not pathlib.Path(manual_dir).is_dir():
-      raise FileNotFoundError(f"manual folder not found: {manual_dir}\n"
-                              f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+      raise FileNotFoundError(f"manual folder not found: {manual_dir}\n{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
   if progress:
     tfds.disable_progress_bar()  # the builder shows its own bar, with totals
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=str(manual_dir) if manual_dir is not None else None))
+  builder.download_and_prepare(
+    download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir) if manual_dir is not None else None)
+  )
 
 
-def open_split(builder_class: type[tfds.core.GeneratorBasedBuilder], data_dir: str | os.PathLike,
-               config: str, split: str, decoders: Mapping[str, Any], prepare_command: str
-               ) -> tuple[tfds.core.GeneratorBasedBuilder, Any]:
+def open_split(
+  builder_class: type[tfds.core.GeneratorBasedBuilder],
+  data_dir: str | os.PathLike,
+  config: str,
+  split: str,
+  decoders: Mapping[str, Any],
+  prepare_command: str,
+) -> tuple[tfds.core.GeneratorBasedBuilder, Any]:
   """(builder, random-access data source) of one split of a prepared dataset.
 
   Args:
@@ -175,8 +183,9 @@ def open_split(builder_class: type[tfds.core.GeneratorBasedBuilder], data_dir: s
   folder = dataset_dir(data_dir, builder_class, config)
   name = f"{builder_class.name}/{config}"
   if not (folder / "dataset_info.json").is_file():
-    raise FileNotFoundError(f"{name} is not prepared in {data_dir} (no {folder / 'dataset_info.json'}): "
-                            f"run `{prepare_command}`")
+    raise FileNotFoundError(
+      f"{name} is not prepared in {data_dir} (no {folder / 'dataset_info.json'}): run `{prepare_command}`"
+    )
   builder = builder_class(config=config, data_dir=data_dir)
   split = TO_TFDS_SPLIT.get(split, split)
   if split not in builder.info.splits:

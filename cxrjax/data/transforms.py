@@ -51,8 +51,8 @@ from cxrjax.data import images
 # ImageNet's, which CheXNet and every torchvision/Keras backbone here were trained with; CLIP's
 # (OpenAI CLIP, used by GIT and BLIP).
 NORMALIZATIONS = {
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+  "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+  "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
 }
 RESIZE_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 RESIZE_RULES = ("square", "shortest_side_crop")
@@ -60,8 +60,7 @@ RESIZE_RULES = ("square", "shortest_side_crop")
 CROP_RESIZE_RATIO = 8 / 7
 AUGMENT_FIELDS = ("random_crop", "crop_resize", "flip", "rotation")
 # The data fields of configs written before `data.augment` (read for old workdirs, refused beside it).
-LEGACY_AUGMENT_FIELDS = {"random_flip": "flip", "train_resize_size": "crop_resize",
-                         "random_rotation": "rotation"}
+LEGACY_AUGMENT_FIELDS = {"random_flip": "flip", "train_resize_size": "crop_resize", "random_rotation": "rotation"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,16 +83,19 @@ class Augmentation:
   def __post_init__(self):
     for name in ("random_crop", "flip"):
       if not isinstance(getattr(self, name), (bool, np.bool_)):
-        raise datasets.DataConfigError(f"data.augment.{name} must be true or false, "
-                                       f"got {getattr(self, name)!r}")
-    if isinstance(self.crop_resize, bool) or not isinstance(self.crop_resize, (int, np.integer)) \
-        or self.crop_resize < 0:
-      raise datasets.DataConfigError(f"data.augment.crop_resize must be an int >= 0 (0: round(image_size * 8 "
-                                     f"/ 7)), got {self.crop_resize!r}")
-    if isinstance(self.rotation, bool) or not isinstance(self.rotation, (int, float, np.number)) \
-        or not 0 <= self.rotation <= 180:
-      raise datasets.DataConfigError(f"data.augment.rotation must be degrees in [0, 180], "
-                                     f"got {self.rotation!r}")
+        raise datasets.DataConfigError(f"data.augment.{name} must be true or false, got {getattr(self, name)!r}")
+    if (
+      isinstance(self.crop_resize, bool) or not isinstance(self.crop_resize, (int, np.integer)) or self.crop_resize < 0
+    ):
+      raise datasets.DataConfigError(
+        f"data.augment.crop_resize must be an int >= 0 (0: round(image_size * 8 / 7)), got {self.crop_resize!r}"
+      )
+    if (
+      isinstance(self.rotation, bool)
+      or not isinstance(self.rotation, (int, float, np.number))
+      or not 0 <= self.rotation <= 180
+    ):
+      raise datasets.DataConfigError(f"data.augment.rotation must be degrees in [0, 180], got {self.rotation!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,9 +121,11 @@ class Preprocessing:
   def __post_init__(self):
     if not isinstance(self.image_size, (int, np.integer)) or self.image_size < 1:
       raise ValueError(f"image_size must be a positive int, got {self.image_size!r}")
-    for name, value, allowed in (("normalization", self.normalization, tuple(NORMALIZATIONS)),
-                                 ("resize_filter", self.resize_filter, tuple(RESIZE_FILTERS)),
-                                 ("resize_rule", self.resize_rule, RESIZE_RULES)):
+    for name, value, allowed in (
+      ("normalization", self.normalization, tuple(NORMALIZATIONS)),
+      ("resize_filter", self.resize_filter, tuple(RESIZE_FILTERS)),
+      ("resize_rule", self.resize_rule, RESIZE_RULES),
+    ):
       if value not in allowed:
         raise ValueError(f"unknown {name} {value!r}; expected one of {allowed}")
     if self.num_views < 1:
@@ -129,8 +133,10 @@ class Preprocessing:
     if not isinstance(self.augment, Augmentation):
       raise TypeError(f"augment must be an Augmentation, got {type(self.augment).__name__}")
     if self.augment.random_crop and self.crop_resize < self.image_size:
-      raise datasets.DataConfigError(f"data.augment.crop_resize ({self.crop_resize}) must be >= "
-                                     f"data.image_size ({self.image_size}): the crop is a window of it")
+      raise datasets.DataConfigError(
+        f"data.augment.crop_resize ({self.crop_resize}) must be >= "
+        f"data.image_size ({self.image_size}): the crop is a window of it"
+      )
 
   @property
   def mean(self) -> np.ndarray:
@@ -165,7 +171,7 @@ class Preprocessing:
       return self.resize(image, size, size)
     image = self.resize_shortest_side(image, size)
     top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
-    return image[top:top + size, left:left + size]
+    return image[top : top + size, left : left + size]
 
   def train_view(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """uint8 [H, W, 3] -> uint8 [S, S, 3]: the evaluation view (or, with random_crop, the resize before the
@@ -181,7 +187,7 @@ class Preprocessing:
     if augment.random_crop:
       top = int(rng.integers(0, image.shape[0] - size + 1))
       left = int(rng.integers(0, image.shape[1] - size + 1))
-      image = image[top:top + size, left:left + size]
+      image = image[top : top + size, left : left + size]
     if augment.flip and rng.random() < 0.5:
       image = image[:, ::-1]
     return image
@@ -203,18 +209,21 @@ def from_config(config: Any) -> Preprocessing:
   preprocessing = dict(_section(encoder, "preprocessing"))
   unknown = set(preprocessing) - {"normalization", "resize_filter", "resize_rule"}
   if unknown:
-    raise datasets.DataConfigError(f"model.encoder.preprocessing has unknown fields {sorted(unknown)}; "
-                                   "known: normalization, resize_filter, resize_rule")
+    raise datasets.DataConfigError(
+      f"model.encoder.preprocessing has unknown fields {sorted(unknown)}; "
+      "known: normalization, resize_filter, resize_rule"
+    )
   num_views = datasets.field(data, "num_views", None)
   if num_views is None:
     num_views = datasets.dataset(datasets.field(data, "name")).num_views
   return Preprocessing(
-      image_size=int(datasets.field(data, "image_size")),
-      normalization=preprocessing.get("normalization", "imagenet"),
-      resize_filter=preprocessing.get("resize_filter", "bilinear"),
-      resize_rule=preprocessing.get("resize_rule", "square"),
-      num_views=int(num_views),
-      augment=augmentation_from_config(data))
+    image_size=int(datasets.field(data, "image_size")),
+    normalization=preprocessing.get("normalization", "imagenet"),
+    resize_filter=preprocessing.get("resize_filter", "bilinear"),
+    resize_rule=preprocessing.get("resize_rule", "square"),
+    num_views=int(num_views),
+    augment=augmentation_from_config(data),
+  )
 
 
 def augmentation_from_config(data: Any) -> Augmentation:
@@ -222,19 +231,23 @@ def augmentation_from_config(data: Any) -> Augmentation:
   legacy = [name for name in LEGACY_AUGMENT_FIELDS if datasets.field(data, name, None) is not None]
   augment = datasets.field(data, "augment", None)
   if augment is None:  # Configs before `augment` always took the random crop.
-    return Augmentation(random_crop=True, crop_resize=datasets.field(data, "train_resize_size", None) or 0,
-                        flip=datasets.field(data, "random_flip", False),
-                        rotation=datasets.field(data, "random_rotation", 0.0))
+    return Augmentation(
+      random_crop=True,
+      crop_resize=datasets.field(data, "train_resize_size", None) or 0,
+      flip=datasets.field(data, "random_flip", False),
+      rotation=datasets.field(data, "random_rotation", 0.0),
+    )
   if legacy:
-    raise datasets.DataConfigError(f"data.{legacy[0]} is replaced by "
-                                   f"data.augment.{LEGACY_AUGMENT_FIELDS[legacy[0]]}; remove it")
+    raise datasets.DataConfigError(
+      f"data.{legacy[0]} is replaced by data.augment.{LEGACY_AUGMENT_FIELDS[legacy[0]]}; remove it"
+    )
   if not hasattr(augment, "keys"):
-    raise datasets.DataConfigError(f"data.augment must be a section with fields {', '.join(AUGMENT_FIELDS)}; "
-                                   f"got {augment!r}")
+    raise datasets.DataConfigError(
+      f"data.augment must be a section with fields {', '.join(AUGMENT_FIELDS)}; got {augment!r}"
+    )
   unknown = sorted(set(augment.keys()) - set(AUGMENT_FIELDS))
   if unknown:
-    raise datasets.DataConfigError(f"data.augment has unknown fields {unknown}; "
-                                   f"known: {', '.join(AUGMENT_FIELDS)}")
+    raise datasets.DataConfigError(f"data.augment has unknown fields {unknown}; known: {', '.join(AUGMENT_FIELDS)}")
   return Augmentation(**{name: augment[name] for name in augment.keys()})
 
 

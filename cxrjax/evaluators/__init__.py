@@ -57,6 +57,7 @@ def register(name: str) -> Callable[[type], type]:
     REGISTRY[name] = cls
     cls.name = name
     return cls
+
   return add
 
 
@@ -67,11 +68,11 @@ def _fields(cls: type, config: Mapping[str, Any], where: str) -> dict[str, Any]:
   config.pop("type", None)
   unknown = sorted(set(config) - set(cls.FIELDS))
   if unknown:
-    raise ConfigError(f"{where}.{unknown[0]}: unknown field of the {cls.name} evaluator; it takes "
-                      f"{sorted(cls.FIELDS)}")
+    raise ConfigError(f"{where}.{unknown[0]}: unknown field of the {cls.name} evaluator; it takes {sorted(cls.FIELDS)}")
   fields = {**cls.FIELDS, **config}
-  missing = sorted(name for name, value in fields.items() if value is REQUIRED or value is None
-                   and cls.FIELDS[name] is REQUIRED)
+  missing = sorted(
+    name for name, value in fields.items() if value is REQUIRED or value is None and cls.FIELDS[name] is REQUIRED
+  )
   if missing:
     raise ConfigError(f"{where}.{missing[0]}: required by the {cls.name} evaluator")
   return fields
@@ -79,13 +80,15 @@ def _fields(cls: type, config: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 def _check_lengths(ids: Sequence[str], references: Sequence[str], generated: Sequence[str]) -> None:
   if not len(ids) == len(references) == len(generated):
-    raise ValueError(f"{len(ids)} ids, {len(references)} references, {len(generated)} generated reports: "
-                     "one each per prediction")
+    raise ValueError(
+      f"{len(ids)} ids, {len(references)} references, {len(generated)} generated reports: one each per prediction"
+    )
 
 
 @register("text")
 class Text:
   """Caption metrics of the generated reports, both sides normalised by one scoring protocol."""
+
   FIELDS = {"protocol": REQUIRED, "meteor": True}
   # The scores a one-line summary shows (the IU X-ray tables' columns); the evaluator returns more.
   HEADLINE = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
@@ -94,14 +97,17 @@ class Text:
     del mesh  # Pure Python and host packages: nothing to shard.
     self.config = _fields(type(self), config, where)
     if self.config["protocol"] not in protocols.PROTOCOLS:
-      raise ConfigError(f"{where}.protocol: unknown protocol {self.config['protocol']!r}; expected one of "
-                        f"{sorted(protocols.PROTOCOLS)}")
+      raise ConfigError(
+        f"{where}.protocol: unknown protocol {self.config['protocol']!r}; expected one of {sorted(protocols.PROTOCOLS)}"
+      )
 
-  def __call__(self, ids: Sequence[str], references: Sequence[str], generated: Sequence[str],
-               progress: Progress | None = None) -> dict[str, Any]:
+  def __call__(
+    self, ids: Sequence[str], references: Sequence[str], generated: Sequence[str], progress: Progress | None = None
+  ) -> dict[str, Any]:
     _check_lengths(ids, references, generated)
-    scores = captioning.caption_metrics(list(references), list(generated), protocol=self.config["protocol"],
-                                        meteor=self.config["meteor"])
+    scores = captioning.caption_metrics(
+      list(references), list(generated), protocol=self.config["protocol"], meteor=self.config["meteor"]
+    )
     if progress is not None:
       progress(2 * len(ids))
     return scores
@@ -113,10 +119,12 @@ class Text:
 @register("chexbert")
 class CheXbert:
   """Clinical efficacy from the CheXbert labels of the references and of the generated reports."""
+
   FIELDS = {"labeler": REQUIRED, "batch_size": 64}
   # f1chexbert's four F1s (uncertain as positive) and R2Gen's micro CE (uncertain as negative): clinical.py.
-  HEADLINE = tuple(f"CE/uncertain_positive/{s}/{a}/F1" for s in ("all14", "top5") for a in ("micro", "macro")) + \
-      tuple(f"CE/uncertain_negative/all14/micro/{m}" for m in ("precision", "recall", "F1"))
+  HEADLINE = tuple(f"CE/uncertain_positive/{s}/{a}/F1" for s in ("all14", "top5") for a in ("micro", "macro")) + tuple(
+    f"CE/uncertain_negative/all14/micro/{m}" for m in ("precision", "recall", "F1")
+  )
 
   def __init__(self, config: Mapping[str, Any], mesh: jax.sharding.Mesh | None = None, where: str = "chexbert"):
     self.config = _fields(type(self), config, where)
@@ -130,21 +138,27 @@ class CheXbert:
     values = np.array([np.nan if value is None else value for value in chexbert.CLASS_VALUES])
     return values[classes]
 
-  def __call__(self, ids: Sequence[str], references: Sequence[str], generated: Sequence[str],
-               progress: Progress | None = None) -> dict[str, Any]:
+  def __call__(
+    self, ids: Sequence[str], references: Sequence[str], generated: Sequence[str], progress: Progress | None = None
+  ) -> dict[str, Any]:
     _check_lengths(ids, references, generated)
     # One pass over both sides: batches of similar lengths, fewer padded rows.
     labels = self.labels(list(references) + list(generated), progress)
-    return clinical.clinical_efficacy(labels[len(references):], labels[:len(references)])
+    return clinical.clinical_efficacy(labels[len(references) :], labels[: len(references)])
 
   def provenance(self) -> dict[str, Any]:
-    return {"labeler": str(self.config["labeler"]), "checkpoint": self.labeler.source.get("file"),
-            "sha256": self.labeler.source.get("sha256"), "batch_size": self.config["batch_size"]}
+    return {
+      "labeler": str(self.config["labeler"]),
+      "checkpoint": self.labeler.source.get("file"),
+      "sha256": self.labeler.source.get("sha256"),
+      "batch_size": self.config["batch_size"],
+    }
 
 
 @register("bertscore")
 class BERTScore:
   """BERTScore of the generated reports against their references (bert-score's P, R, F1, averaged)."""
+
   FIELDS = {"model": REQUIRED, "layer": None, "idf": False, "baseline": None, "batch_size": 64}
   HEADLINE = ("BERTScore/F1",)
 
@@ -153,12 +167,16 @@ class BERTScore:
     if not isinstance(self.config["batch_size"], int) or self.config["batch_size"] < 1:
       raise ConfigError(f"{where}.batch_size: {self.config['batch_size']!r}; must be an integer of at least 1")
     self.mesh = mesh
-    self.scorer = bertscore.BertScorer.from_directory(self.config["model"], num_layers=self.config["layer"],
-                                                      idf=bool(self.config["idf"]),
-                                                      baseline_file=self.config["baseline"])
+    self.scorer = bertscore.BertScorer.from_directory(
+      self.config["model"],
+      num_layers=self.config["layer"],
+      idf=bool(self.config["idf"]),
+      baseline_file=self.config["baseline"],
+    )
 
-  def __call__(self, ids: Sequence[str], references: Sequence[str], generated: Sequence[str],
-               progress: Progress | None = None) -> dict[str, Any]:
+  def __call__(
+    self, ids: Sequence[str], references: Sequence[str], generated: Sequence[str], progress: Progress | None = None
+  ) -> dict[str, Any]:
     _check_lengths(ids, references, generated)
     rows = self.config["batch_size"]
     if self.mesh is not None:  # The scorer takes a multiple of the 'data' axis: every device gets equal rows.
@@ -170,22 +188,26 @@ class BERTScore:
     return {f"BERTScore/{name}": result[f"{name}_mean"] for name in ("P", "R", "F1")}
 
   def provenance(self) -> dict[str, Any]:
-    return {"model": str(self.config["model"]), "model_type": self.scorer.model_type,
-            "layer": self.scorer.num_layers, "idf": self.scorer.idf,
-            "baseline": None if self.config["baseline"] is None else str(self.config["baseline"]),
-            "batch_size": self.config["batch_size"]}
+    return {
+      "model": str(self.config["model"]),
+      "model_type": self.scorer.model_type,
+      "layer": self.scorer.num_layers,
+      "idf": self.scorer.idf,
+      "baseline": None if self.config["baseline"] is None else str(self.config["baseline"]),
+      "batch_size": self.config["batch_size"],
+    }
 
 
-def build(kind: str, config: Mapping[str, Any], mesh: jax.sharding.Mesh | None = None,
-          where: str | None = None) -> Any:
+def build(kind: str, config: Mapping[str, Any], mesh: jax.sharding.Mesh | None = None, where: str | None = None) -> Any:
   """The evaluator registered as `kind`, built from `config` (its fields); errors name `where`."""
   if kind not in REGISTRY:
     raise ConfigError(f"{where or kind}: unknown evaluator type {kind!r}; expected one of {sorted(REGISTRY)}")
   return REGISTRY[kind](config, mesh=mesh, where=where or kind)
 
 
-def from_config(section: Mapping[str, Any], mesh: jax.sharding.Mesh | None = None,
-                where: str = "config.evaluators") -> dict[str, Any]:
+def from_config(
+  section: Mapping[str, Any], mesh: jax.sharding.Mesh | None = None, where: str = "config.evaluators"
+) -> dict[str, Any]:
   """{name: sub-section} (each sub-section's `type`, default its name, picks the class) -> {name: evaluator}."""
   section = section.to_dict() if hasattr(section, "to_dict") else dict(section)
   if not section:
@@ -193,8 +215,13 @@ def from_config(section: Mapping[str, Any], mesh: jax.sharding.Mesh | None = Non
   return {name: build(sub.get("type", name), sub, mesh, f"{where}.{name}") for name, sub in section.items()}
 
 
-def run(evaluators: Mapping[str, Any], ids: Sequence[str], references: Sequence[str], generated: Sequence[str],
-        progress: Progress | None = None) -> dict[str, Any]:
+def run(
+  evaluators: Mapping[str, Any],
+  ids: Sequence[str],
+  references: Sequence[str],
+  generated: Sequence[str],
+  progress: Progress | None = None,
+) -> dict[str, Any]:
   """Every evaluator over the predictions -> {"num_studies", "scores": all scores in one dict, "provenance":
   {name: evaluator.provenance()}}. An evaluator named otherwise than its type has its keys prefixed."""
   _check_lengths(ids, references, generated)

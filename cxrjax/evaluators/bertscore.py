@@ -66,18 +66,34 @@ from cxrjax.weights import hf_text
 
 # bert_score 0.3.13's model2layers for the models this encoder runs (BERT, RoBERTa, DistilBERT architectures).
 MODEL_LAYERS = {
-    "bert-base-uncased": 9, "bert-large-uncased": 18, "bert-base-cased-finetuned-mrpc": 9,
-    "bert-base-multilingual-cased": 9, "bert-base-chinese": 8,
-    "roberta-base": 10, "roberta-large": 17, "roberta-large-mnli": 19, "roberta-base-openai-detector": 7,
-    "roberta-large-openai-detector": 15,
-    "allenai/scibert_scivocab_uncased": 8, "allenai/scibert_scivocab_cased": 9, "nfliu/scibert_basevocab_uncased": 9,
-    "distilroberta-base": 5, "distilbert-base-uncased": 5, "distilbert-base-uncased-distilled-squad": 4,
-    "distilbert-base-multilingual-cased": 5,
-    "princeton-nlp/unsup-simcse-bert-base-uncased": 10, "princeton-nlp/unsup-simcse-bert-large-uncased": 18,
-    "princeton-nlp/unsup-simcse-roberta-base": 8, "princeton-nlp/unsup-simcse-roberta-large": 13,
-    "princeton-nlp/sup-simcse-bert-base-uncased": 10, "princeton-nlp/sup-simcse-bert-large-uncased": 18,
-    "princeton-nlp/sup-simcse-roberta-base": 10, "princeton-nlp/sup-simcse-roberta-large": 16,
-    "dbmdz/bert-base-turkish-cased": 10, "dbmdz/distilbert-base-turkish-cased": 4, "ProsusAI/finbert": 10,
+  "bert-base-uncased": 9,
+  "bert-large-uncased": 18,
+  "bert-base-cased-finetuned-mrpc": 9,
+  "bert-base-multilingual-cased": 9,
+  "bert-base-chinese": 8,
+  "roberta-base": 10,
+  "roberta-large": 17,
+  "roberta-large-mnli": 19,
+  "roberta-base-openai-detector": 7,
+  "roberta-large-openai-detector": 15,
+  "allenai/scibert_scivocab_uncased": 8,
+  "allenai/scibert_scivocab_cased": 9,
+  "nfliu/scibert_basevocab_uncased": 9,
+  "distilroberta-base": 5,
+  "distilbert-base-uncased": 5,
+  "distilbert-base-uncased-distilled-squad": 4,
+  "distilbert-base-multilingual-cased": 5,
+  "princeton-nlp/unsup-simcse-bert-base-uncased": 10,
+  "princeton-nlp/unsup-simcse-bert-large-uncased": 18,
+  "princeton-nlp/unsup-simcse-roberta-base": 8,
+  "princeton-nlp/unsup-simcse-roberta-large": 13,
+  "princeton-nlp/sup-simcse-bert-base-uncased": 10,
+  "princeton-nlp/sup-simcse-bert-large-uncased": 18,
+  "princeton-nlp/sup-simcse-roberta-base": 10,
+  "princeton-nlp/sup-simcse-roberta-large": 16,
+  "dbmdz/bert-base-turkish-cased": 10,
+  "dbmdz/distilbert-base-turkish-cased": 4,
+  "ProsusAI/finbert": 10,
 }
 # Organisations the hub moved the package's models under ("FacebookAI/roberta-large" is "roberta-large").
 RENAMED_ORGS = ("FacebookAI/", "google-bert/", "distilbert/")
@@ -96,7 +112,7 @@ def model_type_of(directory: str | pathlib.Path) -> str:
   name = parts[-1]
   for index, part in enumerate(parts[:-2]):
     if part.startswith("models--") and parts[index + 1] == "snapshots":
-      name = part[len("models--"):].replace("--", "/")
+      name = part[len("models--") :].replace("--", "/")
   for org in RENAMED_ORGS:
     name = name.removeprefix(org)
   return name
@@ -141,13 +157,20 @@ def idf_table(reference_ids: Sequence[Sequence[int]]) -> tuple[dict[int, float],
   """Token ids of M references -> ({id: log((M + 1) / (df + 1))}, log(M + 1) for ids no reference holds)."""
   counts = collections.Counter(token for ids in reference_ids for token in set(ids))
   documents = len(reference_ids)
-  return {token: math.log((documents + 1) / (count + 1)) for token, count in counts.items()}, \
-      math.log((documents + 1) / 1)
+  return {token: math.log((documents + 1) / (count + 1)) for token, count in counts.items()}, math.log(
+    (documents + 1) / 1
+  )
 
 
 @jax.jit
-def greedy_match(cand_units: jax.Array, cand_mask: jax.Array, cand_weights: jax.Array, ref_units: jax.Array,
-                 ref_mask: jax.Array, ref_weights: jax.Array) -> jax.Array:
+def greedy_match(
+  cand_units: jax.Array,
+  cand_mask: jax.Array,
+  cand_weights: jax.Array,
+  ref_units: jax.Array,
+  ref_mask: jax.Array,
+  ref_weights: jax.Array,
+) -> jax.Array:
   """Greedy cosine matching (module doc): the unit vectors of the pieces (`embed`'s) [batch, length, hidden],
   masks bool [batch, length] (True: a real piece; padded pieces are ignored whatever their vectors), weights
   float32 [batch, length] of candidates (cand_) and references (ref_) -> P, R, F1 float32 [batch, 3]."""
@@ -184,14 +207,18 @@ def bucket_length(length: int, max_length: int) -> int:
 def _layer_variables(variables: Any, num_layers: int) -> Any:
   """The encoder variables of embeddings and layers 0 .. num_layers - 1."""
   params = variables["params"]
-  kept = {name: value for name, value in params.items()
-          if not (name.startswith("layers_") and int(name.removeprefix("layers_")) >= num_layers)}
+  kept = {
+    name: value
+    for name, value in params.items()
+    if not (name.startswith("layers_") and int(name.removeprefix("layers_")) >= num_layers)
+  }
   return {**variables, "params": kept}
 
 
 @dataclasses.dataclass(frozen=True)
 class BertScorer:
   """BERTScore of one encoder at one layer (module doc). Build with `from_directory`."""
+
   encoder: text.TextEncoder  # Cut to `num_layers` layers: its output is the scoring layer.
   variables: Any
   tokenizer: hf_tokenizers.HFTokenizer
@@ -203,8 +230,14 @@ class BertScorer:
   baseline: np.ndarray | None = None  # float32 [3]: P, R, F baselines; None: no rescaling.
 
   @classmethod
-  def from_directory(cls, directory: str | pathlib.Path, num_layers: int | None = None, idf: bool = False,
-                     baseline_file: str | pathlib.Path | None = None, model_type: str | None = None) -> BertScorer:
+  def from_directory(
+    cls,
+    directory: str | pathlib.Path,
+    num_layers: int | None = None,
+    idf: bool = False,
+    baseline_file: str | pathlib.Path | None = None,
+    model_type: str | None = None,
+  ) -> BertScorer:
     """A Hugging Face bert / roberta / distilbert directory (config.json, model.safetensors and the
     tokenizer's files) -> a scorer. `num_layers` None: MODEL_LAYERS[model_type] (model_type None: the
     directory's, model_type_of); `baseline_file`: rescale with its row `num_layers`."""
@@ -213,27 +246,41 @@ class BertScorer:
     encoder, variables, family = hf_text.import_directory(directory)
     if num_layers is None:
       if model_type not in MODEL_LAYERS:
-        raise BertScoreError(f"{directory}: model type {model_type!r} has no default layer in bert-score's "
-                             "model2layers; give num_layers")
+        raise BertScoreError(
+          f"{directory}: model type {model_type!r} has no default layer in bert-score's model2layers; give num_layers"
+        )
       num_layers = MODEL_LAYERS[model_type]
     if isinstance(num_layers, bool) or not isinstance(num_layers, int) or not 0 <= num_layers <= encoder.num_layers:
-      raise BertScoreError(f"num_layers {num_layers!r}: {directory} has layers 0 to {encoder.num_layers} "
-                           "(0: the embeddings)")
+      raise BertScoreError(
+        f"num_layers {num_layers!r}: {directory} has layers 0 to {encoder.num_layers} (0: the embeddings)"
+      )
     tokenizer, model_max_length = hf_tokenizers.from_directory(directory, family)
     if len(tokenizer) > encoder.vocab_size:
-      raise BertScoreError(f"{directory}: the tokenizer has {len(tokenizer)} tokens, the encoder's embedding "
-                           f"{encoder.vocab_size} rows")
+      raise BertScoreError(
+        f"{directory}: the tokenizer has {len(tokenizer)} tokens, the encoder's embedding {encoder.vocab_size} rows"
+      )
     offset = 0
     if family == "roberta":
       if tokenizer.pad_id != encoder.pad_id:
-        raise BertScoreError(f"{directory}: the tokenizer's pad id {tokenizer.pad_id} is not config.json's "
-                             f"pad_token_id {encoder.pad_id} (RoBERTa's positions count from it)")
+        raise BertScoreError(
+          f"{directory}: the tokenizer's pad id {tokenizer.pad_id} is not config.json's "
+          f"pad_token_id {encoder.pad_id} (RoBERTa's positions count from it)"
+        )
       offset = encoder.pad_id + 1  # RoBERTa's positions start after the pad id.
     capacity = encoder.max_positions - offset
     max_length = capacity if model_max_length is None else min(model_max_length, capacity)
     baseline = None if baseline_file is None else read_baseline(baseline_file, num_layers)
-    return cls(encoder.clone(num_layers=num_layers), _layer_variables(variables, num_layers), tokenizer, family,
-               model_type, num_layers, max_length, idf, baseline)
+    return cls(
+      encoder.clone(num_layers=num_layers),
+      _layer_variables(variables, num_layers),
+      tokenizer,
+      family,
+      model_type,
+      num_layers,
+      max_length,
+      idf,
+      baseline,
+    )
 
   def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
     """The package's sent_encode: each text stripped -> [CLS] pieces [SEP], at most max_length ids."""
@@ -250,15 +297,16 @@ class BertScorer:
     fillers (every row needs a real piece) whose states are dropped."""
     length = bucket_length(max(len(row) for row in rows), self.max_length)
     tokens = np.full((batch_size, length), self.tokenizer.pad_id, np.int32)
-    tokens[len(rows):, :2] = self.tokenizer.start_id, self.tokenizer.end_id
+    tokens[len(rows) :, :2] = self.tokenizer.start_id, self.tokenizer.end_id
     mask = np.zeros((batch_size, length), bool)
-    mask[len(rows):, :2] = True
+    mask[len(rows) :, :2] = True
     for index, row in enumerate(rows):
-      tokens[index, :len(row)], mask[index, :len(row)] = row, True
+      tokens[index, : len(row)], mask[index, : len(row)] = row, True
     return tokens, mask
 
-  def _unit_batch(self, units: list[np.ndarray], weights: list[np.ndarray], batch_size: int
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  def _unit_batch(
+    self, units: list[np.ndarray], weights: list[np.ndarray], batch_size: int
+  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Texts' unit vectors [pieces, hidden] and weights [pieces] -> units float32 [batch_size, bucket,
     hidden], mask bool, weights float32 [batch_size, bucket]; rows past len(units) are empty fillers whose
     scores are dropped."""
@@ -267,11 +315,16 @@ class BertScorer:
     mask = np.zeros((batch_size, length), bool)
     padded_weights = np.zeros((batch_size, length), np.float32)
     for index, (row, row_weights) in enumerate(zip(units, weights)):
-      padded[index, :len(row)], mask[index, :len(row)], padded_weights[index, :len(row)] = row, True, row_weights
+      padded[index, : len(row)], mask[index, : len(row)], padded_weights[index, : len(row)] = row, True, row_weights
     return padded, mask, padded_weights
 
-  def score(self, candidates: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]],
-            batch_size: int = 64, mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
+  def score(
+    self,
+    candidates: Sequence[str],
+    references: Sequence[str] | Sequence[Sequence[str]],
+    batch_size: int = 64,
+    mesh: jax.sharding.Mesh | None = None,
+  ) -> dict[str, Any]:
     """P, R, F1 of each candidate against its reference (a string) or references (a list of strings: the
     maximum over them), idf weights from these references when `idf`, rescaled when a baseline is set.
 
@@ -279,21 +332,31 @@ class BertScorer:
     `mesh`: batches sharded over its 'data' axis (batch_size a multiple of its size).
     """
     if isinstance(candidates, str) or isinstance(references, str) or len(candidates) != len(references):
-      raise BertScoreError("candidates and references must be lists of the same length "
-                           f"(got {type(candidates).__name__} / {type(references).__name__})")
+      raise BertScoreError(
+        "candidates and references must be lists of the same length "
+        f"(got {type(candidates).__name__} / {type(references).__name__})"
+      )
     groups = [[group] if isinstance(group, str) else list(group) for group in references]
     if any(not group or not all(isinstance(ref, str) for ref in group) for group in groups):
       raise BertScoreError("references: each candidate needs one reference string or a non-empty list of them")
     if not all(isinstance(cand, str) for cand in candidates):
       raise BertScoreError("candidates: every candidate must be a string")
     if batch_size < 1 or (mesh is not None and batch_size % mesh.shape["data"]):
-      raise BertScoreError(f"batch_size {batch_size}: must be positive"
-                           + ("" if mesh is None else f" and a multiple of the mesh's data axis {mesh.shape['data']}"))
+      raise BertScoreError(
+        f"batch_size {batch_size}: must be positive"
+        + ("" if mesh is None else f" and a multiple of the mesh's data axis {mesh.shape['data']}")
+      )
     flat_refs = [ref for group in groups for ref in group]
     flat_cands = [cand for cand, group in zip(candidates, groups) for _ in group]
     if not flat_refs:
-      return dict(P=np.zeros(0, np.float32), R=np.zeros(0, np.float32), F1=np.zeros(0, np.float32),
-                  P_mean=math.nan, R_mean=math.nan, F1_mean=math.nan)
+      return dict(
+        P=np.zeros(0, np.float32),
+        R=np.zeros(0, np.float32),
+        F1=np.zeros(0, np.float32),
+        P_mean=math.nan,
+        R_mean=math.nan,
+        F1_mean=math.nan,
+      )
     # Each distinct text is tokenised and encoded once, however many pairs hold it (as the package does).
     texts = list(dict.fromkeys([*flat_cands, *flat_refs]))
     text_ids = self.token_ids(texts)
@@ -311,27 +374,34 @@ class BertScorer:
     units: list[np.ndarray] = [np.zeros(0)] * len(texts)  # Each text's unit vectors [pieces, hidden].
     order = np.argsort([-len(ids) for ids in text_ids], kind="stable")
     for start in range(0, len(order), batch_size):
-      chosen = order[start:start + batch_size]
+      chosen = order[start : start + batch_size]
       tokens, mask = self._token_batch([text_ids[row] for row in chosen], batch_size)
       states = np.asarray(embed(self.encoder, variables, put(tokens), put(mask)))
       for index, row in enumerate(chosen):
-        units[row] = states[index, :len(text_ids[row])]
-    order = np.argsort([-max(len(text_ids[c]), len(text_ids[r])) for c, r in zip(cand_rows, ref_rows)],
-                       kind="stable")
+        units[row] = states[index, : len(text_ids[row])]
+    order = np.argsort([-max(len(text_ids[c]), len(text_ids[r])) for c, r in zip(cand_rows, ref_rows)], kind="stable")
     pair_results = np.zeros((len(flat_refs), 3), np.float32)
     for start in range(0, len(order), batch_size):
-      chosen = order[start:start + batch_size]
-      cand_batch = self._unit_batch([units[cand_rows[i]] for i in chosen], [weights[cand_rows[i]] for i in chosen],
-                                    batch_size)
-      ref_batch = self._unit_batch([units[ref_rows[i]] for i in chosen], [weights[ref_rows[i]] for i in chosen],
-                                   batch_size)
+      chosen = order[start : start + batch_size]
+      cand_batch = self._unit_batch(
+        [units[cand_rows[i]] for i in chosen], [weights[cand_rows[i]] for i in chosen], batch_size
+      )
+      ref_batch = self._unit_batch(
+        [units[ref_rows[i]] for i in chosen], [weights[ref_rows[i]] for i in chosen], batch_size
+      )
       arrays = [put(array) for array in (*cand_batch, *ref_batch)]
-      pair_results[chosen] = np.asarray(greedy_match(*arrays))[:len(chosen)]
+      pair_results[chosen] = np.asarray(greedy_match(*arrays))[: len(chosen)]
 
     bounds = np.cumsum([0] + [len(group) for group in groups])
     results = np.stack([pair_results[begin:end].max(axis=0) for begin, end in zip(bounds[:-1], bounds[1:])])
     if self.baseline is not None:
       results = rescale(results, self.baseline)
     precision, recall, f1 = results[:, 0], results[:, 1], results[:, 2]
-    return dict(P=precision, R=recall, F1=f1, P_mean=float(precision.mean()), R_mean=float(recall.mean()),
-                F1_mean=float(f1.mean()))
+    return dict(
+      P=precision,
+      R=recall,
+      F1=f1,
+      P_mean=float(precision.mean()),
+      R_mean=float(recall.mean()),
+      F1_mean=float(f1.mean()),
+    )

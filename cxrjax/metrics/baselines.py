@@ -42,8 +42,10 @@ def _ranked(train_reports: Sequence[str], protocol: str | None) -> list[tuple[st
   normalized = train_reports if protocol is None else protocols.normalize(train_reports, protocol)
   for text, report in zip(normalized, train_reports):
     spellings[text][report] += 1
-  ranked = [(text, sum(counts.values()), min(counts, key=lambda report: (-counts[report], report)))
-            for text, counts in spellings.items()]
+  ranked = [
+    (text, sum(counts.values()), min(counts, key=lambda report: (-counts[report], report)))
+    for text, counts in spellings.items()
+  ]
   return sorted(ranked, key=lambda item: (-item[1], item[0]))
 
 
@@ -53,8 +55,9 @@ def most_common_report(train_reports: Sequence[str], protocol: str | None = None
   return report, count / len(train_reports)
 
 
-def best_constant_report(train_reports: Sequence[str], num_candidates: int = DEFAULT_NUM_CANDIDATES,
-                         protocol: str | None = None) -> tuple[str, float]:
+def best_constant_report(
+  train_reports: Sequence[str], num_candidates: int = DEFAULT_NUM_CANDIDATES, protocol: str | None = None
+) -> tuple[str, float]:
   """The constant report with the best BLEU-4 on the training reports, and that BLEU-4.
 
   Candidates are the `num_candidates` most common distinct training reports (ties alphabetically):
@@ -80,11 +83,11 @@ def best_constant_report(train_reports: Sequence[str], num_candidates: int = DEF
   if num_candidates < 1:
     raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
   if len(train_reports) < 2:
-    raise ValueError("best_constant_report needs at least two training reports (a candidate is "
-                     "scored against the others)")
+    raise ValueError(
+      "best_constant_report needs at least two training reports (a candidate is scored against the others)"
+    )
   # n-gram -> {count in a report: number of training reports with that count}.
-  holders: dict[tuple[str, ...], collections.Counter[int]] = collections.defaultdict(
-      collections.Counter)
+  holders: dict[tuple[str, ...], collections.Counter[int]] = collections.defaultdict(collections.Counter)
   total_reference_length = 0
   for report, copies, _ in ranked:
     tokens = report.split()
@@ -103,8 +106,9 @@ def best_constant_report(train_reports: Sequence[str], num_candidates: int = DEF
       # The left-out copy matched every one of the candidate's n-grams in full.
       matched[len(ngram) - 1] += clipped - count
     guessed = [max(0, length - n) * num_pairs for n in range(_MAX_N)]
-    score = captioning.bleu_from_counts(matched, guessed, length * num_pairs,
-                                        total_reference_length - length)[_MAX_N - 1]
+    score = captioning.bleu_from_counts(matched, guessed, length * num_pairs, total_reference_length - length)[
+      _MAX_N - 1
+    ]
     if score > best_score:  # Strictly: a tie keeps the earlier, more common candidate.
       best_report, best_score = spelling, score
   return best_report, best_score

@@ -46,20 +46,21 @@ from cxrjax.metrics import protocols
 from cxrjax.metrics.corpus import MetricInputError
 
 BLEU_IMPLEMENTATION = (
-    "pycocoevalcap-compatible corpus BLEU (cxrjax): Bleu(4).compute_score, 'closest' reference"
-    " length, whitespace tokens")
+  "pycocoevalcap-compatible corpus BLEU (cxrjax): Bleu(4).compute_score, 'closest' reference length, whitespace tokens"
+)
 SACREBLEU_IMPLEMENTATION = f"sacrebleu {sacrebleu.__version__} corpus BLEU / 100"
 ROUGE_L_IMPLEMENTATION = (
-    "pycocoevalcap-compatible ROUGE-L (cxrjax): LCS F-measure with beta=1.2 over space-split"
-    " tokens, mean over pairs")
+  "pycocoevalcap-compatible ROUGE-L (cxrjax): LCS F-measure with beta=1.2 over space-split tokens, mean over pairs"
+)
 CIDER_IMPLEMENTATION = (
-    "pycocoevalcap-compatible CIDEr-D (cxrjax): Cider(n=4, sigma=6), document frequency from this"
-    " corpus' references, x10, mean over pairs")
+  "pycocoevalcap-compatible CIDEr-D (cxrjax): Cider(n=4, sigma=6), document frequency from this"
+  " corpus' references, x10, mean over pairs"
+)
 ROUGE_SCORE_IMPLEMENTATION = (
-    f"rouge-score {importlib.metadata.version('rouge-score')} RougeScorer(use_stemmer=False) {{}} F1,"
-    " mean over pairs (not the bootstrap 'mid')")
-_ROUGE_TYPES = {"ROUGE-1": "rouge1", "ROUGE-2": "rouge2", "ROUGE-L (rouge-score)": "rougeL",
-                "ROUGE-Lsum": "rougeLsum"}
+  f"rouge-score {importlib.metadata.version('rouge-score')} RougeScorer(use_stemmer=False) {{}} F1,"
+  " mean over pairs (not the bootstrap 'mid')"
+)
+_ROUGE_TYPES = {"ROUGE-1": "rouge1", "ROUGE-2": "rouge2", "ROUGE-L (rouge-score)": "rougeL", "ROUGE-Lsum": "rougeLsum"}
 # pycocoevalcap's bleu_scorer.py keeps these two constants in every ratio: `_TINY` in numerators so
 # that zero matches give (almost exactly) zero, `_SMALL` in denominators against division by zero.
 _BLEU_SMALL = 1e-9
@@ -90,8 +91,9 @@ def _lcs_length(first: Sequence[str], second: Sequence[str]) -> int:
 # pycocoevalcap-compatible BLEU, ROUGE-L and CIDEr.
 
 
-def bleu_pycocoevalcap(references: Sequence[str | Sequence[str]], hypotheses: Sequence[str],
-                       max_n: int = 4) -> list[float]:
+def bleu_pycocoevalcap(
+  references: Sequence[str | Sequence[str]], hypotheses: Sequence[str], max_n: int = 4
+) -> list[float]:
   """Corpus BLEU-1..max_n as pycocoevalcap's `Bleu(max_n).compute_score` returns it.
 
   Tokens are the whitespace-split words. Clipped n-gram matches and hypothesis n-gram counts are
@@ -123,8 +125,7 @@ def bleu_pycocoevalcap(references: Sequence[str | Sequence[str]], hypotheses: Se
       for ngram, count in corpus.ngram_counts(reference_tokens, max_n).items():
         max_reference_counts[ngram] = max(max_reference_counts.get(ngram, 0), count)
     total_hypothesis_length += hypothesis_length
-    total_reference_length += min(reference_lengths,
-                                  key=lambda length: (abs(length - hypothesis_length), length))
+    total_reference_length += min(reference_lengths, key=lambda length: (abs(length - hypothesis_length), length))
     for n in range(max_n):
       guessed[n] += max(0, hypothesis_length - n)
     for ngram, count in corpus.ngram_counts(hypothesis_tokens, max_n).items():
@@ -132,8 +133,9 @@ def bleu_pycocoevalcap(references: Sequence[str | Sequence[str]], hypotheses: Se
   return bleu_from_counts(matched, guessed, total_hypothesis_length, total_reference_length)
 
 
-def bleu_from_counts(matched: Sequence[float], guessed: Sequence[float], hypothesis_length: float,
-                     reference_length: float) -> list[float]:
+def bleu_from_counts(
+  matched: Sequence[float], guessed: Sequence[float], hypothesis_length: float, reference_length: float
+) -> list[float]:
   """Corpus BLEU-1..len(matched) from corpus totals, with pycocoevalcap's constants.
 
   Args:
@@ -154,8 +156,9 @@ def bleu_from_counts(matched: Sequence[float], guessed: Sequence[float], hypothe
   return scores
 
 
-def rouge_l_pycocoevalcap(references: Sequence[str | Sequence[str]], hypotheses: Sequence[str],
-                          beta: float = 1.2) -> float:
+def rouge_l_pycocoevalcap(
+  references: Sequence[str | Sequence[str]], hypotheses: Sequence[str], beta: float = 1.2
+) -> float:
   """ROUGE-L as pycocoevalcap's `Rouge().compute_score`: mean over pairs of an LCS F-measure.
 
   Tokens come from `str.split(" ")`, as in pycocoevalcap (so an empty string is one empty token and
@@ -183,8 +186,9 @@ def rouge_l_pycocoevalcap(references: Sequence[str | Sequence[str]], hypotheses:
   return float(np.mean(scores))
 
 
-def cider_d_pycocoevalcap(references: Sequence[str | Sequence[str]], hypotheses: Sequence[str],
-                          max_n: int = 4, sigma: float = 6.0) -> float:
+def cider_d_pycocoevalcap(
+  references: Sequence[str | Sequence[str]], hypotheses: Sequence[str], max_n: int = 4, sigma: float = 6.0
+) -> float:
   """CIDEr-D as pycocoevalcap's `Cider().compute_score` (the "CIDEr" of captioning papers).
 
   Each text becomes, per n-gram order, a tf-idf vector whose document frequencies count the pairs
@@ -196,8 +200,7 @@ def cider_d_pycocoevalcap(references: Sequence[str | Sequence[str]], hypotheses:
     The mean CIDEr-D (0 to about 10).
   """
   reference_lists = corpus.reference_lists(references, hypotheses)
-  reference_counts = [[corpus.ngram_counts(ref.split(), max_n) for ref in refs]
-                      for refs in reference_lists]
+  reference_counts = [[corpus.ngram_counts(ref.split(), max_n) for ref in refs] for refs in reference_lists]
   hypothesis_counts = [corpus.ngram_counts(hyp.split(), max_n) for hyp in hypotheses]
   document_frequency: collections.Counter[tuple[str, ...]] = collections.Counter()
   for counts_of_refs in reference_counts:
@@ -213,8 +216,7 @@ def cider_d_pycocoevalcap(references: Sequence[str | Sequence[str]], hypotheses:
     num_bigrams = 0
     for ngram, term_frequency in counts.items():
       order = len(ngram) - 1
-      weight = float(term_frequency) * (
-          log_num_documents - np.log(max(1.0, document_frequency[ngram])))
+      weight = float(term_frequency) * (log_num_documents - np.log(max(1.0, document_frequency[ngram])))
       vectors[order][ngram] = weight
       squared_norms[order] += weight**2
       if order == 1:
@@ -227,7 +229,7 @@ def cider_d_pycocoevalcap(references: Sequence[str | Sequence[str]], hypotheses:
     similarity_sum = np.zeros(max_n)
     for reference_count in counts_of_refs:
       ref_vectors, ref_norms, ref_length = tfidf(reference_count)
-      length_penalty = np.e**(-(float(length - ref_length)**2) / (2 * sigma**2))
+      length_penalty = np.e ** (-(float(length - ref_length) ** 2) / (2 * sigma**2))
       for order in range(max_n):
         similarity = 0.0
         for ngram, weight in vectors[order].items():
@@ -287,8 +289,9 @@ def rouge_score_f1(references: Sequence[str], hypotheses: Sequence[str]) -> dict
 # All captioning metrics.
 
 
-def caption_metrics(references: list[str], hypotheses: list[str], *, protocol: str,
-                    meteor: bool = True) -> dict[str, Any]:
+def caption_metrics(
+  references: list[str], hypotheses: list[str], *, protocol: str, meteor: bool = True
+) -> dict[str, Any]:
   """Every captioning metric of this module for one reference per hypothesis, both sides normalised by
   one scoring protocol first.
 
@@ -320,13 +323,16 @@ def caption_metrics(references: list[str], hypotheses: list[str], *, protocol: s
   results["CIDEr"] = cider_d_pycocoevalcap(references, hypotheses)
   results.update(rouge_score_f1(references, hypotheses))
   implementations = {f"BLEU-{n}": BLEU_IMPLEMENTATION for n in range(1, 5)}
-  implementations.update({
+  implementations.update(
+    {
       "sacreBLEU": f"{SACREBLEU_IMPLEMENTATION}, signature {signature}",
       "ROUGE-L": ROUGE_L_IMPLEMENTATION,
       "CIDEr": CIDER_IMPLEMENTATION,
-  })
-  implementations.update({name: ROUGE_SCORE_IMPLEMENTATION.format(rouge_type)
-                          for name, rouge_type in _ROUGE_TYPES.items()})
+    }
+  )
+  implementations.update(
+    {name: ROUGE_SCORE_IMPLEMENTATION.format(rouge_type) for name, rouge_type in _ROUGE_TYPES.items()}
+  )
   if meteor:
     meteor_result = meteor_lib.meteor_best_available(references, hypotheses)
     results["METEOR"] = meteor_result.score

@@ -45,8 +45,7 @@ IMAGE_COLUMN = "Image Index"
 PROB_PREFIX = "prob_"
 _MAX_EXAMPLES = 5
 
-AUROC_IMPLEMENTATION = (
-    "numpy rank-based AUROC (cxrjax): Mann-Whitney U with average ranks for tied scores")
+AUROC_IMPLEMENTATION = "numpy rank-based AUROC (cxrjax): Mann-Whitney U with average ranks for tied scores"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -69,13 +68,12 @@ def _binary_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
   num_positive = int(labels.sum())
   num_negative = labels.size - num_positive
   positive_rank_sum = ranks[labels].sum()
-  return float((positive_rank_sum - num_positive * (num_positive + 1) / 2.0)
-               / (num_positive * num_negative))
+  return float((positive_rank_sum - num_positive * (num_positive + 1) / 2.0) / (num_positive * num_negative))
 
 
-def multilabel_auroc(labels: np.ndarray, scores: np.ndarray,
-                     class_names: Sequence[str] | None = None,
-                     outside_mean: Sequence[str] = ()) -> dict[str, Any]:
+def multilabel_auroc(
+  labels: np.ndarray, scores: np.ndarray, class_names: Sequence[str] | None = None, outside_mean: Sequence[str] = ()
+) -> dict[str, Any]:
   """Per-class and mean AUROC for multi-label classification.
 
   Args:
@@ -96,8 +94,9 @@ def multilabel_auroc(labels: np.ndarray, scores: np.ndarray,
   if labels.ndim == 1 and scores.ndim == 1:
     labels, scores = labels[:, None], scores[:, None]
   if labels.ndim != 2 or labels.shape != scores.shape:
-    raise ValueError(f"labels {labels.shape} and scores {scores.shape} must share one shape"
-                     " [num_examples, num_classes]")
+    raise ValueError(
+      f"labels {labels.shape} and scores {scores.shape} must share one shape [num_examples, num_classes]"
+    )
   if labels.shape[0] == 0:
     raise ValueError("no examples to score")
   if not np.isin(labels, (0, 1)).all():
@@ -127,8 +126,13 @@ def multilabel_auroc(labels: np.ndarray, scores: np.ndarray,
   undefined = [name for name in excluded if name not in beside]
   if undefined:
     note += f"; excluded (one label value only): {', '.join(undefined)}"
-  return {"per_class": per_class, "mean": mean, "excluded": excluded, "note": note,
-          "implementation": AUROC_IMPLEMENTATION}
+  return {
+    "per_class": per_class,
+    "mean": mean,
+    "excluded": excluded,
+    "note": note,
+    "implementation": AUROC_IMPLEMENTATION,
+  }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,8 +143,9 @@ class PredictionsError(UserError):
   """A predictions, labels or list file that cannot be scored; the message names the file."""
 
 
-def read_predictions_csv(path: str | os.PathLike, class_names: Sequence[str] = chestxray14.FINDINGS
-                         ) -> tuple[list[str], np.ndarray]:
+def read_predictions_csv(
+  path: str | os.PathLike, class_names: Sequence[str] = chestxray14.FINDINGS
+) -> tuple[list[str], np.ndarray]:
   """Reads `Image Index,prob_<name>,...` -> (image ids, float64 [num_images, len(class_names)])."""
   path = pathlib.Path(path)
   if not path.is_file():
@@ -157,8 +162,9 @@ def read_predictions_csv(path: str | os.PathLike, class_names: Sequence[str] = c
   return ids, np.asarray(rows, np.float64)
 
 
-def _read_prediction_rows(reader, path: pathlib.Path, class_names: Sequence[str]
-                          ) -> tuple[list[str], list[list[float]]]:
+def _read_prediction_rows(
+  reader, path: pathlib.Path, class_names: Sequence[str]
+) -> tuple[list[str], list[list[float]]]:
   """(ids, rows) of a predictions CSV's reader, read to its end (a gzip file's checksum is then checked)."""
   ids, rows, seen = [], [], {}
   header = [name.strip() for name in next(reader, [])]
@@ -197,21 +203,25 @@ def _read_prediction_rows(reader, path: pathlib.Path, class_names: Sequence[str]
   return ids, rows
 
 
-def write_predictions_csv(path: str | os.PathLike, image_ids: Sequence[str], probabilities: Any,
-                          class_names: Sequence[str]) -> epath.Path:
+def write_predictions_csv(
+  path: str | os.PathLike, image_ids: Sequence[str], probabilities: Any, class_names: Sequence[str]
+) -> epath.Path:
   """Writes probabilities [num_images, num_classes] as `Image Index,prob_<name>,...`."""
   probabilities = np.asarray(probabilities, np.float64)
   image_ids = [str(i) for i in image_ids]
   if probabilities.shape != (len(image_ids), len(class_names)):
-    raise ValueError(f"probabilities {probabilities.shape} must be [{len(image_ids)} images, "
-                     f"{len(class_names)} classes]")
+    raise ValueError(
+      f"probabilities {probabilities.shape} must be [{len(image_ids)} images, {len(class_names)} classes]"
+    )
   if len(set(image_ids)) != len(image_ids):
     raise ValueError("image ids repeat")
   bad = ~((probabilities >= 0) & (probabilities <= 1))
   if bad.any():
     row, column = np.argwhere(bad)[0]
-    raise ValueError(f"{int(bad.sum())} values are not probabilities in [0, 1] (NaN included), e.g. "
-                     f"{image_ids[row]} {class_names[column]} = {probabilities[row, column]}")
+    raise ValueError(
+      f"{int(bad.sum())} values are not probabilities in [0, 1] (NaN included), e.g. "
+      f"{image_ids[row]} {class_names[column]} = {probabilities[row, column]}"
+    )
   path = epath.Path(path)  # Local or gs:// (an evaluation workdir's eval/<split>/).
   path.parent.mkdir(parents=True, exist_ok=True)
   with files.open_atomic(path, "w", newline="", encoding="utf-8") as handle:  # Whole or not at all.
@@ -222,8 +232,9 @@ def write_predictions_csv(path: str | os.PathLike, image_ids: Sequence[str], pro
   return path
 
 
-def score_predictions(predictions_csv: str | os.PathLike, labels_csv: str | os.PathLike,
-                      images_list: str | os.PathLike | None = None) -> dict[str, Any]:
+def score_predictions(
+  predictions_csv: str | os.PathLike, labels_csv: str | os.PathLike, images_list: str | os.PathLike | None = None
+) -> dict[str, Any]:
   """Per-class AUROC and their mean over the 14 findings (multilabel_auroc).
 
   Args:
@@ -253,24 +264,30 @@ def score_predictions(predictions_csv: str | os.PathLike, labels_csv: str | os.P
       raise PredictionsError(f"{images_list}: lists no image")
     without = [name for name in scored if name not in row_of]
     if without:
-      raise PredictionsError(f"{predictions_csv}: no prediction for {len(without)} of the {len(scored)} "
-                             f"images in {images_list}, e.g. {without[:_MAX_EXAMPLES]}")
+      raise PredictionsError(
+        f"{predictions_csv}: no prediction for {len(without)} of the {len(scored)} "
+        f"images in {images_list}, e.g. {without[:_MAX_EXAMPLES]}"
+      )
   else:
     scored = ids
   unlabelled = [name for name in scored if name not in findings]
   if unlabelled:
-    raise PredictionsError(f"{labels_csv}: has no row for {len(unlabelled)} of the {len(scored)} scored "
-                           f"images (from {predictions_csv}), e.g. {unlabelled[:_MAX_EXAMPLES]}")
+    raise PredictionsError(
+      f"{labels_csv}: has no row for {len(unlabelled)} of the {len(scored)} scored "
+      f"images (from {predictions_csv}), e.g. {unlabelled[:_MAX_EXAMPLES]}"
+    )
   labels = np.stack([chestxray14.labels_vector(findings[name]) for name in scored])
   scores = probabilities[[row_of[name] for name in scored]]
   result = multilabel_auroc(labels, scores, class_names=chestxray14.FINDINGS)
-  result.update({
+  result.update(
+    {
       "num_images": len(scored),
       "positives": {name: int(count) for name, count in zip(chestxray14.FINDINGS, labels.sum(0))},
       "predictions": str(predictions_csv),
       "labels": str(labels_csv),
       "images": None if images_list is None else str(images_list),
-  })
+    }
+  )
   return result
 
 
@@ -286,7 +303,8 @@ def _run(args: argparse.Namespace) -> int:
 def add_parser(commands: Any) -> argparse.ArgumentParser:
   """Adds `cxrjax auroc` to an argparse sub-parsers object (`parser.add_subparsers()`)."""
   parser = commands.add_parser(
-      "auroc", help="per-class AUROC of ChestX-ray14 predictions (a CSV of prob_<Finding> columns)")
+    "auroc", help="per-class AUROC of ChestX-ray14 predictions (a CSV of prob_<Finding> columns)"
+  )
   parser.add_argument("--predictions", required=True, help="CSV: Image Index,prob_<Finding>,...")
   parser.add_argument("--labels", required=True, help="Data_Entry_2017(_v2020).csv(.gz)")
   parser.add_argument("--images", default=None, help="optional list of images to score (test_list.txt)")

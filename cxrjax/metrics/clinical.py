@@ -60,9 +60,20 @@ import numpy as np
 from cxrjax.errors import UserError
 
 OBSERVATIONS = (
-    "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema", "Consolidation",
-    "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture",
-    "Support Devices", "No Finding",
+  "Enlarged Cardiomediastinum",
+  "Cardiomegaly",
+  "Lung Opacity",
+  "Lung Lesion",
+  "Edema",
+  "Consolidation",
+  "Pneumonia",
+  "Atelectasis",
+  "Pneumothorax",
+  "Pleural Effusion",
+  "Pleural Other",
+  "Fracture",
+  "Support Devices",
+  "No Finding",
 )
 TOP5 = ("Cardiomegaly", "Edema", "Consolidation", "Atelectasis", "Pleural Effusion")
 OBSERVATION_SETS = {"all14": OBSERVATIONS, "top5": TOP5}
@@ -79,14 +90,17 @@ def check_labels(labels, name: str = "labels") -> np.ndarray:
   """Labeler output -> float64 [N, 14]; raises ClinicalLabelError naming `name` and the problem."""
   array = np.asarray(labels, dtype=np.float64)
   if array.ndim != 2 or array.shape[1] != len(OBSERVATIONS):
-    raise ClinicalLabelError(f"{name}: expected a [N, {len(OBSERVATIONS)}] label matrix (CheXbert's "
-                             f"observations), got shape {array.shape}")
+    raise ClinicalLabelError(
+      f"{name}: expected a [N, {len(OBSERVATIONS)}] label matrix (CheXbert's observations), got shape {array.shape}"
+    )
   known = np.isnan(array) | np.isin(array, (1.0, 0.0, -1.0))
   if not known.all():
     row, column = np.argwhere(~known)[0]
-    raise ClinicalLabelError(f"{name}: row {row}, {OBSERVATIONS[column]}: value {float(array[row, column])} is not "
-                             f"1 (positive), 0 (negative), -1 (uncertain) or NaN (blank); "
-                             f"{int((~known).sum())} such values")
+    raise ClinicalLabelError(
+      f"{name}: row {row}, {OBSERVATIONS[column]}: value {float(array[row, column])} is not "
+      f"1 (positive), 0 (negative), -1 (uncertain) or NaN (blank); "
+      f"{int((~known).sum())} such values"
+    )
   return array
 
 
@@ -102,14 +116,14 @@ def binarize(labels: np.ndarray, policy: str) -> np.ndarray:
 def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
   """numerator / denominator, 0 where the denominator is 0 (scikit-learn's zero_division=0)."""
   numerator, denominator = np.asarray(numerator, np.float64), np.asarray(denominator, np.float64)
-  return np.divide(numerator, denominator, out=np.zeros(np.broadcast(numerator, denominator).shape),
-                   where=denominator != 0)
+  return np.divide(
+    numerator, denominator, out=np.zeros(np.broadcast(numerator, denominator).shape), where=denominator != 0
+  )
 
 
 def _scores(tp: np.ndarray, predicted: np.ndarray, actual: np.ndarray) -> dict[str, np.ndarray]:
   """Precision, recall and F1 from true positives, predicted and reference positive counts (any shape)."""
-  return {"precision": _divide(tp, predicted), "recall": _divide(tp, actual),
-          "F1": _divide(2 * tp, predicted + actual)}
+  return {"precision": _divide(tp, predicted), "recall": _divide(tp, actual), "F1": _divide(2 * tp, predicted + actual)}
 
 
 def multilabel_report(y_true: np.ndarray, y_pred: np.ndarray, names: tuple[str, ...]) -> dict[str, float]:
@@ -134,10 +148,10 @@ def multilabel_report(y_true: np.ndarray, y_pred: np.ndarray, names: tuple[str, 
   total = int(actual.sum())
   weights = actual if total else np.ones_like(actual)  # zero total support: the plain mean (scikit-learn)
   averaged = {
-      "micro": {k: float(v) for k, v in _scores(tp.sum(), predicted.sum(), actual.sum()).items()},
-      "macro": {k: float(v.mean()) for k, v in per_label.items()},
-      "weighted": {k: float(np.average(v, weights=weights)) for k, v in per_label.items()},
-      "samples": {k: float(v.mean()) for k, v in _scores(both.sum(1), y_pred.sum(1), y_true.sum(1)).items()},
+    "micro": {k: float(v) for k, v in _scores(tp.sum(), predicted.sum(), actual.sum()).items()},
+    "macro": {k: float(v.mean()) for k, v in per_label.items()},
+    "weighted": {k: float(np.average(v, weights=weights)) for k, v in per_label.items()},
+    "samples": {k: float(v.mean()) for k, v in _scores(both.sum(1), y_pred.sum(1), y_true.sum(1)).items()},
   }
   report = {}
   for index, name in enumerate(names):
@@ -153,8 +167,12 @@ def multilabel_report(y_true: np.ndarray, y_pred: np.ndarray, names: tuple[str, 
   return report
 
 
-def clinical_efficacy(generated, reference, policies: tuple[str, ...] = UNCERTAIN_POLICIES,
-                      observation_sets: tuple[str, ...] = tuple(OBSERVATION_SETS)) -> dict[str, float]:
+def clinical_efficacy(
+  generated,
+  reference,
+  policies: tuple[str, ...] = UNCERTAIN_POLICIES,
+  observation_sets: tuple[str, ...] = tuple(OBSERVATION_SETS),
+) -> dict[str, float]:
   """Every CE figure (module docstring) of generated against reference labels.
 
   Args:
@@ -168,8 +186,10 @@ def clinical_efficacy(generated, reference, policies: tuple[str, ...] = UNCERTAI
   generated = check_labels(generated, "generated labels")
   reference = check_labels(reference, "reference labels")
   if generated.shape[0] != reference.shape[0]:
-    raise ClinicalLabelError(f"generated labels have {generated.shape[0]} rows, reference labels "
-                             f"{reference.shape[0]}: one row per report on both sides")
+    raise ClinicalLabelError(
+      f"generated labels have {generated.shape[0]} rows, reference labels "
+      f"{reference.shape[0]}: one row per report on both sides"
+    )
   scores = {}
   for policy in policies:
     y_pred, y_true = binarize(generated, policy), binarize(reference, policy)

@@ -10,8 +10,7 @@ class MetricInputError(ValueError):
   """Raised for references and hypotheses that cannot be scored together."""
 
 
-def reference_lists(references: Sequence[str | Sequence[str]],
-                    hypotheses: Sequence[str]) -> list[list[str]]:
+def reference_lists(references: Sequence[str | Sequence[str]], hypotheses: Sequence[str]) -> list[list[str]]:
   """Checks a corpus and returns one list of reference strings per hypothesis.
 
   Args:
@@ -22,12 +21,11 @@ def reference_lists(references: Sequence[str | Sequence[str]],
     `len(hypotheses)` lists of reference strings.
   """
   if isinstance(references, str) or isinstance(hypotheses, str):
-    raise MetricInputError(
-        "references and hypotheses must be lists of strings, not a single string")
+    raise MetricInputError("references and hypotheses must be lists of strings, not a single string")
   if len(references) != len(hypotheses):
     raise MetricInputError(
-        f"references and hypotheses differ in length: {len(references)} references,"
-        f" {len(hypotheses)} hypotheses")
+      f"references and hypotheses differ in length: {len(references)} references, {len(hypotheses)} hypotheses"
+    )
   if not hypotheses:
     raise MetricInputError("no hypotheses to score (empty corpus)")
   lists = []
@@ -49,5 +47,5 @@ def ngram_counts(tokens: Sequence[str], max_n: int) -> dict[tuple[str, ...], int
   counts: dict[tuple[str, ...], int] = collections.defaultdict(int)
   for n in range(1, max_n + 1):
     for start in range(len(tokens) - n + 1):
-      counts[tuple(tokens[start:start + n])] += 1
+      counts[tuple(tokens[start : start + n])] += 1
   return counts

@@ -30,20 +30,58 @@ import numpy as np
 from cxrjax.metrics import corpus
 
 METEOR_JAR_IMPLEMENTATION = (
-    "METEOR 1.5 jar from the pycocoevalcap wheel (java, '-l en -norm'), corpus score as"
-    " pycocoevalcap's Meteor")
+  "METEOR 1.5 jar from the pycocoevalcap wheel (java, '-l en -norm'), corpus score as pycocoevalcap's Meteor"
+)
 
 # WordNet 3.0's lexicographer files (wninput(5WN) "lexnames"), in file-number order. Debian's
 # wordnet-base package omits this file but NLTK's WordNet reader requires it.
 _WORDNET_LEXNAMES = (
-    "adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal", "noun.artifact",
-    "noun.attribute", "noun.body", "noun.cognition", "noun.communication", "noun.event",
-    "noun.feeling", "noun.food", "noun.group", "noun.location", "noun.motive", "noun.object",
-    "noun.person", "noun.phenomenon", "noun.plant", "noun.possession", "noun.process",
-    "noun.quantity", "noun.relation", "noun.shape", "noun.state", "noun.substance", "noun.time",
-    "verb.body", "verb.change", "verb.cognition", "verb.communication", "verb.competition",
-    "verb.consumption", "verb.contact", "verb.creation", "verb.emotion", "verb.motion",
-    "verb.perception", "verb.possession", "verb.social", "verb.stative", "verb.weather", "adj.ppl")
+  "adj.all",
+  "adj.pert",
+  "adv.all",
+  "noun.Tops",
+  "noun.act",
+  "noun.animal",
+  "noun.artifact",
+  "noun.attribute",
+  "noun.body",
+  "noun.cognition",
+  "noun.communication",
+  "noun.event",
+  "noun.feeling",
+  "noun.food",
+  "noun.group",
+  "noun.location",
+  "noun.motive",
+  "noun.object",
+  "noun.person",
+  "noun.phenomenon",
+  "noun.plant",
+  "noun.possession",
+  "noun.process",
+  "noun.quantity",
+  "noun.relation",
+  "noun.shape",
+  "noun.state",
+  "noun.substance",
+  "noun.time",
+  "verb.body",
+  "verb.change",
+  "verb.cognition",
+  "verb.communication",
+  "verb.competition",
+  "verb.consumption",
+  "verb.contact",
+  "verb.creation",
+  "verb.emotion",
+  "verb.motion",
+  "verb.perception",
+  "verb.possession",
+  "verb.social",
+  "verb.stative",
+  "verb.weather",
+  "adj.ppl",
+)
 _WORDNET_POS_NUMBER = {"adj": 3, "adv": 4, "noun": 1, "verb": 2}
 # Where a WordNet 3.0 database directory (data.noun, index.noun, ...) is looked for when NLTK's own
 # nltk_data copy is missing: $CXRJAX_WORDNET_DIR, then Debian's `wordnet-base` package.
@@ -58,6 +96,7 @@ class MeteorResult:
     score: corpus METEOR in [0, 1], or None when no implementation could run.
     implementation: what produced `score`, or "unavailable: <reasons>".
   """
+
   score: float | None
   implementation: str
 
@@ -80,8 +119,9 @@ def _meteor_segment(text: str) -> str:
   return text.replace("\n", " ").replace("|||", "").replace("  ", " ")
 
 
-def meteor_pycocoevalcap_jar(references: Sequence[str | Sequence[str]], hypotheses: Sequence[str],
-                             timeout_s: float = 900.0) -> float:
+def meteor_pycocoevalcap_jar(
+  references: Sequence[str | Sequence[str]], hypotheses: Sequence[str], timeout_s: float = 900.0
+) -> float:
   """Corpus METEOR 1.5 from the jar in the pycocoevalcap wheel, as pycocoevalcap's `Meteor`.
 
   Runs `java -jar -Xmx2G meteor-1.5.jar - - -stdio -l en -norm` once: one SCORE request per pair,
@@ -100,16 +140,21 @@ def meteor_pycocoevalcap_jar(references: Sequence[str | Sequence[str]], hypothes
   reference_lists = corpus.reference_lists(references, hypotheses)
   jar = pycocoevalcap_meteor_jar()
   if jar is None:
-    raise FileNotFoundError(
-        "METEOR jar not found: pycocoevalcap is not installed (pip install pycocoevalcap==1.2)")
+    raise FileNotFoundError("METEOR jar not found: pycocoevalcap is not installed (pip install pycocoevalcap==1.2)")
   java = shutil.which("java")
   if java is None:
     raise FileNotFoundError("METEOR jar needs `java`, which is not on PATH")
   command = [java, "-jar", "-Xmx2G", jar.name, "-", "-", "-stdio", "-l", "en", "-norm"]
   with tempfile.TemporaryFile() as stderr_file:
-    process = subprocess.Popen(command, cwd=jar.parent, stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=stderr_file, text=True,
-                               encoding="utf-8")
+    process = subprocess.Popen(
+      command,
+      cwd=jar.parent,
+      stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE,
+      stderr=stderr_file,
+      text=True,
+      encoding="utf-8",
+    )
     # A killed jar ends the blocking reads below with an empty answer.
     watchdog = threading.Timer(timeout_s, process.kill)
     watchdog.start()
@@ -119,8 +164,7 @@ def meteor_pycocoevalcap_jar(references: Sequence[str | Sequence[str]], hypothes
       process.wait()
       stderr_file.seek(0)
       stderr = stderr_file.read().decode(errors="replace")[-2000:]
-      return RuntimeError(f"METEOR jar {jar} {what} (exit code {process.returncode},"
-                          f" timeout {timeout_s} s): {stderr}")
+      return RuntimeError(f"METEOR jar {jar} {what} (exit code {process.returncode}, timeout {timeout_s} s): {stderr}")
 
     def answer(line: str | None) -> str:
       try:
@@ -174,19 +218,34 @@ def _nltk_wordnet() -> tuple[Any, str]:
   try:
     nltk.data.find("corpora/wordnet")
     from nltk.corpus import wordnet  # pylint: disable=g-import-not-at-top
+
     wordnet.ensure_loaded()
     return wordnet, "nltk_data corpora/wordnet"
   except LookupError:
     pass
   candidates = [os.environ["CXRJAX_WORDNET_DIR"]] if os.environ.get("CXRJAX_WORDNET_DIR") else []
   candidates += list(_WORDNET_DIRS)
-  required = ("data.noun", "index.noun", "data.verb", "index.verb", "data.adj", "index.adj",
-              "data.adv", "index.adv", "noun.exc", "verb.exc", "adj.exc", "adv.exc")
+  required = (
+    "data.noun",
+    "index.noun",
+    "data.verb",
+    "index.verb",
+    "data.adj",
+    "index.adj",
+    "data.adv",
+    "index.adv",
+    "noun.exc",
+    "verb.exc",
+    "adj.exc",
+    "adv.exc",
+  )
   for directory in map(pathlib.Path, candidates):
     if not all((directory / name).is_file() for name in required):
       continue
-    lexnames = "".join(f"{index:02d}\t{name}\t{_WORDNET_POS_NUMBER[name.split('.')[0]]}\n"
-                       for index, name in enumerate(_WORDNET_LEXNAMES))
+    lexnames = "".join(
+      f"{index:02d}\t{name}\t{_WORDNET_POS_NUMBER[name.split('.')[0]]}\n"
+      for index, name in enumerate(_WORDNET_LEXNAMES)
+    )
 
     class DirectoryWordNetReader(wordnet_module.WordNetCorpusReader):
       """Reads a WordNet database directory in place, supplying `lexnames` if it lacks one."""
@@ -209,12 +268,12 @@ def _nltk_wordnet() -> tuple[Any, str]:
       warnings.simplefilter("ignore", UserWarning)
       return DirectoryWordNetReader(str(directory), None), str(directory)
   raise LookupError(
-      "WordNet not found: no nltk_data corpora/wordnet and no WordNet 3.0 database in"
-      f" {candidates} (Debian/Ubuntu: apt-get install wordnet-base; or set CXRJAX_WORDNET_DIR)")
+    "WordNet not found: no nltk_data corpora/wordnet and no WordNet 3.0 database in"
+    f" {candidates} (Debian/Ubuntu: apt-get install wordnet-base; or set CXRJAX_WORDNET_DIR)"
+  )
 
 
-def meteor_nltk(references: Sequence[str | Sequence[str]],
-                hypotheses: Sequence[str]) -> tuple[float, str]:
+def meteor_nltk(references: Sequence[str | Sequence[str]], hypotheses: Sequence[str]) -> tuple[float, str]:
   """Mean over pairs of NLTK's sentence-level `meteor_score` on whitespace tokens.
 
   Returns:
@@ -226,16 +285,18 @@ def meteor_nltk(references: Sequence[str | Sequence[str]],
   reference_lists = corpus.reference_lists(references, hypotheses)
   # nltk: imported only here (about a second; see _nltk_wordnet).
   from nltk.translate import meteor_score as nltk_meteor  # pylint: disable=g-import-not-at-top
+
   wordnet, source = _nltk_wordnet()
   scores = [
-      nltk_meteor.meteor_score([ref.split() for ref in refs], hyp.split(), wordnet=wordnet)
-      for refs, hyp in zip(reference_lists, hypotheses)
+    nltk_meteor.meteor_score([ref.split() for ref in refs], hyp.split(), wordnet=wordnet)
+    for refs, hyp in zip(reference_lists, hypotheses)
   ]
   return float(np.mean(scores)), source
 
 
-def meteor_best_available(references: Sequence[str | Sequence[str]], hypotheses: Sequence[str],
-                          backend: str = "auto") -> MeteorResult:
+def meteor_best_available(
+  references: Sequence[str | Sequence[str]], hypotheses: Sequence[str], backend: str = "auto"
+) -> MeteorResult:
   """METEOR from the best implementation that runs here, named in the result.
 
   Args:
@@ -253,8 +314,7 @@ def meteor_best_available(references: Sequence[str | Sequence[str]], hypotheses:
   reasons = []
   if backend in ("auto", "jar"):
     try:
-      return MeteorResult(meteor_pycocoevalcap_jar(references, hypotheses),
-                          METEOR_JAR_IMPLEMENTATION)
+      return MeteorResult(meteor_pycocoevalcap_jar(references, hypotheses), METEOR_JAR_IMPLEMENTATION)
     except (FileNotFoundError, RuntimeError, OSError, subprocess.SubprocessError) as error:
       reasons.append(f"jar: {error}")
   if backend in ("auto", "nltk"):
@@ -262,9 +322,12 @@ def meteor_best_available(references: Sequence[str | Sequence[str]], hypotheses:
       score, wordnet_source = meteor_nltk(references, hypotheses)
       # For its version only; meteor_nltk imported it already.
       import nltk  # pylint: disable=g-import-not-at-top
+
       return MeteorResult(
-          score, f"NLTK {nltk.__version__} meteor_score, mean over pairs of sentence scores"
-          f" (whitespace tokens, WordNet from {wordnet_source})")
+        score,
+        f"NLTK {nltk.__version__} meteor_score, mean over pairs of sentence scores"
+        f" (whitespace tokens, WordNet from {wordnet_source})",
+      )
     except (ImportError, LookupError, OSError) as error:
       reasons.append(f"nltk: {error}")
   return MeteorResult(None, "unavailable: " + "; ".join(reasons))

@@ -42,13 +42,19 @@ from cxrjax.metrics import ptb_tokenizer
 from cxrjax.metrics.corpus import MetricInputError
 
 CONFIG_FIELD = "config.data.caption_protocol"
-DATASET_DEFAULTS = {"iu_xray": "r2gen", "phantom": "r2gen", "phantom_captions": "r2gen", "roco": "coco",
-                    "rocov2": "imageclef"}
+DATASET_DEFAULTS = {
+  "iu_xray": "r2gen",
+  "phantom": "r2gen",
+  "phantom_captions": "r2gen",
+  "roco": "coco",
+  "rocov2": "imageclef",
+}
 
 # BertTokenizer's basic tokenisation, as text/tokenizers.py's WordPieceTokenizer.from_vocab builds it
 # (uncased: accents stripped with the lower case).
-_BERT_NORMALIZER = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None,
-                                              lowercase=True)
+_BERT_NORMALIZER = normalizers.BertNormalizer(
+  clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True
+)
 _BERT_PRE_TOKENIZER = pre_tokenizers.BertPreTokenizer()
 # The ImageCLEFmedical evaluator's preprocess_caption.
 _DIGIT_RUN = re.compile(r"\d+")
@@ -79,23 +85,38 @@ def _imageclef(text: str) -> str:
 @dataclasses.dataclass(frozen=True)
 class CaptionProtocol:
   """A scoring protocol: its name, the rule in words (recorded in metrics.json) and the rule."""
+
   name: str
   rule: str
   normalize: Callable[[str], str]
 
 
-PROTOCOLS = {protocol.name: protocol for protocol in (
-    CaptionProtocol("r2gen", "the cleaned texts (config.data.cleaning), whitespace tokens: the published IU "
-                    "X-ray tables' protocol", _r2gen),
-    CaptionProtocol("coco", "BERT's basic text form (lower case, accents stripped, punctuation split off, as "
-                    "an uncased WordPiece decoding writes), then the COCO caption evaluation's tokenisation "
-                    "(pycocoevalcap PTBTokenizer: Stanford PTBTokenizer -lowerCase, punctuation tokens "
-                    "dropped)", _coco),
-    CaptionProtocol("imageclef", "BERT's basic text form (lower case, accents stripped, punctuation split "
-                    "off, as an uncased WordPiece decoding writes), then the ImageCLEFmedical Caption "
-                    "evaluator's preprocessing (lower case, digit runs -> 'number', ASCII punctuation "
-                    "deleted), whitespace tokens", _imageclef),
-)}
+PROTOCOLS = {
+  protocol.name: protocol
+  for protocol in (
+    CaptionProtocol(
+      "r2gen",
+      "the cleaned texts (config.data.cleaning), whitespace tokens: the published IU X-ray tables' protocol",
+      _r2gen,
+    ),
+    CaptionProtocol(
+      "coco",
+      "BERT's basic text form (lower case, accents stripped, punctuation split off, as "
+      "an uncased WordPiece decoding writes), then the COCO caption evaluation's tokenisation "
+      "(pycocoevalcap PTBTokenizer: Stanford PTBTokenizer -lowerCase, punctuation tokens "
+      "dropped)",
+      _coco,
+    ),
+    CaptionProtocol(
+      "imageclef",
+      "BERT's basic text form (lower case, accents stripped, punctuation split "
+      "off, as an uncased WordPiece decoding writes), then the ImageCLEFmedical Caption "
+      "evaluator's preprocessing (lower case, digit runs -> 'number', ASCII punctuation "
+      "deleted), whitespace tokens",
+      _imageclef,
+    ),
+  )
+}
 
 
 def get(name: str) -> CaptionProtocol:
@@ -115,8 +136,9 @@ def protocol_for(data_config: Any) -> str:
   """The protocol of a run's data section: its `caption_protocol`, else its dataset's default."""
   name = data_config.get("caption_protocol") or DATASET_DEFAULTS.get(data_config.get("name"))
   if name is None:
-    raise ConfigError(f"{CONFIG_FIELD}: not set, and dataset {data_config.get('name')!r} has no default; "
-                      f"set one of {sorted(PROTOCOLS)}")
+    raise ConfigError(
+      f"{CONFIG_FIELD}: not set, and dataset {data_config.get('name')!r} has no default; set one of {sorted(PROTOCOLS)}"
+    )
   if name not in PROTOCOLS:
     raise ConfigError(f"{CONFIG_FIELD}: unknown protocol {name!r}; expected one of {sorted(PROTOCOLS)}")
   return name

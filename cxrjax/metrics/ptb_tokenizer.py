@@ -33,30 +33,82 @@ import re
 import unicodedata
 
 # pycocoevalcap/tokenizer/ptbtokenizer.py's PUNCTUATIONS, as written (upper-case brackets included).
-PUNCTUATIONS = frozenset(["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",",
-                          ":", "-", "--", "...", ";"])
+PUNCTUATIONS = frozenset(
+  ["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"]
+)
 
 # Single characters the lexer writes differently (PTB escaping with -lowerCase, quotes as LaTeX quotes).
 _MAPPED = {
-    "(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-", '"': "''",
-    "\u00ab": "``", "\u00bb": "''", "\u201c": "``", "\u201d": "''",
-    "\u2018": "`", "\u201b": "`", "\u2039": "`", "\u2019": "'", "\u203a": "'",
-    "\u2013": "--", "\u2014": "--", "\u2015": "--", "\u2026": "...",
-    "\u00bc": "1/4", "\u00bd": "1/2", "\u00be": "3/4", "\u2153": "1/3", "\u2154": "2/3",
-    "\u00a2": "cents", "\u00a3": "#", "\u00a4": "$", "\u20a0": "$", "\u20ac": "$",
+  "(": "-lrb-",
+  ")": "-rrb-",
+  "[": "-lsb-",
+  "]": "-rsb-",
+  "{": "-lcb-",
+  "}": "-rcb-",
+  '"': "''",
+  "\u00ab": "``",
+  "\u00bb": "''",
+  "\u201c": "``",
+  "\u201d": "''",
+  "\u2018": "`",
+  "\u201b": "`",
+  "\u2039": "`",
+  "\u2019": "'",
+  "\u203a": "'",
+  "\u2013": "--",
+  "\u2014": "--",
+  "\u2015": "--",
+  "\u2026": "...",
+  "\u00bc": "1/4",
+  "\u00bd": "1/2",
+  "\u00be": "3/4",
+  "\u2153": "1/3",
+  "\u2154": "2/3",
+  "\u00a2": "cents",
+  "\u00a3": "#",
+  "\u00a4": "$",
+  "\u20a0": "$",
+  "\u20ac": "$",
 }
 # Characters the lexer deletes although their category would make them a token: hyphens and dots of
 # General Punctuation it has no rule for, the currencies outside its list, some fractions, CJK brackets
 # and marks, half-width forms.
-_DELETED = ((0x2010, 0x2012), (0x2024, 0x2025), (0x2027, 0x2027), (0x203C, 0x203D), (0x2043, 0x2043),
-            (0x2045, 0x205E), (0x20A1, 0x20A3), (0x20A5, 0x20AB), (0x20AD, 0x20CF), (0x2150, 0x2152),
-            (0x215F, 0x215F), (0x2189, 0x218B), (0x3003, 0x3004), (0x3008, 0x3011), (0x3013, 0x3020),
-            (0x3030, 0x3030), (0x3036, 0x3037), (0x303D, 0x303F), (0xFFE2, 0xFFE4), (0xFFE8, 0xFFEE))
+_DELETED = (
+  (0x2010, 0x2012),
+  (0x2024, 0x2025),
+  (0x2027, 0x2027),
+  (0x203C, 0x203D),
+  (0x2043, 0x2043),
+  (0x2045, 0x205E),
+  (0x20A1, 0x20A3),
+  (0x20A5, 0x20AB),
+  (0x20AD, 0x20CF),
+  (0x2150, 0x2152),
+  (0x215F, 0x215F),
+  (0x2189, 0x218B),
+  (0x3003, 0x3004),
+  (0x3008, 0x3011),
+  (0x3013, 0x3020),
+  (0x3030, 0x3030),
+  (0x3036, 0x3037),
+  (0x303D, 0x303F),
+  (0xFFE2, 0xFFE4),
+  (0xFFE8, 0xFFEE),
+)
 # Characters the lexer keeps inside words although they are not letters or digits (spacing modifier
 # letters and a Greek symbol in its LETTER class), and unassigned code points it treats as letters or
 # symbols (its ranges cover them).
-_WORD = ((0x02C2, 0x02C5), (0x02D2, 0x02DF), (0x02E5, 0x02EB), (0x02ED, 0x02ED), (0x02EF, 0x02FF),
-         (0x0375, 0x0375), (0x0378, 0x0379), (0x0384, 0x0384), (0x03F6, 0x03F6))
+_WORD = (
+  (0x02C2, 0x02C5),
+  (0x02D2, 0x02DF),
+  (0x02E5, 0x02EB),
+  (0x02ED, 0x02ED),
+  (0x02EF, 0x02FF),
+  (0x0375, 0x0375),
+  (0x0378, 0x0379),
+  (0x0384, 0x0384),
+  (0x03F6, 0x03F6),
+)
 _TOKEN = ((0x2427, 0x243F), (0x244B, 0x245F), (0x2B74, 0x2B75), (0x2B96, 0x2B96))
 
 # Where the classes above and the categories give exactly the jar's classes: ASCII, Latin-1 to Greek,
@@ -127,11 +179,14 @@ def ptb_tokens(text: str) -> list[str]:
       # A run that starts with a digit (the lexer's THING) takes letters and digits only; one that
       # starts with a letter (its WORD) also the modifier letters of `_WORD`.
       starts_with_digit = char.isdecimal()
-      while end < length and _char_class(text[end]) == _WORD_CHAR and not (
-          starts_with_digit and _in(_WORD, ord(text[end]))):
+      while (
+        end < length and _char_class(text[end]) == _WORD_CHAR and not (starts_with_digit and _in(_WORD, ord(text[end])))
+      ):
         end += 1
-    number_end = max(_longest(_PHONE, text, position, _PHONE_MAX) if "0" <= char <= "9" else position,
-                     _longest(_FRAC, text, position, _FRAC_MAX) if char.isdecimal() else position)
+    number_end = max(
+      _longest(_PHONE, text, position, _PHONE_MAX) if "0" <= char <= "9" else position,
+      _longest(_FRAC, text, position, _FRAC_MAX) if char.isdecimal() else position,
+    )
     if number_end > end:  # Longer than the word: the lexer's longest match.
       tokens.append(text[position:number_end].replace(" ", "\u00a0"))
       position = number_end

@@ -7,18 +7,17 @@ evaluation and command line do not change. tests/models/test_contract.py runs ev
 from typing import Any
 
 from cxrjax.errors import ConfigError
-from cxrjax.models import (agcnn, attention_captioner, base, blip, cam_captioner, git, graph_captioner,
-                           lstm_captioner)
+from cxrjax.models import agcnn, attention_captioner, base, blip, cam_captioner, git, graph_captioner, lstm_captioner
 
 
 MODELS: dict[str, type] = {
-    "attention_captioner": attention_captioner.AttentionCaptioner,
-    "lstm_captioner": lstm_captioner.LSTMCaptioner,
-    "cam_captioner": cam_captioner.CAMCaptioner,
-    "agcnn": agcnn.AGCNN,
-    "graph_captioner": graph_captioner.GraphCaptioner,
-    "blip": blip.BlipCaptioner,
-    "git": git.GitCaptioner,
+  "attention_captioner": attention_captioner.AttentionCaptioner,
+  "lstm_captioner": lstm_captioner.LSTMCaptioner,
+  "cam_captioner": cam_captioner.CAMCaptioner,
+  "agcnn": agcnn.AGCNN,
+  "graph_captioner": graph_captioner.GraphCaptioner,
+  "blip": blip.BlipCaptioner,
+  "git": git.GitCaptioner,
 }
 
 
@@ -29,8 +28,9 @@ def get(name: str) -> type:
   return MODELS[name]
 
 
-def build(model_config: Any, vocab_size: int | None = None,
-          is_frozen: base.IsFrozen = lambda module_path: False) -> Any:
+def build(
+  model_config: Any, vocab_size: int | None = None, is_frozen: base.IsFrozen = lambda module_path: False
+) -> Any:
   """The module of `model_config` (`vocab_size`: captioners' output vocabulary, special tokens included)."""
   return get(model_config.name).from_config(model_config, vocab_size, is_frozen)
 

@@ -67,6 +67,7 @@ class Branch(nn.Module):
   Returns {"logits": [batch, num_classes], "pooled": float32 [batch, features],
   "feature_map": [batch, h, w, features]}.
   """
+
   backbone: densenet.DenseNetConfig = densenet.DENSENET121
   num_classes: int = 15
   dtype: Any = jnp.float32
@@ -75,12 +76,12 @@ class Branch(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
     config = dataclasses.replace(self.backbone, num_classes=0)
-    features = densenet.DenseNet(config, dtype=self.dtype, param_dtype=self.param_dtype,
-                                 name="backbone")(images, train=train)
+    features = densenet.DenseNet(config, dtype=self.dtype, param_dtype=self.param_dtype, name="backbone")(
+      images, train=train
+    )
     feature_map = features["feature_map"]
     pooled = jnp.max(feature_map.astype(jnp.float32), axis=(1, 2))
-    logits = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=self.param_dtype,
-                      name="classifier")(pooled)
+    logits = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=self.param_dtype, name="classifier")(pooled)
     return {"logits": logits, "pooled": pooled, "feature_map": feature_map}
 
 
@@ -101,6 +102,7 @@ class AGCNN(base.Classifier):
     "local_images": float32 [batch, crop, crop, 3],
     "global_pooled", "local_pooled": float32 [batch, features].
   """
+
   backbone: densenet.DenseNetConfig = densenet.DENSENET121
   num_classes: int = 15
   threshold: float = DEFAULT_THRESHOLD
@@ -110,29 +112,39 @@ class AGCNN(base.Classifier):
   param_dtype: Any = jnp.float32
   stage: int | None = None
 
-  pretrained_parts = {"encoder": base.PretrainedPart(
-      "densenet", ("global_branch/backbone", "local_branch/backbone"))}
+  pretrained_parts = {"encoder": base.PretrainedPart("densenet", ("global_branch/backbone", "local_branch/backbone"))}
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, vocab_size: None, is_frozen: base.IsFrozen):
     """`config.stage` (1, 2, 3) is the training stage; the optimizer's param_groups must freeze the
     branches the stage does not train (configs/chestxray14_agcnn.py derives them from the stage)."""
     del vocab_size, is_frozen
-    return cls(backbone=densenet.config_from_section(config.encoder),
-               **base.module_fields(config, exclude=("encoder",)))
+    return cls(
+      backbone=densenet.config_from_section(config.encoder), **base.module_fields(config, exclude=("encoder",))
+    )
 
   @staticmethod
   def smoke_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(name="agcnn", stage=1, encoder=densenet.tiny_config(),
-                                          num_classes=5, threshold=0.7, crop_size=32, dtype="float32"))
+    return ml_collections.ConfigDict(
+      dict(
+        name="agcnn",
+        stage=1,
+        encoder=densenet.tiny_config(),
+        num_classes=5,
+        threshold=0.7,
+        crop_size=32,
+        dtype="float32",
+      )
+    )
 
   @staticmethod
-  def check_initialization(previous: ml_collections.ConfigDict, current: ml_collections.ConfigDict,
-                           path: str) -> None:
+  def check_initialization(previous: ml_collections.ConfigDict, current: ml_collections.ConfigDict, path: str) -> None:
     """Stages 2 and 3 start from an earlier stage's run (config.init.from_workdir)."""
     if (previous.get("stage") or 0) >= (current.get("stage") or 0):
-      raise ConfigError(f"config.init.from_workdir={path}: holds stage {previous.get('stage')}; stage "
-                        f"{current.get('stage')} starts from an earlier stage")
+      raise ConfigError(
+        f"config.init.from_workdir={path}: holds stage {previous.get('stage')}; stage "
+        f"{current.get('stage')} starts from an earlier stage"
+      )
 
   def stage_logits(self) -> str:
     """The output key that the stage trains and that prediction reads (fusion once stage 3 ran)."""
@@ -148,35 +160,36 @@ class AGCNN(base.Classifier):
     train_global = train and stage in (None, 1)
     train_local = train and stage in (None, 2)
     dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    global_out = Branch(self.backbone, self.num_classes, name="global_branch", **dtypes)(
-        images, train=train_global)
+    global_out = Branch(self.backbone, self.num_classes, name="global_branch", **dtypes)(images, train=train_global)
     feature_map, global_pooled = global_out["feature_map"], global_out["pooled"]
     if train and stage in (2, 3):
       feature_map, global_pooled = jax.lax.stop_gradient((feature_map, global_pooled))
     crop = attention_crop(images, feature_map, self.threshold, self.crop_size, self.antialias)
     local_images = jax.lax.stop_gradient(crop.crops)
     local_out = Branch(self.backbone, self.num_classes, name="local_branch", **dtypes)(
-        local_images.astype(images.dtype), train=train_local)
+      local_images.astype(images.dtype), train=train_local
+    )
     local_pooled = local_out["pooled"]
     if train and stage == 3:
       local_pooled = jax.lax.stop_gradient(local_pooled)
-    fusion_logits = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=self.param_dtype,
-                             name="fusion_classifier")(
-                                 jnp.concatenate([global_pooled, local_pooled], axis=-1))
+    fusion_logits = nn.Dense(
+      self.num_classes, dtype=jnp.float32, param_dtype=self.param_dtype, name="fusion_classifier"
+    )(jnp.concatenate([global_pooled, local_pooled], axis=-1))
     return {
-        "global_logits": global_out["logits"],
-        "local_logits": local_out["logits"],
-        "fusion_logits": fusion_logits,
-        "heatmap": crop.heatmaps,
-        "boxes": crop.boxes,
-        "local_images": local_images,
-        "global_pooled": global_pooled,
-        "local_pooled": local_pooled,
+      "global_logits": global_out["logits"],
+      "local_logits": local_out["logits"],
+      "fusion_logits": fusion_logits,
+      "heatmap": crop.heatmaps,
+      "boxes": crop.boxes,
+      "local_images": local_images,
+      "global_pooled": global_pooled,
+      "local_pooled": local_pooled,
     }
 
 
-def stage_loss(outputs: dict[str, jax.Array], labels: jax.Array, stage: int,
-               mask: jax.Array | None = None) -> jax.Array:
+def stage_loss(
+  outputs: dict[str, jax.Array], labels: jax.Array, stage: int, mask: jax.Array | None = None
+) -> jax.Array:
   """Mean binary cross-entropy of the stage's logits against 0/1 labels [batch, num_classes].
 
   `mask` (bool [batch]) leaves padding examples out.
@@ -184,8 +197,7 @@ def stage_loss(outputs: dict[str, jax.Array], labels: jax.Array, stage: int,
   logits = outputs[STAGE_LOGITS[stage]].astype(jnp.float32)
   labels = labels.astype(jnp.float32)
   # log(sigmoid(z)) = -softplus(-z), log(1 - sigmoid(z)) = -softplus(z): stable for large |z|.
-  per_example = jnp.mean(labels * jax.nn.softplus(-logits) + (1 - labels) * jax.nn.softplus(logits),
-                         axis=-1)
+  per_example = jnp.mean(labels * jax.nn.softplus(-logits) + (1 - labels) * jax.nn.softplus(logits), axis=-1)
   if mask is None:
     return jnp.mean(per_example)
   weights = mask.astype(jnp.float32)

@@ -36,6 +36,7 @@ class AttentionCaptioner(base.Captioner):
     initial_state: "zeros" (seed 001: s1 is zeros) or "pooled" (tanh(Dense(mean region)), Show, Attend
       and Tell's initialisation).
   """
+
   vocab_size: int
   encoder: densenet.DenseNetConfig = densenet.DENSENET121
   freeze_encoder: bool = True
@@ -56,10 +57,20 @@ class AttentionCaptioner(base.Captioner):
 
   @staticmethod
   def smoke_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        name="attention_captioner", encoder=densenet.tiny_config(), region_dim=16, embed_dim=8,
-        hidden_dim=16, attention="concat", attention_dim=16, dropout_rate=0.1, initial_state="zeros",
-        dtype="float32"))
+    return ml_collections.ConfigDict(
+      dict(
+        name="attention_captioner",
+        encoder=densenet.tiny_config(),
+        region_dim=16,
+        embed_dim=8,
+        hidden_dim=16,
+        attention="concat",
+        attention_dim=16,
+        dropout_rate=0.1,
+        initial_state="zeros",
+        dtype="float32",
+      )
+    )
 
   def setup(self):
     if self.initial_state not in ("zeros", "pooled"):
@@ -68,8 +79,14 @@ class AttentionCaptioner(base.Captioner):
     self.region_projection = nn.Dense(self.region_dim, dtype=self.dtype)
     self.region_dropout = nn.Dropout(self.dropout_rate)
     self.decoder = AttentionGRUStep(
-        self.vocab_size, self.embed_dim, self.hidden_dim, self.attention, self.attention_dim,
-        self.dropout_rate, dtype=self.dtype)
+      self.vocab_size,
+      self.embed_dim,
+      self.hidden_dim,
+      self.attention,
+      self.attention_dim,
+      self.dropout_rate,
+      dtype=self.dtype,
+    )
     if self.initial_state == "pooled":
       self.state_projection = nn.Dense(self.hidden_dim, dtype=self.dtype)
 
@@ -88,8 +105,9 @@ class AttentionCaptioner(base.Captioner):
       state = jnp.tanh(self.state_projection(regions.mean(axis=1))).astype(jnp.float32)
     return dict(memory, state=state)
 
-  def decode_step(self, tokens: jax.Array, cache: dict[str, jax.Array], position: jax.Array | None = None,
-                  train: bool = False):
+  def decode_step(
+    self, tokens: jax.Array, cache: dict[str, jax.Array], position: jax.Array | None = None, train: bool = False
+  ):
     """tokens [batch] -> (logits [batch, vocab], cache, attention [batch, regions]); the GRU state
     carries the position."""
     del position
@@ -103,7 +121,8 @@ class AttentionCaptioner(base.Captioner):
     def step(decoder, state, token):
       return decoder(state, token, cache["keys"], cache["regions"], train)
 
-    scan = nn.scan(step, variable_broadcast="params", split_rngs={"params": False, "dropout": True},
-                   in_axes=1, out_axes=1)
+    scan = nn.scan(
+      step, variable_broadcast="params", split_rngs={"params": False, "dropout": True}, in_axes=1, out_axes=1
+    )
     _, (logits, weights) = scan(self.decoder, cache["state"], tokens)  # [batch, length, ...]
     return {"logits": logits, "attention": weights}

@@ -36,6 +36,7 @@ class PretrainedPart:
       fastText .vec file).
     paths: parameter paths ("image_encoder/densenet") the file is written into (several: one copy each).
   """
+
   kind: str
   paths: tuple[str, ...]
 
@@ -53,16 +54,17 @@ def module_fields(config: Mapping[str, Any], exclude: tuple[str, ...] = ()) -> d
 class Captioner(nn.Module):
   """The interface of a report generator (images -> text), used by training, decoding and prediction.
 
-    __call__(images, tokens, train)   teacher forcing: images [batch, views, H, W, 3], tokens [batch,
-                                      length] (input tokens, from the start token) -> {"logits": [batch,
-                                      length, vocab], "attention": [batch, length, regions] or None}
-    encode(images, train)             -> memory: a dict of [batch, ...] arrays (image features)
-    init_cache(memory)                -> cache: the decoder state (or KV cache) plus what it reads of the
-                                      memory, [batch, ...] leaves
-    decode_step(tokens, cache, position)
-                                      tokens [batch] at `position` (0: the start token) -> (logits
-                                      [batch, vocab], cache, attention [batch, regions] or None)
+  __call__(images, tokens, train)   teacher forcing: images [batch, views, H, W, 3], tokens [batch,
+                                    length] (input tokens, from the start token) -> {"logits": [batch,
+                                    length, vocab], "attention": [batch, length, regions] or None}
+  encode(images, train)             -> memory: a dict of [batch, ...] arrays (image features)
+  init_cache(memory)                -> cache: the decoder state (or KV cache) plus what it reads of the
+                                    memory, [batch, ...] leaves
+  decode_step(tokens, cache, position)
+                                    tokens [batch] at `position` (0: the start token) -> (logits
+                                    [batch, vocab], cache, attention [batch, regions] or None)
   """
+
   task: ClassVar[str] = "captioning"
   pretrained_parts: ClassVar[dict[str, PretrainedPart]] = {}
   # The model config field that bounds a decode's length (models.max_decode_length), or None: transformer
@@ -73,14 +75,17 @@ class Captioner(nn.Module):
 
   def decoder_step_fn(self, variables: Any):
     """decoding.py's step function `(tokens, cache, position) -> (logits, cache)` over `variables`."""
+
     def step_fn(tokens: jax.Array, cache: Any, position: jax.Array):
       logits, cache, _ = self.apply(variables, tokens, cache, position, method="decode_step")
       return logits, cache
+
     return step_fn
 
 
 class Classifier(nn.Module):
   """The interface of a multi-label image classifier: `__call__(images [batch, H, W, 3], train)` -> a dict
   with the logits the task reads (see the family)."""
+
   task: ClassVar[str] = "classification"
   pretrained_parts: ClassVar[dict[str, PretrainedPart]] = {}

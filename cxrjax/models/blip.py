@@ -53,6 +53,7 @@ class BlipCaptioner(base.Captioner):
     prompt_ids: the decoder's ids before the caption, from the start token (module doc); () for none.
     cache_length: decoded positions the KV cache holds (at least config.decode.max_length).
   """
+
   vocab_size: int
   encoder: vit.ViTConfig = vit.BLIP_B16_384
   freeze_encoder: bool = False
@@ -77,37 +78,74 @@ class BlipCaptioner(base.Captioner):
     if any(not 0 <= i < vocab_size for i in prompt_ids):
       # An id past the embedding table reads NaN (JAX's out-of-bounds gather fill): a run would train on
       # NaN losses. BLIP's prompt needs its vocabulary (bert-base-uncased with [DEC] and [ENC]: 30524).
-      raise ConfigError(f"config.model.prompt_ids={list(prompt_ids)}: ids outside the vocabulary of {vocab_size} "
-                        "tokens; give the tokenizer the prompt was written for (config.data.tokenizer)")
-    return cls(vocab_size=vocab_size, encoder=vit.config_from_section(config.encoder),
-               freeze_encoder=is_frozen("image_encoder"), prompt_ids=prompt_ids, **fields)
+      raise ConfigError(
+        f"config.model.prompt_ids={list(prompt_ids)}: ids outside the vocabulary of {vocab_size} "
+        "tokens; give the tokenizer the prompt was written for (config.data.tokenizer)"
+      )
+    return cls(
+      vocab_size=vocab_size,
+      encoder=vit.config_from_section(config.encoder),
+      freeze_encoder=is_frozen("image_encoder"),
+      prompt_ids=prompt_ids,
+      **fields,
+    )
 
   @staticmethod
   def smoke_config() -> ml_collections.ConfigDict:
     # A two-token prompt (the start token and id 4), so that the contract test runs the prompt's path.
-    encoder = dict(vit.tiny_config(), activation="gelu", patch_bias=True, pre_norm=False, layer_norm_eps=1e-6,
-                   preprocessing=dict(normalization="clip", resize_filter="bicubic", resize_rule="square"))
-    return ml_collections.ConfigDict(dict(
-        name="blip", encoder=encoder, hidden_size=24, num_heads=2, num_layers=2, intermediate_size=32,
-        layer_norm_eps=1e-12, max_positions=32, dropout_rate=0.1, attention_dropout_rate=0.1,
-        prompt_ids=(2, 4), cache_length=16, dtype="float32"))
+    encoder = dict(
+      vit.tiny_config(),
+      activation="gelu",
+      patch_bias=True,
+      pre_norm=False,
+      layer_norm_eps=1e-6,
+      preprocessing=dict(normalization="clip", resize_filter="bicubic", resize_rule="square"),
+    )
+    return ml_collections.ConfigDict(
+      dict(
+        name="blip",
+        encoder=encoder,
+        hidden_size=24,
+        num_heads=2,
+        num_layers=2,
+        intermediate_size=32,
+        layer_norm_eps=1e-12,
+        max_positions=32,
+        dropout_rate=0.1,
+        attention_dropout_rate=0.1,
+        prompt_ids=(2, 4),
+        cache_length=16,
+        dtype="float32",
+      )
+    )
 
   def setup(self):
     prefix = max(len(self.prompt_ids) - 1, 0)
     if prefix + self.cache_length > self.max_positions:
-      raise ValueError(f"the prompt's {prefix} prefix tokens and cache_length {self.cache_length} exceed "
-                       f"max_positions {self.max_positions}")
+      raise ValueError(
+        f"the prompt's {prefix} prefix tokens and cache_length {self.cache_length} exceed "
+        f"max_positions {self.max_positions}"
+      )
     self.image_encoder = vit.VisionTransformer(self.encoder, dtype=self.dtype)
-    self.embeddings = bert.BertEmbeddings(self.vocab_size, self.hidden_size, self.max_positions,
-                                          self.layer_norm_eps, self.dropout_rate, dtype=self.dtype)
-    self.decoder = bert.BertStack(self.num_layers, self.hidden_size, self.num_heads, self.intermediate_size,
-                                  cross_attention=True, epsilon=self.layer_norm_eps,
-                                  dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-                                  dtype=self.dtype)
+    self.embeddings = bert.BertEmbeddings(
+      self.vocab_size, self.hidden_size, self.max_positions, self.layer_norm_eps, self.dropout_rate, dtype=self.dtype
+    )
+    self.decoder = bert.BertStack(
+      self.num_layers,
+      self.hidden_size,
+      self.num_heads,
+      self.intermediate_size,
+      cross_attention=True,
+      epsilon=self.layer_norm_eps,
+      dropout_rate=self.dropout_rate,
+      attention_dropout_rate=self.attention_dropout_rate,
+      dtype=self.dtype,
+    )
     self.head_dense = nn.Dense(self.hidden_size, dtype=self.dtype)
     self.head_norm = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype)
-    self.output_bias = self.param("output_bias", partitioning.logical(nn.initializers.zeros, (VOCAB,)),
-                                  (self.vocab_size,), jnp.float32)
+    self.output_bias = self.param(
+      "output_bias", partitioning.logical(nn.initializers.zeros, (VOCAB,)), (self.vocab_size,), jnp.float32
+    )
 
   def encode(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
     """images [batch, views, H, W, 3] (view 0 is used) -> {"memory": [batch, image tokens, vision width]}."""
@@ -136,8 +174,9 @@ class BlipCaptioner(base.Captioner):
     x = self.embeddings(tokens, jnp.arange(len(prefix)))
     return self.decoder.init_cache(batch, self.cache_length, memory, x, bert.causal_mask(len(prefix)))[0]
 
-  def decode_step(self, tokens: jax.Array, cache: dict[str, Any], position: jax.Array | None = None,
-                  train: bool = False):
+  def decode_step(
+    self, tokens: jax.Array, cache: dict[str, Any], position: jax.Array | None = None, train: bool = False
+  ):
     """tokens [batch] at `position` (int32 scalar < cache_length; 0: the start token, replaced by the
     prompt's last token when there is a prompt) -> (logits [batch, vocab], cache, None)."""
     if position is None:
@@ -161,4 +200,4 @@ class BlipCaptioner(base.Captioner):
       raise ValueError(f"{length} decoder positions (prompt included) exceed max_positions {self.max_positions}")
     x = self.embeddings(tokens, jnp.arange(length), train=train)
     x = self.decoder(x, bert.causal_mask(length), memory, train=train)
-    return {"logits": self._logits(x[:, len(prefix):]), "attention": None}
+    return {"logits": self._logits(x[:, len(prefix) :]), "attention": None}

@@ -41,14 +41,22 @@ class CAMCaptioner(AttentionCaptioner):
     context_dim: width of the context flow's convolutions.
     pool_factor: the context flow's average pooling factor N (see the module doc for odd maps).
   """
+
   context_dim: int = 512
   pool_factor: int = 2
 
   @staticmethod
   def smoke_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        AttentionCaptioner.smoke_config(), name="cam_captioner", attention="bahdanau",
-        initial_state="pooled", context_dim=8, pool_factor=2))
+    return ml_collections.ConfigDict(
+      dict(
+        AttentionCaptioner.smoke_config(),
+        name="cam_captioner",
+        attention="bahdanau",
+        initial_state="pooled",
+        context_dim=8,
+        pool_factor=2,
+      )
+    )
 
   def setup(self):
     super().setup()

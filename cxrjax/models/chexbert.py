@@ -26,9 +26,22 @@ import numpy as np
 from cxrjax.models.encoders.text import TextEncoder
 
 # src/constants.py CONDITIONS: the heads' order.
-CONDITIONS = ("Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
-              "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
-              "Fracture", "Support Devices", "No Finding")
+CONDITIONS = (
+  "Enlarged Cardiomediastinum",
+  "Cardiomegaly",
+  "Lung Opacity",
+  "Lung Lesion",
+  "Edema",
+  "Consolidation",
+  "Pneumonia",
+  "Atelectasis",
+  "Pneumothorax",
+  "Pleural Effusion",
+  "Pleural Other",
+  "Fracture",
+  "Support Devices",
+  "No Finding",
+)
 # Class ids of the heads (src/constants.py CLASS_MAPPING); "No Finding" has the first two only.
 CLASSES = ("blank", "positive", "negative", "uncertain")
 BLANK, POSITIVE, NEGATIVE, UNCERTAIN = range(4)
@@ -37,8 +50,15 @@ CLASS_VALUES = (None, 1, 0, -1)
 MAX_TOKENS = 512  # bert_tokenizer.py: longer reports keep their first 511 ids and [SEP].
 
 # bert-base-uncased, the released checkpoint's encoder (the heads count is not in the tensors' shapes).
-BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072,
-                 max_positions=512, type_vocab_size=2)
+BERT_BASE = dict(
+  vocab_size=30522,
+  hidden_size=768,
+  num_layers=12,
+  num_heads=12,
+  intermediate_size=3072,
+  max_positions=512,
+  type_vocab_size=2,
+)
 
 
 def clean_report(text: str) -> str:
@@ -50,10 +70,11 @@ def clean_report(text: str) -> str:
 class CheXbert(nn.Module):
   """`bert_labeler`: a BERT encoder, dropout on the [CLS] state, 14 linear heads (`heads_0`...`heads_13`).
 
-    __call__(tokens, mask) -> logits [batch, 14, 4]: tokens int32 [batch, length] ([CLS] first), mask
-    [batch, length] (1: a real token); row j holds head j's logits in CLASSES order; "No Finding" (j = 13)
-    has 2 classes, its last two columns are -inf (so an argmax over the row is the head's argmax).
+  __call__(tokens, mask) -> logits [batch, 14, 4]: tokens int32 [batch, length] ([CLS] first), mask
+  [batch, length] (1: a real token); row j holds head j's logits in CLASSES order; "No Finding" (j = 13)
+  has 2 classes, its last two columns are -inf (so an argmax over the row is the head's argmax).
   """
+
   vocab_size: int
   hidden_size: int
   num_layers: int
@@ -66,13 +87,23 @@ class CheXbert(nn.Module):
   dtype: Any = jnp.float32
 
   def setup(self):
-    self.bert = TextEncoder(self.vocab_size, self.hidden_size, self.num_layers, self.num_heads,
-                            self.intermediate_size, self.max_positions, self.type_vocab_size,
-                            epsilon=self.epsilon, dropout_rate=self.dropout_rate,
-                            attention_dropout_rate=self.dropout_rate, dtype=self.dtype)
+    self.bert = TextEncoder(
+      self.vocab_size,
+      self.hidden_size,
+      self.num_layers,
+      self.num_heads,
+      self.intermediate_size,
+      self.max_positions,
+      self.type_vocab_size,
+      epsilon=self.epsilon,
+      dropout_rate=self.dropout_rate,
+      attention_dropout_rate=self.dropout_rate,
+      dtype=self.dtype,
+    )
     self.dropout = nn.Dropout(self.dropout_rate)
-    self.heads = [nn.Dense(4 if index < len(CONDITIONS) - 1 else 2, dtype=self.dtype)
-                  for index in range(len(CONDITIONS))]
+    self.heads = [
+      nn.Dense(4 if index < len(CONDITIONS) - 1 else 2, dtype=self.dtype) for index in range(len(CONDITIONS))
+    ]
 
   def __call__(self, tokens: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
     cls_state = self.dropout(self.bert(tokens, mask, train=train)[:, 0], deterministic=not train)  # [batch, hidden]
@@ -95,10 +126,11 @@ def label_record(classes: Any) -> dict[str, dict[str, Any]]:
   classes = [int(value) for value in np.asarray(classes)]
   if len(classes) != len(CONDITIONS) or not all(0 <= value < len(CLASSES) for value in classes):
     raise ValueError(f"expected {len(CONDITIONS)} class ids in 0..{len(CLASSES) - 1}, got {classes}")
-  return {"classes": {name: CLASSES[value] for name, value in zip(CONDITIONS, classes)},
-          "values": {name: CLASS_VALUES[value] for name, value in zip(CONDITIONS, classes)},
-          "uncertain_as_positive": {name: int(value in (POSITIVE, UNCERTAIN))
-                                    for name, value in zip(CONDITIONS, classes)}}
+  return {
+    "classes": {name: CLASSES[value] for name, value in zip(CONDITIONS, classes)},
+    "values": {name: CLASS_VALUES[value] for name, value in zip(CONDITIONS, classes)},
+    "uncertain_as_positive": {name: int(value in (POSITIVE, UNCERTAIN)) for name, value in zip(CONDITIONS, classes)},
+  }
 
 
 def uncertain_as_positive(classes: Any) -> np.ndarray:

@@ -48,6 +48,7 @@ class GitCaptioner(base.Captioner):
     dropout_rate, attention_dropout_rate: hidden_dropout_prob, attention_probs_dropout_prob (training).
     cache_length: text positions the KV cache holds.
   """
+
   vocab_size: int
   encoder: vit.ViTConfig = vit.CLIP_B16
   freeze_encoder: bool = False
@@ -67,15 +68,32 @@ class GitCaptioner(base.Captioner):
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, vocab_size: int, is_frozen: base.IsFrozen):
-    return cls(vocab_size=vocab_size, encoder=vit.config_from_section(config.encoder),
-               freeze_encoder=is_frozen("image_encoder"), **base.module_fields(config, exclude=("encoder",)))
+    return cls(
+      vocab_size=vocab_size,
+      encoder=vit.config_from_section(config.encoder),
+      freeze_encoder=is_frozen("image_encoder"),
+      **base.module_fields(config, exclude=("encoder",)),
+    )
 
   @staticmethod
   def smoke_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        name="git", encoder=vit.tiny_config(), hidden_size=24, num_layers=2, num_heads=2, intermediate_size=48,
-        max_positions=32, layer_norm_eps=1e-12, projection_eps=1e-5, dropout_rate=0.1,
-        attention_dropout_rate=0.1, cache_length=16, dtype="float32"))
+    return ml_collections.ConfigDict(
+      dict(
+        name="git",
+        encoder=vit.tiny_config(),
+        hidden_size=24,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=48,
+        max_positions=32,
+        layer_norm_eps=1e-12,
+        projection_eps=1e-5,
+        dropout_rate=0.1,
+        attention_dropout_rate=0.1,
+        cache_length=16,
+        dtype="float32",
+      )
+    )
 
   def setup(self):
     if self.cache_length > self.max_positions:
@@ -83,13 +101,25 @@ class GitCaptioner(base.Captioner):
     self.image_encoder = vit.VisionTransformer(self.encoder, dtype=self.dtype)
     self.visual_projection = nn.Dense(self.hidden_size, dtype=self.dtype)
     self.visual_projection_norm = nn.LayerNorm(epsilon=self.projection_eps, dtype=self.dtype)
-    self.embeddings = bert.BertEmbeddings(self.vocab_size, self.hidden_size, self.max_positions,
-                                          epsilon=self.layer_norm_eps, dropout_rate=self.dropout_rate,
-                                          dtype=self.dtype)
-    self.text_decoder = bert.BertStack(self.num_layers, self.hidden_size, self.num_heads,
-                                         self.intermediate_size, cross_attention=False,
-                                         epsilon=self.layer_norm_eps, dropout_rate=self.dropout_rate,
-                                         attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype)
+    self.embeddings = bert.BertEmbeddings(
+      self.vocab_size,
+      self.hidden_size,
+      self.max_positions,
+      epsilon=self.layer_norm_eps,
+      dropout_rate=self.dropout_rate,
+      dtype=self.dtype,
+    )
+    self.text_decoder = bert.BertStack(
+      self.num_layers,
+      self.hidden_size,
+      self.num_heads,
+      self.intermediate_size,
+      cross_attention=False,
+      epsilon=self.layer_norm_eps,
+      dropout_rate=self.dropout_rate,
+      attention_dropout_rate=self.attention_dropout_rate,
+      dtype=self.dtype,
+    )
     self.output = partitioning.dense(self.vocab_size, (EMBED, VOCAB), self.dtype)
 
   def encode(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
@@ -103,12 +133,12 @@ class GitCaptioner(base.Captioner):
   def init_cache(self, memory: dict[str, jax.Array], train: bool = False) -> dict[str, Any]:
     """-> {"layers_N": {"prefix_keys", "prefix_values" (the image tokens'), "self_keys", "self_values"}}."""
     image_tokens = memory["image_tokens"].astype(self.dtype)
-    cache, _ = self.text_decoder.init_cache(image_tokens.shape[0], self.cache_length, prefix=image_tokens,
-                                              train=train)
+    cache, _ = self.text_decoder.init_cache(image_tokens.shape[0], self.cache_length, prefix=image_tokens, train=train)
     return cache
 
-  def decode_step(self, tokens: jax.Array, cache: dict[str, Any], position: jax.Array | None = None,
-                  train: bool = False):
+  def decode_step(
+    self, tokens: jax.Array, cache: dict[str, Any], position: jax.Array | None = None, train: bool = False
+  ):
     """tokens [batch] at text `position` (int32 scalar, < cache_length) -> (logits [batch, vocab], cache,
     None)."""
     if position is None:

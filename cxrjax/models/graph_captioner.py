@@ -34,6 +34,7 @@ from cxrjax.models.partitioning import EMBED, VOCAB
 class GraphPropagation(nn.Module):
   """The seed's `GraphPropagationLayer`: `steps` rounds of x = hardtanh(x + Dense(mean of the `window`
   neighbours along the token axis, wrapping around as torch.roll)); one Dense shared by every round."""
+
   window: int = 3
   steps: int = 3
   dtype: Any = jnp.float32
@@ -60,6 +61,7 @@ class GraphCaptioner(base.Captioner):
     max_positions: rows of the position table (the seed's 2000).
     cache_length: positions the KV cache holds (the seed generates at most 80 tokens).
   """
+
   vocab_size: int
   encoder: resnet.ResNetConfig = resnet.RESNET50
   freeze_encoder: bool = False
@@ -79,15 +81,31 @@ class GraphCaptioner(base.Captioner):
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, vocab_size: int, is_frozen: base.IsFrozen):
-    return cls(vocab_size=vocab_size, encoder=resnet.config_from_section(config.encoder),
-               freeze_encoder=is_frozen("image_encoder"), **base.module_fields(config, exclude=("encoder",)))
+    return cls(
+      vocab_size=vocab_size,
+      encoder=resnet.config_from_section(config.encoder),
+      freeze_encoder=is_frozen("image_encoder"),
+      **base.module_fields(config, exclude=("encoder",)),
+    )
 
   @staticmethod
   def smoke_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        name="graph_captioner", encoder=resnet.tiny_config(), d_model=16, num_heads=2, num_layers=2,
-        ff_dim=32, dropout_rate=0.1, graph_window=3, graph_steps=3, max_positions=32, cache_length=16,
-        dtype="float32"))
+    return ml_collections.ConfigDict(
+      dict(
+        name="graph_captioner",
+        encoder=resnet.tiny_config(),
+        d_model=16,
+        num_heads=2,
+        num_layers=2,
+        ff_dim=32,
+        dropout_rate=0.1,
+        graph_window=3,
+        graph_steps=3,
+        max_positions=32,
+        cache_length=16,
+        dtype="float32",
+      )
+    )
 
   def setup(self):
     if self.cache_length > self.max_positions:
@@ -96,12 +114,18 @@ class GraphCaptioner(base.Captioner):
     self.vis_proj = nn.Dense(self.d_model, dtype=self.dtype)
     self.graph_layer = GraphPropagation(self.graph_window, self.graph_steps, dtype=self.dtype)
     # N(0, 1) as torch.nn.Embedding and the seed's torch.randn position table.
-    self.embedding = nn.Embed(self.vocab_size, self.d_model,
-                              embedding_init=partitioning.logical(nn.initializers.normal(1.0), (VOCAB, EMBED)))
-    self.pos_encoder = self.param("pos_encoder", partitioning.logical(nn.initializers.normal(1.0), (None, EMBED)),
-                                  (self.max_positions, self.d_model), jnp.float32)
-    self.decoder = transformer.TransformerDecoder(self.num_layers, self.d_model, self.num_heads, self.ff_dim,
-                                                  self.dropout_rate, dtype=self.dtype)
+    self.embedding = nn.Embed(
+      self.vocab_size, self.d_model, embedding_init=partitioning.logical(nn.initializers.normal(1.0), (VOCAB, EMBED))
+    )
+    self.pos_encoder = self.param(
+      "pos_encoder",
+      partitioning.logical(nn.initializers.normal(1.0), (None, EMBED)),
+      (self.max_positions, self.d_model),
+      jnp.float32,
+    )
+    self.decoder = transformer.TransformerDecoder(
+      self.num_layers, self.d_model, self.num_heads, self.ff_dim, self.dropout_rate, dtype=self.dtype
+    )
     self.fc_out = partitioning.dense(self.vocab_size, (EMBED, VOCAB), self.dtype)
 
   def encode(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
@@ -121,8 +145,9 @@ class GraphCaptioner(base.Captioner):
   def _embed(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
     return (self.embedding(tokens) + jnp.take(self.pos_encoder, positions, axis=0)).astype(self.dtype)
 
-  def decode_step(self, tokens: jax.Array, cache: dict[str, Any], position: jax.Array | None = None,
-                  train: bool = False):
+  def decode_step(
+    self, tokens: jax.Array, cache: dict[str, Any], position: jax.Array | None = None, train: bool = False
+  ):
     """tokens [batch] at `position` (int32 scalar, < cache_length) -> (logits [batch, vocab], cache, None)."""
     if position is None:
       raise ValueError("GraphCaptioner.decode_step needs the token's position (its KV cache slot)")

@@ -46,6 +46,7 @@ class LSTMCaptioner(base.Captioner):
     hidden_dim: LSTM size, also the size of the image vector (its initial state).
     dropout_rate: on the pooled image features and before the output layer.
   """
+
   vocab_size: int
   encoder: densenet.DenseNetConfig = densenet.DENSENET121
   freeze_encoder: bool = True
@@ -54,8 +55,10 @@ class LSTMCaptioner(base.Captioner):
   dropout_rate: float = 0.2
   dtype: Any = jnp.float32
 
-  pretrained_parts = {"encoder": base.PretrainedPart("densenet", ("image_encoder/densenet",)),
-                      "word_vectors": base.PretrainedPart("word_vectors", ("decoder/embed/embedding",))}
+  pretrained_parts = {
+    "encoder": base.PretrainedPart("densenet", ("image_encoder/densenet",)),
+    "word_vectors": base.PretrainedPart("word_vectors", ("decoder/embed/embedding",)),
+  }
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, vocab_size: int, is_frozen: base.IsFrozen):
@@ -63,16 +66,22 @@ class LSTMCaptioner(base.Captioner):
 
   @staticmethod
   def smoke_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        name="lstm_captioner", encoder=densenet.tiny_config(), embed_dim=8, hidden_dim=16,
-        dropout_rate=0.1, dtype="float32"))
+    return ml_collections.ConfigDict(
+      dict(
+        name="lstm_captioner",
+        encoder=densenet.tiny_config(),
+        embed_dim=8,
+        hidden_dim=16,
+        dropout_rate=0.1,
+        dtype="float32",
+      )
+    )
 
   def setup(self):
     self.image_encoder = ImageEncoder(self.encoder, frozen=self.freeze_encoder, dtype=self.dtype)
     self.image_dropout = nn.Dropout(self.dropout_rate)
     self.image_dense = nn.Dense(self.hidden_dim, dtype=self.dtype)
-    self.decoder = LSTMStep(self.vocab_size, self.embed_dim, self.hidden_dim, self.dropout_rate,
-                            dtype=self.dtype)
+    self.decoder = LSTMStep(self.vocab_size, self.embed_dim, self.hidden_dim, self.dropout_rate, dtype=self.dtype)
 
   def encode(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
     """images [batch, views, H, W, 3] -> {"image": [batch, hidden]} (the image vector)."""
@@ -85,8 +94,9 @@ class LSTMCaptioner(base.Captioner):
     image = memory["image"]
     return {"image": image, "cell": image, "hidden": image}
 
-  def decode_step(self, tokens: jax.Array, cache: dict[str, jax.Array], position: jax.Array | None = None,
-                  train: bool = False):
+  def decode_step(
+    self, tokens: jax.Array, cache: dict[str, jax.Array], position: jax.Array | None = None, train: bool = False
+  ):
     """tokens [batch] -> (logits [batch, vocab], cache, None: no attention)."""
     del position  # The LSTM state carries it.
     (cell, hidden), logits = self.decoder((cache["cell"], cache["hidden"]), tokens, cache["image"], train)
@@ -100,7 +110,8 @@ class LSTMCaptioner(base.Captioner):
     def step(decoder, carry, token):
       return decoder(carry, token, cache["image"], train)
 
-    scan = nn.scan(step, variable_broadcast="params", split_rngs={"params": False, "dropout": True},
-                   in_axes=1, out_axes=1)
+    scan = nn.scan(
+      step, variable_broadcast="params", split_rngs={"params": False, "dropout": True}, in_axes=1, out_axes=1
+    )
     _, logits = scan(self.decoder, (cache["cell"], cache["hidden"]), tokens)  # [batch, length, vocab]
     return {"logits": logits, "attention": None}

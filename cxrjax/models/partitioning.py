@@ -33,14 +33,20 @@ def logical(init: Callable[..., jax.Array], names: Sequence[str | None]) -> Call
 
   def initializer(*args, **kwargs):
     return boxed(*args, **kwargs) if _RECORDING.get() else init(*args, **kwargs)
+
   return initializer
 
 
 def dense(features: int, names: tuple[str | None, str | None], dtype: Any, name: str | None = None) -> nn.Dense:
   """nn.Dense with flax's default initialisers, its kernel [in, out] named `names` and its bias [out]
   named as the kernel's output axis."""
-  return nn.Dense(features, dtype=dtype, name=name, kernel_init=logical(nn.linear.default_kernel_init, names),
-                  bias_init=logical(nn.initializers.zeros_init(), names[-1:]))
+  return nn.Dense(
+    features,
+    dtype=dtype,
+    name=name,
+    kernel_init=logical(nn.linear.default_kernel_init, names),
+    bias_init=logical(nn.initializers.zeros_init(), names[-1:]),
+  )
 
 
 def logical_axes(init_fn: Callable[..., Any], *args) -> Any:

@@ -41,8 +41,7 @@ def _resize_kernel(start: jax.Array, stop: jax.Array, out_size: int, antialias: 
   return sample, (jnp.maximum(inv_scale, 1.0) if antialias else jnp.float32(1.0))
 
 
-def _triangle(sample: jax.Array, position: jax.Array, width: jax.Array, start: jax.Array,
-              stop: jax.Array) -> jax.Array:
+def _triangle(sample: jax.Array, position: jax.Array, width: jax.Array, start: jax.Array, stop: jax.Array) -> jax.Array:
   """Weights of input pixels `position` for output samples `sample` (broadcast), normalised over the
   last axis; pixels outside [start, stop) get no weight (edge handling as in PIL and
   jax.image.scale_and_translate, which equals clamping when enlarging)."""
@@ -53,15 +52,15 @@ def _triangle(sample: jax.Array, position: jax.Array, width: jax.Array, start: j
   return weights / jnp.sum(weights, axis=-1, keepdims=True)
 
 
-def _resize_weights(start: jax.Array, stop: jax.Array, in_size: int, out_size: int,
-                    antialias: bool) -> jax.Array:
+def _resize_weights(start: jax.Array, stop: jax.Array, in_size: int, out_size: int, antialias: bool) -> jax.Array:
   """Linear-interpolation weights [out_size, in_size] from the pixels [start, stop) to out_size."""
   sample, width = _resize_kernel(start, stop, out_size, antialias)
   return _triangle(sample[:, None], jnp.arange(in_size)[None, :], width, start, stop)
 
 
-def _resize_taps(start: jax.Array, stop: jax.Array, in_size: int, out_size: int,
-                 antialias: bool) -> tuple[jax.Array, jax.Array]:
+def _resize_taps(
+  start: jax.Array, stop: jax.Array, in_size: int, out_size: int, antialias: bool
+) -> tuple[jax.Array, jax.Array]:
   """The same interpolation as `_resize_weights`, as the few input pixels each output pixel reads.
 
   Returns (positions int32 [out_size, taps] within [0, in_size), weights float32 [out_size, taps]).
@@ -77,8 +76,7 @@ def _resize_taps(start: jax.Array, stop: jax.Array, in_size: int, out_size: int,
   return jnp.clip(position, 0, in_size - 1), weights
 
 
-def _crop_and_resize_dense(images: jax.Array, boxes: jax.Array, out_h: int, out_w: int,
-                           antialias: bool) -> jax.Array:
+def _crop_and_resize_dense(images: jax.Array, boxes: jax.Array, out_h: int, out_w: int, antialias: bool) -> jax.Array:
   """Two batched matrix products with per-image interpolation matrices (rows, then columns), as
   jax.image.scale_and_translate computes: the MXU's work on TPUs."""
   _, height, width, _ = images.shape
@@ -91,8 +89,7 @@ def _crop_and_resize_dense(images: jax.Array, boxes: jax.Array, out_h: int, out_
   return jnp.einsum("bpw,bowc->bopc", columns, resized, precision=precision)
 
 
-def _crop_and_resize_taps(images: jax.Array, boxes: jax.Array, out_h: int, out_w: int,
-                          antialias: bool) -> jax.Array:
+def _crop_and_resize_taps(images: jax.Array, boxes: jax.Array, out_h: int, out_w: int, antialias: bool) -> jax.Array:
   """Gathers the few rows (then columns) each output pixel reads: on CPUs the dense products do
   ~100x the arithmetic (a 224x224 matrix per image where 2 taps per pixel are non-zero)."""
   _, height, width, _ = images.shape
@@ -112,8 +109,9 @@ def _crop_and_resize_taps(images: jax.Array, boxes: jax.Array, out_h: int, out_w
   return jnp.swapaxes(resized, 1, 2)  # [batch, out_h, out_w, c]
 
 
-def crop_and_resize(images: jax.Array, boxes: jax.Array, out_size: int | tuple[int, int],
-                    antialias: bool = True) -> jax.Array:
+def crop_and_resize(
+  images: jax.Array, boxes: jax.Array, out_size: int | tuple[int, int], antialias: bool = True
+) -> jax.Array:
   """`images[b, y0:y1, x0:x1]` resized to out_size, for every b, with static shapes.
 
   Separable linear interpolation; on CPUs by gathering each output pixel's taps, elsewhere as
@@ -131,8 +129,9 @@ def crop_and_resize(images: jax.Array, boxes: jax.Array, out_size: int | tuple[i
   """
   out_h, out_w = (out_size, out_size) if isinstance(out_size, int) else out_size
   resize = lambda method: functools.partial(method, out_h=out_h, out_w=out_w, antialias=antialias)
-  return jax.lax.platform_dependent(images, boxes, cpu=resize(_crop_and_resize_taps),
-                                    default=resize(_crop_and_resize_dense))
+  return jax.lax.platform_dependent(
+    images, boxes, cpu=resize(_crop_and_resize_taps), default=resize(_crop_and_resize_dense)
+  )
 
 
 class AttentionCrop(NamedTuple):
@@ -144,8 +143,13 @@ class AttentionCrop(NamedTuple):
   masks: jax.Array  # bool [batch, height, width]: the largest region (all False: none found)
 
 
-def attention_crop(images: jax.Array, feature_maps: jax.Array, threshold: float = DEFAULT_THRESHOLD,
-                   out_size: int | None = 224, antialias: bool = True) -> AttentionCrop:
+def attention_crop(
+  images: jax.Array,
+  feature_maps: jax.Array,
+  threshold: float = DEFAULT_THRESHOLD,
+  out_size: int | None = 224,
+  antialias: bool = True,
+) -> AttentionCrop:
   """AG-CNN's attention-guided crop, batched, inside jit.
 
   Args:

@@ -20,7 +20,7 @@ def _shift(x: jax.Array, dy: int, dx: int, fill) -> jax.Array:
   """[batch, h, w] -> y with y[:, i, j] = x[:, i + dy, j + dx], `fill` outside."""
   _, height, width = x.shape
   padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1)), constant_values=fill)
-  return padded[:, 1 + dy:1 + dy + height, 1 + dx:1 + dx + width]
+  return padded[:, 1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
 
 
 class _Blocks(NamedTuple):
@@ -57,10 +57,10 @@ def _label_blocks(mask: jax.Array) -> tuple[_Blocks, jax.Array]:
   # facing columns (rows) have a foreground pixel, as all pixels of two facing pairs are adjacent;
   # diagonal neighbours only through their facing corner pixels.
   links = {
-      (0, 1): (top_right | bottom_right) & _shift(top_left | bottom_left, 0, 1, False),
-      (1, 0): (bottom_left | bottom_right) & _shift(top_left | top_right, 1, 0, False),
-      (1, 1): bottom_right & _shift(top_left, 1, 1, False),
-      (1, -1): bottom_left & _shift(top_right, 1, -1, False),
+    (0, 1): (top_right | bottom_right) & _shift(top_left | bottom_left, 0, 1, False),
+    (1, 0): (bottom_left | bottom_right) & _shift(top_left | top_right, 1, 0, False),
+    (1, 1): bottom_right & _shift(top_left, 1, 1, False),
+    (1, -1): bottom_left & _shift(top_right, 1, -1, False),
   }
   for dy, dx in _FORWARD:
     links[(-dy, -dx)] = _shift(links[(dy, dx)], -dy, -dx, False)
@@ -78,13 +78,15 @@ def _label_blocks(mask: jax.Array) -> tuple[_Blocks, jax.Array]:
       p, _ = state
       grand = jnp.take_along_axis(p, p, axis=1)
       return grand, jnp.any(grand != p)
+
     return jax.lax.while_loop(lambda state: state[1], jump, (parent, jnp.bool_(True)))[0]
 
   # Per-image indices with the batch as a batch dimension of every gather and segment-min, so
   # that a batch sharded over devices stays sharded (no cross-device indexing).
   segment_min = jax.vmap(lambda values, ids: jax.ops.segment_min(values, ids, num_segments=num_blocks))
   index = jnp.broadcast_to(
-      jnp.arange(num_blocks, dtype=jnp.int32).reshape(1, block_height, block_width), foreground.shape)
+    jnp.arange(num_blocks, dtype=jnp.int32).reshape(1, block_height, block_width), foreground.shape
+  )
 
   # Start from horizontal runs of linked blocks: every block points at the first block of its
   # run in its row (a running maximum of run starts), so the first round begins with shallow trees.
@@ -132,7 +134,8 @@ def _per_component(reduce, values: jax.Array, roots: jax.Array) -> jax.Array:
   batch, block_height, block_width = roots.shape
   num_blocks = block_height * block_width
   return jax.vmap(lambda v, ids: reduce(v, ids, num_segments=num_blocks))(
-      values.reshape(batch, num_blocks), roots.reshape(batch, num_blocks))
+    values.reshape(batch, num_blocks), roots.reshape(batch, num_blocks)
+  )
 
 
 def label_components(mask: jax.Array, return_iterations: bool = False):

@@ -22,14 +22,23 @@ def encode_multipart(fields: dict[str, Any], files: Sequence[tuple[str, str, byt
   for name, value in fields.items():
     parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
   for name, filename, data in files:
-    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-                 "Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
+    parts.append(
+      f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+      "Content-Type: application/octet-stream\r\n\r\n".encode()
+      + data
+      + b"\r\n"
+    )
   parts.append(f"--{boundary}--\r\n".encode())
   return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
-def request(url: str, body: bytes | None = None, content_type: str | None = None, method: str | None = None,
-            timeout: float = 120.0) -> tuple[int, Any]:
+def request(
+  url: str,
+  body: bytes | None = None,
+  content_type: str | None = None,
+  method: str | None = None,
+  timeout: float = 120.0,
+) -> tuple[int, Any]:
   """One HTTP request -> (status, JSON body, or the text where the body is not JSON)."""
   headers = {"Content-Type": content_type} if content_type else {}
   http_request = urllib.request.Request(url, data=body, headers=headers, method=method)
@@ -44,8 +53,14 @@ def request(url: str, body: bytes | None = None, content_type: str | None = None
     return status, payload.decode("utf-8", "replace")
 
 
-def predict(server: str, images: Sequence[bytes], as_json: bool = False, filenames: Sequence[str] | None = None,
-            timeout: float = 120.0, **options: Any) -> tuple[int, Any]:
+def predict(
+  server: str,
+  images: Sequence[bytes],
+  as_json: bool = False,
+  filenames: Sequence[str] | None = None,
+  timeout: float = 120.0,
+  **options: Any,
+) -> tuple[int, Any]:
   """POST /api/v1/predict with encoded `images` (frontal first) and options (model, search, beam_size,
   max_length, attention, views) -> (status, JSON)."""
   url = server.rstrip("/") + "/api/v1/predict"

@@ -42,6 +42,7 @@ DEFAULT_BATCH_SIZES = (1, 4, 8)
 @dataclasses.dataclass(frozen=True)
 class Variant:
   """One compiled decoding program: requests with the same variant share a batch."""
+
   greedy: bool
   beam_size: int
   max_length: int
@@ -50,6 +51,7 @@ class Variant:
 @dataclasses.dataclass
 class Item:
   """One prepared request: the views as the model reads them, and what to return."""
+
   images: np.ndarray  # float32 [views, S, S, 3] (report generators) or [S, S, 3] (classifiers)
   views: list[np.ndarray]  # the resized uint8 views [S, S, 3], as uploaded (not repeated)
   variant: Variant | None  # None for classifiers
@@ -58,21 +60,37 @@ class Item:
   queued_at: float = 0.0
 
 
-def jit_search(task: Any, model: Any, tokenizer: Any, decode: ml_collections.ConfigDict, greedy: bool,
-               variables_sharding: Any, mesh: jax.sharding.Mesh) -> Any:
+def jit_search(
+  task: Any,
+  model: Any,
+  tokenizer: Any,
+  decode: ml_collections.ConfigDict,
+  greedy: bool,
+  variables_sharding: Any,
+  mesh: jax.sharding.Mesh,
+) -> Any:
   """One served decoding program, (variables, {"images": [batch, views, S, S, 3]}) -> the search's tokens,
   log-probabilities and scores: the variables in the run's layout as loaded, the padded batch and the
   outputs replicated over `mesh` (a batch of 1 splits over no devices). Engine and aot.py build it here."""
   replicated = sharding.replicated(mesh)
-  return jax.jit(task.predict_fn(model, tokenizer, greedy=greedy, decode=decode, with_scores=True),
-                 in_shardings=(variables_sharding, replicated), out_shardings=replicated)
+  return jax.jit(
+    task.predict_fn(model, tokenizer, greedy=greedy, decode=decode, with_scores=True),
+    in_shardings=(variables_sharding, replicated),
+    out_shardings=replicated,
+  )
 
 
 class Engine:
   """A model of a workdir, served in padded batches of fixed sizes."""
 
-  def __init__(self, name: str, predictor: inference.Predictor, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
-               max_variants: int = 8, source: str | None = None):
+  def __init__(
+    self,
+    name: str,
+    predictor: inference.Predictor,
+    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+    max_variants: int = 8,
+    source: str | None = None,
+  ):
     if not batch_sizes or min(batch_sizes) < 1:
       raise ValueError(f"batch sizes {tuple(batch_sizes)}: expected positive sizes")
     self.name = name
@@ -86,8 +104,7 @@ class Engine:
     self._reread = None
     if self.captioning:
       decode = predictor.decode_config()  # The run's, refused where it runs past the model's KV cache.
-      self.default_variant = Variant(greedy=False, beam_size=int(decode.beam_size),
-                                     max_length=int(decode.max_length))
+      self.default_variant = Variant(greedy=False, beam_size=int(decode.beam_size), max_length=int(decode.max_length))
       self._reread = jax.jit(self._reread_fn)
 
   @property
@@ -112,14 +129,14 @@ class Engine:
     if not self.captioning:
       given = [n for n in ("search", "beam_size", "max_length") if getattr(options, n) is not None]
       if given:
-        raise RequestError(f"the {self.name} model is a classifier; decoding options ({', '.join(given)}) do "
-                           "not apply")
+        raise RequestError(f"the {self.name} model is a classifier; decoding options ({', '.join(given)}) do not apply")
       return None
     default = self.default_variant
     max_length = default.max_length if options.max_length is None else options.max_length
     if max_length > default.max_length:
-      raise RequestError(f"max_length={max_length}; the {self.name} model generates at most "
-                         f"{default.max_length} tokens")
+      raise RequestError(
+        f"max_length={max_length}; the {self.name} model generates at most {default.max_length} tokens"
+      )
     if options.search == "greedy":
       return Variant(greedy=True, beam_size=1, max_length=max_length)
     beam_size = default.beam_size if options.beam_size is None else options.beam_size
@@ -139,8 +156,9 @@ class Engine:
       batch = preprocessing.normalize(np.stack(views + [views[-1]] * (self.num_views - len(views))))
     else:
       batch = preprocessing.normalize(views[0])
-    return Item(images=batch, views=views, variant=variant, options=options,
-                prepare_ms=(time.perf_counter() - started) * 1e3)
+    return Item(
+      images=batch, views=views, variant=variant, options=options, prepare_ms=(time.perf_counter() - started) * 1e3
+    )
 
   def run(self, items: Sequence[Item]) -> list[dict[str, Any]]:
     """Items of one variant, at most `max_batch` -> one result per item (one padded model call each stage)."""
@@ -148,7 +166,7 @@ class Engine:
       raise ValueError(f"run takes 1..{self.max_batch} items of one variant")
     size = next(b for b in self.batch_sizes if b >= len(items))
     padded = np.zeros((size, *items[0].images.shape), np.float32)
-    padded[:len(items)] = np.stack([item.images for item in items])
+    padded[: len(items)] = np.stack([item.images for item in items])
     started = time.perf_counter()
     if self.captioning:
       results = self._run_captioning(items, padded)
@@ -157,8 +175,12 @@ class Engine:
     model_ms = (time.perf_counter() - started) * 1e3
     for item, result in zip(items, results):
       result.update(model=self.name, step=self.predictor.step)
-      result["timings"] = dict(prepare_ms=round(item.prepare_ms, 2), model_ms=round(model_ms, 2),
-                               batch_size=len(items), compiled_batch_size=size)
+      result["timings"] = dict(
+        prepare_ms=round(item.prepare_ms, 2),
+        model_ms=round(model_ms, 2),
+        batch_size=len(items),
+        compiled_batch_size=size,
+      )
       if item.options.views:
         result["views"] = [png_data_url(view) for view in item.views]
     return results
@@ -172,7 +194,7 @@ class Engine:
     return decode
 
   def _search_name(self, variant: Variant) -> str:
-    """"greedy" or "beam": what tasks/captioning.search runs for `variant` (beam size 1 with "hf" length
+    """ "greedy" or "beam": what tasks/captioning.search runs for `variant` (beam size 1 with "hf" length
     normalisation is greedy search, as transformers' num_beams=1)."""
     return "greedy" if captioning.runs_greedy_search(self._decode(variant), variant.greedy) else "beam"
 
@@ -184,8 +206,15 @@ class Engine:
     decode = self._decode(variant)
     predictor = self.predictor
     variables_sharding = jax.tree.map(lambda a: a.sharding, predictor.variables)
-    program = jit_search(predictor.task_object, predictor.model, predictor.tokenizer, decode, variant.greedy,
-                         variables_sharding, jax.tree.leaves(variables_sharding)[0].mesh)
+    program = jit_search(
+      predictor.task_object,
+      predictor.model,
+      predictor.tokenizer,
+      decode,
+      variant.greedy,
+      variables_sharding,
+      jax.tree.leaves(variables_sharding)[0].mesh,
+    )
     self._programs[variant] = program
     evictable = [v for v in self._programs if v not in self._warm]
     while len(self._programs) - len(self._warm) > self.max_variants and evictable:
@@ -203,7 +232,7 @@ class Engine:
     tokenizer = self.predictor.tokenizer
     inputs = np.full((size, self.default_variant.max_length), tokenizer.pad_id, np.int32)
     for index, tokens in enumerate(rows):
-      inputs[index, :len(tokens)] = [tokenizer.start_id, *tokens][:len(tokens)]
+      inputs[index, : len(tokens)] = [tokenizer.start_id, *tokens][: len(tokens)]
     return inputs
 
   def _run_captioning(self, items: Sequence[Item], padded: np.ndarray) -> list[dict[str, Any]]:
@@ -212,19 +241,21 @@ class Engine:
     outputs = jax.device_get(self._program(variant)(predictor.variables, {"images": padded}))
     generated, log_probs = outputs["tokens"], outputs["token_log_probs"]  # The search's own, as `predict`'s.
     rows = []
-    for row in generated[:len(items)]:
+    for row in generated[: len(items)]:
       end = np.flatnonzero(row == tokenizer.end_id)
-      rows.append([int(t) for t in row[:end[0] if len(end) else len(row)]])
+      rows.append([int(t) for t in row[: end[0] if len(end) else len(row)]])
     attention = None
     if any(item.options.attention for item in items):  # Only attention needs the teacher-forced re-read.
       attention = jax.device_get(self._reread(predictor.variables, padded, self._reread_inputs(rows, len(padded))))
     results, search = [], self._search_name(variant)
     for index, (item, tokens) in enumerate(zip(items, rows)):
-      result = {self.output: tokenizer.decode(generated[index]), "token_ids": tokens,
-                "token_logprobs": [round(float(p), 6) for p in log_probs[index, :len(tokens)]],
-                "words": [tokenizer.decode([t]) or "?" for t in tokens],
-                "decoding": {"search": search, "beam_size": variant.beam_size,
-                             "max_length": variant.max_length}}
+      result = {
+        self.output: tokenizer.decode(generated[index]),
+        "token_ids": tokens,
+        "token_logprobs": [round(float(p), 6) for p in log_probs[index, : len(tokens)]],
+        "words": [tokenizer.decode([t]) or "?" for t in tokens],
+        "decoding": {"search": search, "beam_size": variant.beam_size, "max_length": variant.max_length},
+      }
       if item.options.attention:
         result["attention"] = self._attention(attention, index, len(tokens), padded.shape[1])
       results.append(result)
@@ -282,16 +313,29 @@ class Engine:
   def summary(self) -> dict[str, Any]:
     predictor, config = self.predictor, self.predictor.config
     summary: dict[str, Any] = {
-        "name": self.name, "family": predictor.name, "task": predictor.task, "output": self.output,
-        "step": predictor.step, "workdir": self.source, "views": self.num_views,
-        "image_size": predictor.preprocessing.image_size, "batch_sizes": list(self.batch_sizes)}
+      "name": self.name,
+      "family": predictor.name,
+      "task": predictor.task,
+      "output": self.output,
+      "step": predictor.step,
+      "workdir": self.source,
+      "views": self.num_views,
+      "image_size": predictor.preprocessing.image_size,
+      "batch_sizes": list(self.batch_sizes),
+    }
     if config.get("model") and config.model.get("encoder"):
       summary["encoder"] = config.model.encoder.get("name")
     if self.captioning:
       default = self.default_variant
-      summary.update(vocab_size=len(predictor.tokenizer), decoding={
-          "search": self._search_name(default), "beam_size": default.beam_size, "max_length": default.max_length,
-          "length_penalty": float(config.decode.get("length_penalty", 0.0))})
+      summary.update(
+        vocab_size=len(predictor.tokenizer),
+        decoding={
+          "search": self._search_name(default),
+          "beam_size": default.beam_size,
+          "max_length": default.max_length,
+          "length_penalty": float(config.decode.get("length_penalty", 0.0)),
+        },
+      )
     else:
       summary["labels"] = list(predictor.label_names)
     return summary
@@ -333,16 +377,20 @@ class Batcher:
     try:
       self._queue.put_nowait((item, future))
     except queue.Full:
-      raise RequestError(f"the {self.engine.name} model has {self._queue.maxsize} requests waiting; try again "
-                         "later", 503) from None
+      raise RequestError(
+        f"the {self.engine.name} model has {self._queue.maxsize} requests waiting; try again later", 503
+      ) from None
     return future
 
   def stats(self) -> dict[str, Any]:
     with self._lock:
-      return {"requests": sum(size * calls for size, calls in self.batch_sizes.items()),
-              "calls": sum(self.batch_sizes.values()), "queued": self._queue.qsize(),
-              "batch_window_ms": self.window_s * 1e3,
-              "batch_sizes": {str(size): calls for size, calls in sorted(self.batch_sizes.items())}}
+      return {
+        "requests": sum(size * calls for size, calls in self.batch_sizes.items()),
+        "calls": sum(self.batch_sizes.values()),
+        "queued": self._queue.qsize(),
+        "batch_window_ms": self.window_s * 1e3,
+        "batch_sizes": {str(size): calls for size, calls in sorted(self.batch_sizes.items())},
+      }
 
   def _loop(self) -> None:
     while True:

@@ -58,8 +58,9 @@ MAX_PARTS = 16  # files in a multipart form the parser reads at all
 log = logging.getLogger("cxrjax.serve")
 
 
-def create_app(engines: Sequence[engine_lib.Engine], limits: uploads.Limits = uploads.Limits(),
-               batch_window_s: float = 0.005) -> fastapi.FastAPI:
+def create_app(
+  engines: Sequence[engine_lib.Engine], limits: uploads.Limits = uploads.Limits(), batch_window_s: float = 0.005
+) -> fastapi.FastAPI:
   """The app over warmed-up engines (the first is the default model); `app.state.batchers` by name."""
   batchers = {engine.name: engine_lib.Batcher(engine, window_s=batch_window_s) for engine in engines}
   default = engines[0].name
@@ -85,8 +86,9 @@ def create_app(engines: Sequence[engine_lib.Engine], limits: uploads.Limits = up
 
   @app.exception_handler(starlette_exceptions.HTTPException)
   async def http_error(request: fastapi.Request, error: starlette_exceptions.HTTPException):
-    return responses.JSONResponse({"error": f"{request.method} {request.url.path}: {error.detail}"},
-                                  status_code=error.status_code)
+    return responses.JSONResponse(
+      {"error": f"{request.method} {request.url.path}: {error.detail}"}, status_code=error.status_code
+    )
 
   @app.exception_handler(Exception)
   async def failed(request: fastapi.Request, error: Exception):
@@ -103,10 +105,16 @@ def create_app(engines: Sequence[engine_lib.Engine], limits: uploads.Limits = up
 
   @app.get("/api/v1/models")
   async def models():
-    return {"default": default, "limits": {"max_request_bytes": limits.max_request_bytes,
-                                           "max_pixels": limits.max_pixels, "max_images": limits.max_images,
-                                           "max_beam_size": limits.max_beam_size},
-            "models": [dict(b.engine.summary(), stats=b.stats()) for b in batchers.values()]}
+    return {
+      "default": default,
+      "limits": {
+        "max_request_bytes": limits.max_request_bytes,
+        "max_pixels": limits.max_pixels,
+        "max_images": limits.max_images,
+        "max_beam_size": limits.max_beam_size,
+      },
+      "models": [dict(b.engine.summary(), stats=b.stats()) for b in batchers.values()],
+    }
 
   @app.post("/api/v1/predict")
   async def predict(request: fastapi.Request):
@@ -143,19 +151,20 @@ async def _read_body(request: fastapi.Request, max_bytes: int) -> bytes:
   return bytes(body)
 
 
-async def _parse_body(headers, body: bytes, limits: uploads.Limits
-                      ) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
+async def _parse_body(headers, body: bytes, limits: uploads.Limits) -> tuple[dict[str, Any], list[tuple[str, bytes]]]:
   """-> (option fields, [(name, encoded image)]) from a multipart form or a JSON object."""
   content_type = headers.get("content-type", "")
   if content_type.startswith("multipart/form-data"):
+
     async def stream():
       yield body
+
     try:
       # Bounded, so that a form of many tiny parts cannot stall the parser; more images than allowed are
       # still parsed, so that the refusal below can name the count.
-      form = await formparsers.MultiPartParser(headers, stream(), max_files=MAX_PARTS,
-                                               max_fields=len(uploads.OPTIONS) + 1,
-                                               max_part_size=64 * 1024).parse()
+      form = await formparsers.MultiPartParser(
+        headers, stream(), max_files=MAX_PARTS, max_fields=len(uploads.OPTIONS) + 1, max_part_size=64 * 1024
+      ).parse()
     except formparsers.MultiPartException as error:
       raise RequestError(f"malformed multipart form: {error.message}") from error
     fields, files = {}, []
@@ -183,8 +192,11 @@ async def _parse_body(headers, body: bytes, limits: uploads.Limits
       raise RequestError("'images' must be a list of base64 strings (frontal first)")
     _check_count(images, limits)
     return payload, [(f"images[{i}]", uploads.decode_base64(text, f"images[{i}]")) for i, text in enumerate(images)]
-  raise RequestError(f"content type {content_type or 'none'!r}; send multipart/form-data (file fields "
-                     "'images') or application/json ({'images': [base64, ...]})", 415)
+  raise RequestError(
+    f"content type {content_type or 'none'!r}; send multipart/form-data (file fields "
+    "'images') or application/json ({'images': [base64, ...]})",
+    415,
+  )
 
 
 def _check_count(files: list, limits: uploads.Limits) -> list:
@@ -195,8 +207,9 @@ def _check_count(files: list, limits: uploads.Limits) -> list:
   return files
 
 
-def _prepare(engine: engine_lib.Engine, files: list[tuple[str, bytes]], options: uploads.Options,
-             limits: uploads.Limits) -> engine_lib.Item:
+def _prepare(
+  engine: engine_lib.Engine, files: list[tuple[str, bytes]], options: uploads.Options, limits: uploads.Limits
+) -> engine_lib.Item:
   """Decodes and resizes the uploads (on a worker thread: off the event loop)."""
   started = time.perf_counter()
   item = engine.prepare([uploads.decode_upload(data, name, limits) for name, data in files], options)
@@ -206,14 +219,20 @@ def _prepare(engine: engine_lib.Engine, files: list[tuple[str, bytes]], options:
 
 # Loading and the command.
 
-def load_engines(workdirs: Sequence[str], batch_sizes: Sequence[int] = engine_lib.DEFAULT_BATCH_SIZES,
-                 checkpoint: str = "best", weights: Sequence[str] = (), image_size: int = 224
-                 ) -> list[engine_lib.Engine]:
+
+def load_engines(
+  workdirs: Sequence[str],
+  batch_sizes: Sequence[int] = engine_lib.DEFAULT_BATCH_SIZES,
+  checkpoint: str = "best",
+  weights: Sequence[str] = (),
+  image_size: int = 224,
+) -> list[engine_lib.Engine]:
   """One engine per training workdir, then per `port-weights` CheXNet directory (`weights`, read at
   `image_size`); each named by its folder's name (a repeated name gets -2, -3, ...)."""
   sources = [(str(w), lambda w=w: inference.Predictor.from_workdir(str(w), checkpoint)) for w in workdirs]
-  sources += [(str(w), lambda w=w: inference.Predictor.from_chexnet_weights(str(w), image_size=image_size))
-              for w in weights]
+  sources += [
+    (str(w), lambda w=w: inference.Predictor.from_chexnet_weights(str(w), image_size=image_size)) for w in weights
+  ]
   engines, names = [], set()
   for source, load in sources:
     base = pathlib.Path(source).resolve().name or "model"
@@ -246,26 +265,43 @@ class ServeError(UserError):
 def build_server(app: fastapi.FastAPI, sock: socket.socket, log_level: str = "warning") -> uvicorn.Server:
   """A uvicorn server of `app` on a bound socket: `.run(sockets=[sock])` serves (blocking)."""
   host, port = sock.getsockname()[:2]
-  return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                                       timeout_graceful_shutdown=5))
+  return uvicorn.Server(
+    uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=5)
+  )
 
 
 def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
   """Adds the `serve` sub-command to `commands` (from ArgumentParser.add_subparsers)."""
-  parser = commands.add_parser("serve", help="web demo and JSON API over trained workdirs", description=__doc__,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--workdir", action="append", default=[], help="a training workdir (repeat for several "
-                      "models; the first is the page's default)")
-  parser.add_argument("--weights", action="append", default=[], help="a `cxrjax port-weights` CheXNet directory "
-                      "(repeatable; served after the workdirs)")
+  parser = commands.add_parser(
+    "serve",
+    help="web demo and JSON API over trained workdirs",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  parser.add_argument(
+    "--workdir",
+    action="append",
+    default=[],
+    help="a training workdir (repeat for several models; the first is the page's default)",
+  )
+  parser.add_argument(
+    "--weights",
+    action="append",
+    default=[],
+    help="a `cxrjax port-weights` CheXNet directory (repeatable; served after the workdirs)",
+  )
   parser.add_argument("--image-size", type=int, default=224, help="--weights: the CheXNet input size")
   parser.add_argument("--checkpoint", choices=("best", "latest"), default="best")
   parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
   parser.add_argument("--port", type=int, default=8000, help="0: any free port (the printed url says which)")
-  parser.add_argument("--batch-window-ms", type=float, default=5.0,
-                      help="how long a request waits for others to share its model call")
-  parser.add_argument("--batch-sizes", default=",".join(map(str, engine_lib.DEFAULT_BATCH_SIZES)),
-                      help="compiled batch sizes; a batch is padded to the next one")
+  parser.add_argument(
+    "--batch-window-ms", type=float, default=5.0, help="how long a request waits for others to share its model call"
+  )
+  parser.add_argument(
+    "--batch-sizes",
+    default=",".join(map(str, engine_lib.DEFAULT_BATCH_SIZES)),
+    help="compiled batch sizes; a batch is padded to the next one",
+  )
   parser.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body")
   parser.add_argument("--max-pixels", type=int, default=uploads.Limits.max_pixels, help="largest image, in pixels")
   parser.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
@@ -293,7 +329,15 @@ def _serve(args: argparse.Namespace) -> int:
   app = create_app(engines, limits, batch_window_s=args.batch_window_ms / 1e3)
   host, port = sock.getsockname()[:2]
   url_host = f"[{host}]" if ":" in host else host
-  print(json.dumps({"url": f"http://{url_host}:{port}/", "models": [e.name for e in engines],
-                    "warm_up_s": round(time.perf_counter() - started, 2)}), flush=True)
+  print(
+    json.dumps(
+      {
+        "url": f"http://{url_host}:{port}/",
+        "models": [e.name for e in engines],
+        "warm_up_s": round(time.perf_counter() - started, 2),
+      }
+    ),
+    flush=True,
+  )
   build_server(app, sock, args.log_level).run(sockets=[sock])
   return 0

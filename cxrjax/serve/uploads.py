@@ -36,6 +36,7 @@ class RequestError(UserError):
 @dataclasses.dataclass(frozen=True)
 class Limits:
   """What one request may hold."""
+
   max_request_bytes: int = 20 * 2**20  # the whole body, images and fields together
   max_pixels: int = 25_000_000  # per image (5000 x 5000); PIL's own bomb guard starts at 89 million
   max_images: int = 2  # a frontal and a lateral view
@@ -45,6 +46,7 @@ class Limits:
 @dataclasses.dataclass(frozen=True)
 class Options:
   """A request's validated options; None: the model's default (the run's config)."""
+
   model: str | None = None
   search: str | None = None  # "beam" or "greedy"
   beam_size: int | None = None
@@ -60,21 +62,26 @@ def decode_upload(data: bytes, name: str, limits: Limits) -> np.ndarray:
     raise RequestError(f"{name}: the file is empty")
   kind = next((k for k, signature in SIGNATURES.items() if data.startswith(signature)), None)
   if kind is None:
-    raise RequestError(f"{name}: not a PNG or JPEG image (it starts with {data[:8]!r}); only PNG and JPEG "
-                       "are accepted", 415)
+    raise RequestError(
+      f"{name}: not a PNG or JPEG image (it starts with {data[:8]!r}); only PNG and JPEG are accepted", 415
+    )
   try:
     with Image.open(io.BytesIO(data), formats=[kind]) as image:  # Reads the header only.
       width, height = image.size
       if width * height > limits.max_pixels:
-        raise RequestError(f"{name}: {width} x {height} = {width * height:,} pixels; the limit is "
-                           f"{limits.max_pixels:,} (refused before decoding)", 413)
+        raise RequestError(
+          f"{name}: {width} x {height} = {width * height:,} pixels; the limit is "
+          f"{limits.max_pixels:,} (refused before decoding)",
+          413,
+        )
       image.load()
       return image_io.to_rgb_uint8(image, name)
   except RequestError:
     raise
   except Image.DecompressionBombError as error:  # PIL's own guard, above 2 x 89 million pixels.
-    raise RequestError(f"{name}: {error}; the limit is {limits.max_pixels:,} pixels (refused before "
-                       "decoding)", 413) from error
+    raise RequestError(
+      f"{name}: {error}; the limit is {limits.max_pixels:,} pixels (refused before decoding)", 413
+    ) from error
   except image_io.ImageError as error:
     raise RequestError(str(error)) from error
   except (OSError, SyntaxError, ValueError) as error:  # PIL's errors for corrupt or truncated data.
@@ -114,8 +121,14 @@ def parse_options(fields: Mapping[str, Any], limits: Limits) -> Options:
   model = fields.get("model")
   if model is not None and not isinstance(model, str):
     raise RequestError(f"model: expected a name, got {type(model).__name__}")
-  return Options(model=model or None, search=search, beam_size=beam_size, max_length=max_length,
-                 attention=_boolean(fields, "attention"), views=_boolean(fields, "views"))
+  return Options(
+    model=model or None,
+    search=search,
+    beam_size=beam_size,
+    max_length=max_length,
+    attention=_boolean(fields, "attention"),
+    views=_boolean(fields, "views"),
+  )
 
 
 def _integer(fields: Mapping[str, Any], name: str) -> int | None:

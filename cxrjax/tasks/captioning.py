@@ -33,8 +33,10 @@ def check_decode_length(model_config: Any, max_length: int, field: str) -> None:
   limit = models.max_decode_length(model_config)
   if limit is not None and max_length > limit:
     field_name = models.get(model_config.name).decode_limit_field
-    raise ConfigError(f"{field}={max_length}: the {model_config.name} model decodes at most {limit} tokens (its "
-                      f"KV cache's positions, model.{field_name}={limit})")
+    raise ConfigError(
+      f"{field}={max_length}: the {model_config.name} model decodes at most {limit} tokens (its "
+      f"KV cache's positions, model.{field_name}={limit})"
+    )
 
 
 def runs_greedy_search(decode: ml_collections.ConfigDict, greedy: bool = False) -> bool:
@@ -43,8 +45,9 @@ def runs_greedy_search(decode: ml_collections.ConfigDict, greedy: bool = False) 
   return greedy or (decode.beam_size == 1 and (decode.get("length_penalty", 0.0) == 0.0 or normalization == "hf"))
 
 
-def search(model, variables: Any, images: Any, tokenizer, decode: ml_collections.ConfigDict,
-           greedy: bool = False) -> dict[str, jax.Array]:
+def search(
+  model, variables: Any, images: Any, tokenizer, decode: ml_collections.ConfigDict, greedy: bool = False
+) -> dict[str, jax.Array]:
   """images [batch, views, H, W, 3] -> the decode config's search of each caption: {"tokens": int32
   [batch, decode.max_length] (no start token; pad after the end token), "token_log_probs": float32
   [batch, decode.max_length] (each token's; 0 after the end token), "scores": float32 [batch] (beam
@@ -61,21 +64,32 @@ def search(model, variables: Any, images: Any, tokenizer, decode: ml_collections
   memory = model.apply(variables, images, method="encode")
   cache = model.apply(variables, memory, method="init_cache")
   step_fn = model.decoder_step_fn(variables)
-  options = dict(start_id=tokenizer.start_id, end_id=tokenizer.end_id, pad_id=tokenizer.pad_id,
-                 max_length=decode.max_length, block_ngram_repeat=decode.get("block_ngram_repeat", 0),
-                 return_token_log_probs=True)
+  options = dict(
+    start_id=tokenizer.start_id,
+    end_id=tokenizer.end_id,
+    pad_id=tokenizer.pad_id,
+    max_length=decode.max_length,
+    block_ngram_repeat=decode.get("block_ngram_repeat", 0),
+    return_token_log_probs=True,
+  )
   if runs_greedy_search(decode, greedy):
     tokens, log_probs, token_log_probs = decoding.greedy_search(step_fn, cache, **options)
     return {"tokens": tokens, "token_log_probs": token_log_probs, "scores": log_probs}
   tokens, scores, token_log_probs = decoding.beam_search(
-      step_fn, cache, beam_size=decode.beam_size, length_penalty=decode.get("length_penalty", 0.0),
-      length_normalization=decode.get("length_normalization", "gnmt"), **options)
+    step_fn,
+    cache,
+    beam_size=decode.beam_size,
+    length_penalty=decode.get("length_penalty", 0.0),
+    length_normalization=decode.get("length_normalization", "gnmt"),
+    **options,
+  )
   # The best beam: [batch, beams, ...] --> [batch, ...]
   return {"tokens": tokens[:, 0], "token_log_probs": token_log_probs[:, 0], "scores": scores[:, 0]}
 
 
-def generate(model, variables: Any, images: Any, tokenizer, decode: ml_collections.ConfigDict,
-             greedy: bool = False) -> jax.Array:
+def generate(
+  model, variables: Any, images: Any, tokenizer, decode: ml_collections.ConfigDict, greedy: bool = False
+) -> jax.Array:
   """images [batch, views, H, W, 3] -> generated token ids int32 [batch, decode.max_length]: `search`'s
   tokens. Traceable: call it inside jit."""
   return search(model, variables, images, tokenizer, decode, greedy)["tokens"]
@@ -83,6 +97,7 @@ def generate(model, variables: Any, images: Any, tokenizer, decode: ml_collectio
 
 class CaptioningTask:
   """Teacher forcing: inputs tokens[:, :-1], targets tokens[:, 1:]; the tokenizer's pad is masked."""
+
   name = "captioning"
   uses_tokenizer = True
   best_metric_default = "BLEU-4"
@@ -104,14 +119,16 @@ class CaptioningTask:
   def init_variables(self, model, rngs: dict[str, jax.Array]) -> dict[str, Any]:
     return model.init(rngs, *self.sample_inputs())
 
-  def loss(self, model, variables: dict[str, Any], batch: dict[str, jax.Array], rng: jax.Array,
-           tokenizer) -> tuple[jax.Array, tuple[Any, dict[str, jax.Array]]]:
+  def loss(
+    self, model, variables: dict[str, Any], batch: dict[str, jax.Array], rng: jax.Array, tokenizer
+  ) -> tuple[jax.Array, tuple[Any, dict[str, jax.Array]]]:
     """Mean cross-entropy over real target tokens (pad masked, as both seeds do), in float32 whatever
     the model's compute dtype. `config.train.label_smoothing` (default 0) mixes that much of the uniform
     distribution over the vocabulary into each real target (optax.smooth_labels); padding stays masked."""
     inputs, targets = batch["tokens"][:, :-1], batch["tokens"][:, 1:]  # [batch, length - 1] each
-    outputs, updates = model.apply(variables, model_images(batch), inputs, train=True,
-                                   rngs={"dropout": rng}, mutable=["batch_stats"])
+    outputs, updates = model.apply(
+      variables, model_images(batch), inputs, train=True, rngs={"dropout": rng}, mutable=["batch_stats"]
+    )
     mask = (targets != tokenizer.pad_id).astype(jnp.float32)
     if "mask" in batch:  # Padding studies (eval batches) count for nothing.
       mask = mask * batch["mask"][:, None].astype(jnp.float32)
@@ -139,21 +156,26 @@ class CaptioningTask:
     def predict(variables, batch):
       outputs = search(model, variables, model_images(batch), tokenizer, decode, greedy)
       return outputs if with_scores else {"tokens": outputs["tokens"]}
+
     return predict
 
   def records(self, outputs: dict[str, np.ndarray], host: dict[str, list[str]], tokenizer) -> list[dict]:
     """Gathered predictions of a split, in order -> [{"id", "reference", "generated"}]."""
-    return [{"id": study_id, "reference": reference, "generated": tokenizer.decode(tokens)}
-            for study_id, reference, tokens in zip(host["id"], host["report"], outputs["tokens"])]
+    return [
+      {"id": study_id, "reference": reference, "generated": tokenizer.decode(tokens)}
+      for study_id, reference, tokens in zip(host["id"], host["report"], outputs["tokens"])
+    ]
 
   def score(self, records: list[dict], meteor: bool = False) -> dict[str, Any]:
     """The text metrics of the records, references and generated texts normalised alike by the dataset's
     scoring protocol (metrics/protocols.py; config.data.caption_protocol): validation (the best checkpoint's
     metric) and `cxrjax evaluate` alike."""
-    scores = caption_metrics.caption_metrics([r["reference"] for r in records],
-                                             [r["generated"] for r in records],
-                                             protocol=caption_protocols.protocol_for(self.config.data),
-                                             meteor=meteor)
+    scores = caption_metrics.caption_metrics(
+      [r["reference"] for r in records],
+      [r["generated"] for r in records],
+      protocol=caption_protocols.protocol_for(self.config.data),
+      meteor=meteor,
+    )
     scores["num_studies"] = len(records)
     return scores
 

@@ -16,9 +16,18 @@ from cxrjax import sharding
 from cxrjax.data import pipeline
 
 
-def split_batches(config: Any, source: Any, tokenizer: Any, task: Any, *, train: bool, batch_size: int,
-                  shard_index: int | None = None, shard_count: int | None = None,
-                  mesh: jax.sharding.Mesh | None = None):
+def split_batches(
+  config: Any,
+  source: Any,
+  tokenizer: Any,
+  task: Any,
+  *,
+  train: bool,
+  batch_size: int,
+  shard_index: int | None = None,
+  shard_count: int | None = None,
+  mesh: jax.sharding.Mesh | None = None,
+):
   """The batches of `source` for `task` (train: shuffled, augmented, repeated; else one padded pass).
   Training on `mesh`: this process's `batch_size` rows of each global batch are those the mesh puts on its
   devices (sharding.process_rows), so the global batches are one process's whatever the device order
@@ -27,23 +36,34 @@ def split_batches(config: Any, source: Any, tokenizer: Any, task: Any, *, train:
   if train and mesh is not None:
     count = jax.process_count() if shard_count is None else shard_count
     rows = sharding.process_rows(sharding.data_sharded(mesh), batch_size * count, shard_index)
-  return pipeline.make_batches(config, source=source, tokenizer=tokenizer, train=train,
-                               batch_size=batch_size, shard_index=shard_index, shard_count=shard_count,
-                               rows=rows, label_names=getattr(task, "label_names", None))
+  return pipeline.make_batches(
+    config,
+    source=source,
+    tokenizer=tokenizer,
+    train=train,
+    batch_size=batch_size,
+    shard_index=shard_index,
+    shard_count=shard_count,
+    rows=rows,
+    label_names=getattr(task, "label_names", None),
+  )
 
 
-def jit_predict(task: Any, model: Any, tokenizer: Any, mesh: jax.sharding.Mesh, variables_sharding: Any,
-                **options: Any) -> Any:
+def jit_predict(
+  task: Any, model: Any, tokenizer: Any, mesh: jax.sharding.Mesh, variables_sharding: Any, **options: Any
+) -> Any:
   """`task.predict_fn(model, tokenizer, **options)` (greedy, decode) jitted as predict_split runs it:
   (variables in their layout `variables_sharding`, a global batch over 'data' of `mesh`) -> outputs over
   'data'. The trainer's validation, `cxrjax evaluate` and aot.py (a TPU slice's compile) build it here."""
   data = sharding.data_sharded(mesh)
-  return jax.jit(task.predict_fn(model, tokenizer, **options), in_shardings=(variables_sharding, data),
-                 out_shardings=data)
+  return jax.jit(
+    task.predict_fn(model, tokenizer, **options), in_shardings=(variables_sharding, data), out_shardings=data
+  )
 
 
-def predict_batch_spec(config: Any, task: Any, tokenizer: Any, batch_size: int, mesh: jax.sharding.Mesh
-                       ) -> dict[str, jax.ShapeDtypeStruct]:
+def predict_batch_spec(
+  config: Any, task: Any, tokenizer: Any, batch_size: int, mesh: jax.sharding.Mesh
+) -> dict[str, jax.ShapeDtypeStruct]:
   """Shapes, dtypes and shardings of the global batches predict_split hands `predict`: each process's
   `batch_size` rows padded to a multiple of its devices of `mesh`, with their "index", over 'data'."""
   processes = len({device.process_index for device in mesh.devices.flat})
@@ -54,12 +74,29 @@ def predict_batch_spec(config: Any, task: Any, tokenizer: Any, batch_size: int, 
   return {key: jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=data) for key, value in spec.items()}
 
 
-def predict_split(task: Any, variables: Any, source: Any, tokenizer: Any, config: Any, *,
-                  mesh: jax.sharding.Mesh, predict: Any, batch_size: int) -> list[dict[str, Any]]:
+def predict_split(
+  task: Any,
+  variables: Any,
+  source: Any,
+  tokenizer: Any,
+  config: Any,
+  *,
+  mesh: jax.sharding.Mesh,
+  predict: Any,
+  batch_size: int,
+) -> list[dict[str, Any]]:
   """`task.records` of every study of `source`, in source order, predicted by the jitted `predict`."""
   shard_index, shard_count = jax.process_index(), jax.process_count()
-  batches = split_batches(config, source, tokenizer, task, train=False, batch_size=batch_size,
-                          shard_index=shard_index, shard_count=shard_count)
+  batches = split_batches(
+    config,
+    source,
+    tokenizer,
+    task,
+    train=False,
+    batch_size=batch_size,
+    shard_index=shard_index,
+    shard_count=shard_count,
+  )
   data_sharding = sharding.data_sharded(mesh)
   outputs, masks, indices = [], [], []
   host = {field: [] for field in task.host_fields}
@@ -70,8 +107,7 @@ def predict_split(task: Any, variables: Any, source: Any, tokenizer: Any, config
     # Shard s holds the studies s, s + P, s + 2P, ... of the split (data/pipeline.py).
     batch["index"] = (shard_index + shard_count * (position + np.arange(size))).astype(np.int32)
     position += size
-    numeric = sharding.pad_batch({k: v for k, v in batch.items() if v.dtype.kind in "biuf"},
-                                 jax.local_device_count())
+    numeric = sharding.pad_batch({k: v for k, v in batch.items() if v.dtype.kind in "biuf"}, jax.local_device_count())
     inputs = sharding.to_global(numeric, data_sharding)
     # The predictions come back in the global arrays' row order, process order only where each process's
     # devices are one block of the mesh (sharding.process_rows): each row's study index and mask are
@@ -97,7 +133,9 @@ def predict_split(task: Any, variables: Any, source: Any, tokenizer: Any, config
   host_index = np.concatenate(host_indices)[host_keep]
   host_order = np.argsort(host_index, kind="stable")
   if not np.array_equal(index[order], host_index[host_order]):
-    raise RuntimeError(f"evaluation: the gathered predictions are of {len(index)} studies and the hosts' "
-                       f"strings of {len(host_index)}, not the same ones")
+    raise RuntimeError(
+      f"evaluation: the gathered predictions are of {len(index)} studies and the hosts' "
+      f"strings of {len(host_index)}, not the same ones"
+    )
   host = {field: [values[i] for i in np.flatnonzero(host_keep)[host_order]] for field, values in host.items()}
   return task.records(gathered, host, tokenizer)

@@ -28,8 +28,9 @@ def compute(model, variables: dict[str, Any], source, config, batch_size: int) -
   """ImageEncoder outputs of every study of `source`, in order: {"ids", "feature_map", "pooled"}."""
   encode = jax.jit(lambda v, images: model.apply(v, images, method=lambda m, x: m.image_encoder(x)))
   # Every process computes every study (the cache is one shared file): no sharding.
-  dataset = pipeline.make_batches(config, source=source, train=False, batch_size=batch_size,
-                                  shard_index=0, shard_count=1)
+  dataset = pipeline.make_batches(
+    config, source=source, train=False, batch_size=batch_size, shard_index=0, shard_count=1
+  )
   ids, outputs = [], {key: [] for key in FEATURE_KEYS}
   for batch in dataset:
     keep = batch["mask"]
@@ -40,8 +41,9 @@ def compute(model, variables: dict[str, Any], source, config, batch_size: int) -
   return {"ids": np.array(ids), **{key: np.concatenate(value) for key, value in outputs.items()}}
 
 
-def load_or_compute(path: str | epath.Path, model, variables: dict[str, Any], source, config,
-                    batch_size: int) -> dict[str, np.ndarray]:
+def load_or_compute(
+  path: str | epath.Path, model, variables: dict[str, Any], source, config, batch_size: int
+) -> dict[str, np.ndarray]:
   """The cache at `path` if it holds `source`'s studies, else computed and written there."""
   path = epath.Path(path)  # Local or gs://.
   if path.exists():
@@ -49,8 +51,9 @@ def load_or_compute(path: str | epath.Path, model, variables: dict[str, Any], so
       features = {key: cached[key] for key in cached.files}
     if len(features.get("ids", ())) == len(source):
       return features
-    raise ValueError(f"{path}: caches {len(features.get('ids', ()))} studies, the source has "
-                     f"{len(source)}: delete it to recompute")
+    raise ValueError(
+      f"{path}: caches {len(features.get('ids', ()))} studies, the source has {len(source)}: delete it to recompute"
+    )
   features = compute(model, variables, source, config, batch_size)
   if jax.process_index() != 0:  # Every host computes the same; one writes the shared file.
     return features
@@ -74,8 +77,10 @@ class CachedFeatureSource:
   def __getitem__(self, index: int) -> dict[str, Any]:
     record = self.source.text_record(index) if hasattr(self.source, "text_record") else self.source[index]
     if str(record["id"]) != str(self.features["ids"][index]):
-      raise ValueError(f"cached features of study {self.features['ids'][index]} do not belong to "
-                       f"study {record['id']} (index {index}): delete the cache to recompute")
+      raise ValueError(
+        f"cached features of study {self.features['ids'][index]} do not belong to "
+        f"study {record['id']} (index {index}): delete the cache to recompute"
+      )
     record = {key: value for key, value in record.items() if key != "images"}
     for key in FEATURE_KEYS:
       record[BATCH_PREFIX + key] = self.features[key][index]

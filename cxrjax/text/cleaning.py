@@ -22,16 +22,16 @@ FULL_STOP = "."
 # Applied in this order, so "won't" and "can't" are handled before the generic "n't".
 # "'s" -> " is" also rewrites possessives ("patient's"), as the common snippet this style follows does.
 _DECONTRACTIONS = (
-    ("won't", "will not"),
-    ("can't", "can not"),
-    ("n't", " not"),
-    ("'re", " are"),
-    ("'s", " is"),
-    ("'d", " would"),
-    ("'ll", " will"),
-    ("'t", " not"),
-    ("'ve", " have"),
-    ("'m", " am"),
+  ("won't", "will not"),
+  ("can't", "can not"),
+  ("n't", " not"),
+  ("'re", " are"),
+  ("'s", " is"),
+  ("'d", " would"),
+  ("'ll", " will"),
+  ("'t", " not"),
+  ("'ve", " have"),
+  ("'m", " am"),
 )
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'"})
 # A decimal number goes as a whole, so "1.5 cm" does not leave a stray full stop.

@@ -33,11 +33,14 @@ VOCAB_TXT, VOCAB_JSON, MERGES_TXT = "vocab.txt", "vocab.json", "merges.txt"
 TOKENIZER_JSON, TOKENIZER_CONFIG = "tokenizer.json", "tokenizer_config.json"
 
 # Special tokens (start, end, pad, unk) of each encoder family's tokenizer.
-FAMILY_SPECIALS = {"bert": ("[CLS]", "[SEP]", "[PAD]", "[UNK]"), "distilbert": ("[CLS]", "[SEP]", "[PAD]", "[UNK]"),
-                   "roberta": ("<s>", "</s>", "<pad>", "<unk>")}
+FAMILY_SPECIALS = {
+  "bert": ("[CLS]", "[SEP]", "[PAD]", "[UNK]"),
+  "distilbert": ("[CLS]", "[SEP]", "[PAD]", "[UNK]"),
+  "roberta": ("<s>", "</s>", "<pad>", "<unk>"),
+}
 ROBERTA_SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
 # transformers' "no limit" model_max_length (int(1e30)) and anything near it.
-_NO_LIMIT = 10 ** 18
+_NO_LIMIT = 10**18
 
 
 class ByteLevelBPETokenizer(tokenizers.LibraryTokenizer):
@@ -45,8 +48,16 @@ class ByteLevelBPETokenizer(tokenizers.LibraryTokenizer):
   (tokenizers.LibraryTokenizer's encode, decode, len, tokens, token_id): encode(text, max_length) -> [start]
   pieces [end] ids (a long text keeps its first max_length - 2 pieces)."""
 
-  def __init__(self, tokenizer: hf_tokenizers.Tokenizer, *, start_token: str = "<s>", end_token: str = "</s>",
-               pad_token: str = "<pad>", unk_token: str = "<unk>", source: str = "tokenizer"):
+  def __init__(
+    self,
+    tokenizer: hf_tokenizers.Tokenizer,
+    *,
+    start_token: str = "<s>",
+    end_token: str = "</s>",
+    pad_token: str = "<pad>",
+    unk_token: str = "<unk>",
+    source: str = "tokenizer",
+  ):
     if not isinstance(tokenizer.model, hf_tokenizers.models.BPE):
       raise VocabularyFileError(f"{source}: a {type(tokenizer.model).__name__} model, expected BPE")
     # bert-score encodes RoBERTa texts with add_prefix_space=True; a hub tokenizer.json says false.
@@ -64,16 +75,24 @@ class ByteLevelBPETokenizer(tokenizers.LibraryTokenizer):
     self._size = tokenizer.get_vocab_size(with_added_tokens=True)
 
   @classmethod
-  def from_files(cls, vocab_json: str | os.PathLike, merges_txt: str | os.PathLike,
-                 special_tokens: Iterable[str] = ROBERTA_SPECIAL_TOKENS, **roles: str) -> ByteLevelBPETokenizer:
+  def from_files(
+    cls,
+    vocab_json: str | os.PathLike,
+    merges_txt: str | os.PathLike,
+    special_tokens: Iterable[str] = ROBERTA_SPECIAL_TOKENS,
+    **roles: str,
+  ) -> ByteLevelBPETokenizer:
     """From vocab.json + merges.txt, as transformers' RobertaTokenizer builds it (no dropout, no continuing
     prefix, unknown pieces not fused); `special_tokens` stay whole in texts."""
     try:
       vocab, merges = hf_tokenizers.models.BPE.read_file(str(vocab_json), str(merges_txt))
     except Exception as error:  # The library raises a bare Exception for unreadable files.
       raise VocabularyFileError(f"{vocab_json} / {merges_txt}: not a readable BPE vocabulary ({error})") from None
-    tokenizer = hf_tokenizers.Tokenizer(hf_tokenizers.models.BPE(
-        vocab, merges, dropout=None, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False))
+    tokenizer = hf_tokenizers.Tokenizer(
+      hf_tokenizers.models.BPE(
+        vocab, merges, dropout=None, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False
+      )
+    )
     tokenizer.add_special_tokens([token for token in special_tokens if token in vocab])
     return cls(tokenizer, source=str(vocab_json), **roles)
 
@@ -110,33 +129,45 @@ def from_directory(directory: str | os.PathLike, family: str) -> tuple[HFTokeniz
     raise ValueError(f"unknown encoder family {family!r}; known: {tuple(FAMILY_SPECIALS)}")
   settings = _config(directory)
   config_path = directory / TOKENIZER_CONFIG
-  start, end, pad, unk = (_special(settings, key, default, config_path) for key, default in
-                          zip(("cls_token", "sep_token", "pad_token", "unk_token"), FAMILY_SPECIALS[family]))
+  start, end, pad, unk = (
+    _special(settings, key, default, config_path)
+    for key, default in zip(("cls_token", "sep_token", "pad_token", "unk_token"), FAMILY_SPECIALS[family])
+  )
   roles = dict(start_token=start, end_token=end, pad_token=pad)
   lowercase = settings.get("do_lower_case", True)
   if (directory / VOCAB_TXT).is_file():
     tokenizer = tokenizers.WordPieceTokenizer.from_vocab(
-        directory / VOCAB_TXT, lowercase=bool(lowercase), unk_token=unk,
-        special_tokens=tuple(dict.fromkeys((*tokenizers.BERT_SPECIAL_TOKENS, start, end, pad, unk))), **roles)
+      directory / VOCAB_TXT,
+      lowercase=bool(lowercase),
+      unk_token=unk,
+      special_tokens=tuple(dict.fromkeys((*tokenizers.BERT_SPECIAL_TOKENS, start, end, pad, unk))),
+      **roles,
+    )
   elif (directory / VOCAB_JSON).is_file() and (directory / MERGES_TXT).is_file():
     tokenizer = ByteLevelBPETokenizer.from_files(
-        directory / VOCAB_JSON, directory / MERGES_TXT,
-        special_tokens=tuple(dict.fromkeys((*ROBERTA_SPECIAL_TOKENS, start, end, pad, unk))), unk_token=unk, **roles)
+      directory / VOCAB_JSON,
+      directory / MERGES_TXT,
+      special_tokens=tuple(dict.fromkeys((*ROBERTA_SPECIAL_TOKENS, start, end, pad, unk))),
+      unk_token=unk,
+      **roles,
+    )
   elif (directory / TOKENIZER_JSON).is_file():
     path = directory / TOKENIZER_JSON
     data = tokenizers._read_json(path)
-    kind = data.get("model", {}).get("type") if isinstance(data, dict) and isinstance(data.get("model"), dict) \
-        else None
+    kind = data.get("model", {}).get("type") if isinstance(data, dict) and isinstance(data.get("model"), dict) else None
     if kind == "WordPiece":
       tokenizer = tokenizers.WordPieceTokenizer.from_tokenizer_json(path, **roles)
     elif kind == "BPE":
-      tokenizer = ByteLevelBPETokenizer(tokenizers._hf_tokenizer_from_data(path, data),
-                                        unk_token=unk, source=str(path), **roles)
+      tokenizer = ByteLevelBPETokenizer(
+        tokenizers._hf_tokenizer_from_data(path, data), unk_token=unk, source=str(path), **roles
+      )
     else:
       raise VocabularyFileError(f"{path}: model type {kind!r}; expected WordPiece or BPE")
   else:
-    raise VocabularyFileError(f"{directory}: no {VOCAB_TXT}, {VOCAB_JSON} + {MERGES_TXT} or {TOKENIZER_JSON}; "
-                              "not a Hugging Face tokenizer directory")
+    raise VocabularyFileError(
+      f"{directory}: no {VOCAB_TXT}, {VOCAB_JSON} + {MERGES_TXT} or {TOKENIZER_JSON}; "
+      "not a Hugging Face tokenizer directory"
+    )
   limit = settings.get("model_max_length")
   if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit < 2):
     raise VocabularyFileError(f"{config_path}: model_max_length is {limit!r}; expected a number >= 2")

@@ -76,13 +76,12 @@ class Tokenizer(Protocol):
   def save(self, path: str | os.PathLike) -> None: ...
 
 
-def _frame(start_id: int, ids: list[int], end_id: int, pad_id: int, max_length: int | None,
-           pad: bool) -> list[int]:
+def _frame(start_id: int, ids: list[int], end_id: int, pad_id: int, max_length: int | None, pad: bool) -> list[int]:
   """[start] ids [end], cut to `max_length` keeping the end, padded to it when `pad`."""
   if max_length is not None:
     if max_length < 2:
       raise ValueError(f"max_length must be >= 2 (start and end), got {max_length}")
-    ids = ids[:max_length - 2]
+    ids = ids[: max_length - 2]
   framed = [start_id] + ids + [end_id]
   if pad:
     if max_length is None:
@@ -141,23 +140,22 @@ class WordVocabulary:
   end_id: ClassVar[int] = 3
 
   def __post_init__(self):
-    if tuple(self.tokens[:len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+    if tuple(self.tokens[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
       raise ValueError(f"a vocabulary must start with {SPECIAL_TOKENS}, got {self.tokens[:4]}")
     if len(set(self.tokens)) != len(self.tokens):
       raise ValueError("vocabulary tokens must be unique")
     object.__setattr__(self, "_ids", {token: i for i, token in enumerate(self.tokens)})
 
   @classmethod
-  def build(cls, texts: Iterable[str], min_count: int = 3,
-            cleaning_style: str | None = None) -> WordVocabulary:
+  def build(cls, texts: Iterable[str], min_count: int = 3, cleaning_style: str | None = None) -> WordVocabulary:
     """Builds from cleaned training texts; keeps words seen >= `min_count` times (R2Gen: 3)."""
     if min_count < 1:
       raise ValueError(f"min_count must be >= 1, got {min_count}")
     counts = collections.Counter(word for text in texts for word in text.split())
-    words = sorted((w for w, c in counts.items() if c >= min_count and w not in SPECIAL_TOKENS),
-                   key=lambda w: (-counts[w], w))
-    return cls(tokens=SPECIAL_TOKENS + tuple(words), min_count=min_count,
-               cleaning_style=cleaning_style)
+    words = sorted(
+      (w for w, c in counts.items() if c >= min_count and w not in SPECIAL_TOKENS), key=lambda w: (-counts[w], w)
+    )
+    return cls(tokens=SPECIAL_TOKENS + tuple(words), min_count=min_count, cleaning_style=cleaning_style)
 
   def __len__(self) -> int:
     return len(self.tokens)
@@ -175,8 +173,7 @@ class WordVocabulary:
     always sees the end of a report. (R2Gen cuts the whole sequence to `max_seq_length`, dropping
     the end token of long reports.) `pad` pads with <pad> to exactly `max_length`.
     """
-    return _frame(self.start_id, [self.token_id(w) for w in text.split()], self.end_id,
-                  self.pad_id, max_length, pad)
+    return _frame(self.start_id, [self.token_id(w) for w in text.split()], self.end_id, self.pad_id, max_length, pad)
 
   def decode(self, ids: Iterable[int]) -> str:
     """Ids -> words joined by spaces, stopping at the first <end>; <pad> and <start> are skipped."""
@@ -186,16 +183,24 @@ class WordVocabulary:
     self.to_json(path)
 
   def to_json(self, path: str | os.PathLike) -> None:
-    _write_json(path, {"format": _WORD_VOCABULARY_FORMAT, "version": _JSON_VERSION,
-                       "min_count": self.min_count, "cleaning_style": self.cleaning_style,
-                       "tokens": list(self.tokens)})
+    _write_json(
+      path,
+      {
+        "format": _WORD_VOCABULARY_FORMAT,
+        "version": _JSON_VERSION,
+        "min_count": self.min_count,
+        "cleaning_style": self.cleaning_style,
+        "tokens": list(self.tokens),
+      },
+    )
 
   @classmethod
   def from_json(cls, path: str | os.PathLike) -> WordVocabulary:
     data = _read_json(path)
     if not isinstance(data, dict) or data.get("format") != _WORD_VOCABULARY_FORMAT:
-      raise VocabularyFileError(f"{path}: not a cxrjax vocabulary (expected an object with "
-                                f"\"format\": \"{_WORD_VOCABULARY_FORMAT}\")")
+      raise VocabularyFileError(
+        f'{path}: not a cxrjax vocabulary (expected an object with "format": "{_WORD_VOCABULARY_FORMAT}")'
+      )
     return cls._from_data(path, data)
 
   @classmethod
@@ -204,10 +209,11 @@ class WordVocabulary:
       raise VocabularyFileError(f"{path}: unsupported vocabulary version {data.get('version')!r}")
     tokens = data.get("tokens")
     if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
-      raise VocabularyFileError(f"{path}: \"tokens\" must be a list of strings")
+      raise VocabularyFileError(f'{path}: "tokens" must be a list of strings')
     try:
-      return cls(tokens=tuple(tokens), min_count=int(data.get("min_count", 1)),
-                 cleaning_style=data.get("cleaning_style"))
+      return cls(
+        tokens=tuple(tokens), min_count=int(data.get("min_count", 1)), cleaning_style=data.get("cleaning_style")
+      )
     except ValueError as e:
       raise VocabularyFileError(f"{path}: {e}") from e
 
@@ -220,6 +226,7 @@ class LibraryTokenizer:
   """What a tokenizer wrapping a Hugging Face `tokenizers.Tokenizer` (`self._tokenizer`, its `self._size`
   ids, and start / end / pad / unk ids) shares: the library encodes the pieces without its post-processor,
   `_frame` adds start and end; decoding stops at the first end id and skips pad and start."""
+
   _tokenizer: hf_tokenizers.Tokenizer
   _size: int
   start_id: int
@@ -263,9 +270,16 @@ class WordPieceTokenizer(LibraryTokenizer):
   ("[UNK]").
   """
 
-  def __init__(self, tokenizer: hf_tokenizers.Tokenizer, *, start_token: str = "[CLS]",
-               end_token: str = "[SEP]", pad_token: str = "[PAD]",
-               cleaning_style: str | None = None, source: str = "tokenizer"):
+  def __init__(
+    self,
+    tokenizer: hf_tokenizers.Tokenizer,
+    *,
+    start_token: str = "[CLS]",
+    end_token: str = "[SEP]",
+    pad_token: str = "[PAD]",
+    cleaning_style: str | None = None,
+    source: str = "tokenizer",
+  ):
     """Wraps a WordPiece `tokenizers.Tokenizer`; the unknown token is its model's.
 
     Raises:
@@ -280,22 +294,28 @@ class WordPieceTokenizer(LibraryTokenizer):
     self.start_token, self.end_token, self.pad_token = start_token, end_token, pad_token
     self.unk_token = model.unk_token
     ids = {}
-    for role, token in (("start", start_token), ("end", end_token), ("pad", pad_token),
-                        ("unk", self.unk_token)):
+    for role, token in (("start", start_token), ("end", end_token), ("pad", pad_token), ("unk", self.unk_token)):
       ids[role] = tokenizer.token_to_id(token)
       if ids[role] is None:
         raise VocabularyFileError(f"{source}: the {role} token {token!r} is not in the vocabulary")
     if len(set(ids.values())) != 4:
       raise VocabularyFileError(f"{source}: start, end, pad and unknown tokens must differ: {ids}")
-    self.start_id, self.end_id, self.pad_id, self.unk_id = (
-        ids["start"], ids["end"], ids["pad"], ids["unk"])
+    self.start_id, self.end_id, self.pad_id, self.unk_id = (ids["start"], ids["end"], ids["pad"], ids["unk"])
     self._size = tokenizer.get_vocab_size(with_added_tokens=True)
 
   @classmethod
-  def from_vocab(cls, path: str | os.PathLike, *, lowercase: bool = True,
-                 special_tokens: Sequence[str] = BERT_SPECIAL_TOKENS, start_token: str = "[CLS]",
-                 end_token: str = "[SEP]", pad_token: str = "[PAD]", unk_token: str = "[UNK]",
-                 cleaning_style: str | None = None) -> WordPieceTokenizer:
+  def from_vocab(
+    cls,
+    path: str | os.PathLike,
+    *,
+    lowercase: bool = True,
+    special_tokens: Sequence[str] = BERT_SPECIAL_TOKENS,
+    start_token: str = "[CLS]",
+    end_token: str = "[SEP]",
+    pad_token: str = "[PAD]",
+    unk_token: str = "[UNK]",
+    cleaning_style: str | None = None,
+  ) -> WordPieceTokenizer:
     """From a BERT `vocab.txt` (one token a line, the line number its id).
 
     Normalisation as BertTokenizer's: control characters removed, Chinese characters split, lower
@@ -313,8 +333,7 @@ class WordPieceTokenizer(LibraryTokenizer):
           if not token:
             raise VocabularyFileError(f"{path}: line {index + 1} is empty")
           if token in vocab:
-            raise VocabularyFileError(f"{path}: line {index + 1} repeats {token!r} (line "
-                                      f"{vocab[token] + 1})")
+            raise VocabularyFileError(f"{path}: line {index + 1} repeats {token!r} (line {vocab[token] + 1})")
           vocab[token] = index
     except UnicodeDecodeError as e:
       raise VocabularyFileError(f"{path}: not UTF-8 text ({e})") from e
@@ -322,34 +341,61 @@ class WordPieceTokenizer(LibraryTokenizer):
       raise VocabularyFileError(f"{path}: empty vocabulary file")
     if unk_token not in vocab:
       raise VocabularyFileError(f"{path}: the unknown token {unk_token!r} is not in the vocabulary")
-    tokenizer = hf_tokenizers.Tokenizer(hf_tokenizers.models.WordPiece(
-        vocab, unk_token=unk_token, max_input_chars_per_word=100))
+    tokenizer = hf_tokenizers.Tokenizer(
+      hf_tokenizers.models.WordPiece(vocab, unk_token=unk_token, max_input_chars_per_word=100)
+    )
     tokenizer.normalizer = hf_tokenizers.normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase)
+      clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
+    )
     tokenizer.pre_tokenizer = hf_tokenizers.pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = hf_tokenizers.decoders.WordPiece(prefix="##", cleanup=False)
     tokenizer.add_special_tokens(list(special_tokens))
-    return cls(tokenizer, start_token=start_token, end_token=end_token, pad_token=pad_token,
-               cleaning_style=cleaning_style, source=str(path))
+    return cls(
+      tokenizer,
+      start_token=start_token,
+      end_token=end_token,
+      pad_token=pad_token,
+      cleaning_style=cleaning_style,
+      source=str(path),
+    )
 
   @classmethod
-  def from_tokenizer_json(cls, path: str | os.PathLike, *, start_token: str = "[CLS]",
-                          end_token: str = "[SEP]", pad_token: str = "[PAD]",
-                          cleaning_style: str | None = None) -> WordPieceTokenizer:
+  def from_tokenizer_json(
+    cls,
+    path: str | os.PathLike,
+    *,
+    start_token: str = "[CLS]",
+    end_token: str = "[SEP]",
+    pad_token: str = "[PAD]",
+    cleaning_style: str | None = None,
+  ) -> WordPieceTokenizer:
     """From a Hugging Face `tokenizer.json` with a WordPiece model (its post-processor unused)."""
     data = _read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
-      raise VocabularyFileError(f"{path}: not a Hugging Face tokenizer.json (no \"model\" object)")
-    return cls(_hf_tokenizer_from_data(path, data), start_token=start_token, end_token=end_token,
-               pad_token=pad_token, cleaning_style=cleaning_style, source=str(path))
-
+      raise VocabularyFileError(f'{path}: not a Hugging Face tokenizer.json (no "model" object)')
+    return cls(
+      _hf_tokenizer_from_data(path, data),
+      start_token=start_token,
+      end_token=end_token,
+      pad_token=pad_token,
+      cleaning_style=cleaning_style,
+      source=str(path),
+    )
 
   def save(self, path: str | os.PathLike) -> None:
     """Writes one JSON file: the special-token roles and the Hugging Face tokenizer.json content."""
-    _write_json(path, {"format": _WORDPIECE_FORMAT, "version": _JSON_VERSION,
-                       "start_token": self.start_token, "end_token": self.end_token,
-                       "pad_token": self.pad_token, "cleaning_style": self.cleaning_style,
-                       "tokenizer": json.loads(self._tokenizer.to_str())})
+    _write_json(
+      path,
+      {
+        "format": _WORDPIECE_FORMAT,
+        "version": _JSON_VERSION,
+        "start_token": self.start_token,
+        "end_token": self.end_token,
+        "pad_token": self.pad_token,
+        "cleaning_style": self.cleaning_style,
+        "tokenizer": json.loads(self._tokenizer.to_str()),
+      },
+    )
 
   @classmethod
   def _from_data(cls, path: str | os.PathLike, data: Mapping[str, Any]) -> WordPieceTokenizer:
@@ -358,20 +404,25 @@ class WordPieceTokenizer(LibraryTokenizer):
     roles = {}
     for key in ("start_token", "end_token", "pad_token"):
       if not isinstance(data.get(key), str):
-        raise VocabularyFileError(f"{path}: \"{key}\" must be a string")
+        raise VocabularyFileError(f'{path}: "{key}" must be a string')
       roles[key] = data[key]
     if not isinstance(data.get("tokenizer"), dict):
-      raise VocabularyFileError(f"{path}: \"tokenizer\" must hold a Hugging Face tokenizer object")
-    return cls(_hf_tokenizer_from_data(path, data["tokenizer"]), **roles,
-               cleaning_style=data.get("cleaning_style"), source=str(path))
+      raise VocabularyFileError(f'{path}: "tokenizer" must hold a Hugging Face tokenizer object')
+    return cls(
+      _hf_tokenizer_from_data(path, data["tokenizer"]),
+      **roles,
+      cleaning_style=data.get("cleaning_style"),
+      source=str(path),
+    )
 
   def __repr__(self) -> str:
-    return (f"WordPieceTokenizer(size={self._size}, start={self.start_token!r}, "
-            f"end={self.end_token!r}, pad={self.pad_token!r}, unk={self.unk_token!r})")
+    return (
+      f"WordPieceTokenizer(size={self._size}, start={self.start_token!r}, "
+      f"end={self.end_token!r}, pad={self.pad_token!r}, unk={self.unk_token!r})"
+    )
 
 
-def _hf_tokenizer_from_data(path: str | os.PathLike, data: Mapping[str, Any]
-                            ) -> hf_tokenizers.Tokenizer:
+def _hf_tokenizer_from_data(path: str | os.PathLike, data: Mapping[str, Any]) -> hf_tokenizers.Tokenizer:
   try:
     tokenizer = hf_tokenizers.Tokenizer.from_str(json.dumps(data))
   except Exception as e:  # The library raises a bare Exception for a malformed tokenizer.
@@ -380,7 +431,8 @@ def _hf_tokenizer_from_data(path: str | os.PathLike, data: Mapping[str, Any]
     # Decoding as the class docstring says, whatever the file's decoder (BERT's hub file cleans up
     # the spaces before punctuation).
     tokenizer.decoder = hf_tokenizers.decoders.WordPiece(
-        prefix=tokenizer.model.continuing_subword_prefix, cleanup=False)
+      prefix=tokenizer.model.continuing_subword_prefix, cleanup=False
+    )
   return tokenizer
 
 
@@ -399,8 +451,9 @@ def load(path: str | os.PathLike) -> WordVocabulary | WordPieceTokenizer:
   if isinstance(data, dict) and isinstance(data.get("model"), dict):
     return WordPieceTokenizer.from_tokenizer_json(path)
   raise VocabularyFileError(
-      f"{path}: not a tokenizer file (expected \"format\": \"{_WORD_VOCABULARY_FORMAT}\" or "
-      f"\"{_WORDPIECE_FORMAT}\", or a Hugging Face tokenizer.json)")
+    f'{path}: not a tokenizer file (expected "format": "{_WORD_VOCABULARY_FORMAT}" or '
+    f'"{_WORDPIECE_FORMAT}", or a Hugging Face tokenizer.json)'
+  )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -426,8 +479,9 @@ class VocabularyStats:
   splits: dict[str, SplitCoverage]
 
 
-def vocabulary_stats(train_texts: Sequence[str], eval_texts: Mapping[str, Sequence[str]],
-                     min_count: int = 3) -> VocabularyStats:
+def vocabulary_stats(
+  train_texts: Sequence[str], eval_texts: Mapping[str, Sequence[str]], min_count: int = 3
+) -> VocabularyStats:
   """Word vocabulary size and the coverage of each evaluation split by the training words.
 
   Texts are cleaned; words are whitespace tokens other than the full stop.
@@ -440,13 +494,18 @@ def vocabulary_stats(train_texts: Sequence[str], eval_texts: Mapping[str, Sequen
     num_tokens = sum(counts.values())
     seen = [w for w in counts if w in train_counts]
     splits[name] = SplitCoverage(
-        num_tokens=num_tokens,
-        num_types=len(counts),
-        token_coverage=_ratio(sum(counts[w] for w in seen), num_tokens),
-        type_coverage=_ratio(len(seen), len(counts)),
-        unk_rate=_ratio(sum(c for w, c in counts.items() if w not in vocabulary), num_tokens))
-  return VocabularyStats(train_tokens=sum(train_counts.values()), train_types=len(train_counts),
-                         vocabulary_size=len(vocabulary), splits=splits)
+      num_tokens=num_tokens,
+      num_types=len(counts),
+      token_coverage=_ratio(sum(counts[w] for w in seen), num_tokens),
+      type_coverage=_ratio(len(seen), len(counts)),
+      unk_rate=_ratio(sum(c for w, c in counts.items() if w not in vocabulary), num_tokens),
+    )
+  return VocabularyStats(
+    train_tokens=sum(train_counts.values()),
+    train_types=len(train_counts),
+    vocabulary_size=len(vocabulary),
+    splits=splits,
+  )
 
 
 def _words(texts: Iterable[str]) -> Iterable[str]:

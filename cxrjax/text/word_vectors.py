@@ -42,6 +42,7 @@ class WordVectorStats:
   lines: vector lines read (header excluded).
   init_scale: standard deviation of the random rows (that of the found vectors).
   """
+
   path: str
   dim: int
   lines: int
@@ -61,9 +62,11 @@ class WordVectorStats:
 
   def summary(self) -> str:
     examples = ", ".join(self.missing_words[:10]) + (" ..." if self.missing > 10 else "")
-    return (f"{self.path}: {self.dim}-d vectors for {self.found} of {self.found + self.missing} "
-            f"vocabulary words ({self.coverage:.1%}) from {self.lines} lines; {self.missing} missing, "
-            f"initialised randomly (std {self.init_scale:.3g})" + (f": {examples}" if self.missing else ""))
+    return (
+      f"{self.path}: {self.dim}-d vectors for {self.found} of {self.found + self.missing} "
+      f"vocabulary words ({self.coverage:.1%}) from {self.lines} lines; {self.missing} missing, "
+      f"initialised randomly (std {self.init_scale:.3g})" + (f": {examples}" if self.missing else "")
+    )
 
 
 def _is_integer(field: str) -> bool:
@@ -78,8 +81,9 @@ def _is_float(field: str) -> bool:
   return True
 
 
-def load_word_vectors(path: str | os.PathLike, vocabulary: tokenizers.WordVocabulary | Sequence[str],
-                      dim: int | None = None, seed: int = 0) -> tuple[np.ndarray, WordVectorStats]:
+def load_word_vectors(
+  path: str | os.PathLike, vocabulary: tokenizers.WordVocabulary | Sequence[str], dim: int | None = None, seed: int = 0
+) -> tuple[np.ndarray, WordVectorStats]:
   """Reads a GloVe or fastText text file into an embedding matrix for `vocabulary`.
 
   Args:
@@ -149,13 +153,16 @@ def load_word_vectors(path: str | os.PathLike, vocabulary: tokenizers.WordVocabu
       # Most lines have exactly `file_dim` spaces; counting them is cheap, splitting 300 floats is not.
       spaces = line.count(" ")
       if spaces < file_dim:
-        raise error(line_number, f"{spaces} values, expected a word and {file_dim} values "
-                                 f"(a truncated line, or vectors of another size)")
-      word = line[:line.index(" ")] if spaces == file_dim else line.rsplit(" ", file_dim)[0]
+        raise error(
+          line_number,
+          f"{spaces} values, expected a word and {file_dim} values (a truncated line, or vectors of another size)",
+        )
+      word = line[: line.index(" ")] if spaces == file_dim else line.rsplit(" ", file_dim)[0]
       if spaces > file_dim and _is_float(word.rsplit(" ", 1)[1]):
         # A word with spaces is legal (GloVe 840B); a word followed by extra numbers is not.
-        raise error(line_number, f"more than {file_dim} values after {word.split(' ', 1)[0]!r}: "
-                                 f"vectors of another size")
+        raise error(
+          line_number, f"more than {file_dim} values after {word.split(' ', 1)[0]!r}: vectors of another size"
+        )
       if not word:
         raise error(line_number, "empty word")
       if word not in wanted:
@@ -173,12 +180,14 @@ def load_word_vectors(path: str | os.PathLike, vocabulary: tokenizers.WordVocabu
   if file_dim is None or (lines == 0 and header_count is None):
     raise WordVectorFileError(f"{path}: empty file (no vector lines)")
   if header_count is not None and header_count != lines:
-    raise WordVectorFileError(f"{path}: the header declares {header_count} words but the file has "
-                              f"{lines} vector lines (truncated?)")
+    raise WordVectorFileError(
+      f"{path}: the header declares {header_count} words but the file has {lines} vector lines (truncated?)"
+    )
   if not vectors:
     raise WordVectorFileError(
-        f"{path}: none of the {len(wanted)} vocabulary words has a vector in its {lines} lines; "
-        f"is it the right file (language, casing)?")
+      f"{path}: none of the {len(wanted)} vocabulary words has a vector in its {lines} lines; "
+      f"is it the right file (language, casing)?"
+    )
 
   found = np.stack(list(vectors.values()))  # [found, dim]
   scale = float(found.std())
@@ -188,6 +197,7 @@ def load_word_vectors(path: str | os.PathLike, vocabulary: tokenizers.WordVocabu
   if pad_id is not None:
     matrix[pad_id] = 0.0
   missing = tuple(word for word in wanted if word not in vectors)
-  stats = WordVectorStats(path=str(path), dim=file_dim, lines=lines, found=len(vectors),
-                          missing_words=missing, init_scale=scale)
+  stats = WordVectorStats(
+    path=str(path), dim=file_dim, lines=lines, found=len(vectors), missing_words=missing, init_scale=scale
+  )
   return matrix, stats

@@ -62,13 +62,15 @@ def read_checkpoint(path: str | pathlib.Path) -> dict[str, np.ndarray]:
   state_dict = checkpoint.get(STATE_DICT_KEY) if isinstance(checkpoint, dict) else None
   if not isinstance(state_dict, dict) or not all(hasattr(value, "numpy") for value in state_dict.values()):
     keys = sorted(checkpoint)[:5] if isinstance(checkpoint, dict) else type(checkpoint).__name__
-    raise WeightsError(f"{path}: expected CheXbert's {{\"{STATE_DICT_KEY}\": state dict of tensors}}, got {keys}")
+    raise WeightsError(f'{path}: expected CheXbert\'s {{"{STATE_DICT_KEY}": state dict of tensors}}, got {keys}')
   unwrapped = [name for name in state_dict if not name.startswith(DATA_PARALLEL_PREFIX)]
   if unwrapped and len(unwrapped) != len(state_dict):
-    raise WeightsError(f"{path}: some tensor names start with \"{DATA_PARALLEL_PREFIX}\" and some do not, e.g. "
-                       f"{unwrapped[:3]}")
-  return {name.removeprefix(DATA_PARALLEL_PREFIX): value.detach().cpu().float().numpy()
-          for name, value in state_dict.items()}
+    raise WeightsError(
+      f'{path}: some tensor names start with "{DATA_PARALLEL_PREFIX}" and some do not, e.g. {unwrapped[:3]}'
+    )
+  return {
+    name.removeprefix(DATA_PARALLEL_PREFIX): value.detach().cpu().float().numpy() for name, value in state_dict.items()
+  }
 
 
 def architecture(tensors: dict[str, np.ndarray], num_heads: int, source: str) -> dict[str, Any]:
@@ -78,8 +80,9 @@ def architecture(tensors: dict[str, np.ndarray], num_heads: int, source: str) ->
     raise WeightsError(f"{source}: hidden size {sizes['hidden_size']} is not divisible by --num-heads {num_heads}")
   heads = sorted(name for name in tensors if name.startswith("linear_heads.") and name.endswith(".weight"))
   if len(heads) != len(chexbert.CONDITIONS):
-    raise WeightsError(f"{source}: {len(heads)} linear heads; CheXbert has {len(chexbert.CONDITIONS)} (one per "
-                       "observation)")
+    raise WeightsError(
+      f"{source}: {len(heads)} linear heads; CheXbert has {len(chexbert.CONDITIONS)} (one per observation)"
+    )
   return dict(sizes, num_heads=num_heads)
 
 
@@ -103,21 +106,29 @@ def abstract_variables(model: chexbert.CheXbert) -> Any:
   return jax.eval_shape(lambda: model.init(jax.random.key(0), tokens, jnp.ones_like(tokens)))
 
 
-def import_checkpoint(path: str | pathlib.Path, num_heads: int = DEFAULT_NUM_HEADS
-                      ) -> tuple[dict[str, Any], dict[str, Any]]:
+def import_checkpoint(
+  path: str | pathlib.Path, num_heads: int = DEFAULT_NUM_HEADS
+) -> tuple[dict[str, Any], dict[str, Any]]:
   """chexbert.pth -> (Flax variables of CheXbert, its fields); strict (module doc)."""
   source = str(path)
   tensors = read_checkpoint(path)
   store.check_finite(tensors, source)
   fields = architecture(tensors, num_heads, source)
   unused = set(hf_text.check_buffers(tensors, "bert.", source)) | {f"bert.{name}" for name in hf_text.POOLER}
-  variables = store.strict_map(tensors, abstract_variables(build(fields)), _source_of, source,
-                               "CheXbert's bert_labeler", ignored=lambda name: name in unused)
+  variables = store.strict_map(
+    tensors,
+    abstract_variables(build(fields)),
+    _source_of,
+    source,
+    "CheXbert's bert_labeler",
+    ignored=lambda name: name in unused,
+  )
   return variables, fields
 
 
-def load_tokenizer(checkpoint: str | pathlib.Path, tokenizer: str | pathlib.Path | None
-                   ) -> tokenizers.WordPieceTokenizer:
+def load_tokenizer(
+  checkpoint: str | pathlib.Path, tokenizer: str | pathlib.Path | None
+) -> tokenizers.WordPieceTokenizer:
   """`tokenizer` (a vocab.txt, uncased, or a tokenizer.json), else the vocab.txt beside the checkpoint."""
   if tokenizer:
     path = pathlib.Path(tokenizer)
@@ -126,8 +137,10 @@ def load_tokenizer(checkpoint: str | pathlib.Path, tokenizer: str | pathlib.Path
   else:
     path = pathlib.Path(checkpoint).parent / VOCAB_TXT
     if not path.is_file():
-      raise WeightsError(f"{checkpoint}: the checkpoint holds no vocabulary and {path} does not exist; pass "
-                         "--tokenizer VOCAB (bert-base-uncased's vocab.txt)")
+      raise WeightsError(
+        f"{checkpoint}: the checkpoint holds no vocabulary and {path} does not exist; pass "
+        "--tokenizer VOCAB (bert-base-uncased's vocab.txt)"
+      )
   if path.suffix == ".json":
     return tokenizers.WordPieceTokenizer.from_tokenizer_json(path)
   return tokenizers.WordPieceTokenizer.from_vocab(path, lowercase=True)
@@ -141,22 +154,34 @@ def sha256(path: str | pathlib.Path) -> str:
   return digest.hexdigest()
 
 
-def port(checkpoint: str | pathlib.Path, output: str | pathlib.Path, tokenizer: str | pathlib.Path | None = None,
-         num_heads: int = DEFAULT_NUM_HEADS) -> dict[str, Any]:
+def port(
+  checkpoint: str | pathlib.Path,
+  output: str | pathlib.Path,
+  tokenizer: str | pathlib.Path | None = None,
+  num_heads: int = DEFAULT_NUM_HEADS,
+) -> dict[str, Any]:
   """chexbert.pth (+ its vocabulary) -> a labeler directory at `output` (module doc); returns model.json's
   content."""
   checkpoint = pathlib.Path(checkpoint)
   if not checkpoint.is_file():
-    raise WeightsError(f"{checkpoint}: " + ("is a directory; expected CheXbert's chexbert.pth"
-                                            if checkpoint.is_dir() else "not found"))
+    raise WeightsError(
+      f"{checkpoint}: " + ("is a directory; expected CheXbert's chexbert.pth" if checkpoint.is_dir() else "not found")
+    )
   word_piece = load_tokenizer(checkpoint, tokenizer)
   variables, fields = import_checkpoint(checkpoint, num_heads)
   if len(word_piece) != fields["vocab_size"]:
-    raise WeightsError(f"{checkpoint}: its word embeddings have {fields['vocab_size']} rows, the tokenizer "
-                       f"{tokenizer or checkpoint.parent / VOCAB_TXT} {len(word_piece)} tokens")
-  model = {"name": MODEL_NAME, "fields": fields, "conditions": list(chexbert.CONDITIONS),
-           "classes": list(chexbert.CLASSES), "tokenizer": TOKENIZER_FILE,
-           "source": {"format": FORMAT, "file": str(checkpoint), "sha256": sha256(checkpoint)}}
+    raise WeightsError(
+      f"{checkpoint}: its word embeddings have {fields['vocab_size']} rows, the tokenizer "
+      f"{tokenizer or checkpoint.parent / VOCAB_TXT} {len(word_piece)} tokens"
+    )
+  model = {
+    "name": MODEL_NAME,
+    "fields": fields,
+    "conditions": list(chexbert.CONDITIONS),
+    "classes": list(chexbert.CLASSES),
+    "tokenizer": TOKENIZER_FILE,
+    "source": {"format": FORMAT, "file": str(checkpoint), "sha256": sha256(checkpoint)},
+  }
   store.save_weights(output, variables, model)
   word_piece.save(epath.Path(output) / TOKENIZER_FILE)
   return model
@@ -187,9 +212,14 @@ def _on_mesh(array: np.ndarray, target: jax.sharding.NamedSharding) -> jax.Array
 class Labeler:
   """A CheXbert model, its variables and tokenizer; labels reports (module doc)."""
 
-  def __init__(self, model: chexbert.CheXbert, variables: dict[str, Any],
-               tokenizer: tokenizers.WordPieceTokenizer, mesh: jax.sharding.Mesh | None = None,
-               source: dict[str, Any] | None = None):
+  def __init__(
+    self,
+    model: chexbert.CheXbert,
+    variables: dict[str, Any],
+    tokenizer: tokenizers.WordPieceTokenizer,
+    mesh: jax.sharding.Mesh | None = None,
+    source: dict[str, Any] | None = None,
+  ):
     """`mesh`: shard each batch over its 'data' axis (None: the default device). `source`: model.json's
     "source" (the checkpoint's file and SHA-256), which evaluators record."""
     self.model, self.tokenizer, self.mesh = model, tokenizer, mesh
@@ -210,16 +240,21 @@ class Labeler:
     directory = epath.Path(directory)
     variables, description = store.load_weights(directory)
     if description.get("name") != MODEL_NAME or not isinstance(description.get("fields"), dict):
-      raise WeightsError(f"{directory / store.MODEL_FILE}: holds {description.get('name')!r}, not a CheXbert "
-                         f"labeler (written by `cxrjax port-weights --format {FORMAT}`)")
+      raise WeightsError(
+        f"{directory / store.MODEL_FILE}: holds {description.get('name')!r}, not a CheXbert "
+        f"labeler (written by `cxrjax port-weights --format {FORMAT}`)"
+      )
     model = build(description["fields"])
-    expected = {key: tuple(value.shape) for key, value in
-                flax.traverse_util.flatten_dict(abstract_variables(model), sep="/").items()}
+    expected = {
+      key: tuple(value.shape)
+      for key, value in flax.traverse_util.flatten_dict(abstract_variables(model), sep="/").items()
+    }
     found = {key: tuple(np.shape(value)) for key, value in flax.traverse_util.flatten_dict(variables, sep="/").items()}
     if expected != found:
       differing = sorted(set(expected.items()) ^ set(found.items()))[:5]
-      raise WeightsError(f"{directory / store.VARIABLES_FILE}: does not fit the CheXbert its model.json "
-                         f"describes, e.g. {differing}")
+      raise WeightsError(
+        f"{directory / store.VARIABLES_FILE}: does not fit the CheXbert its model.json describes, e.g. {differing}"
+      )
     tokenizer_path = directory / description.get("tokenizer", TOKENIZER_FILE)
     if not tokenizer_path.is_file():
       raise WeightsError(f"{tokenizer_path}: not found; the labeler directory is incomplete")
@@ -232,8 +267,9 @@ class Labeler:
     """A report -> [CLS] pieces [SEP] ids, cleaned and cut as CheXbert's label.py (models/chexbert.py)."""
     return self.tokenizer.encode(chexbert.clean_report(report), max_length=self.max_tokens)
 
-  def logits(self, reports: list[str], batch_size: int = 16,
-             progress: Callable[[int], None] | None = None) -> np.ndarray:
+  def logits(
+    self, reports: list[str], batch_size: int = 16, progress: Callable[[int], None] | None = None
+  ) -> np.ndarray:
     """reports -> logits float32 [len(reports), 14, 4] (CheXbert.__call__), in the reports' order. With a
     mesh, `batch_size` is rounded up to a multiple of its 'data' size. `progress(n)` after each batch of n."""
     if batch_size < 1:
@@ -244,23 +280,24 @@ class Labeler:
     filler = [self.tokenizer.start_id, self.tokenizer.end_id]  # Rows that pad the last batch: discarded.
     result = np.zeros((len(ids), len(chexbert.CONDITIONS), len(chexbert.CLASSES)), np.float32)
     for start in range(0, len(order), batch_size):
-      chosen = order[start:start + batch_size]
+      chosen = order[start : start + batch_size]
       rows = [ids[index] for index in chosen] + [filler] * (batch_size - len(chosen))
       length = _bucket(max(len(row) for row in rows), self.max_tokens)
       tokens = np.full((batch_size, length), self.tokenizer.pad_id, np.int32)
       mask = np.zeros((batch_size, length), np.int32)
       for row, row_ids in enumerate(rows):
-        tokens[row, :len(row_ids)], mask[row, :len(row_ids)] = row_ids, 1
+        tokens[row, : len(row_ids)], mask[row, : len(row_ids)] = row_ids, 1
       if self.mesh is not None:
         rows_sharding = sharding.data_sharded(self.mesh)
         tokens, mask = _on_mesh(tokens, rows_sharding), _on_mesh(mask, rows_sharding)
-      result[chosen] = np.asarray(self._logits(self.variables, tokens, mask))[:len(chosen)]
+      result[chosen] = np.asarray(self._logits(self.variables, tokens, mask))[: len(chosen)]
       if progress is not None:
         progress(len(chosen))
     return result
 
-  def classes(self, reports: list[str], batch_size: int = 16,
-              progress: Callable[[int], None] | None = None) -> np.ndarray:
+  def classes(
+    self, reports: list[str], batch_size: int = 16, progress: Callable[[int], None] | None = None
+  ) -> np.ndarray:
     """reports -> class ids int [len(reports), 14] (chexbert.CLASSES order); arguments as `logits`'."""
     return chexbert.classes_of(self.logits(reports, batch_size, progress))
 

@@ -25,10 +25,10 @@ FORMATS = ("keras-h5", "torch")
 
 # Flax variable leaf -> (Keras weight name, PyTorch tensor name, layout change).
 _BN_LEAVES = {
-    ("params", "scale"): ("gamma", "weight"),
-    ("params", "bias"): ("beta", "bias"),
-    ("batch_stats", "mean"): ("moving_mean", "running_mean"),
-    ("batch_stats", "var"): ("moving_variance", "running_var"),
+  ("params", "scale"): ("gamma", "weight"),
+  ("params", "bias"): ("beta", "bias"),
+  ("batch_stats", "mean"): ("moving_mean", "running_mean"),
+  ("batch_stats", "var"): ("moving_variance", "running_var"),
 }
 
 
@@ -91,6 +91,7 @@ def read_keras_h5(path: str | pathlib.Path) -> dict[str, np.ndarray]:
   the Keras 3 spelling "conv1_conv", and the ":0" suffixes dropped.
   """
   import h5py  # Imported here: only the Keras importer needs it.
+
   path = pathlib.Path(path)
   try:
     handle = h5py.File(path, "r")
@@ -138,12 +139,20 @@ def read_torch(path: str | pathlib.Path) -> dict[str, np.ndarray]:
 def infer_config(fmt: str, tensors: dict[str, np.ndarray]) -> densenet.DenseNetConfig:
   """The DenseNet architecture that the checkpoint's tensor names and shapes describe."""
   if fmt == "keras-h5":
-    layer_pattern, conv2, stem, head = r"conv(\d+)_block(\d+)_0_bn/gamma", "conv2_block1_2_conv/kernel", \
-        "conv1_conv/kernel", "predictions/bias"
+    layer_pattern, conv2, stem, head = (
+      r"conv(\d+)_block(\d+)_0_bn/gamma",
+      "conv2_block1_2_conv/kernel",
+      "conv1_conv/kernel",
+      "predictions/bias",
+    )
     block_offset, epsilon = 1, densenet.KERAS_BN_EPSILON
   else:
-    layer_pattern, conv2, stem, head = r"features\.denseblock(\d+)\.denselayer(\d+)\.norm1\.weight", \
-        "features.denseblock1.denselayer1.conv2.weight", "features.conv0.weight", "classifier.bias"
+    layer_pattern, conv2, stem, head = (
+      r"features\.denseblock(\d+)\.denselayer(\d+)\.norm1\.weight",
+      "features.denseblock1.denselayer1.conv2.weight",
+      "features.conv0.weight",
+      "classifier.bias",
+    )
     block_offset, epsilon = 0, densenet.TORCH_BN_EPSILON
   layers_per_block = collections.Counter()
   for name in tensors:
@@ -155,27 +164,34 @@ def infer_config(fmt: str, tensors: dict[str, np.ndarray]) -> densenet.DenseNetC
   if head_weight in tensors and head not in tensors:
     missing.append(head)  # A head without its bias is a damaged file, not a model without a head.
   if not layers_per_block or missing:
-    raise WeightsError(f"not a DenseNet checkpoint: no dense layers found or missing {missing}; "
-                       f"first names: {sorted(tensors)[:5]}")
+    raise WeightsError(
+      f"not a DenseNet checkpoint: no dense layers found or missing {missing}; first names: {sorted(tensors)[:5]}"
+    )
   block_sizes = tuple(layers_per_block[index] for index in range(1, max(layers_per_block) + 1))
   growth_axis = -1 if fmt == "keras-h5" else 0  # Keras HWIO vs PyTorch OIHW.
   stem_axis = -1 if fmt == "keras-h5" else 0
   return densenet.DenseNetConfig(
-      block_sizes=block_sizes,
-      growth_rate=int(tensors[conv2].shape[growth_axis]),
-      stem_features=int(tensors[stem].shape[stem_axis]),
-      num_classes=int(tensors[head].shape[0]) if head in tensors else 0,
-      bn_epsilon=epsilon)
+    block_sizes=block_sizes,
+    growth_rate=int(tensors[conv2].shape[growth_axis]),
+    stem_features=int(tensors[stem].shape[stem_axis]),
+    num_classes=int(tensors[head].shape[0]) if head in tensors else 0,
+    bn_epsilon=epsilon,
+  )
 
 
-def convert(fmt: str, tensors: dict[str, np.ndarray], config: densenet.DenseNetConfig,
-            source: str = "checkpoint") -> dict[str, Any]:
+def convert(
+  fmt: str, tensors: dict[str, np.ndarray], config: densenet.DenseNetConfig, source: str = "checkpoint"
+) -> dict[str, Any]:
   """Maps source tensors onto the Flax variables of `DenseNet(config)`; strict about names and shapes."""
   model = densenet.DenseNet(config)
   abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
-  return store.strict_map(tensors, abstract,
-                          lambda path: _source_name(fmt, path[0], "/".join(path[1:-1]), path[-1]),
-                          source, f"DenseNet{config.block_sizes}")
+  return store.strict_map(
+    tensors,
+    abstract,
+    lambda path: _source_name(fmt, path[0], "/".join(path[1:-1]), path[-1]),
+    source,
+    f"DenseNet{config.block_sizes}",
+  )
 
 
 def import_chexnet(fmt: str, path: str | pathlib.Path) -> tuple[dict[str, Any], densenet.DenseNetConfig]:
@@ -194,13 +210,18 @@ def import_chexnet(fmt: str, path: str | pathlib.Path) -> tuple[dict[str, Any], 
   return convert(fmt, tensors, config, source=str(path)), config
 
 
-def save_chexnet(directory: str | pathlib.Path, variables: dict[str, Any], config: densenet.DenseNetConfig,
-                 source: dict[str, Any]) -> None:
+def save_chexnet(
+  directory: str | pathlib.Path, variables: dict[str, Any], config: densenet.DenseNetConfig, source: dict[str, Any]
+) -> None:
   """Writes ported DenseNet weights where `--weights DIRECTORY` finds them."""
-  classes = list(densenet.CHEXNET_CLASSES) if config.num_classes == len(densenet.CHEXNET_CLASSES) else \
-      [f"class_{index}" for index in range(config.num_classes)]
-  store.save_weights(directory, variables, {"model": "densenet", "config": config.to_dict(),
-                                            "classes": classes, "source": source})
+  classes = (
+    list(densenet.CHEXNET_CLASSES)
+    if config.num_classes == len(densenet.CHEXNET_CLASSES)
+    else [f"class_{index}" for index in range(config.num_classes)]
+  )
+  store.save_weights(
+    directory, variables, {"model": "densenet", "config": config.to_dict(), "classes": classes, "source": source}
+  )
 
 
 def load_chexnet(directory: str | pathlib.Path) -> tuple[densenet.DenseNetConfig, dict[str, Any], list[str]]:
@@ -211,15 +232,18 @@ def load_chexnet(directory: str | pathlib.Path) -> tuple[densenet.DenseNetConfig
     raise WeightsError(f"{model_path}: holds a {model.get('model')!r} model, not a DenseNet/CheXNet")
   for key, kind in (("config", dict), ("classes", list)):
     if not isinstance(model.get(key), kind):
-      raise WeightsError(f"{model_path}: no {key!r} {'object' if kind is dict else 'list'}; was the "
-                         "directory written by `cxrjax port-weights`?")
+      raise WeightsError(
+        f"{model_path}: no {key!r} {'object' if kind is dict else 'list'}; was the "
+        "directory written by `cxrjax port-weights`?"
+      )
   try:
     config = densenet.DenseNetConfig.from_dict(model["config"])
   except (TypeError, ValueError) as error:
     raise WeightsError(f"{model_path}: its 'config' is not a DenseNet architecture ({error})") from None
   # Validate names and shapes against the architecture before any compute.
-  abstract = jax.eval_shape(lambda: densenet.DenseNet(config).init(
-      jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
+  abstract = jax.eval_shape(
+    lambda: densenet.DenseNet(config).init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)
+  )
   expected = {k: v.shape for k, v in flax.traverse_util.flatten_dict(abstract, sep="/").items()}
   found = {k: v.shape for k, v in flax.traverse_util.flatten_dict(variables, sep="/").items()}
   if expected != found:

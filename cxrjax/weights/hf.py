@@ -68,12 +68,30 @@ GENERATE_DEFAULTS = dict(max_length=20, num_beams=1, length_penalty=1.0)
 # another (sampling, penalties, n-gram blocking over the prompt too, minimum lengths, early stopping, forced
 # or suppressed tokens) is refused rather than decoded otherwise.
 REPRODUCED_ONLY_AS = dict(
-    do_sample=False, early_stopping=False, num_beam_groups=1, diversity_penalty=0.0, repetition_penalty=1.0,
-    encoder_repetition_penalty=1.0, no_repeat_ngram_size=0, encoder_no_repeat_ngram_size=0, min_length=0,
-    min_new_tokens=None, bad_words_ids=None, force_words_ids=None, sequence_bias=None, forced_bos_token_id=None,
-    forced_eos_token_id=None, suppress_tokens=None, begin_suppress_tokens=None,
-    exponential_decay_length_penalty=None, num_return_sequences=1, penalty_alpha=None, guidance_scale=None,
-    stop_strings=None, max_time=None)
+  do_sample=False,
+  early_stopping=False,
+  num_beam_groups=1,
+  diversity_penalty=0.0,
+  repetition_penalty=1.0,
+  encoder_repetition_penalty=1.0,
+  no_repeat_ngram_size=0,
+  encoder_no_repeat_ngram_size=0,
+  min_length=0,
+  min_new_tokens=None,
+  bad_words_ids=None,
+  force_words_ids=None,
+  sequence_bias=None,
+  forced_bos_token_id=None,
+  forced_eos_token_id=None,
+  suppress_tokens=None,
+  begin_suppress_tokens=None,
+  exponential_decay_length_penalty=None,
+  num_return_sequences=1,
+  penalty_alpha=None,
+  guidance_scale=None,
+  stop_strings=None,
+  max_time=None,
+)
 
 SourceOf = Callable[[str], tuple[str, Callable[[np.ndarray], np.ndarray]]]
 
@@ -89,12 +107,16 @@ def read_config(directory: str | pathlib.Path) -> dict[str, Any]:
   """DIR/config.json, checked to be an object whose model_type is one of FAMILIES."""
   directory = pathlib.Path(directory)
   if not directory.is_dir():
-    raise WeightsError(f"{directory}: not a directory; expected a Hugging Face model directory "
-                       f"({CONFIG_FILE} + {WEIGHTS_FILE}, as save_pretrained writes)")
+    raise WeightsError(
+      f"{directory}: not a directory; expected a Hugging Face model directory "
+      f"({CONFIG_FILE} + {WEIGHTS_FILE}, as save_pretrained writes)"
+    )
   path = directory / CONFIG_FILE
   if not path.is_file():
-    raise WeightsError(f"{path}: not found; expected a Hugging Face model directory ({CONFIG_FILE} + "
-                       f"{WEIGHTS_FILE}, as save_pretrained writes)")
+    raise WeightsError(
+      f"{path}: not found; expected a Hugging Face model directory ({CONFIG_FILE} + "
+      f"{WEIGHTS_FILE}, as save_pretrained writes)"
+    )
   hf_config = _read_json(path)
   if not isinstance(hf_config, dict):
     raise WeightsError(f"{path}: expected a JSON object, got {type(hf_config).__name__}")
@@ -112,7 +134,7 @@ def _weights_files(directory: pathlib.Path) -> list[pathlib.Path]:
     listing = _read_json(index)
     weight_map = listing.get("weight_map") if isinstance(listing, dict) else None
     if not isinstance(weight_map, dict):
-      raise WeightsError(f"{index}: no \"weight_map\" object")
+      raise WeightsError(f'{index}: no "weight_map" object')
     files = [directory / name for name in sorted(set(weight_map.values()))]
     for path in files:
       if not path.is_file():
@@ -169,8 +191,9 @@ def _token_ids(value: Any) -> set[int]:
   return set(value) if isinstance(value, list) else {value}
 
 
-def generation_decode(settings: dict[str, Any], source: str, input_length: int, max_positions: int,
-                      start_id: int, end_id: int) -> dict[str, Any]:
+def generation_decode(
+  settings: dict[str, Any], source: str, input_length: int, max_positions: int, start_id: int, end_id: int
+) -> dict[str, Any]:
   """transformers' `generate` settings (the family's `generation_settings`) -> the `decode` config section
   that reproduces them token for token: num_beams, length_penalty and transformers' beam rules ("hf"), no
   blocking, and the most new tokens: max_new_tokens; else max_length less the `input_length` tokens fed
@@ -181,8 +204,10 @@ def generation_decode(settings: dict[str, Any], source: str, input_length: int, 
   given = {name: value for name, value in settings.items() if value is not None}
   for name, default in REPRODUCED_ONLY_AS.items():
     if name in given and given[name] != default:
-      raise WeightsError(f"{source}: {name}={given[name]!r} is not supported: cxrjax decodes greedily or by beam "
-                         f"search with {name}={default!r} only")
+      raise WeightsError(
+        f"{source}: {name}={given[name]!r} is not supported: cxrjax decodes greedily or by beam "
+        f"search with {name}={default!r} only"
+      )
   for name, expected in (("bos_token_id", start_id), ("eos_token_id", end_id)):
     if name in given and _token_ids(given[name]) != {expected}:
       raise WeightsError(f"{source}: {name}={given[name]!r}; the tokenizer's {name[:3]} token is {expected}")
@@ -193,22 +218,30 @@ def generation_decode(settings: dict[str, Any], source: str, input_length: int, 
   else:  # transformers' default: 20 new tokens, within the position table.
     field, new_tokens = None, min(GENERATE_DEFAULTS["max_length"] + input_length, max_positions) - input_length
   if new_tokens < 1:
-    raise WeightsError(f"{source}: {field}={given.get(field)} leaves no token to generate after the "
-                       f"{input_length} input token(s)")
+    raise WeightsError(
+      f"{source}: {field}={given.get(field)} leaves no token to generate after the {input_length} input token(s)"
+    )
   # Positions fed: the inputs, then every generated token but the last.
   room = max_positions - input_length + 1
   if new_tokens > room:
-    raise WeightsError(f"{source}: {field}={given[field]} asks for {new_tokens} new tokens; the text position "
-                       f"table (max_position_embeddings {max_positions}) holds {room} after the {input_length} "
-                       "input token(s)")
+    raise WeightsError(
+      f"{source}: {field}={given[field]} asks for {new_tokens} new tokens; the text position "
+      f"table (max_position_embeddings {max_positions}) holds {room} after the {input_length} "
+      "input token(s)"
+    )
   beams = _token_count(given, "num_beams", source) if "num_beams" in given else GENERATE_DEFAULTS["num_beams"]
   if beams < 1:
     raise WeightsError(f"{source}: num_beams={beams}; expected at least 1")
   length_penalty = given.get("length_penalty", GENERATE_DEFAULTS["length_penalty"])
   if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)):
     raise WeightsError(f"{source}: length_penalty is {length_penalty!r}; expected a number")
-  return dict(beam_size=beams, max_length=new_tokens, length_penalty=float(length_penalty),
-              length_normalization="hf", block_ngram_repeat=0)
+  return dict(
+    beam_size=beams,
+    max_length=new_tokens,
+    length_penalty=float(length_penalty),
+    length_normalization="hf",
+    block_ngram_repeat=0,
+  )
 
 
 def checksums(directory: str | pathlib.Path) -> dict[str, str]:
@@ -223,12 +256,18 @@ def checksums(directory: str | pathlib.Path) -> dict[str, str]:
   return digests
 
 
-def strict_map(tensors: dict[str, np.ndarray], abstract: Any, source_of: SourceOf, source: str,
-               ignored: Callable[[str], bool] = lambda name: False) -> dict[str, Any]:
+def strict_map(
+  tensors: dict[str, np.ndarray],
+  abstract: Any,
+  source_of: SourceOf,
+  source: str,
+  ignored: Callable[[str], bool] = lambda name: False,
+) -> dict[str, Any]:
   """Checkpoint tensors -> Flax variables shaped as `abstract` (store.strict_map), each variable from the
   tensor `source_of("/"-joined variable path)` names."""
-  return store.strict_map(tensors, abstract, lambda path: source_of("/".join(path)), source,
-                          "the model of its config.json", ignored)
+  return store.strict_map(
+    tensors, abstract, lambda path: source_of("/".join(path)), source, "the model of its config.json", ignored
+  )
 
 
 def _lowercase(directory: pathlib.Path) -> bool:
@@ -237,13 +276,18 @@ def _lowercase(directory: pathlib.Path) -> bool:
   return bool(settings.get("do_lower_case", True)) if isinstance(settings, dict) else True
 
 
-def load_tokenizer(directory: str | pathlib.Path, tokenizer: str | pathlib.Path | None, special: dict[str, Any],
-                   cleaning_style: str) -> tokenizers.WordPieceTokenizer:
+def load_tokenizer(
+  directory: str | pathlib.Path, tokenizer: str | pathlib.Path | None, special: dict[str, Any], cleaning_style: str
+) -> tokenizers.WordPieceTokenizer:
   """`tokenizer` (a vocab.txt or tokenizer.json) when given, else the directory's tokenizer.json or
   vocab.txt, with the family's special tokens (`special_tokens`)."""
   directory = pathlib.Path(directory)
-  roles = dict(start_token=special["start_token"], end_token=special["end_token"], pad_token=special["pad_token"],
-               cleaning_style=cleaning_style)
+  roles = dict(
+    start_token=special["start_token"],
+    end_token=special["end_token"],
+    pad_token=special["pad_token"],
+    cleaning_style=cleaning_style,
+  )
   if tokenizer:
     path = pathlib.Path(tokenizer)
     if not path.is_file():
@@ -253,12 +297,17 @@ def load_tokenizer(directory: str | pathlib.Path, tokenizer: str | pathlib.Path 
   elif (directory / VOCAB_TXT).is_file():
     path = directory / VOCAB_TXT
   else:
-    raise WeightsError(f"{directory}: has no {TOKENIZER_JSON} or {VOCAB_TXT}; pass --tokenizer VOCAB (the "
-                       "checkpoint's vocab.txt or tokenizer.json)")
+    raise WeightsError(
+      f"{directory}: has no {TOKENIZER_JSON} or {VOCAB_TXT}; pass --tokenizer VOCAB (the "
+      "checkpoint's vocab.txt or tokenizer.json)"
+    )
   if path.suffix == ".txt":
     return tokenizers.WordPieceTokenizer.from_vocab(
-        path, lowercase=_lowercase(path.parent),
-        special_tokens=tuple(tokenizers.BERT_SPECIAL_TOKENS) + tuple(special["extra"]), **roles)
+      path,
+      lowercase=_lowercase(path.parent),
+      special_tokens=tuple(tokenizers.BERT_SPECIAL_TOKENS) + tuple(special["extra"]),
+      **roles,
+    )
   return tokenizers.WordPieceTokenizer.from_tokenizer_json(path, **roles)
 
 
@@ -270,8 +319,9 @@ def abstract_variables(model_section: dict, vocab_size: int) -> Any:
   return jax.eval_shape(lambda: model.init(jax.random.key(0), images, tokens))
 
 
-def import_hf(directory: str | pathlib.Path, tokenizer: str | pathlib.Path | None = None, prompt: str = ""
-              ) -> tuple[ml_collections.ConfigDict, tokenizers.WordPieceTokenizer, dict[str, Any]]:
+def import_hf(
+  directory: str | pathlib.Path, tokenizer: str | pathlib.Path | None = None, prompt: str = ""
+) -> tuple[ml_collections.ConfigDict, tokenizers.WordPieceTokenizer, dict[str, Any]]:
   """A Hugging Face model directory -> (the run config, its tokenizer, the model's variables).
 
   `prompt`: text every caption starts with (BLIP's "a picture of"), for families that take one
@@ -284,24 +334,30 @@ def import_hf(directory: str | pathlib.Path, tokenizer: str | pathlib.Path | Non
   loaded = load_tokenizer(directory, tokenizer, family.special_tokens(hf_config), cleaning)
   vocab_size = family.vocab_size(hf_config)
   if len(loaded) != vocab_size:
-    raise WeightsError(f"{directory / CONFIG_FILE}: vocab_size is {vocab_size}, but the tokenizer has "
-                       f"{len(loaded)} tokens ({loaded!r})")
+    raise WeightsError(
+      f"{directory / CONFIG_FILE}: vocab_size is {vocab_size}, but the tokenizer has {len(loaded)} tokens ({loaded!r})"
+    )
   if prompt:
     if not hasattr(family, "with_prompt"):
       raise WeightsError(f"--prompt: the {family.MODEL_NAME} family takes no prompt")
     section = family.with_prompt(section, [loaded.start_id] + loaded.encode(prompt)[1:-1])
   # Decoding as `generate` on this directory; the KV cache holds that many tokens.
   source = str(directory / (GENERATION_CONFIG if (directory / GENERATION_CONFIG).is_file() else CONFIG_FILE))
-  decode = generation_decode(family.generation_settings(hf_config, read_generation_config(directory)), source,
-                             input_length=max(len(section.get("prompt_ids", ())), 1),
-                             max_positions=section["max_positions"], start_id=loaded.start_id,
-                             end_id=loaded.end_id)
+  decode = generation_decode(
+    family.generation_settings(hf_config, read_generation_config(directory)),
+    source,
+    input_length=max(len(section.get("prompt_ids", ())), 1),
+    max_positions=section["max_positions"],
+    start_id=loaded.start_id,
+    end_id=loaded.end_id,
+  )
   section = dict(section, cache_length=max(section["cache_length"], decode["max_length"]))
   run_config = family.run_config(section)
   run_config.decode = decode
   tensors = read_tensors(directory)
   if hasattr(family, "check_tensors"):  # Checks beyond names and shapes (BLIP: tied copies are equal).
     family.check_tensors(tensors, str(directory))
-  variables = strict_map(tensors, abstract_variables(section, vocab_size), family.source_of, str(directory),
-                         family.ignored)
+  variables = strict_map(
+    tensors, abstract_variables(section, vocab_size), family.source_of, str(directory), family.ignored
+  )
   return run_config, loaded, variables

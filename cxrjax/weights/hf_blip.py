@@ -36,14 +36,35 @@ MODEL_NAME = "blip"
 
 # transformers 5.x defaults of the fields read (BlipTextConfig, BlipVisionConfig); tests/weights/
 # test_hf_blip.py checks them against transformers.
-TEXT_DEFAULTS = dict(vocab_size=30524, hidden_size=768, intermediate_size=3072,
-                     num_hidden_layers=12, num_attention_heads=8, max_position_embeddings=512,
-                     hidden_act="gelu", layer_norm_eps=1e-12, hidden_dropout_prob=0.0,
-                     attention_probs_dropout_prob=0.0, bos_token_id=30522, pad_token_id=0, sep_token_id=102)
-VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                       image_size=384, patch_size=16, hidden_act="gelu", layer_norm_eps=1e-5)
-TIED = {"text_decoder.cls.predictions.decoder.weight": "text_decoder.bert.embeddings.word_embeddings.weight",
-        "text_decoder.cls.predictions.decoder.bias": "text_decoder.cls.predictions.bias"}
+TEXT_DEFAULTS = dict(
+  vocab_size=30524,
+  hidden_size=768,
+  intermediate_size=3072,
+  num_hidden_layers=12,
+  num_attention_heads=8,
+  max_position_embeddings=512,
+  hidden_act="gelu",
+  layer_norm_eps=1e-12,
+  hidden_dropout_prob=0.0,
+  attention_probs_dropout_prob=0.0,
+  bos_token_id=30522,
+  pad_token_id=0,
+  sep_token_id=102,
+)
+VISION_DEFAULTS = dict(
+  hidden_size=768,
+  intermediate_size=3072,
+  num_hidden_layers=12,
+  num_attention_heads=12,
+  image_size=384,
+  patch_size=16,
+  hidden_act="gelu",
+  layer_norm_eps=1e-5,
+)
+TIED = {
+  "text_decoder.cls.predictions.decoder.weight": "text_decoder.bert.embeddings.word_embeddings.weight",
+  "text_decoder.cls.predictions.decoder.bias": "text_decoder.cls.predictions.bias",
+}
 # BLIP's tokenizer: bert-base-uncased's vocabulary, then [DEC] (the bos, 30522) and [ENC] (30523).
 ADDED_TOKENS = ("[DEC]", "[ENC]")
 PREPROCESSING = dict(normalization="clip", resize_filter="bicubic", resize_rule="square")
@@ -73,27 +94,50 @@ def model_section(hf_config: Mapping[str, Any], source: str) -> dict:
   text, vision = _text(hf_config, source), _vision(hf_config, source)
   for key, values in (("text_config", text), ("vision_config", vision)):
     if values["hidden_act"] != "gelu":
-      raise WeightsError(f"{source}: {key}.hidden_act {values['hidden_act']!r} is not supported (only \"gelu\")")
+      raise WeightsError(f'{source}: {key}.hidden_act {values["hidden_act"]!r} is not supported (only "gelu")')
   # text_config.encoder_hidden_size is not read: BlipConfig sets it to the vision width whatever the file
   # says, and the cross-attention here reads the memory's width.
-  for key, values, heads in (("text_config", text, "num_attention_heads"), ("vision_config", vision, "num_attention_heads")):
+  for key, values, heads in (
+    ("text_config", text, "num_attention_heads"),
+    ("vision_config", vision, "num_attention_heads"),
+  ):
     if values["hidden_size"] % values[heads]:
-      raise WeightsError(f"{source}: {key}.hidden_size {values['hidden_size']} is not divisible by {heads} "
-                         f"{values[heads]}")
+      raise WeightsError(
+        f"{source}: {key}.hidden_size {values['hidden_size']} is not divisible by {heads} {values[heads]}"
+      )
   image_size, patch_size = vision["image_size"], vision["patch_size"]
   if not isinstance(image_size, int) or not isinstance(patch_size, int) or image_size % patch_size:
-    raise WeightsError(f"{source}: vision_config.image_size {image_size!r} is not a multiple of patch_size "
-                       f"{patch_size!r}")
-  encoder = dict(image_size=image_size, patch_size=patch_size, hidden_size=vision["hidden_size"],
-                 num_layers=vision["num_hidden_layers"], num_heads=vision["num_attention_heads"],
-                 mlp_dim=vision["intermediate_size"], layer_norm_eps=float(vision["layer_norm_eps"]),
-                 activation="gelu", patch_bias=True, pre_norm=False, preprocessing=dict(PREPROCESSING))
-  return dict(name=MODEL_NAME, encoder=encoder, hidden_size=text["hidden_size"],
-              num_heads=text["num_attention_heads"], num_layers=text["num_hidden_layers"],
-              intermediate_size=text["intermediate_size"], layer_norm_eps=float(text["layer_norm_eps"]),
-              max_positions=text["max_position_embeddings"], dropout_rate=float(text["hidden_dropout_prob"]),
-              attention_dropout_rate=float(text["attention_probs_dropout_prob"]), prompt_ids=(),
-              cache_length=min(64, text["max_position_embeddings"]), dtype="float32")
+    raise WeightsError(
+      f"{source}: vision_config.image_size {image_size!r} is not a multiple of patch_size {patch_size!r}"
+    )
+  encoder = dict(
+    image_size=image_size,
+    patch_size=patch_size,
+    hidden_size=vision["hidden_size"],
+    num_layers=vision["num_hidden_layers"],
+    num_heads=vision["num_attention_heads"],
+    mlp_dim=vision["intermediate_size"],
+    layer_norm_eps=float(vision["layer_norm_eps"]),
+    activation="gelu",
+    patch_bias=True,
+    pre_norm=False,
+    preprocessing=dict(PREPROCESSING),
+  )
+  return dict(
+    name=MODEL_NAME,
+    encoder=encoder,
+    hidden_size=text["hidden_size"],
+    num_heads=text["num_attention_heads"],
+    num_layers=text["num_hidden_layers"],
+    intermediate_size=text["intermediate_size"],
+    layer_norm_eps=float(text["layer_norm_eps"]),
+    max_positions=text["max_position_embeddings"],
+    dropout_rate=float(text["hidden_dropout_prob"]),
+    attention_dropout_rate=float(text["attention_probs_dropout_prob"]),
+    prompt_ids=(),
+    cache_length=min(64, text["max_position_embeddings"]),
+    dtype="float32",
+  )
 
 
 def with_prompt(section: Mapping[str, Any], prompt_ids) -> dict:
@@ -101,8 +145,9 @@ def with_prompt(section: Mapping[str, Any], prompt_ids) -> dict:
   prompt_ids = tuple(int(i) for i in prompt_ids)
   room = section["max_positions"] - (len(prompt_ids) - 1)  # Text positions left after the prefix.
   if room < 2:
-    raise WeightsError(f"a prompt of {len(prompt_ids)} tokens leaves no room in {section['max_positions']} "
-                       "text positions")
+    raise WeightsError(
+      f"a prompt of {len(prompt_ids)} tokens leaves no room in {section['max_positions']} text positions"
+    )
   return dict(section, prompt_ids=prompt_ids, cache_length=min(section["cache_length"], room))
 
 
@@ -128,10 +173,12 @@ def _transpose(array: np.ndarray) -> np.ndarray:
 
 def _qkv_rows(block: int) -> Callable[[np.ndarray], np.ndarray]:
   """The q (0), k (1) or v (2) third of a fused qkv weight [3D, D] (transposed) or bias [3D]."""
+
   def convert(array: np.ndarray) -> np.ndarray:
     third = array.shape[0] // 3
-    rows = array[block * third:(block + 1) * third]
+    rows = array[block * third : (block + 1) * third]
     return rows.T if rows.ndim == 2 else rows
+
   return convert
 
 
@@ -164,7 +211,7 @@ def _vision_source(parts: list[str]) -> tuple[str, Callable]:
   if parts[0] == "post_layernorm":
     return _linear_or_norm(f"{root}.post_layernorm", parts[1], norm=True)
   if parts[0].startswith("layers_"):
-    layer = f"{root}.encoder.layers.{int(parts[0][len('layers_'):])}"
+    layer = f"{root}.encoder.layers.{int(parts[0][len('layers_') :])}"
     if parts[1] in ("layer_norm1", "layer_norm2"):
       return _linear_or_norm(f"{layer}.{parts[1]}", parts[2], norm=True)
     if parts[1] == "mlp":
@@ -178,7 +225,7 @@ def _vision_source(parts: list[str]) -> tuple[str, Callable]:
 
 
 def _decoder_source(parts: list[str]) -> tuple[str, Callable]:
-  layer = f"text_decoder.bert.encoder.layer.{int(parts[0][len('layers_'):])}"
+  layer = f"text_decoder.bert.encoder.layer.{int(parts[0][len('layers_') :])}"
   if parts[1] in ("attention", "crossattention"):
     if parts[2] == "norm":
       return _linear_or_norm(f"{layer}.{parts[1]}.output.LayerNorm", parts[3], norm=True)

@@ -30,26 +30,52 @@ PREPROCESSING = dict(normalization="clip", resize_filter="bicubic", resize_rule=
 CACHE_LENGTH = 64  # Text positions of the decoding cache: the ROCO recipe's captions (config.py).
 
 _VISION = "git.image_encoder.vision_model."
-_BERT_MODULES = {"attention/query": "attention.self.query", "attention/key": "attention.self.key",
-                 "attention/value": "attention.self.value", "attention/output": "attention.output.dense",
-                 "attention/norm": "attention.output.LayerNorm", "intermediate": "intermediate.dense",
-                 "output": "output.dense", "output_norm": "output.LayerNorm"}
+_BERT_MODULES = {
+  "attention/query": "attention.self.query",
+  "attention/key": "attention.self.key",
+  "attention/value": "attention.self.value",
+  "attention/output": "attention.output.dense",
+  "attention/norm": "attention.output.LayerNorm",
+  "intermediate": "intermediate.dense",
+  "output": "output.dense",
+  "output_norm": "output.LayerNorm",
+}
 
 
 # transformers' GitConfig / GitVisionConfig defaults: what `from_pretrained` uses for a key config.json lacks.
-TEXT_DEFAULTS = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=6, num_attention_heads=12,
-                     intermediate_size=3072, hidden_act="gelu", hidden_dropout_prob=0.1,
-                     attention_probs_dropout_prob=0.1, max_position_embeddings=1024, layer_norm_eps=1e-12,
-                     tie_word_embeddings=False, num_image_with_embedding=None, position_embedding_type="absolute")
-VISION_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                       num_channels=3, image_size=224, patch_size=16, hidden_act="quick_gelu", layer_norm_eps=1e-5)
+TEXT_DEFAULTS = dict(
+  vocab_size=30522,
+  hidden_size=768,
+  num_hidden_layers=6,
+  num_attention_heads=12,
+  intermediate_size=3072,
+  hidden_act="gelu",
+  hidden_dropout_prob=0.1,
+  attention_probs_dropout_prob=0.1,
+  max_position_embeddings=1024,
+  layer_norm_eps=1e-12,
+  tie_word_embeddings=False,
+  num_image_with_embedding=None,
+  position_embedding_type="absolute",
+)
+VISION_DEFAULTS = dict(
+  hidden_size=768,
+  intermediate_size=3072,
+  num_hidden_layers=12,
+  num_attention_heads=12,
+  num_channels=3,
+  image_size=224,
+  patch_size=16,
+  hidden_act="quick_gelu",
+  layer_norm_eps=1e-5,
+)
 
 
 def _settings(hf_config: dict, source: str) -> tuple[dict, dict]:
   """(text, vision) settings of a GitConfig: config.json's values over transformers' defaults."""
   vision = hf_config.get("vision_config", {})
   if not isinstance(vision, dict):
-    raise WeightsError(f"{source}: \"vision_config\" is not an object; expected a GitForCausalLM config.json")
+    raise WeightsError(f'{source}: "vision_config" is not an object; expected a GitForCausalLM config.json')
   text = dict(TEXT_DEFAULTS, **{k: v for k, v in hf_config.items() if k in TEXT_DEFAULTS})
   vision = dict(VISION_DEFAULTS, **{k: v for k, v in vision.items() if k in VISION_DEFAULTS})
   return text, vision
@@ -72,31 +98,47 @@ def model_section(hf_config: dict, source: str) -> dict:
     unsupported.append(f"vision_config.hidden_act={vision['hidden_act']!r}")
   if vision["num_channels"] != 3:
     unsupported.append(f"vision_config.num_channels={vision['num_channels']}")
-  for what, width, heads in (("hidden_size", text["hidden_size"], text["num_attention_heads"]),
-                             ("vision_config.hidden_size", vision["hidden_size"], vision["num_attention_heads"])):
+  for what, width, heads in (
+    ("hidden_size", text["hidden_size"], text["num_attention_heads"]),
+    ("vision_config.hidden_size", vision["hidden_size"], vision["num_attention_heads"]),
+  ):
     if heads < 1 or width % heads:
       unsupported.append(f"{what} {width} is not divisible by its {heads} attention heads")
   if vision["image_size"] % vision["patch_size"]:
-    unsupported.append(f"vision_config.image_size {vision['image_size']} is not a multiple of its patch_size "
-                       f"{vision['patch_size']}")
+    unsupported.append(
+      f"vision_config.image_size {vision['image_size']} is not a multiple of its patch_size {vision['patch_size']}"
+    )
   if unsupported:
     raise WeightsError(f"{source}: unsupported GIT configuration: {'; '.join(unsupported)}")
   encoder = dict(
-      image_size=int(vision["image_size"]), patch_size=int(vision["patch_size"]),
-      hidden_size=int(vision["hidden_size"]), num_layers=int(vision["num_hidden_layers"]),
-      num_heads=int(vision["num_attention_heads"]), mlp_dim=int(vision["intermediate_size"]),
-      layer_norm_eps=float(vision["layer_norm_eps"]), activation=vision["hidden_act"], patch_bias=False,
-      pre_norm=True, preprocessing=dict(PREPROCESSING))
+    image_size=int(vision["image_size"]),
+    patch_size=int(vision["patch_size"]),
+    hidden_size=int(vision["hidden_size"]),
+    num_layers=int(vision["num_hidden_layers"]),
+    num_heads=int(vision["num_attention_heads"]),
+    mlp_dim=int(vision["intermediate_size"]),
+    layer_norm_eps=float(vision["layer_norm_eps"]),
+    activation=vision["hidden_act"],
+    patch_bias=False,
+    pre_norm=True,
+    preprocessing=dict(PREPROCESSING),
+  )
   max_positions = int(text["max_position_embeddings"])
   return dict(
-      name=MODEL_NAME, encoder=encoder, hidden_size=int(text["hidden_size"]),
-      num_layers=int(text["num_hidden_layers"]), num_heads=int(text["num_attention_heads"]),
-      intermediate_size=int(text["intermediate_size"]), max_positions=max_positions,
-      layer_norm_eps=float(text["layer_norm_eps"]),
-      projection_eps=encoder["layer_norm_eps"],  # transformers' GitProjection uses the vision config's.
-      dropout_rate=float(text["hidden_dropout_prob"]),
-      attention_dropout_rate=float(text["attention_probs_dropout_prob"]),
-      cache_length=min(CACHE_LENGTH, max_positions), dtype="float32")
+    name=MODEL_NAME,
+    encoder=encoder,
+    hidden_size=int(text["hidden_size"]),
+    num_layers=int(text["num_hidden_layers"]),
+    num_heads=int(text["num_attention_heads"]),
+    intermediate_size=int(text["intermediate_size"]),
+    max_positions=max_positions,
+    layer_norm_eps=float(text["layer_norm_eps"]),
+    projection_eps=encoder["layer_norm_eps"],  # transformers' GitProjection uses the vision config's.
+    dropout_rate=float(text["hidden_dropout_prob"]),
+    attention_dropout_rate=float(text["attention_probs_dropout_prob"]),
+    cache_length=min(CACHE_LENGTH, max_positions),
+    dtype="float32",
+  )
 
 
 def vocab_size(hf_config: dict) -> int:

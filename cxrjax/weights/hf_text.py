@@ -44,16 +44,32 @@ from cxrjax.weights.store import WeightsError
 
 FAMILIES = ("bert", "roberta", "distilbert")
 
-_BERT_LAYER = {"attention/query": "attention.self.query", "attention/key": "attention.self.key",
-               "attention/value": "attention.self.value", "attention/output": "attention.output.dense",
-               "attention/norm": "attention.output.LayerNorm", "intermediate": "intermediate.dense",
-               "output": "output.dense", "output_norm": "output.LayerNorm"}
-_DISTILBERT_LAYER = {"attention/query": "attention.q_lin", "attention/key": "attention.k_lin",
-                     "attention/value": "attention.v_lin", "attention/output": "attention.out_lin",
-                     "attention/norm": "sa_layer_norm", "intermediate": "ffn.lin1", "output": "ffn.lin2",
-                     "output_norm": "output_layer_norm"}
-_LEAVES = {"kernel": ("weight", np.transpose), "bias": ("bias", lambda a: a), "scale": ("weight", lambda a: a),
-           "embedding": ("weight", lambda a: a)}
+_BERT_LAYER = {
+  "attention/query": "attention.self.query",
+  "attention/key": "attention.self.key",
+  "attention/value": "attention.self.value",
+  "attention/output": "attention.output.dense",
+  "attention/norm": "attention.output.LayerNorm",
+  "intermediate": "intermediate.dense",
+  "output": "output.dense",
+  "output_norm": "output.LayerNorm",
+}
+_DISTILBERT_LAYER = {
+  "attention/query": "attention.q_lin",
+  "attention/key": "attention.k_lin",
+  "attention/value": "attention.v_lin",
+  "attention/output": "attention.out_lin",
+  "attention/norm": "sa_layer_norm",
+  "intermediate": "ffn.lin1",
+  "output": "ffn.lin2",
+  "output_norm": "output_layer_norm",
+}
+_LEAVES = {
+  "kernel": ("weight", np.transpose),
+  "bias": ("bias", lambda a: a),
+  "scale": ("weight", lambda a: a),
+  "embedding": ("weight", lambda a: a),
+}
 POOLER = ("pooler.dense.weight", "pooler.dense.bias")
 BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 
@@ -101,10 +117,14 @@ def architecture(tensors: dict[str, np.ndarray], family: str, prefix: str, sourc
   if intermediate not in tensors:
     raise WeightsError(f"{source}: no tensor {intermediate}; not a {family} encoder checkpoint")
   token_types = tensors.get(f"{prefix}embeddings.token_type_embeddings.weight")
-  return dict(vocab_size=int(tensors[word].shape[0]), hidden_size=int(tensors[word].shape[1]),
-              num_layers=len(layers), intermediate_size=int(tensors[intermediate].shape[0]),
-              max_positions=int(tensors[position].shape[0]),
-              type_vocab_size=0 if family == "distilbert" or token_types is None else int(token_types.shape[0]))
+  return dict(
+    vocab_size=int(tensors[word].shape[0]),
+    hidden_size=int(tensors[word].shape[1]),
+    num_layers=len(layers),
+    intermediate_size=int(tensors[intermediate].shape[0]),
+    max_positions=int(tensors[position].shape[0]),
+    type_vocab_size=0 if family == "distilbert" or token_types is None else int(token_types.shape[0]),
+  )
 
 
 def check_buffers(tensors: dict[str, np.ndarray], prefix: str, source: str) -> list[str]:
@@ -119,16 +139,21 @@ def check_buffers(tensors: dict[str, np.ndarray], prefix: str, source: str) -> l
     value = np.asarray(tensors[name]).reshape(-1)
     expected = np.arange(value.size) if buffer.endswith("position_ids") else np.zeros(value.size)
     if not np.array_equal(value, expected):
-      raise WeightsError(f"{source}: buffer {name} holds other ids than the model's own "
-                         f"({'0, 1, 2, ...' if buffer.endswith('position_ids') else 'all 0'}); not supported")
+      raise WeightsError(
+        f"{source}: buffer {name} holds other ids than the model's own "
+        f"({'0, 1, 2, ...' if buffer.endswith('position_ids') else 'all 0'}); not supported"
+      )
     present.append(name)
   return present
 
 
 # The pretraining heads of hub checkpoints (BertForPreTraining, RobertaForMaskedLM, DistilBertForMaskedLM): not
 # part of the encoder.
-HEAD_PREFIXES = {"bert": ("cls.",), "roberta": ("lm_head.",),
-                 "distilbert": ("vocab_transform.", "vocab_layer_norm.", "vocab_projector.")}
+HEAD_PREFIXES = {
+  "bert": ("cls.",),
+  "roberta": ("lm_head.",),
+  "distilbert": ("vocab_transform.", "vocab_layer_norm.", "vocab_projector."),
+}
 
 
 def _field(hf_config: dict, name: str, source: str, kind: type = int) -> Any:
@@ -146,24 +171,32 @@ def encoder_fields(hf_config: dict, source: str) -> dict[str, Any]:
   if family == "distilbert":
     if hf_config.get("activation", "gelu") != "gelu" or hf_config.get("sinusoidal_pos_embds", False):
       raise WeightsError(f"{source}: only gelu activations and learned positions are supported")
-    return dict(vocab_size=_field(hf_config, "vocab_size", source), hidden_size=_field(hf_config, "dim", source),
-                num_layers=_field(hf_config, "n_layers", source), num_heads=_field(hf_config, "n_heads", source),
-                intermediate_size=_field(hf_config, "hidden_dim", source),
-                max_positions=_field(hf_config, "max_position_embeddings", source), type_vocab_size=0,
-                epsilon=1e-12)  # DistilBERT's LayerNorms are built with eps=1e-12 whatever the config.
+    return dict(
+      vocab_size=_field(hf_config, "vocab_size", source),
+      hidden_size=_field(hf_config, "dim", source),
+      num_layers=_field(hf_config, "n_layers", source),
+      num_heads=_field(hf_config, "n_heads", source),
+      intermediate_size=_field(hf_config, "hidden_dim", source),
+      max_positions=_field(hf_config, "max_position_embeddings", source),
+      type_vocab_size=0,
+      epsilon=1e-12,
+    )  # DistilBERT's LayerNorms are built with eps=1e-12 whatever the config.
   if hf_config.get("hidden_act", "gelu") != "gelu":
-    raise WeightsError(f"{source}: hidden_act {hf_config.get('hidden_act')!r} is not supported (only \"gelu\")")
+    raise WeightsError(f'{source}: hidden_act {hf_config.get("hidden_act")!r} is not supported (only "gelu")')
   if hf_config.get("position_embedding_type", "absolute") != "absolute":
-    raise WeightsError(f"{source}: position_embedding_type {hf_config['position_embedding_type']!r} is not "
-                       "supported (only \"absolute\")")
-  fields = dict(vocab_size=_field(hf_config, "vocab_size", source),
-                hidden_size=_field(hf_config, "hidden_size", source),
-                num_layers=_field(hf_config, "num_hidden_layers", source),
-                num_heads=_field(hf_config, "num_attention_heads", source),
-                intermediate_size=_field(hf_config, "intermediate_size", source),
-                max_positions=_field(hf_config, "max_position_embeddings", source),
-                type_vocab_size=_field(hf_config, "type_vocab_size", source),
-                epsilon=float(_field(hf_config, "layer_norm_eps", source, float)))
+    raise WeightsError(
+      f'{source}: position_embedding_type {hf_config["position_embedding_type"]!r} is not supported (only "absolute")'
+    )
+  fields = dict(
+    vocab_size=_field(hf_config, "vocab_size", source),
+    hidden_size=_field(hf_config, "hidden_size", source),
+    num_layers=_field(hf_config, "num_hidden_layers", source),
+    num_heads=_field(hf_config, "num_attention_heads", source),
+    intermediate_size=_field(hf_config, "intermediate_size", source),
+    max_positions=_field(hf_config, "max_position_embeddings", source),
+    type_vocab_size=_field(hf_config, "type_vocab_size", source),
+    epsilon=float(_field(hf_config, "layer_norm_eps", source, float)),
+  )
   if family == "roberta":
     fields.update(positions="padding_offset", pad_id=_field(hf_config, "pad_token_id", source))
   return fields
@@ -196,7 +229,11 @@ def import_directory(directory: str | pathlib.Path) -> tuple[text.TextEncoder, d
   tokens = jnp.zeros((1, 2), jnp.int32)
   abstract = jax.eval_shape(lambda: encoder.init(jax.random.key(0), tokens, jnp.ones_like(tokens)))
   variables = store.strict_map(
-      tensors, abstract, lambda path: encoder_source(family, "/".join(path[1:]), prefix), source,
-      f"the {family} encoder of its config.json",
-      ignored=lambda name: name in unused or (bool(prefix) and name.startswith(HEAD_PREFIXES[family])))
+    tensors,
+    abstract,
+    lambda path: encoder_source(family, "/".join(path[1:]), prefix),
+    source,
+    f"the {family} encoder of its config.json",
+    ignored=lambda name: name in unused or (bool(prefix) and name.startswith(HEAD_PREFIXES[family])),
+  )
   return encoder, variables, family

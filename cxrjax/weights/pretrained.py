@@ -39,26 +39,35 @@ def _subtree(tree: dict[str, Any], path: str) -> tuple[dict[str, Any], str]:
   return node, keys[-1]
 
 
-def _load_densenet(directory: str, part: base.PretrainedPart, params: dict, batch_stats: dict,
-                   encoder_epsilon: float | None) -> None:
+def _load_densenet(
+  directory: str, part: base.PretrainedPart, params: dict, batch_stats: dict, encoder_epsilon: float | None
+) -> None:
   config, variables, _ = chexnet.load_chexnet(directory)
   if encoder_epsilon is not None and abs(config.bn_epsilon - encoder_epsilon) > 1e-12:
     # Names and shapes fit, so the weights load; the normalisation differs slightly: say so.
-    print(f"warning: {directory}: its batch norm was trained with epsilon {config.bn_epsilon:g}, the configured "
-          f"encoder uses {encoder_epsilon:g}; set --config.model.encoder.bn_epsilon={config.bn_epsilon:g} to match",
-          file=sys.stderr)
-  source = {"params": {k: v for k, v in variables["params"].items() if k != "classifier"},
-            "batch_stats": variables.get("batch_stats", {})}
+    print(
+      f"warning: {directory}: its batch norm was trained with epsilon {config.bn_epsilon:g}, the configured "
+      f"encoder uses {encoder_epsilon:g}; set --config.model.encoder.bn_epsilon={config.bn_epsilon:g} to match",
+      file=sys.stderr,
+    )
+  source = {
+    "params": {k: v for k, v in variables["params"].items() if k != "classifier"},
+    "batch_stats": variables.get("batch_stats", {}),
+  }
   for path in part.paths:
     for collection, target_tree in (("params", params), ("batch_stats", batch_stats)):
       parent, key = _subtree(target_tree, path)
       target = parent[key]
       if jax.tree.structure(target) != jax.tree.structure(source[collection]):
         raise chexnet.WeightsError(
-            f"{directory}: DenseNet{tuple(config.block_sizes)} (growth {config.growth_rate}) does not fit "
-            f"the configured encoder at {path} (its {collection} names differ)")
-      shapes = [(a.shape, b.shape) for a, b in zip(jax.tree.leaves(target), jax.tree.leaves(source[collection]))
-                if a.shape != b.shape]
+          f"{directory}: DenseNet{tuple(config.block_sizes)} (growth {config.growth_rate}) does not fit "
+          f"the configured encoder at {path} (its {collection} names differ)"
+        )
+      shapes = [
+        (a.shape, b.shape)
+        for a, b in zip(jax.tree.leaves(target), jax.tree.leaves(source[collection]))
+        if a.shape != b.shape
+      ]
       if shapes:
         raise chexnet.WeightsError(f"{directory}: tensor shapes differ from the encoder at {path}: {shapes[:3]}")
       parent[key] = jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), source[collection], target)
@@ -73,10 +82,12 @@ def _load_hf_resnet(directory: str, part: base.PretrainedPart, params: dict, bat
       target, source = parent[key], variables[collection]
       if jax.tree.structure(target) != jax.tree.structure(source):
         raise seed003.WeightsError(
-            f"{directory}: ResNet{tuple(config.depths)} of widths {tuple(config.hidden_sizes)} does not fit the "
-            f"configured encoder at {path} (its {collection} names differ)")
-      shapes = [(a.shape, b.shape) for a, b in zip(jax.tree.leaves(target), jax.tree.leaves(source))
-                if a.shape != b.shape]
+          f"{directory}: ResNet{tuple(config.depths)} of widths {tuple(config.hidden_sizes)} does not fit the "
+          f"configured encoder at {path} (its {collection} names differ)"
+        )
+      shapes = [
+        (a.shape, b.shape) for a, b in zip(jax.tree.leaves(target), jax.tree.leaves(source)) if a.shape != b.shape
+      ]
       if shapes:
         raise seed003.WeightsError(f"{directory}: tensor shapes differ from the encoder at {path}: {shapes[:3]}")
       parent[key] = jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), source, target)
@@ -91,8 +102,9 @@ def _load_word_vectors(path: str, part: base.PretrainedPart, params: dict, token
     parent[key] = jnp.asarray(matrix, embedding.dtype)
 
 
-def initialize(init_config: Any, family: type, variables: dict[str, Any], tokenizer: Any = None,
-               model_config: Any = None) -> dict[str, Any]:
+def initialize(
+  init_config: Any, family: type, variables: dict[str, Any], tokenizer: Any = None, model_config: Any = None
+) -> dict[str, Any]:
   """`variables` ({"params", "batch_stats"}) with the files of `init_config` written in (new dicts; the
   inputs are not changed). Returns `variables` itself when nothing is configured."""
   init_config = dict(init_config or {})
@@ -105,8 +117,10 @@ def initialize(init_config: Any, family: type, variables: dict[str, Any], tokeni
   parts = family.pretrained_parts
   for key in requested:
     if key not in parts:
-      raise ConfigError(f"config.init.{key} is set, but the {family.__name__} model has no such pretrained "
-                        f"part (it has: {sorted(parts) or 'none'})")
+      raise ConfigError(
+        f"config.init.{key} is set, but the {family.__name__} model has no such pretrained "
+        f"part (it has: {sorted(parts) or 'none'})"
+      )
   params = flax.core.unfreeze(jax.tree.map(np.asarray, variables["params"]))
   batch_stats = flax.core.unfreeze(jax.tree.map(np.asarray, variables.get("batch_stats", {})))
   for key, path in requested.items():

@@ -37,8 +37,12 @@ SEED_NUM_HEADS = 8
 # max_length); its last step feeds position 79, so 80 cache positions hold them.
 SEED_MAX_TOKENS = 80
 
-_BN_LEAVES = {("params", "scale"): "weight", ("params", "bias"): "bias",
-              ("batch_stats", "mean"): "running_mean", ("batch_stats", "var"): "running_var"}
+_BN_LEAVES = {
+  ("params", "scale"): "weight",
+  ("params", "bias"): "bias",
+  ("batch_stats", "mean"): "running_mean",
+  ("batch_stats", "var"): "running_var",
+}
 
 
 def _resnet_name(module_path: str) -> str:
@@ -91,8 +95,11 @@ def read_torch(path: str | pathlib.Path) -> dict[str, np.ndarray]:
   checkpoint = store.read_torch_checkpoint(path)
   if not isinstance(checkpoint, dict) or not all(hasattr(v, "numpy") for v in checkpoint.values()):
     raise WeightsError(f"{path}: expected a state dict of tensors (the seed's model.state_dict())")
-  return {re.sub(r"^module\.", "", name): tensor.detach().cpu().float().numpy()
-          for name, tensor in checkpoint.items() if not name.endswith("num_batches_tracked")}
+  return {
+    re.sub(r"^module\.", "", name): tensor.detach().cpu().float().numpy()
+    for name, tensor in checkpoint.items()
+    if not name.endswith("num_batches_tracked")
+  }
 
 
 def _require(tensors: dict[str, np.ndarray], names: list[str], what: str) -> None:
@@ -121,27 +128,48 @@ def infer_resnet_config(tensors: dict[str, np.ndarray], prefix: str = "") -> res
     hidden_sizes.append(int(tensors[expand].shape[0]))
     depths.append(max(layers[stage]) + 1)
   reduce = tensors[f"{prefix}encoder.stages.0.layers.0.layer.0.convolution.weight"]
-  return resnet.ResNetConfig(embedding_size=int(tensors[stem].shape[0]), hidden_sizes=tuple(hidden_sizes),
-                             depths=tuple(depths), reduction=hidden_sizes[0] // int(reduce.shape[0]))
+  return resnet.ResNetConfig(
+    embedding_size=int(tensors[stem].shape[0]),
+    hidden_sizes=tuple(hidden_sizes),
+    depths=tuple(depths),
+    reduction=hidden_sizes[0] // int(reduce.shape[0]),
+  )
 
 
-def infer_config(tensors: dict[str, np.ndarray], num_heads: int = SEED_NUM_HEADS) -> tuple[ml_collections.ConfigDict, int]:
+def infer_config(
+  tensors: dict[str, np.ndarray], num_heads: int = SEED_NUM_HEADS
+) -> tuple[ml_collections.ConfigDict, int]:
   """The seed checkpoint's `model` config section (name "graph_captioner") and vocabulary size."""
-  _require(tensors, ["vis_proj.weight", "embedding.weight", "pos_encoder", "decoder.layers.0.linear1.weight"],
-           "seed 003 (ResNetGraphCaptioner)")
+  _require(
+    tensors,
+    ["vis_proj.weight", "embedding.weight", "pos_encoder", "decoder.layers.0.linear1.weight"],
+    "seed 003 (ResNetGraphCaptioner)",
+  )
   encoder = infer_resnet_config(tensors, prefix="encoder.")
-  layer_indices = {int(match.group(1)) for match in (re.match(r"decoder\.layers\.(\d+)\.", name)
-                                                     for name in tensors) if match}
+  layer_indices = {
+    int(match.group(1)) for match in (re.match(r"decoder\.layers\.(\d+)\.", name) for name in tensors) if match
+  }
   num_layers = max(layer_indices) + 1  # A gap in the indices shows up as missing keys.
   vocab_size, d_model = tensors["embedding.weight"].shape
   if d_model % num_heads:
     raise WeightsError(f"d_model {d_model} (from embedding.weight) is not divisible by num_heads {num_heads}")
   position_rows = tensors["pos_encoder"].shape[-2] if tensors["pos_encoder"].ndim >= 2 else 0
-  config = ml_collections.ConfigDict(dict(
-      name=MODEL_NAME, encoder=encoder.to_dict(), d_model=int(d_model), num_heads=num_heads,
-      num_layers=num_layers, ff_dim=int(tensors["decoder.layers.0.linear1.weight"].shape[0]), dropout_rate=0.1,
-      graph_window=3, graph_steps=3, max_positions=int(position_rows),
-      cache_length=min(SEED_MAX_TOKENS, int(position_rows)), dtype="float32"))
+  config = ml_collections.ConfigDict(
+    dict(
+      name=MODEL_NAME,
+      encoder=encoder.to_dict(),
+      d_model=int(d_model),
+      num_heads=num_heads,
+      num_layers=num_layers,
+      ff_dim=int(tensors["decoder.layers.0.linear1.weight"].shape[0]),
+      dropout_rate=0.1,
+      graph_window=3,
+      graph_steps=3,
+      max_positions=int(position_rows),
+      cache_length=min(SEED_MAX_TOKENS, int(position_rows)),
+      dtype="float32",
+    )
+  )
   return config, int(vocab_size)
 
 
@@ -164,25 +192,38 @@ def _build(model_config: ml_collections.ConfigDict, vocab_size: int) -> graph_ca
   return graph_captioner.GraphCaptioner.from_config(model_config, vocab_size, lambda path: False)
 
 
-def _convert(tensors: dict[str, np.ndarray], abstract: dict[str, Any],
-             source_of: Callable[[str, str, str], tuple[str, Callable]], source: str, what: str,
-             ignored: Callable[[str], bool] = lambda name: False) -> dict[str, Any]:
+def _convert(
+  tensors: dict[str, np.ndarray],
+  abstract: dict[str, Any],
+  source_of: Callable[[str, str, str], tuple[str, Callable]],
+  source: str,
+  what: str,
+  ignored: Callable[[str], bool] = lambda name: False,
+) -> dict[str, Any]:
   """Source tensors -> Flax variables shaped as `abstract` (store.strict_map); `source_of(collection,
   module path, leaf)` names each one's tensor."""
-  return store.strict_map(tensors, abstract, lambda path: source_of(path[0], "/".join(path[1:-1]), path[-1]),
-                          source, what, ignored)
+  return store.strict_map(
+    tensors, abstract, lambda path: source_of(path[0], "/".join(path[1:-1]), path[-1]), source, what, ignored
+  )
 
 
-def convert(tensors: dict[str, np.ndarray], model_config: ml_collections.ConfigDict, vocab_size: int,
-            source: str = "checkpoint") -> dict[str, Any]:
+def convert(
+  tensors: dict[str, np.ndarray], model_config: ml_collections.ConfigDict, vocab_size: int, source: str = "checkpoint"
+) -> dict[str, Any]:
   """The seed's state dict -> `GraphCaptioner` variables {"params", "batch_stats"} for `model_config`."""
   abstract = _abstract_variables(_build(model_config, vocab_size))
-  return _convert(tensors, abstract, _seed_source, source,
-                  f"the seed 003 captioner (d_model {model_config.d_model}, {model_config.num_layers} layers)")
+  return _convert(
+    tensors,
+    abstract,
+    _seed_source,
+    source,
+    f"the seed 003 captioner (d_model {model_config.d_model}, {model_config.num_layers} layers)",
+  )
 
 
-def import_seed003(path: str | pathlib.Path, num_heads: int = SEED_NUM_HEADS
-                   ) -> tuple[dict[str, Any], ml_collections.ConfigDict, int]:
+def import_seed003(
+  path: str | pathlib.Path, num_heads: int = SEED_NUM_HEADS
+) -> tuple[dict[str, Any], ml_collections.ConfigDict, int]:
   """Reads the seed's state dict; returns `(variables, model_config, vocab_size)`. The vocabulary is the
   tokenizer's (bert-base-uncased: 30522), which the checkpoint does not contain: check it against it."""
   tensors = read_torch(path)
@@ -200,30 +241,41 @@ def read_hf_resnet(directory: str | pathlib.Path) -> tuple[dict[str, np.ndarray]
   config_path, tensors_path = directory / "config.json", directory / "model.safetensors"
   for path in (config_path, tensors_path):
     if not path.is_file():
-      raise WeightsError(f"{path}: not found; expected a Hugging Face ResNetModel directory "
-                         f"(config.json + model.safetensors)")
+      raise WeightsError(
+        f"{path}: not found; expected a Hugging Face ResNetModel directory (config.json + model.safetensors)"
+      )
   try:
     hf_config = json.loads(config_path.read_text())
   except json.JSONDecodeError as error:
     raise WeightsError(f"{config_path}: not valid JSON ({error})") from error
-  if hf_config.get("model_type") != "resnet" or hf_config.get("layer_type", "bottleneck") != "bottleneck" \
-      or hf_config.get("hidden_act", "relu") != "relu" or hf_config.get("num_channels", 3) != 3:
-    raise WeightsError(f"{config_path}: expected a ResNet of bottleneck layers with ReLU over 3 channels "
-                       f"(model_type 'resnet'), got model_type={hf_config.get('model_type')!r}, "
-                       f"layer_type={hf_config.get('layer_type')!r}, hidden_act={hf_config.get('hidden_act')!r}")
+  if (
+    hf_config.get("model_type") != "resnet"
+    or hf_config.get("layer_type", "bottleneck") != "bottleneck"
+    or hf_config.get("hidden_act", "relu") != "relu"
+    or hf_config.get("num_channels", 3) != 3
+  ):
+    raise WeightsError(
+      f"{config_path}: expected a ResNet of bottleneck layers with ReLU over 3 channels "
+      f"(model_type 'resnet'), got model_type={hf_config.get('model_type')!r}, "
+      f"layer_type={hf_config.get('layer_type')!r}, hidden_act={hf_config.get('hidden_act')!r}"
+    )
   try:
     flat = safetensors.numpy.load_file(tensors_path)
   except Exception as error:  # safetensors raises its own SafetensorError and OSError kinds.
     raise WeightsError(f"{tensors_path}: cannot be read as safetensors ({error})") from error
-  tensors = {name.removeprefix("resnet."): np.asarray(value, np.float32) for name, value in flat.items()
-             if not name.endswith("num_batches_tracked")}
+  tensors = {
+    name.removeprefix("resnet."): np.asarray(value, np.float32)
+    for name, value in flat.items()
+    if not name.endswith("num_batches_tracked")
+  }
   try:
     config = resnet.ResNetConfig(
-        embedding_size=int(hf_config.get("embedding_size", 64)),
-        hidden_sizes=tuple(int(v) for v in hf_config.get("hidden_sizes", (256, 512, 1024, 2048))),
-        depths=tuple(int(v) for v in hf_config.get("depths", (3, 4, 6, 3))),
-        downsample_in_first_stage=bool(hf_config.get("downsample_in_first_stage", False)),
-        downsample_in_bottleneck=bool(hf_config.get("downsample_in_bottleneck", False)))
+      embedding_size=int(hf_config.get("embedding_size", 64)),
+      hidden_sizes=tuple(int(v) for v in hf_config.get("hidden_sizes", (256, 512, 1024, 2048))),
+      depths=tuple(int(v) for v in hf_config.get("depths", (3, 4, 6, 3))),
+      downsample_in_first_stage=bool(hf_config.get("downsample_in_first_stage", False)),
+      downsample_in_bottleneck=bool(hf_config.get("downsample_in_bottleneck", False)),
+    )
   except ValueError as error:
     raise WeightsError(f"{config_path}: {error}") from error
   return tensors, config
@@ -235,17 +287,30 @@ def import_hf_resnet(directory: str | pathlib.Path) -> tuple[dict[str, Any], res
   tensors, config = read_hf_resnet(directory)
   model = resnet.ResNet(config)
   abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
-  variables = _convert(tensors, abstract, _resnet_source, str(directory),
-                       f"ResNet{tuple(config.depths)} of widths {tuple(config.hidden_sizes)}",
-                       ignored=lambda name: name.startswith("classifier."))
+  variables = _convert(
+    tensors,
+    abstract,
+    _resnet_source,
+    str(directory),
+    f"ResNet{tuple(config.depths)} of widths {tuple(config.hidden_sizes)}",
+    ignored=lambda name: name.startswith("classifier."),
+  )
   return variables, config
 
 
-def save(directory: str | pathlib.Path, variables: dict[str, Any], model_config: ml_collections.ConfigDict,
-         vocab_size: int, source: dict[str, Any]) -> None:
+def save(
+  directory: str | pathlib.Path,
+  variables: dict[str, Any],
+  model_config: ml_collections.ConfigDict,
+  vocab_size: int,
+  source: dict[str, Any],
+) -> None:
   """Writes imported GraphCaptioner weights: model.json holds the `model` config section."""
-  store.save_weights(directory, variables, {"model": MODEL_NAME, "config": model_config.to_dict(),
-                                            "vocab_size": vocab_size, "source": source})
+  store.save_weights(
+    directory,
+    variables,
+    {"model": MODEL_NAME, "config": model_config.to_dict(), "vocab_size": vocab_size, "source": source},
+  )
 
 
 def load(directory: str | pathlib.Path) -> tuple[ml_collections.ConfigDict, dict[str, Any], int]:

@@ -32,6 +32,7 @@ def read_torch_checkpoint(path: str | pathlib.Path) -> Any:
   """`torch.load(path, map_location="cpu", weights_only=True)`: tensors and plain containers only, never
   pickled code. A missing or unreadable file is a WeightsError naming it."""
   import torch  # Imported here: only the PyTorch importers need it (a test-only dependency).
+
   path = pathlib.Path(path)
   if not path.is_file():
     raise WeightsError(f"{path}: not found")
@@ -49,9 +50,11 @@ def _torch_load_problem(error: Exception) -> str:
     # Only what was refused: torch's advice (allow the global, or weights_only=False) would run the file.
     detail = re.split(r"\.? Please use|Check the documentation", text.split("WeightsUnpickler error:", 1)[-1])[0]
     detail = " ".join(detail.split())
-    return ("holds pickled objects other than tensors and plain containers, which are never loaded "
-            f"(torch.load(weights_only=True) refused: {detail[:200] or type(error).__name__}); export a "
-            "state dict of tensors (or safetensors) from a trusted copy")
+    return (
+      "holds pickled objects other than tensors and plain containers, which are never loaded "
+      f"(torch.load(weights_only=True) refused: {detail[:200] or type(error).__name__}); export a "
+      "state dict of tensors (or safetensors) from a trusted copy"
+    )
   return f"cannot be read by torch.load as a checkpoint ({text.split('. ')[0][:300]})"
 
 
@@ -63,8 +66,14 @@ def _listed(names: list[str], limit: int = 10) -> str:
   return f"{names[:limit]}{' ...' if len(names) > limit else ''}"
 
 
-def strict_map(tensors: dict[str, np.ndarray], abstract: Any, source_of: SourceOf, source: str, what: str,
-               ignored: Callable[[str], bool] = lambda name: False) -> dict[str, Any]:
+def strict_map(
+  tensors: dict[str, np.ndarray],
+  abstract: Any,
+  source_of: SourceOf,
+  source: str,
+  what: str,
+  ignored: Callable[[str], bool] = lambda name: False,
+) -> dict[str, Any]:
   """Checkpoint tensors -> Flax variables shaped as `abstract` (nested dicts of shapes), each variable from
   the tensor `source_of` names, in its layout. The one name map check of every importer: tensors the
   model needs but the file lacks, tensors no variable uses (unless `ignored`) and tensors of another
@@ -74,16 +83,16 @@ def strict_map(tensors: dict[str, np.ndarray], abstract: Any, source_of: SourceO
     try:
       name, to_flax = source_of(path)
     except KeyError:
-      raise WeightsError(f"{source}: the model's variable {'/'.join(path)} has no source tensor in the name "
-                         "map (a cxrjax bug)") from None
+      raise WeightsError(
+        f"{source}: the model's variable {'/'.join(path)} has no source tensor in the name map (a cxrjax bug)"
+      ) from None
     if name not in tensors:
       missing.append(name)
       continue
     used.add(name)
     value = np.asarray(to_flax(tensors[name]), np.float32)
     if value.shape != tuple(target.shape):
-      wrong_shape.append(f"{name} {tuple(tensors[name].shape)} (model {'/'.join(path)} needs "
-                         f"{tuple(target.shape)})")
+      wrong_shape.append(f"{name} {tuple(tensors[name].shape)} (model {'/'.join(path)} needs {tuple(target.shape)})")
       continue
     flat[path] = value
   missing = sorted(set(missing))  # A fused tensor (BLIP's qkv) feeds several variables: named once.
@@ -107,8 +116,10 @@ def check_finite(tensors: dict[str, Any], source: str) -> None:
     value = np.asarray(tensors[name])
     if np.issubdtype(value.dtype, np.inexact) and not np.all(np.isfinite(value)):
       count = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
-      raise WeightsError(f"{source}: tensor {name} has {count} non-finite value(s) (NaN or infinity) "
-                         f"of {value.size}; the checkpoint is damaged or its training diverged")
+      raise WeightsError(
+        f"{source}: tensor {name} has {count} non-finite value(s) (NaN or infinity) "
+        f"of {value.size}; the checkpoint is damaged or its training diverged"
+      )
 
 
 def check_finite_variables(variables: dict[str, Any], source: str) -> None:
@@ -143,8 +154,11 @@ def load_weights(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str
     raise WeightsError(f"{model_path}: not valid JSON ({error})") from None
   try:
     # safetensors reads local files only (memory-mapped); a URL's bytes are read through epath.
-    flat = safetensors.numpy.load(tensors_path.read_bytes()) if files.is_url(tensors_path) \
-        else safetensors.numpy.load_file(tensors_path)
+    flat = (
+      safetensors.numpy.load(tensors_path.read_bytes())
+      if files.is_url(tensors_path)
+      else safetensors.numpy.load_file(tensors_path)
+    )
   except Exception as error:  # safetensors raises its own SafetensorError and OSError kinds.
     raise WeightsError(f"{tensors_path}: cannot be read as safetensors ({error})") from error
   if not isinstance(model, dict):

@@ -49,7 +49,8 @@ def sandbox(tmp_path_factory, shared_data):
     lines = handle.read().splitlines()
   names = {image.name for image in images}
   (nih / "Data_Entry_2017_v2020.csv").write_text(
-      "\n".join([lines[0]] + [line for line in lines[1:] if line.split(",")[0] in names]) + "\n")
+    "\n".join([lines[0]] + [line for line in lines[1:] if line.split(",")[0] in names]) + "\n"
+  )
   _write_keras_chexnet(folder / "brucechou1983_CheXNet_Keras_0.3.0_weights.h5")
   _write_torch_chexnet(folder / "model.pth.tar")
   _write_word_vectors(shared_data / "text/glove.6B.50d.first76.txt", folder / "glove.6B.300d.txt", dim=16)
@@ -75,11 +76,12 @@ def _write_hf_smoke_models(folder, vocab):
   import torch  # pylint: disable=g-import-not-at-top  (test-only reference)
   import transformers  # pylint: disable=g-import-not-at-top
   from configs import roco_blip, roco_git  # pylint: disable=g-import-not-at-top
+
   torch.manual_seed(0)
   for name, model in (
-      ("git_download", transformers.GitForCausalLM(transformers.GitConfig(**roco_git.SMOKE_HF_CONFIG))),
-      ("blip_download", transformers.BlipForConditionalGeneration(
-          transformers.BlipConfig(**roco_blip.SMOKE_HF_CONFIG)))):
+    ("git_download", transformers.GitForCausalLM(transformers.GitConfig(**roco_git.SMOKE_HF_CONFIG))),
+    ("blip_download", transformers.BlipForConditionalGeneration(transformers.BlipConfig(**roco_blip.SMOKE_HF_CONFIG))),
+  ):
     model.save_pretrained(folder / name)
     (folder / name / "vocab.txt").write_bytes(vocab.read_bytes())
 
@@ -88,7 +90,8 @@ def _write_rocov2_release(shared_data, folder):
   """ROCOv2's official layout from the 30 real caption rows (train 1-14, valid 15-22, test 23-30), each
   with a real chest X-ray shrunk to a small JPEG."""
   pngs = sorted((shared_data / "iu_xray/images").glob("*.png")) + sorted(
-      (shared_data / "nih_chestxray14/images").glob("*.png"))
+    (shared_data / "nih_chestxray14/images").glob("*.png")
+  )
   lines = (shared_data / "rocov2/test_captions.head30.csv").read_text(encoding="utf-8").splitlines(keepends=True)
   parts = {"train": lines[1:15], "valid": lines[15:23], "test": lines[23:]}
   count = 0
@@ -106,10 +109,10 @@ def _write_keras_chexnet(path):
   import keras  # pylint: disable=g-import-not-at-top  (test-only reference)
   from keras.src.applications import densenet as keras_densenet  # pylint: disable=g-import-not-at-top
   from tests.weights.test_chexnet import _write_keras2_h5  # pylint: disable=g-import-not-at-top
+
   keras.utils.set_random_seed(0)
   # keras.applications' own DenseNet builder (public DenseNet121 is blocks [6, 12, 24, 16]).
-  base = keras_densenet.DenseNet([1, 1, 1, 1], include_top=False, weights=None, input_shape=(64, 64, 3),
-                                 pooling="avg")
+  base = keras_densenet.DenseNet([1, 1, 1, 1], include_top=False, weights=None, input_shape=(64, 64, 3), pooling="avg")
   model = keras.Model(base.input, keras.layers.Dense(14, name="predictions")(base.output))
   _write_keras2_h5(model, path)
 
@@ -117,16 +120,16 @@ def _write_keras_chexnet(path):
 def _write_torch_chexnet(path):
   import torch  # pylint: disable=g-import-not-at-top  (test-only reference)
   from tests.weights import torch_densenet  # pylint: disable=g-import-not-at-top
+
   torch.manual_seed(0)
-  model = torch_densenet.TorchDenseNet(block_sizes=(1, 1, 1, 1), growth_rate=32, stem_features=64,
-                                       num_classes=14)
+  model = torch_densenet.TorchDenseNet(block_sizes=(1, 1, 1, 1), growth_rate=32, stem_features=64, num_classes=14)
   torch.save(torch_densenet.chexnet_checkpoint(model), path)
 
 
 def _write_word_vectors(sample, path, dim):
   """The real GloVe sample's words, cut to the smoke embedding's `dim` values (the same text format)."""
   rows = [line.split(" ") for line in sample.read_text(encoding="utf-8").splitlines()]
-  path.write_text("".join(" ".join(row[:1 + dim]) + "\n" for row in rows), encoding="utf-8")
+  path.write_text("".join(" ".join(row[: 1 + dim]) + "\n" for row in rows), encoding="utf-8")
 
 
 @pytest.fixture(scope="session")
@@ -142,9 +145,15 @@ def docstring_runs(sandbox):
     results = []
     with pytest.MonkeyPatch.context() as patch:
       patch.chdir(sandbox)
-      for variable, folder in (("IU_XRAY", "iu_xray_download"), ("NIH", "nih_download"), ("DATA", "data"),
-                               ("ROCOV2", "rocov2_download"), ("ROCO", "roco_download"),
-                               ("GIT_DIR", "git_download"), ("BLIP_DIR", "blip_download")):
+      for variable, folder in (
+        ("IU_XRAY", "iu_xray_download"),
+        ("NIH", "nih_download"),
+        ("DATA", "data"),
+        ("ROCOV2", "rocov2_download"),
+        ("ROCO", "roco_download"),
+        ("GIT_DIR", "git_download"),
+        ("BLIP_DIR", "blip_download"),
+      ):
         patch.setenv(variable, str(sandbox / folder))
       patch.setenv("VOCAB", str(ROOT.parent / "shared/data/text/bert-base-uncased-vocab.txt"))
       for argv in docstring_commands(name):

@@ -30,5 +30,3 @@ def test_iu_xray_real_reports_end_to_end_to_predict(sandbox, docstring_runs, mon
   assert result["images"] == images and isinstance(result["report"], str)
   if result["token_ids"]:
     assert len(result["attention_maps"]) == len(result["token_ids"]) + 1
-
-

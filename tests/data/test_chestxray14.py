@@ -18,8 +18,10 @@ from cxrjax.data import prepare
 from cxrjax.models.encoders import densenet
 
 FULL_LABELS = "nih_chestxray14/Data_Entry_2017_v2020.csv.gz"
-HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
-          "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")
+HEADER = (
+  "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+  "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +48,7 @@ def manual_dir(tmp_path, shared_data, label_lines):
   assert len(names) == 15
   for name in names:
     (folder / "images" / name).symlink_to(source / "images" / name)
-  (folder / "Data_Entry_2017_v2020.csv").write_text(
-      "\n".join([HEADER] + [label_lines[name] for name in names]) + "\n")
+  (folder / "Data_Entry_2017_v2020.csv").write_text("\n".join([HEADER] + [label_lines[name] for name in names]) + "\n")
   for name in ("train_val_list.txt", "test_list.txt"):
     (folder / name).symlink_to(source / "official_split" / name)
   return folder
@@ -64,10 +65,12 @@ def _write(path: pathlib.Path, rows: list[str], header: str = HEADER) -> pathlib
 def test_class_order_is_chexnet_plus_no_finding():
   assert chestxray14.class_names() == densenet.CHEXNET_CLASSES
   assert chestxray14.class_names(True) == densenet.CHEXNET_CLASSES + ("No Finding",)
-  np.testing.assert_array_equal(chestxray14.labels_vector(["Mass", "Hernia"]),
-                                np.eye(14, dtype=np.float32)[[4, 13]].sum(0))
-  np.testing.assert_array_equal(chestxray14.labels_vector([], include_no_finding=True),
-                                np.eye(15, dtype=np.float32)[14])
+  np.testing.assert_array_equal(
+    chestxray14.labels_vector(["Mass", "Hernia"]), np.eye(14, dtype=np.float32)[[4, 13]].sum(0)
+  )
+  np.testing.assert_array_equal(
+    chestxray14.labels_vector([], include_no_finding=True), np.eye(15, dtype=np.float32)[14]
+  )
   assert chestxray14.labels_vector(["Edema"], include_no_finding=True)[14] == 0
 
 
@@ -79,9 +82,16 @@ def test_full_label_file(full_entries):
   assert sum(not e.findings for e in full_entries) == 60_361
   assert len({e.patient_id for e in full_entries}) == 30_805
   first = full_entries[1]
-  assert (first.image_index, first.findings, first.patient_id, first.follow_up, first.age, first.gender,
-          first.view_position, first.line) == ("00000001_001.png", ("Cardiomegaly", "Emphysema"), "1",
-                                               1, 58, "M", "PA", 3)
+  assert (
+    first.image_index,
+    first.findings,
+    first.patient_id,
+    first.follow_up,
+    first.age,
+    first.gender,
+    first.view_position,
+    first.line,
+  ) == ("00000001_001.png", ("Cardiomegaly", "Emphysema"), "1", 1, 58, "M", "PA", 3)
 
 
 def _patients(entries, ids):
@@ -123,9 +133,12 @@ def test_random_split_is_patient_disjoint(shared_data, full_entries):
 
 
 def test_official_split_rejects_patient_in_both_lists(tmp_path):
-  entries = chestxray14.read_label_file(_write(tmp_path / "labels.csv", [
-      "00000001_000.png,Mass,0,1,50,M,PA,1,1,0.1,0.1",
-      "00000001_001.png,No Finding,1,1,50,M,PA,1,1,0.1,0.1"]))
+  entries = chestxray14.read_label_file(
+    _write(
+      tmp_path / "labels.csv",
+      ["00000001_000.png,Mass,0,1,50,M,PA,1,1,0.1,0.1", "00000001_001.png,No Finding,1,1,50,M,PA,1,1,0.1,0.1"],
+    )
+  )
   with pytest.raises(chestxray14.ChestXray14FormatError, match="patients have images in both"):
     chestxray14.official_split(entries, ["00000001_000.png"], ["00000001_001.png"])
   with pytest.raises(chestxray14.ChestXray14FormatError, match="images are in both"):
@@ -144,7 +157,9 @@ def test_2017_layout_trailing_comma_and_gzip(tmp_path):
   assert chestxray14.find_label_file(tmp_path).name == "Data_Entry_2017_v2020.csv"
 
 
-@pytest.mark.parametrize("row, message", [
+@pytest.mark.parametrize(
+  "row, message",
+  [
     ("00000001_000.png,Infiltrate,0,1,50,M,PA,1,1,0.1,0.1", r"line 3: unknown label name\(s\) \['Infiltrate'\]"),
     ("00000001_000.png,No Finding|Mass,0,1,50,M,PA,1,1,0.1,0.1", "line 3: 'No Finding' listed with"),
     ("00000001_000.png,Mass|Mass,0,1,50,M,PA,1,1,0.1,0.1", "line 3: repeated label name"),
@@ -152,7 +167,8 @@ def test_2017_layout_trailing_comma_and_gzip(tmp_path):
     ("00000001_000.png,Mass,0,x1,50,M,PA,1,1,0.1,0.1", "line 3: Patient ID 'x1'"),
     ("00000001_000.png,Mass,0,1,fifty,M,PA,1,1,0.1,0.1", "line 3: Patient Age 'fifty'"),
     ("00000002_000.png,Mass,0,2,50,M,PA,1,1,0.1,0.1", "line 3: image 00000002_000.png repeats line 2"),
-])
+  ],
+)
 def test_malformed_rows_name_file_and_line(tmp_path, row, message):
   path = _write(tmp_path / "labels.csv", ["00000002_000.png,Edema,0,2,40,F,AP,1,1,0.1,0.1", row])
   with pytest.raises(chestxray14.ChestXray14FormatError, match=message) as error:
@@ -184,7 +200,12 @@ def test_records_missing_image_error_or_counted_skip(manual_dir):
   assert record["finding_labels"] == ["Emphysema", "Fibrosis", "Hernia", "Infiltration", "Pleural_Thickening"]
   assert record["labels"].dtype == np.float32 and record["labels"].shape == (15,)
   assert [chestxray14.class_names(True)[i] for i in np.flatnonzero(record["labels"])] == [
-      "Infiltration", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia"]
+    "Infiltration",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+  ]
   assert by_id["00000129_000.png"]["labels"].tolist() == [0.0] * 14 + [1.0]
   assert record["images"] == [str(manual_dir / "images" / "00004747_000.png")]
   assert (record["patient_id"], record["age"], record["gender"], record["view_position"]) == ("4747", 82, "M", "PA")
@@ -196,8 +217,10 @@ def test_kaggle_image_folders(tmp_path, shared_data):
     folder.mkdir(parents=True)
     (folder / name).symlink_to(shared_data / "nih_chestxray14/images" / name)
   found = chestxray14.index_images(tmp_path)
-  assert found == {"00000129_000.png": tmp_path / "images_001/images/00000129_000.png",
-                   "00001369_000.png": tmp_path / "images_002/images/00001369_000.png"}
+  assert found == {
+    "00000129_000.png": tmp_path / "images_001/images/00000129_000.png",
+    "00001369_000.png": tmp_path / "images_002/images/00001369_000.png",
+  }
   (tmp_path / "images").mkdir()
   (tmp_path / "images" / "00000129_000.png").symlink_to(shared_data / "nih_chestxray14/images/00000129_000.png")
   with pytest.raises(chestxray14.ChestXray14FormatError, match="is in two folders"):
@@ -231,7 +254,8 @@ def test_tfds_builder_on_real_images(manual_dir, tmp_path, label_lines):
       assert record["patient_id"] == fields[3] and record["age"] == int(fields[4])
       assert record["finding_labels"] == fields[1].split("|")
       expected = chestxray14.labels_vector(
-          [] if fields[1] == "No Finding" else fields[1].split("|"), include_no_finding=True)
+        [] if fields[1] == "No Finding" else fields[1].split("|"), include_no_finding=True
+      )
       np.testing.assert_array_equal(record["labels"], expected)
       decoded = np.asarray(Image.open(io.BytesIO(record["images"][0])))
       original = image_lib.load_image(manual_dir / "images" / record["id"])
@@ -252,8 +276,7 @@ def test_tfds_builder_on_real_images(manual_dir, tmp_path, label_lines):
 def test_prepare_hook_random_split(manual_dir, tmp_path, capsys):
   parser = argparse.ArgumentParser()
   prepare.add_chestxray14_arguments(parser)
-  args = parser.parse_args(["--manual-dir", str(manual_dir), "--data-dir", str(tmp_path / "tfds"),
-                            "--split", "random"])
+  args = parser.parse_args(["--manual-dir", str(manual_dir), "--data-dir", str(tmp_path / "tfds"), "--split", "random"])
   assert args.run(args) == 0
   summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert summary["dataset"] == "chestxray14/random"

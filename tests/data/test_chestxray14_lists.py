@@ -14,19 +14,47 @@ from cxrjax.data import prepare
 
 FULL_LABELS = "nih_chestxray14/Data_Entry_2017_v2020.csv.gz"
 # arnoweng/CheXNet's CLASS_NAMES (model.py), the column order of its lists: written out here, not imported.
-LIST_ORDER = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
-              "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia")
+LIST_ORDER = (
+  "Atelectasis",
+  "Cardiomegaly",
+  "Effusion",
+  "Infiltration",
+  "Mass",
+  "Nodule",
+  "Pneumonia",
+  "Pneumothorax",
+  "Consolidation",
+  "Edema",
+  "Emphysema",
+  "Fibrosis",
+  "Pleural_Thickening",
+  "Hernia",
+)
 # Lines copied from arnoweng/CheXNet's ChestX-ray14/labels lists: four that agree with Data_Entry_2017_v2020
 # (Fibrosis|Infiltration; Cardiomegaly|Effusion|Infiltration|Mass; Emphysema; Consolidation|Effusion|Mass|Nodule)
 # and two that do not (v2020 adds Mass to the first and Pneumonia to the second).
-REAL_AGREEING = ["00008473_011.png 0 0 0 1 0 0 0 0 0 0 0 1 0 0", "00011379_045.png 0 1 1 1 1 0 0 0 0 0 0 0 0 0",
-                 "00008473_002.png 0 0 0 0 0 0 0 0 0 0 1 0 0 0", "00011379_043.png 0 0 1 0 1 1 0 0 1 0 0 0 0 0"]
+REAL_AGREEING = [
+  "00008473_011.png 0 0 0 1 0 0 0 0 0 0 0 1 0 0",
+  "00011379_045.png 0 1 1 1 1 0 0 0 0 0 0 0 0 0",
+  "00008473_002.png 0 0 0 0 0 0 0 0 0 0 1 0 0 0",
+  "00011379_043.png 0 0 1 0 1 1 0 0 1 0 0 0 0 0",
+]
 REAL_DISAGREEING = ["00020065_008.png 0 0 0 0 0 0 0 0 0 0 0 0 0 0", "00022178_000.png 1 0 0 0 0 0 0 0 0 0 0 0 0 0"]
 # The fixture's images per list in these tests (all 15 are one image per patient); 00026911_000 is in none.
-ASSIGNMENT = {"train": ["00000129_000.png", "00001369_000.png", "00001933_000.png", "00002578_000.png",
-                        "00004296_000.png", "00004747_000.png", "00008386_000.png", "00009745_000.png"],
-              "val": ["00013125_000.png", "00013519_000.png", "00013911_000.png"],
-              "test": ["00015649_000.png", "00022084_000.png", "00022178_000.png"]}
+ASSIGNMENT = {
+  "train": [
+    "00000129_000.png",
+    "00001369_000.png",
+    "00001933_000.png",
+    "00002578_000.png",
+    "00004296_000.png",
+    "00004747_000.png",
+    "00008386_000.png",
+    "00009745_000.png",
+  ],
+  "val": ["00013125_000.png", "00013519_000.png", "00013911_000.png"],
+  "test": ["00015649_000.png", "00022084_000.png", "00022178_000.png"],
+}
 UNLISTED = "00026911_000.png"
 
 
@@ -84,10 +112,10 @@ def test_real_list_lines_agree_with_label_file_in_chexnet_order(full_entries, tm
   assert split["train"] == sorted(line.split()[0] for line in REAL_AGREEING + REAL_DISAGREEING)
   assert summary["label_disagreements"] == 2
   assert summary["label_disagreement_examples"] == [
-      "00020065_008.png (train_list.txt line 5: list No Finding, label file Mass)",
-      "00022178_000.png (train_list.txt line 6: list Atelectasis, label file Atelectasis|Pneumonia)"]
-  assert summary["disagreements_by_finding"] == {"Mass: list 0, label file 1": 1,
-                                                 "Pneumonia: list 0, label file 1": 1}
+    "00020065_008.png (train_list.txt line 5: list No Finding, label file Mass)",
+    "00022178_000.png (train_list.txt line 6: list Atelectasis, label file Atelectasis|Pneumonia)",
+  ]
+  assert summary["disagreements_by_finding"] == {"Mass: list 0, label file 1": 1, "Pneumonia: list 0, label file 1": 1}
   assert summary["unlisted"] == len(full_entries) - 6
 
 
@@ -99,8 +127,9 @@ def _warnings(stderr: str) -> list[str]:
 def test_chexnet_build_end_to_end(manual_dir, tmp_path, label_lines, capsys):
   parser = argparse.ArgumentParser()
   prepare.add_chestxray14_arguments(parser)
-  args = parser.parse_args(["--manual-dir", str(manual_dir), "--data-dir", str(tmp_path / "tfds"),
-                            "--split", "chexnet"])
+  args = parser.parse_args(
+    ["--manual-dir", str(manual_dir), "--data-dir", str(tmp_path / "tfds"), "--split", "chexnet"]
+  )
   assert args.run(args) == 0
   captured = capsys.readouterr()
   summary = json.loads(captured.out.strip().splitlines()[-1])
@@ -112,17 +141,21 @@ def test_chexnet_build_end_to_end(manual_dir, tmp_path, label_lines, capsys):
   assert summary["unassigned"] == 1  # the unlisted image is kept out of every split, counted
   assert lists["label_disagreements"] == 2
   assert lists["label_disagreement_examples"] == [
-      # Findings in the lists' (CheXNet's) order.
-      "00013519_000.png (val_list.txt line 2: list Infiltration|Nodule|Pneumothorax|Fibrosis|Hernia, label file "
-      "Atelectasis|Infiltration|Nodule|Pneumothorax|Fibrosis)",
-      "00022178_000.png (test_list.txt line 3: list Atelectasis, label file Atelectasis|Pneumonia)"]
+    # Findings in the lists' (CheXNet's) order.
+    "00013519_000.png (val_list.txt line 2: list Infiltration|Nodule|Pneumothorax|Fibrosis|Hernia, label file "
+    "Atelectasis|Infiltration|Nodule|Pneumothorax|Fibrosis)",
+    "00022178_000.png (test_list.txt line 3: list Atelectasis, label file Atelectasis|Pneumonia)",
+  ]
   warnings = _warnings(captured.err)
   assert len(warnings) == 2
-  assert warnings[0].startswith("cxrjax prepare chestxray14: warning: 2 images of the chestxray14/chexnet lists "
-                                "have labels that differ from ")
+  assert warnings[0].startswith(
+    "cxrjax prepare chestxray14: warning: 2 images of the chestxray14/chexnet lists have labels that differ from "
+  )
   assert "00013519_000.png" in warnings[0]
-  assert warnings[1].endswith(f"1 images of {manual_dir / 'Data_Entry_2017_v2020.csv'} are in no list of "
-                              f"chestxray14/chexnet and in no split, e.g. {UNLISTED}")
+  assert warnings[1].endswith(
+    f"1 images of {manual_dir / 'Data_Entry_2017_v2020.csv'} are in no list of "
+    f"chestxray14/chexnet and in no split, e.g. {UNLISTED}"
+  )
 
   # Stored: the label file's labels (not the lists'), each image in its list's split.
   _, by_name = label_lines
@@ -143,30 +176,46 @@ def test_chexnet_build_end_to_end(manual_dir, tmp_path, label_lines, capsys):
 ZEROS = " 0" * 14
 
 
-@pytest.mark.parametrize("split, index, line, message", [
-    ("train", 2, "00001933_000.png 0 0 0 0 0 0 0 0 1 0 0 0 0",
-     r"expected an image name and 14 labels \(15 fields\), got 14"),
+@pytest.mark.parametrize(
+  "split, index, line, message",
+  [
+    (
+      "train",
+      2,
+      "00001933_000.png 0 0 0 0 0 0 0 0 1 0 0 0 0",
+      r"expected an image name and 14 labels \(15 fields\), got 14",
+    ),
     ("train", 0, "00000129_000.png,0,0,0,0,0,0,0,0,0,0,0,0,0,0", r"expected an image name .*, got 1"),
-    ("val", 1, "00013519_000.png 1 0 0 1 0 1 0 1 0 0 0 1 0 2",
-     r"label '2' for Hernia of 00013519_000.png, expected 0 or 1"),
+    (
+      "val",
+      1,
+      "00013519_000.png 1 0 0 1 0 1 0 1 0 0 0 1 0 2",
+      r"label '2' for Hernia of 00013519_000.png, expected 0 or 1",
+    ),
     ("test", 0, "00015649_000.png 0 0 1 0 1 1 0 0 0 0 0 0 -1 0", r"label '-1' for Pleural_Thickening"),
     ("test", 1, "00099999_000.png" + ZEROS, r"image 00099999_000.png is not in .*Data_Entry_2017_v2020.csv"),
     ("test", 0, "00000129_000.png" + ZEROS, r"image 00000129_000.png is also in .*train_list.txt \(line 1\)"),
     ("train", 1, "00000129_000.png" + ZEROS, r"00000129_000.png repeats line 1"),
-])
+  ],
+)
 def test_bad_list_lines_name_file_and_line(manual_dir, tmp_path, capsys, split, index, line, message):
   path = manual_dir / "chexnet_split" / chestxray14.CHEXNET_LISTS[split]
   lines = path.read_text().splitlines()
   lines[index] = line
   path.write_text("\n".join(lines) + "\n")
   with pytest.raises(chestxray14.ChestXray14FormatError, match=f"^{path}: line {index + 1}: {message}"):
-    chestxray14.split_with_summary(manual_dir, chestxray14.read_label_file(
-        manual_dir / "Data_Entry_2017_v2020.csv"), "chexnet", label_path=manual_dir / "Data_Entry_2017_v2020.csv")
+    chestxray14.split_with_summary(
+      manual_dir,
+      chestxray14.read_label_file(manual_dir / "Data_Entry_2017_v2020.csv"),
+      "chexnet",
+      label_path=manual_dir / "Data_Entry_2017_v2020.csv",
+    )
   # As `cxrjax prepare chestxray14` runs it: one line, exit status 2, nothing built.
   parser = argparse.ArgumentParser()
   prepare.add_chestxray14_arguments(parser)
-  args = parser.parse_args(["--manual-dir", str(manual_dir), "--data-dir", str(tmp_path / "tfds"),
-                            "--split", "chexnet"])
+  args = parser.parse_args(
+    ["--manual-dir", str(manual_dir), "--data-dir", str(tmp_path / "tfds"), "--split", "chexnet"]
+  )
   assert errors.guarded("prepare", lambda: args.run(args)) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith(f"cxrjax prepare: error: {path}: line {index + 1}: ")
@@ -179,9 +228,11 @@ def test_patient_in_two_lists(full_entries, tmp_path, label_lines):
   paths["train"].write_text(_list_line(by_name["00000129_000.png"]) + "\n" + REAL_AGREEING[2] + "\n")
   paths["val"].write_text(REAL_AGREEING[0] + "\n")
   lists = {split: chestxray14.read_labelled_list(path) for split, path in paths.items()}
-  with pytest.raises(chestxray14.ChestXray14FormatError,
-                     match=rf"^{paths['val']}: line 1: patient 8473 \(00008473_011.png\) is also in "
-                           rf"{paths['train']} \(00008473_002.png, line 2\)"):
+  with pytest.raises(
+    chestxray14.ChestXray14FormatError,
+    match=rf"^{paths['val']}: line 1: patient 8473 \(00008473_011.png\) is also in "
+    rf"{paths['train']} \(00008473_002.png, line 2\)",
+  ):
     chestxray14.chexnet_split(full_entries, lists, paths)
 
 
@@ -199,8 +250,9 @@ def test_official_and_random_count_unlisted_images(shared_data, tmp_path, label_
   names = ASSIGNMENT["test"]
   label_file = tmp_path / "Data_Entry_2017_v2020.csv"
   # A row the official lists do not name (a made-up image of a made-up patient).
-  label_file.write_text("\n".join([header] + [by_name[n] for n in names]
-                                  + ["00099999_000.png,Mass,0,99999,50,M,PA,1,1,0.1,0.1"]) + "\n")
+  label_file.write_text(
+    "\n".join([header] + [by_name[n] for n in names] + ["00099999_000.png,Mass,0,99999,50,M,PA,1,1,0.1,0.1"]) + "\n"
+  )
   entries = chestxray14.read_label_file(label_file)
   split, summary = chestxray14.split_with_summary(shared_data / "nih_chestxray14", entries, "official")
   assert (summary["unlisted"], summary["unlisted_examples"]) == (1, ["00099999_000.png"])

@@ -7,8 +7,7 @@ import pytest
 
 from cxrjax.data import iu_xray
 
-REAL_PNGS = ("CXR54_IM-2145-1001", "CXR54_IM-2145-1002", "CXR303_IM-1404-1001",
-             "CXR25_IM-1024-2001")
+REAL_PNGS = ("CXR54_IM-2145-1001", "CXR54_IM-2145-1002", "CXR303_IM-1404-1001", "CXR25_IM-1024-2001")
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +63,11 @@ def test_openi_records_and_views(openi_default, iu_dir):
   assert cxr54["impression"] == "No acute cardiopulmonary abnormality."
   assert cxr54["indication"] == "XXXX-year-old woman, prior to Enbrel therapy.."
   assert cxr54["comparison"] == "None."
-  assert cxr54["mesh"] == ["Pulmonary Atelectasis/base/right/mild", "Aorta, Thoracic/tortuous",
-                           "Calcified Granuloma/scattered"]
+  assert cxr54["mesh"] == [
+    "Pulmonary Atelectasis/base/right/mild",
+    "Aorta, Thoracic/tortuous",
+    "Calcified Granuloma/scattered",
+  ]
   assert "Thoracic Aorta" in cxr54["mesh_automatic"]
   # A single-image study: the frontal repeated.
   assert cxr303["image_ids"] == ["CXR303_IM-1404-1001"] * 2
@@ -91,8 +93,9 @@ def test_openi_all_reports_parse(openi_reports_only):
 def test_openi_id_order_rule_without_labels(iu_dir, tmp_path):
   # Study 1 lists IM-0001-3001 (lateral by the Kaggle labels) and IM-0001-4001 (frontal).
   _openi_subset(iu_dir, tmp_path, [1, 54])
-  labelled, _ = iu_xray.load_studies(tmp_path, check_images=False,
-                                     projections_csv=iu_dir / "kaggle_csv" / "indiana_projections.csv")
+  labelled, _ = iu_xray.load_studies(
+    tmp_path, check_images=False, projections_csv=iu_dir / "kaggle_csv" / "indiana_projections.csv"
+  )
   assert labelled[0]["image_ids"] == ["CXR1_1_IM-0001-4001", "CXR1_1_IM-0001-3001"]
   assert labelled[0]["views"] == ["frontal", "lateral"]
   unlabelled, report = iu_xray.load_studies(tmp_path, check_images=False, projections_csv=None)
@@ -103,8 +106,9 @@ def test_openi_id_order_rule_without_labels(iu_dir, tmp_path):
 
 def test_openi_keep_partial_matches_all_real_pngs(iu_dir, tmp_path):
   _openi_subset(iu_dir, tmp_path, [25, 54, 303])
-  records, report = iu_xray.load_studies(tmp_path, keep_partial_images=True,
-                                         projections_csv=iu_dir / "kaggle_csv" / "indiana_projections.csv")
+  records, report = iu_xray.load_studies(
+    tmp_path, keep_partial_images=True, projections_csv=iu_dir / "kaggle_csv" / "indiana_projections.csv"
+  )
   assert [r["id"] for r in records] == ["CXR25", "CXR54", "CXR303"]
   assert report.issues == {"missing_image": 1} and report.skipped == {}
   cxr25 = records[0]
@@ -139,16 +143,18 @@ def test_openi_empty_findings_counted_and_optionally_kept(iu_dir, tmp_path):
   assert [r["id"] for r in records] == ["CXR3", "CXR54"]
   assert records[0]["report"] == "" and records[0]["impression"]
   # With the impression as report, CXR3 has text.
-  records, report = iu_xray.load_studies(tmp_path, check_images=False,
-                                         report_sections=("findings", "impression"))
+  records, report = iu_xray.load_studies(tmp_path, check_images=False, report_sections=("findings", "impression"))
   assert [r["id"] for r in records] == ["CXR3", "CXR54"]
   assert records[1]["report"] == records[1]["findings"] + " " + records[1]["impression"]
 
 
-@pytest.mark.parametrize("content, message", [
+@pytest.mark.parametrize(
+  "content, message",
+  [
     (b"<eCitation><uId id='CXR9'/><Abstract>", "malformed XML"),
     (b"<eCitation><Abstract/></eCitation>", "no <uId"),
-])
+  ],
+)
 def test_openi_bad_xml_names_file(iu_dir, tmp_path, content, message):
   _openi_subset(iu_dir, tmp_path, [54])
   (tmp_path / "ecgen-radiology" / "9.xml").write_bytes(content)
@@ -215,8 +221,7 @@ def test_kaggle_with_images(iu_dir, tmp_path):
     (images / f"{image_id[3:]}.dcm.png").symlink_to(iu_dir / "images" / f"{image_id}.png")
   records, report = iu_xray.load_studies(tmp_path)
   assert [r["id"] for r in records] == ["CXR54", "CXR303"]
-  assert records[0]["images"] == [str(images / "54_IM-2145-1001.dcm.png"),
-                                  str(images / "54_IM-2145-1002.dcm.png")]
+  assert records[0]["images"] == [str(images / "54_IM-2145-1001.dcm.png"), str(images / "54_IM-2145-1002.dcm.png")]
   assert records[0]["image_ids"] == ["CXR54_IM-2145-1001", "CXR54_IM-2145-1002"]
   assert report.examples["missing_image"] == ["CXR25"]
   assert report.skipped["images_not_found"] == 3851 - 3
@@ -228,13 +233,14 @@ def test_kaggle_bad_csv_names_file(tmp_path):
   with pytest.raises(iu_xray.IUXrayFormatError, match="indiana_reports.csv: missing columns"):
     iu_xray.load_studies(tmp_path, check_images=False)
   (tmp_path / "indiana_reports.csv").write_text(
-      "uid,MeSH,indication,comparison,findings,impression\n1,normal,,,clear,\n")
-  (tmp_path / "indiana_projections.csv").write_text(
-      "uid,filename,projection\n1,1_IM-0001-4001.dcm.png,Oblique\n")
+    "uid,MeSH,indication,comparison,findings,impression\n1,normal,,,clear,\n"
+  )
+  (tmp_path / "indiana_projections.csv").write_text("uid,filename,projection\n1,1_IM-0001-4001.dcm.png,Oblique\n")
   with pytest.raises(iu_xray.IUXrayFormatError, match="indiana_projections.csv:2: .*Oblique"):
     iu_xray.load_studies(tmp_path, check_images=False)
   (tmp_path / "indiana_projections.csv").write_text(
-      "uid,filename,projection\n1,1_IM-0001-4001.dcm.png,Frontal\n7,7_IM-0001-1001.dcm.png,Lateral\n")
+    "uid,filename,projection\n1,1_IM-0001-4001.dcm.png,Frontal\n7,7_IM-0001-1001.dcm.png,Lateral\n"
+  )
   records, report = iu_xray.load_studies(tmp_path, check_images=False)
   assert [r["image_ids"] for r in records] == [["CXR1_IM-0001-4001"] * 2]
   assert report.issues == {"images_without_report": 1}
@@ -267,17 +273,28 @@ def test_r2gen_with_images(iu_dir, tmp_path):
   assert report.skipped == {"images_not_found": 2954}
 
 
-@pytest.mark.parametrize("content, message", [
+@pytest.mark.parametrize(
+  "content, message",
+  [
     ("{", "not valid JSON"),
     (json.dumps({"train": []}), "expected an object with keys"),
-    (json.dumps({"train": [{"id": "CXR1_IM-0001", "report": "a", "image_path": ["x/0.png"]}],
-                 "val": [{"id": "CXR1_IM-0002", "report": "b", "image_path": ["y/0.png"]}],
-                 "test": []}), "study CXR1 already in train"),
-    (json.dumps({"train": [{"id": "X1", "report": "a", "image_path": ["x/0.png"]}],
-                 "val": [], "test": []}), "does not start with CXR"),
-    (json.dumps({"train": [{"id": "CXR1_IM-0001", "report": "a"}], "val": [], "test": []}),
-     "expected {id"),
-])
+    (
+      json.dumps(
+        {
+          "train": [{"id": "CXR1_IM-0001", "report": "a", "image_path": ["x/0.png"]}],
+          "val": [{"id": "CXR1_IM-0002", "report": "b", "image_path": ["y/0.png"]}],
+          "test": [],
+        }
+      ),
+      "study CXR1 already in train",
+    ),
+    (
+      json.dumps({"train": [{"id": "X1", "report": "a", "image_path": ["x/0.png"]}], "val": [], "test": []}),
+      "does not start with CXR",
+    ),
+    (json.dumps({"train": [{"id": "CXR1_IM-0001", "report": "a"}], "val": [], "test": []}), "expected {id"),
+  ],
+)
 def test_r2gen_bad_annotation_names_file(tmp_path, content, message):
   path = tmp_path / "annotation.json"
   path.write_text(content)
@@ -288,13 +305,10 @@ def test_r2gen_bad_annotation_names_file(tmp_path, content, message):
 
 def test_select_two_views():
   views = {"a-1": "lateral", "a-2": "frontal", "a-3": "frontal", "a-4": "lateral"}
-  assert iu_xray.select_two_views(["a-4", "a-3", "a-2", "a-1"], views) == (
-      ["a-2", "a-1"], ["frontal", "lateral"], True)
-  assert iu_xray.select_two_views(["a-4", "a-1"], views) == (
-      ["a-1", "a-4"], ["lateral", "lateral"], True)
+  assert iu_xray.select_two_views(["a-4", "a-3", "a-2", "a-1"], views) == (["a-2", "a-1"], ["frontal", "lateral"], True)
+  assert iu_xray.select_two_views(["a-4", "a-1"], views) == (["a-1", "a-4"], ["lateral", "lateral"], True)
   assert iu_xray.select_two_views(["a-4"], views) == (["a-4", "a-4"], ["lateral", "lateral"], True)
-  assert iu_xray.select_two_views(["b-2", "b-1"], {}) == (
-      ["b-1", "b-2"], ["frontal", "lateral"], False)
+  assert iu_xray.select_two_views(["b-2", "b-1"], {}) == (["b-1", "b-2"], ["frontal", "lateral"], False)
   assert iu_xray.select_two_views(["b-1"], {}) == (["b-1", "b-1"], ["frontal", "frontal"], False)
   with pytest.raises(ValueError):
     iu_xray.select_two_views([], {})

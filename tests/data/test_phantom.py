@@ -29,7 +29,7 @@ def _difference(index, findings, config=CONFIG):
 
 def _centroid(weights):
   """(x, y) centroid of non-negative weights [H, W], in [0, 1] image fractions."""
-  rows, cols = np.mgrid[0:weights.shape[0], 0:weights.shape[1]]
+  rows, cols = np.mgrid[0 : weights.shape[0], 0 : weights.shape[1]]
   total = weights.sum()
   assert total > 0
   return (cols * weights).sum() / total / weights.shape[1], (rows * weights).sum() / total / weights.shape[0]
@@ -62,8 +62,18 @@ def test_different_index_or_seed_gives_different_images():
 def test_record_schema_and_image_shapes(size):
   config = dataclasses.replace(CONFIG, image_size=size)
   record = phantom.generate_study(12, config)
-  assert set(record) == {"id", "images", "image_ids", "views", "findings", "impression", "indication",
-                         "comparison", "mesh", "report"}
+  assert set(record) == {
+    "id",
+    "images",
+    "image_ids",
+    "views",
+    "findings",
+    "impression",
+    "indication",
+    "comparison",
+    "mesh",
+    "report",
+  }
   assert record["id"] == "phantom-000012"
   assert record["views"] == ["frontal", "lateral"]
   assert record["image_ids"] == ["phantom-000012-frontal", "phantom-000012-lateral"]
@@ -113,8 +123,7 @@ def test_invalid_inputs_raise_clear_errors():
 
 @pytest.mark.parametrize("index", INDICES)
 def test_cardiomegaly_widens_the_heart(index):
-  normal, enlarged = (_images(index, phantom.Findings(cardiomegaly=flag))[0]
-                      for flag in (False, True))
+  normal, enlarged = (_images(index, phantom.Findings(cardiomegaly=flag))[0] for flag in (False, True))
   # Width of the bright central shadow in the rows of the heart (the lower middle of the image):
   # pixels brighter than midway between the lungs and the mediastinum of the normal study.
   rows = slice(int(0.52 * SIZE), int(0.64 * SIZE))
@@ -130,8 +139,8 @@ def test_cardiomegaly_widens_the_heart(index):
 @pytest.mark.parametrize("side", ["right", "left", "bilateral"])
 def test_effusion_brightens_the_base_of_its_side(index, side):
   frontal, lateral = _difference(index, phantom.Findings(effusion=side))
-  base = frontal[int(0.5 * SIZE):int(0.85 * SIZE)]
-  patient_right, patient_left = base[:, :SIZE // 2].mean(), base[:, SIZE // 2:].mean()
+  base = frontal[int(0.5 * SIZE) : int(0.85 * SIZE)]
+  patient_right, patient_left = base[:, : SIZE // 2].mean(), base[:, SIZE // 2 :].mean()
   # The patient's right is on the image left of a PA view.
   if side in ("right", "bilateral"):
     assert patient_right > 3.0
@@ -142,17 +151,17 @@ def test_effusion_brightens_the_base_of_its_side(index, side):
   else:
     assert abs(patient_left) < 0.5
   # The upper lungs are untouched; the lateral view shows fluid in the (lower) posterior sulcus.
-  assert np.abs(frontal[:int(0.35 * SIZE)]).mean() < 0.5
-  assert lateral[int(0.5 * SIZE):].mean() > 3.0
-  assert np.abs(lateral[:int(0.3 * SIZE)]).mean() < 0.5
+  assert np.abs(frontal[: int(0.35 * SIZE)]).mean() < 0.5
+  assert lateral[int(0.5 * SIZE) :].mean() > 3.0
+  assert np.abs(lateral[: int(0.3 * SIZE)]).mean() < 0.5
 
 
 @pytest.mark.parametrize("index", INDICES)
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_pneumothorax_darkens_the_lateral_upper_lung_of_its_side(index, side):
   frontal, lateral = _difference(index, phantom.Findings(pneumothorax=side))
-  upper = frontal[int(0.1 * SIZE):int(0.55 * SIZE)]
-  halves = {"right": upper[:, :SIZE // 2], "left": upper[:, SIZE // 2:]}
+  upper = frontal[int(0.1 * SIZE) : int(0.55 * SIZE)]
+  halves = {"right": upper[:, : SIZE // 2], "left": upper[:, SIZE // 2 :]}
   other = "left" if side == "right" else "right"
   assert (halves[side] < -15).mean() > 0.03  # a band of air without lung markings
   assert np.abs(halves[other]).mean() < 0.5
@@ -160,7 +169,7 @@ def test_pneumothorax_darkens_the_lateral_upper_lung_of_its_side(index, side):
   darker = np.clip(-frontal, 0, None)
   x, _ = _centroid(darker)
   assert (x < 0.3) if side == "right" else (x > 0.7)
-  assert (lateral[:int(0.4 * SIZE)] < -10).mean() > 0.01  # apical lucency on the lateral view
+  assert (lateral[: int(0.4 * SIZE)] < -10).mean() > 0.01  # apical lucency on the lateral view
 
 
 @pytest.mark.parametrize("index", INDICES)
@@ -175,7 +184,9 @@ def test_opacity_appears_in_its_lobe(index):
     assert (centres[lobe][0][0] < 0.5) == (side == "right")
   for side in phantom.SIDES:
     (upper_frontal, upper_lateral), (lower_frontal, lower_lateral) = (
-        centres[f"{side} upper"], centres[f"{side} lower"])
+      centres[f"{side} upper"],
+      centres[f"{side} lower"],
+    )
     assert upper_frontal[1] + 0.15 < lower_frontal[1]  # upper lobe higher on the frontal view
     assert upper_lateral[1] + 0.15 < lower_lateral[1]
     assert upper_lateral[0] < lower_lateral[0]  # and anterior to the lower lobe on the lateral view
@@ -195,8 +206,9 @@ def test_nodule_is_a_small_bright_spot_on_its_side(index, side):
 
 
 def test_findings_add_up_in_one_study():
-  everything = phantom.Findings(cardiomegaly=True, effusion="bilateral", pneumothorax="left",
-                                opacity="right upper", nodule="right")
+  everything = phantom.Findings(
+    cardiomegaly=True, effusion="bilateral", pneumothorax="left", opacity="right upper", nodule="right"
+  )
   frontal, lateral = _difference(2, everything)
   assert np.abs(frontal).mean() > 5 and np.abs(lateral).mean() > 3
 
@@ -258,11 +270,9 @@ def test_report_wording_varies_but_impression_is_deterministic():
 
 
 def test_prevalences_control_the_findings():
-  none = dataclasses.replace(CONFIG, p_cardiomegaly=0, p_effusion=0, p_pneumothorax=0, p_opacity=0,
-                             p_nodule=0)
+  none = dataclasses.replace(CONFIG, p_cardiomegaly=0, p_effusion=0, p_pneumothorax=0, p_opacity=0, p_nodule=0)
   assert all(phantom.sample_findings(i, none).normal for i in range(100))
-  every = dataclasses.replace(CONFIG, p_cardiomegaly=1, p_effusion=1, p_pneumothorax=1, p_opacity=1,
-                              p_nodule=1)
+  every = dataclasses.replace(CONFIG, p_cardiomegaly=1, p_effusion=1, p_pneumothorax=1, p_opacity=1, p_nodule=1)
   assert all(len(phantom.sample_findings(i, every).mesh()) == 5 for i in range(100))
   samples = [phantom.sample_findings(i, CONFIG) for i in range(3000)]
   normal = np.mean([f.normal for f in samples])
@@ -296,6 +306,7 @@ def test_splits_are_disjoint_and_sources_are_picklable():
 
 def test_source_works_as_a_grain_map_dataset():
   import grain  # pylint: disable=g-import-not-at-top
+
   dataset = grain.MapDataset.source(phantom.PhantomSource("test", 8, CONFIG))
   assert len(dataset) == 8
   assert dataset[3]["id"] == phantom.PhantomSource("test", 8, CONFIG)[3]["id"]
@@ -319,8 +330,7 @@ def test_blind_baseline_is_beatable_by_reading_the_findings():
   assert _parse_report(blind) == []  # a normal report
   blind_bleu = sacrebleu.corpus_bleu([blind] * len(val), references).score
   # A perfect reader that writes the most common wording of the true findings.
-  informed = [phantom.write_report(_findings_of(record), np.random.default_rng(0), paraphrase=False)
-              for record in val]
+  informed = [phantom.write_report(_findings_of(record), np.random.default_rng(0), paraphrase=False) for record in val]
   informed_bleu = sacrebleu.corpus_bleu(informed, references).score
   assert 30 < blind_bleu < informed_bleu - 10
 
@@ -340,13 +350,16 @@ def _findings_of(record):
 
 # The findings oracle.
 
+
 def _oracle_sentences(findings):
   """The findings' sentences as the most common templates write them, one per possible finding value:
   {sentence: whether the oracle report must contain it}."""
-  expected = {"The heart is enlarged.": findings.cardiomegaly,
-              "The heart is normal in size.": not findings.cardiomegaly,
-              "There are bilateral pleural effusions.": findings.effusion == "bilateral",
-              "No pneumothorax or pleural effusion.": not findings.effusion and not findings.pneumothorax}
+  expected = {
+    "The heart is enlarged.": findings.cardiomegaly,
+    "The heart is normal in size.": not findings.cardiomegaly,
+    "There are bilateral pleural effusions.": findings.effusion == "bilateral",
+    "No pneumothorax or pleural effusion.": not findings.effusion and not findings.pneumothorax,
+  }
   for side in phantom.SIDES:
     expected[f"There is a {side} pleural effusion."] = findings.effusion == side
     expected[f"There is a {side} pneumothorax."] = findings.pneumothorax == side
@@ -357,8 +370,9 @@ def _oracle_sentences(findings):
 
 
 def test_oracle_reports_mention_exactly_the_findings():
-  config = phantom.PhantomConfig(image_size=16, p_cardiomegaly=0.5, p_effusion=0.5, p_pneumothorax=0.5,
-                                 p_opacity=0.5, p_nodule=0.5)
+  config = phantom.PhantomConfig(
+    image_size=16, p_cardiomegaly=0.5, p_effusion=0.5, p_pneumothorax=0.5, p_opacity=0.5, p_nodule=0.5
+  )
   source = phantom.PhantomSource("val", 300, config)
   oracles, reports = source.oracle_reports(), source.reports()
   assert len(oracles) == len(reports) == 300
@@ -377,8 +391,9 @@ def test_oracle_reports_mention_exactly_the_findings():
   # The oracle of a study does not depend on its images or the wording stream.
   study = phantom.generate_study(source.offset + 7, config)
   assert phantom.generate_oracle_report(source.offset + 7, config) == oracles[7]
-  assert phantom.Findings(**{k: v for k, v in _findings_of_mesh(study["mesh"]).items()}) == \
-      phantom.sample_findings(source.offset + 7, config)
+  assert phantom.Findings(**{k: v for k, v in _findings_of_mesh(study["mesh"]).items()}) == phantom.sample_findings(
+    source.offset + 7, config
+  )
 
 
 def _findings_of_mesh(mesh):

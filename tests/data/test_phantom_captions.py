@@ -98,8 +98,14 @@ def test_no_paraphrase_gives_the_oracle():
 
 
 def test_registered_dataset_and_pipeline():
-  data = {"name": "phantom_captions", "num_train": 8, "num_val": 3, "num_test": 2, "image_size": SIZE,
-          "phantom_seed": 5}
+  data = {
+    "name": "phantom_captions",
+    "num_train": 8,
+    "num_val": 3,
+    "num_test": 2,
+    "image_size": SIZE,
+    "phantom_seed": 5,
+  }
   source, info = datasets.make_source(data, "val")
   assert isinstance(source, phantom_captions.PhantomCaptionSource) and source.split == "val"
   assert (info.num_examples, info.num_views, info.label_names) == (3, 1, phantom.FINDING_NAMES)
@@ -107,9 +113,17 @@ def test_registered_dataset_and_pipeline():
   train, _ = datasets.make_source(data, "train")
   vocabulary = datasets.load_or_build_tokenizer(dict(data, vocabulary_min_count=1), train)
   assert isinstance(vocabulary, tokenizers.WordVocabulary)
-  dataset = pipeline.make_dataset(source, vocabulary, transforms.Preprocessing(image_size=32, num_views=1),
-                                  batch_size=2, max_length=24, train=False, shard_index=0, shard_count=1,
-                                  label_names=phantom.FINDING_NAMES)
+  dataset = pipeline.make_dataset(
+    source,
+    vocabulary,
+    transforms.Preprocessing(image_size=32, num_views=1),
+    batch_size=2,
+    max_length=24,
+    train=False,
+    shard_index=0,
+    shard_count=1,
+    label_names=phantom.FINDING_NAMES,
+  )
   batches = list(dataset)
   assert len(batches) == 2
   assert batches[0]["images"].shape == (2, 1, 32, 32, 3)

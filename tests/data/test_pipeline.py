@@ -23,8 +23,15 @@ IMAGE_SIZE, MAX_LENGTH = 28, 40
 
 
 def phantom_config(**overrides):
-  fields = dict(name="phantom", num_train=6, num_val=7, num_test=3, image_size=32,
-                max_length=MAX_LENGTH, cleaning="drop_short_words")
+  fields = dict(
+    name="phantom",
+    num_train=6,
+    num_val=7,
+    num_test=3,
+    image_size=32,
+    max_length=MAX_LENGTH,
+    cleaning="drop_short_words",
+  )
   fields.update(overrides)
   return ml_collections.ConfigDict(fields)
 
@@ -37,8 +44,9 @@ def phantom_train():
 
 
 def _preprocessing(image_size=IMAGE_SIZE, **kwargs):
-  return transforms.Preprocessing(image_size=image_size, num_views=2,
-                                  augment=transforms.Augmentation(random_crop=True, flip=True), **kwargs)
+  return transforms.Preprocessing(
+    image_size=image_size, num_views=2, augment=transforms.Augmentation(random_crop=True, flip=True), **kwargs
+  )
 
 
 def _dataset(source, vocabulary, train, image_size=IMAGE_SIZE, **kwargs):
@@ -72,8 +80,14 @@ class ListSource:
 
 
 def _record(study_id, images_, report="The heart is normal.", mesh=()):
-  return {"id": study_id, "images": list(images_), "image_ids": [f"{study_id}-a", f"{study_id}-b"],
-          "views": ["frontal", "lateral"], "report": report, "mesh": list(mesh)}
+  return {
+    "id": study_id,
+    "images": list(images_),
+    "image_ids": [f"{study_id}-a", f"{study_id}-b"],
+    "views": ["frontal", "lateral"],
+    "report": report,
+    "mesh": list(mesh),
+  }
 
 
 def _png_bytes(array):
@@ -123,8 +137,9 @@ def test_eval_pads_last_batch_and_covers_every_study():
   config = phantom_config()
   source, info = datasets.make_source(config, "val")
   assert info.split == "validation" and info.num_examples == 7
-  vocabulary = tokenizers.WordVocabulary.build(["the heart is normal ."], min_count=1,
-                                               cleaning_style="drop_short_words")
+  vocabulary = tokenizers.WordVocabulary.build(
+    ["the heart is normal ."], min_count=1, cleaning_style="drop_short_words"
+  )
   batches = list(_dataset(source, vocabulary, train=False))
   assert len(batches) == pipeline.eval_num_batches(7, 4) == 2
   assert batches[0]["mask"].tolist() == [True] * 4
@@ -134,8 +149,9 @@ def test_eval_pads_last_batch_and_covers_every_study():
   ids = [i for b in batches for i, m in zip(b["id"], b["mask"]) if m]
   assert ids == [source[i]["id"] for i in range(7)]
   # Two processes: disjoint shards padded to the same number of batches.
-  shards = [list(_dataset(source, vocabulary, train=False, batch_size=2, shard_index=i,
-                          shard_count=2)) for i in range(2)]
+  shards = [
+    list(_dataset(source, vocabulary, train=False, batch_size=2, shard_index=i, shard_count=2)) for i in range(2)
+  ]
   assert [len(s) for s in shards] == [pipeline.eval_num_batches(7, 2, 2)] * 2 == [2, 2]
   real = [i for s in shards for b in s for i, m in zip(b["id"], b["mask"]) if m]
   assert sorted(real) == sorted(ids) and len(real) == 7
@@ -154,11 +170,12 @@ def test_train_is_deterministic_and_reshuffles_each_epoch(phantom_train):
   assert sorted(epochs[0]) == sorted(epochs[1]) == all_ids  # each epoch sees every study once
   assert epochs[0].tolist() != epochs[1].tolist()
   other = _take(iter(_dataset(source, vocabulary, train=True, batch_size=3, seed=1)), 4)
-  assert any((a["id"] != b["id"]).any() or (a["images"] != b["images"]).any()
-             for a, b in zip(first, other))
+  assert any((a["id"] != b["id"]).any() or (a["images"] != b["images"]).any() for a, b in zip(first, other))
+
   # The same study gets a new crop in its second epoch.
   def images_of(batches, study_id):
     return [b["images"][list(b["id"]).index(study_id)] for b in batches if study_id in b["id"]]
+
   crops = images_of(first, all_ids[0])
   assert len(crops) == 2 and not np.array_equal(crops[0], crops[1])
 
@@ -187,10 +204,11 @@ def test_process_shards_are_the_rows_of_the_one_process_batches(phantom_train):
   through an epoch boundary (6 records, global batches of 4), and each process reads only its rows."""
   source, _, vocabulary = phantom_train
   whole = _take(iter(_dataset(source, vocabulary, train=True, batch_size=4)), 4)
-  shards = [_take(iter(_dataset(source, vocabulary, train=True, batch_size=2, shard_index=shard,
-                                shard_count=2)), 4) for shard in range(2)]
-  joined = [{key: np.concatenate([first[key], second[key]]) for key in first}
-            for first, second in zip(*shards)]
+  shards = [
+    _take(iter(_dataset(source, vocabulary, train=True, batch_size=2, shard_index=shard, shard_count=2)), 4)
+    for shard in range(2)
+  ]
+  joined = [{key: np.concatenate([first[key], second[key]]) for key in first} for first, second in zip(*shards)]
   _assert_same_batches(joined, whole)
   for step in range(4):
     assert not set(shards[0][step]["id"]) & set(shards[1][step]["id"])
@@ -204,8 +222,15 @@ def test_processes_read_the_rows_a_slice_mesh_gives_them(phantom_train):
   source, _, vocabulary = phantom_train
   whole = _take(iter(_dataset(source, vocabulary, train=True, batch_size=4)), 3)
   positions = ([0, 2], [1, 3])  # v5p:2x2x2's layout of 2 processes, one row per device.
-  shards = [_take(iter(_dataset(source, vocabulary, train=True, batch_size=2, shard_index=shard, shard_count=2,
-                                rows=positions[shard])), 3) for shard in range(2)]
+  shards = [
+    _take(
+      iter(
+        _dataset(source, vocabulary, train=True, batch_size=2, shard_index=shard, shard_count=2, rows=positions[shard])
+      ),
+      3,
+    )
+    for shard in range(2)
+  ]
   for step, batch in enumerate(whole):
     for shard, rows in enumerate(positions):
       for key in batch:
@@ -247,20 +272,20 @@ def test_empty_and_long_reports(phantom_train):
   _, _, vocabulary = phantom_train
   image = np.zeros((32, 32), np.uint8)
   long_report = " ".join(["the heart is normal."] * 30)
-  source = ListSource([_record("empty", [image, image], report=""),
-                       _record("long", [image, image], report=long_report)])
+  source = ListSource(
+    [_record("empty", [image, image], report=""), _record("long", [image, image], report=long_report)]
+  )
   batch = next(iter(_dataset(source, vocabulary, train=False, batch_size=2, max_length=12)))
-  np.testing.assert_array_equal(batch["tokens"][0],
-                                [vocabulary.start_id, vocabulary.end_id] + [vocabulary.pad_id] * 10)
+  np.testing.assert_array_equal(batch["tokens"][0], [vocabulary.start_id, vocabulary.end_id] + [vocabulary.pad_id] * 10)
   words = cleaning.clean_report(long_report).split()[:10]
   np.testing.assert_array_equal(
-      batch["tokens"][1], [vocabulary.start_id] + [vocabulary.token_id(w) for w in words] + [vocabulary.end_id])
+    batch["tokens"][1], [vocabulary.start_id] + [vocabulary.token_id(w) for w in words] + [vocabulary.end_id]
+  )
 
 
 def test_finding_labels_match_phantom():
   for mesh in (["normal"], ["Cardiomegaly", "Effusion/left", "Nodule/right"], ["Opacity/right upper lobe"]):
-    np.testing.assert_array_equal(pipeline.finding_labels(mesh, phantom.FINDING_NAMES),
-                                  phantom.finding_labels(mesh))
+    np.testing.assert_array_equal(pipeline.finding_labels(mesh, phantom.FINDING_NAMES), phantom.finding_labels(mesh))
 
 
 # Sources, vocabularies and configs.
@@ -289,8 +314,9 @@ def test_config_errors(tmp_path):
   del config["num_test"]
   with pytest.raises(datasets.DataConfigError, match="no 'num_test'"):
     datasets.make_source(config, "test")
-  iu_config = ml_collections.ConfigDict(dict(name="iu_xray", data_dir=str(tmp_path),
-                                             tfds_config="random", cleaning="r2gen"))
+  iu_config = ml_collections.ConfigDict(
+    dict(name="iu_xray", data_dir=str(tmp_path), tfds_config="random", cleaning="r2gen")
+  )
   with pytest.raises(FileNotFoundError, match="not prepared.*cxrjax prepare iu_xray"):
     datasets.make_source(iu_config, "train")
   with pytest.raises(FileNotFoundError, match="no iu_xray vocabulary.*cxrjax prepare iu_xray"):
@@ -310,8 +336,9 @@ def iu_prepared(shared_data, tmp_path_factory):
 
 def test_iu_xray_through_the_pipeline(iu_prepared):
   manual, data_dir = iu_prepared
-  config = ml_collections.ConfigDict(dict(name="iu_xray", data_dir=str(data_dir), tfds_config="random",
-                                          cleaning="r2gen", vocabulary_min_count=3))
+  config = ml_collections.ConfigDict(
+    dict(name="iu_xray", data_dir=str(data_dir), tfds_config="random", cleaning="r2gen", vocabulary_min_count=3)
+  )
   source, info = datasets.make_source(config, "validation")
   assert isinstance(source, iu_xray.IUXraySource) and info.label_names is None
   assert info.vocabulary_path == str(iu_xray.vocabulary_path(data_dir, "random", "r2gen"))
@@ -329,8 +356,8 @@ def test_iu_xray_through_the_pipeline(iu_prepared):
     expected = np.stack([transforms.load_for_model(p, _preprocessing(64)) for p in original["images"]])
     np.testing.assert_array_equal(batch["images"][row], expected)
     np.testing.assert_array_equal(
-        batch["tokens"][row],
-        vocabulary.encode(cleaning.clean_report(original["report"], "r2gen"), MAX_LENGTH, pad=True))
+      batch["tokens"][row], vocabulary.encode(cleaning.clean_report(original["report"], "r2gen"), MAX_LENGTH, pad=True)
+    )
   train = next(iter(_dataset(train_source, vocabulary, train=True, batch_size=2, image_size=64)))
   assert train["images"].shape == (2, 2, 64, 64, 3) and train["mask"].all()
   with pytest.raises(tokenizers.VocabularyFileError, match="min count 3.*asks for 'r2gen' and 5"):
@@ -348,35 +375,67 @@ def test_report_texts_reads_a_prepared_split_by_index(iu_prepared):
 
 
 def _run_config(**data):
-  return ml_collections.ConfigDict(dict(
+  return ml_collections.ConfigDict(
+    dict(
       data=dict(phantom_config(), augment=dict(random_crop=True, flip=True), **data),
       model=dict(encoder=dict(preprocessing=dict(normalization="clip", resize_filter="bicubic"))),
-      train=dict(batch_size=3, seed=5), eval=dict(batch_size=4)))
+      train=dict(batch_size=3, seed=5),
+      eval=dict(batch_size=4),
+    )
+  )
 
 
 def test_make_batches_reads_everything_from_the_config(phantom_train):
   source, info, vocabulary = phantom_train
   config = _run_config(image_size=IMAGE_SIZE, phantom_image_size=32, read_threads=2)
-  preprocessing = transforms.Preprocessing(image_size=IMAGE_SIZE, normalization="clip", resize_filter="bicubic",
-                                           num_views=2,
-                                           augment=transforms.Augmentation(random_crop=True, flip=True))
+  preprocessing = transforms.Preprocessing(
+    image_size=IMAGE_SIZE,
+    normalization="clip",
+    resize_filter="bicubic",
+    num_views=2,
+    augment=transforms.Augmentation(random_crop=True, flip=True),
+  )
   for train, seed, batch_size in ((True, 5, 3), (False, 0, 4)):
-    got = _take(iter(pipeline.make_batches(config, "train", train=train, tokenizer=vocabulary, shard_index=0,
-                                           shard_count=1, label_names=info.label_names)), 2)
-    expected = _take(iter(pipeline.make_dataset(
-        source, vocabulary, preprocessing, batch_size=batch_size, max_length=MAX_LENGTH, train=train, seed=seed,
-        shard_index=0, shard_count=1, label_names=info.label_names, cleaning="drop_short_words")), 2)
+    got = _take(
+      iter(
+        pipeline.make_batches(
+          config, "train", train=train, tokenizer=vocabulary, shard_index=0, shard_count=1, label_names=info.label_names
+        )
+      ),
+      2,
+    )
+    expected = _take(
+      iter(
+        pipeline.make_dataset(
+          source,
+          vocabulary,
+          preprocessing,
+          batch_size=batch_size,
+          max_length=MAX_LENGTH,
+          train=train,
+          seed=seed,
+          shard_index=0,
+          shard_count=1,
+          label_names=info.label_names,
+          cleaning="drop_short_words",
+        )
+      ),
+      2,
+    )
     _assert_same_batches(got, expected)
   # A list of records (prediction on a user's files) instead of the split; no tokenizer: images only.
   records = [source[0], source[1]]
   batch = next(iter(pipeline.make_batches(config, train=False, source=records, shard_index=0, shard_count=1)))
   assert set(batch) == {"images", "mask", "id"} and batch["mask"].tolist() == [True, True, False, False]
-  np.testing.assert_array_equal(batch["images"][0], np.stack([preprocessing(images.to_rgb_uint8(v))
-                                                              for v in records[0]["images"]]))
+  np.testing.assert_array_equal(
+    batch["images"][0], np.stack([preprocessing(images.to_rgb_uint8(v)) for v in records[0]["images"]])
+  )
+
   # The padding's tokens are the tokenizer's pad id, whatever it is.
   class ShiftedPad(tokenizers.WordVocabulary):
     pad_id = 3
     end_id = 0
+
   shifted = ShiftedPad(vocabulary.tokens, vocabulary.min_count, vocabulary.cleaning_style)
   val = list(pipeline.make_batches(config, "val", train=False, tokenizer=shifted, shard_index=0, shard_count=1))
   assert (val[-1]["tokens"][~val[-1]["mask"]] == 3).all()

@@ -29,8 +29,9 @@ STUDY_NUMBERS = tuple(range(1, 16)) + (44,)
 COLOUR_IMAGE = "CXR8_IM-2333-1001"
 
 
-def make_openi_layout(iu_dir: pathlib.Path, dest: pathlib.Path, numbers=STUDY_NUMBERS,
-                      colour_image: str | None = None) -> pathlib.Path:
+def make_openi_layout(
+  iu_dir: pathlib.Path, dest: pathlib.Path, numbers=STUDY_NUMBERS, colour_image: str | None = None
+) -> pathlib.Path:
   """An Open-i layout with the real XMLs of `numbers`, every image id linked to a real PNG.
 
   The Kaggle view labels and R2Gen's annotation.json are linked too. `colour_image` is
@@ -90,9 +91,11 @@ def test_random_config_splits_and_counts(random_summary, manual_dir, data_dir):
   assert build["parse_report"]["skipped"] == report.skipped == {"empty_report": 1}
   assert build["parse_report"]["examples"]["empty_report"] == ["CXR3"]
   expected = splits.random_split([r["id"] for r in records], seed=iu_xray.RANDOM_SPLIT_SEED)
-  assert random_summary["split_sizes"] == build["split_sizes"] == {
-      "train": len(expected["train"]), "validation": len(expected["val"]),
-      "test": len(expected["test"])}
+  assert (
+    random_summary["split_sizes"]
+    == build["split_sizes"]
+    == {"train": len(expected["train"]), "validation": len(expected["val"]), "test": len(expected["test"])}
+  )
   assert sum(random_summary["split_sizes"].values()) == len(records) == len(STUDY_NUMBERS) - 1
   for split, name in (("train", "train"), ("validation", "val"), ("test", "test")):
     assert sorted(r["id"] for r in _reports(data_dir, "random", split)) == sorted(expected[name])
@@ -106,8 +109,17 @@ def test_records_round_trip(random_summary, manual_dir, data_dir):
   assert len(stored) == len(originals)
   for record in stored:
     original = originals[record["id"]]
-    for key in ("image_ids", "views", "findings", "impression", "indication", "comparison",
-                "mesh", "mesh_automatic", "report"):
+    for key in (
+      "image_ids",
+      "views",
+      "findings",
+      "impression",
+      "indication",
+      "comparison",
+      "mesh",
+      "mesh_automatic",
+      "report",
+    ):
       assert record[key] == original[key], (record["id"], key)
     # Grayscale PNGs of the source images: the same pixels as the RGB files' channels.
     for png, path, image_id in zip(record["images"], original["images"], record["image_ids"]):
@@ -130,8 +142,11 @@ def test_vocabulary_from_training_split_only(random_summary, data_dir):
   vocabulary = tokenizers.WordVocabulary.from_json(path)
   train = [cleaning.clean_report(r["report"], "r2gen") for r in _reports(data_dir, "random", "train")]
   assert vocabulary == tokenizers.WordVocabulary.build(train, min_count=3, cleaning_style="r2gen")
-  held_out = [cleaning.clean_report(r["report"], "r2gen") for split in ("validation", "test")
-              for r in _reports(data_dir, "random", split)]
+  held_out = [
+    cleaning.clean_report(r["report"], "r2gen")
+    for split in ("validation", "test")
+    for r in _reports(data_dir, "random", split)
+  ]
   # Some words frequent in the held-out reports are not in the vocabulary.
   everything = tokenizers.WordVocabulary.build(train + held_out, min_count=3)
   assert set(everything.tokens) - set(vocabulary.tokens)
@@ -147,15 +162,19 @@ def test_main_reuses_dataset_and_prints_summary(random_summary, data_dir, capsys
   assert prepare.main(["iu_xray", "--data-dir", str(data_dir), "--cleaning", "drop_short_words"]) == 0
   out = capsys.readouterr().out
   sizes = random_summary["split_sizes"]
-  assert (f"splits: train {sizes['train']}, validation {sizes['validation']}, "
-          f"test {sizes['test']}; kept but in no split: 0") in out
+  assert (
+    f"splits: train {sizes['train']}, validation {sizes['validation']}, test {sizes['test']}; kept but in no split: 0"
+  ) in out
   assert f"studies: {len(STUDY_NUMBERS)} read, {len(STUDY_NUMBERS) - 1} kept, 1 skipped" in out
   assert "skipped empty_report: 1 (e.g. CXR3)" in out
   assert "issues found (skipped or kept): empty_report 1" in out
   assert f"colour images converted to gray: 1 (e.g. {COLOUR_IMAGE})" in out
   assert re.search(r"vocabulary: \d+ tokens \(cleaning drop_short_words, sections findings, min count 3", out)
-  assert re.search(r"test: [\d.]+% of \d+ word tokens and [\d.]+% of \d+ distinct words seen in "
-                   r"training; <unk> rate [\d.]+%", out)
+  assert re.search(
+    r"test: [\d.]+% of \d+ word tokens and [\d.]+% of \d+ distinct words seen in "
+    r"training; <unk> rate [\d.]+%",
+    out,
+  )
   summary = json.loads(out.strip().splitlines()[-1])
   assert summary["split_sizes"] == sizes and summary["cleaning"] == "drop_short_words"
   vocabulary = tokenizers.WordVocabulary.from_json(iu_xray.vocabulary_path(data_dir, "random", "drop_short_words"))
@@ -177,13 +196,36 @@ def test_r2gen_config(manual_dir, tmp_path, iu_dir):
 def test_add_parser_wires_into_a_cli():
   parser = argparse.ArgumentParser(prog="cxrjax")
   prepare.add_parser(parser.add_subparsers(dest="command", required=True))
-  args = parser.parse_args(["prepare", "iu_xray", "--manual-dir", "m", "--data-dir", "d",
-                            "--split", "r2gen", "--cleaning", "r2gen", "--sections", "findings_impression"])
+  args = parser.parse_args(
+    [
+      "prepare",
+      "iu_xray",
+      "--manual-dir",
+      "m",
+      "--data-dir",
+      "d",
+      "--split",
+      "r2gen",
+      "--cleaning",
+      "r2gen",
+      "--sections",
+      "findings_impression",
+    ]
+  )
   assert (args.dataset, args.split, args.cleaning, args.min_count, args.sections) == (
-      "iu_xray", "r2gen", "r2gen", 3, "findings_impression")
+    "iu_xray",
+    "r2gen",
+    "r2gen",
+    3,
+    "findings_impression",
+  )
   defaults = parser.parse_args(["prepare", "iu_xray", "--data-dir", "d"])
   assert (defaults.split, defaults.cleaning, defaults.min_count, defaults.sections) == (
-      "random", "r2gen", 3, "findings")
+    "random",
+    "r2gen",
+    3,
+    "findings",
+  )
   assert args.manual_dir == pathlib.Path("m") and args.run is prepare._run
   with pytest.raises(SystemExit):
     parser.parse_args(["prepare", "iu_xray", "--data-dir", "d", "--min-count", "0"])
@@ -192,8 +234,7 @@ def test_add_parser_wires_into_a_cli():
 
 
 def test_errors(iu_dir, tmp_path, capsys):
-  assert prepare.main(["iu_xray", "--manual-dir", str(tmp_path / "absent"), "--data-dir",
-                       str(tmp_path / "data")]) == 2
+  assert prepare.main(["iu_xray", "--manual-dir", str(tmp_path / "absent"), "--data-dir", str(tmp_path / "data")]) == 2
   assert "manual folder not found" in capsys.readouterr().err
   assert prepare.main(["iu_xray", "--data-dir", str(tmp_path / "data")]) == 2
   err = capsys.readouterr().err
@@ -211,8 +252,10 @@ def test_corrupt_image_names_file_and_study(iu_dir, tmp_path, capsys):
   corrupt = manual / "images" / "CXR5_IM-2117-1003002.png"
   corrupt.unlink()
   corrupt.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-  assert prepare.main(["iu_xray", "--manual-dir", str(manual), "--data-dir",
-                       str(tmp_path / "data"), "--num-threads", "1"]) == 2
+  assert (
+    prepare.main(["iu_xray", "--manual-dir", str(manual), "--data-dir", str(tmp_path / "data"), "--num-threads", "1"])
+    == 2
+  )
   err = capsys.readouterr().err
   assert "study CXR5" in err and str(corrupt) in err and "cannot decode" in err
 
@@ -238,8 +281,9 @@ def test_partial_image_download_prints_counts_and_one_line_error(iu_dir, tmp_pat
   captured = capsys.readouterr()
   err = captured.err.strip()
   assert len(err.splitlines()) == 1 and "Traceback" not in captured.err
-  assert err.startswith("cxrjax prepare: error: iu_xray/random: split 'validation' has no study: "
-                        "2 of 3,955 studies kept")
+  assert err.startswith(
+    "cxrjax prepare: error: iu_xray/random: split 'validation' has no study: 2 of 3,955 studies kept"
+  )
   assert f"{not_found:,} of 3,955 studies have none of their image files in {manual / 'images'}" in err
   assert f"1 of 3,955 studies lack some of their image files in {manual / 'images'}" in err
   assert err.endswith("download NLMCXR_png.tgz (the Open-i PNGs) into the manual folder")

@@ -32,7 +32,8 @@ HEAD30 = "rocov2/test_captions.head30.csv"
 def jpegs(shared_data):
   """Small real JPEGs (bytes): the fixture's chest X-ray PNGs, shrunk to 40 x 40 and JPEG-encoded."""
   paths = sorted((shared_data / "iu_xray" / "images").glob("*.png")) + sorted(
-      (shared_data / "nih_chestxray14" / "images").glob("*.png"))
+    (shared_data / "nih_chestxray14" / "images").glob("*.png")
+  )
   out = []
   for path in paths:
     buffer = io.BytesIO()
@@ -51,12 +52,14 @@ def head30_lines(shared_data):
 
 # Parsing the real files.
 
+
 def test_rocov2_captions_kept_as_written(shared_data):
   path = shared_data / HEAD30
   rows = roco.read_rocov2_captions(path)
   # An independent RFC-4180 reader (Arrow's), with no whitespace stripping.
-  table = pa_csv.read_csv(path, convert_options=pa_csv.ConvertOptions(column_types={"ID": pa.string(),
-                                                                                     "Caption": pa.string()}))
+  table = pa_csv.read_csv(
+    path, convert_options=pa_csv.ConvertOptions(column_types={"ID": pa.string(), "Caption": pa.string()})
+  )
   assert rows == list(zip(table.column("ID").to_pylist(), table.column("Caption").to_pylist()))
   captions = dict(rows)
   assert len(rows) == 30 and rows[0][0] == "ROCOv2_2023_test_000001"
@@ -73,8 +76,10 @@ def test_rocov2_captions_kept_as_written(shared_data):
 def test_rocov2_doubled_quotes_and_newlines(tmp_path, shared_data):
   rows = roco.read_rocov2_captions(shared_data / HEAD30)[:4]
   # Captions with straight quotes (the curly ones of row 11 made straight) and a line break.
-  rows += [("quoted", roco.read_rocov2_captions(shared_data / HEAD30)[10][1].replace("\u201c", '"')
-            .replace("\u201d", '"')), ("two_lines", rows[0][1] + "\n" + rows[1][1])]
+  rows += [
+    ("quoted", roco.read_rocov2_captions(shared_data / HEAD30)[10][1].replace("\u201c", '"').replace("\u201d", '"')),
+    ("two_lines", rows[0][1] + "\n" + rows[1][1]),
+  ]
   path = tmp_path / "test_captions.csv"
   with open(path, "w", newline="", encoding="utf-8") as handle:
     writer = csv.writer(handle)
@@ -90,8 +95,7 @@ def test_rocov2_malformed_files(tmp_path, head30_lines):
   with pytest.raises(roco.RocoFormatError, match=r"a\.csv: expected the header ID,Caption"):
     roco.read_rocov2_captions(bad_header)
   extra_field = tmp_path / "b.csv"
-  extra_field.write_text("ID,Caption\n" + head30_lines[0] + head30_lines[1].rstrip("\n") + ",extra\n",
-                         encoding="utf-8")
+  extra_field.write_text("ID,Caption\n" + head30_lines[0] + head30_lines[1].rstrip("\n") + ",extra\n", encoding="utf-8")
   with pytest.raises(roco.RocoFormatError, match=r"b\.csv: row 3: expected 2 fields"):
     roco.read_rocov2_captions(extra_field)
 
@@ -126,13 +130,15 @@ def test_missing_split_file_is_one_line_naming_it(shared_data, tmp_path):
   assert isinstance(error.value, UserError) and "\n" not in str(error.value)
   (tmp_path / "data").mkdir()
   (tmp_path / "train_captions.csv").unlink()
-  pq.write_table(pa.table({"image_id": ["a"], "caption": ["b"], "image": [b"c"]}),
-                 tmp_path / "data" / "train-00000-of-00001.parquet")
+  pq.write_table(
+    pa.table({"image_id": ["a"], "caption": ["b"], "image": [b"c"]}), tmp_path / "data" / "train-00000-of-00001.parquet"
+  )
   with pytest.raises(roco.MissingSplitError, match=r"data/test-\*\.parquet: split file not found"):
     roco.load_split(tmp_path, "test")
 
 
 # The chest X-ray subset.
+
 
 def test_chest_xray_subset_counts_on_real_captions(shared_data):
   counts, phrase_counts = {}, {}
@@ -146,8 +152,11 @@ def test_chest_xray_subset_counts_on_real_captions(shared_data):
       assert not re.search(r"\b(CT|MRI)\b|computed tomograph|ultraso", row["report"])
     # The deck's phrase, where no other modality is named, is always chosen.
     for row in rows:
-      if roco.CHEST_XRAY_PHRASE in row["report"].lower() and not roco.chest.OTHER_MODALITY.search(row["report"]) \
-          and not set(row["concepts"]) & roco.chest.OTHER_MODALITY_CUIS.keys():
+      if (
+        roco.CHEST_XRAY_PHRASE in row["report"].lower()
+        and not roco.chest.OTHER_MODALITY.search(row["report"])
+        and not set(row["concepts"]) & roco.chest.OTHER_MODALITY_CUIS.keys()
+      ):
         assert roco.is_chest_xray(row["report"], row["concepts"]), row
   print(f"chest_xray subset on ROCO v1 radiology: {counts}; literal 'chest x-ray': {phrase_counts}")
   # The counts chest.py documents (the deck: about 200 / 200 for the phrase alone).
@@ -171,6 +180,7 @@ def test_chest_rule_cases():
 
 # Building: the official ROCOv2 layout, the parquet layout and ROCO v1, with real JPEGs.
 
+
 def _rocov2_layout(folder: pathlib.Path, lines, jpegs) -> dict[str, list[str]]:
   """Official layout from the real rows: train 1-14, valid 15-22, test 23-30, plus bad rows.
 
@@ -192,13 +202,13 @@ def _rocov2_layout(folder: pathlib.Path, lines, jpegs) -> dict[str, list[str]]:
       if image_id == "ROCOv2_2023_test_000005":
         continue  # missing image
       if image_id == "ROCOv2_2023_test_000007":
-        data = data[:len(data) // 3]  # truncated JPEG
+        data = data[: len(data) // 3]  # truncated JPEG
       (folder / name / f"{image_id}.jpg").write_bytes(data)
       if image_id not in kept[name] and image_id not in ("ROCOv2_2023_test_000007", "ROCOv2_2023_empty_000001"):
         kept[name].append(image_id)
   (folder / "train_concepts.csv").write_text(
-      "ID,CUIs\nROCOv2_2023_test_000001,C0040405;C0817096\nROCOv2_2023_test_000008,C1306645;C0817096\n",
-      encoding="utf-8")
+    "ID,CUIs\nROCOv2_2023_test_000001,C0040405;C0817096\nROCOv2_2023_test_000008,C1306645;C0817096\n", encoding="utf-8"
+  )
   return {"train": kept["train"], "validation": kept["valid"], "test": kept["test"]}
 
 
@@ -247,12 +257,27 @@ def test_rocov2_source_records(rocov2_build, shared_data):
 
 def test_rocov2_pipeline_with_wordpiece(rocov2_build, shared_data):
   _, data_dir, _, _ = rocov2_build
-  data = {"name": "rocov2", "data_dir": str(data_dir), "cleaning": "none",
-          "tokenizer": str(shared_data / "text" / "bert-base-uncased-vocab.txt")}
+  data = {
+    "name": "rocov2",
+    "data_dir": str(data_dir),
+    "cleaning": "none",
+    "tokenizer": str(shared_data / "text" / "bert-base-uncased-vocab.txt"),
+  }
   source, _ = datasets.make_source(data, "test")
   tokenizer = datasets.load_or_build_tokenizer(data, source)
-  batches = list(pipeline.make_dataset(source, tokenizer, transforms.Preprocessing(image_size=32), batch_size=4,
-                                       max_length=80, train=False, cleaning="none", shard_index=0, shard_count=1))
+  batches = list(
+    pipeline.make_dataset(
+      source,
+      tokenizer,
+      transforms.Preprocessing(image_size=32),
+      batch_size=4,
+      max_length=80,
+      train=False,
+      cleaning="none",
+      shard_index=0,
+      shard_count=1,
+    )
+  )
   assert batches[0]["images"].shape == (4, 1, 32, 32, 3) and batches[0]["tokens"].shape == (4, 80)
   assert batches[0]["tokens"][0, 0] == tokenizer.encode("", 80)[0]
   assert sum(int(batch["mask"].sum()) for batch in batches) == len(source)
@@ -264,10 +289,21 @@ def test_parquet_layout_gives_the_same_records(rocov2_build, tmp_path):
   (hf / "data").mkdir(parents=True)
   for split, name in (("train", "train"), ("validation", "valid"), ("test", "test")):
     rows = roco.read_rocov2_captions(manual / f"{name}_captions.csv")
-    images = [{"bytes": (manual / name / f"{i}.jpg").read_bytes() if (manual / name / f"{i}.jpg").is_file()
-               else None, "path": f"{i}.jpg"} for i, _ in rows]
-    table = pa.table({"image": images, "image_id": [i for i, _ in rows], "caption": [c for _, c in rows],
-                      "cui": [["C1306645", "C0817096"] if i.endswith(("08", "16")) else [] for i, _ in rows]})
+    images = [
+      {
+        "bytes": (manual / name / f"{i}.jpg").read_bytes() if (manual / name / f"{i}.jpg").is_file() else None,
+        "path": f"{i}.jpg",
+      }
+      for i, _ in rows
+    ]
+    table = pa.table(
+      {
+        "image": images,
+        "image_id": [i for i, _ in rows],
+        "caption": [c for _, c in rows],
+        "cui": [["C1306645", "C0817096"] if i.endswith(("08", "16")) else [] for i, _ in rows],
+      }
+    )
     half = (len(rows) + 1) // 2  # two files per split, small row groups
     pq.write_table(table.slice(0, half), hf / "data" / f"{split}-00000-of-00002.parquet", row_group_size=3)
     pq.write_table(table.slice(half), hf / "data" / f"{split}-00001-of-00002.parquet", row_group_size=3)
@@ -275,8 +311,12 @@ def test_parquet_layout_gives_the_same_records(rocov2_build, tmp_path):
   parquet_dir = tmp_path / "tfds"
   summary = roco.prepare("rocov2", hf, parquet_dir, num_threads=2)
   assert summary["layout"] == "rocov2_parquet"
-  assert summary["splits"]["train"]["skipped"] == {"duplicate_id": 1, "empty_caption": 1, "missing_image": 1,
-                                                   "unreadable_image": 1}
+  assert summary["splits"]["train"]["skipped"] == {
+    "duplicate_id": 1,
+    "empty_caption": 1,
+    "missing_image": 1,
+    "unreadable_image": 1,
+  }
   for split in ("train", "validation", "test"):
     csv_source = roco.RocoSource("rocov2", data_dir, "all", split)
     parquet_source = roco.RocoSource("rocov2", parquet_dir, "all", split)
@@ -287,11 +327,15 @@ def test_parquet_layout_gives_the_same_records(rocov2_build, tmp_path):
   # Curated concepts select rows 8 ("Arrow shows ULP at the distal arch.") and 16 (an abdominal
   # X-ray, by its caption); the captions select 15 and 30.
   chest = roco.prepare("rocov2", hf, parquet_dir, subset="chest_xray", num_threads=2)
-  chosen = {split: [roco.RocoSource("rocov2", parquet_dir, "chest_xray", split)[i]["id"]
-                    for i in range(size)] for split, size in chest["split_sizes"].items()}
-  assert chosen == {"train": ["ROCOv2_2023_test_000008"],
-                    "validation": ["ROCOv2_2023_test_000015", "ROCOv2_2023_test_000016"],
-                    "test": ["ROCOv2_2023_test_000030"]}
+  chosen = {
+    split: [roco.RocoSource("rocov2", parquet_dir, "chest_xray", split)[i]["id"] for i in range(size)]
+    for split, size in chest["split_sizes"].items()
+  }
+  assert chosen == {
+    "train": ["ROCOv2_2023_test_000008"],
+    "validation": ["ROCOv2_2023_test_000015", "ROCOv2_2023_test_000016"],
+    "test": ["ROCOv2_2023_test_000030"],
+  }
 
 
 def _roco_v1_layout(shared_data, folder, jpegs, per_split=40):
@@ -302,20 +346,24 @@ def _roco_v1_layout(shared_data, folder, jpegs, per_split=40):
     radiology = shared_data / "roco" / source_split / "radiology"
     lines = (radiology / "captions.txt").read_text(encoding="utf-8").splitlines(keepends=True)
     offset = 0 if split != "validation" else 4000  # train and validation differ
-    chest_lines = [l for l in lines[offset:] if roco.is_chest_xray(l.split("\t", 1)[1])][:per_split // 2]
-    other_lines = [l for l in lines[offset:] if not roco.is_chest_xray(l.split("\t", 1)[1])][:per_split // 2]
+    chest_lines = [l for l in lines[offset:] if roco.is_chest_xray(l.split("\t", 1)[1])][: per_split // 2]
+    other_lines = [l for l in lines[offset:] if not roco.is_chest_xray(l.split("\t", 1)[1])][: per_split // 2]
     rows = chest_lines + other_lines
     ids = {l.split("\t", 1)[0] for l in rows}
     out = folder / split / "radiology"
     (out / "images").mkdir(parents=True)
     (out / "captions.txt").write_text("".join(rows), encoding="utf-8")
     for name in ("keywords.txt", "cuis.txt", "semtypes.txt"):
-      kept_lines = [l for l in (radiology / name).read_text(encoding="utf-8").splitlines(keepends=True)
-                    if l.split("\t", 1)[0] in ids]
+      kept_lines = [
+        l
+        for l in (radiology / name).read_text(encoding="utf-8").splitlines(keepends=True)
+        if l.split("\t", 1)[0] in ids
+      ]
       (out / name).write_text("".join(kept_lines), encoding="utf-8")
     licence_lines = (radiology / "licences.txt").read_text(encoding="utf-8").splitlines(keepends=True)
     (out / "licences.txt").write_text(
-        licence_lines[0] + "".join(l for l in licence_lines[1:] if l.split(",", 1)[0] in ids), encoding="utf-8")
+      licence_lines[0] + "".join(l for l in licence_lines[1:] if l.split(",", 1)[0] in ids), encoding="utf-8"
+    )
     licences = roco.read_roco_v1_licences(out / "licences.txt")
     for number, image_id in enumerate(sorted(ids)):
       (out / "images" / licences[image_id][0]).write_bytes(jpegs[number % len(jpegs)])
@@ -331,11 +379,17 @@ def test_roco_v1_build_and_chest_subset(shared_data, tmp_path, jpegs):
   for split, rows in chosen.items():
     concepts = {row["id"]: row["concepts"] for row in roco.iter_split_captions(tmp_path, split)}
     assert len(concepts) == len(rows) and any(concepts.values())
-    expected = [l.split("\t", 1)[0] for l in rows
-                if roco.is_chest_xray(l.rstrip("\n").split("\t", 1)[1], concepts[l.split("\t", 1)[0]])]
+    expected = [
+      l.split("\t", 1)[0]
+      for l in rows
+      if roco.is_chest_xray(l.rstrip("\n").split("\t", 1)[1], concepts[l.split("\t", 1)[0]])
+    ]
     report = summary["splits"][split]
     assert (report["num_read"], report["num_kept"], report["selected_out"]) == (
-        len(rows), len(expected), len(rows) - len(expected))
+      len(rows),
+      len(expected),
+      len(rows) - len(expected),
+    )
     source = roco.RocoSource("roco", data_dir, "chest_xray", split)
     assert [source[i]["id"] for i in range(len(source))] == expected
   record = roco.RocoSource("roco", data_dir, "chest_xray", "test")[0]
@@ -349,8 +403,22 @@ def test_roco_v1_build_and_chest_subset(shared_data, tmp_path, jpegs):
 def test_prepare_command_line(rocov2_build, tmp_path, capsys):
   manual, _, _, _ = rocov2_build
   data_dir = tmp_path / "tfds"
-  assert prepare.main(["rocov2", "--manual-dir", str(manual), "--data-dir", str(data_dir),
-                       "--subset", "chest_xray", "--num-threads", "1"]) == 0
+  assert (
+    prepare.main(
+      [
+        "rocov2",
+        "--manual-dir",
+        str(manual),
+        "--data-dir",
+        str(data_dir),
+        "--subset",
+        "chest_xray",
+        "--num-threads",
+        "1",
+      ]
+    )
+    == 0
+  )
   out = capsys.readouterr().out
   assert "rocov2/chest_xray" in out and "train: 16 read," in out
   summary = json.loads(out.strip().splitlines()[-1])

@@ -17,8 +17,7 @@ def test_random_split_sizes_disjoint_and_complete(r2gen_ids):
   assert list(split) == ["train", "val", "test"]
   n = len(r2gen_ids)
   assert n == 2955
-  assert [len(ids) for ids in split.values()] == [int(0.7 * n), int(0.1 * n),
-                                                  n - int(0.7 * n) - int(0.1 * n)]
+  assert [len(ids) for ids in split.values()] == [int(0.7 * n), int(0.1 * n), n - int(0.7 * n) - int(0.1 * n)]
   all_ids = [i for ids in split.values() for i in ids]
   assert sorted(all_ids) == sorted(r2gen_ids)  # disjoint and complete
 
@@ -35,15 +34,20 @@ def test_random_split_deterministic(r2gen_ids):
 def test_random_split_is_stable_across_versions():
   # Pinned (checked with sha256sum of "0:CXR<i>"): sha256 order, no library generator.
   assert splits.random_split([f"CXR{i}" for i in range(10)], seed=0) == {
-      "train": ["CXR0", "CXR3", "CXR5", "CXR6", "CXR7", "CXR8", "CXR9"],
-      "val": ["CXR1"], "test": ["CXR2", "CXR4"]}
+    "train": ["CXR0", "CXR3", "CXR5", "CXR6", "CXR7", "CXR8", "CXR9"],
+    "val": ["CXR1"],
+    "test": ["CXR2", "CXR4"],
+  }
 
 
-@pytest.mark.parametrize("fractions, message", [
+@pytest.mark.parametrize(
+  "fractions, message",
+  [
     ({"train": 0.7, "test": 0.2}, "sum to 1"),
     ({"train": 1.2, "test": -0.2}, "non-negative"),
     ({}, "non-negative"),
-])
+  ],
+)
 def test_random_split_bad_fractions(fractions, message):
   with pytest.raises(ValueError, match=message):
     splits.random_split(["a", "b"], fractions)

@@ -22,8 +22,16 @@ CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 # Every config family of configs/ (demo: the main job's attention captioner on phantoms).
-FAMILIES = ("demo", "iu_xray_attention", "iu_xray_lstm", "iu_xray_cam", "chestxray14_agcnn", "rocov2_graph",
-            "roco_git", "roco_blip")
+FAMILIES = (
+  "demo",
+  "iu_xray_attention",
+  "iu_xray_lstm",
+  "iu_xray_cam",
+  "chestxray14_agcnn",
+  "rocov2_graph",
+  "roco_git",
+  "roco_blip",
+)
 NO_AUGMENTATION = dict(random_crop=False, flip=False, rotation=0.0)
 
 
@@ -38,7 +46,7 @@ def _clip_recipe(image, size=224):
     new = (int(size * width / height), size)
   array = np.asarray(image.resize(new, Image.Resampling.BICUBIC))
   top, left = (array.shape[0] - size) // 2, (array.shape[1] - size) // 2
-  array = array[top:top + size, left:left + size]
+  array = array[top : top + size, left : left + size]
   return (array.astype(np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD
 
 
@@ -59,9 +67,9 @@ def _config(augment=None, **preprocessing):
   data = dict(name="iu_xray", data_dir="", image_size=224)
   if augment is not None:
     data["augment"] = augment
-  return ml_collections.ConfigDict(dict(
-      data=data,
-      model=dict(encoder=dict(preprocessing=preprocessing) if preprocessing else dict(block_sizes=(1,)))))
+  return ml_collections.ConfigDict(
+    dict(data=data, model=dict(encoder=dict(preprocessing=preprocessing) if preprocessing else dict(block_sizes=(1,))))
+  )
 
 
 def _family_config(name: str, arg: str = "") -> ml_collections.ConfigDict:
@@ -76,14 +84,20 @@ def views(shared_data):
   ChestX-ray14 image (ROCOv2 has every aspect ratio: CT, MRI, ultrasound)."""
   iu = shared_data / "iu_xray" / "images"
   nih = images.load_image(shared_data / "nih_chestxray14" / "images" / "00000129_000.png")
-  result = {"492x512": images.load_image(iu / "CXR303_IM-1404-1001.png"),
-            "wide": images.load_image(iu / "CXR54_IM-2145-1001.png"),
-            "tall": images.load_image(iu / "CXR54_IM-2145-1002.png"),
-            "very wide": np.ascontiguousarray(nih[300:700]),
-            "very tall": np.ascontiguousarray(nih[:, 350:650])}
+  result = {
+    "492x512": images.load_image(iu / "CXR303_IM-1404-1001.png"),
+    "wide": images.load_image(iu / "CXR54_IM-2145-1001.png"),
+    "tall": images.load_image(iu / "CXR54_IM-2145-1002.png"),
+    "very wide": np.ascontiguousarray(nih[300:700]),
+    "very tall": np.ascontiguousarray(nih[:, 350:650]),
+  }
   assert {name: view.shape[:2] for name, view in result.items()} == {
-      "492x512": (492, 512), "wide": (362, 512), "tall": (633, 512), "very wide": (400, 1024),
-      "very tall": (1024, 300)}
+    "492x512": (492, 512),
+    "wide": (362, 512),
+    "tall": (633, 512),
+    "very wide": (400, 1024),
+    "very tall": (1024, 300),
+  }
   return result
 
 
@@ -91,8 +105,12 @@ def _windows(resized, crop):
   """The (top, left) of every window of `resized` equal to `crop`."""
   size = crop.shape[0]
   height, width = resized.shape[0] - size + 1, resized.shape[1] - size + 1
-  return [(top, left) for top in range(height) for left in range(width)
-          if np.array_equal(resized[top:top + size, left:left + size], crop)]
+  return [
+    (top, left)
+    for top in range(height)
+    for left in range(width)
+    if np.array_equal(resized[top : top + size, left : left + size], crop)
+  ]
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -147,13 +165,16 @@ def test_seed003_trains_on_flipped_and_rotated_squashes(views):
       flipped = rng.random() < 0.5
       flips.add(flipped)
       expected = expected[:, ::-1] if flipped else expected
-      np.testing.assert_array_equal(preprocessing.train_view(view, np.random.default_rng(seed)), expected,
-                                    err_msg=f"{shape} seed {seed}")
+      np.testing.assert_array_equal(
+        preprocessing.train_view(view, np.random.default_rng(seed)), expected, err_msg=f"{shape} seed {seed}"
+      )
   assert flips == {True, False}
 
 
-@pytest.mark.parametrize("name, flip", [("iu_xray_attention", False), ("iu_xray_lstm", False),
-                                        ("iu_xray_cam", False), ("chestxray14_agcnn", True)])
+@pytest.mark.parametrize(
+  "name, flip",
+  [("iu_xray_attention", False), ("iu_xray_lstm", False), ("iu_xray_cam", False), ("chestxray14_agcnn", True)],
+)
 def test_r2gen_and_agcnn_train_on_random_crops_of_a_256_resize(name, flip, views):
   """IU X-ray (R2Gen: Resize(256), RandomCrop(224); unflipped, the reports name sides) and AG-CNN (256,
   random 224 crop, random flip): each training view is a 224 window of the shorter side resized to 256."""
@@ -173,8 +194,9 @@ def test_r2gen_and_agcnn_train_on_random_crops_of_a_256_resize(name, flip, views
   assert flips == ({True, False} if flip else {False}) and len(corners) > 1
 
 
-@pytest.mark.parametrize("spec", ["demo", "demo:model=cam", "roco_git:demo", "roco_blip:demo",
-                                  "rocov2_graph:demo", "rocov2_graph:demo,smoke"])
+@pytest.mark.parametrize(
+  "spec", ["demo", "demo:model=cam", "roco_git:demo", "roco_blip:demo", "rocov2_graph:demo", "rocov2_graph:demo,smoke"]
+)
 def test_phantom_demos_train_as_their_numbers_were_measured(spec, views):
   """The demos on phantoms keep the training view their published numbers came from, draw for draw: the
   shorter side to round(S * 8 / 7), a window at rng.integers(top), rng.integers(left), never flipped."""
@@ -186,12 +208,14 @@ def test_phantom_demos_train_as_their_numbers_were_measured(spec, views):
   for shape, view in views.items():
     for seed in range(2):
       rng = np.random.default_rng(seed)
-      resized = _shortest_side(view, preprocessing.crop_resize,
-                               transforms.RESIZE_FILTERS[preprocessing.resize_filter])
+      resized = _shortest_side(view, preprocessing.crop_resize, transforms.RESIZE_FILTERS[preprocessing.resize_filter])
       top = int(rng.integers(0, resized.shape[0] - size + 1))
       left = int(rng.integers(0, resized.shape[1] - size + 1))
-      np.testing.assert_array_equal(preprocessing.train_view(view, np.random.default_rng(seed)),
-                                    resized[top:top + size, left:left + size], err_msg=f"{shape} seed {seed}")
+      np.testing.assert_array_equal(
+        preprocessing.train_view(view, np.random.default_rng(seed)),
+        resized[top : top + size, left : left + size],
+        err_msg=f"{shape} seed {seed}",
+      )
 
 
 def test_old_workdir_configs_read_as_they_trained(tmp_path, views):
@@ -215,25 +239,27 @@ def test_old_workdir_configs_read_as_they_trained(tmp_path, views):
   del old["data"]["augment"]
   old["data"].update(random_flip=True, random_rotation=10.0)
   assert transforms.from_config(ml_collections.ConfigDict(old)).augment == transforms.Augmentation(
-      random_crop=True, flip=True, rotation=10.0)
+    random_crop=True, flip=True, rotation=10.0
+  )
   for name in FAMILIES:
     config = _family_config(name)
     (tmp_path / name).mkdir()
     (tmp_path / name / workdir.CONFIG_FILE).write_text(config.to_json())
-    assert transforms.from_config(workdir.read_config(tmp_path / name)) == transforms.from_config(config), \
-        name
+    assert transforms.from_config(workdir.read_config(tmp_path / name)) == transforms.from_config(config), name
 
 
 def test_bad_augmentation_is_one_line_naming_the_field():
   cases = [
-      (dict(random_crop=True, crop_resize=200),
-       r"data\.augment\.crop_resize \(200\) must be >= data\.image_size \(224\)"),
-      (dict(flip="yes"), r"data\.augment\.flip must be true or false, got 'yes'"),
-      (dict(random_crop=1), r"data\.augment\.random_crop must be true or false"),
-      (dict(rotation=-5.0), r"data\.augment\.rotation must be degrees in \[0, 180\], got -5\.0"),
-      (dict(crop_resize=25.6), r"data\.augment\.crop_resize must be an int >= 0"),
-      (dict(crop=True), r"data\.augment has unknown fields \['crop'\]; known: random_crop, crop_resize,"),
-      (True, r"data\.augment must be a section with fields random_crop, crop_resize, flip, rotation"),
+    (
+      dict(random_crop=True, crop_resize=200),
+      r"data\.augment\.crop_resize \(200\) must be >= data\.image_size \(224\)",
+    ),
+    (dict(flip="yes"), r"data\.augment\.flip must be true or false, got 'yes'"),
+    (dict(random_crop=1), r"data\.augment\.random_crop must be true or false"),
+    (dict(rotation=-5.0), r"data\.augment\.rotation must be degrees in \[0, 180\], got -5\.0"),
+    (dict(crop_resize=25.6), r"data\.augment\.crop_resize must be an int >= 0"),
+    (dict(crop=True), r"data\.augment has unknown fields \['crop'\]; known: random_crop, crop_resize,"),
+    (True, r"data\.augment must be a section with fields random_crop, crop_resize, flip, rotation"),
   ]
   for augment, message in cases:
     with pytest.raises(datasets.DataConfigError, match=message) as error:
@@ -241,8 +267,9 @@ def test_bad_augmentation_is_one_line_naming_the_field():
     assert "\n" not in str(error.value)
   config = _config(augment=dict(flip=True))
   config.data.random_flip = True  # An old field beside the new section: which one would count?
-  with pytest.raises(datasets.DataConfigError,
-                     match=r"^data\.random_flip is replaced by data\.augment\.flip; remove it$"):
+  with pytest.raises(
+    datasets.DataConfigError, match=r"^data\.random_flip is replaced by data\.augment\.flip; remove it$"
+  ):
     transforms.from_config(config)
   # The old fields are gone from the configs, so an old command line's override is refused by name.
   with pytest.raises(config_lib.ConfigError, match="unknown config field 'random_flip' in config.data"):
@@ -250,8 +277,9 @@ def test_bad_augmentation_is_one_line_naming_the_field():
 
 
 def test_bicubic_shortest_side_crop_with_clip_statistics_matches_the_pil_recipe(shared_data, tmp_path):
-  preprocessing = transforms.from_config(_config(augment={}, normalization="clip", resize_filter="bicubic",
-                                                 resize_rule="shortest_side_crop"))
+  preprocessing = transforms.from_config(
+    _config(augment={}, normalization="clip", resize_filter="bicubic", resize_rule="shortest_side_crop")
+  )
   assert preprocessing.num_views == 2  # IU X-ray studies
   # Real Open-i PNGs (width 512, height above it) and a landscape crop of one, so both branches run.
   paths = sorted((shared_data / "iu_xray" / "images").glob("*.png"))
@@ -267,9 +295,13 @@ def test_defaults_are_imagenet_bilinear_square_and_no_augmentation(shared_data):
   config = _config(augment={})
   config.data.name = "chestxray14"
   preprocessing = transforms.from_config(config)
-  assert (preprocessing.normalization, preprocessing.resize_filter, preprocessing.resize_rule,
-          preprocessing.num_views, preprocessing.augment) == ("imagenet", "bilinear", "square", 1,
-                                                              transforms.Augmentation())
+  assert (
+    preprocessing.normalization,
+    preprocessing.resize_filter,
+    preprocessing.resize_rule,
+    preprocessing.num_views,
+    preprocessing.augment,
+  ) == ("imagenet", "bilinear", "square", 1, transforms.Augmentation())
   path = shared_data / "iu_xray" / "images" / "CXR54_IM-2145-1001.png"
   expected = Image.open(path).convert("RGB").resize((224, 224), Image.Resampling.BILINEAR)
   expected = (np.asarray(expected).astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
@@ -280,8 +312,9 @@ def test_defaults_are_imagenet_bilinear_square_and_no_augmentation(shared_data):
 
 def test_train_crop_is_a_window_of_the_resized_image():
   image = np.random.default_rng(0).integers(0, 256, (90, 150, 3), dtype=np.uint8)
-  preprocessing = transforms.Preprocessing(image_size=56,
-                                           augment=transforms.Augmentation(random_crop=True, crop_resize=64))
+  preprocessing = transforms.Preprocessing(
+    image_size=56, augment=transforms.Augmentation(random_crop=True, crop_resize=64)
+  )
   resized = np.asarray(Image.fromarray(image).resize((106, 64), Image.Resampling.BILINEAR))  # 64 * 150 / 90
   for seed in range(5):
     crop = preprocessing.train_view(image, np.random.default_rng(seed))
@@ -306,14 +339,16 @@ def test_random_rotation_rotates_before_the_crop_and_draws_only_when_asked(share
   rotation it is PIL's rotation of the resized image by the drawn angle, then the same crop."""
   image = images.load_image(sorted((shared_data / "iu_xray" / "images").glob("*.png"))[0])
   plain = transforms.Preprocessing(image_size=64, augment=transforms.Augmentation(random_crop=True))
-  rotating = transforms.Preprocessing(image_size=64,
-                                      augment=transforms.Augmentation(random_crop=True, rotation=10.0))
+  rotating = transforms.Preprocessing(image_size=64, augment=transforms.Augmentation(random_crop=True, rotation=10.0))
   unrotated = plain.train_view(image, np.random.default_rng(3))
   rotated = rotating.train_view(image, np.random.default_rng(3))
   rng = np.random.default_rng(3)
   angle = rng.uniform(-10.0, 10.0)
-  resized = np.asarray(Image.fromarray(plain.resize_shortest_side(image, plain.crop_resize)).rotate(
-      angle, resample=Image.Resampling.BILINEAR))
+  resized = np.asarray(
+    Image.fromarray(plain.resize_shortest_side(image, plain.crop_resize)).rotate(
+      angle, resample=Image.Resampling.BILINEAR
+    )
+  )
   top, left = int(rng.integers(0, resized.shape[0] - 63)), int(rng.integers(0, resized.shape[1] - 63))
-  np.testing.assert_array_equal(rotated, resized[top:top + 64, left:left + 64])
+  np.testing.assert_array_equal(rotated, resized[top : top + 64, left : left + 64])
   assert rotated.shape == (64, 64, 3) and not np.array_equal(rotated, unrotated)

@@ -56,8 +56,13 @@ def pairs(texts) -> tuple[list[str], list[str]]:
   candidates, references = [], []
   for index, reference in enumerate(findings[:10]):
     words = reference.split()
-    variant = [reference, " ".join(words[:len(words) // 2]), " ".join(rng.sample(words, len(words))),
-               findings[index + 20], reference.lower()][index % 5]
+    variant = [
+      reference,
+      " ".join(words[: len(words) // 2]),
+      " ".join(rng.sample(words, len(words))),
+      findings[index + 20],
+      reference.lower(),
+    ][index % 5]
     candidates.append(variant)
     references.append(reference)
   candidates += ["", "   ", " ".join(findings[30:33]), captions[10], captions[3], captions[0] + "  ", "Clear lungs."]
@@ -70,29 +75,57 @@ def _save_bert_family(directory: pathlib.Path, family: str, vocab_file: pathlib.
   vocab_size = sum(1 for _ in open(vocab_file))
   torch.manual_seed(1)
   if family == "bert":
-    model = transformers.BertModel(transformers.BertConfig(
-        vocab_size=vocab_size, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-        intermediate_size=INTERMEDIATE, max_position_embeddings=40))
+    model = transformers.BertModel(
+      transformers.BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=INTERMEDIATE,
+        max_position_embeddings=40,
+      )
+    )
   else:
-    model = transformers.DistilBertModel(transformers.DistilBertConfig(
-        vocab_size=vocab_size, dim=HIDDEN, n_layers=LAYERS, n_heads=HEADS, hidden_dim=INTERMEDIATE,
-        max_position_embeddings=40))
+    model = transformers.DistilBertModel(
+      transformers.DistilBertConfig(
+        vocab_size=vocab_size,
+        dim=HIDDEN,
+        n_layers=LAYERS,
+        n_heads=HEADS,
+        hidden_dim=INTERMEDIATE,
+        max_position_embeddings=40,
+      )
+    )
   model.save_pretrained(directory)
   (directory / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "model_max_length": MAX_LENGTH}))
 
 
 def _save_roberta(directory: pathlib.Path, corpus: list[str]) -> None:
   bpe = tokenizers.ByteLevelBPETokenizer(add_prefix_space=True)
-  bpe.train_from_iterator(corpus, vocab_size=400, min_frequency=2,
-                          special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])  # RoBERTa's ids 0-4.
+  bpe.train_from_iterator(
+    corpus, vocab_size=400, min_frequency=2, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+  )  # RoBERTa's ids 0-4.
   bpe.save_model(str(directory))  # vocab.json, merges.txt
   torch.manual_seed(2)
-  transformers.RobertaModel(transformers.RobertaConfig(
-      vocab_size=bpe.get_vocab_size(), hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-      intermediate_size=INTERMEDIATE, max_position_embeddings=42, type_vocab_size=1, pad_token_id=1,
-      bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5), add_pooling_layer=False).save_pretrained(directory)
-  (directory / "tokenizer_config.json").write_text(json.dumps({"model_max_length": MAX_LENGTH,
-                                                               "add_prefix_space": True}))
+  transformers.RobertaModel(
+    transformers.RobertaConfig(
+      vocab_size=bpe.get_vocab_size(),
+      hidden_size=HIDDEN,
+      num_hidden_layers=LAYERS,
+      num_attention_heads=HEADS,
+      intermediate_size=INTERMEDIATE,
+      max_position_embeddings=42,
+      type_vocab_size=1,
+      pad_token_id=1,
+      bos_token_id=0,
+      eos_token_id=2,
+      layer_norm_eps=1e-5,
+    ),
+    add_pooling_layer=False,
+  ).save_pretrained(directory)
+  (directory / "tokenizer_config.json").write_text(
+    json.dumps({"model_max_length": MAX_LENGTH, "add_prefix_space": True})
+  )
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +147,12 @@ def models(tmp_path_factory, shared_data, texts) -> dict[str, pathlib.Path]:
 def package(monkeypatch):
   """bert_score.score on transformers 5 (module doc)."""
   backend = transformers.tokenization_utils_tokenizers.TokenizersBackend
-  monkeypatch.setattr(backend, "build_inputs_with_special_tokens",
-                      lambda self, ids: [self.cls_token_id, *ids, self.sep_token_id], raising=False)
+  monkeypatch.setattr(
+    backend,
+    "build_inputs_with_special_tokens",
+    lambda self, ids: [self.cls_token_id, *ids, self.sep_token_id],
+    raising=False,
+  )
   return bert_score.score
 
 
@@ -123,8 +160,10 @@ def package(monkeypatch):
 def baseline_file(tmp_path_factory) -> pathlib.Path:
   """A baseline file for the tiny models, in the package's format: a different b per layer and column."""
   path = tmp_path_factory.mktemp("baseline") / "tiny.tsv"
-  rows = [f"{layer},{0.5 + 0.03 * layer:.8f},{0.45 + 0.05 * layer:.8f},{0.4 + 0.07 * layer:.8f}"
-          for layer in range(LAYERS + 1)]
+  rows = [
+    f"{layer},{0.5 + 0.03 * layer:.8f},{0.45 + 0.05 * layer:.8f},{0.4 + 0.07 * layer:.8f}"
+    for layer in range(LAYERS + 1)
+  ]
   path.write_text("LAYER,P,R,F\n" + "\n".join(rows) + "\n")
   return path
 
@@ -147,12 +186,21 @@ def test_scores_match_bert_score(family, idf, models, pairs, baseline_file, pack
   candidates, references = pairs
   layer = SCORING_LAYER[family]
   for rescaled in (False, True):
-    expected = package(candidates, references, model_type=str(models[family]), num_layers=layer, idf=idf, lang="en",
-                       rescale_with_baseline=rescaled, baseline_path=str(baseline_file) if rescaled else None,
-                       nthreads=0)
+    expected = package(
+      candidates,
+      references,
+      model_type=str(models[family]),
+      num_layers=layer,
+      idf=idf,
+      lang="en",
+      rescale_with_baseline=rescaled,
+      baseline_path=str(baseline_file) if rescaled else None,
+      nthreads=0,
+    )
     expected = np.stack([score.numpy() for score in expected], axis=-1)  # [pairs, 3]
-    scorer = BertScorer.from_directory(models[family], num_layers=layer, idf=idf,
-                                       baseline_file=baseline_file if rescaled else None)
+    scorer = BertScorer.from_directory(
+      models[family], num_layers=layer, idf=idf, baseline_file=baseline_file if rescaled else None
+    )
     scores = scorer.score(candidates, references, batch_size=4)
     found = np.stack([scores["P"], scores["R"], scores["F1"]], axis=-1)
     assert np.isfinite(expected).all()
@@ -169,18 +217,34 @@ def test_several_references_take_the_maximum_of_each_score(models, texts, baseli
   # The second candidate's references: one that holds it and more (the best P), a part of it (the best R).
   words, more = findings[1].split()[:5], findings[5].split()[:4]  # Within MAX_LENGTH pieces.
   candidates = [findings[0], " ".join(words), "", findings[3]]
-  references = [[findings[0]], [" ".join(words + more), " ".join(words[:2]), ""], [findings[2], findings[6]],
-                [findings[7], findings[8]]]
-  expected = package(candidates, references, model_type=str(models["roberta"]), num_layers=2, idf=True, lang="en",
-                     rescale_with_baseline=True, baseline_path=str(baseline_file), nthreads=0)
+  references = [
+    [findings[0]],
+    [" ".join(words + more), " ".join(words[:2]), ""],
+    [findings[2], findings[6]],
+    [findings[7], findings[8]],
+  ]
+  expected = package(
+    candidates,
+    references,
+    model_type=str(models["roberta"]),
+    num_layers=2,
+    idf=True,
+    lang="en",
+    rescale_with_baseline=True,
+    baseline_path=str(baseline_file),
+    nthreads=0,
+  )
   scorer = BertScorer.from_directory(models["roberta"], num_layers=2, idf=True, baseline_file=baseline_file)
   scores = scorer.score(candidates, references, batch_size=3)
   for name, score in zip(("P", "R", "F1"), expected):
     np.testing.assert_allclose(scores[name], score.numpy(), rtol=0, atol=1e-5, err_msg=name)
   # Each column's own maximum over the group (the flattened pairs give the same idf weights), not the scores of
   # one reference.
-  flat = scorer.score([cand for cand, group in zip(candidates, references) for _ in group],
-                      [ref for group in references for ref in group], batch_size=3)
+  flat = scorer.score(
+    [cand for cand, group in zip(candidates, references) for _ in group],
+    [ref for group in references for ref in group],
+    batch_size=3,
+  )
   bounds = np.cumsum([0] + [len(group) for group in references])
   for name in ("P", "R", "F1"):
     np.testing.assert_array_equal(scores[name], [flat[name][b:e].max() for b, e in zip(bounds[:-1], bounds[1:])])
@@ -188,9 +252,13 @@ def test_several_references_take_the_maximum_of_each_score(models, texts, baseli
 
 
 def test_texts_of_pieces_every_reference_holds_have_the_packages_nan_scores(models, package):
-  candidates, references = ["lungs", "Clear lungs.", "No effusion."], ["Clear lungs.", "The lungs are clear.", "lungs clear."]
-  expected = package(candidates, references, model_type=str(models["distilbert"]), num_layers=1, idf=True,
-                     lang="en", nthreads=0)
+  candidates, references = (
+    ["lungs", "Clear lungs.", "No effusion."],
+    ["Clear lungs.", "The lungs are clear.", "lungs clear."],
+  )
+  expected = package(
+    candidates, references, model_type=str(models["distilbert"]), num_layers=1, idf=True, lang="en", nthreads=0
+  )
   scores = BertScorer.from_directory(models["distilbert"], num_layers=1, idf=True).score(candidates, references)
   assert np.isnan(scores["P"][:2]).all() and np.isfinite(scores["P"][2])  # idf 0 for "lungs", "clear" and ".".
   assert np.isnan(scores["R"][[0, 2]]).all()  # So are the pieces of the first and the last reference.
@@ -246,13 +314,16 @@ def test_each_distinct_text_is_encoded_once(models, texts, monkeypatch):
 
 def test_the_shipped_baseline_files_are_read_as_the_package_reads_them():
   import pandas  # bert-score's own dependency: the reader it uses.
+
   for model_type in ("roberta-large", "distilroberta-base", "distilbert-base-uncased"):
     path = PACKAGE_BASELINES / bertscore.baseline_name(model_type)
     layer = bertscore.MODEL_LAYERS[model_type]
     expected = pandas.read_csv(path).iloc[layer].to_numpy()[1:].astype(np.float32)
     np.testing.assert_array_equal(bertscore.read_baseline(path, layer), expected)
-  np.testing.assert_array_equal(bertscore.read_baseline(PACKAGE_BASELINES / "en" / "roberta-large.tsv", 17),
-                                np.asarray([0.83150584, 0.8314941, 0.83122575], np.float32))
+  np.testing.assert_array_equal(
+    bertscore.read_baseline(PACKAGE_BASELINES / "en" / "roberta-large.tsv", 17),
+    np.asarray([0.83150584, 0.8314941, 0.83122575], np.float32),
+  )
 
 
 def test_default_layers_are_the_packages():
@@ -260,8 +331,10 @@ def test_default_layers_are_the_packages():
   assert bertscore.MODEL_LAYERS["roberta-large"] == 17
   assert bertscore.model_type_of("/cache/models--FacebookAI--roberta-large/snapshots/abc123") == "roberta-large"
   assert bertscore.model_type_of("/models/distilbert-base-uncased") == "distilbert-base-uncased"
-  assert bertscore.model_type_of("/hub/models--allenai--scibert_scivocab_uncased/snapshots/1f") == \
-      "allenai/scibert_scivocab_uncased"
+  assert (
+    bertscore.model_type_of("/hub/models--allenai--scibert_scivocab_uncased/snapshots/1f")
+    == "allenai/scibert_scivocab_uncased"
+  )
 
 
 def test_without_a_model_max_length_the_position_table_sets_it(models, tmp_path, texts):
@@ -313,6 +386,7 @@ def test_a_tokenizer_json_directory_encodes_as_the_vocabulary_files(models, tmp_
     from_json, limit = hf_tokenizers.from_directory(directory, family)
     assert limit is None
     texts = candidates + references
-    assert [from_json.encode(t.strip(), MAX_LENGTH) for t in texts] == \
-        [from_files.encode(t.strip(), MAX_LENGTH) for t in texts]
+    assert [from_json.encode(t.strip(), MAX_LENGTH) for t in texts] == [
+      from_files.encode(t.strip(), MAX_LENGTH) for t in texts
+    ]
     assert from_json.decode(from_json.encode("Clear lungs.")) == from_files.decode(from_files.encode("Clear lungs."))

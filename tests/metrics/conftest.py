@@ -37,7 +37,7 @@ def corpus(report_sentences) -> tuple[list[str], list[str]]:
     if kind == 0:
       hypotheses.append(reference)
     elif kind == 1:
-      hypotheses.append(" ".join(words[:max(1, len(words) // 2)]))
+      hypotheses.append(" ".join(words[: max(1, len(words) // 2)]))
     elif kind == 2:
       hypotheses.append(" ".join(word for word in words if rng.random() > 0.3))
     elif kind == 3:
@@ -68,8 +68,10 @@ def _roco_captions(path) -> list[str]:
 def roco_chest_pairs(shared_data) -> tuple[list[str], list[str]]:
   """60 real ROCO chest X-ray captions (test split) as references, and as hypotheses real chest X-ray
   captions of the validation split, some of them perturbed; raw text: case, punctuation, numbers."""
+
   def chest(captions):
     return [c for c in captions if "chest x" in c.lower() or "chest radiograph" in c.lower()]
+
   references = chest(_roco_captions(shared_data / "roco" / "test" / "radiology" / "captions.txt"))
   others = chest(_roco_captions(shared_data / "roco" / "validation" / "radiology" / "captions.txt"))
   assert len(references) > 100 and len(others) > 100
@@ -82,7 +84,7 @@ def roco_chest_pairs(shared_data) -> tuple[list[str], list[str]]:
     if kind == 0:
       hypotheses.append(reference)
     elif kind == 1:
-      hypotheses.append(" ".join(words[:max(1, len(words) // 2)]))
+      hypotheses.append(" ".join(words[: max(1, len(words) // 2)]))
     elif kind == 2:
       hypotheses.append(" ".join(word for word in words if rng.random() > 0.3) + " " + rng.choice(others))
     elif kind == 3:

@@ -15,20 +15,25 @@ TYPICAL = "the heart is normal . the lungs are clear . no effusion ."
 # "normal ." is the most common report, but BLEU's brevity penalty crushes a two-word constant
 # against nine- to fifteen-word references; the typical long report shares most n-grams with them,
 # and its variants each add or change words the others lack.
-TRAIN = (["normal ."] * 4 + [TYPICAL] * 3 + [
+TRAIN = (
+  ["normal ."] * 4
+  + [TYPICAL] * 3
+  + [
     "the heart is normal . the lungs are clear . no pneumothorax .",
     "the heart is enlarged . the lungs are clear . no effusion .",
     "the heart is normal . the lungs are clear . no effusion . no pneumothorax .",
     "heart size is normal . lungs are clear . no pleural effusion or pneumothorax .",
-])
+  ]
+)
 
 
 def _pycocoevalcap_bleu_4(candidate, train_reports):
   """pycocoevalcap's BLEU-4 of `candidate` against the training reports minus one of its copies."""
   references = list(train_reports)
   references.remove(candidate)
-  scores, _ = Bleu(4).compute_score({i: [r] for i, r in enumerate(references)},
-                                    {i: [candidate] for i in range(len(references))}, verbose=0)
+  scores, _ = Bleu(4).compute_score(
+    {i: [r] for i, r in enumerate(references)}, {i: [candidate] for i in range(len(references))}, verbose=0
+  )
   return scores[3]
 
 

@@ -19,8 +19,7 @@ TOLERANCE = 1e-9
 
 
 def _pycocoevalcap_inputs(references, hypotheses):
-  gts = {index: [refs] if isinstance(refs, str) else list(refs)
-         for index, refs in enumerate(references)}
+  gts = {index: [refs] if isinstance(refs, str) else list(refs) for index, refs in enumerate(references)}
   res = {index: [hyp] for index, hyp in enumerate(hypotheses)}
   return gts, res
 
@@ -38,10 +37,8 @@ def test_bleu_rouge_cider_match_pycocoevalcap(corpus):
   assert "" in hypotheses and any(len(h.split()) == 1 for h in hypotheses)
   bleu, rouge_l, cider = _pycocoevalcap_scores(references, hypotheses)
   assert captioning.bleu_pycocoevalcap(references, hypotheses) == pytest.approx(bleu, abs=TOLERANCE)
-  assert captioning.rouge_l_pycocoevalcap(references, hypotheses) == pytest.approx(
-      rouge_l, abs=TOLERANCE)
-  assert captioning.cider_d_pycocoevalcap(references, hypotheses) == pytest.approx(
-      cider, abs=TOLERANCE)
+  assert captioning.rouge_l_pycocoevalcap(references, hypotheses) == pytest.approx(rouge_l, abs=TOLERANCE)
+  assert captioning.cider_d_pycocoevalcap(references, hypotheses) == pytest.approx(cider, abs=TOLERANCE)
   # A corpus that is neither trivial nor perfect, so the comparison means something.
   assert 0.05 < bleu[3] < 0.95 and 0.5 < cider < 9
 
@@ -60,14 +57,11 @@ def test_bleu_tiny_constants_match_pycocoevalcap(report_sentences):
 def test_multiple_references_match_pycocoevalcap(report_sentences):
   rng = random.Random(7)
   references = [rng.sample(report_sentences, rng.randint(1, 3)) for _ in range(30)]
-  hypotheses = [rng.choice(refs) if i % 3 == 0 else rng.choice(report_sentences)
-                for i, refs in enumerate(references)]
+  hypotheses = [rng.choice(refs) if i % 3 == 0 else rng.choice(report_sentences) for i, refs in enumerate(references)]
   bleu, rouge_l, cider = _pycocoevalcap_scores(references, hypotheses)
   assert captioning.bleu_pycocoevalcap(references, hypotheses) == pytest.approx(bleu, abs=TOLERANCE)
-  assert captioning.rouge_l_pycocoevalcap(references, hypotheses) == pytest.approx(
-      rouge_l, abs=TOLERANCE)
-  assert captioning.cider_d_pycocoevalcap(references, hypotheses) == pytest.approx(
-      cider, abs=TOLERANCE)
+  assert captioning.rouge_l_pycocoevalcap(references, hypotheses) == pytest.approx(rouge_l, abs=TOLERANCE)
+  assert captioning.cider_d_pycocoevalcap(references, hypotheses) == pytest.approx(cider, abs=TOLERANCE)
   # Two references equally close in length (3 and 5 words for 4): "closest" takes the shorter, so
   # there is no brevity penalty.
   references = [["heart size normal", "the heart size is normal"]]
@@ -81,8 +75,18 @@ def test_multiple_references_match_pycocoevalcap(report_sentences):
 def test_perfect_hypotheses_score_one(report_sentences):
   references = report_sentences[:40]
   results = captioning.caption_metrics(references, list(references), protocol="r2gen", meteor=False)
-  for name in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "sacreBLEU", "ROUGE-L", "ROUGE-1",
-               "ROUGE-2", "ROUGE-L (rouge-score)", "ROUGE-Lsum"):
+  for name in (
+    "BLEU-1",
+    "BLEU-2",
+    "BLEU-3",
+    "BLEU-4",
+    "sacreBLEU",
+    "ROUGE-L",
+    "ROUGE-1",
+    "ROUGE-2",
+    "ROUGE-L (rouge-score)",
+    "ROUGE-Lsum",
+  ):
     assert results[name] == pytest.approx(1.0, abs=1e-8), name
   assert results["CIDEr"] > 5
   assert "METEOR" not in results and "METEOR" not in results["implementations"]
@@ -116,8 +120,7 @@ def test_sacrebleu_matches_package_and_reports_signature(corpus):
   score, signature = captioning.sacrebleu_corpus(references, hypotheses)
   expected = sacrebleu.corpus_bleu(hypotheses, [references]).score / 100
   assert score == pytest.approx(expected, abs=1e-12)
-  assert signature == ("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|"
-                       f"version:{sacrebleu.__version__}")
+  assert signature == (f"nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:{sacrebleu.__version__}")
   results = captioning.caption_metrics(references, hypotheses, protocol="r2gen", meteor=False)
   assert signature in results["implementations"]["sacreBLEU"]
 
@@ -127,15 +130,11 @@ def test_rouge_scores_match_rouge_score_package(corpus, report_sentences):
   # Raw, punctuated, mixed-case and multi-line texts exercise rouge-score's own tokeniser and
   # ROUGE-Lsum's sentence split.
   rng = random.Random(3)
-  references = references + [
-      "The heart is NORMAL.\nNo effusion, no pneumothorax.", "Lungs: clear.\n\nHeart: normal."]
-  hypotheses = hypotheses + [
-      "No pneumothorax.\nThe heart is normal; no effusion.", "heart normal\nlungs clear"]
-  references += [". ".join(rng.sample(report_sentences, 3)).replace(". ", ".\n")
-                 for _ in range(10)]
+  references = references + ["The heart is NORMAL.\nNo effusion, no pneumothorax.", "Lungs: clear.\n\nHeart: normal."]
+  hypotheses = hypotheses + ["No pneumothorax.\nThe heart is normal; no effusion.", "heart normal\nlungs clear"]
+  references += [". ".join(rng.sample(report_sentences, 3)).replace(". ", ".\n") for _ in range(10)]
   hypotheses += ["\n".join(rng.sample(report_sentences, 2)) for _ in range(10)]
-  scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"],
-                                    use_stemmer=False)
+  scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=False)
   expected = {"rouge1": [], "rouge2": [], "rougeL": [], "rougeLsum": []}
   for reference, hypothesis in zip(references, hypotheses):
     for name, score in scorer.score(reference, hypothesis).items():
@@ -163,8 +162,12 @@ def test_seed002_metrics_on_roco_captions_match_the_packages(roco_chest_pairs):
     for name, score in scores.items():
       per_pair[name].append(score.fmeasure)
   mid = {name: value.mid.fmeasure for name, value in aggregator.aggregate().items()}
-  for ours, theirs in (("ROUGE-1", "rouge1"), ("ROUGE-2", "rouge2"), ("ROUGE-L (rouge-score)", "rougeL"),
-                       ("ROUGE-Lsum", "rougeLsum")):
+  for ours, theirs in (
+    ("ROUGE-1", "rouge1"),
+    ("ROUGE-2", "rouge2"),
+    ("ROUGE-L (rouge-score)", "rougeL"),
+    ("ROUGE-Lsum", "rougeLsum"),
+  ):
     assert results[ours] == pytest.approx(np.mean(per_pair[theirs]), abs=1e-12), ours
     assert results[ours] == pytest.approx(mid[theirs], abs=0.02), ours  # the bootstrap's noise
     assert "rouge-score" in results["implementations"][ours] and theirs in results["implementations"][ours]

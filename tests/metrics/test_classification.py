@@ -37,13 +37,16 @@ def test_classes_outside_the_mean_keep_their_auroc_beside_it():
   rng = np.random.default_rng(1)
   labels = (rng.random((100, 3)) < [0.3, 0.5, 0.0]).astype(int)
   scores = labels * 0.5 + rng.random((100, 3))
-  result = classification.multilabel_auroc(labels, scores, ["Mass", "No Finding", "Hernia"],
-                                           outside_mean=("No Finding", "Absent"))
+  result = classification.multilabel_auroc(
+    labels, scores, ["Mass", "No Finding", "Hernia"], outside_mean=("No Finding", "Absent")
+  )
   assert result["per_class"]["No Finding"] == pytest.approx(
-      sklearn_metrics.roc_auc_score(labels[:, 1], scores[:, 1]), abs=1e-12)
+    sklearn_metrics.roc_auc_score(labels[:, 1], scores[:, 1]), abs=1e-12
+  )
   assert result["mean"] == pytest.approx(result["per_class"]["Mass"], abs=1e-12)  # Hernia undefined.
-  assert result["note"] == ("mean over 1 of 3 classes; reported beside the mean, not in it: No Finding; "
-                            "excluded (one label value only): Hernia")
+  assert result["note"] == (
+    "mean over 1 of 3 classes; reported beside the mean, not in it: No Finding; excluded (one label value only): Hernia"
+  )
 
 
 def test_multilabel_auroc_rejects_bad_input():

@@ -143,8 +143,11 @@ def test_bad_input_one_line_naming_the_matrix():
 def test_runtime_does_not_import_sklearn():
   import subprocess
   import sys
-  code = ("import sys, numpy as np; from cxrjax.metrics import clinical; "
-          "clinical.clinical_efficacy(np.ones((2, 14)), np.zeros((2, 14))); "
-          "print('sklearn' in sys.modules)")
+
+  code = (
+    "import sys, numpy as np; from cxrjax.metrics import clinical; "
+    "clinical.clinical_efficacy(np.ones((2, 14)), np.zeros((2, 14))); "
+    "print('sklearn' in sys.modules)"
+  )
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert result.stdout.strip() == "False"

@@ -13,20 +13,20 @@ from cxrjax.metrics import captioning
 from cxrjax.metrics import meteor
 
 METEOR_REFERENCES = [
-    "the heart is normal in size",
-    "no focal consolidation pleural effusion or pneumothorax",
-    "the lungs are clear bilaterally",
-    "mild degenerative changes of the thoracic spine",
-    "stable cardiomegaly with clear lungs",
-    "no acute cardiopulmonary abnormality",
+  "the heart is normal in size",
+  "no focal consolidation pleural effusion or pneumothorax",
+  "the lungs are clear bilaterally",
+  "mild degenerative changes of the thoracic spine",
+  "stable cardiomegaly with clear lungs",
+  "no acute cardiopulmonary abnormality",
 ]
 METEOR_HYPOTHESES = [
-    "heart size is normal",
-    "no focal airspace consolidation effusion or pneumothorax",
-    "lungs are clear",
-    "",
-    "the heart is enlarged and the lungs are clear",
-    "no acute cardiopulmonary abnormality",
+  "heart size is normal",
+  "no focal airspace consolidation effusion or pneumothorax",
+  "lungs are clear",
+  "",
+  "the heart is enlarged and the lungs are clear",
+  "no acute cardiopulmonary abnormality",
 ]
 
 
@@ -45,8 +45,9 @@ def test_meteor_jar_matches_pycocoevalcap(corpus, report_sentences):
   references, hypotheses = corpus
   rng = random.Random(11)
   references = list(references[:30]) + [rng.sample(report_sentences, 3) for _ in range(5)]
-  hypotheses = list(hypotheses[:30]) + [rng.choice(refs) if i % 2 else rng.choice(report_sentences)
-                                        for i, refs in enumerate(references[30:])]
+  hypotheses = list(hypotheses[:30]) + [
+    rng.choice(refs) if i % 2 else rng.choice(report_sentences) for i, refs in enumerate(references[30:])
+  ]
   gts = {i: [refs] if isinstance(refs, str) else list(refs) for i, refs in enumerate(references)}
   res = {i: [hyp] for i, hyp in enumerate(hypotheses)}
 
@@ -85,10 +86,10 @@ def test_meteor_nltk_uses_wordnet_synonyms(monkeypatch):
   # Fails (never skips) without WordNet: the message says how to install it.
   wordnet, source = meteor._nltk_wordnet()  # pylint: disable=protected-access
   # NLTK's documented example (its doctest value).
-  hypothesis = ("It is a guide to action which ensures that the military always obeys the commands"
-                " of the party").split()
-  reference = ("It is a guide to action that ensures that the military will forever heed Party"
-               " commands").split()
+  hypothesis = (
+    "It is a guide to action which ensures that the military always obeys the commands of the party"
+  ).split()
+  reference = ("It is a guide to action that ensures that the military will forever heed Party commands").split()
   assert round(meteor_score([reference], hypothesis, wordnet=wordnet), 4) == 0.6944
   # "pump" matches "heart" only through a WordNet synset (heart.n.02: heart, pump, ticker).
   synonym, _ = meteor.meteor_nltk(["the heart is normal"], ["the pump is normal"])
@@ -98,8 +99,9 @@ def test_meteor_nltk_uses_wordnet_synonyms(monkeypatch):
   monkeypatch.setattr(meteor.shutil, "which", lambda name: None)
   result = meteor.meteor_best_available(METEOR_REFERENCES, METEOR_HYPOTHESES)
   assert result.implementation.startswith("NLTK ") and f"WordNet from {source}" in result.implementation
-  expected = sum(meteor_score([r.split()], h.split(), wordnet=wordnet)
-                 for r, h in zip(METEOR_REFERENCES, METEOR_HYPOTHESES)) / len(METEOR_HYPOTHESES)
+  expected = sum(
+    meteor_score([r.split()], h.split(), wordnet=wordnet) for r, h in zip(METEOR_REFERENCES, METEOR_HYPOTHESES)
+  ) / len(METEOR_HYPOTHESES)
   assert result.score == pytest.approx(expected, abs=1e-12)
   assert 0.2 < result.score < 0.8
 

@@ -24,10 +24,12 @@ def fixture_captions(shared_data) -> list[str]:
   """Every caption of the ROCO test split (radiology and non-radiology) and the ROCOv2 test head, as written."""
   captions = []
   for folder in ("test/radiology", "test/non-radiology"):
-    captions += [caption for _, caption in
-                 roco_captions.read_roco_v1_captions(shared_data / "roco" / folder / "captions.txt")]
-  captions += [caption for _, caption in
-               roco_captions.read_rocov2_captions(shared_data / "rocov2" / "test_captions.head30.csv")]
+    captions += [
+      caption for _, caption in roco_captions.read_roco_v1_captions(shared_data / "roco" / folder / "captions.txt")
+    ]
+  captions += [
+    caption for _, caption in roco_captions.read_rocov2_captions(shared_data / "rocov2" / "test_captions.head30.csv")
+  ]
   assert len(captions) > 8700
   return captions
 
@@ -35,16 +37,23 @@ def fixture_captions(shared_data) -> list[str]:
 def _tabled_characters() -> list[str]:
   """Every character of the blocks where ptb_tokenizer claims the jar's classes exactly."""
   tabled = ptb_tokenizer._TABLED  # pylint: disable=protected-access
-  return [chr(code) for start, end in tabled for code in range(start, end + 1)
-          if code >= 0x20 and unicodedata.category(chr(code)) != "Cs"]
+  return [
+    chr(code)
+    for start, end in tabled
+    for code in range(start, end + 1)
+    if code >= 0x20 and unicodedata.category(chr(code)) != "Cs"
+  ]
 
 
 # The lexer's rules that span words or group characters, each on a line of its own.
 EDGE_LINES = [
-    "call 555 123 4567 or 12 345 678 9, not 12 345 67 or 12345 678 901", "3 1\u20442 cm, 1\u204423456, a1\u20442",
-    "m\u00b2 10\u207b\u00b3 x\u2082\u2083 \u00b9\u00b2", "cannot gonna gotta lemme gimme wanna dunno cannotx",
-    "wait... really. . . . no", "\u00bd \u00bc \u00be \u2153 \u2154 \u00a2 \u00a3 \u20ac \u20ac5 \u00a5",
-    "x\U0001d54dy \u2161 a\u2011b \u201cquoted\u201d \u2018single\u2019 \u00abangle\u00bb [a] {b} (c) \"d\"",
+  "call 555 123 4567 or 12 345 678 9, not 12 345 67 or 12345 678 901",
+  "3 1\u20442 cm, 1\u204423456, a1\u20442",
+  "m\u00b2 10\u207b\u00b3 x\u2082\u2083 \u00b9\u00b2",
+  "cannot gonna gotta lemme gimme wanna dunno cannotx",
+  "wait... really. . . . no",
+  "\u00bd \u00bc \u00be \u2153 \u2154 \u00a2 \u00a3 \u20ac \u20ac5 \u00a5",
+  'x\U0001d54dy \u2161 a\u2011b \u201cquoted\u201d \u2018single\u2019 \u00abangle\u00bb [a] {b} (c) "d"',
 ]
 
 
@@ -62,10 +71,12 @@ def test_coco_protocol_equals_pycocoevalcap_ptbtokenizer(fixture_captions):
   assert not different, f"{len(different)} differ from pycocoevalcap's PTBTokenizer, first {different[:3]}"
   # What the lexer does that a split on spaces would not (each seen in the jar's output above).
   assert protocols.normalize(EDGE_LINES[:2], "coco") == [
-      "call 555\u00a0123\u00a04567 or 12\u00a0345\u00a0678 9 not 12 345 67 or 12345 678 901",
-      "3\u00a01\u20442 cm 1\u20442345 6 a1 \u2044 2"]
+    "call 555\u00a0123\u00a04567 or 12\u00a0345\u00a0678 9 not 12 345 67 or 12345 678 901",
+    "3\u00a01\u20442 cm 1\u20442345 6 a1 \u2044 2",
+  ]
   assert protocols.normalize(["Chest X-ray (arrow), there's a 1.5 cm nodule; can't tell"], "coco") == [
-      "chest x ray -lrb- arrow -rrb- there s a 1 5 cm nodule can t tell"]
+    "chest x ray -lrb- arrow -rrb- there s a 1 5 cm nodule can t tell"
+  ]
 
 
 def test_bert_text_form_is_the_wordpiece_round_trip(shared_data, fixture_captions):
@@ -97,9 +108,11 @@ def test_imageclef_protocol_is_the_official_preprocessing_of_the_text_form(fixtu
   # "x ray" and "number number" of its decoding.
   caption = "Chest X-ray (arrow): 1.5 cm nodule, T2-weighted; Löfgren's"
   assert protocols.normalize([caption], "imageclef") == [
-      "chest x ray arrow number number cm nodule tnumber weighted lofgren s"]
+    "chest x ray arrow number number cm nodule tnumber weighted lofgren s"
+  ]
   assert " ".join(_official_imageclef(caption).split()) == (
-      "chest xray arrow numbernumber cm nodule tnumberweighted löfgrens")
+    "chest xray arrow numbernumber cm nodule tnumberweighted löfgrens"
+  )
 
 
 def test_r2gen_protocol_keeps_the_cleaned_texts(report_sentences):
@@ -126,6 +139,7 @@ def test_caption_metrics_normalise_both_sides_and_record_the_protocol():
 def test_protocol_for_a_data_config():
   def data(**fields):
     return ml_collections.ConfigDict(fields)
+
   assert protocols.protocol_for(data(name="iu_xray")) == "r2gen"
   assert protocols.protocol_for(data(name="phantom")) == "r2gen"
   assert protocols.protocol_for(data(name="roco")) == "coco"

@@ -22,7 +22,7 @@ def framed(tokenizer, rows: list[list[int]], length: int) -> np.ndarray:
   out = np.full((len(rows), length), tokenizer.pad_id, np.int32)
   for index, row in enumerate(rows):
     sequence = [tokenizer.start_id, *row, tokenizer.end_id][:length]
-    out[index, :len(sequence)] = sequence
+    out[index, : len(sequence)] = sequence
   return out
 
 
@@ -33,8 +33,7 @@ def assert_greedy_equals_beam_of_one(model, variables, images, tokenizer) -> Non
   @jax.jit
   def search(images):
     cache = model.apply(variables, model.apply(variables, images, method="encode"), method="init_cache")
-    options = dict(start_id=tokenizer.start_id, end_id=tokenizer.end_id, max_length=10,
-                   pad_id=tokenizer.pad_id)
+    options = dict(start_id=tokenizer.start_id, end_id=tokenizer.end_id, max_length=10, pad_id=tokenizer.pad_id)
     greedy, greedy_log_probs = decoding.greedy_search(step_fn, cache, **options)
     beams, beam_scores = decoding.beam_search(step_fn, cache, beam_size=1, length_penalty=0.0, **options)
     return greedy, greedy_log_probs, beams[:, 0], beam_scores[:, 0]

@@ -29,20 +29,25 @@ def test_agcnn_outputs(tiny_model):
   model, variables, images = tiny_model
   out = jax.jit(model.apply)(variables, images)
   shapes = {name: value.shape for name, value in out.items()}
-  assert shapes == {"global_logits": (3, 15), "local_logits": (3, 15), "fusion_logits": (3, 15),
-                    "heatmap": (3, 32, 32), "boxes": (3, 4), "local_images": (3, 24, 24, 3),
-                    "global_pooled": (3, TINY.num_features), "local_pooled": (3, TINY.num_features)}
+  assert shapes == {
+    "global_logits": (3, 15),
+    "local_logits": (3, 15),
+    "fusion_logits": (3, 15),
+    "heatmap": (3, 32, 32),
+    "boxes": (3, 4),
+    "local_images": (3, 24, 24, 3),
+    "global_pooled": (3, TINY.num_features),
+    "local_pooled": (3, TINY.num_features),
+  }
   params, stats = variables["params"], variables["batch_stats"]
   branch = agcnn.Branch(TINY, 15)
 
   @jax.jit
   def by_parts(images):
     """The three branches called one by one, with the crop in between."""
-    global_out = branch.apply({"params": params["global_branch"], "batch_stats": stats["global_branch"]},
-                              images)
+    global_out = branch.apply({"params": params["global_branch"], "batch_stats": stats["global_branch"]}, images)
     crop = attention_crop.attention_crop(images, global_out["feature_map"], 0.7, 24)
-    local_out = branch.apply({"params": params["local_branch"], "batch_stats": stats["local_branch"]},
-                             crop.crops)
+    local_out = branch.apply({"params": params["local_branch"], "batch_stats": stats["local_branch"]}, crop.crops)
     fusion = params["fusion_classifier"]
     joined = jnp.concatenate([global_out["pooled"], local_out["pooled"]], axis=-1)
     return global_out, crop, local_out, joined @ fusion["kernel"] + fusion["bias"]
@@ -64,7 +69,8 @@ def test_stages_train_only_their_branch(tiny_model):
 
   def loss(params, stage):
     out, updates = model.clone(stage=stage).apply(
-        {"params": params, "batch_stats": variables["batch_stats"]}, images, train=True, mutable=["batch_stats"])
+      {"params": params, "batch_stats": variables["batch_stats"]}, images, train=True, mutable=["batch_stats"]
+    )
     return agcnn.stage_loss(out, labels, stage), updates["batch_stats"]
 
   grads = jax.jit(lambda p: {s: jax.grad(loss, has_aux=True)(p, s) for s in (1, 2, 3)})(variables["params"])
@@ -80,7 +86,8 @@ def test_stages_train_only_their_branch(tiny_model):
     config = chestxray14_agcnn.get_config(f"stage={stage}")
     labels_tree = optim.parameter_labels(config.optimizer, variables["params"])
     assert {name: set(jax.tree.leaves(tree)) for name, tree in labels_tree.items()} == {
-        name: {"rate=1.0" if name == trained else optim.FROZEN} for name in variables["params"]}
+      name: {"rate=1.0" if name == trained else optim.FROZEN} for name in variables["params"]
+    }
     built = models.build(config.model, None, optim.frozen_predicate(config.optimizer))
     assert isinstance(built, agcnn.AGCNN) and built.stage == stage
     assert built.stage_logits() == agcnn.STAGE_LOGITS[stage]
@@ -123,8 +130,9 @@ def test_init_encoder_loads_chexnet_into_both_branches_and_stage_one_trains_only
   branch = agcnn.Branch(densenet.config_from_section(config.model.encoder), config.model.num_classes)
   expected_map = jax.jit(net.apply)(chexnet_variables, images)["feature_map"]
   for name in agcnn.BRANCHES:  # Both backbones are CheXNet's: the same feature maps.
-    ours = jax.jit(branch.apply)({"params": loaded["params"][name], "batch_stats": loaded["batch_stats"][name]},
-                                 images)["feature_map"]
+    ours = jax.jit(branch.apply)(
+      {"params": loaded["params"][name], "batch_stats": loaded["batch_stats"][name]}, images
+    )["feature_map"]
     np.testing.assert_allclose(ours, expected_map, atol=1e-6)
   # The heads are AG-CNN's own (max-pooled features, its classes): untouched.
   for head in (("global_branch", "classifier"), ("local_branch", "classifier"), ("fusion_classifier",)):
@@ -153,6 +161,7 @@ def test_chexnet_of_another_architecture_is_a_clear_error(tmp_path):
   config.init.encoder = str(tmp_path / "deeper")
   components = workdir.build(config, None)
   fresh = jax.jit(lambda rng: workdir.init_state(components, rng))(jax.random.key(0))
-  with pytest.raises(chexnet.WeightsError, match="deeper: DenseNet.*does not fit the configured encoder at "
-                                                 "global_branch/backbone"):
+  with pytest.raises(
+    chexnet.WeightsError, match="deeper: DenseNet.*does not fit the configured encoder at global_branch/backbone"
+  ):
     pretrained.initialize(config.init, agcnn.AGCNN, fresh.variables())

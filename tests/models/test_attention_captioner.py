@@ -20,14 +20,24 @@ TINY = densenet.config_from_section(densenet.tiny_config())
 VOCABULARY = captioner_checks.word_vocabulary(tuple(f"word{i}" for i in range(7)))
 # 32 px through the tiny two-block encoder (stride 8): 4x4 cells per view, two views.
 IMAGE_SIZE, REGIONS_PER_VIEW = 32, 16
-VARIANTS = [(attention, initial_state) for attention in attention_gru.ATTENTION_KINDS
-            for initial_state in ("zeros", "pooled")]
+VARIANTS = [
+  (attention, initial_state) for attention in attention_gru.ATTENTION_KINDS for initial_state in ("zeros", "pooled")
+]
 
 
 def _model(attention: str, initial_state: str, freeze_encoder: bool = False):
   return attention_captioner.AttentionCaptioner(
-      vocab_size=len(VOCABULARY), encoder=TINY, freeze_encoder=freeze_encoder, region_dim=16, embed_dim=8,
-      hidden_dim=16, attention=attention, attention_dim=16, dropout_rate=0.3, initial_state=initial_state)
+    vocab_size=len(VOCABULARY),
+    encoder=TINY,
+    freeze_encoder=freeze_encoder,
+    region_dim=16,
+    embed_dim=8,
+    hidden_dim=16,
+    attention=attention,
+    attention_dim=16,
+    dropout_rate=0.3,
+    initial_state=initial_state,
+  )
 
 
 @pytest.fixture(scope="module", params=VARIANTS, ids=[f"{a}-{s}" for a, s in VARIANTS])
@@ -36,8 +46,9 @@ def model_and_variables(request):
   images = jax.random.normal(jax.random.key(0), (3, 2, IMAGE_SIZE, IMAGE_SIZE, 3))
   # Parameters whose random decoder says varied words (at most seeds greedy search repeats one word), so
   # that greedy search and the beam of one are compared on real sequences.
-  variables = model.init({"params": jax.random.key(16), "dropout": jax.random.key(2)}, images,
-                         jnp.zeros((3, 5), jnp.int32))
+  variables = model.init(
+    {"params": jax.random.key(16), "dropout": jax.random.key(2)}, images, jnp.zeros((3, 5), jnp.int32)
+  )
   return model, variables, images
 
 
@@ -52,8 +63,9 @@ def test_teacher_forcing_equals_stepping_decode_step(model_and_variables):
   cache = model.apply(variables, memory, method="init_cache")
   stepped, weights = [], []
   for position in range(tokens.shape[1]):
-    logits, cache, attention = model.apply(variables, tokens[:, position], cache, jnp.int32(position),
-                                           method="decode_step")
+    logits, cache, attention = model.apply(
+      variables, tokens[:, position], cache, jnp.int32(position), method="decode_step"
+    )
     stepped.append(logits)
     weights.append(attention)
   np.testing.assert_allclose(np.stack(stepped, axis=1), outputs["logits"], rtol=1e-5, atol=1e-5)
@@ -105,14 +117,15 @@ def test_attention_scores_follow_their_formulas(kind):
   rng = np.random.default_rng(0)
   query = rng.normal(size=(2, 4)).astype(np.float32)
   regions = rng.normal(size=(2, 6, 3)).astype(np.float32)
-  params = module.init(jax.random.key(0), query, regions,
-                       method=lambda m, q, r: m(q, m.project_keys(r), r))["params"]
+  params = module.init(jax.random.key(0), query, regions, method=lambda m, q, r: m(q, m.project_keys(r), r))["params"]
   keys = module.apply({"params": params}, regions, method="project_keys")
   context, weights = module.apply({"params": params}, query, keys, regions)
   p = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
   if kind == "bahdanau":
-    hidden = np.tanh((query @ p["query_projection"]["kernel"] + p["query_projection"]["bias"])[:, None]
-                     + regions @ p["key_projection"]["kernel"])
+    hidden = np.tanh(
+      (query @ p["query_projection"]["kernel"] + p["query_projection"]["bias"])[:, None]
+      + regions @ p["key_projection"]["kernel"]
+    )
   else:
     joined = np.concatenate([np.broadcast_to(query[:, None], (2, 6, 4)), regions], axis=-1)
     hidden = np.tanh(joined @ p["concat_projection"]["kernel"] + p["concat_projection"]["bias"])
@@ -125,12 +138,14 @@ def test_attention_scores_follow_their_formulas(kind):
 
 def _encoder_run(model, variables, images, train):
   """The image encoder's outputs (and its batch-statistics updates when `train`)."""
-  return model.apply(variables, images, train, method=lambda m, x, t: m.image_encoder(x, train=t),
-                     mutable=["batch_stats"])
+  return model.apply(
+    variables, images, train, method=lambda m, x, t: m.image_encoder(x, train=t), mutable=["batch_stats"]
+  )
 
 
-@pytest.mark.parametrize("param_groups", [config_lib.FROZEN_ENCODER, config_lib.TRAINED_EVERYWHERE],
-                         ids=["frozen", "trained"])
+@pytest.mark.parametrize(
+  "param_groups", [config_lib.FROZEN_ENCODER, config_lib.TRAINED_EVERYWHERE], ids=["frozen", "trained"]
+)
 def test_a_frozen_encoder_gets_no_gradient_and_runs_batch_norm_in_inference_mode(param_groups):
   section = attention_captioner.AttentionCaptioner.smoke_config()  # concat, zeros: the IU configs'
   frozen = param_groups == config_lib.FROZEN_ENCODER
@@ -142,9 +157,14 @@ def test_a_frozen_encoder_gets_no_gradient_and_runs_batch_norm_in_inference_mode
   variables = model.init(jax.random.key(1), images, tokens[:, :-1])
 
   def loss_fn(params):
-    outputs, updates = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, images,
-                                   tokens[:, :-1], train=True, rngs={"dropout": jax.random.key(2)},
-                                   mutable=["batch_stats"])
+    outputs, updates = model.apply(
+      {"params": params, "batch_stats": variables["batch_stats"]},
+      images,
+      tokens[:, :-1],
+      train=True,
+      rngs={"dropout": jax.random.key(2)},
+      mutable=["batch_stats"],
+    )
     losses = optax.softmax_cross_entropy_with_integer_labels(outputs["logits"], tokens[:, 1:])
     return losses.mean(), updates["batch_stats"]
 
@@ -155,8 +175,9 @@ def test_a_frozen_encoder_gets_no_gradient_and_runs_batch_norm_in_inference_mode
     assert sum(bool(np.asarray(g).any()) for g in encoder_grads) >= 0.5 * len(encoder_grads)
   for name in ("region_projection", "decoder"):  # The rest of the model trains either way.
     assert optax.tree.norm(grads[name]) > 0
-  stats_moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(variables["batch_stats"]),
-                                                          jax.tree.leaves(batch_stats))]
+  stats_moved = [
+    not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(variables["batch_stats"]), jax.tree.leaves(batch_stats))
+  ]
   assert (not any(stats_moved)) if frozen else all(stats_moved)
   # Inference mode: a frozen encoder's training-mode outputs are its evaluation-mode outputs, bit for bit.
   (train_out, _), (eval_out, _) = (_encoder_run(model, variables, images, t) for t in (True, False))

@@ -28,10 +28,24 @@ from tests.weights import generation_checks
 DEC, SEP, PAD = 30522, 102, 0
 PROMPT_IDS = (DEC, 1037, 3861, 1997)  # [DEC] a picture of (bert-base-uncased ids, checked in test_hf_blip.py)
 IMAGE_SIZE = 32
-VISION = dict(hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
-              image_size=IMAGE_SIZE, patch_size=8, layer_norm_eps=1e-6)
-TEXT = dict(vocab_size=30524, hidden_size=24, intermediate_size=40, num_hidden_layers=2, num_attention_heads=3,
-            max_position_embeddings=64, layer_norm_eps=1e-7)
+VISION = dict(
+  hidden_size=16,
+  intermediate_size=24,
+  num_hidden_layers=2,
+  num_attention_heads=2,
+  image_size=IMAGE_SIZE,
+  patch_size=8,
+  layer_norm_eps=1e-6,
+)
+TEXT = dict(
+  vocab_size=30524,
+  hidden_size=24,
+  intermediate_size=40,
+  num_hidden_layers=2,
+  num_attention_heads=3,
+  max_position_embeddings=64,
+  layer_norm_eps=1e-7,
+)
 
 
 def tiny_hf_blip(seed: int = 0) -> transformers.BlipForConditionalGeneration:
@@ -55,11 +69,13 @@ def ending_some_captions(hf_model, pixels, max_new: int, **prompt) -> transforme
   and the others run to the limit: the end-of-caption, pool and early-stop paths of the searches."""
   model = copy.deepcopy(hf_model)
   with torch.no_grad():
-    scores = model.generate(pixel_values=pixels, max_new_tokens=max_new, output_scores=True,
-                            return_dict_in_generate=True, **prompt).scores
+    scores = model.generate(
+      pixel_values=pixels, max_new_tokens=max_new, output_scores=True, return_dict_in_generate=True, **prompt
+    ).scores
     # The output layer's bias, which its tied decoder Linear shares.
     model.text_decoder.cls.predictions.bias[SEP] += generation_checks.end_bias(
-        generation_checks.margins_to_end(scores, SEP))
+      generation_checks.margins_to_end(scores, SEP)
+    )
   return model
 
 
@@ -74,11 +90,13 @@ def flax_blip(hf_model, prompt_ids=()):
   """The cxrjax model of `hf_model` and its variables through hf_blip's map (every tensor used once)."""
   section = hf_blip.model_section(hf_model.config.to_dict(), "config.json")
   section = hf_blip.with_prompt(section, prompt_ids) if prompt_ids else section
-  model = blip.BlipCaptioner.from_config(ml_collections.ConfigDict(section), hf_blip.vocab_size(
-      hf_model.config.to_dict()), lambda path: False)
+  model = blip.BlipCaptioner.from_config(
+    ml_collections.ConfigDict(section), hf_blip.vocab_size(hf_model.config.to_dict()), lambda path: False
+  )
   tensors = {name: tensor.detach().numpy() for name, tensor in hf_model.state_dict().items()}
-  abstract = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 1, IMAGE_SIZE, IMAGE_SIZE, 3), np.float32),
-                            np.zeros((1, 3), np.int32))
+  abstract = jax.eval_shape(
+    model.init, jax.random.key(0), np.zeros((1, 1, IMAGE_SIZE, IMAGE_SIZE, 3), np.float32), np.zeros((1, 3), np.int32)
+  )
   used, flat = set(), {}
   for path, leaf in flax.traverse_util.flatten_dict(abstract, sep="/").items():
     name, convert = hf_blip.source_of(path)
@@ -104,7 +122,7 @@ def _generated(rows, skip: int) -> list[list[int]]:
   out = []
   for row in np.asarray(rows).tolist():
     row = row[skip:]
-    out.append(row[:row.index(SEP)] if SEP in row else row)
+    out.append(row[: row.index(SEP)] if SEP in row else row)
   return out
 
 
@@ -117,11 +135,14 @@ def test_teacher_forced_logits_and_searches_match_transformers(hf_model, images,
   model, variables = flax_blip(hf_model, prompt_ids)
   captions = np.random.default_rng(0).integers(1000, 30000, size=(images.shape[0], 6)).astype(np.int32)
   tokens = np.concatenate([np.full((images.shape[0], 1), DEC, np.int32), captions], axis=1)  # [4, 7]
-  hf_inputs = np.concatenate([np.tile(prompt_ids, (images.shape[0], 1)).astype(np.int32), captions], axis=1) \
-      if prompt_ids else tokens
+  hf_inputs = (
+    np.concatenate([np.tile(prompt_ids, (images.shape[0], 1)).astype(np.int32), captions], axis=1)
+    if prompt_ids
+    else tokens
+  )
   with torch.no_grad():
     expected = hf_model(pixel_values=pixels, input_ids=torch.from_numpy(hf_inputs).long()).logits.numpy()
-  expected = expected[:, max(len(prompt_ids) - 1, 0):]  # The positions that predict caption tokens.
+  expected = expected[:, max(len(prompt_ids) - 1, 0) :]  # The positions that predict caption tokens.
   logits = jax.jit(lambda v, x, t: model.apply(v, x, t)["logits"])(variables, images[:, None], tokens)
   assert logits.shape == expected.shape and np.abs(expected).max() > 5.0
   np.testing.assert_allclose(np.asarray(logits), expected, rtol=0, atol=1e-4)
@@ -132,9 +153,11 @@ def test_teacher_forced_logits_and_searches_match_transformers(hf_model, images,
     step_fn = model.decoder_step_fn(variables)
     options = dict(start_id=DEC, end_id=SEP, pad_id=PAD, max_length=max_new)
     greedy, _ = decoding.greedy_search(step_fn, cache, **options)
-    beams, _ = decoding.beam_search(step_fn, cache, beam_size=3, length_penalty=1.0, length_normalization="hf",
-                                    **options)
+    beams, _ = decoding.beam_search(
+      step_fn, cache, beam_size=3, length_penalty=1.0, length_normalization="hf", **options
+    )
     return greedy, beams[:, 0]
+
   greedy, beam = search(variables, images[:, None])
   # BlipForConditionalGeneration.generate drops the prompt's last token ([SEP] after the processor's text).
   skip = len(prompt_ids) if prompt_ids else 1
@@ -152,8 +175,12 @@ def test_prompt_ids_outside_the_vocabulary_are_refused_in_one_line():
   # Else the embedding lookup reads NaN (JAX's out-of-bounds fill) and the run trains on NaN losses.
   from cxrjax import models  # pylint: disable=g-import-not-at-top
   from configs import roco_blip  # pylint: disable=g-import-not-at-top
+
   section = roco_blip.get_config("smoke").model
-  with pytest.raises(models.ConfigError, match=r"config.model.prompt_ids=\[30522, 1037, 3861, 1997\]: ids outside "
-                     r"the vocabulary of 1000 tokens"):
+  with pytest.raises(
+    models.ConfigError,
+    match=r"config.model.prompt_ids=\[30522, 1037, 3861, 1997\]: ids outside "
+    r"the vocabulary of 1000 tokens",
+  ):
     models.build(section, 1000)
   assert models.build(section, 30524).prompt_ids == roco_blip.PROMPT_IDS

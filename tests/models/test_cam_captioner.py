@@ -24,7 +24,7 @@ def _conv(x, kernel, bias):
   out = np.zeros(x.shape[:2] + kernel.shape[-1:])
   for i in range(x.shape[0]):
     for j in range(x.shape[1]):
-      out[i, j] = np.einsum("abc,abco->o", padded[i:i + k, j:j + k], kernel)
+      out[i, j] = np.einsum("abc,abco->o", padded[i : i + k, j : j + k], kernel)
   return out + bias
 
 
@@ -39,9 +39,17 @@ def _oracle(feature_map, params, stats, factor, eps=1e-5):
   global_map = np.broadcast_to(global_context, feature_map.shape)
   inputs = np.concatenate([feature_map, global_map], axis=-1)
   rows, cols = -(-height // factor), -(-width // factor)  # ceil
-  pooled_map = np.stack([np.stack([
-      inputs[i * factor:(i + 1) * factor, j * factor:(j + 1) * factor].mean(axis=(0, 1))  # real cells only
-      for j in range(cols)]) for i in range(rows)])
+  pooled_map = np.stack(
+    [
+      np.stack(
+        [
+          inputs[i * factor : (i + 1) * factor, j * factor : (j + 1) * factor].mean(axis=(0, 1))  # real cells only
+          for j in range(cols)
+        ]
+      )
+      for i in range(rows)
+    ]
+  )
   c = params["context_flow"]
   fused = relu(_conv(pooled_map, c["fuse1"]["kernel"], c["fuse1"]["bias"]))
   fused = relu(_conv(fused, c["fuse2"]["kernel"], c["fuse2"]["bias"]))
@@ -78,13 +86,22 @@ def test_context_aggregation_matches_a_loop_by_loop_oracle(size, factor):
 
 
 def test_batch_norms_train_in_train_mode_and_eval_is_per_study():
-  model = cam_captioner.CAMCaptioner(vocab_size=len(VOCABULARY), encoder=TINY, freeze_encoder=True,
-                                     region_dim=16, embed_dim=8, hidden_dim=16, attention_dim=16, context_dim=8)
+  model = cam_captioner.CAMCaptioner(
+    vocab_size=len(VOCABULARY),
+    encoder=TINY,
+    freeze_encoder=True,
+    region_dim=16,
+    embed_dim=8,
+    hidden_dim=16,
+    attention_dim=16,
+    context_dim=8,
+  )
   images = jax.random.normal(jax.random.key(0), (4, 2, 32, 32, 3))
   tokens = jnp.asarray(captioner_checks.framed(VOCABULARY, [[5, 6]] * 4, 4))
   variables = model.init(jax.random.key(1), images, tokens)
-  _, updates = model.apply(variables, images, tokens, train=True, rngs={"dropout": jax.random.key(2)},
-                           mutable=["batch_stats"])
+  _, updates = model.apply(
+    variables, images, tokens, train=True, rngs={"dropout": jax.random.key(2)}, mutable=["batch_stats"]
+  )
   changed = jax.tree.map(lambda a, b: not np.allclose(a, b), variables["batch_stats"], updates["batch_stats"])
   assert all(jax.tree.leaves(changed["context"])) and all(jax.tree.leaves(changed["region_norm"]))
   assert not any(jax.tree.leaves(changed["image_encoder"]))  # Frozen CheXNet keeps its statistics.
@@ -96,9 +113,17 @@ def test_batch_norms_train_in_train_mode_and_eval_is_per_study():
 
 @pytest.fixture(scope="module")
 def model_and_variables():
-  model = cam_captioner.CAMCaptioner(vocab_size=len(VOCABULARY), encoder=TINY, freeze_encoder=False,
-                                     region_dim=16, embed_dim=8, hidden_dim=16, attention_dim=16, context_dim=8,
-                                     initial_state="pooled")
+  model = cam_captioner.CAMCaptioner(
+    vocab_size=len(VOCABULARY),
+    encoder=TINY,
+    freeze_encoder=False,
+    region_dim=16,
+    embed_dim=8,
+    hidden_dim=16,
+    attention_dim=16,
+    context_dim=8,
+    initial_state="pooled",
+  )
   images = jax.random.normal(jax.random.key(0), (3, 2, 32, 32, 3))
   variables = model.init(jax.random.key(1), images, jnp.zeros((3, 5), jnp.int32))
   params = jax.tree.map(lambda x: x, variables["params"])
@@ -117,8 +142,9 @@ def test_teacher_forcing_equals_stepping_decode_step(model_and_variables):
   cache = model.apply(variables, memory, method="init_cache")
   stepped, weights = [], []
   for position in range(tokens.shape[1]):
-    logits, cache, attention = model.apply(variables, tokens[:, position], cache, jnp.int32(position),
-                                           method="decode_step")
+    logits, cache, attention = model.apply(
+      variables, tokens[:, position], cache, jnp.int32(position), method="decode_step"
+    )
     stepped.append(logits)
     weights.append(attention)
   np.testing.assert_allclose(np.stack(stepped, axis=1), outputs["logits"], atol=1e-5)

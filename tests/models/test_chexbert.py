@@ -9,8 +9,9 @@ from cxrjax.models import chexbert
 
 
 def test_logits_hold_13_four_class_heads_and_a_two_class_no_finding():
-  model = chexbert.CheXbert(vocab_size=50, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=24,
-                            max_positions=20)
+  model = chexbert.CheXbert(
+    vocab_size=50, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=24, max_positions=20
+  )
   tokens = jnp.asarray([[2, 7, 9, 3], [2, 3, 0, 0]])
   mask = (tokens != 0).astype(jnp.int32)
   variables = model.init(jax.random.key(0), tokens, mask)

@@ -40,13 +40,17 @@ def tokenizer():
 def random_batch(tokenizer, num_classes: int = 5) -> dict[str, np.ndarray]:
   rng = np.random.default_rng(0)
   words = rng.integers(4, len(tokenizer), size=(BATCH, LENGTH - 2))
-  tokens = np.concatenate([np.full((BATCH, 1), tokenizer.start_id), words,
-                           np.full((BATCH, 1), tokenizer.end_id)], axis=1).astype(np.int32)
+  tokens = np.concatenate(
+    [np.full((BATCH, 1), tokenizer.start_id), words, np.full((BATCH, 1), tokenizer.end_id)], axis=1
+  ).astype(np.int32)
   tokens[1, 4:] = tokenizer.pad_id  # A short report: the loss must mask its padding.
   tokens[1, 3] = tokenizer.end_id
-  return {"images": rng.normal(size=(BATCH, VIEWS, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32),
-          "tokens": tokens, "labels": rng.integers(0, 2, size=(BATCH, num_classes)).astype(np.float32),
-          "mask": np.ones((BATCH,), bool)}
+  return {
+    "images": rng.normal(size=(BATCH, VIEWS, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32),
+    "tokens": tokens,
+    "labels": rng.integers(0, 2, size=(BATCH, num_classes)).astype(np.float32),
+    "mask": np.ones((BATCH,), bool),
+  }
 
 
 def _built(name, tokenizer):
@@ -84,8 +88,7 @@ def test_loss_is_finite_and_a_jitted_train_step_moves_the_parameters(family, tok
   new_state, metrics = step(state, batch)
   assert np.isfinite(float(metrics["loss"])) and float(metrics["loss"]) > 0
   assert int(new_state.step) == 1
-  moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params),
-                                                    jax.tree.leaves(new_state.params))]
+  moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(new_state.params))]
   assert sum(moved) >= 0.5 * len(moved), f"only {sum(moved)} of {len(moved)} parameter tensors moved"
 
 

@@ -73,8 +73,11 @@ def test_a_frozen_encoder_gets_no_gradient_and_bfloat16_keeps_float32_parameters
   @jax.jit
   def run(params):
     loss = lambda p: frozen.apply({"params": p}, images, tokens)["logits"].sum()
-    return (jax.grad(loss)(params), frozen.apply({"params": params}, images, tokens)["logits"],
-            model16.apply({"params": params}, images, tokens)["logits"])
+    return (
+      jax.grad(loss)(params),
+      frozen.apply({"params": params}, images, tokens)["logits"],
+      model16.apply({"params": params}, images, tokens)["logits"],
+    )
 
   grads, logits32, logits16 = run(variables["params"])
   assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads["image_encoder"]))

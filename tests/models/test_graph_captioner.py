@@ -40,8 +40,14 @@ def test_graph_propagation_equals_the_seeds_torch_roll_loop():
   x = torch.randn(2, 49, 8) * 0.7
   with torch.no_grad():
     expected = reference(x).numpy()
-  params = {"params": {"msg_linear": {"kernel": reference.msg_linear.weight.detach().numpy().T,
-                                      "bias": reference.msg_linear.bias.detach().numpy()}}}
+  params = {
+    "params": {
+      "msg_linear": {
+        "kernel": reference.msg_linear.weight.detach().numpy().T,
+        "bias": reference.msg_linear.bias.detach().numpy(),
+      }
+    }
+  }
   result = graph_captioner.GraphPropagation(window=3, steps=3).apply(params, x.numpy())
   assert 0 < np.mean(np.abs(expected) == 1.0) < 0.5  # Some, not most, tokens clipped by hardtanh.
   np.testing.assert_allclose(result, expected, rtol=0, atol=1e-6)
@@ -56,10 +62,13 @@ def _decoder_params(reference: torch.nn.TransformerDecoder) -> dict:
     layer = {}
     for attention in ("self_attn", "multihead_attn"):
       layer[attention] = {
-          "in_proj_kernel": state[prefix + attention + ".in_proj_weight"].T,
-          "in_proj_bias": state[prefix + attention + ".in_proj_bias"],
-          "out_proj": {"kernel": state[prefix + attention + ".out_proj.weight"].T,
-                       "bias": state[prefix + attention + ".out_proj.bias"]}}
+        "in_proj_kernel": state[prefix + attention + ".in_proj_weight"].T,
+        "in_proj_bias": state[prefix + attention + ".in_proj_bias"],
+        "out_proj": {
+          "kernel": state[prefix + attention + ".out_proj.weight"].T,
+          "bias": state[prefix + attention + ".out_proj.bias"],
+        },
+      }
     for linear in ("linear1", "linear2"):
       layer[linear] = {"kernel": state[prefix + linear + ".weight"].T, "bias": state[prefix + linear + ".bias"]}
     for norm in ("norm1", "norm2", "norm3"):
@@ -141,8 +150,14 @@ def test_a_frozen_encoder_keeps_its_statistics_and_passes_no_gradient():
     variables = _init(model, images, tokens)
 
     def loss(params):
-      outputs, updates = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, images, tokens,
-                                     train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)})
+      outputs, updates = model.apply(
+        {"params": params, "batch_stats": variables["batch_stats"]},
+        images,
+        tokens,
+        train=True,
+        mutable=["batch_stats"],
+        rngs={"dropout": jax.random.key(1)},
+      )
       return jnp.mean(outputs["logits"] ** 2), updates
 
     grads, updates = jax.grad(loss, has_aux=True)(variables["params"])
@@ -168,5 +183,6 @@ def test_bad_settings_are_refused():
   with pytest.raises(ValueError, match="needs the token's position"):
     model.apply(variables, jnp.zeros((1,), jnp.int32), cache, method="decode_step")
   with pytest.raises(ValueError, match="unknown ResNetConfig fields"):
-    Family.from_config(ml_collections.ConfigDict(dict(Family.smoke_config().to_dict(), encoder=dict(width=3))),
-                       20, lambda path: False)
+    Family.from_config(
+      ml_collections.ConfigDict(dict(Family.smoke_config().to_dict(), encoder=dict(width=3))), 20, lambda path: False
+    )

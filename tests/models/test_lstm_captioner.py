@@ -22,11 +22,13 @@ VOCABULARY = captioner_checks.word_vocabulary(tuple(f"word{i}" for i in range(9)
 
 @pytest.fixture(scope="module")
 def model_and_variables():
-  model = lstm_captioner.LSTMCaptioner(vocab_size=len(VOCABULARY), encoder=TINY, freeze_encoder=False,
-                                       embed_dim=8, hidden_dim=16, dropout_rate=0.3)
+  model = lstm_captioner.LSTMCaptioner(
+    vocab_size=len(VOCABULARY), encoder=TINY, freeze_encoder=False, embed_dim=8, hidden_dim=16, dropout_rate=0.3
+  )
   images = jax.random.normal(jax.random.key(0), (3, 2, 32, 32, 3))
-  variables = model.init({"params": jax.random.key(1), "dropout": jax.random.key(2)}, images,
-                         jnp.zeros((3, 5), jnp.int32))
+  variables = model.init(
+    {"params": jax.random.key(1), "dropout": jax.random.key(2)}, images, jnp.zeros((3, 5), jnp.int32)
+  )
   # Larger output weights, so that greedy search produces varied words, not one repeated token.
   params = jax.tree.map(lambda x: x, variables["params"])
   params["decoder"]["output"]["kernel"] = params["decoder"]["output"]["kernel"] * 8.0
@@ -46,8 +48,9 @@ def test_teacher_forcing_equals_stepping_decode_step(model_and_variables):
   np.testing.assert_array_equal(cache["cell"], memory["image"])
   stepped = []
   for position in range(tokens.shape[1]):
-    logits, cache, attention = model.apply(variables, tokens[:, position], cache, jnp.int32(position),
-                                           method="decode_step")
+    logits, cache, attention = model.apply(
+      variables, tokens[:, position], cache, jnp.int32(position), method="decode_step"
+    )
     assert attention is None
     stepped.append(logits)
   np.testing.assert_allclose(np.stack(stepped, axis=1), outputs["logits"], atol=1e-5)
@@ -66,11 +69,13 @@ def test_the_image_reaches_every_step(model_and_variables):
 def test_dropout_acts_in_training_only(model_and_variables):
   model, variables, images = model_and_variables
   tokens = jnp.asarray(captioner_checks.framed(VOCABULARY, [[5, 6, 7]] * 3, 4))
-  run = lambda key: model.apply(variables, images, tokens, train=True, rngs={"dropout": key},
-                                mutable=["batch_stats"])[0]["logits"]
+  run = lambda key: model.apply(variables, images, tokens, train=True, rngs={"dropout": key}, mutable=["batch_stats"])[
+    0
+  ]["logits"]
   assert not np.allclose(run(jax.random.key(0)), run(jax.random.key(1)))
-  np.testing.assert_array_equal(model.apply(variables, images, tokens)["logits"],
-                                model.apply(variables, images, tokens)["logits"])
+  np.testing.assert_array_equal(
+    model.apply(variables, images, tokens)["logits"], model.apply(variables, images, tokens)["logits"]
+  )
 
 
 def test_greedy_equals_beam_of_one(model_and_variables):
@@ -86,16 +91,19 @@ def test_config_sections_build_and_freeze_the_embedding():
   model = models.build(full.model, 20, optim.frozen_predicate(full.optimizer))
   assert model.freeze_encoder and model.embed_dim == 300 and "word_vectors" in full.init
   # Seed 001: the embedding and CheXNet are frozen, everything else trains.
-  params = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 2, 224, 224, 3), jnp.float32),
-                          jax.ShapeDtypeStruct((1, 4), jnp.int32))["params"]
+  params = jax.eval_shape(
+    model.init,
+    jax.random.key(0),
+    jax.ShapeDtypeStruct((1, 2, 224, 224, 3), jnp.float32),
+    jax.ShapeDtypeStruct((1, 4), jnp.int32),
+  )["params"]
   labels = optim.parameter_labels(full.optimizer, params)
   assert set(jax.tree.leaves(labels["decoder"]["embed"])) == {optim.FROZEN}
   assert set(jax.tree.leaves(labels["image_encoder"])) == {optim.FROZEN}
   assert optim.FROZEN not in jax.tree.leaves({k: v for k, v in labels["decoder"].items() if k != "embed"})
   assert optim.FROZEN not in jax.tree.leaves(labels["image_dense"])
   trainable = iu_xray_lstm.get_config()  # Seed 000: the embedding trains.
-  assert set(jax.tree.leaves(optim.parameter_labels(trainable.optimizer, params)["decoder"]["embed"])) == {
-      "rate=1.0"}
+  assert set(jax.tree.leaves(optim.parameter_labels(trainable.optimizer, params)["decoder"]["embed"])) == {"rate=1.0"}
   assert models.build(iu_xray_lstm.get_config("smoke").model, 20).hidden_dim == 32
 
 
@@ -110,8 +118,9 @@ def test_word_vectors_of_the_wrong_size_or_for_a_model_without_embedding_are_cle
     pretrained.initialize(config.init, lstm_captioner.LSTMCaptioner, variables, vocabulary)
   with pytest.raises(ConfigError, match="AttentionCaptioner model has no such pretrained part"):
     pretrained.initialize(config.init, attention_captioner.AttentionCaptioner, variables, vocabulary)
-  with pytest.raises(ConfigError, match="config.init.word_vectors: the model has no parameters at "
-                                        "'decoder/embed/embedding'"):
+  with pytest.raises(
+    ConfigError, match="config.init.word_vectors: the model has no parameters at 'decoder/embed/embedding'"
+  ):
     pretrained.initialize(config.init, lstm_captioner.LSTMCaptioner, {"params": {"decoder": {}}}, vocabulary)
 
 
@@ -171,5 +180,6 @@ def test_frozen_pretrained_vectors_never_move(tmp_path):
   for run in (halfway, end):
     np.testing.assert_array_equal(run.state.params["decoder"]["embed"]["embedding"], loaded)
   # The rest of the decoder did train meanwhile.
-  assert not np.allclose(end.state.params["decoder"]["output"]["kernel"],
-                         halfway.state.params["decoder"]["output"]["kernel"])
+  assert not np.allclose(
+    end.state.params["decoder"]["output"]["kernel"], halfway.state.params["decoder"]["output"]["kernel"]
+  )

@@ -36,10 +36,16 @@ def test_git_kernels_and_embeddings_have_logical_names_only_inside_logical_axes(
   # names and shapes as the named ones.
   plain = jax.eval_shape(init)
   assert partitioning.logical_axes(init)["params"] == specs
-  assert not any(isinstance(leaf, nn.LogicallyPartitioned)
-                 for leaf in jax.tree.leaves(plain, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)))
-  assert jax.tree.map(lambda a: a.shape, plain)["params"] == jax.tree.map(
-      lambda a, s: a.shape, plain, partitioning.logical_axes(init), is_leaf=lambda x: isinstance(x, P))["params"]
+  assert not any(
+    isinstance(leaf, nn.LogicallyPartitioned)
+    for leaf in jax.tree.leaves(plain, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+  )
+  assert (
+    jax.tree.map(lambda a: a.shape, plain)["params"]
+    == jax.tree.map(lambda a, s: a.shape, plain, partitioning.logical_axes(init), is_leaf=lambda x: isinstance(x, P))[
+      "params"
+    ]
+  )
 
 
 def test_graph_captioner_decoder_names_its_fused_projection():
@@ -49,8 +55,9 @@ def test_graph_captioner_decoder_names_its_fused_projection():
   assert layer["multihead_attn"]["out_proj"]["kernel"] == P("heads", "embed")
   assert layer["linear1"]["kernel"] == P("embed", "mlp")
   assert specs["embedding"]["embedding"] == P("vocab", "embed") and specs["fc_out"]["kernel"] == P("embed", "vocab")
-  assert specs["image_encoder"] == jax.tree.map(lambda _: P(), specs["image_encoder"],
-                                                is_leaf=lambda x: isinstance(x, P))  # The CNN: unnamed.
+  assert specs["image_encoder"] == jax.tree.map(
+    lambda _: P(), specs["image_encoder"], is_leaf=lambda x: isinstance(x, P)
+  )  # The CNN: unnamed.
 
 
 def test_names_must_be_strings():

@@ -34,19 +34,24 @@ def _reference_crop(image: np.ndarray, heatmap: np.ndarray, threshold: float, ou
     largest = np.argmax(np.bincount(labelled.ravel())[1:]) + 1
     ys, xs = np.nonzero(labelled == largest)
     box = (ys.min(), xs.min(), ys.max() + 1, xs.max() + 1)
-  piece = image[box[0]:box[2], box[1]:box[3]].astype(np.float32)
-  crop = np.stack([np.asarray(Image.fromarray(piece[..., c], mode="F").resize(
-      (out_size, out_size), Image.Resampling.BILINEAR)) for c in range(piece.shape[-1])], axis=-1)
+  piece = image[box[0] : box[2], box[1] : box[3]].astype(np.float32)
+  crop = np.stack(
+    [
+      np.asarray(Image.fromarray(piece[..., c], mode="F").resize((out_size, out_size), Image.Resampling.BILINEAR))
+      for c in range(piece.shape[-1])
+    ],
+    axis=-1,
+  )
   return crop, np.array(box)
 
 
 def _check_crop(images, feature_maps, threshold, out_size):
-  crops, boxes, heatmaps, masks = crop_jit(jnp.asarray(images), jnp.asarray(feature_maps),
-                                           threshold=threshold, out_size=out_size)
+  crops, boxes, heatmaps, masks = crop_jit(
+    jnp.asarray(images), jnp.asarray(feature_maps), threshold=threshold, out_size=out_size
+  )
   for index in range(len(images)):
     heatmap = np.asarray(heatmaps[index])
-    np.testing.assert_allclose(heatmap, _reference_heatmap(feature_maps[index], images.shape[1:3]),
-                               atol=2e-6)
+    np.testing.assert_allclose(heatmap, _reference_heatmap(feature_maps[index], images.shape[1:3]), atol=2e-6)
     # The reference thresholds our heatmap, so that a value within rounding of the threshold
     # cannot make the two disagree.
     crop, box = _reference_crop(images[index], heatmap, threshold, out_size)
@@ -88,8 +93,10 @@ def test_gathered_taps_equal_dense_interpolation(out_size, antialias):
   boxes = np.stack([y0, x0, y0 + rng.integers(1, 17, 6), x0 + rng.integers(1, 19, 6)], axis=1)
   boxes[0], boxes[1], boxes[2] = [0, 0, 56, 48], [55, 0, 56, 48], [0, 47, 56, 48]  # whole image, one row, one column
   boxes = jnp.asarray(boxes, jnp.int32)
-  taps, dense = (jax.jit(method, static_argnums=(2, 3, 4))(images, boxes, out_size, out_size + 3, antialias)
-                 for method in (attention_crop._crop_and_resize_taps, attention_crop._crop_and_resize_dense))
+  taps, dense = (
+    jax.jit(method, static_argnums=(2, 3, 4))(images, boxes, out_size, out_size + 3, antialias)
+    for method in (attention_crop._crop_and_resize_taps, attention_crop._crop_and_resize_dense)
+  )
   np.testing.assert_allclose(np.asarray(taps), np.asarray(dense), rtol=1e-5, atol=1e-6)
 
 

@@ -84,8 +84,7 @@ def _longest_path(mask: np.ndarray) -> int:
 def test_labels_match_skimage_on_random_masks(shape):
   rng = np.random.default_rng(sum(shape))
   densities = (0.05, 0.2, 0.4, 0.5, 0.6, 0.9)
-  masks = np.stack([rng.random(shape) < d for d in densities]
-                   + [np.zeros(shape, bool), np.ones(shape, bool)])
+  masks = np.stack([rng.random(shape) < d for d in densities] + [np.zeros(shape, bool), np.ones(shape, bool)])
   # Blobs: smoothed noise thresholded, as heatmaps give.
   noise = rng.random((3, shape[0] // 4 + 2, shape[1] // 4 + 2)).astype(np.float32)
   blobs = np.asarray(jax.image.resize(jnp.asarray(noise), (3, *shape), "bilinear")) > 0.6

@@ -24,13 +24,26 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 BERT_VOCAB = "text/bert-base-uncased-vocab.txt"
 # Metrics whose maximum is 1 (CIDEr-D's and METEOR's are the references' own scores: CIDEr-D gives a
 # caption of fewer than four tokens no 4-gram similarity, METEOR's fragmentation penalty is never 0).
-MAX_ONE = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "sacreBLEU", "ROUGE-L", "ROUGE-1", "ROUGE-2",
-           "ROUGE-L (rouge-score)", "ROUGE-Lsum")
+MAX_ONE = (
+  "BLEU-1",
+  "BLEU-2",
+  "BLEU-3",
+  "BLEU-4",
+  "sacreBLEU",
+  "ROUGE-L",
+  "ROUGE-1",
+  "ROUGE-2",
+  "ROUGE-L (rouge-score)",
+  "ROUGE-Lsum",
+)
 
 
 def _numbers(scores):
-  return {name: value for name, value in scores.items()
-          if isinstance(value, numbers.Real) and not isinstance(value, bool) and name != "num_studies"}
+  return {
+    name: value
+    for name, value in scores.items()
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and name != "num_studies"
+  }
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +64,15 @@ def roco_raw_captions(shared_data):
   test head, as written."""
   folder = shared_data / "roco" / "test" / "radiology"
   concepts = roco_captions.read_roco_v1_lists(folder / "cuis.txt")
-  captions = [caption for image_id, caption in roco_captions.read_roco_v1_captions(folder / "captions.txt")
-              if chest.is_chest_xray(caption, concepts.get(image_id, []))][:200]
+  captions = [
+    caption
+    for image_id, caption in roco_captions.read_roco_v1_captions(folder / "captions.txt")
+    if chest.is_chest_xray(caption, concepts.get(image_id, []))
+  ][:200]
   assert len(captions) == 200
-  return captions + [caption for _, caption in
-                     roco_captions.read_rocov2_captions(shared_data / "rocov2" / "test_captions.head30.csv")]
+  return captions + [
+    caption for _, caption in roco_captions.read_rocov2_captions(shared_data / "rocov2" / "test_captions.head30.csv")
+  ]
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +93,9 @@ def _tokenizer(config, shared_data, references):
   return datasets.load_or_build_tokenizer(data, None)
 
 
-def test_a_perfect_model_gets_every_maximum_in_every_config_family(family_configs, roco_raw_captions,
-                                                                     iu_raw_reports, shared_data):
+def test_a_perfect_model_gets_every_maximum_in_every_config_family(
+  family_configs, roco_raw_captions, iu_raw_reports, shared_data
+):
   expected_protocols = {"iu_xray": "r2gen", "roco": "coco", "rocov2": "imageclef"}
   scored = {}  # Families with the same protocol and texts get the same scores: computed once.
   for family, config in family_configs.items():
@@ -94,8 +112,10 @@ def test_a_perfect_model_gets_every_maximum_in_every_config_family(family_config
     key = (protocol, tuple(references), tuple(generated))
     if key not in scored:
       task = captioning.CaptioningTask(config)  # Its score is the trainer's validation and `evaluate`'s.
-      records = [{"id": str(i), "reference": reference, "generated": text}
-                 for i, (reference, text) in enumerate(zip(references, generated))]
+      records = [
+        {"id": str(i), "reference": reference, "generated": text}
+        for i, (reference, text) in enumerate(zip(references, generated))
+      ]
       own_records = [dict(record, generated=record["reference"]) for record in records]
       scored[key] = task.score(records), task.score(own_records), records
     perfect, own, _ = scored[key]
@@ -108,8 +128,9 @@ def test_a_perfect_model_gets_every_maximum_in_every_config_family(family_config
   # METEOR once (the jar's start takes seconds): identical texts, so the references' own score.
   if shutil.which("java") is not None:
     (protocol, _, _), (_, _, records) = next((key, value) for key, value in scored.items() if key[0] == "coco")
-    meteor = caption_metrics.caption_metrics([r["reference"] for r in records], [r["generated"] for r in records],
-                                             protocol=protocol, meteor=True)
+    meteor = caption_metrics.caption_metrics(
+      [r["reference"] for r in records], [r["generated"] for r in records], protocol=protocol, meteor=True
+    )
     assert 0.99 < meteor["METEOR"] <= 1.0 and "jar" in meteor["implementations"]["METEOR"]
 
 
@@ -134,12 +155,14 @@ class _Captions:
 
 @pytest.mark.parametrize("family", ["roco_git", "rocov2_graph"])
 def test_a_constant_caption_scores_the_same_as_a_baseline_and_as_a_model_output(
-    family, family_configs, roco_raw_captions, shared_data, monkeypatch):
+  family, family_configs, roco_raw_captions, shared_data, monkeypatch
+):
   config = family_configs[family]
   folder = shared_data / "roco" / "validation" / "radiology"
   captions = roco_captions.read_roco_v1_captions(folder / "captions.txt")
-  train = [cleaning.clean_report(caption, config.data.cleaning) for _, caption in captions
-           if chest.is_chest_xray(caption)]
+  train = [
+    cleaning.clean_report(caption, config.data.cleaning) for _, caption in captions if chest.is_chest_xray(caption)
+  ]
   monkeypatch.setattr(datasets, "make_source", lambda data, split: (_Captions(train), None))
   references = [cleaning.clean_report(text, config.data.cleaning) for text in roco_raw_captions]
   result = evaluate.text_baselines(config, references, reference_source=None, meteor=False)
@@ -149,8 +172,9 @@ def test_a_constant_caption_scores_the_same_as_a_baseline_and_as_a_model_output(
     report = result[name]["report"]
     generated = wordpiece.decode(wordpiece.encode(report))
     assert report in train and generated != report, name  # A raw training caption; the model's spelling.
-    as_model = task.score([{"id": str(i), "reference": reference, "generated": generated}
-                           for i, reference in enumerate(references)])
+    as_model = task.score(
+      [{"id": str(i), "reference": reference, "generated": generated} for i, reference in enumerate(references)]
+    )
     assert _numbers(as_model) == _numbers(result[name]["scores"]), name
     assert as_model["protocol"] == result[name]["scores"]["protocol"], name
 
@@ -175,6 +199,9 @@ def test_the_demo_texts_are_scored_as_before():
 def test_a_bad_protocol_is_refused_when_the_task_is_made(family_configs):
   config = family_configs["roco_git"].copy_and_resolve_references()
   config.data.caption_protocol = "bleu"
-  with pytest.raises(ConfigError, match=r"^config\.data\.caption_protocol: unknown protocol 'bleu'; expected one of "
-                                        r"\['coco', 'imageclef', 'r2gen'\]$"):
+  with pytest.raises(
+    ConfigError,
+    match=r"^config\.data\.caption_protocol: unknown protocol 'bleu'; expected one of "
+    r"\['coco', 'imageclef', 'r2gen'\]$",
+  ):
     captioning.CaptioningTask(config)

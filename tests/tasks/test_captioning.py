@@ -62,8 +62,9 @@ def test_label_smoothing_smooths_real_targets_only(model_and_variables):
   tokens = np.array([[2, 5, 6, 3, 0, 0], [2, 7, 3, 0, 0, 0], [2, 8, 9, 10, 11, 3]], np.int32)
   batch = {"images": images, "tokens": tokens}
   rng = jax.random.key(0)
-  outputs, _ = model.apply(variables, images, tokens[:, :-1], train=True, rngs={"dropout": rng},
-                           mutable=["batch_stats"])
+  outputs, _ = model.apply(
+    variables, images, tokens[:, :-1], train=True, rngs={"dropout": rng}, mutable=["batch_stats"]
+  )
   logits = np.asarray(outputs["logits"], np.float64)
   log_probs = logits - logits.max(-1, keepdims=True)
   log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
@@ -91,23 +92,28 @@ def test_hf_normalization_routes_to_transformers_beam_search(model_and_variables
   num_beams=1) whatever the penalty, and the scores and token log-probabilities come back."""
   model, variables, images = model_and_variables
   for beam_size, normalization, penalty in ((3, "hf", 1.0), (3, "gnmt", 0.6), (1, "hf", 1.0)):
-    decode = ml_collections.ConfigDict(dict(beam_size=beam_size, max_length=12, length_penalty=penalty,
-                                            length_normalization=normalization))
+    decode = ml_collections.ConfigDict(
+      dict(beam_size=beam_size, max_length=12, length_penalty=penalty, length_normalization=normalization)
+    )
     outputs = jax.jit(lambda v, x, d=decode: captioning.search(model, v, x, VOCAB, d))(variables, images)
     cache = model.apply(variables, model.apply(variables, images, method="encode"), method="init_cache")
-    options = dict(start_id=VOCAB.start_id, end_id=VOCAB.end_id, pad_id=VOCAB.pad_id, max_length=12,
-                   return_token_log_probs=True)
+    options = dict(
+      start_id=VOCAB.start_id, end_id=VOCAB.end_id, pad_id=VOCAB.pad_id, max_length=12, return_token_log_probs=True
+    )
     step_fn = model.decoder_step_fn(variables)
     if beam_size == 1:
       tokens, scores, token_log_probs = decoding.greedy_search(step_fn, cache, **options)
     else:
-      tokens, scores, token_log_probs = (x[:, 0] for x in decoding.beam_search(
-          step_fn, cache, beam_size=beam_size, length_penalty=penalty, length_normalization=normalization,
-          **options))
+      tokens, scores, token_log_probs = (
+        x[:, 0]
+        for x in decoding.beam_search(
+          step_fn, cache, beam_size=beam_size, length_penalty=penalty, length_normalization=normalization, **options
+        )
+      )
     np.testing.assert_array_equal(outputs["tokens"], tokens)
     np.testing.assert_allclose(outputs["scores"], scores, rtol=1e-5)
     np.testing.assert_allclose(outputs["token_log_probs"], token_log_probs, rtol=1e-5, atol=1e-6)
     lengths = np.asarray(decoding.sequence_lengths(tokens, VOCAB.end_id))
     if normalization == "hf":  # sum of the token log-probabilities / length ** penalty
-      expected = np.asarray(token_log_probs).sum(-1) / (lengths ** penalty if beam_size > 1 else 1)
+      expected = np.asarray(token_log_probs).sum(-1) / (lengths**penalty if beam_size > 1 else 1)
       np.testing.assert_allclose(outputs["scores"], expected, rtol=1e-5)

@@ -40,15 +40,16 @@ def test_each_stage_trains_only_its_branch(stages):
   start_three = _state(stages / "stage2", workdir_lib.BEST)
   # Stage 2 starts from stage 1's best state and leaves the global branch as it was.
   jax.tree.map(np.testing.assert_array_equal, two.params["global_branch"], start_two.params["global_branch"])
-  jax.tree.map(np.testing.assert_array_equal, two.batch_stats["global_branch"],
-               start_two.batch_stats["global_branch"])
-  assert not np.array_equal(two.params["local_branch"]["classifier"]["kernel"],
-                            start_two.params["local_branch"]["classifier"]["kernel"])
+  jax.tree.map(np.testing.assert_array_equal, two.batch_stats["global_branch"], start_two.batch_stats["global_branch"])
+  assert not np.array_equal(
+    two.params["local_branch"]["classifier"]["kernel"], start_two.params["local_branch"]["classifier"]["kernel"]
+  )
   # Stage 3 moves only the fusion classifier.
   for branch in ("global_branch", "local_branch"):
     jax.tree.map(np.testing.assert_array_equal, three.params[branch], start_three.params[branch])
-  assert not np.array_equal(three.params["fusion_classifier"]["kernel"],
-                            start_three.params["fusion_classifier"]["kernel"])
+  assert not np.array_equal(
+    three.params["fusion_classifier"]["kernel"], start_three.params["fusion_classifier"]["kernel"]
+  )
   assert int(one.step) == int(two.step) == int(three.step) == 4
 
 
@@ -66,8 +67,9 @@ def test_evaluate_writes_auroc_and_a_predictions_csv(stages, capsys):
   metrics = json.loads((stages / "stage3/eval/test/metrics.json").read_text())
   assert set(metrics["scores"]) >= {"mean_AUROC", "AUROC/Cardiomegaly", "AUROC/Nodule"}
   lines = (stages / "stage3/eval/test/predictions.csv").read_text().splitlines()
-  assert lines[0] == "Image Index," + ",".join(f"prob_{n}" for n in
-                                                ("Cardiomegaly", "Effusion", "Pneumothorax", "Opacity", "Nodule"))
+  assert lines[0] == "Image Index," + ",".join(
+    f"prob_{n}" for n in ("Cardiomegaly", "Effusion", "Pneumothorax", "Opacity", "Nodule")
+  )
   assert len(lines) == 1 + chestxray14_agcnn.get_config("smoke,phantom").data.num_test
 
 
@@ -78,11 +80,33 @@ def test_real_chestxray14_images_prepare_train_evaluate_and_score(manual_dir, tm
   """The whole ChestX-ray14 path on the 15 real images, through the command line as a user types it:
   prepare, stage-1 training (smoke, the default 15 classes), evaluation, and `cxrjax auroc` on the
   written predictions against the real label file: the same mean AUROC, over the 14 findings."""
-  assert cli.main(["prepare", "chestxray14", "--manual-dir", str(manual_dir), "--data-dir",
-                   str(tmp_path / "data"), "--split", "random"]) == 0
+  assert (
+    cli.main(
+      [
+        "prepare",
+        "chestxray14",
+        "--manual-dir",
+        str(manual_dir),
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--split",
+        "random",
+      ]
+    )
+    == 0
+  )
   capsys.readouterr()
-  assert cli.main(["train", "--config=configs/chestxray14_agcnn.py:stage=1,smoke,split=random",
-                   f"--workdir={tmp_path / 'run'}", f"--config.data.data_dir={tmp_path / 'data'}"]) == 0
+  assert (
+    cli.main(
+      [
+        "train",
+        "--config=configs/chestxray14_agcnn.py:stage=1,smoke,split=random",
+        f"--workdir={tmp_path / 'run'}",
+        f"--config.data.data_dir={tmp_path / 'data'}",
+      ]
+    )
+    == 0
+  )
   capsys.readouterr()
   assert cli.main(["evaluate", "--workdir", str(tmp_path / "run"), "--split", "test"]) == 0
   summary = json.loads(capsys.readouterr().out)
@@ -90,8 +114,10 @@ def test_real_chestxray14_images_prepare_train_evaluate_and_score(manual_dir, tm
   rows = predictions.read_text().splitlines()
   assert rows[0].split(",")[1] == "prob_Atelectasis" and len(rows) == 1 + 4  # 4 test images (10/1/4)
   assert rows[0].split(",")[-1] == "prob_No Finding"
-  assert cli.main(["auroc", "--predictions", str(predictions), "--labels",
-                   str(manual_dir / "Data_Entry_2017_v2020.csv")]) == 0
+  assert (
+    cli.main(["auroc", "--predictions", str(predictions), "--labels", str(manual_dir / "Data_Entry_2017_v2020.csv")])
+    == 0
+  )
   scored = json.loads(capsys.readouterr().out)
   assert scored["num_images"] == 4
   assert summary["mean_AUROC"] == pytest.approx(scored["mean"], abs=1e-6)
@@ -99,9 +125,18 @@ def test_real_chestxray14_images_prepare_train_evaluate_and_score(manual_dir, tm
 
   # The dataset copied to another path (a re-created VM), read with more threads: the run resumes.
   shutil.move(tmp_path / "data", tmp_path / "copied_data")
-  assert cli.main(["train", "--config=configs/chestxray14_agcnn.py:stage=1,smoke,split=random",
-                   f"--workdir={tmp_path / 'run'}", f"--config.data.data_dir={tmp_path / 'copied_data'}",
-                   "--config.data.read_threads=2"]) == 0
+  assert (
+    cli.main(
+      [
+        "train",
+        "--config=configs/chestxray14_agcnn.py:stage=1,smoke,split=random",
+        f"--workdir={tmp_path / 'run'}",
+        f"--config.data.data_dir={tmp_path / 'copied_data'}",
+        "--config.data.read_threads=2",
+      ]
+    )
+    == 0
+  )
   assert f"resumed from {tmp_path / 'run'}/checkpoints/latest at step 4" in capsys.readouterr().out
   assert cli.main(["evaluate", "--workdir", str(tmp_path / "run"), "--split", "test"]) == 0  # The new path.
   assert json.loads(capsys.readouterr().out)["mean_AUROC"] == pytest.approx(summary["mean_AUROC"], abs=1e-6)
@@ -120,8 +155,7 @@ def test_mean_auroc_is_over_the_14_findings_as_cxrjax_auroc_scores_its_predictio
   probabilities = np.round(0.3 * labels + 0.7 * rng.random(labels.shape), 3)
   task = classification.ClassificationTask(chestxray14_agcnn.get_config("smoke"))
   task.label_names = names
-  records = [{"id": e.image_index, "probabilities": p, "labels": l}
-             for e, p, l in zip(entries, probabilities, labels)]
+  records = [{"id": e.image_index, "probabilities": p, "labels": l} for e, p, l in zip(entries, probabilities, labels)]
   scores = task.score(records)
   task.write(epath.Path(tmp_path), records)
   assert cli.main(["auroc", "--predictions", str(tmp_path / "predictions.csv"), "--labels", str(labels_file)]) == 0
@@ -137,12 +171,12 @@ def test_mean_auroc_is_over_the_14_findings_as_cxrjax_auroc_scores_its_predictio
 
 def test_predict_agcnn_draws_where_the_model_looked(stages, shared_data, tmp_path, capsys):
   image = shared_data / "nih_chestxray14/images/00001369_000.png"  # RGBA, 1024x1024
-  assert cli.main(["predict-agcnn", "--workdir", str(stages / "stage3"), "--out-dir", str(tmp_path),
-                   str(image)]) == 0
+  assert cli.main(["predict-agcnn", "--workdir", str(stages / "stage3"), "--out-dir", str(tmp_path), str(image)]) == 0
   result = json.loads(capsys.readouterr().out)
   y0, x0, y1, x1 = result["box"]
   assert 0 <= y0 < y1 <= 64 and 0 <= x0 < x1 <= 64
   assert set(result["probabilities"]) == {"Cardiomegaly", "Effusion", "Pneumothorax", "Opacity", "Nodule"}
   from PIL import Image
+
   figure = Image.open(result["figure"])
   assert figure.width > 2 * figure.height  # Three panels side by side.

@@ -53,8 +53,7 @@ def test_encode_truncates_long_report_keeping_end():
 
 
 def test_vocabulary_json_round_trip(tmp_path):
-  vocab = tokenizers.WordVocabulary.build(["no effusion .", "heart normal ."], min_count=1,
-                                    cleaning_style="r2gen")
+  vocab = tokenizers.WordVocabulary.build(["no effusion .", "heart normal ."], min_count=1, cleaning_style="r2gen")
   path = tmp_path / "vocab.json"
   vocab.to_json(path)
   loaded = tokenizers.WordVocabulary.from_json(path)
@@ -63,15 +62,16 @@ def test_vocabulary_json_round_trip(tmp_path):
   assert loaded.encode("heart normal .") == vocab.encode("heart normal .")
 
 
-@pytest.mark.parametrize("content, message", [
+@pytest.mark.parametrize(
+  "content, message",
+  [
     ("{not json", "not a valid JSON"),
     ("[1, 2]", "not a cxrjax vocabulary"),
     (json.dumps({"format": "cxrjax.vocabulary", "version": 7, "tokens": []}), "version 7"),
-    (json.dumps({"format": "cxrjax.vocabulary", "version": 1, "tokens": ["a", "b"]}),
-     "must start with"),
-    (json.dumps({"format": "cxrjax.vocabulary", "version": 1, "tokens": "abc"}),
-     "list of strings"),
-])
+    (json.dumps({"format": "cxrjax.vocabulary", "version": 1, "tokens": ["a", "b"]}), "must start with"),
+    (json.dumps({"format": "cxrjax.vocabulary", "version": 1, "tokens": "abc"}), "list of strings"),
+  ],
+)
 def test_vocabulary_bad_json(tmp_path, content, message):
   path = tmp_path / "broken_vocab.json"
   path.write_text(content)
@@ -82,8 +82,8 @@ def test_vocabulary_bad_json(tmp_path, content, message):
 
 def test_vocabulary_stats_by_hand():
   stats = tokenizers.vocabulary_stats(
-      ["heart normal .", "heart large ."],
-      {"val": ["heart small small ."], "test": ["lungs ."]}, min_count=2)
+    ["heart normal .", "heart large ."], {"val": ["heart small small ."], "test": ["lungs ."]}, min_count=2
+  )
   assert stats.train_tokens == 4 and stats.train_types == 3
   assert stats.vocabulary_size == 6  # 4 specials, "heart" and "." (each seen twice)
   val = stats.splits["val"]
@@ -118,8 +118,10 @@ def test_r2gen_vocabulary_size_on_real_annotation(r2gen_by_split, tmp_path):
 
 
 def test_vocabulary_stats_on_real_r2gen_split(r2gen_by_split):
-  cleaned = {name: [cleaning.clean_report(r["report"], "drop_short_words") for r in records]
-             for name, records in r2gen_by_split.items()}
+  cleaned = {
+    name: [cleaning.clean_report(r["report"], "drop_short_words") for r in records]
+    for name, records in r2gen_by_split.items()
+  }
   stats = tokenizers.vocabulary_stats(cleaned["train"], {"val": cleaned["val"], "test": cleaned["test"]})
   # Close to the "about 1424 unique words in the train data" reported for this cleaning.
   assert 1300 < stats.train_types < 1500
@@ -131,6 +133,7 @@ def test_vocabulary_stats_on_real_r2gen_split(r2gen_by_split):
 
 # ----------------------------------------------------------------------------------------------
 # WordPiece.
+
 
 @pytest.fixture(scope="module")
 def wordpiece(shared_data):
@@ -189,8 +192,7 @@ def test_wordpiece_ids_equal_bert_tokenizer_on_roco_captions(wordpiece, bert_tok
   assert sum(len(ids) == 80 for ids in expected) > 100  # Truncation happens to many captions.
   assert got == expected, _first_difference(got, expected, roco_captions)
 
-  expected = bert_tokenizer(roco_captions[:300], truncation=True, max_length=80,
-                            padding="max_length")["input_ids"]
+  expected = bert_tokenizer(roco_captions[:300], truncation=True, max_length=80, padding="max_length")["input_ids"]
   got = [wordpiece.encode(caption, max_length=80, pad=True) for caption in roco_captions[:300]]
   assert got == expected, _first_difference(got, expected, roco_captions)
 
@@ -240,8 +242,8 @@ def test_wordpiece_blip_start_token_matches_transformers(shared_data):
   reference.add_special_tokens({"bos_token": "[DEC]"})
   reference.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
   blip = tokenizers.WordPieceTokenizer.from_vocab(
-      shared_data / BERT_VOCAB, special_tokens=tokenizers.BERT_SPECIAL_TOKENS + ("[DEC]", "[ENC]"),
-      start_token="[DEC]")
+    shared_data / BERT_VOCAB, special_tokens=tokenizers.BERT_SPECIAL_TOKENS + ("[DEC]", "[ENC]"), start_token="[DEC]"
+  )
   assert len(blip) == len(reference) == 30524
   assert blip.start_id == reference.convert_tokens_to_ids("[DEC]") == 30522
   caption = "[ENC] Chest x-ray [DEC] shows cardiomegaly."
@@ -255,21 +257,30 @@ def test_wordpiece_blip_start_token_matches_transformers(shared_data):
 
 
 def test_load_reads_back_both_kinds(tmp_path, wordpiece, roco_captions, shared_data):
-  vocab = tokenizers.WordVocabulary.build(["no effusion .", "heart normal ."], min_count=1,
-                                    cleaning_style="drop_short_words")
+  vocab = tokenizers.WordVocabulary.build(
+    ["no effusion .", "heart normal ."], min_count=1, cleaning_style="drop_short_words"
+  )
   vocab.save(tmp_path / "words.json")
   loaded = tokenizers.load(tmp_path / "words.json")
   assert isinstance(loaded, tokenizers.WordVocabulary) and loaded == vocab
 
   blip = tokenizers.WordPieceTokenizer.from_vocab(
-      shared_data / BERT_VOCAB, special_tokens=tokenizers.BERT_SPECIAL_TOKENS + ("[DEC]", "[ENC]"),
-      start_token="[DEC]", cleaning_style="none")
+    shared_data / BERT_VOCAB,
+    special_tokens=tokenizers.BERT_SPECIAL_TOKENS + ("[DEC]", "[ENC]"),
+    start_token="[DEC]",
+    cleaning_style="none",
+  )
   for original in (wordpiece, blip):
     original.save(tmp_path / "wordpiece.json")
     loaded = tokenizers.load(tmp_path / "wordpiece.json")
     assert isinstance(loaded, tokenizers.WordPieceTokenizer)
     assert (loaded.pad_id, loaded.unk_id, loaded.start_id, loaded.end_id, len(loaded)) == (
-        original.pad_id, original.unk_id, original.start_id, original.end_id, len(original))
+      original.pad_id,
+      original.unk_id,
+      original.start_id,
+      original.end_id,
+      len(original),
+    )
     assert loaded.cleaning_style == original.cleaning_style and loaded.tokens == original.tokens
     for caption in roco_captions[:300] + ["[ENC] heart [DEC]"]:
       ids = original.encode(caption, max_length=40)
@@ -290,15 +301,28 @@ def test_load_reads_transformers_tokenizer_json(tmp_path, bert_tokenizer, roco_c
     assert loaded.decode(loaded.encode("Heart (normal).")) == "heart ( normal ) ."
 
 
-@pytest.mark.parametrize("content, message", [
+@pytest.mark.parametrize(
+  "content, message",
+  [
     ("{not json", "not a valid JSON"),
     ("[1, 2]", "not a tokenizer file"),
     (json.dumps({"format": "cxrjax.wordpiece", "version": 3}), "unsupported tokenizer version 3"),
-    (json.dumps({"format": "cxrjax.wordpiece", "version": 1, "start_token": "[CLS]",
-                 "end_token": "[SEP]", "pad_token": "[PAD]", "tokenizer": {"model": 1}}),
-     "not a readable Hugging Face tokenizer"),
+    (
+      json.dumps(
+        {
+          "format": "cxrjax.wordpiece",
+          "version": 1,
+          "start_token": "[CLS]",
+          "end_token": "[SEP]",
+          "pad_token": "[PAD]",
+          "tokenizer": {"model": 1},
+        }
+      ),
+      "not a readable Hugging Face tokenizer",
+    ),
     (json.dumps({"format": "cxrjax.vocabulary", "version": 1, "tokens": ["a"]}), "must start with"),
-])
+  ],
+)
 def test_load_bad_files_name_the_file(tmp_path, content, message):
   path = tmp_path / "broken_tokenizer.json"
   path.write_text(content)
@@ -331,8 +355,9 @@ def test_wordpiece_bad_files(tmp_path):
 
 @pytest.mark.parametrize("kind", ["words", "wordpiece"])
 def test_every_tokenizer_keeps_the_interface(kind, wordpiece):
-  tokenizer = (tokenizers.WordVocabulary.build(["heart normal .", "lungs clear ."], min_count=1)
-               if kind == "words" else wordpiece)
+  tokenizer = (
+    tokenizers.WordVocabulary.build(["heart normal .", "lungs clear ."], min_count=1) if kind == "words" else wordpiece
+  )
   report = "heart normal . lungs clear ."
   ids = tokenizer.encode(report)
   assert ids[0] == tokenizer.start_id and ids[-1] == tokenizer.end_id

@@ -73,14 +73,12 @@ def test_missing_words_are_seeded_and_scaled_like_the_found_vectors(shared_data)
 
 def test_wrong_size_names_the_file_and_line(shared_data):
   path = shared_data / GLOVE_FIXTURE
-  with pytest.raises(word_vectors.WordVectorFileError,
-                     match=r"glove\.6B\.50d\.first76\.txt, line 1: 50-d.*300-d"):
+  with pytest.raises(word_vectors.WordVectorFileError, match=r"glove\.6B\.50d\.first76\.txt, line 1: 50-d.*300-d"):
     word_vectors.load_word_vectors(path, _vocabulary("the"), dim=300)
 
 
 def test_fasttext_vec_with_header_and_trailing_spaces(tmp_path):
-  path = _write(tmp_path / "wiki.vec",
-                ["3 4", "the 0.1 0.2 0.3 0.4 ", "heart 1 2 3 4 ", "normal -1 -2 -3 -4e-1 "])
+  path = _write(tmp_path / "wiki.vec", ["3 4", "the 0.1 0.2 0.3 0.4 ", "heart 1 2 3 4 ", "normal -1 -2 -3 -4e-1 "])
   vocabulary = _vocabulary("heart", "normal", "lung")
   matrix, stats = word_vectors.load_word_vectors(path, vocabulary, dim=4)
   np.testing.assert_allclose(matrix[vocabulary.token_id("heart")], [1, 2, 3, 4])
@@ -101,7 +99,9 @@ def test_words_with_spaces_as_in_glove_840b_are_read_not_confused(tmp_path):
   assert (stats.dim, stats.lines, stats.found) == (3, 4, 2)
 
 
-@pytest.mark.parametrize("lines, line_number, problem", [
+@pytest.mark.parametrize(
+  "lines, line_number, problem",
+  [
     (["heart 1 2 3", "lung 1 2"], 2, "2 values, expected a word and 3 values"),
     (["heart 1 2 3", "lung 1 2 3 4"], 2, "more than 3 values after 'lung'"),
     (["heart 1 2 3", "other 1 2 3 4 5"], 2, "more than 3 values"),  # Checked for every word.
@@ -110,7 +110,8 @@ def test_words_with_spaces_as_in_glove_840b_are_read_not_confused(tmp_path):
     (["heart 1 2 3", "lung 1 2 3", "other 0 0 0", "heart 3 2 1"], 4, "duplicate word 'heart' .first on line 1"),
     (["heart 1 2 3", "lung 1 nan 3"], 2, "the vector of 'lung' has a non-finite value"),
     (["heart"], 1, "expected a word followed by its vector values"),
-])
+  ],
+)
 def test_broken_files_name_the_file_line_and_problem(tmp_path, lines, line_number, problem):
   path = _write(tmp_path / "broken.txt", lines)
   with pytest.raises(word_vectors.WordVectorFileError, match=rf"broken\.txt, line {line_number}: {problem}"):

@@ -34,7 +34,7 @@ def end_bias(margins: np.ndarray) -> float:
 
 
 def repeats_a_trigram(ids: list[int]) -> bool:
-  trigrams = [tuple(ids[i:i + 3]) for i in range(len(ids) - 2)]
+  trigrams = [tuple(ids[i : i + 3]) for i in range(len(ids) - 2)]
   return len(set(trigrams)) < len(trigrams)
 
 

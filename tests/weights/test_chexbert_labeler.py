@@ -26,8 +26,14 @@ from cxrjax.models import chexbert
 from cxrjax.weights import chexbert_labeler
 from cxrjax.weights.store import WeightsError
 
-TINY = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-            max_position_embeddings=512)
+TINY = dict(
+  vocab_size=30522,
+  hidden_size=32,
+  num_hidden_layers=2,
+  num_attention_heads=2,
+  intermediate_size=64,
+  max_position_embeddings=512,
+)
 CLS, SEP, PAD = 101, 102, 0
 
 
@@ -81,7 +87,7 @@ def reference_model(calibration_ids: list[list[int]], seed: int = 0) -> bert_lab
         parameter.normal_(0.0, 0.2)
     logits = reference_logits(model, calibration_ids)
     for j, head in enumerate(model.linear_heads):
-      head.bias -= torch.from_numpy(logits[:, j, :head.out_features].mean(0))
+      head.bias -= torch.from_numpy(logits[:, j, : head.out_features].mean(0))
   return model
 
 
@@ -119,9 +125,12 @@ def ported(tmp_path_factory, shared_data, iu_reports_text, bert_tokenizer):
   model = reference_model([reference_ids(bert_tokenizer, report) for report in iu_reports_text[:300]], seed=10)
   directory = tmp_path_factory.mktemp("chexbert")
   checkpoint = save_release(model, directory / "chexbert.pth")
-  description = chexbert_labeler.port(checkpoint, directory / "labeler",
-                                      tokenizer=shared_data / "text" / "bert-base-uncased-vocab.txt",
-                                      num_heads=TINY["num_attention_heads"])
+  description = chexbert_labeler.port(
+    checkpoint,
+    directory / "labeler",
+    tokenizer=shared_data / "text" / "bert-base-uncased-vocab.txt",
+    num_heads=TINY["num_attention_heads"],
+  )
   return model, checkpoint, directory / "labeler", description
 
 
@@ -133,15 +142,16 @@ def reference_logits(model, ids: list[list[int]], batch_size: int = 128) -> np.n
   order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
   with torch.no_grad():
     for start in range(0, len(order), batch_size):
-      chosen = order[start:start + batch_size]
-      batch = torch.nn.utils.rnn.pad_sequence([torch.tensor(ids[i]) for i in chosen], batch_first=True,
-                                              padding_value=PAD)
+      chosen = order[start : start + batch_size]
+      batch = torch.nn.utils.rnn.pad_sequence(
+        [torch.tensor(ids[i]) for i in chosen], batch_first=True, padding_value=PAD
+      )
       mask = torch.ones(batch.shape, dtype=torch.float)
       for row, i in enumerate(chosen):
-        mask[row, len(ids[i]):] = 0
+        mask[row, len(ids[i]) :] = 0
       heads = model(batch, mask)
       for j, head in enumerate(heads):
-        out[chosen, j, :head.shape[1]] = head.numpy()
+        out[chosen, j, : head.shape[1]] = head.numpy()
   return out
 
 
@@ -165,7 +175,9 @@ def test_labels_match_the_reference_on_every_iu_report(ported, iu_reports_text, 
   np.testing.assert_allclose(logits[:, :13], expected[:, :13], rtol=0, atol=1e-4)
   np.testing.assert_allclose(logits[:, 13, :2], expected[:, 13, :2], rtol=0, atol=1e-4)
   assert np.all(np.isneginf(logits[:, 13, 2:]))
-  difference = max(np.abs(logits[:, :13] - expected[:, :13]).max(), np.abs(logits[:, 13, :2] - expected[:, 13, :2]).max())
+  difference = max(
+    np.abs(logits[:, :13] - expected[:, :13]).max(), np.abs(logits[:, 13, :2] - expected[:, 13, :2]).max()
+  )
   top_two = np.sort(expected[:, :13], axis=-1)[..., -2:]
   margin = min((top_two[..., 1] - top_two[..., 0]).min(), np.abs(np.diff(expected[:, 13, :2])).min())
   print(f"max |logit difference| {difference:.2e}; smallest reference margin {margin:.2e}")
@@ -190,15 +202,22 @@ def test_batches_are_padded_to_their_longest_report_rounded_up_to_16(ported, iu_
   some = iu_reports_text[:37] + iu_reports_text[-3:]  # The long report (512 ids) and the empty one included.
   labeler.logits(some, batch_size=8)
   lengths = sorted(len(labeler.encode(report)) for report in some)
-  expected = [min(-(-max(lengths[start:start + 8]) // 16) * 16, 512) for start in range(0, len(some), 8)]
+  expected = [min(-(-max(lengths[start : start + 8]) // 16) * 16, 512) for start in range(0, len(some), 8)]
   assert shapes == [(8, length) for length in expected] and expected[-1] == 512
   assert [chexbert_labeler._bucket(length, 512) for length in (2, 16, 17, 170, 497, 512)] == [16, 16, 32, 176, 512, 512]
 
 
 def test_port_writes_the_architecture_and_the_checkpoints_sha256(ported):
   _, checkpoint, directory, description = ported
-  assert description["fields"] == dict(vocab_size=30522, hidden_size=32, num_layers=2, num_heads=2,
-                                       intermediate_size=64, max_positions=512, type_vocab_size=2)
+  assert description["fields"] == dict(
+    vocab_size=30522,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=2,
+    intermediate_size=64,
+    max_positions=512,
+    type_vocab_size=2,
+  )
   assert description["source"]["sha256"] == chexbert_labeler.sha256(checkpoint)
   assert len(description["source"]["sha256"]) == 64
   assert json.loads((directory / "model.json").read_text())["conditions"] == list(chexbert.CONDITIONS)
@@ -206,28 +225,46 @@ def test_port_writes_the_architecture_and_the_checkpoints_sha256(ported):
 
 def test_an_old_position_ids_buffer_is_accepted_only_with_the_models_positions(tmp_path, ported):
   model = ported[0]
-  good = save_release(model, tmp_path / "old.pth", lambda state: state.update(
-      {"module.bert.embeddings.position_ids": torch.arange(512)[None]}))
+  good = save_release(
+    model,
+    tmp_path / "old.pth",
+    lambda state: state.update({"module.bert.embeddings.position_ids": torch.arange(512)[None]}),
+  )
   variables, _ = chexbert_labeler.import_checkpoint(good, num_heads=2)
   assert "position_ids" not in str(variables.keys())
-  bad = save_release(model, tmp_path / "shifted.pth", lambda state: state.update(
-      {"module.bert.embeddings.position_ids": torch.arange(512)[None] + 1}))
+  bad = save_release(
+    model,
+    tmp_path / "shifted.pth",
+    lambda state: state.update({"module.bert.embeddings.position_ids": torch.arange(512)[None] + 1}),
+  )
   with pytest.raises(WeightsError, match=r"shifted\.pth: buffer bert\.embeddings\.position_ids"):
     chexbert_labeler.import_checkpoint(bad, num_heads=2)
 
 
-@pytest.mark.parametrize("edit, message", [
+@pytest.mark.parametrize(
+  "edit, message",
+  [
     (lambda s: s.pop("module.linear_heads.13.bias"), r"1 missing tensors \['linear_heads\.13\.bias'\]"),
-    (lambda s: s.pop("module.bert.encoder.layer.1.output.LayerNorm.weight"),
-     r"missing tensors \['bert\.encoder\.layer\.1\.output\.LayerNorm\.weight'\]"),
-    (lambda s: s.update({"module.classifier.weight": torch.zeros(2, 32)}),
-     r"1 unexpected tensors \['classifier\.weight'\]"),
-    (lambda s: s["module.linear_heads.2.weight"].__setitem__((0, 0), float("nan")),
-     r"tensor linear_heads\.2\.weight has 1 non-finite"),
-    (lambda s: s.update({"module.linear_heads.13.weight": torch.zeros(4, 32),
-                         "module.linear_heads.13.bias": torch.zeros(4)}),
-     r"2 tensors of the wrong shape \['linear_heads\.13\.bias \(4,\) \(model params/heads_13/bias needs \(2,\)\)"),
-])
+    (
+      lambda s: s.pop("module.bert.encoder.layer.1.output.LayerNorm.weight"),
+      r"missing tensors \['bert\.encoder\.layer\.1\.output\.LayerNorm\.weight'\]",
+    ),
+    (
+      lambda s: s.update({"module.classifier.weight": torch.zeros(2, 32)}),
+      r"1 unexpected tensors \['classifier\.weight'\]",
+    ),
+    (
+      lambda s: s["module.linear_heads.2.weight"].__setitem__((0, 0), float("nan")),
+      r"tensor linear_heads\.2\.weight has 1 non-finite",
+    ),
+    (
+      lambda s: s.update(
+        {"module.linear_heads.13.weight": torch.zeros(4, 32), "module.linear_heads.13.bias": torch.zeros(4)}
+      ),
+      r"2 tensors of the wrong shape \['linear_heads\.13\.bias \(4,\) \(model params/heads_13/bias needs \(2,\)\)",
+    ),
+  ],
+)
 def test_a_damaged_checkpoint_is_one_error_naming_the_file(tmp_path, ported, edit, message):
   model = ported[0]
   path = save_release(model, tmp_path / "damaged.pth", edit)
@@ -237,8 +274,7 @@ def test_a_damaged_checkpoint_is_one_error_naming_the_file(tmp_path, ported, edi
 
 def test_a_pickled_object_is_refused_and_not_run(tmp_path):
   path = tmp_path / "chexbert.pth"
-  torch.save({"model_state_dict": {}, "optimizer": torch.optim.SGD([torch.zeros(1, requires_grad=True)], 0.1)},
-             path)
+  torch.save({"model_state_dict": {}, "optimizer": torch.optim.SGD([torch.zeros(1, requires_grad=True)], 0.1)}, path)
   with pytest.raises(WeightsError, match=r"chexbert\.pth: holds pickled objects"):
     chexbert_labeler.import_checkpoint(path)
   plain = tmp_path / "state_dict.pth"
@@ -253,8 +289,12 @@ def test_cli_ports_then_labels_reports_in_both_conventions(tmp_path, ported, sha
   vocab = shared_data / "text" / "bert-base-uncased-vocab.txt"
   assert cli.main(["port-weights", "--format", "chexbert", "--num-heads", "2", str(checkpoint), str(out)]) == 2
   assert f"{checkpoint}: the checkpoint holds no vocabulary" in capsys.readouterr().err
-  assert cli.main(["port-weights", "--format", "chexbert", "--num-heads", "2", "--tokenizer", str(vocab),
-                   str(checkpoint), str(out)]) == 0
+  assert (
+    cli.main(
+      ["port-weights", "--format", "chexbert", "--num-heads", "2", "--tokenizer", str(vocab), str(checkpoint), str(out)]
+    )
+    == 0
+  )
   ported_line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert ported_line["sha256"] == chexbert_labeler.sha256(checkpoint) and ported_line["num_layers"] == 2
   lines = iu_reports_text[:5] + ["", iu_reports_text[-3].replace("\n", " ")]  # The last one is cut at 512.

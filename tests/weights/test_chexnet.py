@@ -54,17 +54,18 @@ def _write_keras2_h5(model, path):
 @pytest.mark.slow
 def test_keras_h5_import_matches_keras_densenet121_on_real_images(tmp_path, chest_xrays):
   import keras
+
   keras.utils.set_random_seed(0)
-  base = keras.applications.DenseNet121(weights=None, include_top=False, pooling="avg",
-                                        input_shape=(224, 224, 3))
+  base = keras.applications.DenseNet121(weights=None, include_top=False, pooling="avg", input_shape=(224, 224, 3))
   logits = keras.layers.Dense(14, name="predictions")(base.output)
   reference = keras.Model(base.input, [base.output, logits])
   rng = np.random.default_rng(0)
   for layer in reference.layers:
     if isinstance(layer, keras.layers.BatchNormalization):
       n = layer.gamma.shape[0]
-      layer.set_weights([0.5 + rng.random(n), 0.2 * rng.standard_normal(n),
-                         0.2 * rng.standard_normal(n), 0.5 + rng.random(n)])
+      layer.set_weights(
+        [0.5 + rng.random(n), 0.2 * rng.standard_normal(n), 0.2 * rng.standard_normal(n), 0.5 + rng.random(n)]
+      )
   h5_path = tmp_path / "brucechou1983_CheXNet_Keras_0.3.0_weights.h5"
   _write_keras2_h5(reference, h5_path)
 

@@ -28,10 +28,19 @@ WEIGHTS = "model.safetensors"
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
   config = transformers.GitConfig(
-      vision_config=dict(hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2,
-                         image_size=16, patch_size=8),
-      vocab_size=len(VOCAB), hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
-      max_position_embeddings=16, bos_token_id=2, eos_token_id=3, pad_token_id=0)
+    vision_config=dict(
+      hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2, image_size=16, patch_size=8
+    ),
+    vocab_size=len(VOCAB),
+    hidden_size=8,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=16,
+    max_position_embeddings=16,
+    bos_token_id=2,
+    eos_token_id=3,
+    pad_token_id=0,
+  )
   directory = tmp_path_factory.mktemp("hf") / "git"
   transformers.GitForCausalLM(config).save_pretrained(directory)
   (directory / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
@@ -71,6 +80,7 @@ def test_old_checkpoints_position_ids_buffers_are_ignored(copy, tmp_path, capsys
   def change(tensors):
     tensors["git.embeddings.position_ids"] = np.arange(16, dtype=np.int64)[None]
     tensors["git.image_encoder.vision_model.embeddings.position_ids"] = np.arange(5, dtype=np.int64)[None]
+
   _rewrite(copy, change)
   assert cli.main(["port-weights", "--format", "hf", str(copy), str(tmp_path / "out")]) == 0
   assert json.loads(capsys.readouterr().out)["model"] == "git"
@@ -88,15 +98,16 @@ def test_config_json_that_is_not_json(copy, tmp_path, capsys):
 
 
 def test_unknown_model_type(copy, tmp_path, capsys):
-  (copy / "config.json").write_text(json.dumps(dict(json.loads((copy / "config.json").read_text()),
-                                                    model_type="llama")))
+  (copy / "config.json").write_text(
+    json.dumps(dict(json.loads((copy / "config.json").read_text()), model_type="llama"))
+  )
   error = _port_error(copy, tmp_path / "out", capsys)
   assert f"{copy / 'config.json'}: model_type 'llama' is not supported" in error and "'git'" in error
 
 
 def test_missing_and_truncated_safetensors(copy, tmp_path, capsys):
   data = (copy / WEIGHTS).read_bytes()
-  (copy / WEIGHTS).write_bytes(data[:len(data) // 2])
+  (copy / WEIGHTS).write_bytes(data[: len(data) // 2])
   error = _port_error(copy, tmp_path / "out", capsys)
   assert f"{copy / WEIGHTS}: cannot be read as safetensors" in error
   (copy / WEIGHTS).unlink()
@@ -115,7 +126,9 @@ def test_a_tensor_of_the_wrong_shape(copy, tmp_path, capsys):
 def test_missing_and_unexpected_tensors(copy, tmp_path, capsys):
   def change(tensors):
     tensors["git.encoder.layer.0.attention.self.kee.weight"] = tensors.pop(
-        "git.encoder.layer.0.attention.self.key.weight")
+      "git.encoder.layer.0.attention.self.key.weight"
+    )
+
   _rewrite(copy, change)
   error = _port_error(copy, tmp_path / "out", capsys)
   assert "1 missing tensors ['git.encoder.layer.0.attention.self.key.weight']" in error
@@ -125,6 +138,7 @@ def test_missing_and_unexpected_tensors(copy, tmp_path, capsys):
 def test_a_tensor_with_nan(copy, tmp_path, capsys):
   def change(tensors):
     tensors["git.embeddings.LayerNorm.bias"][3] = np.nan
+
   _rewrite(copy, change)
   error = _port_error(copy, tmp_path / "out", capsys)
   assert f"{copy / WEIGHTS}: tensor 'git.embeddings.LayerNorm.bias' has 1 NaN or infinite values" in error
@@ -150,6 +164,7 @@ def test_unsupported_configurations_are_named(copy):
 def test_strict_map_names_a_variable_without_source():
   def source_of(path):
     raise KeyError(path)
+
   abstract = {"params": {"head": {"kernel": np.zeros((2, 2))}}}
   with pytest.raises(WeightsError, match="params/head/kernel has no source tensor"):
     hf.strict_map({}, abstract, source_of, "DIR")

@@ -43,15 +43,15 @@ def vocab(shared_data):
 
 
 def _port(hf_directory, out, vocab, *extra) -> dict:
-  assert cli.main(["port-weights", "--format", "hf", str(hf_directory), str(out), "--tokenizer", str(vocab),
-                   *extra]) == 0
+  assert (
+    cli.main(["port-weights", "--format", "hf", str(hf_directory), str(out), "--tokenizer", str(vocab), *extra]) == 0
+  )
   return inference.Predictor.from_workdir(str(out))
 
 
 def _predict(capsys, out, paths, *options) -> list[dict]:
   capsys.readouterr()
-  assert cli.main(["predict", "--workdir", str(out), "--max-new-tokens", str(MAX_NEW), *options,
-                   *map(str, paths)]) == 0
+  assert cli.main(["predict", "--workdir", str(out), "--max-new-tokens", str(MAX_NEW), *options, *map(str, paths)]) == 0
   return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
 
 
@@ -59,13 +59,12 @@ def _hf_ids(rows, skip: int) -> list[list[int]]:
   out = []
   for row in rows.tolist():
     row = row[skip:]
-    out.append(row[:row.index(SEP)] if SEP in row else row)
+    out.append(row[: row.index(SEP)] if SEP in row else row)
   return out
 
 
 @pytest.mark.parametrize("prompt", ["", "a picture of"], ids=["no_prompt", "prompt"])
-def test_port_weights_then_logits_and_predict_match_transformers(hf_dir, vocab, shared_data, tmp_path, capsys,
-                                                                 prompt):
+def test_port_weights_then_logits_and_predict_match_transformers(hf_dir, vocab, shared_data, tmp_path, capsys, prompt):
   model, _ = hf_dir
   images = chest_xrays(shared_data)
   pixels = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
@@ -85,8 +84,10 @@ def test_port_weights_then_logits_and_predict_match_transformers(hf_dir, vocab, 
   hf_inputs = np.concatenate([np.tile(PROMPT_IDS, (4, 1)), captions], axis=1) if prompt else tokens
   with torch.no_grad():
     expected = model(pixel_values=pixels, input_ids=torch.from_numpy(hf_inputs).long()).logits.numpy()
-  expected = expected[:, len(PROMPT_IDS) - 1:] if prompt else expected
-  logits = jax.jit(lambda v, x, t: predictor.model.apply(v, x, t)["logits"])(predictor.variables, images[:, None], tokens)
+  expected = expected[:, len(PROMPT_IDS) - 1 :] if prompt else expected
+  logits = jax.jit(lambda v, x, t: predictor.model.apply(v, x, t)["logits"])(
+    predictor.variables, images[:, None], tokens
+  )
   np.testing.assert_allclose(np.asarray(logits), expected, rtol=0, atol=1e-4)
 
   paths = sorted((shared_data / "iu_xray" / "images").glob("*.png"))
@@ -140,6 +141,7 @@ def test_blip_processing_equals_blip_image_processor(shared_data):
   # Training sees the processor's view too: no augmentation.
   assert transforms.from_config(config) == transforms.Preprocessing(image_size=384, **hf_blip.PREPROCESSING)
   from PIL import Image
+
   paths = sorted((shared_data / "iu_xray" / "images").glob("*.png"))
   processor = transformers.BlipImageProcessor()
   expected = processor([Image.open(p) for p in paths], return_tensors="np")["pixel_values"].transpose(0, 2, 3, 1)
@@ -158,15 +160,19 @@ def test_config_defaults_are_transformers_defaults():
 def test_tied_copies_are_accepted_when_equal_and_rejected_otherwise(hf_dir, vocab, tmp_path):
   model, directory = hf_dir
   tensors = dict(safetensors.numpy.load_file(directory / "model.safetensors"))
-  tensors["text_decoder.cls.predictions.decoder.weight"] = tensors["text_decoder.bert.embeddings.word_embeddings.weight"]
+  tensors["text_decoder.cls.predictions.decoder.weight"] = tensors[
+    "text_decoder.bert.embeddings.word_embeddings.weight"
+  ]
   tensors["text_decoder.cls.predictions.decoder.bias"] = tensors["text_decoder.cls.predictions.bias"]
   old = tmp_path / "old"
   old.mkdir()
   (old / "config.json").write_text((directory / "config.json").read_text())
   safetensors.numpy.save_file(tensors, old / "model.safetensors")
   _, _, variables = hf.import_hf(old, tokenizer=vocab)
-  np.testing.assert_array_equal(variables["params"]["embeddings"]["word_embeddings"]["embedding"],
-                                tensors["text_decoder.bert.embeddings.word_embeddings.weight"])
+  np.testing.assert_array_equal(
+    variables["params"]["embeddings"]["word_embeddings"]["embedding"],
+    tensors["text_decoder.bert.embeddings.word_embeddings.weight"],
+  )
   tensors["text_decoder.cls.predictions.decoder.weight"] = tensors["text_decoder.cls.predictions.decoder.weight"] + 1
   safetensors.numpy.save_file(tensors, old / "model.safetensors")
   with pytest.raises(WeightsError, match=r"cls\.predictions\.decoder\.weight differs from text_decoder\.bert"):

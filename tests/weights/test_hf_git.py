@@ -31,16 +31,30 @@ CLS, SEP = 101, 102
 IMAGE_SIZE, MAX_NEW_TOKENS = 32, 8
 DEFAULT_NEW_TOKENS = 20  # transformers' `generate` where nothing sets a length.
 CONFIG = dict(
-    vision_config=dict(hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=2,
-                       image_size=IMAGE_SIZE, patch_size=8, layer_norm_eps=1e-5),
-    vocab_size=30522, hidden_size=24, num_hidden_layers=2, num_attention_heads=3, intermediate_size=48,
-    max_position_embeddings=40, layer_norm_eps=1e-12)
+  vision_config=dict(
+    hidden_size=32,
+    intermediate_size=40,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    image_size=IMAGE_SIZE,
+    patch_size=8,
+    layer_norm_eps=1e-5,
+  ),
+  vocab_size=30522,
+  hidden_size=24,
+  num_hidden_layers=2,
+  num_attention_heads=3,
+  intermediate_size=48,
+  max_position_embeddings=40,
+  layer_norm_eps=1e-12,
+)
 
 
 def clip_processor(size: int) -> transformers.CLIPImageProcessor:
   """GIT's image processor (microsoft/git-base's preprocessor_config.json) at `size`."""
-  return transformers.CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
-                                         do_convert_rgb=True)
+  return transformers.CLIPImageProcessor(
+    size={"shortest_edge": size}, crop_size={"height": size, "width": size}, do_convert_rgb=True
+  )
 
 
 def pixel_values(paths, size: int) -> np.ndarray:
@@ -76,8 +90,9 @@ def reference(image_paths):
   model = randomized_git()
   pixels = torch.from_numpy(pixel_values(image_paths, IMAGE_SIZE))
   with torch.no_grad():  # The end token wins for some images, not at once: captions of several lengths.
-    sequences = model.generate(pixel_values=pixels, max_new_tokens=MAX_NEW_TOKENS, output_scores=True,
-                               return_dict_in_generate=True)
+    sequences = model.generate(
+      pixel_values=pixels, max_new_tokens=MAX_NEW_TOKENS, output_scores=True, return_dict_in_generate=True
+    )
     margins = torch.stack([s.max(-1).values - s[:, SEP] for s in sequences.scores], 1)[:, 1:]  # [n, steps]
     model.output.bias[SEP] += float(margins.min(1).values.median())
   return model, pixels
@@ -102,8 +117,9 @@ def favouring_git(image_paths):
   pixels = torch.from_numpy(pixel_values(image_paths, IMAGE_SIZE))
   with torch.no_grad():
     model.output.bias[list(generation_checks.FAVOURED)] += generation_checks.FAVOUR
-    scores = model.generate(pixel_values=pixels, max_new_tokens=DEFAULT_NEW_TOKENS, output_scores=True,
-                            return_dict_in_generate=True).scores
+    scores = model.generate(
+      pixel_values=pixels, max_new_tokens=DEFAULT_NEW_TOKENS, output_scores=True, return_dict_in_generate=True
+    ).scores
     model.output.bias[SEP] += generation_checks.end_bias(generation_checks.margins_to_end(scores, SEP))
   return model, pixels
 
@@ -111,7 +127,7 @@ def favouring_git(image_paths):
 def _strip(row) -> list[int]:
   """transformers' sequence -> the generated ids: without the start token, up to the end token."""
   row = [int(t) for t in row[1:]]
-  return row[:row.index(SEP)] if SEP in row else row
+  return row[: row.index(SEP)] if SEP in row else row
 
 
 def test_preprocessing_equals_the_clip_image_processor_on_real_images(image_paths):
@@ -140,22 +156,32 @@ def test_teacher_forced_logits_match_transformers(reference, ported):
 def test_predict_equals_transformers_generate(reference, ported, image_paths, capsys, beams):
   model, pixels = reference
   with torch.no_grad():
-    generated = model.generate(pixel_values=pixels, num_beams=beams, max_new_tokens=MAX_NEW_TOKENS,
-                               output_scores=True, return_dict_in_generate=True)
+    generated = model.generate(
+      pixel_values=pixels,
+      num_beams=beams,
+      max_new_tokens=MAX_NEW_TOKENS,
+      output_scores=True,
+      return_dict_in_generate=True,
+    )
   expected = [_strip(row) for row in generated.sequences.tolist()]
   lengths = {len(ids) for ids in expected}
   assert len(lengths) > 1 and min(lengths) < MAX_NEW_TOKENS  # Some end early, some run to the limit.
   search = ["--greedy"] if beams == 1 else ["--beam-size", str(beams)]
   capsys.readouterr()
-  assert cli.main(["predict", "--workdir", str(ported[1]), *search, "--max-new-tokens", str(MAX_NEW_TOKENS),
-                   *map(str, image_paths)]) == 0
+  assert (
+    cli.main(
+      ["predict", "--workdir", str(ported[1]), *search, "--max-new-tokens", str(MAX_NEW_TOKENS), *map(str, image_paths)]
+    )
+    == 0
+  )
   lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
   assert [line["token_ids"] for line in lines] == expected
   if beams == 1:  # Each token's log-probability, as transformers' scores give it.
     log_probs = torch.log_softmax(torch.stack(generated.scores, 1), -1).numpy()  # [n, steps, vocab]
     for index, line in enumerate(lines):
-      np.testing.assert_allclose(line["token_logprobs"],
-                                 log_probs[index, np.arange(len(expected[index])), expected[index]], atol=1e-4)
+      np.testing.assert_allclose(
+        line["token_logprobs"], log_probs[index, np.arange(len(expected[index])), expected[index]], atol=1e-4
+      )
   else:
     np.testing.assert_allclose([line["score"] for line in lines], generated.sequences_scores.numpy(), atol=1e-4)
 
@@ -168,8 +194,13 @@ def test_the_runs_search_equals_transformers_generate(reference, ported):
   images = pixels.numpy().transpose(0, 2, 3, 1)[:, None]
   for beams in (1, 3):
     with torch.no_grad():
-      generated = model.generate(pixel_values=pixels, num_beams=beams, max_new_tokens=MAX_NEW_TOKENS,
-                                 output_scores=True, return_dict_in_generate=True)
+      generated = model.generate(
+        pixel_values=pixels,
+        num_beams=beams,
+        max_new_tokens=MAX_NEW_TOKENS,
+        output_scores=True,
+        return_dict_in_generate=True,
+      )
     decode = ml_collections.ConfigDict(dict(run.config.decode.to_dict(), beam_size=beams, max_length=MAX_NEW_TOKENS))
     predict = jax.jit(run.task.predict_fn(run.model, run.tokenizer, decode=decode, with_scores=True))
     outputs = jax.device_get(predict(run.state.variables(), {"images": images}))
@@ -190,8 +221,9 @@ def test_the_imported_run_reads_the_checkpoints_sizes(ported):
 
 
 def test_a_prompt_is_refused_for_git(ported, tmp_path, capsys):
-  assert cli.main(["port-weights", "--format", "hf", "--prompt", "a picture of", str(ported[0]),
-                   str(tmp_path / "out")]) == 2
+  assert (
+    cli.main(["port-weights", "--format", "hf", "--prompt", "a picture of", str(ported[0]), str(tmp_path / "out")]) == 2
+  )
   assert "takes no prompt" in capsys.readouterr().err
 
 
@@ -202,12 +234,17 @@ def test_every_tensor_is_mapped_once(ported):
   assert sorted(names) == sorted(tensors)  # One to one: no tensor used twice, none left over.
 
 
-@pytest.mark.parametrize("generation, beams, new_tokens", [
+@pytest.mark.parametrize(
+  "generation, beams, new_tokens",
+  [
     ({}, 1, DEFAULT_NEW_TOKENS),  # Nothing set: transformers' defaults, greedy and 20 new tokens.
     ({"num_beams": 3, "max_length": 16}, 3, 15),  # max_length counts the [CLS] fed first.
-], ids=["defaults", "beam3_max_length"])
-def test_a_ported_git_decodes_as_generate_on_its_directory(favouring_git, image_paths, shared_data, tmp_path, capsys,
-                                                           generation, beams, new_tokens):
+  ],
+  ids=["defaults", "beam3_max_length"],
+)
+def test_a_ported_git_decodes_as_generate_on_its_directory(
+  favouring_git, image_paths, shared_data, tmp_path, capsys, generation, beams, new_tokens
+):
   """`port-weights`, then `predict` with no decoding option: the captions of transformers' `generate` on the
   directory as `from_pretrained` reads it (generation_config.json), some ending early, some at the limit,
   trigrams repeated (nothing blocked)."""
@@ -242,12 +279,16 @@ def test_generation_settings_from_config_json_and_those_no_search_reproduces(por
   config, _, _ = hf.import_hf(directory)
   assert (config.decode.beam_size, config.decode.max_length, config.model.cache_length) == (2, 30, 40)
   (directory / hf.CONFIG_FILE).write_text(json.dumps(config_json))
-  for setting, message in (({"do_sample": True}, "do_sample=True is not supported"),
-                           ({"no_repeat_ngram_size": 3}, "no_repeat_ngram_size=3 is not supported"),
-                           ({"max_new_tokens": 41}, "max_new_tokens=41 asks for 41 new tokens; the text position "
-                                                    "table (max_position_embeddings 40) holds 40"),
-                           ({"max_length": 1}, "max_length=1 leaves no token to generate"),
-                           ({"eos_token_id": 1012}, "eos_token_id=1012; the tokenizer's eos token is 102")):
+  for setting, message in (
+    ({"do_sample": True}, "do_sample=True is not supported"),
+    ({"no_repeat_ngram_size": 3}, "no_repeat_ngram_size=3 is not supported"),
+    (
+      {"max_new_tokens": 41},
+      "max_new_tokens=41 asks for 41 new tokens; the text position table (max_position_embeddings 40) holds 40",
+    ),
+    ({"max_length": 1}, "max_length=1 leaves no token to generate"),
+    ({"eos_token_id": 1012}, "eos_token_id=1012; the tokenizer's eos token is 102"),
+  ):
     (directory / hf.GENERATION_CONFIG).write_text(json.dumps(setting))
     out = tmp_path / f"out_{next(iter(setting))}"
     assert cli.main(["port-weights", "--format", "hf", str(directory), str(out)]) == 2

@@ -23,12 +23,14 @@ def test_encoder_weights_land_in_the_image_encoder_and_an_epsilon_mismatch_is_sa
     weights = dataclasses.replace(encoder, bn_epsilon=epsilon)
     variables = densenet.DenseNet(weights).init(jax.random.key(7), np.zeros((1, 32, 32, 3), np.float32))
     chexnet.save_chexnet(tmp_path / name, variables, weights, source={"format": "test"})
-    loaded = pretrained.initialize({"encoder": str(tmp_path / name)}, models.get("attention_captioner"),
-                                   _fresh(section), model_config=section)
+    loaded = pretrained.initialize(
+      {"encoder": str(tmp_path / name)}, models.get("attention_captioner"), _fresh(section), model_config=section
+    )
     imported = {k: v for k, v in variables["params"].items() if k != "classifier"}
     jax.tree.map(np.testing.assert_array_equal, loaded["params"]["image_encoder"]["densenet"], imported)
-    jax.tree.map(np.testing.assert_array_equal, loaded["batch_stats"]["image_encoder"]["densenet"],
-                 variables["batch_stats"])
+    jax.tree.map(
+      np.testing.assert_array_equal, loaded["batch_stats"]["image_encoder"]["densenet"], variables["batch_stats"]
+    )
     warning = capsys.readouterr().err
     if name == "same":
       assert warning == ""

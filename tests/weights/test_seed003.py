@@ -28,8 +28,20 @@ from cxrjax.weights import pretrained, seed003, store
 
 from tests.weights import generation_checks
 from tests.weights.torch_seed003 import (  # noqa: F401  (the seed's reference code)
-    TINY_RESNET, TINY_DECODER, CLS, SEP, GraphPropagationLayer, ResNetGraphCaptioner, encoder_runs_once,
-    generate_caption, seed_transform, calibrate_batch_norm, reference_model, flax_model, token_rows)
+  TINY_RESNET,
+  TINY_DECODER,
+  CLS,
+  SEP,
+  GraphPropagationLayer,
+  ResNetGraphCaptioner,
+  encoder_runs_once,
+  generate_caption,
+  seed_transform,
+  calibrate_batch_norm,
+  reference_model,
+  flax_model,
+  token_rows,
+)
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +96,9 @@ def test_greedy_decoding_matches_the_seeds_generate_caption(tmp_path, tiny_check
   @jax.jit
   def greedy(images):
     cache = model.apply(variables, model.apply(variables, images, method="encode"), method="init_cache")
-    return decoding.greedy_search(model.decoder_step_fn(variables), cache, start_id=CLS, end_id=SEP, pad_id=0,
-                                  max_length=max_len)
+    return decoding.greedy_search(
+      model.decoder_step_fn(variables), cache, start_id=CLS, end_id=SEP, pad_id=0, max_length=max_len
+    )
 
   tokens, total_log_probs = greedy(chest_xrays[:, None])
   tokens = np.asarray(tokens)
@@ -94,7 +107,7 @@ def test_greedy_decoding_matches_the_seeds_generate_caption(tmp_path, tiny_check
     image_tensor = torch.from_numpy(image.transpose(2, 0, 1)[None])
     expected_ids, expected_log_probs = generate_caption(image_tensor, torch_model, max_len=max_len)
     row = tokens[index].tolist()
-    ids = row[:row.index(SEP)] if SEP in row else row
+    ids = row[: row.index(SEP)] if SEP in row else row
     assert ids == expected_ids, f"image {index}"
     # Each generated token's log-probability under the imported model (teacher forced on the chosen tokens).
     scored = [CLS] + ids + ([SEP] if SEP in row else [])
@@ -113,6 +126,7 @@ def test_greedy_decoding_matches_the_seeds_generate_caption(tmp_path, tiny_check
 
 # Strict key checks.
 
+
 def _edited_checkpoint(tmp_path, tiny_checkpoint, edit):
   state = dict(tiny_checkpoint[0].state_dict())
   edit(state)
@@ -125,8 +139,9 @@ def test_a_missing_tensor_is_named(tmp_path, tiny_checkpoint):
   path = _edited_checkpoint(tmp_path, tiny_checkpoint, lambda s: s.pop("decoder.layers.1.norm2.bias"))
   with pytest.raises(store.WeightsError, match=r"1 missing tensors \['decoder.layers.1.norm2.bias'\]"):
     seed003.import_seed003(path, num_heads=4)
-  path = _edited_checkpoint(tmp_path, tiny_checkpoint,
-                            lambda s: s.pop("encoder.encoder.stages.2.layers.0.shortcut.normalization.running_var"))
+  path = _edited_checkpoint(
+    tmp_path, tiny_checkpoint, lambda s: s.pop("encoder.encoder.stages.2.layers.0.shortcut.normalization.running_var")
+  )
   with pytest.raises(store.WeightsError, match=r"stages.2.layers.0.shortcut.normalization.running_var"):
     seed003.import_seed003(path, num_heads=4)
 
@@ -160,8 +175,11 @@ class _Payload:
 def test_a_checkpoint_with_pickled_code_is_refused(tmp_path):
   path = tmp_path / "pickled.bin"
   torch.save({"vis_proj.weight": torch.zeros(2, 2), "payload": _Payload()}, path)
-  with pytest.raises(store.WeightsError, match=r"pickled.bin: holds pickled objects .*torch.load\(weights_only=True\) "
-                     r"refused: Unsupported global") as error:
+  with pytest.raises(
+    store.WeightsError,
+    match=r"pickled.bin: holds pickled objects .*torch.load\(weights_only=True\) "
+    r"refused: Unsupported global",
+  ) as error:
     seed003.import_seed003(path)
   assert "weights_only=False" not in str(error.value) and "add_safe_globals" not in str(error.value)
 
@@ -181,6 +199,7 @@ def test_save_and_load_round_trip(tmp_path, tiny_checkpoint):
 
 
 # Hugging Face ResNet directories (the encoder's pretrained weights).
+
 
 def _torch_resnet(kind, chest_xrays, seed=1):
   torch.manual_seed(seed)
@@ -207,19 +226,36 @@ def test_config_init_writes_a_hugging_face_resnet_into_the_captioner(tmp_path, c
   model, _ = _torch_resnet(transformers.ResNetModel, chest_xrays)
   model.save_pretrained(tmp_path / "resnet")
   family = graph_captioner.GraphCaptioner
-  captioner = family(vocab_size=20, encoder=resnet.ResNetConfig.from_dict(TINY_RESNET), d_model=16, num_heads=2,
-                     num_layers=1, ff_dim=32, max_positions=16, cache_length=8)
+  captioner = family(
+    vocab_size=20,
+    encoder=resnet.ResNetConfig.from_dict(TINY_RESNET),
+    d_model=16,
+    num_heads=2,
+    num_layers=1,
+    ff_dim=32,
+    max_positions=16,
+    cache_length=8,
+  )
   variables = captioner.init(jax.random.key(0), jnp.zeros((1, 1, 64, 64, 3)), jnp.zeros((1, 3), jnp.int32))
   loaded = pretrained.initialize({"encoder": str(tmp_path / "resnet")}, family, variables)
   imported, _ = seed003.import_hf_resnet(tmp_path / "resnet")
   for collection in ("params", "batch_stats"):
-    for a, b in zip(jax.tree.leaves(imported[collection]), jax.tree.leaves(loaded[collection]["image_encoder"]),
-                    strict=True):
+    for a, b in zip(
+      jax.tree.leaves(imported[collection]), jax.tree.leaves(loaded[collection]["image_encoder"]), strict=True
+    ):
       np.testing.assert_array_equal(a, b)
   np.testing.assert_array_equal(loaded["params"]["fc_out"]["kernel"], variables["params"]["fc_out"]["kernel"])
 
-  wider = family(vocab_size=20, encoder=resnet.ResNetConfig.from_dict(dict(TINY_RESNET, embedding_size=8)),
-                 d_model=16, num_heads=2, num_layers=1, ff_dim=32, max_positions=16, cache_length=8)
+  wider = family(
+    vocab_size=20,
+    encoder=resnet.ResNetConfig.from_dict(dict(TINY_RESNET, embedding_size=8)),
+    d_model=16,
+    num_heads=2,
+    num_layers=1,
+    ff_dim=32,
+    max_positions=16,
+    cache_length=8,
+  )
   variables = wider.init(jax.random.key(0), jnp.zeros((1, 1, 64, 64, 3)), jnp.zeros((1, 3), jnp.int32))
   with pytest.raises(store.WeightsError, match="tensor shapes differ from the encoder at image_encoder"):
     pretrained.initialize({"encoder": str(tmp_path / "resnet")}, family, variables)
@@ -240,8 +276,11 @@ def test_an_imported_run_decodes_as_the_seed_and_the_recipe_as_configured():
   position table lets its loop run; configs/rocov2_graph.py names its own search (beam 3, trigram blocking)."""
   import ml_collections  # pylint: disable=g-import-not-at-top
   from configs import rocov2_graph  # pylint: disable=g-import-not-at-top
+
   for cache_length, max_length in ((80, 80), (40, 40)):
-    decode = seed003.run_config(ml_collections.ConfigDict(dict(name="graph_captioner", cache_length=cache_length))).decode
+    decode = seed003.run_config(
+      ml_collections.ConfigDict(dict(name="graph_captioner", cache_length=cache_length))
+    ).decode
     assert (decode.beam_size, decode.max_length, decode.block_ngram_repeat) == (1, max_length, 0)
   recipe = rocov2_graph.get_config()
   assert (recipe.decode.beam_size, recipe.decode.max_length, recipe.decode.block_ngram_repeat) == (3, 80, 3)
@@ -255,9 +294,11 @@ def repeating_port(tmp_path_factory, shared_data, chest_xrays):
   show, and [SEP] raised so that two images end early and two run to the seed's 80 tokens; ported by
   `cxrjax port-weights --format seed003-torch`. -> (the torch model, the workdir)."""
   from cxrjax import cli  # pylint: disable=g-import-not-at-top
+
   folder = tmp_path_factory.mktemp("seed003_port")
-  reference = reference_model(chest_xrays, TINY_RESNET, vocab_size=30522, embed_dim=32, num_layers=2, num_heads=4,
-                              head_scale=8.0)
+  reference = reference_model(
+    chest_xrays, TINY_RESNET, vocab_size=30522, embed_dim=32, num_layers=2, num_heads=4, head_scale=8.0
+  )
   images = torch.from_numpy(chest_xrays.transpose(0, 3, 1, 2))
   with torch.no_grad(), encoder_runs_once(reference):
     reference.fc_out.bias[list(generation_checks.FAVOURED)] += generation_checks.FAVOUR
@@ -271,18 +312,33 @@ def repeating_port(tmp_path_factory, shared_data, chest_xrays):
     reference.fc_out.bias[SEP] += generation_checks.end_bias(np.stack(margins, axis=1))
   checkpoint = folder / "roco_best_model.bin"
   torch.save(reference.state_dict(), checkpoint)
-  assert cli.main(["port-weights", "--format", "seed003-torch", "--tokenizer",
-                   str(shared_data / "text/bert-base-uncased-vocab.txt"), "--num-heads", "4", str(checkpoint),
-                   str(folder / "out")]) == 0
+  assert (
+    cli.main(
+      [
+        "port-weights",
+        "--format",
+        "seed003-torch",
+        "--tokenizer",
+        str(shared_data / "text/bert-base-uncased-vocab.txt"),
+        "--num-heads",
+        "4",
+        str(checkpoint),
+        str(folder / "out"),
+      ]
+    )
+    == 0
+  )
   return reference, folder / "out"
 
 
-def test_a_ported_workdirs_predict_equals_the_seeds_generate_caption(shared_data, chest_xrays, tiny_checkpoint,
-                                                                     repeating_port, tmp_path, capsys):
+def test_a_ported_workdirs_predict_equals_the_seeds_generate_caption(
+  shared_data, chest_xrays, tiny_checkpoint, repeating_port, tmp_path, capsys
+):
   """`cxrjax predict` on the ported workdir, with no decoding option, on the real images: per image, the seed's
   generate_caption (max_len=80, nothing blocked) token ids exactly and their log-probabilities within 1e-3,
   captions that end early and captions of all 80 tokens, trigrams repeated."""
   from cxrjax import cli, inference  # pylint: disable=g-import-not-at-top
+
   reference, out = repeating_port
   paths = sorted((shared_data / "iu_xray" / "images").glob("*.png"))
   vocab = shared_data / "text/bert-base-uncased-vocab.txt"
@@ -304,7 +360,7 @@ def test_a_ported_workdirs_predict_equals_the_seeds_generate_caption(shared_data
       # separate word ("lung ."), BERT's basic text form, which the scoring protocols put the raw references in
       # too (cxrjax/metrics/protocols.py); BERT glues it on ("lung.").
       assert line["caption"].replace(" ", "") == bert.decode(ids, skip_special_tokens=True).replace(" ", "")
-      np.testing.assert_allclose(line["token_logprobs"], log_probs[:len(ids)], atol=1e-3)
+      np.testing.assert_allclose(line["token_logprobs"], log_probs[: len(ids)], atol=1e-3)
       with torch.no_grad():  # Every choice clear of a tie (the logits agree to 1e-4).
         top_two = reference(image, torch.tensor([[CLS] + ids]))[0].topk(2, dim=-1).values
       assert (top_two[:, 0] - top_two[:, 1]).min().item() > 1e-3
@@ -314,7 +370,19 @@ def test_a_ported_workdirs_predict_equals_the_seeds_generate_caption(shared_data
   predictor.config.decode.block_ngram_repeat = 3
   assert [predictor.predict_report([str(p)])["token_ids"] for p in paths] != expected
   # A checkpoint whose vocabulary is not the tokenizer's (120 rows, not 30522) is refused, naming both.
-  assert cli.main(["port-weights", "--format", "seed003-torch", "--tokenizer", str(vocab), str(tiny_checkpoint[1]),
-                   str(tmp_path / "x")]) == 2
+  assert (
+    cli.main(
+      [
+        "port-weights",
+        "--format",
+        "seed003-torch",
+        "--tokenizer",
+        str(vocab),
+        str(tiny_checkpoint[1]),
+        str(tmp_path / "x"),
+      ]
+    )
+    == 2
+  )
   error = capsys.readouterr().err
   assert "120 rows" in error and "30522 tokens" in error and not (tmp_path / "x").exists()

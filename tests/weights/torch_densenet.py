@@ -27,24 +27,39 @@ class _DenseLayer(nn.Module):
 
 
 class TorchDenseNet(nn.Module):
-  def __init__(self, block_sizes=(6, 12, 24, 16), growth_rate=32, bn_size=4, stem_features=64,
-               num_classes=14):
+  def __init__(self, block_sizes=(6, 12, 24, 16), growth_rate=32, bn_size=4, stem_features=64, num_classes=14):
     super().__init__()
-    layers = [("conv0", nn.Conv2d(3, stem_features, 7, stride=2, padding=3, bias=False)),
-              ("norm0", nn.BatchNorm2d(stem_features)), ("relu0", nn.ReLU()),
-              ("pool0", nn.MaxPool2d(3, stride=2, padding=1))]
+    layers = [
+      ("conv0", nn.Conv2d(3, stem_features, 7, stride=2, padding=3, bias=False)),
+      ("norm0", nn.BatchNorm2d(stem_features)),
+      ("relu0", nn.ReLU()),
+      ("pool0", nn.MaxPool2d(3, stride=2, padding=1)),
+    ]
     channels = stem_features
     for index, size in enumerate(block_sizes, start=1):
-      block = nn.Sequential(collections.OrderedDict(
-          (f"denselayer{i + 1}", _DenseLayer(channels + i * growth_rate, growth_rate, bn_size))
-          for i in range(size)))
+      block = nn.Sequential(
+        collections.OrderedDict(
+          (f"denselayer{i + 1}", _DenseLayer(channels + i * growth_rate, growth_rate, bn_size)) for i in range(size)
+        )
+      )
       layers.append((f"denseblock{index}", block))
       channels += size * growth_rate
       if index != len(block_sizes):
-        layers.append((f"transition{index}", nn.Sequential(collections.OrderedDict([
-            ("norm", nn.BatchNorm2d(channels)), ("relu", nn.ReLU()),
-            ("conv", nn.Conv2d(channels, channels // 2, 1, bias=False)),
-            ("pool", nn.AvgPool2d(2, stride=2))]))))
+        layers.append(
+          (
+            f"transition{index}",
+            nn.Sequential(
+              collections.OrderedDict(
+                [
+                  ("norm", nn.BatchNorm2d(channels)),
+                  ("relu", nn.ReLU()),
+                  ("conv", nn.Conv2d(channels, channels // 2, 1, bias=False)),
+                  ("pool", nn.AvgPool2d(2, stride=2)),
+                ]
+              )
+            ),
+          )
+        )
         channels //= 2
     layers.append(("norm5", nn.BatchNorm2d(channels)))
     self.features = nn.Sequential(collections.OrderedDict(layers))

@@ -21,6 +21,7 @@ CLS, SEP = 101, 102  # bert-base-uncased's, which the seed's generate_caption st
 
 # The seed's code (../shared/seeds/003_*.txt), the ResNet built from a config instead of the hub.
 
+
 class GraphPropagationLayer(nn.Module):
   def __init__(self, embed_dim, window_size=3, max_steps=3):
     super().__init__()
@@ -56,8 +57,9 @@ class ResNetGraphCaptioner(nn.Module):
     self.embedding = nn.Embedding(vocab_size, embed_dim)
     self.pos_encoder = nn.Parameter(torch.randn(1, 2000, embed_dim))
 
-    decoder_layer = nn.TransformerDecoderLayer(d_model=embed_dim, nhead=num_heads, dim_feedforward=1024,
-                                               batch_first=True)
+    decoder_layer = nn.TransformerDecoderLayer(
+      d_model=embed_dim, nhead=num_heads, dim_feedforward=1024, batch_first=True
+    )
     self.decoder = nn.TransformerDecoder(decoder_layer, num_layers=num_layers)
     self.fc_out = nn.Linear(embed_dim, vocab_size)
 
@@ -72,7 +74,7 @@ class ResNetGraphCaptioner(nn.Module):
     seq_len = caption_emb.size(1)
     caption_emb = caption_emb + self.pos_encoder[:, :seq_len, :]
 
-    tgt_mask = torch.triu(torch.ones((seq_len, seq_len)) * float('-inf'), diagonal=1).to(images.device)
+    tgt_mask = torch.triu(torch.ones((seq_len, seq_len)) * float("-inf"), diagonal=1).to(images.device)
     output = self.decoder(tgt=caption_emb, memory=memory, tgt_mask=tgt_mask)
     return self.fc_out(output)
 
@@ -94,6 +96,7 @@ def generate_caption(img_tensor, model, max_len=80):
 
 
 # Helpers.
+
 
 @contextlib.contextmanager
 def encoder_runs_once(model: ResNetGraphCaptioner):
@@ -121,6 +124,7 @@ def seed_transform(path) -> np.ndarray:
   pixels = np.asarray(image, np.float32) / 255.0
   return ((pixels - np.float32([0.485, 0.456, 0.406])) / np.float32([0.229, 0.224, 0.225])).astype(np.float32)
 
+
 def calibrate_batch_norm(model: transformers.ResNetModel, images: torch.Tensor, seed: int = 0) -> None:
   """Batch-norm statistics from `images` (one cumulative pass in train mode), then randomised (scale, shift,
   mean and variance perturbed): random weights keep activations O(1) over ResNet-50 this way, and every
@@ -141,11 +145,18 @@ def calibrate_batch_norm(model: transformers.ResNetModel, images: torch.Tensor, 
   model.eval()
 
 
-def reference_model(images: np.ndarray, resnet_config: dict, vocab_size: int, embed_dim: int, num_layers: int,
-                    num_heads: int, head_scale: float = 1.0, seed: int = 0) -> ResNetGraphCaptioner:
+def reference_model(
+  images: np.ndarray,
+  resnet_config: dict,
+  vocab_size: int,
+  embed_dim: int,
+  num_layers: int,
+  num_heads: int,
+  head_scale: float = 1.0,
+  seed: int = 0,
+) -> ResNetGraphCaptioner:
   torch.manual_seed(seed)
-  model = ResNetGraphCaptioner(vocab_size, embed_dim, num_layers, num_heads,
-                               transformers.ResNetConfig(**resnet_config))
+  model = ResNetGraphCaptioner(vocab_size, embed_dim, num_layers, num_heads, transformers.ResNetConfig(**resnet_config))
   calibrate_batch_norm(model.encoder, torch.from_numpy(images.transpose(0, 3, 1, 2)), seed)
   with torch.no_grad():
     model.fc_out.weight.mul_(head_scale)  # Large logit gaps: greedy choices far from ties.

@@ -23,14 +23,42 @@ TFDS builder), source.py (ChestXray14Source, the registered "chestxray14" datase
 below are the package's public API.
 """
 
-from cxrjax.data.chestxray14.builder import TFDS_CONFIGS, TFDS_NAME, TFDS_SPLITS, Chestxray14, dataset_dir, \
-    prepare_chestxray14
-from cxrjax.data.chestxray14.labels import (CHEXNET_LISTS, FINDINGS, LABEL_FILE_NAMES, MISSING_IMAGE_POLICIES,
-                                            NO_FINDING, SPLIT_SCHEMES, SPLIT_SEED, ChestXray14FormatError,
-                                            LabelEntry, ListedImage, ParseReport, chexnet_split, class_names,
-                                            find_chexnet_lists, find_label_file, find_official_lists,
-                                            index_images, labels_vector, load_records, official_split,
-                                            patient_split, read_image_list, read_label_file, read_labelled_list,
-                                            records_from_entries, split_image_ids, split_with_summary,
-                                            to_record)
+from cxrjax.data.chestxray14.builder import (
+  TFDS_CONFIGS,
+  TFDS_NAME,
+  TFDS_SPLITS,
+  Chestxray14,
+  dataset_dir,
+  prepare_chestxray14,
+)
+from cxrjax.data.chestxray14.labels import (
+  CHEXNET_LISTS,
+  FINDINGS,
+  LABEL_FILE_NAMES,
+  MISSING_IMAGE_POLICIES,
+  NO_FINDING,
+  SPLIT_SCHEMES,
+  SPLIT_SEED,
+  ChestXray14FormatError,
+  LabelEntry,
+  ListedImage,
+  ParseReport,
+  chexnet_split,
+  class_names,
+  find_chexnet_lists,
+  find_label_file,
+  find_official_lists,
+  index_images,
+  labels_vector,
+  load_records,
+  official_split,
+  patient_split,
+  read_image_list,
+  read_label_file,
+  read_labelled_list,
+  records_from_entries,
+  split_image_ids,
+  split_with_summary,
+  to_record,
+)
 from cxrjax.data.chestxray14.source import NUM_VIEWS, ChestXray14Source

@@ -41,17 +41,20 @@ class Chestxray14(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Images and labels of Data_Entry_2017(_v2020), official or random split."}
   BUILDER_CONFIGS = [
-      tfds.core.BuilderConfig(
-          name="official",
-          description=f"Official train_val / test lists; {labels_lib.OFFICIAL_VAL_FRACTION:.0%} of the train_val "
-                      f"patients form the validation split (seed {labels_lib.SPLIT_SEED})."),
-      tfds.core.BuilderConfig(
-          name="random",
-          description=f"Seeded patient-level 70/10/20 train / validation / test split (seed {labels_lib.SPLIT_SEED})."),
-      tfds.core.BuilderConfig(
-          name="chexnet",
-          description="The CheXNet reproduction lists (arnoweng/CheXNet: train_list.txt, val_list.txt, "
-                      "test_list.txt); labels from the label file, list disagreements counted."),
+    tfds.core.BuilderConfig(
+      name="official",
+      description=f"Official train_val / test lists; {labels_lib.OFFICIAL_VAL_FRACTION:.0%} of the train_val "
+      f"patients form the validation split (seed {labels_lib.SPLIT_SEED}).",
+    ),
+    tfds.core.BuilderConfig(
+      name="random",
+      description=f"Seeded patient-level 70/10/20 train / validation / test split (seed {labels_lib.SPLIT_SEED}).",
+    ),
+    tfds.core.BuilderConfig(
+      name="chexnet",
+      description="The CheXNet reproduction lists (arnoweng/CheXNet: train_list.txt, val_list.txt, "
+      "test_list.txt); labels from the label file, list disagreements counted.",
+    ),
   ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Download ChestX-ray14 from https://nihcc.app.box.com/v/ChestXray-NIHCC (or Kaggle's
@@ -73,21 +76,23 @@ labels/) folder of the manual folder.
   def _info(self) -> tfds.core.DatasetInfo:
     text = tfds.features.Text()
     return tfds.core.DatasetInfo(
-        builder=self,
-        description="NIH ChestX-ray14: 112,120 frontal chest X-rays of 30,805 patients, 14 findings.",
-        features=tfds.features.FeaturesDict({
-            "id": text,
-            "image": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
-            "labels": tfds.features.Tensor(shape=(len(labels_lib.FINDINGS) + 1,), dtype=np.float32),
-            "finding_labels": tfds.features.Sequence(text),
-            "patient_id": text,
-            "follow_up": tfds.features.Scalar(dtype=np.int32),
-            "age": tfds.features.Scalar(dtype=np.int32),
-            "gender": text,
-            "view_position": text,
-        }),
-        homepage="https://nihcc.app.box.com/v/ChestXray-NIHCC",
-        citation="""\
+      builder=self,
+      description="NIH ChestX-ray14: 112,120 frontal chest X-rays of 30,805 patients, 14 findings.",
+      features=tfds.features.FeaturesDict(
+        {
+          "id": text,
+          "image": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
+          "labels": tfds.features.Tensor(shape=(len(labels_lib.FINDINGS) + 1,), dtype=np.float32),
+          "finding_labels": tfds.features.Sequence(text),
+          "patient_id": text,
+          "follow_up": tfds.features.Scalar(dtype=np.int32),
+          "age": tfds.features.Scalar(dtype=np.int32),
+          "gender": text,
+          "view_position": text,
+        }
+      ),
+      homepage="https://nihcc.app.box.com/v/ChestXray-NIHCC",
+      citation="""\
 @inproceedings{wang2017chestxray,
   title={ChestX-ray8: Hospital-scale Chest X-ray Database and Benchmarks on Weakly-Supervised
          Classification and Localization of Common Thorax Diseases},
@@ -95,8 +100,8 @@ labels/) folder of the manual folder.
           and Summers, Ronald M},
   booktitle={CVPR}, pages={2097--2106}, year={2017}
 }""",
-        license="No usage restrictions; cite the NIH Clinical Center and the paper.",
-        metadata=tfds.core.MetadataDict(),
+      license="No usage restrictions; cite the NIH Clinical Center and the paper.",
+      metadata=tfds.core.MetadataDict(),
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
@@ -104,11 +109,13 @@ labels/) folder of the manual folder.
     label_path = labels_lib.find_label_file(manual_dir)
     entries = labels_lib.read_label_file(label_path)
     records, report = labels_lib.records_from_entries(
-        entries, manual_dir, label_path, include_no_finding=True, missing_images=self._missing_images)
+      entries, manual_dir, label_path, include_no_finding=True, missing_images=self._missing_images
+    )
     # The split is drawn over all rows of the label file, so that skipping images (a partial
     # download) never moves a patient to another split.
-    split_ids, split_lists = labels_lib.split_with_summary(manual_dir, entries, self.builder_config.name,
-                                                          label_path=label_path)
+    split_ids, split_lists = labels_lib.split_with_summary(
+      manual_dir, entries, self.builder_config.name, label_path=label_path
+    )
     by_split, unassigned, not_kept = tfds_common.group_by_split(records, split_ids)
     split_sizes = {name: len(by_split[name]) for name in TFDS_SPLITS}
     empty = tfds_common.empty_split(by_split)
@@ -116,23 +123,25 @@ labels/) folder of the manual folder.
       counts = report.summary() + "\n  splits: " + ", ".join(f"{n} {size}" for n, size in split_sizes.items())
       missing = report.skipped.get("missing_image", 0)
       raise tfds_common.EmptySplitError(
-          f"{TFDS_NAME}/{self.builder_config.name}: split {empty!r} has no image: {len(records):,} of "
-          f"{len(entries):,} labelled images kept"
-          + (f" ({missing:,} image files not under {manual_dir}/images*/)" if missing else "")
-          + "; a dataset needs images in every split", counts)
+        f"{TFDS_NAME}/{self.builder_config.name}: split {empty!r} has no image: {len(records):,} of "
+        f"{len(entries):,} labelled images kept"
+        + (f" ({missing:,} image files not under {manual_dir}/images*/)" if missing else "")
+        + "; a dataset needs images in every split",
+        counts,
+      )
     self.info.metadata["build"] = {
-        "config": self.builder_config.name,
-        "label_file": str(label_path),
-        "class_names": list(labels_lib.class_names(True)),
-        "parse_report": dataclasses.asdict(report),
-        "split_sizes": split_sizes,
-        "split_patients": {name: len({r["patient_id"] for r in by_split[name]}) for name in TFDS_SPLITS},
-        "unassigned": len(unassigned),
-        "unassigned_examples": [r["id"] for r in unassigned[:tfds_common.MAX_EXAMPLES]],
-        "split_images_not_kept": not_kept,
-        "split_lists": split_lists,
-        "converted_images": 0,
-        "converted_image_examples": [],
+      "config": self.builder_config.name,
+      "label_file": str(label_path),
+      "class_names": list(labels_lib.class_names(True)),
+      "parse_report": dataclasses.asdict(report),
+      "split_sizes": split_sizes,
+      "split_patients": {name: len({r["patient_id"] for r in by_split[name]}) for name in TFDS_SPLITS},
+      "unassigned": len(unassigned),
+      "unassigned_examples": [r["id"] for r in unassigned[: tfds_common.MAX_EXAMPLES]],
+      "split_images_not_kept": not_kept,
+      "split_lists": split_lists,
+      "converted_images": 0,
+      "converted_image_examples": [],
     }
     return {name: self._generate_examples(by_split[name]) for name in TFDS_SPLITS}
 
@@ -147,11 +156,20 @@ labels/) folder of the manual folder.
       else:
         image, _ = tfds_common.gray_png(path)
         tfds_common.add_example(build, "converted_images", "converted_image_examples", record["id"])
-      yield record["id"], {
-          "id": record["id"], "image": image, "labels": record["labels"],
-          "finding_labels": record["finding_labels"], "patient_id": record["patient_id"],
-          "follow_up": record["follow_up"], "age": record["age"], "gender": record["gender"],
-          "view_position": record["view_position"]}
+      yield (
+        record["id"],
+        {
+          "id": record["id"],
+          "image": image,
+          "labels": record["labels"],
+          "finding_labels": record["finding_labels"],
+          "patient_id": record["patient_id"],
+          "follow_up": record["follow_up"],
+          "age": record["age"],
+          "gender": record["gender"],
+          "view_position": record["view_position"],
+        },
+      )
 
 
 def dataset_dir(data_dir: str | os.PathLike, config: str = "official") -> pathlib.Path:
@@ -159,8 +177,12 @@ def dataset_dir(data_dir: str | os.PathLike, config: str = "official") -> pathli
   return tfds_common.dataset_dir(data_dir, Chestxray14, config)
 
 
-def prepare_chestxray14(manual_dir: str | os.PathLike | None, data_dir: str | os.PathLike,
-                        split: str = "official", missing_images: str = "error") -> dict[str, Any]:
+def prepare_chestxray14(
+  manual_dir: str | os.PathLike | None,
+  data_dir: str | os.PathLike,
+  split: str = "official",
+  missing_images: str = "error",
+) -> dict[str, Any]:
   """Builds the TFDS dataset chestxray14/<split> in `data_dir` from the layout in `manual_dir`.
 
   A dataset already built is reused (`manual_dir` may then be None).
@@ -174,6 +196,9 @@ def prepare_chestxray14(manual_dir: str | os.PathLike | None, data_dir: str | os
   builder = Chestxray14(config=split, data_dir=data_dir, missing_images=missing_images)
   tfds_common.build(builder, manual_dir)
   build = dict(builder.info.metadata.get("build", {}))
-  return {"dataset": f"{TFDS_NAME}/{split}", "path": str(dataset_dir(data_dir, split)),
-          "split_sizes": {name: builder.info.splits[name].num_examples for name in TFDS_SPLITS},
-          **{k: v for k, v in build.items() if k != "split_sizes"}}
+  return {
+    "dataset": f"{TFDS_NAME}/{split}",
+    "path": str(dataset_dir(data_dir, split)),
+    "split_sizes": {name: builder.info.splits[name].num_examples for name in TFDS_SPLITS},
+    **{k: v for k, v in build.items() if k != "split_sizes"},
+  }

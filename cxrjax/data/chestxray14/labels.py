@@ -76,13 +76,29 @@ from cxrjax.errors import UserError
 
 # CheXNet's class order (Rajpurkar et al. 2017): the 14 findings of ChestX-ray14.
 FINDINGS = (
-    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
-    "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
+  "Atelectasis",
+  "Cardiomegaly",
+  "Effusion",
+  "Infiltration",
+  "Mass",
+  "Nodule",
+  "Pneumonia",
+  "Pneumothorax",
+  "Consolidation",
+  "Edema",
+  "Emphysema",
+  "Fibrosis",
+  "Pleural_Thickening",
+  "Hernia",
 )
 NO_FINDING = "No Finding"
 # Searched in this order: the v2020 relabelled file first.
-LABEL_FILE_NAMES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017_v2020.csv.gz",
-                    "Data_Entry_2017.csv", "Data_Entry_2017.csv.gz")
+LABEL_FILE_NAMES = (
+  "Data_Entry_2017_v2020.csv",
+  "Data_Entry_2017_v2020.csv.gz",
+  "Data_Entry_2017.csv",
+  "Data_Entry_2017.csv.gz",
+)
 TRAIN_VAL_LIST, TEST_LIST = "train_val_list.txt", "test_list.txt"
 # The CheXNet reproduction lists (arnoweng/CheXNet ChestX-ray14/labels/), per split, and where they are looked for.
 CHEXNET_LISTS = {"train": "train_list.txt", "val": "val_list.txt", "test": "test_list.txt"}
@@ -94,8 +110,15 @@ OFFICIAL_VAL_FRACTION = 0.1
 RANDOM_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
 MISSING_IMAGE_POLICIES = ("error", "skip")
 
-_REQUIRED_COLUMNS = ("Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age",
-                     "Patient Gender", "View Position")
+_REQUIRED_COLUMNS = (
+  "Image Index",
+  "Finding Labels",
+  "Follow-up #",
+  "Patient ID",
+  "Patient Age",
+  "Patient Gender",
+  "View Position",
+)
 _AGE = re.compile(r"(\d+)Y?")  # v2020 and Kaggle: "58"; an early release wrote "058Y".
 _MAX_EXAMPLES = 5
 
@@ -173,11 +196,13 @@ def read_label_file(path: str | os.PathLike) -> list[LabelEntry]:
           row.pop()
         if len(row) != len(header):
           raise ChestXray14FormatError(
-              f"{path}: line {line}: expected {len(header)} fields, got {len(row)}: {row[:3]}...")
+            f"{path}: line {line}: expected {len(header)} fields, got {len(row)}: {row[:3]}..."
+          )
         entry = _parse_row(row, column, path, line)
         if entry.image_index in seen:
-          raise ChestXray14FormatError(f"{path}: line {line}: image {entry.image_index} repeats "
-                                       f"line {seen[entry.image_index]}")
+          raise ChestXray14FormatError(
+            f"{path}: line {line}: image {entry.image_index} repeats line {seen[entry.image_index]}"
+          )
         seen[entry.image_index] = line
         entries.append(entry)
   except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, zlib.error, csv.Error) as error:
@@ -200,8 +225,7 @@ def _parse_row(row: list[str], column: Mapping[str, int], path: pathlib.Path, li
   else:
     unknown = [name for name in names if name not in FINDINGS]
     if unknown:
-      raise ChestXray14FormatError(f"{where}: unknown label name(s) {unknown}; known: "
-                                   f"{list(FINDINGS) + [NO_FINDING]}")
+      raise ChestXray14FormatError(f"{where}: unknown label name(s) {unknown}; known: {list(FINDINGS) + [NO_FINDING]}")
     if len(set(names)) != len(names):
       raise ChestXray14FormatError(f"{where}: repeated label name in {names}")
     findings = tuple(names)
@@ -215,9 +239,15 @@ def _parse_row(row: list[str], column: Mapping[str, int], path: pathlib.Path, li
   if age is None:
     raise ChestXray14FormatError(f"{where}: Patient Age {row[column['Patient Age']]!r} is not a number")
   return LabelEntry(
-      image_index=image_index, findings=findings, patient_id=str(int(patient_id)),
-      follow_up=int(follow_up), age=int(age.group(1)), gender=row[column["Patient Gender"]].strip(),
-      view_position=row[column["View Position"]].strip(), line=line)
+    image_index=image_index,
+    findings=findings,
+    patient_id=str(int(patient_id)),
+    follow_up=int(follow_up),
+    age=int(age.group(1)),
+    gender=row[column["Patient Gender"]].strip(),
+    view_position=row[column["View Position"]].strip(),
+    line=line,
+  )
 
 
 def read_image_list(path: str | os.PathLike) -> list[str]:
@@ -255,8 +285,9 @@ def find_official_lists(manual_dir: str | os.PathLike) -> tuple[pathlib.Path, pa
   for folder in (manual_dir, manual_dir / "official_split"):
     if (folder / TRAIN_VAL_LIST).is_file() and (folder / TEST_LIST).is_file():
       return folder / TRAIN_VAL_LIST, folder / TEST_LIST
-  raise FileNotFoundError(f"the official split needs {TRAIN_VAL_LIST} and {TEST_LIST} in {manual_dir} "
-                          f"or {manual_dir / 'official_split'}")
+  raise FileNotFoundError(
+    f"the official split needs {TRAIN_VAL_LIST} and {TEST_LIST} in {manual_dir} or {manual_dir / 'official_split'}"
+  )
 
 
 def index_images(manual_dir: str | os.PathLike) -> dict[str, pathlib.Path]:
@@ -274,8 +305,9 @@ def index_images(manual_dir: str | os.PathLike) -> dict[str, pathlib.Path]:
         for entry in entries:
           if entry.name.lower().endswith(".png") and entry.is_file():
             if entry.name in found:
-              raise ChestXray14FormatError(f"image {entry.name} is in two folders: "
-                                           f"{found[entry.name]} and {entry.path}")
+              raise ChestXray14FormatError(
+                f"image {entry.name} is in two folders: {found[entry.name]} and {entry.path}"
+              )
             found[entry.name] = pathlib.Path(entry.path)
   return found
 
@@ -303,26 +335,29 @@ class ParseReport:
     return "\n".join(lines)
 
 
-def to_record(entry: LabelEntry, image_path: str | os.PathLike,
-              include_no_finding: bool = False) -> dict[str, Any]:
+def to_record(entry: LabelEntry, image_path: str | os.PathLike, include_no_finding: bool = False) -> dict[str, Any]:
   """One LabelEntry and its image file -> a record (the schema in the module docstring)."""
   return {
-      "id": entry.image_index,
-      "images": [str(image_path)],
-      "image_ids": [entry.image_index],
-      "labels": labels_vector(entry.findings, include_no_finding),
-      "finding_labels": list(entry.findings) or [NO_FINDING],
-      "patient_id": entry.patient_id,
-      "follow_up": entry.follow_up,
-      "age": entry.age,
-      "gender": entry.gender,
-      "view_position": entry.view_position,
+    "id": entry.image_index,
+    "images": [str(image_path)],
+    "image_ids": [entry.image_index],
+    "labels": labels_vector(entry.findings, include_no_finding),
+    "finding_labels": list(entry.findings) or [NO_FINDING],
+    "patient_id": entry.patient_id,
+    "follow_up": entry.follow_up,
+    "age": entry.age,
+    "gender": entry.gender,
+    "view_position": entry.view_position,
   }
 
 
-def load_records(manual_dir: str | os.PathLike, *, include_no_finding: bool = False,
-                 missing_images: str = "error", label_file: str | os.PathLike | None = None,
-                 ) -> tuple[list[dict[str, Any]], ParseReport]:
+def load_records(
+  manual_dir: str | os.PathLike,
+  *,
+  include_no_finding: bool = False,
+  missing_images: str = "error",
+  label_file: str | os.PathLike | None = None,
+) -> tuple[list[dict[str, Any]], ParseReport]:
   """Parses the ChestX-ray14 layout in `manual_dir` into records, in label-file order.
 
   Args:
@@ -337,13 +372,23 @@ def load_records(manual_dir: str | os.PathLike, *, include_no_finding: bool = Fa
   if missing_images not in MISSING_IMAGE_POLICIES:
     raise ValueError(f"missing_images must be one of {MISSING_IMAGE_POLICIES}, got {missing_images!r}")
   label_path = pathlib.Path(label_file) if label_file is not None else find_label_file(manual_dir)
-  return records_from_entries(read_label_file(label_path), manual_dir, label_path,
-                              include_no_finding=include_no_finding, missing_images=missing_images)
+  return records_from_entries(
+    read_label_file(label_path),
+    manual_dir,
+    label_path,
+    include_no_finding=include_no_finding,
+    missing_images=missing_images,
+  )
 
 
-def records_from_entries(entries: Sequence[LabelEntry], manual_dir: str | os.PathLike,
-                         label_path: str | os.PathLike, *, include_no_finding: bool = False,
-                         missing_images: str = "error") -> tuple[list[dict[str, Any]], ParseReport]:
+def records_from_entries(
+  entries: Sequence[LabelEntry],
+  manual_dir: str | os.PathLike,
+  label_path: str | os.PathLike,
+  *,
+  include_no_finding: bool = False,
+  missing_images: str = "error",
+) -> tuple[list[dict[str, Any]], ParseReport]:
   """`load_records` for entries already read from `label_path` (named in messages)."""
   if missing_images not in MISSING_IMAGE_POLICIES:
     raise ValueError(f"missing_images must be one of {MISSING_IMAGE_POLICIES}, got {missing_images!r}")
@@ -353,8 +398,9 @@ def records_from_entries(entries: Sequence[LabelEntry], manual_dir: str | os.Pat
   if missing and missing_images == "error":
     examples = ", ".join(f"{e.image_index} (line {e.line})" for e in missing[:_MAX_EXAMPLES])
     raise FileNotFoundError(
-        f"{label_path}: {len(missing)} of {len(entries)} listed images are not under "
-        f"{manual_dir}/images*/, e.g. {examples}; pass missing_images='skip' to skip them (counted)")
+      f"{label_path}: {len(missing)} of {len(entries)} listed images are not under "
+      f"{manual_dir}/images*/, e.g. {examples}; pass missing_images='skip' to skip them (counted)"
+    )
   records = []
   for entry in entries:
     if entry.image_index not in paths:
@@ -373,8 +419,9 @@ def _check_unique_images(entries: Sequence[LabelEntry]) -> None:
     seen.add(entry.image_index)
 
 
-def patient_split(entries: Sequence[LabelEntry], fractions: Mapping[str, float] | None = None,
-                  seed: int = SPLIT_SEED) -> dict[str, list[str]]:
+def patient_split(
+  entries: Sequence[LabelEntry], fractions: Mapping[str, float] | None = None, seed: int = SPLIT_SEED
+) -> dict[str, list[str]]:
   """A seeded patient-level split (default 70/10/20 train/val/test) -> image ids per split.
 
   The patients are split by `splits.random_split` (fractions of patients, not of images);
@@ -385,13 +432,20 @@ def patient_split(entries: Sequence[LabelEntry], fractions: Mapping[str, float] 
   for entry in entries:
     by_patient.setdefault(entry.patient_id, []).append(entry.image_index)
   patient_splits = split_lib.random_split(by_patient, fractions or RANDOM_FRACTIONS, seed=seed)
-  return {name: sorted(image for patient in patients for image in by_patient[patient])
-          for name, patients in patient_splits.items()}
+  return {
+    name: sorted(image for patient in patients for image in by_patient[patient])
+    for name, patients in patient_splits.items()
+  }
 
 
-def official_split(entries: Sequence[LabelEntry], train_val: Sequence[str], test: Sequence[str],
-                   val_fraction: float = OFFICIAL_VAL_FRACTION, seed: int = SPLIT_SEED,
-                   list_names: tuple[str, str] = (TRAIN_VAL_LIST, TEST_LIST)) -> dict[str, list[str]]:
+def official_split(
+  entries: Sequence[LabelEntry],
+  train_val: Sequence[str],
+  test: Sequence[str],
+  val_fraction: float = OFFICIAL_VAL_FRACTION,
+  seed: int = SPLIT_SEED,
+  list_names: tuple[str, str] = (TRAIN_VAL_LIST, TEST_LIST),
+) -> dict[str, list[str]]:
   """The official train_val / test split with a seeded patient-level validation carve-out.
 
   Args:
@@ -412,27 +466,29 @@ def official_split(entries: Sequence[LabelEntry], train_val: Sequence[str], test
   test_set = set(test)
   both = sorted(set(train_val) & test_set)
   if both:
-    raise ChestXray14FormatError(f"{len(both)} images are in both {list_names[0]} and {list_names[1]}, "
-                                 f"e.g. {both[:_MAX_EXAMPLES]}")
+    raise ChestXray14FormatError(
+      f"{len(both)} images are in both {list_names[0]} and {list_names[1]}, e.g. {both[:_MAX_EXAMPLES]}"
+    )
   train_val_set = set(train_val)
   patients_of = {"train_val": {}, "test": {}}
   for entry in entries:
-    part = "test" if entry.image_index in test_set else \
-        "train_val" if entry.image_index in train_val_set else None
+    part = "test" if entry.image_index in test_set else "train_val" if entry.image_index in train_val_set else None
     if part:
       patients_of[part].setdefault(entry.patient_id, []).append(entry.image_index)
   shared = sorted(set(patients_of["train_val"]) & set(patients_of["test"]), key=int)
   if shared:
     raise ChestXray14FormatError(
-        f"{len(shared)} patients have images in both {list_names[0]} and {list_names[1]}, e.g. "
-        f"patient {shared[0]}: {patients_of['train_val'][shared[0]][:2]} and {patients_of['test'][shared[0]][:2]}")
-  carve = split_lib.random_split(patients_of["train_val"], {"train": 1.0 - val_fraction, "val": val_fraction},
-                                 seed=seed)
+      f"{len(shared)} patients have images in both {list_names[0]} and {list_names[1]}, e.g. "
+      f"patient {shared[0]}: {patients_of['train_val'][shared[0]][:2]} and {patients_of['test'][shared[0]][:2]}"
+    )
+  carve = split_lib.random_split(
+    patients_of["train_val"], {"train": 1.0 - val_fraction, "val": val_fraction}, seed=seed
+  )
   images_of = patients_of["train_val"]
   return {
-      "train": sorted(image for patient in carve["train"] for image in images_of[patient]),
-      "val": sorted(image for patient in carve["val"] for image in images_of[patient]),
-      "test": sorted(image for images in patients_of["test"].values() for image in images),
+    "train": sorted(image for patient in carve["train"] for image in images_of[patient]),
+    "val": sorted(image for patient in carve["val"] for image in images_of[patient]),
+    "test": sorted(image for images in patients_of["test"].values() for image in images),
   }
 
 
@@ -442,8 +498,10 @@ def find_chexnet_lists(manual_dir: str | os.PathLike) -> dict[str, pathlib.Path]
   for folder in (manual_dir / name for name in CHEXNET_LIST_FOLDERS):
     if all((folder / name).is_file() for name in CHEXNET_LISTS.values()):
       return {split: folder / name for split, name in CHEXNET_LISTS.items()}
-  raise FileNotFoundError(f"the chexnet split needs {', '.join(CHEXNET_LISTS.values())} in one of "
-                          f"{', '.join(str(manual_dir / name) for name in CHEXNET_LIST_FOLDERS)}")
+  raise FileNotFoundError(
+    f"the chexnet split needs {', '.join(CHEXNET_LISTS.values())} in one of "
+    f"{', '.join(str(manual_dir / name) for name in CHEXNET_LIST_FOLDERS)}"
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -473,13 +531,16 @@ def read_labelled_list(path: str | os.PathLike) -> list[ListedImage]:
         if not fields:
           continue
         if len(fields) != 1 + len(FINDINGS):
-          raise ChestXray14FormatError(f"{path}: line {line}: expected an image name and {len(FINDINGS)} labels "
-                                       f"({1 + len(FINDINGS)} fields), got {len(fields)}: {text.strip()[:80]!r}")
+          raise ChestXray14FormatError(
+            f"{path}: line {line}: expected an image name and {len(FINDINGS)} labels "
+            f"({1 + len(FINDINGS)} fields), got {len(fields)}: {text.strip()[:80]!r}"
+          )
         name, values = fields[0], fields[1:]
         for finding, value in zip(FINDINGS, values):
           if value not in ("0", "1"):
-            raise ChestXray14FormatError(f"{path}: line {line}: label {value!r} for {finding} of {name}, "
-                                         f"expected 0 or 1")
+            raise ChestXray14FormatError(
+              f"{path}: line {line}: label {value!r} for {finding} of {name}, expected 0 or 1"
+            )
         if name in seen:
           raise ChestXray14FormatError(f"{path}: line {line}: {name} repeats line {seen[name]}")
         seen[name] = line
@@ -499,9 +560,12 @@ def _unlisted(entries: Sequence[LabelEntry], listed: set[str]) -> dict[str, Any]
   return {"unlisted": len(unlisted), "unlisted_examples": unlisted[:_MAX_EXAMPLES]}
 
 
-def chexnet_split(entries: Sequence[LabelEntry], lists: Mapping[str, Sequence[ListedImage]],
-                  list_paths: Mapping[str, str | os.PathLike], label_path: str | os.PathLike = "the label file",
-                  ) -> tuple[dict[str, list[str]], dict[str, Any]]:
+def chexnet_split(
+  entries: Sequence[LabelEntry],
+  lists: Mapping[str, Sequence[ListedImage]],
+  list_paths: Mapping[str, str | os.PathLike],
+  label_path: str | os.PathLike = "the label file",
+) -> tuple[dict[str, list[str]], dict[str, Any]]:
   """The CheXNet lists as a split, checked against the label file.
 
   Args:
@@ -531,14 +595,16 @@ def chexnet_split(entries: Sequence[LabelEntry], lists: Mapping[str, Sequence[Li
         raise ChestXray14FormatError(f"{path}: line {item.line}: image {item.image_index} is not in {label_path}")
       if item.image_index in where:
         other, other_line = where[item.image_index]
-        raise ChestXray14FormatError(f"{path}: line {item.line}: image {item.image_index} is also in "
-                                     f"{list_paths[other]} (line {other_line})")
+        raise ChestXray14FormatError(
+          f"{path}: line {item.line}: image {item.image_index} is also in {list_paths[other]} (line {other_line})"
+        )
       where[item.image_index] = (split, item.line)
       previous = patient_split_of.setdefault(entry.patient_id, (split, item.image_index, item.line))
       if previous[0] != split:
         raise ChestXray14FormatError(
-            f"{path}: line {item.line}: patient {entry.patient_id} ({item.image_index}) is also in "
-            f"{list_paths[previous[0]]} ({previous[1]}, line {previous[2]}): the lists must be patient-disjoint")
+          f"{path}: line {item.line}: patient {entry.patient_id} ({item.image_index}) is also in "
+          f"{list_paths[previous[0]]} ({previous[1]}, line {previous[2]}): the lists must be patient-disjoint"
+        )
       expected = labels_vector(entry.findings).astype(int)
       if tuple(expected) != item.labels:
         disagreements += 1
@@ -547,23 +613,29 @@ def chexnet_split(entries: Sequence[LabelEntry], lists: Mapping[str, Sequence[Li
             key = f"{finding}: list {listed_value}, label file {file_value}"
             by_finding[key] = by_finding.get(key, 0) + 1
         if len(examples) < _MAX_EXAMPLES:
-          examples.append(f"{item.image_index} ({pathlib.Path(path).name} line {item.line}: list "
-                          f"{_findings_text(item.labels)}, label file {_findings_text(expected)})")
+          examples.append(
+            f"{item.image_index} ({pathlib.Path(path).name} line {item.line}: list "
+            f"{_findings_text(item.labels)}, label file {_findings_text(expected)})"
+          )
   split_ids = {split: sorted(item.image_index for item in lists.get(split, ())) for split in SPLIT_NAMES}
   summary = {
-      "lists": {split: str(list_paths[split]) for split in lists},
-      "list_images": {split: len(listed) for split, listed in lists.items()},
-      **_unlisted(entries, set(where)),
-      "label_disagreements": disagreements,
-      "label_disagreement_examples": examples,
-      "disagreements_by_finding": dict(sorted(by_finding.items(), key=lambda kv: (-kv[1], kv[0]))),
+    "lists": {split: str(list_paths[split]) for split in lists},
+    "list_images": {split: len(listed) for split, listed in lists.items()},
+    **_unlisted(entries, set(where)),
+    "label_disagreements": disagreements,
+    "label_disagreement_examples": examples,
+    "disagreements_by_finding": dict(sorted(by_finding.items(), key=lambda kv: (-kv[1], kv[0]))),
   }
   return split_ids, summary
 
 
-def split_with_summary(manual_dir: str | os.PathLike, entries: Sequence[LabelEntry], scheme: str,
-                       seed: int = SPLIT_SEED, label_path: str | os.PathLike = "the label file",
-                       ) -> tuple[dict[str, list[str]], dict[str, Any]]:
+def split_with_summary(
+  manual_dir: str | os.PathLike,
+  entries: Sequence[LabelEntry],
+  scheme: str,
+  seed: int = SPLIT_SEED,
+  label_path: str | os.PathLike = "the label file",
+) -> tuple[dict[str, list[str]], dict[str, Any]]:
   """The split of `scheme` over `entries` and what its lists held: (split name -> image ids, summary).
 
   The summary always has "unlisted" (label-file rows in no split) and "unlisted_examples"; the list schemes
@@ -574,23 +646,25 @@ def split_with_summary(manual_dir: str | os.PathLike, entries: Sequence[LabelEnt
     train_val, test = read_image_list(train_val_path), read_image_list(test_path)
     split = official_split(entries, train_val, test, seed=seed, list_names=(str(train_val_path), str(test_path)))
     known = {entry.image_index for entry in entries}
-    summary = {"lists": {"train_val": str(train_val_path), "test": str(test_path)},
-               "list_images": {"train_val": len(train_val), "test": len(test)},
-               # Official names absent from the label file are left out (official_split); counted here.
-               "listed_not_in_label_file": sum(name not in known for name in (*train_val, *test))}
+    summary = {
+      "lists": {"train_val": str(train_val_path), "test": str(test_path)},
+      "list_images": {"train_val": len(train_val), "test": len(test)},
+      # Official names absent from the label file are left out (official_split); counted here.
+      "listed_not_in_label_file": sum(name not in known for name in (*train_val, *test)),
+    }
   elif scheme == "random":
     split, summary = patient_split(entries, seed=seed), {}
   elif scheme == "chexnet":
     paths = find_chexnet_lists(manual_dir)
-    return chexnet_split(entries, {name: read_labelled_list(path) for name, path in paths.items()}, paths,
-                         label_path)
+    return chexnet_split(entries, {name: read_labelled_list(path) for name, path in paths.items()}, paths, label_path)
   else:
     raise ValueError(f"unknown ChestX-ray14 split {scheme!r}; expected one of {SPLIT_SCHEMES}")
   summary.update(_unlisted(entries, {image for ids in split.values() for image in ids}))
   return split, summary
 
 
-def split_image_ids(manual_dir: str | os.PathLike, entries: Sequence[LabelEntry], scheme: str,
-                    seed: int = SPLIT_SEED) -> dict[str, list[str]]:
+def split_image_ids(
+  manual_dir: str | os.PathLike, entries: Sequence[LabelEntry], scheme: str, seed: int = SPLIT_SEED
+) -> dict[str, list[str]]:
   """The split of `scheme` ("official", "random" or "chexnet") over `entries`: split name -> image ids."""
   return split_with_summary(manual_dir, entries, scheme, seed)[0]

@@ -25,9 +25,29 @@ TFDS builder), source.py (IUXraySource, the registered "iu_xray" dataset). The n
 are the package's public API.
 """
 
-from cxrjax.data.iu_xray.builder import (RANDOM_SPLIT_SEED, TFDS_CONFIGS, TFDS_NAME, TFDS_SPLITS, IuXray,
-                                         dataset_dir, vocabulary_path)
-from cxrjax.data.iu_xray.reports import (FRONTAL, LATERAL, LAYOUTS, R2GEN_SPLITS, REPORT_SECTIONS, SECTIONS,
-                                         IUXrayFormatError, ParseReport, detect_layout, join_sections,
-                                         load_studies, r2gen_split, r2gen_study_ids, select_two_views)
+from cxrjax.data.iu_xray.builder import (
+  RANDOM_SPLIT_SEED,
+  TFDS_CONFIGS,
+  TFDS_NAME,
+  TFDS_SPLITS,
+  IuXray,
+  dataset_dir,
+  vocabulary_path,
+)
+from cxrjax.data.iu_xray.reports import (
+  FRONTAL,
+  LATERAL,
+  LAYOUTS,
+  R2GEN_SPLITS,
+  REPORT_SECTIONS,
+  SECTIONS,
+  IUXrayFormatError,
+  ParseReport,
+  detect_layout,
+  join_sections,
+  load_studies,
+  r2gen_split,
+  r2gen_study_ids,
+  select_two_views,
+)
 from cxrjax.data.iu_xray.source import NUM_VIEWS, IUXraySource

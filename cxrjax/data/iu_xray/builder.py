@@ -31,16 +31,16 @@ TEXT_FEATURES = ("id", "findings", "impression", "indication", "comparison", "re
 TEXT_LIST_FEATURES = ("image_ids", "views", "mesh", "mesh_automatic")
 # What a partial download lacks, by layout (named when a split ends up empty).
 _IMAGE_HINTS = {
-    "openi": "download NLMCXR_png.tgz (the Open-i PNGs) into the manual folder",
-    "kaggle": "download the Kaggle images_normalized/ folder into the manual folder",
-    "r2gen": "download R2Gen's images/ folder into the manual folder",
+  "openi": "download NLMCXR_png.tgz (the Open-i PNGs) into the manual folder",
+  "kaggle": "download the Kaggle images_normalized/ folder into the manual folder",
+  "r2gen": "download R2Gen's images/ folder into the manual folder",
 }
 # Skip reasons in words, for the one-line error.
 _SKIP_WORDS = {
-    "images_not_found": "have none of their image files",
-    "missing_image": "lack some of their image files",
-    "no_images": "list no image",
-    "empty_report": "have an empty report",
+  "images_not_found": "have none of their image files",
+  "missing_image": "lack some of their image files",
+  "no_images": "list no image",
+  "empty_report": "have an empty report",
 }
 
 
@@ -61,14 +61,16 @@ class IuXray(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Study records from the Open-i, Kaggle or R2Gen layouts."}
   BUILDER_CONFIGS = [
-      tfds.core.BuilderConfig(
-          name="random",
-          description=f"Seeded random study split: 70% train, 10% validation, 20% test "
-                      f"(splits.random_split, seed {RANDOM_SPLIT_SEED})."),
-      tfds.core.BuilderConfig(
-          name="r2gen",
-          description="R2Gen's study split (Chen et al., EMNLP 2020) from its annotation.json; "
-                      "kept studies outside it are counted as unassigned."),
+    tfds.core.BuilderConfig(
+      name="random",
+      description=f"Seeded random study split: 70% train, 10% validation, 20% test "
+      f"(splits.random_split, seed {RANDOM_SPLIT_SEED}).",
+    ),
+    tfds.core.BuilderConfig(
+      name="r2gen",
+      description="R2Gen's study split (Chen et al., EMNLP 2020) from its annotation.json; "
+      "kept studies outside it are counted as unassigned.",
+    ),
   ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Put one of the IU X-ray layouts in the manual folder (--manual-dir):
@@ -94,24 +96,25 @@ r2gen/ subfolder.
   def _info(self) -> tfds.core.DatasetInfo:
     text = tfds.features.Text()
     return tfds.core.DatasetInfo(
-        builder=self,
-        description="Indiana University chest X-ray studies (Open-i): two views and the report.",
-        features=tfds.features.FeaturesDict({
-            "id": text,
-            "images": tfds.features.Sequence(
-                tfds.features.Image(shape=(None, None, 1), encoding_format="png"), length=2),
-            "image_ids": tfds.features.Sequence(text, length=2),
-            "views": tfds.features.Sequence(text, length=2),
-            "findings": text,
-            "impression": text,
-            "indication": text,
-            "comparison": text,
-            "mesh": tfds.features.Sequence(text),
-            "mesh_automatic": tfds.features.Sequence(text),
-            "report": text,
-        }),
-        homepage="https://openi.nlm.nih.gov/faq#collection",
-        citation="""\
+      builder=self,
+      description="Indiana University chest X-ray studies (Open-i): two views and the report.",
+      features=tfds.features.FeaturesDict(
+        {
+          "id": text,
+          "images": tfds.features.Sequence(tfds.features.Image(shape=(None, None, 1), encoding_format="png"), length=2),
+          "image_ids": tfds.features.Sequence(text, length=2),
+          "views": tfds.features.Sequence(text, length=2),
+          "findings": text,
+          "impression": text,
+          "indication": text,
+          "comparison": text,
+          "mesh": tfds.features.Sequence(text),
+          "mesh_automatic": tfds.features.Sequence(text),
+          "report": text,
+        }
+      ),
+      homepage="https://openi.nlm.nih.gov/faq#collection",
+      citation="""\
 @article{demner2016preparing,
   title={Preparing a collection of radiology examinations for distribution and retrieval},
   author={Demner-Fushman, Dina and Kohli, Marc D and Rosenman, Marc B and Shooshan, Sonya E
@@ -119,8 +122,8 @@ r2gen/ subfolder.
   journal={Journal of the American Medical Informatics Association},
   volume={23}, number={2}, pages={304--310}, year={2016}
 }""",
-        license="CC BY-NC-ND 4.0",
-        metadata=tfds.core.MetadataDict(),
+      license="CC BY-NC-ND 4.0",
+      metadata=tfds.core.MetadataDict(),
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
@@ -137,24 +140,27 @@ r2gen/ subfolder.
     split_sizes = {name: len(by_split[name]) for name in TFDS_SPLITS}
     empty = tfds_common.empty_split(by_split)
     if empty is not None:
-      counts = parse_report.summary() + "\n  splits: " + ", ".join(
-          f"{name} {size}" for name, size in split_sizes.items())
+      counts = (
+        parse_report.summary() + "\n  splits: " + ", ".join(f"{name} {size}" for name, size in split_sizes.items())
+      )
       raise tfds_common.EmptySplitError(
-          empty_split_message(f"{TFDS_NAME}/{self.builder_config.name}", empty, parse_report), counts)
+        empty_split_message(f"{TFDS_NAME}/{self.builder_config.name}", empty, parse_report), counts
+      )
     # Saved with the dataset (metadata.json), so `cxrjax prepare` can report it later.
     self.info.metadata["build"] = {
-        "config": self.builder_config.name,
-        "parse_report": dataclasses.asdict(parse_report),
-        "split_sizes": split_sizes,
-        "unassigned": len(unassigned),
-        "unassigned_examples": [r["id"] for r in unassigned[:tfds_common.MAX_EXAMPLES]],
-        "split_studies_not_kept": not_kept,
-        "colour_images": 0,
-        "colour_image_examples": [],
-        # The kept studies' R2Gen ids ("CXR2384" -> "CXR2384_IM-0942"), which the leaderboard files use
-        # (data/iu_xray/rexrank.py); empty for the random split.
-        "r2gen_ids": {r["id"]: r2gen_ids[r["id"]] for name in TFDS_SPLITS for r in by_split[name]
-                      if r["id"] in r2gen_ids},
+      "config": self.builder_config.name,
+      "parse_report": dataclasses.asdict(parse_report),
+      "split_sizes": split_sizes,
+      "unassigned": len(unassigned),
+      "unassigned_examples": [r["id"] for r in unassigned[: tfds_common.MAX_EXAMPLES]],
+      "split_studies_not_kept": not_kept,
+      "colour_images": 0,
+      "colour_image_examples": [],
+      # The kept studies' R2Gen ids ("CXR2384" -> "CXR2384_IM-0942"), which the leaderboard files use
+      # (data/iu_xray/rexrank.py); empty for the random split.
+      "r2gen_ids": {
+        r["id"]: r2gen_ids[r["id"]] for name in TFDS_SPLITS for r in by_split[name] if r["id"] in r2gen_ids
+      },
     }
     return {name: self._generate_examples(by_split[name], name) for name in TFDS_SPLITS}
 
@@ -164,8 +170,12 @@ r2gen/ subfolder.
     try:
       encoded = pool.map(_encode_study_images, records)
       for record, (pngs, colour_ids) in tqdm.tqdm(
-          zip(records, encoded), total=len(records), desc=f"iu_xray/{self.builder_config.name} "
-          f"{split}", unit=" studies", disable=not self._progress):
+        zip(records, encoded),
+        total=len(records),
+        desc=f"iu_xray/{self.builder_config.name} {split}",
+        unit=" studies",
+        disable=not self._progress,
+      ):
         for image_id in colour_ids:
           tfds_common.add_example(build, "colour_images", "colour_image_examples", image_id)
         example = {key: record[key] for key in TEXT_FEATURES + TEXT_LIST_FEATURES}
@@ -179,11 +189,16 @@ r2gen/ subfolder.
 def empty_split_message(dataset: str, split: str, parse_report: reports.ParseReport) -> str:
   """One line: the empty split, how many studies were kept of those read, and why the others were not."""
   read, kept = parse_report.num_studies, parse_report.num_records
-  reasons = [f"{count:,} of {read:,} studies {_SKIP_WORDS.get(reason, reason)}"
-             + (f" in {parse_report.image_dir}" if reason in ("images_not_found", "missing_image") else "")
-             for reason, count in sorted(parse_report.skipped.items(), key=lambda item: -item[1])]
-  message = (f"{dataset}: split {split!r} has no study: {kept:,} of {read:,} studies kept"
-             + (f" ({'; '.join(reasons)})" if reasons else "") + ", too few for three splits")
+  reasons = [
+    f"{count:,} of {read:,} studies {_SKIP_WORDS.get(reason, reason)}"
+    + (f" in {parse_report.image_dir}" if reason in ("images_not_found", "missing_image") else "")
+    for reason, count in sorted(parse_report.skipped.items(), key=lambda item: -item[1])
+  ]
+  message = (
+    f"{dataset}: split {split!r} has no study: {kept:,} of {read:,} studies kept"
+    + (f" ({'; '.join(reasons)})" if reasons else "")
+    + ", too few for three splits"
+  )
   if parse_report.skipped.get("images_not_found", 0) + parse_report.skipped.get("missing_image", 0):
     message += f"; {_IMAGE_HINTS[parse_report.layout]}"
   return message
@@ -193,8 +208,9 @@ def _find_r2gen_annotation(manual_dir: pathlib.Path) -> pathlib.Path:
   for path in (manual_dir / "annotation.json", manual_dir / "r2gen" / "annotation.json"):
     if path.is_file():
       return path
-  raise FileNotFoundError(f"the iu_xray/r2gen config needs R2Gen's annotation.json in {manual_dir} "
-                          f"or {manual_dir / 'r2gen'}")
+  raise FileNotFoundError(
+    f"the iu_xray/r2gen config needs R2Gen's annotation.json in {manual_dir} or {manual_dir / 'r2gen'}"
+  )
 
 
 def _encode_study_images(record: Mapping[str, Any]) -> tuple[list[bytes], list[str]]:
@@ -216,8 +232,9 @@ def dataset_dir(data_dir: str | os.PathLike, config: str = "random") -> pathlib.
   return tfds_common.dataset_dir(data_dir, IuXray, config)
 
 
-def vocabulary_path(data_dir: str | os.PathLike, config: str = "random", cleaning: str = "r2gen",
-                    report_sections: str = "findings") -> pathlib.Path:
+def vocabulary_path(
+  data_dir: str | os.PathLike, config: str = "random", cleaning: str = "r2gen", report_sections: str = "findings"
+) -> pathlib.Path:
   """Where `cxrjax prepare` saves the training vocabulary: <dataset_dir>/vocabulary.<cleaning>.json for the
   findings, vocabulary.<cleaning>.<report_sections>.json for other report sections (reports.REPORT_SECTIONS):
   a findings-only vocabulary would turn the impressions' own words into unknowns."""

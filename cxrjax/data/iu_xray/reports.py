@@ -106,11 +106,14 @@ class ParseReport:
       examples.append(example)
 
   def summary(self) -> str:
-    lines = [f"IU X-ray ({self.layout}, {self.source}): {self.num_studies} studies, "
-             f"{self.num_records} records; images in {self.image_dir}"]
+    lines = [
+      f"IU X-ray ({self.layout}, {self.source}): {self.num_studies} studies, "
+      f"{self.num_records} records; images in {self.image_dir}"
+    ]
     for reason, count in sorted(self.issues.items()):
-      lines.append(f"  {reason}: {count} (skipped {self.skipped.get(reason, 0)}), "
-                   f"e.g. {', '.join(self.examples.get(reason, []))}")
+      lines.append(
+        f"  {reason}: {count} (skipped {self.skipped.get(reason, 0)}), e.g. {', '.join(self.examples.get(reason, []))}"
+      )
     lines.append(f"  view sources: {dict(sorted(self.view_sources.items()))}")
     return "\n".join(lines)
 
@@ -142,25 +145,25 @@ def detect_layout(manual_dir: str | os.PathLike) -> str:
     found.append("r2gen")
   if not found:
     raise FileNotFoundError(
-        f"no IU X-ray layout found in {manual_dir}: looked for NLMCXR_reports.tgz or "
-        "ecgen-radiology/ (Open-i), indiana_reports.csv (Kaggle), annotation.json (R2Gen)")
+      f"no IU X-ray layout found in {manual_dir}: looked for NLMCXR_reports.tgz or "
+      "ecgen-radiology/ (Open-i), indiana_reports.csv (Kaggle), annotation.json (R2Gen)"
+    )
   if len(found) > 1:
-    raise ValueError(f"several IU X-ray layouts in {manual_dir} ({', '.join(found)}): "
-                     "pass layout= to choose one")
+    raise ValueError(f"several IU X-ray layouts in {manual_dir} ({', '.join(found)}): pass layout= to choose one")
   return found[0]
 
 
 def load_studies(
-    manual_dir: str | os.PathLike,
-    *,
-    layout: str | None = None,
-    image_dir: str | os.PathLike | None = None,
-    projections_csv: str | os.PathLike | None = AUTO,
-    extract_dir: str | os.PathLike | None = None,
-    report_sections: Sequence[str] = ("findings",),
-    keep_empty_reports: bool = False,
-    keep_partial_images: bool = False,
-    check_images: bool = True,
+  manual_dir: str | os.PathLike,
+  *,
+  layout: str | None = None,
+  image_dir: str | os.PathLike | None = None,
+  projections_csv: str | os.PathLike | None = AUTO,
+  extract_dir: str | os.PathLike | None = None,
+  report_sections: Sequence[str] = ("findings",),
+  keep_empty_reports: bool = False,
+  keep_partial_images: bool = False,
+  check_images: bool = True,
 ) -> tuple[list[dict[str, Any]], ParseReport]:
   """Parses IU X-ray in `manual_dir` into study records, sorted by study number.
 
@@ -184,8 +187,7 @@ def load_studies(
   layout = layout or detect_layout(manual_dir)
   unknown_sections = set(report_sections) - {"findings", "impression"}
   if unknown_sections or not report_sections:
-    raise ValueError(f"report_sections must be drawn from ('findings', 'impression'), "
-                     f"got {tuple(report_sections)}")
+    raise ValueError(f"report_sections must be drawn from ('findings', 'impression'), got {tuple(report_sections)}")
   report = ParseReport(layout=layout, source=str(manual_dir))
   if layout == "openi":
     studies = _read_openi(manual_dir, image_dir, projections_csv, extract_dir, check_images, report)
@@ -198,8 +200,7 @@ def load_studies(
 
   records = []
   for study in sorted(studies, key=lambda s: _study_number(s.uid)):
-    record = _to_record(study, report_sections, keep_empty_reports, keep_partial_images,
-                        check_images, report)
+    record = _to_record(study, report_sections, keep_empty_reports, keep_partial_images, check_images, report)
     if record is not None:
       records.append(record)
   report.num_studies = len(studies)
@@ -207,8 +208,7 @@ def load_studies(
   return records, report
 
 
-def select_two_views(image_ids: Sequence[str], views: Mapping[str, str]
-                     ) -> tuple[list[str], list[str], bool]:
+def select_two_views(image_ids: Sequence[str], views: Mapping[str, str]) -> tuple[list[str], list[str], bool]:
   """Picks the two view images of a study.
 
   Args:
@@ -246,8 +246,10 @@ def r2gen_study_ids(annotation_json: str | os.PathLike) -> dict[str, str]:
   """R2Gen's id of every study in its annotation.json: {"CXR2384": "CXR2384_IM-0942", ...}. Taken from the
   file, not derived from image ids: R2Gen names 9 studies after one of two image series ("CXR212_IM-0746-1001")
   and study 1 "CXR1_1_IM-0001", which no rule over the Open-i or Kaggle image ids reproduces."""
-  return {_r2gen_study_uid(entry["id"], annotation_json): entry["id"]
-          for _, entry in _read_annotation(pathlib.Path(annotation_json))}
+  return {
+    _r2gen_study_uid(entry["id"], annotation_json): entry["id"]
+    for _, entry in _read_annotation(pathlib.Path(annotation_json))
+  }
 
 
 def join_sections(record: Mapping[str, Any], report_sections: Sequence[str]) -> str:
@@ -255,9 +257,14 @@ def join_sections(record: Mapping[str, Any], report_sections: Sequence[str]) -> 
   return " ".join(record[s] for s in report_sections if record[s])
 
 
-def _to_record(study: _Study, report_sections: Sequence[str], keep_empty_reports: bool,
-               keep_partial_images: bool, check_images: bool,
-               report: ParseReport) -> dict[str, Any] | None:
+def _to_record(
+  study: _Study,
+  report_sections: Sequence[str],
+  keep_empty_reports: bool,
+  keep_partial_images: bool,
+  check_images: bool,
+  report: ParseReport,
+) -> dict[str, Any] | None:
   """Applies the image checks and view selection; None when the study is skipped."""
   listed = list(study.image_paths)
   present = [i for i in listed if study.image_paths[i].is_file()] if check_images else listed
@@ -285,23 +292,28 @@ def _to_record(study: _Study, report_sections: Sequence[str], keep_empty_reports
   view_source = study.label_source if labelled else "id_order"
   report.view_sources[view_source] = report.view_sources.get(view_source, 0) + 1
   return {
-      "id": study.uid,
-      "images": [str(study.image_paths[i]) for i in image_ids],
-      "image_ids": image_ids,
-      "views": views,
-      **{section: study.sections[section] for section in SECTIONS},
-      "mesh": study.mesh,
-      "mesh_automatic": study.mesh_automatic,
-      "report": text,
+    "id": study.uid,
+    "images": [str(study.image_paths[i]) for i in image_ids],
+    "image_ids": image_ids,
+    "views": views,
+    **{section: study.sections[section] for section in SECTIONS},
+    "mesh": study.mesh,
+    "mesh_automatic": study.mesh_automatic,
+    "report": text,
   }
 
 
 # Open-i layout.
 
 
-def _read_openi(manual_dir: pathlib.Path, image_dir: _PathLike | None,
-                projections_csv: _PathLike | None, extract_dir: _PathLike | None,
-                check_images: bool, report: ParseReport) -> list[_Study]:
+def _read_openi(
+  manual_dir: pathlib.Path,
+  image_dir: _PathLike | None,
+  projections_csv: _PathLike | None,
+  extract_dir: _PathLike | None,
+  check_images: bool,
+  report: ParseReport,
+) -> list[_Study]:
   reports_source = manual_dir / "NLMCXR_reports.tgz"
   if not reports_source.is_file():
     reports_source = manual_dir / "ecgen-radiology"
@@ -312,9 +324,14 @@ def _read_openi(manual_dir: pathlib.Path, image_dir: _PathLike | None,
   report.image_dir = str(image_folder)
   views = {}
   if projections_csv == AUTO:
-    projections_csv = next((p for p in (manual_dir / "indiana_projections.csv",
-                                        manual_dir / "kaggle_csv" / "indiana_projections.csv")
-                            if p.is_file()), None)
+    projections_csv = next(
+      (
+        p
+        for p in (manual_dir / "indiana_projections.csv", manual_dir / "kaggle_csv" / "indiana_projections.csv")
+        if p.is_file()
+      ),
+      None,
+    )
   if projections_csv is not None:
     views = _read_projections(pathlib.Path(projections_csv))
   studies, seen = [], {}
@@ -328,8 +345,9 @@ def _read_openi(manual_dir: pathlib.Path, image_dir: _PathLike | None,
   return studies
 
 
-def _openi_image_folder(manual_dir: pathlib.Path, image_dir: _PathLike | None,
-                        extract_dir: _PathLike | None, check_images: bool) -> pathlib.Path:
+def _openi_image_folder(
+  manual_dir: pathlib.Path, image_dir: _PathLike | None, extract_dir: _PathLike | None, check_images: bool
+) -> pathlib.Path:
   """The folder of Open-i PNGs; extracts NLMCXR_png.tgz when that is what there is."""
   extract_dir = pathlib.Path(extract_dir) if extract_dir else manual_dir / "NLMCXR_png"
   if image_dir is not None:
@@ -346,8 +364,9 @@ def _openi_image_folder(manual_dir: pathlib.Path, image_dir: _PathLike | None,
     return _extract_pngs(manual_dir / "NLMCXR_png.tgz", extract_dir)
   if check_images:
     raise FileNotFoundError(
-        f"no Open-i images in {manual_dir}: looked for NLMCXR_png/, images/ and NLMCXR_png.tgz "
-        "(or pass image_dir=, or check_images=False)")
+      f"no Open-i images in {manual_dir}: looked for NLMCXR_png/, images/ and NLMCXR_png.tgz "
+      "(or pass image_dir=, or check_images=False)"
+    )
   return manual_dir / "NLMCXR_png"
 
 
@@ -415,12 +434,14 @@ def _parse_openi_xml(data: bytes, source: str, image_folder: pathlib.Path) -> _S
       raise IUXrayFormatError(f"{source}: <parentImage> without an id")
     image_ids.append(element.get("id"))
   return _Study(
-      uid=uid, sections=sections,
-      mesh=[e.text.strip() for e in root.findall("MeSH/major") if e.text and e.text.strip()],
-      mesh_automatic=[e.text.strip() for e in root.findall("MeSH/automatic")
-                      if e.text and e.text.strip()],
-      image_paths={i: image_folder / f"{i}.png" for i in image_ids}, views={},
-      label_source="projections")
+    uid=uid,
+    sections=sections,
+    mesh=[e.text.strip() for e in root.findall("MeSH/major") if e.text and e.text.strip()],
+    mesh_automatic=[e.text.strip() for e in root.findall("MeSH/automatic") if e.text and e.text.strip()],
+    image_paths={i: image_folder / f"{i}.png" for i in image_ids},
+    views={},
+    label_source="projections",
+  )
 
 
 def _image_key(image_id: str) -> str | None:
@@ -435,8 +456,7 @@ def _read_projections(path: pathlib.Path) -> dict[str, str]:
   for line, row in _read_csv(path, _KAGGLE_PROJECTION_COLUMNS):
     view = row["projection"].strip().lower()
     if view not in (FRONTAL, LATERAL):
-      raise IUXrayFormatError(f"{path}:{line}: projection {row['projection']!r} is not "
-                              "Frontal or Lateral")
+      raise IUXrayFormatError(f"{path}:{line}: projection {row['projection']!r} is not Frontal or Lateral")
     views[_kaggle_stem(row["filename"], path, line)] = view
   return views
 
@@ -444,22 +464,24 @@ def _read_projections(path: pathlib.Path) -> dict[str, str]:
 # Kaggle layout.
 
 
-def _read_kaggle(manual_dir: pathlib.Path, image_dir: _PathLike | None, check_images: bool,
-                 report: ParseReport) -> list[_Study]:
+def _read_kaggle(
+  manual_dir: pathlib.Path, image_dir: _PathLike | None, check_images: bool, report: ParseReport
+) -> list[_Study]:
   reports_csv = manual_dir / "indiana_reports.csv"
   projections_csv = manual_dir / "indiana_projections.csv"
   if not projections_csv.is_file():
-    raise FileNotFoundError(f"{projections_csv} not found (the Kaggle layout needs it beside "
-                            "indiana_reports.csv)")
+    raise FileNotFoundError(f"{projections_csv} not found (the Kaggle layout needs it beside indiana_reports.csv)")
   report.source = str(reports_csv)
   if image_dir is None:
     candidates = (manual_dir / "images_normalized", manual_dir / "images" / "images_normalized")
     image_dir = next((c for c in candidates if c.is_dir()), None)
     if image_dir is None:
       if check_images:
-        raise FileNotFoundError(f"no Kaggle images in {manual_dir}: looked for images_normalized/ "
-                                "and images/images_normalized/ (or pass image_dir=, or "
-                                "check_images=False)")
+        raise FileNotFoundError(
+          f"no Kaggle images in {manual_dir}: looked for images_normalized/ "
+          "and images/images_normalized/ (or pass image_dir=, or "
+          "check_images=False)"
+        )
       image_dir = candidates[0]
   image_dir = pathlib.Path(image_dir)
   if check_images and not image_dir.is_dir():
@@ -477,9 +499,14 @@ def _read_kaggle(manual_dir: pathlib.Path, image_dir: _PathLike | None, check_im
         report.add_issue("spreadsheet_error", uid)
         sections[section] = ""
     studies[uid] = _Study(
-        uid=uid, sections=sections,
-        mesh=[t.strip() for t in (row["MeSH"] or "").split(";") if t.strip()],
-        mesh_automatic=[], image_paths={}, views={}, label_source="projections")
+      uid=uid,
+      sections=sections,
+      mesh=[t.strip() for t in (row["MeSH"] or "").split(";") if t.strip()],
+      mesh_automatic=[],
+      image_paths={},
+      views={},
+      label_source="projections",
+    )
   for line, row in _read_csv(projections_csv, _KAGGLE_PROJECTION_COLUMNS):
     uid = f"CXR{row['uid'].strip()}"
     filename = row["filename"].strip()
@@ -489,8 +516,7 @@ def _read_kaggle(manual_dir: pathlib.Path, image_dir: _PathLike | None, check_im
     image_id = f"CXR{_kaggle_stem(filename, projections_csv, line)}"
     view = row["projection"].strip().lower()
     if view not in (FRONTAL, LATERAL):
-      raise IUXrayFormatError(f"{projections_csv}:{line}: projection {row['projection']!r} is "
-                              "not Frontal or Lateral")
+      raise IUXrayFormatError(f"{projections_csv}:{line}: projection {row['projection']!r} is not Frontal or Lateral")
     studies[uid].image_paths[image_id] = image_dir / filename
     studies[uid].views[image_id] = view
   return list(studies.values())
@@ -500,7 +526,7 @@ def _kaggle_stem(filename: str, path: pathlib.Path, line: int) -> str:
   filename = filename.strip()
   if not filename.endswith(_KAGGLE_SUFFIX):
     raise IUXrayFormatError(f"{path}:{line}: file name {filename!r} does not end in {_KAGGLE_SUFFIX}")
-  return filename[:-len(_KAGGLE_SUFFIX)]
+  return filename[: -len(_KAGGLE_SUFFIX)]
 
 
 def _read_csv(path: pathlib.Path, columns: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
@@ -521,24 +547,28 @@ def _read_csv(path: pathlib.Path, columns: Sequence[str]) -> Iterator[tuple[int,
 # R2Gen layout.
 
 
-def _read_r2gen_layout(manual_dir: pathlib.Path, image_dir: _PathLike | None,
-                       check_images: bool, report: ParseReport) -> list[_Study]:
+def _read_r2gen_layout(
+  manual_dir: pathlib.Path, image_dir: _PathLike | None, check_images: bool, report: ParseReport
+) -> list[_Study]:
   annotation = manual_dir / "annotation.json"
   image_dir = pathlib.Path(image_dir) if image_dir is not None else manual_dir / "images"
   report.image_dir = str(image_dir)
   if check_images and not image_dir.is_dir():
-    raise FileNotFoundError(f"R2Gen image folder not found: {image_dir} (or pass image_dir=, "
-                            "or check_images=False)")
+    raise FileNotFoundError(f"R2Gen image folder not found: {image_dir} (or pass image_dir=, or check_images=False)")
   studies = []
   for _, entry in _read_annotation(annotation):
-    paths = {str(pathlib.PurePosixPath(p).with_suffix("")): image_dir / p
-             for p in entry["image_path"]}
-    studies.append(_Study(
+    paths = {str(pathlib.PurePosixPath(p).with_suffix("")): image_dir / p for p in entry["image_path"]}
+    studies.append(
+      _Study(
         uid=_r2gen_study_uid(entry["id"], annotation),
-        sections={"findings": entry["report"].strip(), "impression": "", "indication": "",
-                  "comparison": ""},
-        mesh=[], mesh_automatic=[], image_paths=paths,
-        views={i: v for i, v in zip(paths, (FRONTAL, LATERAL))}, label_source="r2gen_position"))
+        sections={"findings": entry["report"].strip(), "impression": "", "indication": "", "comparison": ""},
+        mesh=[],
+        mesh_automatic=[],
+        image_paths=paths,
+        views={i: v for i, v in zip(paths, (FRONTAL, LATERAL))},
+        label_source="r2gen_position",
+      )
+    )
   return studies
 
 
@@ -560,10 +590,14 @@ def _read_annotation(path: pathlib.Path) -> list[tuple[str, dict[str, Any]]]:
       raise IUXrayFormatError(f"{path}: {split_name!r} must be a list of entries")
     for index, entry in enumerate(data[split_name]):
       where = f"{path}: {split_name}[{index}]"
-      if not (isinstance(entry, dict) and isinstance(entry.get("id"), str)
-              and isinstance(entry.get("report"), str)
-              and isinstance(entry.get("image_path"), list) and entry["image_path"]
-              and all(isinstance(p, str) for p in entry["image_path"])):
+      if not (
+        isinstance(entry, dict)
+        and isinstance(entry.get("id"), str)
+        and isinstance(entry.get("report"), str)
+        and isinstance(entry.get("image_path"), list)
+        and entry["image_path"]
+        and all(isinstance(p, str) for p in entry["image_path"])
+      ):
         raise IUXrayFormatError(f"{where}: expected {{id: str, report: str, image_path: [str, ...]}}")
       uid = _r2gen_study_uid(entry["id"], path)
       if uid in seen:

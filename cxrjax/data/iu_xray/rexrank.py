@@ -52,17 +52,22 @@ def check_run(data_config: Any, split: str, max_examples: int | None) -> None:
     raise LeaderboardError(f"config.data.name={name!r}: the {LEADERBOARD} file is IU X-ray's (iu_xray)")
   family = data_config.get("tfds_config", "random")
   if family != "r2gen":
-    raise LeaderboardError(f"config.data.tfds_config={family!r}: {LEADERBOARD}'s IU X-ray test set is R2Gen's "
-                           f"{R2GEN_TEST_STUDIES} test studies (tfds_config='r2gen')")
+    raise LeaderboardError(
+      f"config.data.tfds_config={family!r}: {LEADERBOARD}'s IU X-ray test set is R2Gen's "
+      f"{R2GEN_TEST_STUDIES} test studies (tfds_config='r2gen')"
+    )
   if split != "test":
     raise LeaderboardError(f"--split {split}: {LEADERBOARD}'s IU X-ray set is R2Gen's test split (--split test)")
   sections = data_config.get("report_sections", "findings")
   if sections != LEADERBOARD_SECTIONS:
-    raise LeaderboardError(f"config.data.report_sections={sections!r}: {LEADERBOARD} scores findings + impression "
-                           f"(\"Findings: ... Impression: ...\"); train with report_sections='{LEADERBOARD_SECTIONS}'")
+    raise LeaderboardError(
+      f"config.data.report_sections={sections!r}: {LEADERBOARD} scores findings + impression "
+      f"(\"Findings: ... Impression: ...\"); train with report_sections='{LEADERBOARD_SECTIONS}'"
+    )
   if max_examples is not None:
-    raise LeaderboardError(f"--max-examples {max_examples}: the {LEADERBOARD} file holds every one of the "
-                           f"{R2GEN_TEST_STUDIES} test studies")
+    raise LeaderboardError(
+      f"--max-examples {max_examples}: the {LEADERBOARD} file holds every one of the {R2GEN_TEST_STUDIES} test studies"
+    )
 
 
 def check_source(source: Any) -> None:
@@ -70,13 +75,17 @@ def check_source(source: Any) -> None:
   was prepared before the R2Gen ids were recorded."""
   build = source.metadata.get("build", {})
   if "r2gen_ids" not in build:
-    raise LeaderboardError(f"iu_xray/{source.config}: prepared without R2Gen's study ids (by an older cxrjax); "
-                           "delete its folder and run `cxrjax prepare iu_xray --split r2gen` again")
+    raise LeaderboardError(
+      f"iu_xray/{source.config}: prepared without R2Gen's study ids (by an older cxrjax); "
+      "delete its folder and run `cxrjax prepare iu_xray --split r2gen` again"
+    )
   missing = build.get("split_studies_not_kept", {}).get("test", 0)
   if missing:
-    raise LeaderboardError(f"iu_xray/{source.config}: {missing} of R2Gen's {R2GEN_TEST_STUDIES} test studies were "
-                           "not kept at prepare (their images or report missing): the "
-                           f"{LEADERBOARD} file needs all of them")
+    raise LeaderboardError(
+      f"iu_xray/{source.config}: {missing} of R2Gen's {R2GEN_TEST_STUDIES} test studies were "
+      "not kept at prepare (their images or report missing): the "
+      f"{LEADERBOARD} file needs all of them"
+    )
 
 
 def leaderboard_predictions(source: Any, records: Sequence[dict[str, Any]]) -> dict[str, dict[str, str]]:
@@ -97,9 +106,11 @@ def leaderboard_predictions(source: Any, records: Sequence[dict[str, Any]]) -> d
       raise LeaderboardError(f"study {study['id']} of iu_xray/{source.config} {source.split} has no R2Gen id")
     if study["id"] not in generated:
       raise LeaderboardError(f"study {study['id']} has no prediction")
-    output[r2gen_ids[study["id"]]] = {"model_prediction": generated.pop(study["id"]),
-                                      "section_findings": study["findings"],
-                                      "section_impression": study["impression"]}
+    output[r2gen_ids[study["id"]]] = {
+      "model_prediction": generated.pop(study["id"]),
+      "section_findings": study["findings"],
+      "section_impression": study["impression"],
+    }
   if generated:
     raise LeaderboardError(f"predictions for studies not in the split: {sorted(generated)[:5]}")
   return output

@@ -30,9 +30,24 @@ Usage:
   oracle = train.oracle_reports()               # the true findings, most common phrasing
 """
 
-from cxrjax.data.phantom.findings import (EFFUSION_SIDES, FINDING_NAMES, LOBES, SIDES, VIEWS, Findings,
-                                          PhantomConfig, finding_labels, sample_findings)
+from cxrjax.data.phantom.findings import (
+  EFFUSION_SIDES,
+  FINDING_NAMES,
+  LOBES,
+  SIDES,
+  VIEWS,
+  Findings,
+  PhantomConfig,
+  finding_labels,
+  sample_findings,
+)
 from cxrjax.data.phantom.render import render_views
-from cxrjax.data.phantom.reports import (generate_oracle_report, generate_report, most_common_report,
-                                         oracle_report, write_impression, write_report)
+from cxrjax.data.phantom.reports import (
+  generate_oracle_report,
+  generate_report,
+  most_common_report,
+  oracle_report,
+  write_impression,
+  write_report,
+)
 from cxrjax.data.phantom.source import SPLIT_STRIDE, SPLITS, PhantomSource, generate_study

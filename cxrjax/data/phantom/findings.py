@@ -22,8 +22,7 @@ SPLITS = ("train", "val", "test")
 SPLIT_STRIDE = 1_000_000_000
 
 # The independent RNG streams of one study.
-(STREAM_FINDINGS, STREAM_PATIENT, STREAM_POSE, STREAM_LESIONS, STREAM_NOISE, STREAM_TEXT,
- STREAM_INDICATION) = range(7)
+(STREAM_FINDINGS, STREAM_PATIENT, STREAM_POSE, STREAM_LESIONS, STREAM_NOISE, STREAM_TEXT, STREAM_INDICATION) = range(7)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +37,7 @@ class PhantomConfig:
     nuisance: scale of the position, size, exposure and noise variation (0: identical poses).
     paraphrase: draw each sentence from several templates (False: always the first template).
   """
+
   image_size: int = 224
   seed: int = 0
   p_cardiomegaly: float = 0.22
@@ -64,15 +64,15 @@ class PhantomConfig:
 @dataclasses.dataclass(frozen=True)
 class Findings:
   """The findings of one study (None: absent)."""
+
   cardiomegaly: bool = False
-  effusion: str | None = None      # one of EFFUSION_SIDES
+  effusion: str | None = None  # one of EFFUSION_SIDES
   pneumothorax: str | None = None  # one of SIDES
-  opacity: str | None = None       # one of LOBES
-  nodule: str | None = None        # one of SIDES
+  opacity: str | None = None  # one of LOBES
+  nodule: str | None = None  # one of SIDES
 
   def __post_init__(self):
-    for name, allowed in (("effusion", EFFUSION_SIDES), ("pneumothorax", SIDES), ("opacity", LOBES),
-                          ("nodule", SIDES)):
+    for name, allowed in (("effusion", EFFUSION_SIDES), ("pneumothorax", SIDES), ("opacity", LOBES), ("nodule", SIDES)):
       value = getattr(self, name)
       if value is not None and value not in allowed:
         raise ValueError(f"Findings.{name} must be None or one of {allowed}, got {value!r}")
@@ -114,12 +114,12 @@ def sample_findings(index: int, config: PhantomConfig) -> Findings:
   pick = lambda options, u: options[min(int(u * len(options)), len(options) - 1)]
   effusion_side = "bilateral" if choices[0] < 0.2 else ("right" if choices[0] < 0.6 else "left")
   return Findings(
-      cardiomegaly=bool(draws[0] < config.p_cardiomegaly),
-      effusion=effusion_side if draws[1] < config.p_effusion else None,
-      pneumothorax=pick(SIDES, choices[1]) if draws[2] < config.p_pneumothorax else None,
-      opacity=pick(LOBES, choices[2]) if draws[3] < config.p_opacity else None,
-      nodule=pick(SIDES, choices[3]) if draws[4] < config.p_nodule else None)
-
+    cardiomegaly=bool(draws[0] < config.p_cardiomegaly),
+    effusion=effusion_side if draws[1] < config.p_effusion else None,
+    pneumothorax=pick(SIDES, choices[1]) if draws[2] < config.p_pneumothorax else None,
+    opacity=pick(LOBES, choices[2]) if draws[3] < config.p_opacity else None,
+    nodule=pick(SIDES, choices[3]) if draws[4] < config.p_nodule else None,
+  )
 
 
 def study_rng(config: PhantomConfig, index: int, stream: int) -> np.random.Generator:

@@ -19,45 +19,48 @@ from cxrjax.data.phantom import findings as findings_lib
 @dataclasses.dataclass(frozen=True)
 class _Patient:
   """Anatomy shared by both views (so the lateral view agrees with the frontal one)."""
-  ctr: float            # cardiothoracic ratio of the normal heart
-  heart_aspect: float   # short / long axis of the heart
-  thorax: float         # half width of the thorax at the costophrenic angles (inner chest wall)
-  body: float           # half width of the soft tissue outline
-  depth: float          # half antero-posterior depth of the chest (lateral view)
-  apex: float           # y of the lung apices
-  dome: float           # y of the right hemidiaphragm dome (the left is `dome_offset` lower)
+
+  ctr: float  # cardiothoracic ratio of the normal heart
+  heart_aspect: float  # short / long axis of the heart
+  thorax: float  # half width of the thorax at the costophrenic angles (inner chest wall)
+  body: float  # half width of the soft tissue outline
+  depth: float  # half antero-posterior depth of the chest (lateral view)
+  apex: float  # y of the lung apices
+  dome: float  # y of the right hemidiaphragm dome (the left is `dome_offset` lower)
   dome_offset: float
-  dome_curve: float     # how steeply the domes fall towards the costophrenic angles
-  mediastinum: float    # half width of the upper mediastinum
-  clavicle: float       # y of the clavicles near the midline
+  dome_curve: float  # how steeply the domes fall towards the costophrenic angles
+  mediastinum: float  # half width of the upper mediastinum
+  clavicle: float  # y of the clavicles near the midline
   rib_phase: float
   rib_spacing: float
   rib_contrast: float
   gastric_bubble: float  # 0: none, up to 1: a clear gas bubble under the left dome
   marking_frequencies: np.ndarray  # [4] angular frequencies of the lung markings
-  marking_phases: np.ndarray       # [2, 4] per lung (right, left)
-  marking_twists: np.ndarray       # [4] how the markings curve with the distance from the hilum
-  texture_knots: np.ndarray        # [4, 8] smooth soft-tissue texture
+  marking_phases: np.ndarray  # [2, 4] per lung (right, left)
+  marking_twists: np.ndarray  # [4] how the markings curve with the distance from the hilum
+  texture_knots: np.ndarray  # [4, 8] smooth soft-tissue texture
 
 
 @dataclasses.dataclass(frozen=True)
 class _Lesions:
   """Geometry of every finding, drawn whether or not the finding is present."""
-  ctr: float                              # cardiothoracic ratio with cardiomegaly
-  effusion_level: tuple[float, float]     # fluid height above the dome (right, left lung)
+
+  ctr: float  # cardiothoracic ratio with cardiomegaly
+  effusion_level: tuple[float, float]  # fluid height above the dome (right, left lung)
   effusion_meniscus: tuple[float, float]  # extra rise of the fluid along the chest wall
-  pneumothorax_gap: float                 # chest wall to visceral pleura distance at the apex
-  opacity_jitter: tuple[float, float]     # (across, height) offsets as lung fractions
+  pneumothorax_gap: float  # chest wall to visceral pleura distance at the apex
+  opacity_jitter: tuple[float, float]  # (across, height) offsets as lung fractions
   opacity_radius: tuple[float, float]
-  opacity_knots: np.ndarray               # [4, 6] shape noise
-  nodule_position: tuple[float, float]    # (across, height) fractions of the lung
-  nodule_depth: float                     # antero-posterior position on the lateral view
+  opacity_knots: np.ndarray  # [4, 6] shape noise
+  nodule_position: tuple[float, float]  # (across, height) fractions of the lung
+  nodule_depth: float  # antero-posterior position on the lateral view
   nodule_radius: float
 
 
 @dataclasses.dataclass(frozen=True)
 class _Pose:
   """Per-view nuisance: placement on the detector and exposure."""
+
   shift: tuple[float, float]
   scale: float
   contrast: float
@@ -66,8 +69,9 @@ class _Pose:
   noise: float
 
 
-def render_views(index: int, config: findings_lib.PhantomConfig,
-                 findings: findings_lib.Findings) -> tuple[np.ndarray, np.ndarray]:
+def render_views(
+  index: int, config: findings_lib.PhantomConfig, findings: findings_lib.Findings
+) -> tuple[np.ndarray, np.ndarray]:
   """The frontal and lateral images of study `index` drawn with `findings`: uint8 [size, size] each."""
   patient = _sample_patient(findings_lib.study_rng(config, index, findings_lib.STREAM_PATIENT))
   lesions = _sample_lesions(findings_lib.study_rng(config, index, findings_lib.STREAM_LESIONS))
@@ -102,38 +106,59 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
   return rows[:, low] * (1 - weight) + rows[:, low + 1] * weight
 
 
-
 def _sample_patient(rng: np.random.Generator) -> _Patient:
   u = lambda low, high: float(rng.uniform(low, high))
   thorax = u(0.72, 0.8)
   body = thorax + u(0.1, 0.17)
   return _Patient(
-      ctr=u(0.38, 0.47), heart_aspect=u(0.68, 0.8), thorax=thorax, body=body, depth=body * u(0.68, 0.78),
-      apex=u(-0.74, -0.64), dome=u(0.3, 0.42), dome_offset=u(0.02, 0.07), dome_curve=u(1.2, 1.8),
-      mediastinum=u(0.1, 0.13), clavicle=u(-0.74, -0.66), rib_phase=u(0.0, 1.0), rib_spacing=u(0.13, 0.16),
-      rib_contrast=u(0.08, 0.13), gastric_bubble=u(0.0, 1.0),
-      marking_frequencies=rng.uniform(9.0, 17.0, 4).astype(np.float32),
-      marking_phases=rng.uniform(0.0, 2 * math.pi, (2, 4)).astype(np.float32),
-      marking_twists=rng.uniform(-6.0, 6.0, 4).astype(np.float32),
-      texture_knots=rng.standard_normal((4, 8)).astype(np.float32))
+    ctr=u(0.38, 0.47),
+    heart_aspect=u(0.68, 0.8),
+    thorax=thorax,
+    body=body,
+    depth=body * u(0.68, 0.78),
+    apex=u(-0.74, -0.64),
+    dome=u(0.3, 0.42),
+    dome_offset=u(0.02, 0.07),
+    dome_curve=u(1.2, 1.8),
+    mediastinum=u(0.1, 0.13),
+    clavicle=u(-0.74, -0.66),
+    rib_phase=u(0.0, 1.0),
+    rib_spacing=u(0.13, 0.16),
+    rib_contrast=u(0.08, 0.13),
+    gastric_bubble=u(0.0, 1.0),
+    marking_frequencies=rng.uniform(9.0, 17.0, 4).astype(np.float32),
+    marking_phases=rng.uniform(0.0, 2 * math.pi, (2, 4)).astype(np.float32),
+    marking_twists=rng.uniform(-6.0, 6.0, 4).astype(np.float32),
+    texture_knots=rng.standard_normal((4, 8)).astype(np.float32),
+  )
 
 
 def _sample_lesions(rng: np.random.Generator) -> _Lesions:
   u = lambda low, high: float(rng.uniform(low, high))
   return _Lesions(
-      ctr=u(0.56, 0.66),
-      effusion_level=(u(0.1, 0.26), u(0.1, 0.26)), effusion_meniscus=(u(0.12, 0.24), u(0.12, 0.24)),
-      pneumothorax_gap=u(0.14, 0.24),
-      opacity_jitter=(u(-0.1, 0.1), u(-0.06, 0.06)), opacity_radius=(u(0.18, 0.25), u(0.15, 0.21)),
-      opacity_knots=rng.standard_normal((4, 6)).astype(np.float32),
-      nodule_position=(u(0.25, 0.75), u(0.2, 0.7)), nodule_depth=u(-0.6, 0.6),
-      nodule_radius=u(0.042, 0.058))
+    ctr=u(0.56, 0.66),
+    effusion_level=(u(0.1, 0.26), u(0.1, 0.26)),
+    effusion_meniscus=(u(0.12, 0.24), u(0.12, 0.24)),
+    pneumothorax_gap=u(0.14, 0.24),
+    opacity_jitter=(u(-0.1, 0.1), u(-0.06, 0.06)),
+    opacity_radius=(u(0.18, 0.25), u(0.15, 0.21)),
+    opacity_knots=rng.standard_normal((4, 6)).astype(np.float32),
+    nodule_position=(u(0.25, 0.75), u(0.2, 0.7)),
+    nodule_depth=u(-0.6, 0.6),
+    nodule_radius=u(0.042, 0.058),
+  )
 
 
 def _sample_pose(rng: np.random.Generator, nuisance: float) -> _Pose:
   u = lambda half_range: float(rng.uniform(-half_range, half_range)) * nuisance
-  return _Pose(shift=(u(0.06), u(0.05)), scale=1.0 + u(0.08),
-               contrast=1.0 + u(0.15), brightness=u(0.05), gamma=1.0 + u(0.15), noise=0.02 + u(0.01))
+  return _Pose(
+    shift=(u(0.06), u(0.05)),
+    scale=1.0 + u(0.08),
+    contrast=1.0 + u(0.15),
+    brightness=u(0.05),
+    gamma=1.0 + u(0.15),
+    noise=0.02 + u(0.01),
+  )
 
 
 def _grid(size: int, pose: _Pose) -> tuple[np.ndarray, np.ndarray]:
@@ -166,11 +191,12 @@ def _separable_noise(knots: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndar
 
   Separable on purpose: no per-pixel gathers or matrix products (BLAS threads stall on a busy machine).
   """
-  return (_smooth(knots[0], v) * _smooth(knots[1], u) + _smooth(knots[2], v) * _smooth(knots[3], u))
+  return _smooth(knots[0], v) * _smooth(knots[1], u) + _smooth(knots[2], v) * _smooth(knots[3], u)
 
 
-def _streaks(frequencies: np.ndarray, phases: np.ndarray, twists: np.ndarray, dx: np.ndarray,
-             dy: np.ndarray, side: Any = 0.0) -> np.ndarray:
+def _streaks(
+  frequencies: np.ndarray, phases: np.ndarray, twists: np.ndarray, dx: np.ndarray, dy: np.ndarray, side: Any = 0.0
+) -> np.ndarray:
   """Radial streaks around a hilum (lung markings) in [0, 1]: a few angular waves that twist with radius.
 
   Args:
@@ -200,8 +226,9 @@ def _bands(phase: np.ndarray) -> np.ndarray:
   return wave * wave * wave
 
 
-def _ellipse(x: np.ndarray, y: np.ndarray, centre: tuple[float, float], axes: tuple[float, float],
-             angle: float, edge: float) -> np.ndarray:
+def _ellipse(
+  x: np.ndarray, y: np.ndarray, centre: tuple[float, float], axes: tuple[float, float], angle: float, edge: float
+) -> np.ndarray:
   """Soft mask [H, W] of an ellipse with semi-axes `axes` rotated by `angle` (radians, y downwards)."""
   cos, sin = math.cos(angle), math.sin(angle)
   # Only the bounding box (including the soft edge) is computed, x and y being sorted: shapes are
@@ -225,8 +252,7 @@ def _edge(size: int) -> float:
 _HEART_TILT = 0.45
 
 
-def _heart_axes(patient: _Patient, lesions: _Lesions,
-                findings: findings_lib.Findings) -> tuple[float, float, float]:
+def _heart_axes(patient: _Patient, lesions: _Lesions, findings: findings_lib.Findings) -> tuple[float, float, float]:
   """Frontal heart (long semi-axis, short semi-axis, horizontal half extent = ctr * thorax)."""
   ctr = lesions.ctr if findings.cardiomegaly else patient.ctr
   half_width = ctr * patient.thorax
@@ -238,13 +264,14 @@ def _lung_height(patient: _Patient) -> float:
   return patient.dome - patient.apex
 
 
-def _draw_frontal(patient: _Patient, lesions: _Lesions, findings: findings_lib.Findings, size: int,
-                  pose: _Pose) -> np.ndarray:
+def _draw_frontal(
+  patient: _Patient, lesions: _Lesions, findings: findings_lib.Findings, size: int, pose: _Pose
+) -> np.ndarray:
   """Frontal (PA) attenuation image, float32 [size, size]; the patient's right is on the image left."""
   x, y = _grid(size, pose)
   edge = _edge(size) / pose.scale
-  dist = np.abs(x)                         # distance from the midline
-  left = (x > 0).astype(np.float32)        # the patient's left, as a weight (bool * float is float64)
+  dist = np.abs(x)  # distance from the midline
+  left = (x > 0).astype(np.float32)  # the patient's left, as a weight (bool * float is float64)
   on_side = {"right": 1 - left, "left": left}
 
   # Soft tissue: convex chest wall, shoulders, neck.
@@ -275,16 +302,20 @@ def _draw_frontal(patient: _Patient, lesions: _Lesions, findings: findings_lib.F
   # Lungs: apex rounding into the lateral chest wall, medial edge along the mediastinum.
   apex = patient.apex
   medial_edge, lateral_edge = _lung_edges(patient, y)
-  lung_shape = (_ramp(dist - medial_edge, edge) * _ramp(lateral_edge - dist, edge) * _ramp(y - apex, edge)
-                * _ramp(diaphragm - y, edge))
+  lung_shape = (
+    _ramp(dist - medial_edge, edge)
+    * _ramp(lateral_edge - dist, edge)
+    * _ramp(y - apex, edge)
+    * _ramp(diaphragm - y, edge)
+  )
   lung = lung_shape * (1 - solid)
 
   # Vascular markings: radial streaks fading from the hila to the periphery.
   hilum_dist = _norm(dist - 0.2, y + 0.06)
-  streaks = _streaks(patient.marking_frequencies, patient.marking_phases, patient.marking_twists,
-                     dist - 0.2, y + 0.06, left)
-  lung_value = (0.13 + 0.3 * streaks * np.exp(-hilum_dist / 0.4)
-                + 0.12 * np.exp(-(hilum_dist / 0.09) ** 2))
+  streaks = _streaks(
+    patient.marking_frequencies, patient.marking_phases, patient.marking_twists, dist - 0.2, y + 0.06, left
+  )
+  lung_value = 0.13 + 0.3 * streaks * np.exp(-hilum_dist / 0.4) + 0.12 * np.exp(-((hilum_dist / 0.09) ** 2))
 
   if findings.pneumothorax:
     # Air between the chest wall and the collapsed lung, widest at the apex, with no markings.
@@ -292,7 +323,7 @@ def _draw_frontal(patient: _Patient, lesions: _Lesions, findings: findings_lib.F
     gap = lesions.pneumothorax_gap * (1.0 - 0.6 * np.clip((y - apex) / _lung_height(patient), 0.0, 1.0))
     pleura = lateral_edge - gap
     air = np.maximum(_ramp(dist - pleura, edge), _ramp(apex + gap - y, edge)) * side
-    pleural_line = np.exp(-((dist - pleura) / max(0.012, edge / 2)) ** 2) * _ramp(y - apex - gap, edge)
+    pleural_line = np.exp(-(((dist - pleura) / max(0.012, edge / 2)) ** 2)) * _ramp(y - apex - gap, edge)
     lung_value = _mix(lung_value + 0.03 * side, 0.05, air) + 0.12 * pleural_line * side * (1 - air)
   lung_value, focal = _draw_lung_lesions(lung_value, x, y, patient, lesions, findings, edge, frontal=True)
   if findings.effusion:
@@ -300,8 +331,12 @@ def _draw_frontal(patient: _Patient, lesions: _Lesions, findings: findings_lib.F
     reach = np.clip((dist - 0.3) / (patient.thorax - 0.3), 0.0, 1.0) ** 2
     for index, side in enumerate(findings_lib.SIDES):
       if findings.effusion in (side, "bilateral"):
-        level = (patient.dome + patient.dome_offset * index - lesions.effusion_level[index]
-                 - lesions.effusion_meniscus[index] * reach)
+        level = (
+          patient.dome
+          + patient.dome_offset * index
+          - lesions.effusion_level[index]
+          - lesions.effusion_meniscus[index] * reach
+        )
         lung_value = _mix(lung_value, 0.56, _ramp(y - level, 0.06) * on_side[side])
   image = _mix(image, lung_value, lung)
   image += 0.12 * focal * lung_shape * solid  # lesions seen through the heart
@@ -309,14 +344,18 @@ def _draw_frontal(patient: _Patient, lesions: _Lesions, findings: findings_lib.F
   # Bones on top: spine, posterior ribs, faint anterior ribs, clavicles.
   vertebrae = 0.7 + 0.3 * np.cos(2 * math.pi * y / 0.115)
   image += 0.06 * _ramp(0.07 - dist, edge) * vertebrae * body
-  rib_zone = (_ramp(patient.thorax + 0.03 - dist, edge) * _ramp(dist - 0.07, edge)
-              * _ramp(y - apex + 0.12, 4 * edge) * _ramp(patient.dome + 0.3 - y, 4 * edge))
-  posterior = (y + 0.12 * dist - 0.55 * dist ** 2) / patient.rib_spacing + patient.rib_phase
+  rib_zone = (
+    _ramp(patient.thorax + 0.03 - dist, edge)
+    * _ramp(dist - 0.07, edge)
+    * _ramp(y - apex + 0.12, 4 * edge)
+    * _ramp(patient.dome + 0.3 - y, 4 * edge)
+  )
+  posterior = (y + 0.12 * dist - 0.55 * dist**2) / patient.rib_spacing + patient.rib_phase
   anterior = (y + 0.45 * dist) / (1.3 * patient.rib_spacing) + patient.rib_phase
   ribs = _bands(posterior) + 0.35 * _bands(anterior) * _ramp(dist - 0.3, 0.1)
   image += patient.rib_contrast * ribs * rib_zone * (0.4 + 0.6 * lung)
   clavicle_y = patient.clavicle - 0.12 * (dist - 0.05) + 0.3 * (dist - 0.05) ** 2
-  clavicle = np.exp(-((y - clavicle_y) / 0.032) ** 2) * _ramp(dist - 0.07, edge) * _ramp(0.66 - dist, 0.05)
+  clavicle = np.exp(-(((y - clavicle_y) / 0.032) ** 2)) * _ramp(dist - 0.07, edge) * _ramp(0.66 - dist, 0.05)
   image += 0.17 * clavicle
 
   # Trachea: an air column above the carina.
@@ -324,9 +363,16 @@ def _draw_frontal(patient: _Patient, lesions: _Lesions, findings: findings_lib.F
   return image - 0.15 * trachea
 
 
-def _draw_lung_lesions(lung_value: np.ndarray, x: np.ndarray, y: np.ndarray, patient: _Patient,
-                       lesions: _Lesions, findings: findings_lib.Findings, edge: float,
-                       frontal: bool) -> tuple[np.ndarray, np.ndarray | float]:
+def _draw_lung_lesions(
+  lung_value: np.ndarray,
+  x: np.ndarray,
+  y: np.ndarray,
+  patient: _Patient,
+  lesions: _Lesions,
+  findings: findings_lib.Findings,
+  edge: float,
+  frontal: bool,
+) -> tuple[np.ndarray, np.ndarray | float]:
   """Adds the focal opacity and the nodule to the lung attenuation, at the same height in both views.
 
   Returns the new lung attenuation and the lesions' weight (for the parts seen through the heart).
@@ -384,8 +430,9 @@ def _lung_point(fraction: float, y: float, patient: _Patient, side: str, frontal
   return dist if side == "left" else -dist
 
 
-def _draw_lateral(patient: _Patient, lesions: _Lesions, findings: findings_lib.Findings, size: int,
-                  pose: _Pose) -> np.ndarray:
+def _draw_lateral(
+  patient: _Patient, lesions: _Lesions, findings: findings_lib.Findings, size: int, pose: _Pose
+) -> np.ndarray:
   """Lateral attenuation image, float32 [size, size]; anterior on the image left."""
   x, y = _grid(size, pose)
   edge = _edge(size) / pose.scale
@@ -401,20 +448,20 @@ def _draw_lateral(patient: _Patient, lesions: _Lesions, findings: findings_lib.F
   # Hemidiaphragm: highest in front, falling to the deep posterior costophrenic sulcus.
   dome = patient.dome + 0.5 * patient.dome_offset
   peak = -0.25
-  diaphragm = dome + np.where(x < peak, 0.2 * ((x - peak) / 0.5) ** 2,
-                              0.3 * patient.dome_curve * ((x - peak) / 0.85) ** 2)
+  diaphragm = dome + np.where(
+    x < peak, 0.2 * ((x - peak) / 0.5) ** 2, 0.3 * patient.dome_curve * ((x - peak) / 0.85) ** 2
+  )
   image = _mix(image, 0.6, _ramp(y - diaphragm, edge) * body)
 
   # Lungs (both superimposed) from behind the sternum to the posterior ribs.
   apex = patient.apex + 0.03 + 0.8 * (x - 0.05) ** 2
   spine_x = patient.depth - 0.2 + 0.05 * (y + 0.2) ** 2
-  lung = (_ramp(x - front - 0.06, edge) * _ramp(spine_x + 0.07 - x, edge) * _ramp(y - apex, edge)
-          * _ramp(diaphragm - y, edge))
+  lung = (
+    _ramp(x - front - 0.06, edge) * _ramp(spine_x + 0.07 - x, edge) * _ramp(y - apex, edge) * _ramp(diaphragm - y, edge)
+  )
   hilum_dist = _norm(x - 0.05, y + 0.05)
-  streaks = _streaks(patient.marking_frequencies, patient.marking_phases, patient.marking_twists,
-                     x - 0.05, y + 0.05)
-  lung_value = (0.17 + 0.25 * streaks * np.exp(-hilum_dist / 0.4)
-                + 0.14 * np.exp(-(hilum_dist / 0.12) ** 2))
+  streaks = _streaks(patient.marking_frequencies, patient.marking_phases, patient.marking_twists, x - 0.05, y + 0.05)
+  lung_value = 0.17 + 0.25 * streaks * np.exp(-hilum_dist / 0.4) + 0.14 * np.exp(-((hilum_dist / 0.12) ** 2))
 
   # Heart: behind the lower sternum on the diaphragm, reaching back towards the spine when enlarged.
   long_axis, short_axis, _ = _heart_axes(patient, lesions, findings)
@@ -426,7 +473,7 @@ def _draw_lateral(patient: _Patient, lesions: _Lesions, findings: findings_lib.F
     # Only an apical lucency with a faint pleural line shows on the lateral view.
     gap = 0.7 * lesions.pneumothorax_gap
     air = _ramp(apex + gap - y, edge)
-    lung_value = _mix(lung_value, 0.05, air) + 0.08 * np.exp(-((y - apex - gap) / 0.015) ** 2)
+    lung_value = _mix(lung_value, 0.05, air) + 0.08 * np.exp(-(((y - apex - gap) / 0.015) ** 2))
   lung_value, focal = _draw_lung_lesions(lung_value, x, y, patient, lesions, findings, edge, frontal=False)
   if findings.effusion:
     # Fluid fills the posterior costophrenic sulcus first, climbing posteriorly.
@@ -440,7 +487,7 @@ def _draw_lateral(patient: _Patient, lesions: _Lesions, findings: findings_lib.F
   image += 0.12 * focal * lung * heart  # lesions seen through the heart
   # The other hemidiaphragm shows as a faint line through the lung base.
   other = diaphragm - patient.dome_offset - 0.03
-  image += 0.06 * np.exp(-((y - other) / 0.02) ** 2) * lung
+  image += 0.06 * np.exp(-(((y - other) / 0.02) ** 2)) * lung
 
   # Spine (vertebral bodies with darker discs), sternum, ribs, trachea.
   discs = 0.6 + 0.4 * (np.cos(2 * math.pi * y / 0.13) > -0.7)

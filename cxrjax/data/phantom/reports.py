@@ -20,35 +20,63 @@ from cxrjax.data.phantom import findings as findings_lib
 # Each slot lists its templates, first the most common one: _TEMPLATE_WEIGHTS gives the odds.
 _TEMPLATE_WEIGHTS = (0.7, 0.2, 0.1)
 _HEART_NORMAL = (
-    ("The heart is normal in size.", "The mediastinum is unremarkable."),
-    ("The cardiomediastinal silhouette is within normal limits.",),
-    ("Heart size is normal.", "Mediastinal contours are within normal limits."),
+  ("The heart is normal in size.", "The mediastinum is unremarkable."),
+  ("The cardiomediastinal silhouette is within normal limits.",),
+  ("Heart size is normal.", "Mediastinal contours are within normal limits."),
 )
 _HEART_ENLARGED = (
-    ("The heart is enlarged.", "The mediastinum is unremarkable."),
-    ("Cardiomegaly is present.", "The mediastinal contours are normal."),
-    ("The cardiac silhouette is enlarged.", "Mediastinal contours are within normal limits."),
+  ("The heart is enlarged.", "The mediastinum is unremarkable."),
+  ("Cardiomegaly is present.", "The mediastinal contours are normal."),
+  ("The cardiac silhouette is enlarged.", "Mediastinal contours are within normal limits."),
 )
 _LUNGS_CLEAR = ("The lungs are clear.", "The lungs are clear bilaterally.", "Both lungs are clear.")
-_OPACITY = ("There is focal airspace opacity in the {lobe} lobe.",
-            "Focal consolidation is present in the {lobe} lobe.",
-            "There is {lobe} lobe airspace disease.")
-_NODULE = ("There is a nodule in the {side} lung.", "A {side} lung nodule is noted.",
-           "A small nodule projects over the {side} lung.")
-_LUNGS_OTHERWISE = ("The lungs are otherwise clear.", "Otherwise the lungs are clear.",
-                    "The remainder of the lungs is clear.")
-_EFFUSION = ("There is a {side} pleural effusion.", "A {side} pleural effusion is present.",
-             "Blunting of the {side} costophrenic angle consistent with pleural effusion.")
-_EFFUSION_BILATERAL = ("There are bilateral pleural effusions.", "Bilateral pleural effusions are present.",
-                       "Blunting of both costophrenic angles consistent with bilateral pleural effusions.")
-_PNEUMOTHORAX = ("There is a {side} pneumothorax.", "A {side} pneumothorax is present.",
-                 "There is a {side}-sided pneumothorax.")
-_NO_PLEURAL = ("No pneumothorax or pleural effusion.", "There is no pneumothorax or pleural effusion.",
-               "No pleural effusion or pneumothorax is seen.")
+_OPACITY = (
+  "There is focal airspace opacity in the {lobe} lobe.",
+  "Focal consolidation is present in the {lobe} lobe.",
+  "There is {lobe} lobe airspace disease.",
+)
+_NODULE = (
+  "There is a nodule in the {side} lung.",
+  "A {side} lung nodule is noted.",
+  "A small nodule projects over the {side} lung.",
+)
+_LUNGS_OTHERWISE = (
+  "The lungs are otherwise clear.",
+  "Otherwise the lungs are clear.",
+  "The remainder of the lungs is clear.",
+)
+_EFFUSION = (
+  "There is a {side} pleural effusion.",
+  "A {side} pleural effusion is present.",
+  "Blunting of the {side} costophrenic angle consistent with pleural effusion.",
+)
+_EFFUSION_BILATERAL = (
+  "There are bilateral pleural effusions.",
+  "Bilateral pleural effusions are present.",
+  "Blunting of both costophrenic angles consistent with bilateral pleural effusions.",
+)
+_PNEUMOTHORAX = (
+  "There is a {side} pneumothorax.",
+  "A {side} pneumothorax is present.",
+  "There is a {side}-sided pneumothorax.",
+)
+_NO_PLEURAL = (
+  "No pneumothorax or pleural effusion.",
+  "There is no pneumothorax or pleural effusion.",
+  "No pleural effusion or pneumothorax is seen.",
+)
 _NO_PNEUMOTHORAX = ("No pneumothorax.", "There is no pneumothorax.", "No pneumothorax is seen.")
 _NO_EFFUSION = ("No pleural effusion.", "There is no pleural effusion.", "No pleural effusion is seen.")
-INDICATIONS = ("Chest pain.", "Shortness of breath.", "Cough.", "Preoperative evaluation.", "Fever.",
-                "Follow-up.", "Dyspnea.", "Routine screening.")
+INDICATIONS = (
+  "Chest pain.",
+  "Shortness of breath.",
+  "Cough.",
+  "Preoperative evaluation.",
+  "Fever.",
+  "Follow-up.",
+  "Dyspnea.",
+  "Routine screening.",
+)
 
 
 def write_report(findings: findings_lib.Findings, rng: np.random.Generator, paraphrase: bool = True) -> str:
@@ -113,8 +141,11 @@ def _template_index(u: float, paraphrase: bool) -> int:
 def generate_report(index: int, config: findings_lib.PhantomConfig = findings_lib.PhantomConfig()) -> str:
   """The report of study `index` alone (no drawing): equal to source.generate_study(index, config)["report"]."""
   index = int(index)
-  return write_report(findings_lib.sample_findings(index, config),
-                      findings_lib.study_rng(config, index, findings_lib.STREAM_TEXT), config.paraphrase)
+  return write_report(
+    findings_lib.sample_findings(index, config),
+    findings_lib.study_rng(config, index, findings_lib.STREAM_TEXT),
+    config.paraphrase,
+  )
 
 
 def oracle_report(findings: findings_lib.Findings) -> str:
@@ -127,8 +158,7 @@ def oracle_report(findings: findings_lib.Findings) -> str:
   return write_report(findings, np.random.default_rng(0), paraphrase=False)
 
 
-def generate_oracle_report(index: int,
-                           config: findings_lib.PhantomConfig = findings_lib.PhantomConfig()) -> str:
+def generate_oracle_report(index: int, config: findings_lib.PhantomConfig = findings_lib.PhantomConfig()) -> str:
   """The findings oracle of study `index`: oracle_report of its true findings."""
   return oracle_report(findings_lib.sample_findings(int(index), config))
 

@@ -16,8 +16,11 @@ SPLITS = ("train", "val", "test")
 SPLIT_STRIDE = 1_000_000_000
 
 
-def generate_study(index: int, config: findings_lib.PhantomConfig = findings_lib.PhantomConfig(),
-                   findings: findings_lib.Findings | None = None) -> dict[str, Any]:
+def generate_study(
+  index: int,
+  config: findings_lib.PhantomConfig = findings_lib.PhantomConfig(),
+  findings: findings_lib.Findings | None = None,
+) -> dict[str, Any]:
   """Study record (CONVENTIONS.md schema) of study `index`; images are uint8 [size, size].
 
   Args:
@@ -31,21 +34,22 @@ def generate_study(index: int, config: findings_lib.PhantomConfig = findings_lib
   if findings is None:
     findings = findings_lib.sample_findings(index, config)
   frontal, lateral = render.render_views(index, config, findings)
-  report = reports.write_report(findings, findings_lib.study_rng(config, index, findings_lib.STREAM_TEXT),
-                                config.paraphrase)
+  report = reports.write_report(
+    findings, findings_lib.study_rng(config, index, findings_lib.STREAM_TEXT), config.paraphrase
+  )
   indication_rng = findings_lib.study_rng(config, index, findings_lib.STREAM_INDICATION)
   study_id = f"phantom-{index:06d}"
   return {
-      "id": study_id,
-      "images": [frontal, lateral],
-      "image_ids": [f"{study_id}-frontal", f"{study_id}-lateral"],
-      "views": list(findings_lib.VIEWS),
-      "findings": report,
-      "impression": reports.write_impression(findings),
-      "indication": reports.INDICATIONS[int(indication_rng.integers(len(reports.INDICATIONS)))],
-      "comparison": "None.",
-      "mesh": findings.mesh(),
-      "report": report,
+    "id": study_id,
+    "images": [frontal, lateral],
+    "image_ids": [f"{study_id}-frontal", f"{study_id}-lateral"],
+    "views": list(findings_lib.VIEWS),
+    "findings": report,
+    "impression": reports.write_impression(findings),
+    "indication": reports.INDICATIONS[int(indication_rng.integers(len(reports.INDICATIONS)))],
+    "comparison": "None.",
+    "mesh": findings.mesh(),
+    "report": report,
   }
 
 
@@ -56,8 +60,12 @@ class PhantomSource:
   [s * SPLIT_STRIDE, s * SPLIT_STRIDE + num_studies) for s in (train, val, test).
   """
 
-  def __init__(self, split: str = "train", num_studies: int = 1000,
-               config: findings_lib.PhantomConfig = findings_lib.PhantomConfig()):
+  def __init__(
+    self,
+    split: str = "train",
+    num_studies: int = 1000,
+    config: findings_lib.PhantomConfig = findings_lib.PhantomConfig(),
+  ):
     if split not in SPLITS:
       raise ValueError(f"PhantomSource split must be one of {SPLITS}, got {split!r}")
     if not 0 < num_studies <= SPLIT_STRIDE:
@@ -83,8 +91,11 @@ class PhantomSource:
     """Study `index`'s record without drawing its images ("images" is absent): for cached features."""
     global_index = self._global_index(index)
     findings = findings_lib.sample_findings(global_index, self.config)
-    return {"id": f"phantom-{global_index:06d}", "report": reports.generate_report(global_index, self.config),
-            "mesh": findings.mesh()}
+    return {
+      "id": f"phantom-{global_index:06d}",
+      "report": reports.generate_report(global_index, self.config),
+      "mesh": findings.mesh(),
+    }
 
   def reports(self) -> list[str]:
     """Every study's report, in order, without drawing the images (vocabularies, baselines)."""
@@ -94,8 +105,7 @@ class PhantomSource:
     """The findings oracle of every study, in the order of `reports()`: each study's true findings
     written with the most common phrasing (reports.oracle_report). Uncleaned, as `reports()`: a
     scorer cleans them as it cleans the references."""
-    return [reports.generate_oracle_report(self.offset + index, self.config)
-            for index in range(self.num_studies)]
+    return [reports.generate_oracle_report(self.offset + index, self.config) for index in range(self.num_studies)]
 
   def __repr__(self) -> str:
     return f"PhantomSource(split={self.split!r}, num_studies={self.num_studies}, config={self.config})"
@@ -115,13 +125,21 @@ def make_source(data_config: Any, split: str) -> PhantomSource:
   """
   num_studies = int(registry.field(data_config, _SPLIT_SIZES[split]))
   image_size = registry.field(data_config, "phantom_image_size", None) or registry.field(data_config, "image_size")
-  prevalences = {f"p_{name}": float(value) for name, value in
-                 dict(registry.field(data_config, "phantom_prevalences", None) or {}).items()}
-  config = findings_lib.PhantomConfig(image_size=int(image_size),
-                                      seed=int(registry.field(data_config, "phantom_seed", 0)), **prevalences)
+  prevalences = {
+    f"p_{name}": float(value)
+    for name, value in dict(registry.field(data_config, "phantom_prevalences", None) or {}).items()
+  }
+  config = findings_lib.PhantomConfig(
+    image_size=int(image_size), seed=int(registry.field(data_config, "phantom_seed", 0)), **prevalences
+  )
   return PhantomSource(_SPLIT_NAMES[split], num_studies, config)
 
 
-registry.register(registry.Dataset(
-    name="phantom", make_source=make_source, num_views=len(findings_lib.VIEWS),
-    label_names=lambda data_config: tuple(findings_lib.FINDING_NAMES)))
+registry.register(
+  registry.Dataset(
+    name="phantom",
+    make_source=make_source,
+    num_views=len(findings_lib.VIEWS),
+    label_names=lambda data_config: tuple(findings_lib.FINDING_NAMES),
+  )
+)

@@ -16,6 +16,11 @@ Usage:
   oracle = train.oracle_reports()                                        # true findings, usual words
 """
 
-from cxrjax.data.phantom_captions.captions import (CAPTION_TEMPLATE_WEIGHTS, generate_caption,
-                                                   generate_oracle_caption, oracle_caption, write_caption)
+from cxrjax.data.phantom_captions.captions import (
+  CAPTION_TEMPLATE_WEIGHTS,
+  generate_caption,
+  generate_oracle_caption,
+  oracle_caption,
+  write_caption,
+)
 from cxrjax.data.phantom_captions.source import NUM_VIEWS, PhantomCaptionSource, generate_image_record

@@ -17,12 +17,18 @@ from cxrjax.data.phantom import findings as findings_lib
 # Each part lists its phrasings, first the most common one.
 CAPTION_TEMPLATE_WEIGHTS = (0.7, 0.2, 0.1)
 _OPENINGS = ("Chest X-ray showing {}.", "Chest radiograph shows {}.", "Frontal chest X-ray demonstrating {}.")
-_NORMAL = ("Chest X-ray showing no acute abnormality.", "Normal chest radiograph.",
-           "Frontal chest X-ray with clear lungs and a normal heart size.")
+_NORMAL = (
+  "Chest X-ray showing no acute abnormality.",
+  "Normal chest radiograph.",
+  "Frontal chest X-ray with clear lungs and a normal heart size.",
+)
 _CARDIOMEGALY = ("cardiomegaly", "an enlarged cardiac silhouette", "an enlarged heart")
 _EFFUSION = ("a {side} pleural effusion", "{side}-sided pleural effusion", "blunting of the {side} costophrenic angle")
-_EFFUSION_BILATERAL = ("bilateral pleural effusions", "pleural effusions on both sides",
-                       "blunting of both costophrenic angles")
+_EFFUSION_BILATERAL = (
+  "bilateral pleural effusions",
+  "pleural effusions on both sides",
+  "blunting of both costophrenic angles",
+)
 _PNEUMOTHORAX = ("a {side} pneumothorax", "{side}-sided pneumothorax", "a {side} apical pneumothorax")
 _OPACITY = ("consolidation in the {lobe} lobe", "{lobe} lobe airspace opacity", "an opacity in the {lobe} lobe")
 _NODULE = ("a nodule in the {side} lung", "a {side} lung nodule", "a small round opacity in the {side} lung")
@@ -58,15 +64,17 @@ def write_caption(findings: findings_lib.Findings, rng: np.random.Generator, par
 def _template_index(u: float, paraphrase: bool) -> int:
   if not paraphrase:
     return 0
-  return int(np.searchsorted(np.cumsum(CAPTION_TEMPLATE_WEIGHTS), u * sum(CAPTION_TEMPLATE_WEIGHTS),
-                             side="right"))
+  return int(np.searchsorted(np.cumsum(CAPTION_TEMPLATE_WEIGHTS), u * sum(CAPTION_TEMPLATE_WEIGHTS), side="right"))
 
 
 def generate_caption(index: int, config: findings_lib.PhantomConfig = findings_lib.PhantomConfig()) -> str:
   """The caption of study `index` (no drawing): its findings, worded from its own text stream."""
   index = int(index)
-  return write_caption(findings_lib.sample_findings(index, config),
-                       findings_lib.study_rng(config, index, findings_lib.STREAM_TEXT), config.paraphrase)
+  return write_caption(
+    findings_lib.sample_findings(index, config),
+    findings_lib.study_rng(config, index, findings_lib.STREAM_TEXT),
+    config.paraphrase,
+  )
 
 
 def oracle_caption(findings: findings_lib.Findings) -> str:
@@ -75,7 +83,6 @@ def oracle_caption(findings: findings_lib.Findings) -> str:
   return write_caption(findings, np.random.default_rng(0), paraphrase=False)
 
 
-def generate_oracle_caption(index: int,
-                            config: findings_lib.PhantomConfig = findings_lib.PhantomConfig()) -> str:
+def generate_oracle_caption(index: int, config: findings_lib.PhantomConfig = findings_lib.PhantomConfig()) -> str:
   """The findings oracle of study `index`: oracle_caption of its true findings."""
   return oracle_caption(findings_lib.sample_findings(int(index), config))

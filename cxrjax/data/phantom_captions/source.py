@@ -15,8 +15,9 @@ from cxrjax.data.phantom_captions import captions
 NUM_VIEWS = 1  # the frontal view
 
 
-def generate_image_record(index: int, config: findings_lib.PhantomConfig = findings_lib.PhantomConfig()
-                          ) -> dict[str, Any]:
+def generate_image_record(
+  index: int, config: findings_lib.PhantomConfig = findings_lib.PhantomConfig()
+) -> dict[str, Any]:
   """Record of image `index`: {"id", "images": [frontal uint8 [size, size]], "image_ids", "report"
   (the caption), "mesh"}. The image is the frontal view of phantom study `index`."""
   if not isinstance(index, (int, np.integer)) or index < 0:
@@ -25,8 +26,13 @@ def generate_image_record(index: int, config: findings_lib.PhantomConfig = findi
   findings = findings_lib.sample_findings(index, config)
   frontal, _ = render.render_views(index, config, findings)
   image_id = f"phantom-caption-{index:06d}"
-  return {"id": image_id, "images": [frontal], "image_ids": [image_id],
-          "report": captions.generate_caption(index, config), "mesh": findings.mesh()}
+  return {
+    "id": image_id,
+    "images": [frontal],
+    "image_ids": [image_id],
+    "report": captions.generate_caption(index, config),
+    "mesh": findings.mesh(),
+  }
 
 
 class PhantomCaptionSource:
@@ -36,13 +42,18 @@ class PhantomCaptionSource:
   [s * SPLIT_STRIDE, s * SPLIT_STRIDE + num_images) for s in ("train", "val", "test").
   """
 
-  def __init__(self, split: str = "train", num_images: int = 1000,
-               config: findings_lib.PhantomConfig = findings_lib.PhantomConfig()):
+  def __init__(
+    self,
+    split: str = "train",
+    num_images: int = 1000,
+    config: findings_lib.PhantomConfig = findings_lib.PhantomConfig(),
+  ):
     if split not in phantom_source.SPLITS:
       raise ValueError(f"PhantomCaptionSource split must be one of {phantom_source.SPLITS}, got {split!r}")
     if not 0 < num_images <= phantom_source.SPLIT_STRIDE:
-      raise ValueError(f"PhantomCaptionSource num_images must be in [1, {phantom_source.SPLIT_STRIDE}], "
-                       f"got {num_images}")
+      raise ValueError(
+        f"PhantomCaptionSource num_images must be in [1, {phantom_source.SPLIT_STRIDE}], got {num_images}"
+      )
     self.split, self.num_images, self.config = split, int(num_images), config
     self.offset = phantom_source.SPLITS.index(split) * phantom_source.SPLIT_STRIDE
 
@@ -79,6 +90,11 @@ def make_source(data_config: Any, split: str) -> PhantomCaptionSource:
   return PhantomCaptionSource(studies.split, studies.num_studies, studies.config)
 
 
-registry.register(registry.Dataset(
-    name="phantom_captions", make_source=make_source, num_views=NUM_VIEWS,
-    label_names=lambda data_config: tuple(findings_lib.FINDING_NAMES)))
+registry.register(
+  registry.Dataset(
+    name="phantom_captions",
+    make_source=make_source,
+    num_views=NUM_VIEWS,
+    label_names=lambda data_config: tuple(findings_lib.FINDING_NAMES),
+  )
+)

@@ -27,13 +27,34 @@ builders, prepare), source.py (RocoSource, the registered datasets). The names b
 package's public API.
 """
 
-from cxrjax.data.roco.builder import (BUILDERS, DATASET_LAYOUTS, TFDS_CONFIGS, TFDS_SPLITS, Roco, Rocov2,
-                                      dataset_dir, format_summary, prepare)
-from cxrjax.data.roco.captions import (LAYOUTS, SKIP_REASONS, SPLITS, MissingSplitError, ParquetImage,
-                                       RocoFormatError, SplitReport, detect_layout, iter_split_captions,
-                                       load_split, parquet_files, read_roco_v1_captions,
-                                       read_roco_v1_licences, read_roco_v1_lists, read_rocov2_captions,
-                                       read_rocov2_concepts)
-from cxrjax.data.roco.chest import (CHEST_CUI, CHEST_XRAY_PHRASE, PLAIN_XRAY_CUI, SUBSETS, in_subset,
-                                    is_chest_xray)
+from cxrjax.data.roco.builder import (
+  BUILDERS,
+  DATASET_LAYOUTS,
+  TFDS_CONFIGS,
+  TFDS_SPLITS,
+  Roco,
+  Rocov2,
+  dataset_dir,
+  format_summary,
+  prepare,
+)
+from cxrjax.data.roco.captions import (
+  LAYOUTS,
+  SKIP_REASONS,
+  SPLITS,
+  MissingSplitError,
+  ParquetImage,
+  RocoFormatError,
+  SplitReport,
+  detect_layout,
+  iter_split_captions,
+  load_split,
+  parquet_files,
+  read_roco_v1_captions,
+  read_roco_v1_licences,
+  read_roco_v1_lists,
+  read_rocov2_captions,
+  read_rocov2_concepts,
+)
+from cxrjax.data.roco.chest import CHEST_CUI, CHEST_XRAY_PHRASE, PLAIN_XRAY_CUI, SUBSETS, in_subset, is_chest_xray
 from cxrjax.data.roco.source import NUM_VIEWS, RocoSource

@@ -43,14 +43,14 @@ class _RocoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   VERSION = tfds.core.Version("1.0.0")
   BUILDER_CONFIGS = [
-      tfds.core.BuilderConfig(name="all", description="Every radiology image with its caption."),
-      tfds.core.BuilderConfig(
-          name="chest_xray",
-          description="Chest radiographs only: the caption and concept rule of cxrjax/data/roco/chest.py."),
+    tfds.core.BuilderConfig(name="all", description="Every radiology image with its caption."),
+    tfds.core.BuilderConfig(
+      name="chest_xray",
+      description="Chest radiographs only: the caption and concept rule of cxrjax/data/roco/chest.py.",
+    ),
   ]
 
-  def __init__(self, *, layout: str | None = None, num_threads: int | None = None, progress: bool = False,
-               **kwargs):
+  def __init__(self, *, layout: str | None = None, num_threads: int | None = None, progress: bool = False, **kwargs):
     """`layout`: one of DATASET_LAYOUTS[name] (default: detected); `num_threads` check images in
     parallel (default: CPU count, at most 8); `progress` shows a tqdm bar per split."""
     if layout is not None and layout not in DATASET_LAYOUTS[self.name]:
@@ -63,7 +63,8 @@ class _RocoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _features(self) -> tfds.features.FeaturesDict:
     text = tfds.features.Text()
-    return tfds.features.FeaturesDict({
+    return tfds.features.FeaturesDict(
+      {
         "id": text,
         # The source's bytes as they are (JPEG or PNG, gray or colour): never decoded by TFDS.
         "image": tfds.features.Image(shape=(None, None, 3)),
@@ -71,43 +72,55 @@ class _RocoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         "concepts": tfds.features.Sequence(text),
         "keywords": tfds.features.Sequence(text),
         "licence": text,
-    })
+      }
+    )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     manual_dir = pathlib.Path(dl_manager.manual_dir)
     layout = self._layout or captions_lib.detect_layout(manual_dir)
     if layout not in DATASET_LAYOUTS[self.name]:
       raise captions_lib.RocoFormatError(
-          f"{manual_dir}: holds the {layout} layout, not one of {self.name}'s {DATASET_LAYOUTS[self.name]}")
+        f"{manual_dir}: holds the {layout} layout, not one of {self.name}'s {DATASET_LAYOUTS[self.name]}"
+      )
     subset = self.builder_config.name
     by_split, reports = {}, {}
     for split in TFDS_SPLITS:
       records, report = captions_lib.load_split(manual_dir, split, layout)
-      selected = [r for r in records if chest.in_subset(subset, r["report"], r["concepts"],
-                                                         layout in _CURATED_CONCEPTS)]
+      selected = [
+        r for r in records if chest.in_subset(subset, r["report"], r["concepts"], layout in _CURATED_CONCEPTS)
+      ]
       report.selected_out = len(records) - len(selected)
       report.num_kept = len(selected)
       by_split[split], reports[split] = selected, report
     empty = tfds_common.empty_split(by_split)
     if empty is not None:
       raise tfds_common.EmptySplitError(
-          f"{self.name}/{subset}: split {empty!r} has no image: {reports[empty].summary()}",
-          "\n".join(reports[split].summary() for split in TFDS_SPLITS))
+        f"{self.name}/{subset}: split {empty!r} has no image: {reports[empty].summary()}",
+        "\n".join(reports[split].summary() for split in TFDS_SPLITS),
+      )
     self.info.metadata["build"] = {
-        "layout": layout, "subset": subset, "manual_dir": str(manual_dir),
-        "splits": {split: dataclasses.asdict(report) for split, report in reports.items()},
+      "layout": layout,
+      "subset": subset,
+      "manual_dir": str(manual_dir),
+      "splits": {split: dataclasses.asdict(report) for split, report in reports.items()},
     }
     return {split: self._generate_examples(by_split[split], split) for split in TFDS_SPLITS}
 
   def _generate_examples(self, records: Sequence[Mapping[str, Any]], split: str):
     report = self.info.metadata["build"]["splits"][split]
     images = _image_bytes(records)
-    with concurrent.futures.ThreadPoolExecutor(self._num_threads) as pool, tqdm.tqdm(
-        total=len(records), desc=f"{self.name}/{self.builder_config.name} {split}", unit=" images",
-        disable=not self._progress) as progress:
+    with (
+      concurrent.futures.ThreadPoolExecutor(self._num_threads) as pool,
+      tqdm.tqdm(
+        total=len(records),
+        desc=f"{self.name}/{self.builder_config.name} {split}",
+        unit=" images",
+        disable=not self._progress,
+      ) as progress,
+    ):
       # A chunk at a time, so that at most _CHUNK images are in memory (a split is gigabytes).
       for start in range(0, len(records), _CHUNK):
-        chunk = records[start:start + _CHUNK]
+        chunk = records[start : start + _CHUNK]
         checked = pool.map(_checked_image, chunk, itertools.islice(images, len(chunk)))
         for record, (data, problem) in zip(chunk, checked):
           progress.update(1)
@@ -136,19 +149,19 @@ Put one ROCOv2 layout in the manual folder (--manual-dir):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self,
-        description="ROCOv2: radiology images from PMC Open Access with captions and UMLS concepts.",
-        features=self._features(),
-        homepage="https://github.com/sctg-development/ROCOv2-radiology",
-        citation="""\
+      builder=self,
+      description="ROCOv2: radiology images from PMC Open Access with captions and UMLS concepts.",
+      features=self._features(),
+      homepage="https://github.com/sctg-development/ROCOv2-radiology",
+      citation="""\
 @article{ruckert2024rocov2,
   title={ROCOv2: Radiology Objects in COntext Version 2, an Updated Multimodal Image Dataset},
   author={R{\\"u}ckert, Johannes and Bloch, Louise and Br{\\"u}ngel, Raphael and others},
   journal={Scientific Data}, volume={11}, pages={688}, year={2024}
 }""",
-        license="CC BY 4.0 / CC BY-NC 4.0 per image (the source articles' licences)",
-        metadata=tfds.core.MetadataDict(),
-        disable_shuffling=True,  # records in the release's order
+      license="CC BY 4.0 / CC BY-NC 4.0 per image (the source articles' licences)",
+      metadata=tfds.core.MetadataDict(),
+      disable_shuffling=True,  # records in the release's order
     )
 
 
@@ -166,20 +179,20 @@ radiology/images/) as the manual folder (--manual-dir).
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self,
-        description="ROCO: radiology images from PMC Open Access with captions, keywords and UMLS concepts.",
-        features=self._features(),
-        homepage="https://github.com/razorx89/roco-dataset",
-        citation="""\
+      builder=self,
+      description="ROCO: radiology images from PMC Open Access with captions, keywords and UMLS concepts.",
+      features=self._features(),
+      homepage="https://github.com/razorx89/roco-dataset",
+      citation="""\
 @inproceedings{pelka2018roco,
   title={Radiology Objects in COntext (ROCO): A Multimodal Image Dataset},
   author={Pelka, Obioma and Koitka, Sven and R{\\"u}ckert, Johannes and Nensa, Felix and Friedrich, Christoph M},
   booktitle={MICCAI Workshop on Large-scale Annotation of Biomedical Data and Expert Label Synthesis},
   pages={180--189}, year={2018}
 }""",
-        license="Per image, as licences.txt (CC BY, CC BY-NC, ...)",
-        metadata=tfds.core.MetadataDict(),
-        disable_shuffling=True,  # records in the release's order
+      license="Per image, as licences.txt (CC BY, CC BY-NC, ...)",
+      metadata=tfds.core.MetadataDict(),
+      disable_shuffling=True,  # records in the release's order
     )
 
 
@@ -231,9 +244,16 @@ def _builder_class(dataset: str) -> type[_RocoBuilder]:
   return BUILDERS[dataset]
 
 
-def prepare(dataset: str, manual_dir: str | os.PathLike | None, data_dir: str | os.PathLike, *,
-            subset: str = "all", layout: str | None = None, num_threads: int | None = None,
-            progress: bool = False) -> dict[str, Any]:
+def prepare(
+  dataset: str,
+  manual_dir: str | os.PathLike | None,
+  data_dir: str | os.PathLike,
+  *,
+  subset: str = "all",
+  layout: str | None = None,
+  num_threads: int | None = None,
+  progress: bool = False,
+) -> dict[str, Any]:
   """Builds <dataset>/<subset> ("rocov2" or "roco"; "all" or "chest_xray") in `data_dir` (unless built).
 
   Returns a JSON-serialisable summary: "dataset", "dataset_dir", "layout", "split_sizes" (as
@@ -245,14 +265,18 @@ def prepare(dataset: str, manual_dir: str | os.PathLike | None, data_dir: str | 
   """
   if subset not in TFDS_CONFIGS:
     raise ValueError(f"unknown {dataset} subset {subset!r}; expected one of {TFDS_CONFIGS}")
-  builder = _builder_class(dataset)(config=subset, data_dir=data_dir, layout=layout, num_threads=num_threads,
-                                    progress=progress)
+  builder = _builder_class(dataset)(
+    config=subset, data_dir=data_dir, layout=layout, num_threads=num_threads, progress=progress
+  )
   tfds_common.build(builder, manual_dir, progress=progress)
   build = dict(builder.info.metadata["build"])
-  return {"dataset": f"{dataset}/{subset}", "dataset_dir": str(dataset_dir(dataset, data_dir, subset)),
-          "layout": build["layout"],
-          "split_sizes": {split: builder.info.splits[split].num_examples for split in TFDS_SPLITS},
-          "splits": build["splits"]}
+  return {
+    "dataset": f"{dataset}/{subset}",
+    "dataset_dir": str(dataset_dir(dataset, data_dir, subset)),
+    "layout": build["layout"],
+    "split_sizes": {split: builder.info.splits[split].num_examples for split in TFDS_SPLITS},
+    "splits": build["splits"],
+  }
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:
@@ -264,4 +288,3 @@ def format_summary(summary: Mapping[str, Any]) -> str:
   lines.append("  splits: " + ", ".join(f"{split} {size:,}" for split, size in summary["split_sizes"].items()))
   lines.append(json.dumps(summary, sort_keys=True))
   return "\n".join(lines)
-

@@ -71,6 +71,7 @@ class MissingSplitError(RocoFormatError):
 @dataclasses.dataclass(frozen=True)
 class ParquetImage:
   """Where a parquet layout's image is: row `row` of `path` (read when the dataset is built)."""
+
   path: str
   row: int
 
@@ -105,8 +106,10 @@ class SplitReport:
     line = f"{self.split}: {self.num_read:,} read, {self.num_kept:,} kept, {skipped:,} skipped"
     if self.selected_out:
       line += f", {self.selected_out:,} not in the subset"
-    reasons = [f"{reason} {count:,} (e.g. {', '.join(self.examples.get(reason, []))})"
-               for reason, count in sorted(self.skipped.items())]
+    reasons = [
+      f"{reason} {count:,} (e.g. {', '.join(self.examples.get(reason, []))})"
+      for reason, count in sorted(self.skipped.items())
+    ]
     return line + (f" [{'; '.join(reasons)}]" if reasons else "") + f" from {self.source}"
 
 
@@ -120,12 +123,14 @@ def detect_layout(manual_dir: str | os.PathLike) -> str:
   if _roco_v1_dir(folder) is not None:
     return "roco_v1"
   raise RocoFormatError(
-      f"{folder}: no ROCO layout found: expected ROCOv2's <split>_captions.csv, the Hugging Face "
-      f"data/<split>-*.parquet files, or ROCO v1's <split>/radiology/captions.txt")
+    f"{folder}: no ROCO layout found: expected ROCOv2's <split>_captions.csv, the Hugging Face "
+    f"data/<split>-*.parquet files, or ROCO v1's <split>/radiology/captions.txt"
+  )
 
 
-def load_split(manual_dir: str | os.PathLike, split: str, layout: str | None = None
-               ) -> tuple[list[dict[str, Any]], SplitReport]:
+def load_split(
+  manual_dir: str | os.PathLike, split: str, layout: str | None = None
+) -> tuple[list[dict[str, Any]], SplitReport]:
   """The caption records of one split ("train", "validation", "test") and what was skipped.
 
   Folder layouts check that each image file exists ("missing_image"); parquet layouts that each row
@@ -166,6 +171,7 @@ def keep_records(rows: Iterator[dict[str, Any]], report: SplitReport) -> list[di
 
 # ROCOv2, official release.
 
+
 def read_rocov2_captions(path: str | os.PathLike) -> list[tuple[str, str]]:
   """(ID, Caption) rows of a ROCOv2 captions CSV, captions exactly as written (RFC-4180 quoting)."""
   return [(row[0], row[1]) for row in _read_csv(path, ("ID", "Caption"))]
@@ -173,8 +179,7 @@ def read_rocov2_captions(path: str | os.PathLike) -> list[tuple[str, str]]:
 
 def read_rocov2_concepts(path: str | os.PathLike) -> dict[str, list[str]]:
   """ID -> CUIs of a ROCOv2 concepts CSV (`ID,CUIs`, CUIs separated by ";")."""
-  return {row[0]: [cui.strip() for cui in row[1].split(";") if cui.strip()]
-          for row in _read_csv(path, ("ID", "CUIs"))}
+  return {row[0]: [cui.strip() for cui in row[1].split(";") if cui.strip()] for row in _read_csv(path, ("ID", "CUIs"))}
 
 
 def _read_csv(path: str | os.PathLike, header: Sequence[str]) -> list[list[str]]:
@@ -189,12 +194,12 @@ def _read_csv(path: str | os.PathLike, header: Sequence[str]) -> list[list[str]]
     except UnicodeDecodeError as error:
       raise RocoFormatError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason})") from None
   if not rows or [name.strip().lower() for name in rows[0]] != [name.lower() for name in header]:
-    raise RocoFormatError(f"{path}: expected the header {','.join(header)}, got "
-                          f"{','.join(rows[0]) if rows else 'an empty file'}")
+    raise RocoFormatError(
+      f"{path}: expected the header {','.join(header)}, got {','.join(rows[0]) if rows else 'an empty file'}"
+    )
   for number, row in enumerate(rows[1:], start=2):
     if len(row) != len(header):
-      raise RocoFormatError(f"{path}: row {number}: expected {len(header)} fields "
-                            f"({','.join(header)}), got {len(row)}")
+      raise RocoFormatError(f"{path}: row {number}: expected {len(header)} fields ({','.join(header)}), got {len(row)}")
   return rows[1:]
 
 
@@ -215,13 +220,20 @@ def _rocov2_csv_rows(folder: pathlib.Path, split: str) -> tuple[Iterator[dict[st
   def rows():
     for image_id, caption in captions:
       image = next((d / f"{image_id}.jpg" for d in image_dirs if (d / f"{image_id}.jpg").is_file()), None)
-      yield {"id": image_id, "image": str(image) if image else None, "report": caption,
-             "concepts": concepts.get(image_id, []), "keywords": [], "licence": ""}
+      yield {
+        "id": image_id,
+        "image": str(image) if image else None,
+        "report": caption,
+        "concepts": concepts.get(image_id, []),
+        "keywords": [],
+        "licence": "",
+      }
 
   return rows(), SplitReport(split=split, source=str(path))
 
 
 # ROCOv2, Hugging Face parquet files.
+
 
 def _parquet_dir(folder: pathlib.Path) -> pathlib.Path | None:
   for candidate in (folder / "data", folder):
@@ -236,8 +248,9 @@ def parquet_files(folder: str | os.PathLike, split: str) -> list[pathlib.Path]:
   data = _parquet_dir(folder) or folder / "data"
   files = sorted(data.glob(f"{PARQUET_SPLITS[split]}-*.parquet"))
   if not files:
-    raise MissingSplitError(f"{data / (PARQUET_SPLITS[split] + '-*.parquet')}: split file not found "
-                            f"(the ROCOv2 {split} parquet files)")
+    raise MissingSplitError(
+      f"{data / (PARQUET_SPLITS[split] + '-*.parquet')}: split file not found (the ROCOv2 {split} parquet files)"
+    )
   return files
 
 
@@ -255,10 +268,14 @@ def _parquet_rows(folder: pathlib.Path, split: str) -> tuple[Iterator[dict[str, 
       text = table.read(columns=columns).to_pydict()
       has_image = _parquet_has_image(table)
       for row, image_id in enumerate(text["image_id"]):
-        yield {"id": str(image_id), "report": text["caption"][row] or "",
-               "image": ParquetImage(str(path), row) if has_image[row] else None,
-               "concepts": list(text["cui"][row] or []) if "cui" in text else [],
-               "keywords": [], "licence": ""}
+        yield {
+          "id": str(image_id),
+          "report": text["caption"][row] or "",
+          "image": ParquetImage(str(path), row) if has_image[row] else None,
+          "concepts": list(text["cui"][row] or []) if "cui" in text else [],
+          "keywords": [],
+          "licence": "",
+        }
 
   return rows(), SplitReport(split=split, source=str(files[0].parent / f"{PARQUET_SPLITS[split]}-*.parquet"))
 
@@ -292,6 +309,7 @@ def read_parquet_images(path: str | os.PathLike) -> Iterator[bytes | None]:
 
 
 # ROCO v1.
+
 
 def _roco_v1_dir(folder: pathlib.Path) -> pathlib.Path | None:
   for candidate in (folder, folder / "data"):
@@ -362,15 +380,19 @@ def _roco_v1_rows(folder: pathlib.Path, split: str) -> tuple[Iterator[dict[str, 
       file_name, licence = licences.get(image_id, ("", ""))
       candidates = ([image_dir / file_name] if file_name else []) + [image_dir / f"{image_id}.jpg"]
       image = next((candidate for candidate in candidates if candidate.is_file()), None)
-      yield {"id": image_id, "image": str(image) if image else None, "report": caption,
-             "concepts": cuis.get(image_id, []), "keywords": keywords.get(image_id, []),
-             "licence": licence}
+      yield {
+        "id": image_id,
+        "image": str(image) if image else None,
+        "report": caption,
+        "concepts": cuis.get(image_id, []),
+        "keywords": keywords.get(image_id, []),
+        "licence": licence,
+      }
 
   return rows(), SplitReport(split=split, source=str(path))
 
 
-def iter_split_captions(manual_dir: str | os.PathLike, split: str, layout: str | None = None
-                        ) -> list[dict[str, Any]]:
+def iter_split_captions(manual_dir: str | os.PathLike, split: str, layout: str | None = None) -> list[dict[str, Any]]:
   """Every row of a split as read (no image check, nothing skipped): for caption statistics."""
   folder = pathlib.Path(manual_dir)
   layout = layout or detect_layout(folder)
@@ -379,4 +401,3 @@ def iter_split_captions(manual_dir: str | os.PathLike, split: str, layout: str |
     raise ValueError(f"unknown ROCO layout {layout!r}; expected one of {LAYOUTS}")
   rows, _ = readers[layout](folder, split)
   return list(rows)
-

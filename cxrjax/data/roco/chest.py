@@ -31,26 +31,33 @@ import re
 SUBSETS = ("all", "chest_xray")
 
 PLAIN_XRAY_CUI = "C1306645"  # Plain x-ray (ROCOv2's curated X-ray modality concept)
-CHEST_CUI = "C0817096"       # Chest (ROCOv2's curated X-ray body region)
+CHEST_CUI = "C0817096"  # Chest (ROCOv2's curated X-ray body region)
 OTHER_MODALITY_CUIS = {
-    "C0040405": "X-Ray Computed Tomography",
-    "C0024485": "Magnetic Resonance Imaging",
-    "C0041618": "Ultrasonography",
-    "C0032743": "Positron-Emission Tomography",
-    "C0002978": "Angiogram",
+  "C0040405": "X-Ray Computed Tomography",
+  "C0024485": "Magnetic Resonance Imaging",
+  "C0041618": "Ultrasonography",
+  "C0032743": "Positron-Emission Tomography",
+  "C0002978": "Angiogram",
 }
 
 _RADIOGRAPH = r"(?:x[\s-]?rays?|radiographs?|radiography|radiographic|roentgenograms?|films?)"
 CHEST_RADIOGRAPH = re.compile(
-    # PMC captions glue sentences ("dentigerous cystChest X-rayBlack arrows"): a capital after a
-    # lower-case letter starts a word, and no boundary is needed after the radiograph word.
-    r"(?:\b|(?-i:(?<=[a-z])(?=[CT])))(?:chest|thorax|thoracic)[\s-]*" + _RADIOGRAPH +
-    r"|\b" + _RADIOGRAPH + r"\s+of\s+(?:the\s+)?(?:chest|thorax)\b"
-    r"|\bCXRs?\b", re.IGNORECASE)
+  # PMC captions glue sentences ("dentigerous cystChest X-rayBlack arrows"): a capital after a
+  # lower-case letter starts a word, and no boundary is needed after the radiograph word.
+  r"(?:\b|(?-i:(?<=[a-z])(?=[CT])))(?:chest|thorax|thoracic)[\s-]*"
+  + _RADIOGRAPH
+  + r"|\b"
+  + _RADIOGRAPH
+  + r"\s+of\s+(?:the\s+)?(?:chest|thorax)\b"
+  r"|\bCXRs?\b",
+  re.IGNORECASE,
+)
 OTHER_MODALITY = re.compile(
-    r"\b(?:CT|CTA|HRCT|MDCT|MRI|MR|PET|SPECT)\b"
-    r"|\b(?:computed|computer)\s+tomograph|\bmagnetic\s+resonance\b|\bultraso\w*|\bsonogra\w*"
-    r"|\bechocardiogra\w*|\bscintigra\w*|\bangiogra\w*", re.IGNORECASE)
+  r"\b(?:CT|CTA|HRCT|MDCT|MRI|MR|PET|SPECT)\b"
+  r"|\b(?:computed|computer)\s+tomograph|\bmagnetic\s+resonance\b|\bultraso\w*|\bsonogra\w*"
+  r"|\bechocardiogra\w*|\bscintigra\w*|\bangiogra\w*",
+  re.IGNORECASE,
+)
 # The seed-002 deck's filter, for comparison: the literal phrase, case-insensitively.
 CHEST_XRAY_PHRASE = "chest x-ray"
 

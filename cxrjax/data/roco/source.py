@@ -22,9 +22,14 @@ class RocoSource:
 
   def __init__(self, dataset: str, data_dir: str | os.PathLike, subset: str = "all", split: str = "train"):
     builder, self._source = tfds_common.open_split(
-        builder_lib.BUILDERS[dataset], data_dir, subset, split, {"image": tfds_common.KeepEncoded()},
-        f"cxrjax prepare {dataset} --manual-dir DIR --data-dir {data_dir}"
-        + (f" --subset {subset}" if subset != "all" else ""))
+      builder_lib.BUILDERS[dataset],
+      data_dir,
+      subset,
+      split,
+      {"image": tfds_common.KeepEncoded()},
+      f"cxrjax prepare {dataset} --manual-dir DIR --data-dir {data_dir}"
+      + (f" --subset {subset}" if subset != "all" else ""),
+    )
     self.dataset, self.subset = dataset, subset
     self.split = tfds_common.TO_TFDS_SPLIT.get(split, split)
     self.metadata = dict(builder.info.metadata)
@@ -41,16 +46,19 @@ class RocoSource:
     return record
 
   def __repr__(self) -> str:
-    return (f"RocoSource(dataset={self.dataset!r}, subset={self.subset!r}, split={self.split!r}, "
-            f"num_records={len(self)})")
+    return (
+      f"RocoSource(dataset={self.dataset!r}, subset={self.subset!r}, split={self.split!r}, num_records={len(self)})"
+    )
 
 
 def _source_maker(dataset: str):
   def make_source(data_config: Any, split: str) -> RocoSource:
     """The source of `split` from a data config: "data_dir" (given to `cxrjax prepare`) and "subset"
     ("all" or "chest_xray", default "all")."""
-    return RocoSource(dataset, registry.field(data_config, "data_dir"),
-                      registry.field(data_config, "subset", "all"), split)
+    return RocoSource(
+      dataset, registry.field(data_config, "data_dir"), registry.field(data_config, "subset", "all"), split
+    )
+
   return make_source
 
 

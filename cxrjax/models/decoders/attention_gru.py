@@ -16,6 +16,7 @@ class Attention(nn.Module):
   "concat":   score = v . tanh(W [q; k])       (Luong et al. 2015, global attention, "concat" score),
               computed literally on the concatenation, as seed 000 describes it.
   """
+
   kind: str
   attention_dim: int
   dtype: Any = jnp.float32
@@ -51,6 +52,7 @@ class Attention(nn.Module):
 class AttentionGRUStep(nn.Module):
   """The seeds' one-step decoder: embed the previous word, attend over the regions with the previous
   state, GRU on [context; embedding], then a Dense over the vocabulary from [state; context]."""
+
   vocab_size: int
   embed_dim: int
   hidden_dim: int
@@ -69,8 +71,9 @@ class AttentionGRUStep(nn.Module):
   def project_keys(self, regions: jax.Array) -> jax.Array:
     return self.attend.project_keys(regions)
 
-  def __call__(self, state: jax.Array, tokens: jax.Array, keys: jax.Array, regions: jax.Array,
-               train: bool) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+  def __call__(
+    self, state: jax.Array, tokens: jax.Array, keys: jax.Array, regions: jax.Array, train: bool
+  ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """state [batch, hidden], tokens [batch] -> (state, (logits [batch, vocab], weights [batch, regions]))."""
     embedded = self.embed(tokens)  # [batch, embed]
     context, weights = self.attend(state, keys, regions)

@@ -47,6 +47,7 @@ def causal_mask(length: int) -> jax.Array:
 class BertAttention(nn.Module):
   """`BertAttention`: query / key / value projections, scaled dot products, dropout on the weights, then
   the output projection, dropout and LayerNorm of the residual sum (`BertSelfOutput`)."""
+
   hidden_size: int
   num_heads: int
   epsilon: float = 1e-12
@@ -74,11 +75,9 @@ class BertAttention(nn.Module):
 
   def keys_values(self, source: jax.Array) -> tuple[jax.Array, jax.Array]:
     """source [batch, length, source_dim] -> keys, values [batch, heads, length, head_dim] (float32)."""
-    return (self._heads(self.key(source)).astype(jnp.float32),
-            self._heads(self.value(source)).astype(jnp.float32))
+    return (self._heads(self.key(source)).astype(jnp.float32), self._heads(self.value(source)).astype(jnp.float32))
 
-  def __call__(self, x: jax.Array, blocks: list[tuple[jax.Array, jax.Array, Any]],
-               train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, blocks: list[tuple[jax.Array, jax.Array, Any]], train: bool = False) -> jax.Array:
     """x [batch, q, hidden] attends over key/value blocks [(keys, values, mask)] (keys / values [batch, heads,
     k_i, head_dim], mask broadcasting to [batch, heads, q, k_i], True: may attend, or None), joined by
     one softmax; then the output projection and LayerNorm of the residual sum -> [batch, q, hidden]."""
@@ -96,7 +95,7 @@ class BertAttention(nn.Module):
     weights = self.attention_dropout(weights, deterministic=not train)
     context, start = 0.0, 0
     for keys, values, _ in blocks:
-      part = weights[..., start:start + keys.shape[2]]
+      part = weights[..., start : start + keys.shape[2]]
       context = context + decoding.attention_context(part.astype(self.dtype), values.astype(self.dtype))
       start += keys.shape[2]
     return self.norm(x + self.dropout(self.output(decoding.merge_heads(context)), deterministic=not train))
@@ -104,6 +103,7 @@ class BertAttention(nn.Module):
 
 class BertLayer(nn.Module):
   """`BertLayer` (post-norm), with `cross_attention` over a memory when set; see the module doc."""
+
   hidden_size: int
   num_heads: int
   intermediate_size: int
@@ -114,9 +114,14 @@ class BertLayer(nn.Module):
   dtype: Any = jnp.float32
 
   def setup(self):
-    attention = dict(hidden_size=self.hidden_size, num_heads=self.num_heads, epsilon=self.epsilon,
-                     dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-                     dtype=self.dtype)
+    attention = dict(
+      hidden_size=self.hidden_size,
+      num_heads=self.num_heads,
+      epsilon=self.epsilon,
+      dropout_rate=self.dropout_rate,
+      attention_dropout_rate=self.attention_dropout_rate,
+      dtype=self.dtype,
+    )
     self.attention = BertAttention(**attention)
     if self.cross_attention:
       self.crossattention = BertAttention(**attention)
@@ -133,14 +138,16 @@ class BertLayer(nn.Module):
   def self_keys_values(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     return self.attention.keys_values(x)
 
-  def __call__(self, x: jax.Array, self_blocks: list[tuple[jax.Array, jax.Array, Any]], cache: Cache,
-               train: bool = False) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, self_blocks: list[tuple[jax.Array, jax.Array, Any]], cache: Cache, train: bool = False
+  ) -> jax.Array:
     """x [batch, q, hidden]; `self_blocks`: the self-attention's (keys, values, mask) blocks (x's own keys
     included by the caller); `cache`: the cross entries (when `cross_attention`). -> y like x."""
     x = self.attention(x, self_blocks, train)
     if self.cross_attention:
-      x = self.crossattention(x, [(decoding.shared_value(cache["cross_keys"]),
-                                   decoding.shared_value(cache["cross_values"]), None)], train)
+      x = self.crossattention(
+        x, [(decoding.shared_value(cache["cross_keys"]), decoding.shared_value(cache["cross_values"]), None)], train
+      )
     hidden = nn.gelu(self.intermediate(x), approximate=False)
     return self.output_norm(x + self.dropout(self.output(hidden), deterministic=not train))
 
@@ -148,20 +155,21 @@ class BertLayer(nn.Module):
 class BertStack(nn.Module):
   """`num_layers` BertLayers (`layers_0`...), no final norm (transformers' `BertEncoder`).
 
-    __call__(x, mask, memory)                 teacher forcing: x [batch, length, hidden], mask broadcasting
-                                              to [batch, heads, length, length] (True: may attend; None: all),
-                                              memory [batch, regions, memory_dim] for the cross-attention
-                                              -> [batch, length, hidden]
-    cross_cache(memory)                       -> {"layers_N": {"cross_keys", "cross_values"}}
-    init_cache(batch_size, cache_length, memory=None, prefix=None, prefix_mask=None)
-                                              -> (cache {"layers_N": the layer's cache, module doc}, the
-                                              prefix's outputs [batch, prefix, hidden] or None); the prefix
-                                              [batch, prefix, hidden] runs teacher-forced with prefix_mask
-                                              and its keys / values become every layer's prefix entries
-    step(x, cache, position)                  x [batch, hidden], the decoded token at `position` (int32
-                                              scalar < cache_length; it sees the whole prefix and decoded
-                                              tokens 0..position) -> (y [batch, hidden], cache)
+  __call__(x, mask, memory)                 teacher forcing: x [batch, length, hidden], mask broadcasting
+                                            to [batch, heads, length, length] (True: may attend; None: all),
+                                            memory [batch, regions, memory_dim] for the cross-attention
+                                            -> [batch, length, hidden]
+  cross_cache(memory)                       -> {"layers_N": {"cross_keys", "cross_values"}}
+  init_cache(batch_size, cache_length, memory=None, prefix=None, prefix_mask=None)
+                                            -> (cache {"layers_N": the layer's cache, module doc}, the
+                                            prefix's outputs [batch, prefix, hidden] or None); the prefix
+                                            [batch, prefix, hidden] runs teacher-forced with prefix_mask
+                                            and its keys / values become every layer's prefix entries
+  step(x, cache, position)                  x [batch, hidden], the decoded token at `position` (int32
+                                            scalar < cache_length; it sees the whole prefix and decoded
+                                            tokens 0..position) -> (y [batch, hidden], cache)
   """
+
   num_layers: int
   hidden_size: int
   num_heads: int
@@ -173,9 +181,19 @@ class BertStack(nn.Module):
   dtype: Any = jnp.float32
 
   def setup(self):
-    self.layers = [BertLayer(self.hidden_size, self.num_heads, self.intermediate_size, self.cross_attention,
-                             self.epsilon, self.dropout_rate, self.attention_dropout_rate, dtype=self.dtype)
-                   for _ in range(self.num_layers)]
+    self.layers = [
+      BertLayer(
+        self.hidden_size,
+        self.num_heads,
+        self.intermediate_size,
+        self.cross_attention,
+        self.epsilon,
+        self.dropout_rate,
+        self.attention_dropout_rate,
+        dtype=self.dtype,
+      )
+      for _ in range(self.num_layers)
+    ]
 
   def cross_cache(self, memory: jax.Array | None) -> dict[str, Cache]:
     """memory [batch, regions, memory_dim] -> every layer's cross-attention keys and values (float32)."""
@@ -194,17 +212,21 @@ class BertStack(nn.Module):
       x = layer(x, [(keys, values, mask)], cross[f"layers_{index}"], train)
     return x, keys_values
 
-  def __call__(self, x: jax.Array, mask: Any = None, memory: jax.Array | None = None,
-               train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, mask: Any = None, memory: jax.Array | None = None, train: bool = False) -> jax.Array:
     return self._run(x, mask, self.cross_cache(memory), train)[0]
 
-  def init_cache(self, batch_size: int, cache_length: int, memory: jax.Array | None = None,
-                 prefix: jax.Array | None = None, prefix_mask: Any = None,
-                 train: bool = False) -> tuple[dict[str, Cache], jax.Array | None]:
+  def init_cache(
+    self,
+    batch_size: int,
+    cache_length: int,
+    memory: jax.Array | None = None,
+    prefix: jax.Array | None = None,
+    prefix_mask: Any = None,
+    train: bool = False,
+  ) -> tuple[dict[str, Cache], jax.Array | None]:
     head_dim = self.hidden_size // self.num_heads
     empty = jnp.zeros((batch_size, self.num_heads, cache_length, head_dim), jnp.float32)
-    cache = {name: dict(cross, self_keys=empty, self_values=empty)
-             for name, cross in self.cross_cache(memory).items()}
+    cache = {name: dict(cross, self_keys=empty, self_values=empty) for name, cross in self.cross_cache(memory).items()}
     outputs = None
     if prefix is not None:
       outputs, keys_values = self._run(prefix, prefix_mask, cache, train)
@@ -212,12 +234,15 @@ class BertStack(nn.Module):
         cache[f"layers_{index}"].update(prefix_keys=keys, prefix_values=values)
     # The memory's and the prefix's entries are only read by the steps, alike in every beam.
     read_only = lambda name: name.startswith(("cross_", "prefix_"))
-    cache = {layer: {name: decoding.Shared(value) if read_only(name) else value for name, value in entries.items()}
-             for layer, entries in cache.items()}
+    cache = {
+      layer: {name: decoding.Shared(value) if read_only(name) else value for name, value in entries.items()}
+      for layer, entries in cache.items()
+    }
     return cache, outputs
 
-  def step(self, x: jax.Array, cache: dict[str, Cache], position: jax.Array,
-           train: bool = False) -> tuple[jax.Array, dict[str, Cache]]:
+  def step(
+    self, x: jax.Array, cache: dict[str, Cache], position: jax.Array, train: bool = False
+  ) -> tuple[jax.Array, dict[str, Cache]]:
     x = x[:, None, :]  # [batch, 1, hidden]
     new_cache = {}
     for index, layer in enumerate(self.layers):
@@ -229,8 +254,14 @@ class BertStack(nn.Module):
       layer_cache = dict(layer_cache, self_keys=keys, self_values=values)
       blocks = [(keys, values, (jnp.arange(keys.shape[2]) <= position)[None, None, None, :])]
       if "prefix_keys" in layer_cache:
-        blocks.insert(0, (decoding.shared_value(layer_cache["prefix_keys"]),
-                          decoding.shared_value(layer_cache["prefix_values"]), None))
+        blocks.insert(
+          0,
+          (
+            decoding.shared_value(layer_cache["prefix_keys"]),
+            decoding.shared_value(layer_cache["prefix_values"]),
+            None,
+          ),
+        )
       x = layer(x, blocks, layer_cache, train)
       new_cache[f"layers_{index}"] = layer_cache
     return x[:, 0], new_cache
@@ -239,6 +270,7 @@ class BertStack(nn.Module):
 class BertEmbeddings(nn.Module):
   """Word + absolute position embeddings, LayerNorm, dropout (BLIP's and GIT's text embeddings; no token
   types). `attend(x)` is the transpose of the word table (a tied output layer)."""
+
   vocab_size: int
   hidden_size: int
   max_positions: int
@@ -249,10 +281,12 @@ class BertEmbeddings(nn.Module):
   def setup(self):
     # N(0, 0.02) as transformers' BERT initialisation (initializer_range).
     init = nn.initializers.normal(0.02)
-    self.word_embeddings = nn.Embed(self.vocab_size, self.hidden_size,
-                                    embedding_init=partitioning.logical(init, (VOCAB, EMBED)))
-    self.position_embeddings = nn.Embed(self.max_positions, self.hidden_size,
-                                        embedding_init=partitioning.logical(init, (None, EMBED)))
+    self.word_embeddings = nn.Embed(
+      self.vocab_size, self.hidden_size, embedding_init=partitioning.logical(init, (VOCAB, EMBED))
+    )
+    self.position_embeddings = nn.Embed(
+      self.max_positions, self.hidden_size, embedding_init=partitioning.logical(init, (None, EMBED))
+    )
     self.norm = nn.LayerNorm(epsilon=self.epsilon, dtype=self.dtype)
     self.dropout = nn.Dropout(self.dropout_rate)
 

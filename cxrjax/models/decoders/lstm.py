@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 class LSTMStep(nn.Module):
   """One decoder step: embed the previous word, advance the LSTM, add the image vector, predict."""
+
   vocab_size: int
   embed_dim: int
   hidden_dim: int
@@ -21,8 +22,9 @@ class LSTMStep(nn.Module):
     self.dropout = nn.Dropout(self.dropout_rate)
     self.output = nn.Dense(self.vocab_size, dtype=jnp.float32)
 
-  def __call__(self, carry: tuple[jax.Array, jax.Array], tokens: jax.Array, image: jax.Array,
-               train: bool) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+  def __call__(
+    self, carry: tuple[jax.Array, jax.Array], tokens: jax.Array, image: jax.Array, train: bool
+  ) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
     """carry (c, h) [batch, hidden] each, tokens [batch], image [batch, hidden]
     -> (carry, logits [batch, vocab])."""
     embedded = self.embed(tokens).astype(self.dtype)  # [batch, embed]

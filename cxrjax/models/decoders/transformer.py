@@ -34,6 +34,7 @@ from cxrjax.models.partitioning import EMBED, HEADS, MLP
 class MultiHeadAttention(nn.Module):
   """`torch.nn.MultiheadAttention` (batch_first): fused input projection, scaled dot products, dropout on
   the attention weights, output projection `out_proj`."""
+
   d_model: int
   num_heads: int
   dropout_rate: float
@@ -43,11 +44,15 @@ class MultiHeadAttention(nn.Module):
     if self.d_model % self.num_heads:
       raise ValueError(f"d_model {self.d_model} is not divisible by num_heads {self.num_heads}")
     # Xavier-uniform over [d_model, 3 * d_model] and zero bias, as PyTorch initialises in_proj_weight.
-    self.in_proj_kernel = self.param("in_proj_kernel", partitioning.logical(nn.initializers.xavier_uniform(),
-                                                                            (EMBED, HEADS)),
-                                     (self.d_model, 3 * self.d_model), jnp.float32)
-    self.in_proj_bias = self.param("in_proj_bias", partitioning.logical(nn.initializers.zeros, (HEADS,)),
-                                   (3 * self.d_model,), jnp.float32)
+    self.in_proj_kernel = self.param(
+      "in_proj_kernel",
+      partitioning.logical(nn.initializers.xavier_uniform(), (EMBED, HEADS)),
+      (self.d_model, 3 * self.d_model),
+      jnp.float32,
+    )
+    self.in_proj_bias = self.param(
+      "in_proj_bias", partitioning.logical(nn.initializers.zeros, (HEADS,)), (3 * self.d_model,), jnp.float32
+    )
     self.out_proj = partitioning.dense(self.d_model, (HEADS, EMBED), self.dtype)
     self.attention_dropout = nn.Dropout(self.dropout_rate)
 
@@ -66,8 +71,9 @@ class MultiHeadAttention(nn.Module):
     """x [batch, length, d_model] -> keys, values [batch, heads, length, head_dim]."""
     return self._project(x, 1), self._project(x, 2)
 
-  def attend(self, queries: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Array | None,
-             train: bool) -> jax.Array:
+  def attend(
+    self, queries: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Array | None, train: bool
+  ) -> jax.Array:
     """queries [batch, heads, q, head_dim], keys / values [batch, heads, k, head_dim], mask broadcasting to
     [batch, heads, q, k] (True: may attend) -> [batch, q, d_model]."""
     head_dim = queries.shape[-1]
@@ -83,6 +89,7 @@ class MultiHeadAttention(nn.Module):
 
 class DecoderLayer(nn.Module):
   """`torch.nn.TransformerDecoderLayer(d_model, nhead, dim_feedforward, batch_first=True)`: see the module doc."""
+
   d_model: int
   num_heads: int
   ff_dim: int
@@ -91,8 +98,7 @@ class DecoderLayer(nn.Module):
   dtype: Any = jnp.float32
 
   def setup(self):
-    attention = dict(d_model=self.d_model, num_heads=self.num_heads, dropout_rate=self.dropout_rate,
-                     dtype=self.dtype)
+    attention = dict(d_model=self.d_model, num_heads=self.num_heads, dropout_rate=self.dropout_rate, dtype=self.dtype)
     self.self_attn = MultiHeadAttention(**attention)
     self.multihead_attn = MultiHeadAttention(**attention)
     self.linear1 = partitioning.dense(self.ff_dim, (EMBED, MLP), self.dtype)
@@ -107,8 +113,9 @@ class DecoderLayer(nn.Module):
     keys, values = self.multihead_attn.keys_values(memory)
     return {"cross_keys": keys, "cross_values": values}
 
-  def __call__(self, x: jax.Array, cache: dict[str, jax.Array], position: jax.Array | None = None,
-               train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def __call__(
+    self, x: jax.Array, cache: dict[str, jax.Array], position: jax.Array | None = None, train: bool = False
+  ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Teacher forcing (position None): x [batch, length, d_model], causal self attention over x; the
     cache's self entries are ignored and returned unchanged. A step (position: int32 scalar): x [batch, 1,
     d_model] is the token at `position`; its keys and values are written into the cache's self entries.
@@ -125,10 +132,16 @@ class DecoderLayer(nn.Module):
       values = lax.dynamic_update_slice(cache["self_values"], values.astype(cache["self_values"].dtype), start)
       cache = dict(cache, self_keys=keys, self_values=values)
       mask = (jnp.arange(keys.shape[2]) <= position)[None, None, None, :]  # [1, 1, 1, cache_length]
-    x = self.norm1(x + self.dropout(self.self_attn.attend(queries, keys, values, mask, train),
-                                    deterministic=deterministic))
-    cross = self.multihead_attn.attend(self.multihead_attn.query(x), decoding.shared_value(cache["cross_keys"]),
-                                       decoding.shared_value(cache["cross_values"]), None, train)
+    x = self.norm1(
+      x + self.dropout(self.self_attn.attend(queries, keys, values, mask, train), deterministic=deterministic)
+    )
+    cross = self.multihead_attn.attend(
+      self.multihead_attn.query(x),
+      decoding.shared_value(cache["cross_keys"]),
+      decoding.shared_value(cache["cross_values"]),
+      None,
+      train,
+    )
     x = self.norm2(x + self.dropout(cross, deterministic=deterministic))
     hidden = self.dropout(nn.relu(self.linear1(x)), deterministic=deterministic)
     x = self.norm3(x + self.dropout(self.linear2(hidden), deterministic=deterministic))
@@ -138,11 +151,12 @@ class DecoderLayer(nn.Module):
 class TransformerDecoder(nn.Module):
   """`num_layers` DecoderLayers (`layers_0`...), no final norm (nn.TransformerDecoder's default).
 
-    cross_cache(memory)                     -> {"layers_N": {"cross_keys", "cross_values"}}
-    init_cache(memory, cache_length)        -> {"layers_N": the layer's cache (module doc)}
-    __call__(x, cross_cache)                teacher forcing: x [batch, length, d_model] -> same shape
-    step(x, cache, position)                x [batch, d_model] at `position` -> (y [batch, d_model], cache)
+  cross_cache(memory)                     -> {"layers_N": {"cross_keys", "cross_values"}}
+  init_cache(memory, cache_length)        -> {"layers_N": the layer's cache (module doc)}
+  __call__(x, cross_cache)                teacher forcing: x [batch, length, d_model] -> same shape
+  step(x, cache, position)                x [batch, d_model] at `position` -> (y [batch, d_model], cache)
   """
+
   num_layers: int
   d_model: int
   num_heads: int
@@ -152,21 +166,27 @@ class TransformerDecoder(nn.Module):
   dtype: Any = jnp.float32
 
   def setup(self):
-    self.layers = [DecoderLayer(self.d_model, self.num_heads, self.ff_dim, self.dropout_rate, self.epsilon,
-                                dtype=self.dtype) for _ in range(self.num_layers)]
+    self.layers = [
+      DecoderLayer(self.d_model, self.num_heads, self.ff_dim, self.dropout_rate, self.epsilon, dtype=self.dtype)
+      for _ in range(self.num_layers)
+    ]
 
   def cross_cache(self, memory: jax.Array) -> dict[str, dict[str, jax.Array]]:
     """memory [batch, regions, d_model] -> every layer's cross-attention keys and values (float32)."""
-    return {f"layers_{index}": jax.tree.map(lambda a: a.astype(jnp.float32), layer.cross_keys_values(memory))
-            for index, layer in enumerate(self.layers)}
+    return {
+      f"layers_{index}": jax.tree.map(lambda a: a.astype(jnp.float32), layer.cross_keys_values(memory))
+      for index, layer in enumerate(self.layers)
+    }
 
   def init_cache(self, memory: jax.Array, cache_length: int) -> dict[str, dict[str, jax.Array]]:
     """memory [batch, regions, d_model] -> the cache of every layer, self entries zero."""
     head_dim = self.d_model // self.num_heads
     empty = jnp.zeros((memory.shape[0], self.num_heads, cache_length, head_dim), jnp.float32)
     # The memory's keys and values are only read by the steps, alike in every beam (decoding.Shared).
-    return {name: dict(jax.tree.map(decoding.Shared, cross), self_keys=empty, self_values=empty)
-            for name, cross in self.cross_cache(memory).items()}
+    return {
+      name: dict(jax.tree.map(decoding.Shared, cross), self_keys=empty, self_values=empty)
+      for name, cross in self.cross_cache(memory).items()
+    }
 
   def __call__(self, x: jax.Array, cache: dict[str, dict[str, jax.Array]], train: bool = False) -> jax.Array:
     """Teacher forcing; `cache` needs only the cross entries (`cross_cache`)."""
@@ -174,8 +194,9 @@ class TransformerDecoder(nn.Module):
       x, _ = layer(x, cache[f"layers_{index}"], None, train)
     return x
 
-  def step(self, x: jax.Array, cache: dict[str, dict[str, jax.Array]], position: jax.Array,
-           train: bool = False) -> tuple[jax.Array, dict[str, dict[str, jax.Array]]]:
+  def step(
+    self, x: jax.Array, cache: dict[str, dict[str, jax.Array]], position: jax.Array, train: bool = False
+  ) -> tuple[jax.Array, dict[str, dict[str, jax.Array]]]:
     x = x[:, None, :]  # [batch, 1, d_model]
     new_cache = {}
     for index, layer in enumerate(self.layers):

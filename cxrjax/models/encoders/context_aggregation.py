@@ -12,14 +12,14 @@ BN_MOMENTUM = 0.9
 
 class GlobalFlow(nn.Module):
   """feature_map [n, h, w, channels] -> global context [n, h, w, channels]."""
+
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, feature_map: jax.Array, train: bool) -> jax.Array:
     channels = feature_map.shape[-1]
     pooled = jnp.mean(feature_map.astype(jnp.float32), axis=(1, 2), keepdims=True)  # [n, 1, 1, channels]
-    pooled = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, dtype=self.dtype,
-                          name="norm")(pooled)
+    pooled = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, dtype=self.dtype, name="norm")(pooled)
     pooled = nn.Conv(channels, (1, 1), dtype=self.dtype, name="conv")(nn.relu(pooled))
     return jnp.broadcast_to(pooled, feature_map.shape[:3] + (channels,))
 
@@ -31,6 +31,7 @@ class ContextFlow(nn.Module):
     features: width of the convolutions inside the flow (the fused features).
     pool_factor: N, the average pooling's window and stride.
   """
+
   features: int
   pool_factor: int = 2
   dtype: Any = jnp.float32
@@ -51,13 +52,15 @@ class ContextFlow(nn.Module):
     gate = nn.sigmoid(nn.Conv(self.features, (1, 1), dtype=self.dtype, name="refine2")(gate))
     refined = fused * gate + fused
     # [n, N * ceil(h / N), N * ceil(w / N), channels] -> crop to [n, h, w, channels].
-    upsampled = nn.ConvTranspose(channels, factor, strides=factor, padding="VALID", dtype=self.dtype,
-                                 name="upsample")(refined)
+    upsampled = nn.ConvTranspose(channels, factor, strides=factor, padding="VALID", dtype=self.dtype, name="upsample")(
+      refined
+    )
     return upsampled[:, :height, :width]
 
 
 class ContextAggregation(nn.Module):
   """CAM with one context flow: feature_map [n, h, w, channels] -> global + local context, same shape."""
+
   features: int
   pool_factor: int = 2
   dtype: Any = jnp.float32
@@ -67,6 +70,7 @@ class ContextAggregation(nn.Module):
     if self.pool_factor < 1:
       raise ValueError(f"pool_factor must be >= 1, got {self.pool_factor}")
     global_context = GlobalFlow(dtype=self.dtype, name="global_flow")(feature_map, train)
-    local_context = ContextFlow(self.features, self.pool_factor, dtype=self.dtype,
-                                name="context_flow")(feature_map, global_context)
+    local_context = ContextFlow(self.features, self.pool_factor, dtype=self.dtype, name="context_flow")(
+      feature_map, global_context
+    )
     return global_context + local_context

@@ -22,8 +22,20 @@ import jax.numpy as jnp
 
 # CheXNet's class order (Rajpurkar et al. 2017; the ChestX-ray14 findings).
 CHEXNET_CLASSES = (
-    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
-    "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
+  "Atelectasis",
+  "Cardiomegaly",
+  "Effusion",
+  "Infiltration",
+  "Mass",
+  "Nodule",
+  "Pneumonia",
+  "Pneumothorax",
+  "Consolidation",
+  "Edema",
+  "Emphysema",
+  "Fibrosis",
+  "Pleural_Thickening",
+  "Hernia",
 )
 
 # Keras' DenseNet uses 1.001e-5, torchvision 1e-5; the importer records which one the weights expect.
@@ -34,6 +46,7 @@ TORCH_BN_EPSILON = 1e-5
 @dataclasses.dataclass(frozen=True)
 class DenseNetConfig:
   """Architecture hyper-parameters; DenseNet-121 by default."""
+
   block_sizes: tuple[int, ...] = (6, 12, 24, 16)
   growth_rate: int = 32
   bottleneck_factor: int = 4  # bn_size: the 1x1 conv widens to bottleneck_factor * growth_rate.
@@ -85,15 +98,28 @@ def tiny_config() -> dict[str, Any]:
 
 def _batch_norm(config: DenseNetConfig, train: bool, dtype: Any, param_dtype: Any, name: str):
   return nn.BatchNorm(
-      use_running_average=not train, momentum=config.bn_momentum, epsilon=config.bn_epsilon,
-      dtype=dtype, param_dtype=param_dtype, name=name)
+    use_running_average=not train,
+    momentum=config.bn_momentum,
+    epsilon=config.bn_epsilon,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    name=name,
+  )
 
 
-def _conv(features: int, kernel: int, dtype: Any, param_dtype: Any, name: str, stride: int = 1,
-          padding: int = 0) -> nn.Conv:
+def _conv(
+  features: int, kernel: int, dtype: Any, param_dtype: Any, name: str, stride: int = 1, padding: int = 0
+) -> nn.Conv:
   return nn.Conv(
-      features, (kernel, kernel), strides=(stride, stride), padding=[(padding, padding)] * 2,
-      use_bias=False, dtype=dtype, param_dtype=param_dtype, name=name)
+    features,
+    (kernel, kernel),
+    strides=(stride, stride),
+    padding=[(padding, padding)] * 2,
+    use_bias=False,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    name=name,
+  )
 
 
 class DenseNet(nn.Module):
@@ -103,6 +129,7 @@ class DenseNet(nn.Module):
     config: architecture (DenseNet-121 by default; tests use tiny block sizes).
     dtype: computation dtype (e.g. jnp.bfloat16); parameters and batch statistics stay `param_dtype`.
   """
+
   config: DenseNetConfig = DENSENET121
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -130,13 +157,15 @@ class DenseNet(nn.Module):
     outputs["pooled"] = pooled
     if cfg.num_classes:
       # The head runs in float32: 14 logits cost nothing and keep probabilities exact in bf16 runs.
-      outputs["logits"] = nn.Dense(cfg.num_classes, dtype=jnp.float32, param_dtype=self.param_dtype,
-                                   name="classifier")(pooled)
+      outputs["logits"] = nn.Dense(cfg.num_classes, dtype=jnp.float32, param_dtype=self.param_dtype, name="classifier")(
+        pooled
+      )
     return outputs
 
 
 class _DenseLayer(nn.Module):
   """BN-ReLU-Conv1x1-BN-ReLU-Conv3x3, concatenating `growth_rate` new channels to its input."""
+
   config: DenseNetConfig
   dtype: Any
   param_dtype: Any
@@ -153,6 +182,7 @@ class _DenseLayer(nn.Module):
 
 class _Transition(nn.Module):
   """BN-ReLU-Conv1x1 (compressing channels) then 2x2 average pooling."""
+
   config: DenseNetConfig
   dtype: Any
   param_dtype: Any

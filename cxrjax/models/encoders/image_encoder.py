@@ -21,6 +21,7 @@ class ImageEncoder(nn.Module):
   cxrjax/tasks/feature_cache.py stores them; then no DenseNet runs (the parameters still exist, as `init` with
   images created them).
   """
+
   config: densenet.DenseNetConfig
   frozen: bool = True
   dtype: Any = jnp.float32
@@ -32,13 +33,17 @@ class ImageEncoder(nn.Module):
     batch, views = images.shape[:2]
     flat_images = images.reshape((batch * views,) + images.shape[2:])  # [batch * views, H, W, 3]
     outputs = densenet.DenseNet(self.config, dtype=self.dtype, name="densenet")(
-        flat_images, train=train and not self.frozen)
+      flat_images, train=train and not self.frozen
+    )
     feature_map = outputs["feature_map"]  # [batch * views, h, w, channels]
     _, height, width, channels = feature_map.shape
     regions = feature_map.reshape(batch, views * height * width, channels)  # [batch, regions, channels]
     pooled = outputs["pooled"].reshape(batch, views * channels)  # [batch, views * channels]
-    result = {"regions": regions.astype(jnp.float32), "pooled": pooled,
-              "feature_map": feature_map.reshape((batch, views) + feature_map.shape[1:])}
+    result = {
+      "regions": regions.astype(jnp.float32),
+      "pooled": pooled,
+      "feature_map": feature_map.reshape((batch, views) + feature_map.shape[1:]),
+    }
     if self.frozen:
       result = jax.tree.map(jax.lax.stop_gradient, result)
     return result
@@ -56,5 +61,9 @@ class ImageEncoder(nn.Module):
 def captioner_fields(config, vocab_size: int, is_frozen: base.IsFrozen) -> dict[str, Any]:
   """The attributes of a captioner over this encoder from its config section: the DenseNet of
   `config.encoder`, frozen when the optimizer's param_groups freeze "image_encoder", and the rest."""
-  return dict(vocab_size=vocab_size, encoder=densenet.config_from_section(config.encoder),
-              freeze_encoder=is_frozen("image_encoder"), **base.module_fields(config, exclude=("encoder",)))
+  return dict(
+    vocab_size=vocab_size,
+    encoder=densenet.config_from_section(config.encoder),
+    freeze_encoder=is_frozen("image_encoder"),
+    **base.module_fields(config, exclude=("encoder",)),
+  )

@@ -31,6 +31,7 @@ class ResNetConfig:
       microsoft/resnet-50, "ResNet v1.5").
     bn_momentum: flax convention: new = momentum * old + (1 - momentum) * batch (PyTorch's 0.1).
   """
+
   embedding_size: int = 64
   hidden_sizes: tuple[int, ...] = (256, 512, 1024, 2048)
   depths: tuple[int, ...] = (3, 4, 6, 3)
@@ -42,8 +43,9 @@ class ResNetConfig:
 
   def __post_init__(self):
     if len(self.hidden_sizes) != len(self.depths) or not self.depths:
-      raise ValueError(f"ResNetConfig: hidden_sizes {self.hidden_sizes} and depths {self.depths} must have "
-                       f"the same, non-zero length")
+      raise ValueError(
+        f"ResNetConfig: hidden_sizes {self.hidden_sizes} and depths {self.depths} must have the same, non-zero length"
+      )
 
   @property
   def num_features(self) -> int:
@@ -82,6 +84,7 @@ def tiny_config() -> dict[str, Any]:
 
 class _ConvLayer(nn.Module):
   """Conv (no bias, symmetric padding) + BN (+ ReLU): transformers' `ResNetConvLayer`."""
+
   features: int
   kernel: int
   stride: int
@@ -93,17 +96,30 @@ class _ConvLayer(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     pad = self.kernel // 2
-    x = nn.Conv(self.features, (self.kernel, self.kernel), strides=(self.stride, self.stride),
-                padding=[(pad, pad)] * 2, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-                name="convolution")(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=self.config.bn_momentum,
-                     epsilon=self.config.bn_epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
-                     name="normalization")(x)
+    x = nn.Conv(
+      self.features,
+      (self.kernel, self.kernel),
+      strides=(self.stride, self.stride),
+      padding=[(pad, pad)] * 2,
+      use_bias=False,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="convolution",
+    )(x)
+    x = nn.BatchNorm(
+      use_running_average=not train,
+      momentum=self.config.bn_momentum,
+      epsilon=self.config.bn_epsilon,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="normalization",
+    )(x)
     return nn.relu(x) if self.relu else x
 
 
 class _Bottleneck(nn.Module):
   """1x1 reduce -> 3x3 -> 1x1 expand, plus the (projected when the shape changes) input, then ReLU."""
+
   features: int
   stride: int
   config: ResNetConfig
@@ -132,6 +148,7 @@ class ResNet(nn.Module):
     config: architecture (ResNet-50 by default; tests use tiny ones).
     dtype: computation dtype (e.g. jnp.bfloat16); parameters and batch statistics stay `param_dtype`.
   """
+
   config: ResNetConfig = RESNET50
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -146,6 +163,7 @@ class ResNet(nn.Module):
     for stage, (features, depth) in enumerate(zip(cfg.hidden_sizes, cfg.depths)):
       stage_stride = 2 if stage > 0 or cfg.downsample_in_first_stage else 1
       for layer in range(depth):
-        x = _Bottleneck(features, stage_stride if layer == 0 else 1, name=f"stage{stage}_layer{layer}",
-                        **options)(x, train)
+        x = _Bottleneck(features, stage_stride if layer == 0 else 1, name=f"stage{stage}_layer{layer}", **options)(
+          x, train
+        )
     return x

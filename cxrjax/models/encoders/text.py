@@ -40,6 +40,7 @@ def padding_offset_positions(tokens: jax.Array, pad_id: int) -> jax.Array:
 
 class TextEmbeddings(nn.Module):
   """Word + position (+ token type) embeddings, LayerNorm, dropout (`BertEmbeddings` with token types)."""
+
   vocab_size: int
   hidden_size: int
   max_positions: int
@@ -50,18 +51,22 @@ class TextEmbeddings(nn.Module):
 
   def setup(self):
     init = nn.initializers.normal(0.02)  # transformers' initializer_range.
-    self.word_embeddings = nn.Embed(self.vocab_size, self.hidden_size,
-                                    embedding_init=partitioning.logical(init, (VOCAB, EMBED)))
-    self.position_embeddings = nn.Embed(self.max_positions, self.hidden_size,
-                                        embedding_init=partitioning.logical(init, (None, EMBED)))
+    self.word_embeddings = nn.Embed(
+      self.vocab_size, self.hidden_size, embedding_init=partitioning.logical(init, (VOCAB, EMBED))
+    )
+    self.position_embeddings = nn.Embed(
+      self.max_positions, self.hidden_size, embedding_init=partitioning.logical(init, (None, EMBED))
+    )
     if self.type_vocab_size:
-      self.token_type_embeddings = nn.Embed(self.type_vocab_size, self.hidden_size,
-                                            embedding_init=partitioning.logical(init, (None, EMBED)))
+      self.token_type_embeddings = nn.Embed(
+        self.type_vocab_size, self.hidden_size, embedding_init=partitioning.logical(init, (None, EMBED))
+      )
     self.norm = nn.LayerNorm(epsilon=self.epsilon, dtype=self.dtype)
     self.dropout = nn.Dropout(self.dropout_rate)
 
-  def __call__(self, tokens: jax.Array, positions: jax.Array, token_types: jax.Array | None = None,
-               train: bool = False) -> jax.Array:
+  def __call__(
+    self, tokens: jax.Array, positions: jax.Array, token_types: jax.Array | None = None, train: bool = False
+  ) -> jax.Array:
     """tokens, positions, token_types int32 [batch, length] (token_types None: all 0) -> [batch, length,
     hidden]."""
     x = self.word_embeddings(tokens) + self.position_embeddings(positions)
@@ -75,13 +80,14 @@ class TextEmbeddings(nn.Module):
 class TextEncoder(nn.Module):
   """A BERT-family encoder (module doc): tokens and an attention mask -> hidden states.
 
-    __call__(tokens, mask, token_types=None, output_hidden_states=False)
-      tokens int32 [batch, length]; mask [batch, length] (1 / True: a real token that may be attended to,
-      0: padding no query attends to; every row needs one real token); token_types int32 [batch, length] (None: all 0)
-      -> the last hidden state [batch, length, hidden], or with `output_hidden_states` the pair (last,
-      every hidden state [layers + 1, batch, length, hidden]: the embeddings' output, then each layer's,
-      as transformers' `output_hidden_states`)
+  __call__(tokens, mask, token_types=None, output_hidden_states=False)
+    tokens int32 [batch, length]; mask [batch, length] (1 / True: a real token that may be attended to,
+    0: padding no query attends to; every row needs one real token); token_types int32 [batch, length] (None: all 0)
+    -> the last hidden state [batch, length, hidden], or with `output_hidden_states` the pair (last,
+    every hidden state [layers + 1, batch, length, hidden]: the embeddings' output, then each layer's,
+    as transformers' `output_hidden_states`)
   """
+
   vocab_size: int
   hidden_size: int
   num_layers: int
@@ -99,15 +105,36 @@ class TextEncoder(nn.Module):
   def setup(self):
     if self.positions not in POSITION_STYLES:
       raise ValueError(f"positions {self.positions!r} is not one of {POSITION_STYLES}")
-    self.embeddings = TextEmbeddings(self.vocab_size, self.hidden_size, self.max_positions, self.type_vocab_size,
-                                     self.epsilon, self.dropout_rate, dtype=self.dtype)
-    self.layers = [BertLayer(self.hidden_size, self.num_heads, self.intermediate_size, epsilon=self.epsilon,
-                             dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-                             dtype=self.dtype)
-                   for _ in range(self.num_layers)]
+    self.embeddings = TextEmbeddings(
+      self.vocab_size,
+      self.hidden_size,
+      self.max_positions,
+      self.type_vocab_size,
+      self.epsilon,
+      self.dropout_rate,
+      dtype=self.dtype,
+    )
+    self.layers = [
+      BertLayer(
+        self.hidden_size,
+        self.num_heads,
+        self.intermediate_size,
+        epsilon=self.epsilon,
+        dropout_rate=self.dropout_rate,
+        attention_dropout_rate=self.attention_dropout_rate,
+        dtype=self.dtype,
+      )
+      for _ in range(self.num_layers)
+    ]
 
-  def __call__(self, tokens: jax.Array, mask: jax.Array, token_types: jax.Array | None = None,
-               output_hidden_states: bool = False, train: bool = False):
+  def __call__(
+    self,
+    tokens: jax.Array,
+    mask: jax.Array,
+    token_types: jax.Array | None = None,
+    output_hidden_states: bool = False,
+    train: bool = False,
+  ):
     if self.positions == "absolute":
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[-1]), tokens.shape)
     else:

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from cxrjax import decoding
 from cxrjax.models import partitioning
+
 # MLP_UNITS: `MLP` names this module's feed-forward block.
 from cxrjax.models.partitioning import EMBED, HEADS, MLP as MLP_UNITS
 
@@ -48,6 +49,7 @@ class ViTConfig:
     patch_bias: the patch convolution has a bias (BLIP) or not (CLIP).
     pre_norm: a LayerNorm before the layers (CLIP's `pre_layrnorm`; BLIP has none).
   """
+
   image_size: int = 224
   patch_size: int = 16
   hidden_size: int = 768
@@ -106,7 +108,7 @@ def quick_gelu(x: jax.Array) -> jax.Array:
 # On CPUs, attention runs one example at a time once an example's float32 scores [heads, tokens, tokens]
 # pass this size, so that they stay in the caches: at BLIP's 577 tokens (16 MiB an example) that halved
 # the attention's time on a 2-core Xeon; at GIT's 197 tokens (1.8 MiB) the batched products were faster.
-CPU_PER_EXAMPLE_SCORES_BYTES = 4 * 2 ** 20
+CPU_PER_EXAMPLE_SCORES_BYTES = 4 * 2**20
 
 
 def _attend(queries: jax.Array, keys: jax.Array, values: jax.Array, dtype: Any) -> jax.Array:
@@ -128,12 +130,14 @@ def attention(queries: jax.Array, keys: jax.Array, values: jax.Array, dtype: Any
   _, heads, tokens, _ = queries.shape
   if heads * tokens * keys.shape[2] * 4 <= CPU_PER_EXAMPLE_SCORES_BYTES:
     return _attend(queries, keys, values, dtype)
-  return jax.lax.platform_dependent(queries, keys, values, cpu=lambda *x: _attend_per_example(*x, dtype),
-                                    default=lambda *x: _attend(*x, dtype))
+  return jax.lax.platform_dependent(
+    queries, keys, values, cpu=lambda *x: _attend_per_example(*x, dtype), default=lambda *x: _attend(*x, dtype)
+  )
 
 
 class SelfAttention(nn.Module):
   """Bidirectional multi-head self attention with separate q / k / v projections and `out_proj`."""
+
   hidden_size: int
   num_heads: int
   dtype: Any = jnp.float32
@@ -154,6 +158,7 @@ class SelfAttention(nn.Module):
 
 class EncoderLayer(nn.Module):
   """One pre-norm layer (module doc)."""
+
   config: ViTConfig
   dtype: Any = jnp.float32
 
@@ -168,6 +173,7 @@ class EncoderLayer(nn.Module):
 
 class MLP(nn.Module):
   """fc1 -> activation -> fc2."""
+
   config: ViTConfig
   dtype: Any = jnp.float32
 
@@ -182,6 +188,7 @@ class MLP(nn.Module):
 
 class Embeddings(nn.Module):
   """Patch embedding, class token first, plus the position embedding."""
+
   config: ViTConfig
   dtype: Any = jnp.float32
 
@@ -190,18 +197,32 @@ class Embeddings(nn.Module):
     """images [batch, S, S, 3] -> [batch, 1 + (S/P)^2, hidden]."""
     config = self.config
     if images.shape[1:3] != (config.image_size, config.image_size):
-      raise ValueError(f"VisionTransformer: images of {images.shape[1]}x{images.shape[2]}; this ViT reads "
-                       f"{config.image_size}x{config.image_size} (set data.image_size to the encoder's image_size)")
+      raise ValueError(
+        f"VisionTransformer: images of {images.shape[1]}x{images.shape[2]}; this ViT reads "
+        f"{config.image_size}x{config.image_size} (set data.image_size to the encoder's image_size)"
+      )
     init = nn.initializers.normal(0.02)  # transformers' initializer_range.
-    patches = nn.Conv(config.hidden_size, (config.patch_size, config.patch_size), strides=config.patch_size,
-                      padding="VALID", use_bias=config.patch_bias, dtype=self.dtype, name="patch_embedding",
-                      kernel_init=partitioning.logical(init, (None, None, None, EMBED)))(images)
+    patches = nn.Conv(
+      config.hidden_size,
+      (config.patch_size, config.patch_size),
+      strides=config.patch_size,
+      padding="VALID",
+      use_bias=config.patch_bias,
+      dtype=self.dtype,
+      name="patch_embedding",
+      kernel_init=partitioning.logical(init, (None, None, None, EMBED)),
+    )(images)
     batch = patches.shape[0]
     patches = patches.reshape(batch, -1, config.hidden_size)  # Row-major, as torch's flatten(2).
-    class_embedding = self.param("class_embedding", partitioning.logical(init, (EMBED,)), (config.hidden_size,),
-                                 jnp.float32)
-    position_embedding = self.param("position_embedding", partitioning.logical(init, (None, EMBED)),
-                                    (config.num_tokens, config.hidden_size), jnp.float32)
+    class_embedding = self.param(
+      "class_embedding", partitioning.logical(init, (EMBED,)), (config.hidden_size,), jnp.float32
+    )
+    position_embedding = self.param(
+      "position_embedding",
+      partitioning.logical(init, (None, EMBED)),
+      (config.num_tokens, config.hidden_size),
+      jnp.float32,
+    )
     class_tokens = jnp.broadcast_to(class_embedding.astype(patches.dtype), (batch, 1, config.hidden_size))
     tokens = jnp.concatenate([class_tokens, patches], axis=1)
     return tokens + position_embedding.astype(tokens.dtype)[None]
@@ -209,6 +230,7 @@ class Embeddings(nn.Module):
 
 class VisionTransformer(nn.Module):
   """images [batch, S, S, 3] (normalised) -> tokens [batch, 1 + (S/P)^2, hidden] (module doc)."""
+
   config: ViTConfig = CLIP_B16
   dtype: Any = jnp.float32
 

@@ -21,9 +21,17 @@ HIDDEN, HEADS, INTERMEDIATE, LAYERS, MEMORY_DIM, EPS = 24, 3, 40, 2, 20, 1e-6
 
 def _torch_layers(cross_attention: bool, seed: int):
   config = transformers.BlipTextConfig(
-      hidden_size=HIDDEN, num_attention_heads=HEADS, intermediate_size=INTERMEDIATE, num_hidden_layers=LAYERS,
-      encoder_hidden_size=MEMORY_DIM, layer_norm_eps=EPS, is_decoder=cross_attention, hidden_act="gelu",
-      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    hidden_size=HIDDEN,
+    num_attention_heads=HEADS,
+    intermediate_size=INTERMEDIATE,
+    num_hidden_layers=LAYERS,
+    encoder_hidden_size=MEMORY_DIM,
+    layer_norm_eps=EPS,
+    is_decoder=cross_attention,
+    hidden_act="gelu",
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+  )
   torch.manual_seed(seed)
   layers = torch.nn.ModuleList([modeling_blip_text.BlipTextLayer(config, i) for i in range(LAYERS)]).eval()
   with torch.no_grad():
@@ -42,16 +50,24 @@ def _norm(layer_norm) -> dict:
 
 
 def _attention(attention) -> dict:
-  return {"query": _dense(attention.self.query), "key": _dense(attention.self.key),
-          "value": _dense(attention.self.value), "output": _dense(attention.output.dense),
-          "norm": _norm(attention.output.LayerNorm)}
+  return {
+    "query": _dense(attention.self.query),
+    "key": _dense(attention.self.key),
+    "value": _dense(attention.self.value),
+    "output": _dense(attention.output.dense),
+    "norm": _norm(attention.output.LayerNorm),
+  }
 
 
 def _params(layers) -> dict:
   params = {}
   for index, layer in enumerate(layers):
-    params[f"layers_{index}"] = {"attention": _attention(layer.attention), "intermediate": _dense(layer.intermediate.dense),
-                                 "output": _dense(layer.output.dense), "output_norm": _norm(layer.output.LayerNorm)}
+    params[f"layers_{index}"] = {
+      "attention": _attention(layer.attention),
+      "intermediate": _dense(layer.intermediate.dense),
+      "output": _dense(layer.output.dense),
+      "output_norm": _norm(layer.output.LayerNorm),
+    }
     if hasattr(layer, "crossattention"):
       params[f"layers_{index}"]["crossattention"] = _attention(layer.crossattention)
   return {"params": jax.tree.map(jnp.asarray, params)}
@@ -62,8 +78,9 @@ def _torch_forward(layers, x: np.ndarray, mask: np.ndarray, memory: np.ndarray |
   additive = torch.from_numpy(np.where(mask, 0.0, torch.finfo(torch.float32).min).astype(np.float32))
   with torch.no_grad():
     for layer in layers:
-      hidden = layer(hidden, encoder_hidden_states=None if memory is None else torch.from_numpy(memory),
-                     attention_mask=additive)
+      hidden = layer(
+        hidden, encoder_hidden_states=None if memory is None else torch.from_numpy(memory), attention_mask=additive
+      )
   return hidden.numpy()
 
 
@@ -98,8 +115,9 @@ def test_teacher_forcing_and_cached_steps_match_transformers(cross_attention, ca
   assert np.abs(np.asarray(stack.apply(variables, x, None, memory)) - expected).max() > 1e-2
 
   # Prefill the prefix, then one decoded token per step into a cache longer than needed.
-  cache, prefix_outputs = stack.apply(variables, batch, decoded + 3, memory, x[:, :prefix], mask[..., :prefix, :prefix],
-                                      method="init_cache")
+  cache, prefix_outputs = stack.apply(
+    variables, batch, decoded + 3, memory, x[:, :prefix], mask[..., :prefix, :prefix], method="init_cache"
+  )
   np.testing.assert_allclose(np.asarray(prefix_outputs), expected[:, :prefix], rtol=0, atol=1e-4)
   for leaf in jax.tree.leaves(cache):
     assert leaf.shape[0] == batch  # decoding.py's [batch, ...] leaves.
@@ -126,8 +144,9 @@ def test_steps_without_a_prefix_match_causal_teacher_forcing():
 
 
 def test_embeddings_match_transformers_and_attend_is_the_tied_decoder():
-  config = transformers.BlipTextConfig(vocab_size=30, hidden_size=HIDDEN, max_position_embeddings=16,
-                                       layer_norm_eps=EPS, hidden_dropout_prob=0.0)
+  config = transformers.BlipTextConfig(
+    vocab_size=30, hidden_size=HIDDEN, max_position_embeddings=16, layer_norm_eps=EPS, hidden_dropout_prob=0.0
+  )
   torch.manual_seed(3)
   reference = modeling_blip_text.BlipTextEmbeddings(config).eval()
   with torch.no_grad():
@@ -137,15 +156,25 @@ def test_embeddings_match_transformers_and_attend_is_the_tied_decoder():
   with torch.no_grad():
     expected = reference(torch.from_numpy(tokens).long()).numpy()
   embeddings = bert.BertEmbeddings(30, HIDDEN, 16, epsilon=EPS)
-  variables = {"params": {
+  variables = {
+    "params": {
       "word_embeddings": {"embedding": jnp.asarray(reference.word_embeddings.weight.detach().numpy())},
       "position_embeddings": {"embedding": jnp.asarray(reference.position_embeddings.weight.detach().numpy())},
-      "norm": {"scale": jnp.asarray(reference.LayerNorm.weight.detach().numpy()),
-               "bias": jnp.asarray(reference.LayerNorm.bias.detach().numpy())}}}
+      "norm": {
+        "scale": jnp.asarray(reference.LayerNorm.weight.detach().numpy()),
+        "bias": jnp.asarray(reference.LayerNorm.bias.detach().numpy()),
+      },
+    }
+  }
   assert jax.tree.map(jnp.shape, embeddings.init(jax.random.key(0), tokens, jnp.arange(5))) == jax.tree.map(
-      jnp.shape, variables)
+    jnp.shape, variables
+  )
   got = embeddings.apply(variables, tokens, jnp.arange(5))
   np.testing.assert_allclose(np.asarray(got), expected, rtol=0, atol=1e-5)
   hidden = np.random.default_rng(2).normal(size=(2, HIDDEN)).astype(np.float32)
-  np.testing.assert_allclose(np.asarray(embeddings.apply(variables, hidden, method="attend")),
-                             hidden @ reference.word_embeddings.weight.detach().numpy().T, rtol=0, atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(embeddings.apply(variables, hidden, method="attend")),
+    hidden @ reference.word_embeddings.weight.detach().numpy().T,
+    rtol=0,
+    atol=1e-5,
+  )

@@ -26,7 +26,11 @@ def test_densenet121_has_the_published_size_and_outputs():
   assert outputs["pooled"].shape == (2, 1024)
   assert outputs["logits"].shape == (2, 14)
   assert [outputs[f"block{i}"].shape[1:] for i in range(1, 5)] == [
-      (56, 56, 256), (28, 28, 512), (14, 14, 1024), (7, 7, 1024)]
+    (56, 56, 256),
+    (28, 28, 512),
+    (14, 14, 1024),
+    (7, 7, 1024),
+  ]
   assert densenet.DENSENET121.num_features == 1024
 
 

@@ -32,6 +32,7 @@ def randomize(model: torch.nn.Module, seed: int) -> None:
 
 def to_flax_params(state: dict[str, np.ndarray], config: vit.ViTConfig, prefix: str, fused_qkv: bool) -> dict:
   """A transformers vision tower's tensors (CLIP names, or BLIP's qkv / projection) -> VisionTransformer params."""
+
   def dense(name):
     return {"kernel": state[f"{name}.weight"].T, "bias": state[f"{name}.bias"]}
 
@@ -39,12 +40,13 @@ def to_flax_params(state: dict[str, np.ndarray], config: vit.ViTConfig, prefix: 
     return {"scale": state[f"{name}.weight"], "bias": state[f"{name}.bias"]}
 
   embeddings = {
-      "class_embedding": state[f"{prefix}embeddings.class_embedding"].reshape(-1),
-      "patch_embedding": {"kernel": state[f"{prefix}embeddings.patch_embedding.weight"].transpose(2, 3, 1, 0)},
+    "class_embedding": state[f"{prefix}embeddings.class_embedding"].reshape(-1),
+    "patch_embedding": {"kernel": state[f"{prefix}embeddings.patch_embedding.weight"].transpose(2, 3, 1, 0)},
   }
   position = f"{prefix}embeddings.position_embedding"
-  embeddings["position_embedding"] = (state[position].reshape(-1, config.hidden_size) if position in state
-                                      else state[f"{position}.weight"])
+  embeddings["position_embedding"] = (
+    state[position].reshape(-1, config.hidden_size) if position in state else state[f"{position}.weight"]
+  )
   if config.patch_bias:
     embeddings["patch_embedding"]["bias"] = state[f"{prefix}embeddings.patch_embedding.bias"]
   params = {"embeddings": embeddings, "post_layernorm": norm(f"{prefix}post_layernorm")}
@@ -55,14 +57,19 @@ def to_flax_params(state: dict[str, np.ndarray], config: vit.ViTConfig, prefix: 
     if fused_qkv:
       d = config.hidden_size
       weight, bias = state[f"{layer}.self_attn.qkv.weight"], state[f"{layer}.self_attn.qkv.bias"]
-      attention = {name: {"kernel": weight[i * d:(i + 1) * d].T, "bias": bias[i * d:(i + 1) * d]}
-                   for i, name in enumerate(("q_proj", "k_proj", "v_proj"))}
+      attention = {
+        name: {"kernel": weight[i * d : (i + 1) * d].T, "bias": bias[i * d : (i + 1) * d]}
+        for i, name in enumerate(("q_proj", "k_proj", "v_proj"))
+      }
       attention["out_proj"] = dense(f"{layer}.self_attn.projection")
     else:
       attention = {name: dense(f"{layer}.self_attn.{name}") for name in ("q_proj", "k_proj", "v_proj", "out_proj")}
     params[f"layers_{index}"] = {
-        "layer_norm1": norm(f"{layer}.layer_norm1"), "layer_norm2": norm(f"{layer}.layer_norm2"),
-        "self_attn": attention, "mlp": {"fc1": dense(f"{layer}.mlp.fc1"), "fc2": dense(f"{layer}.mlp.fc2")}}
+      "layer_norm1": norm(f"{layer}.layer_norm1"),
+      "layer_norm2": norm(f"{layer}.layer_norm2"),
+      "self_attn": attention,
+      "mlp": {"fc1": dense(f"{layer}.mlp.fc1"), "fc2": dense(f"{layer}.mlp.fc2")},
+    }
   return params
 
 
@@ -85,20 +92,58 @@ def _compare(reference, config: vit.ViTConfig, prefix: str, fused_qkv: bool, see
 
 
 def test_matches_the_git_vision_tower():
-  reference = transformers.GitVisionModel(transformers.GitVisionConfig(
-      hidden_size=WIDTH, intermediate_size=MLP, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-      image_size=SIZE, patch_size=PATCH, layer_norm_eps=1e-5, hidden_act="quick_gelu"))
-  config = vit.ViTConfig(image_size=SIZE, patch_size=PATCH, hidden_size=WIDTH, num_layers=LAYERS, num_heads=HEADS,
-                         mlp_dim=MLP, layer_norm_eps=1e-5, activation="quick_gelu", patch_bias=False, pre_norm=True)
+  reference = transformers.GitVisionModel(
+    transformers.GitVisionConfig(
+      hidden_size=WIDTH,
+      intermediate_size=MLP,
+      num_hidden_layers=LAYERS,
+      num_attention_heads=HEADS,
+      image_size=SIZE,
+      patch_size=PATCH,
+      layer_norm_eps=1e-5,
+      hidden_act="quick_gelu",
+    )
+  )
+  config = vit.ViTConfig(
+    image_size=SIZE,
+    patch_size=PATCH,
+    hidden_size=WIDTH,
+    num_layers=LAYERS,
+    num_heads=HEADS,
+    mlp_dim=MLP,
+    layer_norm_eps=1e-5,
+    activation="quick_gelu",
+    patch_bias=False,
+    pre_norm=True,
+  )
   _compare(reference, config, "vision_model.", fused_qkv=False, seed=0)
 
 
 def test_matches_the_blip_vision_tower():
-  reference = transformers.BlipVisionModel(transformers.BlipVisionConfig(
-      hidden_size=WIDTH, intermediate_size=MLP, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-      image_size=SIZE, patch_size=PATCH, layer_norm_eps=1e-6, hidden_act="gelu"))
-  config = vit.ViTConfig(image_size=SIZE, patch_size=PATCH, hidden_size=WIDTH, num_layers=LAYERS, num_heads=HEADS,
-                         mlp_dim=MLP, layer_norm_eps=1e-6, activation="gelu", patch_bias=True, pre_norm=False)
+  reference = transformers.BlipVisionModel(
+    transformers.BlipVisionConfig(
+      hidden_size=WIDTH,
+      intermediate_size=MLP,
+      num_hidden_layers=LAYERS,
+      num_attention_heads=HEADS,
+      image_size=SIZE,
+      patch_size=PATCH,
+      layer_norm_eps=1e-6,
+      hidden_act="gelu",
+    )
+  )
+  config = vit.ViTConfig(
+    image_size=SIZE,
+    patch_size=PATCH,
+    hidden_size=WIDTH,
+    num_layers=LAYERS,
+    num_heads=HEADS,
+    mlp_dim=MLP,
+    layer_norm_eps=1e-6,
+    activation="gelu",
+    patch_bias=True,
+    pre_norm=False,
+  )
   _compare(reference, config, "", fused_qkv=True, seed=1)
 
 
@@ -139,8 +184,12 @@ def test_attention_per_example_equals_the_batched_products(dtype):
   rng = np.random.default_rng(0)
   queries, keys, values = (jnp.asarray(rng.normal(size=(3, 2, 40, 8)), dtype) for _ in range(3))
   batched = vit._attend(queries, keys, values, dtype)
-  np.testing.assert_allclose(np.asarray(vit._attend_per_example(queries, keys, values, dtype), np.float32),
-                             np.asarray(batched, np.float32), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(vit._attend_per_example(queries, keys, values, dtype), np.float32),
+    np.asarray(batched, np.float32),
+    rtol=1e-6,
+    atol=1e-6,
+  )
   large = jax.make_jaxpr(lambda *x: vit.attention(*x, dtype))(*(jnp.zeros((1, 12, 577, 64), dtype),) * 3)
   small = jax.make_jaxpr(lambda *x: vit.attention(*x, dtype))(*(jnp.zeros((1, 12, 197, 64), dtype),) * 3)
   assert "platform_index" in str(large) and "platform_index" not in str(small)
