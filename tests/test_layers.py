@@ -12,6 +12,7 @@ PACKAGE = pathlib.Path(cxrjax.__file__).parent
 LAYERS = {
   "errors": 0,
   "files": 0,
+  "registry": 0,
   "text": 1,
   "ops": 1,
   "figures": 1,
