@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.tpu_compile import CONFIGS, VOCAB_SIZES  # pylint: disable=g-import-not-at-top
 from cxrjax import aot, sharding, train, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-from cxrjax.data import datasets, pipeline  # pylint: disable=g-import-not-at-top
+from cxrjax.data import pipeline  # pylint: disable=g-import-not-at-top
 
 
 def random_batch(spec: dict[str, jax.ShapeDtypeStruct], vocab_size: int | None, seed: int = 0) -> dict[str, np.ndarray]:
@@ -62,10 +62,7 @@ def train_line(name: str, arg: str, steps: int, batch_per_device: int | None) ->
   config.train.cache_features = False  # The step reads images, as the full-size recipes' TPU runs do.
   vocab_size = VOCAB_SIZES.get(name)  # BLIP's prompt ids need its whole vocabulary, smoke sizes too.
   tokenizer, _ = aot.load_tokenizer(config, vocab_size)
-  components = workdir_lib.build(config, tokenizer)
-  label_names = None
-  if not components.task.uses_tokenizer:
-    label_names = components.task.label_names = datasets.label_names(config.data)
+  components = workdir_lib.build(config, tokenizer)  # Classifiers: the dataset's findings.
   section = config.get("sharding")
   batch_size = config.train.batch_size if batch_per_device is None else batch_per_device * jax.device_count()
   train.check_batch_size(batch_size, section)
@@ -76,8 +73,8 @@ def train_line(name: str, arg: str, steps: int, batch_per_device: int | None) ->
     jax.random.key(config.train.seed)
   )
   tx = components.make_optimizer(target.params)
-  step = train.jit_train_step(components, tx, config.train.seed, tokenizer, state_sharding, mesh)
-  spec = pipeline.batch_spec(config, batch_size, tokenizer, label_names)
+  step = train.jit_train_step(components, tx, config.train.seed, state_sharding, mesh)
+  spec = pipeline.batch_spec(config, batch_size, tokenizer, components.task.label_names)
   batch = sharding.to_global(random_batch(spec, vocab_size), sharding.data_sharded(mesh))
   started = time.perf_counter()
   flops = train.step_flops(step, state, batch)

@@ -126,7 +126,7 @@ def training_steps_per_second(config, tokenizer, steps: int) -> float:
   components = workdir.build(config, tokenizer)
   state = jax.jit(lambda rng: workdir.init_state(components, rng))(jax.random.key(0))
   tx = components.make_optimizer(state.params)
-  step = jax.jit(train.make_train_step(components, tx, config.train.seed, tokenizer), donate_argnums=0)
+  step = jax.jit(train.make_train_step(components, tx, config.train.seed), donate_argnums=0)
   size, batch, views = config.data.image_size, config.train.batch_size, config.data.num_views
   data = {
     "images": np.random.default_rng(0).standard_normal((batch, views, size, size, 3)).astype(np.float32),

@@ -179,9 +179,9 @@ def bench_training(name: str, batch: int, steps: int, device: torch.device, smok
   )
   params = variables["params"]
   tx = optim.make_optimizer(optimizer, params, 1000)
-  task = captioning.CaptioningTask(ml_collections.ConfigDict())
+  task = captioning.CaptioningTask(ml_collections.ConfigDict(), tokenizer)
   components = workdir_lib.Components(task=task, model=model, make_optimizer=None, frozen_modules={})
-  step = jax.jit(train.make_train_step(components, tx, dropout_seed=0, tokenizer=tokenizer), donate_argnums=(0,))
+  step = jax.jit(train.make_train_step(components, tx, dropout_seed=0), donate_argnums=(0,))
   state = workdir_lib.TrainState(step=jnp.array(0, jnp.int32), params=params, batch_stats={}, opt_state=tx.init(params))
   data = jax.device_put({"images": images, "tokens": tokens})
 

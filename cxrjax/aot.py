@@ -8,8 +8,8 @@ one device per chip, each with the process_index of its host) and XLA's TPU comp
 as it would on the slice (MaxText's train_compile.py does the same). The programs are the commands' own,
 built by the functions the commands call: `train`'s step (train.jit_train_step over workdir.abstract_state's
 layout of config.sharding), `evaluate`'s prediction (tasks/evaluation.jit_predict: the config's search, the
-batches predict_split feeds it) and `serve`'s search (serve/engine.jit_search at its largest batch size, on
-the chips of one host: the server is one process), over sharding.create_mesh of the slice's chips, with
+batches predict_split feeds it) and `serve`'s prediction (inference.jit_program, the task's prediction the
+predictor and the server run, at serve's largest batch size, on the chips of one host: the server is one process), over sharding.create_mesh of the slice's chips, with
 data/pipeline.py's batch schema. Nothing is allocated and no data is read.
 
 Per program it reports, per chip: the HBM held (parameters, optimizer state, batch, XLA's temporaries and
@@ -46,7 +46,7 @@ from jax import extend as jax_extend
 from jax.experimental import topologies
 
 from cxrjax import config as config_lib
-from cxrjax import optim, sharding, tasks, train, workdir as workdir_lib
+from cxrjax import inference, optim, sharding, tasks, train, workdir as workdir_lib
 from cxrjax.data import datasets, pipeline
 from cxrjax.errors import ConfigError, UserError
 from cxrjax.serve import engine
@@ -233,11 +233,8 @@ def build(
     raise ConfigError(f"--program={program}: expected one of {', '.join(PROGRAMS)} or all")
   if batch_per_chip is not None and batch_per_chip < 1:
     raise ConfigError(f"--batch-size={batch_per_chip}: expected at least 1 example per chip")
-  components = workdir_lib.build(config, tokenizer)
+  components = workdir_lib.build(config, tokenizer)  # Classifiers: the dataset's findings.
   task, model = components.task, components.model
-  label_names = None
-  if not task.uses_tokenizer:  # Classifiers: the batches carry the dataset's finding labels.
-    label_names = task.label_names = datasets.label_names(config.data)
   section = config.get("sharding")
   if program == "train":
     if config.train.get("cache_features"):
@@ -254,8 +251,10 @@ def build(
     state = workdir_lib.abstract_state(components, mesh, section)
     optim.check_whole_modules(config.optimizer, state.params, components.frozen_modules)
     tx = components.make_optimizer(state.params)
-    step = train.jit_train_step(components, tx, config.train.seed, tokenizer, _shardings(state), mesh)
-    batch_spec = _with_sharding(pipeline.batch_spec(config, batch, tokenizer, label_names), sharding.data_sharded(mesh))
+    step = train.jit_train_step(components, tx, config.train.seed, _shardings(state), mesh)
+    batch_spec = _with_sharding(
+      pipeline.batch_spec(config, batch, task.tokenizer, task.label_names), sharding.data_sharded(mesh)
+    )
     return Built(
       name=program,
       function=step,
@@ -280,8 +279,8 @@ def build(
     rows = config.eval.batch_size if batch_per_chip is None else batch_per_chip * per_host
     mesh, layout = sharding.mesh_for_loading(section, "config.sharding", devices)
     state = workdir_lib.abstract_state(components, mesh, layout)
-    predict = evaluation.jit_predict(task, model, tokenizer, mesh, _shardings(state).variables())
-    batch_spec = evaluation.predict_batch_spec(config, task, tokenizer, rows, mesh)
+    predict = evaluation.jit_predict(task, model, task.options(), mesh, _shardings(state).variables())
+    batch_spec = evaluation.predict_batch_spec(config, task, rows, mesh)
     return Built(
       name=program,
       function=predict,
@@ -294,17 +293,12 @@ def build(
       parts=dict(parameters=state.params, other_state=(state.step, state.batch_stats), batch=batch_spec),
       note="the config's search" if task.uses_tokenizer else "",
     )
-  if not task.uses_tokenizer:
-    raise ConfigError(
-      f"--program=serve: the {config.model.name} classifier is served by Predictor.classify, "
-      "which this command does not compile; --program=train or evaluate"
-    )
   devices = tpu_slice.host_devices()
   rows = max(engine.DEFAULT_BATCH_SIZES) if batch_per_chip is None else batch_per_chip * len(devices)
   mesh, layout = sharding.mesh_for_loading(section, "config.sharding", devices)
   state = workdir_lib.abstract_state(components, mesh, layout)
-  search = engine.jit_search(task, model, tokenizer, config.decode, False, _shardings(state).variables(), mesh)
-  images = {"images": pipeline.batch_spec(config, rows, tokenizer)["images"]}
+  search = inference.jit_program(task, model, task.options(), _shardings(state).variables(), mesh)
+  images = {"images": pipeline.batch_spec(config, rows, task.tokenizer)["images"]}
   images = _with_sharding(images, sharding.replicated(mesh))
   return Built(
     name=program,
@@ -317,7 +311,7 @@ def build(
     state=state,
     parts=dict(parameters=state.params, other_state=(state.step, state.batch_stats), batch=images),
     replicated_batch=True,
-    note="the config's search, the batch replicated on one host's chips",
+    note=("the config's search, " if task.uses_tokenizer else "") + "the batch replicated on one host's chips",
   )
 
 
@@ -897,8 +891,6 @@ def main(argv: Sequence[str]) -> int:
   tpu_slice = describe_slice(values.topology)
   tokenizer, tokenizer_line = load_tokenizer(config, values["vocab-size"].value)
   programs = PROGRAMS if values.program == "all" else (values.program,)
-  if values.program == "all" and not tasks.task_class(config).uses_tokenizer:
-    programs = ("train", "evaluate")  # A classifier's serving program is not one of these (see `build`).
   status = 0
   for program in programs:
     built = build(config, tpu_slice, program, tokenizer, values["batch-size"].value)

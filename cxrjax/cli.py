@@ -299,9 +299,9 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _predict_agcnn(args: argparse.Namespace) -> int:
   predictor = inference.Predictor.from_workdir(args.workdir)
-  if predictor.name != "agcnn":
+  if predictor.family != "agcnn":
     raise inference.PredictionError(
-      f"{args.workdir}: holds a {predictor.name} model; predict-agcnn needs an AG-CNN run"
+      f"{args.workdir}: holds a {predictor.family} model; predict-agcnn needs an AG-CNN run"
     )
   for result in predictor.classify_files(args.images, figures_dir=args.out_dir):
     print(json.dumps(result))

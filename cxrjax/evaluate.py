@@ -42,7 +42,7 @@ from cxrjax.errors import ConfigError, UserError
 from cxrjax.metrics import baselines
 from cxrjax.metrics import captioning as caption_metrics
 from cxrjax.metrics import protocols as caption_protocols
-from cxrjax.tasks import captioning, evaluation
+from cxrjax.tasks import evaluation
 from cxrjax.text import cleaning as text_cleaning
 
 
@@ -50,13 +50,13 @@ class EvaluationError(UserError):
   """Evaluation options that do not fit the arguments' limits or the workdir's model."""
 
 
-def text_baselines(config, references: list[str], reference_source: Any, meteor: bool) -> dict[str, Any]:
+def text_baselines(data_config, references: list[str], reference_source: Any, meteor: bool) -> dict[str, Any]:
   """What an answer that ignores the images scores on `references`, and (phantoms) what reading the
   images perfectly would score: {"most_common_report", "best_constant_report"[, "findings_oracle"]}, chosen
   and scored under the dataset's scoring protocol, as the model is (metrics/protocols.py)."""
-  train_source, _ = datasets.make_source(config.data, "train")
-  cleaning = config.data.cleaning
-  protocol = caption_protocols.protocol_for(config.data)
+  train_source, _ = datasets.make_source(data_config, "train")
+  cleaning = data_config.cleaning
+  protocol = caption_protocols.protocol_for(data_config)
   train_reports = datasets.report_texts(train_source, cleaning)
   result = {}
   most_common, share = baselines.most_common_report(train_reports, protocol=protocol)
@@ -142,43 +142,45 @@ def evaluate(
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
       raise EvaluationError(f"{flag} {value!r}: must be an integer of at least 1")
   run = workdir_lib.load_run(workdir, checkpoint)
-  config = run.config
+  config, task = run.config, run.task
   if beam_size is not None and config.get("decode") is None:
     raise EvaluationError(
       f"--beam-size {beam_size}: {workdir} holds a classifier ({config.model.name}), which "
       "writes no text; --beam-size is for report generators"
     )
+  # The run's prediction (report generators: its search, or another beam size), checked before any data is
+  # read: a decode past the model's KV cache is refused.
+  options = task.options(beam_size=beam_size, flags=True)
+  data_config = ml_collections.ConfigDict(config.data.to_dict())  # The run's config, and the task, stay as read.
   if data_dir is not None:
-    config.data.data_dir = str(data_dir)
-  if beam_size is not None:
-    config.decode.beam_size = beam_size
-  if config.get("decode") is not None:  # Before any data is read: a decode past the model's KV cache.
-    captioning.check_decode_length(config.model, config.decode.max_length, "config.decode.max_length")
+    data_config.data_dir = str(data_dir)
   if leaderboard_json is not None:  # Before any prediction.
     if config.get("decode") is None:
       raise EvaluationError(
         f"--leaderboard-json: {workdir} holds a classifier ({config.model.name}); the "
         f"{rexrank.LEADERBOARD} file holds generated reports"
       )
-    rexrank.check_run(config.data, split, max_examples)
+    rexrank.check_run(data_config, split, max_examples)
   # Built once, before any prediction: a missing labeler directory fails before the split is decoded.
   built = build_evaluators(config, run.mesh, evaluators)
-  source, info = datasets.make_source(config.data, split)
+  source, info = datasets.make_source(data_config, split)
   full_source = source
   if leaderboard_json is not None:
     rexrank.check_source(source)
-  if not run.task.uses_tokenizer:  # Classifiers: the batches carry the split's finding labels.
-    run.task.label_names = info.label_names
+  if task.label_names is not None and tuple(info.label_names or ()) != task.label_names:
+    raise EvaluationError(
+      f"{workdir_lib.absolute_path(workdir) / workdir_lib.LABELS_FILE}: the run's findings {list(task.label_names)} "
+      f"are not those of the {split} split ({list(info.label_names or ())})"
+    )
   if max_examples:
     source = pipeline.Subset(source, max_examples)
   predict = evaluation.jit_predict(
-    run.task, run.model, run.tokenizer, run.mesh, jax.tree.map(lambda a: a.sharding, run.state.variables())
+    task, run.model, options, run.mesh, jax.tree.map(lambda a: a.sharding, run.state.variables())
   )
   records = evaluation.predict_split(
-    run.task,
+    task,
     run.state.variables(),
     source,
-    run.tokenizer,
     config,
     mesh=run.mesh,
     predict=predict,
@@ -188,16 +190,16 @@ def evaluate(
     "split": split,
     "checkpoint": checkpoint,
     "step": int(run.state.step),
-    "scores": run.task.score(records, meteor=meteor),
+    "scores": task.score(records, meteor=meteor),
   }
   if built:
     output["scores"], output["evaluators"] = run_evaluators(built, records, output["scores"])
   if getattr(full_source, "references", None) is not None:
     output["references"] = full_source.references
-  if run.task.uses_tokenizer:
-    output["decode"] = config.decode.to_dict()
+  if task.uses_tokenizer:
+    output["decode"] = dict(config.decode.to_dict(), **options.describe())
     if baselines_too:
-      output["baselines"] = text_baselines(config, [r["reference"] for r in records], source, meteor)
+      output["baselines"] = text_baselines(data_config, [r["reference"] for r in records], source, meteor)
   if config.model.get("stage"):
     output["stage"] = config.model.stage
   leaderboard = None
@@ -211,7 +213,7 @@ def evaluate(
   if sharding.is_lead_process():
     out_dir = workdir_lib.eval_dir(workdir, split)
     out_dir.mkdir(parents=True, exist_ok=True)
-    run.task.write(out_dir, records)
+    task.write(out_dir, records)
     if leaderboard is not None:
       files.write_json(leaderboard_json, leaderboard, indent=2)  # Whole or not at all.
     files.write_json(out_dir / "metrics.json", output, indent=2)  # Whole or not at all.

@@ -127,9 +127,7 @@ class StepProfiler:
       self.tracing = False
 
 
-def make_train_step(
-  components: workdir_lib.Components, tx: optax.GradientTransformation, dropout_seed: int, tokenizer: Any
-):
+def make_train_step(components: workdir_lib.Components, tx: optax.GradientTransformation, dropout_seed: int):
   """(state, batch) -> (state, metrics)."""
   task, model = components.task, components.model
 
@@ -137,7 +135,7 @@ def make_train_step(
     rng = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
 
     def loss_fn(params):
-      return task.loss(model, {"params": params, "batch_stats": state.batch_stats}, batch, rng, tokenizer)
+      return task.loss(model, {"params": params, "batch_stats": state.batch_stats}, batch, rng)
 
     (loss, (batch_stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -154,14 +152,13 @@ def jit_train_step(
   components: workdir_lib.Components,
   tx: optax.GradientTransformation,
   dropout_seed: int,
-  tokenizer: Any,
   state_sharding: workdir_lib.TrainState,
   mesh: jax.sharding.Mesh,
 ):
   """make_train_step jitted as training runs it: the state in its layout `state_sharding` (donated: updated
   in place), the batch over 'data' of `mesh`, the metrics replicated. aot.py compiles this for a TPU slice."""
   return jax.jit(
-    make_train_step(components, tx, dropout_seed, tokenizer),
+    make_train_step(components, tx, dropout_seed),
     in_shardings=(state_sharding, sharding.data_sharded(mesh)),
     out_shardings=(state_sharding, sharding.replicated(mesh)),
     donate_argnums=(0,),
@@ -318,16 +315,15 @@ def train_and_evaluate(
   tokenizer = None
   if tasks.task_class(config).uses_tokenizer:
     tokenizer = datasets.load_or_build_tokenizer(config.data, train_source)
-  components = workdir_lib.build(config, tokenizer)
+  # The task complete: the tokenizer, or the findings the classifier's outputs are (the training split's).
+  components = workdir_lib.build(config, tokenizer, train_info.label_names)
   task, model = components.task, components.model
-  if not task.uses_tokenizer:  # Classifiers: the batches carry the split's finding labels.
-    task.label_names = train_info.label_names
   if config.train.get("cache_features") and not optim.frozen_predicate(config.optimizer)("image_encoder"):
     raise ConfigError(
       "train.cache_features needs a frozen image encoder (optimizer.param_groups "
       "('image_encoder/.*', None)): a trained encoder's features change every step"
     )
-  workdir_lib.write_run_files(workdir, config, tokenizer, None if task.uses_tokenizer else train_info.label_names)
+  workdir_lib.write_run_files(workdir, config, tokenizer, task.label_names)
 
   data_sharding = sharding.data_sharded(mesh)
   target = workdir_lib.abstract_state(components, mesh, config.get("sharding"))
@@ -375,7 +371,6 @@ def train_and_evaluate(
     evaluation.split_batches(
       config,
       train_source,
-      tokenizer,
       task,
       train=True,
       mesh=mesh,
@@ -388,8 +383,11 @@ def train_and_evaluate(
     best_value = meta.get("best_value", -np.inf)
     print(f"resumed from {workdir}/checkpoints/latest at step {int(state.step)}")
 
-  train_step = jit_train_step(components, tx, train_cfg.seed, tokenizer, state_sharding, mesh)
-  validate = evaluation.jit_predict(task, model, tokenizer, mesh, state_sharding.variables(), greedy=True)
+  train_step = jit_train_step(components, tx, train_cfg.seed, state_sharding, mesh)
+  # Validation: greedy search (report generators) at the config's length; the task's one prediction path.
+  validate = evaluation.jit_predict(
+    task, model, task.options(greedy=task.uses_tokenizer), mesh, state_sharding.variables()
+  )
   first_step = int(state.step)
   log = (
     summaries.MetricsLog(workdir_lib.metrics_path(workdir), workdir / TENSORBOARD_DIR, first_step)
@@ -450,7 +448,6 @@ def train_and_evaluate(
             task,
             state.variables(),
             source,
-            tokenizer,
             config,
             mesh=mesh,
             predict=validate,

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import flax
@@ -30,6 +31,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from cxrjax import files, models, optim, sharding, tasks
+from cxrjax.data import datasets
 from cxrjax.models import partitioning
 from cxrjax.errors import ConfigError, UserError
 from cxrjax.text import tokenizers
@@ -186,8 +188,14 @@ class Components:
   frozen_modules: dict[str, bool]  # What the family asked of the param groups: module path -> frozen
 
 
-def build(config: ml_collections.ConfigDict, tokenizer: Any) -> Components:
-  task = tasks.make(config)
+def build(
+  config: ml_collections.ConfigDict, tokenizer: Any = None, label_names: Sequence[str] | None = None
+) -> Components:
+  """The task (complete: report generators with `tokenizer`, classifiers with `label_names`, by default the
+  data config's findings), the model and the optimizer of `config`."""
+  if not tasks.task_class(config).uses_tokenizer and label_names is None:
+    label_names = datasets.label_names(config.data)
+  task = tasks.make(config, tokenizer, label_names)
   predicate, asked = optim.frozen_predicate(config.optimizer), {}
 
   def is_frozen(module_path: str) -> bool:
@@ -479,12 +487,16 @@ class Run:
 
   workdir: epath.Path
   config: ml_collections.ConfigDict
-  task: Any
+  task: tasks.Task  # built from the run's files: its tokenizer, or its label names
   model: Any
-  tokenizer: Any  # None for classifiers
   state: TrainState
   mesh: jax.sharding.Mesh
   checkpoint: str
+
+  @property
+  def tokenizer(self) -> Any:
+    """The task's tokenizer (None for classifiers)."""
+    return self.task.tokenizer
 
 
 def load_tokenizer(workdir: str | os.PathLike) -> Any:
@@ -500,8 +512,12 @@ def load_run(workdir: str | os.PathLike, checkpoint: str = BEST, optimizer_state
   None: inference never reads AdamW's moments or accumulated gradients)."""
   workdir = epath.Path(workdir)
   config = read_config(workdir)
-  tokenizer = load_tokenizer(workdir) if tasks.task_class(config).uses_tokenizer else None
-  components = build(config, tokenizer)
+  # The task from the run's own files: the tokenizer it trained with, or the findings its outputs are.
+  if tasks.task_class(config).uses_tokenizer:
+    tokenizer, label_names = load_tokenizer(workdir), None
+  else:
+    tokenizer, label_names = None, load_label_names(workdir)
+  components = build(config, tokenizer, label_names)
   # The run's parameter layout where its mesh fits these devices (else replicated): checkpoints restore
   # onto any layout.
   mesh, layout = sharding.mesh_for_loading(config.get("sharding"), str(workdir / CONFIG_FILE))
@@ -517,7 +533,6 @@ def load_run(workdir: str | os.PathLike, checkpoint: str = BEST, optimizer_state
     config=config,
     task=components.task,
     model=components.model,
-    tokenizer=tokenizer,
     state=state,
     mesh=mesh,
     checkpoint=checkpoint,

@@ -52,7 +52,7 @@ elif job == "batches":
   local = next(
     iter(
       evaluation.split_batches(
-        config, source, tokenizer, task, train=True, mesh=mesh, batch_size=global_rows // jax.process_count()
+        config, source, task, train=True, mesh=mesh, batch_size=global_rows // jax.process_count()
       )
     )
   )
@@ -60,9 +60,7 @@ elif job == "batches":
   # What one process with every device would train on: its whole global batch.
   single = next(
     iter(
-      evaluation.split_batches(
-        config, source, tokenizer, task, train=True, batch_size=global_rows, shard_index=0, shard_count=1
-      )
+      evaluation.split_batches(config, source, task, train=True, batch_size=global_rows, shard_index=0, shard_count=1)
     )
   )
   own = [

@@ -177,13 +177,12 @@ def test_evaluation_feeds_predict_the_global_batches_it_is_compiled_for():
     task,
     {},
     pipeline.Subset(source, 6),
-    tokenizer,
     config,
     mesh=mesh,
     predict=predict,
     batch_size=config.eval.batch_size,
   )
-  spec = evaluation.predict_batch_spec(config, task, tokenizer, config.eval.batch_size, mesh)
+  spec = evaluation.predict_batch_spec(config, task, config.eval.batch_size, mesh)
   assert fed and all(batch == {k: (v.shape, v.dtype, v.sharding) for k, v in spec.items()} for batch in fed)
 
 

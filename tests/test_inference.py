@@ -68,15 +68,9 @@ def test_attention_maps_are_distributions_over_both_views(smoke_run, study_files
 def test_empty_report_has_no_maps_and_says_why(smoke_run, study_files, tmp_path, monkeypatch):
   predictor = inference.Predictor.from_workdir(smoke_run)
   end = predictor.tokenizer.end_id
-  monkeypatch.setattr(
-    predictor,
-    "search",
-    lambda images, **options: {
-      "tokens": np.full((1, 5), end, np.int32),
-      "token_log_probs": np.zeros((1, 5)),
-      "scores": np.zeros(1),
-    },
-  )
+  # A program whose every token is the end token: the search's outputs of an empty report.
+  empty = {"tokens": np.full((1, 5), end, np.int32), "token_log_probs": np.zeros((1, 5)), "scores": np.zeros(1)}
+  monkeypatch.setattr(predictor, "program", lambda options: lambda variables, batch: dict(empty, attention=None))
   result = predictor.predict_report(study_files, attention_dir=str(tmp_path / "maps"))
   assert result["report"] == "" and result["token_ids"] == []
   assert result["attention_maps"] == "none: the generated report is empty"

@@ -49,8 +49,8 @@ class _Regressor(nn.Module):
 class _RegressionTask:
   """Mean squared error over the batch, with the captioning task's loss signature."""
 
-  def loss(self, model, variables, batch, rng, tokenizer):
-    del rng, tokenizer
+  def loss(self, model, variables, batch, rng):
+    del rng
     error = model.apply({"params": variables["params"]}, batch["x"]) - batch["y"]
     return jnp.mean(error**2), ({}, {})
 
@@ -61,7 +61,7 @@ def _train(accumulate_steps: int, batches: list[dict[str, np.ndarray]], num_step
   config = _optimizer_config(accumulate_steps=accumulate_steps)
   tx = optim.make_optimizer(config, params, num_steps)
   components = workdir_lib.Components(task=_RegressionTask(), model=model, make_optimizer=None, frozen_modules={})
-  step = jax.jit(train.make_train_step(components, tx, dropout_seed=0, tokenizer=None))
+  step = jax.jit(train.make_train_step(components, tx, dropout_seed=0))
   state = workdir_lib.TrainState(step=jnp.array(0, jnp.int32), params=params, batch_stats={}, opt_state=tx.init(params))
   history = []
   for batch in batches:
@@ -136,7 +136,7 @@ def test_bfloat16_model_trains_with_float32_parameters_and_loss():
   images = jax.random.normal(jax.random.key(1), (2, 1, 32, 32, 3))
   tokens = np.array([[vocab.start_id, 5, 6, 7, vocab.end_id, 0], [vocab.start_id, 8, 9, vocab.end_id, 0, 0]], np.int32)
   batch = {"images": images, "tokens": tokens}
-  task = captioning.CaptioningTask(ml_collections.ConfigDict({"train": {"label_smoothing": 0.1}}))
+  task = captioning.CaptioningTask(ml_collections.ConfigDict({"train": {"label_smoothing": 0.1}}), vocab)
   results = {}
   params = None
   for dtype in ("float32", "bfloat16"):
@@ -149,7 +149,7 @@ def test_bfloat16_model_trains_with_float32_parameters_and_loss():
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
     tx = optim.make_optimizer(_optimizer_config(warmup_steps=0, learning_rate=1e-3), params, 10)
     components = workdir_lib.Components(task=task, model=model, make_optimizer=None, frozen_modules={})
-    step = jax.jit(train.make_train_step(components, tx, dropout_seed=0, tokenizer=vocab))
+    step = jax.jit(train.make_train_step(components, tx, dropout_seed=0))
     state = workdir_lib.TrainState(
       step=jnp.array(0, jnp.int32), params=params, batch_stats={}, opt_state=tx.init(params)
     )

@@ -40,15 +40,13 @@ def _replicated_run(config, steps=STEPS, layout=None):
     jax.random.key(config.train.seed)
   )
   step = jax.jit(
-    train.make_train_step(components, components.make_optimizer(target.params), config.train.seed, tokenizer),
+    train.make_train_step(components, components.make_optimizer(target.params), config.train.seed),
     in_shardings=(state_sharding, sharding.data_sharded(mesh)),
     out_shardings=(state_sharding, sharding.replicated(mesh)),
     donate_argnums=(0,),
   )
   batches = iter(
-    evaluation.split_batches(
-      config, train_source, tokenizer, components.task, train=True, batch_size=config.train.batch_size
-    )
+    evaluation.split_batches(config, train_source, components.task, train=True, batch_size=config.train.batch_size)
   )
   losses = []
   for _ in range(steps):

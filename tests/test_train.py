@@ -62,15 +62,9 @@ def _one_device_step_flops(config, workdir):
   components = workdir_lib.build(config, run.tokenizer)
   source, _ = datasets.make_source(config.data, "train")
   batch = next(
-    iter(
-      evaluation.split_batches(
-        config, source, run.tokenizer, components.task, train=True, batch_size=config.train.batch_size
-      )
-    )
+    iter(evaluation.split_batches(config, source, components.task, train=True, batch_size=config.train.batch_size))
   )
-  step = jax.jit(
-    train.make_train_step(components, components.make_optimizer(run.state.params), config.train.seed, run.tokenizer)
-  )
+  step = jax.jit(train.make_train_step(components, components.make_optimizer(run.state.params), config.train.seed))
   state = jax.device_put(jax.device_get(run.state), jax.devices()[0])
   numeric = {k: v for k, v in batch.items() if v.dtype.kind in "biuf"}
   return step.lower(state, numeric).compile().cost_analysis()["flops"]

@@ -146,9 +146,17 @@ class AGCNN(base.Classifier):
         f"{current.get('stage')} starts from an earlier stage"
       )
 
-  def stage_logits(self) -> str:
+  def logits_key(self) -> str:
     """The output key that the stage trains and that prediction reads (fusion once stage 3 ran)."""
     return STAGE_LOGITS[self.stage or 3]
+
+  def predictions(self, outputs: dict[str, jax.Array], attention: bool = False) -> dict[str, jax.Array]:
+    """The probabilities of the stage's logits and the crop's box (y0, x0, y1, x1) in the view's pixels; with
+    `attention` also the heatmap [batch, height, width] and the local image [batch, crop, crop, 3]."""
+    predictions = {"probabilities": jax.nn.sigmoid(outputs[self.logits_key()]), "boxes": outputs["boxes"]}
+    if attention:
+      predictions.update(heatmap=outputs["heatmap"], local_images=outputs["local_images"])
+    return predictions
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
@@ -194,11 +202,4 @@ def stage_loss(
 
   `mask` (bool [batch]) leaves padding examples out.
   """
-  logits = outputs[STAGE_LOGITS[stage]].astype(jnp.float32)
-  labels = labels.astype(jnp.float32)
-  # log(sigmoid(z)) = -softplus(-z), log(1 - sigmoid(z)) = -softplus(z): stable for large |z|.
-  per_example = jnp.mean(labels * jax.nn.softplus(-logits) + (1 - labels) * jax.nn.softplus(logits), axis=-1)
-  if mask is None:
-    return jnp.mean(per_example)
-  weights = mask.astype(jnp.float32)
-  return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+  return base.binary_cross_entropy(outputs[STAGE_LOGITS[stage]], labels, mask)

@@ -85,7 +85,36 @@ class Captioner(nn.Module):
 
 class Classifier(nn.Module):
   """The interface of a multi-label image classifier: `__call__(images [batch, H, W, 3], train)` -> a dict
-  with the logits the task reads (see the family)."""
+  with the logits the task reads (see the family). What differs between families stays in the family:
+  which logits train and predict (`logits_key`) and what a prediction returns beside the probabilities
+  (`predictions`: AG-CNN's box, heatmap and crop)."""
 
   task: ClassVar[str] = "classification"
   pretrained_parts: ClassVar[dict[str, PretrainedPart]] = {}
+
+  def logits_key(self) -> str:
+    """The output key that training and prediction read."""
+    return "logits"
+
+  def loss(self, outputs: dict[str, jax.Array], labels: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """Mean binary cross-entropy of `logits_key`'s logits against 0/1 labels [batch, classes]; `mask` (bool
+    [batch]) leaves padding examples out."""
+    return binary_cross_entropy(outputs[self.logits_key()], labels, mask)
+
+  def predictions(self, outputs: dict[str, jax.Array], attention: bool = False) -> dict[str, jax.Array]:
+    """The outputs a prediction returns: {"probabilities": [batch, classes]} (and the family's extras; with
+    `attention` its attention too). Traceable."""
+    del attention
+    return {"probabilities": jax.nn.sigmoid(outputs[self.logits_key()].astype(jnp.float32))}
+
+
+def binary_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+  """Mean over classes, then over the examples `mask` keeps (all without one), of the binary cross-entropy of
+  `logits` against 0/1 `labels`, both [batch, classes]."""
+  logits, labels = logits.astype(jnp.float32), labels.astype(jnp.float32)
+  # log(sigmoid(z)) = -softplus(-z), log(1 - sigmoid(z)) = -softplus(z): stable for large |z|.
+  per_example = jnp.mean(labels * jax.nn.softplus(-logits) + (1 - labels) * jax.nn.softplus(logits), axis=-1)
+  if mask is None:
+    return jnp.mean(per_example)
+  weights = mask.astype(jnp.float32)
+  return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.0)

@@ -1,15 +1,12 @@
 """One loaded model served at fixed batch sizes, and the batcher that groups concurrent requests.
 
-An `Engine` holds a `Predictor` (inference.py) and runs whole batches of requests: a batch is padded to
-the next of its compiled sizes (e.g. 1, 4, 8), so that no request shape ever compiles a new program; the
-run's search (the config's decode section) and greedy search at the config's maximum length are compiled
-for every size at start-up (`warm_up`). Other decoding options (another beam size or maximum length) are
-programs of their own: each compiles on its first request and is kept (at most `max_variants`).
-
-Report generators: the batch is generated in one call, then re-read with teacher forcing in one call
-(each token's log-probability and, where the model has attention, the attention of each generated token
-over the regions of every view), as `Predictor.predict_report` does for one study. Classifiers (AG-CNN,
-CheXNet): `Predictor.classify` over the padded batch.
+An `Engine` serves a `Predictor` (inference.py), whose task makes every prediction (the same programs and
+results as `cxrjax predict`); the engine adds what serving needs: requests turned into the task's options
+(one compiled program per option set: a batch holds requests of one), batches padded to the next of their
+compiled sizes (e.g. 1, 4, 8) so that no request shape compiles a new program, the run's search and greedy
+search compiled for every size at start-up (`warm_up`), and the results as JSON (attention maps as nested
+lists, AG-CNN's heatmap as a PNG). Other decoding options (another beam size or maximum length) compile on
+their first request and are kept (at most `max_variants`).
 
 A `Batcher` runs one engine on its own thread: the first request of a batch waits up to `window_s` for
 others (the batching window), requests already queued join at once, up to the largest compiled size.
@@ -26,58 +23,27 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import jax
-import ml_collections
 import numpy as np
 from PIL import Image
 
-from cxrjax import inference, sharding
+from cxrjax import inference, tasks
+from cxrjax.errors import UserError
 from cxrjax.serve import uploads
 from cxrjax.serve.uploads import RequestError
-from cxrjax.tasks import captioning
 
 DEFAULT_BATCH_SIZES = (1, 4, 8)
-
-
-@dataclasses.dataclass(frozen=True)
-class Variant:
-  """One compiled decoding program: requests with the same variant share a batch."""
-
-  greedy: bool
-  beam_size: int
-  max_length: int
 
 
 @dataclasses.dataclass
 class Item:
   """One prepared request: the views as the model reads them, and what to return."""
 
-  images: np.ndarray  # float32 [views, S, S, 3] (report generators) or [S, S, 3] (classifiers)
+  images: np.ndarray  # float32 [views, S, S, 3] (classifiers: one view)
   views: list[np.ndarray]  # the resized uint8 views [S, S, 3], as uploaded (not repeated)
-  variant: Variant | None  # None for classifiers
+  variant: tasks.Options  # the compiled program that serves it
   options: uploads.Options
   prepare_ms: float = 0.0
   queued_at: float = 0.0
-
-
-def jit_search(
-  task: Any,
-  model: Any,
-  tokenizer: Any,
-  decode: ml_collections.ConfigDict,
-  greedy: bool,
-  variables_sharding: Any,
-  mesh: jax.sharding.Mesh,
-) -> Any:
-  """One served decoding program, (variables, {"images": [batch, views, S, S, 3]}) -> the search's tokens,
-  log-probabilities and scores: the variables in the run's layout as loaded, the padded batch and the
-  outputs replicated over `mesh` (a batch of 1 splits over no devices). Engine and aot.py build it here."""
-  replicated = sharding.replicated(mesh)
-  return jax.jit(
-    task.predict_fn(model, tokenizer, greedy=greedy, decode=decode, with_scores=True),
-    in_shardings=(variables_sharding, replicated),
-    out_shardings=replicated,
-  )
 
 
 class Engine:
@@ -96,84 +62,67 @@ class Engine:
     self.name = name
     self.predictor = predictor
     self.batch_sizes = tuple(sorted(set(int(b) for b in batch_sizes)))
-    self.max_variants = max_variants
     self.source = source
-    self.captioning = predictor.task == "captioning"
-    self._programs: collections.OrderedDict[Variant, Any] = collections.OrderedDict()
-    self._warm: set[Variant] = set()
-    self._reread = None
-    if self.captioning:
-      decode = predictor.decode_config()  # The run's, refused where it runs past the model's KV cache.
-      self.default_variant = Variant(greedy=False, beam_size=int(decode.beam_size), max_length=int(decode.max_length))
-      self._reread = jax.jit(self._reread_fn)
+    predictor.max_variants = max_variants
+    self.captioning = predictor.task.uses_tokenizer
+    # The run's prediction (report generators: its search, refused where it runs past the model's KV cache).
+    self.default_variant = predictor.options()
 
   @property
   def max_batch(self) -> int:
     return self.batch_sizes[-1]
 
-  @property
-  def num_views(self) -> int:
-    """Images per study: the model's views (report generators), one (classifiers)."""
-    return self.predictor.preprocessing.num_views if self.captioning else 1
-
-  @property
-  def output(self) -> str:
-    if not self.captioning:
-      return "findings"
-    return "report" if self.predictor.preprocessing.num_views > 1 else "caption"
-
   # Requests.
 
-  def variant(self, options: uploads.Options) -> Variant | None:
-    """The decoding program of a request's options; options the model cannot take raise RequestError."""
+  def variant(self, options: uploads.Options) -> tasks.Options:
+    """The compiled program of a request's options; options the model cannot take raise RequestError."""
     if not self.captioning:
       given = [n for n in ("search", "beam_size", "max_length") if getattr(options, n) is not None]
       if given:
         raise RequestError(f"the {self.name} model is a classifier; decoding options ({', '.join(given)}) do not apply")
-      return None
-    default = self.default_variant
-    max_length = default.max_length if options.max_length is None else options.max_length
-    if max_length > default.max_length:
-      raise RequestError(
-        f"max_length={max_length}; the {self.name} model generates at most {default.max_length} tokens"
+      return self.predictor.options(attention=options.attention)
+    limit = self.default_variant.max_length
+    if options.max_length is not None and options.max_length > limit:
+      raise RequestError(f"max_length={options.max_length}; the {self.name} model generates at most {limit} tokens")
+    try:
+      return self.predictor.options(
+        greedy=options.search == "greedy",
+        beam_size=options.beam_size,
+        max_length=options.max_length,
+        attention=options.attention,
       )
-    if options.search == "greedy":
-      return Variant(greedy=True, beam_size=1, max_length=max_length)
-    beam_size = default.beam_size if options.beam_size is None else options.beam_size
-    return Variant(greedy=False, beam_size=beam_size, max_length=max_length)
+    except UserError as error:
+      raise RequestError(str(error)) from None
 
   def prepare(self, images: Sequence[np.ndarray], options: uploads.Options) -> Item:
     """Decoded uploads (uint8 [H, W, 3], frontal first) -> an Item; the wrong number raises RequestError."""
     started = time.perf_counter()
-    if not 1 <= len(images) <= self.num_views:
-      what = "one image" if self.num_views == 1 else f"1 to {self.num_views} views (frontal, then lateral)"
+    needed = self.predictor.num_views
+    if not 1 <= len(images) <= needed:
+      what = "one image" if needed == 1 else f"1 to {needed} views (frontal, then lateral)"
       raise RequestError(f"the {self.name} model reads {what}; got {len(images)} images")
     variant = self.variant(options)
     preprocessing = self.predictor.preprocessing
     views = [preprocessing.eval_view(image) for image in images]
-    if self.captioning:
-      # A study with fewer views than the model repeats its last one, as the datasets and `predict` do.
-      batch = preprocessing.normalize(np.stack(views + [views[-1]] * (self.num_views - len(views))))
-    else:
-      batch = preprocessing.normalize(views[0])
+    # A study with fewer views than the model repeats its last one, as the datasets and `predict` do.
+    batch = preprocessing.normalize(np.stack(views + [views[-1]] * (needed - len(views))))
     return Item(
       images=batch, views=views, variant=variant, options=options, prepare_ms=(time.perf_counter() - started) * 1e3
     )
 
   def run(self, items: Sequence[Item]) -> list[dict[str, Any]]:
-    """Items of one variant, at most `max_batch` -> one result per item (one padded model call each stage)."""
+    """Items of one variant, at most `max_batch` -> one result per item (one padded model call)."""
     if not 1 <= len(items) <= self.max_batch or len({item.variant for item in items}) != 1:
       raise ValueError(f"run takes 1..{self.max_batch} items of one variant")
     size = next(b for b in self.batch_sizes if b >= len(items))
     padded = np.zeros((size, *items[0].images.shape), np.float32)
     padded[: len(items)] = np.stack([item.images for item in items])
     started = time.perf_counter()
-    if self.captioning:
-      results = self._run_captioning(items, padded)
-    else:
-      results = self._run_classification(items, padded)
+    predictions = self.predictor.predict(padded, items[0].variant)[: len(items)]
     model_ms = (time.perf_counter() - started) * 1e3
-    for item, result in zip(items, results):
+    results = []
+    for item, prediction in zip(items, predictions):
+      result = self._captioning(prediction) if self.captioning else self._findings(prediction, item.options)
       result.update(model=self.name, step=self.predictor.step)
       result["timings"] = dict(
         prepare_ms=round(item.prepare_ms, 2),
@@ -183,158 +132,74 @@ class Engine:
       )
       if item.options.views:
         result["views"] = [png_data_url(view) for view in item.views]
-    return results
-
-  # Report generators.
-
-  def _decode(self, variant: Variant) -> ml_collections.ConfigDict:
-    """The run's decode section with `variant`'s beam size and length."""
-    decode = ml_collections.ConfigDict(self.predictor.config.decode.to_dict())
-    decode.beam_size, decode.max_length = variant.beam_size, variant.max_length
-    return decode
-
-  def _search_name(self, variant: Variant) -> str:
-    """ "greedy" or "beam": what tasks/captioning.search runs for `variant` (beam size 1 with "hf" length
-    normalisation is greedy search, as transformers' num_beams=1)."""
-    return "greedy" if captioning.runs_greedy_search(self._decode(variant), variant.greedy) else "beam"
-
-  def _program(self, variant: Variant):
-    """The jitted generation of `variant` (compiled per batch size on first use), most recent last."""
-    if variant in self._programs:
-      self._programs.move_to_end(variant)
-      return self._programs[variant]
-    decode = self._decode(variant)
-    predictor = self.predictor
-    variables_sharding = jax.tree.map(lambda a: a.sharding, predictor.variables)
-    program = jit_search(
-      predictor.task_object,
-      predictor.model,
-      predictor.tokenizer,
-      decode,
-      variant.greedy,
-      variables_sharding,
-      jax.tree.leaves(variables_sharding)[0].mesh,
-    )
-    self._programs[variant] = program
-    evictable = [v for v in self._programs if v not in self._warm]
-    while len(self._programs) - len(self._warm) > self.max_variants and evictable:
-      del self._programs[evictable.pop(0)]
-    return program
-
-  def _reread_fn(self, variables, images, inputs):
-    """Teacher forcing over generated tokens: attention [batch, length, regions] (or None)."""
-    return self.predictor.model.apply(variables, images, inputs).get("attention")
-
-  def _reread_inputs(self, rows: Sequence[Sequence[int]], size: int) -> np.ndarray:
-    """Start token + tokens but the last (predicted, never read: a caption of the longest decode fits the
-    position table), padded to one length for every request (the decoders are causal: padding after the
-    tokens changes none of their outputs), so one compiled program serves every caption length."""
-    tokenizer = self.predictor.tokenizer
-    inputs = np.full((size, self.default_variant.max_length), tokenizer.pad_id, np.int32)
-    for index, tokens in enumerate(rows):
-      inputs[index, : len(tokens)] = [tokenizer.start_id, *tokens][: len(tokens)]
-    return inputs
-
-  def _run_captioning(self, items: Sequence[Item], padded: np.ndarray) -> list[dict[str, Any]]:
-    variant = items[0].variant
-    predictor, tokenizer = self.predictor, self.predictor.tokenizer
-    outputs = jax.device_get(self._program(variant)(predictor.variables, {"images": padded}))
-    generated, log_probs = outputs["tokens"], outputs["token_log_probs"]  # The search's own, as `predict`'s.
-    rows = []
-    for row in generated[: len(items)]:
-      end = np.flatnonzero(row == tokenizer.end_id)
-      rows.append([int(t) for t in row[: end[0] if len(end) else len(row)]])
-    attention = None
-    if any(item.options.attention for item in items):  # Only attention needs the teacher-forced re-read.
-      attention = jax.device_get(self._reread(predictor.variables, padded, self._reread_inputs(rows, len(padded))))
-    results, search = [], self._search_name(variant)
-    for index, (item, tokens) in enumerate(zip(items, rows)):
-      result = {
-        self.output: tokenizer.decode(generated[index]),
-        "token_ids": tokens,
-        "token_logprobs": [round(float(p), 6) for p in log_probs[index, : len(tokens)]],
-        "words": [tokenizer.decode([t]) or "?" for t in tokens],
-        "decoding": {"search": search, "beam_size": variant.beam_size, "max_length": variant.max_length},
-      }
-      if item.options.attention:
-        result["attention"] = self._attention(attention, index, len(tokens), padded.shape[1])
       results.append(result)
     return results
 
-  def _attention(self, attention: np.ndarray | None, index: int, length: int, views: int) -> dict[str, Any]:
-    """{"shape": [tokens, views, h, w], "maps": nested lists} (rounded), or {"none": reason}."""
-    if attention is None:
-      return {"none": f"the {self.predictor.name} model has no attention"}
-    if not length:
-      return {"none": "the generated text is empty"}
-    weights = np.asarray(attention[index, :length], np.float32)  # [tokens, regions]
-    side = int(round((weights.shape[-1] / views) ** 0.5))
-    maps = weights.reshape(length, views, side, side)
-    return {"shape": list(maps.shape), "maps": np.round(maps, 5).tolist()}
+  # The results as JSON.
 
-  # Classifiers.
+  def _captioning(self, prediction: dict[str, Any]) -> dict[str, Any]:
+    """The task's result with its text under "report" / "caption", attention maps as {"shape", "maps"}."""
+    result = {self.predictor.output: prediction.pop("text"), **prediction}
+    if "attention" in result:
+      maps = result["attention"]
+      if not result["token_ids"]:
+        result["attention"] = {"none": "the generated text is empty"}
+      elif maps is None:
+        result["attention"] = {"none": f"the {self.predictor.family} model has no attention"}
+      else:
+        result["attention"] = {"shape": list(maps.shape), "maps": np.round(maps, 5).tolist()}
+    return result
 
-  def _run_classification(self, items: Sequence[Item], padded: np.ndarray) -> list[dict[str, Any]]:
-    outputs = self.predictor.classify(padded)
-    names = self.predictor.label_names
-    results = []
-    for index, item in enumerate(items):
-      probabilities = outputs["probabilities"][index]
-      result: dict[str, Any] = {"probabilities": {n: round(float(p), 6) for n, p in zip(names, probabilities)}}
-      if "boxes" in outputs:
-        result["box"] = [int(b) for b in outputs["boxes"][index]]  # (y0, x0, y1, x1) in the view's pixels
-        if item.options.attention:
-          heatmap = np.clip(np.asarray(outputs["heatmap"][index], np.float32), 0.0, 1.0)
-          result["heatmap"] = png_data_url(np.round(heatmap * 255).astype(np.uint8))
-      elif item.options.attention:
-        result["heatmap"] = {"none": f"the {self.predictor.name} model has no attention heatmap"}
-      results.append(result)
-    return results
+  def _findings(self, prediction: dict[str, Any], options: uploads.Options) -> dict[str, Any]:
+    """Probabilities by finding, AG-CNN's box (y0, x0, y1, x1) in the view's pixels, its heatmap as a PNG."""
+    result: dict[str, Any] = {"probabilities": prediction["probabilities"]}
+    if "box" in prediction:
+      result["box"] = prediction["box"]
+    if options.attention:
+      heatmap = prediction.get("heatmap")
+      if heatmap is None:
+        result["heatmap"] = {"none": f"the {self.predictor.family} model has no attention heatmap"}
+      else:
+        result["heatmap"] = png_data_url(np.round(np.clip(heatmap, 0.0, 1.0) * 255).astype(np.uint8))
+    return result
 
   # Start-up and description.
 
   def warm_up(self) -> float:
-    """Compiles every served batch size (the default search and greedy for report generators); seconds."""
+    """Compiles every served batch size of the run's prediction and (report generators) greedy search, with
+    and without attention, and keeps them from eviction; seconds."""
     started = time.perf_counter()
+    variants = [self.default_variant]
     if self.captioning:
-      greedy = dataclasses.replace(self.default_variant, greedy=True, beam_size=1)
-      self._warm = {self.default_variant, greedy}
-      variants = [self.default_variant, greedy]
-    else:
-      variants = [None]
-    shape = (self.num_views, *[self.predictor.preprocessing.image_size] * 2, 3)
-    image = np.zeros(shape[1:] if not self.captioning else shape, np.float32)
-    for size in self.batch_sizes:
-      for variant in variants:
-        options = uploads.Options(attention=True)
-        self.run([Item(images=image, views=[], variant=variant, options=options)] * size)
+      variants.append(self.predictor.options(greedy=True))
+    variants += [dataclasses.replace(v, attention=True) for v in variants]
+    preprocessing = self.predictor.preprocessing
+    image = np.zeros((self.predictor.num_views, *[preprocessing.image_size] * 2, 3), np.float32)
+    for variant in variants:
+      self.predictor.program(variant, pin=True)
+      for size in self.batch_sizes:
+        self.predictor.predict(np.stack([image] * size), variant)
     return time.perf_counter() - started
 
   def summary(self) -> dict[str, Any]:
-    predictor, config = self.predictor, self.predictor.config
+    predictor, config = self.predictor, self.predictor.task.config
     summary: dict[str, Any] = {
       "name": self.name,
-      "family": predictor.name,
-      "task": predictor.task,
-      "output": self.output,
+      "family": predictor.family,
+      "task": predictor.task.name,
+      "output": predictor.output,
       "step": predictor.step,
       "workdir": self.source,
-      "views": self.num_views,
+      "views": predictor.num_views,
       "image_size": predictor.preprocessing.image_size,
       "batch_sizes": list(self.batch_sizes),
     }
     if config.get("model") and config.model.get("encoder"):
       summary["encoder"] = config.model.encoder.get("name")
     if self.captioning:
-      default = self.default_variant
       summary.update(
         vocab_size=len(predictor.tokenizer),
-        decoding={
-          "search": self._search_name(default),
-          "beam_size": default.beam_size,
-          "max_length": default.max_length,
-          "length_penalty": float(config.decode.get("length_penalty", 0.0)),
-        },
+        decoding=dict(self.default_variant.describe(), length_penalty=float(config.decode.get("length_penalty", 0.0))),
       )
     else:
       summary["labels"] = list(predictor.label_names)
@@ -409,7 +274,7 @@ class Batcher:
           stopping = True
           break
         batch.append(entry)
-      groups: dict[Variant | None, list] = {}
+      groups: dict[tasks.Options, list] = {}
       for entry in batch:
         groups.setdefault(entry[0].variant, []).append(entry)
       for group in groups.values():

@@ -1,29 +1,41 @@
-"""Tasks: what the trainer, evaluation and prediction need to know about a kind of model.
+"""Tasks: what the trainer, evaluation and prediction need to know about a kind of model (tasks/base.Task).
 
-  captioning:      report generators (models/*_captioner.py): masked token cross-entropy; generation
-                   (greedy for validation, the config's beam search for evaluation) scored with text metrics.
-  classification:  AG-CNN (models/agcnn.py) on multi-label findings: the stage's binary cross-entropy;
+  captioning:      report generators (models/*_captioner.py, GIT, BLIP): masked token cross-entropy;
+                   generation (greedy for validation, the config's beam search for evaluation) scored with
+                   text metrics.
+  classification:  AG-CNN and CheXNet on multi-label findings: the family's binary cross-entropy;
                    probabilities scored with per-class AUROC.
 
-A task turns a batch (the schema at the top of data/pipeline.py) into the model's inputs and a loss, gives
-the jitted per-batch prediction, turns gathered predictions into records, scores them and writes them.
+A task is built complete by `make`, with the run's tokenizer (report generators) or label names
+(classifiers), and never changed. It turns a batch (the schema at the top of data/pipeline.py) into the
+model's inputs and a loss, gives the one jittable prediction of a batch (`predict_fn(model, options)`) and
+its results, turns gathered predictions into records, scores them and writes them.
 cxrjax/tasks/evaluation.py runs a split through those for the trainer's validation and `cxrjax evaluate`.
 """
 
+from collections.abc import Sequence
 from typing import Any
 
-from cxrjax import models
+from cxrjax import models, registry
+from cxrjax.errors import ConfigError
+from cxrjax.tasks.base import Options, Task
 from cxrjax.tasks.captioning import CaptioningTask
 from cxrjax.tasks.classification import ClassificationTask
 
-TASKS = {"captioning": CaptioningTask, "classification": ClassificationTask}
+TASKS: registry.Registry[type] = registry.Registry("task", "a model family's task", ConfigError)
+TASKS.add(CaptioningTask.name, CaptioningTask)
+TASKS.add(ClassificationTask.name, ClassificationTask)
 
 
 def task_class(config: Any) -> type:
   """The task class of `config.model.name`'s family."""
-  return TASKS[models.get(config.model.name).task]
+  return TASKS.get(models.get(config.model.name).task)
 
 
-def make(config: Any):
-  """The task of `config.model.name`'s family."""
-  return task_class(config)(config)
+def make(config: Any, tokenizer: Any = None, label_names: Sequence[str] | None = None) -> Task:
+  """The task of `config.model.name`'s family, complete: report generators with their `tokenizer`,
+  classifiers with their `label_names` (the findings in the order of the model's outputs)."""
+  cls = task_class(config)
+  if cls.uses_tokenizer:
+    return cls(config, tokenizer)
+  return cls(config, tuple(label_names) if label_names is not None else None)

@@ -1,7 +1,8 @@
 """Report generation: teacher-forced training, generation, text metrics and predictions.jsonl."""
 
+import dataclasses
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +15,7 @@ from cxrjax.data import transforms
 from cxrjax.errors import ConfigError
 from cxrjax.metrics import captioning as caption_metrics
 from cxrjax.metrics import protocols as caption_protocols
-from cxrjax.tasks import feature_cache
+from cxrjax.tasks import base, feature_cache
 
 
 def model_images(batch: dict[str, Any]) -> Any:
@@ -95,19 +96,51 @@ def generate(
   return search(model, variables, images, tokenizer, decode, greedy)["tokens"]
 
 
+def first_end(row: np.ndarray, end_id: int) -> int:
+  """The number of tokens before the first end token of a generated row (its length where there is none)."""
+  ends = np.flatnonzero(row == end_id)
+  return int(ends[0]) if len(ends) else len(row)
+
+
+def teacher_forced(model, variables: Any, images: Any, tokens: jax.Array, lengths: jax.Array, tokenizer) -> dict:
+  """Re-reads `tokens` [batch, length] (the first `lengths` [batch] of each row; the rest is ignored) with
+  teacher forcing -> {"token_log_probs": float32 [batch, length] (each token's log-probability under the
+  model), "attention": [batch, length, regions] (each token's attention over the regions of every view) or
+  None where the model has none}. Traceable.
+
+  The last token is predicted, never read: the inputs are [start, tokens[:-1]], as many positions as tokens,
+  so a text of the model's longest decode fits its position table; positions from `lengths` on read padding
+  (the decoders are causal: it changes none of the earlier positions' outputs), so one program serves every
+  length."""
+  positions = jnp.arange(tokens.shape[1])[None, :]
+  start = jnp.full((tokens.shape[0], 1), tokenizer.start_id, tokens.dtype)
+  inputs = jnp.where(positions < lengths[:, None], jnp.concatenate([start, tokens[:, :-1]], axis=1), tokenizer.pad_id)
+  outputs = model.apply(variables, images, inputs)
+  log_probs = jax.nn.log_softmax(outputs["logits"].astype(jnp.float32))
+  token_log_probs = jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
+  return {"token_log_probs": token_log_probs, "attention": outputs.get("attention")}
+
+
+@dataclasses.dataclass(frozen=True)
 class CaptioningTask:
   """Teacher forcing: inputs tokens[:, :-1], targets tokens[:, 1:]; the tokenizer's pad is masked."""
 
-  name = "captioning"
-  uses_tokenizer = True
-  best_metric_default = "BLEU-4"
-  host_fields = ("id", "report")  # Strings of the batch kept beside the predictions.
-  label_names = None  # Report generators read no finding labels.
+  name: ClassVar[str] = "captioning"
+  uses_tokenizer: ClassVar[bool] = True
+  best_metric_default: ClassVar[str] = "BLEU-4"
+  host_fields: ClassVar[tuple[str, ...]] = ("id", "report")  # Strings of the batch kept beside the predictions.
 
-  def __init__(self, config: ml_collections.ConfigDict):
-    self.config = config
-    if config.get("data") is not None:  # A bad scoring protocol fails now, not at the first validation.
-      caption_protocols.protocol_for(config.data)
+  config: ml_collections.ConfigDict
+  tokenizer: Any  # text/tokenizers.py: the run's
+  label_names: None = None  # Report generators read no finding labels.
+
+  def __post_init__(self):
+    if self.tokenizer is None:
+      raise ValueError("a report generator's task needs its tokenizer")
+    if self.label_names is not None:
+      raise ValueError("a report generator reads no finding labels")
+    if self.config.get("data") is not None:  # A bad scoring protocol fails now, not at the first validation.
+      caption_protocols.protocol_for(self.config.data)
 
   def sample_inputs(self) -> tuple[np.ndarray, np.ndarray]:
     """Zero images [1, views, S, S, 3] (views and S from the preprocessing of the config) and tokens."""
@@ -120,7 +153,7 @@ class CaptioningTask:
     return model.init(rngs, *self.sample_inputs())
 
   def loss(
-    self, model, variables: dict[str, Any], batch: dict[str, jax.Array], rng: jax.Array, tokenizer
+    self, model, variables: dict[str, Any], batch: dict[str, jax.Array], rng: jax.Array
   ) -> tuple[jax.Array, tuple[Any, dict[str, jax.Array]]]:
     """Mean cross-entropy over real target tokens (pad masked, as both seeds do), in float32 whatever
     the model's compute dtype. `config.train.label_smoothing` (default 0) mixes that much of the uniform
@@ -129,7 +162,7 @@ class CaptioningTask:
     outputs, updates = model.apply(
       variables, model_images(batch), inputs, train=True, rngs={"dropout": rng}, mutable=["batch_stats"]
     )
-    mask = (targets != tokenizer.pad_id).astype(jnp.float32)
+    mask = (targets != self.tokenizer.pad_id).astype(jnp.float32)
     if "mask" in batch:  # Padding studies (eval batches) count for nothing.
       mask = mask * batch["mask"][:, None].astype(jnp.float32)
     logits = outputs["logits"].astype(jnp.float32)  # [batch, length - 1, vocab]
@@ -148,21 +181,82 @@ class CaptioningTask:
     # of the logged steps, exp of their mean token loss (train.summarize_steps).
     return loss, (updates.get("batch_stats", {}), {"tokens": num_tokens, "token_nll": nll})
 
-  def predict_fn(self, model, tokenizer, greedy: bool = False, decode: Any = None, with_scores: bool = False):
-    """(variables, batch) -> {"tokens": int32 [batch, max_length]} (with_scores: also `search`'s
-    "token_log_probs" and "scores"): the prediction of a batch, to jit."""
-    decode = decode or self.config.decode
+  def options(
+    self,
+    *,
+    greedy: bool = False,
+    beam_size: int | None = None,
+    max_length: int | None = None,
+    attention: bool = False,
+    flags: bool = False,
+  ) -> base.Options:
+    """The run's search (config.decode), greedy search, or either with another beam size / length; a beam size
+    or length that is not a positive integer, or a length past the model's KV cache, is a ConfigError naming
+    the option (`flags`: as the command line's --beam-size / --max-new-tokens)."""
+    decode = self.config.decode
+    names = {"beam_size": "--beam-size", "max_length": "--max-new-tokens"} if flags else {}
+    for key, value in (("beam_size", beam_size), ("max_length", max_length)):
+      if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"{names.get(key, key)} must be a positive integer, got {value!r}")
+    length = int(decode.max_length if max_length is None else max_length)
+    field = names.get("max_length", "max_length") if max_length is not None else "config.decode.max_length"
+    check_decode_length(self.config.model, length, field)
+    beam = 1 if greedy else int(decode.beam_size if beam_size is None else beam_size)
+    runs_greedy = runs_greedy_search(self.decode_config(base.Options("beam", beam, length)), greedy)
+    return base.Options("greedy" if runs_greedy else "beam", beam, length, attention)
+
+  def decode_config(self, options: base.Options) -> ml_collections.ConfigDict:
+    """config.decode with `options`' beam size and length: what `search` takes."""
+    decode = ml_collections.ConfigDict(self.config.decode.to_dict())
+    decode.beam_size, decode.max_length = options.beam_size, options.max_length
+    return decode
+
+  def predict_fn(self, model, options: base.Options) -> base.PredictFn:
+    """(variables, batch) -> `search`'s {"tokens", "token_log_probs", "scores"} for `options`' search, with
+    options.attention also "attention" [batch, max_length, regions] (None: the model has none): each
+    generated token's, from re-reading the generated text with teacher forcing. To jit."""
+    decode, greedy, tokenizer = self.decode_config(options), options.search == "greedy", self.tokenizer
 
     def predict(variables, batch):
-      outputs = search(model, variables, model_images(batch), tokenizer, decode, greedy)
-      return outputs if with_scores else {"tokens": outputs["tokens"]}
+      images = model_images(batch)
+      outputs = search(model, variables, images, tokenizer, decode, greedy)
+      if options.attention:
+        tokens = outputs["tokens"]
+        is_end = tokens == tokenizer.end_id
+        lengths = jnp.where(is_end.any(axis=1), jnp.argmax(is_end, axis=1), tokens.shape[1])
+        outputs["attention"] = teacher_forced(model, variables, images, tokens, lengths, tokenizer)["attention"]
+      return outputs
 
     return predict
 
-  def records(self, outputs: dict[str, np.ndarray], host: dict[str, list[str]], tokenizer) -> list[dict]:
+  def results(self, outputs: dict[str, np.ndarray], options: base.Options) -> list[dict[str, Any]]:
+    """Per row: {"text", "token_ids" (generated, without start and end), "token_logprobs" (each one's
+    log-probability, from the search), "words", "decoding" (which search ran), "score" (beam search only: the
+    hypothesis score, transformers' sequences_scores)[, "attention": float32 [tokens, views, h, w], or None
+    where the model has none]}."""
+    views = transforms.from_config(self.config).num_views if options.attention else 0
+    results = []
+    for index, row in enumerate(np.asarray(outputs["tokens"])):
+      length = first_end(row, self.tokenizer.end_id)
+      tokens = [int(t) for t in row[:length]]
+      result: dict[str, Any] = {
+        "text": self.tokenizer.decode(row),
+        "token_ids": tokens,
+        "token_logprobs": [round(float(p), 6) for p in outputs["token_log_probs"][index, :length]],
+        "words": [self.tokenizer.decode([t]) or "?" for t in tokens],
+        "decoding": options.describe(),
+      }
+      if options.search == "beam":
+        result["score"] = round(float(outputs["scores"][index]), 6)
+      if options.attention:
+        result["attention"] = attention_maps(outputs.get("attention"), index, length, views)
+      results.append(result)
+    return results
+
+  def records(self, outputs: dict[str, np.ndarray], host: dict[str, list[str]]) -> list[dict]:
     """Gathered predictions of a split, in order -> [{"id", "reference", "generated"}]."""
     return [
-      {"id": study_id, "reference": reference, "generated": tokenizer.decode(tokens)}
+      {"id": study_id, "reference": reference, "generated": self.tokenizer.decode(tokens)}
       for study_id, reference, tokens in zip(host["id"], host["report"], outputs["tokens"])
     ]
 
@@ -181,3 +275,13 @@ class CaptioningTask:
 
   def write(self, out_dir, records: list[dict]) -> None:
     files.write_lines(out_dir / "predictions.jsonl", (json.dumps(record) for record in records))
+
+
+def attention_maps(attention: np.ndarray | None, index: int, length: int, views: int) -> np.ndarray | None:
+  """Row `index`'s attention [batch, max_length, regions] over its first `length` tokens -> float32 [length,
+  views, side, side] (square maps per view); None where the model has no attention."""
+  if attention is None:
+    return None
+  weights = np.asarray(attention[index, :length], np.float32)
+  side = int(round((weights.shape[-1] / views) ** 0.5))
+  return weights.reshape(length, views, side, side)

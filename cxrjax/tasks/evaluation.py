@@ -14,13 +14,13 @@ import numpy as np
 
 from cxrjax import sharding
 from cxrjax.data import pipeline
+from cxrjax.tasks import base
 
 
 def split_batches(
   config: Any,
   source: Any,
-  tokenizer: Any,
-  task: Any,
+  task: base.Task,
   *,
   train: bool,
   batch_size: int,
@@ -39,46 +39,43 @@ def split_batches(
   return pipeline.make_batches(
     config,
     source=source,
-    tokenizer=tokenizer,
+    tokenizer=task.tokenizer,
     train=train,
     batch_size=batch_size,
     shard_index=shard_index,
     shard_count=shard_count,
     rows=rows,
-    label_names=getattr(task, "label_names", None),
+    label_names=task.label_names,
   )
 
 
 def jit_predict(
-  task: Any, model: Any, tokenizer: Any, mesh: jax.sharding.Mesh, variables_sharding: Any, **options: Any
+  task: base.Task, model: Any, options: base.Options, mesh: jax.sharding.Mesh, variables_sharding: Any
 ) -> Any:
-  """`task.predict_fn(model, tokenizer, **options)` (greedy, decode) jitted as predict_split runs it:
+  """`task.predict_fn(model, options)` jitted as predict_split runs it:
   (variables in their layout `variables_sharding`, a global batch over 'data' of `mesh`) -> outputs over
   'data'. The trainer's validation, `cxrjax evaluate` and aot.py (a TPU slice's compile) build it here."""
   data = sharding.data_sharded(mesh)
-  return jax.jit(
-    task.predict_fn(model, tokenizer, **options), in_shardings=(variables_sharding, data), out_shardings=data
-  )
+  return jax.jit(task.predict_fn(model, options), in_shardings=(variables_sharding, data), out_shardings=data)
 
 
 def predict_batch_spec(
-  config: Any, task: Any, tokenizer: Any, batch_size: int, mesh: jax.sharding.Mesh
+  config: Any, task: base.Task, batch_size: int, mesh: jax.sharding.Mesh
 ) -> dict[str, jax.ShapeDtypeStruct]:
   """Shapes, dtypes and shardings of the global batches predict_split hands `predict`: each process's
   `batch_size` rows padded to a multiple of its devices of `mesh`, with their "index", over 'data'."""
   processes = len({device.process_index for device in mesh.devices.flat})
   local_rows = len(sharding.pad_batch({"mask": np.zeros(batch_size, bool)}, mesh.devices.size // processes)["mask"])
-  spec = pipeline.batch_spec(config, local_rows * processes, tokenizer, getattr(task, "label_names", None))
+  spec = pipeline.batch_spec(config, local_rows * processes, task.tokenizer, task.label_names)
   spec["index"] = jax.ShapeDtypeStruct((local_rows * processes,), np.int32)
   data = sharding.data_sharded(mesh)
   return {key: jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=data) for key, value in spec.items()}
 
 
 def predict_split(
-  task: Any,
+  task: base.Task,
   variables: Any,
   source: Any,
-  tokenizer: Any,
   config: Any,
   *,
   mesh: jax.sharding.Mesh,
@@ -90,7 +87,6 @@ def predict_split(
   batches = split_batches(
     config,
     source,
-    tokenizer,
     task,
     train=False,
     batch_size=batch_size,
@@ -138,4 +134,4 @@ def predict_split(
       f"strings of {len(host_index)}, not the same ones"
     )
   host = {field: [values[i] for i in np.flatnonzero(host_keep)[host_order]] for field, values in host.items()}
-  return task.records(gathered, host, tokenizer)
+  return task.records(gathered, host)

@@ -84,7 +84,7 @@ def test_loss_is_finite_and_a_jitted_train_step_moves_the_parameters(family, tok
   _, config, components, state = family
   batch = random_batch(tokenizer, config.model.get("num_classes", 5))
   tx = components.make_optimizer(state.params)
-  step = jax.jit(train.make_train_step(components, tx, dropout_seed=0, tokenizer=tokenizer))
+  step = jax.jit(train.make_train_step(components, tx, dropout_seed=0))
   new_state, metrics = step(state, batch)
   assert np.isfinite(float(metrics["loss"])) and float(metrics["loss"]) > 0
   assert int(new_state.step) == 1
@@ -96,7 +96,7 @@ def test_checkpoint_round_trip_restores_the_state_exactly(family, tokenizer, tmp
   _, config, components, state = family
   batch = random_batch(tokenizer, config.model.get("num_classes", 5))
   tx = components.make_optimizer(state.params)
-  state, _ = jax.jit(train.make_train_step(components, tx, 0, tokenizer))(state, batch)  # Non-zero moments.
+  state, _ = jax.jit(train.make_train_step(components, tx, 0))(state, batch)  # Non-zero moments.
   manager = workdir.checkpoint_manager(tmp_path, "latest")
   workdir.save(manager, state, {"position": 3}, {"step": 1})
   manager.wait_until_finished()

@@ -22,6 +22,8 @@ from cxrjax.weights import hf_blip, hf_git, seed003
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BERT_VOCAB = "text/bert-base-uncased-vocab.txt"
+# Scoring reads no tokenizer; a task is built with one.
+ANY_TOKENIZER = tokenizers.WordVocabulary.build(["a"], min_count=1)
 # Metrics whose maximum is 1 (CIDEr-D's and METEOR's are the references' own scores: CIDEr-D gives a
 # caption of fewer than four tokens no 4-gram similarity, METEOR's fragmentation penalty is never 0).
 MAX_ONE = (
@@ -111,7 +113,7 @@ def test_a_perfect_model_gets_every_maximum_in_every_config_family(
     assert protocols.normalize(generated, protocol) == protocols.normalize(references, protocol), family
     key = (protocol, tuple(references), tuple(generated))
     if key not in scored:
-      task = captioning.CaptioningTask(config)  # Its score is the trainer's validation and `evaluate`'s.
+      task = captioning.CaptioningTask(config, ANY_TOKENIZER)  # Its score is the trainer's validation and `evaluate`'s.
       records = [
         {"id": str(i), "reference": reference, "generated": text}
         for i, (reference, text) in enumerate(zip(references, generated))
@@ -165,9 +167,9 @@ def test_a_constant_caption_scores_the_same_as_a_baseline_and_as_a_model_output(
   ]
   monkeypatch.setattr(datasets, "make_source", lambda data, split: (_Captions(train), None))
   references = [cleaning.clean_report(text, config.data.cleaning) for text in roco_raw_captions]
-  result = evaluate.text_baselines(config, references, reference_source=None, meteor=False)
+  result = evaluate.text_baselines(config.data, references, reference_source=None, meteor=False)
   wordpiece = _tokenizer(config, shared_data, references)
-  task = captioning.CaptioningTask(config)
+  task = captioning.CaptioningTask(config, ANY_TOKENIZER)
   for name in ("most_common_report", "best_constant_report"):
     report = result[name]["report"]
     generated = wordpiece.decode(wordpiece.encode(report))
@@ -204,4 +206,4 @@ def test_a_bad_protocol_is_refused_when_the_task_is_made(family_configs):
     match=r"^config\.data\.caption_protocol: unknown protocol 'bleu'; expected one of "
     r"\['coco', 'imageclef', 'r2gen'\]$",
   ):
-    captioning.CaptioningTask(config)
+    captioning.CaptioningTask(config, ANY_TOKENIZER)

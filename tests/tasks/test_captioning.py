@@ -46,14 +46,14 @@ def test_beam_of_one_with_a_length_penalty_runs_beam_search_not_greedy(model_and
 
 def test_loss_ignores_padding_tokens_and_padding_studies(model_and_variables):
   model, variables, images = model_and_variables
-  task = captioning.CaptioningTask(ml_collections.ConfigDict())
+  task = captioning.CaptioningTask(ml_collections.ConfigDict(), VOCAB)
   tokens = np.array([[2, 5, 6, 3, 0, 0], [2, 7, 3, 0, 0, 0], [2, 8, 9, 10, 11, 3]], np.int32)
   batch = {"images": images, "tokens": tokens, "mask": np.array([True, True, False])}
-  loss, (_, aux) = task.loss(model, variables, batch, jax.random.key(0), VOCAB)
+  loss, (_, aux) = task.loss(model, variables, batch, jax.random.key(0))
   assert float(aux["tokens"]) == 3 + 2  # Real targets of the two real studies (end tokens included).
   changed = dict(batch, tokens=tokens.copy())
   changed["tokens"][2] = [2, 4, 4, 4, 4, 3]  # The padding study's tokens do not count.
-  changed_loss, _ = task.loss(model, variables, changed, jax.random.key(0), VOCAB)
+  changed_loss, _ = task.loss(model, variables, changed, jax.random.key(0))
   np.testing.assert_allclose(changed_loss, loss, rtol=1e-6)
 
 
@@ -72,8 +72,8 @@ def test_label_smoothing_smooths_real_targets_only(model_and_variables):
   real = targets != VOCAB.pad_id
   plain = None
   for smoothing in (0.0, 0.1, 0.3):
-    task = captioning.CaptioningTask(ml_collections.ConfigDict({"train": {"label_smoothing": smoothing}}))
-    loss, (_, aux) = task.loss(model, variables, batch, rng, VOCAB)
+    task = captioning.CaptioningTask(ml_collections.ConfigDict({"train": {"label_smoothing": smoothing}}), VOCAB)
+    loss, (_, aux) = task.loss(model, variables, batch, rng)
     # (1 - a) on the target plus a / vocab on every token, averaged over the real targets.
     labels = (1 - smoothing) * np.eye(vocab)[targets] + smoothing / vocab
     expected = -(labels * log_probs).sum(-1)[real].mean()
@@ -83,7 +83,7 @@ def test_label_smoothing_smooths_real_targets_only(model_and_variables):
     assert float(aux["tokens"]) == real.sum()
     plain = float(loss) if smoothing == 0 else plain
     assert smoothing == 0 or abs(float(loss) - plain) > 1e-3
-  default_loss, _ = captioning.CaptioningTask(ml_collections.ConfigDict()).loss(model, variables, batch, rng, VOCAB)
+  default_loss, _ = captioning.CaptioningTask(ml_collections.ConfigDict(), VOCAB).loss(model, variables, batch, rng)
   np.testing.assert_allclose(float(default_loss), plain, rtol=1e-6)
 
 

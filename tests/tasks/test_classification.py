@@ -153,8 +153,7 @@ def test_mean_auroc_is_over_the_14_findings_as_cxrjax_auroc_scores_its_predictio
   rng = np.random.default_rng(0)
   # Three decimals: tied scores, and values the CSV holds exactly.
   probabilities = np.round(0.3 * labels + 0.7 * rng.random(labels.shape), 3)
-  task = classification.ClassificationTask(chestxray14_agcnn.get_config("smoke"))
-  task.label_names = names
+  task = classification.ClassificationTask(chestxray14_agcnn.get_config("smoke"), names)
   records = [{"id": e.image_index, "probabilities": p, "labels": l} for e, p, l in zip(entries, probabilities, labels)]
   scores = task.score(records)
   task.write(epath.Path(tmp_path), records)

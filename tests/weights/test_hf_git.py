@@ -15,7 +15,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import flax
 import jax
-import ml_collections
 import numpy as np
 import pytest
 import torch
@@ -201,8 +200,7 @@ def test_the_runs_search_equals_transformers_generate(reference, ported):
         output_scores=True,
         return_dict_in_generate=True,
       )
-    decode = ml_collections.ConfigDict(dict(run.config.decode.to_dict(), beam_size=beams, max_length=MAX_NEW_TOKENS))
-    predict = jax.jit(run.task.predict_fn(run.model, run.tokenizer, decode=decode, with_scores=True))
+    predict = jax.jit(run.task.predict_fn(run.model, run.task.options(beam_size=beams, max_length=MAX_NEW_TOKENS)))
     outputs = jax.device_get(predict(run.state.variables(), {"images": images}))
     ours = [_strip([CLS, *row]) for row in outputs["tokens"].tolist()]
     assert ours == [_strip(row) for row in generated.sequences.tolist()]
