@@ -247,7 +247,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     # The evaluators' headline scores beside the text metrics (their classes know them: evaluators.headline).
     summary["model"].update(
       evaluators.headline(
-        {name: evaluators.REGISTRY[entry["type"]] for name, entry in output.get("evaluators", {}).items()}, scores
+        {name: evaluators.REGISTRY.get(entry["type"]) for name, entry in output.get("evaluators", {}).items()}, scores
       )
     )
     for name, baseline in output["baselines"].items():

@@ -46,10 +46,12 @@ class Registry(Generic[T]):
       raise ValueError(f"{self.kind} {name!r} is registered twice")
     self._entries[name] = entry
 
-  def get(self, name: str) -> T:
-    """The plug-in named `name`; otherwise `error`: one line naming the field and listing the known names."""
+  def get(self, name: str, field: str | None = None) -> T:
+    """The plug-in named `name`; otherwise `error`: one line naming the field (`field` where the caller knows
+    exactly which one the user wrote, e.g. "config.evaluators.ce.type") and listing the known names."""
     if name not in self._entries:
-      raise self.error(f"{self.field}={name!r}: unknown {self.kind}; known: {', '.join(sorted(self._entries))}")
+      known = ", ".join(sorted(self._entries))
+      raise self.error(f"{field or self.field}={name!r}: unknown {self.kind}; known: {known}")
     return self._entries[name]
 
   def names(self) -> tuple[str, ...]:
@@ -57,6 +59,9 @@ class Registry(Generic[T]):
 
   def items(self) -> Iterator[tuple[str, T]]:
     return iter(self._entries.items())
+
+  def values(self) -> Iterator[T]:
+    return iter(self._entries.values())
 
   def __contains__(self, name: object) -> bool:
     return name in self._entries

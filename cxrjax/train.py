@@ -272,8 +272,7 @@ def initial_variables(
         f"config.init.from_workdir={init.from_workdir}: holds a {previous.config.model.name} "
         f"model, this run trains {config.model.name}"
       )
-    if hasattr(family, "check_initialization"):
-      family.check_initialization(previous.config.model, config.model, init.from_workdir)
+    family.check_initialization(previous.config.model, config.model, init.from_workdir)
     if jax.tree.structure(previous.state.params) != jax.tree.structure(variables["params"]):
       raise ConfigError(
         f"config.init.from_workdir={init.from_workdir}: its {config.model.name} differs "

@@ -51,7 +51,7 @@ FAMILIES = smoke_configs()
 
 
 def test_every_registered_family_has_a_smoke_config():
-  assert set(FAMILIES) == set(models.MODELS)
+  assert set(FAMILIES) == set(models.FAMILIES)
 
 
 def tiny_config(family: str, arg: str = "smoke"):

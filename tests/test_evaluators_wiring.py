@@ -181,7 +181,10 @@ def test_a_sweep_tabulates_the_evaluators_scores_and_plots_their_validation_curv
   "overrides, message",
   [
     (["--config.evaluators.chexbert.labeler={missing}"], "missing_labeler"),
-    (["--config.evaluators.rouge.labeler={labeler}"], "unknown evaluator type 'rouge'"),
+    (
+      ["--config.evaluators.rouge.labeler={labeler}"],
+      "config.evaluators.rouge.type='rouge': unknown evaluator; known: bertscore, chexbert, text",
+    ),
     (
       ["--config.evaluators.chexbert.labeler={labeler}", "--config.evaluators.chexbert.batch=4"],
       "config.evaluators.chexbert.batch: unknown field",

@@ -412,7 +412,10 @@ def test_the_registry_builds_evaluators_from_config_sections(predictions):
   for section, message in [
     ({"text": {"meteor": False}}, r"^config\.evaluators\.text\.protocol: required"),
     ({"text": {"protocol": "r2gen", "beam": 3}}, r"^config\.evaluators\.text\.beam: unknown"),
-    ({"x": {"type": "bleurt"}}, r"^config\.evaluators\.x: unknown evaluator type 'bleurt'"),
+    (
+      {"x": {"type": "bleurt"}},
+      r"^config\.evaluators\.x\.type='bleurt': unknown evaluator; known: bertscore, chexbert, text$",
+    ),
     ({"chexbert": {"batch_size": 4}}, r"^config\.evaluators\.chexbert\.labeler: required"),
     ({}, r"^config\.evaluators: no evaluators"),
   ]:

@@ -1,8 +1,12 @@
 """The dataset registry: a dataset's name -> how to make the source of a split, and what it knows about it.
 
-A dataset is one package that registers itself when imported (`registry.register(registry.Dataset(...))`
-in its source module) and one import line in data/datasets.py, which makes sources from a data config.
-This module imports no dataset, so that every dataset package can import it.
+A dataset is one package whose source module, beside its `make_source`, adds its description to `DATASETS`
+(cxrjax/registry.py's rule, for a plug-in that is a value rather than a class or function):
+
+    registry.register(registry.Dataset(name="iu_xray", make_source=make_source, num_views=NUM_VIEWS))
+
+(`DATASETS.add` under the description's own name), and one import line in data/datasets.py, which makes
+sources from a data config. This module imports no dataset, so that every dataset package can import it.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 import dataclasses
 from typing import Any
+
+from cxrjax import registry as registry_lib
 from cxrjax.errors import UserError
 
 SPLITS = ("train", "validation", "test")
@@ -79,27 +85,23 @@ class Dataset:
   vocabulary_path: Callable[[Any], str | None] = _no_prepared_vocabulary
 
 
-_DATASETS: dict[str, Dataset] = {}
+DATASETS: registry_lib.Registry[Dataset] = registry_lib.Registry("dataset", "config.data.name", DataConfigError)
 
 
 def register(dataset: Dataset) -> Dataset:
-  """Adds `dataset` under its name (once: a second dataset of the same name is an error)."""
-  if dataset.name in _DATASETS and _DATASETS[dataset.name] != dataset:
-    raise ValueError(f"dataset {dataset.name!r} is registered twice")
-  _DATASETS[dataset.name] = dataset
+  """Adds `dataset` to DATASETS under its name (once: a second dataset of the same name is an error)."""
+  DATASETS.add(dataset.name, dataset)
   return dataset
 
 
 def names() -> tuple[str, ...]:
   """The registered dataset names, sorted."""
-  return tuple(sorted(_DATASETS))
+  return tuple(sorted(DATASETS))
 
 
 def get(name: str) -> Dataset:
   """The registered dataset `name`; DataConfigError names the known ones."""
-  if name not in _DATASETS:
-    raise DataConfigError(f"unknown dataset {name!r}; expected one of {names()}")
-  return _DATASETS[name]
+  return DATASETS.get(name)
 
 
 def canonical_split(split: str) -> str:

@@ -28,8 +28,8 @@ Scores of an evaluator named otherwise than its type (two labelers side by side)
 
 An evaluator is `Evaluator(config, mesh, where)`, `__call__(ids, references, generated, progress=None) ->
 scores`, `provenance() -> dict` and HEADLINE, the keys a one-line summary shows (`headline`); `progress(k)`
-says k more texts (references or generated) are done, 2N for N predictions. Adding one is a class here and its
-`@register` line.
+says k more texts (references or generated) are done, 2N for N predictions. Adding one is a class here with
+`@register("type")` above it: it adds the class to REGISTRY (cxrjax/registry.py's rule) and sets its `name`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from cxrjax import sharding
+from cxrjax import registry, sharding
 from cxrjax.errors import ConfigError
 from cxrjax.evaluators import bertscore
 from cxrjax.metrics import captioning, clinical, protocols
@@ -48,15 +48,17 @@ from cxrjax.models import chexbert
 from cxrjax.weights import chexbert_labeler
 
 REQUIRED = object()  # A field without a default.
-REGISTRY: dict[str, type] = {}
+REGISTRY: registry.Registry[type] = registry.Registry("evaluator", "config.evaluators.<name>.type", ConfigError)
 Progress = Callable[[int], None]
 
 
 def register(name: str) -> Callable[[type], type]:
+  """REGISTRY.register(name), also setting the class's `name`: `run` and `headline` read it to prefix the
+  scores of an evaluator named otherwise than its type."""
+
   def add(cls: type) -> type:
-    REGISTRY[name] = cls
     cls.name = name
-    return cls
+    return REGISTRY.register(name)(cls)
 
   return add
 
@@ -200,9 +202,8 @@ class BERTScore:
 
 def build(kind: str, config: Mapping[str, Any], mesh: jax.sharding.Mesh | None = None, where: str | None = None) -> Any:
   """The evaluator registered as `kind`, built from `config` (its fields); errors name `where`."""
-  if kind not in REGISTRY:
-    raise ConfigError(f"{where or kind}: unknown evaluator type {kind!r}; expected one of {sorted(REGISTRY)}")
-  return REGISTRY[kind](config, mesh=mesh, where=where or kind)
+  cls = REGISTRY.get(kind, field=None if where is None else f"{where}.type")
+  return cls(config, mesh=mesh, where=where or kind)
 
 
 def from_config(

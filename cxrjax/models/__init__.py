@@ -1,31 +1,29 @@
-"""The registry of model families: config `model.name` -> its flax module class (see models/base.py).
+"""The model families: config `model.name` -> its flax module class (a models/base.Family).
 
-A family is added by writing its module (and importer, config and tests) and one line here; the trainer,
-evaluation and command line do not change. tests/models/test_contract.py runs every family listed here.
+A family is added by writing its module, with `@base.FAMILIES.register("name")` on its class (and its
+importer, config and tests), and importing that module here; the trainer, evaluation and command line do
+not change. tests/models/test_contract.py runs every registered family.
 """
 
 from typing import Any
 
-from cxrjax.errors import ConfigError
-from cxrjax.models import agcnn, attention_captioner, base, blip, cam_captioner, git, graph_captioner, lstm_captioner
+# Each family module registers its class in FAMILIES when imported.
+from cxrjax.models import agcnn  # noqa: F401  (registers "agcnn")
+from cxrjax.models import attention_captioner  # noqa: F401  (registers "attention_captioner")
+from cxrjax.models import base
+from cxrjax.models import blip  # noqa: F401  (registers "blip")
+from cxrjax.models import cam_captioner  # noqa: F401  (registers "cam_captioner")
+from cxrjax.models import chexnet  # noqa: F401  (registers "chexnet")
+from cxrjax.models import git  # noqa: F401  (registers "git")
+from cxrjax.models import graph_captioner  # noqa: F401  (registers "graph_captioner")
+from cxrjax.models import lstm_captioner  # noqa: F401  (registers "lstm_captioner")
+
+FAMILIES = base.FAMILIES
 
 
-MODELS: dict[str, type] = {
-  "attention_captioner": attention_captioner.AttentionCaptioner,
-  "lstm_captioner": lstm_captioner.LSTMCaptioner,
-  "cam_captioner": cam_captioner.CAMCaptioner,
-  "agcnn": agcnn.AGCNN,
-  "graph_captioner": graph_captioner.GraphCaptioner,
-  "blip": blip.BlipCaptioner,
-  "git": git.GitCaptioner,
-}
-
-
-def get(name: str) -> type:
+def get(name: str) -> type[base.Family]:
   """The family class of `model.name`; a ConfigError (a ValueError) lists the known names."""
-  if name not in MODELS:
-    raise ConfigError(f"config.model.name={name!r}: unknown model family; known: {', '.join(sorted(MODELS))}")
-  return MODELS[name]
+  return FAMILIES.get(name)
 
 
 def build(
@@ -40,7 +38,7 @@ def max_decode_length(model_config: Any) -> int | None:
   field its family names in `decode_limit_field` (the KV cache's positions); None where nothing bounds it
   (recurrent decoders, classifiers)."""
   family = get(model_config.name)
-  field = getattr(family, "decode_limit_field", None)
+  field = family.decode_limit_field
   if field is None:
     return None
   return int(model_config.get(field, getattr(family, field)))  # A config without the field: the module default.

@@ -85,6 +85,7 @@ class Branch(nn.Module):
     return {"logits": logits, "pooled": pooled, "feature_map": feature_map}
 
 
+@base.FAMILIES.register("agcnn")
 class AGCNN(base.Classifier):
   """Global, local and fusion branches over images `[batch, height, width, 3]`.
 

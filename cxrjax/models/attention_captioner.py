@@ -24,6 +24,7 @@ from cxrjax.models.encoders import image_encoder
 from cxrjax.models.encoders.image_encoder import ImageEncoder
 
 
+@base.FAMILIES.register("attention_captioner")
 class AttentionCaptioner(base.Captioner):
   """Seeds 000/001 attention model: CheXNet regions of both views -> projection -> attention GRU.
 

@@ -1,6 +1,8 @@
 """What every model family provides, so that the trainer, evaluation, decoding and prediction stay generic.
 
-A family is a flax module class registered in `models/__init__.py` under its config `model.name`. It
+A family is a flax module class (a `Family`: a `Captioner` or a `Classifier`) registered in `FAMILIES` under
+its config `model.name` by `@base.FAMILIES.register("name")` on the class, its module imported by
+models/__init__.py. It
   - builds itself from its config section: `from_config(model_config, vocab_size, is_frozen)`, where
     `is_frozen(module_path)` tells which of its parts the optimizer's `param_groups` freeze (a frozen
     encoder runs in inference mode and passes no gradient);
@@ -8,7 +10,9 @@ A family is a flax module class registered in `models/__init__.py` under its con
   - says which of its parameters can load pretrained weights (`pretrained_parts`: the `config.init` key
     -> the kind of file and the parameter paths it fills; cxrjax/weights/pretrained.py loads them);
   - gives a tiny `smoke_config()`, which the contract test (tests/models/test_contract.py) runs through
-    init, the loss, a jitted train step, decoding and a checkpoint round trip.
+    init, the loss, a jitted train step, decoding and a checkpoint round trip;
+  - may override the optional members of `Family` (`decode_limit_field`, `check_initialization`), whose
+    defaults do nothing, so that callers use them without probing.
 
 Captioners also have the four entry points of `Captioner` below; `decoder_step_fn` adapts them to
 cxrjax/decoding.py's step function.
@@ -21,9 +25,16 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
+
+from cxrjax import registry
+from cxrjax.errors import ConfigError
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 IsFrozen = Callable[[str], bool]
+# Defined here rather than in models/__init__.py so that the family modules, which __init__ imports, can
+# register themselves without an import cycle.
+FAMILIES: registry.Registry[type["Family"]] = registry.Registry("model family", "config.model.name", ConfigError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +62,26 @@ def module_fields(config: Mapping[str, Any], exclude: tuple[str, ...] = ()) -> d
   return fields
 
 
-class Captioner(nn.Module):
+class Family(nn.Module):
+  """What the trainer, evaluation and prediction read of any family class, with the defaults of the optional
+  members (a family overrides those it needs)."""
+
+  task: ClassVar[str]
+  pretrained_parts: ClassVar[dict[str, PretrainedPart]] = {}
+  # The model config field that bounds a decode's length (models.max_decode_length), or None: transformer
+  # families name "cache_length", their KV cache's positions (a decode of max_length tokens feeds positions
+  # 0 .. max_length - 1, one cache slot each; a write past the cache would be clamped, not refused); a
+  # recurrent decoder's state has no length, a classifier does not decode.
+  decode_limit_field: ClassVar[str | None] = None
+
+  @staticmethod
+  def check_initialization(previous: ml_collections.ConfigDict, current: ml_collections.ConfigDict, path: str) -> None:
+    """Refuses (ConfigError) to start a run of model config `current` from `path` (config.init.from_workdir),
+    a run of model config `previous` of the same family and parameter names; by default any such run will do."""
+    del previous, current, path
+
+
+class Captioner(Family):
   """The interface of a report generator (images -> text), used by training, decoding and prediction.
 
   __call__(images, tokens, train)   teacher forcing: images [batch, views, H, W, 3], tokens [batch,
@@ -66,12 +96,6 @@ class Captioner(nn.Module):
   """
 
   task: ClassVar[str] = "captioning"
-  pretrained_parts: ClassVar[dict[str, PretrainedPart]] = {}
-  # The model config field that bounds a decode's length (models.max_decode_length), or None: transformer
-  # families name "cache_length", their KV cache's positions (a decode of max_length tokens feeds positions
-  # 0 .. max_length - 1, one cache slot each; a write past the cache would be clamped, not refused); a
-  # recurrent decoder's state has no length.
-  decode_limit_field: ClassVar[str | None] = None
 
   def decoder_step_fn(self, variables: Any):
     """decoding.py's step function `(tokens, cache, position) -> (logits, cache)` over `variables`."""
@@ -83,14 +107,13 @@ class Captioner(nn.Module):
     return step_fn
 
 
-class Classifier(nn.Module):
+class Classifier(Family):
   """The interface of a multi-label image classifier: `__call__(images [batch, H, W, 3], train)` -> a dict
   with the logits the task reads (see the family). What differs between families stays in the family:
   which logits train and predict (`logits_key`) and what a prediction returns beside the probabilities
   (`predictions`: AG-CNN's box, heatmap and crop)."""
 
   task: ClassVar[str] = "classification"
-  pretrained_parts: ClassVar[dict[str, PretrainedPart]] = {}
 
   def logits_key(self) -> str:
     """The output key that training and prediction read."""

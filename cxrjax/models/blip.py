@@ -38,6 +38,7 @@ from cxrjax.models.encoders import vit
 from cxrjax.models.partitioning import VOCAB
 
 
+@base.FAMILIES.register("blip")
 class BlipCaptioner(base.Captioner):
   """BLIP's captioner; see the module doc. Names of transformers' BlipTextConfig fields in brackets.
 

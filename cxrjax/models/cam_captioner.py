@@ -30,10 +30,12 @@ import jax.numpy as jnp
 
 import ml_collections
 
+from cxrjax.models import base
 from cxrjax.models.attention_captioner import AttentionCaptioner
 from cxrjax.models.encoders.context_aggregation import BN_MOMENTUM, ContextAggregation
 
 
+@base.FAMILIES.register("cam_captioner")
 class CAMCaptioner(AttentionCaptioner):
   """Seed 000's final model: the attention captioner with the context-aggregation encoder.
 

@@ -16,6 +16,7 @@ from cxrjax.models import base
 from cxrjax.models.encoders import densenet
 
 
+@base.FAMILIES.register("chexnet")
 class CheXNet(base.Classifier):
   """images [batch, H, W, 3] -> DenseNet's outputs (module doc of models/encoders/densenet.py), "logits"
   [batch, classes] among them. The DenseNet's variables sit under "densenet"."""

@@ -34,6 +34,7 @@ from cxrjax.models.encoders import vit
 from cxrjax.models.partitioning import EMBED, VOCAB
 
 
+@base.FAMILIES.register("git")
 class GitCaptioner(base.Captioner):
   """GIT; see the module doc. Sizes as microsoft/git-base by default.
 

@@ -50,6 +50,7 @@ class GraphPropagation(nn.Module):
     return x
 
 
+@base.FAMILIES.register("graph_captioner")
 class GraphCaptioner(base.Captioner):
   """Seed 003's captioner; see the module doc.
 

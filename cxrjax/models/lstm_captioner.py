@@ -35,6 +35,7 @@ from cxrjax.models.encoders import image_encoder
 from cxrjax.models.encoders.image_encoder import ImageEncoder
 
 
+@base.FAMILIES.register("lstm_captioner")
 class LSTMCaptioner(base.Captioner):
   """Seeds 000/001 baseline: pooled CheXNet features of both views -> Dense -> LSTM initial state.
 

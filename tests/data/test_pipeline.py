@@ -306,7 +306,10 @@ def test_phantom_vocabulary_is_built_from_training_reports(phantom_train):
 
 
 def test_config_errors(tmp_path):
-  with pytest.raises(datasets.DataConfigError, match="unknown dataset 'mimic'"):
+  with pytest.raises(
+    datasets.DataConfigError,
+    match=r"^config\.data\.name='mimic': unknown dataset; known: chestxray14, iu_xray, phantom, phantom_captions, ",
+  ):
     datasets.make_source(phantom_config(name="mimic"), "train")
   with pytest.raises(datasets.DataConfigError, match="unknown split 'dev'"):
     datasets.make_source(phantom_config(), "dev")

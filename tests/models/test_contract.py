@@ -1,4 +1,4 @@
-"""The contract every registered model family must keep, checked just by being in models.MODELS.
+"""The contract every registered model family must keep, checked just by being in models.FAMILIES.
 
 For each family's `smoke_config()`: it builds from its config section, initialises, gives a finite loss
 and one jitted train step that moves its parameters; captioners also decode step by step exactly as
@@ -16,7 +16,7 @@ from cxrjax import config as config_lib
 from cxrjax import decoding, models, sharding, train, workdir
 from cxrjax.text import tokenizers
 
-FAMILIES = sorted(models.MODELS)
+FAMILIES = sorted(models.FAMILIES)
 CAPTIONERS = [name for name in FAMILIES if models.get(name).task == "captioning"]
 IMAGE_SIZE, VIEWS, LENGTH, BATCH = 32, 2, 9, 2
 
