@@ -90,7 +90,7 @@ def test_stages_train_only_their_branch(tiny_model):
     }
     built = models.build(config.model, None, optim.frozen_predicate(config.optimizer))
     assert isinstance(built, agcnn.AGCNN) and built.stage == stage
-    assert built.stage_logits() == agcnn.STAGE_LOGITS[stage]
+    assert built.logits_key() == agcnn.STAGE_LOGITS[stage]
 
 
 def test_stage_loss_is_bce():
