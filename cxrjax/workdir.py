@@ -474,7 +474,7 @@ def create_from_variables(
     opt_state=components.make_optimizer(params).init(params),
   )
   state = jax.device_put(state, jax.tree.map(lambda a: a.sharding, target))
-  write_run_files(workdir, config, tokenizer)
+  write_run_files(workdir, config, tokenizer, components.task.label_names)
   manager = checkpoint_manager(workdir, BEST)
   save(manager, state, {}, dict(meta, step=0))
   manager.wait_until_finished()

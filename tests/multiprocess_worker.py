@@ -45,7 +45,8 @@ if job == "preempted":
 elif job == "batches":
   config = demo.get_config("smoke")
   source, _ = datasets.make_source(config.data, "train")
-  tokenizer, task = datasets.load_or_build_tokenizer(config.data, source), tasks.task_class(config)(config)
+  tokenizer = datasets.load_or_build_tokenizer(config.data, source)
+  task = tasks.make(config, tokenizer)
   with sharding.mesh_process_order(order):
     mesh = sharding.create_mesh(config.get("sharding"))
   data_sharding, global_rows = sharding.data_sharded(mesh), config.train.batch_size

@@ -173,12 +173,12 @@ def test_teacher_forced_logits_and_searches_match_transformers(hf_model, images,
 
 def test_prompt_ids_outside_the_vocabulary_are_refused_in_one_line():
   # Else the embedding lookup reads NaN (JAX's out-of-bounds fill) and the run trains on NaN losses.
-  from cxrjax import models  # pylint: disable=g-import-not-at-top
+  from cxrjax import errors, models  # pylint: disable=g-import-not-at-top
   from configs import roco_blip  # pylint: disable=g-import-not-at-top
 
   section = roco_blip.get_config("smoke").model
   with pytest.raises(
-    models.ConfigError,
+    errors.ConfigError,
     match=r"config.model.prompt_ids=\[30522, 1037, 3861, 1997\]: ids outside "
     r"the vocabulary of 1000 tokens",
   ):
