@@ -25,27 +25,24 @@ exit status 2; programming errors keep their traceback.
 """
 
 import argparse
-import hashlib
 import json
 import pathlib
 import sys
 from collections.abc import Sequence
 
 from absl import flags
-import ml_collections
-from etils import epath
 
 from cxrjax import config as config_lib
 from cxrjax import aot, errors, evaluate, evaluators, inference, score, sharding, sweep, train, workdir
-from cxrjax.data import datasets, prepare
+from cxrjax.data import prepare
 from cxrjax.errors import ConfigError
 from cxrjax.metrics import classification as classification_metrics
 from cxrjax.serve import server as serve
 from cxrjax.tasks import classification as classification_task
-from cxrjax.weights import chexbert_labeler, chexnet, hf, seed003, store
+from cxrjax.weights import chexbert_labeler, formats, hf, seed003
 
-SEED003_FORMAT = "seed003-torch"  # The ResNet-50 + graph + transformer captioner's PyTorch state dict.
-HF_FORMAT = "hf"  # A Hugging Face model directory (GIT, BLIP): config.json + model.safetensors.
+SEED003_FORMAT = seed003.FORMAT  # The ResNet-50 + graph + transformer captioner's PyTorch state dict.
+HF_FORMAT = hf.FORMAT  # A Hugging Face model directory (GIT, BLIP): config.json + model.safetensors.
 CHEXBERT_FORMAT = chexbert_labeler.FORMAT  # CheXbert's chexbert.pth -> a labeler directory.
 
 # The summary line of `evaluate` (metrics.json has every score): the IU X-ray tables' metrics, then seed 002's.
@@ -65,109 +62,15 @@ CAPTION_SCORES = (
 
 
 def _port_weights(args: argparse.Namespace) -> int:
-  if args.format == HF_FORMAT:
-    return _port_hf(args)
-  if args.format == CHEXBERT_FORMAT:
-    return _port_chexbert(args)
-  if not pathlib.Path(args.input).is_file():
-    raise chexnet.WeightsError(
-      f"{args.input}: "
-      + ("is a directory; expected a checkpoint file" if pathlib.Path(args.input).is_dir() else "not found")
-    )
-  if epath.Path(args.output).exists() and not epath.Path(args.output).is_dir():
-    raise chexnet.WeightsError(f"{args.output}: exists and is not a directory; the output is a folder")
-  with open(args.input, "rb") as handle:
-    digest = hashlib.sha256(handle.read()).hexdigest()
-  if args.format == SEED003_FORMAT:
-    return _port_seed003(args, digest)
-  variables, config = chexnet.import_chexnet(args.format, args.input)
-  chexnet.save_chexnet(
-    args.output, variables, config, source={"format": args.format, "file": str(args.input), "sha256": digest}
-  )
-  print(
-    json.dumps(
-      {
-        "output": str(args.output),
-        "format": args.format,
-        "block_sizes": config.block_sizes,
-        "num_classes": config.num_classes,
-        "bn_epsilon": config.bn_epsilon,
-      }
-    )
-  )
-  return 0
-
-
-def _port_seed003(args: argparse.Namespace, digest: str) -> int:
-  """The seed-003 captioner's state dict -> a workdir (config.json, tokenizer.json, checkpoints/best) that
-  `evaluate`, `predict` and `config.init.from_workdir` read."""
-  if not args.tokenizer:
-    raise ConfigError(
-      f"--format {SEED003_FORMAT} needs --tokenizer: bert-base-uncased's vocab.txt (or a "
-      "tokenizer.json); the checkpoint does not contain the vocabulary"
-    )
-  tokenizer = datasets.load_or_build_tokenizer(
-    ml_collections.ConfigDict(dict(name="rocov2", tokenizer=str(args.tokenizer), cleaning="none")), None
-  )
-  num_heads = seed003.SEED_NUM_HEADS if args.num_heads is None else args.num_heads
-  variables, model_config, vocab_size = seed003.import_seed003(args.input, num_heads=num_heads)
-  store.check_finite_variables(variables, str(args.input))  # NaN weights would caption with exit status 0.
-  if vocab_size != len(tokenizer):
-    raise chexnet.WeightsError(
-      f"{args.input}: its vocabulary has {vocab_size} rows, the tokenizer {args.tokenizer} {len(tokenizer)} tokens"
-    )
-  model_config.encoder.preprocessing = dict(config_lib.IMAGENET_PREPROCESSING)
-  config = seed003.run_config(model_config, tokenizer=str(args.tokenizer))  # Decodes as the seed.
-  workdir.create_from_variables(
-    args.output, config, tokenizer, variables, {"imported_from": str(args.input), "sha256": digest}
-  )
-  print(
-    json.dumps(
-      {
-        "output": str(args.output),
-        "format": args.format,
-        "vocab_size": vocab_size,
-        "d_model": model_config.d_model,
-        "num_layers": model_config.num_layers,
-      }
-    )
-  )
-  return 0
-
-
-def _port_hf(args: argparse.Namespace) -> int:
-  """A Hugging Face model directory (its model_type picks the family, cxrjax/weights/hf.py) -> a workdir
-  that `evaluate`, `predict` and `config.init.from_workdir` read; its config.data.tokenizer is the
-  workdir's tokenizer.json, so that fine-tuning uses the checkpoint's vocabulary."""
-  config, tokenizer, variables = hf.import_hf(args.input, tokenizer=args.tokenizer, prompt=args.prompt)
-  config.data.tokenizer = str(workdir.absolute_path(args.output) / workdir.TOKENIZER_FILE)
-  workdir.create_from_variables(
-    args.output, config, tokenizer, variables, {"imported_from": str(args.input), "sha256": hf.checksums(args.input)}
-  )
-  print(
-    json.dumps(
-      {
-        "output": str(args.output),
-        "format": args.format,
-        "model": config.model.name,
-        "vocab_size": len(tokenizer),
-        "hidden_size": config.model.get("hidden_size"),
-        "num_layers": config.model.get("num_layers"),
-      }
-    )
-  )
-  return 0
-
-
-def _port_chexbert(args: argparse.Namespace) -> int:
-  """CheXbert's chexbert.pth + bert-base-uncased's vocab.txt -> a labeler directory that `label` reads."""
-  num_heads = chexbert_labeler.DEFAULT_NUM_HEADS if args.num_heads is None else args.num_heads
-  model = chexbert_labeler.port(args.input, args.output, tokenizer=args.tokenizer, num_heads=num_heads)
-  print(
-    json.dumps(
-      {"output": str(args.output), "format": args.format, "sha256": model["source"]["sha256"], **model["fields"]}
-    )
-  )
+  """The format's porting function (its registry entry, cxrjax/weights/formats.py) with the optional flags it
+  reads; a run it returns becomes a workdir at OUTPUT (the importers are a layer below workdir.py)."""
+  entry = formats.FORMATS.get(args.format)
+  ported = entry.port(args.input, args.output, **{option: getattr(args, option) for option in entry.options})
+  if ported.config is not None:
+    if ported.tokenizer_in_workdir:
+      ported.config.data.tokenizer = str(workdir.absolute_path(args.output) / workdir.TOKENIZER_FILE)
+    workdir.create_from_variables(args.output, ported.config, ported.tokenizer, ported.variables, ported.meta)
+  print(json.dumps({"output": str(args.output), "format": args.format, **ported.summary}))
   return 0
 
 
@@ -352,7 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
   commands = parser.add_subparsers(dest="command", required=True)
 
   port = commands.add_parser("port-weights", help="convert a CheXNet checkpoint to cxrjax weights")
-  port.add_argument("--format", required=True, choices=chexnet.FORMATS + (SEED003_FORMAT, HF_FORMAT, CHEXBERT_FORMAT))
+  port.add_argument(
+    "--format",
+    required=True,
+    choices=formats.FORMATS.names(),
+    help="; ".join(f"{name}: {entry.help}" for name, entry in formats.FORMATS.items()),
+  )
   port.add_argument(
     "--tokenizer",
     default=None,

@@ -1,5 +1,6 @@
 """Salesforce BLIP captioning checkpoints (`BlipForConditionalGeneration`, e.g.
-Salesforce/blip-image-captioning-base) -> cxrjax/models/blip.py, for cxrjax/weights/hf.py.
+Salesforce/blip-image-captioning-base) -> cxrjax/models/blip.py, a family of cxrjax/weights/hf.py (added to
+`hf.FAMILIES` at the end).
 
 The model section comes from config.json (`vision_config`, `text_config`); a field config.json leaves out
 takes transformers' default for it (BlipTextConfig / BlipVisionConfig, 5.x), as `from_pretrained` does, so
@@ -30,6 +31,7 @@ import ml_collections
 import numpy as np
 
 from cxrjax import config as config_lib
+from cxrjax.weights import hf
 from cxrjax.weights.store import WeightsError
 
 MODEL_NAME = "blip"
@@ -295,3 +297,20 @@ def run_config(section: Mapping[str, Any], tokenizer: str = "") -> ml_collection
   config.data.max_length = min(config.data.max_length, section["max_positions"] - prompt + 2)
   config.decode.max_length = min(config.decode.max_length, section["cache_length"], config.data.max_length - 1)
   return config
+
+
+hf.FAMILIES.add(
+  MODEL_NAME,  # config.json's model_type
+  hf.Family(
+    model_name=MODEL_NAME,
+    model_section=model_section,
+    vocab_size=vocab_size,
+    special_tokens=special_tokens,
+    source_of=source_of,
+    ignored=ignored,
+    run_config=run_config,
+    generation_settings=generation_settings,
+    with_prompt=with_prompt,
+    check_tensors=check_tensors,
+  ),
+)

@@ -1,10 +1,10 @@
 """GIT's Hugging Face checkpoint (transformers' `GitForCausalLM`, microsoft/git-base): config.json -> the
 cxrjax `model` section, and the strict name map of its tensors onto `GitCaptioner` (cxrjax/models/git.py).
 
-A family module of cxrjax/weights/hf.py, which reads the directory, builds the model and applies the map
-(every variable from exactly one tensor; missing, unexpected and mis-shaped tensors are errors). Layout
-changes: Linear [out, in] -> Dense kernel [in, out]; the patch convolution [out, in, kh, kw] -> [kh, kw,
-in, out]; LayerNorm weight -> scale; embedding tables as they are.
+A family of cxrjax/weights/hf.py (added to `hf.FAMILIES` at the end), which reads the directory, builds the
+model and applies the map (every variable from exactly one tensor; missing, unexpected and mis-shaped tensors
+are errors). Layout changes: Linear [out, in] -> Dense kernel [in, out]; the patch convolution [out, in, kh,
+kw] -> [kh, kw, in, out]; LayerNorm weight -> scale; embedding tables as they are.
 
     git.image_encoder.vision_model.<CLIP names>     image_encoder/... (models/encoders/vit.py)
     git.visual_projection.visual_projection.0 / .1  visual_projection / visual_projection_norm
@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from cxrjax import config as config_lib
+from cxrjax.weights import hf
 from cxrjax.weights.store import WeightsError
 
 MODEL_NAME = "git"
@@ -213,3 +214,18 @@ def ignored(name: str) -> bool:
   """The `position_ids` index buffers (arange), which checkpoints of transformers before 4.31 saved and
   later versions skip when loading, as they do; every other tensor must be used."""
   return name.endswith("embeddings.position_ids")
+
+
+hf.FAMILIES.add(
+  MODEL_NAME,  # config.json's model_type
+  hf.Family(
+    model_name=MODEL_NAME,
+    model_section=model_section,
+    vocab_size=vocab_size,
+    special_tokens=special_tokens,
+    source_of=source_of,
+    ignored=ignored,
+    run_config=run_config,
+    generation_settings=generation_settings,
+  ),
+)
