@@ -241,7 +241,8 @@ def _run_train(argv: list[str]) -> None:
 
 @command(
   "sweep",
-  "a grid of settings x seeds, each trained and evaluated: --config=... --workdir=DIR --seeds=N [--set=FIELD=V1,V2 ...]",
+  "a grid of settings x seeds, each trained and evaluated: "
+  "--config=... --workdir=DIR --seeds=N [--set=FIELD=V1,V2 ...]",
   absl=True,
 )
 def _sweep(argv: Sequence[str]) -> int:

@@ -18,14 +18,16 @@ A `Family` holds:
     source_of(path)                     a "/"-joined Flax variable path ("params/output/kernel") -> (the
                                         checkpoint's tensor name, its layout change to Flax)
     ignored(name)                       checkpoint tensors the model does not use
-    run_config(model_section)           the run config written into OUT (its decode section is then
-                                        replaced by the checkpoint's own, `generation_decode`)
+    recipe(model_section)               the recipe (cxrjax/recipes.py) whose run config is written into OUT
+                                        (its decode section then replaced by the checkpoint's own,
+                                        `generation_decode`)
     generation_settings(hf_config, generation_config)
                                         the generation settings transformers' `generate` runs this family
                                         with, from config.json and generation_config.json ({} if absent)
   and optionally (None otherwise):
     with_prompt(model_section, ids)     the section with a caption prompt (ids from the start token on)
     check_tensors(tensors, source)      checks beyond names and shapes (raises WeightsError)
+    fit_lengths(run_config, section)    the recipe's lengths fitted to the model's positions and cache
 Family modules import this one to register (it does not import them): the reading and checking stay here.
 
 The imported run decodes as transformers' `generate` on the directory does (`generation_decode`): its
@@ -108,10 +110,17 @@ class Family:
   special_tokens: Callable[[dict[str, Any]], dict[str, Any]]
   source_of: SourceOf
   ignored: Callable[[str], bool]
-  run_config: Callable[[dict[str, Any]], ml_collections.ConfigDict]
+  recipe: Callable[[dict[str, Any]], ml_collections.ConfigDict]
   generation_settings: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
   with_prompt: Callable[[dict[str, Any], list[int]], dict[str, Any]] | None = None
   check_tensors: Callable[[dict[str, np.ndarray], str], None] | None = None
+  fit_lengths: Callable[[ml_collections.ConfigDict, dict[str, Any]], ml_collections.ConfigDict] | None = None
+
+  def ported_run_config(self, section: dict[str, Any]) -> ml_collections.ConfigDict:
+    """The run config of a ported checkpoint whose model section is `section`: the family's recipe, its
+    lengths fitted to the model where the family says how."""
+    config = self.recipe(dict(section))
+    return config if self.fit_lengths is None else self.fit_lengths(config, section)
 
 
 # config.json's model_type -> its Family (hf_git.py, hf_blip.py).
@@ -352,7 +361,7 @@ def import_hf(
   hf_config = read_config(directory)
   family = FAMILIES.get(hf_config["model_type"])
   section = family.model_section(hf_config, str(directory / CONFIG_FILE))
-  cleaning = datasets.cleaning_style(family.run_config(section).data)
+  cleaning = datasets.cleaning_style(family.ported_run_config(section).data)
   loaded = load_tokenizer(directory, tokenizer, family.special_tokens(hf_config), cleaning)
   vocab_size = family.vocab_size(hf_config)
   if len(loaded) != vocab_size:
@@ -374,7 +383,7 @@ def import_hf(
     end_id=loaded.end_id,
   )
   section = dict(section, cache_length=max(section["cache_length"], decode["max_length"]))
-  run_config = family.run_config(section)
+  run_config = family.ported_run_config(section)
   run_config.decode = decode
   tensors = read_tensors(directory)
   if family.check_tensors is not None:  # Checks beyond names and shapes (BLIP: tied copies are equal).

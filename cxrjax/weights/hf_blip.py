@@ -30,7 +30,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from cxrjax import config as config_lib
+from cxrjax import recipes
 from cxrjax.weights import hf
 from cxrjax.weights.store import WeightsError
 
@@ -287,10 +287,10 @@ def generation_settings(hf_config: Mapping[str, Any], generation_config: Mapping
   return {}
 
 
-def run_config(section: Mapping[str, Any], tokenizer: str = "") -> ml_collections.ConfigDict:
-  """The run config of a BLIP: seed 002's ROCO chest X-ray recipe (cxrjax/config.py; configs/roco_blip.py
-  adds BLIP's beam 3), with data and decode lengths that fit the model's positions and cache."""
-  config = config_lib.roco_chest_experiment(dict(section), tokenizer=tokenizer)
+def fit_lengths(config: ml_collections.ConfigDict, section: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """`config` (a BLIP's run config: seed 002's ROCO chest X-ray recipe, recipes.roco_chest_experiment;
+  configs/roco_blip.py adds BLIP's beam 3) with data and decode lengths that fit the model's positions and
+  cache; returns `config`, changed in place."""
   # Teacher forcing reads [prompt, caption after its start token]: prompt + max_length - 2 positions (a
   # small model's position table can be shorter than the recipe's captions); decoding, cache_length.
   prompt = max(len(section.get("prompt_ids", ())), 1)
@@ -308,7 +308,8 @@ hf.FAMILIES.add(
     special_tokens=special_tokens,
     source_of=source_of,
     ignored=ignored,
-    run_config=run_config,
+    recipe=recipes.roco_chest_experiment,  # Seed 002's ROCO chest X-ray recipe.
+    fit_lengths=fit_lengths,
     generation_settings=generation_settings,
     with_prompt=with_prompt,
     check_tensors=check_tensors,

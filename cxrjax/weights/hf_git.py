@@ -18,17 +18,16 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-import ml_collections
 import numpy as np
 
-from cxrjax import config as config_lib
+from cxrjax import recipes
 from cxrjax.weights import hf
 from cxrjax.weights.store import WeightsError
 
 MODEL_NAME = "git"
 # GIT's image processor (CLIPImageProcessor): bicubic resize of the shortest side, centre crop, CLIP statistics.
 PREPROCESSING = dict(normalization="clip", resize_filter="bicubic", resize_rule="shortest_side_crop")
-CACHE_LENGTH = 64  # Text positions of the decoding cache: the ROCO recipe's captions (config.py).
+CACHE_LENGTH = 64  # Text positions of the decoding cache: the ROCO recipe's captions (recipes.py).
 
 _VISION = "git.image_encoder.vision_model."
 _BERT_MODULES = {
@@ -153,11 +152,6 @@ def special_tokens(hf_config: dict) -> dict[str, Any]:
   return dict(start_token="[CLS]", end_token="[SEP]", pad_token="[PAD]", extra=())
 
 
-def run_config(section: dict) -> ml_collections.ConfigDict:
-  """The run config of an imported checkpoint: seed 002's ROCO chest X-ray recipe (cxrjax/config.py)."""
-  return config_lib.roco_chest_experiment(section)
-
-
 def generation_settings(hf_config: dict, generation_config: dict) -> dict:
   """What `GitForCausalLM.generate` runs with: the directory's generation_config.json, else the generation
   fields of config.json itself (transformers' `GenerationConfig.from_model_config`); unset ones take
@@ -225,7 +219,7 @@ hf.FAMILIES.add(
     special_tokens=special_tokens,
     source_of=source_of,
     ignored=ignored,
-    run_config=run_config,
+    recipe=recipes.roco_chest_experiment,  # Seed 002's ROCO chest X-ray recipe.
     generation_settings=generation_settings,
   ),
 )

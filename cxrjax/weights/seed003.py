@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 import safetensors.numpy
 
-from cxrjax import config as config_lib
+from cxrjax import recipes
 from cxrjax.data import datasets
 from cxrjax.errors import ConfigError
 from cxrjax.models import graph_captioner
@@ -176,12 +176,11 @@ def infer_config(
   return config, int(vocab_size)
 
 
-def run_config(model_config: ml_collections.ConfigDict, tokenizer: str = "") -> ml_collections.ConfigDict:
-  """The run config of an imported checkpoint: seed 003's ROCOv2 setup (config.rocov2_experiment), which
-  decodes as the seed's generate_caption (greedy, nothing blocked, at most 80 tokens); at most the position
-  table's rows where the checkpoint's is shorter, as far as the seed's loop can run."""
-  config = config_lib.rocov2_experiment(model_config.to_dict(), tokenizer=tokenizer)
-  config.decode.max_length = min(config.decode.max_length, int(model_config.cache_length))
+def fit_lengths(config: ml_collections.ConfigDict, model: Any) -> ml_collections.ConfigDict:
+  """`config` (recipes.rocov2_experiment's, which decodes as the seed's generate_caption: greedy, nothing
+  blocked, at most 80 tokens) decoding at most the model's `cache_length` tokens where the checkpoint's
+  position table is shorter, as far as the seed's loop can run; returns `config`, changed in place."""
+  config.decode.max_length = min(config.decode.max_length, int(model["cache_length"]))
   return config
 
 
@@ -266,8 +265,9 @@ def port(
     raise WeightsError(
       f"{checkpoint}: its vocabulary has {vocab_size} rows, the tokenizer {tokenizer} {len(loaded)} tokens"
     )
-  model_config.encoder.preprocessing = dict(config_lib.IMAGENET_PREPROCESSING)
-  config = run_config(model_config, tokenizer=str(tokenizer))  # Decodes as the seed.
+  model_config.encoder.preprocessing = dict(recipes.IMAGENET_PREPROCESSING)
+  # Seed 003's ROCOv2 setup, decoding as the seed.
+  config = fit_lengths(recipes.rocov2_experiment(model_config.to_dict(), tokenizer=str(tokenizer)), model_config)
   return formats.Ported(
     dict(vocab_size=vocab_size, d_model=model_config.d_model, num_layers=model_config.num_layers),
     config=config,
