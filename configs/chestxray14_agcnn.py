@@ -25,6 +25,7 @@ No ChestX-ray14 image set can be used in this environment, so no published AUROC
 import ml_collections
 
 from cxrjax import config as config_lib
+from cxrjax import recipes
 from cxrjax.models import agcnn
 
 # The patient-level 70% training split of the 112,120 images (data/chestxray14, split=random, seed 0;
@@ -54,13 +55,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = dict(
     name="agcnn",
     stage=arg.stage,
-    encoder=config_lib.densenet121_encoder(),
+    encoder=recipes.densenet121_encoder(),
     num_classes=arg.classes,
     threshold=0.7,
     crop_size=224,
     dtype="float32",
   )
-  config.init = config_lib.no_init()
+  config.init = recipes.no_init()
   steps_per_epoch = IMAGES_PER_EPOCH // arg.batch
   config.optimizer = dict(
     name="adam_l2",
@@ -100,14 +101,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.augment.flip = False  # Its findings have sides (Effusion/left).
     config.model.num_classes = 5
   if arg.smoke:
-    config.model.update(encoder=config_lib.smoke_chexnet_encoder(), crop_size=64)
+    config.model.update(encoder=recipes.smoke_chexnet_encoder(), crop_size=64)
     config.data.update(image_size=64, read_threads=0)
     config.train.update(batch_size=8, num_steps=4, log_every=2, eval_every=4, checkpoint_every=2)
     config.optimizer.update(decay_every_steps=2, learning_rate=1e-3)
     config.eval.update(batch_size=8)
   if arg.demo:
     config.data.update(image_size=96, num_train=2000, num_val=200, num_test=500)
-    config.model.update(encoder=config_lib.tiny_encoder(), crop_size=96)
+    config.model.update(encoder=recipes.tiny_encoder(), crop_size=96)
     config.train.update(batch_size=32, num_steps=600, eval_every=200, checkpoint_every=200, log_every=50)
     config.optimizer.update(decay_every_steps=400, learning_rate=1e-3)
     config.eval.update(batch_size=50)

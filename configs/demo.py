@@ -21,12 +21,13 @@ The tiny DenseNet dominates every variant's step, so the decoders keep the atten
 import ml_collections
 
 from cxrjax import config as config_lib
+from cxrjax import recipes
 
 
 def _attention_model() -> dict:
   return dict(
     name="attention_captioner",
-    encoder=config_lib.tiny_encoder(),
+    encoder=recipes.tiny_encoder(),
     region_dim=128,
     embed_dim=64,
     hidden_dim=256,
@@ -41,7 +42,7 @@ def _attention_model() -> dict:
 def _lstm_model() -> dict:
   return dict(
     name="lstm_captioner",
-    encoder=config_lib.tiny_encoder(),
+    encoder=recipes.tiny_encoder(),
     embed_dim=64,
     hidden_dim=256,
     dropout_rate=0.1,
@@ -85,8 +86,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
 
   config.model = MODEL_SECTIONS[arg.model]()
-  config.init = config_lib.no_init()  # No pretrained weights exist for the phantoms.
-  config.optimizer = config_lib.adamw(2e-3, 100, config_lib.TRAINED_EVERYWHERE, final_lr_fraction=0.05)
+  config.init = recipes.no_init()  # No pretrained weights exist for the phantoms.
+  config.optimizer = recipes.adamw(2e-3, 100, recipes.TRAINED_EVERYWHERE, final_lr_fraction=0.05)
   config.train = dict(
     batch_size=32,
     num_steps=arg.steps,
@@ -102,7 +103,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   if arg.smoke:
     config.data.update(image_size=32, num_train=64, num_val=8, num_test=8, max_length=24)
-    config.model.update(encoder=config_lib.smoke_encoder(), embed_dim=8, hidden_dim=16)
+    config.model.update(encoder=recipes.smoke_encoder(), embed_dim=8, hidden_dim=16)
     config.model.update(
       {k: v for k, v in dict(region_dim=16, attention_dim=16, context_dim=8).items() if k in config.model}
     )

@@ -22,13 +22,14 @@ environment, so the expected BLEU-4 is not stated (R2Gen-era papers report 0.10-
 import ml_collections
 
 from cxrjax import config as config_lib
+from cxrjax import recipes
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = config_lib.parse_arg(arg, smoke=False, tpu=False, split="random", sections="findings", attention="bahdanau")
   model = dict(
     name="attention_captioner",
-    encoder=config_lib.densenet121_encoder(),
+    encoder=recipes.densenet121_encoder(),
     region_dim=512,
     embed_dim=300,
     hidden_dim=512,
@@ -39,4 +40,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     dtype="float32",
   )
   smoke_model = dict(region_dim=32, embed_dim=16, hidden_dim=32, attention_dim=32)
-  return config_lib.iu_xray_experiment(arg, model, smoke_model)
+  return recipes.iu_xray_experiment(arg, model, smoke_model)

@@ -26,6 +26,7 @@ environment, so the expected BLEU-4 is not stated.
 import ml_collections
 
 from cxrjax import config as config_lib
+from cxrjax import recipes
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -34,7 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   model = dict(
     name="cam_captioner",
-    encoder=config_lib.densenet121_encoder(),
+    encoder=recipes.densenet121_encoder(),
     context_dim=512,
     pool_factor=arg.pool,
     region_dim=512,
@@ -47,4 +48,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     dtype="float32",
   )
   smoke_model = dict(context_dim=16, region_dim=32, embed_dim=16, hidden_dim=32, attention_dim=32)
-  return config_lib.iu_xray_experiment(arg, model, smoke_model)
+  return recipes.iu_xray_experiment(arg, model, smoke_model)

@@ -26,19 +26,20 @@ attention model 0.66; these are not BLEU-4 on a standard split and are not compa
 import ml_collections
 
 from cxrjax import config as config_lib
+from cxrjax import recipes
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = config_lib.parse_arg(arg, smoke=False, tpu=False, split="random", sections="findings", freeze=False)
   model = dict(
     name="lstm_captioner",
-    encoder=config_lib.densenet121_encoder(),
+    encoder=recipes.densenet121_encoder(),
     embed_dim=300,
     hidden_dim=512,
     dropout_rate=0.2,
     dtype="float32",
   )
-  param_groups = config_lib.FROZEN_ENCODER
+  param_groups = recipes.FROZEN_ENCODER
   if arg.freeze:  # Seed 001: the fastText embedding stays as loaded.
     param_groups = (("decoder/embed/.*", None),) + param_groups
-  return config_lib.iu_xray_experiment(arg, model, dict(embed_dim=16, hidden_dim=32), param_groups)
+  return recipes.iu_xray_experiment(arg, model, dict(embed_dim=16, hidden_dim=32), param_groups)

@@ -13,7 +13,7 @@ The seed's scores (BLIP-base fine-tuned, ROCO chest X-ray test split): ROUGE-1 0
 ROUGE-L 0.33, ROUGE-Lsum 0.35, BLEU 0.08, METEOR 0.12 (before fine-tuning: 0.2, 0.06, 0.19, 0.19, 0, 0.08).
 Not reproduced here: no ROCO images can be used in this environment.
 
-Recipe (cxrjax/config.py `roco_chest_experiment`): 384 x 384, bicubic, CLIP statistics (BlipImageProcessor),
+Recipe (cxrjax/recipes.py `roco_chest_experiment`): 384 x 384, bicubic, CLIP statistics (BlipImageProcessor),
 AdamW 5e-5, weight decay 1e-8, 10 epochs, batch 8 per device, gradients accumulated over 2 batches
 (`optimizer.accumulate_steps`), cross-entropy over caption tokens with `train.label_smoothing` (0.0, BLIP's
 config default; the seed does not state one) and the prompt masked (the model returns no logits for it:
@@ -48,6 +48,7 @@ Arguments:
 import ml_collections
 
 from cxrjax import config as config_lib
+from cxrjax import recipes
 from cxrjax.models.encoders import vit
 from cxrjax.weights import hf_blip
 
@@ -75,7 +76,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = config_lib.parse_arg(arg, smoke=False, tpu=False, demo=False, model_parallel=1, fsdp=False)
   hf_config = SMOKE_HF_CONFIG if arg.smoke and not arg.demo else BLIP_BASE_HF_CONFIG
   section = hf_blip.with_prompt(hf_blip.model_section(hf_config, "configs/roco_blip.py"), PROMPT_IDS)
-  config = hf_blip.run_config(section)  # Seed 002's recipe.
+  config = hf_blip.fit_lengths(recipes.roco_chest_experiment(dict(section)), section)  # Seed 002's recipe.
   # BLIP's captioning search: beam 3 with transformers' rules (a ported checkpoint's own is `generate`'s greedy).
   config.decode.update(beam_size=3, length_penalty=1.0, length_normalization="hf")
   config.train.label_smoothing = 0.0
@@ -83,7 +84,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.dtype = "bfloat16"
     arg.fsdp = True
   if arg.demo:
-    config.data = config_lib.phantom_captions_demo_data()
+    config.data = recipes.phantom_captions_demo_data()
     encoder = dict(
       vit.ViTConfig(
         image_size=64,
@@ -138,5 +139,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       )
       config.data.update(image_size=32, num_train=64, num_val=8, num_test=8)
   if arg.fsdp or arg.model_parallel > 1:
-    config.sharding = config_lib.sharding_section(arg.model_parallel, arg.fsdp)
+    config.sharding = recipes.sharding_section(arg.model_parallel, arg.fsdp)
   return config

@@ -13,7 +13,7 @@ The seed's scores (GIT-base fine-tuned, ROCO chest X-ray test split): ROUGE-1 0.
 ROUGE-L 0.33, ROUGE-Lsum 0.34, BLEU 0, METEOR 0.14 (before fine-tuning: 0.1, 0.01, 0.8, 0.8, 0, 0.05, as
 the deck prints them). Not reproduced here: no ROCO images can be used in this environment.
 
-Recipe (cxrjax/config.py `roco_chest_experiment`): 224 x 224 as GIT's CLIPImageProcessor (bicubic resize of
+Recipe (cxrjax/recipes.py `roco_chest_experiment`): 224 x 224 as GIT's CLIPImageProcessor (bicubic resize of
 the shortest side, centre crop, CLIP statistics), AdamW 5e-5, weight decay 1e-8, 10 epochs, batch 8 per
 device, gradients accumulated over 2 batches (`optimizer.accumulate_steps`), cross-entropy over the caption
 tokens (GIT's loss: the text positions after [CLS], padding masked). `tpu` adds bfloat16 compute over
@@ -48,6 +48,7 @@ Arguments:
 import ml_collections
 
 from cxrjax import config as config_lib
+from cxrjax import recipes
 from cxrjax.models.encoders import vit
 from cxrjax.weights import hf_git
 
@@ -72,17 +73,17 @@ SMOKE_HF_CONFIG = dict(
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = config_lib.parse_arg(arg, smoke=False, tpu=False, demo=False, model_parallel=1, fsdp=False)
   hf_config = SMOKE_HF_CONFIG if arg.smoke and not arg.demo else GIT_BASE_HF_CONFIG
-  config = hf_git.run_config(hf_git.model_section(hf_config, "configs/roco_git.py"))
+  config = recipes.roco_chest_experiment(hf_git.model_section(hf_config, "configs/roco_git.py"))  # Seed 002's.
   if arg.tpu:
     config.model.dtype = "bfloat16"
     arg.fsdp = True
-    batches_per_epoch = config_lib.ROCO_CHEST_TRAIN_IMAGES // 64
+    batches_per_epoch = recipes.ROCO_CHEST_TRAIN_IMAGES // 64
     config.train.update(
       batch_size=64, num_steps=10 * batches_per_epoch, eval_every=batches_per_epoch, checkpoint_every=batches_per_epoch
     )
     config.eval.batch_size = 64
   if arg.demo:
-    config.data = config_lib.phantom_captions_demo_data()
+    config.data = recipes.phantom_captions_demo_data()
     encoder = dict(
       vit.ViTConfig(image_size=64, patch_size=8, hidden_size=64, num_layers=2, num_heads=4, mlp_dim=128).to_dict(),
       preprocessing=dict(hf_git.PREPROCESSING),
@@ -118,5 +119,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       )
       config.data.update(image_size=32, num_train=64, num_val=8, num_test=8)
   if arg.fsdp or arg.model_parallel > 1:
-    config.sharding = config_lib.sharding_section(arg.model_parallel, arg.fsdp)
+    config.sharding = recipes.sharding_section(arg.model_parallel, arg.fsdp)
   return config

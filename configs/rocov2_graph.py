@@ -38,6 +38,7 @@ without blocking. Not reproduced here: no ROCOv2 images can be used in this envi
 import ml_collections
 
 from cxrjax import config as config_lib
+from cxrjax import recipes
 from cxrjax.models.encoders import resnet
 
 
@@ -45,7 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = config_lib.parse_arg(arg, smoke=False, tpu=False, demo=False, chest=False, model_parallel=1, fsdp=False)
   model = dict(
     name="graph_captioner",
-    encoder=dict(resnet.RESNET50.to_dict(), preprocessing=dict(config_lib.IMAGENET_PREPROCESSING)),
+    encoder=dict(resnet.RESNET50.to_dict(), preprocessing=dict(recipes.IMAGENET_PREPROCESSING)),
     d_model=512,
     num_heads=8,
     num_layers=4,
@@ -57,7 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     cache_length=80,
     dtype="float32",
   )
-  config = config_lib.rocov2_experiment(model)
+  config = recipes.rocov2_experiment(model)
   config.decode.update(beam_size=3, block_ngram_repeat=3)  # This recipe's search (the seed's is greedy, unblocked).
   config.data.subset = "chest_xray" if arg.chest else "all"
   if arg.tpu:
@@ -65,13 +66,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.batch_size = 256
     config.eval.batch_size = 256
   if arg.demo:
-    config.data = config_lib.phantom_captions_demo_data()
+    config.data = recipes.phantom_captions_demo_data()
     config.model.update(
       encoder=dict(
         embedding_size=16,
         hidden_sizes=(32, 64, 96, 128),
         depths=(1, 1, 1, 1),
-        preprocessing=dict(config_lib.IMAGENET_PREPROCESSING),
+        preprocessing=dict(recipes.IMAGENET_PREPROCESSING),
       ),
       d_model=128,
       num_heads=4,
@@ -86,7 +87,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval.update(batch_size=50, max_val_examples=100)
   if arg.smoke:
     config.model.update(
-      encoder=dict(resnet.tiny_config(), preprocessing=dict(config_lib.IMAGENET_PREPROCESSING)),
+      encoder=dict(resnet.tiny_config(), preprocessing=dict(recipes.IMAGENET_PREPROCESSING)),
       d_model=16,
       num_heads=2,
       num_layers=2,
@@ -103,5 +104,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       config.data.update(num_train=64, num_val=8, num_test=8)
       config.model.update(max_positions=32, cache_length=24)
   if arg.fsdp or arg.model_parallel > 1:
-    config.sharding = config_lib.sharding_section(arg.model_parallel, arg.fsdp)
+    config.sharding = recipes.sharding_section(arg.model_parallel, arg.fsdp)
   return config

@@ -25,27 +25,26 @@ exit status 2; programming errors keep their traceback.
 """
 
 import argparse
-import hashlib
+import dataclasses
 import json
 import pathlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from absl import flags
-import ml_collections
-from etils import epath
 
 from cxrjax import config as config_lib
-from cxrjax import aot, errors, evaluate, evaluators, inference, score, sharding, sweep, train, workdir
-from cxrjax.data import datasets, prepare
+from cxrjax import aot, errors, evaluate, evaluators, inference, registry, score, sharding, sweep, train, workdir
+from cxrjax.data import prepare
 from cxrjax.errors import ConfigError
 from cxrjax.metrics import classification as classification_metrics
 from cxrjax.serve import server as serve
 from cxrjax.tasks import classification as classification_task
-from cxrjax.weights import chexbert_labeler, chexnet, hf, seed003, store
+from cxrjax.weights import chexbert_labeler, formats, hf, seed003
 
-SEED003_FORMAT = "seed003-torch"  # The ResNet-50 + graph + transformer captioner's PyTorch state dict.
-HF_FORMAT = "hf"  # A Hugging Face model directory (GIT, BLIP): config.json + model.safetensors.
+SEED003_FORMAT = seed003.FORMAT  # The ResNet-50 + graph + transformer captioner's PyTorch state dict.
+HF_FORMAT = hf.FORMAT  # A Hugging Face model directory (GIT, BLIP): config.json + model.safetensors.
 CHEXBERT_FORMAT = chexbert_labeler.FORMAT  # CheXbert's chexbert.pth -> a labeler directory.
 
 # The summary line of `evaluate` (metrics.json has every score): the IU X-ray tables' metrics, then seed 002's.
@@ -64,113 +63,126 @@ CAPTION_SCORES = (
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class Command:
+  """A sub-command of `cxrjax`: `add_parser(commands)` adds its sub-parser to `commands` (cxrjax's
+  `add_subparsers()`), whose default `run(args)` runs it. A command that parses its own arguments (absl
+  flags, so that ml_collections' --config.x=y overrides work) has `main(argv)` as well: `main` hands it the
+  arguments after its name before argparse sees them (its sub-parser only lists it in `cxrjax --help`)."""
+
+  add_parser: Callable[[Any], argparse.ArgumentParser]
+  main: Callable[[list[str]], int | None] | None = None
+
+
+# The sub-commands, in the order `cxrjax --help` lists them; `build_parser` builds the parser from them.
+COMMANDS: registry.Registry[Command] = registry.Registry("command", "cxrjax COMMAND", ConfigError)
+
+
+def command(
+  name: str, help: str, arguments: Callable[[argparse.ArgumentParser], None] | None = None, absl: bool = False
+) -> Callable[[Callable], Callable]:
+  """A decorator registering its argument, the function that runs the sub-command `name`, in COMMANDS:
+  `run(args)` with the argparse arguments `arguments(parser)` adds; or, with `absl`, `run(argv)` on the
+  arguments after the name (the command parses them itself; its sub-parser, without -h, lists it)."""
+
+  def register(run: Callable) -> Callable:
+    def add_parser(commands: Any) -> argparse.ArgumentParser:
+      parser = commands.add_parser(name, help=help, add_help=not absl)
+      if arguments is not None:
+        arguments(parser)
+      parser.set_defaults(run=(lambda args: run([])) if absl else run)
+      return parser
+
+    COMMANDS.add(name, Command(add_parser, main=run if absl else None))
+    return run
+
+  return register
+
+
+def _port_weights_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument(
+    "--format",
+    required=True,
+    choices=formats.FORMATS.names(),
+    help="; ".join(f"{name}: {entry.help}" for name, entry in formats.FORMATS.items()),
+  )
+  parser.add_argument(
+    "--tokenizer",
+    default=None,
+    help=f"{SEED003_FORMAT}: the vocabulary the checkpoint was trained with (bert-base-uncased's "
+    f"vocab.txt, or a tokenizer.json); {HF_FORMAT}: used instead of the directory's files; "
+    f"{CHEXBERT_FORMAT}: bert-base-uncased's vocab.txt (default: vocab.txt beside the checkpoint)",
+  )
+  parser.add_argument(
+    "--prompt",
+    default="",
+    help=f'{HF_FORMAT}, BLIP: text every caption starts with (BLIP\'s captioning recipe: "a picture of"); default none',
+  )
+  parser.add_argument(
+    "--num-heads",
+    type=int,
+    default=None,
+    help=f"{SEED003_FORMAT}, {CHEXBERT_FORMAT}: attention "
+    "heads (not in the tensors' shapes; default: the seed's 8, CheXbert's 12)",
+  )
+  parser.add_argument(
+    "input",
+    help="the checkpoint file (.h5, .pth/.pth.tar, the seed's roco_best_model.bin, "
+    f"CheXbert's chexbert.pth), or a Hugging Face model directory ({HF_FORMAT}: config.json + model.safetensors; GIT, BLIP)",
+  )
+  parser.add_argument(
+    "output",
+    help="directory to write: variables.safetensors + model.json (CheXNet), or a "
+    f"workdir that evaluate / predict / config.init.from_workdir read ({SEED003_FORMAT}), or a "
+    f"labeler directory that `label` reads ({CHEXBERT_FORMAT})",
+  )
+
+
+@command("port-weights", "convert a CheXNet checkpoint to cxrjax weights", _port_weights_arguments)
 def _port_weights(args: argparse.Namespace) -> int:
-  if args.format == HF_FORMAT:
-    return _port_hf(args)
-  if args.format == CHEXBERT_FORMAT:
-    return _port_chexbert(args)
-  if not pathlib.Path(args.input).is_file():
-    raise chexnet.WeightsError(
-      f"{args.input}: "
-      + ("is a directory; expected a checkpoint file" if pathlib.Path(args.input).is_dir() else "not found")
-    )
-  if epath.Path(args.output).exists() and not epath.Path(args.output).is_dir():
-    raise chexnet.WeightsError(f"{args.output}: exists and is not a directory; the output is a folder")
-  with open(args.input, "rb") as handle:
-    digest = hashlib.sha256(handle.read()).hexdigest()
-  if args.format == SEED003_FORMAT:
-    return _port_seed003(args, digest)
-  variables, config = chexnet.import_chexnet(args.format, args.input)
-  chexnet.save_chexnet(
-    args.output, variables, config, source={"format": args.format, "file": str(args.input), "sha256": digest}
-  )
-  print(
-    json.dumps(
-      {
-        "output": str(args.output),
-        "format": args.format,
-        "block_sizes": config.block_sizes,
-        "num_classes": config.num_classes,
-        "bn_epsilon": config.bn_epsilon,
-      }
-    )
-  )
+  """The format's porting function (its registry entry, cxrjax/weights/formats.py) with the optional flags it
+  reads; a run it returns becomes a workdir at OUTPUT (the importers are a layer below workdir.py)."""
+  entry = formats.FORMATS.get(args.format)
+  ported = entry.port(args.input, args.output, **{option: getattr(args, option) for option in entry.options})
+  if ported.config is not None:
+    if ported.tokenizer_in_workdir:
+      ported.config.data.tokenizer = str(workdir.absolute_path(args.output) / workdir.TOKENIZER_FILE)
+    workdir.create_from_variables(args.output, ported.config, ported.tokenizer, ported.variables, ported.meta)
+  print(json.dumps({"output": str(args.output), "format": args.format, **ported.summary}))
   return 0
 
 
-def _port_seed003(args: argparse.Namespace, digest: str) -> int:
-  """The seed-003 captioner's state dict -> a workdir (config.json, tokenizer.json, checkpoints/best) that
-  `evaluate`, `predict` and `config.init.from_workdir` read."""
-  if not args.tokenizer:
-    raise ConfigError(
-      f"--format {SEED003_FORMAT} needs --tokenizer: bert-base-uncased's vocab.txt (or a "
-      "tokenizer.json); the checkpoint does not contain the vocabulary"
-    )
-  tokenizer = datasets.load_or_build_tokenizer(
-    ml_collections.ConfigDict(dict(name="rocov2", tokenizer=str(args.tokenizer), cleaning="none")), None
-  )
-  num_heads = seed003.SEED_NUM_HEADS if args.num_heads is None else args.num_heads
-  variables, model_config, vocab_size = seed003.import_seed003(args.input, num_heads=num_heads)
-  store.check_finite_variables(variables, str(args.input))  # NaN weights would caption with exit status 0.
-  if vocab_size != len(tokenizer):
-    raise chexnet.WeightsError(
-      f"{args.input}: its vocabulary has {vocab_size} rows, the tokenizer {args.tokenizer} {len(tokenizer)} tokens"
-    )
-  model_config.encoder.preprocessing = dict(config_lib.IMAGENET_PREPROCESSING)
-  config = seed003.run_config(model_config, tokenizer=str(args.tokenizer))  # Decodes as the seed.
-  workdir.create_from_variables(
-    args.output, config, tokenizer, variables, {"imported_from": str(args.input), "sha256": digest}
-  )
-  print(
-    json.dumps(
-      {
-        "output": str(args.output),
-        "format": args.format,
-        "vocab_size": vocab_size,
-        "d_model": model_config.d_model,
-        "num_layers": model_config.num_layers,
-      }
-    )
-  )
-  return 0
+def _classify_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--weights", required=True, help="directory written by port-weights")
+  parser.add_argument("--batch-size", type=int, default=16)
+  parser.add_argument("--image-size", type=int, default=224)
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  parser.add_argument("images", nargs="+", help="PNG or JPEG files")
 
 
-def _port_hf(args: argparse.Namespace) -> int:
-  """A Hugging Face model directory (its model_type picks the family, cxrjax/weights/hf.py) -> a workdir
-  that `evaluate`, `predict` and `config.init.from_workdir` read; its config.data.tokenizer is the
-  workdir's tokenizer.json, so that fine-tuning uses the checkpoint's vocabulary."""
-  config, tokenizer, variables = hf.import_hf(args.input, tokenizer=args.tokenizer, prompt=args.prompt)
-  config.data.tokenizer = str(workdir.absolute_path(args.output) / workdir.TOKENIZER_FILE)
-  workdir.create_from_variables(
-    args.output, config, tokenizer, variables, {"imported_from": str(args.input), "sha256": hf.checksums(args.input)}
-  )
-  print(
-    json.dumps(
-      {
-        "output": str(args.output),
-        "format": args.format,
-        "model": config.model.name,
-        "vocab_size": len(tokenizer),
-        "hidden_size": config.model.get("hidden_size"),
-        "num_layers": config.model.get("num_layers"),
-      }
-    )
-  )
-  return 0
+@command("classify", "CheXNet probabilities for chest X-ray images", _classify_arguments)
+def _classify(args: argparse.Namespace) -> int:
+  predictor = inference.Predictor.from_chexnet_weights(args.weights, image_size=args.image_size, dtype=args.dtype)
+  failures = []
+
+  def on_error(error):
+    failures.append(error)
+    print(f"cxrjax classify: error: {error}", file=sys.stderr)
+
+  for result in predictor.classify_files(args.images, batch_size=args.batch_size, on_error=on_error):
+    print(json.dumps(result), flush=True)
+  if failures:
+    print(f"cxrjax classify: {len(failures)} of {len(args.images)} images could not be read", file=sys.stderr)
+  return 1 if failures else 0
 
 
-def _port_chexbert(args: argparse.Namespace) -> int:
-  """CheXbert's chexbert.pth + bert-base-uncased's vocab.txt -> a labeler directory that `label` reads."""
-  num_heads = chexbert_labeler.DEFAULT_NUM_HEADS if args.num_heads is None else args.num_heads
-  model = chexbert_labeler.port(args.input, args.output, tokenizer=args.tokenizer, num_heads=num_heads)
-  print(
-    json.dumps(
-      {"output": str(args.output), "format": args.format, "sha256": model["source"]["sha256"], **model["fields"]}
-    )
-  )
-  return 0
+def _label_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--workdir", required=True, help=f"a labeler directory (port-weights --format {CHEXBERT_FORMAT})")
+  parser.add_argument("--batch-size", type=int, default=16, help="reports per jitted batch (the last is padded)")
+  parser.add_argument("reports", help="a UTF-8 text file, one report per line (an empty line is an empty report)")
 
 
+@command("label", "CheXbert labels of reports, one JSON line per line of REPORTS.txt", _label_arguments)
 def _label(args: argparse.Namespace) -> int:
   """One report per line of REPORTS.txt -> one JSON line each: both label conventions by observation."""
   if args.batch_size < 1:
@@ -185,19 +197,124 @@ def _label(args: argparse.Namespace) -> int:
   return 0
 
 
-def _classify(args: argparse.Namespace) -> int:
-  predictor = inference.Predictor.from_chexnet_weights(args.weights, image_size=args.image_size, dtype=args.dtype)
-  failures = []
+COMMANDS.add("prepare", Command(prepare.add_parser))  # Its parser: cxrjax/data/prepare.py.
 
-  def on_error(error):
-    failures.append(error)
-    print(f"cxrjax classify: error: {error}", file=sys.stderr)
 
-  for result in predictor.classify_files(args.images, batch_size=args.batch_size, on_error=on_error):
-    print(json.dumps(result), flush=True)
-  if failures:
-    print(f"cxrjax classify: {len(failures)} of {len(args.images)} images could not be read", file=sys.stderr)
-  return 1 if failures else 0
+TRAIN_USAGE = "usage: cxrjax train --config=configs/X.py[:arg] --workdir=DIR [--config.field=value ...]"
+
+
+@command("train", "train a model: --config=configs/X.py[:arg] --workdir=DIR [--config.field=value ...]", absl=True)
+def _train(argv: Sequence[str]) -> int:
+  """`cxrjax train`: absl flags, so that ml_collections' --config.x=y overrides work."""
+  if "--help" in argv or "-h" in argv:
+    print(
+      TRAIN_USAGE + "\n\n  --config: an ml_collections config file (configs/*.py[:arg])\n"
+      "  --workdir: directory for checkpoints, metrics and the tokenizer\n"
+      "  --config.<field>=<value>: overrides a field of the config"
+    )
+    return 0
+  _run_train(list(argv))
+  return 0
+
+
+def define_distributed_flag(flag_values: flags.FlagValues) -> None:
+  flags.DEFINE_string(
+    "distributed",
+    "",
+    "join JAX's distributed runtime first: auto (TPU VMs) or "
+    "HOST:PORT,NUM_PROCESSES,PROCESS_ID; every process runs the same command",
+    flag_values=flag_values,
+  )
+
+
+def _run_train(argv: list[str]) -> None:
+  def define_flags(values):
+    flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and the tokenizer", flag_values=values)
+    define_distributed_flag(values)
+
+  flag_values = config_lib.parse_run_flags(argv, "cxrjax train", TRAIN_USAGE, define_flags)
+  if not flag_values.workdir:
+    raise ConfigError(f"--workdir is required ({TRAIN_USAGE})")
+  sharding.initialize_distributed(flag_values.distributed)
+  train.train_and_evaluate(flag_values.config, flag_values.workdir)
+
+
+@command(
+  "sweep",
+  "a grid of settings x seeds, each trained and evaluated: "
+  "--config=... --workdir=DIR --seeds=N [--set=FIELD=V1,V2 ...]",
+  absl=True,
+)
+def _sweep(argv: Sequence[str]) -> int:
+  """`cxrjax sweep`: absl flags too (--config.x=y), like train (cxrjax/sweep.py)."""
+  return sweep.main(list(argv))
+
+
+@command(
+  "compile",
+  "compile a config's train / evaluate / serve programs for a TPU slice, here (libtpu): HBM per chip, FLOPs, "
+  "a step-time estimate: --config=... --topology=v5e:2x4",
+  absl=True,
+)
+def _compile(argv: Sequence[str]) -> int:
+  """`cxrjax compile`: absl flags too (cxrjax/aot.py)."""
+  return aot.main(list(argv))
+
+
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--split", required=True, choices=("val", "test"))
+  parser.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+  parser.add_argument("--beam-size", type=int, default=None, help="default: the config's")
+  parser.add_argument("--max-examples", type=int, default=None)
+  parser.add_argument(
+    "--leaderboard-json",
+    default=None,
+    metavar="PATH",
+    help="also write the predictions as ReXrank's IU X-ray prediction file (R2Gen's "
+    "test split with config.data.report_sections=findings_impression only)",
+  )
+  parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (it starts Java)")
+  parser.add_argument(
+    "--data-dir",
+    default=None,
+    help="the prepared dataset, if not the run's config.data.data_dir (e.g. for a workdir made by port-weights)",
+  )
+  parser.add_argument(
+    "--distributed",
+    default="",
+    help="join JAX's distributed runtime first: auto (TPU VMs) or HOST:PORT,NUM_PROCESSES,PROCESS_ID",
+  )
+  parser.add_argument(
+    "--labeler",
+    default=None,
+    metavar="DIR",
+    help="also score clinical efficacy with "
+    f"this CheXbert labeler directory (port-weights --format {CHEXBERT_FORMAT}); "
+    "replaces the run's config.evaluators.chexbert",
+  )
+  parser.add_argument(
+    "--bertscore-model",
+    default=None,
+    metavar="DIR",
+    help="also score BERTScore with "
+    "this Hugging Face BERT / RoBERTa / DistilBERT directory; replaces the run's "
+    "config.evaluators.bertscore",
+  )
+  parser.add_argument(
+    "--bertscore-layer",
+    type=int,
+    default=None,
+    metavar="N",
+    help="bertscore: the hidden state after N layers (default: bert-score's for the model type)",
+  )
+  parser.add_argument("--bertscore-idf", action="store_true", help="bertscore: idf weights from the references")
+  parser.add_argument(
+    "--bertscore-baseline",
+    default=None,
+    metavar="FILE",
+    help="bertscore: rescale with this baseline file (bert-score's rescale_baseline/<lang>/<model>.tsv)",
+  )
 
 
 def _evaluate_evaluators(args: argparse.Namespace) -> dict[str, dict]:
@@ -224,6 +341,7 @@ def _evaluate_evaluators(args: argparse.Namespace) -> dict[str, dict]:
   return sections
 
 
+@command("evaluate", "predict a split and score it", _evaluate_arguments)
 def _evaluate(args: argparse.Namespace) -> int:
   sharding.initialize_distributed(args.distributed)
   output = evaluate.evaluate(
@@ -262,6 +380,69 @@ def _evaluate(args: argparse.Namespace) -> int:
   return 0
 
 
+def _score_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument(
+    "predictions",
+    help="cxrjax's predictions.jsonl, a CSV or JSONL with reference and "
+    "generated (optional id), or ReXrank's IU X-ray prediction JSON",
+  )
+  parser.add_argument(
+    "--format",
+    default="auto",
+    choices=("auto",) + score.FORMATS,
+    help="default: by the suffix (.jsonl, .csv, .json = rexrank)",
+  )
+  parser.add_argument(
+    "--evaluators", default="text", help="comma-separated, of: " + ", ".join(sorted(evaluators.REGISTRY))
+  )
+  parser.add_argument(
+    "--protocol",
+    default="r2gen",
+    help="text: the scoring protocol that normalises both sides (r2gen, coco, imageclef; metrics/protocols.py)",
+  )
+  parser.add_argument("--no-meteor", action="store_true", help="text: skip METEOR (it starts Java)")
+  parser.add_argument(
+    "--labeler",
+    default=None,
+    metavar="DIR",
+    help=f"chexbert: a labeler directory (port-weights --format {CHEXBERT_FORMAT})",
+  )
+  parser.add_argument(
+    "--bertscore-model",
+    default=None,
+    metavar="DIR",
+    help="bertscore: a Hugging Face "
+    "BERT / RoBERTa / DistilBERT directory (config.json, model.safetensors, tokenizer files)",
+  )
+  parser.add_argument(
+    "--bertscore-layer",
+    type=int,
+    default=None,
+    metavar="N",
+    help="bertscore: the hidden state after N layers (default: bert-score's for the model type)",
+  )
+  parser.add_argument("--bertscore-idf", action="store_true", help="bertscore: idf weights from the references")
+  parser.add_argument(
+    "--bertscore-baseline",
+    default=None,
+    metavar="FILE",
+    help="bertscore: rescale with this baseline file (bert-score's rescale_baseline/<lang>/<model>.tsv)",
+  )
+  parser.add_argument(
+    "--batch-size",
+    type=int,
+    default=64,
+    help="chexbert, bertscore: reports per jitted batch, rounded up to a multiple of the device count",
+  )
+  parser.add_argument(
+    "--out",
+    default=None,
+    metavar="metrics.json",
+    help="write every score and the evaluators' provenance (the labeler checkpoint's SHA-256) there",
+  )
+
+
+@command("score", "score a predictions file with evaluators (text, CheXbert CE, BERTScore)", _score_arguments)
 def _score(args: argparse.Namespace) -> int:
   """A predictions file (cxrjax's predictions.jsonl, a CSV / JSONL of reference and generated text, ReXrank's
   JSON) scored by the evaluators the flags configure -> one JSON summary line (score.py)."""
@@ -281,6 +462,36 @@ def _score(args: argparse.Namespace) -> int:
   return 0
 
 
+def _predict_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument(
+    "--attention-maps", default=None, metavar="OUT_DIR", help="write one PNG per generated word and summary.png"
+  )
+  search = parser.add_mutually_exclusive_group()
+  search.add_argument("--greedy", action="store_true", help="greedy search instead of the config's beam search")
+  search.add_argument(
+    "--beam-size",
+    type=int,
+    default=None,
+    metavar="K",
+    help="beam search with K beams (the config's length penalty and normalization)",
+  )
+  parser.add_argument(
+    "--max-new-tokens",
+    type=int,
+    default=None,
+    metavar="N",
+    help="most tokens generated, the end token included (default: config decode.max_length)",
+  )
+  parser.add_argument(
+    "images",
+    nargs="+",
+    help="the views of one study (frontal, then lateral); for a model "
+    "that reads one view, each image is its own study and gets its own line",
+  )
+
+
+@command("predict", "generate the report of one study", _predict_arguments)
 def _predict(args: argparse.Namespace) -> int:
   """A study of 1..views images -> one JSON line; a model that reads one view -> one line per image."""
   predictor = inference.Predictor.from_workdir(args.workdir)
@@ -297,6 +508,13 @@ def _predict(args: argparse.Namespace) -> int:
   return 0
 
 
+def _predict_agcnn_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--workdir", required=True, help="an AG-CNN training workdir")
+  parser.add_argument("--out-dir", required=True, help="where to write one PNG per image")
+  parser.add_argument("images", nargs="+")
+
+
+@command("predict-agcnn", "AG-CNN findings and where it looked", _predict_agcnn_arguments)
 def _predict_agcnn(args: argparse.Namespace) -> int:
   predictor = inference.Predictor.from_workdir(args.workdir)
   if predictor.family != "agcnn":
@@ -308,279 +526,18 @@ def _predict_agcnn(args: argparse.Namespace) -> int:
   return 0
 
 
-TRAIN_USAGE = "usage: cxrjax train --config=configs/X.py[:arg] --workdir=DIR [--config.field=value ...]"
-
-
-def _train(argv: Sequence[str]) -> int:
-  """`cxrjax train`: absl flags, so that ml_collections' --config.x=y overrides work."""
-  if "--help" in argv or "-h" in argv:
-    print(
-      TRAIN_USAGE + "\n\n  --config: an ml_collections config file (configs/*.py[:arg])\n"
-      "  --workdir: directory for checkpoints, metrics and the tokenizer\n"
-      "  --config.<field>=<value>: overrides a field of the config"
-    )
-    return 0
-  return _guarded("train", lambda: _run_train(list(argv)))
-
-
-def define_distributed_flag(flag_values: flags.FlagValues) -> None:
-  flags.DEFINE_string(
-    "distributed",
-    "",
-    "join JAX's distributed runtime first: auto (TPU VMs) or "
-    "HOST:PORT,NUM_PROCESSES,PROCESS_ID; every process runs the same command",
-    flag_values=flag_values,
-  )
-
-
-def _run_train(argv: list[str]) -> None:
-  def define_flags(values):
-    flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics and the tokenizer", flag_values=values)
-    define_distributed_flag(values)
-
-  flag_values = config_lib.parse_run_flags(argv, "cxrjax train", TRAIN_USAGE, define_flags)
-  if not flag_values.workdir:
-    raise ConfigError(f"--workdir is required ({TRAIN_USAGE})")
-  sharding.initialize_distributed(flag_values.distributed)
-  train.train_and_evaluate(flag_values.config, flag_values.workdir)
+COMMANDS.add("auroc", Command(classification_metrics.add_parser))  # cxrjax/metrics/classification.py
+COMMANDS.add("serve", Command(serve.add_parser))  # cxrjax/serve/server.py
 
 
 def build_parser() -> argparse.ArgumentParser:
+  """`cxrjax`'s parser: one sub-parser per registered command, in registration order."""
   parser = argparse.ArgumentParser(
     prog="cxrjax", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
   commands = parser.add_subparsers(dest="command", required=True)
-
-  port = commands.add_parser("port-weights", help="convert a CheXNet checkpoint to cxrjax weights")
-  port.add_argument("--format", required=True, choices=chexnet.FORMATS + (SEED003_FORMAT, HF_FORMAT, CHEXBERT_FORMAT))
-  port.add_argument(
-    "--tokenizer",
-    default=None,
-    help=f"{SEED003_FORMAT}: the vocabulary the checkpoint was trained with (bert-base-uncased's "
-    f"vocab.txt, or a tokenizer.json); {HF_FORMAT}: used instead of the directory's files; "
-    f"{CHEXBERT_FORMAT}: bert-base-uncased's vocab.txt (default: vocab.txt beside the checkpoint)",
-  )
-  port.add_argument(
-    "--prompt",
-    default="",
-    help=f'{HF_FORMAT}, BLIP: text every caption starts with (BLIP\'s captioning recipe: "a picture of"); default none',
-  )
-  port.add_argument(
-    "--num-heads",
-    type=int,
-    default=None,
-    help=f"{SEED003_FORMAT}, {CHEXBERT_FORMAT}: attention "
-    "heads (not in the tensors' shapes; default: the seed's 8, CheXbert's 12)",
-  )
-  port.add_argument(
-    "input",
-    help="the checkpoint file (.h5, .pth/.pth.tar, the seed's roco_best_model.bin, "
-    f"CheXbert's chexbert.pth), or a Hugging Face model directory ({HF_FORMAT}: config.json + model.safetensors; GIT, BLIP)",
-  )
-  port.add_argument(
-    "output",
-    help="directory to write: variables.safetensors + model.json (CheXNet), or a "
-    f"workdir that evaluate / predict / config.init.from_workdir read ({SEED003_FORMAT}), or a "
-    f"labeler directory that `label` reads ({CHEXBERT_FORMAT})",
-  )
-  port.set_defaults(run=_port_weights)
-
-  classify = commands.add_parser("classify", help="CheXNet probabilities for chest X-ray images")
-  classify.add_argument("--weights", required=True, help="directory written by port-weights")
-  classify.add_argument("--batch-size", type=int, default=16)
-  classify.add_argument("--image-size", type=int, default=224)
-  classify.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-  classify.add_argument("images", nargs="+", help="PNG or JPEG files")
-  classify.set_defaults(run=_classify)
-
-  label = commands.add_parser("label", help="CheXbert labels of reports, one JSON line per line of REPORTS.txt")
-  label.add_argument("--workdir", required=True, help=f"a labeler directory (port-weights --format {CHEXBERT_FORMAT})")
-  label.add_argument("--batch-size", type=int, default=16, help="reports per jitted batch (the last is padded)")
-  label.add_argument("reports", help="a UTF-8 text file, one report per line (an empty line is an empty report)")
-  label.set_defaults(run=_label)
-
-  prepare.add_parser(commands)
-
-  # Listed for --help; `main` hands `train` to absl before argparse sees it (ml_collections flags).
-  train_parser = commands.add_parser(
-    "train", help="train a model: --config=configs/X.py[:arg] --workdir=DIR [--config.field=value ...]", add_help=False
-  )
-  train_parser.set_defaults(run=lambda args: _train([]))
-  sweep_parser = commands.add_parser(
-    "sweep",
-    help="a grid of settings x seeds, each trained and evaluated: "
-    "--config=... --workdir=DIR --seeds=N [--set=FIELD=V1,V2 ...]",
-    add_help=False,
-  )
-  sweep_parser.set_defaults(run=lambda args: sweep.main([]))
-  compile_parser = commands.add_parser(
-    "compile",
-    help="compile a config's train / evaluate / serve programs for a "
-    "TPU slice, here (libtpu): HBM per chip, FLOPs, a step-time estimate: "
-    "--config=... --topology=v5e:2x4",
-    add_help=False,
-  )
-  compile_parser.set_defaults(run=lambda args: aot.main(["--help"]))
-
-  evaluate_parser = commands.add_parser("evaluate", help="predict a split and score it")
-  evaluate_parser.add_argument("--workdir", required=True)
-  evaluate_parser.add_argument("--split", required=True, choices=("val", "test"))
-  evaluate_parser.add_argument("--checkpoint", choices=("best", "latest"), default="best")
-  evaluate_parser.add_argument("--beam-size", type=int, default=None, help="default: the config's")
-  evaluate_parser.add_argument("--max-examples", type=int, default=None)
-  evaluate_parser.add_argument(
-    "--leaderboard-json",
-    default=None,
-    metavar="PATH",
-    help="also write the predictions as ReXrank's IU X-ray prediction file (R2Gen's "
-    "test split with config.data.report_sections=findings_impression only)",
-  )
-  evaluate_parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (it starts Java)")
-  evaluate_parser.add_argument(
-    "--data-dir",
-    default=None,
-    help="the prepared dataset, if not the run's config.data.data_dir (e.g. for a workdir made by port-weights)",
-  )
-  evaluate_parser.add_argument(
-    "--distributed",
-    default="",
-    help="join JAX's distributed runtime first: auto (TPU VMs) or HOST:PORT,NUM_PROCESSES,PROCESS_ID",
-  )
-  evaluate_parser.add_argument(
-    "--labeler",
-    default=None,
-    metavar="DIR",
-    help="also score clinical efficacy with "
-    f"this CheXbert labeler directory (port-weights --format {CHEXBERT_FORMAT}); "
-    "replaces the run's config.evaluators.chexbert",
-  )
-  evaluate_parser.add_argument(
-    "--bertscore-model",
-    default=None,
-    metavar="DIR",
-    help="also score BERTScore with "
-    "this Hugging Face BERT / RoBERTa / DistilBERT directory; replaces the run's "
-    "config.evaluators.bertscore",
-  )
-  evaluate_parser.add_argument(
-    "--bertscore-layer",
-    type=int,
-    default=None,
-    metavar="N",
-    help="bertscore: the hidden state after N layers (default: bert-score's for the model type)",
-  )
-  evaluate_parser.add_argument(
-    "--bertscore-idf", action="store_true", help="bertscore: idf weights from the references"
-  )
-  evaluate_parser.add_argument(
-    "--bertscore-baseline",
-    default=None,
-    metavar="FILE",
-    help="bertscore: rescale with this baseline file (bert-score's rescale_baseline/<lang>/<model>.tsv)",
-  )
-  evaluate_parser.set_defaults(run=_evaluate)
-
-  score_parser = commands.add_parser(
-    "score", help="score a predictions file with evaluators (text, CheXbert CE, BERTScore)"
-  )
-  score_parser.add_argument(
-    "predictions",
-    help="cxrjax's predictions.jsonl, a CSV or JSONL with reference and "
-    "generated (optional id), or ReXrank's IU X-ray prediction JSON",
-  )
-  score_parser.add_argument(
-    "--format",
-    default="auto",
-    choices=("auto",) + score.FORMATS,
-    help="default: by the suffix (.jsonl, .csv, .json = rexrank)",
-  )
-  score_parser.add_argument(
-    "--evaluators", default="text", help="comma-separated, of: " + ", ".join(sorted(evaluators.REGISTRY))
-  )
-  score_parser.add_argument(
-    "--protocol",
-    default="r2gen",
-    help="text: the scoring protocol that normalises both sides (r2gen, coco, imageclef; metrics/protocols.py)",
-  )
-  score_parser.add_argument("--no-meteor", action="store_true", help="text: skip METEOR (it starts Java)")
-  score_parser.add_argument(
-    "--labeler",
-    default=None,
-    metavar="DIR",
-    help=f"chexbert: a labeler directory (port-weights --format {CHEXBERT_FORMAT})",
-  )
-  score_parser.add_argument(
-    "--bertscore-model",
-    default=None,
-    metavar="DIR",
-    help="bertscore: a Hugging Face "
-    "BERT / RoBERTa / DistilBERT directory (config.json, model.safetensors, tokenizer files)",
-  )
-  score_parser.add_argument(
-    "--bertscore-layer",
-    type=int,
-    default=None,
-    metavar="N",
-    help="bertscore: the hidden state after N layers (default: bert-score's for the model type)",
-  )
-  score_parser.add_argument("--bertscore-idf", action="store_true", help="bertscore: idf weights from the references")
-  score_parser.add_argument(
-    "--bertscore-baseline",
-    default=None,
-    metavar="FILE",
-    help="bertscore: rescale with this baseline file (bert-score's rescale_baseline/<lang>/<model>.tsv)",
-  )
-  score_parser.add_argument(
-    "--batch-size",
-    type=int,
-    default=64,
-    help="chexbert, bertscore: reports per jitted batch, rounded up to a multiple of the device count",
-  )
-  score_parser.add_argument(
-    "--out",
-    default=None,
-    metavar="metrics.json",
-    help="write every score and the evaluators' provenance (the labeler checkpoint's SHA-256) there",
-  )
-  score_parser.set_defaults(run=_score)
-
-  predict = commands.add_parser("predict", help="generate the report of one study")
-  predict.add_argument("--workdir", required=True)
-  predict.add_argument(
-    "--attention-maps", default=None, metavar="OUT_DIR", help="write one PNG per generated word and summary.png"
-  )
-  search = predict.add_mutually_exclusive_group()
-  search.add_argument("--greedy", action="store_true", help="greedy search instead of the config's beam search")
-  search.add_argument(
-    "--beam-size",
-    type=int,
-    default=None,
-    metavar="K",
-    help="beam search with K beams (the config's length penalty and normalization)",
-  )
-  predict.add_argument(
-    "--max-new-tokens",
-    type=int,
-    default=None,
-    metavar="N",
-    help="most tokens generated, the end token included (default: config decode.max_length)",
-  )
-  predict.add_argument(
-    "images",
-    nargs="+",
-    help="the views of one study (frontal, then lateral); for a model "
-    "that reads one view, each image is its own study and gets its own line",
-  )
-  predict.set_defaults(run=_predict)
-
-  predict_agcnn = commands.add_parser("predict-agcnn", help="AG-CNN findings and where it looked")
-  predict_agcnn.add_argument("--workdir", required=True, help="an AG-CNN training workdir")
-  predict_agcnn.add_argument("--out-dir", required=True, help="where to write one PNG per image")
-  predict_agcnn.add_argument("images", nargs="+")
-  predict_agcnn.set_defaults(run=_predict_agcnn)
-
-  classification_metrics.add_parser(commands)
-  serve.add_parser(commands)
+  for entry in COMMANDS.names():
+    COMMANDS.get(entry).add_parser(commands)
   return parser
 
 
@@ -592,12 +549,9 @@ def _guarded(command: str, job) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
-  if argv and argv[0] == "train":
-    return _train(argv[1:])
-  if argv and argv[0] == "sweep":  # absl flags too (--config.x=y), like train.
-    return _guarded("sweep", lambda: sweep.main(argv[1:]))
-  if argv and argv[0] == "compile":  # Likewise.
-    return _guarded("compile", lambda: aot.main(argv[1:]))
+  if argv and argv[0] in COMMANDS and COMMANDS.get(argv[0]).main is not None:  # absl flags: its own parsing.
+    own_main = COMMANDS.get(argv[0]).main
+    return _guarded(argv[0], lambda: own_main(argv[1:]))
   args = build_parser().parse_args(argv)
   return _guarded(args.command, lambda: args.run(args))
 

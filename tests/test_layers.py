@@ -24,6 +24,7 @@ LAYERS = {
   "optim": 3,
   "sharding": 3,
   "config": 3,
+  "recipes": 3,
   "weights": 4,
   "tasks": 5,
   "evaluators": 5,

@@ -42,7 +42,7 @@ from etils import epath
 from cxrjax import sharding
 from cxrjax.models import chexbert
 from cxrjax.text import tokenizers
-from cxrjax.weights import hf_text, store
+from cxrjax.weights import formats, hf_text, store
 from cxrjax.weights.store import WeightsError
 
 FORMAT = "chexbert"
@@ -185,6 +185,20 @@ def port(
   store.save_weights(output, variables, model)
   word_piece.save(epath.Path(output) / TOKENIZER_FILE)
   return model
+
+
+@formats.register(
+  FORMAT, options=("tokenizer", "num_heads"), help="CheXbert's chexbert.pth -> a labeler directory that `label` reads"
+)
+def port_format(
+  checkpoint: str | pathlib.Path,
+  output: str | pathlib.Path,
+  tokenizer: str | pathlib.Path | None = None,
+  num_heads: int | None = None,
+) -> formats.Ported:
+  """`cxrjax port-weights --format chexbert`: `port`, with CheXbert's head count unless `num_heads`."""
+  model = port(checkpoint, output, tokenizer=tokenizer, num_heads=DEFAULT_NUM_HEADS if num_heads is None else num_heads)
+  return formats.Ported({"sha256": model["source"]["sha256"], **model["fields"]})
 
 
 def _bucket(length: int, limit: int) -> int:

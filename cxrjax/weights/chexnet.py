@@ -18,7 +18,7 @@ import numpy as np
 from etils import epath
 
 from cxrjax.models.encoders import densenet
-from cxrjax.weights import store
+from cxrjax.weights import formats, store
 from cxrjax.weights.store import WeightsError
 
 FORMATS = ("keras-h5", "torch")
@@ -222,6 +222,27 @@ def save_chexnet(
   store.save_weights(
     directory, variables, {"model": "densenet", "config": config.to_dict(), "classes": classes, "source": source}
   )
+
+
+def port(fmt: str, checkpoint: str | pathlib.Path, output: str | pathlib.Path) -> formats.Ported:
+  """`cxrjax port-weights --format {keras-h5,torch} INPUT OUTPUT`: a CheXNet checkpoint -> a weights directory
+  (`save_chexnet`) that `classify`, `serve --weights` and config.init.encoder read."""
+  digest = formats.checkpoint_digest(checkpoint, output)
+  variables, config = import_chexnet(fmt, checkpoint)
+  save_chexnet(output, variables, config, source={"format": fmt, "file": str(checkpoint), "sha256": digest})
+  return formats.Ported(
+    dict(block_sizes=config.block_sizes, num_classes=config.num_classes, bn_epsilon=config.bn_epsilon)
+  )
+
+
+@formats.register("keras-h5", help="a CheXNet-Keras .h5 file -> a CheXNet weights directory")
+def port_keras_h5(checkpoint: str | pathlib.Path, output: str | pathlib.Path) -> formats.Ported:
+  return port("keras-h5", checkpoint, output)
+
+
+@formats.register("torch", help="a CheXNet PyTorch .pth / .pth.tar file -> a CheXNet weights directory")
+def port_torch(checkpoint: str | pathlib.Path, output: str | pathlib.Path) -> formats.Ported:
+  return port("torch", checkpoint, output)
 
 
 def load_chexnet(directory: str | pathlib.Path) -> tuple[densenet.DenseNetConfig, dict[str, Any], list[str]]:

@@ -4,11 +4,12 @@
 
 HF_DIR holds `config.json` and `model.safetensors` (or a sharded `model.safetensors.index.json`), read
 with `safetensors` (no torch), plus the tokenizer files when present (`tokenizer.json` or `vocab.txt`).
-config.json's `model_type` picks the family module (`FAMILIES`), which says how the checkpoint becomes a
-cxrjax model; this module reads the directory, checks it, and applies the family's strict name map.
+config.json's `model_type` picks the family (`FAMILIES`, a registry: each family module adds its `Family`
+beside its definition, and weights/__init__.py imports the family modules), which says how the checkpoint
+becomes a cxrjax model; this module reads the directory, checks it, and applies the family's strict name map.
 
-A family module (hf_git.py, hf_blip.py) defines:
-    MODEL_NAME                          the cxrjax `model.name`
+A `Family` holds:
+    model_name                          the cxrjax `model.name`
     model_section(hf_config, source)    config.json -> the cxrjax `model` section (the encoder's
                                         image_size and preprocessing included)
     vocab_size(hf_config)               rows of the vocabulary (checked against the tokenizer)
@@ -17,15 +18,17 @@ A family module (hf_git.py, hf_blip.py) defines:
     source_of(path)                     a "/"-joined Flax variable path ("params/output/kernel") -> (the
                                         checkpoint's tensor name, its layout change to Flax)
     ignored(name)                       checkpoint tensors the model does not use
-    run_config(model_section)           the run config written into OUT (its decode section is then
-                                        replaced by the checkpoint's own, `generation_decode`)
+    recipe(model_section)               the recipe (cxrjax/recipes.py) whose run config is written into OUT
+                                        (its decode section then replaced by the checkpoint's own,
+                                        `generation_decode`)
     generation_settings(hf_config, generation_config)
                                         the generation settings transformers' `generate` runs this family
                                         with, from config.json and generation_config.json ({} if absent)
-  and optionally:
+  and optionally (None otherwise):
     with_prompt(model_section, ids)     the section with a caption prompt (ids from the start token on)
     check_tensors(tensors, source)      checks beyond names and shapes (raises WeightsError)
-Family modules do not import this one (it imports them): the reading and checking stay here.
+    fit_lengths(run_config, section)    the recipe's lengths fitted to the model's positions and cache
+Family modules import this one to register (it does not import them): the reading and checking stay here.
 
 The imported run decodes as transformers' `generate` on the directory does (`generation_decode`): its
 beam count, length penalty and length, with transformers' defaults (greedy, 20 new tokens) where the
@@ -37,6 +40,7 @@ missing / unexpected / mis-shaped tensors, tensors with NaN or infinite values, 
 no cxrjax search reproduces (sampling, penalties, ...) or a length past the text position table.
 """
 
+import dataclasses
 import hashlib
 import json
 import pathlib
@@ -49,13 +53,13 @@ import ml_collections
 import numpy as np
 import safetensors.numpy
 
-from cxrjax import models
+from cxrjax import models, registry
 from cxrjax.data import datasets
 from cxrjax.text import tokenizers
-from cxrjax.weights import hf_blip, hf_git, store
+from cxrjax.weights import formats, store
 from cxrjax.weights.store import WeightsError
 
-FAMILIES = {"blip": hf_blip, "git": hf_git}
+FORMAT = "hf"  # A Hugging Face model directory (GIT, BLIP): config.json + model.safetensors.
 CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE = "config.json", "model.safetensors", "model.safetensors.index.json"
 TOKENIZER_JSON, VOCAB_TXT, TOKENIZER_CONFIG = "tokenizer.json", "vocab.txt", "tokenizer_config.json"
 GENERATION_CONFIG = "generation_config.json"
@@ -96,6 +100,33 @@ REPRODUCED_ONLY_AS = dict(
 SourceOf = Callable[[str], tuple[str, Callable[[np.ndarray], np.ndarray]]]
 
 
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """How a Hugging Face model family's checkpoint becomes a cxrjax run (module doc)."""
+
+  model_name: str
+  model_section: Callable[[dict[str, Any], str], dict[str, Any]]
+  vocab_size: Callable[[dict[str, Any]], int]
+  special_tokens: Callable[[dict[str, Any]], dict[str, Any]]
+  source_of: SourceOf
+  ignored: Callable[[str], bool]
+  recipe: Callable[[dict[str, Any]], ml_collections.ConfigDict]
+  generation_settings: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
+  with_prompt: Callable[[dict[str, Any], list[int]], dict[str, Any]] | None = None
+  check_tensors: Callable[[dict[str, np.ndarray], str], None] | None = None
+  fit_lengths: Callable[[ml_collections.ConfigDict, dict[str, Any]], ml_collections.ConfigDict] | None = None
+
+  def ported_run_config(self, section: dict[str, Any]) -> ml_collections.ConfigDict:
+    """The run config of a ported checkpoint whose model section is `section`: the family's recipe, its
+    lengths fitted to the model where the family says how."""
+    config = self.recipe(dict(section))
+    return config if self.fit_lengths is None else self.fit_lengths(config, section)
+
+
+# config.json's model_type -> its Family (hf_git.py, hf_blip.py).
+FAMILIES: registry.Registry[Family] = registry.Registry("Hugging Face model family", "model_type", WeightsError)
+
+
 def _read_json(path: pathlib.Path) -> Any:
   try:
     return json.loads(path.read_text())
@@ -122,7 +153,7 @@ def read_config(directory: str | pathlib.Path) -> dict[str, Any]:
     raise WeightsError(f"{path}: expected a JSON object, got {type(hf_config).__name__}")
   model_type = hf_config.get("model_type")
   if model_type not in FAMILIES:
-    raise WeightsError(f"{path}: model_type {model_type!r} is not supported; known: {sorted(FAMILIES)}")
+    raise WeightsError(f"{path}: model_type {model_type!r} is not supported; known: {sorted(FAMILIES.names())}")
   return hf_config
 
 
@@ -328,9 +359,9 @@ def import_hf(
   (`with_prompt(model_section, prompt_ids)`, the ids from the start token on)."""
   directory = pathlib.Path(directory)
   hf_config = read_config(directory)
-  family = FAMILIES[hf_config["model_type"]]
+  family = FAMILIES.get(hf_config["model_type"])
   section = family.model_section(hf_config, str(directory / CONFIG_FILE))
-  cleaning = datasets.cleaning_style(family.run_config(section).data)
+  cleaning = datasets.cleaning_style(family.ported_run_config(section).data)
   loaded = load_tokenizer(directory, tokenizer, family.special_tokens(hf_config), cleaning)
   vocab_size = family.vocab_size(hf_config)
   if len(loaded) != vocab_size:
@@ -338,8 +369,8 @@ def import_hf(
       f"{directory / CONFIG_FILE}: vocab_size is {vocab_size}, but the tokenizer has {len(loaded)} tokens ({loaded!r})"
     )
   if prompt:
-    if not hasattr(family, "with_prompt"):
-      raise WeightsError(f"--prompt: the {family.MODEL_NAME} family takes no prompt")
+    if family.with_prompt is None:
+      raise WeightsError(f"--prompt: the {family.model_name} family takes no prompt")
     section = family.with_prompt(section, [loaded.start_id] + loaded.encode(prompt)[1:-1])
   # Decoding as `generate` on this directory; the KV cache holds that many tokens.
   source = str(directory / (GENERATION_CONFIG if (directory / GENERATION_CONFIG).is_file() else CONFIG_FILE))
@@ -352,12 +383,40 @@ def import_hf(
     end_id=loaded.end_id,
   )
   section = dict(section, cache_length=max(section["cache_length"], decode["max_length"]))
-  run_config = family.run_config(section)
+  run_config = family.ported_run_config(section)
   run_config.decode = decode
   tensors = read_tensors(directory)
-  if hasattr(family, "check_tensors"):  # Checks beyond names and shapes (BLIP: tied copies are equal).
+  if family.check_tensors is not None:  # Checks beyond names and shapes (BLIP: tied copies are equal).
     family.check_tensors(tensors, str(directory))
   variables = strict_map(
     tensors, abstract_variables(section, vocab_size), family.source_of, str(directory), family.ignored
   )
   return run_config, loaded, variables
+
+
+@formats.register(
+  FORMAT,
+  options=("tokenizer", "prompt"),
+  help="a Hugging Face model directory (GIT, BLIP) -> a workdir that evaluate / predict / config.init.from_workdir "
+  "read",
+)
+def port(
+  directory: str | pathlib.Path, output: str | pathlib.Path, tokenizer: str | None = None, prompt: str = ""
+) -> formats.Ported:
+  """A Hugging Face model directory (its model_type picks the family) -> the run of a workdir that `evaluate`,
+  `predict` and `config.init.from_workdir` read; its config.data.tokenizer is the workdir's tokenizer.json,
+  so that fine-tuning uses the checkpoint's vocabulary."""
+  config, loaded, variables = import_hf(directory, tokenizer=tokenizer, prompt=prompt)
+  return formats.Ported(
+    dict(
+      model=config.model.name,
+      vocab_size=len(loaded),
+      hidden_size=config.model.get("hidden_size"),
+      num_layers=config.model.get("num_layers"),
+    ),
+    config=config,
+    tokenizer=loaded,
+    variables=variables,
+    meta={"imported_from": str(directory), "sha256": checksums(directory)},
+    tokenizer_in_workdir=True,
+  )

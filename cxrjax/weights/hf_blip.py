@@ -1,5 +1,6 @@
 """Salesforce BLIP captioning checkpoints (`BlipForConditionalGeneration`, e.g.
-Salesforce/blip-image-captioning-base) -> cxrjax/models/blip.py, for cxrjax/weights/hf.py.
+Salesforce/blip-image-captioning-base) -> cxrjax/models/blip.py, a family of cxrjax/weights/hf.py (added to
+`hf.FAMILIES` at the end).
 
 The model section comes from config.json (`vision_config`, `text_config`); a field config.json leaves out
 takes transformers' default for it (BlipTextConfig / BlipVisionConfig, 5.x), as `from_pretrained` does, so
@@ -29,7 +30,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from cxrjax import config as config_lib
+from cxrjax import recipes
+from cxrjax.weights import hf
 from cxrjax.weights.store import WeightsError
 
 MODEL_NAME = "blip"
@@ -285,13 +287,31 @@ def generation_settings(hf_config: Mapping[str, Any], generation_config: Mapping
   return {}
 
 
-def run_config(section: Mapping[str, Any], tokenizer: str = "") -> ml_collections.ConfigDict:
-  """The run config of a BLIP: seed 002's ROCO chest X-ray recipe (cxrjax/config.py; configs/roco_blip.py
-  adds BLIP's beam 3), with data and decode lengths that fit the model's positions and cache."""
-  config = config_lib.roco_chest_experiment(dict(section), tokenizer=tokenizer)
+def fit_lengths(config: ml_collections.ConfigDict, section: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """`config` (a BLIP's run config: seed 002's ROCO chest X-ray recipe, recipes.roco_chest_experiment;
+  configs/roco_blip.py adds BLIP's beam 3) with data and decode lengths that fit the model's positions and
+  cache; returns `config`, changed in place."""
   # Teacher forcing reads [prompt, caption after its start token]: prompt + max_length - 2 positions (a
   # small model's position table can be shorter than the recipe's captions); decoding, cache_length.
   prompt = max(len(section.get("prompt_ids", ())), 1)
   config.data.max_length = min(config.data.max_length, section["max_positions"] - prompt + 2)
   config.decode.max_length = min(config.decode.max_length, section["cache_length"], config.data.max_length - 1)
   return config
+
+
+hf.FAMILIES.add(
+  MODEL_NAME,  # config.json's model_type
+  hf.Family(
+    model_name=MODEL_NAME,
+    model_section=model_section,
+    vocab_size=vocab_size,
+    special_tokens=special_tokens,
+    source_of=source_of,
+    ignored=ignored,
+    recipe=recipes.roco_chest_experiment,  # Seed 002's ROCO chest X-ray recipe.
+    fit_lengths=fit_lengths,
+    generation_settings=generation_settings,
+    with_prompt=with_prompt,
+    check_tensors=check_tensors,
+  ),
+)

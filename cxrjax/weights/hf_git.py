@@ -1,10 +1,10 @@
 """GIT's Hugging Face checkpoint (transformers' `GitForCausalLM`, microsoft/git-base): config.json -> the
 cxrjax `model` section, and the strict name map of its tensors onto `GitCaptioner` (cxrjax/models/git.py).
 
-A family module of cxrjax/weights/hf.py, which reads the directory, builds the model and applies the map
-(every variable from exactly one tensor; missing, unexpected and mis-shaped tensors are errors). Layout
-changes: Linear [out, in] -> Dense kernel [in, out]; the patch convolution [out, in, kh, kw] -> [kh, kw,
-in, out]; LayerNorm weight -> scale; embedding tables as they are.
+A family of cxrjax/weights/hf.py (added to `hf.FAMILIES` at the end), which reads the directory, builds the
+model and applies the map (every variable from exactly one tensor; missing, unexpected and mis-shaped tensors
+are errors). Layout changes: Linear [out, in] -> Dense kernel [in, out]; the patch convolution [out, in, kh,
+kw] -> [kh, kw, in, out]; LayerNorm weight -> scale; embedding tables as they are.
 
     git.image_encoder.vision_model.<CLIP names>     image_encoder/... (models/encoders/vit.py)
     git.visual_projection.visual_projection.0 / .1  visual_projection / visual_projection_norm
@@ -18,16 +18,16 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-import ml_collections
 import numpy as np
 
-from cxrjax import config as config_lib
+from cxrjax import recipes
+from cxrjax.weights import hf
 from cxrjax.weights.store import WeightsError
 
 MODEL_NAME = "git"
 # GIT's image processor (CLIPImageProcessor): bicubic resize of the shortest side, centre crop, CLIP statistics.
 PREPROCESSING = dict(normalization="clip", resize_filter="bicubic", resize_rule="shortest_side_crop")
-CACHE_LENGTH = 64  # Text positions of the decoding cache: the ROCO recipe's captions (config.py).
+CACHE_LENGTH = 64  # Text positions of the decoding cache: the ROCO recipe's captions (recipes.py).
 
 _VISION = "git.image_encoder.vision_model."
 _BERT_MODULES = {
@@ -152,11 +152,6 @@ def special_tokens(hf_config: dict) -> dict[str, Any]:
   return dict(start_token="[CLS]", end_token="[SEP]", pad_token="[PAD]", extra=())
 
 
-def run_config(section: dict) -> ml_collections.ConfigDict:
-  """The run config of an imported checkpoint: seed 002's ROCO chest X-ray recipe (cxrjax/config.py)."""
-  return config_lib.roco_chest_experiment(section)
-
-
 def generation_settings(hf_config: dict, generation_config: dict) -> dict:
   """What `GitForCausalLM.generate` runs with: the directory's generation_config.json, else the generation
   fields of config.json itself (transformers' `GenerationConfig.from_model_config`); unset ones take
@@ -213,3 +208,18 @@ def ignored(name: str) -> bool:
   """The `position_ids` index buffers (arange), which checkpoints of transformers before 4.31 saved and
   later versions skip when loading, as they do; every other tensor must be used."""
   return name.endswith("embeddings.position_ids")
+
+
+hf.FAMILIES.add(
+  MODEL_NAME,  # config.json's model_type
+  hf.Family(
+    model_name=MODEL_NAME,
+    model_section=model_section,
+    vocab_size=vocab_size,
+    special_tokens=special_tokens,
+    source_of=source_of,
+    ignored=ignored,
+    recipe=recipes.roco_chest_experiment,  # Seed 002's ROCO chest X-ray recipe.
+    generation_settings=generation_settings,
+  ),
+)

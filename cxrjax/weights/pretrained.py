@@ -5,9 +5,10 @@
                      word_vectors="glove.6B.300d.txt",  # GloVe .txt / fastText .vec, one row per word
                      from_workdir="")                   # another run's best checkpoint (cxrjax/train.py)
 
-A family says which config.init keys it accepts and where each goes (`pretrained_parts`, models/base.py);
-a key the family does not have is an error, an empty value is skipped. Loading checks names and shapes
-against the model before anything is copied.
+A family says which config.init keys it accepts, the kind of file each is and where it goes
+(`pretrained_parts`, models/base.py); a key the family does not have is an error, an empty value is
+skipped. Each kind's loader is registered in `KINDS` beside its definition (cxrjax/registry.py). Loading
+checks names and shapes against the model before anything is copied.
 """
 
 import sys
@@ -18,12 +19,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cxrjax import registry
 from cxrjax.errors import ConfigError
 from cxrjax.models import base
 from cxrjax.text import word_vectors
 from cxrjax.weights import chexnet, seed003, store
 
 INIT_KEYS = ("encoder", "word_vectors", "from_workdir")
+
+# The kind of file a family's `config.init.<key>` names (base.PretrainedPart.kind) -> its loader
+# `load(path, part, params, batch_stats, tokenizer, model_config)`, which writes the file into `params` and
+# `batch_stats` at the part's paths.
+KINDS = registry.Registry("pretrained kind", "PretrainedPart.kind", ConfigError)
 
 
 def _subtree(tree: dict[str, Any], path: str) -> tuple[dict[str, Any], str]:
@@ -39,9 +46,13 @@ def _subtree(tree: dict[str, Any], path: str) -> tuple[dict[str, Any], str]:
   return node, keys[-1]
 
 
+@KINDS.register("densenet")
 def _load_densenet(
-  directory: str, part: base.PretrainedPart, params: dict, batch_stats: dict, encoder_epsilon: float | None
+  directory: str, part: base.PretrainedPart, params: dict, batch_stats: dict, tokenizer: Any, model_config: Any
 ) -> None:
+  """A `cxrjax port-weights` CheXNet directory into a DenseNet encoder (its classifier left out)."""
+  del tokenizer
+  encoder_epsilon = ((model_config or {}).get("encoder") or {}).get("bn_epsilon")
   config, variables, _ = chexnet.load_chexnet(directory)
   if encoder_epsilon is not None and abs(config.bn_epsilon - encoder_epsilon) > 1e-12:
     # Names and shapes fit, so the weights load; the normalisation differs slightly: say so.
@@ -73,7 +84,12 @@ def _load_densenet(
       parent[key] = jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), source[collection], target)
 
 
-def _load_hf_resnet(directory: str, part: base.PretrainedPart, params: dict, batch_stats: dict) -> None:
+@KINDS.register("hf_resnet")
+def _load_hf_resnet(
+  directory: str, part: base.PretrainedPart, params: dict, batch_stats: dict, tokenizer: Any, model_config: Any
+) -> None:
+  """A Hugging Face ResNetModel directory (config.json + model.safetensors) into a ResNet encoder."""
+  del tokenizer, model_config
   variables, config = seed003.import_hf_resnet(directory)
   store.check_finite_variables(variables, directory)
   for path in part.paths:
@@ -93,7 +109,12 @@ def _load_hf_resnet(directory: str, part: base.PretrainedPart, params: dict, bat
       parent[key] = jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), source, target)
 
 
-def _load_word_vectors(path: str, part: base.PretrainedPart, params: dict, tokenizer: Any) -> None:
+@KINDS.register("word_vectors")
+def _load_word_vectors(
+  path: str, part: base.PretrainedPart, params: dict, batch_stats: dict, tokenizer: Any, model_config: Any
+) -> None:
+  """A GloVe .txt or fastText .vec file into word embeddings, one row per word of the tokenizer."""
+  del batch_stats, model_config
   for param_path in part.paths:
     parent, key = _subtree(params, param_path)
     embedding = parent[key]
@@ -125,16 +146,9 @@ def initialize(
   batch_stats = flax.core.unfreeze(jax.tree.map(np.asarray, variables.get("batch_stats", {})))
   for key, path in requested.items():
     part = parts[key]
+    load = KINDS.get(part.kind)
     try:
-      if part.kind == "densenet":
-        encoder = (model_config or {}).get("encoder") or {}
-        _load_densenet(path, part, params, batch_stats, encoder.get("bn_epsilon"))
-      elif part.kind == "hf_resnet":
-        _load_hf_resnet(path, part, params, batch_stats)
-      elif part.kind == "word_vectors":
-        _load_word_vectors(path, part, params, tokenizer)
-      else:
-        raise ValueError(f"unknown pretrained kind {part.kind!r}")
+      load(path, part, params, batch_stats, tokenizer, model_config)
     except KeyError as missing:
       raise ConfigError(f"config.init.{key}: the model has no parameters at {missing}") from None
   return {"params": params, "batch_stats": batch_stats}

@@ -25,12 +25,15 @@ import ml_collections
 import numpy as np
 import safetensors.numpy
 
-from cxrjax import config as config_lib
+from cxrjax import recipes
+from cxrjax.data import datasets
+from cxrjax.errors import ConfigError
 from cxrjax.models import graph_captioner
 from cxrjax.models.encoders import resnet
-from cxrjax.weights import store
+from cxrjax.weights import formats, store
 from cxrjax.weights.store import WeightsError
 
+FORMAT = "seed003-torch"  # The ResNet-50 + graph + transformer captioner's PyTorch state dict.
 MODEL_NAME = "graph_captioner"
 SEED_NUM_HEADS = 8
 # generate_caption(max_len=80): at most 80 generated tokens, the [SEP] that stops it included (decoding.py's
@@ -173,12 +176,11 @@ def infer_config(
   return config, int(vocab_size)
 
 
-def run_config(model_config: ml_collections.ConfigDict, tokenizer: str = "") -> ml_collections.ConfigDict:
-  """The run config of an imported checkpoint: seed 003's ROCOv2 setup (config.rocov2_experiment), which
-  decodes as the seed's generate_caption (greedy, nothing blocked, at most 80 tokens); at most the position
-  table's rows where the checkpoint's is shorter, as far as the seed's loop can run."""
-  config = config_lib.rocov2_experiment(model_config.to_dict(), tokenizer=tokenizer)
-  config.decode.max_length = min(config.decode.max_length, int(model_config.cache_length))
+def fit_lengths(config: ml_collections.ConfigDict, model: Any) -> ml_collections.ConfigDict:
+  """`config` (recipes.rocov2_experiment's, which decodes as the seed's generate_caption: greedy, nothing
+  blocked, at most 80 tokens) decoding at most the model's `cache_length` tokens where the checkpoint's
+  position table is shorter, as far as the seed's loop can run; returns `config`, changed in place."""
+  config.decode.max_length = min(config.decode.max_length, int(model["cache_length"]))
   return config
 
 
@@ -232,6 +234,47 @@ def import_seed003(
   except WeightsError as error:
     raise WeightsError(f"{path}: {error}") from error
   return convert(tensors, model_config, vocab_size, source=str(path)), model_config, vocab_size
+
+
+@formats.register(
+  FORMAT,
+  options=("tokenizer", "num_heads"),
+  help="seed 003's roco_best_model.bin -> a workdir that evaluate / predict / config.init.from_workdir read",
+)
+def port(
+  checkpoint: str | pathlib.Path,
+  output: str | pathlib.Path,
+  tokenizer: str | pathlib.Path | None = None,
+  num_heads: int | None = None,
+) -> formats.Ported:
+  """The seed-003 captioner's state dict -> the run of a workdir (config.json, tokenizer.json,
+  checkpoints/best) that `evaluate`, `predict` and `config.init.from_workdir` read."""
+  digest = formats.checkpoint_digest(checkpoint, output)
+  if not tokenizer:
+    raise ConfigError(
+      f"--format {FORMAT} needs --tokenizer: bert-base-uncased's vocab.txt (or a "
+      "tokenizer.json); the checkpoint does not contain the vocabulary"
+    )
+  loaded = datasets.load_or_build_tokenizer(
+    ml_collections.ConfigDict(dict(name="rocov2", tokenizer=str(tokenizer), cleaning="none")), None
+  )
+  num_heads = SEED_NUM_HEADS if num_heads is None else num_heads
+  variables, model_config, vocab_size = import_seed003(checkpoint, num_heads=num_heads)
+  store.check_finite_variables(variables, str(checkpoint))  # NaN weights would caption with exit status 0.
+  if vocab_size != len(loaded):
+    raise WeightsError(
+      f"{checkpoint}: its vocabulary has {vocab_size} rows, the tokenizer {tokenizer} {len(loaded)} tokens"
+    )
+  model_config.encoder.preprocessing = dict(recipes.IMAGENET_PREPROCESSING)
+  # Seed 003's ROCOv2 setup, decoding as the seed.
+  config = fit_lengths(recipes.rocov2_experiment(model_config.to_dict(), tokenizer=str(tokenizer)), model_config)
+  return formats.Ported(
+    dict(vocab_size=vocab_size, d_model=model_config.d_model, num_layers=model_config.num_layers),
+    config=config,
+    tokenizer=loaded,
+    variables=variables,
+    meta={"imported_from": str(checkpoint), "sha256": digest},
+  )
 
 
 def read_hf_resnet(directory: str | pathlib.Path) -> tuple[dict[str, np.ndarray], resnet.ResNetConfig]:

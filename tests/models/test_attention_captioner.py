@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from configs import iu_xray_attention
-from cxrjax import config as config_lib
+from cxrjax import recipes
 from cxrjax import models, optim
 from cxrjax.models import attention_captioner
 from cxrjax.models.decoders import attention_gru
@@ -144,11 +144,11 @@ def _encoder_run(model, variables, images, train):
 
 
 @pytest.mark.parametrize(
-  "param_groups", [config_lib.FROZEN_ENCODER, config_lib.TRAINED_EVERYWHERE], ids=["frozen", "trained"]
+  "param_groups", [recipes.FROZEN_ENCODER, recipes.TRAINED_EVERYWHERE], ids=["frozen", "trained"]
 )
 def test_a_frozen_encoder_gets_no_gradient_and_runs_batch_norm_in_inference_mode(param_groups):
   section = attention_captioner.AttentionCaptioner.smoke_config()  # concat, zeros: the IU configs'
-  frozen = param_groups == config_lib.FROZEN_ENCODER
+  frozen = param_groups == recipes.FROZEN_ENCODER
   is_frozen = optim.frozen_predicate(ml_collections.ConfigDict({"param_groups": param_groups}))
   model = models.build(section, len(VOCABULARY), is_frozen)
   assert isinstance(model, attention_captioner.AttentionCaptioner) and model.freeze_encoder == frozen

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cxrjax import config as config_lib
+from cxrjax import recipes
 from cxrjax import decoding, models, sharding, train, workdir
 from cxrjax.text import tokenizers
 
@@ -25,8 +25,8 @@ def family_config(name: str) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.data = dict(name="phantom", image_size=IMAGE_SIZE, num_views=VIEWS, max_length=LENGTH)
   config.model = models.get(name).smoke_config()
-  config.init = config_lib.no_init()
-  config.optimizer = config_lib.adamw(1e-2, 0)
+  config.init = recipes.no_init()
+  config.optimizer = recipes.adamw(1e-2, 0)
   config.train = dict(batch_size=BATCH, num_steps=10, seed=0)
   config.decode = dict(beam_size=1, max_length=LENGTH - 1, length_penalty=0.0, block_ngram_repeat=0)
   return config

@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from cxrjax import config as config_lib
-from cxrjax import evaluate
+from cxrjax import evaluate, recipes
 from cxrjax.data import datasets
 from cxrjax.data.roco import captions as roco_captions, chest
 from cxrjax.errors import ConfigError
@@ -18,7 +18,7 @@ from cxrjax.metrics import baselines, protocols
 from cxrjax.metrics import captioning as caption_metrics
 from cxrjax.tasks import captioning
 from cxrjax.text import cleaning, tokenizers
-from cxrjax.weights import hf_blip, hf_git, seed003
+from cxrjax.weights import hf, seed003
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BERT_VOCAB = "text/bert-base-uncased-vocab.txt"
@@ -51,12 +51,13 @@ def _numbers(scores):
 @pytest.fixture(scope="module")
 def family_configs():
   """Every captioning config family, and the run configs `cxrjax port-weights` writes into a workdir
-  (the family's run_config of the imported model section)."""
+  (the recipe of the imported model section, as the format's porting function builds it)."""
   families = ("iu_xray_attention", "iu_xray_lstm", "iu_xray_cam", "roco_git", "roco_blip", "rocov2_graph")
   configs = {name: config_lib.load_config_file(str(ROOT / "configs" / f"{name}.py")) for name in families}
-  configs["port-weights hf (GIT)"] = hf_git.run_config(configs["roco_git"].model.to_dict())
-  configs["port-weights hf (BLIP)"] = hf_blip.run_config(configs["roco_blip"].model.to_dict())
-  configs["port-weights seed003-torch"] = seed003.run_config(configs["rocov2_graph"].model)
+  configs["port-weights hf (GIT)"] = hf.FAMILIES.get("git").ported_run_config(configs["roco_git"].model.to_dict())
+  configs["port-weights hf (BLIP)"] = hf.FAMILIES.get("blip").ported_run_config(configs["roco_blip"].model.to_dict())
+  graph = configs["rocov2_graph"].model
+  configs["port-weights seed003-torch"] = seed003.fit_lengths(recipes.rocov2_experiment(graph.to_dict()), graph)
   return configs
 
 

@@ -136,7 +136,7 @@ def test_a_ported_blip_decodes_as_generate_on_its_directory(vocab, shared_data, 
 
 def test_blip_processing_equals_blip_image_processor(shared_data):
   hf_config = transformers.BlipConfig().to_dict()  # blip-base's sizes: 384 x 384.
-  config = hf_blip.run_config(hf_blip.model_section(hf_config, "config.json"))
+  config = hf.FAMILIES.get("blip").ported_run_config(hf_blip.model_section(hf_config, "config.json"))
   ours = chest_xrays(shared_data, size=config.data.image_size)
   # Training sees the processor's view too: no augmentation.
   assert transforms.from_config(config) == transforms.Preprocessing(image_size=384, **hf_blip.PREPROCESSING)

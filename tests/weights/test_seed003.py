@@ -21,7 +21,7 @@ import pytest
 import torch
 import transformers
 
-from cxrjax import decoding
+from cxrjax import decoding, recipes
 from cxrjax.models import graph_captioner
 from cxrjax.models.encoders import resnet
 from cxrjax.weights import pretrained, seed003, store
@@ -274,13 +274,11 @@ def test_a_directory_that_is_not_a_resnet_is_refused(tmp_path, chest_xrays):
 def test_an_imported_run_decodes_as_the_seed_and_the_recipe_as_configured():
   """The seed's generate_caption: greedy, nothing blocked, 80 tokens ([SEP] included), or as many as a shorter
   position table lets its loop run; configs/rocov2_graph.py names its own search (beam 3, trigram blocking)."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
   from configs import rocov2_graph  # pylint: disable=g-import-not-at-top
 
   for cache_length, max_length in ((80, 80), (40, 40)):
-    decode = seed003.run_config(
-      ml_collections.ConfigDict(dict(name="graph_captioner", cache_length=cache_length))
-    ).decode
+    model = dict(name="graph_captioner", cache_length=cache_length)
+    decode = seed003.fit_lengths(recipes.rocov2_experiment(model), model).decode
     assert (decode.beam_size, decode.max_length, decode.block_ngram_repeat) == (1, max_length, 0)
   recipe = rocov2_graph.get_config()
   assert (recipe.decode.beam_size, recipe.decode.max_length, recipe.decode.block_ngram_repeat) == (3, 80, 3)
