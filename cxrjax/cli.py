@@ -40,7 +40,6 @@ from cxrjax.data import prepare
 from cxrjax.errors import ConfigError
 from cxrjax.metrics import classification as classification_metrics
 from cxrjax.serve import server as serve
-from cxrjax.tasks import classification as classification_task
 from cxrjax.weights import chexbert_labeler, formats, hf, seed003
 
 SEED003_FORMAT = seed003.FORMAT  # The ResNet-50 + graph + transformer captioner's PyTorch state dict.
@@ -374,7 +373,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     summary.update(stage=output.get("stage"), mean_AUROC=scores["mean_AUROC"])
     # The classes outside the mean (AG-CNN's "No Finding"), beside it.
     summary.update(
-      {key: scores[key] for key in (f"AUROC/{name}" for name in classification_task.OUTSIDE_MEAN) if key in scores}
+      {key: scores[key] for key in (f"AUROC/{name}" for name in evaluators.auroc.OUTSIDE_MEAN) if key in scores}
     )
   print(json.dumps(summary))
   return 0

@@ -17,12 +17,15 @@ A run config has these sections (every config in configs/ fills all of them):
   eval       evaluation batch size, the validation metric that picks the best checkpoint, validation size
 and, optionally (the transformer configs' `model_parallel=N` / `fsdp` arguments; absent: replicated):
   sharding   the device mesh and the parameters' layout on it (cxrjax/sharding.py; recipes.py `sharding_section`)
-  evaluators report generators: scores beyond the task's text metrics, {name: section} as
-             cxrjax/evaluators/__init__.py builds them (e.g. dict(chexbert=dict(labeler=DIR),
-             bertscore=dict(model=DIR, layer=17))); built once per run, run at every validation (one of their
-             headline scores, e.g. "CE/uncertain_positive/all14/micro/F1" or "BERTScore/F1", can be
-             eval.best_metric) and by `cxrjax evaluate`, whose metrics.json gets their scores and provenance
-             (the labeler checkpoint's SHA-256). Absent or empty: none. The configs in configs/ set none; a
+  evaluators what scores validation and `cxrjax evaluate`, {name: section} as cxrjax/evaluators/__init__.py builds
+             them, added to the task's defaults (report generators: "text" under the dataset's protocol, and
+             for `evaluate` the image-free "baselines" and "findings_oracle"; classifiers: "auroc"); a section
+             named as a default changes its fields (text=dict(meteor=True)) or, None, drops it. Each section's
+             `stages` say where it runs ("train": every validation; "evaluate"). E.g. dict(chexbert=
+             dict(labeler=DIR), bertscore=dict(model=DIR, layer=17)): built once per run; one of their headline
+             scores, e.g. "CE/uncertain_positive/all14/micro/F1" or "BERTScore/F1", can be eval.best_metric;
+             `evaluate`'s metrics.json gets every evaluator's scores and provenance (e.g. the labeler
+             checkpoint's SHA-256). The configs in configs/ set none; a
              command adds them, creating the section's entries (`--config.evaluators.NAME.FIELD=VALUE`, which
              other --config overrides cannot do):
                cxrjax train --config=configs/demo.py --workdir=workdirs/demo_ce \

@@ -20,12 +20,12 @@ CLI's --leaderboard-json PATH) also writes the predictions as ReXrank's predicti
 (data/iu_xray/rexrank.py: its form and where it was read), whole or not at all; a run that is not R2Gen's test
 split with findings + impression is refused before any prediction, one line naming the field.
 
-Evaluators (cxrjax/evaluators/: CheXbert clinical efficacy, BERTScore): the run's config.evaluators section
-(cxrjax/config.py), with the sections `evaluators` adds (the CLI's --labeler DIR and --bertscore-model DIR),
-built once over the run's mesh and run on the predictions after the task's own scores; their scores join
-metrics.json's "scores" and their provenance (the labeler checkpoint's SHA-256) is its "evaluators". The text
-metrics stay the task's: a "text" evaluator under the name "text" would score them twice and is refused (one
-named otherwise, e.g. coco=dict(type="text", protocol="coco"), adds its scores prefixed "coco/").
+Scores are the run's evaluators' (cxrjax/evaluators/, evaluators.for_run at stage "evaluate"): its task's
+defaults (report generators: the text metrics under the dataset's protocol with METEOR, the image-free
+baselines and, on phantoms, the findings oracle; classifiers: AUROC), its config.evaluators section
+(cxrjax/config.py) and the sections `evaluators` adds (the CLI's --labeler DIR and --bertscore-model DIR),
+built once over the run's mesh before any prediction. Their scores are metrics.json's "scores", the baselines'
+its "baselines", and their provenance (e.g. the labeler checkpoint's SHA-256) its "evaluators".
 """
 
 from collections.abc import Mapping
@@ -35,91 +35,15 @@ import jax
 import ml_collections
 
 from cxrjax import evaluators as evaluators_lib
-from cxrjax import files, sharding, tasks, workdir as workdir_lib
+from cxrjax import files, sharding, workdir as workdir_lib
 from cxrjax.data import datasets, pipeline
 from cxrjax.data.iu_xray import rexrank
-from cxrjax.errors import ConfigError, UserError
-from cxrjax.metrics import baselines
-from cxrjax.metrics import captioning as caption_metrics
-from cxrjax.metrics import protocols as caption_protocols
+from cxrjax.errors import UserError
 from cxrjax.tasks import evaluation
-from cxrjax.text import cleaning as text_cleaning
 
 
 class EvaluationError(UserError):
   """Evaluation options that do not fit the arguments' limits or the workdir's model."""
-
-
-def text_baselines(data_config, references: list[str], reference_source: Any, meteor: bool) -> dict[str, Any]:
-  """What an answer that ignores the images scores on `references`, and (phantoms) what reading the
-  images perfectly would score: {"most_common_report", "best_constant_report"[, "findings_oracle"]}, chosen
-  and scored under the dataset's scoring protocol, as the model is (metrics/protocols.py)."""
-  train_source, _ = datasets.make_source(data_config, "train")
-  cleaning = data_config.cleaning
-  protocol = caption_protocols.protocol_for(data_config)
-  train_reports = datasets.report_texts(train_source, cleaning)
-  result = {}
-  most_common, share = baselines.most_common_report(train_reports, protocol=protocol)
-  best_constant, train_bleu4 = baselines.best_constant_report(train_reports, protocol=protocol)
-  for name, report, extra in (
-    ("most_common_report", most_common, {"share_of_training_reports": share}),
-    ("best_constant_report", best_constant, {"training_BLEU-4": train_bleu4}),
-  ):
-    result[name] = {
-      "report": report,
-      **extra,
-      "scores": caption_metrics.caption_metrics(
-        references, [report] * len(references), protocol=protocol, meteor=meteor
-      ),
-    }
-  if hasattr(reference_source, "oracle_reports"):
-    oracle = [text_cleaning.clean_report(r, cleaning) for r in reference_source.oracle_reports()]
-    result["findings_oracle"] = {
-      "scores": caption_metrics.caption_metrics(references, oracle, protocol=protocol, meteor=meteor)
-    }
-  return result
-
-
-def build_evaluators(
-  config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, extra: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-  """The evaluators of config.evaluators plus `extra`'s sections (same name: `extra`'s replaces the config's),
-  built over `mesh`; {} when there are none. A ConfigError (before any prediction) for a classifier, a text
-  evaluator that would score the task's text metrics twice, or whatever evaluators.from_config refuses."""
-  section = config.get("evaluators") or {}
-  section = {**(section.to_dict() if hasattr(section, "to_dict") else dict(section)), **dict(extra or {})}
-  if not section:
-    return {}
-  if not tasks.task_class(config).uses_tokenizer:
-    raise ConfigError(
-      f"config.evaluators.{next(iter(section))}: {config.model.name} is a classifier; evaluators "
-      "score generated reports"
-    )
-  text = section.get("text")
-  if isinstance(text, Mapping) and text.get("type", "text") == "text":
-    raise ConfigError(
-      "config.evaluators.text: the task already scores the text metrics under "
-      "config.data.caption_protocol; to score them under another protocol too, name the evaluator "
-      "otherwise (e.g. coco=dict(type='text', protocol='coco'): scores prefixed 'coco/')"
-    )
-  return evaluators_lib.from_config(section, mesh=mesh)
-
-
-def run_evaluators(
-  built: Mapping[str, Any], records: list[dict], scores: dict[str, Any]
-) -> tuple[dict[str, Any], dict[str, Any]]:
-  """The evaluators over a report generator's records -> (`scores` with theirs added, their provenance).
-  A score the task already gave is an error, not overwritten."""
-  result = evaluators_lib.run(
-    built, [str(r["id"]) for r in records], [r["reference"] for r in records], [r["generated"] for r in records]
-  )
-  both = sorted(set(scores) & set(result["scores"]))
-  if both:
-    raise ConfigError(
-      f"config.evaluators: the score {both[0]!r} is the task's too; name the evaluator otherwise "
-      "than its type (its scores are then prefixed with its name)"
-    )
-  return {**scores, **result["scores"]}, result["provenance"]
 
 
 def evaluate(
@@ -162,7 +86,9 @@ def evaluate(
       )
     rexrank.check_run(data_config, split, max_examples)
   # Built once, before any prediction: a missing labeler directory fails before the split is decoded.
-  built = build_evaluators(config, run.mesh, evaluators)
+  built = evaluators_lib.for_run(config, "evaluate", run.mesh, extra=evaluators, meteor=meteor)
+  if not baselines_too:
+    built = {name: evaluator for name, evaluator in built.items() if evaluator.SECTION != "baselines"}
   source, info = datasets.make_source(data_config, split)
   full_source = source
   if leaderboard_json is not None:
@@ -186,20 +112,23 @@ def evaluate(
     predict=predict,
     batch_size=config.eval.batch_size,
   )
+  predictions = evaluators_lib.Predictions.from_records(
+    records, label_names=task.label_names, data=data_config, source=source
+  )
+  scored = evaluators_lib.run(built, predictions)
   output = {
     "split": split,
     "checkpoint": checkpoint,
     "step": int(run.state.step),
-    "scores": task.score(records, meteor=meteor),
+    "scores": scored["scores"],
+    "evaluators": scored["provenance"],
   }
-  if built:
-    output["scores"], output["evaluators"] = run_evaluators(built, records, output["scores"])
   if getattr(full_source, "references", None) is not None:
     output["references"] = full_source.references
   if task.uses_tokenizer:
     output["decode"] = dict(config.decode.to_dict(), **options.describe())
-    if baselines_too:
-      output["baselines"] = text_baselines(data_config, [r["reference"] for r in records], source, meteor)
+  if "baselines" in scored:
+    output["baselines"] = scored["baselines"]
   if config.model.get("stage"):
     output["stage"] = config.model.stage
   leaderboard = None

@@ -68,6 +68,11 @@ class Predictions:
   generated: list[str]
 
 
+# The evaluators that score a file's texts alone (the baselines and the oracle read a run's dataset; AUROC a
+# classifier's probabilities).
+FILE_EVALUATORS = ("bertscore", "chexbert", "text")
+
+
 def rexrank_reference(findings: str, impression: str) -> str:
   """The text ReXrank's evaluation script scores a prediction against (rexrank.py's module doc)."""
   return f"Findings: {findings} Impression: {impression}"
@@ -268,12 +273,10 @@ def evaluator_config(
 ) -> ml_collections.ConfigDict:
   """The CLI's flags -> evaluators.from_config's section; a ConfigError naming the flag."""
   if not names:
-    raise ConfigError(f"--evaluators: empty; expected some of {', '.join(sorted(evaluators_lib.REGISTRY))}")
+    raise ConfigError(f"--evaluators: empty; expected some of {', '.join(FILE_EVALUATORS)}")
   for name in names:
-    if name not in evaluators_lib.REGISTRY:
-      raise ConfigError(
-        f"--evaluators {name}: unknown evaluator; expected some of {', '.join(sorted(evaluators_lib.REGISTRY))}"
-      )
+    if name not in FILE_EVALUATORS:
+      raise ConfigError(f"--evaluators {name}: unknown evaluator; expected some of {', '.join(FILE_EVALUATORS)}")
   if len(set(names)) != len(names):
     raise ConfigError(f"--evaluators {','.join(names)}: an evaluator named twice")
   if batch_size < 1:
@@ -321,9 +324,8 @@ def score_file(
   built = evaluators_lib.from_config(config, mesh=mesh, where="--evaluators")
   total = 2 * len(predictions.ids) * len(built)  # Each evaluator reads the references and the generated texts.
   with tqdm.tqdm(total=total, desc="score", unit="text", file=sys.stderr, disable=not progress) as bar:
-    result = evaluators_lib.run(
-      built, predictions.ids, predictions.references, predictions.generated, progress=bar.update
-    )
+    scored = evaluators_lib.Predictions(predictions.ids, predictions.references, predictions.generated)
+    result = evaluators_lib.run(built, scored, progress=bar.update)
   metrics = {
     "predictions": {"path": path, "format": predictions.format, "sha256": sha256(path)},
     "devices": mesh.size,

@@ -14,9 +14,10 @@ the same command run again resumes it. A non-finite loss or gradient norm stops 
 saved. Training also writes a TensorBoard log (WORKDIR/tensorboard) and, for `train.profile_steps`, a
 profiler trace (WORKDIR/profile).
 
-`config.evaluators` (cxrjax/config.py; CheXbert clinical efficacy, BERTScore) are built once per run, before
-any data is read, and every validation runs them after the task's scores (evaluate.run_evaluators): their
-scores join the validation record of metrics.jsonl, and one of their HEADLINE scores (e.g.
+Validation is scored by the run's evaluators of stage "train" (cxrjax/evaluators/, evaluators.for_run): the
+task's defaults (text metrics without METEOR; AUROC) and config.evaluators' (cxrjax/config.py; CheXbert
+clinical efficacy, BERTScore), built once per run before any data is read. Their scores are the validation
+record of metrics.jsonl, and one of their HEADLINE scores (e.g. "BLEU-4", "mean_AUROC",
 "CE/uncertain_positive/all14/micro/F1", "BERTScore/F1") can be config.eval.best_metric (check_best_metric).
 """
 
@@ -35,7 +36,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from cxrjax import evaluate, models, optim, sharding, summaries, tasks, workdir as workdir_lib
+from cxrjax import models, optim, sharding, summaries, tasks, workdir as workdir_lib
 from cxrjax import evaluators as evaluators_lib
 from cxrjax.data import datasets, pipeline
 from cxrjax.errors import ConfigError, UserError
@@ -233,8 +234,8 @@ def check_finite(metrics: list[dict[str, Any]], last_step: int, workdir: epath.P
 def check_best_metric(metric: str, built: Mapping[str, Any]) -> None:
   """Refuses, before training, a config.eval.best_metric that looks like an evaluator's score (it starts as a
   registered evaluator's headline keys do, "CE/" or "BERTScore/", or with a configured evaluator's "<name>/")
-  and is not one of the configured evaluators' HEADLINE scores, which validation gives. Other names are the
-  task's scores, as before evaluators existed."""
+  and is not one of the validation evaluators' HEADLINE scores. Other names (the text metrics, AUROC of a class)
+  are left to validation, whose scores hold them or not."""
   selectable = [
     ("" if name == evaluator.name else f"{name}/") + key
     for name, evaluator in built.items()
@@ -245,10 +246,12 @@ def check_best_metric(metric: str, built: Mapping[str, Any]) -> None:
   } | {f"{name}/" for name, evaluator in built.items() if name != evaluator.name}
   if metric in selectable or not metric.startswith(tuple(families)):
     return
-  if not built:
+  # Evaluators whose scores have families ("CE/", "BERTScore/", "<name>/"), as the configured ones do; the
+  # task's defaults (text metrics, AUROC) have none.
+  if not any(name != e.name or any("/" in key for key in e.HEADLINE) for name, e in built.items()):
     raise ConfigError(
-      f"config.eval.best_metric={metric!r}: an evaluator's score, but config.evaluators is empty "
-      "(e.g. --config.evaluators.chexbert.labeler=DIR)"
+      f"config.eval.best_metric={metric!r}: an evaluator's score, but config.evaluators has no evaluator that "
+      "gives it (e.g. --config.evaluators.chexbert.labeler=DIR)"
     )
   raise ConfigError(
     f"config.eval.best_metric={metric!r}: not a headline score of config.evaluators; these can "
@@ -304,7 +307,7 @@ def train_and_evaluate(
   mesh = sharding.create_mesh(config.get("sharding"))
   # Once per run, before any data is read or file written: a missing labeler directory or an unknown
   # evaluator is one line now, not at the first validation.
-  built_evaluators = evaluate.build_evaluators(config, mesh)
+  built_evaluators = evaluators_lib.for_run(config, "train", mesh)
   best_metric = config.eval.get("best_metric", tasks.task_class(config).best_metric_default)
   check_best_metric(best_metric, built_evaluators)
   profiler = StepProfiler(train_cfg.get("profile_steps", ()), workdir / PROFILE_DIR)
@@ -452,9 +455,8 @@ def train_and_evaluate(
             predict=validate,
             batch_size=config.eval.batch_size,
           )
-          val_scores = task.score(records)
-          if built_evaluators:
-            val_scores, _ = evaluate.run_evaluators(built_evaluators, records, val_scores)
+          predictions = evaluators_lib.Predictions.from_records(records, label_names=task.label_names)
+          val_scores = evaluators_lib.run(built_evaluators, predictions)["scores"]
           _log(log, {"split": "val", "step": step, **val_scores})
           value = float(val_scores[best_metric])
           value = -np.inf if np.isnan(value) else value  # E.g. AUROC of a split with one label value.

@@ -87,7 +87,7 @@ def test_validation_logs_the_evaluators_scores_and_picks_the_best_checkpoint_by_
   validations = _validations(workdir)
   assert [v["step"] for v in validations] == [2, 4]
   for validation in validations:
-    for key in evaluators.CheXbert.HEADLINE:
+    for key in evaluators.chexbert.CheXbert.HEADLINE:
       assert 0.0 <= validation[key] <= 1.0, key
     assert "BLEU-4" in validation and "num_studies" in validation  # The task's scores stay beside them.
   assert last[CE_MICRO_F1] == validations[-1][CE_MICRO_F1]
@@ -112,7 +112,7 @@ def test_evaluate_writes_the_scores_evaluators_run_gives_on_its_predictions(trai
   written = json.loads((workdir / "eval/val/metrics.json").read_text())
   ids, references, generated = _predictions(workdir / "eval/val/predictions.jsonl")
   built = evaluators.from_config(dict(chexbert=dict(labeler=str(labeler))))
-  expected = evaluators.run(built, ids, references, generated)
+  expected = evaluators.run(built, evaluators.Predictions(ids, references, generated))
   ce = {key: value for key, value in written["scores"].items() if key.startswith("CE/")}
   assert ce == expected["scores"] and len(ce) > 100
   assert written["evaluators"]["chexbert"]["sha256"] == _sha256(checkpoint)
@@ -122,7 +122,7 @@ def test_evaluate_writes_the_scores_evaluators_run_gives_on_its_predictions(trai
   assert summary["model"][CE_MICRO_F1] == written["scores"][CE_MICRO_F1]
   # Validation scored the same predictions of the same checkpoint.
   last_validation = _validations(workdir)[-1]
-  for key in evaluators.CheXbert.HEADLINE + ("BLEU-4",):
+  for key in evaluators.chexbert.CheXbert.HEADLINE + ("BLEU-4",):
     assert written["scores"][key] == pytest.approx(last_validation[key], abs=1e-12), key
 
 
@@ -153,11 +153,11 @@ def test_evaluate_flags_replace_and_add_evaluators(trained, labelers, bert_dir, 
   written = json.loads((workdir / "eval/test/metrics.json").read_text())
   ids, references, generated = _predictions(workdir / "eval/test/predictions.jsonl")
   built = evaluators.from_config(dict(chexbert=dict(labeler=str(other)), bertscore=dict(model=str(bert_dir), layer=2)))
-  expected = evaluators.run(built, ids, references, generated)["scores"]
+  expected = evaluators.run(built, evaluators.Predictions(ids, references, generated))["scores"]
   assert {key: written["scores"][key] for key in expected} == pytest.approx(expected, abs=1e-6)
   assert written["evaluators"]["chexbert"]["sha256"] == _sha256(other_checkpoint)
   assert written["evaluators"]["bertscore"]["layer"] == 2
-  assert set(written["evaluators"]) == {"chexbert", "bertscore"}
+  assert set(written["evaluators"]) == {"text", "baselines", "findings_oracle", "chexbert", "bertscore"}
 
 
 def test_a_sweep_tabulates_the_evaluators_scores_and_plots_their_validation_curve(trained, tmp_path):
@@ -183,14 +183,18 @@ def test_a_sweep_tabulates_the_evaluators_scores_and_plots_their_validation_curv
     (["--config.evaluators.chexbert.labeler={missing}"], "missing_labeler"),
     (
       ["--config.evaluators.rouge.labeler={labeler}"],
-      "config.evaluators.rouge.type='rouge': unknown evaluator; known: bertscore, chexbert, text",
+      "config.evaluators.rouge.type='rouge': unknown evaluator; known: auroc, baselines, bertscore, chexbert, "
+      "findings_oracle, text",
     ),
     (
       ["--config.evaluators.chexbert.labeler={labeler}", "--config.evaluators.chexbert.batch=4"],
       "config.evaluators.chexbert.batch: unknown field",
     ),
-    (["--config.evaluators.text.protocol=coco"], "config.evaluators.text: the task already scores"),
-    (["--config.eval.best_metric=BERTScore/F1"], "config.evaluators is empty"),
+    (
+      ["--config.evaluators.auroc.stages=train"],
+      "config.evaluators.auroc: the auroc evaluator scores finding probabilities; attention_captioner predicts",
+    ),
+    (["--config.eval.best_metric=BERTScore/F1"], "config.evaluators has no evaluator that gives it"),
     (
       ["--config.evaluators.chexbert.labeler={labeler}", "--config.eval.best_metric=CE/uncertain_positive/all14/F1"],
       "not a headline score of config.evaluators",

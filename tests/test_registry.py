@@ -14,6 +14,7 @@ import ml_collections
 import pytest
 
 from cxrjax import evaluators, models, registry
+from cxrjax.evaluators import base as evaluators_base
 from cxrjax.data import datasets
 from cxrjax.data import registry as data_registry
 from cxrjax.errors import ConfigError, UserError
@@ -113,14 +114,22 @@ def test_every_dataset_package_is_registered_and_imported_by_datasets(registered
 
 
 def test_every_evaluator_class_is_registered_under_its_name(registered):
-  defined = {
-    cls
-    for _, cls in inspect.getmembers(evaluators, inspect.isclass)
-    if cls.__module__ == evaluators.__name__ and hasattr(cls, "HEADLINE")
-  }
+  """Each evaluator module's Evaluator subclasses are registered, and evaluators/__init__ imports every module."""
+  package = importlib.import_module("cxrjax.evaluators")
+  defined = set()
+  for info in pkgutil.iter_modules(package.__path__, "cxrjax.evaluators."):
+    module = importlib.import_module(info.name)
+    defined |= {
+      cls
+      for _, cls in inspect.getmembers(module, inspect.isclass)
+      if cls.__module__ == module.__name__
+      and issubclass(cls, evaluators_base.Evaluator)
+      and cls is not evaluators_base.Evaluator
+    }
   assert defined == set(evaluators.REGISTRY.values())
   assert all(evaluators.REGISTRY.get(name).name == name for name in evaluators.REGISTRY)
-  assert registered["evaluators"] == list(evaluators.REGISTRY) == ["text", "chexbert", "bertscore"]
+  assert sorted(registered["evaluators"]) == sorted(evaluators.REGISTRY)
+  assert {"text", "chexbert", "bertscore", "baselines", "findings_oracle", "auroc"} <= set(evaluators.REGISTRY)
 
 
 def test_optional_family_members_have_defaults_so_callers_need_not_probe():

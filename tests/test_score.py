@@ -190,7 +190,7 @@ def test_text_scores_equal_caption_metrics_called_directly(scored, predictions):
   _, references, generated = predictions
   expected = captioning.caption_metrics(references, generated, protocol="r2gen", meteor=False)
   got = {key: value for key, value in scored["jsonl"]["scores"].items() if not key.startswith(("CE/", "BERTScore/"))}
-  assert got == json.loads(json.dumps(expected))
+  assert got == json.loads(json.dumps(dict(expected, num_studies=NUM_STUDIES)))
   assert 0.05 < got["BLEU-4"] < 0.95  # The perturbations score between nothing and everything.
 
 
@@ -404,7 +404,7 @@ def test_the_registry_builds_evaluators_from_config_sections(predictions):
   built = evaluators.from_config(
     {"text": {"protocol": "r2gen", "meteor": False}, "coco_text": {"type": "text", "protocol": "coco", "meteor": False}}
   )
-  result = evaluators.run(built, ids, references, generated)
+  result = evaluators.run(built, evaluators.Predictions(ids, references, generated))
   coco = captioning.caption_metrics(references, generated, protocol="coco", meteor=False)
   assert result["scores"]["coco_text/BLEU-4"] == coco["BLEU-4"] != result["scores"]["BLEU-4"]
   assert result["provenance"]["coco_text"] == {"type": "text", "protocol": "coco", "meteor": False}
@@ -414,7 +414,8 @@ def test_the_registry_builds_evaluators_from_config_sections(predictions):
     ({"text": {"protocol": "r2gen", "beam": 3}}, r"^config\.evaluators\.text\.beam: unknown"),
     (
       {"x": {"type": "bleurt"}},
-      r"^config\.evaluators\.x\.type='bleurt': unknown evaluator; known: bertscore, chexbert, text$",
+      r"^config\.evaluators\.x\.type='bleurt': unknown evaluator; known: auroc, baselines, bertscore, chexbert, "
+      r"findings_oracle, text$",
     ),
     ({"chexbert": {"batch_size": 4}}, r"^config\.evaluators\.chexbert\.labeler: required"),
     ({}, r"^config\.evaluators: no evaluators"),

@@ -51,7 +51,7 @@ import dataclasses
 import functools
 import math
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -59,7 +59,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from cxrjax import sharding
 from cxrjax.errors import UserError
+from cxrjax.evaluators import base
 from cxrjax.models.encoders import text
 from cxrjax.text import hf_tokenizers
 from cxrjax.weights import hf_text
@@ -405,3 +407,47 @@ class BertScorer:
       R_mean=float(recall.mean()),
       F1_mean=float(f1.mean()),
     )
+
+
+@base.register("bertscore")
+class BERTScore(base.Evaluator):
+  """BERTScore of the generated reports against their references (bert-score's P, R, F1, averaged) with a
+  Hugging Face encoder directory, in jitted batches sharded over the mesh's 'data' axis: model, layer (None:
+  bert-score's default for the model type), idf, baseline (a rescaling baseline file, or None), batch_size.
+  Keys "BERTScore/P", "BERTScore/R", "BERTScore/F1"."""
+
+  FIELDS = {"model": base.REQUIRED, "layer": None, "idf": False, "baseline": None, "batch_size": 64}
+  HEADLINE = ("BERTScore/F1",)
+
+  def __init__(self, config: Mapping[str, Any], mesh: jax.sharding.Mesh | None = None, where: str = "bertscore"):
+    super().__init__(config, mesh, where)
+    base.positive_int(self.config["batch_size"], f"{where}.batch_size")
+    self.mesh = mesh
+    self.scorer = BertScorer.from_directory(
+      self.config["model"],
+      num_layers=self.config["layer"],
+      idf=bool(self.config["idf"]),
+      baseline_file=self.config["baseline"],
+    )
+
+  def __call__(self, predictions: base.Predictions, progress: base.Progress | None = None) -> dict[str, Any]:
+    rows = self.config["batch_size"]
+    if self.mesh is not None:  # The scorer takes a multiple of the 'data' axis: every device gets equal rows.
+      data = self.mesh.shape[sharding.DATA_AXIS]
+      rows = -(-rows // data) * data
+    result = self.scorer.score(
+      list(predictions.generated), list(predictions.references), batch_size=rows, mesh=self.mesh
+    )
+    if progress is not None:
+      progress(2 * len(predictions.ids))
+    return {f"BERTScore/{name}": result[f"{name}_mean"] for name in ("P", "R", "F1")}
+
+  def provenance(self) -> dict[str, Any]:
+    return {
+      "model": str(self.config["model"]),
+      "model_type": self.scorer.model_type,
+      "layer": self.scorer.num_layers,
+      "idf": self.scorer.idf,
+      "baseline": None if self.config["baseline"] is None else str(self.config["baseline"]),
+      "batch_size": self.config["batch_size"],
+    }

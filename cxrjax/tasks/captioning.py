@@ -13,7 +13,6 @@ import optax
 from cxrjax import decoding, files, models
 from cxrjax.data import transforms
 from cxrjax.errors import ConfigError
-from cxrjax.metrics import captioning as caption_metrics
 from cxrjax.metrics import protocols as caption_protocols
 from cxrjax.tasks import base, feature_cache
 
@@ -260,18 +259,21 @@ class CaptioningTask:
       for study_id, reference, tokens in zip(host["id"], host["report"], outputs["tokens"])
     ]
 
-  def score(self, records: list[dict], meteor: bool = False) -> dict[str, Any]:
-    """The text metrics of the records, references and generated texts normalised alike by the dataset's
-    scoring protocol (metrics/protocols.py; config.data.caption_protocol): validation (the best checkpoint's
-    metric) and `cxrjax evaluate` alike."""
-    scores = caption_metrics.caption_metrics(
-      [r["reference"] for r in records],
-      [r["generated"] for r in records],
-      protocol=caption_protocols.protocol_for(self.config.data),
-      meteor=meteor,
-    )
-    scores["num_studies"] = len(records)
-    return scores
+  evaluator_kind: ClassVar[str] = "text"  # What its predictions are, for evaluators (evaluators/base.py).
+
+  @staticmethod
+  def default_evaluators(config: ml_collections.ConfigDict, stage: str, meteor: bool | None = None) -> dict:
+    """The evaluators a report generator's run has without a config.evaluators section: the text metrics
+    under the dataset's scoring protocol (metrics/protocols.py; config.data.caption_protocol), METEOR in
+    `evaluate` unless `meteor` is False (validation: only if True); `evaluate` also scores the image-free
+    baselines and, where the dataset knows the true findings, the findings oracle."""
+    meteor = stage == "evaluate" if meteor is None else meteor
+    protocol = caption_protocols.protocol_for(config.data)
+    return {
+      "text": {"type": "text", "protocol": protocol, "meteor": meteor},
+      "baselines": {"type": "baselines", "meteor": meteor},
+      "findings_oracle": {"type": "findings_oracle", "meteor": meteor},
+    }
 
   def write(self, out_dir, records: list[dict]) -> None:
     files.write_lines(out_dir / "predictions.jsonl", (json.dumps(record) for record in records))

@@ -8,7 +8,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from cxrjax.data import chestxray14, transforms
+from cxrjax.data import transforms
 from cxrjax.errors import ConfigError
 from cxrjax.metrics import classification as classification_metrics
 from cxrjax.tasks import base
@@ -102,11 +102,13 @@ class ClassificationTask:
       for image_id, probabilities, labels in zip(host["id"], outputs["probabilities"], outputs["labels"])
     ]
 
-  def score(self, records: list[dict], meteor: bool = False) -> dict[str, Any]:
-    del meteor
-    labels = np.stack([r["labels"] for r in records])
-    probabilities = np.stack([r["probabilities"] for r in records])
-    return auroc_scores(labels, probabilities, self.label_names)
+  evaluator_kind: ClassVar[str] = "findings"  # What its predictions are, for evaluators (evaluators/base.py).
+
+  @staticmethod
+  def default_evaluators(config: ml_collections.ConfigDict, stage: str, meteor: bool | None = None) -> dict:
+    """Per-class AUROC and mean_AUROC, in validation and `evaluate` alike."""
+    del config, stage, meteor
+    return {"auroc": {"type": "auroc"}}
 
   def write(self, out_dir, records: list[dict]) -> None:
     classification_metrics.write_predictions_csv(
@@ -115,22 +117,3 @@ class ClassificationTask:
       np.stack([r["probabilities"] for r in records]),
       list(self.label_names),
     )
-
-
-# Classes whose AUROC is reported beside mean_AUROC, not in it: AG-CNN's 15th class "No Finding" is the
-# absence of the findings, and the published AG-CNN / CheXNet means (and `cxrjax auroc`) are over the 14
-# findings; a mean over 15 would neither compare with them nor select the same checkpoint.
-OUTSIDE_MEAN = (chestxray14.NO_FINDING,)
-
-
-def auroc_scores(labels: np.ndarray, probabilities: np.ndarray, label_names) -> dict[str, Any]:
-  """{"mean_AUROC", "AUROC/<class>"...}: the mean over the findings with both label values, the AUROC of
-  every class (OUTSIDE_MEAN's too, beside the mean)."""
-  result = classification_metrics.multilabel_auroc(
-    labels, probabilities, class_names=list(label_names), outside_mean=OUTSIDE_MEAN
-  )
-  scores = {"mean_AUROC": float(result["mean"]), "num_examples": int(labels.shape[0])}
-  scores.update({f"AUROC/{name}": float(value) for name, value in result["per_class"].items()})
-  if result.get("note"):
-    scores["note"] = result["note"]
-  return scores

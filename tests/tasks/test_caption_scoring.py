@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from cxrjax import config as config_lib
-from cxrjax import evaluate, recipes
+from cxrjax import evaluators, recipes
 from cxrjax.data import datasets
 from cxrjax.data.roco import captions as roco_captions, chest
 from cxrjax.errors import ConfigError
@@ -114,13 +114,15 @@ def test_a_perfect_model_gets_every_maximum_in_every_config_family(
     assert protocols.normalize(generated, protocol) == protocols.normalize(references, protocol), family
     key = (protocol, tuple(references), tuple(generated))
     if key not in scored:
-      task = captioning.CaptioningTask(config, ANY_TOKENIZER)  # Its score is the trainer's validation and `evaluate`'s.
+      # The run's validation evaluators (`evaluate`'s add METEOR): its text metrics under its protocol.
+      built = evaluators.for_run(config, "train")
       records = [
         {"id": str(i), "reference": reference, "generated": text}
         for i, (reference, text) in enumerate(zip(references, generated))
       ]
       own_records = [dict(record, generated=record["reference"]) for record in records]
-      scored[key] = task.score(records), task.score(own_records), records
+      score = lambda records: evaluators.run(built, evaluators.Predictions.from_records(records))["scores"]  # noqa: E731
+      scored[key] = score(records), score(own_records), records
     perfect, own, _ = scored[key]
     assert perfect["protocol"]["name"] == protocol, family
     assert _numbers(perfect) == _numbers(own), family  # The references' own scores: the maximum.
@@ -168,16 +170,16 @@ def test_a_constant_caption_scores_the_same_as_a_baseline_and_as_a_model_output(
   ]
   monkeypatch.setattr(datasets, "make_source", lambda data, split: (_Captions(train), None))
   references = [cleaning.clean_report(text, config.data.cleaning) for text in roco_raw_captions]
-  result = evaluate.text_baselines(config.data, references, reference_source=None, meteor=False)
+  ids = [str(i) for i in range(len(references))]
+  baselines_evaluator = evaluators.build("baselines", {"meteor": False})
+  result = baselines_evaluator(evaluators.Predictions(ids, references, references, data=config.data))
   wordpiece = _tokenizer(config, shared_data, references)
-  task = captioning.CaptioningTask(config, ANY_TOKENIZER)
+  text = evaluators.for_run(config, "train")["text"]
   for name in ("most_common_report", "best_constant_report"):
     report = result[name]["report"]
     generated = wordpiece.decode(wordpiece.encode(report))
     assert report in train and generated != report, name  # A raw training caption; the model's spelling.
-    as_model = task.score(
-      [{"id": str(i), "reference": reference, "generated": generated} for i, reference in enumerate(references)]
-    )
+    as_model = text(evaluators.Predictions(ids, references, [generated] * len(references)))
     assert _numbers(as_model) == _numbers(result[name]["scores"]), name
     assert as_model["protocol"] == result[name]["scores"]["protocol"], name
 

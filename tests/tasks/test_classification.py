@@ -10,7 +10,7 @@ import pytest
 from etils import epath
 from sklearn import metrics as sklearn_metrics
 
-from cxrjax import cli, train, workdir as workdir_lib
+from cxrjax import cli, evaluators, train, workdir as workdir_lib
 from cxrjax.data import chestxray14
 from cxrjax.errors import ConfigError
 from cxrjax.tasks import classification
@@ -155,7 +155,9 @@ def test_mean_auroc_is_over_the_14_findings_as_cxrjax_auroc_scores_its_predictio
   probabilities = np.round(0.3 * labels + 0.7 * rng.random(labels.shape), 3)
   task = classification.ClassificationTask(chestxray14_agcnn.get_config("smoke"), names)
   records = [{"id": e.image_index, "probabilities": p, "labels": l} for e, p, l in zip(entries, probabilities, labels)]
-  scores = task.score(records)
+  config = chestxray14_agcnn.get_config("smoke")
+  predictions = evaluators.Predictions.from_records(records, label_names=names)
+  scores = evaluators.run(evaluators.for_run(config, "evaluate"), predictions)["scores"]  # The run's AUROC.
   task.write(epath.Path(tmp_path), records)
   assert cli.main(["auroc", "--predictions", str(tmp_path / "predictions.csv"), "--labels", str(labels_file)]) == 0
   scored = json.loads(capsys.readouterr().out)
