@@ -253,7 +253,8 @@ def build(
     tx = components.make_optimizer(state.params)
     step = train.jit_train_step(components, tx, config.train.seed, _shardings(state), mesh)
     batch_spec = _with_sharding(
-      pipeline.batch_spec(config, batch, task.tokenizer, task.label_names), sharding.data_sharded(mesh)
+      pipeline.batch_spec(config, batch, task.tokenizer, task.label_names, task.preprocessing),
+      sharding.data_sharded(mesh),
     )
     return Built(
       name=program,
@@ -298,7 +299,7 @@ def build(
   mesh, layout = sharding.mesh_for_loading(section, "config.sharding", devices)
   state = workdir_lib.abstract_state(components, mesh, layout)
   search = inference.jit_program(task, model, task.options(), _shardings(state).variables(), mesh)
-  images = {"images": pipeline.batch_spec(config, rows, task.tokenizer)["images"]}
+  images = {"images": pipeline.batch_spec(config, rows, task.tokenizer, preprocessing=task.preprocessing)["images"]}
   images = _with_sharding(images, sharding.replicated(mesh))
   return Built(
     name=program,

@@ -61,7 +61,6 @@ class Predictor:
   task: tasks.Task
   model: Any = dataclasses.field(repr=False)
   variables: Any = dataclasses.field(repr=False)
-  preprocessing: transforms.Preprocessing
   step: int | None
   max_variants: int = 8
   _programs: collections.OrderedDict = dataclasses.field(default_factory=collections.OrderedDict, repr=False)
@@ -77,7 +76,6 @@ class Predictor:
       task=run.task,
       model=run.model,
       variables=run.state.variables(),
-      preprocessing=transforms.from_config(run.config),
       step=int(run.state.step),
     )
 
@@ -95,16 +93,20 @@ class Predictor:
     mesh = sharding.create_mesh()
     return cls(
       family="chexnet",
-      task=tasks.make(config, label_names=classes),
+      task=tasks.make(config, label_names=classes, preprocessing=preprocessing),
       model=model,
       variables=jax.device_put(chexnet_model.CheXNet.wrap(variables), sharding.replicated(mesh)),
-      preprocessing=preprocessing,
       step=None,
     )
 
   @property
   def config(self) -> ml_collections.ConfigDict:
     return self.task.config
+
+  @property
+  def preprocessing(self) -> transforms.Preprocessing:
+    """The task's: the evaluation transform of the run's config (or of ported weights)."""
+    return self.task.preprocessing
 
   @property
   def tokenizer(self) -> Any:

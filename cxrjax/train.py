@@ -36,7 +36,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from cxrjax import models, optim, sharding, summaries, tasks, workdir as workdir_lib
+from cxrjax import optim, sharding, summaries, tasks, workdir as workdir_lib
 from cxrjax import evaluators as evaluators_lib
 from cxrjax.data import datasets, pipeline
 from cxrjax.errors import ConfigError, UserError
@@ -260,12 +260,11 @@ def check_best_metric(metric: str, built: Mapping[str, Any]) -> None:
 
 
 def initial_variables(
-  config: ml_collections.ConfigDict, state: workdir_lib.TrainState, tokenizer: Any
+  config: ml_collections.ConfigDict, state: workdir_lib.TrainState, tokenizer: Any, family: Any
 ) -> dict[str, Any]:
   """The variables a new run starts from: `config.init.from_workdir`'s best checkpoint (same
   architecture; the family may add its own check, e.g. AG-CNN's stage order), else the fresh ones with
-  the pretrained files of `config.init` written in (weights/pretrained.py)."""
-  family = models.get(config.model.name)
+  the pretrained files of `config.init` written in (weights/pretrained.py). `family`: the model's class."""
   variables = state.variables()
   init = config.get("init", ml_collections.ConfigDict())
   if init.get("from_workdir"):
@@ -300,7 +299,7 @@ def train_and_evaluate(
   workdir = epath.Path(workdir)
   train_cfg = config.train
   check_batch_size(train_cfg.batch_size, config.get("sharding"))
-  models.get(config.model.name)  # A clear error for an unknown family, before any data is read.
+  task_class = tasks.task_class(config)  # A clear error for an unknown family, before any data is read.
   if config.get("decode") is not None:  # Report generators: a decode past the model's KV cache, likewise.
     captioning.check_decode_length(config.model, config.decode.max_length, "config.decode.max_length")
   workdir_lib.check_compatible(workdir, config)
@@ -308,19 +307,19 @@ def train_and_evaluate(
   # Once per run, before any data is read or file written: a missing labeler directory or an unknown
   # evaluator is one line now, not at the first validation.
   built_evaluators = evaluators_lib.for_run(config, "train", mesh)
-  best_metric = config.eval.get("best_metric", tasks.task_class(config).best_metric_default)
+  best_metric = config.eval.get("best_metric", task_class.best_metric_default)
   check_best_metric(best_metric, built_evaluators)
   profiler = StepProfiler(train_cfg.get("profile_steps", ()), workdir / PROFILE_DIR)
 
   train_source, train_info = datasets.make_source(config.data, "train")
   val_source, _ = datasets.make_source(config.data, "val")
   tokenizer = None
-  if tasks.task_class(config).uses_tokenizer:
+  if task_class.uses_tokenizer:
     tokenizer = datasets.load_or_build_tokenizer(config.data, train_source)
   # The task complete: the tokenizer, or the findings the classifier's outputs are (the training split's).
   components = workdir_lib.build(config, tokenizer, train_info.label_names)
   task, model = components.task, components.model
-  if config.train.get("cache_features") and not optim.frozen_predicate(config.optimizer)("image_encoder"):
+  if config.train.get("cache_features") and not components.is_frozen("image_encoder"):
     raise ConfigError(
       "train.cache_features needs a frozen image encoder (optimizer.param_groups "
       "('image_encoder/.*', None)): a trained encoder's features change every step"
@@ -349,7 +348,7 @@ def train_and_evaluate(
   if not resuming:
     init = jax.jit(lambda rng: workdir_lib.init_state(components, rng), out_shardings=state_sharding)
     state = init(jax.random.key(train_cfg.seed))
-    variables = initial_variables(config, state, tokenizer)
+    variables = initial_variables(config, state, tokenizer, components.family)
     if variables is not state.variables():
       # The optimizer state is unchanged: AdamW's moments start at zero whatever the parameters.
       state = jax.device_put(

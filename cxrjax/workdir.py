@@ -186,6 +186,8 @@ class Components:
   model: Any
   make_optimizer: Any  # params -> optax.GradientTransformation
   frozen_modules: dict[str, bool]  # What the family asked of the param groups: module path -> frozen
+  family: Any = None  # the model family class (models.get(config.model.name))
+  is_frozen: Any = None  # module path -> whether optimizer.param_groups freeze it (optim.frozen_predicate)
 
 
 def build(
@@ -193,7 +195,9 @@ def build(
 ) -> Components:
   """The task (complete: report generators with `tokenizer`, classifiers with `label_names`, by default the
   data config's findings), the model and the optimizer of `config`."""
-  if not tasks.task_class(config).uses_tokenizer and label_names is None:
+  # Each derived once here and passed on: the family, the task, the frozen-module predicate.
+  family = models.get(config.model.name)
+  if not tasks.TASKS.get(family.task).uses_tokenizer and label_names is None:
     label_names = datasets.label_names(config.data)
   task = tasks.make(config, tokenizer, label_names)
   predicate, asked = optim.frozen_predicate(config.optimizer), {}
@@ -202,12 +206,14 @@ def build(
     asked[module_path] = predicate(module_path)
     return asked[module_path]
 
-  model = models.build(config.model, len(tokenizer) if tokenizer is not None else None, is_frozen=is_frozen)
+  model = family.from_config(config.model, len(tokenizer) if tokenizer is not None else None, is_frozen)
 
   def make_optimizer(params):
     return optim.make_optimizer(config.optimizer, params, config.train.num_steps)
 
-  return Components(task=task, model=model, make_optimizer=make_optimizer, frozen_modules=asked)
+  return Components(
+    task=task, model=model, make_optimizer=make_optimizer, frozen_modules=asked, family=family, is_frozen=predicate
+  )
 
 
 def init_state(components: Components, rng: jax.Array) -> TrainState:

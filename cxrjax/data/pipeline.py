@@ -88,6 +88,7 @@ def make_batches(
   shard_count: int | None = None,
   rows: Sequence[int] | None = None,
   label_names: Sequence[str] | None = None,
+  preprocessing: transforms.Preprocessing | None = None,
 ) -> grain.IterDataset:
   """The batches of one split (or of `source`) for training, evaluation, feature caching or prediction.
 
@@ -107,6 +108,7 @@ def make_batches(
     shard_index, shard_count: this process's shard (default jax.process_index() / process_count()).
     rows: train: which rows of each global batch this process reads (make_dataset).
     label_names: finding names for "labels" (datasets.label_names(config.data)); None: no labels.
+    preprocessing: the config's (transforms.from_config), as the caller derived it (the run's task).
   """
   data = config["data"]
   if source is None:
@@ -118,7 +120,7 @@ def make_batches(
   return make_dataset(
     source,
     tokenizer,
-    transforms.from_config(config),
+    preprocessing or transforms.from_config(config),
     batch_size=batch_size,
     max_length=_max_length(data, tokenizer),
     train=train,
@@ -138,14 +140,18 @@ def _max_length(data: Any, tokenizer: tokenizers.Tokenizer | None) -> int:
 
 
 def batch_spec(
-  config: Any, batch_size: int, tokenizer: tokenizers.Tokenizer | None = None, label_names: Sequence[str] | None = None
+  config: Any,
+  batch_size: int,
+  tokenizer: tokenizers.Tokenizer | None = None,
+  label_names: Sequence[str] | None = None,
+  preprocessing: transforms.Preprocessing | None = None,
 ) -> dict[str, jax.ShapeDtypeStruct]:
   """Shapes and dtypes of the numeric arrays of make_batches' batches of `batch_size` rows (those that
   sharding.to_global puts on the devices), read from the schema's padding example, so without a record:
   what aot.py compiles the jitted steps for."""
   prepare = PrepareStudy(
     tokenizer=tokenizer,
-    preprocessing=transforms.from_config(config),
+    preprocessing=preprocessing or transforms.from_config(config),
     max_length=_max_length(config["data"], tokenizer),
     cleaning=None,
     train=False,

@@ -32,10 +32,13 @@ def task_class(config: Any) -> type:
   return TASKS.get(models.get(config.model.name).task)
 
 
-def make(config: Any, tokenizer: Any = None, label_names: Sequence[str] | None = None) -> Task:
+def make(
+  config: Any, tokenizer: Any = None, label_names: Sequence[str] | None = None, preprocessing: Any = None
+) -> Task:
   """The task of `config.model.name`'s family, complete: report generators with their `tokenizer`,
-  classifiers with their `label_names` (the findings in the order of the model's outputs)."""
+  classifiers with their `label_names` (the findings in the order of the model's outputs); `preprocessing`
+  (data/transforms.py) where it is not the config's."""
   cls = task_class(config)
   if cls.uses_tokenizer:
-    return cls(config, tokenizer)
-  return cls(config, tuple(label_names) if label_names is not None else None)
+    return cls(config, tokenizer, preprocessing=preprocessing)
+  return cls(config, tuple(label_names) if label_names is not None else None, preprocessing=preprocessing)

@@ -56,6 +56,7 @@ class Task(Protocol):
   config: ml_collections.ConfigDict
   tokenizer: Any  # None for classifiers
   label_names: tuple[str, ...] | None  # None for report generators
+  preprocessing: Any  # data/transforms.Preprocessing: how the model's images are prepared (from the config)
 
   def sample_inputs(self) -> tuple[np.ndarray, ...]:
     """Zero inputs of one example, the model's shapes: to initialise it."""

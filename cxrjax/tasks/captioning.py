@@ -132,8 +132,11 @@ class CaptioningTask:
   config: ml_collections.ConfigDict
   tokenizer: Any  # text/tokenizers.py: the run's
   label_names: None = None  # Report generators read no finding labels.
+  preprocessing: transforms.Preprocessing | None = None  # None: the config's (transforms.from_config)
 
   def __post_init__(self):
+    if self.preprocessing is None:  # Derived here once; the batches, samples and results read it.
+      object.__setattr__(self, "preprocessing", transforms.from_config(self.config))
     if self.tokenizer is None:
       raise ValueError("a report generator's task needs its tokenizer")
     if self.label_names is not None:
@@ -143,7 +146,7 @@ class CaptioningTask:
 
   def sample_inputs(self) -> tuple[np.ndarray, np.ndarray]:
     """Zero images [1, views, S, S, 3] (views and S from the preprocessing of the config) and tokens."""
-    preprocessing = transforms.from_config(self.config)
+    preprocessing = self.preprocessing
     size = preprocessing.image_size
     images = np.zeros((1, preprocessing.num_views, size, size, 3), np.float32)
     return images, np.zeros((1, self.config.data.max_length - 1), np.int32)
@@ -233,7 +236,7 @@ class CaptioningTask:
     log-probability, from the search), "words", "decoding" (which search ran), "score" (beam search only: the
     hypothesis score, transformers' sequences_scores)[, "attention": float32 [tokens, views, h, w], or None
     where the model has none]}."""
-    views = transforms.from_config(self.config).num_views if options.attention else 0
+    views = self.preprocessing.num_views
     results = []
     for index, row in enumerate(np.asarray(outputs["tokens"])):
       length = first_end(row, self.tokenizer.end_id)

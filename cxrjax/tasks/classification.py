@@ -26,8 +26,11 @@ class ClassificationTask:
   config: ml_collections.ConfigDict
   label_names: tuple[str, ...]  # the findings, in the order of the model's outputs
   tokenizer: None = None  # Classifiers read no text.
+  preprocessing: transforms.Preprocessing | None = None  # None: the config's (transforms.from_config)
 
   def __post_init__(self):
+    if self.preprocessing is None:  # Derived here once; the batches and samples read it.
+      object.__setattr__(self, "preprocessing", transforms.from_config(self.config))
     if self.label_names is None or not len(self.label_names):
       raise ValueError("a classifier's task needs its label names")
     if self.tokenizer is not None:
@@ -36,7 +39,7 @@ class ClassificationTask:
 
   def sample_inputs(self) -> tuple[np.ndarray]:
     """Zero images [1, S, S, 3]: the classifier reads one view."""
-    size = transforms.from_config(self.config).image_size
+    size = self.preprocessing.image_size
     return (np.zeros((1, size, size, 3), np.float32),)
 
   def init_variables(self, model, rngs: dict[str, jax.Array]) -> dict[str, Any]:

@@ -46,6 +46,7 @@ def split_batches(
     shard_count=shard_count,
     rows=rows,
     label_names=task.label_names,
+    preprocessing=task.preprocessing,
   )
 
 
@@ -66,7 +67,7 @@ def predict_batch_spec(
   `batch_size` rows padded to a multiple of its devices of `mesh`, with their "index", over 'data'."""
   processes = len({device.process_index for device in mesh.devices.flat})
   local_rows = len(sharding.pad_batch({"mask": np.zeros(batch_size, bool)}, mesh.devices.size // processes)["mask"])
-  spec = pipeline.batch_spec(config, local_rows * processes, task.tokenizer, task.label_names)
+  spec = pipeline.batch_spec(config, local_rows * processes, task.tokenizer, task.label_names, task.preprocessing)
   spec["index"] = jax.ShapeDtypeStruct((local_rows * processes,), np.int32)
   data = sharding.data_sharded(mesh)
   return {key: jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=data) for key, value in spec.items()}
