@@ -300,6 +300,7 @@ def train_and_evaluate(
   train_cfg = config.train
   check_batch_size(train_cfg.batch_size, config.get("sharding"))
   task_class = tasks.task_class(config)  # A clear error for an unknown family, before any data is read.
+  datasets.dataset(config.data.get("name"))  # And for an unknown dataset (before its scoring protocol is read).
   if config.get("decode") is not None:  # Report generators: a decode past the model's KV cache, likewise.
     captioning.check_decode_length(config.model, config.decode.max_length, "config.decode.max_length")
   workdir_lib.check_compatible(workdir, config)
