@@ -135,7 +135,8 @@ class CaptioningTask:
   preprocessing: transforms.Preprocessing | None = None  # None: the config's (transforms.from_config)
 
   def __post_init__(self):
-    if self.preprocessing is None:  # Derived here once; the batches, samples and results read it.
+    # Derived once, here (a config without data, e.g. for a loss alone, has none); batches and results read it.
+    if self.preprocessing is None and self.config.get("data") is not None:
       object.__setattr__(self, "preprocessing", transforms.from_config(self.config))
     if self.tokenizer is None:
       raise ValueError("a report generator's task needs its tokenizer")

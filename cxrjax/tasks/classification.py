@@ -29,7 +29,8 @@ class ClassificationTask:
   preprocessing: transforms.Preprocessing | None = None  # None: the config's (transforms.from_config)
 
   def __post_init__(self):
-    if self.preprocessing is None:  # Derived here once; the batches and samples read it.
+    # Derived once, here (a config without data, e.g. for a loss alone, has none); batches and samples read it.
+    if self.preprocessing is None and self.config.get("data") is not None:
       object.__setattr__(self, "preprocessing", transforms.from_config(self.config))
     if self.label_names is None or not len(self.label_names):
       raise ValueError("a classifier's task needs its label names")
