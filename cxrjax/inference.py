@@ -66,6 +66,7 @@ class Predictor:
   _programs: collections.OrderedDict = dataclasses.field(default_factory=collections.OrderedDict, repr=False)
   _pinned: set = dataclasses.field(default_factory=set, repr=False)
   _reread: Any = dataclasses.field(default=None, repr=False)
+  _attention: Any = dataclasses.field(default=None, repr=False)
 
   @classmethod
   def from_workdir(cls, workdir: str, checkpoint: str = workdir_lib.BEST) -> "Predictor":
@@ -135,7 +136,11 @@ class Predictor:
     return self.task.options(**changes)
 
   def program(self, options: tasks.Options, pin: bool = False) -> Any:
-    """The jitted prediction of `options` (compiled per batch size on first use); `pin` keeps it from eviction."""
+    """The jitted prediction of `options` (compiled per batch size on first use); `pin` keeps it from eviction.
+    Where the task's attention is a program apart (report generators), one search program serves `options`
+    with and without attention."""
+    if self.task.attention_fn(self.model) is not None:
+      options = dataclasses.replace(options, attention=False)
     if pin:
       self._pinned.add(options)
     if options in self._programs:
@@ -151,8 +156,13 @@ class Predictor:
 
   def predict(self, images: np.ndarray, options: tasks.Options) -> list[dict[str, Any]]:
     """images float32 [batch, views, S, S, 3] (classifiers: one view) -> the task's results, one per study."""
-    outputs = jax.device_get(self.program(options)(self.variables, {"images": images}))
-    return self.task.results(outputs, options)
+    batch = {"images": images}
+    outputs = self.program(options)(self.variables, batch)
+    if options.attention and self.task.attention_fn(self.model) is not None:
+      if self._attention is None:  # One program for every search (compiled per batch size and length).
+        self._attention = jax.jit(self.task.attention_fn(self.model))
+      outputs = dict(outputs, attention=self._attention(self.variables, batch, outputs["tokens"]))
+    return self.task.results(jax.device_get(outputs), options)
 
   def load_views(self, paths: Sequence[str]) -> tuple[np.ndarray, list[np.ndarray]]:
     """1..num_views files -> (images float32 [1, views, S, S, 3], the resized uint8 views for display)."""

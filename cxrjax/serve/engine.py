@@ -2,7 +2,7 @@
 
 An `Engine` serves a `Predictor` (inference.py), whose task makes every prediction (the same programs and
 results as `cxrjax predict`); the engine adds what serving needs: requests turned into the task's options
-(one compiled program per option set: a batch holds requests of one), batches padded to the next of their
+(a batch holds requests of one search, with attention computed for it where one of them asks), batches padded to the next of their
 compiled sizes (e.g. 1, 4, 8) so that no request shape compiles a new program, the run's search and greedy
 search compiled for every size at start-up (`warm_up`), and the results as JSON (attention maps as nested
 lists, AG-CNN's heatmap as a PNG). Other decoding options (another beam size or maximum length) compile on
@@ -75,12 +75,13 @@ class Engine:
   # Requests.
 
   def variant(self, options: uploads.Options) -> tasks.Options:
-    """The compiled program of a request's options; options the model cannot take raise RequestError."""
+    """The prediction of a request's options, attention aside (a batch computes it where one of its requests
+    asks); options the model cannot take raise RequestError."""
     if not self.captioning:
       given = [n for n in ("search", "beam_size", "max_length") if getattr(options, n) is not None]
       if given:
         raise RequestError(f"the {self.name} model is a classifier; decoding options ({', '.join(given)}) do not apply")
-      return self.predictor.options(attention=options.attention)
+      return self.predictor.options()
     limit = self.default_variant.max_length
     if options.max_length is not None and options.max_length > limit:
       raise RequestError(f"max_length={options.max_length}; the {self.name} model generates at most {limit} tokens")
@@ -89,7 +90,6 @@ class Engine:
         greedy=options.search == "greedy",
         beam_size=options.beam_size,
         max_length=options.max_length,
-        attention=options.attention,
       )
     except UserError as error:
       raise RequestError(str(error)) from None
@@ -118,10 +118,14 @@ class Engine:
     padded = np.zeros((size, *items[0].images.shape), np.float32)
     padded[: len(items)] = np.stack([item.images for item in items])
     started = time.perf_counter()
-    predictions = self.predictor.predict(padded, items[0].variant)[: len(items)]
+    attention = any(item.options.attention for item in items)  # For the batch, shown to those who asked.
+    variant = dataclasses.replace(items[0].variant, attention=attention)
+    predictions = self.predictor.predict(padded, variant)[: len(items)]
     model_ms = (time.perf_counter() - started) * 1e3
     results = []
     for item, prediction in zip(items, predictions):
+      if not item.options.attention:
+        prediction.pop("attention", None)
       result = self._captioning(prediction) if self.captioning else self._findings(prediction, item.options)
       result.update(model=self.name, step=self.predictor.step)
       result["timings"] = dict(
@@ -167,12 +171,14 @@ class Engine:
 
   def warm_up(self) -> float:
     """Compiles every served batch size of the run's prediction and (report generators) greedy search, with
-    and without attention, and keeps them from eviction; seconds."""
+    attention (report generators: the search's program and the one re-read that serves every search; a
+    classifier's attention is a program of its own, so both), and keeps them from eviction; seconds."""
     started = time.perf_counter()
-    variants = [self.default_variant]
     if self.captioning:
-      variants.append(self.predictor.options(greedy=True))
-    variants += [dataclasses.replace(v, attention=True) for v in variants]
+      searches = (self.default_variant, self.predictor.options(greedy=True))
+      variants = [dataclasses.replace(v, attention=True) for v in searches]
+    else:
+      variants = [self.default_variant, dataclasses.replace(self.default_variant, attention=True)]
     preprocessing = self.predictor.preprocessing
     image = np.zeros((self.predictor.num_views, *[preprocessing.image_size] * 2, 3), np.float32)
     for variant in variants:

@@ -40,6 +40,7 @@ class Options:
 
 
 PredictFn = Callable[[Any, dict[str, jax.Array]], dict[str, jax.Array]]
+AttentionFn = Callable[[Any, dict[str, jax.Array], jax.Array], Any]
 
 
 class Task(Protocol):
@@ -82,6 +83,10 @@ class Task(Protocol):
 
   def predict_fn(self, model: Any, options: Options) -> PredictFn:
     """(variables, batch) -> the batch's predictions: traceable, to jit."""
+
+  def attention_fn(self, model: Any) -> AttentionFn | None:
+    """(variables, batch, generated tokens) -> their attention, a program apart from the search's (report
+    generators: a teacher-forced re-read); None where predict_fn returns it for options.attention."""
 
   def results(self, outputs: dict[str, np.ndarray], options: Options) -> list[dict[str, Any]]:
     """Fetched outputs of a batch -> one result per row: what `predict` prints and `serve` returns."""

@@ -215,22 +215,27 @@ class CaptioningTask:
     return decode
 
   def predict_fn(self, model, options: base.Options) -> base.PredictFn:
-    """(variables, batch) -> `search`'s {"tokens", "token_log_probs", "scores"} for `options`' search, with
-    options.attention also "attention" [batch, max_length, regions] (None: the model has none): each
-    generated token's, from re-reading the generated text with teacher forcing. To jit."""
+    """(variables, batch) -> `search`'s {"tokens", "token_log_probs", "scores"} for `options`' search (its
+    attention is `attention_fn`'s, a program of its own). To jit."""
     decode, greedy, tokenizer = self.decode_config(options), options.search == "greedy", self.tokenizer
 
     def predict(variables, batch):
-      images = model_images(batch)
-      outputs = search(model, variables, images, tokenizer, decode, greedy)
-      if options.attention:
-        tokens = outputs["tokens"]
-        is_end = tokens == tokenizer.end_id
-        lengths = jnp.where(is_end.any(axis=1), jnp.argmax(is_end, axis=1), tokens.shape[1])
-        outputs["attention"] = teacher_forced(model, variables, images, tokens, lengths, tokenizer)["attention"]
-      return outputs
+      return search(model, variables, model_images(batch), tokenizer, decode, greedy)
 
     return predict
+
+  def attention_fn(self, model) -> base.AttentionFn:
+    """(variables, batch, generated tokens [batch, length]) -> each generated token's attention [batch, length,
+    regions] over the regions of every view (None: the model has none), from re-reading the text with teacher
+    forcing: one program for every search, run only where attention is asked for. To jit."""
+    tokenizer = self.tokenizer
+
+    def attention(variables, batch, tokens):
+      is_end = tokens == tokenizer.end_id
+      lengths = jnp.where(is_end.any(axis=1), jnp.argmax(is_end, axis=1), tokens.shape[1])
+      return teacher_forced(model, variables, model_images(batch), tokens, lengths, tokenizer)["attention"]
+
+    return attention
 
   def results(self, outputs: dict[str, np.ndarray], options: base.Options) -> list[dict[str, Any]]:
     """Per row: {"text", "token_ids" (generated, without start and end), "token_logprobs" (each one's

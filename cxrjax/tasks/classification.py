@@ -82,6 +82,11 @@ class ClassificationTask:
 
     return predict
 
+  def attention_fn(self, model) -> None:
+    """None: a classifier's attention (AG-CNN's heatmap) comes with its prediction (options.attention)."""
+    del model
+    return None
+
   def results(self, outputs: dict[str, np.ndarray], options: base.Options) -> list[dict[str, Any]]:
     """Per row: {"probabilities": {finding: p}[, "box": (y0, x0, y1, x1) in the view's pixels][, with
     options.attention: "heatmap" float32 [H, W] and "local_image" float32 [crop, crop, 3], or "heatmap" None
