@@ -33,7 +33,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.tpu_compile import CONFIGS, VOCAB_SIZES  # pylint: disable=g-import-not-at-top
-from cxrjax import aot, sharding, train, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+from cxrjax.jobs import aot, train
+from cxrjax.core import sharding
+from cxrjax.run import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 from cxrjax.data import pipeline  # pylint: disable=g-import-not-at-top
 
 

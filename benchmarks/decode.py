@@ -24,7 +24,10 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # For configs/.
 
-from cxrjax import decoding, models, train, workdir
+from cxrjax.core import decoding
+from cxrjax import models
+from cxrjax.jobs import train
+from cxrjax.run import workdir
 from cxrjax.data import datasets
 from cxrjax.text import tokenizers
 

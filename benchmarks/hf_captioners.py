@@ -48,7 +48,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from configs import roco_blip, roco_git
-from cxrjax import models, optim, train, workdir as workdir_lib
+from cxrjax import models
+from cxrjax.core import optim
+from cxrjax.jobs import train
+from cxrjax.run import workdir as workdir_lib
 from cxrjax.tasks import captioning
 from cxrjax.weights import hf
 

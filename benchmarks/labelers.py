@@ -24,7 +24,7 @@ Timings are the best of --repeats passes over all the reports, cxrjax's and PyTo
 one untimed pass each), so that both sides meet the same load on a shared machine. The PyTorch references (torch, transformers,
 bert-score) are test-only extras: `pip install -e '.[test]' bert-score`.
 
---tpu-topology v5e:2x2 measures nothing here: it compiles the steps for that TPU slice with cxrjax/aot.py
+--tpu-topology v5e:2x2 measures nothing here: it compiles the steps for that TPU slice with cxrjax/jobs/aot.py
 (libtpu: `pip install -e '.[tpu-compile]'`; nothing runs) and prints one JSON line per program, from
 aot.compile_program's Report: HBM per chip, XLA's FLOPs and bytes, the estimated step time (XLA's
 optimal_seconds where sane, else the roofline) and the reports/s per chip it implies. Random weights do not
@@ -59,7 +59,7 @@ import transformers
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cxrjax import sharding
+from cxrjax.core import sharding
 from cxrjax.data.iu_xray import reports as iu_reports
 from cxrjax.evaluators import bertscore
 from cxrjax.models import chexbert
@@ -267,7 +267,7 @@ def _estimate_fields(report) -> dict:
 
 def tpu_estimates(topology: str, batch_per_chip: int, length: int) -> None:
   """The labelling and BERTScore steps compiled for `topology` (module doc); one JSON line each."""
-  from cxrjax import aot  # libtpu's start-up and the compile machinery only where asked for.
+  from cxrjax.jobs import aot  # libtpu's start-up and the compile machinery only where asked for.
 
   tpu_slice = aot.describe_slice(topology)
   mesh = sharding.create_mesh(None, tpu_slice.devices)

@@ -40,7 +40,8 @@ def main() -> None:
   args = parser.parse_args()
   os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={args.devices}")
   import jax  # pylint: disable=g-import-not-at-top  (after XLA_FLAGS)
-  from cxrjax import sharding, workdir  # pylint: disable=g-import-not-at-top
+  from cxrjax.core import sharding
+  from cxrjax.run import workdir  # pylint: disable=g-import-not-at-top
   from configs import roco_blip, roco_git, rocov2_graph  # pylint: disable=g-import-not-at-top
 
   mib = lambda n: round(n / 2**20, 1)

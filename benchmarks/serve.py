@@ -31,8 +31,8 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cxrjax import inference
-from cxrjax.serve import client
+from cxrjax.jobs import inference
+from cxrjax.jobs.serve import client
 
 IMAGES = ROOT.parent / "shared/data/iu_xray/images"
 STUDY = ("CXR54_IM-2145-1001.png", "CXR54_IM-2145-1002.png")  # frontal, lateral

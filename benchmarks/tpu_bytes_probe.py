@@ -4,7 +4,7 @@ v5e:2x2 slice on this machine (libtpu), beside the bytes of their inputs, interm
   python benchmarks/tpu_bytes_probe.py
 
 One JSON line per program: XLA's bytes accessed, the bytes of every array the program reads or writes once
-(inputs, the intermediate products written and read back, the output), and their ratio. cxrjax/aot.py's
+(inputs, the intermediate products written and read back, the output), and their ratio. cxrjax/jobs/aot.py's
 bytes roofline divides XLA's count by the chip's HBM bandwidth; a ratio above 1 means that roofline
 overstates the time spent on HBM traffic (BUILD.md, "Compiling for a TPU slice without one").
 """
@@ -43,7 +43,7 @@ def probe(name: str, function, shapes: list[tuple[int, ...]], intermediates: lis
 
 def main() -> None:
   jax.config.update("jax_platforms", "cpu")  # Traced here; compiled for the described slice.
-  from cxrjax import aot  # pylint: disable=g-import-not-at-top
+  from cxrjax.jobs import aot  # pylint: disable=g-import-not-at-top
 
   devices = aot.describe_slice("v5e:2x2").devices
   mesh = jax.sharding.Mesh(np.array(devices), ("data",))

@@ -1,4 +1,4 @@
-"""Every family's full-size `tpu` config compiled for TPU slices on this machine (libtpu; cxrjax/aot.py).
+"""Every family's full-size `tpu` config compiled for TPU slices on this machine (libtpu; cxrjax/jobs/aot.py).
 
   python benchmarks/tpu_compile.py [--configs roco_git,rocov2_graph] [--topologies v5e:2x4,v5e:4x4]
       [--program train] [--no-find-batch-size]
@@ -63,7 +63,7 @@ def main() -> None:
   import jax  # pylint: disable=g-import-not-at-top
 
   jax.config.update("jax_platforms", "cpu")  # The programs are traced on the CPU (aot.main does the same).
-  from cxrjax import aot  # pylint: disable=g-import-not-at-top
+  from cxrjax.jobs import aot  # pylint: disable=g-import-not-at-top
 
   for topology in args.topologies.split(","):
     tpu_slice = aot.describe_slice(topology)

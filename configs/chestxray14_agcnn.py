@@ -24,8 +24,8 @@ No ChestX-ray14 image set can be used in this environment, so no published AUROC
 
 import ml_collections
 
-from cxrjax import config as config_lib
-from cxrjax import recipes
+from cxrjax.core import config as config_lib
+from cxrjax.core import recipes
 from cxrjax.models import agcnn
 
 # The patient-level 70% training split of the 112,120 images (data/chestxray14, split=random, seed 0;

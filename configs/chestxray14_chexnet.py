@@ -16,8 +16,8 @@ no download needed). No ChestX-ray14 image set can be used in this environment, 
 
 import ml_collections
 
-from cxrjax import config as config_lib
-from cxrjax import recipes
+from cxrjax.core import config as config_lib
+from cxrjax.core import recipes
 
 # The patient-level 70% training split of the 112,120 images (configs/chestxray14_agcnn.py's count).
 IMAGES_PER_EPOCH = 78_329

@@ -20,8 +20,8 @@ The tiny DenseNet dominates every variant's step, so the decoders keep the atten
 
 import ml_collections
 
-from cxrjax import config as config_lib
-from cxrjax import recipes
+from cxrjax.core import config as config_lib
+from cxrjax.core import recipes
 
 
 def _attention_model() -> dict:

@@ -21,8 +21,8 @@ environment, so the expected BLEU-4 is not stated (R2Gen-era papers report 0.10-
 
 import ml_collections
 
-from cxrjax import config as config_lib
-from cxrjax import recipes
+from cxrjax.core import config as config_lib
+from cxrjax.core import recipes
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -25,8 +25,8 @@ environment, so the expected BLEU-4 is not stated.
 
 import ml_collections
 
-from cxrjax import config as config_lib
-from cxrjax import recipes
+from cxrjax.core import config as config_lib
+from cxrjax.core import recipes
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

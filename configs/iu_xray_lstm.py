@@ -25,8 +25,8 @@ attention model 0.66; these are not BLEU-4 on a standard split and are not compa
 
 import ml_collections
 
-from cxrjax import config as config_lib
-from cxrjax import recipes
+from cxrjax.core import config as config_lib
+from cxrjax.core import recipes
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

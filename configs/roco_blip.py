@@ -13,7 +13,7 @@ The seed's scores (BLIP-base fine-tuned, ROCO chest X-ray test split): ROUGE-1 0
 ROUGE-L 0.33, ROUGE-Lsum 0.35, BLEU 0.08, METEOR 0.12 (before fine-tuning: 0.2, 0.06, 0.19, 0.19, 0, 0.08).
 Not reproduced here: no ROCO images can be used in this environment.
 
-Recipe (cxrjax/recipes.py `roco_chest_experiment`): 384 x 384, bicubic, CLIP statistics (BlipImageProcessor),
+Recipe (cxrjax/core/recipes.py `roco_chest_experiment`): 384 x 384, bicubic, CLIP statistics (BlipImageProcessor),
 AdamW 5e-5, weight decay 1e-8, 10 epochs, batch 8 per device, gradients accumulated over 2 batches
 (`optimizer.accumulate_steps`), cross-entropy over caption tokens with `train.label_smoothing` (0.0, BLIP's
 config default; the seed does not state one) and the prompt masked (the model returns no logits for it:
@@ -47,8 +47,8 @@ Arguments:
 
 import ml_collections
 
-from cxrjax import config as config_lib
-from cxrjax import recipes
+from cxrjax.core import config as config_lib
+from cxrjax.core import recipes
 from cxrjax.models.encoders import vit
 from cxrjax.weights import hf_blip
 

@@ -13,7 +13,7 @@ The seed's scores (GIT-base fine-tuned, ROCO chest X-ray test split): ROUGE-1 0.
 ROUGE-L 0.33, ROUGE-Lsum 0.34, BLEU 0, METEOR 0.14 (before fine-tuning: 0.1, 0.01, 0.8, 0.8, 0, 0.05, as
 the deck prints them). Not reproduced here: no ROCO images can be used in this environment.
 
-Recipe (cxrjax/recipes.py `roco_chest_experiment`): 224 x 224 as GIT's CLIPImageProcessor (bicubic resize of
+Recipe (cxrjax/core/recipes.py `roco_chest_experiment`): 224 x 224 as GIT's CLIPImageProcessor (bicubic resize of
 the shortest side, centre crop, CLIP statistics), AdamW 5e-5, weight decay 1e-8, 10 epochs, batch 8 per
 device, gradients accumulated over 2 batches (`optimizer.accumulate_steps`), cross-entropy over the caption
 tokens (GIT's loss: the text positions after [CLS], padding masked). `tpu` adds bfloat16 compute over
@@ -42,13 +42,13 @@ Arguments:
   smoke    tiny sizes for a quick end-to-end check
   model_parallel=N  the heads, MLP units and vocabulary split over N devices (tensor parallelism; the
            batch over the rest); fsdp  every parameter split over the data devices too (config.sharding,
-           cxrjax/sharding.py; neither: replicated parameters)
+           cxrjax/core/sharding.py; neither: replicated parameters)
 """
 
 import ml_collections
 
-from cxrjax import config as config_lib
-from cxrjax import recipes
+from cxrjax.core import config as config_lib
+from cxrjax.core import recipes
 from cxrjax.models.encoders import vit
 from cxrjax.weights import hf_git
 

@@ -37,8 +37,8 @@ without blocking. Not reproduced here: no ROCOv2 images can be used in this envi
 
 import ml_collections
 
-from cxrjax import config as config_lib
-from cxrjax import recipes
+from cxrjax.core import config as config_lib
+from cxrjax.core import recipes
 from cxrjax.models.encoders import resnet
 
 

@@ -34,12 +34,15 @@ from typing import Any
 
 from absl import flags
 
-from cxrjax import config as config_lib
-from cxrjax import aot, errors, evaluate, evaluators, inference, registry, score, sharding, sweep, train, workdir
+from cxrjax.core import config as config_lib
+from cxrjax.jobs import aot, evaluate, inference, score, sweep, train
+from cxrjax.core import errors, registry, sharding
+from cxrjax import evaluators
+from cxrjax.run import workdir
 from cxrjax.data import prepare
-from cxrjax.errors import ConfigError
+from cxrjax.core.errors import ConfigError
 from cxrjax.metrics import classification as classification_metrics
-from cxrjax.serve import server as serve
+from cxrjax.jobs.serve import server as serve
 from cxrjax.weights import chexbert_labeler, formats, hf, seed003
 
 SEED003_FORMAT = seed003.FORMAT  # The ResNet-50 + graph + transformer captioner's PyTorch state dict.
@@ -245,7 +248,7 @@ def _run_train(argv: list[str]) -> None:
   absl=True,
 )
 def _sweep(argv: Sequence[str]) -> int:
-  """`cxrjax sweep`: absl flags too (--config.x=y), like train (cxrjax/sweep.py)."""
+  """`cxrjax sweep`: absl flags too (--config.x=y), like train (cxrjax/jobs/sweep.py)."""
   return sweep.main(list(argv))
 
 
@@ -256,7 +259,7 @@ def _sweep(argv: Sequence[str]) -> int:
   absl=True,
 )
 def _compile(argv: Sequence[str]) -> int:
-  """`cxrjax compile`: absl flags too (cxrjax/aot.py)."""
+  """`cxrjax compile`: absl flags too (cxrjax/jobs/aot.py)."""
   return aot.main(list(argv))
 
 
@@ -526,7 +529,7 @@ def _predict_agcnn(args: argparse.Namespace) -> int:
 
 
 COMMANDS.add("auroc", Command(classification_metrics.add_parser))  # cxrjax/metrics/classification.py
-COMMANDS.add("serve", Command(serve.add_parser))  # cxrjax/serve/server.py
+COMMANDS.add("serve", Command(serve.add_parser))  # cxrjax/jobs/serve/server.py
 
 
 def build_parser() -> argparse.ArgumentParser:

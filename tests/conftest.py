@@ -22,7 +22,7 @@ def pytest_configure(config):
   os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
   os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.expanduser("~/.cache/cxrjax/jax"))
   os.environ.setdefault("KERAS_BACKEND", "jax")
-  # The CPU only: with libtpu installed (the test extra's tpu-compile, tests/test_compile.py) JAX would also
+  # The CPU only: with libtpu installed (the test extra's tpu-compile, tests/jobs/test_compile.py) JAX would also
   # try to start a TPU backend, and log errors on stderr that tests reading stderr see. libtpu still
   # describes TPU slices to compile for.
   os.environ.setdefault("JAX_PLATFORMS", "cpu")

@@ -11,7 +11,7 @@ one-process run, and a preempted TPU VM's SIGTERM reaches one host (here process
 first step); JAX's distributed runtime makes every process stop at the same step with a checkpoint, and
 both exit with the preempted status (143).
 ORDER (e.g. 0,0,1,1,1,1,0,0) lays the mesh's devices out by process as a multi-host TPU slice does
-(sharding.mesh_process_order; tests/test_sharding.py reads such orders with libtpu). `batches` builds the
+(sharding.mesh_process_order; tests/core/test_sharding.py reads such orders with libtpu). `batches` builds the
 demo smoke config's first training batch as the trainer does and says whether every device holds the rows
 one process would give it, and whether the whole global batch is one process's.
 """
@@ -29,7 +29,9 @@ order = [int(p) for p in sys.argv[5].split(",")] if len(sys.argv) > 5 else None
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cxrjax import evaluate, sharding, tasks, train  # noqa: E402
+from cxrjax.jobs import evaluate, train
+from cxrjax.core import sharding
+from cxrjax import tasks  # noqa: E402
 from cxrjax.data import datasets  # noqa: E402
 from cxrjax.tasks import evaluation  # noqa: E402
 from configs import demo  # noqa: E402

@@ -14,12 +14,14 @@ import orbax.checkpoint as ocp
 import pytest
 import transformers
 
-from cxrjax import cli, evaluate, evaluators, sweep, train, workdir as workdir_lib
+from cxrjax import cli, evaluators
+from cxrjax.jobs import evaluate, sweep, train
+from cxrjax.run import workdir as workdir_lib
 from cxrjax.data import datasets
-from cxrjax.errors import ConfigError
+from cxrjax.core.errors import ConfigError
 from cxrjax.weights import chexbert_labeler
 from configs import demo
-from tests.test_score import bert_dir  # noqa: F401  (the fixture: a tiny random BERT directory)
+from tests.jobs.test_score import bert_dir  # noqa: F401  (the fixture: a tiny random BERT directory)
 from tests.weights.test_chexbert_labeler import TINY, reference_ids, reference_model, save_release
 
 CE_MICRO_F1 = "CE/uncertain_positive/all14/micro/F1"

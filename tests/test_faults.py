@@ -25,7 +25,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from cxrjax import cli, files, train, workdir as workdir_lib
+from cxrjax import cli
+from cxrjax.core import files
+from cxrjax.jobs import train
+from cxrjax.run import workdir as workdir_lib
 from cxrjax.data import iu_xray, prepare
 from configs import demo
 from tests.data.test_prepare import make_openi_layout

@@ -13,7 +13,8 @@ import tarfile
 from PIL import Image
 import pytest
 
-from cxrjax import evaluate, train, workdir as workdir_lib
+from cxrjax.jobs import evaluate, train
+from cxrjax.run import workdir as workdir_lib
 from cxrjax.data import images as image_lib
 from cxrjax.data import iu_xray, prepare, registry
 from cxrjax.data.iu_xray import rexrank

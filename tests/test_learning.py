@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from cxrjax import evaluate, train
+from cxrjax.jobs import evaluate, train
 from configs import demo
 
 STEPS = 160

@@ -17,9 +17,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from cxrjax import evaluate, train, workdir as workdir_lib
+from cxrjax.jobs import evaluate, train
+from cxrjax.run import workdir as workdir_lib
 from configs import chestxray14_agcnn, demo
-from tests.test_sharding import SLICE_PROCESS_ORDER
+from tests.core.test_sharding import SLICE_PROCESS_ORDER
 
 WORKER = pathlib.Path(__file__).with_name("multiprocess_worker.py")
 CXRJAX = pathlib.Path(sys.executable).with_name("cxrjax")  # The console script of this environment.

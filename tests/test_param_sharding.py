@@ -1,4 +1,4 @@
-"""Parameter sharding by config (cxrjax/sharding.py) on the 8 simulated devices of tests/conftest.py: a GIT
+"""Parameter sharding by config (cxrjax/core/sharding.py) on the 8 simulated devices of tests/conftest.py: a GIT
 trained by `cxrjax train` with tensor parallelism over 'model' and FSDP over 'data', and a DenseNet
 captioner with FSDP, each against the replicated run of the same steps through the same train step;
 their shards really distributed; checkpoints restored onto another mesh shape; the section's errors."""
@@ -12,10 +12,13 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from cxrjax import cli, sharding, train, workdir as workdir_lib
-from cxrjax.config import load_config_file
+from cxrjax import cli
+from cxrjax.core import sharding
+from cxrjax.jobs import train
+from cxrjax.run import workdir as workdir_lib
+from cxrjax.core.config import load_config_file
 from cxrjax.data import datasets
-from cxrjax.errors import ConfigError
+from cxrjax.core.errors import ConfigError
 from cxrjax.tasks import evaluation
 
 GIT = "configs/roco_git.py:smoke,demo"

@@ -1,4 +1,4 @@
-"""The one plug-in rule (cxrjax/registry.py): an unknown name is one line naming the field and listing the
+"""The one plug-in rule (cxrjax/core/registry.py): an unknown name is one line naming the field and listing the
 known names, a name is registered once, and each package's registry holds exactly the plug-ins its modules
 define once the package alone is imported."""
 
@@ -13,11 +13,12 @@ import sys
 import ml_collections
 import pytest
 
-from cxrjax import evaluators, models, registry
+from cxrjax import evaluators, models
+from cxrjax.core import registry
 from cxrjax.evaluators import base as evaluators_base
 from cxrjax.data import datasets
 from cxrjax.data import registry as data_registry
-from cxrjax.errors import ConfigError, UserError
+from cxrjax.core.errors import ConfigError, UserError
 from cxrjax.models import base
 
 

@@ -28,7 +28,8 @@ import torch
 import transformers
 from PIL import Image
 
-from cxrjax import cli, workdir as workdir_lib
+from cxrjax import cli
+from cxrjax.run import workdir as workdir_lib
 from cxrjax.data import datasets
 from cxrjax.weights import store
 from configs import chestxray14_agcnn, demo

@@ -26,7 +26,10 @@ import pytest
 from etils import epath
 from etils.epath import backend as epath_backend
 
-from cxrjax import cli, files, summaries, train, workdir as workdir_lib
+from cxrjax import cli
+from cxrjax.core import files
+from cxrjax.run import summaries, workdir as workdir_lib
+from cxrjax.jobs import train
 from configs import demo
 
 # gcsfs's experimental zonal-bucket support asks GCS's gRPC storage-control API for the bucket type
@@ -195,7 +198,8 @@ KILL_AFTER_CHECKPOINT_5 = """
 import os, signal, sys
 import fsspec
 fsspec.config.conf["gcs"] = {"token": "anon"}
-from cxrjax import cli, summaries, workdir
+from cxrjax import cli
+from cxrjax.run import summaries, workdir
 init = summaries.MetricsLog.__init__
 summaries.MetricsLog.__init__ = lambda self, *args, **kwargs: init(self, *args, **dict(kwargs, upload_every_s=3600))
 save = workdir.save

@@ -15,7 +15,7 @@ import stat
 
 import numpy as np
 from PIL import Image
-from cxrjax.errors import UserError
+from cxrjax.core.errors import UserError
 
 DEFAULT_MAX_PIXELS = 8192 * 8192
 MAX_PIXELS_VARIABLE = "CXRJAX_MAX_IMAGE_PIXELS"

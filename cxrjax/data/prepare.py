@@ -36,7 +36,7 @@ import pathlib
 import sys
 from typing import Any
 
-from cxrjax import errors, files
+from cxrjax.core import errors, files
 from cxrjax.data import chestxray14
 from cxrjax.data import iu_xray
 from cxrjax.data import registry

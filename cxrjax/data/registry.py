@@ -1,7 +1,7 @@
 """The dataset registry: a dataset's name -> how to make the source of a split, and what it knows about it.
 
 A dataset is one package whose source module, beside its `make_source`, adds its description to `DATASETS`
-(cxrjax/registry.py's rule, for a plug-in that is a value rather than a class or function):
+(cxrjax/core/registry.py's rule, for a plug-in that is a value rather than a class or function):
 
     registry.register(registry.Dataset(name="iu_xray", make_source=make_source, num_views=NUM_VIEWS))
 
@@ -15,8 +15,8 @@ from collections.abc import Callable
 import dataclasses
 from typing import Any
 
-from cxrjax import registry as registry_lib
-from cxrjax.errors import UserError
+from cxrjax.core import registry as registry_lib
+from cxrjax.core.errors import UserError
 
 SPLITS = ("train", "validation", "test")
 # Accepted for "validation": the name splits.py, R2Gen and the phantom set use.

@@ -23,7 +23,7 @@ import tensorflow_datasets as tfds
 
 from cxrjax.data import images as image_lib
 from cxrjax.data import splits as split_lib
-from cxrjax.errors import UserError
+from cxrjax.core.errors import UserError
 
 TFDS_SPLITS = ("train", "validation", "test")
 # splits.random_split and R2Gen name the validation split "val"; TFDS "validation".

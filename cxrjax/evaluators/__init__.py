@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cxrjax import tasks
-from cxrjax.errors import ConfigError
+from cxrjax.core.errors import ConfigError
 from cxrjax.evaluators import auroc  # noqa: F401  (registers "auroc")
 from cxrjax.evaluators import baselines  # noqa: F401  (registers "baselines", "findings_oracle")
 from cxrjax.evaluators import bertscore  # noqa: F401  (registers "bertscore")

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from cxrjax import registry
-from cxrjax.errors import ConfigError
+from cxrjax.core import registry
+from cxrjax.core.errors import ConfigError
 
 REQUIRED = object()  # A field without a default.
 REGISTRY: registry.Registry[type] = registry.Registry("evaluator", "config.evaluators.<name>.type", ConfigError)

@@ -59,8 +59,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from cxrjax import sharding
-from cxrjax.errors import UserError
+from cxrjax.core import sharding
+from cxrjax.core.errors import UserError
 from cxrjax.evaluators import base
 from cxrjax.models.encoders import text
 from cxrjax.text import hf_tokenizers

@@ -5,7 +5,7 @@ generator's run scores them by default, under its dataset's protocol (tasks/capt
 from collections.abc import Mapping
 from typing import Any
 
-from cxrjax.errors import ConfigError
+from cxrjax.core.errors import ConfigError
 from cxrjax.evaluators import base
 from cxrjax.metrics import captioning, protocols
 

@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 from etils import epath
 
-from cxrjax import files
+from cxrjax.core import files
 from cxrjax.data import chestxray14
-from cxrjax.errors import UserError
+from cxrjax.core.errors import UserError
 
 IMAGE_COLUMN = "Image Index"
 PROB_PREFIX = "prob_"
@@ -292,7 +292,7 @@ def score_predictions(
 
 
 def _run(args: argparse.Namespace) -> int:
-  result = score_predictions(args.predictions, args.labels, args.images)  # Errors: cxrjax.errors.guarded.
+  result = score_predictions(args.predictions, args.labels, args.images)  # Errors: cxrjax.core.errors.guarded.
   # JSON has no NaN: a class without both label values is null (and named in "excluded").
   clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.items()}
   clean["per_class"] = {k: (None if math.isnan(v) else v) for k, v in result["per_class"].items()}

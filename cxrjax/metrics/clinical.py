@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cxrjax.errors import UserError
+from cxrjax.core.errors import UserError
 
 OBSERVATIONS = (
   "Enlarged Cardiomediastinum",

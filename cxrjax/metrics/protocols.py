@@ -37,7 +37,7 @@ from typing import Any
 
 from tokenizers import normalizers, pre_tokenizers
 
-from cxrjax.errors import ConfigError
+from cxrjax.core.errors import ConfigError
 from cxrjax.metrics import ptb_tokenizer
 from cxrjax.metrics.corpus import MetricInputError
 

@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from cxrjax.errors import ConfigError
+from cxrjax.core.errors import ConfigError
 from cxrjax.models import base
 from cxrjax.models.encoders import densenet
 from cxrjax.ops.attention_crop import DEFAULT_THRESHOLD, attention_crop

@@ -15,7 +15,7 @@ models/__init__.py. It
     defaults do nothing, so that callers use them without probing.
 
 Captioners also have the four entry points of `Captioner` below; `decoder_step_fn` adapts them to
-cxrjax/decoding.py's step function.
+cxrjax/core/decoding.py's step function.
 """
 
 import dataclasses
@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from cxrjax import registry
-from cxrjax.errors import ConfigError
+from cxrjax.core import registry
+from cxrjax.core.errors import ConfigError
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 IsFrozen = Callable[[str], bool]

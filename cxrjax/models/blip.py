@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from cxrjax.errors import ConfigError
+from cxrjax.core.errors import ConfigError
 from cxrjax.models import base, partitioning
 from cxrjax.models.decoders import bert
 from cxrjax.models.encoders import vit

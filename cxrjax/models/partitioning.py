@@ -1,4 +1,4 @@
-"""Logical axis names of parameters, which cxrjax/sharding.py maps to the device mesh by config.
+"""Logical axis names of parameters, which cxrjax/core/sharding.py maps to the device mesh by config.
 
 The transformer families name the axes of their kernels and embeddings, as flax's examples and MaxText:
 

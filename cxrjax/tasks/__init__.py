@@ -16,8 +16,9 @@ cxrjax/tasks/evaluation.py runs a split through those for the trainer's validati
 from collections.abc import Sequence
 from typing import Any
 
-from cxrjax import models, registry
-from cxrjax.errors import ConfigError
+from cxrjax import models
+from cxrjax.core import registry
+from cxrjax.core.errors import ConfigError
 from cxrjax.tasks.base import Options, Task
 from cxrjax.tasks.captioning import CaptioningTask
 from cxrjax.tasks.classification import ClassificationTask

@@ -10,9 +10,10 @@ import ml_collections
 import numpy as np
 import optax
 
-from cxrjax import decoding, files, models
+from cxrjax.core import decoding, files
+from cxrjax import models
 from cxrjax.data import transforms
-from cxrjax.errors import ConfigError
+from cxrjax.core.errors import ConfigError
 from cxrjax.metrics import protocols as caption_protocols
 from cxrjax.tasks import base, feature_cache
 
@@ -56,7 +57,7 @@ def search(
 
   decode: beam_size, max_length (most tokens generated, end included: transformers' max_new_tokens),
   length_penalty (default 0), length_normalization ("gnmt" default, or "hf": transformers' beam search,
-  see cxrjax/decoding.py), block_ngram_repeat (default 0).
+  see cxrjax/core/decoding.py), block_ngram_repeat (default 0).
   Greedy search serves validation (`greedy=True`) and beam size 1 where beam search provably returns the
   same tokens: without a length penalty (tests/models/test_contract.py), or with "hf" normalization,
   as transformers runs greedy search for num_beams=1 whatever its length penalty; otherwise beam search.

@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 
 from cxrjax.data import transforms
-from cxrjax.errors import ConfigError
+from cxrjax.core.errors import ConfigError
 from cxrjax.metrics import classification as classification_metrics
 from cxrjax.tasks import base
 

@@ -12,7 +12,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from cxrjax import sharding
+from cxrjax.core import sharding
 from cxrjax.data import pipeline
 from cxrjax.tasks import base
 

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from cxrjax import files
+from cxrjax.core import files
 from cxrjax.data import pipeline
 
 FEATURE_KEYS = ("feature_map", "pooled")

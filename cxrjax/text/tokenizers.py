@@ -35,7 +35,7 @@ from etils import epath
 import tokenizers as hf_tokenizers
 
 from cxrjax.text import cleaning
-from cxrjax.errors import UserError
+from cxrjax.core.errors import UserError
 
 # The word vocabulary's special tokens, in id order.
 PAD, UNK, START, END = "<pad>", "<unk>", "<start>", "<end>"

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from cxrjax.text import tokenizers
-from cxrjax.errors import UserError
+from cxrjax.core.errors import UserError
 
 
 class WordVectorFileError(UserError):

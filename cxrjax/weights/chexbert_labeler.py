@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from cxrjax import sharding
+from cxrjax.core import sharding
 from cxrjax.models import chexbert
 from cxrjax.text import tokenizers
 from cxrjax.weights import formats, hf_text, store

@@ -1,4 +1,4 @@
-"""The weight formats of `cxrjax port-weights --format NAME INPUT OUTPUT`: a registry (cxrjax/registry.py),
+"""The weight formats of `cxrjax port-weights --format NAME INPUT OUTPUT`: a registry (cxrjax/core/registry.py),
 each format added beside its porting function in its weights module (chexnet.py, seed003.py, hf.py,
 chexbert_labeler.py; weights/__init__.py imports them, in the order `--format` lists them):
 
@@ -7,7 +7,7 @@ chexbert_labeler.py; weights/__init__.py imports them, in the order `--format` l
 
 `cxrjax port-weights` looks the format up (`FORMATS.get`), calls its `port(INPUT, OUTPUT, **options)` with
 the optional flags it names, writes the run it returns as a workdir where it returns one (a workdir is a
-layer above the importers: cxrjax/workdir.py), and prints one JSON line: output, format, then `summary`.
+layer above the importers: cxrjax/run/workdir.py), and prints one JSON line: output, format, then `summary`.
 """
 
 import dataclasses
@@ -19,8 +19,8 @@ from typing import Any
 import ml_collections
 from etils import epath
 
-from cxrjax import registry
-from cxrjax.errors import ConfigError
+from cxrjax.core import registry
+from cxrjax.core.errors import ConfigError
 from cxrjax.weights.store import WeightsError
 
 

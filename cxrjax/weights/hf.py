@@ -18,7 +18,7 @@ A `Family` holds:
     source_of(path)                     a "/"-joined Flax variable path ("params/output/kernel") -> (the
                                         checkpoint's tensor name, its layout change to Flax)
     ignored(name)                       checkpoint tensors the model does not use
-    recipe(model_section)               the recipe (cxrjax/recipes.py) whose run config is written into OUT
+    recipe(model_section)               the recipe (cxrjax/core/recipes.py) whose run config is written into OUT
                                         (its decode section then replaced by the checkpoint's own,
                                         `generation_decode`)
     generation_settings(hf_config, generation_config)
@@ -53,7 +53,8 @@ import ml_collections
 import numpy as np
 import safetensors.numpy
 
-from cxrjax import models, registry
+from cxrjax import models
+from cxrjax.core import registry
 from cxrjax.data import datasets
 from cxrjax.text import tokenizers
 from cxrjax.weights import formats, store

@@ -30,7 +30,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from cxrjax import recipes
+from cxrjax.core import recipes
 from cxrjax.weights import hf
 from cxrjax.weights.store import WeightsError
 

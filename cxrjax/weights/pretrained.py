@@ -3,11 +3,11 @@
   config.init = dict(encoder="weights/chexnet",        # a `cxrjax port-weights` directory (CheXNet), or a
                                                       # Hugging Face ResNetModel directory (graph captioner)
                      word_vectors="glove.6B.300d.txt",  # GloVe .txt / fastText .vec, one row per word
-                     from_workdir="")                   # another run's best checkpoint (cxrjax/train.py)
+                     from_workdir="")                   # another run's best checkpoint (cxrjax/jobs/train.py)
 
 A family says which config.init keys it accepts, the kind of file each is and where it goes
 (`pretrained_parts`, models/base.py); a key the family does not have is an error, an empty value is
-skipped. Each kind's loader is registered in `KINDS` beside its definition (cxrjax/registry.py). Loading
+skipped. Each kind's loader is registered in `KINDS` beside its definition (cxrjax/core/registry.py). Loading
 checks names and shapes against the model before anything is copied.
 """
 
@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cxrjax import registry
-from cxrjax.errors import ConfigError
+from cxrjax.core import registry
+from cxrjax.core.errors import ConfigError
 from cxrjax.models import base
 from cxrjax.text import word_vectors
 from cxrjax.weights import chexnet, seed003, store

@@ -25,9 +25,9 @@ import ml_collections
 import numpy as np
 import safetensors.numpy
 
-from cxrjax import recipes
+from cxrjax.core import recipes
 from cxrjax.data import datasets
-from cxrjax.errors import ConfigError
+from cxrjax.core.errors import ConfigError
 from cxrjax.models import graph_captioner
 from cxrjax.models.encoders import resnet
 from cxrjax.weights import formats, store

@@ -17,8 +17,8 @@ import numpy as np
 import safetensors.numpy
 from etils import epath
 
-from cxrjax import files
-from cxrjax.errors import UserError
+from cxrjax.core import files
+from cxrjax.core.errors import UserError
 
 VARIABLES_FILE = "variables.safetensors"
 MODEL_FILE = "model.json"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrjax import errors
+from cxrjax.core import errors
 from cxrjax.data import chestxray14
 from cxrjax.data import images as image_lib
 from cxrjax.data import prepare

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from cxrjax import errors
+from cxrjax.core import errors
 from cxrjax.data import chestxray14
 from cxrjax.data import prepare
 

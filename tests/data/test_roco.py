@@ -23,7 +23,7 @@ from cxrjax.data import prepare
 from cxrjax.data import roco
 from cxrjax.data import tfds_common
 from cxrjax.data import transforms
-from cxrjax.errors import UserError
+from cxrjax.core.errors import UserError
 
 HEAD30 = "rocov2/test_captions.head30.csv"
 

@@ -10,8 +10,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from cxrjax import config as config_lib
-from cxrjax import workdir
+from cxrjax.core import config as config_lib
+from cxrjax.run import workdir
 from cxrjax.data import datasets
 from cxrjax.data import images
 from cxrjax.data import pipeline

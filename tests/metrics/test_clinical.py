@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, classification_report, hamming_loss
 
-from cxrjax import errors
+from cxrjax.core import errors
 from cxrjax.metrics import clinical
 
 POLICIES = clinical.UNCERTAIN_POLICIES

@@ -11,7 +11,7 @@ from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 import pytest
 
 from cxrjax.data.roco import captions as roco_captions
-from cxrjax.errors import ConfigError
+from cxrjax.core.errors import ConfigError
 from cxrjax.metrics import captioning, protocols, ptb_tokenizer
 from cxrjax.metrics.corpus import MetricInputError
 from cxrjax.text import tokenizers

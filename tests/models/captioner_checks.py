@@ -6,7 +6,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from cxrjax import decoding
+from cxrjax.core import decoding
 from cxrjax.data import phantom
 from cxrjax.text import tokenizers
 

@@ -7,7 +7,10 @@ import optax
 import pytest
 
 from configs import chestxray14_agcnn
-from cxrjax import models, optim, train, workdir
+from cxrjax import models
+from cxrjax.core import optim
+from cxrjax.jobs import train
+from cxrjax.run import workdir
 from cxrjax.models import agcnn
 from cxrjax.models.encoders import densenet
 from cxrjax.ops import attention_crop

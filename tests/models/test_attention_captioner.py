@@ -9,8 +9,9 @@ import optax
 import pytest
 
 from configs import iu_xray_attention
-from cxrjax import recipes
-from cxrjax import models, optim
+from cxrjax.core import recipes
+from cxrjax import models
+from cxrjax.core import optim
 from cxrjax.models import attention_captioner
 from cxrjax.models.decoders import attention_gru
 from cxrjax.models.encoders import densenet

@@ -19,7 +19,7 @@ import pytest
 import torch
 import transformers
 
-from cxrjax import decoding
+from cxrjax.core import decoding
 from cxrjax.data import transforms
 from cxrjax.models import blip
 from cxrjax.weights import hf_blip
@@ -173,7 +173,8 @@ def test_teacher_forced_logits_and_searches_match_transformers(hf_model, images,
 
 def test_prompt_ids_outside_the_vocabulary_are_refused_in_one_line():
   # Else the embedding lookup reads NaN (JAX's out-of-bounds fill) and the run trains on NaN losses.
-  from cxrjax import errors, models  # pylint: disable=g-import-not-at-top
+  from cxrjax.core import errors
+  from cxrjax import models  # pylint: disable=g-import-not-at-top
   from configs import roco_blip  # pylint: disable=g-import-not-at-top
 
   section = roco_blip.get_config("smoke").model

@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 
 from configs import demo, iu_xray_cam
-from cxrjax import evaluate, inference, models, optim, train, workdir
+from cxrjax.jobs import evaluate, inference, train
+from cxrjax import models
+from cxrjax.core import optim
+from cxrjax.run import workdir
 from cxrjax.models import cam_captioner
 from cxrjax.models.encoders import densenet
 from cxrjax.models.encoders.context_aggregation import ContextAggregation

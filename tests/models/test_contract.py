@@ -12,8 +12,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cxrjax import recipes
-from cxrjax import decoding, models, sharding, train, workdir
+from cxrjax.core import recipes
+from cxrjax.core import decoding, sharding
+from cxrjax import models
+from cxrjax.jobs import train
+from cxrjax.run import workdir
 from cxrjax.text import tokenizers
 
 FAMILIES = sorted(models.FAMILIES)

@@ -14,7 +14,7 @@ import pytest
 import torch
 import transformers
 
-from cxrjax import decoding
+from cxrjax.core import decoding
 from cxrjax.models import graph_captioner
 from cxrjax.models.decoders import transformer
 from cxrjax.models.encoders import resnet

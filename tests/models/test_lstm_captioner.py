@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 
 from configs import demo, iu_xray_lstm
-from cxrjax import evaluate, inference, models, optim, train, workdir
-from cxrjax.errors import ConfigError
+from cxrjax.jobs import evaluate, inference, train
+from cxrjax import models
+from cxrjax.core import optim
+from cxrjax.run import workdir
+from cxrjax.core.errors import ConfigError
 from cxrjax.models import attention_captioner, lstm_captioner
 from cxrjax.models.encoders import densenet
 from cxrjax.text import word_vectors

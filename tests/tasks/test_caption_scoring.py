@@ -9,11 +9,12 @@ import shutil
 
 import pytest
 
-from cxrjax import config as config_lib
-from cxrjax import evaluators, recipes
+from cxrjax.core import config as config_lib
+from cxrjax import evaluators
+from cxrjax.core import recipes
 from cxrjax.data import datasets
 from cxrjax.data.roco import captions as roco_captions, chest
-from cxrjax.errors import ConfigError
+from cxrjax.core.errors import ConfigError
 from cxrjax.metrics import baselines, protocols
 from cxrjax.metrics import captioning as caption_metrics
 from cxrjax.tasks import captioning

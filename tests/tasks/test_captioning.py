@@ -6,7 +6,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cxrjax import decoding, models
+from cxrjax.core import decoding
+from cxrjax import models
 from cxrjax.tasks import captioning
 from cxrjax.text import tokenizers
 

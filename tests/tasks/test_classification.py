@@ -10,9 +10,11 @@ import pytest
 from etils import epath
 from sklearn import metrics as sklearn_metrics
 
-from cxrjax import cli, evaluators, train, workdir as workdir_lib
+from cxrjax import cli, evaluators
+from cxrjax.jobs import train
+from cxrjax.run import workdir as workdir_lib
 from cxrjax.data import chestxray14
-from cxrjax.errors import ConfigError
+from cxrjax.core.errors import ConfigError
 from cxrjax.tasks import classification
 from configs import chestxray14_agcnn
 

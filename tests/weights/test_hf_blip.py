@@ -17,7 +17,8 @@ import torch
 import transformers
 
 from configs import roco_blip
-from cxrjax import cli, inference
+from cxrjax import cli
+from cxrjax.jobs import inference
 from cxrjax.data import transforms
 from cxrjax.weights import hf, hf_blip
 from cxrjax.weights.store import WeightsError

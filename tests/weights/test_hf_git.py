@@ -21,7 +21,8 @@ import torch
 import transformers
 from PIL import Image
 
-from cxrjax import cli, workdir
+from cxrjax import cli
+from cxrjax.run import workdir
 from cxrjax.data import transforms
 from cxrjax.weights import hf, hf_git
 from tests.weights import generation_checks

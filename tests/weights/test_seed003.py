@@ -21,7 +21,7 @@ import pytest
 import torch
 import transformers
 
-from cxrjax import decoding, recipes
+from cxrjax.core import decoding, recipes
 from cxrjax.models import graph_captioner
 from cxrjax.models.encoders import resnet
 from cxrjax.weights import pretrained, seed003, store
@@ -335,7 +335,8 @@ def test_a_ported_workdirs_predict_equals_the_seeds_generate_caption(
   """`cxrjax predict` on the ported workdir, with no decoding option, on the real images: per image, the seed's
   generate_caption (max_len=80, nothing blocked) token ids exactly and their log-probabilities within 1e-3,
   captions that end early and captions of all 80 tokens, trigrams repeated."""
-  from cxrjax import cli, inference  # pylint: disable=g-import-not-at-top
+  from cxrjax import cli
+  from cxrjax.jobs import inference  # pylint: disable=g-import-not-at-top
 
   reference, out = repeating_port
   paths = sorted((shared_data / "iu_xray" / "images").glob("*.png"))

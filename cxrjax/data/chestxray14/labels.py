@@ -72,7 +72,7 @@ from typing import Any
 import numpy as np
 
 from cxrjax.data import splits as split_lib
-from cxrjax.errors import UserError
+from cxrjax.core.errors import UserError
 
 # CheXNet's class order (Rajpurkar et al. 2017): the 14 findings of ChestX-ray14.
 FINDINGS = (

@@ -58,7 +58,7 @@ import xml.etree.ElementTree as ET
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
-from cxrjax.errors import UserError
+from cxrjax.core.errors import UserError
 
 LAYOUTS = ("openi", "kaggle", "r2gen")
 SECTIONS = ("findings", "impression", "indication", "comparison")

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cxrjax.data.iu_xray import builder as builder_lib
-from cxrjax.errors import UserError
+from cxrjax.core.errors import UserError
 
 LEADERBOARD = "ReXrank"
 R2GEN_TEST_STUDIES = 590

@@ -48,7 +48,7 @@ from typing import Any
 import pyarrow as pa  # The Hugging Face parquet layout (pyarrow comes with tensorflow-datasets).
 import pyarrow.parquet as pq
 
-from cxrjax.errors import UserError
+from cxrjax.core.errors import UserError
 
 LAYOUTS = ("rocov2_csv", "rocov2_parquet", "roco_v1")
 SPLITS = ("train", "validation", "test")

@@ -14,7 +14,7 @@ Parameter names follow transformers' modules one to one (cxrjax/weights/hf_*.py 
     intermediate, output, output_norm      intermediate.dense, output.dense, output.LayerNorm
 Kernels and embeddings carry logical axis names for sharding (models/partitioning.py).
 
-The cache of a layer, all leaves [batch, ...] as cxrjax/decoding.py needs:
+The cache of a layer, all leaves [batch, ...] as cxrjax/core/decoding.py needs:
     self_keys, self_values      [batch, cache_length, heads, head_dim]  the decoded tokens' keys and values,
                                 written at `position` (slots after it are masked out)
     prefix_keys, prefix_values  [batch, prefix, heads, head_dim]       a prefilled prefix (GIT's image tokens,
@@ -32,7 +32,7 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from cxrjax import decoding
+from cxrjax.core import decoding
 from cxrjax.models import partitioning
 from cxrjax.models.partitioning import EMBED, HEADS, MLP, VOCAB
 

@@ -13,7 +13,7 @@ column blocks project queries, keys and values (the transpose of `in_proj_weight
 one to one (cxrjax/weights/seed003.py). Kernels carry logical axis names for sharding
 (models/partitioning.py).
 
-The cache of a layer, all leaves [batch, ...] as cxrjax/decoding.py needs:
+The cache of a layer, all leaves [batch, ...] as cxrjax/core/decoding.py needs:
     self_keys, self_values    [batch, heads, cache_length, head_dim]  the past tokens' keys and values,
                               written at `position` (slots after it are masked out)
     cross_keys, cross_values  [batch, heads, regions, head_dim]       the memory's, computed once
@@ -26,7 +26,7 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from cxrjax import decoding
+from cxrjax.core import decoding
 from cxrjax.models import partitioning
 from cxrjax.models.partitioning import EMBED, HEADS, MLP
 

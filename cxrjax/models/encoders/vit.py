@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cxrjax import decoding
+from cxrjax.core import decoding
 from cxrjax.models import partitioning
 
 # MLP_UNITS: `MLP` names this module's feed-forward block.
