@@ -14,10 +14,17 @@ Its measured scores and those of the image-free baselines: README.md, "The other
 Scoring as ImageCLEFmedical Caption ranks ROCOv2 submissions: its evaluator lower-cases both captions,
 replaces digit runs with "number" and deletes punctuation (config.data.caption_protocol "imageclef", ROCOv2's
 default), then ranks by BERTScore first and ROUGE-1 second, each computed caption by caption and averaged. Its
-2025 evaluator's BERTScore is the recall of microsoft/deberta-xlarge-mnli with idf weights; cxrjax's
-BERTScore (cxrjax/evaluators/bertscore.py) encodes BERT, RoBERTa and DistilBERT, not DeBERTa, so its scores
-(`evaluate --bertscore-model` with a roberta-large download, README.md "Clinical efficacy and BERTScore")
-rank systems by the same definition with another encoder and are not the challenge's numbers.
+2025 evaluator's BERTScore is the recall of microsoft/deberta-xlarge-mnli (bert-score's default layer 40) with
+idf weights over the references, not rescaled. cxrjax's BERTScore (cxrjax/evaluators/bertscore.py) runs that
+encoder (DeBERTa v1, cxrjax/models/encoders/deberta.py) from a Hugging Face download of it, README.md
+"Clinical efficacy and BERTScore":
+  cxrjax evaluate --workdir=workdirs/rocov2_graph --split=test \
+      --bertscore-model=deberta-xlarge-mnli/ --bertscore-idf
+(or `cxrjax score PREDICTIONS --evaluators text,bertscore --protocol imageclef` with the same two flags) and
+reads BERTScore/R, the mean recall over the captions (P and F1 come with it). The protocol normalises the text
+metrics' captions only: BERTScore encodes the texts as given, as bert-score does. cxrjax's BERTScore equals
+bert-score's on random tiny DeBERTa models (tests/evaluators/test_bertscore.py); no score of the real encoder
+was measured here (no download), so none is claimed.
 
 $ROCOV2 holds the official release (train/valid/test_captions.csv and the image folders) or the Hugging
 Face `eltorio/ROCOv2-radiology` parquet files; $VOCAB is bert-base-uncased's `vocab.txt` (captions are

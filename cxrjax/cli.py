@@ -300,7 +300,7 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     default=None,
     metavar="DIR",
     help="also score BERTScore with "
-    "this Hugging Face BERT / RoBERTa / DistilBERT directory; replaces the run's "
+    "this Hugging Face BERT / RoBERTa / DistilBERT / DeBERTa directory; replaces the run's "
     "config.evaluators.bertscore",
   )
   parser.add_argument(
@@ -414,7 +414,7 @@ def _score_arguments(parser: argparse.ArgumentParser) -> None:
     default=None,
     metavar="DIR",
     help="bertscore: a Hugging Face "
-    "BERT / RoBERTa / DistilBERT directory (config.json, model.safetensors, tokenizer files)",
+    "BERT / RoBERTa / DistilBERT / DeBERTa directory (config.json, model.safetensors, tokenizer files)",
   )
   parser.add_argument(
     "--bertscore-layer",

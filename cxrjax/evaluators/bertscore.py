@@ -1,6 +1,13 @@
 """BERTScore (Zhang et al., ICLR 2020) with the definitions of the `bert-score` package (0.3.13), on cxrjax's
-BERT-family encoder (models/encoders/text.py: BERT, RoBERTa, DistilBERT, as CheXbert) imported from a Hugging
-Face directory (weights/hf_text.py). The runtime imports neither bert_score, transformers nor torch.
+BERT-family encoder (models/encoders/text.py: BERT, RoBERTa, DistilBERT, as CheXbert) or DeBERTa (v1)
+encoder (models/encoders/deberta.py) imported from a Hugging Face directory (weights/hf_text.py). The runtime
+imports neither bert_score, transformers nor torch.
+
+ImageCLEFmedical Caption's BERTScore (ROCOv2) is the recall of microsoft/deberta-xlarge-mnli (layer 40) with
+idf weights, without rescaling:
+
+    scorer = BertScorer.from_directory("deberta-xlarge-mnli/", idf=True)
+    scorer.score(candidates, references)["R_mean"]
 
     scorer = BertScorer.from_directory("roberta-large/", idf=False, baseline_file="en/roberta-large.tsv")
     scores = scorer.score(candidates, references, batch_size=64)
@@ -9,13 +16,15 @@ Face directory (weights/hf_text.py). The runtime imports neither bert_score, tra
 The definitions (bert_score/utils.py and score.py):
   layer      the hidden state after `num_layers` layers (0: the embeddings); the default per model from the
              package's model2layers (MODEL_LAYERS: roberta-large 17, distilroberta-base 5,
-             distilbert-base-uncased 5, ...), looked up by `model_type` (the directory's name, or a hub
-             cache's "models--org--name/snapshots/..." name; "FacebookAI/", "google-bert/", "distilbert/"
-             dropped, the hub's new names of the package's models)
+             distilbert-base-uncased 5, microsoft/deberta-xlarge-mnli 40, ...), looked up by `model_type`
+             (the directory's name, or a hub cache's "models--org--name/snapshots/..." name; "FacebookAI/",
+             "google-bert/", "distilbert/" dropped, the hub's new names of the package's models; a bare
+             name that one entry has after its organisation, "deberta-xlarge-mnli", is that entry)
   encoding   sent_encode: the text stripped, then [CLS] pieces [SEP] (<s> ... </s>, RoBERTa's BPE with a
-             space before the text), the pieces cut to the model's max length - 2; an empty text is
-             [CLS] [SEP]. Max length: tokenizer_config.json's model_max_length, else (as on the hub's
-             roberta-large) what the position table holds (RoBERTa: max_position_embeddings - pad_id - 1)
+             space before the text; DeBERTa's BPE without one, text/hf_tokenizers.py), the pieces cut to
+             the model's max length - 2; an empty text is [CLS] [SEP]. Max length: tokenizer_config.json's
+             model_max_length, else (as on the hub's roberta-large) what the position table holds
+             (RoBERTa: max_position_embeddings - pad_id - 1; DeBERTa: max_position_embeddings, 512)
   weights    idf: log((M + 1) / (df + 1)) over the M references (flattened, one document each, df the number
              holding the piece), log(M + 1) for a piece no reference holds; [CLS] / [SEP] get 0 because
              every reference holds them. Without idf: 1, and 0 for the [CLS] and [SEP] ids
@@ -62,11 +71,11 @@ from jax.sharding import NamedSharding, PartitionSpec
 from cxrjax.core import sharding
 from cxrjax.core.errors import UserError
 from cxrjax.evaluators import base
-from cxrjax.models.encoders import text
 from cxrjax.text import hf_tokenizers
 from cxrjax.weights import hf_text
 
-# bert_score 0.3.13's model2layers for the models this encoder runs (BERT, RoBERTa, DistilBERT architectures).
+# bert_score 0.3.13's model2layers for the models these encoders run (BERT, RoBERTa, DistilBERT, DeBERTa v1
+# architectures; not DeBERTa v2 / v3, a SentencePiece tokenizer and another attention).
 MODEL_LAYERS = {
   "bert-base-uncased": 9,
   "bert-large-uncased": 18,
@@ -96,6 +105,12 @@ MODEL_LAYERS = {
   "dbmdz/bert-base-turkish-cased": 10,
   "dbmdz/distilbert-base-turkish-cased": 4,
   "ProsusAI/finbert": 10,
+  "microsoft/deberta-base": 9,
+  "microsoft/deberta-base-mnli": 9,
+  "microsoft/deberta-large": 16,
+  "microsoft/deberta-large-mnli": 18,
+  "microsoft/deberta-xlarge": 18,
+  "microsoft/deberta-xlarge-mnli": 40,  # ImageCLEFmedical Caption's.
 }
 # Organisations the hub moved the package's models under ("FacebookAI/roberta-large" is "roberta-large").
 RENAMED_ORGS = ("FacebookAI/", "google-bert/", "distilbert/")
@@ -109,7 +124,9 @@ class BertScoreError(UserError):
 
 def model_type_of(directory: str | pathlib.Path) -> str:
   """The package's model name of a Hugging Face directory: its folder name, or "org/name" of a hub cache's
-  ".../models--org--name/snapshots/<revision>", without the hub's RENAMED_ORGS."""
+  ".../models--org--name/snapshots/<revision>", without the hub's RENAMED_ORGS; a folder name that is no
+  MODEL_LAYERS entry but the name of exactly one after its organisation is that entry ("deberta-xlarge-mnli"
+  -> "microsoft/deberta-xlarge-mnli")."""
   parts = pathlib.Path(directory).absolute().parts
   name = parts[-1]
   for index, part in enumerate(parts[:-2]):
@@ -117,6 +134,10 @@ def model_type_of(directory: str | pathlib.Path) -> str:
       name = part[len("models--") :].replace("--", "/")
   for org in RENAMED_ORGS:
     name = name.removeprefix(org)
+  if name not in MODEL_LAYERS:
+    owned = [entry for entry in MODEL_LAYERS if entry.partition("/")[2] == name]
+    if len(owned) == 1:
+      return owned[0]
   return name
 
 
@@ -192,7 +213,7 @@ def greedy_match(
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def embed(encoder: text.TextEncoder, variables: Any, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+def embed(encoder: hf_text.Encoder, variables: Any, tokens: jax.Array, mask: jax.Array) -> jax.Array:
   """Encodes texts with `encoder` (cut to the scoring layer): tokens int32 [batch, length], mask bool ->
   each piece's hidden state divided by its norm [batch, length, hidden] (per piece: done once per text, not
   once per pair it is in)."""
@@ -221,7 +242,7 @@ def _layer_variables(variables: Any, num_layers: int) -> Any:
 class BertScorer:
   """BERTScore of one encoder at one layer (module doc). Build with `from_directory`."""
 
-  encoder: text.TextEncoder  # Cut to `num_layers` layers: its output is the scoring layer.
+  encoder: hf_text.Encoder  # Cut to `num_layers` layers: its output is the scoring layer.
   variables: Any
   tokenizer: hf_tokenizers.HFTokenizer
   family: str
@@ -240,7 +261,7 @@ class BertScorer:
     baseline_file: str | pathlib.Path | None = None,
     model_type: str | None = None,
   ) -> BertScorer:
-    """A Hugging Face bert / roberta / distilbert directory (config.json, model.safetensors and the
+    """A Hugging Face bert / roberta / distilbert / deberta directory (config.json, model.safetensors and the
     tokenizer's files) -> a scorer. `num_layers` None: MODEL_LAYERS[model_type] (model_type None: the
     directory's, model_type_of); `baseline_file`: rescale with its row `num_layers`."""
     directory = pathlib.Path(directory)

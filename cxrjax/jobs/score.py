@@ -301,7 +301,7 @@ def evaluator_config(
     )
   if "bertscore" in names and not bertscore_model:
     raise ConfigError(
-      "--evaluators bertscore: needs --bertscore-model DIR (a Hugging Face BERT, RoBERTa or DistilBERT directory)"
+      "--evaluators bertscore: needs --bertscore-model DIR (a Hugging Face BERT, RoBERTa, DistilBERT or DeBERTa directory)"
     )
   return ml_collections.ConfigDict({name: sections[name] for name in names})
 

@@ -1,5 +1,6 @@
 """cxrjax/evaluators/bertscore.py against the bert-score package (0.3.13): P, R, F1 per pair of random tiny local
-BERT / RoBERTa / DistilBERT models (save_pretrained with a WordPiece vocab.txt or a byte-level BPE trained here),
+BERT / RoBERTa / DistilBERT / DeBERTa models (save_pretrained with a WordPiece vocab.txt or a byte-level BPE
+trained here; the DeBERTa one with disentangled attention over a relative table shorter than its long texts),
 with and without idf and baseline rescaling, on real report texts (IU X-ray findings, ROCOv2 captions), an
 empty candidate, an empty reference and texts cut at the model's max length included.
 
@@ -28,12 +29,14 @@ import tokenizers
 import torch
 import transformers
 
+from cxrjax import cli
 from cxrjax.evaluators import bertscore
 from cxrjax.evaluators.bertscore import BertScoreError, BertScorer
 from cxrjax.text import hf_tokenizers
 
 HIDDEN, LAYERS, HEADS, INTERMEDIATE, MAX_LENGTH = 32, 3, 4, 48, 32
-SCORING_LAYER = {"bert": 2, "roberta": 3, "distilbert": 1}  # A cut stack, the whole stack, one layer.
+SCORING_LAYER = {"bert": 2, "roberta": 3, "distilbert": 1, "deberta": 2}  # A cut stack, the whole stack, one layer.
+FAMILIES = list(SCORING_LAYER)
 PACKAGE_BASELINES = pathlib.Path(bert_score.__file__).parent / "rescale_baseline"
 
 
@@ -128,16 +131,50 @@ def _save_roberta(directory: pathlib.Path, corpus: list[str]) -> None:
   )
 
 
+def _save_deberta(directory: pathlib.Path, corpus: list[str], num_layers: int = LAYERS) -> None:
+  """DeBERTa v1 as microsoft/deberta-*: relative positions only, c2p and p2c, GPT-2 style BPE with [CLS] ...
+  [SEP]; a relative table of 8 distances, so that the long texts' far distances are clipped."""
+  bpe = tokenizers.ByteLevelBPETokenizer()
+  bpe.train_from_iterator(
+    corpus, vocab_size=400, min_frequency=2, special_tokens=["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"]
+  )
+  bpe.save_model(str(directory))
+  torch.manual_seed(3)
+  model = transformers.DebertaModel(
+    transformers.DebertaConfig(
+      vocab_size=bpe.get_vocab_size(),
+      hidden_size=HIDDEN,
+      num_hidden_layers=num_layers,
+      num_attention_heads=HEADS,
+      intermediate_size=INTERMEDIATE,
+      max_position_embeddings=64,
+      max_relative_positions=8,
+      relative_attention=True,
+      position_biased_input=False,
+      pos_att_type=["c2p", "p2c"],
+      type_vocab_size=0,
+      pad_token_id=0,
+    )
+  )
+  with torch.no_grad():  # Position projections that matter: transformers starts the biases at 0.
+    for parameter in model.parameters():
+      parameter.add_(0.1 * torch.randn_like(parameter))
+  model.save_pretrained(directory)
+  (directory / "tokenizer_config.json").write_text(json.dumps({"model_max_length": MAX_LENGTH}))
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, shared_data, texts) -> dict[str, pathlib.Path]:
   """family -> a Hugging Face directory of a random tiny encoder and its tokenizer."""
   root = tmp_path_factory.mktemp("bertscore_models")
   directories = {}
-  for family in ("bert", "roberta", "distilbert"):
+  for family in FAMILIES:
     directories[family] = root / family
     directories[family].mkdir()
     if family == "roberta":
       _save_roberta(directories[family], texts["findings"] + texts["captions"])
+    elif family == "deberta":
+      _save_deberta(directories[family], texts["findings"] + texts["captions"])
     else:
       _save_bert_family(directories[family], family, shared_data / "text" / "bert-base-uncased-vocab.txt")
   return directories
@@ -168,7 +205,7 @@ def baseline_file(tmp_path_factory) -> pathlib.Path:
   return path
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_token_ids_match_the_packages_sent_encode(family, models, pairs, package):
   candidates, references = pairs
   scorer = BertScorer.from_directory(models[family], num_layers=1)
@@ -181,7 +218,7 @@ def test_token_ids_match_the_packages_sent_encode(family, models, pairs, package
 
 
 @pytest.mark.parametrize("idf", [False, True])
-@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_scores_match_bert_score(family, idf, models, pairs, baseline_file, package):
   candidates, references = pairs
   layer = SCORING_LAYER[family]
@@ -210,6 +247,24 @@ def test_scores_match_bert_score(family, idf, models, pairs, baseline_file, pack
       assert (found[10] == 0).all() and (found[11] == 0).all()  # Empty and whitespace-only candidates.
       assert (found[-1] == 0).all()  # The empty reference.
       assert not np.allclose(found[:10], found[:10].mean(axis=0))  # The scores tell the pairs apart.
+
+
+def test_deberta_tokens_are_debertatokenizers(models, texts, tmp_path):
+  """DebertaTokenizer's ids on every ROCOv2 caption and IU X-ray finding: no space before the first word
+  (DebertaTokenizer's add_prefix_space false), or one where tokenizer_config.json asks for it."""
+  all_texts = texts["captions"] + texts["findings"]
+  for prefix_space in (False, True):
+    directory = tmp_path / f"prefix_{prefix_space}"
+    shutil.copytree(models["deberta"], directory)
+    settings = {"model_max_length": 512, "add_prefix_space": prefix_space}
+    (directory / "tokenizer_config.json").write_text(json.dumps(settings))
+    reference = transformers.DebertaTokenizer.from_pretrained(directory)
+    tokenizer, limit = hf_tokenizers.from_directory(directory, "deberta")
+    assert limit == 512 and (tokenizer.start_id, tokenizer.end_id, tokenizer.pad_id) == (1, 2, 0)
+    expected = [reference.encode(text.strip(), max_length=512, truncation=True) for text in all_texts]
+    assert [tokenizer.encode(text.strip(), 512) for text in all_texts] == expected
+    first = reference.convert_ids_to_tokens(expected[0][1])
+    assert first.startswith("Ġ") == prefix_space, first
 
 
 def test_several_references_take_the_maximum_of_each_score(models, texts, baseline_file, package):
@@ -315,7 +370,7 @@ def test_each_distinct_text_is_encoded_once(models, texts, monkeypatch):
 def test_the_shipped_baseline_files_are_read_as_the_package_reads_them():
   import pandas  # bert-score's own dependency: the reader it uses.
 
-  for model_type in ("roberta-large", "distilroberta-base", "distilbert-base-uncased"):
+  for model_type in ("roberta-large", "distilroberta-base", "distilbert-base-uncased", "microsoft/deberta-xlarge-mnli"):
     path = PACKAGE_BASELINES / bertscore.baseline_name(model_type)
     layer = bertscore.MODEL_LAYERS[model_type]
     expected = pandas.read_csv(path).iloc[layer].to_numpy()[1:].astype(np.float32)
@@ -329,6 +384,9 @@ def test_the_shipped_baseline_files_are_read_as_the_package_reads_them():
 def test_default_layers_are_the_packages():
   assert {name: bert_score.utils.model2layers[name] for name in bertscore.MODEL_LAYERS} == bertscore.MODEL_LAYERS
   assert bertscore.MODEL_LAYERS["roberta-large"] == 17
+  assert bertscore.MODEL_LAYERS["microsoft/deberta-xlarge-mnli"] == 40  # ImageCLEFmedical Caption's encoder.
+  for path in ("/models/deberta-xlarge-mnli", "/hub/models--microsoft--deberta-xlarge-mnli/snapshots/0a"):
+    assert bertscore.model_type_of(path) == "microsoft/deberta-xlarge-mnli"
   assert bertscore.model_type_of("/cache/models--FacebookAI--roberta-large/snapshots/abc123") == "roberta-large"
   assert bertscore.model_type_of("/models/distilbert-base-uncased") == "distilbert-base-uncased"
   assert (
@@ -378,7 +436,7 @@ def test_bad_input_is_one_line_naming_it(models, tmp_path, baseline_file):
 
 def test_a_tokenizer_json_directory_encodes_as_the_vocabulary_files(models, tmp_path, pairs):
   candidates, references = pairs
-  for family in ("bert", "roberta"):
+  for family in ("bert", "roberta", "deberta"):
     directory = tmp_path / family
     directory.mkdir()
     transformers.AutoTokenizer.from_pretrained(models[family]).backend_tokenizer.save(str(directory / "tokenizer.json"))
@@ -390,3 +448,26 @@ def test_a_tokenizer_json_directory_encodes_as_the_vocabulary_files(models, tmp_
       from_files.encode(t.strip(), MAX_LENGTH) for t in texts
     ]
     assert from_json.decode(from_json.encode("Clear lungs.")) == from_files.decode(from_files.encode("Clear lungs."))
+
+
+def test_the_cli_scores_a_deberta_directory_at_its_default_layer(tmp_path, texts, pairs, capsys, package):
+  """`cxrjax score --evaluators bertscore --bertscore-model deberta-base/ --bertscore-idf`: the folder's name is
+  bert-score's microsoft/deberta-base, whose layer 9 the table gives (a 9-layer tiny model here)."""
+  directory = tmp_path / "deberta-base"
+  directory.mkdir()
+  _save_deberta(directory, texts["findings"] + texts["captions"], num_layers=9)
+  candidates, references = pairs
+  predictions = tmp_path / "predictions.jsonl"
+  predictions.write_text(
+    "".join(json.dumps({"reference": r, "generated": c}) + "\n" for c, r in zip(candidates, references))
+  )
+  out = tmp_path / "metrics.json"
+  arguments = ["score", str(predictions), "--evaluators", "bertscore", "--bertscore-model", str(directory)]
+  assert cli.main([*arguments, "--bertscore-idf", "--batch-size", "8", "--out", str(out)]) == 0
+  capsys.readouterr()
+  written = json.loads(out.read_text())
+  assert written["provenance"]["bertscore"]["model_type"] == "microsoft/deberta-base"
+  assert written["provenance"]["bertscore"]["layer"] == 9
+  expected = package(candidates, references, model_type=str(directory), num_layers=9, idf=True, lang="en", nthreads=0)
+  for name, score in zip(("P", "R", "F1"), expected):
+    np.testing.assert_allclose(written["scores"][f"BERTScore/{name}"], score.numpy().mean(), rtol=0, atol=1e-5)

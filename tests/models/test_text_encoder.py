@@ -1,7 +1,9 @@
-"""TextEncoder (cxrjax/models/encoders/text.py) against transformers' BertModel, RobertaModel and DistilBertModel:
-every hidden state (embeddings and each layer, `output_hidden_states`) of tiny random models on padded
-batches, with the weights mapped by cxrjax/weights/hf_text.py's strict name map."""
+"""TextEncoder (cxrjax/models/encoders/text.py) against transformers' BertModel, RobertaModel and DistilBertModel,
+and DebertaEncoder (cxrjax/models/encoders/deberta.py) against DebertaModel: every hidden state (embeddings and
+each layer, `output_hidden_states`) of tiny random models on padded batches, with the weights mapped by
+cxrjax/weights/hf_text.py's strict name map."""
 
+import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -14,7 +16,7 @@ import safetensors.numpy
 import torch
 import transformers
 
-from cxrjax.models.encoders import text
+from cxrjax.models.encoders import deberta, text
 from cxrjax.weights import hf_text, store
 from cxrjax.weights.store import WeightsError
 
@@ -64,7 +66,7 @@ def flax_encoder(family: str, sizes: dict) -> text.TextEncoder:
   return text.TextEncoder(num_heads=HEADS, **sizes, **settings[family])
 
 
-@pytest.mark.parametrize("family", hf_text.FAMILIES)
+@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert"])
 def test_every_hidden_state_matches_transformers(family):
   model = reference(family)
   tensors = {name: value.detach().numpy() for name, value in model.state_dict().items()}
@@ -167,3 +169,118 @@ def test_an_unknown_family_or_path_is_refused():
     hf_text.encoder_source("distilbert", "layers_2/attention/norm/scale", "distilbert.")[0]
     == "distilbert.transformer.layer.2.sa_layer_norm.weight"
   )
+
+
+# DeBERTa v1 settings: microsoft/deberta-*'s (relative only, the table as long as the positions), then
+# absolute positions and token types besides a short relative table, then one position term.
+DEBERTA_SETTINGS = {
+  "released": dict(max_position_embeddings=64, position_biased_input=False, pos_att_type=["c2p", "p2c"]),
+  "absolute_too": dict(
+    max_position_embeddings=96,
+    max_relative_positions=6,
+    position_biased_input=True,
+    type_vocab_size=2,
+    pos_att_type="c2p|p2c",  # The older configs' spelling.
+  ),
+  "c2p_only": dict(max_position_embeddings=64, position_biased_input=False, pos_att_type=["c2p"]),
+}
+
+
+def deberta_reference(settings: dict, head: str | None = None) -> torch.nn.Module:
+  torch.manual_seed(0)
+  config = transformers.DebertaConfig(
+    vocab_size=VOCAB,
+    hidden_size=HIDDEN,
+    num_hidden_layers=LAYERS,
+    num_attention_heads=HEADS,
+    intermediate_size=INTERMEDIATE,
+    relative_attention=True,
+    **settings,
+  )
+  model = getattr(transformers, head or "DebertaModel")(config).eval()
+  with torch.no_grad():  # Random biases and norms too (transformers starts them at 0 and 1).
+    for parameter in model.parameters():
+      parameter.add_(0.1 * torch.randn_like(parameter))
+  return model
+
+
+@pytest.mark.parametrize("name", DEBERTA_SETTINGS)
+def test_deberta_hidden_states_match_transformers(tmp_path, name):
+  model = deberta_reference(DEBERTA_SETTINGS[name])
+  model.save_pretrained(tmp_path)
+  encoder, variables, family = hf_text.import_directory(tmp_path)
+  assert family == "deberta" and isinstance(encoder, deberta.DebertaEncoder)
+  assert encoder.span_max == (6 if name == "absolute_too" else 64)
+  rng = np.random.default_rng(1)
+  length = 80  # Past both tables: distances of 64 (6) and more are clipped.
+  tokens = rng.integers(1, VOCAB, (3, length)).astype(np.int32)
+  mask = (np.arange(length)[None] < np.asarray([length, 37, 2])[:, None]).astype(np.int32)
+  tokens = np.where(mask == 1, tokens, 0)
+  token_types = rng.integers(0, 2, tokens.shape).astype(np.int32) if name == "absolute_too" else None
+  last, states = jax.jit(lambda v, t, m, y: encoder.apply(v, t, m, y, output_hidden_states=True))(
+    variables, tokens, mask, token_types
+  )
+  with torch.no_grad():
+    expected = model(
+      torch.from_numpy(tokens).long(),
+      attention_mask=torch.from_numpy(mask),
+      token_type_ids=None if token_types is None else torch.from_numpy(token_types).long(),
+      output_hidden_states=True,
+    ).hidden_states
+  assert states.shape == (LAYERS + 1, 3, length, HIDDEN)
+  np.testing.assert_array_equal(states[-1], last)
+  for index, state in enumerate(expected):  # Padding positions included (module doc of deberta.py).
+    np.testing.assert_allclose(states[index], state.numpy(), rtol=0, atol=1e-5, err_msg=f"{name} state {index}")
+
+
+def test_deberta_relative_index_clips_far_distances():
+  np.testing.assert_array_equal(
+    deberta.relative_index(5, 2),
+    [[2, 1, 0, 0, 0], [3, 2, 1, 0, 0], [3, 3, 2, 1, 0], [3, 3, 3, 2, 1], [3, 3, 3, 3, 2]],
+  )
+
+
+def test_a_deberta_classifier_directory_imports_its_encoder(tmp_path):
+  """The hub's microsoft/deberta-*-mnli layout: "deberta." tensors, a pooler and a classifier left unused."""
+  model = deberta_reference(DEBERTA_SETTINGS["released"], "DebertaForSequenceClassification")
+  model.save_pretrained(tmp_path)
+  path = tmp_path / "model.safetensors"
+  tensors = safetensors.numpy.load_file(path)
+  assert "deberta.encoder.rel_embeddings.weight" in tensors and "classifier.weight" in tensors
+  # An absolute table that position_biased_input false leaves unread, as transformers does on loading.
+  tensors["deberta.embeddings.position_embeddings.weight"] = np.zeros((64, HIDDEN), np.float32)
+  safetensors.numpy.save_file(tensors, path)
+  encoder, variables, _ = hf_text.import_directory(tmp_path)
+  tokens = np.asarray([[1, 8, 13, 21, 34, 2], [1, 9, 2, 0, 0, 0]], np.int32)
+  mask = (tokens != 0).astype(np.int32)
+  _, states = encoder.apply(variables, tokens, mask, output_hidden_states=True)
+  with torch.no_grad():
+    expected = model.deberta(
+      torch.from_numpy(tokens).long(), attention_mask=torch.from_numpy(mask), output_hidden_states=True
+    ).hidden_states
+  np.testing.assert_allclose(states, np.stack([state.numpy() for state in expected]), rtol=0, atol=1e-5)
+
+
+def test_a_deberta_directory_with_a_bad_tensor_or_setting_is_refused(tmp_path):
+  deberta_reference(DEBERTA_SETTINGS["released"]).save_pretrained(tmp_path)
+  path = tmp_path / "model.safetensors"
+  tensors = safetensors.numpy.load_file(path)
+  good = dict(tensors)
+  tensors.pop("encoder.layer.1.attention.self.pos_q_proj.bias")
+  tensors["encoder.rel_embeddings.weight"] = np.zeros((100, HIDDEN), np.float32)
+  safetensors.numpy.save_file(tensors, path)
+  with pytest.raises(WeightsError) as error:
+    hf_text.import_directory(tmp_path)
+  message = str(error.value)
+  assert "\n" not in message and message.startswith(f"{tmp_path}: does not fit the deberta encoder of its config.json")
+  assert "['encoder.layer.1.attention.self.pos_q_proj.bias']" in message
+  assert "encoder.rel_embeddings.weight (100, 32) (model params/rel_embeddings/embedding needs (128, 32))" in message
+  good["encoder.layer.0.attention.self.q_bias"][3] = np.nan
+  safetensors.numpy.save_file(good, path)
+  with pytest.raises(WeightsError, match=r"tensor 'encoder.layer.0.attention.self.q_bias' has 1 NaN or infinite"):
+    hf_text.import_directory(tmp_path)
+  config = tmp_path / "config.json"
+  settings = json.loads(config.read_text())
+  config.write_text(json.dumps({**settings, "pos_att_type": ["c2p", "p2p"]}))
+  with pytest.raises(WeightsError, match=r"config.json: pos_att_type \['c2p', 'p2p'\] is not a list of"):
+    hf_text.import_directory(tmp_path)
