@@ -21,9 +21,15 @@ and, optionally (the transformer configs' `model_parallel=N` / `fsdp` arguments;
              them, added to the task's defaults (report generators: "text" under the dataset's protocol, and
              for `evaluate` the image-free "baselines" and "findings_oracle"; classifiers: "auroc"); a section
              named as a default changes its fields (text=dict(meteor=True)) or, None, drops it. Each section's
-             `stages` say where it runs ("train": every validation; "evaluate"). E.g. dict(chexbert=
+             `stages` say where it runs ("train": validation; "evaluate"), and, for training only (`evaluate`
+             ignores them), `every_steps` the validations it runs at (those of steps that are multiples of
+             it, a multiple of train.eval_every; default every validation; the last step's runs every
+             evaluator) and `split` the split it scores ("validation", default, or "test": metrics.jsonl's
+             {"split": "test"} records; each split is predicted once per validation for all its
+             evaluators), e.g. text=dict(every_steps=1000, split="test") beside the default. E.g. dict(chexbert=
              dict(labeler=DIR), bertscore=dict(model=DIR, layer=17)): built once per run; one of their headline
-             scores, e.g. "CE/uncertain_positive/all14/micro/F1" or "BERTScore/F1", can be eval.best_metric;
+             scores, e.g. "CE/uncertain_positive/all14/micro/F1" or "BERTScore/F1", can be eval.best_metric
+             (of an evaluator that runs at every validation on the validation split);
              `evaluate`'s metrics.json gets every evaluator's scores and provenance (e.g. the labeler
              checkpoint's SHA-256). The configs in configs/ set none; a
              command adds them, creating the section's entries (`--config.evaluators.NAME.FIELD=VALUE`, which

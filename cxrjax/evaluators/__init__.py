@@ -9,10 +9,19 @@ A run's evaluators are its task's defaults (report generators: "text" under the 
 and for `evaluate` the image-free "baselines" and the "findings_oracle"; classifiers: "auroc") and its
 config.evaluators section (big_vision's config.evals): {name: sub-section}, each sub-section's `type` picking
 the class (default: the sub-section's name), its `stages` where it runs ("train": validation, which can pick
-the best checkpoint by its headline scores; "evaluate": `cxrjax evaluate`). A sub-section named as a default
-changes that default's fields (config.evaluators.text.meteor=True), or drops it (None):
+the best checkpoint by its headline scores; "evaluate": `cxrjax evaluate`). In training (`evaluate` ignores
+them: its --split says what it scores) each also has a cadence and a split (jobs/train.py):
+  every_steps  the validations it runs at: those whose step is a multiple of it, a multiple of train.eval_every
+               (default: every validation); the validation at the last step runs every evaluator
+  split        the split whose predictions it scores: "validation" (also "val"; the default) or "test";
+               each split is predicted once per validation for all the evaluators due on it, and scored in
+               its own metrics.jsonl records ("split": "val" as ever, "test"). eval.best_metric must be a
+               score of an evaluator that runs at every validation on the validation split.
+A sub-section named as a default changes that default's fields (config.evaluators.text.meteor=True), or drops
+it (None):
 
-    config.evaluators = dict(chexbert=dict(labeler=DIR), coco=dict(type="text", protocol="coco"))
+    config.evaluators = dict(chexbert=dict(labeler=DIR), coco=dict(type="text", protocol="coco"),
+                             test_text=dict(type="text", protocol="r2gen", split="test", every_steps=1000))
 
 Registered (fields and defaults: each class's FIELDS; REQUIRED ones have no default):
   text             evaluators/text.py: caption metrics under a scoring protocol: protocol, meteor.
@@ -58,16 +67,22 @@ def from_config(section: Mapping[str, Any], mesh: Any = None, where: str = "conf
 
 
 def for_run(
-  config: Any, stage: str, mesh: Any = None, extra: Mapping[str, Any] | None = None, meteor: bool | None = None
+  config: Any,
+  stage: str,
+  mesh: Any = None,
+  extra: Mapping[str, Any] | None = None,
+  meteor: bool | None = None,
+  task_class: type | None = None,
 ) -> dict[str, Any]:
   """The evaluators a run of `config` uses at `stage` ("train": validation; "evaluate"): its task's defaults
   (tasks/*.default_evaluators; `meteor` sets the text metrics' METEOR) updated by config.evaluators and then
   `extra` (same name: fields merged; None: dropped), those whose `stages` hold `stage`, built over `mesh`.
   A ConfigError, before any prediction, for a section the run's predictions cannot feed (a text evaluator on a
-  classifier) or whatever `build` refuses."""
+  classifier) or whatever `build` refuses. `task_class`: the run's task class where the caller has it (else
+  looked up from config.model.name)."""
   if stage not in STAGES:
     raise ValueError(f"stage {stage!r}; expected one of {STAGES}")
-  task_class = tasks.task_class(config)
+  task_class = tasks.task_class(config) if task_class is None else task_class
   section = task_class.default_evaluators(config, stage, meteor)
   configured = {**_as_dict(config.get("evaluators")), **_as_dict(extra)}
   for name, sub in configured.items():

@@ -2,8 +2,13 @@
 
 An evaluator is a class registered by `@register("type")` in its own module of this package:
   FIELDS     {field: default} of its config sub-section (REQUIRED: no default); every evaluator also takes
-             `stages`, where it runs: "train" (validation, which can pick the best checkpoint by its
-             scores) and / or "evaluate" (`cxrjax evaluate`), default its STAGES
+             COMMON_FIELDS: `stages`, where it runs: "train" (validation, which can pick the best checkpoint by
+             its scores) and / or "evaluate" (`cxrjax evaluate`), default its STAGES; and, for training only
+             (`cxrjax evaluate` ignores them: its --split and every call say what it scores), `every_steps`:
+             the validations it runs at, those whose step is a multiple of it (None: every validation; the
+             trainer refuses one that is not a multiple of train.eval_every, and the last step's validation runs
+             every evaluator), and `split`: the split whose predictions it scores, "validation" (also "val"; None:
+             the validation split, whose scores are metrics.jsonl's "val" records) or "test"
   KIND       what it scores: "text" (generated reports against references) or "findings" (probabilities
              against 0/1 labels)
   SECTION    where its result goes in metrics.json: "scores" (one flat dict, its keys prefixed "<name>/" when
@@ -20,8 +25,10 @@ import numpy as np
 
 from cxrjax.core import registry
 from cxrjax.core.errors import ConfigError
+from cxrjax.data import registry as data_registry
 
 REQUIRED = object()  # A field without a default.
+COMMON_FIELDS = ("stages", "every_steps", "split")  # Taken by every evaluator (module docstring).
 REGISTRY: registry.Registry[type] = registry.Registry("evaluator", "config.evaluators.<name>.type", ConfigError)
 STAGES = ("train", "evaluate")
 KINDS = {"text": "generated reports", "findings": "finding probabilities"}
@@ -82,19 +89,35 @@ class Predictions:
     return cls(ids, probabilities=stack("probabilities"), labels=stack("labels"), **context)
 
 
+def scored_split(value: Any, where: str) -> str:
+  """An evaluator's `split` -> "validation" or "test" (data/registry.py's names; "val" is "validation"); a
+  ConfigError naming `where` for anything else. Training predicts no training split: its records in
+  metrics.jsonl are the loss's, and its scores would be in-sample."""
+  split = data_registry.SPLIT_ALIASES.get(value, value) if isinstance(value, str) else value
+  if split not in ("validation", "test"):
+    raise ConfigError(f"{where}: {value!r}; expected 'validation' (also 'val') or 'test'")
+  return split
+
+
 def fields(cls: type, config: Mapping[str, Any], where: str) -> dict[str, Any]:
-  """`config` (a dict or ConfigDict section) checked against cls.FIELDS (and `stages`), defaults filled in; a
-  ConfigError naming `where`.field for an unknown or missing field."""
+  """`config` (a dict or ConfigDict section) checked against cls.FIELDS and COMMON_FIELDS, defaults filled in; a
+  ConfigError naming `where`.field for an unknown, missing or bad field."""
   config = dict(config.to_dict() if hasattr(config, "to_dict") else config)
   config.pop("type", None)
   stages = config.pop("stages", cls.STAGES)
   stages = (stages,) if isinstance(stages, str) else tuple(stages)
   if not stages or set(stages) - set(STAGES):
     raise ConfigError(f"{where}.stages: {list(stages)}; expected some of {list(STAGES)}")
+  every_steps, split = config.pop("every_steps", None), config.pop("split", None)
+  if every_steps is not None:
+    positive_int(every_steps, f"{where}.every_steps")
+  if split is not None:
+    split = scored_split(split, f"{where}.split")
   unknown = sorted(set(config) - set(cls.FIELDS))
   if unknown:
     raise ConfigError(
-      f"{where}.{unknown[0]}: unknown field of the {cls.name} evaluator; it takes {sorted([*cls.FIELDS, 'stages'])}"
+      f"{where}.{unknown[0]}: unknown field of the {cls.name} evaluator; it takes "
+      f"{sorted([*cls.FIELDS, *COMMON_FIELDS])}"
     )
   values = {**cls.FIELDS, **config}
   missing = sorted(
@@ -102,7 +125,7 @@ def fields(cls: type, config: Mapping[str, Any], where: str) -> dict[str, Any]:
   )
   if missing:
     raise ConfigError(f"{where}.{missing[0]}: required by the {cls.name} evaluator")
-  return dict(values, stages=stages)
+  return dict(values, stages=stages, every_steps=every_steps, split=split)
 
 
 def positive_int(value: Any, where: str) -> int:
@@ -128,6 +151,16 @@ class Evaluator:
   @property
   def stages(self) -> tuple[str, ...]:
     return self.config["stages"]
+
+  @property
+  def every_steps(self) -> int | None:
+    """In training: the validations it runs at, those of a step that is a multiple (None: every one)."""
+    return self.config["every_steps"]
+
+  @property
+  def split(self) -> str | None:
+    """In training: the split it scores, "validation" or "test" (None: the validation split)."""
+    return self.config["split"]
 
   def provenance(self) -> dict[str, Any]:
     return {}

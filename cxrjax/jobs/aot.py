@@ -48,7 +48,7 @@ from jax.experimental import topologies
 from cxrjax.core import config as config_lib
 from cxrjax.jobs import inference, train
 from cxrjax.core import optim, sharding
-from cxrjax import tasks
+from cxrjax import models, tasks
 from cxrjax.run import workdir as workdir_lib
 from cxrjax.data import datasets, pipeline
 from cxrjax.core.errors import ConfigError, UserError
@@ -175,13 +175,16 @@ class VocabularyShape:
     return self.size
 
 
-def load_tokenizer(config: ml_collections.ConfigDict, vocab_size: int | None = None) -> tuple[Any, str]:
+def load_tokenizer(
+  config: ml_collections.ConfigDict, vocab_size: int | None = None, family: Any = None
+) -> tuple[Any, str]:
   """(the tokenizer the programs are built with, a line saying where it came from; None for classifiers).
 
   `vocab_size`: a VocabularyShape of that many tokens. Otherwise `train`'s: config.data.tokenizer's file, or
   the word vocabulary prepared or built from the training split (the phantom sets need no download); where
-  that data is not on this machine, VocabularyShape(DEFAULT_VOCAB_SIZE), said so in the line."""
-  if not tasks.task_class(config).uses_tokenizer:
+  that data is not on this machine, VocabularyShape(DEFAULT_VOCAB_SIZE), said so in the line. `family`: the
+  model family class, where the caller has looked it up."""
+  if not tasks.task_class(config, family).uses_tokenizer:
     return None, "no tokenizer (a classifier)"
   if vocab_size is not None:
     if vocab_size < 3:
@@ -227,16 +230,22 @@ def _shardings(tree: Any) -> Any:
 
 
 def build(
-  config: ml_collections.ConfigDict, tpu_slice: Slice, program: str, tokenizer: Any, batch_per_chip: int | None = None
+  config: ml_collections.ConfigDict,
+  tpu_slice: Slice,
+  program: str,
+  tokenizer: Any,
+  batch_per_chip: int | None = None,
+  family: Any = None,
 ) -> Built:
   """`program` of `config` for `tpu_slice`, from the functions the commands call (module docstring).
   `batch_per_chip`: the examples per chip per call (train, evaluate; serve: per chip of its host); default
-  the config's train.batch_size (global), eval.batch_size (per process) or serve's largest batch size."""
+  the config's train.batch_size (global), eval.batch_size (per process) or serve's largest batch size.
+  `family`: the model family class, where the caller has looked it up (else here, once)."""
   if program not in PROGRAMS:
     raise ConfigError(f"--program={program}: expected one of {', '.join(PROGRAMS)} or all")
   if batch_per_chip is not None and batch_per_chip < 1:
     raise ConfigError(f"--batch-size={batch_per_chip}: expected at least 1 example per chip")
-  components = workdir_lib.build(config, tokenizer)  # Classifiers: the dataset's findings.
+  components = workdir_lib.build(config, tokenizer, family=family)  # Classifiers: the dataset's findings.
   task, model = components.task, components.model
   section = config.get("sharding")
   if program == "train":
@@ -276,7 +285,7 @@ def build(
       ),
     )
   if config.get("decode") is not None:
-    captioning.check_decode_length(config.model, config.decode.max_length, "config.decode.max_length")
+    captioning.check_decode_length(config.model, config.decode.max_length, "config.decode.max_length", task.family)
   if program == "evaluate":
     devices = tpu_slice.devices
     per_host = len(tpu_slice.host_devices())
@@ -715,9 +724,11 @@ def compile_config(
   """The Python entry point (tests, benchmarks): `programs` of `config` compiled for `topology` (a name such
   as "v5e:2x4", or describe_slice's Slice), one Report each."""
   tpu_slice = describe_slice(topology) if isinstance(topology, str) else topology
-  tokenizer, _ = load_tokenizer(config, vocab_size)
+  family = models.get(config.model.name)  # Once for every program.
+  tokenizer, _ = load_tokenizer(config, vocab_size, family)
   return [
-    compile_program(build(config, tpu_slice, program, tokenizer, batch_per_chip), tpu_slice) for program in programs
+    compile_program(build(config, tpu_slice, program, tokenizer, batch_per_chip, family), tpu_slice)
+    for program in programs
   ]
 
 
@@ -730,27 +741,31 @@ def find_batch_size(
   limit: int = 4096,
   known: Report | None = None,
   log=None,
+  family: Any = None,
 ) -> tuple[int, list[Report]]:
   """(the largest batch per chip whose `program` fits, the reports of every compile tried; 0 if none fits):
   `largest_fitting` over compiles of `program` at each probed batch per chip. `start`: the first probe
   (default the config's batch per chip, or `known`'s); `limit`: the largest batch per chip tried;
-  `known`: a report of this program already compiled (at a whole batch per chip), not compiled again."""
+  `known`: a report of this program already compiled (at a whole batch per chip), not compiled again;
+  `family`: the model family class, where the caller has looked it up (else here, once)."""
   tpu_slice = describe_slice(topology) if isinstance(topology, str) else topology
-  tokenizer, _ = load_tokenizer(config, vocab_size)
+  family = models.get(config.model.name) if family is None else family
+  tokenizer, _ = load_tokenizer(config, vocab_size, family)
   if known is not None and known.batch_per_chip != int(known.batch_per_chip):
     known = None
   if start is None:
     start = (
       int(known.batch_per_chip)
       if known
-      else max(1, build(config, tpu_slice, program, tokenizer).batch // tpu_slice.chips)
+      else max(1, build(config, tpu_slice, program, tokenizer, family=family).batch // tpu_slice.chips)
     )
   reports = []
 
   def probe(batch_per_chip: int) -> tuple[bool, int]:
     if known is not None and batch_per_chip == known.batch_per_chip:
       return known.fits, known.hbm_used
-    report = compile_program(build(config, tpu_slice, program, tokenizer, batch_per_chip), tpu_slice, explain=False)
+    built = build(config, tpu_slice, program, tokenizer, batch_per_chip, family)
+    report = compile_program(built, tpu_slice, explain=False)
     reports.append(report)
     if log:
       log(
@@ -893,11 +908,12 @@ def main(argv: Sequence[str]) -> int:
     raise ConfigError(f"--topology is required ({USAGE})")
   config = values.config
   tpu_slice = describe_slice(values.topology)
-  tokenizer, tokenizer_line = load_tokenizer(config, values["vocab-size"].value)
+  family = models.get(config.model.name)  # Once for every program and probe.
+  tokenizer, tokenizer_line = load_tokenizer(config, values["vocab-size"].value, family)
   programs = PROGRAMS if values.program == "all" else (values.program,)
   status = 0
   for program in programs:
-    built = build(config, tpu_slice, program, tokenizer, values["batch-size"].value)
+    built = build(config, tpu_slice, program, tokenizer, values["batch-size"].value, family)
     report = compile_program(built, tpu_slice)
     print(json.dumps(report.to_dict()) if values.json else format_report(report, tokenizer_line), flush=True)
     status = status if report.fits else 2
@@ -909,6 +925,7 @@ def main(argv: Sequence[str]) -> int:
         values["vocab-size"].value,
         known=report,
         log=None if values.json else lambda line: print(line, flush=True),
+        family=family,
       )
       line = {"program": program, "largest_batch_per_chip": best}
       print(json.dumps(line) if values.json else f"  largest batch that fits: {best} per chip", flush=True)

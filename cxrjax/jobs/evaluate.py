@@ -87,7 +87,7 @@ def evaluate(
       )
     rexrank.check_run(data_config, split, max_examples)
   # Built once, before any prediction: a missing labeler directory fails before the split is decoded.
-  built = evaluators_lib.for_run(config, "evaluate", run.mesh, extra=evaluators, meteor=meteor)
+  built = evaluators_lib.for_run(config, "evaluate", run.mesh, extra=evaluators, meteor=meteor, task_class=type(task))
   if not baselines_too:
     built = {name: evaluator for name, evaluator in built.items() if evaluator.SECTION != "baselines"}
   source, info = datasets.make_source(data_config, split)

@@ -16,9 +16,16 @@ profiler trace (WORKDIR/profile).
 
 Validation is scored by the run's evaluators of stage "train" (cxrjax/evaluators/, evaluators.for_run): the
 task's defaults (text metrics without METEOR; AUROC) and config.evaluators' (cxrjax/core/config.py; CheXbert
-clinical efficacy, BERTScore), built once per run before any data is read. Their scores are the validation
-record of metrics.jsonl, and one of their HEADLINE scores (e.g. "BLEU-4", "mean_AUROC",
-"CE/uncertain_positive/all14/micro/F1", "BERTScore/F1") can be config.eval.best_metric (check_best_metric).
+clinical efficacy, BERTScore), built once per run before any data is read. Validation runs every
+train.eval_every steps and at the last step; each evaluator runs at those whose step is a multiple of its
+`every_steps` (default: all of them; at the last step: all of them) on its `split` (default the validation
+split, cut to eval.max_val_examples; "test": the whole split). Each validation predicts a split once for all the
+evaluators due on it (validation_plan). The validation split's scores are metrics.jsonl's {"split": "val",
+"step", ...} records, as before evaluators had a split; the test split's are {"split": "test", "step", ...}
+records (TensorBoard's "test/<score>"). One of the validation split's HEADLINE scores (e.g. "BLEU-4",
+"mean_AUROC", "CE/uncertain_positive/all14/micro/F1", "BERTScore/F1") can be config.eval.best_metric, given by an
+evaluator that runs at every validation (check_best_metric). Which evaluators validation runs (type, split,
+every_steps, provenance) is WORKDIR/evaluators.json (workdir.write_evaluators).
 """
 
 import signal
@@ -38,7 +45,7 @@ from tqdm import tqdm
 
 from cxrjax.core import optim, sharding
 from cxrjax.run import summaries, workdir as workdir_lib
-from cxrjax import tasks
+from cxrjax import models, tasks
 from cxrjax import evaluators as evaluators_lib
 from cxrjax.data import datasets, pipeline
 from cxrjax.core.errors import ConfigError, UserError
@@ -46,6 +53,9 @@ from cxrjax.tasks import captioning, evaluation, feature_cache
 from cxrjax.weights import pretrained
 
 TENSORBOARD_DIR, PROFILE_DIR = "tensorboard", "profile"  # In the workdir.
+# The split validation scores by default, and the "split" of its records in metrics.jsonl (by the split's
+# name otherwise: "test").
+VALIDATION_SPLIT, VALIDATION_RECORD = "validation", "val"
 # The exit status of a preempted run: the shell's for a process ended by SIGTERM (128 + 15), so that a
 # scheduler or `cxrjax train ... && cxrjax evaluate ...` sees an interrupted run, not a finished one.
 PREEMPTED_STATUS = 128 + signal.SIGTERM
@@ -233,11 +243,79 @@ def check_finite(metrics: list[dict[str, Any]], last_step: int, workdir: epath.P
       )
 
 
-def check_best_metric(metric: str, built: Mapping[str, Any]) -> None:
+def check_cadence(built: Mapping[str, Any], eval_every: int) -> None:
+  """Refuses, before training, an evaluator's every_steps that is not a multiple of train.eval_every: it would
+  be due at steps where no validation runs."""
+  for name, evaluator in built.items():
+    if evaluator.every_steps is not None and evaluator.every_steps % eval_every:
+      raise ConfigError(
+        f"config.evaluators.{name}.every_steps={evaluator.every_steps}: not a multiple of train.eval_every="
+        f"{eval_every}, the steps validation runs at"
+      )
+
+
+def validation_plan(built: Mapping[str, Any], step: int, eval_every: int, num_steps: int) -> dict[str, dict[str, Any]]:
+  """{split: {name: evaluator}}: the evaluators due at the validation of `step`, by the split they score (the
+  validation split first): those whose every_steps (default eval_every) divides `step`, and all of them at the
+  last step. Each split's predictions are computed once for its evaluators."""
+  plan: dict[str, dict[str, Any]] = {}
+  for name, evaluator in built.items():
+    if step == num_steps or step % (evaluator.every_steps or eval_every) == 0:
+      plan.setdefault(evaluator.split or VALIDATION_SPLIT, {})[name] = evaluator
+  return dict(sorted(plan.items(), key=lambda item: item[0] != VALIDATION_SPLIT))
+
+
+def evaluators_provenance(built: Mapping[str, Any], eval_every: int) -> dict[str, dict[str, Any]]:
+  """{name: {"type", "split", "every_steps", and the evaluator's provenance}}: what validation runs, as
+  `evaluate` records its evaluators in metrics.json."""
+  return {
+    name: {
+      "type": evaluator.name,
+      "split": evaluator.split or VALIDATION_SPLIT,
+      "every_steps": evaluator.every_steps or eval_every,
+      **evaluator.provenance(),
+    }
+    for name, evaluator in built.items()
+  }
+
+
+def _scorer(metric: str, built: Mapping[str, Any]) -> str | None:
+  """The name of the evaluator whose scores hold `metric` (as evaluators.run names them), None if unknown."""
+  for name, evaluator in built.items():
+    prefix = "" if name == evaluator.name else f"{name}/"
+    if metric in [prefix + key for key in evaluator.HEADLINE]:
+      return name
+  for name, evaluator in built.items():
+    if name != evaluator.name and metric.startswith(f"{name}/"):
+      return name
+  for name, evaluator in built.items():  # A family of scores: "CE/...", "BERTScore/...".
+    if name == evaluator.name and any(
+      "/" in k and metric.startswith(k.split("/")[0] + "/") for k in evaluator.HEADLINE
+    ):
+      return name
+  # The unprefixed scores of the task's defaults (the text metrics, AUROC of a class): their one evaluator.
+  plain = [
+    n for n, e in built.items() if n == e.name and e.SECTION == "scores" and not any("/" in k for k in e.HEADLINE)
+  ]
+  return plain[0] if len(plain) == 1 else None
+
+
+def check_best_metric(metric: str, built: Mapping[str, Any], eval_every: int | None = None) -> None:
   """Refuses, before training, a config.eval.best_metric that looks like an evaluator's score (it starts as a
   registered evaluator's headline keys do, "CE/" or "BERTScore/", or with a configured evaluator's "<name>/")
   and is not one of the validation evaluators' HEADLINE scores. Other names (the text metrics, AUROC of a class)
-  are left to validation, whose scores hold them or not."""
+  are left to validation, whose scores hold them or not. Also refuses a metric whose evaluator does not run at
+  every validation (every_steps other than `eval_every`) or scores another split than the validation split:
+  the best checkpoint is chosen at every validation, on the validation split."""
+  scorer = _scorer(metric, built)
+  if scorer is not None:
+    evaluator = built[scorer]
+    if (evaluator.every_steps or eval_every) != eval_every or (evaluator.split or VALIDATION_SPLIT) != VALIDATION_SPLIT:
+      raise ConfigError(
+        f"config.eval.best_metric={metric!r}: scored by config.evaluators.{scorer}, which does not run at every "
+        f"validation of the validation split (every_steps={evaluator.every_steps}, split={evaluator.split!r}); "
+        "the best checkpoint is chosen at every validation"
+      )
   selectable = [
     ("" if name == evaluator.name else f"{name}/") + key
     for name, evaluator in built.items()
@@ -301,26 +379,36 @@ def train_and_evaluate(
   workdir = epath.Path(workdir)
   train_cfg = config.train
   check_batch_size(train_cfg.batch_size, config.get("sharding"))
-  task_class = tasks.task_class(config)  # A clear error for an unknown family, before any data is read.
+  # The family, looked up once (the task carries it): a clear error for an unknown one, before any data is read.
+  family = models.get(config.model.name)
+  task_class = tasks.task_class(config, family)
   datasets.dataset(config.data.get("name"))  # And for an unknown dataset (before its scoring protocol is read).
   if config.get("decode") is not None:  # Report generators: a decode past the model's KV cache, likewise.
-    captioning.check_decode_length(config.model, config.decode.max_length, "config.decode.max_length")
+    captioning.check_decode_length(config.model, config.decode.max_length, "config.decode.max_length", family)
   workdir_lib.check_compatible(workdir, config)
   mesh = sharding.create_mesh(config.get("sharding"))
   # Once per run, before any data is read or file written: a missing labeler directory or an unknown
   # evaluator is one line now, not at the first validation.
-  built_evaluators = evaluators_lib.for_run(config, "train", mesh)
+  built_evaluators = evaluators_lib.for_run(config, "train", mesh, task_class=task_class)
+  check_cadence(built_evaluators, train_cfg.eval_every)
   best_metric = config.eval.get("best_metric", task_class.best_metric_default)
-  check_best_metric(best_metric, built_evaluators)
+  check_best_metric(best_metric, built_evaluators, train_cfg.eval_every)
   profiler = StepProfiler(train_cfg.get("profile_steps", ()), workdir / PROFILE_DIR)
 
   train_source, train_info = datasets.make_source(config.data, "train")
-  val_source, _ = datasets.make_source(config.data, "val")
+  # The splits validation predicts: the validation split (cut to eval.max_val_examples), and the whole test
+  # split where an evaluator scores it.
+  val_sources = {VALIDATION_SPLIT: datasets.make_source(config.data, VALIDATION_SPLIT)[0]}
+  if config.eval.get("max_val_examples"):
+    val_sources[VALIDATION_SPLIT] = pipeline.Subset(val_sources[VALIDATION_SPLIT], config.eval.max_val_examples)
+  for evaluator in built_evaluators.values():
+    if evaluator.split and evaluator.split not in val_sources:
+      val_sources[evaluator.split] = datasets.make_source(config.data, evaluator.split)[0]
   tokenizer = None
   if task_class.uses_tokenizer:
     tokenizer = datasets.load_or_build_tokenizer(config.data, train_source)
   # The task complete: the tokenizer, or the findings the classifier's outputs are (the training split's).
-  components = workdir_lib.build(config, tokenizer, train_info.label_names)
+  components = workdir_lib.build(config, tokenizer, train_info.label_names, family)
   task, model = components.task, components.model
   if config.train.get("cache_features") and not components.is_frozen("image_encoder"):
     raise ConfigError(
@@ -328,6 +416,7 @@ def train_and_evaluate(
       "('image_encoder/.*', None)): a trained encoder's features change every step"
     )
   workdir_lib.write_run_files(workdir, config, tokenizer, task.label_names)
+  workdir_lib.write_evaluators(workdir, evaluators_provenance(built_evaluators, train_cfg.eval_every))
 
   data_sharding = sharding.data_sharded(mesh)
   target = workdir_lib.abstract_state(components, mesh, config.get("sharding"))
@@ -444,22 +533,23 @@ def train_and_evaluate(
           _log(log, {"split": "train", **summary})
           progress.set_postfix(loss=f"{summary['loss']:.3f}")
           pending, timer = [], time.perf_counter()
-        if is_eval:
-          source = val_source
-          if config.eval.get("max_val_examples"):
-            source = pipeline.Subset(val_source, config.eval.max_val_examples)
+        plan = validation_plan(built_evaluators, step, train_cfg.eval_every, train_cfg.num_steps) if is_eval else {}
+        for split, due in plan.items():
           records = evaluation.predict_split(
             task,
             state.variables(),
-            source,
+            val_sources[split],
             config,
             mesh=mesh,
             predict=validate,
             batch_size=config.eval.batch_size,
           )
           predictions = evaluators_lib.Predictions.from_records(records, label_names=task.label_names)
-          val_scores = evaluators_lib.run(built_evaluators, predictions)["scores"]
-          _log(log, {"split": "val", "step": step, **val_scores})
+          scores = evaluators_lib.run(due, predictions)["scores"]
+          _log(log, {"split": VALIDATION_RECORD if split == VALIDATION_SPLIT else split, "step": step, **scores})
+          if split == VALIDATION_SPLIT:
+            val_scores = scores
+        if VALIDATION_SPLIT in plan:
           value = float(val_scores[best_metric])
           value = -np.inf if np.isnan(value) else value  # E.g. AUROC of a split with one label value.
           if value > best_value or best.latest_step() is None:

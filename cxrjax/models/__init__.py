@@ -34,11 +34,6 @@ def build(
 
 
 def max_decode_length(model_config: Any) -> int | None:
-  """The most tokens (end token included) one decode of `model_config`'s model may generate: the config
-  field its family names in `decode_limit_field` (the KV cache's positions); None where nothing bounds it
-  (recurrent decoders, classifiers)."""
-  family = get(model_config.name)
-  field = family.decode_limit_field
-  if field is None:
-    return None
-  return int(model_config.get(field, getattr(family, field)))  # A config without the field: the module default.
+  """`model_config`'s family's max_decode_length (models/base.Family): the most tokens one decode may generate,
+  or None where nothing bounds it."""
+  return get(model_config.name).max_decode_length(model_config)

@@ -68,11 +68,21 @@ class Family(nn.Module):
 
   task: ClassVar[str]
   pretrained_parts: ClassVar[dict[str, PretrainedPart]] = {}
-  # The model config field that bounds a decode's length (models.max_decode_length), or None: transformer
+  # The model config field that bounds a decode's length (max_decode_length), or None: transformer
   # families name "cache_length", their KV cache's positions (a decode of max_length tokens feeds positions
   # 0 .. max_length - 1, one cache slot each; a write past the cache would be clamped, not refused); a
   # recurrent decoder's state has no length, a classifier does not decode.
   decode_limit_field: ClassVar[str | None] = None
+
+  @classmethod
+  def max_decode_length(cls, model_config: Any) -> int | None:
+    """The most tokens (end token included) one decode of `model_config`'s model may generate: the config field
+    `decode_limit_field` (the KV cache's positions); None where nothing bounds it (recurrent decoders,
+    classifiers)."""
+    field = cls.decode_limit_field
+    if field is None:
+      return None
+    return int(model_config.get(field, getattr(cls, field)))  # A config without the field: the module default.
 
   @staticmethod
   def check_initialization(previous: ml_collections.ConfigDict, current: ml_collections.ConfigDict, path: str) -> None:

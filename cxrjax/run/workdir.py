@@ -3,7 +3,9 @@
   config.json            the full config of the run (checked on resume: another model's workdir is refused)
   tokenizer.json         the tokenizer the model was trained with (captioners)
   label_names.json       the class names of the outputs (classifiers)
-  metrics.jsonl          one JSON object per logged step and per validation
+  metrics.jsonl          one JSON object per logged step and per validation ("split": "train", "val", or
+                         "test" for the evaluators that score the test split in training)
+  evaluators.json        the evaluators validation runs: {name: {"type", "split", "every_steps", provenance}}
   tensorboard/           the same numbers as TensorBoard scalars (summaries.py)
   profile/               a JAX profiler trace of train.profile_steps, when set
   checkpoints/latest/    the two newest states, with the data iterator's position (resume point; a damaged
@@ -39,6 +41,7 @@ from cxrjax.text import tokenizers
 
 LATEST, BEST = "latest", "best"
 CONFIG_FILE, TOKENIZER_FILE, METRICS_FILE = "config.json", "tokenizer.json", "metrics.jsonl"
+EVALUATORS_FILE = "evaluators.json"
 LABELS_FILE = "label_names.json"
 # Config sections a workdir's config.json must have to be recognised (every config of configs/ fills more).
 REQUIRED_SECTIONS = ("data", "model")
@@ -157,6 +160,13 @@ def write_run_files(
       files.write_json(workdir / LABELS_FILE, list(label_names))
 
 
+def write_evaluators(workdir: str | os.PathLike, provenance: dict[str, Any]) -> None:
+  """evaluators.json (process 0 only): the evaluators this run's validation runs (train.evaluators_provenance),
+  rewritten by each invocation, so that a resumed run with other evaluators says so."""
+  if sharding.is_lead_process():
+    files.write_json(epath.Path(workdir) / EVALUATORS_FILE, provenance, indent=2)
+
+
 def load_label_names(workdir: str | os.PathLike) -> tuple[str, ...]:
   path = epath.Path(workdir) / LABELS_FILE
   if not path.is_file():
@@ -187,20 +197,25 @@ class Components:
   model: Any
   make_optimizer: Any  # params -> optax.GradientTransformation
   frozen_modules: dict[str, bool]  # What the family asked of the param groups: module path -> frozen
-  family: Any = None  # the model family class (models.get(config.model.name))
+  family: Any = None  # the model family class (models.get(config.model.name)), also task.family
   is_frozen: Any = None  # module path -> whether optimizer.param_groups freeze it (optim.frozen_predicate)
 
 
 def build(
-  config: ml_collections.ConfigDict, tokenizer: Any = None, label_names: Sequence[str] | None = None
+  config: ml_collections.ConfigDict,
+  tokenizer: Any = None,
+  label_names: Sequence[str] | None = None,
+  family: Any = None,
 ) -> Components:
   """The task (complete: report generators with `tokenizer`, classifiers with `label_names`, by default the
-  data config's findings), the model and the optimizer of `config`."""
-  # Each derived once here and passed on: the family, the task, the frozen-module predicate.
-  family = models.get(config.model.name)
-  if not tasks.TASKS.get(family.task).uses_tokenizer and label_names is None:
+  data config's findings), the model and the optimizer of `config`. `family`: the model family class, where
+  the caller has looked it up already (else here)."""
+  # Each derived once here (the family: unless given) and passed on: the family, the task, the frozen-module
+  # predicate.
+  family = models.get(config.model.name) if family is None else family
+  if not tasks.task_class(config, family).uses_tokenizer and label_names is None:
     label_names = datasets.label_names(config.data)
-  task = tasks.make(config, tokenizer, label_names)
+  task = tasks.make(config, tokenizer, label_names, family=family)
   predicate, asked = optim.frozen_predicate(config.optimizer), {}
 
   def is_frozen(module_path: str) -> bool:
@@ -519,12 +534,13 @@ def load_run(workdir: str | os.PathLike, checkpoint: str = BEST, optimizer_state
   None: inference never reads AdamW's moments or accumulated gradients)."""
   workdir = epath.Path(workdir)
   config = read_config(workdir)
+  family = models.get(config.model.name)  # Once: the task carries it (run.task.family).
   # The task from the run's own files: the tokenizer it trained with, or the findings its outputs are.
-  if tasks.task_class(config).uses_tokenizer:
+  if tasks.task_class(config, family).uses_tokenizer:
     tokenizer, label_names = load_tokenizer(workdir), None
   else:
     tokenizer, label_names = None, load_label_names(workdir)
-  components = build(config, tokenizer, label_names)
+  components = build(config, tokenizer, label_names, family)
   # The run's parameter layout where its mesh fits these devices (else replicated): checkpoints restore
   # onto any layout.
   mesh, layout = sharding.mesh_for_loading(config.get("sharding"), str(workdir / CONFIG_FILE))

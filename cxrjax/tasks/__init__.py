@@ -28,18 +28,26 @@ TASKS.add(CaptioningTask.name, CaptioningTask)
 TASKS.add(ClassificationTask.name, ClassificationTask)
 
 
-def task_class(config: Any) -> type:
-  """The task class of `config.model.name`'s family."""
-  return TASKS.get(models.get(config.model.name).task)
+def task_class(config: Any, family: type | None = None) -> type:
+  """The task class of `config.model.name`'s family (`family`, where the caller has looked it up already)."""
+  family = models.get(config.model.name) if family is None else family
+  return TASKS.get(family.task)
 
 
 def make(
-  config: Any, tokenizer: Any = None, label_names: Sequence[str] | None = None, preprocessing: Any = None
+  config: Any,
+  tokenizer: Any = None,
+  label_names: Sequence[str] | None = None,
+  preprocessing: Any = None,
+  family: type | None = None,
 ) -> Task:
   """The task of `config.model.name`'s family, complete: report generators with their `tokenizer`,
   classifiers with their `label_names` (the findings in the order of the model's outputs); `preprocessing`
-  (data/transforms.py) where it is not the config's."""
-  cls = task_class(config)
+  (data/transforms.py) where it is not the config's; `family` (the model family class) where the caller has
+  it: the task carries it, so that its users look the family up no more."""
+  family = models.get(config.model.name) if family is None else family
+  cls = task_class(config, family)
   if cls.uses_tokenizer:
-    return cls(config, tokenizer, preprocessing=preprocessing)
-  return cls(config, tuple(label_names) if label_names is not None else None, preprocessing=preprocessing)
+    return cls(config, tokenizer, preprocessing=preprocessing, family=family)
+  labels = tuple(label_names) if label_names is not None else None
+  return cls(config, labels, preprocessing=preprocessing, family=family)

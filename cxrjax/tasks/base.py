@@ -58,6 +58,7 @@ class Task(Protocol):
   tokenizer: Any  # None for classifiers
   label_names: tuple[str, ...] | None  # None for report generators
   preprocessing: Any  # data/transforms.Preprocessing: how the model's images are prepared (from the config)
+  family: Any  # the model family class (models/base.Family) of config.model.name, looked up once by tasks.make
 
   def sample_inputs(self) -> tuple[np.ndarray, ...]:
     """Zero inputs of one example, the model's shapes: to initialise it."""

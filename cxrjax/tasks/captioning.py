@@ -26,14 +26,16 @@ def model_images(batch: dict[str, Any]) -> Any:
   return {key: batch[feature_cache.BATCH_PREFIX + key] for key in feature_cache.FEATURE_KEYS}
 
 
-def check_decode_length(model_config: Any, max_length: int, field: str) -> None:
-  """Refuses a decode of `max_length` tokens that `model_config`'s model cannot hold (models.max_decode_length:
-  a transformer's KV cache; past it the cache writes are clamped and the tokens silently wrong): a ConfigError
-  naming `field` (the flag or config field that chose the length) and the limit. Called where a command
-  settles its decode length: `train`, `evaluate`, `predict` and `serve`."""
-  limit = models.max_decode_length(model_config)
+def check_decode_length(model_config: Any, max_length: int, field: str, family: Any = None) -> None:
+  """Refuses a decode of `max_length` tokens that `model_config`'s model (of `family`, the model family class;
+  None: looked up) cannot hold (base.Family.max_decode_length: a transformer's KV cache; past it the cache
+  writes are clamped and the tokens silently wrong): a ConfigError naming `field` (the flag or config field that
+  chose the length) and the limit. Called where a command settles its decode length: `train`, `evaluate`,
+  `predict` and `serve`."""
+  family = models.get(model_config.name) if family is None else family
+  limit = family.max_decode_length(model_config)
   if limit is not None and max_length > limit:
-    field_name = models.get(model_config.name).decode_limit_field
+    field_name = family.decode_limit_field
     raise ConfigError(
       f"{field}={max_length}: the {model_config.name} model decodes at most {limit} tokens (its "
       f"KV cache's positions, model.{field_name}={limit})"
@@ -134,11 +136,14 @@ class CaptioningTask:
   tokenizer: Any  # text/tokenizers.py: the run's
   label_names: None = None  # Report generators read no finding labels.
   preprocessing: transforms.Preprocessing | None = None  # None: the config's (transforms.from_config)
+  family: Any = None  # the model family class (models/base.Family); None: config.model.name's, if any
 
   def __post_init__(self):
     # Derived once, here (a config without data, e.g. for a loss alone, has none); batches and results read it.
     if self.preprocessing is None and self.config.get("data") is not None:
       object.__setattr__(self, "preprocessing", transforms.from_config(self.config))
+    if self.family is None and self.config.get("model") is not None:
+      object.__setattr__(self, "family", models.get(self.config.model.name))
     if self.tokenizer is None:
       raise ValueError("a report generator's task needs its tokenizer")
     if self.label_names is not None:
@@ -204,7 +209,7 @@ class CaptioningTask:
         raise ConfigError(f"{names.get(key, key)} must be a positive integer, got {value!r}")
     length = int(decode.max_length if max_length is None else max_length)
     field = names.get("max_length", "max_length") if max_length is not None else "config.decode.max_length"
-    check_decode_length(self.config.model, length, field)
+    check_decode_length(self.config.model, length, field, self.family)
     beam = 1 if greedy else int(decode.beam_size if beam_size is None else beam_size)
     runs_greedy = runs_greedy_search(self.decode_config(base.Options("beam", beam, length)), greedy)
     return base.Options("greedy" if runs_greedy else "beam", beam, length, attention)

@@ -8,6 +8,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from cxrjax import models
 from cxrjax.data import transforms
 from cxrjax.core.errors import ConfigError
 from cxrjax.metrics import classification as classification_metrics
@@ -27,11 +28,14 @@ class ClassificationTask:
   label_names: tuple[str, ...]  # the findings, in the order of the model's outputs
   tokenizer: None = None  # Classifiers read no text.
   preprocessing: transforms.Preprocessing | None = None  # None: the config's (transforms.from_config)
+  family: Any = None  # the model family class (models/base.Family); None: config.model.name's, if any
 
   def __post_init__(self):
     # Derived once, here (a config without data, e.g. for a loss alone, has none); batches and samples read it.
     if self.preprocessing is None and self.config.get("data") is not None:
       object.__setattr__(self, "preprocessing", transforms.from_config(self.config))
+    if self.family is None and self.config.get("model") is not None:
+      object.__setattr__(self, "family", models.get(self.config.model.name))
     if self.label_names is None or not len(self.label_names):
       raise ValueError("a classifier's task needs its label names")
     if self.tokenizer is not None:

@@ -13,10 +13,13 @@ import pytest
 from tensorboard.compat.proto import event_pb2
 
 from cxrjax import cli
-from cxrjax.jobs import evaluate, train
+from cxrjax import evaluators as evaluators_lib
+from cxrjax.jobs import evaluate, inference, train
 from cxrjax.run import summaries, workdir as workdir_lib
 from cxrjax.data import datasets, pipeline
 from cxrjax.core.errors import ConfigError
+from cxrjax.metrics import protocols
+from cxrjax.models import base
 from cxrjax.models.encoders import densenet
 from cxrjax.tasks import evaluation
 from cxrjax.weights import chexnet
@@ -319,6 +322,110 @@ def test_a_partly_frozen_encoder_is_refused_before_compute(tmp_path, smoke_confi
   with pytest.raises(ConfigError, match="freeze part of 'image_encoder'"):
     train.train_and_evaluate(config, tmp_path)
   assert not (tmp_path / "checkpoints").exists()
+
+
+def test_each_path_looks_the_model_family_up_once(tmp_path, smoke_config, monkeypatch):
+  """Config facts derived once: train, evaluate and predict (as serve) each look config.model.name's family up
+  once and pass it on (the task carries it), not once per helper."""
+  lookups = []
+  get = base.FAMILIES.get
+  monkeypatch.setattr(base.FAMILIES, "get", lambda name, field=None: lookups.append(name) or get(name, field))
+
+  def looked_up_once(path):
+    assert lookups == [smoke_config.model.name], path
+    lookups.clear()
+
+  config = smoke_config.copy_and_resolve_references()
+  config.train.update(num_steps=2, eval_every=2)
+  train.train_and_evaluate(config, tmp_path)
+  looked_up_once("train")
+  evaluate.evaluate(str(tmp_path), "test", max_examples=2, meteor=False, baselines_too=False)
+  looked_up_once("evaluate")
+  predictor = inference.Predictor.from_workdir(str(tmp_path))
+  size = config.data.image_size
+  predictor.predict(np.zeros((1, predictor.num_views, size, size, 3), np.float32), predictor.options(greedy=True))
+  looked_up_once("predict")
+
+
+def test_evaluators_run_at_their_cadence_on_their_split_each_split_predicted_once(tmp_path, smoke_config, monkeypatch):
+  """Validations at steps 2, 4, 6 (train.eval_every 2); two text evaluators on the test split every 4 steps run at
+  step 4 and at the last step, over the whole test split (8 studies; validation is cut to 4), with one prediction of
+  each split per validation. `cxrjax evaluate` ignores their cadence and split."""
+  config = smoke_config.copy_and_resolve_references()
+  config.train.update(num_steps=6, eval_every=2, checkpoint_every=2)
+  config.eval.max_val_examples = 4
+  protocol = protocols.protocol_for(config.data)
+  test_text = dict(type="text", protocol=protocol, meteor=False, split="test", every_steps=4)
+  config.evaluators = dict(test_text=test_text, test_text2=dict(test_text, every_steps=4))
+  predicted = []
+  predict_split = evaluation.predict_split
+  monkeypatch.setattr(
+    evaluation,
+    "predict_split",
+    lambda task, variables, source, *a, **k: (
+      predicted.append(len(source)) or predict_split(task, variables, source, *a, **k)
+    ),
+  )
+  train.train_and_evaluate(config, tmp_path)
+  records = _records(tmp_path)
+  val = [r for r in records if r["split"] == "val"]
+  test = [r for r in records if r["split"] == "test"]
+  assert [r["step"] for r in val] == [2, 4, 6] and [r["step"] for r in test] == [4, 6]
+  assert all(r["num_studies"] == 4 and "test_text/BLEU-4" not in r for r in val)
+  for record in test:
+    assert record["test_text/num_studies"] == record["test_text2/num_studies"] == config.data.num_test
+    assert record["test_text/BLEU-4"] == record["test_text2/BLEU-4"] and "BLEU-4" not in record
+  assert predicted == [4, 4, 8, 4, 8]  # Per validation: the validation split, then the test split once.
+  assert json.loads((tmp_path / workdir_lib.EVALUATORS_FILE).read_text()) == {
+    "text": {"type": "text", "split": "validation", "every_steps": 2, "protocol": protocol, "meteor": False},
+    "test_text": {"type": "text", "split": "test", "every_steps": 4, "protocol": protocol, "meteor": False},
+    "test_text2": {"type": "text", "split": "test", "every_steps": 4, "protocol": protocol, "meteor": False},
+  }
+  written = evaluate.evaluate(str(tmp_path), "validation", max_examples=2, meteor=False, baselines_too=False)
+  assert written["scores"]["test_text/num_studies"] == written["scores"]["num_studies"] == 2
+
+
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
+    (
+      ["--config.evaluators.text.every_steps=6"],
+      "config.evaluators.text.every_steps=6: not a multiple of train.eval_every=4",
+    ),
+    (["--config.evaluators.text.every_steps=0"], "config.evaluators.text.every_steps: 0; must be an integer"),
+    (["--config.evaluators.text.split=train"], "config.evaluators.text.split: 'train'; expected 'validation'"),
+    (["--config.evaluators.text.split=dev"], "config.evaluators.text.split: 'dev'; expected 'validation'"),
+    (
+      ["--config.evaluators.text.every_steps=8"],
+      "config.eval.best_metric='BLEU-4': scored by config.evaluators.text, which does not run at every validation",
+    ),
+    (
+      ["--config.evaluators.text.split=test"],
+      "config.eval.best_metric='BLEU-4': scored by config.evaluators.text, which does not run at every validation",
+    ),
+  ],
+)
+def test_a_bad_evaluator_cadence_or_split_is_one_line_before_training(tmp_path, capsys, overrides, message):
+  workdir = tmp_path / "run"
+  status = cli.main(["train", "--config=configs/demo.py:smoke", f"--workdir={workdir}", *overrides])
+  error = capsys.readouterr().err
+  assert status == 2 and len(error.strip().splitlines()) == 1 and message in error, error
+  assert not workdir.exists()
+
+
+def test_the_best_metric_needs_an_evaluator_at_every_validation_of_the_validation_split():
+  text = dict(protocol="r2gen", meteor=False)
+  train.check_best_metric("BLEU-4", evaluators_lib.from_config(dict(text=text)), 4)
+  train.check_best_metric("BLEU-4", evaluators_lib.from_config(dict(text=dict(text, every_steps=4, split="val"))), 4)
+  for sparse in (dict(every_steps=8), dict(split="test")):
+    built = evaluators_lib.from_config(dict(text=dict(text, **sparse)))
+    with pytest.raises(ConfigError, match="does not run at every validation"):
+      train.check_best_metric("ROUGE-L", built, 4)
+  # A score of an evaluator named otherwise is its evaluator's: the validation split's text still picks.
+  built = evaluators_lib.from_config(dict(text=text, test_text=dict(text, type="text", split="test")))
+  train.check_best_metric("BLEU-4", built, 4)
+  with pytest.raises(ConfigError, match="config.evaluators.test_text, which does not run"):
+    train.check_best_metric("test_text/BLEU-4", built, 4)
 
 
 def test_logged_perplexity_is_exp_of_the_mean_token_loss_over_the_logged_steps():
