@@ -263,6 +263,16 @@ def _compile(argv: Sequence[str]) -> int:
   return aot.main(list(argv))
 
 
+def _distributed_argument(parser: argparse.ArgumentParser) -> None:
+  """argparse's --distributed, as define_distributed_flag's (sharding.initialize_distributed reads it)."""
+  parser.add_argument(
+    "--distributed",
+    default="",
+    help="join JAX's distributed runtime first: auto (TPU VMs) or HOST:PORT,NUM_PROCESSES,PROCESS_ID; "
+    "every process runs the same command",
+  )
+
+
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--split", required=True, choices=("val", "test"))
@@ -282,11 +292,7 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     default=None,
     help="the prepared dataset, if not the run's config.data.data_dir (e.g. for a workdir made by port-weights)",
   )
-  parser.add_argument(
-    "--distributed",
-    default="",
-    help="join JAX's distributed runtime first: auto (TPU VMs) or HOST:PORT,NUM_PROCESSES,PROCESS_ID",
-  )
+  _distributed_argument(parser)
   parser.add_argument(
     "--labeler",
     default=None,
@@ -442,12 +448,13 @@ def _score_arguments(parser: argparse.ArgumentParser) -> None:
     metavar="metrics.json",
     help="write every score and the evaluators' provenance (the labeler checkpoint's SHA-256) there",
   )
+  _distributed_argument(parser)
 
 
 @command("score", "score a predictions file with evaluators (text, CheXbert CE, BERTScore)", _score_arguments)
 def _score(args: argparse.Namespace) -> int:
   """A predictions file (cxrjax's predictions.jsonl, a CSV / JSONL of reference and generated text, ReXrank's
-  JSON) scored by the evaluators the flags configure -> one JSON summary line (score.py)."""
+  JSON) scored by the evaluators the flags configure -> one JSON summary line (score.py), from process 0."""
   names = [name.strip() for name in args.evaluators.split(",") if name.strip()]
   config = score.evaluator_config(
     names,
@@ -460,7 +467,10 @@ def _score(args: argparse.Namespace) -> int:
     bertscore_idf=args.bertscore_idf,
     bertscore_baseline=args.bertscore_baseline,
   )
-  print(json.dumps(score.score_file(args.predictions, config, file_format=args.format, out=args.out)))
+  sharding.initialize_distributed(args.distributed)  # Before the mesh: it spans every process's devices.
+  summary = score.score_file(args.predictions, config, file_format=args.format, out=args.out)
+  if sharding.is_lead_process():
+    print(json.dumps(summary))
   return 0
 
 

@@ -3,7 +3,9 @@ over gloo), compared with one process on 8 devices: the same global batches give
 SIGTERM to one process (a preempted host) stops both at one step with a checkpoint, and the `cxrjax train
 --distributed` command resumes it with every process's own data position; evaluation scores every study
 once, written by process 0. The same on a mesh that interleaves the processes as a multi-host TPU slice's
-does: each prediction beside its own study, and each process reading the training rows its devices hold."""
+does: each prediction beside its own study, and each process reading the training rows its devices hold.
+`cxrjax score --distributed` (text, CheXbert and BERTScore on real IU X-ray reports, tiny random models)
+gives one process's scores, written and printed by process 0 alone."""
 
 import json
 import os
@@ -17,10 +19,21 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from cxrjax.jobs import evaluate, train
+from cxrjax import evaluators
+from cxrjax.jobs import evaluate, score, train
 from cxrjax.run import workdir as workdir_lib
 from configs import chestxray14_agcnn, demo
 from tests.core.test_sharding import SLICE_PROCESS_ORDER
+from tests.jobs.test_score import (  # noqa: F401 (fixtures: pytest finds them by name)
+  BERTSCORE_LAYER,
+  NUM_STUDIES,
+  _config as _score_config,
+  _write_jsonl,
+  bert_dir,
+  labeler_dir,
+  predictions,
+  studies,
+)
 
 WORKER = pathlib.Path(__file__).with_name("multiprocess_worker.py")
 CXRJAX = pathlib.Path(sys.executable).with_name("cxrjax")  # The console script of this environment.
@@ -196,3 +209,50 @@ def test_each_process_reads_the_training_rows_its_devices_hold_on_an_interleaved
     assert summary["rows"] == [row for row, owner in enumerate(SLICE_PROCESS_ORDER) if owner == process]
     assert summary["devices_hold_their_rows"] and summary["global_batch_is_one_process_batch"], summary
     assert summary["misplaced_rows"] == 0
+
+
+def test_two_processes_score_a_predictions_file_as_one_process(tmp_path, predictions, labeler_dir, bert_dir):
+  ids, references, generated = predictions
+  path = _write_jsonl(tmp_path / "predictions.jsonl", ids, references, generated)
+  config = _score_config(labeler_dir[0], bert_dir)  # Batches of 8: one row per device.
+  eight = score.score_file(str(path), config, out=str(tmp_path / "eight.json"), progress=False)
+  eight = json.loads((tmp_path / "eight.json").read_text())
+  assert eight["devices"] == 8
+  # `python -m cxrjax.cli`, not the console script: this checkout's code, whichever one the environment installed.
+  outs = [tmp_path / f"process{index}" for index in (0, 1)]
+  for out in outs:
+    out.mkdir()
+  lines = _two_processes(
+    lambda index, port: [
+      sys.executable,
+      "-m",
+      "cxrjax.cli",
+      "score",
+      str(path),
+      "--evaluators=text,chexbert,bertscore",
+      f"--labeler={labeler_dir[0]}",
+      f"--bertscore-model={bert_dir}",
+      f"--bertscore-layer={BERTSCORE_LAYER}",
+      "--no-meteor",
+      "--batch-size=8",
+      f"--out={outs[index] / 'metrics.json'}",
+      f"--distributed=localhost:{port},2,{index}",
+    ]
+  )
+  # Process 1 writes nothing, and prints no summary (its last line, if any, is gloo's).
+  assert not lines[1].startswith("{") and not list(outs[1].iterdir())
+  summary, two = json.loads(lines[0]), json.loads((outs[0] / "metrics.json").read_text())
+  assert summary["devices"] == two["devices"] == 8 and summary["num_studies"] == NUM_STUDIES
+  # The same programs on the same 8 devices, whichever process holds them: the same bits.
+  assert two["scores"] == eight["scores"] and two["provenance"] == eight["provenance"]
+  assert summary["scores"] == {key: eight["scores"][key] for key in summary["scores"]}
+  # Without a mesh (one device, the same batches) the text and CheXbert scores are equal, BERTScore to float
+  # rounding (XLA:CPU may round products of 1 row and of 8 differently).
+  built = evaluators.from_config(config, mesh=None)
+  alone = evaluators.run(built, evaluators.Predictions(ids, references, generated))["scores"]
+  assert sorted(alone) == sorted(two["scores"])
+  for key, value in alone.items():
+    if key.startswith("BERTScore/"):
+      assert two["scores"][key] == pytest.approx(value, rel=0, abs=1e-6), key
+    else:
+      assert two["scores"][key] == value, key

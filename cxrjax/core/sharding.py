@@ -323,6 +323,18 @@ def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str
   }
 
 
+def from_host(tree: Any, sharding: NamedSharding) -> Any:
+  """Numpy arrays that every process holds whole (the same values) -> global arrays laid out by `sharding`
+  (replicated, or rows over 'data'), each process placing its devices' parts. Unlike jax.device_put this
+  works where the mesh spans processes, and needs no collective."""
+
+  def place(value: Any) -> jax.Array:
+    value = np.asarray(value)  # Once, not once per device.
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+  return jax.tree.map(place, tree)
+
+
 def process_rows(sharding: NamedSharding, global_rows: int, process_index: int | None = None) -> np.ndarray:
   """The rows of a global batch of `global_rows` sharded by `sharding` that a process's devices hold
   (default this process's): int64 [global_rows / processes], increasing, which is the order in which

@@ -49,7 +49,9 @@ multiple of BUCKET (16, 32, ..., max_length), so that a corpus compiles few shap
 program at a 512 max length) and pads little (the package pads to the longest exactly).
 
 Sharding: `embed` and `greedy_match` are pure functions of arrays with the batch first; `score(...,
-mesh=mesh)` puts the batches on the mesh's 'data' axis and the variables on every device (one process).
+mesh=mesh)` puts the batches on the mesh's 'data' axis and the variables on every device, also where the mesh
+spans processes (each process holds every text and builds the global arrays from its host copy), and
+returns every row to every process: the scores equal one process's (tests/test_multiprocess.py).
 """
 
 from __future__ import annotations
@@ -66,7 +68,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from cxrjax.core import sharding
 from cxrjax.core.errors import UserError
@@ -185,8 +186,7 @@ def idf_table(reference_ids: Sequence[Sequence[int]]) -> tuple[dict[int, float],
   )
 
 
-@jax.jit
-def greedy_match(
+def _greedy_match(
   cand_units: jax.Array,
   cand_mask: jax.Array,
   cand_weights: jax.Array,
@@ -212,13 +212,27 @@ def greedy_match(
   return jnp.stack([precision, recall, jnp.where(jnp.isnan(f1), 0.0, f1)], axis=-1)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def embed(encoder: hf_text.Encoder, variables: Any, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+def _embed(encoder: hf_text.Encoder, variables: Any, tokens: jax.Array, mask: jax.Array) -> jax.Array:
   """Encodes texts with `encoder` (cut to the scoring layer): tokens int32 [batch, length], mask bool ->
   each piece's hidden state divided by its norm [batch, length, hidden] (per piece: done once per text, not
   once per pair it is in)."""
   states = encoder.apply(variables, tokens, mask)
   return states / jnp.linalg.norm(states, axis=-1, keepdims=True)
+
+
+greedy_match = jax.jit(_greedy_match)
+embed = jax.jit(_embed, static_argnums=0)
+
+
+@functools.cache
+def _jitted_for(mesh: jax.sharding.Mesh) -> tuple[Any, Any]:
+  """(embed, greedy_match) for arguments on `mesh`, their results replicated: each process reads every row
+  back without a gather, where the mesh spans processes too. One pair per mesh, so each compiles once."""
+  replicated = sharding.replicated(mesh)
+  return (
+    jax.jit(_embed, static_argnums=0, out_shardings=replicated),
+    jax.jit(_greedy_match, out_shardings=replicated),
+  )
 
 
 def bucket_length(length: int, max_length: int) -> int:
@@ -352,7 +366,8 @@ class BertScorer:
     maximum over them), idf weights from these references when `idf`, rescaled when a baseline is set.
 
     Returns {"P", "R", "F1": float32 [candidates], "P_mean", "R_mean", "F1_mean": their means (floats)}.
-    `mesh`: batches sharded over its 'data' axis (batch_size a multiple of its size).
+    `mesh`: batches sharded over its 'data' axis (batch_size a multiple of its size); where it spans
+    processes, every process calls with the same texts and gets every score.
     """
     if isinstance(candidates, str) or isinstance(references, str) or len(candidates) != len(references):
       raise BertScoreError(
@@ -389,17 +404,20 @@ class BertScorer:
     table, unseen = idf_table([text_ids[row] for row in ref_rows]) if self.idf else (None, 0.0)
     weights = [self._weights(ids, table, unseen) for ids in text_ids]
 
-    variables, put = self.variables, jnp.asarray
+    encode, match, variables, put = embed, greedy_match, self.variables, jnp.asarray
     if mesh is not None:
-      variables = jax.device_put(variables, NamedSharding(mesh, PartitionSpec()))
-      put = functools.partial(jax.device_put, device=NamedSharding(mesh, PartitionSpec("data")))
+      # Global arrays built from the host copy that every process holds (every process has all the texts):
+      # jax.device_put cannot place arrays on another process's devices.
+      encode, match = _jitted_for(mesh)
+      variables = sharding.from_host(variables, sharding.replicated(mesh))
+      put = functools.partial(sharding.from_host, sharding=sharding.data_sharded(mesh))
     # Texts, then pairs, of similar length batched together: fewer padded positions.
     units: list[np.ndarray] = [np.zeros(0)] * len(texts)  # Each text's unit vectors [pieces, hidden].
     order = np.argsort([-len(ids) for ids in text_ids], kind="stable")
     for start in range(0, len(order), batch_size):
       chosen = order[start : start + batch_size]
       tokens, mask = self._token_batch([text_ids[row] for row in chosen], batch_size)
-      states = np.asarray(embed(self.encoder, variables, put(tokens), put(mask)))
+      states = np.asarray(encode(self.encoder, variables, put(tokens), put(mask)))
       for index, row in enumerate(chosen):
         units[row] = states[index, : len(text_ids[row])]
     order = np.argsort([-max(len(text_ids[c]), len(text_ids[r])) for c, r in zip(cand_rows, ref_rows)], kind="stable")
@@ -413,7 +431,7 @@ class BertScorer:
         [units[ref_rows[i]] for i in chosen], [weights[ref_rows[i]] for i in chosen], batch_size
       )
       arrays = [put(array) for array in (*cand_batch, *ref_batch)]
-      pair_results[chosen] = np.asarray(greedy_match(*arrays))[: len(chosen)]
+      pair_results[chosen] = np.asarray(match(*arrays))[: len(chosen)]
 
     bounds = np.cumsum([0] + [len(group) for group in groups])
     results = np.stack([pair_results[begin:end].max(axis=0) for begin, end in zip(bounds[:-1], bounds[1:])])

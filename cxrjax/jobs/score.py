@@ -3,6 +3,7 @@
   cxrjax score PREDICTIONS [--format auto|jsonl|csv|rexrank] [--evaluators text,chexbert,bertscore]
                [--protocol r2gen|coco|imageclef] [--no-meteor] [--labeler DIR] [--bertscore-model DIR
                --bertscore-layer N --bertscore-idf --bertscore-baseline FILE] [--batch-size N] [--out metrics.json]
+               [--distributed auto|HOST:PORT,NUM_PROCESSES,PROCESS_ID]
 
 Formats (`auto`: by the suffix, .jsonl / .csv / .json):
   jsonl    one JSON object per line with "reference" and "generated" (strings) and an optional "id": cxrjax's
@@ -21,6 +22,10 @@ jitted batches of --batch-size sharded over every device of the mesh. A tqdm bar
 scored; stdout gets one JSON line: the file, its format, the number of studies, the evaluators' headline scores
 and where metrics.json went. metrics.json (with --out) holds every score, each evaluator's provenance (the
 labeler checkpoint's SHA-256) and the predictions file's SHA-256.
+
+With --distributed every process runs the same command on the same file (BUILD.md "Training on a TPU pod"):
+each reads every prediction, the mesh spans every process's devices, every process computes the same scores,
+and process 0 alone shows the bar, prints the line and writes --out.
 
 A file that cannot be read as its format is one line, `cxrjax score: error: FILE: line N: problem`.
 """
@@ -317,13 +322,14 @@ def sha256(path: str) -> str:
 def score_file(
   path: str, config: ml_collections.ConfigDict, file_format: str = "auto", out: str | None = None, progress: bool = True
 ) -> dict[str, Any]:
-  """Reads the predictions file, scores it with the configured evaluators over every device, writes `out`
-  (metrics.json) when given; returns the one-line summary."""
+  """Reads the predictions file, scores it with the configured evaluators over every device of every
+  process, writes `out` (metrics.json) when given (process 0 alone); returns the one-line summary."""
   predictions = read_predictions(path, file_format)  # Before the labeler loads: a bad file fails fast.
   mesh = sharding.create_mesh()
   built = evaluators_lib.from_config(config, mesh=mesh, where="--evaluators")
   total = 2 * len(predictions.ids) * len(built)  # Each evaluator reads the references and the generated texts.
-  with tqdm.tqdm(total=total, desc="score", unit="text", file=sys.stderr, disable=not progress) as bar:
+  lead = sharding.is_lead_process()
+  with tqdm.tqdm(total=total, desc="score", unit="text", file=sys.stderr, disable=not (progress and lead)) as bar:
     scored = evaluators_lib.Predictions(predictions.ids, predictions.references, predictions.generated)
     result = evaluators_lib.run(built, scored, progress=bar.update)
   metrics = {
@@ -339,6 +345,7 @@ def score_file(
     "scores": evaluators_lib.headline(built, result["scores"]),
   }
   if out is not None:
-    files.write_json(out, metrics, indent=2)  # Whole or not at all.
+    if lead:
+      files.write_json(out, metrics, indent=2)  # Whole or not at all.
     summary["written"] = str(out)
   return summary

@@ -218,11 +218,6 @@ def jit_logits(model: chexbert.CheXbert, mesh: jax.sharding.Mesh | None = None) 
   return jax.jit(apply, in_shardings=(replicated, rows, rows), out_shardings=replicated)
 
 
-def _on_mesh(array: np.ndarray, target: jax.sharding.NamedSharding) -> jax.Array:
-  """A host array that every process holds whole -> a global array laid out by `target`."""
-  return jax.make_array_from_callback(array.shape, target, lambda index: array[index])
-
-
 class Labeler:
   """A CheXbert model, its variables and tokenizer; labels reports (module doc)."""
 
@@ -244,8 +239,7 @@ class Labeler:
       self.variables, self.rows_multiple = variables, 1
     else:
       # From the host copy on every process: works where the mesh spans processes (device_put does not).
-      replicated = sharding.replicated(mesh)
-      self.variables = jax.tree.map(lambda value: _on_mesh(np.asarray(value), replicated), variables)
+      self.variables = sharding.from_host(variables, sharding.replicated(mesh))
       self.rows_multiple = mesh.shape[sharding.DATA_AXIS]
 
   @classmethod
@@ -302,8 +296,7 @@ class Labeler:
       for row, row_ids in enumerate(rows):
         tokens[row, : len(row_ids)], mask[row, : len(row_ids)] = row_ids, 1
       if self.mesh is not None:
-        rows_sharding = sharding.data_sharded(self.mesh)
-        tokens, mask = _on_mesh(tokens, rows_sharding), _on_mesh(mask, rows_sharding)
+        tokens, mask = sharding.from_host((tokens, mask), sharding.data_sharded(self.mesh))
       result[chosen] = np.asarray(self._logits(self.variables, tokens, mask))[: len(chosen)]
       if progress is not None:
         progress(len(chosen))

@@ -87,3 +87,15 @@ def test_mesh_process_order_lays_out_each_process_devices():
   with sharding.mesh_process_order(SLICE_PROCESS_ORDER), pytest.raises(ValueError, match="device counts"):
     sharding.create_mesh()
   assert sharding.create_mesh().devices.tolist() == plain.devices.tolist()  # The hook is gone again.
+
+
+def test_from_host_places_each_devices_part_of_the_host_copy():
+  mesh = sharding.create_mesh()
+  tokens, table = np.arange(16 * 3, dtype=np.int32).reshape(16, 3), {"w": np.ones((4, 2), np.float32)}
+  rows = sharding.from_host(tokens, sharding.data_sharded(mesh))
+  variables = sharding.from_host(table, sharding.replicated(mesh))
+  assert rows.sharding == sharding.data_sharded(mesh) and variables["w"].sharding.is_fully_replicated
+  for shard in rows.addressable_shards:  # 2 rows a device, where the mesh puts it.
+    np.testing.assert_array_equal(shard.data, tokens[shard.index])
+  np.testing.assert_array_equal(rows, tokens)
+  np.testing.assert_array_equal(variables["w"], table["w"])
