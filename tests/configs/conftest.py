@@ -57,6 +57,7 @@ def sandbox(tmp_path_factory, shared_data):
   _write_rocov2_release(shared_data, folder / "rocov2_download")
   _roco_v1_layout(shared_data, folder / "roco_download", _small_jpegs(shared_data))
   _write_hf_smoke_models(folder, shared_data / "text/bert-base-uncased-vocab.txt")
+  _write_deberta_download(shared_data, folder / "deberta-xlarge-mnli")
   return folder
 
 
@@ -84,6 +85,16 @@ def _write_hf_smoke_models(folder, vocab):
   ):
     model.save_pretrained(folder / name)
     (folder / name / "vocab.txt").write_bytes(vocab.read_bytes())
+
+
+def _write_deberta_download(shared_data, folder):
+  """`deberta-xlarge-mnli/` (configs/rocov2_graph.py's ImageCLEF BERTScore command) as a hub download has it,
+  from a random tiny transformers DebertaModel with the 40 layers that bert-score's table reads for that name."""
+  from tests.evaluators.test_bertscore import _save_deberta  # pylint: disable=g-import-not-at-top
+
+  folder.mkdir()
+  captions = (shared_data / "rocov2/test_captions.head30.csv").read_text(encoding="utf-8").splitlines()[1:]
+  _save_deberta(folder, [line.split(",", 1)[1] for line in captions], num_layers=40)
 
 
 def _write_rocov2_release(shared_data, folder):
