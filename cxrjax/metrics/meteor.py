@@ -11,6 +11,7 @@ WordNet for NLTK: its own nltk_data copy, else a WordNet 3.0 database directory 
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import functools
 import importlib.util
@@ -119,19 +120,77 @@ def _meteor_segment(text: str) -> str:
   return text.replace("\n", " ").replace("|||", "").replace("  ", " ")
 
 
+class _RunningJar:
+  """One `java -jar -Xmx2G meteor-1.5.jar - - -stdio -l en -norm` process, kept for the next call as
+  pycocoevalcap's `Meteor` keeps its one: the JVM and the paraphrase table load once per Python process
+  (most of a call's time), not once per scoring (an evaluation scores the model, two baselines and the oracle)."""
+
+  def __init__(self, jar: pathlib.Path, java: str):
+    self.jar = jar
+    self.stderr = tempfile.TemporaryFile()
+    command = [java, "-jar", "-Xmx2G", jar.name, "-", "-", "-stdio", "-l", "en", "-norm"]
+    self.process = subprocess.Popen(
+      command,
+      cwd=jar.parent,
+      stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE,
+      stderr=self.stderr,
+      text=True,
+      encoding="utf-8",
+    )
+
+  def answer(self, line: str | None) -> str:
+    """Sends `line` (if any) and reads one reply line; "" once the process has ended."""
+    try:
+      if line is not None:
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+      return self.process.stdout.readline().strip()
+    except (BrokenPipeError, ValueError):
+      return ""
+
+  def close(self) -> str:
+    """Ends the process; its last 2000 characters of stderr ("" if it was closed before)."""
+    if self.stderr.closed:
+      return ""
+    if self.process.poll() is None:
+      self.process.kill()
+    self.process.wait()
+    self.stderr.seek(0)
+    stderr = self.stderr.read().decode(errors="replace")[-2000:]
+    self.stderr.close()
+    return stderr
+
+
+_RUNNING_JARS: dict[pathlib.Path, _RunningJar] = {}
+_RUNNING_JARS_LOCK = threading.Lock()
+
+
+def close_running_jars() -> None:
+  """Ends the kept METEOR processes (at exit; a test that needs a cold start calls it)."""
+  with _RUNNING_JARS_LOCK:
+    for running in _RUNNING_JARS.values():
+      running.close()
+    _RUNNING_JARS.clear()
+
+
+atexit.register(close_running_jars)
+
+
 def meteor_pycocoevalcap_jar(
   references: Sequence[str | Sequence[str]], hypotheses: Sequence[str], timeout_s: float = 900.0
 ) -> float:
   """Corpus METEOR 1.5 from the jar in the pycocoevalcap wheel, as pycocoevalcap's `Meteor`.
 
-  Runs `java -jar -Xmx2G meteor-1.5.jar - - -stdio -l en -norm` once: one SCORE request per pair,
-  then one EVAL over all of them, whose final line is the corpus score (not a mean of segments).
-  Loading the paraphrase table takes most of the time (15-30 s on a busy 2-core machine).
+  Talks to `java -jar -Xmx2G meteor-1.5.jar - - -stdio -l en -norm` (started at the first call and kept for
+  the next, as pycocoevalcap does): one SCORE request per pair, then one EVAL over all of them, whose final
+  line is the corpus score (not a mean of segments). Loading the paraphrase table takes most of the first
+  call's time (15-30 s on a busy 2-core machine).
 
   Args:
     references: per hypothesis, a reference string or a list of them.
     hypotheses: hypothesis strings.
-    timeout_s: the jar is killed after this many seconds.
+    timeout_s: the jar is killed after this many seconds of this call.
 
   Raises:
     FileNotFoundError: no pycocoevalcap jar or no `java` on PATH.
@@ -144,39 +203,22 @@ def meteor_pycocoevalcap_jar(
   java = shutil.which("java")
   if java is None:
     raise FileNotFoundError("METEOR jar needs `java`, which is not on PATH")
-  command = [java, "-jar", "-Xmx2G", jar.name, "-", "-", "-stdio", "-l", "en", "-norm"]
-  with tempfile.TemporaryFile() as stderr_file:
-    process = subprocess.Popen(
-      command,
-      cwd=jar.parent,
-      stdin=subprocess.PIPE,
-      stdout=subprocess.PIPE,
-      stderr=stderr_file,
-      text=True,
-      encoding="utf-8",
-    )
+  with _RUNNING_JARS_LOCK:
+    running = _RUNNING_JARS.get(jar)
+    if running is None or running.process.poll() is not None:
+      running = _RUNNING_JARS[jar] = _RunningJar(jar, java)
     # A killed jar ends the blocking reads below with an empty answer.
-    watchdog = threading.Timer(timeout_s, process.kill)
+    watchdog = threading.Timer(timeout_s, running.process.kill)
     watchdog.start()
 
-    def failure(what: str) -> RuntimeError:
-      process.kill()
-      process.wait()
-      stderr_file.seek(0)
-      stderr = stderr_file.read().decode(errors="replace")[-2000:]
-      return RuntimeError(f"METEOR jar {jar} {what} (exit code {process.returncode}, timeout {timeout_s} s): {stderr}")
-
     def answer(line: str | None) -> str:
-      try:
-        if line is not None:
-          process.stdin.write(line + "\n")
-          process.stdin.flush()
-        reply = process.stdout.readline()
-      except (BrokenPipeError, ValueError):
-        reply = ""
+      reply = running.answer(line)
       if not reply:
-        raise failure("stopped")
-      return reply.strip()
+        stderr = running.close()
+        raise RuntimeError(
+          f"METEOR jar {jar} stopped (exit code {running.process.returncode}, timeout {timeout_s} s): {stderr}"
+        )
+      return reply
 
     try:
       statistics = []
@@ -187,13 +229,13 @@ def meteor_pycocoevalcap_jar(
       for _ in range(len(statistics) - 1):  # The other segment scores.
         answer(None)
       final_line = answer(None)
-      process.stdin.close()
-      process.wait()
+    except BaseException:
+      # A call cut short leaves replies unread: the process is not kept for the next call.
+      del _RUNNING_JARS[jar]
+      running.close()
+      raise
     finally:
       watchdog.cancel()
-      if process.poll() is None:
-        process.kill()
-        process.wait()
   try:
     return float(final_line)
   except ValueError:

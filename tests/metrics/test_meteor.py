@@ -70,7 +70,8 @@ def test_meteor_jar_matches_pycocoevalcap(corpus, report_sentences):
 
 def test_meteor_jar_failure_is_an_error_with_java_output(monkeypatch, tmp_path):
   _java_or_skip()
-  # The real jar needs far more than a second to load its paraphrase table.
+  # The real jar needs far more than a second to load its paraphrase table (from a cold start).
+  meteor.close_running_jars()
   with pytest.raises(RuntimeError, match="exit code -9, timeout 1 s"):
     meteor.meteor_pycocoevalcap_jar(METEOR_REFERENCES, METEOR_HYPOTHESES, timeout_s=1)
   broken_jar = tmp_path / "meteor-1.5.jar"
@@ -120,3 +121,16 @@ def test_meteor_unavailable_is_reported_not_faked(monkeypatch):
   assert "jar:" in implementation and "nltk: WordNet not found (simulated)" in implementation
   with pytest.raises(ValueError, match="unknown METEOR backend"):
     meteor.meteor_best_available(["a"], ["a"], backend="java")
+
+
+def test_the_kept_jar_scores_as_a_fresh_one():
+  """The jar process is started once and kept (as pycocoevalcap's Meteor keeps it): a second scoring on the
+  kept process equals the same scoring on a fresh one."""
+  _java_or_skip()
+  meteor.close_running_jars()
+  meteor.meteor_pycocoevalcap_jar(["a normal chest"], ["the chest is normal"])
+  (kept,) = meteor._RUNNING_JARS.values()  # pylint: disable=protected-access
+  second = meteor.meteor_pycocoevalcap_jar(METEOR_REFERENCES, METEOR_HYPOTHESES)
+  assert [running.process.pid for running in meteor._RUNNING_JARS.values()] == [kept.process.pid]  # pylint: disable=protected-access
+  meteor.close_running_jars()
+  assert meteor.meteor_pycocoevalcap_jar(METEOR_REFERENCES, METEOR_HYPOTHESES) == second
