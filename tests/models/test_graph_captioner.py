@@ -31,7 +31,7 @@ def _smoke_model(vocab_size=20, is_frozen=lambda module_path: False, **overrides
 
 
 def _init(model, images, tokens):
-  return model.init(jax.random.key(0), images, tokens)
+  return jax.jit(model.init)(jax.random.key(0), images, tokens)
 
 
 def test_graph_propagation_equals_the_seeds_torch_roll_loop():
@@ -160,7 +160,8 @@ def test_a_frozen_encoder_keeps_its_statistics_and_passes_no_gradient():
       )
       return jnp.mean(outputs["logits"] ** 2), updates
 
-    grads, updates = jax.grad(loss, has_aux=True)(variables["params"])
+    # Jitted: the ResNet's gradient run op by op takes most of a minute on CPU.
+    grads, updates = jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
     moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), updates["batch_stats"], variables["batch_stats"])
     return jax.tree.leaves(grads["image_encoder"]), jax.tree.leaves(moved), grads
 

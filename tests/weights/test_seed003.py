@@ -236,7 +236,7 @@ def test_config_init_writes_a_hugging_face_resnet_into_the_captioner(tmp_path, c
     max_positions=16,
     cache_length=8,
   )
-  variables = captioner.init(jax.random.key(0), jnp.zeros((1, 1, 64, 64, 3)), jnp.zeros((1, 3), jnp.int32))
+  variables = jax.jit(captioner.init)(jax.random.key(0), jnp.zeros((1, 1, 64, 64, 3)), jnp.zeros((1, 3), jnp.int32))
   loaded = pretrained.initialize({"encoder": str(tmp_path / "resnet")}, family, variables)
   imported, _ = seed003.import_hf_resnet(tmp_path / "resnet")
   for collection in ("params", "batch_stats"):
@@ -256,7 +256,7 @@ def test_config_init_writes_a_hugging_face_resnet_into_the_captioner(tmp_path, c
     max_positions=16,
     cache_length=8,
   )
-  variables = wider.init(jax.random.key(0), jnp.zeros((1, 1, 64, 64, 3)), jnp.zeros((1, 3), jnp.int32))
+  variables = jax.jit(wider.init)(jax.random.key(0), jnp.zeros((1, 1, 64, 64, 3)), jnp.zeros((1, 3), jnp.int32))
   with pytest.raises(store.WeightsError, match="tensor shapes differ from the encoder at image_encoder"):
     pretrained.initialize({"encoder": str(tmp_path / "resnet")}, family, variables)
 
