@@ -155,7 +155,7 @@ def test_a_frozen_encoder_gets_no_gradient_and_runs_batch_norm_in_inference_mode
   assert isinstance(model, attention_captioner.AttentionCaptioner) and model.freeze_encoder == frozen
   images = 2.0 + jax.random.normal(jax.random.key(0), (4, 2, IMAGE_SIZE, IMAGE_SIZE, 3))
   tokens = jnp.asarray(captioner_checks.framed(VOCABULARY, [[5, 6, 7], [8], [4] * 5, [9, 10]], 7))
-  variables = model.init(jax.random.key(1), images, tokens[:, :-1])
+  variables = jax.jit(model.init)(jax.random.key(1), images, tokens[:, :-1])  # Jitted: op by op is slow.
 
   def loss_fn(params):
     outputs, updates = model.apply(
@@ -169,7 +169,7 @@ def test_a_frozen_encoder_gets_no_gradient_and_runs_batch_norm_in_inference_mode
     losses = optax.softmax_cross_entropy_with_integer_labels(outputs["logits"], tokens[:, 1:])
     return losses.mean(), updates["batch_stats"]
 
-  grads, batch_stats = jax.grad(loss_fn, has_aux=True)(variables["params"])
+  grads, batch_stats = jax.jit(jax.grad(loss_fn, has_aux=True))(variables["params"])
   encoder_grads = jax.tree.leaves(grads["image_encoder"])
   assert all(not np.asarray(g).any() for g in encoder_grads) == frozen
   if not frozen:
