@@ -29,6 +29,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -47,6 +48,10 @@ LABELS_FILE = "label_names.json"
 REQUIRED_SECTIONS = ("data", "model")
 # How many states checkpoints/<name>/ keeps: two for `latest`, so that a damaged newest one has a fallback.
 KEEP = {"latest": 2, "best": 1}
+# Across processes, a replicated array of at least this many bytes a replica is written in parts, one by
+# each replica's host (orbax's replica-parallel save); smaller ones, and every array of a one-process run,
+# by one replica (state_handler).
+REPLICA_PARALLEL_MIN_BYTES = 4 * 2**20
 
 
 class WorkdirError(UserError):
@@ -277,11 +282,33 @@ def checkpoint_manager(workdir: str | os.PathLike, name: str, create: bool = Tru
   # The state through orbax's PyTree handler, which can restore part of a tree (inference reads no optimizer
   # state); it reads the checkpoints of its StandardSave wrapper, which earlier versions wrote, as they are.
   handlers = {
-    "state": ocp.PyTreeCheckpointHandler(),
+    "state": state_handler(),
     "data": ocp.JsonCheckpointHandler(),
     "meta": ocp.JsonCheckpointHandler(),
   }
   return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+
+
+def state_handler() -> ocp.PyTreeCheckpointHandler:
+  """orbax's PyTree handler with replica-parallel saving only where it pays (REPLICA_PARALLEL_MIN_BYTES).
+  orbax's default slices every replicated array into one part per replica; in one process all the parts
+  are written by the same host, so the split buys nothing and costs a dispatched slice per array and
+  replica (on CPUs a compiled program each): three smoke AG-CNN trainings took 27.3 s with it, 15.6 s
+  without (50.4 s and 36.0 s with a cold compilation cache)."""
+  arrays = ocp.type_handlers.ArrayHandler(
+    use_replica_parallel=jax.process_count() > 1, min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_BYTES
+  )
+  # orbax's standard handlers (its GLOBAL_TYPE_HANDLER_REGISTRY's), the arrays' configured.
+  registry = ocp.type_handlers.create_type_handler_registry(
+    (int, ocp.type_handlers.ScalarHandler()),
+    (float, ocp.type_handlers.ScalarHandler()),
+    (bytes, ocp.type_handlers.ScalarHandler()),
+    (np.number, ocp.type_handlers.ScalarHandler()),
+    (np.ndarray, ocp.type_handlers.NumpyHandler()),
+    (jax.Array, arrays),
+    (str, ocp.type_handlers.StringHandler()),
+  )
+  return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
 
 
 def save(manager: ocp.CheckpointManager, state: TrainState, data_state: Any, meta: dict) -> None:
