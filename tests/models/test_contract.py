@@ -6,6 +6,8 @@ teacher forcing computes, their greedy search equals a beam of one, and a checkp
 the state bit for bit.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -109,14 +111,20 @@ def test_checkpoint_round_trip_restores_the_state_exactly(family, tokenizer, tmp
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _initial_cache(model, variables, images):
+  """The decoder's cache before the first token: the images encoded (jitted, as the searches run it)."""
+  return model.apply(variables, model.apply(variables, images, method="encode"), method="init_cache")
+
+
 def test_teacher_forcing_equals_step_by_step_decoding(captioner, tokenizer):
   _, _, components, state = captioner
   model, variables = components.model, state.variables()
   batch = random_batch(tokenizer)
   inputs = batch["tokens"][:, :-1]
-  forced = model.apply(variables, batch["images"], inputs)["logits"]  # [batch, length, vocab]
-  cache = model.apply(variables, model.apply(variables, batch["images"], method="encode"), method="init_cache")
-  step_fn = model.decoder_step_fn(variables)
+  forced = jax.jit(model.apply)(variables, batch["images"], inputs)["logits"]  # [batch, length, vocab]
+  cache = _initial_cache(model, variables, batch["images"])
+  step_fn = jax.jit(model.decoder_step_fn(variables))
   stepped = []
   for position in range(inputs.shape[1]):
     logits, cache = step_fn(jnp.asarray(inputs[:, position]), cache, jnp.int32(position))
@@ -157,8 +165,8 @@ def test_a_decode_of_the_longest_length_a_family_allows_equals_teacher_forcing(c
   words = rng.integers(4, len(tokenizer), (BATCH, steps - 1))
   inputs = np.concatenate([np.full((BATCH, 1), tokenizer.start_id), words], axis=1).astype(np.int32)  # [batch, steps]
   images = random_batch(tokenizer)["images"]
-  forced = model.apply(variables, images, inputs)["logits"]  # [batch, steps, vocab]
-  cache = model.apply(variables, model.apply(variables, images, method="encode"), method="init_cache")
+  forced = jax.jit(model.apply)(variables, images, inputs)["logits"]  # [batch, steps, vocab]
+  cache = _initial_cache(model, variables, images)
   step_fn = jax.jit(model.decoder_step_fn(variables))
   stepped = []
   for position in range(steps):
