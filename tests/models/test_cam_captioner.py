@@ -101,16 +101,18 @@ def test_batch_norms_train_in_train_mode_and_eval_is_per_study():
   )
   images = jax.random.normal(jax.random.key(0), (4, 2, 32, 32, 3))
   tokens = jnp.asarray(captioner_checks.framed(VOCABULARY, [[5, 6]] * 4, 4))
-  variables = model.init(jax.random.key(1), images, tokens)
-  _, updates = model.apply(
-    variables, images, tokens, train=True, rngs={"dropout": jax.random.key(2)}, mutable=["batch_stats"]
+  variables = jax.jit(model.init)(jax.random.key(1), images, tokens)
+  train_mode = lambda v, x, t: model.apply(
+    v, x, t, train=True, rngs={"dropout": jax.random.key(2)}, mutable=["batch_stats"]
   )
+  _, updates = jax.jit(train_mode)(variables, images, tokens)
   changed = jax.tree.map(lambda a, b: not np.allclose(a, b), variables["batch_stats"], updates["batch_stats"])
   assert all(jax.tree.leaves(changed["context"])) and all(jax.tree.leaves(changed["region_norm"]))
   assert not any(jax.tree.leaves(changed["image_encoder"]))  # Frozen CheXNet keeps its statistics.
   # In eval mode the running statistics are used: a study's report does not depend on its batch.
-  together = model.apply(variables, images, tokens)["logits"]
-  alone = model.apply(variables, images[1:2], tokens[1:2])["logits"]
+  logits = jax.jit(lambda v, x, t: model.apply(v, x, t)["logits"])
+  together = logits(variables, images, tokens)
+  alone = logits(variables, images[1:2], tokens[1:2])
   np.testing.assert_allclose(together[1:2], alone, atol=1e-5)
 
 
@@ -128,7 +130,7 @@ def model_and_variables():
     initial_state="pooled",
   )
   images = jax.random.normal(jax.random.key(0), (3, 2, 32, 32, 3))
-  variables = model.init(jax.random.key(1), images, jnp.zeros((3, 5), jnp.int32))
+  variables = jax.jit(model.init)(jax.random.key(1), images, jnp.zeros((3, 5), jnp.int32))
   params = jax.tree.map(lambda x: x, variables["params"])
   params["decoder"]["output"]["kernel"] = params["decoder"]["output"]["kernel"] * 8.0  # Varied words.
   return model, {"params": params, "batch_stats": variables["batch_stats"]}, images
@@ -137,17 +139,16 @@ def model_and_variables():
 def test_teacher_forcing_equals_stepping_decode_step(model_and_variables):
   model, variables, images = model_and_variables
   tokens = jnp.asarray(captioner_checks.framed(VOCABULARY, [[5, 6, 7], [8], [4] * 5], 6))
-  outputs = model.apply(variables, images, tokens)
-  memory = model.apply(variables, images, method="encode")
+  outputs = jax.jit(model.apply)(variables, images, tokens)
+  memory = jax.jit(lambda v, x: model.apply(v, x, method="encode"))(variables, images)
   # 32 px through the two-block encoder (stride 8): 4x4 maps per view, so 32 regions of region_dim.
   assert memory["regions"].shape == (3, 32, 16)
   assert outputs["attention"].shape == (3, 6, 32)
-  cache = model.apply(variables, memory, method="init_cache")
+  cache = jax.jit(lambda v, m: model.apply(v, m, method="init_cache"))(variables, memory)
+  step = jax.jit(lambda v, t, c, p: model.apply(v, t, c, p, method="decode_step"))
   stepped, weights = [], []
   for position in range(tokens.shape[1]):
-    logits, cache, attention = model.apply(
-      variables, tokens[:, position], cache, jnp.int32(position), method="decode_step"
-    )
+    logits, cache, attention = step(variables, tokens[:, position], cache, jnp.int32(position))
     stepped.append(logits)
     weights.append(attention)
   np.testing.assert_allclose(np.stack(stepped, axis=1), outputs["logits"], atol=1e-5)
