@@ -33,13 +33,11 @@ from cxrjax import models  # noqa: E402
 from cxrjax.core import config as config_lib  # noqa: E402
 from cxrjax.jobs import aot  # noqa: E402
 
-DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4}
-DTYPE_BYTES.update({"f64": 8, "s64": 8, "u64": 8})
-ARRAY = re.compile(r"\b(" + "|".join(DTYPE_BYTES) + r")\[([0-9,]*)\]")
+ARRAY = re.compile(r"\b(" + "|".join(aot.DTYPE_BYTES) + r")\[([0-9,]*)\]")
 INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.+?)\s+([\w\-]+)\((.*)$")
 FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "conditional", "call"}
 FREE |= {"after-all", "partition-id", "replica-id"}
-COLLECTIVE = re.compile(r"all-gather|all-reduce|reduce-scatter|collective-permute|all-to-all|AsyncCollective")
+COLLECTIVE = re.compile("|".join((*aot.COLLECTIVES, "AsyncCollective")))
 ATTENTION_PRODUCTS = ("bhqd,bhkd->bhqk", "bhqk,bhkd->bhqd")
 SOFTMAX_PARTS = {"sub", "mul", "exp", "reduce_sum", "reduce_max", "max", "div", "convert_element_type", "select_n"}
 
@@ -51,12 +49,12 @@ def array_bytes(shape: str) -> int:
     count = 1
     for size in filter(None, dims.split(",")):
       count *= int(size)
-    total += count * DTYPE_BYTES[dtype]
+    total += count * aot.DTYPE_BYTES[dtype]
   return total
 
 
 def group_of(opcode: str, rest: str, model_class: str) -> str:
-  source = re.search(r'op_name="([^"]*)"', rest)
+  source = aot.OP_NAME.search(rest)
   source = re.sub(r"\[.*?\]", "", source.group(1)) if source else ""
   if COLLECTIVE.search(opcode) or COLLECTIVE.search(rest.split("metadata=")[0]):
     return "collectives"
@@ -74,7 +72,7 @@ def group_of(opcode: str, rest: str, model_class: str) -> str:
 
 def attribute(hlo_text: str, model_class: str) -> dict[str, dict[str, float]]:
   """Compiled HLO text -> {group: {"bytes", "instructions"}} over the top-level instructions."""
-  computations, current, fusion_bodies, shapes = {}, None, set(), {}
+  computations, current, inner, shapes = {}, None, set(), {}
   for line in hlo_text.splitlines():
     if line.endswith("{") and ("->" in line or line.startswith("ENTRY")):
       current = (line.split()[1] if line.startswith("ENTRY") else line.split()[0]).lstrip("%")
@@ -86,11 +84,13 @@ def attribute(hlo_text: str, model_class: str) -> dict[str, dict[str, float]]:
     name, shape, opcode, rest = match.groups()
     shapes[name] = shape
     computations[current].append((shape, opcode, rest))
+    # Fused computations and reducers run inside the instruction that names them (as aot.largest_values).
     if opcode == "fusion":
-      fusion_bodies.update(re.findall(r"calls=%?([\w.\-]+)", rest))
+      inner.update(re.findall(r"calls=%?([\w.\-]+)", rest))
+    inner.update(re.findall(r"to_apply=%?([\w.\-]+)", rest))
   groups = collections.defaultdict(lambda: {"bytes": 0, "instructions": 0})
   for computation, instructions in computations.items():
-    if computation in fusion_bodies:
+    if computation in inner:
       continue
     for shape, opcode, rest in instructions:
       if opcode in FREE:

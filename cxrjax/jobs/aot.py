@@ -352,7 +352,8 @@ def collectives(hlo_text: str) -> dict[str, int]:
   return {name: len(re.findall(rf"\s{name}(?:-start)?\(", hlo_text)) for name in COLLECTIVES}
 
 
-_DTYPE_BYTES = {
+# Bytes per element of each HLO element type (also benchmarks/tpu_bytes_by_source.py's).
+DTYPE_BYTES = {
   "pred": 1,
   "s8": 1,
   "u8": 1,
@@ -371,7 +372,7 @@ _DTYPE_BYTES = {
 }
 # One instruction of an HLO module's text: "%name = bf16[8,197,768]{2,1,0:T(8,128)(2,1)} fusion(...), ...".
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%(\S+)\s*=\s*(\w+)\[([0-9,]*)\][^ ]*\s+([\w-]+)\(")
-_OP_NAME = re.compile(r'op_name="([^"]+)"')
+OP_NAME = re.compile(r'op_name="([^"]+)"')
 
 
 def largest_values(hlo_text: str, count: int = 5) -> list[str]:
@@ -388,8 +389,8 @@ def largest_values(hlo_text: str, count: int = 5) -> list[str]:
     if skipping or not match or match.group(4) in ("parameter", "get-tuple-element", "bitcast", "tuple"):
       continue
     dtype, dims = match.group(2), [int(d) for d in match.group(3).split(",") if d]
-    size = math.prod(dims) * _DTYPE_BYTES.get(dtype, 4)
-    op = _OP_NAME.search(line)
+    size = math.prod(dims) * DTYPE_BYTES.get(dtype, 4)
+    op = OP_NAME.search(line)
     found.append((size, f"{dtype}{dims} ({_mib(size)}) from {op.group(1) if op else match.group(4)}"))
   found.sort(key=lambda item: -item[0])
   return [text for _, text in found[:count]]
