@@ -3,6 +3,7 @@
   python tests/multiprocess_worker.py PROCESS_ID PORT WORKDIR preempted         # train; process 1 gets a SIGTERM
   python tests/multiprocess_worker.py PROCESS_ID PORT WORKDIR evaluate [ORDER]  # `cxrjax evaluate`'s job, test split
   python tests/multiprocess_worker.py PROCESS_ID PORT - batches ORDER           # the trainer's first global batch
+  python tests/multiprocess_worker.py PROCESS_ID PORT WORKDIR save ORDER        # the trainer's save of a checkpoint
 
 Joins JAX's distributed runtime on localhost as one of 2 processes (what `--distributed=localhost:PORT,2,ID`
 does) with the simulated CPU devices XLA_FLAGS gives it (collectives over gloo), then prints one JSON line.
@@ -13,7 +14,9 @@ both exit with the preempted status (143).
 ORDER (e.g. 0,0,1,1,1,1,0,0) lays the mesh's devices out by process as a multi-host TPU slice does
 (sharding.mesh_process_order; tests/core/test_sharding.py reads such orders with libtpu). `batches` builds the
 demo smoke config's first training batch as the trainer does and says whether every device holds the rows
-one process would give it, and whether the whole global batch is one process's.
+one process would give it, and whether the whole global batch is one process's. `save` writes step 3 of a
+state with the trainer's save (workdir.save) to WORKDIR's `latest` checkpoints, both processes writing, and
+process 0 the saved values to WORKDIR/values.npz.
 """
 
 import json
@@ -31,6 +34,7 @@ import numpy as np  # noqa: E402
 
 from cxrjax.jobs import evaluate, train
 from cxrjax.core import sharding
+from cxrjax.run import workdir as workdir_lib  # noqa: E402
 from cxrjax import tasks  # noqa: E402
 from cxrjax.data import datasets  # noqa: E402
 from cxrjax.tasks import evaluation  # noqa: E402
@@ -81,6 +85,32 @@ elif job == "batches":
       not all(np.array_equal(whole[key][row], single[key][row]) for key in whole) for row in range(global_rows)
     ),
   )
+elif job == "save":
+  with sharding.mesh_process_order(order):
+    mesh = sharding.create_mesh(None)
+  # Every element distinct, so a part written to the wrong place shows. "large" is replicated over the 8
+  # devices with 4 MiB to each replica's part (2048 x 4096 float32 / 8), so orbax writes it replica-parallel,
+  # each process its devices' parts (workdir.REPLICA_PARALLEL_MIN_BYTES); "small" is replicated under that
+  # size (one replica writes it); "split" has its rows over the 'data' axis.
+  values = {
+    "large": np.arange(2048 * 4096, dtype=np.float32).reshape(2048, 4096) / 7,
+    "small": np.arange(24, dtype=np.float32).reshape(8, 3) - 5,
+    "split": np.arange(8 * 5, dtype=np.float32).reshape(8, 5) * 3,
+  }
+  replicated, split = sharding.replicated(mesh), sharding.data_sharded(mesh)
+  state = workdir_lib.TrainState(
+    step=sharding.from_host(np.int32(3), replicated),
+    params=sharding.from_host({"large": values["large"], "small": values["small"]}, replicated),
+    batch_stats={"split": sharding.from_host(values["split"], split)},
+    opt_state={},
+  )
+  manager = workdir_lib.checkpoint_manager(workdir, workdir_lib.LATEST)
+  workdir_lib.save(manager, state, {"next_index": 3}, {"step": 3})
+  manager.wait_until_finished()
+  manager.close()
+  if process_id == 0:
+    np.savez(pathlib.Path(workdir) / "values.npz", **values)
+  summary["saved_step"] = manager.latest_step()
 else:
   with sharding.mesh_process_order(order):
     output = evaluate.evaluate(workdir, "test", meteor=False, baselines_too=False)

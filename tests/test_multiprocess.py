@@ -21,6 +21,7 @@ import pytest
 
 from cxrjax import evaluators
 from cxrjax.jobs import evaluate, score, train
+from cxrjax.core import sharding
 from cxrjax.run import workdir as workdir_lib
 from configs import chestxray14_agcnn, demo
 from tests.core.test_sharding import SLICE_PROCESS_ORDER
@@ -209,6 +210,31 @@ def test_each_process_reads_the_training_rows_its_devices_hold_on_an_interleaved
     assert summary["rows"] == [row for row, owner in enumerate(SLICE_PROCESS_ORDER) if owner == process]
     assert summary["devices_hold_their_rows"] and summary["global_batch_is_one_process_batch"], summary
     assert summary["misplaced_rows"] == 0
+
+
+def test_a_checkpoint_two_processes_save_restores_in_one_process(tmp_path):
+  # The trainer's save from both processes of an interleaved mesh: replica-parallel parts of a large
+  # replicated array, one replica's copy of a small one, each process's rows of a split one. One process
+  # on 8 devices restores every element.
+  summaries = _worker("save", tmp_path)
+  assert [s["saved_step"] for s in summaries] == [3, 3]
+  with np.load(tmp_path / "values.npz", allow_pickle=False) as saved:
+    values = dict(saved)
+  replicated = sharding.replicated(sharding.create_mesh(None))
+  spec = lambda shape, dtype=np.float32: jax.ShapeDtypeStruct(shape, dtype, sharding=replicated)
+  target = workdir_lib.TrainState(
+    step=spec((), np.int32),
+    params={"large": spec(values["large"].shape), "small": spec(values["small"].shape)},
+    batch_stats={"split": spec(values["split"].shape)},
+    opt_state=None,
+  )
+  manager = workdir_lib.checkpoint_manager(tmp_path, workdir_lib.LATEST, create=False)
+  state, _, meta = workdir_lib.restore(manager, target)
+  manager.close()
+  assert int(state.step) == 3 and meta == {"step": 3}
+  restored = {**jax.device_get(state.params), **jax.device_get(state.batch_stats)}
+  for name, value in values.items():
+    np.testing.assert_array_equal(restored[name], value, err_msg=name)
 
 
 def test_two_processes_score_a_predictions_file_as_one_process(tmp_path, predictions, labeler_dir, bert_dir):
