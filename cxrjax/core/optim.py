@@ -27,7 +27,7 @@ Clipping and weight decay apply once per update, to the mean gradient.
 
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 from jax import lax
@@ -179,32 +179,73 @@ def make_optimizer(optimizer_config, params: Any, num_steps: int) -> optax.Gradi
   return tx
 
 
-def accumulate_gradients(tx: optax.GradientTransformation, every_k: int) -> optax.GradientTransformation:
+class AccumulatingGradients(NamedTuple):
+  """`accumulate_gradients`' transformation: optax's (init, update) pair, and `apply`, which
+  `apply_gradients` uses in its place."""
+
+  init: optax.TransformInitFn
+  update: optax.TransformUpdateExtraArgsFn
+  apply: Callable[..., tuple[Any, optax.MultiStepsState]]  # (grads, state, params) -> (params, state)
+
+
+def accumulate_gradients(tx: optax.GradientTransformation, every_k: int) -> AccumulatingGradients:
   """`optax.MultiSteps(tx, every_k)` with the same state, updates and states (tests/core/test_optim.py), but `tx`
   runs only on every k-th call, under `lax.cond`: MultiSteps runs it on every call and selects its result
   with `jnp.where`, which on a 176M-parameter model is an AdamW update and a select over both moments per
   batch for nothing. The other calls fold the gradient into the running mean (MultiSteps' Welford update)
-  and return zero updates."""
+  and return zero updates; `apply` (through `apply_gradients`) leaves the parameters as they are instead."""
   tx = optax.with_extra_args_support(tx)
   multi_steps = optax.MultiSteps(tx, every_k_schedule=every_k)
 
-  def update(updates, state: optax.MultiStepsState, params=None, **extra_args):
-    mean = jax.tree.map(
-      lambda grad, acc: acc + (grad - acc) / (state.mini_step + 1).astype(acc.dtype), updates, state.acc_grads
+  def running_mean(grads, state: optax.MultiStepsState):
+    return jax.tree.map(
+      lambda grad, acc: acc + (grad - acc) / (state.mini_step + 1).astype(acc.dtype), grads, state.acc_grads
     )
 
-    def emit(mean, state):
-      final, inner = tx.update(optax.tree.cast_like(mean, updates), state.inner_opt_state, params, **extra_args)
-      return final, state._replace(
-        mini_step=jnp.zeros_like(state.mini_step),
-        gradient_step=optax.safe_increment(state.gradient_step),
-        inner_opt_state=inner,
-        acc_grads=optax.tree.zeros_like(mean),
-      )
+  def emit(grads, mean, state, params, **extra_args):
+    final, inner = tx.update(optax.tree.cast_like(mean, grads), state.inner_opt_state, params, **extra_args)
+    return final, state._replace(
+      mini_step=jnp.zeros_like(state.mini_step),
+      gradient_step=optax.safe_increment(state.gradient_step),
+      inner_opt_state=inner,
+      acc_grads=optax.tree.zeros_like(mean),
+    )
 
-    def accumulate(mean, state):
-      return optax.tree.zeros_like(updates), state._replace(mini_step=state.mini_step + 1, acc_grads=mean)
+  def folded(mean, state):
+    return state._replace(mini_step=state.mini_step + 1, acc_grads=mean)
 
-    return lax.cond(state.mini_step == every_k - 1, emit, accumulate, mean, state)
+  def update(updates, state: optax.MultiStepsState, params=None, **extra_args):
+    return lax.cond(
+      state.mini_step == every_k - 1,
+      lambda mean, state: emit(updates, mean, state, params, **extra_args),
+      lambda mean, state: (optax.tree.zeros_like(updates), folded(mean, state)),
+      running_mean(updates, state),
+      state,
+    )
 
-  return optax.GradientTransformationExtraArgs(init=multi_steps.init, update=update)
+  def apply(grads, state: optax.MultiStepsState, params, **extra_args):
+    def emit_and_apply(mean, state, params):
+      final, state = emit(grads, mean, state, params, **extra_args)
+      return optax.apply_updates(params, final), state
+
+    return lax.cond(
+      state.mini_step == every_k - 1,
+      emit_and_apply,
+      lambda mean, state, params: (params, folded(mean, state)),
+      running_mean(grads, state),
+      state,
+      params,
+    )
+
+  return AccumulatingGradients(init=multi_steps.init, update=update, apply=apply)
+
+
+def apply_gradients(tx: optax.GradientTransformation, grads: Any, opt_state: Any, params: Any) -> tuple[Any, Any]:
+  """(params, opt_state) after one batch's gradients: `tx.update`, then `optax.apply_updates`. Under gradient
+  accumulation the batches before the k-th leave the parameters as they are inside the update's `lax.cond`,
+  rather than adding the zero updates to every parameter (a write and two reads of the parameters' bytes per
+  batch for nothing; BUILD.md, hf_captioners.py)."""
+  if isinstance(tx, AccumulatingGradients):
+    return tx.apply(grads, opt_state, params)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state

@@ -151,8 +151,7 @@ def make_train_step(components: workdir_lib.Components, tx: optax.GradientTransf
       return task.loss(model, {"params": params, "batch_stats": state.batch_stats}, batch, rng)
 
     (loss, (batch_stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    params, opt_state = optim.apply_gradients(tx, grads, state.opt_state, state.params)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
     # Models without batch norm in training mode return no updates: keep the statistics.
     batch_stats = batch_stats if jax.tree.leaves(batch_stats) else state.batch_stats

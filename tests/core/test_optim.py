@@ -127,6 +127,35 @@ def test_accumulate_gradients_equals_optax_multisteps(every_k):
     params = optax.apply_updates(params, updates)
 
 
+@pytest.mark.parametrize("every_k", [1, 3])
+def test_apply_gradients_equals_optax_multisteps_then_apply_updates(every_k):
+  """optim.apply_gradients (the train step's: parameters left as they are between updates, inside the
+  accumulation's lax.cond) gives the parameters and states of optax.MultiSteps' updates added by
+  optax.apply_updates, at every batch; every_k 1 is a plain optimizer."""
+  params = {"dense": {"kernel": jnp.ones((4, 5)), "bias": jnp.zeros(5)}, "frozen": {"kernel": jnp.ones((2, 2))}}
+  config = _optimizer_config(warmup_steps=0, param_groups=(("frozen/.*", None), (".*", 1.0)))
+  config.accumulate_steps = every_k
+  ours = optim.make_optimizer(config, params, 40)
+  config.accumulate_steps = 1
+  inner = optim.make_optimizer(config, params, 40 // every_k)
+  reference = optax.MultiSteps(inner, every_k) if every_k > 1 else inner
+  apply = jax.jit(lambda grads, state, params: optim.apply_gradients(ours, grads, state, params))
+  reference_update = jax.jit(reference.update)
+  ours_params, ours_state, reference_params, reference_state = params, ours.init(params), params, reference.init(params)
+  rng = np.random.default_rng(1)
+  for _ in range(3 * every_k + 1):
+    grads = jax.tree.map(lambda leaf: jnp.asarray(rng.normal(size=leaf.shape) * 3, jnp.float32), params)
+    ours_params, ours_state = apply(grads, ours_state, ours_params)
+    updates, reference_state = reference_update(grads, reference_state, reference_params)
+    reference_params = optax.apply_updates(reference_params, updates)
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+      (ours_params, ours_state),
+      (reference_params, reference_state),
+    )
+  assert not np.allclose(ours_params["dense"]["kernel"], params["dense"]["kernel"])
+
+
 def test_bad_accumulate_steps_is_a_config_error():
   params = {"w": jnp.zeros((2, 2))}
   for bad in (0, 1.5, "2"):
