@@ -45,12 +45,9 @@ def flash(queries, keys, values, dtype):
   return context[:, :, :tokens]
 
 
-def _costs(compiled) -> dict:
-  costs = compiled.cost_analysis()
-  return costs[0] if isinstance(costs, list) else costs
-
-
 def measure(implementation: str, attend, batch: int, tokens: int, devices) -> dict:
+  from cxrjax.jobs import aot  # pylint: disable=g-import-not-at-top  (after main() set the platform)
+
   one_chip = jax.sharding.SingleDeviceSharding(devices[0])
   spec = jax.ShapeDtypeStruct((batch, HEADS, tokens, HEAD_DIM), jnp.bfloat16, sharding=one_chip)
   forward = jax.jit(lambda q, k, v: attend(q, k, v, jnp.bfloat16)).lower(spec, spec, spec).compile()
@@ -64,7 +61,7 @@ def measure(implementation: str, attend, batch: int, tokens: int, devices) -> di
     sharded = "compiles"
   except NotImplementedError as error:  # Mosaic kernels are not partitioned by XLA: they need a shard_map.
     sharded = str(error).splitlines()[0]
-  forward_costs = _costs(forward)
+  forward_costs = aot.costs(forward.cost_analysis())
   return dict(
     benchmark="tpu_attention",
     implementation=implementation,

@@ -25,8 +25,9 @@ def probe(name: str, function, shapes: list[tuple[int, ...]], intermediates: lis
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   arguments = [jax.ShapeDtypeStruct(shape, jnp.bfloat16, sharding=replicated) for shape in shapes]
   compiled = jax.jit(function).lower(*arguments).compile()
-  costs = compiled.cost_analysis()
-  costs = costs[0] if isinstance(costs, list) else costs
+  from cxrjax.jobs import aot  # pylint: disable=g-import-not-at-top  (after main() set the platform)
+
+  costs = aot.costs(compiled.cost_analysis())
   output = jax.eval_shape(function, *arguments).shape
   once = 2 * (
     sum(int(np.prod(s)) for s in shapes) + 2 * sum(int(np.prod(s)) for s in intermediates) + int(np.prod(output))

@@ -107,10 +107,10 @@ elif job == "save":
   manager = workdir_lib.checkpoint_manager(workdir, workdir_lib.LATEST)
   workdir_lib.save(manager, state, {"next_index": 3}, {"step": 3})
   manager.wait_until_finished()
+  summary["saved_step"] = manager.latest_step()
   manager.close()
   if process_id == 0:
     np.savez(pathlib.Path(workdir) / "values.npz", **values)
-  summary["saved_step"] = manager.latest_step()
 else:
   with sharding.mesh_process_order(order):
     output = evaluate.evaluate(workdir, "test", meteor=False, baselines_too=False)

@@ -539,8 +539,9 @@ def _mib(size: float) -> str:
   return f"{size / 2**20:.1f} MiB" if size < GIB else f"{size / GIB:.2f} GiB"
 
 
-def _cost(analysis: Any) -> dict[str, float]:
-  """XLA's cost analysis as one dict (some versions return a list of one per program)."""
+def costs(analysis: Any) -> dict[str, float]:
+  """XLA's cost analysis (`compiled.cost_analysis()`) as one dict (some versions return a list of one per
+  program; also the TPU benchmarks')."""
   if isinstance(analysis, (list, tuple)):
     analysis = analysis[0] if analysis else {}
   return dict(analysis or {})
@@ -640,7 +641,7 @@ def compile_program(built: Built, tpu_slice: Slice, explain: bool = True) -> Rep
     hbm_used=used,
     memory=memory,
     largest=largest,
-    cost=_cost(compiled.cost_analysis()),
+    cost=costs(compiled.cost_analysis()),
     model_flops=model_flops,
     hlo_text=hlo_text,
     compile_seconds=compile_seconds,
